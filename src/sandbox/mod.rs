@@ -1,0 +1,161 @@
+//! Sandboxes ("containers"): namespaces (net, mount, UTS; user when
+//! rootless), the helper that creates/opens TAPs inside a namespace and
+//! passes their fds back, and `exec` into a sandbox.
+//!
+//! CONTRACT (used by the daemon and the CLI; bodies are filled in by the
+//! sys/sandbox work, signatures stay):
+//! - The CLI spawns the sandbox process ([`Sandbox::spawn`]): a re-exec of
+//!   the tapnet binary (`tapnet __sandbox-init`) that unshares its
+//!   namespaces (a user namespace first when not root, mapping the caller's
+//!   uid/gid to 0), brings `lo` up, bind-mounts the given files over
+//!   `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, sets the hostname,
+//!   then waits. [`Sandbox::start`] lets it exec CMD.
+//! - Interfaces are made from outside by the daemon: [`create_taps`],
+//!   [`open_taps`], [`delete_taps`] run a helper (`tapnet __netns-helper`)
+//!   that joins the target's user namespace (when it is not the caller's)
+//!   and network namespace, does the work and returns the queue fds over
+//!   SCM_RIGHTS. TAPs are persistent (TUNSETPERSIST) so that they survive a
+//!   daemon restart and can be reopened with [`open_taps`].
+
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+/// Where a network namespace is.
+#[derive(Clone, Debug)]
+pub enum NetTarget {
+    /// The network (and user) namespace of a process.
+    Pid(i32),
+    /// A bind-mounted namespace file such as `/run/netns/NAME` or
+    /// `/proc/PID/ns/net`; its owning user namespace is found with
+    /// `NS_GET_USERNS`.
+    Path(PathBuf),
+}
+
+/// One TAP interface to create inside a namespace.
+#[derive(Clone, Debug)]
+pub struct TapConfig {
+    /// Interface name inside the namespace (`eth0`, `eth1`, ...).
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    /// Address and prefix length.
+    pub addr: ipnet::Ipv4Net,
+    /// When set, a default route via this gateway is added.
+    pub default_gateway: Option<Ipv4Addr>,
+}
+
+/// How the sandbox's network namespace is obtained.
+#[derive(Clone, Debug)]
+pub enum NetMode {
+    /// A new network namespace (bridge networks and `none`).
+    New,
+    /// Join the network namespace of this process (`host`: the daemon's pid;
+    /// `container:NAME`: that container's pid).
+    Join(i32),
+}
+
+/// Where CMD's stdio goes.
+#[derive(Clone, Debug)]
+pub enum Stdio {
+    /// Inherit the CLI's stdin/stdout/stderr (foreground `run`).
+    Inherit,
+    /// stdin from /dev/null, stdout and stderr appended to this file, new
+    /// session (`run -d`).
+    Log(PathBuf),
+}
+
+#[derive(Clone, Debug)]
+pub struct SandboxSpec {
+    pub hostname: String,
+    pub net: NetMode,
+    /// (host file, path inside) bind mounts, e.g. (STATE/hosts, /etc/hosts).
+    pub files: Vec<(PathBuf, PathBuf)>,
+    pub env: Vec<(String, String)>,
+    pub cmd: Vec<String>,
+    pub stdio: Stdio,
+}
+
+/// A sandbox process whose namespaces are ready but whose CMD has not
+/// started yet.
+pub struct Sandbox {
+    pub pid: i32,
+}
+
+impl Sandbox {
+    /// Spawns the sandbox process and returns once its namespaces are ready.
+    pub fn spawn(spec: &SandboxSpec) -> anyhow::Result<Sandbox> {
+        let _ = spec;
+        anyhow::bail!("sandboxes are not implemented yet")
+    }
+    /// Lets the sandbox exec CMD. Returns a handle to wait for it.
+    pub fn start(self) -> anyhow::Result<Running> {
+        anyhow::bail!("sandboxes are not implemented yet")
+    }
+}
+
+/// A started sandbox (a child of the caller).
+pub struct Running {
+    pub pid: i32,
+}
+
+impl Running {
+    /// Waits for CMD to exit; returns its exit code (128+signal if killed).
+    pub fn wait(self) -> anyhow::Result<i32> {
+        anyhow::bail!("sandboxes are not implemented yet")
+    }
+}
+
+/// Creates persistent multi-queue TAPs (IFF_TAP|IFF_NO_PI|IFF_VNET_HDR|
+/// IFF_MULTI_QUEUE, offloads CSUM/TSO4/TSO6) inside `target`, sets MAC, MTU,
+/// address, link up and the default route, and returns `queues` fds per TAP
+/// in the order of `taps`.
+pub fn create_taps(
+    target: &NetTarget,
+    taps: &[TapConfig],
+    queues: usize,
+) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
+    let _ = (target, taps, queues);
+    anyhow::bail!("sandboxes are not implemented yet")
+}
+
+/// Reopens existing persistent TAPs by name inside `target`: `queues` fds each.
+pub fn open_taps(
+    target: &NetTarget,
+    names: &[String],
+    queues: usize,
+) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
+    let _ = (target, names, queues);
+    anyhow::bail!("sandboxes are not implemented yet")
+}
+
+/// Deletes TAPs inside `target` (missing ones are not an error).
+pub fn delete_taps(target: &NetTarget, names: &[String]) -> anyhow::Result<()> {
+    let _ = (target, names);
+    anyhow::bail!("sandboxes are not implemented yet")
+}
+
+/// Runs CMD inside the namespaces (user, net, mount, UTS) of process `pid`
+/// with stdio inherited; returns its exit code (`tapnet exec`).
+pub fn exec_in(pid: i32, cmd: &[String], env: &[(String, String)]) -> anyhow::Result<i32> {
+    let _ = (pid, cmd, env);
+    anyhow::bail!("sandboxes are not implemented yet")
+}
+
+/// Entry point of `tapnet __sandbox-init` (hidden; spawned by [`Sandbox::spawn`]).
+pub fn init_main() -> std::process::ExitCode {
+    std::process::ExitCode::from(125)
+}
+
+/// Entry point of `tapnet __netns-helper` (hidden; spawned by the TAP functions).
+pub fn netns_helper_main() -> std::process::ExitCode {
+    std::process::ExitCode::from(125)
+}
+
+/// Start time of a process (field 22 of /proc/PID/stat), to tell a live
+/// process from a reused pid. None if the process does not exist.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}

@@ -1,0 +1,2 @@
+//! tapnet-switch: the datapath (sans-IO).
+#![forbid(unsafe_code)]
