@@ -536,7 +536,7 @@ fn prune_and_filters() {
         out.lines().collect::<Vec<_>>(),
         ["Deleted Networks:", "p1", "p2"]
     );
-    assert_eq!(names(&[]), ["bridge", "host", "hold", "none"]);
+    assert_eq!(names(&[]), ["bridge", "hold", "host", "none"]);
     assert_eq!(d.ok(&["network", "prune", "-f"]), "");
 }
 
