@@ -419,7 +419,7 @@ fn capture_hooks_see_ingress_egress_and_drops() {
     let rec = Arc::new(Rec::default());
     f.m.switch.set_capture(Some(rec.clone()));
     f.m.inject(0, f.a, VnetHdr::default(), &udp(10, 11, mac(11)));
-    f.m.inject(0, f.a, VnetHdr::default(), &vec![1; 5]);
+    f.m.inject(0, f.a, VnetHdr::default(), &[1; 5]);
     assert_eq!(
         *rec.0.lock().unwrap(),
         vec!["in a", "out b", "out c", "in a", "drop a runt"]
