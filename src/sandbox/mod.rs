@@ -17,9 +17,37 @@
 //!   SCM_RIGHTS. TAPs are persistent (TUNSETPERSIST) so that they survive a
 //!   daemon restart and can be reopened with [`open_taps`].
 
+mod helper;
+mod init;
+
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::Context;
+
+pub use init::DEFAULT_PATH;
+
+/// The binary re-executed as `__sandbox-init`/`__netns-helper`; `None`:
+/// [`std::env::current_exe`].
+static HELPER_EXE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Sets the tapnet binary that [`Sandbox::spawn`] and the TAP functions
+/// re-execute (default: the current executable). For integration tests,
+/// whose executable is not tapnet: `set_helper_exe(env!("CARGO_BIN_EXE_tapnet"))`.
+pub fn set_helper_exe(path: impl Into<PathBuf>) {
+    let mut exe = HELPER_EXE.lock().unwrap_or_else(|e| e.into_inner());
+    *exe = Some(path.into());
+}
+
+fn helper_exe() -> anyhow::Result<PathBuf> {
+    let exe = HELPER_EXE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match exe {
+        Some(p) => Ok(p),
+        None => std::env::current_exe().context("find the tapnet executable"),
+    }
+}
 
 /// Where a network namespace is.
 #[derive(Clone, Debug)]
@@ -78,19 +106,25 @@ pub struct SandboxSpec {
 
 /// A sandbox process whose namespaces are ready but whose CMD has not
 /// started yet.
+///
+/// Dropping it without [`Sandbox::start`] makes the sandbox process exit
+/// (it is then a zombie child of the caller until reaped).
 pub struct Sandbox {
     pub pid: i32,
+    /// Control socket to the init process.
+    control: OwnedFd,
 }
 
 impl Sandbox {
     /// Spawns the sandbox process and returns once its namespaces are ready.
     pub fn spawn(spec: &SandboxSpec) -> anyhow::Result<Sandbox> {
-        let _ = spec;
-        anyhow::bail!("sandboxes are not implemented yet")
+        let (pid, control) = init::spawn(spec).context("create sandbox")?;
+        Ok(Sandbox { pid, control })
     }
     /// Lets the sandbox exec CMD. Returns a handle to wait for it.
     pub fn start(self) -> anyhow::Result<Running> {
-        anyhow::bail!("sandboxes are not implemented yet")
+        init::start(self.pid, self.control).context("start sandbox command")?;
+        Ok(Running { pid: self.pid })
     }
 }
 
@@ -102,7 +136,7 @@ pub struct Running {
 impl Running {
     /// Waits for CMD to exit; returns its exit code (128+signal if killed).
     pub fn wait(self) -> anyhow::Result<i32> {
-        anyhow::bail!("sandboxes are not implemented yet")
+        init::wait(self.pid)
     }
 }
 
@@ -115,8 +149,7 @@ pub fn create_taps(
     taps: &[TapConfig],
     queues: usize,
 ) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
-    let _ = (target, taps, queues);
-    anyhow::bail!("sandboxes are not implemented yet")
+    helper::create(target, taps, queues)
 }
 
 /// Reopens existing persistent TAPs by name inside `target`: `queues` fds each.
@@ -125,31 +158,28 @@ pub fn open_taps(
     names: &[String],
     queues: usize,
 ) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
-    let _ = (target, names, queues);
-    anyhow::bail!("sandboxes are not implemented yet")
+    helper::open(target, names, queues)
 }
 
 /// Deletes TAPs inside `target` (missing ones are not an error).
 pub fn delete_taps(target: &NetTarget, names: &[String]) -> anyhow::Result<()> {
-    let _ = (target, names);
-    anyhow::bail!("sandboxes are not implemented yet")
+    helper::delete(target, names)
 }
 
 /// Runs CMD inside the namespaces (user, net, mount, UTS) of process `pid`
 /// with stdio inherited; returns its exit code (`tapnet exec`).
 pub fn exec_in(pid: i32, cmd: &[String], env: &[(String, String)]) -> anyhow::Result<i32> {
-    let _ = (pid, cmd, env);
-    anyhow::bail!("sandboxes are not implemented yet")
+    init::exec_in(pid, cmd, env)
 }
 
 /// Entry point of `tapnet __sandbox-init` (hidden; spawned by [`Sandbox::spawn`]).
 pub fn init_main() -> std::process::ExitCode {
-    std::process::ExitCode::from(125)
+    init::main()
 }
 
 /// Entry point of `tapnet __netns-helper` (hidden; spawned by the TAP functions).
 pub fn netns_helper_main() -> std::process::ExitCode {
-    std::process::ExitCode::from(125)
+    helper::main()
 }
 
 /// Start time of a process (field 22 of /proc/PID/stat), to tell a live
