@@ -589,6 +589,156 @@ fn rootless_as_tapnettest() {
         text.contains("1 passed"),
         "the rootless flow did not run:\n{text}"
     );
+
+    root_enters_rootless_namespaces();
+}
+
+/// As root: a TAP in (and `exec_in` into) namespaces that an unprivileged
+/// user made with `unshare --map-root-user`.
+fn root_enters_rootless_namespaces() {
+    sandbox::set_helper_exe(tapnet_exe());
+    let dir = TempDir::new("userns");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o777))
+        .expect("chmod temp dir");
+    let ready = dir.0.join("ready");
+    let script = format!(
+        "hostname inner && touch {} && exec sleep 100",
+        ready.display()
+    );
+    let mut child = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=tapnettest",
+            "--regid=tapnettest",
+            "--init-groups",
+            "--",
+        ])
+        .args([
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--net",
+            "--mount",
+            "--uts",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .current_dir("/")
+        .spawn()
+        .expect("spawn setpriv unshare");
+    let pid = i32::try_from(child.id()).expect("pid");
+    let mut reaper = Reaper(Some(pid));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the unprivileged namespace did not come up"
+        );
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("setpriv unshare exited: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let target = NetTarget::Pid(pid);
+    let tap = TapConfig {
+        name: "eth0".into(),
+        mac: MAC0,
+        mtu: 1500,
+        addr: "10.88.0.2/24".parse().expect("cidr"),
+        default_gateway: Some(GW0),
+    };
+    let fds = sandbox::create_taps(&target, &[tap], 1).expect("create_taps into a rootless netns");
+    assert_eq!(fds.len(), 1);
+    let out = sh_ok(
+        pid,
+        &dir,
+        "echo $(id -u) $(hostname); ip -o -4 addr show dev eth0",
+    );
+    assert!(out.starts_with("0 inner\n"), "{out}");
+    assert!(out.contains("inet 10.88.0.2/24"), "{out}");
+    drop(fds);
+    let again = sandbox::open_taps(&target, &["eth0".to_string()], 2).expect("reopen as root");
+    drop(again);
+    sandbox::delete_taps(&target, &["eth0".to_string()]).expect("delete as root");
+    reaper.0 = None;
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    let _ = child.wait();
+}
+
+/// A `run -d` sandbox keeps running after the process that started it
+/// exits (no PDEATHSIG): [`detached_parent_inner`] starts one and exits.
+#[test]
+fn detached_sandbox_outlives_its_parent() {
+    require_privileges();
+    let dir = TempDir::new("orphan");
+    let log = dir.0.join("log");
+    let out = std::process::Command::new(std::env::current_exe().expect("current_exe"))
+        .args([
+            "--exact",
+            "detached_parent_inner",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TAPNET_TEST_LOG", &log)
+        .env("TAPNET_TEST_EXE", tapnet_exe())
+        .output()
+        .expect("run the parent");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "parent failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find_map(|l| l.split_once("SANDBOX ").map(|(_, rest)| rest))
+        .unwrap_or_else(|| panic!("no SANDBOX line: {text}"));
+    let (pid, start) = line.split_once(' ').expect("pid and start time");
+    let pid: i32 = pid.parse().expect("pid");
+    let start: u64 = start.parse().expect("start time");
+    // Kill it on failure, only if it is still the process we started.
+    struct Orphan(i32, u64);
+    impl Drop for Orphan {
+        fn drop(&mut self) {
+            if sandbox::process_start_time(self.0) == Some(self.1) {
+                let _ = kill(Pid::from_raw(self.0), Signal::SIGKILL);
+            }
+        }
+    }
+    let _orphan = Orphan(pid, start);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text == "started\nstill-alive\n" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the detached sandbox died with its parent; log: {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "run by detached_sandbox_outlives_its_parent"]
+fn detached_parent_inner() {
+    require_privileges();
+    let log = PathBuf::from(std::env::var_os("TAPNET_TEST_LOG").expect("TAPNET_TEST_LOG"));
+    let sb = Sandbox::spawn(&spec(
+        "c6",
+        NetMode::New,
+        Vec::new(),
+        &["sh", "-c", "echo started; sleep 1; echo still-alive"],
+        Stdio::Log(log),
+    ))
+    .expect("spawn");
+    let pid = sb.pid;
+    let running = sb.start().expect("start");
+    let start = sandbox::process_start_time(pid).expect("start time");
+    println!("SANDBOX {} {start}", running.pid);
+    // Exit without waiting, like `tapnet run -d`.
 }
 
 /// The flow as an unprivileged user; started by [`rootless_as_tapnettest`].

@@ -222,6 +222,9 @@ fn command(cmd: &[String], env: &[(String, String)]) -> Command {
 
 /// Namespaces, mounts, hostname, `lo`; in the init process.
 fn setup(spec: &InitSpec) -> anyhow::Result<()> {
+    if spec.cmd.is_empty() {
+        anyhow::bail!("no command to run");
+    }
     if spec.setsid {
         nix::unistd::setsid().context("setsid")?;
     }

@@ -108,23 +108,37 @@ pub struct SandboxSpec {
 /// started yet.
 ///
 /// Dropping it without [`Sandbox::start`] makes the sandbox process exit
-/// (it is then a zombie child of the caller until reaped).
+/// and reaps it.
 pub struct Sandbox {
     pub pid: i32,
-    /// Control socket to the init process.
-    control: OwnedFd,
+    /// Control socket to the init process; `None` once started.
+    control: Option<OwnedFd>,
 }
 
 impl Sandbox {
     /// Spawns the sandbox process and returns once its namespaces are ready.
     pub fn spawn(spec: &SandboxSpec) -> anyhow::Result<Sandbox> {
         let (pid, control) = init::spawn(spec).context("create sandbox")?;
-        Ok(Sandbox { pid, control })
+        Ok(Sandbox {
+            pid,
+            control: Some(control),
+        })
     }
     /// Lets the sandbox exec CMD. Returns a handle to wait for it.
-    pub fn start(self) -> anyhow::Result<Running> {
-        init::start(self.pid, self.control).context("start sandbox command")?;
+    pub fn start(mut self) -> anyhow::Result<Running> {
+        let control = self.control.take().context("sandbox already started")?;
+        init::start(self.pid, control).context("start sandbox command")?;
         Ok(Running { pid: self.pid })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(control) = self.control.take() {
+            // EOF instead of "go": the init exits at once.
+            drop(control);
+            let _ = init::wait(self.pid);
+        }
     }
 }
 
