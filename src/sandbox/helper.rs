@@ -85,6 +85,9 @@ enum Reply {
 /// Largest request or reply.
 const MAX_MSG: usize = 1 << 20;
 
+/// How long the helper may take to answer.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub(super) fn create(
     target: &NetTarget,
     taps: &[TapConfig],
@@ -142,8 +145,24 @@ fn run(req: Request) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("spawn netns helper {}", exe.display()))?;
-    let result = exchange(&ours, &req);
+    let result = fdpass::set_recv_timeout(&ours, HELPER_TIMEOUT)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| exchange(&ours, &req));
     drop(ours);
+    if let Err(e) = &result {
+        if e.downcast_ref::<fdpass::FdPassError>()
+            .is_some_and(|e| matches!(e, fdpass::FdPassError::TimedOut))
+        {
+            // Our own child, by its pid; it is reaped just below.
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "netns helper for {} did not answer within {}s",
+                req.target,
+                HELPER_TIMEOUT.as_secs()
+            );
+        }
+    }
     let status = child.wait().context("wait for the netns helper")?;
     match result {
         Ok(Some(fds)) => Ok(fds),

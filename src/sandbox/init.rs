@@ -29,6 +29,9 @@ use crate::sys::process;
 /// PATH given to CMD when the spec's env has none (Docker's default).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// How long the init may take to get ready (or to exec CMD).
+const INIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The fd number of the control socket in the init process.
 const CONTROL_FD: i32 = 3;
 
@@ -83,9 +86,26 @@ pub(super) fn spawn(spec: &SandboxSpec) -> anyhow::Result<(i32, OwnedFd)> {
     drop(cmd);
     let pid = i32::try_from(child.id()).context("sandbox pid out of range")?;
     let fail = |e: anyhow::Error| {
+        let timed_out = e
+            .downcast_ref::<fdpass::FdPassError>()
+            .is_some_and(|e| matches!(e, fdpass::FdPassError::TimedOut));
+        if timed_out {
+            // Our own child, by its pid; reaped just below.
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
         drop(child_reap(pid));
-        e
+        if timed_out {
+            anyhow::anyhow!(
+                "sandbox init did not get ready within {}s",
+                INIT_TIMEOUT.as_secs()
+            )
+        } else {
+            e
+        }
     };
+    fdpass::set_recv_timeout(&ours, INIT_TIMEOUT)
+        .map_err(anyhow::Error::from)
+        .map_err(fail)?;
     let json = serde_json::to_vec(&init)
         .context("encode sandbox spec")
         .map_err(fail)?;

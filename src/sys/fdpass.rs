@@ -27,6 +27,12 @@ pub enum FdPassError {
     /// The message or its fds did not fit the buffers.
     #[error("recvmsg: message truncated")]
     Truncated,
+    /// Nothing arrived within the receive timeout.
+    #[error("recvmsg: timed out")]
+    TimedOut,
+    /// setsockopt(SO_RCVTIMEO) failed.
+    #[error("set receive timeout: {0}")]
+    SetTimeout(#[source] io::Error),
 }
 
 fn errno(e: nix::Error) -> io::Error {
@@ -71,6 +77,7 @@ pub fn recv(sock: &impl AsFd, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), F
         ) {
             Ok(msg) => break msg,
             Err(nix::Error::EINTR) => continue,
+            Err(nix::Error::EAGAIN) => return Err(FdPassError::TimedOut),
             Err(e) => return Err(FdPassError::Recv(errno(e))),
         }
     };
@@ -89,6 +96,17 @@ pub fn recv(sock: &impl AsFd, buf: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), F
         return Err(FdPassError::Truncated);
     }
     Ok((msg.bytes, fds))
+}
+
+/// Makes [`recv`] on `sock` fail with [`FdPassError::TimedOut`] after
+/// `timeout` without a message.
+pub fn set_recv_timeout(sock: &impl AsFd, timeout: std::time::Duration) -> Result<(), FdPassError> {
+    let tv = nix::sys::time::TimeVal::new(
+        i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX),
+        i64::from(timeout.subsec_micros()),
+    );
+    socket::setsockopt(sock, socket::sockopt::ReceiveTimeout, &tv)
+        .map_err(|e| FdPassError::SetTimeout(errno(e)))
 }
 
 /// Takes ownership of an fd inherited at a fixed number (e.g. 3, placed
@@ -144,6 +162,14 @@ mod tests {
         drop(a);
         let (n, fds) = recv(&b, &mut buf).expect("recv eof");
         assert_eq!((n, fds.len()), (0, 0));
+    }
+
+    #[test]
+    fn recv_times_out() {
+        let (_a, b) = seqpacket_pair().expect("socketpair");
+        set_recv_timeout(&b, std::time::Duration::from_millis(20)).expect("timeout");
+        let mut buf = [0u8; 4];
+        assert!(matches!(recv(&b, &mut buf), Err(FdPassError::TimedOut)));
     }
 
     #[test]
