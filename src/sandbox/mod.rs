@@ -16,6 +16,16 @@
 //!   and network namespace, does the work and returns the queue fds over
 //!   SCM_RIGHTS. TAPs are persistent (TUNSETPERSIST) so that they survive a
 //!   daemon restart and can be reopened with [`open_taps`].
+//!
+//! Implementation notes:
+//! - The helper first tries `setns` into the network namespace directly
+//!   (a root daemon may enter any namespace and keeps its access to a
+//!   0600 `/dev/net/tun`); only when that is refused does it join the
+//!   namespace's owning user namespace (`NS_GET_USERNS`) first. Rootless,
+//!   `/dev/net/tun` must be mode 0666: the user namespace's root does not
+//!   own the host's device node.
+//! - Integration tests are not the tapnet binary: they call
+//!   [`set_helper_exe`] with `env!("CARGO_BIN_EXE_tapnet")`.
 
 mod helper;
 mod init;
