@@ -6,7 +6,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -158,7 +158,7 @@ impl Dataplane {
             bail!("port {}: unknown network {}", spec.name, spec.network);
         };
         for q in &queues {
-            set_nonblocking(q.as_raw_fd()).context("set O_NONBLOCK on a TAP queue")?;
+            set_nonblocking(q).context("set O_NONBLOCK on a TAP queue")?;
         }
         let cfg = PortConfig {
             name: spec.name.clone(),
@@ -213,19 +213,12 @@ impl Dataplane {
     }
 }
 
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    // SAFETY-free: nix wraps fcntl; the fd is owned by the caller.
-    let fd = unsafe_free_borrow(fd);
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
     let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
     fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
     Ok(())
-}
-
-/// Borrows a raw fd known to be open for the duration of the call.
-fn unsafe_free_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
-    crate::sys::borrow_fd(fd)
 }
 
 /// Writes frames to the worker's own queue of each destination port.
