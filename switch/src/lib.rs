@@ -1,2 +1,31 @@
-//! tapnet-switch: the datapath (sans-IO).
+//! tapnet-switch: the datapath, sans-IO.
+//!
+//! - [`wire`]: zero-copy views of Ethernet, ARP, IPv4, ICMP and the
+//!   virtio-net header (smoltcp style: untrusted bytes never panic).
+//! - [`Switch`]: the read-mostly snapshot of networks and ports
+//!   ([`Topology`]), the lock-free [`fdb`] and the counters; changed by the
+//!   control plane, read by workers.
+//! - [`Worker`]: the run-to-completion pipeline of one thread, with a
+//!   [`GatewayHook`] for services behind the gateway (DNS, NAT) and
+//!   [`CaptureHook`]s.
+//! - [`mem`]: in-memory ports for tests, replay and benchmarks.
+//!
+//! No fds, threads, clocks or randomness here: the caller passes `now`.
 #![forbid(unsafe_code)]
+
+pub mod build;
+pub mod capture;
+pub mod counters;
+pub mod fdb;
+pub mod mem;
+pub mod pipeline;
+pub mod topology;
+pub mod wire;
+
+pub use capture::CaptureHook;
+pub use counters::{DropReason, PortStats};
+pub use pipeline::{BatchCx, GatewayHook, HookCx, HookVerdict, NoHook, Transmit, Worker};
+pub use topology::{
+    gateway_mac, ConfigError, Network, NetworkConfig, NetworkId, Port, PortConfig, PortId, Switch,
+    SwitchConfig, Topology,
+};

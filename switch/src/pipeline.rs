@@ -1,0 +1,532 @@
+//! The per-frame pipeline, run to completion by one worker:
+//!
+//! parse → ingress checks (runt, VLAN, source MAC, anti-spoofing, L3
+//! sanity) → MAC learning (with the per-port limit) → MTU → addressed to the
+//! gateway: ARP / ICMP echo / [`GatewayHook`] (DNS, NAT) → FDB lookup or
+//! flood within the ingress port's network → egress policy (ICC, network
+//! check) → capture hooks → [`Transmit`].
+//!
+//! Contract:
+//! - Never panics, whatever the bytes (fuzzed).
+//! - No allocation, lock or syscall: the snapshot and FDB are loaded once
+//!   per batch ([`Worker::begin`]); replies are built in a scratch buffer
+//!   owned by the worker.
+//! - A frame leaves only on ports of the ingress port's network.
+//! - Every frame that is not transmitted anywhere is counted under exactly
+//!   one [`DropReason`] on its ingress port.
+
+use crate::capture::CaptureHook;
+use crate::counters::DropReason;
+use crate::fdb::{self, Fdb, Learned};
+use crate::topology::{Network, Port, PortId, Switch, Topology};
+use crate::wire::{
+    arp::{ArpOp, ArpRepr},
+    ethernet, icmp, ipv4, ArpPacket, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet,
+    VnetHdr,
+};
+use arc_swap::Guard;
+use core::net::Ipv4Addr;
+use core::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// Where frames go out: implemented by the I/O edge (TAP queues) and by
+/// in-memory ports.
+pub trait Transmit {
+    /// Sends `frame` (with its virtio-net metadata) on `port`. An error is
+    /// counted on the egress port under the returned reason.
+    fn transmit(&mut self, port: &Port, meta: &VnetHdr, frame: &[u8]) -> Result<(), DropReason>;
+}
+
+/// What a [`GatewayHook`] did with a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookVerdict {
+    /// Taken (queued to a service); nothing to send now.
+    Consumed,
+    /// Answer written to `scratch[..len]`: send it back on the ingress port.
+    Reply(usize),
+    /// Not for this hook: the switch drops it (`no_route` or
+    /// `gateway_unsupported`).
+    Pass,
+    /// Dropped by the hook for this reason.
+    Drop(DropReason),
+}
+
+/// What a hook knows about the frame's origin.
+pub struct HookCx<'a> {
+    pub network: &'a Network,
+    pub port: &'a Port,
+    pub now_ns: u64,
+}
+
+/// Services behind the gateway MAC beyond ARP and ping: the inline DNS
+/// responder and the NAT/routing gateway plug in here (one instance per
+/// worker). Called only for IPv4 frames addressed to the gateway MAC that
+/// the built-in services did not consume, after all ingress checks.
+pub trait GatewayHook {
+    fn handle(
+        &mut self,
+        cx: &HookCx<'_>,
+        meta: &VnetHdr,
+        frame: &[u8],
+        scratch: &mut [u8],
+    ) -> HookVerdict;
+}
+
+/// The hook of a switch with no services: passes everything.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHook;
+
+impl GatewayHook for NoHook {
+    fn handle(&mut self, _: &HookCx<'_>, _: &VnetHdr, _: &[u8], _: &mut [u8]) -> HookVerdict {
+        HookVerdict::Pass
+    }
+}
+
+/// Size of a worker's scratch buffer: the largest reply it can build (an
+/// echo reply to a 64 KiB ping).
+pub const SCRATCH_LEN: usize = 65536 + 64;
+
+/// The snapshot and FDB a worker uses for one batch of frames.
+pub struct BatchCx {
+    topo: Guard<Arc<Topology>>,
+    fdb: Guard<Arc<Fdb>>,
+    now_ns: u64,
+    now_secs: u32,
+}
+
+impl BatchCx {
+    pub fn topology(&self) -> &Topology {
+        &self.topo
+    }
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+}
+
+/// One worker's pipeline state. Not shared: each worker thread has its own.
+pub struct Worker<H: GatewayHook = NoHook> {
+    sw: Arc<Switch>,
+    id: usize,
+    hook: H,
+    scratch: Box<[u8]>,
+}
+
+/// What kind of L3 payload a frame carries (for the ICC rule).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum L3 {
+    Arp,
+    Ip,
+    Other,
+}
+
+impl Worker<NoHook> {
+    pub fn new(sw: Arc<Switch>, id: usize) -> Self {
+        Worker::with_hook(sw, id, NoHook)
+    }
+}
+
+impl<H: GatewayHook> Worker<H> {
+    pub fn with_hook(sw: Arc<Switch>, id: usize, hook: H) -> Self {
+        Worker {
+            sw,
+            id,
+            hook,
+            scratch: vec![0; SCRATCH_LEN].into_boxed_slice(),
+        }
+    }
+
+    pub fn id(&self) -> usize {
+        self.id
+    }
+
+    pub fn hook_mut(&mut self) -> &mut H {
+        &mut self.hook
+    }
+
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.sw
+    }
+
+    /// Loads the snapshot for a batch. `now_ns` is a monotonic clock in
+    /// nanoseconds (aging works in whole seconds of it).
+    #[inline]
+    pub fn begin(&self, now_ns: u64) -> BatchCx {
+        BatchCx {
+            topo: self.sw.topo.load(),
+            fdb: self.sw.fdb.load(),
+            now_ns,
+            now_secs: (now_ns / 1_000_000_000) as u32,
+        }
+    }
+
+    /// Runs one frame that entered on `ingress` through the pipeline.
+    #[inline]
+    pub fn process<T: Transmit>(
+        &mut self,
+        cx: &BatchCx,
+        ingress: PortId,
+        meta: &VnetHdr,
+        frame: &[u8],
+        tx: &mut T,
+    ) {
+        let topo: &Topology = &cx.topo;
+        let Some(port) = topo.port(ingress) else {
+            self.sw
+                .worker_drops
+                .count_drop(self.id, DropReason::UnknownPort);
+            return;
+        };
+        port.counters.slot(self.id).count_rx(frame.len());
+        if let Some(c) = &topo.capture {
+            c.on_ingress(port, meta, frame);
+        }
+        if let Err(reason) = self.forward(cx, port, meta, frame, tx) {
+            port.counters.slot(self.id).count_drop(reason);
+            if let Some(c) = &topo.capture {
+                c.on_drop(port, meta, frame, reason);
+            }
+        }
+    }
+
+    fn forward<T: Transmit>(
+        &mut self,
+        cx: &BatchCx,
+        port: &Port,
+        meta: &VnetHdr,
+        frame: &[u8],
+        tx: &mut T,
+    ) -> Result<(), DropReason> {
+        let topo: &Topology = &cx.topo;
+        let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Runt)?;
+        let ethertype = eth.ethertype();
+        if ethertype == EtherType::Vlan {
+            return Err(DropReason::VlanTagged);
+        }
+        let src = eth.src_addr();
+        if src.is_multicast() || src.is_zero() {
+            return Err(DropReason::InvalidSrcMac);
+        }
+        let checked = port.is_checked();
+        if checked && Some(src) != port.config.mac {
+            return Err(DropReason::SpoofedMac);
+        }
+        let net = topo
+            .network(port.network())
+            .ok_or(DropReason::UnknownPort)?;
+        let l3 = classify(port, checked, ethertype, eth.payload())?;
+
+        self.learn(cx, port, net, src)?;
+
+        if !meta.is_gso() && frame.len() > net.max_frame {
+            return Err(DropReason::Oversize);
+        }
+
+        let dst = eth.dst_addr();
+        if dst == net.gateway_mac {
+            return self.handle_gateway(cx, port, net, ethertype, meta, frame, tx);
+        }
+        if dst.is_multicast() {
+            if ethertype == EtherType::Arp && self.answer_arp(net, eth.payload()) {
+                return self.reply(cx, port, 60, tx);
+            }
+            return self.flood(cx, port, net, l3, meta, frame, tx);
+        }
+        match cx
+            .fdb
+            .lookup(
+                fdb::key(net.id.0, dst),
+                cx.now_secs,
+                self.sw.config.aging_secs,
+            )
+            .and_then(|p| topo.port(PortId(p)))
+        {
+            Some(out) if out.id == port.id => Err(DropReason::Hairpin),
+            Some(out) => {
+                if out.network() != port.network() {
+                    return Err(DropReason::CrossNetwork);
+                }
+                if !net.config.icc && l3 == L3::Ip {
+                    return Err(DropReason::IccDisabled);
+                }
+                self.send(topo, out, meta, frame, tx);
+                Ok(())
+            }
+            None => self.flood(cx, port, net, l3, meta, frame, tx),
+        }
+    }
+
+    #[inline]
+    fn learn(
+        &self,
+        cx: &BatchCx,
+        port: &Port,
+        net: &Network,
+        src: EthernetAddress,
+    ) -> Result<(), DropReason> {
+        let key = fdb::key(net.id.0, src);
+        let aging = self.sw.config.aging_secs;
+        let pid = port.id.0;
+        let room = || port.learned.load(Ordering::Relaxed) < port.max_macs;
+        match cx.fdb.learn_if(key, pid, cx.now_secs, aging, room) {
+            Learned::Refused => return Err(DropReason::MacLimit),
+            Learned::Known => {}
+            Learned::New => {
+                port.learned.fetch_add(1, Ordering::Relaxed);
+            }
+            Learned::Moved { from } => {
+                port.learned.fetch_add(1, Ordering::Relaxed);
+                if let Some(old) = cx.topo.port(PortId(from)) {
+                    let _ = old
+                        .learned
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+                }
+            }
+            Learned::Full => return Err(DropReason::FdbFull),
+        }
+        Ok(())
+    }
+
+    /// Transmits on one port and counts it there.
+    #[inline]
+    fn send<T: Transmit>(
+        &self,
+        topo: &Topology,
+        out: &Port,
+        meta: &VnetHdr,
+        frame: &[u8],
+        tx: &mut T,
+    ) {
+        let slot = out.counters.slot(self.id);
+        match tx.transmit(out, meta, frame) {
+            Ok(()) => {
+                slot.count_tx(frame.len());
+                if let Some(c) = &topo.capture {
+                    c.on_egress(out, meta, frame);
+                }
+            }
+            Err(reason) => slot.count_drop(reason),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn flood<T: Transmit>(
+        &self,
+        cx: &BatchCx,
+        port: &Port,
+        net: &Network,
+        l3: L3,
+        meta: &VnetHdr,
+        frame: &[u8],
+        tx: &mut T,
+    ) -> Result<(), DropReason> {
+        let topo: &Topology = &cx.topo;
+        if !net.config.icc && l3 == L3::Ip {
+            // Every other port is an endpoint of this network.
+            return Err(DropReason::IccDisabled);
+        }
+        let mut sent = false;
+        for &pid in &net.ports {
+            if pid == port.id {
+                continue;
+            }
+            let Some(out) = topo.port(pid) else { continue };
+            self.send(topo, out, meta, frame, tx);
+            sent = true;
+        }
+        if sent {
+            Ok(())
+        } else {
+            Err(DropReason::NoDestination)
+        }
+    }
+
+    /// Whether `arp` asks for the gateway's address; if so, the reply is
+    /// left in the scratch buffer.
+    fn answer_arp(&mut self, net: &Network, arp: &[u8]) -> bool {
+        let Ok(p) = ArpPacket::new_checked(arp) else {
+            return false;
+        };
+        if p.operation() != ArpOp::Request || p.target_ip() != net.config.gateway {
+            return false;
+        }
+        let req = ArpRepr::parse(&p);
+        let s = &mut self.scratch[..60];
+        s.fill(0);
+        let mut eth = EthernetFrame::new_unchecked(&mut s[..]);
+        eth.set_dst_addr(req.sender_hw);
+        eth.set_src_addr(net.gateway_mac);
+        eth.set_ethertype(EtherType::Arp);
+        ArpRepr {
+            operation: ArpOp::Reply,
+            sender_hw: net.gateway_mac,
+            sender_ip: net.config.gateway,
+            target_hw: req.sender_hw,
+            target_ip: req.sender_ip,
+        }
+        .emit(eth.payload_mut());
+        true
+    }
+
+    /// Sends `scratch[..len]` back to the ingress port.
+    fn reply<T: Transmit>(
+        &self,
+        cx: &BatchCx,
+        port: &Port,
+        len: usize,
+        tx: &mut T,
+    ) -> Result<(), DropReason> {
+        let frame = &self.scratch[..len];
+        self.send(&cx.topo, port, &VnetHdr::default(), frame, tx);
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn handle_gateway<T: Transmit>(
+        &mut self,
+        cx: &BatchCx,
+        port: &Port,
+        net: &Network,
+        ethertype: EtherType,
+        meta: &VnetHdr,
+        frame: &[u8],
+        tx: &mut T,
+    ) -> Result<(), DropReason> {
+        let payload = &frame[ethernet::HEADER_LEN..];
+        match ethertype {
+            EtherType::Arp => {
+                if self.answer_arp(net, payload) {
+                    return self.reply(cx, port, 60, tx);
+                }
+                // ARP replies to the gateway: it never asks, nothing to learn.
+                Err(DropReason::GatewayUnsupported)
+            }
+            EtherType::Ipv4 => {
+                let ip = Ipv4Packet::new_unchecked(payload);
+                if ip.dst_addr() == net.config.gateway && ip.protocol() == ipv4::protocol::ICMP {
+                    if let Some(len) = self.echo_reply(net, meta, frame)? {
+                        return self.reply(cx, port, len, tx);
+                    }
+                }
+                let hcx = HookCx {
+                    network: net,
+                    port,
+                    now_ns: cx.now_ns,
+                };
+                match self.hook.handle(&hcx, meta, frame, &mut self.scratch) {
+                    HookVerdict::Consumed => Ok(()),
+                    HookVerdict::Reply(len) => {
+                        let len = len.min(self.scratch.len());
+                        self.reply(cx, port, len, tx)
+                    }
+                    HookVerdict::Drop(r) => Err(r),
+                    HookVerdict::Pass if ip.dst_addr() == net.config.gateway => {
+                        Err(DropReason::GatewayUnsupported)
+                    }
+                    HookVerdict::Pass => Err(DropReason::NoRoute),
+                }
+            }
+            _ => Err(DropReason::GatewayUnsupported),
+        }
+    }
+
+    /// Builds an echo reply in scratch for an echo request to the gateway.
+    /// `Ok(None)`: not an echo request (let the hook see it).
+    fn echo_reply(
+        &mut self,
+        net: &Network,
+        meta: &VnetHdr,
+        frame: &[u8],
+    ) -> Result<Option<usize>, DropReason> {
+        let ip = Ipv4Packet::new_unchecked(&frame[ethernet::HEADER_LEN..]);
+        if ip.is_fragment() {
+            return Err(DropReason::GatewayUnsupported);
+        }
+        let msg = ip.payload();
+        let req = icmp::IcmpPacket::new_checked(msg).map_err(|_| DropReason::Malformed)?;
+        if req.msg_type() != icmp::ECHO_REQUEST {
+            return Ok(None);
+        }
+        if meta.flags & crate::wire::vnet::F_NEEDS_CSUM == 0 && !req.verify_checksum() {
+            return Err(DropReason::Malformed);
+        }
+        let eth = EthernetFrame::new_unchecked(frame);
+        let hl = ethernet::HEADER_LEN;
+        let len = hl + ipv4::MIN_HEADER_LEN + msg.len();
+        if len > self.scratch.len() {
+            return Err(DropReason::Oversize);
+        }
+        let s = &mut self.scratch[..len];
+        let mut out = EthernetFrame::new_unchecked(&mut s[..]);
+        out.set_dst_addr(eth.src_addr());
+        out.set_src_addr(net.gateway_mac);
+        out.set_ethertype(EtherType::Ipv4);
+        let src: Ipv4Addr = ip.src_addr();
+        ipv4::emit_header(
+            &mut s[hl..],
+            net.config.gateway,
+            src,
+            ipv4::protocol::ICMP,
+            msg.len(),
+            64,
+        );
+        let m = &mut s[hl + ipv4::MIN_HEADER_LEN..];
+        m.copy_from_slice(msg);
+        m[0] = icmp::ECHO_REPLY;
+        m[2..4].fill(0);
+        let c = crate::wire::checksum(m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        Ok(Some(len))
+    }
+}
+
+/// Ingress checks past Ethernet: L3 sanity and anti-spoofing.
+#[inline]
+fn classify(
+    port: &Port,
+    checked: bool,
+    ethertype: EtherType,
+    payload: &[u8],
+) -> Result<L3, DropReason> {
+    match ethertype {
+        EtherType::Arp => {
+            let arp = ArpPacket::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+            if checked {
+                let sip = arp.sender_ip();
+                if Some(arp.sender_hw()) != port.config.mac
+                    || (Some(sip) != port.config.ip && !sip.is_unspecified())
+                {
+                    return Err(DropReason::SpoofedArp);
+                }
+            }
+            Ok(L3::Arp)
+        }
+        EtherType::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+            if checked && Some(ip.src_addr()) != port.config.ip {
+                return Err(DropReason::SpoofedIp);
+            }
+            Ok(L3::Ip)
+        }
+        EtherType::Ipv6 => {
+            if payload.len() < 40 || payload[0] >> 4 != 6 {
+                return Err(DropReason::Malformed);
+            }
+            // No IPv6 addresses are assigned yet: a checked port may only
+            // use link-local or unspecified sources (NDP, DAD, MLD).
+            let src = &payload[8..24];
+            let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
+            let unspecified = src.iter().all(|&b| b == 0);
+            if checked && !link_local && !unspecified {
+                return Err(DropReason::SpoofedIp);
+            }
+            Ok(L3::Ip)
+        }
+        EtherType::Vlan => Err(DropReason::VlanTagged),
+        EtherType::Unknown(_) if checked => Err(DropReason::UnsupportedEtherType),
+        EtherType::Unknown(_) => Ok(L3::Other),
+    }
+}
+
+/// Allows `CaptureHook` trait objects to be named from this module's docs.
+#[allow(dead_code)]
+fn _assert_object_safe(_: &dyn CaptureHook) {}
