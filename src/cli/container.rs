@@ -231,7 +231,7 @@ pub fn run(c: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
         &format!("/containers/{id}/start"),
         Some(&ContainerStart { pid }),
     ) {
-        kill_child(pid);
+        drop(sb); // the sandbox exits and is reaped
         return Err(cleanup(e.into()));
     }
     let running = match sb.start() {

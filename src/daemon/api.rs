@@ -217,7 +217,7 @@ async fn containers_exited(
     b: Bytes,
 ) -> Result<Response, ApiError> {
     let req: ContainerExited = body(&b)?;
-    call(&c, move |c| c.container_exited(&id, Some(req.exit_code))).await?;
+    call(&c, move |c| c.report_exit(&id, req.exit_code)).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -693,19 +693,10 @@ impl Core {
 
     /// A container's process is gone (or it was stopped/detached): remove
     /// its ports, release its addresses, mark it exited (or remove it when
-    /// it was `--rm`). Reporting an exit code for an exited container only
-    /// fills the code in.
+    /// it was `--rm`). Nothing to do for an exited container.
     pub fn container_exited(&mut self, key: &str, code: Option<i32>) -> Result<(), ApiError> {
         let c = find_container(self.store.state(), key)?.clone();
         if c.status == Status::Exited {
-            if c.exit_code.is_none() && code.is_some() {
-                self.store.transact(|st| {
-                    if let Some(x) = st.containers.get_mut(&c.id) {
-                        x.exit_code = code;
-                    }
-                    Ok::<_, ApiError>(())
-                })?;
-            }
             return Ok(());
         }
         for e in &c.endpoints {
@@ -743,6 +734,21 @@ impl Core {
             let _ = std::fs::remove_dir_all(container_dir(&self.root, &c.id));
         }
         Ok(())
+    }
+
+    /// `POST /containers/{id}/exited`: the CLI that waited for CMD reports
+    /// its exit code, which wins over any guess made when it was stopped.
+    pub fn report_exit(&mut self, key: &str, code: i32) -> Result<(), ApiError> {
+        let c = find_container(self.store.state(), key)?.clone();
+        if c.status != Status::Exited {
+            return self.container_exited(&c.id, Some(code));
+        }
+        self.store.transact(|st| {
+            if let Some(x) = st.containers.get_mut(&c.id) {
+                x.exit_code = Some(code);
+            }
+            Ok::<_, ApiError>(())
+        })
     }
 
     /// Removes a container that is not running.
@@ -1350,7 +1356,15 @@ pub async fn watch(core: Shared, every: Duration) {
 /// still the same process.
 fn signal(pid: i32, start_time: u64, sig: nix::sys::signal::Signal) {
     if is_alive(pid, start_time) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+        let p = nix::unistd::Pid::from_raw(pid);
+        // A detached sandbox leads its own session and process group: signal
+        // the whole group so that CMD's children go too (there is no pid
+        // namespace). A foreground one shares the CLI's group: only CMD.
+        if nix::unistd::getpgid(Some(p)) == Ok(p) {
+            let _ = nix::sys::signal::killpg(p, sig);
+        } else {
+            let _ = nix::sys::signal::kill(p, sig);
+        }
     }
 }
 
@@ -1379,6 +1393,9 @@ pub async fn stop(core: &Shared, key: String, t: u64) -> Result<(), ApiError> {
     if c.kind == Kind::Run {
         use nix::sys::signal::Signal;
         signal(c.pid, c.start_time, Signal::SIGTERM);
+        // Not our child: the real status is unknown unless the foreground
+        // CLI reports it; assume death by the signal sent.
+        code = Some(143);
         if !wait_dead(c.pid, c.start_time, Duration::from_secs(t)).await {
             signal(c.pid, c.start_time, Signal::SIGKILL);
             wait_dead(c.pid, c.start_time, Duration::from_secs(5)).await;

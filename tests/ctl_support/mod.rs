@@ -265,6 +265,18 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // The containers this test started go first (the daemon kills them
+        // by pid), then the daemon.
+        if self.child.is_some() {
+            let c = self.client();
+            if let Ok(list) = c.get::<Vec<serde_json::Value>>("/containers/json?all=1") {
+                for v in list {
+                    if let Some(id) = v["Id"].as_str() {
+                        let _ = c.delete(&format!("/containers/{id}?force=1"));
+                    }
+                }
+            }
+        }
         self.kill9();
     }
 }
