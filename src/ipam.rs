@@ -6,7 +6,8 @@
 //! - the network and broadcast addresses, the gateway and the auxiliary
 //!   addresses are never assigned; `--ip-range` limits dynamic allocation
 //!   (a static `--ip` may be anywhere in the subnet);
-//! - dynamic allocation takes the lowest free address.
+//! - dynamic allocation is serial: the next free address after the last
+//!   one handed out, wrapping around ([`allocate_after`]).
 //!
 //! Pure functions: the caller passes the addresses in use.
 
@@ -194,6 +195,19 @@ pub fn allocate(
     used: &BTreeSet<Ipv4Addr>,
     requested: Option<Ipv4Addr>,
 ) -> Result<Ipv4Addr, IpamError> {
+    allocate_after(pool, used, requested, None)
+}
+
+/// Like [`allocate`], but serial (as Docker): the dynamic search starts
+/// after `last` (the previous dynamic allocation) and wraps around, so a
+/// released address is not handed out again at once (stale ARP caches of
+/// the other containers would still point at the old MAC).
+pub fn allocate_after(
+    pool: &Pool,
+    used: &BTreeSet<Ipv4Addr>,
+    requested: Option<Ipv4Addr>,
+    last: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr, IpamError> {
     if let Some(addr) = requested {
         if !pool.subnet.contains(&addr) {
             return Err(IpamError::AddrOutside {
@@ -211,7 +225,12 @@ pub fn allocate(
     }
     let range = pool.ip_range.unwrap_or(pool.subnet);
     let (lo, hi) = (u32::from(range.network()), u32::from(range.broadcast()));
-    (lo..=hi)
+    let start = match last.map(u32::from) {
+        Some(l) if l >= lo && l < hi => l + 1,
+        _ => lo,
+    };
+    (start..=hi)
+        .chain(lo..start)
         .map(Ipv4Addr::from)
         .find(|a| !is_reserved(pool, *a) && !used.contains(a))
         .ok_or(IpamError::Exhausted(range))
@@ -337,6 +356,23 @@ mod tests {
                 Err(IpamError::AddrReserved(_))
             ));
         }
+    }
+
+    #[test]
+    fn serial_allocation() {
+        let p = make_pool(&req("10.0.0.0/29"), &[]).unwrap();
+        let a = |n| Ipv4Addr::new(10, 0, 0, n);
+        let mut used = BTreeSet::new();
+        used.insert(a(2));
+        // .2 was allocated then released: the next one is .3, not .2.
+        let got = allocate_after(&p, &BTreeSet::new(), None, Some(a(2))).unwrap();
+        assert_eq!(got, a(3));
+        // Wraps around past the broadcast address.
+        let got = allocate_after(&p, &used, None, Some(a(6))).unwrap();
+        assert_eq!(got, a(3));
+        // A `last` outside the range starts from the beginning.
+        let got = allocate_after(&p, &used, None, Some(a(200))).unwrap();
+        assert_eq!(got, a(3));
     }
 
     #[test]

@@ -84,6 +84,22 @@ impl State {
     pub fn release(&mut self, network_id: &str, ip: Ipv4Addr) {
         self.allocations.remove(&alloc_key(network_id, ip));
     }
+    /// The last dynamically allocated address of a network (serial IPAM).
+    pub fn last_allocated(&self, network_id: &str) -> Option<Ipv4Addr> {
+        self.options
+            .get(&format!("ipam.last/{network_id}"))
+            .and_then(|v| v.parse().ok())
+    }
+    pub fn set_last_allocated(&mut self, network_id: &str, ip: Ipv4Addr) {
+        self.options
+            .insert(format!("ipam.last/{network_id}"), ip.to_string());
+    }
+    /// Forgets a removed network's IPAM bookkeeping.
+    pub fn forget_network(&mut self, network_id: &str) {
+        self.options.remove(&format!("ipam.last/{network_id}"));
+        let prefix = format!("{network_id}/");
+        self.allocations.retain(|k, _| !k.starts_with(&prefix));
+    }
     /// Endpoints on a network.
     pub fn network_endpoints<'a>(
         &'a self,

@@ -402,6 +402,49 @@ fn attach_an_existing_namespace() {
     d.ok(&["rm", "-f", "outside"]);
     let o = ns.exec(&["ip", "link", "show", "eth0"]);
     assert!(!o.status.success(), "eth0 still in the namespace");
+
+    // --pid: a process in its own network namespace (made by this test,
+    // killed by its pid at the end, even on failure).
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let p = Kill(
+        std::process::Command::new("unshare")
+            .args(["--net", "sleep", "300"])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = p.0.id().to_string();
+    wait_until("the unshared process", Duration::from_secs(5), || {
+        std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+            != std::fs::read_link("/proc/self/ns/net").ok()
+    });
+    d.ok(&[
+        "attach",
+        "--pid",
+        &pid,
+        "--name",
+        "bypid",
+        "--network",
+        "att",
+    ]);
+    let o = std::process::Command::new("nsenter")
+        .args(["-t", &pid, "-n", "ip", "-4", "-o", "addr", "show", "eth0"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    // Serial allocation: .3 was released just before, .4 comes next.
+    assert!(out.contains("10.46.0.4/24"), "{out}");
+    assert!(ping(&d, "peer", "10.46.0.4"));
+    // The daemon notices the process's end.
+    drop(p);
+    wait_until("bypid marked exited", Duration::from_secs(10), || {
+        status(&d, "bypid") == "exited"
+    });
 }
 
 #[test]

@@ -188,7 +188,8 @@ fn alloc_endpoint(
         .first()
         .ok_or_else(|| ApiError::bad(format!("network {} has no address pool", n.name)))?;
     let used: BTreeSet<Ipv4Addr> = st.used_addresses(&n.id);
-    let ip = ipam::allocate(pool, &used, req.ipv4).map_err(|e| match e {
+    let last = st.last_allocated(&n.id);
+    let ip = ipam::allocate_after(pool, &used, req.ipv4, last).map_err(|e| match e {
         ipam::IpamError::AddrInUse(a) => {
             let owner = st
                 .address_owner(&n.id, a)
@@ -232,6 +233,9 @@ fn alloc_endpoint(
         static_ip: req.ipv4.is_some(),
     };
     st.allocate(&n.id, ip, &ep.id);
+    if req.ipv4.is_none() {
+        st.set_last_allocated(&n.id, ip);
+    }
     st.endpoints.insert(ep.id.clone(), ep.clone());
     Ok(ep)
 }
@@ -1338,17 +1342,14 @@ impl Core {
 pub async fn watch(core: Shared, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
-        let dead = {
-            let c = core.lock();
-            c.dead_containers()
-        };
-        if !dead.is_empty() {
-            let _ = call(&core, |c| {
+        // On a blocking thread: the lock may be held by a slow operation.
+        let _ = call(&core, |c| {
+            if !c.dead_containers().is_empty() {
                 c.reap();
-                Ok(())
-            })
-            .await;
-        }
+            }
+            Ok(())
+        })
+        .await;
     }
 }
 

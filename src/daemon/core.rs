@@ -310,6 +310,7 @@ impl Core {
                 )));
             }
             st.networks.remove(&n.id);
+            st.forget_network(&n.id);
             Ok(n.id)
         })?;
         self.dp_remove_network(&id);
@@ -326,6 +327,7 @@ impl Core {
                 .collect();
             for n in &victims {
                 st.networks.remove(&n.id);
+                st.forget_network(&n.id);
             }
             Ok::<_, ApiError>(victims)
         })?;

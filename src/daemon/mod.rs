@@ -148,8 +148,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     // The socket: refuse to steal one a live daemon listens on.
     if let Some(dir) = cfg.socket.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+            let mode = if rootless { 0o700 } else { 0o755 };
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+        }
     }
     if cfg.socket.exists() {
         if std::os::unix::net::UnixStream::connect(&cfg.socket).is_ok() {
