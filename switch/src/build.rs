@@ -78,6 +78,7 @@ pub fn ipv4(
 }
 
 /// An ICMP echo request (or reply) with `data`.
+#[allow(clippy::too_many_arguments)]
 pub fn icmp_echo(
     reply: bool,
     dst_mac: EthernetAddress,

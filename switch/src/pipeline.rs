@@ -383,7 +383,7 @@ impl<H: GatewayHook> Worker<H> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, clippy::wrong_self_convention)]
     fn to_gateway<T: Transmit>(
         &mut self,
         cx: &BatchCx,
