@@ -863,6 +863,27 @@ mod tests {
         assert_eq!(s.data, [0xaa, 0xbb]);
     }
 
+    /// Written by Wireshark's editcap 4.0.17 (from a libpcap file):
+    /// `shb_userappl` only, an IDB without options (microseconds), one
+    /// 60-byte broadcast ARP frame at 1620.753172 s.
+    #[test]
+    fn reads_editcap_output() {
+        let cap = read(include_bytes!("testdata/editcap-4.0.17-usec.pcapng")).unwrap();
+        assert_eq!(cap.interfaces.len(), 1);
+        assert_eq!(cap.interfaces[0].snap_len, 0x40000);
+        assert_eq!(cap.interfaces[0].tsresol, 6);
+        let [p] = &cap.packets[..] else {
+            panic!("{:?}", cap.packets)
+        };
+        assert_eq!(p.interface_name, None);
+        assert_eq!(p.timestamp_ns, 1_620_753_172_000);
+        assert_eq!(p.data.len(), 60);
+        assert_eq!(
+            p.data[..14],
+            [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0, 0, 0x0a, 8, 6]
+        );
+    }
+
     #[test]
     fn tsresol_and_tsoffset() {
         assert_eq!(to_ns(5, 6, 0), Some(5_000));
