@@ -1,1 +1,392 @@
-//! (stub)
+//! IPv4 address management, Docker's rules (libnetwork's default IPAM):
+//!
+//! - a network without `--subnet` gets the next free /16 of 172.17–172.31,
+//!   then the next free /20 of 192.168.0.0/16;
+//! - the gateway defaults to the first address of the subnet;
+//! - the network and broadcast addresses, the gateway and the auxiliary
+//!   addresses are never assigned; `--ip-range` limits dynamic allocation
+//!   (a static `--ip` may be anywhere in the subnet);
+//! - dynamic allocation is serial: the next free address after the last
+//!   one handed out, wrapping around ([`allocate_after`]).
+//!
+//! Pure functions: the caller passes the addresses in use.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+use crate::model::Pool;
+
+/// Errors of IPAM requests; the message is shown to the user as is.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IpamError {
+    #[error("invalid subnet {0:?}: not an IPv4 CIDR")]
+    BadSubnet(String),
+    #[error("invalid subnet {given}: it should be {canonical}")]
+    NotCanonical { given: String, canonical: Ipv4Net },
+    #[error("invalid subnet {0}: a subnet must have room for a gateway and a container (prefix /30 or shorter)")]
+    TooSmall(Ipv4Net),
+    #[error("invalid gateway {0:?}: not an IPv4 address")]
+    BadGateway(String),
+    #[error("gateway {gateway} is not in subnet {subnet}")]
+    GatewayOutside { gateway: Ipv4Addr, subnet: Ipv4Net },
+    #[error("gateway {0} is the network or broadcast address of its subnet")]
+    GatewayReserved(Ipv4Addr),
+    #[error("invalid ip-range {0:?}: not an IPv4 CIDR")]
+    BadRange(String),
+    #[error("ip-range {range} is not within subnet {subnet}")]
+    RangeOutside { range: Ipv4Net, subnet: Ipv4Net },
+    #[error("invalid auxiliary address {name}={value:?}: not an IPv4 address")]
+    BadAux { name: String, value: String },
+    #[error("auxiliary address {name}={addr} is not in subnet {subnet}")]
+    AuxOutside {
+        name: String,
+        addr: Ipv4Addr,
+        subnet: Ipv4Net,
+    },
+    #[error("auxiliary address {name}={addr} is the gateway, network or broadcast address")]
+    AuxReserved { name: String, addr: Ipv4Addr },
+    #[error("--gateway, --ip-range and --aux-address need --subnet")]
+    NeedSubnet,
+    #[error("no free address pool left for a new network (all of 172.17-31.0.0/16 and 192.168.0.0/16 in /20s are taken)")]
+    PoolsExhausted,
+    #[error("address {addr} is not in subnet {subnet}")]
+    AddrOutside { addr: Ipv4Addr, subnet: Ipv4Net },
+    #[error("address {0} is reserved (network, broadcast, gateway or auxiliary address)")]
+    AddrReserved(Ipv4Addr),
+    #[error("address {0} is already in use")]
+    AddrInUse(Ipv4Addr),
+    #[error("no free address left in {0}")]
+    Exhausted(Ipv4Net),
+}
+
+/// The pools Docker hands out when no subnet is given, in order.
+pub fn default_subnets() -> impl Iterator<Item = Ipv4Net> {
+    let a = (17u8..=31).map(|b| Ipv4Net::new(Ipv4Addr::new(172, b, 0, 0), 16).unwrap());
+    let b = (0u8..16).map(|i| Ipv4Net::new(Ipv4Addr::new(192, 168, i * 16, 0), 20).unwrap());
+    a.chain(b)
+}
+
+/// Whether two subnets share an address.
+pub fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The next default subnet that overlaps none of `used`.
+pub fn next_default_subnet(used: &[Ipv4Net]) -> Result<Ipv4Net, IpamError> {
+    default_subnets()
+        .find(|s| !used.iter().any(|u| overlaps(s, u)))
+        .ok_or(IpamError::PoolsExhausted)
+}
+
+/// A pool as the user asks for it (strings as given).
+#[derive(Clone, Debug, Default)]
+pub struct PoolRequest {
+    pub subnet: Option<String>,
+    pub ip_range: Option<String>,
+    pub gateway: Option<String>,
+    pub aux: BTreeMap<String, String>,
+}
+
+/// Validates a request into a [`Pool`]; `used` are the subnets of the other
+/// networks (only to choose a default subnet: the caller checks overlaps
+/// with names for its error message).
+pub fn make_pool(req: &PoolRequest, used: &[Ipv4Net]) -> Result<Pool, IpamError> {
+    let subnet = match req.subnet.as_deref().filter(|s| !s.is_empty()) {
+        None => {
+            if req.gateway.is_some() || req.ip_range.is_some() || !req.aux.is_empty() {
+                return Err(IpamError::NeedSubnet);
+            }
+            next_default_subnet(used)?
+        }
+        Some(s) => parse_canonical(s).map_err(|e| match e {
+            Some(c) => IpamError::NotCanonical {
+                given: s.to_string(),
+                canonical: c,
+            },
+            None => IpamError::BadSubnet(s.to_string()),
+        })?,
+    };
+    if subnet.prefix_len() > 30 {
+        return Err(IpamError::TooSmall(subnet));
+    }
+    let gateway = match req.gateway.as_deref().filter(|s| !s.is_empty()) {
+        None => first_host(&subnet),
+        Some(g) => {
+            let g: Ipv4Addr = g.parse().map_err(|_| IpamError::BadGateway(g.into()))?;
+            if !subnet.contains(&g) {
+                return Err(IpamError::GatewayOutside { gateway: g, subnet });
+            }
+            if g == subnet.network() || g == subnet.broadcast() {
+                return Err(IpamError::GatewayReserved(g));
+            }
+            g
+        }
+    };
+    let ip_range = match req.ip_range.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(r) => {
+            let range = r
+                .parse::<Ipv4Net>()
+                .map_err(|_| IpamError::BadRange(r.into()))?
+                .trunc();
+            if !subnet.contains(&range) {
+                return Err(IpamError::RangeOutside { range, subnet });
+            }
+            Some(range)
+        }
+    };
+    let mut aux = BTreeMap::new();
+    for (name, value) in &req.aux {
+        let addr: Ipv4Addr = value.parse().map_err(|_| IpamError::BadAux {
+            name: name.clone(),
+            value: value.clone(),
+        })?;
+        if !subnet.contains(&addr) {
+            return Err(IpamError::AuxOutside {
+                name: name.clone(),
+                addr,
+                subnet,
+            });
+        }
+        if addr == gateway || addr == subnet.network() || addr == subnet.broadcast() {
+            return Err(IpamError::AuxReserved {
+                name: name.clone(),
+                addr,
+            });
+        }
+        aux.insert(name.clone(), addr);
+    }
+    Ok(Pool {
+        subnet,
+        gateway,
+        ip_range,
+        aux,
+    })
+}
+
+/// Parses a CIDR that must be in canonical form. `Err(Some(c))`: valid but
+/// not canonical (c is the canonical one); `Err(None)`: not a CIDR.
+fn parse_canonical(s: &str) -> Result<Ipv4Net, Option<Ipv4Net>> {
+    let n: Ipv4Net = s.parse().map_err(|_| None)?;
+    if n.trunc() != n {
+        return Err(Some(n.trunc()));
+    }
+    Ok(n)
+}
+
+fn first_host(subnet: &Ipv4Net) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.network()) + 1)
+}
+
+/// Whether an address can never be given to an endpoint.
+pub fn is_reserved(pool: &Pool, addr: Ipv4Addr) -> bool {
+    addr == pool.subnet.network()
+        || addr == pool.subnet.broadcast()
+        || addr == pool.gateway
+        || pool.aux.values().any(|a| *a == addr)
+}
+
+/// Allocates an address: `requested` if given (anywhere in the subnet),
+/// else the lowest free address of the ip-range (or subnet).
+pub fn allocate(
+    pool: &Pool,
+    used: &BTreeSet<Ipv4Addr>,
+    requested: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr, IpamError> {
+    allocate_after(pool, used, requested, None)
+}
+
+/// Like [`allocate`], but serial (as Docker): the dynamic search starts
+/// after `last` (the previous dynamic allocation) and wraps around, so a
+/// released address is not handed out again at once (stale ARP caches of
+/// the other containers would still point at the old MAC).
+pub fn allocate_after(
+    pool: &Pool,
+    used: &BTreeSet<Ipv4Addr>,
+    requested: Option<Ipv4Addr>,
+    last: Option<Ipv4Addr>,
+) -> Result<Ipv4Addr, IpamError> {
+    if let Some(addr) = requested {
+        if !pool.subnet.contains(&addr) {
+            return Err(IpamError::AddrOutside {
+                addr,
+                subnet: pool.subnet,
+            });
+        }
+        if is_reserved(pool, addr) {
+            return Err(IpamError::AddrReserved(addr));
+        }
+        if used.contains(&addr) {
+            return Err(IpamError::AddrInUse(addr));
+        }
+        return Ok(addr);
+    }
+    let range = pool.ip_range.unwrap_or(pool.subnet);
+    let (lo, hi) = (u32::from(range.network()), u32::from(range.broadcast()));
+    let start = match last.map(u32::from) {
+        Some(l) if l >= lo && l < hi => l + 1,
+        _ => lo,
+    };
+    (start..=hi)
+        .chain(lo..start)
+        .map(Ipv4Addr::from)
+        .find(|a| !is_reserved(pool, *a) && !used.contains(a))
+        .ok_or(IpamError::Exhausted(range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(subnet: &str) -> PoolRequest {
+        PoolRequest {
+            subnet: Some(subnet.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let bridge: Ipv4Net = "172.17.0.0/16".parse().unwrap();
+        let p = make_pool(&PoolRequest::default(), &[bridge]).unwrap();
+        assert_eq!(p.subnet.to_string(), "172.18.0.0/16");
+        assert_eq!(p.gateway, Ipv4Addr::new(172, 18, 0, 1));
+        let mut used: Vec<Ipv4Net> = (17..=31)
+            .map(|b| format!("172.{b}.0.0/16").parse().unwrap())
+            .collect();
+        let p = make_pool(&PoolRequest::default(), &used).unwrap();
+        assert_eq!(p.subnet.to_string(), "192.168.0.0/20");
+        used.push("192.168.16.0/24".parse().unwrap());
+        used.push("192.168.0.0/20".parse().unwrap());
+        let p = make_pool(&PoolRequest::default(), &used).unwrap();
+        assert_eq!(p.subnet.to_string(), "192.168.32.0/20");
+        // A user subnet inside a default pool makes that pool unavailable.
+        let used: Vec<Ipv4Net> = vec![bridge, "172.18.5.0/24".parse().unwrap()];
+        let p = make_pool(&PoolRequest::default(), &used).unwrap();
+        assert_eq!(p.subnet.to_string(), "172.19.0.0/16");
+        let all: Vec<Ipv4Net> = default_subnets().collect();
+        assert_eq!(
+            make_pool(&PoolRequest::default(), &all),
+            Err(IpamError::PoolsExhausted)
+        );
+    }
+
+    #[test]
+    fn validation() {
+        assert!(matches!(
+            make_pool(&req("10.0.0.1/24"), &[]),
+            Err(IpamError::NotCanonical { .. })
+        ));
+        assert!(matches!(
+            make_pool(&req("10.0.0.0/33"), &[]),
+            Err(IpamError::BadSubnet(_))
+        ));
+        assert!(matches!(
+            make_pool(&req("10.0.0.0/31"), &[]),
+            Err(IpamError::TooSmall(_))
+        ));
+        let mut r = req("10.0.0.0/24");
+        r.gateway = Some("10.0.1.1".into());
+        assert!(matches!(
+            make_pool(&r, &[]),
+            Err(IpamError::GatewayOutside { .. })
+        ));
+        r.gateway = Some("10.0.0.255".into());
+        assert!(matches!(
+            make_pool(&r, &[]),
+            Err(IpamError::GatewayReserved(_))
+        ));
+        r.gateway = Some("10.0.0.254".into());
+        r.ip_range = Some("10.0.1.0/28".into());
+        assert!(matches!(
+            make_pool(&r, &[]),
+            Err(IpamError::RangeOutside { .. })
+        ));
+        r.ip_range = Some("10.0.0.16/28".into());
+        r.aux.insert("host".into(), "10.1.0.5".into());
+        assert!(matches!(
+            make_pool(&r, &[]),
+            Err(IpamError::AuxOutside { .. })
+        ));
+        r.aux.insert("host".into(), "10.0.0.5".into());
+        let p = make_pool(&r, &[]).unwrap();
+        assert_eq!(p.gateway, Ipv4Addr::new(10, 0, 0, 254));
+        let r = PoolRequest {
+            gateway: Some("10.0.0.1".into()),
+            ..Default::default()
+        };
+        assert_eq!(make_pool(&r, &[]), Err(IpamError::NeedSubnet));
+    }
+
+    #[test]
+    fn allocation() {
+        let mut r = req("10.0.0.0/29");
+        r.aux.insert("x".into(), "10.0.0.3".into());
+        let p = make_pool(&r, &[]).unwrap();
+        let mut used = BTreeSet::new();
+        let mut got = vec![];
+        while let Ok(a) = allocate(&p, &used, None) {
+            used.insert(a);
+            got.push(a.to_string());
+        }
+        // .0 network, .1 gateway, .3 aux, .7 broadcast.
+        assert_eq!(got, ["10.0.0.2", "10.0.0.4", "10.0.0.5", "10.0.0.6"]);
+        assert!(matches!(
+            allocate(&p, &used, None),
+            Err(IpamError::Exhausted(_))
+        ));
+        used.remove(&Ipv4Addr::new(10, 0, 0, 4));
+        assert_eq!(
+            allocate(&p, &used, None).unwrap(),
+            Ipv4Addr::new(10, 0, 0, 4)
+        );
+        assert_eq!(
+            allocate(&p, &used, Some(Ipv4Addr::new(10, 0, 0, 5))),
+            Err(IpamError::AddrInUse(Ipv4Addr::new(10, 0, 0, 5)))
+        );
+        assert!(matches!(
+            allocate(&p, &used, Some(Ipv4Addr::new(10, 0, 1, 5))),
+            Err(IpamError::AddrOutside { .. })
+        ));
+        for a in [0, 1, 3, 7] {
+            assert!(matches!(
+                allocate(&p, &BTreeSet::new(), Some(Ipv4Addr::new(10, 0, 0, a))),
+                Err(IpamError::AddrReserved(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn serial_allocation() {
+        let p = make_pool(&req("10.0.0.0/29"), &[]).unwrap();
+        let a = |n| Ipv4Addr::new(10, 0, 0, n);
+        let mut used = BTreeSet::new();
+        used.insert(a(2));
+        // .2 was allocated then released: the next one is .3, not .2.
+        let got = allocate_after(&p, &BTreeSet::new(), None, Some(a(2))).unwrap();
+        assert_eq!(got, a(3));
+        // Wraps around past the broadcast address.
+        let got = allocate_after(&p, &used, None, Some(a(6))).unwrap();
+        assert_eq!(got, a(3));
+        // A `last` outside the range starts from the beginning.
+        let got = allocate_after(&p, &used, None, Some(a(200))).unwrap();
+        assert_eq!(got, a(3));
+    }
+
+    #[test]
+    fn ip_range_limits_dynamic_only() {
+        let mut r = req("10.0.0.0/24");
+        r.ip_range = Some("10.0.0.128/30".into());
+        let p = make_pool(&r, &[]).unwrap();
+        let mut used = BTreeSet::new();
+        for want in [128, 129, 130, 131] {
+            let a = allocate(&p, &used, None).unwrap();
+            assert_eq!(a, Ipv4Addr::new(10, 0, 0, want));
+            used.insert(a);
+        }
+        assert!(allocate(&p, &used, None).is_err());
+        assert!(allocate(&p, &used, Some(Ipv4Addr::new(10, 0, 0, 9))).is_ok());
+    }
+}

@@ -1,1 +1,468 @@
-//! (stub)
+//! The persisted domain model of the control plane: networks, endpoints,
+//! containers (sandboxes). These are the records stored (as JSON) in the
+//! state store; the Docker-shaped API views are built from them by the
+//! daemon. Also the small parsers shared by the CLI and the daemon (`-p`,
+//! MAC addresses, ids).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// Names of the predefined networks.
+pub const BRIDGE: &str = "bridge";
+pub const HOST: &str = "host";
+pub const NONE: &str = "none";
+
+/// Bridge driver option keys (Docker's).
+pub const OPT_ICC: &str = "com.docker.network.bridge.enable_icc";
+pub const OPT_MASQ: &str = "com.docker.network.bridge.enable_ip_masquerade";
+pub const OPT_HOST_BINDING: &str = "com.docker.network.bridge.host_binding_ipv4";
+pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
+pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+pub const OPT_DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
+
+/// Default MTU of a bridge network.
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// One IPv4 address pool of a network (Docker's `IPAM.Config[]` entry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    pub subnet: Ipv4Net,
+    pub gateway: Ipv4Addr,
+    /// Dynamic allocation is limited to this range when set.
+    pub ip_range: Option<Ipv4Net>,
+    /// Reserved addresses (`--aux-address NAME=IP`), never allocated.
+    pub aux: BTreeMap<String, Ipv4Addr>,
+}
+
+/// A network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// 64 hex digits.
+    pub id: String,
+    pub name: String,
+    /// `bridge`, `host` or `null`.
+    pub driver: String,
+    /// RFC 3339 with nanoseconds.
+    pub created: String,
+    pub internal: bool,
+    pub attachable: bool,
+    pub ingress: bool,
+    pub enable_ipv6: bool,
+    /// IPv4 pools (zero for `host`/`none`, one for bridge networks today).
+    pub pools: Vec<Pool>,
+    pub ipam_options: BTreeMap<String, String>,
+    /// Driver options as given (`-o`), or Docker's defaults for `bridge`.
+    pub options: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    /// `bridge`, `host`, `none`: cannot be removed.
+    pub predefined: bool,
+}
+
+impl Network {
+    /// Whether containers on it get an interface switched by the dataplane.
+    pub fn is_bridge(&self) -> bool {
+        self.driver == "bridge"
+    }
+    /// The default bridge network (`bridge`) has Docker's legacy rules: no
+    /// `--ip`, no aliases, `--link` works through /etc/hosts.
+    pub fn is_default_bridge(&self) -> bool {
+        self.predefined && self.name == BRIDGE
+    }
+    pub fn icc(&self) -> bool {
+        self.options
+            .get(OPT_ICC)
+            .and_then(|v| parse_bool(v))
+            .unwrap_or(true)
+    }
+    pub fn mtu(&self) -> u32 {
+        self.options
+            .get(OPT_MTU)
+            .and_then(|v| v.parse().ok())
+            .filter(|m| *m > 0)
+            .unwrap_or(DEFAULT_MTU)
+    }
+    pub fn short_id(&self) -> &str {
+        &self.id[..12.min(self.id.len())]
+    }
+}
+
+/// Go's `strconv.ParseBool`, as Docker uses for option values.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+/// An endpoint: one interface of a container on one network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// 64 hex digits.
+    pub id: String,
+    pub network_id: String,
+    pub container_id: String,
+    /// Interface name inside the sandbox (`eth0`, ...).
+    pub ifname: String,
+    pub mac: Mac,
+    pub ipv4: Option<Ipv4Net>,
+    pub gateway: Option<Ipv4Addr>,
+    pub aliases: Vec<String>,
+    pub links: Vec<String>,
+    pub mtu: u32,
+    /// The address was given explicitly (`--ip`).
+    pub static_ip: bool,
+}
+
+/// A network a container asked for (kept while the container exists, also
+/// when it is not running).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetRequest {
+    pub network_id: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub mac: Option<Mac>,
+    pub aliases: Vec<String>,
+    pub links: Vec<String>,
+}
+
+/// How a container gets its network namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value")]
+pub enum NetMode {
+    /// Its own namespace with one TAP per requested network (possibly none).
+    Bridge,
+    /// `--network none`: its own namespace, only `lo`.
+    None,
+    /// `--network host`: the daemon's network namespace.
+    Host,
+    /// `--network container:ID`: that container's namespace.
+    Container(String),
+}
+
+/// What kind of sandbox a container record stands for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value")]
+pub enum Kind {
+    /// Made by `tapnet run`: the sandbox process is CMD.
+    Run,
+    /// `tapnet attach --pid`: an existing process's namespace.
+    AttachPid(i32),
+    /// `tapnet attach --netns PATH`: a bind-mounted namespace.
+    AttachNetns(String),
+}
+
+/// Lifecycle status, Docker's words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Created,
+    Running,
+    Exited,
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Exited => "exited",
+        })
+    }
+}
+
+/// A container (sandbox) record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub created: String,
+    pub hostname: String,
+    pub kind: Kind,
+    pub net_mode: NetMode,
+    /// Requested networks, in interface order.
+    pub networks: Vec<NetRequest>,
+    /// Live endpoints (ids), in interface order; empty when not running
+    /// (addresses are released when the container stops).
+    pub endpoints: Vec<String>,
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+    pub ports: Vec<PortBinding>,
+    pub dns: Vec<Ipv4Addr>,
+    /// Legacy `--link CONTAINER:ALIAS` of the default bridge.
+    pub links: Vec<String>,
+    pub auto_remove: bool,
+    pub status: Status,
+    pub pid: i32,
+    /// Start time (field 22 of /proc/PID/stat) of `pid`.
+    pub start_time: u64,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl Container {
+    pub fn short_id(&self) -> &str {
+        &self.id[..12.min(self.id.len())]
+    }
+}
+
+/// A MAC address, shown as `02:42:ac:11:00:02`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A random unicast, locally administered address.
+    pub fn random() -> Mac {
+        let mut b = [0u8; 6];
+        rand::thread_rng().fill_bytes(&mut b);
+        b[0] = (b[0] & 0xfc) | 0x02;
+        Mac(b)
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Mac, String> {
+        let bad = || format!("invalid MAC address {s:?}");
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(bad());
+        }
+        let mut b = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 {
+                return Err(bad());
+            }
+            b[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+        }
+        if b[0] & 1 == 1 {
+            return Err(format!("invalid MAC address {s:?}: multicast address"));
+        }
+        if b == [0; 6] {
+            return Err(format!("invalid MAC address {s:?}: all zeros"));
+        }
+        Ok(Mac(b))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A random 64-hex-digit id.
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Now, RFC 3339 with nanoseconds (Docker's `Created`).
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+/// Transport protocol of a published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// One `-p [IP:][HOSTPORT:]PORT[/tcp|udp]` (ranges `A-B` allowed). A host
+/// port of 0 means "any free port".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortBinding {
+    pub host_ip: Option<Ipv4Addr>,
+    /// First and last host port; (0, 0) when not given.
+    pub host_ports: (u16, u16),
+    pub container_ports: (u16, u16),
+    pub proto: Proto,
+}
+
+impl fmt::Display for PortBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let range = |(a, b): (u16, u16)| {
+            if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            }
+        };
+        if let Some(ip) = self.host_ip {
+            write!(f, "{ip}:")?;
+        }
+        if self.host_ports != (0, 0) {
+            write!(f, "{}:", range(self.host_ports))?;
+        } else if self.host_ip.is_some() {
+            write!(f, ":")?;
+        }
+        write!(f, "{}/{}", range(self.container_ports), self.proto)
+    }
+}
+
+impl PortBinding {
+    /// Parses Docker's `-p` syntax. The error is one line naming the value.
+    pub fn parse(s: &str) -> Result<PortBinding, String> {
+        let bad = |why: &str| format!("invalid published port {s:?}: {why}");
+        let (spec, proto) = match s.rsplit_once('/') {
+            Some((spec, "tcp")) => (spec, Proto::Tcp),
+            Some((spec, "udp")) => (spec, Proto::Udp),
+            Some((_, p)) => return Err(bad(&format!("unknown protocol {p:?} (tcp or udp)"))),
+            None => (s, Proto::Tcp),
+        };
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (ip, host, cont) = match parts.as_slice() {
+            [c] => (None, None, *c),
+            [h, c] => (None, Some(*h), *c),
+            [ip, h, c] => (Some(*ip), Some(*h), *c),
+            _ => return Err(bad("expected [IP:][HOSTPORT:]PORT[/tcp|udp]")),
+        };
+        let host_ip = match ip {
+            None => None,
+            Some(ip) => Some(
+                ip.parse::<Ipv4Addr>()
+                    .map_err(|_| bad(&format!("{ip:?} is not an IPv4 address")))?,
+            ),
+        };
+        let range = |r: &str, what: &str| -> Result<(u16, u16), String> {
+            let port = |p: &str| -> Result<u16, String> {
+                match p.parse::<u16>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(bad(&format!("{what} {p:?} is not a port number (1-65535)"))),
+                }
+            };
+            match r.split_once('-') {
+                None => Ok((port(r)?, port(r)?)),
+                Some((a, b)) => {
+                    let (a, b) = (port(a)?, port(b)?);
+                    if a > b {
+                        return Err(bad(&format!("{what} range {r:?} is reversed")));
+                    }
+                    Ok((a, b))
+                }
+            }
+        };
+        let container_ports = range(cont, "container port")?;
+        let host_ports = match host {
+            None | Some("") => (0, 0),
+            Some(h) => range(h, "host port")?,
+        };
+        if host_ports != (0, 0) {
+            let hl = host_ports.1 - host_ports.0;
+            let cl = container_ports.1 - container_ports.0;
+            if cl != 0 && hl != cl {
+                return Err(bad("host and container port ranges differ in size"));
+            }
+        }
+        Ok(PortBinding {
+            host_ip,
+            host_ports,
+            container_ports,
+            proto,
+        })
+    }
+}
+
+/// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
+pub fn valid_container_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && name.len() >= 2
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// A network name: non-empty, no `/`, `:` or whitespace, at most 128 bytes.
+pub fn valid_network_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == ':')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        let p = PortBinding::parse("8080:80").unwrap();
+        assert_eq!(p.host_ports, (8080, 8080));
+        assert_eq!(p.container_ports, (80, 80));
+        assert_eq!(p.proto, Proto::Tcp);
+        let p = PortBinding::parse("127.0.0.1::53/udp").unwrap();
+        assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.host_ports, (0, 0));
+        assert_eq!(p.proto, Proto::Udp);
+        assert_eq!(p.to_string(), "127.0.0.1::53/udp");
+        let p = PortBinding::parse("8000-8010:80-90").unwrap();
+        assert_eq!(p.to_string(), "8000-8010:80-90/tcp");
+        for bad in [
+            "", "abc", "80/sctp", "0", "70000", "1:2:3:4", "x:80:80", "90-80", "1-3:1-2",
+        ] {
+            assert!(PortBinding::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn macs() {
+        let m: Mac = "02:42:ac:11:00:02".parse().unwrap();
+        assert_eq!(m.to_string(), "02:42:ac:11:00:02");
+        assert!("01:00:5e:00:00:01".parse::<Mac>().is_err());
+        assert!("02:42:ac:11:00".parse::<Mac>().is_err());
+        for _ in 0..100 {
+            let m = Mac::random();
+            assert_eq!(m.0[0] & 3, 2);
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_container_name("web-1"));
+        assert!(!valid_container_name("-web"));
+        assert!(!valid_container_name("a"));
+        assert!(valid_network_name("n"));
+        assert!(!valid_network_name("a b"));
+    }
+}

@@ -1,6 +1,15 @@
-//! The command-line interface (see DESIGN.md's contract).
+//! The command-line interface (see DESIGN.md's contract). Every failure is
+//! one line on stderr and a non-zero exit.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::client::{self, Client};
+
+mod container;
+mod network;
 
 pub fn main() -> ExitCode {
     // Hidden re-exec entry points of the sandbox machinery come first: they
@@ -10,6 +19,232 @@ pub fn main() -> ExitCode {
         Some("__netns-helper") => return crate::sandbox::netns_helper_main(),
         _ => {}
     }
-    eprintln!("tapnet: not implemented yet");
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let msg = format!("{e:#}");
+            if msg.starts_with("Error response from daemon:") {
+                eprintln!("{msg}");
+            } else {
+                eprintln!("tapnet: {msg}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tapnet",
+    version,
+    about = "Docker-style container networking entirely in user space"
+)]
+struct Cli {
+    /// Daemon socket (unix:///PATH).
+    #[arg(short = 'H', long = "host", global = true, env = "TAPNET_HOST")]
+    host: Option<String>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the daemon.
+    Daemon(DaemonArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(network::NetworkCmd),
+    /// Run a command in a new sandbox.
+    Run(container::RunArgs),
+    /// Attach interfaces to an existing network namespace.
+    Attach(container::AttachArgs),
+    /// List containers.
+    Ps(container::PsArgs),
+    /// Show a container's details (JSON).
+    Inspect {
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// List a container's published ports.
+    Port { container: String },
+    /// Run a command inside a running container.
+    Exec {
+        container: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
+    /// Stop containers (SIGTERM, then SIGKILL).
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill a running container first.
+        #[arg(short = 'f', long = "force")]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Print the output of a `run -d` command.
+    Logs { container: String },
+    /// Capture traffic to pcapng.
+    Capture {
+        #[arg(long)]
+        network: Option<String>,
+        #[arg(long)]
+        container: Option<String>,
+        #[arg(long)]
+        interface: Option<String>,
+        #[arg(short = 'w')]
+        write: Option<String>,
+        #[arg(short = 'c')]
+        count: Option<u64>,
+        filter: Vec<String>,
+    },
+    /// Replay a pcapng file through an in-memory switch.
+    Replay {
+        #[arg(long)]
+        topology: PathBuf,
+        input: PathBuf,
+        #[arg(short = 'w')]
+        output: PathBuf,
+    },
+}
+
+#[derive(Args, Debug)]
+struct DaemonArgs {
+    /// State directory.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Worker threads of the switch (default: the CPUs, at most 8).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Upstream DNS server for the embedded DNS.
+    #[arg(long = "dns-upstream")]
+    dns_upstream: Vec<String>,
+    #[arg(long = "cluster-store")]
+    cluster_store: Option<String>,
+    #[arg(long = "advertise-addr")]
+    advertise_addr: Option<String>,
+    #[arg(long = "vxlan-port", default_value_t = 4789)]
+    vxlan_port: u16,
+    #[arg(long = "metrics-addr")]
+    metrics_addr: Option<String>,
+}
+
+fn client(host: &Option<String>) -> anyhow::Result<Client> {
+    let socket = client::parse_host(host.as_deref()).map_err(anyhow::Error::msg)?;
+    Ok(Client::new(socket))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Daemon(a) => daemon(cli.host, a),
+        Cmd::Network(n) => network::run(&client(&cli.host)?, n),
+        Cmd::Run(a) => container::run(&client(&cli.host)?, a),
+        Cmd::Attach(a) => container::attach(&client(&cli.host)?, a),
+        Cmd::Ps(a) => container::ps(&client(&cli.host)?, a),
+        Cmd::Inspect { containers } => container::inspect(&client(&cli.host)?, &containers),
+        Cmd::Port { container } => container::port(&client(&cli.host)?, &container),
+        Cmd::Exec { container, cmd } => container::exec(&client(&cli.host)?, &container, &cmd),
+        Cmd::Stop { time, containers } => container::stop(&client(&cli.host)?, time, &containers),
+        Cmd::Rm { force, containers } => container::rm(&client(&cli.host)?, force, &containers),
+        Cmd::Logs { container } => container::logs(&client(&cli.host)?, &container),
+        Cmd::Capture { .. } => anyhow::bail!("capture is not implemented yet"),
+        Cmd::Replay {
+            topology,
+            input,
+            output,
+        } => {
+            crate::replay::run(&topology, &input, &output)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let socket = client::parse_host(host.as_deref()).map_err(anyhow::Error::msg)?;
+    let workers = match a.workers {
+        Some(0) => anyhow::bail!("--workers must be at least 1"),
+        Some(n) => n,
+        None => crate::daemon::default_workers(),
+    };
+    let mut dns_upstream = vec![];
+    for d in &a.dns_upstream {
+        let addr = if let Ok(ip) = d.parse::<std::net::IpAddr>() {
+            std::net::SocketAddr::new(ip, 53)
+        } else {
+            d.parse::<std::net::SocketAddr>().map_err(|_| {
+                anyhow::anyhow!("invalid --dns-upstream {d:?}: expected IP or IP:PORT")
+            })?
+        };
+        dns_upstream.push(addr);
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TAPNET_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    crate::daemon::run(crate::daemon::Config {
+        root: a.root.unwrap_or_else(crate::daemon::default_root),
+        socket,
+        workers,
+        dns_upstream,
+        cluster_store: a.cluster_store,
+        advertise_addr: a.advertise_addr,
+        vxlan_port: a.vxlan_port,
+        metrics_addr: a.metrics_addr,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Splits `KEY=VALUE`.
+fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => anyhow::bail!("invalid {what} {s:?}: expected KEY=VALUE"),
+    }
+}
+
+/// Docker's indented JSON (4 spaces).
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    v.serialize(&mut ser)?;
+    println!("{}", String::from_utf8_lossy(&out));
+    Ok(())
+}
+
+/// Prints rows as a left-aligned table with 3 spaces between columns.
+fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<width$}   ", width = w[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
 }

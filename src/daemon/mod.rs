@@ -1,2 +1,209 @@
 //! The daemon: HTTP/JSON API over a Unix socket (Docker Engine API shapes),
 //! state, and the link to the dataplane and sandboxes.
+//!
+//! - `types`: the JSON bodies (shared with the CLI);
+//! - `core`: state + dataplane + network operations (one transaction each);
+//! - `containers`: sandboxes: create/start/stop/rm, attach, exit watcher,
+//!   recovery after a restart;
+//! - `api`: the axum routes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
+
+pub mod api;
+pub mod containers;
+pub mod core;
+pub mod types;
+
+/// An API error: an HTTP status and Docker's `{"message": ...}`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    pub fn bad(m: impl Into<String>) -> ApiError {
+        ApiError::new(400, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> ApiError {
+        ApiError::new(403, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> ApiError {
+        ApiError::new(404, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> ApiError {
+        ApiError::new(409, m)
+    }
+    pub fn internal(m: impl Into<String>) -> ApiError {
+        ApiError::new(500, m)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<crate::state::StoreError> for ApiError {
+    fn from(e: crate::state::StoreError) -> ApiError {
+        ApiError::internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            axum::Json(types::ErrorBody {
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// `tapnet daemon` options.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Config {
+    pub root: PathBuf,
+    pub socket: PathBuf,
+    pub workers: usize,
+    pub dns_upstream: Vec<std::net::SocketAddr>,
+    pub cluster_store: Option<String>,
+    pub advertise_addr: Option<String>,
+    pub vxlan_port: u16,
+    pub metrics_addr: Option<String>,
+}
+
+/// Default state directory: `/var/lib/tapnet` as root, else
+/// `$XDG_DATA_HOME/tapnet` (fallback `~/.local/share/tapnet`).
+pub fn default_root() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/tapnet");
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("tapnet");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    PathBuf::from(home).join(".local/share/tapnet")
+}
+
+/// Default number of workers: the CPUs, at most 8.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub fn run(cfg: Config) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+
+    let rootless = !nix::unistd::geteuid().is_root();
+    std::fs::create_dir_all(&cfg.root)
+        .with_context(|| format!("cannot create state directory {}", cfg.root.display()))?;
+    std::fs::create_dir_all(cfg.root.join("containers"))
+        .with_context(|| format!("cannot create {}/containers", cfg.root.display()))?;
+    if rootless {
+        let _ = std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o700));
+    }
+    let store = crate::state::Store::open(&cfg.root.join("state.redb")).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (is another tapnet daemon using {}?)",
+            cfg.root.display()
+        )
+    })?;
+    let dp =
+        crate::dataplane::Dataplane::start(cfg.workers).context("cannot start the dataplane")?;
+    let mut core = core::Core::new(store, dp, cfg.root.clone())
+        .map_err(|e| anyhow::anyhow!("cannot load state: {e}"))?;
+    core.store
+        .transact(|st| {
+            st.options.insert(
+                "daemon_config".into(),
+                serde_json::to_string(&cfg).unwrap_or_default(),
+            );
+            Ok::<_, ApiError>(())
+        })
+        .map_err(|e| anyhow::anyhow!("cannot save the daemon options: {e}"))?;
+    let shared: api::Shared = Arc::new(Mutex::new(core));
+
+    // The socket: refuse to steal one a live daemon listens on.
+    if let Some(dir) = cfg.socket.parent() {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create socket directory {}", dir.display()))?;
+            let mode = if rootless { 0o700 } else { 0o755 };
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode));
+        }
+    }
+    if cfg.socket.exists() {
+        if std::os::unix::net::UnixStream::connect(&cfg.socket).is_ok() {
+            anyhow::bail!(
+                "another daemon is already listening on {}",
+                cfg.socket.display()
+            );
+        }
+        std::fs::remove_file(&cfg.socket)
+            .with_context(|| format!("cannot remove stale socket {}", cfg.socket.display()))?;
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let socket = cfg.socket.clone();
+    rt.block_on(async move {
+        let listener = tokio::net::UnixListener::bind(&socket)
+            .with_context(|| format!("cannot listen on {}", socket.display()))?;
+        let mode = if rootless { 0o600 } else { 0o660 };
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
+        tracing::info!("listening on unix://{}", socket.display());
+
+        tokio::spawn(containers::watch(
+            shared.clone(),
+            Duration::from_millis(300),
+        ));
+
+        use axum::ServiceExt;
+        use tower::Layer;
+        let app = tower::util::MapRequestLayer::new(api::strip_version)
+            .layer(api::router(shared.clone()));
+        let shutdown = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        };
+        axum::serve(listener, app.into_make_service())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("the API server failed")?;
+        let _ = std::fs::remove_file(&socket);
+        Ok::<_, anyhow::Error>(())
+    })
+}

@@ -1,36 +1,352 @@
 use super::*;
+use anyhow::{bail, Context};
+use crossbeam_channel::{Receiver, Sender};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tapnet_switch::wire::{vnet, EthernetAddress, VnetHdr};
+use tapnet_switch::{
+    DropReason, NetworkConfig, NetworkId, Port, PortConfig, PortStats, Switch, SwitchConfig,
+    Transmit, Worker,
+};
 
-/// Handle to the running worker threads. Cloning is cheap.
+/// Frames a worker reads from one queue before looking at the others.
+const READ_BUDGET: usize = 64;
+/// Largest frame plus virtio-net header a TAP hands us (64 KiB GSO).
+const RX_BUF_LEN: usize = 65536 + vnet::HEADER_LEN + 64;
+const WAKER: Token = Token(usize::MAX);
+
+enum Cmd {
+    AddQueue { port: u32, fd: OwnedFd },
+    RemovePort(u32),
+    Stop,
+}
+
+struct WorkerHandle {
+    tx: Sender<Cmd>,
+    waker: Arc<Waker>,
+}
+
+struct Inner {
+    switch: Arc<Switch>,
+    workers: Vec<WorkerHandle>,
+    nets: Mutex<HashMap<NetId, NetworkId>>,
+    epoch: Instant,
+    stop: AtomicBool,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+/// Handle to the running worker threads. Cloning is cheap; the threads stop
+/// when [`Dataplane::shutdown`] is called.
 #[derive(Clone)]
-pub struct Dataplane {}
+pub struct Dataplane {
+    inner: Arc<Inner>,
+}
 
 impl Dataplane {
-    /// Starts `workers` worker threads (>= 1).
+    /// Starts `workers` worker threads (>= 1) and a housekeeping thread.
     pub fn start(workers: usize) -> anyhow::Result<Dataplane> {
-        let _ = workers;
-        Ok(Dataplane {})
+        let workers = workers.max(1);
+        let switch = Switch::new(SwitchConfig {
+            workers,
+            fdb_capacity: 1 << 16,
+            ..Default::default()
+        });
+        let epoch = Instant::now();
+        let mut handles = Vec::new();
+        let mut threads = Vec::new();
+        for id in 0..workers {
+            let poll = Poll::new().context("create epoll instance")?;
+            let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("create waker")?);
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let w = Worker::new(switch.clone(), id);
+            let t = std::thread::Builder::new()
+                .name(format!("tapnet-worker-{id}"))
+                .spawn(move || worker_loop(w, poll, rx, epoch))
+                .context("spawn worker thread")?;
+            handles.push(WorkerHandle { tx, waker });
+            threads.push(t);
+        }
+        let inner = Arc::new(Inner {
+            switch,
+            workers: handles,
+            nets: Mutex::new(HashMap::new()),
+            epoch,
+            stop: AtomicBool::new(false),
+            threads: Mutex::new(threads),
+        });
+        let weak = Arc::downgrade(&inner);
+        std::thread::Builder::new()
+            .name("tapnet-housekeeping".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                inner.switch.age(inner.epoch.elapsed().as_secs() as u32);
+            })
+            .context("spawn housekeeping thread")?;
+        Ok(Dataplane { inner })
     }
+
     /// Number of workers = number of queues each TAP port must be opened with.
     pub fn workers(&self) -> usize {
-        1
+        self.inner.workers.len()
     }
+
+    /// The switch (for counters and tests).
+    pub fn switch(&self) -> &Arc<Switch> {
+        &self.inner.switch
+    }
+
+    fn net_config(spec: &NetworkSpec) -> NetworkConfig {
+        let mut c = NetworkConfig::new(
+            &spec.name,
+            spec.subnet.network(),
+            spec.subnet.prefix_len(),
+            spec.gateway,
+        );
+        c.icc = spec.icc;
+        c.mtu = spec.mtu;
+        c
+    }
+
     /// Adds or replaces a network.
     pub fn add_network(&self, id: NetId, spec: NetworkSpec) {
-        let _ = (id, spec);
+        let cfg = Self::net_config(&spec);
+        let mut nets = self.inner.nets.lock();
+        let res = match nets.get(&id) {
+            Some(&nid) => self.inner.switch.update_network(nid, cfg),
+            None => self.inner.switch.add_network(cfg).map(|nid| {
+                nets.insert(id, nid);
+            }),
+        };
+        if let Err(e) = res {
+            tracing::error!(network = %spec.name, "dataplane: add network: {e}");
+        }
     }
+
     /// Removes a network (its ports must have been removed).
     pub fn remove_network(&self, id: NetId) {
-        let _ = id;
+        if let Some(nid) = self.inner.nets.lock().remove(&id) {
+            if let Err(e) = self.inner.switch.remove_network(nid) {
+                tracing::error!("dataplane: remove network: {e}");
+            }
+        }
     }
+
     /// Adds a port whose frames come from and go to `queues` (one TAP queue
-    /// fd per worker, opened with IFF_VNET_HDR, non-blocking or not: the
+    /// fd per worker, opened with IFF_VNET_HDR and a 12-byte header; the
     /// dataplane sets O_NONBLOCK).
     pub fn add_port(&self, spec: PortSpec, queues: Vec<OwnedFd>) -> anyhow::Result<PortId> {
-        let _ = (spec, queues);
-        Ok(0)
+        if queues.len() != self.workers() {
+            bail!(
+                "port {}: {} queues for {} workers",
+                spec.name,
+                queues.len(),
+                self.workers()
+            );
+        }
+        let Some(&net) = self.inner.nets.lock().get(&spec.network) else {
+            bail!("port {}: unknown network {}", spec.name, spec.network);
+        };
+        for q in &queues {
+            set_nonblocking(q).context("set O_NONBLOCK on a TAP queue")?;
+        }
+        let cfg = PortConfig {
+            name: spec.name.clone(),
+            network: net,
+            mac: spec.mac.map(EthernetAddress),
+            ip: spec.ip,
+            max_macs: None,
+        };
+        let id = self
+            .inner
+            .switch
+            .add_port(cfg)
+            .map_err(|e| anyhow::anyhow!("port {}: {e}", spec.name))?;
+        for (w, fd) in self.inner.workers.iter().zip(queues) {
+            let _ = w.tx.send(Cmd::AddQueue { port: id.0, fd });
+            let _ = w.waker.wake();
+        }
+        Ok(id.0)
     }
+
     /// Removes a port and closes its queues.
     pub fn remove_port(&self, id: PortId) {
-        let _ = id;
+        if self
+            .inner
+            .switch
+            .remove_port(tapnet_switch::PortId(id))
+            .is_err()
+        {
+            return;
+        }
+        for w in &self.inner.workers {
+            let _ = w.tx.send(Cmd::RemovePort(id));
+            let _ = w.waker.wake();
+        }
     }
+
+    /// Counters of a port, summed over workers.
+    pub fn port_stats(&self, id: PortId) -> Option<PortStats> {
+        self.inner.switch.port_stats(tapnet_switch::PortId(id))
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn shutdown(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+        for w in &self.inner.workers {
+            let _ = w.tx.send(Cmd::Stop);
+            let _ = w.waker.wake();
+        }
+        for t in self.inner.threads.lock().drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
+    let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map_err(io::Error::from)?;
+    Ok(())
+}
+
+/// Writes frames to the worker's own queue of each destination port.
+struct TapTx<'a> {
+    queues: &'a [Option<OwnedFd>],
+}
+
+impl Transmit for TapTx<'_> {
+    #[inline]
+    fn transmit(&mut self, port: &Port, meta: &VnetHdr, frame: &[u8]) -> Result<(), DropReason> {
+        let Some(Some(fd)) = self.queues.get(port.id.0 as usize) else {
+            return Err(DropReason::TxError);
+        };
+        let mut hdr = [0u8; vnet::HEADER_LEN];
+        meta.emit(&mut hdr);
+        let iov = [io::IoSlice::new(&hdr), io::IoSlice::new(frame)];
+        match nix::sys::uio::writev(fd, &iov) {
+            Ok(_) => Ok(()),
+            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::ENOBUFS) => {
+                Err(DropReason::TxFull)
+            }
+            Err(_) => Err(DropReason::TxError),
+        }
+    }
+}
+
+fn worker_loop(mut w: Worker, mut poll: Poll, rx: Receiver<Cmd>, epoch: Instant) {
+    let mut events = Events::with_capacity(256);
+    let mut queues: Vec<Option<OwnedFd>> = Vec::new();
+    // Ports with data possibly left unread (edge-triggered epoll).
+    let mut ready: Vec<u32> = Vec::new();
+    let mut buf = vec![0u8; RX_BUF_LEN];
+    loop {
+        let timeout = if ready.is_empty() {
+            Some(Duration::from_secs(1))
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Err(e) = poll.poll(&mut events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!("worker {}: epoll: {e}", w.id());
+                return;
+            }
+        }
+        for ev in events.iter() {
+            if ev.token() == WAKER {
+                continue;
+            }
+            let p = ev.token().0 as u32;
+            if !ready.contains(&p) {
+                ready.push(p);
+            }
+        }
+        while let Ok(cmd) = rx.try_recv() {
+            match cmd {
+                Cmd::AddQueue { port, fd } => {
+                    let raw = fd.as_raw_fd();
+                    let i = port as usize;
+                    if queues.len() <= i {
+                        queues.resize_with(i + 1, || None);
+                    }
+                    if let Err(e) =
+                        poll.registry()
+                            .register(&mut SourceFd(&raw), Token(i), Interest::READABLE)
+                    {
+                        tracing::error!("worker {}: register port {port}: {e}", w.id());
+                        continue;
+                    }
+                    queues[i] = Some(fd);
+                    // Frames may already be waiting: an edge was possibly missed.
+                    ready.push(port);
+                }
+                Cmd::RemovePort(port) => {
+                    if let Some(fd) = queues.get_mut(port as usize).and_then(Option::take) {
+                        let _ = poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+                    }
+                    ready.retain(|&q| q != port);
+                }
+                Cmd::Stop => return,
+            }
+        }
+        let mut i = 0;
+        while i < ready.len() {
+            let port = ready[i];
+            let drained = service_queue(&mut w, &queues, port, &mut buf, epoch);
+            if drained {
+                ready.swap_remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+}
+
+/// Reads up to [`READ_BUDGET`] frames from this worker's queue of `port`
+/// and runs each through the pipeline. Returns true when the queue is
+/// drained (or unusable).
+fn service_queue(
+    w: &mut Worker,
+    queues: &[Option<OwnedFd>],
+    port: u32,
+    buf: &mut [u8],
+    epoch: Instant,
+) -> bool {
+    let Some(Some(fd)) = queues.get(port as usize) else {
+        return true;
+    };
+    let raw = fd.as_raw_fd();
+    let cx = w.begin(epoch.elapsed().as_nanos() as u64);
+    let mut tx = TapTx { queues };
+    for _ in 0..READ_BUDGET {
+        let n = match nix::unistd::read(fd, buf) {
+            Ok(0) => return true,
+            Ok(n) => n,
+            Err(nix::errno::Errno::EAGAIN) => return true,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                // The device went away (its namespace died): stop reading;
+                // the control plane removes the port.
+                tracing::debug!("worker {}: read port {port} (fd {raw}): {e}", w.id());
+                return true;
+            }
+        };
+        let (meta, frame) = match VnetHdr::parse(&buf[..n]) {
+            Ok(m) => (m, &buf[vnet::HEADER_LEN..n]),
+            Err(_) => (VnetHdr::default(), &buf[n..n]),
+        };
+        w.process(&cx, tapnet_switch::PortId(port), &meta, frame, &mut tx);
+    }
+    false
 }

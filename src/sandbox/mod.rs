@@ -16,10 +16,48 @@
 //!   and network namespace, does the work and returns the queue fds over
 //!   SCM_RIGHTS. TAPs are persistent (TUNSETPERSIST) so that they survive a
 //!   daemon restart and can be reopened with [`open_taps`].
+//!
+//! Implementation notes:
+//! - The helper first tries `setns` into the network namespace directly
+//!   (a root daemon may enter any namespace and keeps its access to a
+//!   0600 `/dev/net/tun`); only when that is refused does it join the
+//!   namespace's owning user namespace (`NS_GET_USERNS`) first. Rootless,
+//!   `/dev/net/tun` must be mode 0666: the user namespace's root does not
+//!   own the host's device node.
+//! - Integration tests are not the tapnet binary: they call
+//!   [`set_helper_exe`] with `env!("CARGO_BIN_EXE_tapnet")`.
+
+mod helper;
+mod init;
 
 use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::Context;
+
+pub use init::DEFAULT_PATH;
+
+/// The binary re-executed as `__sandbox-init`/`__netns-helper`; `None`:
+/// [`std::env::current_exe`].
+static HELPER_EXE: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Sets the tapnet binary that [`Sandbox::spawn`] and the TAP functions
+/// re-execute (default: the current executable). For integration tests,
+/// whose executable is not tapnet: `set_helper_exe(env!("CARGO_BIN_EXE_tapnet"))`.
+pub fn set_helper_exe(path: impl Into<PathBuf>) {
+    let mut exe = HELPER_EXE.lock().unwrap_or_else(|e| e.into_inner());
+    *exe = Some(path.into());
+}
+
+fn helper_exe() -> anyhow::Result<PathBuf> {
+    let exe = HELPER_EXE.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match exe {
+        Some(p) => Ok(p),
+        None => std::env::current_exe().context("find the tapnet executable"),
+    }
+}
 
 /// Where a network namespace is.
 #[derive(Clone, Debug)]
@@ -78,19 +116,39 @@ pub struct SandboxSpec {
 
 /// A sandbox process whose namespaces are ready but whose CMD has not
 /// started yet.
+///
+/// Dropping it without [`Sandbox::start`] makes the sandbox process exit
+/// and reaps it.
 pub struct Sandbox {
     pub pid: i32,
+    /// Control socket to the init process; `None` once started.
+    control: Option<OwnedFd>,
 }
 
 impl Sandbox {
     /// Spawns the sandbox process and returns once its namespaces are ready.
     pub fn spawn(spec: &SandboxSpec) -> anyhow::Result<Sandbox> {
-        let _ = spec;
-        anyhow::bail!("sandboxes are not implemented yet")
+        let (pid, control) = init::spawn(spec).context("create sandbox")?;
+        Ok(Sandbox {
+            pid,
+            control: Some(control),
+        })
     }
     /// Lets the sandbox exec CMD. Returns a handle to wait for it.
-    pub fn start(self) -> anyhow::Result<Running> {
-        anyhow::bail!("sandboxes are not implemented yet")
+    pub fn start(mut self) -> anyhow::Result<Running> {
+        let control = self.control.take().context("sandbox already started")?;
+        init::start(self.pid, control).context("start sandbox command")?;
+        Ok(Running { pid: self.pid })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(control) = self.control.take() {
+            // EOF instead of "go": the init exits at once.
+            drop(control);
+            let _ = init::wait(self.pid);
+        }
     }
 }
 
@@ -102,7 +160,7 @@ pub struct Running {
 impl Running {
     /// Waits for CMD to exit; returns its exit code (128+signal if killed).
     pub fn wait(self) -> anyhow::Result<i32> {
-        anyhow::bail!("sandboxes are not implemented yet")
+        init::wait(self.pid)
     }
 }
 
@@ -115,8 +173,7 @@ pub fn create_taps(
     taps: &[TapConfig],
     queues: usize,
 ) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
-    let _ = (target, taps, queues);
-    anyhow::bail!("sandboxes are not implemented yet")
+    helper::create(target, taps, queues)
 }
 
 /// Reopens existing persistent TAPs by name inside `target`: `queues` fds each.
@@ -125,31 +182,28 @@ pub fn open_taps(
     names: &[String],
     queues: usize,
 ) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
-    let _ = (target, names, queues);
-    anyhow::bail!("sandboxes are not implemented yet")
+    helper::open(target, names, queues)
 }
 
 /// Deletes TAPs inside `target` (missing ones are not an error).
 pub fn delete_taps(target: &NetTarget, names: &[String]) -> anyhow::Result<()> {
-    let _ = (target, names);
-    anyhow::bail!("sandboxes are not implemented yet")
+    helper::delete(target, names)
 }
 
 /// Runs CMD inside the namespaces (user, net, mount, UTS) of process `pid`
 /// with stdio inherited; returns its exit code (`tapnet exec`).
 pub fn exec_in(pid: i32, cmd: &[String], env: &[(String, String)]) -> anyhow::Result<i32> {
-    let _ = (pid, cmd, env);
-    anyhow::bail!("sandboxes are not implemented yet")
+    init::exec_in(pid, cmd, env)
 }
 
 /// Entry point of `tapnet __sandbox-init` (hidden; spawned by [`Sandbox::spawn`]).
 pub fn init_main() -> std::process::ExitCode {
-    std::process::ExitCode::from(125)
+    init::main()
 }
 
 /// Entry point of `tapnet __netns-helper` (hidden; spawned by the TAP functions).
 pub fn netns_helper_main() -> std::process::ExitCode {
-    std::process::ExitCode::from(125)
+    helper::main()
 }
 
 /// Start time of a process (field 22 of /proc/PID/stat), to tell a live

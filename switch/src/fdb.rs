@@ -45,6 +45,8 @@ pub enum Learned {
     Moved { from: u32 },
     /// No free slot near the hash.
     Full,
+    /// A new entry was needed and the caller's check refused it.
+    Refused,
 }
 
 /// Lock-free MAC table. See the module documentation for the contract.
@@ -128,27 +130,34 @@ impl Fdb {
         (!expired(seen, now, aging)).then_some(port)
     }
 
-    /// Whether learning `key` on `port` would need a new entry for the port
-    /// (a new MAC, an expired one, or a move), without changing anything.
-    #[inline]
-    pub fn would_add(&self, key: u64, port: u32, now: u32, aging: u32) -> bool {
-        match self.find(key) {
-            None => true,
-            Some(s) => match unpack(s.val.load(Ordering::Acquire)) {
-                Some((p, seen)) => p != port || expired(seen, now, aging),
-                None => true,
-            },
-        }
-    }
-
     /// Records that `key` was seen on `port` at `now` (seconds).
     #[inline]
     pub fn learn(&self, key: u64, port: u32, now: u32, aging: u32) -> Learned {
+        self.learn_if(key, port, now, aging, || true)
+    }
+
+    /// Like [`Fdb::learn`], but a new entry for `port` (a new or expired
+    /// MAC, or a move) is made only if `may_add()` says so; otherwise
+    /// returns [`Learned::Refused`] and changes nothing. One probe.
+    #[inline]
+    pub fn learn_if(
+        &self,
+        key: u64,
+        port: u32,
+        now: u32,
+        aging: u32,
+        may_add: impl FnOnce() -> bool,
+    ) -> Learned {
+        let mut may_add = Some(may_add);
+        let mut allowed = move || may_add.take().is_some_and(|f| f());
         let h = self.home(key);
         for i in 0..MAX_PROBE {
             let s = &self.slots[(h + i) & self.mask];
             let mut k = s.key.load(Ordering::Acquire);
             if k == EMPTY {
+                if !allowed() {
+                    return Learned::Refused;
+                }
                 // Claim the slot first; its value is published right after
                 // (readers treat the unpublished value as absent).
                 match s
@@ -170,8 +179,12 @@ impl Fdb {
                 if p == port && seen == now {
                     return Learned::Known;
                 }
+                let stale = expired(seen, now, aging);
+                if (p != port || stale) && !allowed() {
+                    return Learned::Refused;
+                }
                 s.val.store(pack(port, now), Ordering::Release);
-                return if expired(seen, now, aging) {
+                return if stale {
                     Learned::New
                 } else if p != port {
                     Learned::Moved { from: p }

@@ -223,7 +223,7 @@ impl<H: GatewayHook> Worker<H> {
 
         let dst = eth.dst_addr();
         if dst == net.gateway_mac {
-            return self.to_gateway(cx, port, net, ethertype, meta, frame, tx);
+            return self.handle_gateway(cx, port, net, ethertype, meta, frame, tx);
         }
         if dst.is_multicast() {
             if ethertype == EtherType::Arp && self.answer_arp(net, eth.payload()) {
@@ -266,12 +266,9 @@ impl<H: GatewayHook> Worker<H> {
         let key = fdb::key(net.id.0, src);
         let aging = self.sw.config.aging_secs;
         let pid = port.id.0;
-        if cx.fdb.would_add(key, pid, cx.now_secs, aging)
-            && port.learned.load(Ordering::Relaxed) >= port.max_macs
-        {
-            return Err(DropReason::MacLimit);
-        }
-        match cx.fdb.learn(key, pid, cx.now_secs, aging) {
+        let room = || port.learned.load(Ordering::Relaxed) < port.max_macs;
+        match cx.fdb.learn_if(key, pid, cx.now_secs, aging, room) {
+            Learned::Refused => return Err(DropReason::MacLimit),
             Learned::Known => {}
             Learned::New => {
                 port.learned.fetch_add(1, Ordering::Relaxed);
@@ -383,8 +380,8 @@ impl<H: GatewayHook> Worker<H> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments, clippy::wrong_self_convention)]
-    fn to_gateway<T: Transmit>(
+    #[allow(clippy::too_many_arguments)]
+    fn handle_gateway<T: Transmit>(
         &mut self,
         cx: &BatchCx,
         port: &Port,

@@ -1,0 +1,263 @@
+//! The JSON bodies of the API (Docker Engine API shapes for networks and
+//! containers, plus tapnet's own extensions). Shared by the daemon and the
+//! CLI. Field order follows Docker's.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub type Map = BTreeMap<String, String>;
+
+/// Error body of every failed request.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+}
+
+// ---- networks ------------------------------------------------------------
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamConfigReq {
+    pub subnet: Option<String>,
+    #[serde(rename = "IPRange")]
+    pub ip_range: Option<String>,
+    pub gateway: Option<String>,
+    pub auxiliary_addresses: Option<Map>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamReq {
+    pub driver: Option<String>,
+    pub config: Option<Vec<IpamConfigReq>>,
+    pub options: Option<Map>,
+}
+
+/// `POST /networks/create`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkCreate {
+    pub name: String,
+    pub check_duplicate: Option<bool>,
+    pub driver: Option<String>,
+    pub scope: Option<String>,
+    pub internal: bool,
+    pub attachable: bool,
+    pub ingress: bool,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: Option<bool>,
+    #[serde(rename = "IPAM")]
+    pub ipam: Option<IpamReq>,
+    pub options: Option<Map>,
+    pub labels: Option<Map>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkCreateResponse {
+    pub id: String,
+    pub warning: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamConfigView {
+    pub subnet: String,
+    #[serde(rename = "IPRange", skip_serializing_if = "Option::is_none", default)]
+    pub ip_range: Option<String>,
+    pub gateway: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auxiliary_addresses: Option<Map>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IpamView {
+    pub driver: String,
+    pub options: Map,
+    pub config: Vec<IpamConfigView>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ConfigFrom {
+    pub network: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointView {
+    pub name: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    pub mac_address: String,
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: String,
+}
+
+/// `GET /networks/{id}` (Docker's NetworkResource).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkView {
+    pub name: String,
+    pub id: String,
+    pub created: String,
+    pub scope: String,
+    pub driver: String,
+    #[serde(rename = "EnableIPv6")]
+    pub enable_ipv6: bool,
+    #[serde(rename = "IPAM")]
+    pub ipam: IpamView,
+    pub internal: bool,
+    pub attachable: bool,
+    pub ingress: bool,
+    pub config_from: ConfigFrom,
+    pub config_only: bool,
+    pub containers: BTreeMap<String, EndpointView>,
+    pub options: Map,
+    pub labels: Map,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct IpamAddrReq {
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: Option<String>,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: Option<String>,
+}
+
+/// Docker's EndpointSettings as a request.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct EndpointConfigReq {
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<IpamAddrReq>,
+    pub aliases: Option<Vec<String>>,
+    pub links: Option<Vec<String>>,
+    pub mac_address: Option<String>,
+}
+
+/// `POST /networks/{id}/connect`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkConnect {
+    pub container: String,
+    pub endpoint_config: Option<EndpointConfigReq>,
+}
+
+/// `POST /networks/{id}/disconnect`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkDisconnect {
+    pub container: String,
+    pub force: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PruneResponse {
+    pub networks_deleted: Vec<String>,
+}
+
+// ---- containers ------------------------------------------------------------
+
+/// One network of `POST /containers/create` (tapnet: an ordered list; the
+/// first one is eth0 and holds the default route).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct NetworkAttach {
+    pub network: String,
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: Option<String>,
+    pub mac_address: Option<String>,
+    pub aliases: Vec<String>,
+    pub links: Vec<String>,
+}
+
+/// `POST /containers/create[?name=NAME]` (tapnet's body, Docker's names).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerCreate {
+    pub name: Option<String>,
+    pub hostname: Option<String>,
+    /// `bridge`-style (default, with `Networks`), `none`, `host`,
+    /// `container:NAME`.
+    pub network_mode: Option<String>,
+    pub networks: Vec<NetworkAttach>,
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `-p` values as given.
+    pub ports: Vec<String>,
+    pub dns: Vec<String>,
+    /// Legacy `--link CONTAINER[:ALIAS]`.
+    pub links: Vec<String>,
+    pub auto_remove: bool,
+}
+
+/// One interface of a created container, as the sandbox must set it up.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct InterfaceView {
+    pub name: String,
+    pub network: String,
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    pub mac_address: String,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    pub gateway: String,
+    pub mtu: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerCreateResponse {
+    pub id: String,
+    pub warnings: Vec<String>,
+    pub interfaces: Vec<InterfaceView>,
+    pub hosts_path: String,
+    pub resolv_conf_path: String,
+    pub hostname_path: String,
+    pub hostname: String,
+    pub log_path: String,
+    /// The pid whose network namespace the sandbox must join (`host`,
+    /// `container:NAME`); none for a new namespace.
+    pub join_pid: Option<i32>,
+}
+
+/// `POST /containers/{id}/start` (tapnet: the sandbox's pid).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerStart {
+    pub pid: i32,
+}
+
+/// `POST /containers/{id}/exited` (tapnet: the CLI that waited for CMD
+/// reports its exit code).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ContainerExited {
+    pub exit_code: i32,
+}
+
+/// `POST /tapnet/attach`: interfaces in an existing namespace.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AttachRequest {
+    pub pid: Option<i32>,
+    pub netns: Option<String>,
+    pub name: Option<String>,
+    pub networks: Vec<NetworkAttach>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct IdResponse {
+    pub id: String,
+}

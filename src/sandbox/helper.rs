@@ -1,0 +1,370 @@
+//! `tapnet __netns-helper`: creates, opens or deletes TAPs inside another
+//! network namespace and hands the queue fds back.
+//!
+//! Protocol, over a `SOCK_SEQPACKET` pair whose child end is the helper's
+//! stdin: the parent sends one JSON [`Request`]; the helper answers with one
+//! JSON [`Reply`] carrying the first [`MAX_FDS`] fds, then as many `+`
+//! messages as needed for the rest, in order (TAP by TAP, queue by queue).
+//!
+//! The helper is a fresh single-threaded process (the CLI dispatches to it
+//! before anything else runs), as `setns` into a user namespace requires.
+//! It first tries to join the network namespace directly (a root daemon can
+//! enter any namespace, and keeps its access to `/dev/net/tun`); when that
+//! is not permitted it joins the user namespace owning the network
+//! namespace (found with `NS_GET_USERNS`) first.
+
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use super::{NetTarget, TapConfig};
+use crate::sys::fdpass::{self, MAX_FDS};
+use crate::sys::netlink::{self, Netlink};
+use crate::sys::ns::{self, CloneFlags};
+use crate::sys::tap::{self, OpenMode};
+
+#[derive(Serialize, Deserialize, Debug)]
+enum Target {
+    Pid(i32),
+    Path(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Pid(pid) => write!(f, "/proc/{pid}/ns/net"),
+            Target::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl From<&NetTarget> for Target {
+    fn from(t: &NetTarget) -> Target {
+        match t {
+            NetTarget::Pid(pid) => Target::Pid(*pid),
+            NetTarget::Path(path) => Target::Path(path.clone()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct WireTap {
+    name: String,
+    mac: [u8; 6],
+    mtu: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+    gateway: Option<Ipv4Addr>,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+enum Op {
+    Create { taps: Vec<WireTap>, queues: usize },
+    Open { names: Vec<String>, queues: usize },
+    Delete { names: Vec<String> },
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+struct Request {
+    target: Target,
+    op: Op,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+enum Reply {
+    /// Number of fds per TAP.
+    Ok(Vec<usize>),
+    /// One line saying what failed.
+    Err(String),
+}
+
+/// Largest request or reply.
+const MAX_MSG: usize = 1 << 20;
+
+/// How long the helper may take to answer.
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+pub(super) fn create(
+    target: &NetTarget,
+    taps: &[TapConfig],
+    queues: usize,
+) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
+    let taps = taps
+        .iter()
+        .map(|t| WireTap {
+            name: t.name.clone(),
+            mac: t.mac,
+            mtu: t.mtu,
+            addr: t.addr.addr(),
+            prefix: t.addr.prefix_len(),
+            gateway: t.default_gateway,
+        })
+        .collect();
+    run(Request {
+        target: target.into(),
+        op: Op::Create { taps, queues },
+    })
+}
+
+pub(super) fn open(
+    target: &NetTarget,
+    names: &[String],
+    queues: usize,
+) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
+    run(Request {
+        target: target.into(),
+        op: Op::Open {
+            names: names.to_vec(),
+            queues,
+        },
+    })
+}
+
+pub(super) fn delete(target: &NetTarget, names: &[String]) -> anyhow::Result<()> {
+    run(Request {
+        target: target.into(),
+        op: Op::Delete {
+            names: names.to_vec(),
+        },
+    })
+    .map(drop)
+}
+
+/// Runs one helper process for `req` and collects its fds.
+fn run(req: Request) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
+    let exe = super::helper_exe()?;
+    let (ours, theirs) =
+        fdpass::seqpacket_pair().context("create socket pair for the netns helper")?;
+    let mut child = Command::new(&exe)
+        .arg("__netns-helper")
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .spawn()
+        .with_context(|| format!("spawn netns helper {}", exe.display()))?;
+    let result = fdpass::set_recv_timeout(&ours, HELPER_TIMEOUT)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| exchange(&ours, &req));
+    drop(ours);
+    if let Err(e) = &result {
+        if e.downcast_ref::<fdpass::FdPassError>()
+            .is_some_and(|e| matches!(e, fdpass::FdPassError::TimedOut))
+        {
+            // Our own child, by its pid; it is reaped just below.
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "netns helper for {} did not answer within {}s",
+                req.target,
+                HELPER_TIMEOUT.as_secs()
+            );
+        }
+    }
+    let status = child.wait().context("wait for the netns helper")?;
+    match result {
+        Ok(Some(fds)) => Ok(fds),
+        Ok(None) => anyhow::bail!(
+            "netns helper for {} exited without answering ({status})",
+            req.target
+        ),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends the request and reads the reply; `None` if the helper hung up.
+fn exchange(sock: &OwnedFd, req: &Request) -> anyhow::Result<Option<Vec<Vec<OwnedFd>>>> {
+    let json = serde_json::to_vec(req).context("encode netns helper request")?;
+    fdpass::send(sock, &json, &[]).context("send request to the netns helper")?;
+    let mut buf = vec![0u8; MAX_MSG];
+    let (n, mut fds) = fdpass::recv(sock, &mut buf).context("read the netns helper's reply")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    let reply: Reply =
+        serde_json::from_slice(&buf[..n]).context("decode the netns helper's reply")?;
+    let counts = match reply {
+        Reply::Ok(counts) => counts,
+        Reply::Err(msg) => return Err(anyhow::anyhow!(msg)),
+    };
+    let total: usize = counts.iter().sum();
+    while fds.len() < total {
+        let (n, more) = fdpass::recv(sock, &mut buf).context("read fds from the netns helper")?;
+        if n == 0 && more.is_empty() {
+            anyhow::bail!("netns helper hung up after {} of {total} fds", fds.len());
+        }
+        fds.extend(more);
+    }
+    let mut fds = fds.into_iter();
+    Ok(Some(
+        counts
+            .iter()
+            .map(|&c| fds.by_ref().take(c).collect())
+            .collect(),
+    ))
+}
+
+/// Entry point of `tapnet __netns-helper`.
+pub(super) fn main() -> ExitCode {
+    let sock = match std::io::stdin().as_fd().try_clone_to_owned() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tapnet __netns-helper: stdin: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    let mut buf = vec![0u8; MAX_MSG];
+    let req: Request = match fdpass::recv(&sock, &mut buf)
+        .map_err(anyhow::Error::from)
+        .and_then(|(n, _)| serde_json::from_slice(&buf[..n]).map_err(anyhow::Error::from))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tapnet __netns-helper: read request: {e:#}");
+            return ExitCode::from(125);
+        }
+    };
+    let (reply, fds) = match serve(&req) {
+        Ok(taps) => (
+            Reply::Ok(taps.iter().map(Vec::len).collect()),
+            taps.into_iter().flatten().collect(),
+        ),
+        Err(msg) => (Reply::Err(msg), Vec::new()),
+    };
+    let failed = matches!(reply, Reply::Err(_));
+    if let Err(e) = send_reply(&sock, &reply, &fds) {
+        eprintln!("tapnet __netns-helper: send reply: {e:#}");
+        return ExitCode::from(125);
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn send_reply(sock: &OwnedFd, reply: &Reply, fds: &[OwnedFd]) -> anyhow::Result<()> {
+    let json = serde_json::to_vec(reply)?;
+    let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|f| f.as_fd()).collect();
+    let mut chunks = borrowed.chunks(MAX_FDS);
+    fdpass::send(sock, &json, chunks.next().unwrap_or(&[]))?;
+    for chunk in chunks {
+        fdpass::send(sock, b"+", chunk)?;
+    }
+    Ok(())
+}
+
+/// Does the work of `req` in this process; errors are one line.
+fn serve(req: &Request) -> Result<Vec<Vec<OwnedFd>>, String> {
+    let target = &req.target;
+    enter(target).map_err(|e| format!("join {target}: {e}"))?;
+    match &req.op {
+        Op::Create { taps, queues } => create_here(target, taps, *queues),
+        Op::Open { names, queues } => names
+            .iter()
+            .map(|name| {
+                if netlink::link_index(name).is_none() {
+                    return Err(format!("open tap {name} in {target}: No such device"));
+                }
+                tap::open_queues(name, *queues, OpenMode::Attach, false)
+                    .map(|t| t.queues)
+                    .map_err(|e| format!("open tap {name} in {target}: {e}"))
+            })
+            .collect(),
+        Op::Delete { names } => {
+            let mut nl = Netlink::open().map_err(|e| format!("delete taps in {target}: {e}"))?;
+            let mut errors = Vec::new();
+            for name in names {
+                if let Some(index) = netlink::link_index(name) {
+                    match nl.del_link(index) {
+                        Ok(()) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                        Err(e) => errors.push(format!("delete tap {name} in {target}: {e}")),
+                    }
+                }
+            }
+            if errors.is_empty() {
+                Ok(Vec::new())
+            } else {
+                Err(errors.join("; "))
+            }
+        }
+    }
+}
+
+/// Joins the network namespace of `target` (and, if needed, its owner).
+fn enter(target: &Target) -> Result<(), ns::NsError> {
+    let net = match target {
+        Target::Pid(pid) => ns::open_of(*pid, "net")?,
+        Target::Path(path) => ns::open(path)?,
+    };
+    match ns::setns(&net, CloneFlags::CLONE_NEWNET, "net") {
+        Ok(()) => return Ok(()),
+        Err(e) if e.io_error().raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) => return Err(e),
+    }
+    let owner = ns::owning_userns(&net)?;
+    let own = ns::open_self("user")?;
+    if !ns::same(&owner, &own)? {
+        ns::setns(&owner, CloneFlags::CLONE_NEWUSER, "user")?;
+    }
+    ns::setns(&net, CloneFlags::CLONE_NEWNET, "net")
+}
+
+/// Creates and configures every TAP; on failure deletes the ones made.
+fn create_here(
+    target: &Target,
+    taps: &[WireTap],
+    queues: usize,
+) -> Result<Vec<Vec<OwnedFd>>, String> {
+    let mut nl = Netlink::open().map_err(|e| format!("create taps in {target}: {e}"))?;
+    // An existing namespace (`tapnet attach`) may have `lo` down.
+    if let Some(lo) = netlink::link_index("lo") {
+        let _ = nl.set_link(lo, None, None, Some(true));
+    }
+    let mut made: Vec<(u32, Vec<OwnedFd>)> = Vec::new();
+    let undo = |made: &mut Vec<(u32, Vec<OwnedFd>)>, nl: &mut Netlink| {
+        for (index, fds) in made.drain(..) {
+            let _ = nl.del_link(index);
+            drop(fds);
+        }
+    };
+    for t in taps {
+        if netlink::link_index(&t.name).is_some() {
+            undo(&mut made, &mut nl);
+            return Err(format!("create tap {} in {target}: File exists", t.name));
+        }
+        let dev = match tap::open_queues(&t.name, queues, OpenMode::Create, true) {
+            Ok(dev) => dev,
+            Err(e) => {
+                undo(&mut made, &mut nl);
+                return Err(format!("create tap {} in {target}: {e}", t.name));
+            }
+        };
+        let index = match nl.index(&dev.name) {
+            Ok(i) => i,
+            Err(e) => {
+                undo(&mut made, &mut nl);
+                return Err(format!("create tap {} in {target}: {e}", t.name));
+            }
+        };
+        made.push((index, dev.queues));
+        if let Err(e) = configure(&mut nl, index, t) {
+            undo(&mut made, &mut nl);
+            return Err(format!("configure tap {} in {target}: {e}", t.name));
+        }
+    }
+    Ok(made.into_iter().map(|(_, fds)| fds).collect())
+}
+
+fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::NetlinkError> {
+    nl.set_link(index, Some(t.mac), Some(t.mtu), None)?;
+    nl.add_addr_v4(index, t.addr, t.prefix)?;
+    nl.set_link(index, None, None, Some(true))?;
+    if let Some(gw) = t.gateway {
+        nl.add_default_route_v4(index, gw)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,348 @@
+//! A small synchronous rtnetlink client for the calling thread's network
+//! namespace: set a link's MAC, MTU and state, add an IPv4 address, add a
+//! default route, delete a link.
+//!
+//! Hand-rolled on purpose: the helpers that use it are short-lived
+//! single-threaded processes doing five requests, so an async stack
+//! (`rtnetlink` + tokio) would only add a runtime and dependencies. Every
+//! request asks for an ACK and the kernel's error is returned as an
+//! [`io::Error`] with its errno.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
+
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockProtocol, SockType};
+
+const NLMSG_HDRLEN: usize = 16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_NEWROUTE: u16 = 24;
+
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_EXCL: u16 = 0x200;
+const NLM_F_CREATE: u16 = 0x400;
+
+const IFLA_ADDRESS: u16 = 1;
+const IFLA_MTU: u16 = 4;
+const IFA_ADDRESS: u16 = 1;
+const IFA_LOCAL: u16 = 2;
+const IFA_BROADCAST: u16 = 4;
+const RTA_OIF: u16 = 4;
+const RTA_GATEWAY: u16 = 5;
+
+const RT_TABLE_MAIN: u8 = 254;
+const RTPROT_BOOT: u8 = 3;
+const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_HOST: u8 = 254;
+const RTN_UNICAST: u8 = 1;
+
+const IFF_UP: u32 = libc::IFF_UP as u32;
+
+/// Errors of netlink requests; the message names the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// Opening the NETLINK_ROUTE socket failed.
+    #[error("open netlink socket: {0}")]
+    Open(#[source] io::Error),
+    /// No interface of that name.
+    #[error("no interface {0}")]
+    NoSuchLink(String),
+    /// The kernel refused a request (or the socket failed).
+    #[error("{what}: {source}")]
+    Request {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl NetlinkError {
+    /// The errno behind this failure, if any.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            NetlinkError::Open(e) | NetlinkError::Request { source: e, .. } => e.raw_os_error(),
+            NetlinkError::NoSuchLink(_) => Some(libc::ENODEV),
+        }
+    }
+}
+
+/// A NETLINK_ROUTE socket bound to the caller's network namespace (at
+/// [`Netlink::open`] time).
+pub struct Netlink {
+    sock: File,
+    seq: u32,
+}
+
+/// The index of interface `name` in the calling thread's network namespace,
+/// or `None` if there is none.
+pub fn link_index(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+impl Netlink {
+    pub fn open() -> Result<Netlink, NetlinkError> {
+        let fd: OwnedFd = socket::socket(
+            AddressFamily::Netlink,
+            SockType::Raw,
+            SockFlag::SOCK_CLOEXEC,
+            SockProtocol::NetlinkRoute,
+        )
+        .map_err(|e| NetlinkError::Open(io::Error::from_raw_os_error(e as i32)))?;
+        Ok(Netlink {
+            sock: File::from(fd),
+            seq: 0,
+        })
+    }
+
+    /// The index of `name`, or [`NetlinkError::NoSuchLink`].
+    pub fn index(&self, name: &str) -> Result<u32, NetlinkError> {
+        link_index(name).ok_or_else(|| NetlinkError::NoSuchLink(name.to_string()))
+    }
+
+    /// Sets MAC, MTU and up/down state of link `index` (each when given).
+    pub fn set_link(
+        &mut self,
+        index: u32,
+        mac: Option<[u8; 6]>,
+        mtu: Option<u32>,
+        up: Option<bool>,
+    ) -> Result<(), NetlinkError> {
+        let mut body = ifinfomsg(
+            index,
+            up.map_or(0, |u| if u { IFF_UP } else { 0 }),
+            up.map_or(0, |_| IFF_UP),
+        );
+        if let Some(mac) = mac {
+            attr(&mut body, IFLA_ADDRESS, &mac);
+        }
+        if let Some(mtu) = mtu {
+            attr(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
+        }
+        self.request(RTM_NEWLINK, 0, &body, "set link")
+    }
+
+    /// Adds `addr/prefix` (with its broadcast address) to link `index`.
+    pub fn add_addr_v4(
+        &mut self,
+        index: u32,
+        addr: Ipv4Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut body = Vec::with_capacity(32);
+        body.push(libc::AF_INET as u8);
+        body.push(prefix);
+        body.push(0); // flags
+        body.push(if addr.is_loopback() {
+            RT_SCOPE_HOST
+        } else {
+            RT_SCOPE_UNIVERSE
+        });
+        body.extend_from_slice(&index.to_ne_bytes());
+        attr(&mut body, IFA_LOCAL, &addr.octets());
+        attr(&mut body, IFA_ADDRESS, &addr.octets());
+        if prefix < 31 {
+            let mask = u32::MAX.checked_shr(u32::from(prefix)).unwrap_or(0);
+            let brd = Ipv4Addr::from(u32::from(addr) | mask);
+            attr(&mut body, IFA_BROADCAST, &brd.octets());
+        }
+        self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &body, "add address")
+    }
+
+    /// Adds a default route via `gateway` out of link `index`.
+    pub fn add_default_route_v4(
+        &mut self,
+        index: u32,
+        gateway: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let mut body = vec![
+            libc::AF_INET as u8,
+            0, // dst_len: default route
+            0, // src_len
+            0, // tos
+            RT_TABLE_MAIN,
+            RTPROT_BOOT,
+            RT_SCOPE_UNIVERSE,
+            RTN_UNICAST,
+        ];
+        body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        attr(&mut body, RTA_GATEWAY, &gateway.octets());
+        attr(&mut body, RTA_OIF, &index.to_ne_bytes());
+        self.request(
+            RTM_NEWROUTE,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &body,
+            "add default route",
+        )
+    }
+
+    /// Deletes link `index`.
+    pub fn del_link(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let body = ifinfomsg(index, 0, 0);
+        self.request(RTM_DELLINK, 0, &body, "delete link")
+    }
+
+    /// Sends one request and waits for its ACK.
+    fn request(
+        &mut self,
+        ty: u16,
+        flags: u16,
+        body: &[u8],
+        what: &str,
+    ) -> Result<(), NetlinkError> {
+        let err = |source: io::Error| NetlinkError::Request {
+            what: what.to_string(),
+            source,
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let len = NLMSG_HDRLEN + body.len();
+        let mut msg = Vec::with_capacity(len);
+        msg.extend_from_slice(&(len as u32).to_ne_bytes());
+        msg.extend_from_slice(&ty.to_ne_bytes());
+        msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        msg.extend_from_slice(&seq.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+        msg.extend_from_slice(body);
+        self.sock.write_all(&msg).map_err(err)?;
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let n = self.sock.read(&mut buf).map_err(err)?;
+            if n == 0 {
+                return Err(err(io::Error::from(io::ErrorKind::UnexpectedEof)));
+            }
+            if let Some(result) = find_ack(&buf[..n], seq) {
+                return result.map_err(err);
+            }
+        }
+    }
+}
+
+/// Looks for the ACK/error of request `seq` among the messages in `buf`.
+fn find_ack(mut buf: &[u8], seq: u32) -> Option<io::Result<()>> {
+    while buf.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(buf[0..4].try_into().ok()?) as usize;
+        let ty = u16::from_ne_bytes(buf[4..6].try_into().ok()?);
+        let msg_seq = u32::from_ne_bytes(buf[8..12].try_into().ok()?);
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed netlink reply",
+            )));
+        }
+        if msg_seq == seq {
+            match ty {
+                NLMSG_ERROR if len >= NLMSG_HDRLEN + 4 => {
+                    let code = i32::from_ne_bytes(buf[16..20].try_into().ok()?);
+                    return Some(if code == 0 {
+                        Ok(())
+                    } else {
+                        Err(io::Error::from_raw_os_error(-code))
+                    });
+                }
+                NLMSG_DONE => return Some(Ok(())),
+                _ => {}
+            }
+        }
+        let aligned = (len + 3) & !3;
+        buf = buf.get(aligned..).unwrap_or(&[]);
+    }
+    None
+}
+
+/// `struct ifinfomsg` for link `index`.
+fn ifinfomsg(index: u32, flags: u32, change: u32) -> Vec<u8> {
+    let mut body = Vec::with_capacity(64);
+    body.push(libc::AF_UNSPEC as u8);
+    body.push(0);
+    body.extend_from_slice(&0u16.to_ne_bytes()); // ifi_type
+    body.extend_from_slice(&(index as i32).to_ne_bytes());
+    body.extend_from_slice(&flags.to_ne_bytes());
+    body.extend_from_slice(&change.to_ne_bytes());
+    body
+}
+
+/// Appends one `struct rtattr` (padded to 4 bytes).
+fn attr(body: &mut Vec<u8>, ty: u16, data: &[u8]) {
+    let len = 4 + data.len();
+    body.extend_from_slice(&(len as u16).to_ne_bytes());
+    body.extend_from_slice(&ty.to_ne_bytes());
+    body.extend_from_slice(data);
+    body.resize((body.len() + 3) & !3, 0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attr_is_padded() {
+        let mut body = Vec::new();
+        attr(&mut body, IFLA_ADDRESS, &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(body.len(), 12);
+        assert_eq!(&body[0..2], &10u16.to_ne_bytes());
+        assert_eq!(&body[4..10], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(&body[10..], &[0, 0]);
+    }
+
+    #[test]
+    fn ack_parsing() {
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&36u32.to_ne_bytes());
+        msg.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        msg.extend_from_slice(&0u16.to_ne_bytes());
+        msg.extend_from_slice(&7u32.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&(-libc::EEXIST).to_ne_bytes());
+        msg.extend_from_slice(&[0u8; 16]);
+        assert!(find_ack(&msg, 6).is_none());
+        let err = find_ack(&msg, 7).expect("reply").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EEXIST));
+        assert!(find_ack(&msg[..10], 7).is_none());
+    }
+
+    #[test]
+    fn configures_a_link_in_a_private_netns() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (CAP_NET_ADMIN) to make a private network namespace"
+        );
+        std::thread::spawn(|| {
+            crate::sys::ns::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET)");
+            let tap =
+                crate::sys::tap::open_queues("tap%d", 1, crate::sys::tap::OpenMode::Create, true)
+                    .expect("create tap");
+            let mut nl = Netlink::open().expect("netlink");
+            let lo = nl.index("lo").expect("lo");
+            nl.set_link(lo, None, None, Some(true)).expect("lo up");
+            let idx = nl.index(&tap.name).expect("tap index");
+            nl.set_link(idx, Some([0x02, 0, 0, 0, 0, 0x42]), Some(1400), None)
+                .expect("mac+mtu");
+            nl.add_addr_v4(idx, Ipv4Addr::new(10, 9, 0, 2), 24)
+                .expect("addr");
+            let again = nl
+                .add_addr_v4(idx, Ipv4Addr::new(10, 9, 0, 2), 24)
+                .unwrap_err();
+            assert_eq!(again.raw_os_error(), Some(libc::EEXIST), "{again}");
+            nl.set_link(idx, None, None, Some(true)).expect("up");
+            nl.add_default_route_v4(idx, Ipv4Addr::new(10, 9, 0, 1))
+                .expect("route");
+            let name = tap.name.clone();
+            drop(tap);
+            assert_eq!(link_index(&name), Some(idx), "persistent tap vanished");
+            nl.del_link(idx).expect("delete");
+            assert_eq!(link_index(&name), None, "tap still there");
+            let err = nl.del_link(idx).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
+        })
+        .join()
+        .expect("test thread panicked");
+    }
+}

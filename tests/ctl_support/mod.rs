@@ -1,0 +1,315 @@
+//! Shared helpers of the control-plane integration tests: a private network
+//! namespace per test (removed on drop, also when the test fails), a daemon
+//! started in it with its own `--root` and socket, killed by PID on drop,
+//! and a way to run the CLI against it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tapnet");
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// How this test process can make private network namespaces.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Privilege {
+    Root,
+    UserNs,
+}
+
+/// Root, or unprivileged user namespaces; panics with a clear message if
+/// neither is available.
+pub fn privilege() -> Privilege {
+    if nix::unistd::geteuid().is_root() {
+        return Privilege::Root;
+    }
+    let ok = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--net", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        return Privilege::UserNs;
+    }
+    panic!(
+        "these tests need root or unprivileged user namespaces (kernel.unprivileged_userns_clone=1 / user.max_user_namespaces > 0); neither is available"
+    );
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop. Only made
+/// when running as root.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = unique("tn");
+        let st = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip netns add");
+        assert!(st.success(), "ip netns add {name} failed");
+        Netns { name }
+    }
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+    /// Runs a command inside the namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(unique("tapnet-test-"));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A daemon under test. Fields drop in order: the daemon is killed first,
+/// then its namespace and directory go.
+pub struct Daemon {
+    child: Option<Child>,
+    pub socket: PathBuf,
+    pub root: PathBuf,
+    pub ns: Option<Netns>,
+    pub dir: TempDir,
+    pub privilege: Privilege,
+}
+
+impl Daemon {
+    /// A fresh namespace, directory and daemon.
+    pub fn start() -> Daemon {
+        let privilege = privilege();
+        let dir = TempDir::new();
+        let ns = (privilege == Privilege::Root).then(Netns::new);
+        let mut d = Daemon {
+            child: None,
+            socket: dir.0.join("tapnet.sock"),
+            root: dir.0.join("root"),
+            ns,
+            dir,
+            privilege,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Starts (again) the daemon process on the same root and socket.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none());
+        let mut cmd = match &self.ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, BIN]);
+                c
+            }
+            None => {
+                let mut c = Command::new("unshare");
+                c.args(["--user", "--map-root-user", "--net", "--", BIN]);
+                c
+            }
+        };
+        cmd.args(["daemon", "--workers", "1", "--root"])
+            .arg(&self.root)
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .env("TAPNET_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.0.join("daemon.log")).unwrap());
+        let child = cmd.spawn().expect("spawn the daemon");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("daemon exited early ({st}): {}", self.log());
+            }
+            assert!(Instant::now() < end, "daemon did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("daemon.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// `kill -9` the daemon (by its PID) and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Runs `tapnet -H SOCKET ARGS...` and returns its output.
+    pub fn tapnet(&self, args: &[&str]) -> Out {
+        let o = Command::new(BIN)
+            .arg("-H")
+            .arg(self.host())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run tapnet");
+        Out::from(o)
+    }
+
+    /// Like [`Daemon::tapnet`], asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let o = self.tapnet(args);
+        assert!(
+            o.code == 0,
+            "tapnet {args:?} failed ({}): {}\ndaemon log:\n{}",
+            o.code,
+            o.stderr,
+            self.log()
+        );
+        o.stdout
+    }
+
+    /// Runs it expecting a failure with exactly one line on stderr; returns
+    /// that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let o = self.tapnet(args);
+        assert!(o.code != 0, "tapnet {args:?} succeeded: {}", o.stdout);
+        let lines: Vec<&str> = o.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "tapnet {args:?}: expected one line on stderr, got {:?}",
+            o.stderr
+        );
+        assert!(!lines[0].trim().is_empty());
+        lines[0].to_string()
+    }
+
+    pub fn client(&self) -> tapnet::client::Client {
+        tapnet::client::Client::new(self.socket.clone())
+    }
+
+    pub fn inspect_network(&self, name: &str) -> serde_json::Value {
+        let out = self.ok(&["network", "inspect", name]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0].clone()
+    }
+
+    pub fn network_names(&self) -> Vec<String> {
+        let out = self.ok(&["network", "ls", "--format", "json"]);
+        out.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["Name"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // The containers this test started go first (the daemon kills them
+        // by pid), then the daemon.
+        if self.child.is_some() {
+            let c = self.client();
+            if let Ok(list) = c.get::<Vec<serde_json::Value>>("/containers/json?all=1") {
+                for v in list {
+                    if let Some(id) = v["Id"].as_str() {
+                        let _ = c.delete(&format!("/containers/{id}?force=1"));
+                    }
+                }
+            }
+        }
+        self.kill9();
+    }
+}
+
+/// A finished CLI run.
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Out {
+    fn from(o: Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// Waits until `f` holds (polling), or panics with `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
