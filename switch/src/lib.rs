@@ -9,6 +9,8 @@
 //!   [`GatewayHook`] for services behind the gateway (DNS, NAT) and
 //!   [`CaptureHook`]s.
 //! - [`mem`]: in-memory ports for tests, replay and benchmarks.
+//! - [`pcapng`]: pcapng writer and reader (with virtio-net metadata in
+//!   packet comments).
 //!
 //! No fds, threads, clocks or randomness here: the caller passes `now`.
 #![forbid(unsafe_code)]
@@ -18,6 +20,7 @@ pub mod capture;
 pub mod counters;
 pub mod fdb;
 pub mod mem;
+pub mod pcapng;
 pub mod pipeline;
 pub mod topology;
 pub mod wire;
