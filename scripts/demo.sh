@@ -10,8 +10,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet
-T=$PWD/target/release/tapnet
+# TAPNET_BIN: use an already built binary instead of building one.
+if [ -n "${TAPNET_BIN:-}" ]; then
+  T=$TAPNET_BIN
+else
+  cargo build --release --quiet
+  T=$PWD/target/release/tapnet
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tapnet-demo.XXXXXX")
 chmod 755 "$WORK"
 export TAPNET_HOST=unix://$WORK/tapnet.sock
