@@ -525,3 +525,86 @@ fn network_modes() {
     assert!(hc.get("53/udp").is_some(), "{hc}");
     d.ok(&["rm", "-f", "owner", "pub"]);
 }
+
+fn sleeper(d: &Daemon, name: &str, nets: &[&str], extra: &[&str]) {
+    let mut args = vec!["run", "-d", "--name", name];
+    for n in nets {
+        args.extend(["--network", n]);
+    }
+    args.extend(extra);
+    args.extend(["--", "sleep", "300"]);
+    d.ok(&args);
+}
+
+/// The seed scenario: A on n1, C on n2, B on both. B reaches A and C, A
+/// cannot reach C (and C not A); TCP between B and A works.
+#[test]
+fn seed_hub_container_reaches_both_networks() {
+    let d = Daemon::start();
+    d.ok(&["network", "create", "--subnet", "10.47.0.0/24", "n1"]);
+    d.ok(&["network", "create", "--subnet", "10.48.0.0/24", "n2"]);
+    sleeper(&d, "hubA", &["n1"], &[]);
+    sleeper(&d, "hubC", &["n2"], &[]);
+    sleeper(&d, "hubB", &["n1", "n2"], &[]);
+    let a = ip_of(&d, "hubA", "n1");
+    let c = ip_of(&d, "hubC", "n2");
+    assert!(ping(&d, "hubB", &a), "B -> A\n{}", d.log());
+    assert!(ping(&d, "hubB", &c), "B -> C\n{}", d.log());
+    assert!(!ping(&d, "hubA", &c), "A must not reach C");
+    assert!(!ping(&d, "hubC", &a), "C must not reach A");
+    // eth0 on n1 holds the default route, eth1 is on n2.
+    let routes = d.ok(&["exec", "hubB", "--", "ip", "route"]);
+    assert!(
+        routes.contains("default via 10.47.0.1 dev eth0"),
+        "{routes}"
+    );
+    // TCP from B to an HTTP server in A.
+    let www = TempDir::new();
+    std::fs::write(www.0.join("index.html"), "seed-ok\n").unwrap();
+    let dir = www.0.display().to_string();
+    d.ok(&[
+        "exec", "hubA", "--", "busybox", "httpd", "-p", "8080", "-h", &dir,
+    ]);
+    let url = format!("http://{a}:8080/index.html");
+    let page = d.ok(&[
+        "exec",
+        "hubB",
+        "--",
+        "curl",
+        "-sS",
+        "--retry",
+        "5",
+        "--retry-connrefused",
+        "--retry-delay",
+        "1",
+        &url,
+    ]);
+    assert_eq!(page.trim(), "seed-ok");
+}
+
+/// `enable_icc=false`: containers of the network cannot talk to each other
+/// (IP), but they still reach their gateway; ICC on another network is
+/// unaffected.
+#[test]
+fn icc_off_blocks_containers_not_the_gateway() {
+    let d = Daemon::start();
+    d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.49.0.0/24",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        "noicc",
+    ]);
+    sleeper(&d, "i1", &["noicc"], &[]);
+    sleeper(&d, "i2", &["noicc"], &[]);
+    let i2 = ip_of(&d, "i2", "noicc");
+    assert!(ping(&d, "i1", "10.49.0.1"), "gateway\n{}", d.log());
+    assert!(!ping(&d, "i1", &i2), "ICC off must block i1 -> i2");
+    let v = d.inspect_network("noicc");
+    assert_eq!(
+        v["Options"]["com.docker.network.bridge.enable_icc"], "false",
+        "{v}"
+    );
+}
