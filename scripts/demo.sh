@@ -10,6 +10,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The containers run busybox (httpd), curl and ping from the host's filesystem.
+missing=""
+for t in busybox curl ping ip; do command -v "$t" >/dev/null 2>&1 || missing+=" $t"; done
+if [ -n "$missing" ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "demo: installing the tools the containers use:$missing" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+      busybox-static curl iputils-ping iproute2 >/dev/null
+  else
+    echo "demo: missing$missing: sudo apt-get install -y busybox-static curl iputils-ping iproute2" >&2
+    exit 2
+  fi
+fi
+
 # TAPNET_BIN: use an already built binary instead of building one.
 if [ -n "${TAPNET_BIN:-}" ]; then
   T=$TAPNET_BIN
