@@ -20,6 +20,9 @@ pub fn main() -> ExitCode {
         _ => {}
     }
     let cli = Cli::parse();
+    if !matches!(cli.cmd, Cmd::Daemon(_)) {
+        crate::sys::default_sigpipe();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

@@ -14,3 +14,15 @@ pub mod netlink;
 pub mod ns;
 pub mod process;
 pub mod tap;
+
+/// Restores the default SIGPIPE action (terminate), as Unix command-line
+/// tools have it, so `tapnet inspect x | head -1` ends quietly instead of
+/// failing on a broken pipe. Only for short-lived CLI commands: the daemon
+/// keeps Rust's default (ignored) so a client hanging up never kills it.
+pub fn default_sigpipe() {
+    // SAFETY: installs the default disposition for SIGPIPE; no handler
+    // code runs, and it is called once at start, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Run by tests/rootless.rs as an ordinary user (no capabilities): every
+# container command of the bridge issue, rootless. Needs TAPNET_BIN and a
+# private $WORK. Prints "ROOTLESS OK" at the end; any failure exits non-zero.
+set -euo pipefail
+T=$TAPNET_BIN
+export TAPNET_HOST=unix://$WORK/tapnet.sock
+DAEMON=""
+SLEEPER=""
+cleanup() {
+  set +e
+  for c in r1 r2 r3; do "$T" rm -f "$c" >/dev/null 2>&1; done
+  [ -n "$SLEEPER" ] && kill "$SLEEPER" 2>/dev/null
+  [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; echo "--- daemon log" >&2; tail -20 "$WORK/daemon.log" >&2; exit 1; }
+start_daemon() {
+  "$T" daemon --root "$WORK/state" >>"$WORK/daemon.log" 2>&1 &
+  DAEMON=$!
+  for _ in $(seq 100); do "$T" network ls >/dev/null 2>&1 && return 0; sleep 0.1; done
+  fail "daemon did not come up"
+}
+ping1() { "$T" exec "$1" -- ping -c 1 -W 2 "$2" >/dev/null 2>&1; }
+
+[ "$(id -u)" != 0 ] || fail "must run as an ordinary user"
+start_daemon
+sock=${TAPNET_HOST#unix://}
+[ "$(stat -c %a "$sock")" = 600 ] || fail "rootless socket mode is $(stat -c %a "$sock"), want 600"
+"$T" network create --subnet 10.61.0.0/24 rl1 >/dev/null
+"$T" network create --subnet 10.62.0.0/24 rl2 >/dev/null
+"$T" run -d --name r1 --network rl1 --ip 10.61.0.10 -- sleep 300 >/dev/null
+"$T" run -d --name r2 --network rl2 --ip 10.62.0.10 -- sleep 300 >/dev/null
+"$T" run -d --name r3 --network rl1 --network rl2 --hostname hub -- sleep 300 >/dev/null
+[ "$("$T" exec r3 -- hostname)" = hub ] || fail "hostname"
+ping1 r3 10.61.0.10 || fail "r3 -> r1"
+ping1 r3 10.62.0.10 || fail "r3 -> r2"
+ping1 r1 10.62.0.10 && fail "r1 must not reach r2"
+"$T" network connect --ip 10.62.0.20 rl2 r1
+ping1 r1 10.62.0.10 || fail "r1 -> r2 after connect"
+"$T" network disconnect rl2 r1
+ping1 r1 10.62.0.10 && fail "r1 -> r2 after disconnect"
+grep -q r3 <<<"$("$T" ps)" || fail "ps"
+grep -q '"IPAddress": "10.61.0.10"' <<<"$("$T" inspect r1)" || fail "inspect"
+# A reader that stops early ends the CLI quietly (SIGPIPE), no panic message.
+err=$( { "$T" inspect r1 | head -c 1 >/dev/null; } 2>&1 )
+[ -z "$err" ] || fail "inspect | head printed: $err"
+# kill -9 of the daemon: the containers keep running; traffic resumes after a restart.
+kill -9 "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; DAEMON=""
+start_daemon
+for _ in $(seq 50); do ping1 r3 10.61.0.10 && break; sleep 0.2; done
+ping1 r3 10.61.0.10 || fail "traffic after kill -9 and restart"
+grep -q rl1 <<<"$("$T" network ls)" || fail "network lost after kill -9"
+# An existing namespace made by another tool, attached by pid.
+unshare --user --map-root-user --net sleep 300 &
+SLEEPER=$!
+sleep 0.3
+"$T" attach --pid "$SLEEPER" --name ext --network rl1 >/dev/null
+ping1 r1 "$("$T" inspect ext | sed -n 's/.*"IPAddress": "\(10\.61[^"]*\)".*/\1/p' | head -1)" \
+  || fail "r1 -> attached namespace"
+"$T" stop r2 >/dev/null
+grep r2 <<<"$("$T" ps -a)" | grep -q Exited || fail "stop"
+"$T" rm r2 >/dev/null
+grep -q r2 <<<"$("$T" ps -a)" && fail "rm"
+"$T" network rm rl1 >/dev/null 2>&1 && fail "rm of a network in use must fail"
+echo "ROOTLESS OK"
