@@ -416,3 +416,218 @@ impl Builder<'_> {
         Some(at)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::{EndpointSpec, NetworkSpec, Registry};
+    use crate::rng::FastRng;
+
+    const NET: NetworkId = NetworkId(3);
+
+    fn ip(d: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, d)
+    }
+
+    /// Network "n" with a querier at .2 and `n` containers aliased "many".
+    fn registry(n: u8) -> std::sync::Arc<Registry> {
+        let r = Registry::new();
+        r.set_network(NetworkSpec::new(NET, "n")).unwrap();
+        r.add_endpoint(EndpointSpec::new(NET, "q", "querier", ip(2)))
+            .unwrap();
+        for i in 0..n {
+            let mut e = EndpointSpec::new(NET, &format!("c{i}"), &format!("m{i}"), ip(10 + i));
+            e.aliases.push("many".into());
+            r.add_endpoint(e).unwrap();
+        }
+        r
+    }
+
+    /// `dig +noedns many A`, id 0x0102.
+    const Q_MANY: &[u8] = &[
+        0x01, 0x02, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x04, b'm', b'a',
+        b'n', b'y', 0x00, 0x00, 0x01, 0x00, 0x01,
+    ];
+
+    fn with_edns(q: &[u8], size: u16, version: u8) -> Vec<u8> {
+        let mut v = q.to_vec();
+        v[11] = 1;
+        v.extend_from_slice(&[0, 0, 41]);
+        v.extend_from_slice(&size.to_be_bytes());
+        v.extend_from_slice(&[0, version, 0x80, 0, 0, 0]);
+        v
+    }
+
+    fn run(r: &Registry, q: &[u8], t: Transport, out: &mut [u8]) -> Outcome {
+        Responder::default().respond(&r.load(), NET, ip(2), q, t, &mut FastRng::new(3), out)
+    }
+
+    #[test]
+    fn exact_bytes_of_an_a_answer() {
+        let r = registry(1);
+        let mut out = [0u8; 512];
+        let o = run(&r, Q_MANY, Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: 38,
+                kind: Answered::Records
+            }
+        );
+        let mut want = Q_MANY.to_vec();
+        want[2] = 0x85; // QR AA RD
+        want[3] = 0x80; // RA
+        want[7] = 1; // ANCOUNT
+        want.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0x02, 0x58, 0, 4, 10, 0, 0, 10]);
+        assert_eq!(&out[..38], &want[..]);
+    }
+
+    #[test]
+    fn udp_limits_and_tcp() {
+        // 12 + 10 + 40 * 16 = 662 bytes.
+        let r = registry(40);
+        let mut out = vec![0u8; 65537];
+        let o = run(&r, Q_MANY, Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: 22,
+                kind: Answered::Truncated
+            }
+        );
+        assert_eq!(out[2] & 0x02, 0x02, "TC");
+        assert_eq!(&out[6..8], &[0, 0]);
+        // EDNS 600 is still too small; 1232 fits; the OPT is echoed.
+        let o = run(&r, &with_edns(Q_MANY, 600, 0), Transport::Udp, &mut out);
+        assert!(matches!(
+            o,
+            Outcome::Answer {
+                kind: Answered::Truncated,
+                len: 33
+            }
+        ));
+        let o = run(&r, &with_edns(Q_MANY, 1232, 0), Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: 662 + 11,
+                kind: Answered::Records
+            }
+        );
+        assert_eq!(&out[11..12], &[1], "ARCOUNT");
+        assert_eq!(&out[662..665], &[0, 0, 41]);
+        assert_eq!(out[669], 0x80, "DO echoed");
+        // A small buffer caps UDP answers (the hook passes the MTU room).
+        let o = run(
+            &r,
+            &with_edns(Q_MANY, 4096, 0),
+            Transport::Udp,
+            &mut out[..600],
+        );
+        assert!(matches!(
+            o,
+            Outcome::Answer {
+                kind: Answered::Truncated,
+                ..
+            }
+        ));
+        // TCP: framed in and out, no 512 limit.
+        let mut framed = (Q_MANY.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(Q_MANY);
+        let o = Responder::default().respond_tcp(
+            &r.load(),
+            NET,
+            ip(2),
+            &framed,
+            &mut FastRng::new(1),
+            &mut out,
+        );
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: 664,
+                kind: Answered::Records
+            }
+        );
+        assert_eq!(&out[..2], &662u16.to_be_bytes());
+        assert_eq!(&out[2..4], &[1, 2]);
+        assert_eq!(tcp_message(&framed), Some((Q_MANY, framed.len())));
+        assert_eq!(tcp_message(&framed[..5]), None);
+    }
+
+    #[test]
+    fn badvers() {
+        let r = registry(1);
+        let mut out = [0u8; 512];
+        let o = run(&r, &with_edns(Q_MANY, 1232, 1), Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: 22 + 11,
+                kind: Answered::BadVers
+            }
+        );
+        assert_eq!(out[3] & 0xf, 0);
+        assert_eq!(out[22 + 5], 1, "extended rcode 16 >> 4");
+    }
+
+    #[test]
+    fn not_served_and_unknown_querier() {
+        let r = registry(1);
+        let mut out = [0u8; 512];
+        let snap = r.load();
+        let rs = Responder::default();
+        let mut rng = FastRng::new(1);
+        let o = rs.respond(
+            &snap,
+            NetworkId(9),
+            ip(2),
+            Q_MANY,
+            Transport::Udp,
+            &mut rng,
+            &mut out,
+        );
+        assert_eq!(o, Outcome::NotServed);
+        // An address without an endpoint sees the arrival network's names.
+        let o = rs.respond(
+            &snap,
+            NET,
+            ip(99),
+            Q_MANY,
+            Transport::Udp,
+            &mut rng,
+            &mut out,
+        );
+        assert!(matches!(
+            o,
+            Outcome::Answer {
+                kind: Answered::Records,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn truncating_forwarded_answers() {
+        let r = registry(40);
+        let mut out = vec![0u8; 2048];
+        let Outcome::Answer { len, .. } = run(&r, Q_MANY, Transport::Tcp, &mut out) else {
+            panic!()
+        };
+        assert_eq!(truncate_for_udp(&mut out, len, 4096), Some(len));
+        assert_eq!(truncate_for_udp(&mut out, len, 512), Some(22));
+        assert_eq!(out[2] & 0x02, 0x02);
+        assert_eq!(&out[6..12], &[0; 6]);
+        assert_eq!(truncate_for_udp(&mut out[..5], 5, 4), None);
+    }
+
+    #[test]
+    fn error_answers_echo_the_question() {
+        let mut out = [0u8; 512];
+        let n = error_answer(Q_MANY, rcode::SERVFAIL, true, &mut out).unwrap();
+        assert_eq!(n, Q_MANY.len());
+        assert_eq!(&out[..4], &[1, 2, 0x81, 0x82]);
+        assert_eq!(&out[12..n], &Q_MANY[12..]);
+        assert_eq!(error_answer(b"junk", rcode::SERVFAIL, true, &mut out), None);
+    }
+}
