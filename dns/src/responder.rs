@@ -172,16 +172,15 @@ impl Responder {
         let class_ok = q.qclass == wire::class::IN || q.qclass == 255;
         let local = match key {
             Some(k) if class_ok => {
-                if q.qtype == rtype::PTR {
-                    wire::parse_reverse_v4(k)
-                        .and_then(|a| who.reverse(a))
-                        .map(Records::Ptr)
-                } else {
-                    match who.resolve(k) {
-                        Resolved::Addrs(a) if q.qtype == rtype::A => Some(Records::A(a)),
-                        Resolved::Addrs(_) => Some(Records::None),
-                        Resolved::NotLocal => None,
-                    }
+                let ptr = match q.qtype {
+                    rtype::PTR => wire::parse_reverse_v4(k).and_then(|a| who.reverse(a)),
+                    _ => None,
+                };
+                match (ptr, who.resolve(k)) {
+                    (Some(name), _) => Some(Records::Ptr(name)),
+                    (None, Resolved::Addrs(a)) if q.qtype == rtype::A => Some(Records::A(a)),
+                    (None, Resolved::Addrs(_)) => Some(Records::None),
+                    (None, Resolved::NotLocal) => None,
                 }
             }
             _ => None,
