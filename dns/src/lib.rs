@@ -1,2 +1,28 @@
-//! tapnet-dns: name registry and inline responder (sans-IO core). Filled by the DNS issue.
+//! tapnet-dns: the embedded DNS of user-defined networks, sans-IO.
+//!
+//! - [`registry`]: networks and endpoints as the control plane states
+//!   them, compiled into a lock-free read-mostly [`Snapshot`].
+//! - [`responder`]: query bytes in, answer bytes out (Docker's embedded
+//!   DNS rules), into a caller buffer, with a caller-seeded RNG.
+//! - [`hook`]: [`DnsHook`], the responder as the switch's
+//!   [`tapnet_switch::GatewayHook`]: UDP to the gateway IP, port 53,
+//!   answered inline; names that are not local queued as
+//!   [`ForwardRequest`]s for the daemon's forwarder.
+//! - [`wire`]: the bounded DNS message parser and encoders.
+//!
+//! No sockets, threads, clocks or OS randomness here: the upstream
+//! forwarder, DNS over TCP and `/etc/resolv.conf` are the daemon's edges.
 #![forbid(unsafe_code)]
+
+pub mod hook;
+pub mod registry;
+pub mod responder;
+pub mod rng;
+pub mod wire;
+
+pub use hook::{forward_queue, DnsHook, DnsStats, ForwardRequest, ForwardRx, ForwardTx};
+pub use registry::{
+    EndpointSpec, Link, NetworkSpec, Registry, RegistryData, RegistryError, Resolved, Snapshot,
+};
+pub use responder::{Answered, Outcome, Responder, ResponderConfig, Transport};
+pub use rng::FastRng;

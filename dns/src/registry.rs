@@ -1,0 +1,654 @@
+//! The name registry: what the control plane says (networks, endpoints),
+//! compiled into a read-mostly [`Snapshot`] the responders read without a
+//! lock.
+//!
+//! Contract:
+//! - The control plane changes [`RegistryData`] through [`Registry`]'s
+//!   methods; each change is validated first, then the whole snapshot is
+//!   rebuilt as data and swapped in atomically ([`arc_swap`]): a query sees
+//!   either the old or the new state, and a removal takes effect for the
+//!   next query.
+//! - A lookup ([`Snapshot::resolve`]) does no allocation and takes no lock:
+//!   a few hash-map probes keyed by the lowercased name.
+//!
+//! Names an endpoint registers on its network (Docker's rules): the
+//! container name, its network aliases, the 12-character short ID, the
+//! hostname, and each of these suffixed with `.NETWORK`. Legacy link
+//! aliases (`--link C:ALIAS`) are visible to the linking container only.
+//! Matching is ASCII case-insensitive.
+//!
+//! Scoping: a querier is identified by its IPv4 address on the network the
+//! query arrived on. It sees the names of every DNS-enabled network its
+//! container is attached to; the network the query arrived on is searched
+//! first, then the others in ascending id, and the first network with a
+//! match answers. A querier the registry does not know (an address with no
+//! endpoint) sees the names of the arrival network only.
+
+use arc_swap::{ArcSwap, Guard};
+use core::hash::{BuildHasherDefault, Hasher};
+use core::net::Ipv4Addr;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tapnet_switch::NetworkId;
+
+/// A network as the registry knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkSpec {
+    pub id: NetworkId,
+    pub name: String,
+    /// `--internal`: containers attached only to internal networks get no
+    /// forwarding of names that are not local (answered REFUSED).
+    pub internal: bool,
+    /// Embedded DNS on this network (false for the default `bridge`).
+    pub dns: bool,
+}
+
+impl NetworkSpec {
+    /// A user-defined network: embedded DNS on, not internal.
+    pub fn new(id: NetworkId, name: &str) -> Self {
+        NetworkSpec {
+            id,
+            name: name.into(),
+            internal: false,
+            dns: true,
+        }
+    }
+}
+
+/// A legacy link (`--link CONTAINER:ALIAS`) of an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    /// The linked container's name (or ID).
+    pub container: String,
+    /// The alias it gets in the linking container.
+    pub alias: String,
+}
+
+/// One container's attachment to one network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    pub network: NetworkId,
+    /// Full container ID (hex); the first 12 characters are the short ID.
+    pub container_id: String,
+    /// Container name (without Docker's leading `/`).
+    pub name: String,
+    pub hostname: Option<String>,
+    /// Network-scoped aliases (`--network-alias`, `--alias`).
+    pub aliases: Vec<String>,
+    pub ipv4: Ipv4Addr,
+    pub links: Vec<Link>,
+}
+
+impl EndpointSpec {
+    pub fn new(network: NetworkId, container_id: &str, name: &str, ipv4: Ipv4Addr) -> Self {
+        EndpointSpec {
+            network,
+            container_id: container_id.into(),
+            name: name.into(),
+            hostname: None,
+            aliases: Vec::new(),
+            ipv4,
+            links: Vec::new(),
+        }
+    }
+}
+
+/// Why a registry change was refused (nothing was changed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryError {
+    /// Unknown network.
+    NoSuchNetwork,
+    /// No such endpoint.
+    NoSuchEndpoint,
+    /// Another endpoint of this network has this address.
+    AddressInUse(Ipv4Addr),
+    /// The container already has an endpoint on this network.
+    DuplicateEndpoint,
+    /// Empty container ID or name.
+    Invalid(&'static str),
+}
+
+impl core::fmt::Display for RegistryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        match self {
+            RegistryError::NoSuchNetwork => write!(f, "no such network"),
+            RegistryError::NoSuchEndpoint => write!(f, "no such endpoint"),
+            RegistryError::AddressInUse(a) => write!(f, "address {a} is already in use"),
+            RegistryError::DuplicateEndpoint => {
+                write!(f, "container already has an endpoint on this network")
+            }
+            RegistryError::Invalid(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl std::error::Error for RegistryError {}
+
+/// The control plane's description: networks and endpoints, as data.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryData {
+    pub networks: Vec<NetworkSpec>,
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+impl RegistryData {
+    /// Checks the invariants the snapshot relies on.
+    pub fn validate(&self) -> Result<(), RegistryError> {
+        let mut seen_net = std::collections::HashSet::new();
+        for n in &self.networks {
+            if !seen_net.insert(n.id) {
+                return Err(RegistryError::Invalid("duplicate network id"));
+            }
+        }
+        let mut seen_ip = std::collections::HashSet::new();
+        let mut seen_ep = std::collections::HashSet::new();
+        for e in &self.endpoints {
+            if !seen_net.contains(&e.network) {
+                return Err(RegistryError::NoSuchNetwork);
+            }
+            if e.container_id.is_empty() {
+                return Err(RegistryError::Invalid("empty container id"));
+            }
+            if !seen_ip.insert((e.network, e.ipv4)) {
+                return Err(RegistryError::AddressInUse(e.ipv4));
+            }
+            if !seen_ep.insert((e.network, e.container_id.as_str())) {
+                return Err(RegistryError::DuplicateEndpoint);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// FxHash (rustc's): fast, not DoS-resistant; keys are names the control
+/// plane registered, and a probe for an attacker's name costs one hash.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+const FX_K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(FX_K);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut c = bytes.chunks_exact(8);
+        for w in &mut c {
+            self.add(u64::from_le_bytes([
+                w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
+            ]));
+        }
+        let r = c.remainder();
+        if !r.is_empty() {
+            let mut b = [0u8; 8];
+            b[..r.len()].copy_from_slice(r);
+            self.add(u64::from_le_bytes(b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// One network in the snapshot.
+#[derive(Debug, Default)]
+struct NetSnap {
+    internal: bool,
+    dns: bool,
+    /// Lowercase dotted name (no trailing dot) → addresses, deduplicated,
+    /// in registration order.
+    names: FxMap<Box<[u8]>, Box<[Ipv4Addr]>>,
+    /// Address → `name.network.` in wire form.
+    ptr: FxMap<u32, Box<[u8]>>,
+}
+
+/// A link alias (lowercase) and the linked container's addresses.
+type LinkSnap = (Box<[u8]>, Box<[Ipv4Addr]>);
+
+/// One querier (a container's endpoint) in the snapshot.
+#[derive(Debug, Default)]
+struct QuerierSnap {
+    /// The DNS-enabled networks of its container, ascending.
+    networks: Box<[NetworkId]>,
+    /// Link aliases (lowercase) → addresses, visible to this container.
+    links: Box<[LinkSnap]>,
+    /// Some attached network is not internal.
+    may_forward: bool,
+}
+
+/// The compiled, immutable view the responders read.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    nets: Vec<Option<NetSnap>>,
+    /// (network, address) → index in `queriers`.
+    by_addr: FxMap<(u16, u32), u32>,
+    queriers: Vec<QuerierSnap>,
+}
+
+/// What a name resolved to for one querier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolved<'a> {
+    /// A local name with these addresses.
+    Addrs(&'a [Ipv4Addr]),
+    /// Not a name this querier can see.
+    NotLocal,
+}
+
+/// Who is asking, as the snapshot sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Querier<'a> {
+    snap: &'a Snapshot,
+    network: NetworkId,
+    q: Option<&'a QuerierSnap>,
+}
+
+impl<'a> Querier<'a> {
+    /// Whether names that are not local may be forwarded upstream for
+    /// this querier (false when all its networks are `--internal`).
+    pub fn may_forward(&self) -> bool {
+        match self.q {
+            Some(q) => q.may_forward,
+            None => self
+                .snap
+                .net(self.network)
+                .is_some_and(|n| n.dns && !n.internal),
+        }
+    }
+
+    /// Visits the networks this querier sees, arrival network first.
+    #[inline]
+    fn visible<T>(&self, mut f: impl FnMut(&'a NetSnap) -> Option<T>) -> Option<T> {
+        if let Some(n) = self.snap.net(self.network).filter(|n| n.dns) {
+            if let Some(t) = f(n) {
+                return Some(t);
+            }
+        }
+        for &id in self.q.map(|q| &q.networks[..]).unwrap_or(&[]) {
+            if id == self.network {
+                continue;
+            }
+            if let Some(n) = self.snap.net(id).filter(|n| n.dns) {
+                if let Some(t) = f(n) {
+                    return Some(t);
+                }
+            }
+        }
+        None
+    }
+
+    /// Resolves a lowercase dotted name (see [`crate::wire::name_key`]).
+    #[inline]
+    pub fn resolve(&self, key: &[u8]) -> Resolved<'a> {
+        if let Some(q) = self.q {
+            for (alias, addrs) in q.links.iter() {
+                if &alias[..] == key {
+                    return Resolved::Addrs(addrs);
+                }
+            }
+        }
+        match self.visible(|n| n.names.get(key)) {
+            Some(a) => Resolved::Addrs(a),
+            None => Resolved::NotLocal,
+        }
+    }
+
+    /// The `name.network.` (wire form) of a container address this querier
+    /// can see.
+    #[inline]
+    pub fn reverse(&self, addr: Ipv4Addr) -> Option<&'a [u8]> {
+        let k = u32::from(addr);
+        self.visible(|n| n.ptr.get(&k)).map(|b| &b[..])
+    }
+}
+
+fn lower(s: &str) -> Box<[u8]> {
+    let t = s.strip_suffix('.').unwrap_or(s);
+    t.as_bytes().to_ascii_lowercase().into_boxed_slice()
+}
+
+impl Snapshot {
+    #[inline]
+    fn net(&self, id: NetworkId) -> Option<&NetSnap> {
+        self.nets.get(usize::from(id.0))?.as_ref()
+    }
+
+    /// Whether the embedded DNS answers on this network.
+    #[inline]
+    pub fn serves(&self, id: NetworkId) -> bool {
+        self.net(id).is_some_and(|n| n.dns)
+    }
+
+    /// The querier at `addr` on `network`.
+    #[inline]
+    pub fn querier(&self, network: NetworkId, addr: Ipv4Addr) -> Querier<'_> {
+        let q = self
+            .by_addr
+            .get(&(network.0, u32::from(addr)))
+            .and_then(|&i| self.queriers.get(i as usize));
+        Querier {
+            snap: self,
+            network,
+            q,
+        }
+    }
+
+    /// Compiles validated data into a snapshot.
+    pub fn build(data: &RegistryData) -> Snapshot {
+        let mut s = Snapshot::default();
+        let mut net_names: HashMap<NetworkId, &str> = HashMap::new();
+        for n in &data.networks {
+            let i = usize::from(n.id.0);
+            if s.nets.len() <= i {
+                s.nets.resize_with(i + 1, || None);
+            }
+            s.nets[i] = Some(NetSnap {
+                internal: n.internal,
+                dns: n.dns,
+                ..NetSnap::default()
+            });
+            net_names.insert(n.id, &n.name);
+        }
+        // Per-network names, with addresses deduplicated.
+        let mut names: HashMap<(NetworkId, Box<[u8]>), Vec<Ipv4Addr>> = HashMap::new();
+        let mut order: Vec<(NetworkId, Box<[u8]>)> = Vec::new();
+        let mut add = |net: NetworkId, key: Box<[u8]>, a: Ipv4Addr| {
+            if key.is_empty() {
+                return;
+            }
+            let e = names.entry((net, key.clone())).or_insert_with(|| {
+                order.push((net, key));
+                Vec::new()
+            });
+            if !e.contains(&a) {
+                e.push(a);
+            }
+        };
+        for e in &data.endpoints {
+            let Some(net_name) = net_names.get(&e.network) else {
+                continue;
+            };
+            let net_lc = lower(net_name);
+            let mut keys: Vec<Box<[u8]>> = vec![lower(&e.name)];
+            keys.extend(e.aliases.iter().map(|a| lower(a)));
+            if e.container_id.len() >= 12 && e.container_id.is_char_boundary(12) {
+                keys.push(lower(&e.container_id[..12]));
+            }
+            if let Some(h) = &e.hostname {
+                keys.push(lower(h));
+            }
+            for k in keys {
+                if k.is_empty() {
+                    continue;
+                }
+                let mut dotted = k.to_vec();
+                dotted.push(b'.');
+                dotted.extend_from_slice(&net_lc);
+                add(e.network, k, e.ipv4);
+                add(e.network, dotted.into_boxed_slice(), e.ipv4);
+            }
+            let primary = if e.name.is_empty() {
+                e.container_id.get(..12).unwrap_or(&e.container_id)
+            } else {
+                &e.name
+            };
+            if let Some(w) = crate::wire::encode_name(&format!("{primary}.{net_name}")) {
+                if let Some(Some(n)) = s.nets.get_mut(usize::from(e.network.0)) {
+                    n.ptr
+                        .entry(u32::from(e.ipv4))
+                        .or_insert(w.into_boxed_slice());
+                }
+            }
+        }
+        for key in order {
+            if let (Some(addrs), Some(Some(n))) =
+                (names.remove(&key), s.nets.get_mut(usize::from(key.0 .0)))
+            {
+                n.names.insert(key.1, addrs.into_boxed_slice());
+            }
+        }
+        // Queriers: one per endpoint, sharing their container's view.
+        let mut by_container: HashMap<&str, Vec<&EndpointSpec>> = HashMap::new();
+        for e in &data.endpoints {
+            by_container.entry(&e.container_id).or_default().push(e);
+        }
+        let is_internal = |id: NetworkId| {
+            data.networks
+                .iter()
+                .find(|n| n.id == id)
+                .is_none_or(|n| n.internal)
+        };
+        for e in &data.endpoints {
+            let eps = &by_container[e.container_id.as_str()];
+            let mut networks: Vec<NetworkId> = eps
+                .iter()
+                .map(|x| x.network)
+                .filter(|&id| s.serves(id))
+                .collect();
+            networks.sort_unstable();
+            networks.dedup();
+            let may_forward = eps.iter().any(|x| !is_internal(x.network));
+            let links = e
+                .links
+                .iter()
+                .filter_map(|l| {
+                    let target = lower(&l.container);
+                    // The linked container's addresses on the networks this
+                    // container shares with it.
+                    let addrs: Vec<Ipv4Addr> = data
+                        .endpoints
+                        .iter()
+                        .filter(|t| {
+                            networks.contains(&t.network)
+                                && (*lower(&t.name) == *target
+                                    || t.container_id.as_bytes() == &target[..]
+                                    || t.container_id.get(..12).map(str::as_bytes)
+                                        == Some(&target[..]))
+                        })
+                        .map(|t| t.ipv4)
+                        .collect();
+                    (!addrs.is_empty()).then(|| (lower(&l.alias), addrs.into_boxed_slice()))
+                })
+                .collect();
+            let idx = s.queriers.len() as u32;
+            s.queriers.push(QuerierSnap {
+                networks: networks.into_boxed_slice(),
+                links,
+                may_forward,
+            });
+            s.by_addr.insert((e.network.0, u32::from(e.ipv4)), idx);
+        }
+        s
+    }
+}
+
+/// The registry: the control plane's data and the snapshot compiled from
+/// it. Shared (`Arc`) by the control plane and every worker's responder.
+#[derive(Default)]
+pub struct Registry {
+    data: Mutex<RegistryData>,
+    snap: ArcSwap<Snapshot>,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Registry> {
+        Arc::new(Registry::default())
+    }
+
+    /// The current snapshot, for one query or a batch (cheap, lock-free).
+    #[inline]
+    pub fn load(&self) -> Guard<Arc<Snapshot>> {
+        self.snap.load()
+    }
+
+    /// A copy of the control plane's data.
+    pub fn data(&self) -> RegistryData {
+        self.data.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Applies `f` to a copy of the data as one transaction: if `f` or
+    /// validation fails, nothing changes; otherwise the new snapshot is
+    /// swapped in.
+    pub fn update<R>(
+        &self,
+        f: impl FnOnce(&mut RegistryData) -> Result<R, RegistryError>,
+    ) -> Result<R, RegistryError> {
+        let mut g = self.data.lock().unwrap_or_else(|e| e.into_inner());
+        let mut d = g.clone();
+        let r = f(&mut d)?;
+        d.validate()?;
+        self.snap.store(Arc::new(Snapshot::build(&d)));
+        *g = d;
+        Ok(r)
+    }
+
+    /// Adds or replaces a network (by id).
+    pub fn set_network(&self, spec: NetworkSpec) -> Result<(), RegistryError> {
+        self.update(|d| {
+            match d.networks.iter_mut().find(|n| n.id == spec.id) {
+                Some(n) => *n = spec,
+                None => d.networks.push(spec),
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes a network and its endpoints.
+    pub fn remove_network(&self, id: NetworkId) -> Result<(), RegistryError> {
+        self.update(|d| {
+            let before = d.networks.len();
+            d.networks.retain(|n| n.id != id);
+            if d.networks.len() == before {
+                return Err(RegistryError::NoSuchNetwork);
+            }
+            d.endpoints.retain(|e| e.network != id);
+            Ok(())
+        })
+    }
+
+    /// Adds an endpoint (a container joins a network).
+    pub fn add_endpoint(&self, spec: EndpointSpec) -> Result<(), RegistryError> {
+        self.update(|d| {
+            d.endpoints.push(spec);
+            Ok(())
+        })
+    }
+
+    /// Removes a container's endpoint on a network (disconnect).
+    pub fn remove_endpoint(
+        &self,
+        network: NetworkId,
+        container_id: &str,
+    ) -> Result<(), RegistryError> {
+        self.update(|d| {
+            let before = d.endpoints.len();
+            d.endpoints
+                .retain(|e| !(e.network == network && e.container_id == container_id));
+            if d.endpoints.len() == before {
+                return Err(RegistryError::NoSuchEndpoint);
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes every endpoint of a container (stop, rm).
+    pub fn remove_container(&self, container_id: &str) -> Result<(), RegistryError> {
+        self.update(|d| {
+            let before = d.endpoints.len();
+            d.endpoints.retain(|e| e.container_id != container_id);
+            if d.endpoints.len() == before {
+                return Err(RegistryError::NoSuchEndpoint);
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(d: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, d)
+    }
+
+    #[test]
+    fn names_and_scoping() {
+        let r = Registry::new();
+        let (a, b) = (NetworkId(1), NetworkId(2));
+        r.set_network(NetworkSpec::new(a, "front")).unwrap();
+        r.set_network(NetworkSpec::new(b, "Back")).unwrap();
+        let mut web = EndpointSpec::new(a, "0123456789abcdef", "Web", ip(2));
+        web.aliases.push("www".into());
+        web.hostname = Some("webhost".into());
+        r.add_endpoint(web).unwrap();
+        r.add_endpoint(EndpointSpec::new(b, "fedcba9876543210", "db", ip(3)))
+            .unwrap();
+        let s = r.load();
+        let q = s.querier(a, ip(2));
+        for k in [
+            &b"web"[..],
+            b"www",
+            b"0123456789ab",
+            b"webhost",
+            b"web.front",
+            b"www.front",
+        ] {
+            assert_eq!(q.resolve(k), Resolved::Addrs(&[ip(2)]), "{k:?}");
+        }
+        assert_eq!(q.resolve(b"db"), Resolved::NotLocal);
+        assert_eq!(q.resolve(b"web.back"), Resolved::NotLocal);
+        assert_eq!(
+            s.querier(b, ip(3)).resolve(b"db.back"),
+            Resolved::Addrs(&[ip(3)])
+        );
+        assert_eq!(q.reverse(ip(2)), Some(&b"\x03Web\x05front\x00"[..]));
+        assert_eq!(q.reverse(ip(3)), None);
+    }
+
+    #[test]
+    fn refused_changes_leave_state() {
+        let r = Registry::new();
+        let a = NetworkId(0);
+        assert_eq!(
+            r.add_endpoint(EndpointSpec::new(a, "c1", "x", ip(2))),
+            Err(RegistryError::NoSuchNetwork)
+        );
+        r.set_network(NetworkSpec::new(a, "n")).unwrap();
+        r.add_endpoint(EndpointSpec::new(a, "c1", "x", ip(2)))
+            .unwrap();
+        assert_eq!(
+            r.add_endpoint(EndpointSpec::new(a, "c2", "y", ip(2))),
+            Err(RegistryError::AddressInUse(ip(2)))
+        );
+        assert_eq!(r.data().endpoints.len(), 1);
+        assert_eq!(r.load().querier(a, ip(2)).resolve(b"y"), Resolved::NotLocal);
+    }
+}
