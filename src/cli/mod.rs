@@ -130,6 +130,9 @@ struct DaemonArgs {
     /// Upstream DNS server for the embedded DNS.
     #[arg(long = "dns-upstream")]
     dns_upstream: Vec<String>,
+    /// TTL in seconds of the embedded DNS's own answers (Docker: 600).
+    #[arg(long = "dns-ttl", default_value_t = 600)]
+    dns_ttl: u32,
     #[arg(long = "cluster-store")]
     cluster_store: Option<String>,
     #[arg(long = "advertise-addr")]
@@ -201,6 +204,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         socket,
         workers,
         dns_upstream,
+        dns_ttl: a.dns_ttl,
         cluster_store: a.cluster_store,
         advertise_addr: a.advertise_addr,
         vxlan_port: a.vxlan_port,

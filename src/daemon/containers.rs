@@ -353,11 +353,22 @@ fn write_files(st: &State, root: &Path, c: &Container) -> std::io::Result<()> {
         .iter()
         .filter_map(|e| st.endpoints.get(e))
         .find_map(|e| e.gateway);
-    let nameservers: Vec<String> = if !c.dns.is_empty() {
-        c.dns.iter().map(|d| d.to_string()).collect()
-    } else if let (NetMode::Bridge, Some(gw)) = (&c.net_mode, first_gw) {
-        // The inline DNS answers at the gateway address.
+    // Docker's rule: on a user-defined network the embedded DNS (here: the
+    // first network's gateway address) is the only nameserver, with
+    // ndots:0, and forwards to `--dns`; the default bridge has no embedded
+    // DNS, so its containers get `--dns` or the host's resolvers.
+    let first_net = c
+        .endpoints
+        .iter()
+        .filter_map(|e| st.endpoints.get(e))
+        .find(|e| e.gateway.is_some())
+        .and_then(|e| st.networks.get(&e.network_id));
+    let embedded =
+        matches!(c.net_mode, NetMode::Bridge) && first_net.is_some_and(|n| n.name != "bridge");
+    let nameservers: Vec<String> = if let (true, Some(gw)) = (embedded, first_gw) {
         vec![gw.to_string()]
+    } else if !c.dns.is_empty() {
+        c.dns.iter().map(|d| d.to_string()).collect()
     } else if !host_ns.is_empty() {
         host_ns
     } else {
@@ -367,8 +378,14 @@ fn write_files(st: &State, root: &Path, c: &Container) -> std::io::Result<()> {
         resolv.push_str(&format!("nameserver {ns}\n"));
     }
     for l in host_other {
+        if embedded && l.starts_with("options") {
+            continue;
+        }
         resolv.push_str(&l);
         resolv.push('\n');
+    }
+    if embedded {
+        resolv.push_str("options ndots:0\n");
     }
     std::fs::write(dir.join("hosts"), hosts)?;
     std::fs::write(dir.join("resolv.conf"), resolv)?;
@@ -421,6 +438,7 @@ impl Core {
                 Ok(p) => {
                     self.ports.insert(e.id.clone(), p);
                     added.push(e.id.clone());
+                    self.dns_register(c, e, net);
                 }
                 Err(err) => {
                     for id in added {
@@ -441,6 +459,41 @@ impl Core {
         if let Some(p) = self.ports.remove(ep_id) {
             self.dp.remove_port(p);
         }
+        if let Some((net, cid, ip)) = self.dns_regs.remove(ep_id) {
+            self.dp.dns_remove_endpoint(net, &cid, ip);
+        }
+    }
+
+    /// Registers the container's names on the endpoint's network in the
+    /// embedded DNS: name, hostname, short id (by the registry), aliases,
+    /// links `CONTAINER:ALIAS`, and its `--dns` servers for forwarding.
+    fn dns_register(&mut self, c: &Container, e: &Endpoint, net: crate::dataplane::NetId) {
+        let links = e
+            .links
+            .iter()
+            .map(|l| match l.split_once(':') {
+                Some((t, a)) => (t.to_string(), a.to_string()),
+                None => (l.clone(), l.clone()),
+            })
+            .collect();
+        let ip = e.ipv4.map(|a| a.addr());
+        self.dp.dns_add_endpoint(
+            net,
+            crate::dataplane::DnsEndpoint {
+                container_id: c.id.clone(),
+                name: c.name.clone(),
+                hostname: Some(c.hostname.clone()),
+                aliases: e.aliases.clone(),
+                ipv4: ip,
+                links,
+                upstreams: c
+                    .dns
+                    .iter()
+                    .map(|a| std::net::SocketAddr::new((*a).into(), 53))
+                    .collect(),
+            },
+        );
+        self.dns_regs.insert(e.id.clone(), (net, c.id.clone(), ip));
     }
 
     /// Makes TAPs for `eps` inside `target` and adds their ports.

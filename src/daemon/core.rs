@@ -28,6 +28,9 @@ pub struct Core {
     next_net_id: NetId,
     /// Endpoint id -> dataplane port.
     pub(super) ports: HashMap<String, PortId>,
+    /// Endpoints registered in the embedded DNS: id -> (network, container
+    /// id, address).
+    pub(super) dns_regs: HashMap<String, (NetId, String, Option<std::net::Ipv4Addr>)>,
 }
 
 impl Core {
@@ -42,6 +45,7 @@ impl Core {
             net_ids: HashMap::new(),
             next_net_id: 1,
             ports: HashMap::new(),
+            dns_regs: HashMap::new(),
         };
         core.ensure_predefined()?;
         let nets: Vec<Network> = core.store.state().networks.values().cloned().collect();
@@ -127,6 +131,8 @@ impl Core {
                 icc: n.icc(),
                 mtu: n.mtu(),
                 internal: n.internal,
+                // Docker: no embedded DNS on the default bridge.
+                dns: n.name != "bridge",
             },
         );
     }

@@ -85,6 +85,9 @@ pub struct Config {
     pub socket: PathBuf,
     pub workers: usize,
     pub dns_upstream: Vec<std::net::SocketAddr>,
+    /// TTL of the embedded DNS's answers (Docker: 600).
+    #[serde(default = "default_dns_ttl")]
+    pub dns_ttl: u32,
     pub cluster_store: Option<String>,
     pub advertise_addr: Option<String>,
     pub vxlan_port: u16,
@@ -131,8 +134,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.root.display()
         )
     })?;
-    let dp =
-        crate::dataplane::Dataplane::start(cfg.workers).context("cannot start the dataplane")?;
+    let dp = crate::dataplane::Dataplane::start_with(crate::dataplane::DataplaneConfig {
+        workers: cfg.workers,
+        dns_upstreams: cfg.dns_upstream.clone(),
+        dns_ttl: cfg.dns_ttl,
+    })
+    .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone())
         .map_err(|e| anyhow::anyhow!("cannot load state: {e}"))?;
     core.store
@@ -206,4 +213,8 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(&socket);
         Ok::<_, anyhow::Error>(())
     })
+}
+
+fn default_dns_ttl() -> u32 {
+    600
 }

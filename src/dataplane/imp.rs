@@ -10,11 +10,18 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tapnet_dns::{DnsHook, FastRng, Registry, Responder, ResponderConfig};
 use tapnet_switch::wire::{vnet, EthernetAddress, VnetHdr};
 use tapnet_switch::{
-    DropReason, NetworkConfig, NetworkId, Port, PortConfig, PortStats, Switch, SwitchConfig,
-    Transmit, Worker,
+    DropReason, NetworkConfig, NetworkId, NoHook, Port, PortConfig, PortStats, Switch,
+    SwitchConfig, Transmit, Worker,
 };
+
+/// The services behind each network's gateway, per worker: the embedded
+/// DNS (NAT comes behind it).
+type Hook = DnsHook<NoHook, FastRng>;
+/// Forwarded DNS queries waiting for the forwarder.
+const DNS_FORWARD_QUEUE: usize = 4096;
 
 /// Frames a worker reads from one queue before looking at the others.
 const READ_BUDGET: usize = 64;
@@ -23,8 +30,17 @@ const RX_BUF_LEN: usize = 65536 + vnet::HEADER_LEN + 64;
 const WAKER: Token = Token(usize::MAX);
 
 enum Cmd {
-    AddQueue { port: u32, fd: OwnedFd },
+    AddQueue {
+        port: u32,
+        fd: OwnedFd,
+    },
     RemovePort(u32),
+    /// A frame made off the fast path (a forwarded DNS answer) to send on
+    /// a port.
+    Inject {
+        port: u32,
+        frame: Vec<u8>,
+    },
     Stop,
 }
 
@@ -37,6 +53,8 @@ struct Inner {
     switch: Arc<Switch>,
     workers: Vec<WorkerHandle>,
     nets: Mutex<HashMap<NetId, NetworkId>>,
+    dns: Arc<Registry>,
+    upstreams: Arc<super::dns::Upstreams>,
     epoch: Instant,
     stop: AtomicBool,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -50,22 +68,51 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Starts `workers` worker threads (>= 1) and a housekeeping thread.
+    /// Starts `workers` worker threads (>= 1) with default settings.
     pub fn start(workers: usize) -> anyhow::Result<Dataplane> {
-        let workers = workers.max(1);
+        Self::start_with(DataplaneConfig {
+            workers,
+            ..Default::default()
+        })
+    }
+
+    /// Starts the worker threads, the DNS forwarder and a housekeeping
+    /// thread.
+    pub fn start_with(config: DataplaneConfig) -> anyhow::Result<Dataplane> {
+        let workers = config.workers.max(1);
         let switch = Switch::new(SwitchConfig {
             workers,
             fdb_capacity: 1 << 16,
             ..Default::default()
         });
         let epoch = Instant::now();
+        let dns = Registry::new();
+        let (ftx, frx) = tapnet_dns::forward_queue(DNS_FORWARD_QUEUE);
+        let responder = ResponderConfig {
+            ttl: config.dns_ttl,
+            ..Default::default()
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id());
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         for id in 0..workers {
             let poll = Poll::new().context("create epoll instance")?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("create waker")?);
             let (tx, rx) = crossbeam_channel::unbounded();
-            let w = Worker::new(switch.clone(), id);
+            let hook = DnsHook::new(
+                dns.clone(),
+                Responder::new(responder.clone()),
+                FastRng::new(
+                    seed.wrapping_add(id as u64)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                ),
+                Some(ftx.clone()),
+            );
+            let w = Worker::with_hook(switch.clone(), id, hook);
             let t = std::thread::Builder::new()
                 .name(format!("tapnet-worker-{id}"))
                 .spawn(move || worker_loop(w, poll, rx, epoch))
@@ -73,10 +120,32 @@ impl Dataplane {
             handles.push(WorkerHandle { tx, waker });
             threads.push(t);
         }
+        drop(ftx);
+        let upstreams = Arc::new(super::dns::Upstreams::new(config.dns_upstreams.clone()));
+        let inject: super::dns::Inject = {
+            let tx = handles[0].tx.clone();
+            let waker = handles[0].waker.clone();
+            Arc::new(move |port, frame| {
+                let _ = tx.send(Cmd::Inject {
+                    port: port.0,
+                    frame,
+                });
+                let _ = waker.wake();
+            })
+        };
+        {
+            let upstreams = upstreams.clone();
+            std::thread::Builder::new()
+                .name("tapnet-dns-forwarder".into())
+                .spawn(move || super::dns::run_forwarder(frx, upstreams, inject))
+                .context("spawn DNS forwarder thread")?;
+        }
         let inner = Arc::new(Inner {
             switch,
             workers: handles,
             nets: Mutex::new(HashMap::new()),
+            dns,
+            upstreams,
             epoch,
             stop: AtomicBool::new(false),
             threads: Mutex::new(threads),
@@ -123,19 +192,31 @@ impl Dataplane {
         let cfg = Self::net_config(&spec);
         let mut nets = self.inner.nets.lock();
         let res = match nets.get(&id) {
-            Some(&nid) => self.inner.switch.update_network(nid, cfg),
-            None => self.inner.switch.add_network(cfg).map(|nid| {
+            Some(&nid) => self.inner.switch.update_network(nid, cfg).map(|_| nid),
+            None => self.inner.switch.add_network(cfg).inspect(|&nid| {
                 nets.insert(id, nid);
             }),
         };
-        if let Err(e) = res {
-            tracing::error!(network = %spec.name, "dataplane: add network: {e}");
+        match res {
+            Ok(nid) => {
+                let dns = tapnet_dns::NetworkSpec {
+                    id: nid,
+                    name: spec.name.clone(),
+                    internal: spec.internal,
+                    dns: spec.dns,
+                };
+                if let Err(e) = self.inner.dns.set_network(dns) {
+                    tracing::error!(network = %spec.name, "dns: add network: {e}");
+                }
+            }
+            Err(e) => tracing::error!(network = %spec.name, "dataplane: add network: {e}"),
         }
     }
 
     /// Removes a network (its ports must have been removed).
     pub fn remove_network(&self, id: NetId) {
         if let Some(nid) = self.inner.nets.lock().remove(&id) {
+            let _ = self.inner.dns.remove_network(nid);
             if let Err(e) = self.inner.switch.remove_network(nid) {
                 tracing::error!("dataplane: remove network: {e}");
             }
@@ -195,6 +276,46 @@ impl Dataplane {
         }
     }
 
+    /// Registers a container's names on a network in the embedded DNS
+    /// (replacing an earlier registration of the same container there).
+    pub fn dns_add_endpoint(&self, net: NetId, ep: DnsEndpoint) {
+        let Some(&nid) = self.inner.nets.lock().get(&net) else {
+            return;
+        };
+        let _ = self.inner.dns.remove_endpoint(nid, &ep.container_id);
+        let Some(ip) = ep.ipv4 else { return };
+        self.inner
+            .upstreams
+            .set_querier(nid, ip, ep.upstreams.clone());
+        let spec = tapnet_dns::EndpointSpec {
+            network: nid,
+            container_id: ep.container_id,
+            name: ep.name,
+            hostname: ep.hostname,
+            aliases: ep.aliases,
+            ipv4: ip,
+            links: ep
+                .links
+                .into_iter()
+                .map(|(container, alias)| tapnet_dns::registry::Link { container, alias })
+                .collect(),
+        };
+        if let Err(e) = self.inner.dns.add_endpoint(spec) {
+            tracing::error!("dns: add endpoint: {e}");
+        }
+    }
+
+    /// Removes a container's names from a network (disconnect, stop).
+    pub fn dns_remove_endpoint(&self, net: NetId, container_id: &str, ipv4: Option<Ipv4Addr>) {
+        let Some(&nid) = self.inner.nets.lock().get(&net) else {
+            return;
+        };
+        let _ = self.inner.dns.remove_endpoint(nid, container_id);
+        if let Some(ip) = ipv4 {
+            self.inner.upstreams.set_querier(nid, ip, Vec::new());
+        }
+    }
+
     /// Counters of a port, summed over workers.
     pub fn port_stats(&self, id: PortId) -> Option<PortStats> {
         self.inner.switch.port_stats(tapnet_switch::PortId(id))
@@ -245,7 +366,7 @@ impl Transmit for TapTx<'_> {
     }
 }
 
-fn worker_loop(mut w: Worker, mut poll: Poll, rx: Receiver<Cmd>, epoch: Instant) {
+fn worker_loop(mut w: Worker<Hook>, mut poll: Poll, rx: Receiver<Cmd>, epoch: Instant) {
     let mut events = Events::with_capacity(256);
     let mut queues: Vec<Option<OwnedFd>> = Vec::new();
     // Ports with data possibly left unread (edge-triggered epoll).
@@ -297,6 +418,16 @@ fn worker_loop(mut w: Worker, mut poll: Poll, rx: Receiver<Cmd>, epoch: Instant)
                     }
                     ready.retain(|&q| q != port);
                 }
+                Cmd::Inject { port, frame } => {
+                    let cx = w.begin(epoch.elapsed().as_nanos() as u64);
+                    if let Some(p) = cx.topology().port(tapnet_switch::PortId(port)) {
+                        let slot = p.counters.slot(w.id());
+                        match (TapTx { queues: &queues }).transmit(p, &VnetHdr::default(), &frame) {
+                            Ok(()) => slot.count_tx(frame.len()),
+                            Err(r) => slot.count_drop(r),
+                        }
+                    }
+                }
                 Cmd::Stop => return,
             }
         }
@@ -317,7 +448,7 @@ fn worker_loop(mut w: Worker, mut poll: Poll, rx: Receiver<Cmd>, epoch: Instant)
 /// and runs each through the pipeline. Returns true when the queue is
 /// drained (or unusable).
 fn service_queue(
-    w: &mut Worker,
+    w: &mut Worker<Hook>,
     queues: &[Option<OwnedFd>],
     port: u32,
     buf: &mut [u8],

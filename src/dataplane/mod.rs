@@ -24,6 +24,45 @@ pub struct NetworkSpec {
     pub icc: bool,
     pub mtu: u32,
     pub internal: bool,
+    /// Embedded DNS answers on this network (false for the default
+    /// `bridge`, as in Docker).
+    pub dns: bool,
+}
+
+/// A container's names on one network, for the embedded DNS.
+#[derive(Clone, Debug, Default)]
+pub struct DnsEndpoint {
+    pub container_id: String,
+    pub name: String,
+    pub hostname: Option<String>,
+    /// `--network-alias` / `network connect --alias`.
+    pub aliases: Vec<String>,
+    pub ipv4: Option<Ipv4Addr>,
+    /// Legacy links `(container, alias)`, resolved only by this container.
+    pub links: Vec<(String, String)>,
+    /// The container's `--dns` servers (forwarding targets), if any.
+    pub upstreams: Vec<std::net::SocketAddr>,
+}
+
+/// Settings of the dataplane.
+#[derive(Clone, Debug)]
+pub struct DataplaneConfig {
+    /// Worker threads (>= 1): one TAP queue each.
+    pub workers: usize,
+    /// The daemon's `--dns-upstream` servers (else the host's resolv.conf).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// TTL of the embedded DNS's own answers.
+    pub dns_ttl: u32,
+}
+
+impl Default for DataplaneConfig {
+    fn default() -> Self {
+        DataplaneConfig {
+            workers: 1,
+            dns_upstreams: Vec::new(),
+            dns_ttl: 600,
+        }
+    }
 }
 
 /// What the switch needs to know about a port (one container interface).
@@ -39,4 +78,5 @@ pub struct PortSpec {
 
 pub use imp::Dataplane;
 
+pub mod dns;
 mod imp;

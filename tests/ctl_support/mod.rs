@@ -112,11 +112,20 @@ pub struct Daemon {
     pub ns: Option<Netns>,
     pub dir: TempDir,
     pub privilege: Privilege,
+    /// Extra `tapnet daemon` arguments.
+    pub extra: Vec<String>,
 }
 
 impl Daemon {
     /// A fresh namespace, directory and daemon.
     pub fn start() -> Daemon {
+        Daemon::start_with(&[], |_| {})
+    }
+
+    /// Like [`Daemon::start`] with extra daemon arguments; `before` runs
+    /// with the daemon's namespace before the daemon starts (e.g. to start
+    /// a resolver the daemon forwards to).
+    pub fn start_with(extra: &[&str], before: impl FnOnce(&Daemon)) -> Daemon {
         let privilege = privilege();
         let dir = TempDir::new();
         let ns = (privilege == Privilege::Root).then(Netns::new);
@@ -127,7 +136,9 @@ impl Daemon {
             ns,
             dir,
             privilege,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        before(&d);
         d.spawn();
         d
     }
@@ -151,6 +162,7 @@ impl Daemon {
             .arg(&self.root)
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()))
+            .args(&self.extra)
             .env("TAPNET_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

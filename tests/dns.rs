@@ -1,0 +1,201 @@
+//! The embedded DNS, end to end: `dig` inside containers asks the gateway
+//! address, and the switch answers inline. Names (container name, alias,
+//! short id, hostname, NAME.NETWORK), case, scoping across networks, an
+//! alias shared by two containers with one stopped, PTR, AAAA-empty,
+//! forwarding to a resolver this test starts (dnsmasq, inside the daemon's
+//! own namespace: never a real upstream), `--internal` networks not
+//! forwarding, the default bridge without embedded DNS, and the seed:
+//! an app reaching `database` by name.
+
+mod ctl_support;
+
+use ctl_support::*;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+
+/// dnsmasq answering `upstream.test` with 192.0.2.7 (TEST-NET-1: data
+/// only, never contacted) on 127.0.0.1:5353 of the daemon's namespace.
+struct Resolver(Child);
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_resolver(ns: &str) -> Resolver {
+    let st = Command::new("ip")
+        .args(["netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let child = Command::new("ip")
+        .args(["netns", "exec", ns, "dnsmasq"])
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--port=5353",
+            "--user=root",
+            "--pid-file=",
+            "--address=/upstream.test/192.0.2.7",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start dnsmasq (apt-get install dnsmasq-base)");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Resolver(child)
+}
+
+fn ip_of(d: &Daemon, c: &str, net: &str) -> String {
+    let v: Value = serde_json::from_str(&d.ok(&["inspect", c])).unwrap();
+    v[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn id_of(d: &Daemon, c: &str) -> String {
+    let v: Value = serde_json::from_str(&d.ok(&["inspect", c])).unwrap();
+    v[0]["Id"].as_str().unwrap().to_string()
+}
+
+/// `dig +short` from inside a container; the answer lines, sorted.
+fn dig(d: &Daemon, from: &str, args: &[&str]) -> Vec<String> {
+    let mut a = vec!["exec", from, "--", "dig", "+short", "+tries=1", "+time=5"];
+    a.extend(args);
+    let out = d.ok(&a);
+    let mut v: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
+    v.retain(|l| !l.is_empty() && !l.starts_with(';'));
+    v.sort();
+    v
+}
+
+/// The full `dig` output (status line and counts).
+fn dig_full(d: &Daemon, from: &str, args: &[&str]) -> String {
+    let mut a = vec!["exec", from, "--", "dig", "+tries=1", "+time=5"];
+    a.extend(args);
+    d.ok(&a)
+}
+
+fn run(d: &Daemon, name: &str, nets: &[&str], extra: &[&str]) {
+    let mut args = vec!["run", "-d", "--name", name];
+    for n in nets {
+        args.extend(["--network", n]);
+    }
+    args.extend(extra);
+    args.extend(["--", "sleep", "300"]);
+    d.ok(&args);
+}
+
+#[test]
+fn embedded_dns_names_scoping_forwarding() {
+    let mut resolver = None;
+    let d = Daemon::start_with(&["--dns-upstream", "127.0.0.1:5353"], |d| {
+        let ns = d.ns.as_ref().expect("this test runs as root").name.clone();
+        resolver = Some(start_resolver(&ns));
+    });
+    d.ok(&["network", "create", "--subnet", "10.71.0.0/24", "front"]);
+    d.ok(&["network", "create", "--subnet", "10.72.0.0/24", "back"]);
+    d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.73.0.0/24",
+        "--internal",
+        "priv",
+    ]);
+    run(
+        &d,
+        "db",
+        &["front"],
+        &["--network-alias", "database", "--hostname", "dbhost"],
+    );
+    run(&d, "app", &["front"], &[]);
+    run(&d, "other", &["back"], &[]);
+    run(&d, "hub", &["front", "back"], &[]);
+    run(&d, "w1", &["front"], &["--network-alias", "web"]);
+    run(&d, "w2", &["front"], &["--network-alias", "web"]);
+    run(&d, "pc", &["priv"], &[]);
+    let db = ip_of(&d, "db", "front");
+    let other = ip_of(&d, "other", "back");
+
+    // resolv.conf names the gateway, with ndots:0.
+    let resolv = d.ok(&["exec", "app", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.71.0.1"), "{resolv}");
+    assert!(resolv.contains("options ndots:0"), "{resolv}");
+
+    // Every kind of name, any case, NAME.NETWORK.
+    let short = id_of(&d, "db")[..12].to_string();
+    for name in [
+        "db",
+        "database",
+        "dbhost",
+        "DB",
+        "Database.Front",
+        "db.front",
+        &short,
+    ] {
+        assert_eq!(
+            dig(&d, "app", &[name]),
+            vec![db.clone()],
+            "name {name}\n{}",
+            d.log()
+        );
+    }
+    // The seed: the app reaches `database` by name (glibc resolver).
+    d.ok(&[
+        "exec", "app", "--", "ping", "-c", "1", "-W", "2", "database",
+    ]);
+
+    // Scoping: app (front) does not see `other` (back): it is forwarded
+    // upstream like any unknown name, and the upstream does not know it.
+    assert!(dig(&d, "app", &["other"]).is_empty());
+    // hub, on both networks, sees both.
+    assert_eq!(dig(&d, "hub", &["other"]), vec![other.clone()]);
+    assert_eq!(dig(&d, "hub", &["db"]), vec![db.clone()]);
+
+    // An alias on two containers returns both; after one stops, one.
+    let w1 = ip_of(&d, "w1", "front");
+    let w2 = ip_of(&d, "w2", "front");
+    let mut both = vec![w1.clone(), w2.clone()];
+    both.sort();
+    assert_eq!(dig(&d, "app", &["web"]), both);
+    d.ok(&["stop", "w2"]);
+    assert_eq!(dig(&d, "app", &["web"]), vec![w1.clone()]);
+    d.ok(&["exec", "app", "--", "ping", "-c", "1", "-W", "2", "web"]);
+
+    // PTR, AAAA (exists, no IPv6), other types for known names.
+    assert_eq!(dig(&d, "app", &["-x", &db]), vec!["db.front.".to_string()]);
+    let aaaa = dig_full(&d, "app", &["db", "AAAA"]);
+    assert!(
+        aaaa.contains("status: NOERROR") && aaaa.contains("ANSWER: 0"),
+        "{aaaa}"
+    );
+    let mx = dig_full(&d, "app", &["db", "MX"]);
+    assert!(
+        mx.contains("status: NOERROR") && mx.contains("ANSWER: 0"),
+        "{mx}"
+    );
+
+    // Forwarding to the daemon's upstream (the resolver this test runs).
+    assert_eq!(
+        dig(&d, "app", &["upstream.test"]),
+        vec!["192.0.2.7".to_string()]
+    );
+    // A container only on an --internal network gets no forwarding.
+    let internal = dig_full(&d, "pc", &["upstream.test"]);
+    assert!(internal.contains("status: REFUSED"), "{internal}");
+
+    // The default bridge has no embedded DNS: its resolv.conf is not the gateway.
+    run(&d, "bb", &["bridge"], &["--dns", "127.0.0.1"]);
+    let resolv = d.ok(&["exec", "bb", "--", "cat", "/etc/resolv.conf"]);
+    assert!(!resolv.contains("172.17.0.1"), "{resolv}");
+    drop(resolver);
+}
