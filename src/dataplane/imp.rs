@@ -105,7 +105,7 @@ impl Dataplane {
             let (tx, rx) = crossbeam_channel::unbounded();
             let hook = DnsHook::new(
                 dns.clone(),
-                Responder::new(responder.clone()),
+                Responder::new(responder),
                 FastRng::new(
                     seed.wrapping_add(id as u64)
                         .wrapping_mul(0x9E37_79B9_7F4A_7C15),
