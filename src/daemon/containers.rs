@@ -48,30 +48,9 @@ pub fn is_alive(pid: i32, start_time: u64) -> bool {
 
 /// Finds a container by full id, name (with or without `/`), id prefix.
 pub fn find_container<'a>(st: &'a State, key: &str) -> Result<&'a Container, ApiError> {
-    if let Some(c) = st.containers.get(key) {
-        return Ok(c);
-    }
     let name = key.strip_prefix('/').unwrap_or(key);
-    if let Some(c) = st.containers.values().find(|c| c.name == name) {
-        return Ok(c);
-    }
-    if !key.is_empty() {
-        let m: Vec<&Container> = st
-            .containers
-            .values()
-            .filter(|c| c.id.starts_with(key))
-            .collect();
-        match m.len() {
-            1 => return Ok(m[0]),
-            0 => {}
-            k => {
-                return Err(ApiError::bad(format!(
-                    "container {key} is ambiguous ({k} matches found based on ID prefix)"
-                )))
-            }
-        }
-    }
-    Err(ApiError::not_found(format!("No such container: {key}")))
+    super::core::find_by_key(&st.containers, name, "container", |c| (&c.id, &c.name))
+        .map_err(|e| e.unwrap_or_else(|| ApiError::not_found(format!("No such container: {key}"))))
 }
 
 fn net_target(c: &Container) -> Option<NetTarget> {
@@ -172,6 +151,22 @@ fn net_request(st: &State, a: &NetworkAttach) -> Result<NetRequest, ApiError> {
 
 /// Allocates an endpoint (address, MAC) for a container on a network, in
 /// the state copy `st`.
+/// The requests for `attaches`, in order; a network given twice is an error.
+fn net_requests(st: &State, attaches: &[NetworkAttach]) -> Result<Vec<NetRequest>, ApiError> {
+    let mut requests: Vec<NetRequest> = vec![];
+    for a in attaches {
+        let r = net_request(st, a)?;
+        if requests.iter().any(|x| x.network_id == r.network_id) {
+            return Err(ApiError::bad(format!(
+                "network {} is given twice",
+                a.network
+            )));
+        }
+        requests.push(r);
+    }
+    Ok(requests)
+}
+
 fn alloc_endpoint(
     st: &mut State,
     container_id: &str,
@@ -633,20 +628,7 @@ impl Core {
                 ..Default::default()
             });
         }
-        let mut requests = vec![];
-        for a in &attaches {
-            let r = net_request(st, a)?;
-            if requests
-                .iter()
-                .any(|x: &NetRequest| x.network_id == r.network_id)
-            {
-                return Err(ApiError::bad(format!(
-                    "network {} is given twice",
-                    a.network
-                )));
-            }
-            requests.push(r);
-        }
+        let requests = net_requests(st, &attaches)?;
         let hostname = match req.hostname.as_deref().filter(|h| !h.is_empty()) {
             Some(h) => h.to_string(),
             None => match &net_mode {
@@ -907,20 +889,7 @@ impl Core {
                 ..Default::default()
             });
         }
-        let mut requests = vec![];
-        for a in &attaches {
-            let r = net_request(st, a)?;
-            if requests
-                .iter()
-                .any(|x: &NetRequest| x.network_id == r.network_id)
-            {
-                return Err(ApiError::bad(format!(
-                    "network {} is given twice",
-                    a.network
-                )));
-            }
-            requests.push(r);
-        }
+        let requests = net_requests(st, &attaches)?;
         let mut c = Container {
             id: id.clone(),
             name,

@@ -403,29 +403,37 @@ fn network_matches(st: &State, n: &Network, f: &BTreeMap<String, Vec<String>>) -
 
 /// Finds a network by full id, then name, then unique id prefix.
 pub fn find_network<'a>(st: &'a State, key: &str) -> Result<&'a Network, ApiError> {
-    if let Some(n) = st.networks.get(key) {
-        return Ok(n);
+    find_by_key(&st.networks, key, "network", |n| (&n.id, &n.name))
+        .map_err(|e| e.unwrap_or_else(|| ApiError::not_found(format!("network {key} not found"))))
+}
+
+/// Docker's lookup of an object by full id, name, or unique id prefix.
+/// `Err(None)`: nothing matched (callers word their own 404);
+/// `Err(Some(_))`: the prefix is ambiguous.
+pub fn find_by_key<'a, T>(
+    map: &'a BTreeMap<String, T>,
+    key: &str,
+    what: &str,
+    id_name: impl Fn(&T) -> (&String, &String),
+) -> Result<&'a T, Option<ApiError>> {
+    if let Some(v) = map.get(key) {
+        return Ok(v);
     }
-    if let Some(n) = st.networks.values().find(|n| n.name == key) {
-        return Ok(n);
+    if let Some(v) = map.values().find(|v| id_name(v).1 == key) {
+        return Ok(v);
     }
-    if !key.is_empty() {
-        let m: Vec<&Network> = st
-            .networks
-            .values()
-            .filter(|n| n.id.starts_with(key))
-            .collect();
-        match m.len() {
-            1 => return Ok(m[0]),
-            0 => {}
-            k => {
-                return Err(ApiError::bad(format!(
-                    "network {key} is ambiguous ({k} matches found based on ID prefix)"
-                )))
-            }
-        }
+    if key.is_empty() {
+        return Err(None);
     }
-    Err(ApiError::not_found(format!("network {key} not found")))
+    let mut m = map.values().filter(|v| id_name(v).0.starts_with(key));
+    match (m.next(), m.count()) {
+        (Some(v), 0) => Ok(v),
+        (None, _) => Err(None),
+        (Some(_), k) => Err(Some(ApiError::bad(format!(
+            "{what} {key} is ambiguous ({} matches found based on ID prefix)",
+            k + 1
+        )))),
+    }
 }
 
 fn validate_bridge_options(opts: &Map) -> Result<(), ApiError> {
