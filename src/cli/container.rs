@@ -476,43 +476,19 @@ pub fn exec(c: &Client, key: &str, cmd: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 pub fn stop(c: &Client, time: u64, keys: &[String]) -> anyhow::Result<ExitCode> {
-    let mut ok = true;
-    for k in keys {
-        match c.post_ok(
+    Ok(super::for_each_key(keys, |k| {
+        c.post_ok(
             &format!("/containers/{}/stop?t={time}", enc(k)),
             None::<&()>,
-        ) {
-            Ok(()) => println!("{k}"),
-            Err(e) => {
-                eprintln!("{e}");
-                ok = false;
-            }
-        }
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+        )
+    }))
 }
 
 pub fn rm(c: &Client, force: bool, keys: &[String]) -> anyhow::Result<ExitCode> {
-    let mut ok = true;
-    for k in keys {
-        let q = if force { "?force=1" } else { "" };
-        match c.delete(&format!("/containers/{}{q}", enc(k))) {
-            Ok(()) => println!("{k}"),
-            Err(e) => {
-                eprintln!("{e}");
-                ok = false;
-            }
-        }
-    }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    let q = if force { "?force=1" } else { "" };
+    Ok(super::for_each_key(keys, |k| {
+        c.delete(&format!("/containers/{}{q}", enc(k)))
+    }))
 }
 
 pub fn logs(c: &Client, key: &str) -> anyhow::Result<ExitCode> {

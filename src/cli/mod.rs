@@ -255,3 +255,27 @@ fn print_table(header: &[&str], rows: &[Vec<String>]) {
         line(r.iter().map(String::as_str).collect());
     }
 }
+
+/// Docker's multi-object verbs (`rm A B`, `stop A B`): runs `op` on each
+/// key, prints the key when it worked or the error when not, and exits 1 if
+/// any failed.
+pub(crate) fn for_each_key<E: std::fmt::Display>(
+    keys: &[String],
+    mut op: impl FnMut(&str) -> Result<(), E>,
+) -> ExitCode {
+    let mut ok = true;
+    for k in keys {
+        match op(k) {
+            Ok(()) => println!("{k}"),
+            Err(e) => {
+                eprintln!("{e}");
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

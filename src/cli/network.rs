@@ -131,23 +131,9 @@ pub fn run(c: &Client, cmd: NetworkCmd) -> anyhow::Result<ExitCode> {
                 None => Ok(ExitCode::SUCCESS),
             }
         }
-        NetworkCmd::Rm { networks } => {
-            let mut ok = true;
-            for n in &networks {
-                match c.delete(&format!("/networks/{}", enc(n))) {
-                    Ok(()) => println!("{n}"),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        ok = false;
-                    }
-                }
-            }
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
-        }
+        NetworkCmd::Rm { networks } => Ok(super::for_each_key(&networks, |n| {
+            c.delete(&format!("/networks/{}", enc(n)))
+        })),
         NetworkCmd::Connect(a) => {
             let mut links = vec![];
             for l in &a.link {
