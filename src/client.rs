@@ -14,16 +14,14 @@ use serde::Serialize;
 /// Errors of a request; `Display` is the one line the CLI prints.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to the tapnet daemon at unix://{path}: {source} (is `tapnet daemon` running?)")]
-    Connect {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("talking to the tapnet daemon at unix://{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    // The io error is part of the one line, not a `source()`: anyhow's
+    // `{:#}` would print it twice.
+    #[error(
+        "cannot connect to the tapnet daemon at unix://{path}: {err} (is `tapnet daemon` running?)"
+    )]
+    Connect { path: String, err: std::io::Error },
+    #[error("talking to the tapnet daemon at unix://{path}: {err}")]
+    Io { path: String, err: std::io::Error },
     #[error("malformed response from the tapnet daemon: {0}")]
     Protocol(String),
     #[error("Error response from daemon: {message}")]
@@ -116,13 +114,13 @@ impl Client {
         body: Option<&[u8]>,
     ) -> Result<Response, ClientError> {
         let sp = self.socket.display().to_string();
-        let io = |source| ClientError::Io {
+        let io = |err| ClientError::Io {
             path: sp.clone(),
-            source,
+            err,
         };
-        let mut s = UnixStream::connect(&self.socket).map_err(|source| ClientError::Connect {
+        let mut s = UnixStream::connect(&self.socket).map_err(|err| ClientError::Connect {
             path: sp.clone(),
-            source,
+            err,
         })?;
         // Container stop waits up to its timeout; be generous.
         s.set_read_timeout(Some(Duration::from_secs(300))).ok();
