@@ -7,6 +7,8 @@
 //! namespace plumbing (`sys`, the only place with `unsafe`), sandboxes
 //! (`sandbox`) and the offline `replay` tool.
 
+#![deny(unsafe_code)]
+
 pub mod cli;
 pub mod client;
 pub mod daemon;
@@ -16,4 +18,5 @@ pub mod model;
 pub mod replay;
 pub mod sandbox;
 pub mod state;
+#[allow(unsafe_code)]
 pub mod sys;
