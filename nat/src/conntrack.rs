@@ -411,6 +411,13 @@ impl Timeouts {
     }
 }
 
+/// The largest capacity of a table (16M flows).
+pub const MAX_CAPACITY: u32 = 1 << 24;
+
+/// Memory reserved per flow of capacity, all structures included (slab
+/// slot, two index entries, a heap entry and position, a free-list entry).
+pub const BYTES_PER_FLOW: usize = core::mem::size_of::<Slot>() + 2 * 8 + 12 + 4 + 4;
+
 /// Settings fixed for the life of a table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -621,8 +628,11 @@ fn hash_key(seed: u64, k: &FlowKey) -> u64 {
 }
 
 impl ConnTrack {
-    /// A table for `config.capacity` flows; allocates everything now.
-    pub fn new(config: Config) -> ConnTrack {
+    /// A table for `config.capacity` flows (at most [`MAX_CAPACITY`]: a
+    /// larger capacity is reduced to it, as [`ConnTrack::config`] shows);
+    /// allocates everything now, about [`BYTES_PER_FLOW`] bytes a flow.
+    pub fn new(mut config: Config) -> ConnTrack {
+        config.capacity = config.capacity.min(MAX_CAPACITY);
         let cap = config.capacity as usize;
         ConnTrack {
             config,

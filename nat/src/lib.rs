@@ -8,5 +8,5 @@ pub mod conntrack;
 
 pub use conntrack::{
     Config, ConnTrack, CreateError, Direction, EventError, FlowHandle, FlowKey, FlowState,
-    FlowView, Protocol, Side, SocketEvent, TcpFlags, TcpState, Timeouts,
+    FlowView, Protocol, Side, SocketEvent, TcpFlags, TcpState, Timeouts, MAX_CAPACITY,
 };

@@ -531,3 +531,12 @@ fn churn_keeps_index_consistent() {
         assert_eq!(t.len(), live.len());
     }
 }
+
+#[test]
+fn capacity_is_clamped_and_memory_bounded() {
+    let t = table(u32::MAX, 1);
+    assert_eq!(t.config().capacity, MAX_CAPACITY);
+    // A flow stays within two cache lines of slab.
+    const { assert!(core::mem::size_of::<Slot>() <= 128) };
+    const { assert!(BYTES_PER_FLOW <= 192) };
+}
