@@ -10,8 +10,12 @@
 //! client through a published port (inbound). The I/O edge holds a
 //! [`FlowHandle`] (slot index + generation) for the host socket of each
 //! flow; a handle of a removed flow never refers to a later flow in the
-//! same slot (the generation differs) and every operation given a stale
-//! handle returns [`EventError::StaleHandle`] and changes nothing.
+//! same slot (the generation differs; it wraps only after 2^32 reuses of
+//! one slot) and every operation given a stale handle returns
+//! [`EventError::StaleHandle`] and changes nothing.
+//!
+//! The table is owned by one thread (`&mut self`, no interior locking);
+//! sharing it between datapath workers is the integration's choice.
 //!
 //! Lookups are O(1) both ways: [`ConnTrack::lookup`] by key (open
 //! addressing keyed by a seeded hash: seed it from OS randomness at the
@@ -52,9 +56,11 @@
 //! Capacity ([`Config::capacity`], the global limit) and the per-container
 //! limit are checked by `create`, which returns a [`CreateError`] naming
 //! the limit hit. All per-flow memory (slab, index, timers, free list) is
-//! allocated at construction; lookups and events never allocate. The only
-//! allocation after construction is the per-container count map gaining a
-//! container's first flow (a std `HashMap`, bounded by the capacity).
+//! allocated at construction; lookups, events, expiry and removal never
+//! allocate. The only allocation after construction is the per-container
+//! count map growing past 1024 containers with flows at once (a std
+//! `HashMap`, when a container's first flow is created; bounded by the
+//! capacity). `tests/no_alloc.rs` checks this with a counting allocator.
 //!
 //! # Panics
 //! None, for any sequence of calls and arguments.
@@ -418,6 +424,10 @@ pub const MAX_CAPACITY: u32 = 1 << 24;
 /// slot, two index entries, a heap entry and position, a free-list entry).
 pub const BYTES_PER_FLOW: usize = core::mem::size_of::<Slot>() + 2 * 8 + 12 + 4 + 4;
 
+/// Containers the per-container count map is sized for at construction;
+/// more grow it (an allocation when a container's first flow is created).
+const PRESIZED_CONTAINERS: usize = 1024;
+
 /// Settings fixed for the life of a table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -641,7 +651,10 @@ impl ConnTrack {
             free: Vec::with_capacity(cap),
             index: Index::new(cap),
             timers: Timers::new(cap),
-            per_container: HashMap::default(),
+            per_container: HashMap::with_capacity_and_hasher(
+                cap.min(PRESIZED_CONTAINERS),
+                Default::default(),
+            ),
             gauges: Gauges::default(),
             counters: Counters::default(),
         }
