@@ -38,7 +38,7 @@ fn shuffled(n: u32) -> Vec<u32> {
 
 fn bench(c: &mut Criterion) {
     let mut t = ConnTrack::new(Config {
-        capacity: FLOWS,
+        capacity: FLOWS + 1,
         max_per_container: FLOWS,
         hash_seed: 0x5eed,
         ..Config::default()
@@ -83,6 +83,18 @@ fn bench(c: &mut Criterion) {
             let mut k = keys[i];
             k.remote_port = 54;
             black_box(t.lookup(&k))
+        })
+    });
+    // Flow churn on the full table: create (index insert, heap push at
+    // the bottom of a 1M heap) and remove (index backward shift, heap
+    // removal).
+    let mut j = FLOWS;
+    g.bench_function("create_remove", |b| {
+        b.iter(|| {
+            j = j.wrapping_add(1) | FLOWS;
+            now += 1;
+            let h = t.create(key(j), Direction::Outbound, now).unwrap();
+            black_box(t.remove(h).unwrap())
         })
     });
     g.finish();

@@ -525,6 +525,21 @@ pub struct FlowView {
     pub to_container: Traffic,
 }
 
+impl FlowView {
+    /// Time since creation.
+    pub fn age_ns(&self, now: u64) -> u64 {
+        now.saturating_sub(self.created_ns)
+    }
+    /// Time since the last packet or event.
+    pub fn idle_ns(&self, now: u64) -> u64 {
+        now.saturating_sub(self.last_activity_ns)
+    }
+    /// Time left before it expires (0 if due).
+    pub fn expires_in_ns(&self, now: u64) -> u64 {
+        self.deadline_ns.saturating_sub(now)
+    }
+}
+
 /// Event counters (monotonic), one per event.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {

@@ -102,6 +102,12 @@ fn tcp_outbound_full_lifecycle() {
         }
     );
     assert_eq!((v.created_ns, v.last_activity_ns), (0, 7));
+    assert_eq!((v.age_ns(10), v.idle_ns(10)), (10, 3));
+    assert_eq!(v.expires_in_ns(v.deadline_ns + 1), 0);
+    assert_eq!(
+        v.expires_in_ns(7),
+        Timeouts::default().tcp_closed.as_nanos() as u64
+    );
     assert_eq!(t.counters().tcp_reset, 1);
 }
 
