@@ -40,7 +40,10 @@
 //! from either side, or a refused/reset host socket → `Closed` (kept
 //! briefly so late segments still match). UDP and ICMP: `Unreplied` →
 //! `Replied` at the first packet from the responder. See
-//! [`tcp_transition`] and [`datagram_transition`].
+//! [`tcp_transition`] and [`datagram_transition`]. The table never
+//! reopens a flow: a bare SYN from the initiator on a `Closing` or
+//! `Closed` flow is a new connection reusing the tuple, and the caller
+//! removes the old flow and creates a new one.
 //!
 //! # Timeouts and expiry
 //! A flow expires when idle for its state's timeout ([`Timeouts`]): its
