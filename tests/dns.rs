@@ -199,3 +199,49 @@ fn embedded_dns_names_scoping_forwarding() {
     assert!(!resolv.contains("172.17.0.1"), "{resolv}");
     drop(resolver);
 }
+
+/// DNS over TCP, answered by the switch's stateless TCP: an alias on 40
+/// containers makes an A answer over 512 bytes, so dig without EDNS gets
+/// TC over UDP and retries over TCP; `+tcp` asks over TCP at once, for a
+/// local name and for a forwarded one (the upstream asked over TCP).
+#[test]
+fn embedded_dns_over_tcp() {
+    let mut resolver = None;
+    let d = Daemon::start_with(&["--dns-upstream", "127.0.0.1:5353"], |d| {
+        let ns = d.ns.as_ref().expect("this test runs as root").name.clone();
+        resolver = Some(start_resolver(&ns));
+    });
+    d.ok(&["network", "create", "--subnet", "10.74.0.0/24", "wide"]);
+    run(&d, "asker", &["wide"], &[]);
+    let mut want = Vec::new();
+    for i in 0..40 {
+        let name = format!("b{i}");
+        run(&d, &name, &["wide"], &["--network-alias", "big"]);
+        want.push(ip_of(&d, &name, "wide"));
+    }
+    want.sort();
+
+    // UDP without EDNS: truncated, then the same query over TCP.
+    let full = dig_full(&d, "asker", &["+noedns", "big"]);
+    assert!(full.contains("retrying in TCP mode"), "{full}");
+    assert!(full.contains("ANSWER: 40"), "{full}");
+    assert_eq!(dig(&d, "asker", &["+noedns", "big"]), want);
+    // TCP at once, local and forwarded.
+    assert_eq!(dig(&d, "asker", &["+tcp", "big"]), want, "{}", d.log());
+    assert_eq!(
+        dig(&d, "asker", &["+tcp", "upstream.test"]),
+        vec!["192.0.2.7".to_string()],
+        "{}",
+        d.log()
+    );
+    // glibc (no EDNS: TC, then TCP) gets every address too.
+    let out = d.ok(&["exec", "asker", "--", "getent", "ahostsv4", "big"]);
+    let mut got: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got, want);
+    drop(resolver);
+}

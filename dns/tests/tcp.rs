@@ -175,7 +175,10 @@ fn parse(f: &Fab, c: &Ctr, s: &Sent, full_csum: bool) -> Reply {
     assert_eq!(&ip[16..20], &c.ip.octets());
     assert_eq!(ip[9], 6);
     let t = &fr[34..];
-    assert_eq!(usize::from(u16::from_be_bytes([ip[2], ip[3]])), 20 + t.len());
+    assert_eq!(
+        usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+        20 + t.len()
+    );
     let mut acc = checksum_sum(0, &f.gw.octets());
     acc = checksum_sum(acc, &c.ip.octets());
     acc += 6 + t.len() as u32;
@@ -229,7 +232,11 @@ fn segment(s: &Sent) -> Vec<Sent> {
             p[24..26].copy_from_slice(&ipc.to_be_bytes());
             let seq = seq0.wrapping_add((i * usize::from(m.gso_size)) as u32);
             p[38..42].copy_from_slice(&seq.to_be_bytes());
-            p[47] = if i + 1 == n { flags } else { flags & !(FIN | PSH) };
+            p[47] = if i + 1 == n {
+                flags
+            } else {
+                flags & !(FIN | PSH)
+            };
             p[50..52].fill(0);
             let mut acc = checksum_sum(0, &p[26..34]);
             acc += 6 + (p.len() - 34) as u32;
@@ -298,7 +305,9 @@ fn handshake_gives_a_cookie_with_mss_and_window() {
     let syn = Seg {
         seq: 1000,
         flags: SYN,
-        opts: vec![2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7],
+        opts: vec![
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ],
         ..Seg::default()
     };
     let sent = f.tx(&c, syn);
@@ -603,7 +612,10 @@ fn forwarded_tcp_queries_are_acked_then_answered_over_tcp() {
     // The query is ACKed at once.
     let r = reply(&f, &c, &sent[0]);
     assert_eq!(r.flags, ACK);
-    assert_eq!((r.seq, r.ack), (cookie.wrapping_add(1), 4001 + 2 + q.len() as u32));
+    assert_eq!(
+        (r.seq, r.ack),
+        (cookie.wrapping_add(1), 4001 + 2 + q.len() as u32)
+    );
     let req = f.rx.try_recv().unwrap();
     assert_eq!(&req.query[..], &q[..]);
     assert_eq!(req.querier_port, SPORT);
