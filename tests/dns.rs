@@ -234,6 +234,31 @@ fn embedded_dns_over_tcp() {
         "{}",
         d.log()
     );
+    // On a network with MTU 576 (MSS 536) the same answer is larger than
+    // one segment: sent as one GSO super-frame that the TAP segments.
+    d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.75.0.0/24",
+        "-o",
+        "com.docker.network.driver.mtu=576",
+        "narrow",
+    ]);
+    run(&d, "small", &["narrow"], &[]);
+    let mut narrow = Vec::new();
+    for i in 0..40 {
+        let name = format!("b{i}");
+        d.ok(&["network", "connect", "--alias", "big", "narrow", &name]);
+        narrow.push(ip_of(&d, &name, "narrow"));
+    }
+    narrow.sort();
+    let links = d.ok(&["exec", "small", "--", "ip", "-o", "link"]);
+    let netw = d.ok(&["network", "inspect", "narrow"]);
+    assert!(links.contains("mtu 576"), "{links}\n{netw}");
+    assert_eq!(dig(&d, "small", &["+tcp", "big"]), narrow, "{}", d.log());
+    assert_eq!(dig(&d, "small", &["+noedns", "big"]), narrow);
+
     // glibc (no EDNS: TC, then TCP) gets every address too.
     let out = d.ok(&["exec", "asker", "--", "getent", "ahostsv4", "big"]);
     let mut got: Vec<String> = out
