@@ -243,7 +243,11 @@ pub struct Emit {
 pub fn emit(out: &mut [u8], e: &Ends, s: &Emit) -> Option<(usize, VnetHdr)> {
     let tcp_len = HEADER_LEN + s.opt_len;
     let l4 = tcp_len + s.payload_len;
-    if s.opt_len % 4 != 0 || s.opt_len > 40 || ipv4::MIN_HEADER_LEN + l4 > 65535 || s.mss == 0 {
+    if !s.opt_len.is_multiple_of(4)
+        || s.opt_len > 40
+        || ipv4::MIN_HEADER_LEN + l4 > 65535
+        || s.mss == 0
+    {
         return None;
     }
     let total = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + l4;
