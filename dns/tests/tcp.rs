@@ -687,3 +687,43 @@ fn no_forwarder_means_servfail_over_tcp() {
 fn r_len(v: &[u8]) -> u32 {
     v.len() as u32
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Arbitrary segments (header fields, options, payload; sometimes with
+    /// a valid cookie) never panic the hook, and whatever comes back is a
+    /// well-formed TCP frame to the sender with valid checksums.
+    #[test]
+    fn arbitrary_segments_never_panic(
+        seq: u32,
+        ack: u32,
+        flags: u8,
+        opts in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..10),
+        data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80),
+        use_cookie: bool,
+        framed_query: bool,
+    ) {
+        let (mut f, c) = big_fabric(true);
+        let mut opts = opts;
+        opts.resize(opts.len().div_ceil(4) * 4, 0);
+        let (seq, ack, data) = if use_cookie {
+            let cookie = f.connect(&c, seq, 1460);
+            let data = if framed_query { framed(&query(1, "big", A)) } else { data };
+            (seq.wrapping_add(1), cookie.wrapping_add(1), data)
+        } else {
+            (seq, ack, data)
+        };
+        let sent = f.tx(&c, Seg { seq, ack, flags, opts, data });
+        proptest::prop_assert!(sent.len() <= 1);
+        for s in &sent {
+            if s.meta.is_plain() {
+                reply(&f, &c, s);
+            } else {
+                for p in segment(s) {
+                    reply(&f, &c, &p);
+                }
+            }
+        }
+    }
+}
