@@ -5,7 +5,10 @@
 //! forwarding to a resolver this test starts (dnsmasq, inside the daemon's
 //! own namespace: never a real upstream), `--internal` networks not
 //! forwarding, the default bridge without embedded DNS, and the seed:
-//! an app reaching `database` by name.
+//! an app reaching `database` by name. Then DNS over TCP (answered by the
+//! switch without connection state): an answer over 512 bytes, after TC
+//! and with `+tcp`, in one segment and (MTU 576) as a GSO super-frame, and
+//! a forwarded query asked upstream over TCP.
 
 mod ctl_support;
 
