@@ -5,7 +5,10 @@
 //! forwarding to a resolver this test starts (dnsmasq, inside the daemon's
 //! own namespace: never a real upstream), `--internal` networks not
 //! forwarding, the default bridge without embedded DNS, and the seed:
-//! an app reaching `database` by name.
+//! an app reaching `database` by name. Then DNS over TCP (answered by the
+//! switch without connection state): an answer over 512 bytes, after TC
+//! and with `+tcp`, in one segment and (MTU 576) as a GSO super-frame, and
+//! a forwarded query asked upstream over TCP.
 
 mod ctl_support;
 
@@ -197,5 +200,76 @@ fn embedded_dns_names_scoping_forwarding() {
     run(&d, "bb", &["bridge"], &["--dns", "127.0.0.1"]);
     let resolv = d.ok(&["exec", "bb", "--", "cat", "/etc/resolv.conf"]);
     assert!(!resolv.contains("172.17.0.1"), "{resolv}");
+    drop(resolver);
+}
+
+/// DNS over TCP, answered by the switch's stateless TCP: an alias on 40
+/// containers makes an A answer over 512 bytes, so dig without EDNS gets
+/// TC over UDP and retries over TCP; `+tcp` asks over TCP at once, for a
+/// local name and for a forwarded one (the upstream asked over TCP).
+#[test]
+fn embedded_dns_over_tcp() {
+    let mut resolver = None;
+    let d = Daemon::start_with(&["--dns-upstream", "127.0.0.1:5353"], |d| {
+        let ns = d.ns.as_ref().expect("this test runs as root").name.clone();
+        resolver = Some(start_resolver(&ns));
+    });
+    d.ok(&["network", "create", "--subnet", "10.74.0.0/24", "wide"]);
+    run(&d, "asker", &["wide"], &[]);
+    let mut want = Vec::new();
+    for i in 0..40 {
+        let name = format!("b{i}");
+        run(&d, &name, &["wide"], &["--network-alias", "big"]);
+        want.push(ip_of(&d, &name, "wide"));
+    }
+    want.sort();
+
+    // UDP without EDNS: truncated, then the same query over TCP.
+    let full = dig_full(&d, "asker", &["+noedns", "big"]);
+    assert!(full.contains("retrying in TCP mode"), "{full}");
+    assert!(full.contains("ANSWER: 40"), "{full}");
+    assert_eq!(dig(&d, "asker", &["+noedns", "big"]), want);
+    // TCP at once, local and forwarded.
+    assert_eq!(dig(&d, "asker", &["+tcp", "big"]), want, "{}", d.log());
+    assert_eq!(
+        dig(&d, "asker", &["+tcp", "upstream.test"]),
+        vec!["192.0.2.7".to_string()],
+        "{}",
+        d.log()
+    );
+    // On a network with MTU 576 (MSS 536) the same answer is larger than
+    // one segment: sent as one GSO super-frame that the TAP segments.
+    d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.75.0.0/24",
+        "-o",
+        "com.docker.network.driver.mtu=576",
+        "narrow",
+    ]);
+    run(&d, "small", &["narrow"], &[]);
+    let mut narrow = Vec::new();
+    for i in 0..40 {
+        let name = format!("b{i}");
+        d.ok(&["network", "connect", "--alias", "big", "narrow", &name]);
+        narrow.push(ip_of(&d, &name, "narrow"));
+    }
+    narrow.sort();
+    let links = d.ok(&["exec", "small", "--", "ip", "-o", "link"]);
+    let netw = d.ok(&["network", "inspect", "narrow"]);
+    assert!(links.contains("mtu 576"), "{links}\n{netw}");
+    assert_eq!(dig(&d, "small", &["+tcp", "big"]), narrow, "{}", d.log());
+    assert_eq!(dig(&d, "small", &["+noedns", "big"]), narrow);
+
+    // glibc (no EDNS: TC, then TCP) gets every address too.
+    let out = d.ok(&["exec", "asker", "--", "getent", "ahostsv4", "big"]);
+    let mut got: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    got.sort();
+    got.dedup();
+    assert_eq!(got, want);
     drop(resolver);
 }

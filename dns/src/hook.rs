@@ -1,15 +1,25 @@
 //! [`DnsHook`]: the responder plugged into the switch as a
-//! [`GatewayHook`], answering UDP queries to the gateway IP, port 53,
-//! inline, and queueing the names that are not local for the forwarder.
+//! [`GatewayHook`], answering UDP and TCP queries to the gateway IP, port
+//! 53, inline, and queueing the names that are not local for the
+//! forwarder.
 //!
 //! Contract:
-//! - Takes IPv4/UDP frames to the network's gateway IP, port 53, on
-//!   networks where the registry enables DNS; everything else (other
-//!   ports, TCP, fragments, networks without embedded DNS) goes to the
+//! - Takes IPv4/UDP and IPv4/TCP frames to the network's gateway IP, port
+//!   53, on networks where the registry enables DNS; everything else
+//!   (other ports, fragments, networks without embedded DNS) goes to the
 //!   inner hook (NAT, later), so hooks compose: `DnsHook<NatHook>`.
-//! - UDP length and checksum are checked, except the checksum when the
-//!   frame's virtio-net header says NEEDS_CSUM (partial checksum from the
-//!   guest) or DATA_VALID. Bad datagrams → `Drop(Malformed)`.
+//! - UDP length and UDP/TCP checksums are checked, except the checksum
+//!   when the frame's virtio-net header says NEEDS_CSUM (partial checksum
+//!   from the guest) or DATA_VALID. Bad datagrams → `Drop(Malformed)`.
+//! - TCP is answered without connection state, SYN-cookie style (see
+//!   [`crate::tcp`]): SYN → SYN-ACK with a cookie ISN; a data segment
+//!   with a valid cookie holding a whole length-prefixed query at stream
+//!   offset 0 → ONE frame with the ACK, the framed answer and FIN
+//!   ([`HookVerdict::ReplyWith`] a GSO super-frame when it exceeds the
+//!   MSS); a forwarded query → ACK now, the answer later from the
+//!   forwarder ([`ForwardRequest::tcp`]); FIN → ACK; pure ACK and RST →
+//!   consumed; a data segment with a bad cookie → RST. Segments not at
+//!   offset 0 and incomplete messages are dropped and counted.
 //! - Answers are built in `scratch` (Ethernet from the gateway MAC to the
 //!   querier's MAC, IPv4 from the gateway IP, UDP from port 53, full
 //!   checksums) and capped to the network MTU: `Reply(len)`.
@@ -23,6 +33,7 @@
 use crate::registry::Registry;
 use crate::responder::{self, Answered, Outcome, Responder, Transport};
 use crate::rng::FastRng;
+use crate::tcp::{self, flags as tcp_flags, CookieKey, Ends, Segment, Tuple};
 use crate::wire::{self, rcode};
 use core::net::Ipv4Addr;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -59,29 +70,63 @@ pub struct ForwardRequest {
     pub udp_limit: u16,
     /// When the query arrived (the switch's clock, ns).
     pub received_ns: u64,
-    /// The DNS message, as received.
+    /// The DNS message, as received (without the TCP length prefix).
     pub query: Box<[u8]>,
+    /// Set when the query came over TCP: how to answer on that connection.
+    pub tcp: Option<TcpReply>,
+}
+
+/// Where an answer goes on the querier's TCP connection (which the switch
+/// does not track: everything needed is here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpReply {
+    /// Our sequence number (the query segment's ack).
+    pub seq: u32,
+    /// What we acknowledge: the end of the query (and the client's FIN).
+    pub ack: u32,
+    /// Payload per segment on the wire.
+    pub mss: u16,
 }
 
 impl ForwardRequest {
     /// Builds the frame carrying `answer` back to the querier into `out`
-    /// (truncating the answer to [`ForwardRequest::udp_limit`] with TC
-    /// set when needed); returns the frame length, or `None` if `out` is
-    /// too small or the oversized answer is malformed.
-    pub fn reply_frame(&self, answer: &[u8], out: &mut [u8]) -> Option<usize> {
+    /// with its virtio-net metadata. Over UDP the answer is truncated to
+    /// [`ForwardRequest::udp_limit`] with TC set when needed; over TCP it
+    /// is length-prefixed and followed by FIN, in one frame (a GSO
+    /// super-frame beyond the MSS; truncated with TC only beyond 64 KiB).
+    /// `None` if `out` is too small (give it `answer.len() + 64`) or the
+    /// oversized answer is malformed.
+    pub fn reply_frame(&self, answer: &[u8], out: &mut [u8]) -> Option<(usize, VnetHdr)> {
+        let ends = Ends {
+            dst_mac: self.querier_mac,
+            src_mac: self.gateway_mac,
+            src: (self.gateway_ip, DNS_PORT),
+            dst: (self.querier_ip, self.querier_port),
+        };
+        if let Some(t) = self.tcp {
+            let at = tcp::FRAME_HEADERS + 2;
+            let dns = out.get_mut(at..at + answer.len())?;
+            dns.copy_from_slice(answer);
+            let len = responder::truncate_for_udp(dns, answer.len(), tcp::MAX_PAYLOAD - 2)?;
+            out[at - 2..at].copy_from_slice(&(len as u16).to_be_bytes());
+            return tcp::emit(out, &ends, &answer_segment(t, len + 2));
+        }
         let dns = out.get_mut(REPLY_HEADERS..REPLY_HEADERS + answer.len())?;
         dns.copy_from_slice(answer);
         let len = responder::truncate_for_udp(dns, answer.len(), usize::from(self.udp_limit))?;
-        write_udp_frame(
-            out,
-            UdpEnds {
-                dst_mac: self.querier_mac,
-                src_mac: self.gateway_mac,
-                src: (self.gateway_ip, DNS_PORT),
-                dst: (self.querier_ip, self.querier_port),
-            },
-            len,
-        )
+        write_udp_frame(out, ends, len).map(|n| (n, VnetHdr::default()))
+    }
+}
+
+/// The segment carrying a (framed) answer of `len` bytes, then FIN.
+fn answer_segment(t: TcpReply, len: usize) -> tcp::Emit {
+    tcp::Emit {
+        seq: t.seq,
+        ack: t.ack,
+        flags: tcp_flags::ACK | tcp_flags::PSH | tcp_flags::FIN,
+        opt_len: 0,
+        payload_len: len,
+        mss: t.mss,
     }
 }
 
@@ -121,6 +166,24 @@ pub struct DnsStats {
     pub dropped: u64,
     /// Dropped: bad UDP length or checksum.
     pub bad_udp: u64,
+    /// TCP to the gateway's port 53: SYNs answered with a cookie SYN-ACK.
+    pub tcp_syns: u64,
+    /// TCP queries answered locally (also counted by kind above).
+    pub tcp_answers: u64,
+    /// TCP queries queued for the forwarder (also in `forwarded`).
+    pub tcp_forwarded: u64,
+    /// Client FINs acknowledged.
+    pub tcp_fins: u64,
+    /// Pure ACKs and RSTs, consumed silently.
+    pub tcp_ignored: u64,
+    /// Data segments whose ack is not a valid cookie: answered with RST.
+    pub tcp_bad_cookie: u64,
+    /// Dropped: data not at stream offset 0 (a query's later segment).
+    pub tcp_not_at_start: u64,
+    /// Dropped: data not holding a whole length-prefixed query.
+    pub tcp_incomplete: u64,
+    /// Dropped: bad TCP header or checksum, or flags we do not handle.
+    pub bad_tcp: u64,
 }
 
 impl core::ops::AddAssign for DnsStats {
@@ -138,6 +201,15 @@ impl core::ops::AddAssign for DnsStats {
         self.forward_queue_full += o.forward_queue_full;
         self.dropped += o.dropped;
         self.bad_udp += o.bad_udp;
+        self.tcp_syns += o.tcp_syns;
+        self.tcp_answers += o.tcp_answers;
+        self.tcp_forwarded += o.tcp_forwarded;
+        self.tcp_fins += o.tcp_fins;
+        self.tcp_ignored += o.tcp_ignored;
+        self.tcp_bad_cookie += o.tcp_bad_cookie;
+        self.tcp_not_at_start += o.tcp_not_at_start;
+        self.tcp_incomplete += o.tcp_incomplete;
+        self.bad_tcp += o.bad_tcp;
     }
 }
 
@@ -150,6 +222,7 @@ pub struct DnsHook<H: GatewayHook = NoHook, R: RngCore = FastRng> {
     forward: Option<ForwardTx>,
     inner: H,
     stats: DnsStats,
+    cookies: CookieKey,
 }
 
 impl<R: RngCore> DnsHook<NoHook, R> {
@@ -173,10 +246,13 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
         forward: Option<ForwardTx>,
         inner: H,
     ) -> Self {
+        let mut rng = rng;
+        let cookies = CookieKey::new(&mut rng);
         DnsHook {
             registry,
             responder,
             rng,
+            cookies,
             forward,
             inner,
             stats: DnsStats::default(),
@@ -203,10 +279,19 @@ struct Datagram<'a> {
     dns: &'a [u8],
 }
 
+/// A TCP segment to the gateway's port 53.
+struct TcpSeg<'a> {
+    querier_mac: EthernetAddress,
+    querier_ip: Ipv4Addr,
+    seg: Segment<'a>,
+}
+
 enum Classified<'a> {
     NotOurs,
     Bad,
+    BadTcp,
     Query(Datagram<'a>),
+    Tcp(TcpSeg<'a>),
 }
 
 fn classify<'a>(gateway: Ipv4Addr, meta: &VnetHdr, frame: &'a [u8]) -> Classified<'a> {
@@ -222,13 +307,39 @@ fn classify<'a>(gateway: Ipv4Addr, meta: &VnetHdr, frame: &'a [u8]) -> Classifie
     let Ok(ip) = Ipv4Packet::new_checked(payload) else {
         return Classified::NotOurs;
     };
-    if ip.dst_addr() != gateway || ip.protocol() != ipv4::protocol::UDP || ip.is_fragment() {
+    let proto = ip.protocol();
+    if ip.dst_addr() != gateway
+        || (proto != ipv4::protocol::UDP && proto != ipv4::protocol::TCP)
+        || ip.is_fragment()
+    {
         return Classified::NotOurs;
     }
     let end = usize::from(ip.total_len()).min(payload.len());
     let Some(udp) = payload.get(ip.header_len()..end) else {
         return Classified::NotOurs;
     };
+    let offloaded = meta.flags & (vnet::F_NEEDS_CSUM | vnet::F_DATA_VALID) != 0;
+    if proto == ipv4::protocol::TCP {
+        if udp.len() < 4 || u16::from_be_bytes([udp[2], udp[3]]) != DNS_PORT {
+            return Classified::NotOurs;
+        }
+        let Some(seg) = Segment::parse(udp) else {
+            return Classified::BadTcp;
+        };
+        if !offloaded {
+            let mut acc = checksum_sum(0, &ip.src_addr().octets());
+            acc = checksum_sum(acc, &gateway.octets());
+            acc += u32::from(ipv4::protocol::TCP) + udp.len() as u32;
+            if checksum_finish(checksum_sum(acc, udp)) != 0 {
+                return Classified::BadTcp;
+            }
+        }
+        return Classified::Tcp(TcpSeg {
+            querier_mac: eth.src_addr(),
+            querier_ip: ip.src_addr(),
+            seg,
+        });
+    }
     if udp.len() < 8 || u16::from_be_bytes([udp[2], udp[3]]) != DNS_PORT {
         return Classified::NotOurs;
     }
@@ -239,7 +350,6 @@ fn classify<'a>(gateway: Ipv4Addr, meta: &VnetHdr, frame: &'a [u8]) -> Classifie
     }
     let udp = &udp[..ulen];
     let csum = u16::from_be_bytes([udp[6], udp[7]]);
-    let offloaded = meta.flags & (vnet::F_NEEDS_CSUM | vnet::F_DATA_VALID) != 0;
     if csum != 0 && !offloaded {
         let mut acc = checksum_sum(0, &ip.src_addr().octets());
         acc = checksum_sum(acc, &gateway.octets());
@@ -256,17 +366,9 @@ fn classify<'a>(gateway: Ipv4Addr, meta: &VnetHdr, frame: &'a [u8]) -> Classifie
     })
 }
 
-/// The two ends of a reply datagram.
-struct UdpEnds {
-    dst_mac: EthernetAddress,
-    src_mac: EthernetAddress,
-    src: (Ipv4Addr, u16),
-    dst: (Ipv4Addr, u16),
-}
-
 /// Writes Ethernet, IPv4 and UDP headers (full checksums) in front of the
 /// `dns_len` bytes already at `out[REPLY_HEADERS..]`.
-fn write_udp_frame(out: &mut [u8], e: UdpEnds, dns_len: usize) -> Option<usize> {
+fn write_udp_frame(out: &mut [u8], e: Ends, dns_len: usize) -> Option<usize> {
     let total = REPLY_HEADERS + dns_len;
     let ulen = 8 + dns_len;
     let ulen16 = u16::try_from(ulen).ok()?;
@@ -318,6 +420,19 @@ impl<H: GatewayHook, R: RngCore> GatewayHook for DnsHook<H, R> {
                 self.stats.bad_udp += 1;
                 return HookVerdict::Drop(DropReason::Malformed);
             }
+            Classified::BadTcp => {
+                if !self.registry.load().serves(net.id) {
+                    return self.inner.handle(cx, meta, frame, scratch);
+                }
+                self.stats.bad_tcp += 1;
+                return HookVerdict::Drop(DropReason::Malformed);
+            }
+            Classified::Tcp(t) => {
+                if !self.registry.load().serves(net.id) {
+                    return self.inner.handle(cx, meta, frame, scratch);
+                }
+                return self.handle_tcp(cx, &t, scratch);
+            }
             Classified::Query(d) => d,
         };
         let snap = self.registry.load();
@@ -342,16 +457,7 @@ impl<H: GatewayHook, R: RngCore> GatewayHook for DnsHook<H, R> {
         );
         let len = match outcome {
             Outcome::Answer { len, kind } => {
-                let s = &mut self.stats;
-                match kind {
-                    Answered::Records => s.answers += 1,
-                    Answered::NoData => s.nodata += 1,
-                    Answered::Truncated => s.truncated += 1,
-                    Answered::FormErr => s.formerr += 1,
-                    Answered::NotImp => s.notimp += 1,
-                    Answered::Refused => s.refused += 1,
-                    Answered::BadVers => s.badvers += 1,
-                }
+                self.count(kind);
                 len
             }
             Outcome::NotServed => return self.inner.handle(cx, meta, frame, scratch),
@@ -379,6 +485,7 @@ impl<H: GatewayHook, R: RngCore> GatewayHook for DnsHook<H, R> {
                     udp_limit: udp_limit(&self.responder, dg.dns, room),
                     received_ns: cx.now_ns,
                     query: dg.dns.into(),
+                    tcp: None,
                 };
                 return match tx.try_send(req) {
                     Ok(()) => {
@@ -397,10 +504,186 @@ impl<H: GatewayHook, R: RngCore> GatewayHook for DnsHook<H, R> {
 }
 
 impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
+    fn count(&mut self, kind: Answered) {
+        let s = &mut self.stats;
+        match kind {
+            Answered::Records => s.answers += 1,
+            Answered::NoData => s.nodata += 1,
+            Answered::Truncated => s.truncated += 1,
+            Answered::FormErr => s.formerr += 1,
+            Answered::NotImp => s.notimp += 1,
+            Answered::Refused => s.refused += 1,
+            Answered::BadVers => s.badvers += 1,
+        }
+    }
+
+    /// The stateless TCP answering machine (see the module doc).
+    fn handle_tcp(&mut self, cx: &HookCx, t: &TcpSeg, scratch: &mut [u8]) -> HookVerdict {
+        use tcp_flags::{ACK, FIN, RST, SYN};
+        let net = cx.network;
+        let seg = &t.seg;
+        let ends = Ends {
+            dst_mac: t.querier_mac,
+            src_mac: net.gateway_mac,
+            src: (net.config.gateway, DNS_PORT),
+            dst: (t.querier_ip, seg.src_port),
+        };
+        let tuple = Tuple {
+            client: (t.querier_ip, seg.src_port),
+            server: (net.config.gateway, DNS_PORT),
+        };
+        let mtu_mss = u16::try_from((net.config.mtu as usize).saturating_sub(40))
+            .unwrap_or(u16::MAX)
+            .max(tcp::MSS_TABLE[0]);
+        let plain = |r: Option<(usize, VnetHdr)>| match r {
+            Some((n, m)) if m.is_plain() => HookVerdict::Reply(n),
+            Some((n, m)) => HookVerdict::ReplyWith(n, m),
+            None => HookVerdict::Drop(DropReason::Oversize),
+        };
+        let control = |scratch: &mut [u8], seq: u32, ack: u32, flags: u8| {
+            let e = tcp::Emit {
+                seq,
+                ack,
+                flags,
+                opt_len: 0,
+                payload_len: 0,
+                mss: 1,
+            };
+            plain(tcp::emit(scratch, &ends, &e))
+        };
+        if seg.has(RST) {
+            self.stats.tcp_ignored += 1;
+            return HookVerdict::Consumed;
+        }
+        if seg.has(SYN) {
+            if seg.has(ACK) || seg.has(FIN) {
+                self.stats.bad_tcp += 1;
+                return HookVerdict::Drop(DropReason::Malformed);
+            }
+            self.stats.tcp_syns += 1;
+            let mss = seg.mss.unwrap_or(tcp::DEFAULT_MSS).min(mtu_mss);
+            let isn = self.cookies.cookie(&tuple, seg.seq, tcp::mss_index(mss));
+            let Some(opt) = scratch.get_mut(tcp::FRAME_HEADERS..tcp::FRAME_HEADERS + 4) else {
+                return HookVerdict::Drop(DropReason::Oversize);
+            };
+            opt[..2].copy_from_slice(&[2, 4]);
+            opt[2..].copy_from_slice(&mss.to_be_bytes());
+            let e = tcp::Emit {
+                seq: isn,
+                ack: seg.seq.wrapping_add(1),
+                flags: SYN | ACK,
+                opt_len: 4,
+                payload_len: 0,
+                mss: 1,
+            };
+            return plain(tcp::emit(scratch, &ends, &e));
+        }
+        if !seg.has(ACK) {
+            self.stats.bad_tcp += 1;
+            return HookVerdict::Drop(DropReason::Malformed);
+        }
+        let fin = u32::from(seg.has(FIN));
+        if seg.payload.is_empty() {
+            if fin == 0 {
+                self.stats.tcp_ignored += 1;
+                return HookVerdict::Consumed;
+            }
+            // The client closes (after our FIN, or giving up): ACK it.
+            self.stats.tcp_fins += 1;
+            return control(scratch, seg.ack, seg.seq.wrapping_add(1), ACK);
+        }
+        let Some(cookie) = self.cookies.check(&tuple, seg.ack.wrapping_sub(1)) else {
+            self.stats.tcp_bad_cookie += 1;
+            return control(scratch, seg.ack, 0, RST);
+        };
+        if seg.seq as u8 != cookie.first_seq_low {
+            self.stats.tcp_not_at_start += 1;
+            return HookVerdict::Drop(DropReason::Malformed);
+        }
+        let Some((msg, used)) = responder::tcp_message(seg.payload) else {
+            self.stats.tcp_incomplete += 1;
+            return HookVerdict::Drop(DropReason::Malformed);
+        };
+        let reply = TcpReply {
+            seq: seg.ack,
+            // All we received: one query per connection (we close after it).
+            ack: seg
+                .seq
+                .wrapping_add(seg.payload.len() as u32)
+                .wrapping_add(fin),
+            mss: tcp::MSS_TABLE[usize::from(cookie.mss_index)].min(mtu_mss),
+        };
+        let snap = self.registry.load();
+        let at = tcp::FRAME_HEADERS;
+        let room = scratch.len().saturating_sub(at).min(tcp::MAX_PAYLOAD);
+        let Some(out) = scratch.get_mut(at..at + room) else {
+            return HookVerdict::Drop(DropReason::Oversize);
+        };
+        let outcome = self.responder.respond_tcp(
+            &snap,
+            net.id,
+            t.querier_ip,
+            &seg.payload[..used],
+            &mut self.rng,
+            out,
+        );
+        let len = match outcome {
+            Outcome::Answer { len, kind } => {
+                self.count(kind);
+                self.stats.tcp_answers += 1;
+                len
+            }
+            Outcome::NotServed | Outcome::Drop => {
+                self.stats.dropped += 1;
+                return HookVerdict::Drop(DropReason::Malformed);
+            }
+            Outcome::Forward => {
+                let Some(tx) = &self.forward else {
+                    self.stats.servfail += 1;
+                    let Some(n) = out
+                        .get_mut(2..)
+                        .and_then(|o| responder::error_answer(msg, rcode::SERVFAIL, true, o))
+                    else {
+                        return HookVerdict::Drop(DropReason::Malformed);
+                    };
+                    out[..2].copy_from_slice(&(n as u16).to_be_bytes());
+                    return plain(tcp::emit(scratch, &ends, &answer_segment(reply, n + 2)));
+                };
+                let req = ForwardRequest {
+                    network: net.id,
+                    port: cx.port.id,
+                    querier_mac: t.querier_mac,
+                    querier_ip: t.querier_ip,
+                    querier_port: seg.src_port,
+                    gateway_mac: net.gateway_mac,
+                    gateway_ip: net.config.gateway,
+                    udp_limit: wire::UDP_LIMIT as u16,
+                    received_ns: cx.now_ns,
+                    query: msg.into(),
+                    tcp: Some(reply),
+                };
+                return match tx.try_send(req) {
+                    Ok(()) => {
+                        self.stats.forwarded += 1;
+                        self.stats.tcp_forwarded += 1;
+                        // ACK the query now so the client does not
+                        // retransmit it while the upstream answers.
+                        control(scratch, reply.seq, reply.ack, ACK)
+                    }
+                    Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                        self.stats.forward_queue_full += 1;
+                        HookVerdict::Drop(DropReason::TxFull)
+                    }
+                };
+            }
+        };
+        plain(tcp::emit(scratch, &ends, &answer_segment(reply, len)))
+    }
+
     /// Frames the `len`-byte answer already at `scratch[REPLY_HEADERS..]`.
     fn reply(&self, scratch: &mut [u8], dg: &Datagram, cx: &HookCx, len: usize) -> HookVerdict {
         let net = cx.network;
-        let ends = UdpEnds {
+        let ends = Ends {
             dst_mac: dg.querier_mac,
             src_mac: net.gateway_mac,
             src: (net.config.gateway, DNS_PORT),

@@ -8,19 +8,22 @@
 //!   [`tapnet_switch::GatewayHook`]: UDP to the gateway IP, port 53,
 //!   answered inline; names that are not local queued as
 //!   [`ForwardRequest`]s for the daemon's forwarder.
+//! - [`tcp`]: DNS over TCP answered without connection state (SYN
+//!   cookies), one reply frame per segment.
 //! - [`wire`]: the bounded DNS message parser and encoders.
 //!
 //! No sockets, threads, clocks or OS randomness here: the upstream
-//! forwarder, DNS over TCP and `/etc/resolv.conf` are the daemon's edges.
+//! forwarder (UDP and TCP) and `/etc/resolv.conf` are the daemon's edges.
 #![forbid(unsafe_code)]
 
 pub mod hook;
 pub mod registry;
 pub mod responder;
 pub mod rng;
+pub mod tcp;
 pub mod wire;
 
-pub use hook::{forward_queue, DnsHook, DnsStats, ForwardRequest, ForwardRx, ForwardTx};
+pub use hook::{forward_queue, DnsHook, DnsStats, ForwardRequest, ForwardRx, ForwardTx, TcpReply};
 pub use registry::{
     EndpointSpec, Link, NetworkSpec, Registry, RegistryData, RegistryError, Resolved, Snapshot,
 };

@@ -525,10 +525,11 @@ fn forward_queue_contents_and_reply_frame() {
     upstream.metadata.message_type = hickory_proto::op::MessageType::Response;
     let bytes = upstream.to_vec().unwrap();
     let mut out = vec![0; 2048];
-    let n = req.reply_frame(&bytes, &mut out).unwrap();
+    let (n, meta) = req.reply_frame(&bytes, &mut out).unwrap();
+    assert!(req.tcp.is_none());
     let s = Sent {
         port: req.port,
-        meta: VnetHdr::default(),
+        meta,
         frame: out[..n].to_vec(),
     };
     assert_eq!(payload(&c, &s), &bytes[..]);
@@ -548,11 +549,11 @@ fn everything_else_goes_to_the_inner_hook() {
     let mut f = fabric();
     let c = f.attach("front", 2, "cc", "client", |_| {});
     let br = f.attach("bridge", 2, "cb", "onbridge", |_| {});
-    // Another UDP port, and TCP to port 53.
+    // Another UDP port, and TCP to another port (TCP to port 53 is ours).
     let fr = build::udp(gateway_mac(c.gw), c.mac, (c.ip, 40000), (c.gw, 5353), b"x");
     assert!(f.send(&c, VnetHdr::default(), &fr).is_empty());
     let mut tcp = vec![0u8; 20];
-    tcp[2..4].copy_from_slice(&53u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&54u16.to_be_bytes());
     let fr = build::ipv4(gateway_mac(c.gw), c.mac, c.ip, c.gw, 6, &tcp);
     assert!(f.send(&c, VnetHdr::default(), &fr).is_empty());
     // UDP to 53 but beyond the gateway (routed): not ours.

@@ -8,6 +8,11 @@
 //! SERVFAIL or REFUSED. The answer is relayed unchanged (truncated with TC
 //! when it does not fit the querier's UDP size) as a frame injected into the
 //! querier's port; when every server fails the querier gets SERVFAIL.
+//!
+//! A query that came over TCP (answered by the switch's stateless TCP,
+//! [`tapnet_dns::tcp`]) is forwarded over TCP (length-prefixed, same
+//! servers, order, timeout and rules), and its answer goes back as one TCP
+//! frame (data + FIN; a GSO super-frame beyond the MSS).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -16,7 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tapnet_dns::{ForwardRequest, ForwardRx};
+use tapnet_switch::wire::VnetHdr;
 use tapnet_switch::NetworkId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Time allowed to each upstream server.
 pub const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(4);
@@ -90,8 +97,8 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Sends a finished answer frame to a port.
-pub type Inject = Arc<dyn Fn(tapnet_switch::PortId, Vec<u8>) + Send + Sync>;
+/// Sends a finished answer frame (with its virtio-net metadata) to a port.
+pub type Inject = Arc<dyn Fn(tapnet_switch::PortId, VnetHdr, Vec<u8>) + Send + Sync>;
 
 /// Runs the forwarder until the queue's senders are gone.
 pub fn run_forwarder(rx: ForwardRx, upstreams: Arc<Upstreams>, inject: Inject) {
@@ -130,7 +137,11 @@ pub fn run_forwarder(rx: ForwardRx, upstreams: Arc<Upstreams>, inject: Inject) {
                 continue;
             };
             tokio::spawn(async move {
-                let reply = forward(&req.query, &servers).await;
+                let reply = if req.tcp.is_some() {
+                    forward_tcp(&req.query, &servers).await
+                } else {
+                    forward(&req.query, &servers).await
+                };
                 answer(&req, reply.as_deref(), &inject);
                 drop(permit);
             });
@@ -149,9 +160,9 @@ fn answer(req: &ForwardRequest, answer: Option<&[u8]>, inject: &Inject) {
         },
     };
     let mut frame = vec![0u8; body.len() + 64];
-    if let Some(n) = req.reply_frame(body, &mut frame) {
+    if let Some((n, meta)) = req.reply_frame(body, &mut frame) {
         frame.truncate(n);
-        inject(req.port, frame);
+        inject(req.port, meta, frame);
     }
 }
 
@@ -177,14 +188,51 @@ async fn forward(query: &[u8], servers: &[SocketAddr]) -> Option<Vec<u8>> {
         let got = loop {
             match tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
                 // Only a response to this query counts (same id, QR set).
-                Ok(Ok(n)) if n >= 12 && &buf[..2] == id && buf[2] & 0x80 != 0 => {
-                    break Some(buf[..n].to_vec())
-                }
+                Ok(Ok(n)) if is_response(&buf[..n], id) => break Some(buf[..n].to_vec()),
                 Ok(Ok(_)) => continue,
                 Ok(Err(_)) | Err(_) => break None,
             }
         };
         let Some(a) = got else { continue };
+        let rcode = a[3] & 0x0f;
+        if rcode == 2 || rcode == 5 {
+            last = Some(a);
+            continue;
+        }
+        return Some(a);
+    }
+    last
+}
+
+/// Whether `a` is the response to `id`: same id, QR set.
+fn is_response(a: &[u8], id: &[u8]) -> bool {
+    a.len() >= 12 && &a[..2] == id && a[2] & 0x80 != 0
+}
+
+/// [`forward`] over TCP: one connection per server, the query
+/// length-prefixed, [`UPSTREAM_TIMEOUT`] for connect, send and answer.
+async fn forward_tcp(query: &[u8], servers: &[SocketAddr]) -> Option<Vec<u8>> {
+    let id = query.get(..2)?;
+    let len = u16::try_from(query.len()).ok()?;
+    let mut framed = len.to_be_bytes().to_vec();
+    framed.extend_from_slice(query);
+    let mut last = None;
+    for s in servers {
+        let ask = async {
+            let mut c = tokio::net::TcpStream::connect(s).await.ok()?;
+            c.write_all(&framed).await.ok()?;
+            let mut n = [0u8; 2];
+            c.read_exact(&mut n).await.ok()?;
+            let mut a = vec![0u8; usize::from(u16::from_be_bytes(n))];
+            c.read_exact(&mut a).await.ok()?;
+            Some(a)
+        };
+        let Ok(Some(a)) = tokio::time::timeout(UPSTREAM_TIMEOUT, ask).await else {
+            continue;
+        };
+        if !is_response(&a, id) {
+            continue;
+        }
         let rcode = a[3] & 0x0f;
         if rcode == 2 || rcode == 5 {
             last = Some(a);

@@ -39,6 +39,7 @@ enum Cmd {
     /// a port.
     Inject {
         port: u32,
+        meta: VnetHdr,
         frame: Vec<u8>,
     },
     Stop,
@@ -125,9 +126,10 @@ impl Dataplane {
         let inject: super::dns::Inject = {
             let tx = handles[0].tx.clone();
             let waker = handles[0].waker.clone();
-            Arc::new(move |port, frame| {
+            Arc::new(move |port, meta, frame| {
                 let _ = tx.send(Cmd::Inject {
                     port: port.0,
+                    meta,
                     frame,
                 });
                 let _ = waker.wake();
@@ -418,11 +420,11 @@ fn worker_loop(mut w: Worker<Hook>, mut poll: Poll, rx: Receiver<Cmd>, epoch: In
                     }
                     ready.retain(|&q| q != port);
                 }
-                Cmd::Inject { port, frame } => {
+                Cmd::Inject { port, meta, frame } => {
                     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
                     if let Some(p) = cx.topology().port(tapnet_switch::PortId(port)) {
                         let slot = p.counters.slot(w.id());
-                        match (TapTx { queues: &queues }).transmit(p, &VnetHdr::default(), &frame) {
+                        match (TapTx { queues: &queues }).transmit(p, &meta, &frame) {
                             Ok(()) => slot.count_tx(frame.len()),
                             Err(r) => slot.count_drop(r),
                         }

@@ -44,6 +44,11 @@ pub enum HookVerdict {
     Consumed,
     /// Answer written to `scratch[..len]`: send it back on the ingress port.
     Reply(usize),
+    /// Like [`HookVerdict::Reply`], with virtio-net metadata for the
+    /// frame: e.g. a TCP super-frame (`GSO_TCPV4`, `NEEDS_CSUM`) that the
+    /// TAP segments into `gso_size` pieces, when a hook's answer is
+    /// larger than one segment but a hook returns one frame.
+    ReplyWith(usize, VnetHdr),
     /// Not for this hook: the switch drops it (`no_route` or
     /// `gateway_unsupported`).
     Pass,
@@ -227,7 +232,7 @@ impl<H: GatewayHook> Worker<H> {
         }
         if dst.is_multicast() {
             if ethertype == EtherType::Arp && self.answer_arp(net, eth.payload()) {
-                return self.reply(cx, port, 60, tx);
+                return self.reply(cx, port, 60, &VnetHdr::default(), tx);
             }
             return self.flood(cx, port, net, l3, meta, frame, tx);
         }
@@ -373,10 +378,11 @@ impl<H: GatewayHook> Worker<H> {
         cx: &BatchCx,
         port: &Port,
         len: usize,
+        meta: &VnetHdr,
         tx: &mut T,
     ) -> Result<(), DropReason> {
         let frame = &self.scratch[..len];
-        self.send(&cx.topo, port, &VnetHdr::default(), frame, tx);
+        self.send(&cx.topo, port, meta, frame, tx);
         Ok(())
     }
 
@@ -395,7 +401,7 @@ impl<H: GatewayHook> Worker<H> {
         match ethertype {
             EtherType::Arp => {
                 if self.answer_arp(net, payload) {
-                    return self.reply(cx, port, 60, tx);
+                    return self.reply(cx, port, 60, &VnetHdr::default(), tx);
                 }
                 // ARP replies to the gateway: it never asks, nothing to learn.
                 Err(DropReason::GatewayUnsupported)
@@ -404,7 +410,7 @@ impl<H: GatewayHook> Worker<H> {
                 let ip = Ipv4Packet::new_unchecked(payload);
                 if ip.dst_addr() == net.config.gateway && ip.protocol() == ipv4::protocol::ICMP {
                     if let Some(len) = self.echo_reply(net, meta, frame)? {
-                        return self.reply(cx, port, len, tx);
+                        return self.reply(cx, port, len, &VnetHdr::default(), tx);
                     }
                 }
                 let hcx = HookCx {
@@ -416,7 +422,11 @@ impl<H: GatewayHook> Worker<H> {
                     HookVerdict::Consumed => Ok(()),
                     HookVerdict::Reply(len) => {
                         let len = len.min(self.scratch.len());
-                        self.reply(cx, port, len, tx)
+                        self.reply(cx, port, len, &VnetHdr::default(), tx)
+                    }
+                    HookVerdict::ReplyWith(len, meta) => {
+                        let len = len.min(self.scratch.len());
+                        self.reply(cx, port, len, &meta, tx)
                     }
                     HookVerdict::Drop(r) => Err(r),
                     HookVerdict::Pass if ip.dst_addr() == net.config.gateway => {

@@ -435,3 +435,58 @@ fn the_ethernet_view_is_what_was_sent() {
     assert_eq!(e.src_addr(), mac(10));
     assert_eq!(out[0].frame.len(), ethernet::HEADER_LEN + 20 + 8 + 2);
 }
+
+#[test]
+fn hook_replies_carry_their_metadata() {
+    /// Answers every gateway frame with its own bytes, as a GSO frame.
+    struct Echo;
+    impl GatewayHook for Echo {
+        fn handle(
+            &mut self,
+            _: &HookCx<'_>,
+            _: &VnetHdr,
+            frame: &[u8],
+            scratch: &mut [u8],
+        ) -> HookVerdict {
+            scratch[..frame.len()].copy_from_slice(frame);
+            let meta = VnetHdr {
+                flags: vnet::F_NEEDS_CSUM,
+                gso_type: vnet::GSO_TCPV4,
+                hdr_len: 54,
+                gso_size: 1460,
+                csum_start: 34,
+                csum_offset: 16,
+                num_buffers: 0,
+            };
+            if frame.len() > 60 {
+                HookVerdict::ReplyWith(frame.len(), meta)
+            } else {
+                HookVerdict::Reply(frame.len())
+            }
+        }
+    }
+    let mut m = MemSwitch::with_hook(SwitchConfig::default(), Echo);
+    let net = m
+        .switch
+        .add_network(NetworkConfig::new(
+            "front",
+            Ipv4Addr::new(10, 1, 0, 0),
+            24,
+            ip(1),
+        ))
+        .unwrap();
+    let a = m
+        .switch
+        .add_port(PortConfig::endpoint("a", net, mac(10), ip(10)))
+        .unwrap();
+    let big = build::udp(gw(), mac(10), (ip(10), 1000), (ip(1), 2000), &[7; 100]);
+    let out = m.inject(0, a, VnetHdr::default(), &big);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].port, a);
+    assert_eq!(out[0].frame, big);
+    assert_eq!(out[0].meta.gso_type, vnet::GSO_TCPV4);
+    assert_eq!(out[0].meta.gso_size, 1460);
+    let small = build::udp(gw(), mac(10), (ip(10), 1000), (ip(1), 2000), b"x");
+    let out = m.inject(0, a, VnetHdr::default(), &small);
+    assert!(out[0].meta.is_plain());
+}

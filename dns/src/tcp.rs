@@ -1,0 +1,349 @@
+//! DNS over TCP without connection state: the wire pieces of the
+//! stateless TCP answering machine in [`crate::hook`].
+//!
+//! The hook has no I/O, no timers and no per-connection table, so it
+//! answers TCP the way SYN cookies do:
+//! - SYN → SYN-ACK whose ISN is a [`CookieKey::cookie`]: a keyed hash of
+//!   the 4-tuple (21 bits), the low byte of the client's first data
+//!   sequence number (8 bits, to check that data starts at stream offset
+//!   0), and an index into [`MSS_TABLE`] (3 bits, the segment size to use).
+//! - A data segment whose `ack - 1` is a valid cookie and whose first
+//!   bytes are a complete length-prefixed DNS message is answered with ONE
+//!   frame: ACK of the query + the framed answer + FIN (a GSO super-frame
+//!   when the answer is larger than the MSS). A retransmitted query gets
+//!   the same answer again.
+//! - FIN → ACK; pure ACK → nothing; RST → nothing; a data segment with a
+//!   bad cookie → RST.
+//!
+//! Limitations (documented, counted): a query split across segments, or
+//! several queries on one connection (the answer ends with FIN), are not
+//! supported; dig and glibc send one query in one segment. The client's
+//! receive window is not honoured (answers are at most 64 KiB and clients
+//! open with at least that much). No retransmission of our answer: a lost
+//! answer frame means the client retransmits its query, which is answered
+//! again.
+//!
+//! [`Segment::parse`] never panics; emitting writes only within the buffer
+//! it is given and returns `None` when it does not fit.
+
+use core::net::Ipv4Addr;
+use rand_core::RngCore;
+use tapnet_switch::wire::{checksum_finish, checksum_sum, ethernet, ipv4, vnet, VnetHdr};
+
+/// TCP header flags.
+pub mod flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+/// A TCP header without options.
+pub const HEADER_LEN: usize = 20;
+/// Ethernet + IPv4 (no options) + TCP (no options) headers.
+pub const FRAME_HEADERS: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + HEADER_LEN;
+/// The window we advertise (no window scaling).
+pub const WINDOW: u16 = 65535;
+/// The MSS assumed when a SYN has no MSS option (RFC 9293 3.7.1).
+pub const DEFAULT_MSS: u16 = 536;
+/// Largest TCP payload of one IPv4 packet (the limit of a GSO super-frame).
+pub const MAX_PAYLOAD: usize = 65535 - ipv4::MIN_HEADER_LEN - HEADER_LEN;
+
+/// Segment sizes a cookie can encode (3 bits); the largest one not above
+/// min(client MSS, MTU - 40) is used.
+pub const MSS_TABLE: [u16; 8] = [216, 536, 1220, 1360, 1410, 1460, 4056, 8960];
+
+/// The parts of a TCP segment the answering machine uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment<'a> {
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    /// The MSS option, if present.
+    pub mss: Option<u16>,
+    pub payload: &'a [u8],
+}
+
+impl<'a> Segment<'a> {
+    /// Parses a TCP segment (header, options, payload); `None` if the
+    /// data offset is below 5 or beyond the segment.
+    pub fn parse(tcp: &'a [u8]) -> Option<Segment<'a>> {
+        let h = tcp.get(..HEADER_LEN)?;
+        let doff = usize::from(h[12] >> 4) * 4;
+        if doff < HEADER_LEN {
+            return None;
+        }
+        let opts = tcp.get(HEADER_LEN..doff)?;
+        let u32at = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        Some(Segment {
+            src_port: u16::from_be_bytes([h[0], h[1]]),
+            dst_port: u16::from_be_bytes([h[2], h[3]]),
+            seq: u32at(4),
+            ack: u32at(8),
+            flags: h[13],
+            mss: mss_option(opts),
+            payload: &tcp[doff..],
+        })
+    }
+
+    pub fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+}
+
+/// The MSS option among `opts` (kind 2, length 4), if well-formed.
+fn mss_option(mut opts: &[u8]) -> Option<u16> {
+    loop {
+        match *opts.first()? {
+            0 => return None,
+            1 => opts = &opts[1..],
+            kind => {
+                let len = usize::from(*opts.get(1)?);
+                if len < 2 {
+                    return None;
+                }
+                let o = opts.get(..len)?;
+                if kind == 2 && len == 4 {
+                    return Some(u16::from_be_bytes([o[2], o[3]]));
+                }
+                opts = &opts[len..];
+            }
+        }
+    }
+}
+
+/// The index in [`MSS_TABLE`] of the largest size not above `mss` (0 if
+/// all are above).
+pub fn mss_index(mss: u16) -> u8 {
+    MSS_TABLE.iter().rposition(|&m| m <= mss).unwrap_or(0) as u8
+}
+
+/// The secret behind the cookies (one per hook, drawn from its RNG).
+#[derive(Clone, Copy)]
+pub struct CookieKey {
+    k0: u64,
+    k1: u64,
+}
+
+impl core::fmt::Debug for CookieKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("CookieKey(..)")
+    }
+}
+
+/// A connection's 4-tuple, client side first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub client: (Ipv4Addr, u16),
+    pub server: (Ipv4Addr, u16),
+}
+
+/// What a valid cookie says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cookie {
+    /// Low byte of the client's first data sequence number.
+    pub first_seq_low: u8,
+    /// Index in [`MSS_TABLE`].
+    pub mss_index: u8,
+}
+
+const HASH_MASK: u32 = 0xffff_f800;
+
+impl CookieKey {
+    pub fn new<R: RngCore>(rng: &mut R) -> Self {
+        CookieKey {
+            k0: rng.next_u64(),
+            k1: rng.next_u64(),
+        }
+    }
+
+    fn hash(&self, t: &Tuple) -> u32 {
+        let a = u64::from(u32::from(t.client.0)) << 32 | u64::from(u32::from(t.server.0));
+        let b = u64::from(t.client.1) << 16 | u64::from(t.server.1);
+        (siphash13(self.k0, self.k1, a, b) >> 32) as u32
+    }
+
+    /// The ISN of our SYN-ACK to a SYN with sequence number `client_isn`.
+    pub fn cookie(&self, t: &Tuple, client_isn: u32, mss_index: u8) -> u32 {
+        let first = client_isn.wrapping_add(1) as u8;
+        (self.hash(t) & HASH_MASK) | u32::from(first) << 3 | u32::from(mss_index & 7)
+    }
+
+    /// Checks the ISN `isn` (a segment's `ack - 1`) against the tuple.
+    pub fn check(&self, t: &Tuple, isn: u32) -> Option<Cookie> {
+        (isn & HASH_MASK == self.hash(t) & HASH_MASK).then_some(Cookie {
+            first_seq_low: (isn >> 3) as u8,
+            mss_index: (isn & 7) as u8,
+        })
+    }
+}
+
+/// SipHash-1-3 of two 64-bit words (16 bytes of input).
+fn siphash13(k0: u64, k1: u64, a: u64, b: u64) -> u64 {
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    fn round(v: &mut [u64; 4]) {
+        v[0] = v[0].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(13) ^ v[0];
+        v[0] = v[0].rotate_left(32);
+        v[2] = v[2].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(16) ^ v[2];
+        v[0] = v[0].wrapping_add(v[3]);
+        v[3] = v[3].rotate_left(21) ^ v[0];
+        v[2] = v[2].wrapping_add(v[1]);
+        v[1] = v[1].rotate_left(17) ^ v[2];
+        v[2] = v[2].rotate_left(32);
+    }
+    for m in [a, b, 16u64 << 56] {
+        v[3] ^= m;
+        round(&mut v);
+        v[0] ^= m;
+    }
+    v[2] ^= 0xff;
+    for _ in 0..3 {
+        round(&mut v);
+    }
+    v[0] ^ v[1] ^ v[2] ^ v[3]
+}
+
+/// The link and IP ends of a frame we send (to the client).
+#[derive(Clone, Copy, Debug)]
+pub struct Ends {
+    pub dst_mac: tapnet_switch::wire::EthernetAddress,
+    pub src_mac: tapnet_switch::wire::EthernetAddress,
+    pub src: (Ipv4Addr, u16),
+    pub dst: (Ipv4Addr, u16),
+}
+
+/// One segment to send: its options and payload are already at
+/// `out[FRAME_HEADERS..]` (`opt_len` bytes of options, a multiple of 4,
+/// then `payload_len` bytes).
+#[derive(Clone, Copy, Debug)]
+pub struct Emit {
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub opt_len: usize,
+    pub payload_len: usize,
+    /// Payload per wire segment: a larger payload is sent as one GSO
+    /// super-frame (`GSO_TCPV4`, `NEEDS_CSUM`) that the TAP segments.
+    pub mss: u16,
+}
+
+/// Writes the Ethernet, IPv4 and TCP headers; returns the frame length and
+/// its virtio-net metadata (plain with full checksums, or GSO with a
+/// partial checksum), or `None` if it does not fit `out` or one packet.
+pub fn emit(out: &mut [u8], e: &Ends, s: &Emit) -> Option<(usize, VnetHdr)> {
+    let tcp_len = HEADER_LEN + s.opt_len;
+    let l4 = tcp_len + s.payload_len;
+    if !s.opt_len.is_multiple_of(4)
+        || s.opt_len > 40
+        || ipv4::MIN_HEADER_LEN + l4 > 65535
+        || s.mss == 0
+    {
+        return None;
+    }
+    let total = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + l4;
+    let f = out.get_mut(..total)?;
+    f[0..6].copy_from_slice(&e.dst_mac.0);
+    f[6..12].copy_from_slice(&e.src_mac.0);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let ip_at = ethernet::HEADER_LEN;
+    ipv4::emit_header(
+        &mut f[ip_at..],
+        e.src.0,
+        e.dst.0,
+        ipv4::protocol::TCP,
+        l4,
+        64,
+    );
+    let t_at = ip_at + ipv4::MIN_HEADER_LEN;
+    let t = &mut f[t_at..];
+    t[0..2].copy_from_slice(&e.src.1.to_be_bytes());
+    t[2..4].copy_from_slice(&e.dst.1.to_be_bytes());
+    t[4..8].copy_from_slice(&s.seq.to_be_bytes());
+    t[8..12].copy_from_slice(&s.ack.to_be_bytes());
+    t[12] = ((tcp_len / 4) as u8) << 4;
+    t[13] = s.flags;
+    t[14..16].copy_from_slice(&WINDOW.to_be_bytes());
+    t[16..20].fill(0);
+    let mut acc = checksum_sum(0, &e.src.0.octets());
+    acc = checksum_sum(acc, &e.dst.0.octets());
+    acc += u32::from(ipv4::protocol::TCP) + l4 as u32;
+    if s.payload_len > usize::from(s.mss) {
+        // Partial checksum: the pseudo-header sum, not complemented; the
+        // TAP (or the receiving stack) completes it per segment.
+        let partial = !checksum_finish(acc);
+        t[16..18].copy_from_slice(&partial.to_be_bytes());
+        let meta = VnetHdr {
+            flags: vnet::F_NEEDS_CSUM,
+            gso_type: vnet::GSO_TCPV4,
+            hdr_len: (t_at + tcp_len) as u16,
+            gso_size: s.mss,
+            csum_start: t_at as u16,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        return Some((total, meta));
+    }
+    acc = checksum_sum(acc, &t[..l4]);
+    t[16..18].copy_from_slice(&checksum_finish(acc).to_be_bytes());
+    Some((total, VnetHdr::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::FastRng;
+
+    #[test]
+    fn options_and_truncation() {
+        let mut h = [0u8; 32];
+        h[12] = 8 << 4;
+        h[20..32].copy_from_slice(&[1, 1, 4, 2, 8, 10, 0, 0, 0, 0, 2, 4]);
+        assert_eq!(Segment::parse(&h).unwrap().mss, None); // MSS after EOL
+        h[20..32].copy_from_slice(&[1, 4, 2, 2, 4, 0x05, 0xb4, 0, 0, 0, 0, 0]);
+        assert_eq!(Segment::parse(&h).unwrap().mss, Some(1460));
+        h[20..24].copy_from_slice(&[3, 0, 0, 0]); // length 0
+        assert_eq!(Segment::parse(&h).unwrap().mss, None);
+        assert!(Segment::parse(&h[..30]).is_none());
+        h[12] = 4 << 4;
+        assert!(Segment::parse(&h).is_none());
+        assert!(Segment::parse(&h[..19]).is_none());
+    }
+
+    #[test]
+    fn cookies_bind_the_tuple() {
+        let k = CookieKey::new(&mut FastRng::new(1));
+        let t = Tuple {
+            client: (Ipv4Addr::new(10, 1, 0, 2), 40000),
+            server: (Ipv4Addr::new(10, 1, 0, 1), 53),
+        };
+        let c = k.cookie(&t, 0x1234_56ff, 5);
+        assert_eq!(
+            k.check(&t, c),
+            Some(Cookie {
+                first_seq_low: 0x00,
+                mss_index: 5
+            })
+        );
+        let other = Tuple {
+            client: (Ipv4Addr::new(10, 1, 0, 2), 40001),
+            ..t
+        };
+        assert_eq!(k.check(&other, c), None);
+        let k2 = CookieKey::new(&mut FastRng::new(2));
+        assert_eq!(k2.check(&t, c), None);
+        assert_eq!(mss_index(1460), 5);
+        assert_eq!(mss_index(1459), 4);
+        assert_eq!(mss_index(100), 0);
+        assert_eq!(mss_index(u16::MAX), 7);
+    }
+}
