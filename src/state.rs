@@ -189,9 +189,17 @@ impl Store {
         {
             diff(&tx, NETWORKS, &self.state.networks, &next.networks)?;
             diff(&tx, ENDPOINTS, &self.state.endpoints, &next.endpoints)?;
-            diff_raw(&tx, ALLOCATIONS, &self.state.allocations, &next.allocations)?;
+            diff_with(
+                &tx,
+                ALLOCATIONS,
+                &self.state.allocations,
+                &next.allocations,
+                |v| Ok(v.clone()),
+            )?;
             diff(&tx, CONTAINERS, &self.state.containers, &next.containers)?;
-            diff_raw(&tx, OPTIONS, &self.state.options, &next.options)?;
+            diff_with(&tx, OPTIONS, &self.state.options, &next.options, |v| {
+                Ok(v.clone())
+            })?;
         }
         tx.commit().map_err(redb_err)
     }
@@ -213,45 +221,40 @@ fn decode<T: DeserializeOwned>(
         .collect()
 }
 
+/// Writes to `def` only what changed from `old` to `new`, each value
+/// stored as `encode(value)`.
+fn diff_with<T: PartialEq>(
+    tx: &redb::WriteTransaction,
+    def: Def,
+    old: &BTreeMap<String, T>,
+    new: &BTreeMap<String, T>,
+    encode: impl Fn(&T) -> Result<String, StoreError>,
+) -> Result<(), StoreError> {
+    let mut t = tx.open_table(def).map_err(redb_err)?;
+    for k in old.keys() {
+        if !new.contains_key(k) {
+            t.remove(k.as_str()).map_err(redb_err)?;
+        }
+    }
+    for (k, v) in new {
+        if old.get(k) != Some(v) {
+            t.insert(k.as_str(), encode(v)?.as_str())
+                .map_err(redb_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// [`diff_with`] for values stored as JSON.
 fn diff<T: Serialize + PartialEq>(
     tx: &redb::WriteTransaction,
     def: Def,
     old: &BTreeMap<String, T>,
     new: &BTreeMap<String, T>,
 ) -> Result<(), StoreError> {
-    let mut t = tx.open_table(def).map_err(redb_err)?;
-    for k in old.keys() {
-        if !new.contains_key(k) {
-            t.remove(k.as_str()).map_err(redb_err)?;
-        }
-    }
-    for (k, v) in new {
-        if old.get(k) != Some(v) {
-            let json = serde_json::to_string(v).map_err(redb_err)?;
-            t.insert(k.as_str(), json.as_str()).map_err(redb_err)?;
-        }
-    }
-    Ok(())
-}
-
-fn diff_raw(
-    tx: &redb::WriteTransaction,
-    def: Def,
-    old: &BTreeMap<String, String>,
-    new: &BTreeMap<String, String>,
-) -> Result<(), StoreError> {
-    let mut t = tx.open_table(def).map_err(redb_err)?;
-    for k in old.keys() {
-        if !new.contains_key(k) {
-            t.remove(k.as_str()).map_err(redb_err)?;
-        }
-    }
-    for (k, v) in new {
-        if old.get(k) != Some(v) {
-            t.insert(k.as_str(), v.as_str()).map_err(redb_err)?;
-        }
-    }
-    Ok(())
+    diff_with(tx, def, old, new, |v| {
+        serde_json::to_string(v).map_err(redb_err)
+    })
 }
 
 #[cfg(test)]

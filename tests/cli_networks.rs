@@ -409,7 +409,11 @@ fn daemon_unreachable_is_one_line() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&sock.display().to_string()), "{err}");
-    assert_eq!(err.matches("os error").count(), 1, "cause printed once: {err}");
+    assert_eq!(
+        err.matches("os error").count(),
+        1,
+        "cause printed once: {err}"
+    );
     // TAPNET_HOST is honoured too.
     let o = std::process::Command::new(BIN)
         .env("TAPNET_HOST", format!("unix://{}", sock.display()))
