@@ -553,6 +553,13 @@ fn seed_hub_container_reaches_both_networks() {
     assert!(!ping(&d, "hubA", &c), "A must not reach C");
     assert!(!ping(&d, "hubC", &a), "C must not reach A");
     // eth0 on n1 holds the default route, eth1 is on n2.
+    // The sandbox's /sys is its own: its interfaces, not the host's.
+    let sys = d.ok(&["exec", "hubB", "--", "ls", "/sys/class/net"]);
+    assert_eq!(
+        sys.split_whitespace().collect::<Vec<_>>(),
+        ["eth0", "eth1", "lo"],
+        "{sys}"
+    );
     let routes = d.ok(&["exec", "hubB", "--", "ip", "route"]);
     assert!(
         routes.contains("default via 10.47.0.1 dev eth0"),

@@ -37,6 +37,8 @@ sock=${TAPNET_HOST#unix://}
 "$T" run -d --name r2 --network rl2 --ip 10.62.0.10 -- sleep 300 >/dev/null
 "$T" run -d --name r3 --network rl1 --network rl2 --hostname hub -- sleep 300 >/dev/null
 [ "$("$T" exec r3 -- hostname)" = hub ] || fail "hostname"
+mtu=$("$T" exec r1 -- cat /sys/class/net/eth0/mtu) || fail "no eth0 in the sandbox's /sys"
+[ "$mtu" = 1500 ] || fail "/sys/class/net/eth0/mtu is $mtu"
 ping1 r3 10.61.0.10 || fail "r3 -> r1"
 ping1 r3 10.62.0.10 || fail "r3 -> r2"
 ping1 r1 10.62.0.10 && fail "r1 must not reach r2"

@@ -298,6 +298,21 @@ fn setup(spec: &InitSpec) -> anyhow::Result<()> {
         None::<&str>,
     )
     .context("make / rprivate")?;
+    // A sysfs of the sandbox's own network namespace (read-only, as Docker
+    // mounts it), so /sys/class/net shows the sandbox's interfaces, not the
+    // host's. The kernel allows it when the sandbox's user namespace owns
+    // the network namespace; when joining another one it may refuse, and
+    // the inherited /sys stays (best effort).
+    let sysfs = nix::mount::mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    if let (Err(e), None) = (sysfs, spec.join_net) {
+        return Err(anyhow::anyhow!("mount sysfs on /sys: {e}"));
+    }
     for (src, dst) in &spec.files {
         bind_file(src, dst)?;
     }
