@@ -46,8 +46,8 @@ struct Frame {
     data: Vec<u8>,
 }
 
-struct Case {
-    dir: &'static str,
+pub struct Case {
+    pub dir: &'static str,
     readme: &'static str,
     /// `(aging_secs, max_macs_per_port)`.
     switch: Option<(u32, u32)>,
@@ -686,7 +686,7 @@ fn mac_limit() -> Case {
     }
 }
 
-fn cases() -> Vec<Case> {
+pub fn cases() -> Vec<Case> {
     vec![
         gateway_arp_ping(),
         learning_unicast(),
@@ -758,7 +758,7 @@ impl Case {
         w.into_inner().unwrap()
     }
 
-    fn write(&self, root: &Path) -> std::io::Result<()> {
+    pub fn write(&self, root: &Path) -> std::io::Result<()> {
         let dir = root.join(self.dir);
         std::fs::create_dir_all(&dir)?;
         std::fs::write(dir.join("topology.toml"), self.topology_toml())?;
