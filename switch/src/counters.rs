@@ -45,6 +45,9 @@ drop_reasons! {
     UnsupportedEtherType => "unsupported_ethertype",
     /// The port already learned its maximum number of MACs.
     MacLimit => "mac_limit",
+    /// The source MAC is assigned to a spoof-checked port elsewhere on the
+    /// network (an uplink cannot take over an endpoint's MAC).
+    MacTaken => "mac_taken",
     /// The FDB has no free slot near the MAC's hash.
     FdbFull => "fdb_full",
     /// IP between two endpoints of a network with ICC off.

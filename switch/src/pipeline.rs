@@ -271,8 +271,23 @@ impl<H: GatewayHook> Worker<H> {
         let key = fdb::key(net.id.0, src);
         let aging = self.sw.config.aging_secs;
         let pid = port.id.0;
-        let room = || port.learned.load(Ordering::Relaxed) < port.max_macs;
-        match cx.fdb.learn_if(key, pid, cx.now_secs, aging, room) {
+        // Only when the FDB would add or move an entry (rare): a MAC
+        // assigned to a spoof-checked port is never learned elsewhere, and
+        // a port stays within its limit.
+        let mut pinned = false;
+        let may_add = || {
+            if cx
+                .topo
+                .assigned_port(net.id, src)
+                .is_some_and(|owner| owner != port.id)
+            {
+                pinned = true;
+                return false;
+            }
+            port.learned.load(Ordering::Relaxed) < port.max_macs
+        };
+        match cx.fdb.learn_if(key, pid, cx.now_secs, aging, may_add) {
+            Learned::Refused if pinned => return Err(DropReason::MacTaken),
             Learned::Refused => return Err(DropReason::MacLimit),
             Learned::Known => {}
             Learned::New => {

@@ -166,6 +166,9 @@ impl core::fmt::Debug for Port {
 pub struct Topology {
     networks: Vec<Option<Network>>,
     ports: Vec<Option<Port>>,
+    /// MACs assigned to spoof-checked ports, by FDB key (network and MAC):
+    /// no other port may be learned with them.
+    assigned: std::collections::HashMap<u64, PortId>,
     pub(crate) capture: Option<Arc<dyn CaptureHook>>,
 }
 
@@ -183,6 +186,10 @@ impl Topology {
     }
     pub fn ports(&self) -> impl Iterator<Item = &Port> {
         self.ports.iter().flatten()
+    }
+    /// The spoof-checked port that owns `mac` on network `net`, if any.
+    pub fn assigned_port(&self, net: NetworkId, mac: EthernetAddress) -> Option<PortId> {
+        self.assigned.get(&crate::fdb::key(net.0, mac)).copied()
     }
     pub fn port_by_name(&self, name: &str) -> Option<&Port> {
         self.ports().find(|p| p.config.name == name)
@@ -345,6 +352,16 @@ impl Switch {
                 .get_mut(usize::from(config.network.0))
                 .and_then(Option::as_mut)
                 .ok_or(ConfigError::NoSuchNetwork)?;
+            // (On error nothing is stored: `update` drops the copy.)
+            if let (Some(mac), Some(_)) = (config.mac, config.ip) {
+                let key = crate::fdb::key(config.network.0, mac);
+                if t.assigned.contains_key(&key) {
+                    return Err(ConfigError::Invalid(format!(
+                        "MAC {mac} is already assigned to another port of this network"
+                    )));
+                }
+                t.assigned.insert(key, id);
+            }
             net.ports.push(id);
             t.ports.push(Some(Port {
                 id,
@@ -368,6 +385,12 @@ impl Switch {
                 .ok_or(ConfigError::NoSuchPort)?;
             if let Some(n) = t.networks[usize::from(p.network().0)].as_mut() {
                 n.ports.retain(|&q| q != id);
+            }
+            if let Some(mac) = p.config.mac {
+                let key = crate::fdb::key(p.network().0, mac);
+                if t.assigned.get(&key) == Some(&id) {
+                    t.assigned.remove(&key);
+                }
             }
             Ok(())
         })

@@ -490,3 +490,36 @@ fn hook_replies_carry_their_metadata() {
     let out = m.inject(0, a, VnetHdr::default(), &small);
     assert!(out[0].meta.is_plain());
 }
+
+#[test]
+fn an_unchecked_port_cannot_take_an_assigned_mac() {
+    let mut f = fabric(true);
+    let u =
+        f.m.switch
+            .add_port(PortConfig::unchecked("uplink", f.net))
+            .unwrap();
+    // The uplink sends from b's assigned MAC: dropped, nothing learned.
+    let fr = build::udp(mac(10), mac(11), (ip(50), 1), (ip(10), 2), b"x");
+    assert!(f.m.inject(0, u, VnetHdr::default(), &fr).is_empty());
+    assert_eq!(drops(&f, u, DropReason::MacTaken), 1);
+    assert_eq!(f.m.switch.fdb_lookup(f.net, mac(11), 0), None);
+    // b itself learns it, and the uplink still cannot move it.
+    f.m.inject(0, f.b, VnetHdr::default(), &udp(11, 10, mac(10)));
+    assert!(f.m.inject(S, u, VnetHdr::default(), &fr).is_empty());
+    assert_eq!(f.m.switch.fdb_lookup(f.net, mac(11), 1), Some(f.b));
+    // Frames to b go to b only.
+    let out =
+        f.m.inject(S, f.a, VnetHdr::default(), &udp(10, 11, mac(11)));
+    assert_eq!(ports(&out), vec![f.b]);
+    // Two endpoints cannot be given one MAC.
+    let err =
+        f.m.switch
+            .add_port(PortConfig::endpoint("dup", f.net, mac(11), ip(99)))
+            .unwrap_err();
+    assert!(matches!(err, ConfigError::Invalid(_)), "{err:?}");
+    // Once b is gone, its MAC is free again.
+    f.m.switch.remove_port(f.b).unwrap();
+    f.m.switch
+        .add_port(PortConfig::endpoint("b2", f.net, mac(11), ip(11)))
+        .unwrap();
+}
