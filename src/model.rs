@@ -245,18 +245,10 @@ impl fmt::Debug for Mac {
 impl std::str::FromStr for Mac {
     type Err = String;
     fn from_str(s: &str) -> Result<Mac, String> {
-        let bad = || format!("invalid MAC address {s:?}");
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(bad());
-        }
-        let mut b = [0u8; 6];
-        for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
-                return Err(bad());
-            }
-            b[i] = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-        }
+        let b = s
+            .parse::<tapnet_switch::wire::EthernetAddress>()
+            .map_err(|_| format!("invalid MAC address {s:?}"))?
+            .0;
         if b[0] & 1 == 1 {
             return Err(format!("invalid MAC address {s:?}: multicast address"));
         }

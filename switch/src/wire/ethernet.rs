@@ -73,7 +73,7 @@ impl core::str::FromStr for EthernetAddress {
         let mut out = [0u8; 6];
         let mut n = 0;
         for part in s.split([':', '-']) {
-            if n == 6 || part.len() != 2 {
+            if n == 6 || part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(WireError::Malformed);
             }
             out[n] = u8::from_str_radix(part, 16).map_err(|_| WireError::Malformed)?;
@@ -210,5 +210,6 @@ mod tests {
         assert!("02:42:0a:01:00".parse::<EthernetAddress>().is_err());
         assert!("02:42:0a:01:00:01:02".parse::<EthernetAddress>().is_err());
         assert!("zz:42:0a:01:00:01".parse::<EthernetAddress>().is_err());
+        assert!("02:00:00:00:00:+a".parse::<EthernetAddress>().is_err());
     }
 }
