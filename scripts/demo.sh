@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# tapnet demo: a daemon, a network, two containers. "web" serves HTTP, "client"
-# fetches a page from it; the frames cross tapnet's userspace switch (TAP ports,
-# no kernel bridge). Everything is torn down at the end, also on failure.
+# tapnet demo: a daemon, a network, two containers. "web" serves HTTP, a client
+# container fetches a page from it by name (the switch answers the DNS query
+# itself); the frames cross tapnet's userspace switch (TAP ports, no kernel
+# bridge). Everything is torn down at the end, also on failure.
 #
 # As root: the daemon runs in a private network namespace made for the demo.
 # As an ordinary user (rootless): needs unprivileged user namespaces and
@@ -68,10 +69,10 @@ step tapnet run -d --name web --network demo --ip 10.123.0.2 -- busybox httpd -f
 "$T" run -d --name web --network demo --ip 10.123.0.2 -- busybox httpd -f -p 80 -h "$WORK/www"
 step tapnet ps
 "$T" ps
-step tapnet run --rm --network demo -- curl -sS http://10.123.0.2/
-"$T" run --rm --network demo -- curl -sS --retry 5 --retry-connrefused --retry-delay 1 http://10.123.0.2/
-step tapnet run --rm --network demo -- ping -c 3 10.123.0.2
-"$T" run --rm --network demo -- ping -c 3 10.123.0.2
+step tapnet run --rm --network demo -- curl -sS http://web/
+"$T" run --rm --network demo -- curl -sS --retry 5 --retry-connrefused --retry-delay 1 http://web/
+step tapnet run --rm --network demo -- ping -c 3 web
+"$T" run --rm --network demo -- ping -c 3 web
 step tapnet network inspect demo
 "$T" network inspect demo
 echo
