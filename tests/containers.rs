@@ -351,7 +351,11 @@ fn running_containers_survive_a_daemon_kill9() {
     );
     assert!(ping(&d, "k2", "10.45.0.2"));
     // Names resolve again: the embedded DNS registry is rebuilt from state.
-    assert!(ping(&d, "k2", "k1"), "k2 -> k1 by name after restart\n{}", d.log());
+    assert!(
+        ping(&d, "k2", "k1"),
+        "k2 -> k1 by name after restart\n{}",
+        d.log()
+    );
     let cs = d.inspect_network("keep")["Containers"].clone();
     assert_eq!(cs.as_object().unwrap().len(), 2, "{cs}");
     d.ok(&["rm", "-f", "k1", "k2", "dies"]);

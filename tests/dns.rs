@@ -28,6 +28,12 @@ impl Drop for Resolver {
 }
 
 fn start_resolver(ns: &str) -> Resolver {
+    start_resolver_at(ns, "127.0.0.1", 5353, "192.0.2.7")
+}
+
+/// dnsmasq on `addr:port` of the daemon's namespace answering
+/// `upstream.test` with `answer` (TEST-NET data, never contacted).
+fn start_resolver_at(ns: &str, addr: &str, port: u16, answer: &str) -> Resolver {
     let st = Command::new("ip")
         .args(["netns", "exec", ns, "ip", "link", "set", "lo", "up"])
         .status()
@@ -40,13 +46,13 @@ fn start_resolver(ns: &str) -> Resolver {
             "--conf-file=/dev/null",
             "--no-resolv",
             "--no-hosts",
-            "--listen-address=127.0.0.1",
             "--bind-interfaces",
-            "--port=5353",
             "--user=root",
             "--pid-file=",
-            "--address=/upstream.test/192.0.2.7",
         ])
+        .arg(format!("--listen-address={addr}"))
+        .arg(format!("--port={port}"))
+        .arg(format!("--address=/upstream.test/{answer}"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -272,4 +278,44 @@ fn embedded_dns_over_tcp() {
     got.dedup();
     assert_eq!(got, want);
     drop(resolver);
+}
+
+/// Upstream order: the daemon's first `--dns-upstream` refuses (nothing
+/// listens: the next server is asked at once), the second answers; a
+/// container's own `--dns` server is used instead of the daemon's.
+#[test]
+fn forwarding_order_and_per_container_dns() {
+    let mut resolvers = vec![];
+    let d = Daemon::start_with(
+        &[
+            "--dns-upstream",
+            "127.0.0.1:5399",
+            "--dns-upstream",
+            "127.0.0.1:5353",
+        ],
+        |d| {
+            let ns = d.ns.as_ref().expect("this test runs as root").name.clone();
+            resolvers.push(start_resolver(&ns));
+            // The container's --dns server (port 53 of another loopback address).
+            resolvers.push(start_resolver_at(&ns, "127.0.0.2", 53, "192.0.2.8"));
+        },
+    );
+    d.ok(&["network", "create", "--subnet", "10.74.0.0/24", "fwd"]);
+    run(&d, "plain", &["fwd"], &[]);
+    run(&d, "own", &["fwd"], &["--dns", "127.0.0.2"]);
+    // resolv.conf still names the embedded DNS (Docker: --dns is where it forwards).
+    let resolv = d.ok(&["exec", "own", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains("nameserver 10.74.0.1"), "{resolv}");
+    assert_eq!(
+        dig(&d, "plain", &["upstream.test"]),
+        vec!["192.0.2.7".to_string()]
+    );
+    assert_eq!(
+        dig(&d, "own", &["upstream.test"]),
+        vec!["192.0.2.8".to_string()]
+    );
+    // Local names still answered locally for both.
+    let own = ip_of(&d, "own", "fwd");
+    assert_eq!(dig(&d, "plain", &["own"]), vec![own]);
+    drop(resolvers);
 }
