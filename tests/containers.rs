@@ -15,15 +15,11 @@ use ctl_support::*;
 use serde_json::Value;
 
 fn inspect(d: &Daemon, c: &str) -> Value {
-    let v: Value = serde_json::from_str(&d.ok(&["inspect", c])).unwrap();
-    v[0].clone()
+    d.inspect_container(c)
 }
 
 fn ip_of(d: &Daemon, c: &str, net: &str) -> String {
-    inspect(d, c)["NetworkSettings"]["Networks"][net]["IPAddress"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    d.ip_of(c, net)
 }
 
 fn ping(d: &Daemon, from: &str, to: &str) -> bool {
@@ -533,13 +529,7 @@ fn network_modes() {
 }
 
 fn sleeper(d: &Daemon, name: &str, nets: &[&str], extra: &[&str]) {
-    let mut args = vec!["run", "-d", "--name", name];
-    for n in nets {
-        args.extend(["--network", n]);
-    }
-    args.extend(extra);
-    args.extend(["--", "sleep", "300"]);
-    d.ok(&args);
+    d.sleeper(name, nets, extra)
 }
 
 /// The seed scenario: A on n1, C on n2, B on both. B reaches A and C, A

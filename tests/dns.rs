@@ -13,7 +13,6 @@
 mod ctl_support;
 
 use ctl_support::*;
-use serde_json::Value;
 use std::process::{Child, Command, Stdio};
 
 /// dnsmasq answering `upstream.test` with 192.0.2.7 (TEST-NET-1: data
@@ -63,16 +62,11 @@ fn start_resolver_at(ns: &str, addr: &str, port: u16, answer: &str) -> Resolver 
 }
 
 fn ip_of(d: &Daemon, c: &str, net: &str) -> String {
-    let v: Value = serde_json::from_str(&d.ok(&["inspect", c])).unwrap();
-    v[0]["NetworkSettings"]["Networks"][net]["IPAddress"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    d.ip_of(c, net)
 }
 
 fn id_of(d: &Daemon, c: &str) -> String {
-    let v: Value = serde_json::from_str(&d.ok(&["inspect", c])).unwrap();
-    v[0]["Id"].as_str().unwrap().to_string()
+    d.inspect_container(c)["Id"].as_str().unwrap().to_string()
 }
 
 /// `dig +short` from inside a container; the answer lines, sorted.
@@ -94,13 +88,7 @@ fn dig_full(d: &Daemon, from: &str, args: &[&str]) -> String {
 }
 
 fn run(d: &Daemon, name: &str, nets: &[&str], extra: &[&str]) {
-    let mut args = vec!["run", "-d", "--name", name];
-    for n in nets {
-        args.extend(["--network", n]);
-    }
-    args.extend(extra);
-    args.extend(["--", "sleep", "300"]);
-    d.ok(&args);
+    d.sleeper(name, nets, extra)
 }
 
 #[test]

@@ -325,3 +325,30 @@ pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+impl Daemon {
+    /// `tapnet inspect CONTAINER`, the first (only) object.
+    pub fn inspect_container(&self, c: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&self.ok(&["inspect", c])).unwrap();
+        v[0].clone()
+    }
+
+    /// The container's IPv4 address on `net`.
+    pub fn ip_of(&self, c: &str, net: &str) -> String {
+        self.inspect_container(c)["NetworkSettings"]["Networks"][net]["IPAddress"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// `tapnet run -d --name NAME --network N... EXTRA... -- sleep 300`.
+    pub fn sleeper(&self, name: &str, nets: &[&str], extra: &[&str]) {
+        let mut args = vec!["run", "-d", "--name", name];
+        for n in nets {
+            args.extend(["--network", n]);
+        }
+        args.extend(extra);
+        args.extend(["--", "sleep", "300"]);
+        self.ok(&args);
+    }
+}
