@@ -194,28 +194,8 @@ fn connect_and_disconnect_a_running_container() {
     let d = Daemon::start();
     d.ok(&["network", "create", "--subnet", "10.42.0.0/24", "one"]);
     d.ok(&["network", "create", "--subnet", "10.43.0.0/24", "two"]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "ca",
-        "--network",
-        "one",
-        "--",
-        "sleep",
-        "300",
-    ]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "cb",
-        "--network",
-        "two",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    d.sleeper("ca", &["one"], &[]);
+    d.sleeper("cb", &["two"], &[]);
     // Isolation: different networks do not reach each other.
     assert!(!ping(&d, "ca", &ip_of(&d, "cb", "two")));
 
@@ -290,39 +270,9 @@ fn daemon_notices_exits() {
 fn running_containers_survive_a_daemon_kill9() {
     let mut d = Daemon::start();
     d.ok(&["network", "create", "--subnet", "10.45.0.0/24", "keep"]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "k1",
-        "--network",
-        "keep",
-        "--",
-        "sleep",
-        "300",
-    ]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "k2",
-        "--network",
-        "keep",
-        "--",
-        "sleep",
-        "300",
-    ]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "dies",
-        "--network",
-        "keep",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    d.sleeper("k1", &["keep"], &[]);
+    d.sleeper("k2", &["keep"], &[]);
+    d.sleeper("dies", &["keep"], &[]);
     let dies_pid = inspect(&d, "dies")["State"]["Pid"].as_i64().unwrap() as i32;
     assert!(ping(&d, "k1", "10.45.0.3"));
 
@@ -365,17 +315,7 @@ fn attach_an_existing_namespace() {
         eprintln!("attach_an_existing_namespace: needs root for ip netns; covered by --pid below");
     }
     d.ok(&["network", "create", "--subnet", "10.46.0.0/24", "att"]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "peer",
-        "--network",
-        "att",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    d.sleeper("peer", &["att"], &[]);
     let ns = Netns::new();
     let id = d
         .ok(&[
@@ -469,17 +409,7 @@ fn network_modes() {
     assert_eq!(inside.trim(), daemon_ns.to_str().unwrap());
 
     d.ok(&["network", "create", "--subnet", "10.47.0.0/24", "shared"]);
-    d.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "owner",
-        "--network",
-        "shared",
-        "--",
-        "sleep",
-        "300",
-    ]);
+    d.sleeper("owner", &["shared"], &[]);
     let out = d.ok(&[
         "run",
         "--rm",
