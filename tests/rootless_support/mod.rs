@@ -1,0 +1,137 @@
+//! Runs a script of this repository as an ordinary user, for the rootless
+//! tests. As root: the user `tapnettest` (made by `.ci/run`), inside a
+//! network namespace made here, so a daemon started by the script has no
+//! route anywhere. Not root: the current user, once unprivileged user
+//! namespaces are known to work. FAILS (never skips) when neither can run.
+//!
+//! The script gets `TAPNET_BIN` (a world-readable copy of the binary) and
+//! `WORK` (a directory the user owns, also its `HOME` and
+//! `XDG_RUNTIME_DIR`). Everything is removed when the [`UserRun`] drops.
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus};
+
+/// The user the rootless tests run as when the test runs as root.
+pub const USER: &str = "tapnettest";
+
+/// A finished script run; its files stay until drop.
+pub struct UserRun {
+    pub status: ExitStatus,
+    /// stdout then stderr.
+    pub text: String,
+    /// The script's `WORK` directory.
+    pub work: PathBuf,
+    /// The user it ran as.
+    pub user: String,
+    dir: PathBuf,
+    netns: Option<String>,
+}
+
+impl Drop for UserRun {
+    fn drop(&mut self) {
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn chmod(p: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Runs `bash scripts/NAME` (a copy of `script`, a path relative to the
+/// repository) as the test user; `tag` names its temporary directory.
+pub fn run_as_user(tag: &str, script: &str) -> UserRun {
+    let dir = std::env::temp_dir().join(format!("tapnet-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let scripts = dir.join("scripts");
+    let work = dir.join("work");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    let name = std::path::Path::new(script).file_name().unwrap();
+    let copy = scripts.join(name);
+    std::fs::copy(format!("{}/{script}", env!("CARGO_MANIFEST_DIR")), &copy).unwrap();
+    let bin = dir.join("tapnet");
+    std::fs::copy(env!("CARGO_BIN_EXE_tapnet"), &bin).unwrap();
+    for p in [&dir, &scripts, &copy, &bin] {
+        chmod(p, 0o755);
+    }
+    let mut run = UserRun {
+        status: ExitStatus::default(),
+        text: String::new(),
+        work: work.clone(),
+        user: String::new(),
+        dir,
+        netns: None,
+    };
+    let mut cmd;
+    if nix::unistd::geteuid().is_root() {
+        assert!(
+            Command::new("id")
+                .arg(USER)
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "the rootless tests need the user {USER} (useradd -m {USER}; .ci/run does it)"
+        );
+        let mode = std::fs::metadata("/dev/net/tun")
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        assert_eq!(
+            mode & 0o006,
+            0o006,
+            "rootless TAPs need /dev/net/tun mode 0666 (chmod 0666 /dev/net/tun)"
+        );
+        assert!(Command::new("chown")
+            .arg(USER)
+            .arg(&work)
+            .status()
+            .unwrap()
+            .success());
+        let ns = format!("tnrl{tag}{}", std::process::id());
+        assert!(
+            Command::new("ip")
+                .args(["netns", "add", &ns])
+                .status()
+                .unwrap()
+                .success(),
+            "ip netns add {ns}"
+        );
+        run.netns = Some(ns.clone());
+        run.user = USER.into();
+        cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns, "setpriv"])
+            .arg(format!("--reuid={USER}"))
+            .arg(format!("--regid={USER}"))
+            .args(["--init-groups", "env", "-i"])
+            .arg("PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .arg(format!("HOME={}", work.display()))
+            .arg(format!("XDG_RUNTIME_DIR={}", work.display()));
+    } else {
+        assert!(
+            Command::new("unshare")
+                .args(["--user", "--map-current-user", "--net", "--", "true"])
+                .status()
+                .is_ok_and(|s| s.success()),
+            "the rootless tests need root or unprivileged user namespaces"
+        );
+        run.user = String::from_utf8_lossy(&Command::new("id").arg("-un").output().unwrap().stdout)
+            .trim()
+            .to_string();
+        cmd = Command::new("env");
+    }
+    cmd.arg(format!("TAPNET_BIN={}", bin.display()))
+        .arg(format!("WORK={}", work.display()))
+        .arg("bash")
+        .arg(&copy);
+    let out = cmd.output().expect("run the script as the test user");
+    run.status = out.status;
+    run.text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    run
+}
