@@ -79,6 +79,13 @@ impl Network {
             .and_then(|v| parse_bool(v))
             .unwrap_or(true)
     }
+    /// `com.docker.network.bridge.enable_ip_masquerade` (default true).
+    pub fn masquerade(&self) -> bool {
+        self.options
+            .get(OPT_MASQ)
+            .and_then(|v| parse_bool(v))
+            .unwrap_or(true)
+    }
     pub fn mtu(&self) -> u32 {
         self.options
             .get(OPT_MTU)

@@ -133,6 +133,10 @@ struct DaemonArgs {
     /// TTL in seconds of the embedded DNS's own answers (Docker: 600).
     #[arg(long = "dns-ttl", default_value_t = 600)]
     dns_ttl: u32,
+    /// Do not let containers reach the host's loopback through their
+    /// gateway address / `host.tapnet.internal`.
+    #[arg(long = "no-host-loopback")]
+    no_host_loopback: bool,
     #[arg(long = "cluster-store")]
     cluster_store: Option<String>,
     #[arg(long = "advertise-addr")]
@@ -205,6 +209,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         workers,
         dns_upstream,
         dns_ttl: a.dns_ttl,
+        host_loopback: !a.no_host_loopback,
         cluster_store: a.cluster_store,
         advertise_addr: a.advertise_addr,
         vxlan_port: a.vxlan_port,

@@ -131,6 +131,7 @@ impl Core {
                 icc: n.icc(),
                 mtu: n.mtu(),
                 internal: n.internal,
+                masquerade: n.masquerade(),
                 // Docker: no embedded DNS on the default bridge.
                 dns: n.name != "bridge",
             },

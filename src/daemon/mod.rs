@@ -88,10 +88,18 @@ pub struct Config {
     /// TTL of the embedded DNS's answers (Docker: 600).
     #[serde(default = "default_dns_ttl")]
     pub dns_ttl: u32,
+    /// Containers reach the host's loopback through their gateway address
+    /// and `host.tapnet.internal` (`--no-host-loopback` turns it off).
+    #[serde(default = "default_true")]
+    pub host_loopback: bool,
     pub cluster_store: Option<String>,
     pub advertise_addr: Option<String>,
     pub vxlan_port: u16,
     pub metrics_addr: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Default state directory: `/var/lib/tapnet` as root, else
@@ -138,6 +146,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         workers: cfg.workers,
         dns_upstreams: cfg.dns_upstream.clone(),
         dns_ttl: cfg.dns_ttl,
+        host_loopback: cfg.host_loopback,
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone())

