@@ -112,6 +112,7 @@ fn net(dp: &Dataplane, id: u32, name: &str, subnet: &str, gw: Ipv4Addr, icc: boo
             icc,
             mtu: 1500,
             internal: false,
+            masquerade: true,
             dns: true,
         },
     );

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
+pub mod leg;
 
 pub use conntrack::{
     Config, ConnTrack, CreateError, Direction, EventError, FlowHandle, FlowKey, FlowState,

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 use tapnet_dns::{DnsHook, FastRng, Registry, Responder, ResponderConfig};
 use tapnet_switch::wire::{vnet, EthernetAddress, VnetHdr};
 use tapnet_switch::{
-    DropReason, NetworkConfig, NetworkId, NoHook, Port, PortConfig, PortStats, Switch,
-    SwitchConfig, Transmit, Worker,
+    DropReason, NetworkConfig, NetworkId, Port, PortConfig, PortStats, Switch, SwitchConfig,
+    Transmit, Worker,
 };
 
 /// The services behind each network's gateway, per worker: the embedded
-/// DNS (NAT comes behind it).
-type Hook = DnsHook<NoHook, FastRng>;
+/// DNS, then the NAT gateway.
+type Hook = DnsHook<super::nat::NatHook, FastRng>;
 /// Forwarded DNS queries waiting for the forwarder.
 const DNS_FORWARD_QUEUE: usize = 4096;
 
@@ -56,6 +56,8 @@ struct Inner {
     nets: Mutex<HashMap<NetId, NetworkId>>,
     dns: Arc<Registry>,
     upstreams: Arc<super::dns::Upstreams>,
+    nat: super::nat::NatHandle,
+    host_loopback: bool,
     epoch: Instant,
     stop: AtomicBool,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -98,13 +100,14 @@ impl Dataplane {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ u64::from(std::process::id());
+        let nat = super::nat::start(config.host_loopback, epoch).context("start NAT thread")?;
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         for id in 0..workers {
             let poll = Poll::new().context("create epoll instance")?;
             let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("create waker")?);
             let (tx, rx) = crossbeam_channel::unbounded();
-            let hook = DnsHook::new(
+            let hook = DnsHook::with_inner(
                 dns.clone(),
                 Responder::new(responder),
                 FastRng::new(
@@ -112,6 +115,7 @@ impl Dataplane {
                         .wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 ),
                 Some(ftx.clone()),
+                super::nat::NatHook::new(nat.queue()),
             );
             let w = Worker::with_hook(switch.clone(), id, hook);
             let t = std::thread::Builder::new()
@@ -148,6 +152,8 @@ impl Dataplane {
             nets: Mutex::new(HashMap::new()),
             dns,
             upstreams,
+            nat,
+            host_loopback: config.host_loopback,
             epoch,
             stop: AtomicBool::new(false),
             threads: Mutex::new(threads),
@@ -169,19 +175,61 @@ impl Dataplane {
 
     /// Starts relaying a published port (see [`Published`]).
     pub fn publish(&self, p: Published) -> anyhow::Result<()> {
-        // TODO(nat): hand to the NAT gateway thread.
-        drop(p);
+        let Some(&nid) = self.inner.nets.lock().get(&p.network) else {
+            bail!("publish: unknown network {}", p.network);
+        };
+        self.inner.nat.send(super::nat::NatCmd::Publish(nid, p));
         Ok(())
     }
 
     /// Closes every published socket of `owner`.
     pub fn unpublish(&self, owner: &str) {
-        let _ = owner;
+        self.inner
+            .nat
+            .send(super::nat::NatCmd::Unpublish(owner.to_string()));
     }
 
     /// The connection table's flows.
     pub fn conntrack(&self) -> Vec<FlowRow> {
-        Vec::new()
+        let rev: HashMap<NetworkId, NetId> = self
+            .inner
+            .nets
+            .lock()
+            .iter()
+            .map(|(k, v)| (*v, *k))
+            .collect();
+        let now = self.inner.epoch.elapsed().as_nanos() as u64;
+        self.inner
+            .nat
+            .list()
+            .into_iter()
+            .filter_map(|(v, host)| {
+                let net = *rev.get(&v.key.network)?;
+                Some(super::nat::row(&v, host, net, now))
+            })
+            .collect()
+    }
+
+    /// `host.tapnet.internal` and `host.docker.internal` name the gateway
+    /// (the host's loopback) on networks with the embedded DNS.
+    fn host_names(&self, nid: NetworkId, spec: &NetworkSpec) {
+        const ID: &str = "tapnet-host-gateway";
+        let _ = self.inner.dns.remove_endpoint(nid, ID);
+        if !self.inner.host_loopback || spec.internal || !spec.dns {
+            return;
+        }
+        let ep = tapnet_dns::EndpointSpec {
+            network: nid,
+            container_id: ID.to_string(),
+            name: "host.tapnet.internal".to_string(),
+            hostname: None,
+            aliases: vec!["host.docker.internal".to_string()],
+            ipv4: spec.gateway,
+            links: Vec::new(),
+        };
+        if let Err(e) = self.inner.dns.add_endpoint(ep) {
+            tracing::error!(network = %spec.name, "dns: host names: {e}");
+        }
     }
 
     /// Number of workers = number of queues each TAP port must be opened with.
@@ -218,6 +266,16 @@ impl Dataplane {
         };
         match res {
             Ok(nid) => {
+                self.inner.nat.send(super::nat::NatCmd::Network(
+                    nid,
+                    super::nat::NetInfo {
+                        gateway: spec.gateway,
+                        prefix: spec.subnet.prefix_len(),
+                        mtu: spec.mtu,
+                        masquerade: spec.masquerade,
+                        internal: spec.internal,
+                    },
+                ));
                 let dns = tapnet_dns::NetworkSpec {
                     id: nid,
                     name: spec.name.clone(),
@@ -227,6 +285,7 @@ impl Dataplane {
                 if let Err(e) = self.inner.dns.set_network(dns) {
                     tracing::error!(network = %spec.name, "dns: add network: {e}");
                 }
+                self.host_names(nid, &spec);
             }
             Err(e) => tracing::error!(network = %spec.name, "dataplane: add network: {e}"),
         }
@@ -236,6 +295,7 @@ impl Dataplane {
     pub fn remove_network(&self, id: NetId) {
         if let Some(nid) = self.inner.nets.lock().remove(&id) {
             let _ = self.inner.dns.remove_network(nid);
+            self.inner.nat.send(super::nat::NatCmd::RemoveNetwork(nid));
             if let Err(e) = self.inner.switch.remove_network(nid) {
                 tracing::error!("dataplane: remove network: {e}");
             }
@@ -267,11 +327,21 @@ impl Dataplane {
             ip: spec.ip,
             max_macs: None,
         };
+        let nat_fd = queues[0].try_clone().context("duplicate a TAP queue")?;
         let id = self
             .inner
             .switch
             .add_port(cfg)
             .map_err(|e| anyhow::anyhow!("port {}: {e}", spec.name))?;
+        if let (Some(ip), Some(mac)) = (spec.ip, spec.mac) {
+            self.inner.nat.send(super::nat::NatCmd::Endpoint {
+                network: net,
+                ip,
+                mac,
+                port: id.0,
+                fd: nat_fd,
+            });
+        }
         for (w, fd) in self.inner.workers.iter().zip(queues) {
             let _ = w.tx.send(Cmd::AddQueue { port: id.0, fd });
             let _ = w.waker.wake();
@@ -289,6 +359,7 @@ impl Dataplane {
         {
             return;
         }
+        self.inner.nat.send(super::nat::NatCmd::RemoveEndpoint(id));
         for w in &self.inner.workers {
             let _ = w.tx.send(Cmd::RemovePort(id));
             let _ = w.waker.wake();
@@ -343,6 +414,7 @@ impl Dataplane {
     /// Stops the workers and waits for them.
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
+        self.inner.nat.send(super::nat::NatCmd::Stop);
         for w in &self.inner.workers {
             let _ = w.tx.send(Cmd::Stop);
             let _ = w.waker.wake();

@@ -142,3 +142,4 @@ pub use imp::Dataplane;
 
 pub mod dns;
 mod imp;
+mod nat;
