@@ -102,6 +102,17 @@ fn default_true() -> bool {
     true
 }
 
+/// Every relayed connection holds a host socket: raise the soft limit on
+/// open files to the hard one (as Go programs such as dockerd do).
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 /// Default state directory: `/var/lib/tapnet` as root, else
 /// `$XDG_DATA_HOME/tapnet` (fallback `~/.local/share/tapnet`).
 pub fn default_root() -> PathBuf {
@@ -129,6 +140,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
 
     let rootless = !nix::unistd::geteuid().is_root();
+    raise_nofile_limit();
     std::fs::create_dir_all(&cfg.root)
         .with_context(|| format!("cannot create state directory {}", cfg.root.display()))?;
     std::fs::create_dir_all(cfg.root.join("containers"))

@@ -57,6 +57,12 @@ const QUEUE: usize = 1024;
 /// Size of one queued frame's buffer (a 64 KiB GSO frame and headers).
 const FRAME_BUF: usize = 65536 + 64;
 const WAKER: Token = Token(usize::MAX);
+/// ICMP destination unreachable codes (RFC 792, RFC 1812).
+const UNREACH_NET: u8 = 0;
+const UNREACH_HOST: u8 = 1;
+/// "Communication administratively prohibited": masquerade off,
+/// `--internal`, host loopback turned off.
+const UNREACH_PROHIBITED: u8 = 13;
 const RAW_ICMP: Token = Token(usize::MAX - 1);
 /// Tokens at and above this are published sockets; below, flows.
 const PUB_BASE: usize = 1 << 62;
@@ -422,9 +428,11 @@ impl Nat {
             }
             let mut budget = FRAME_BUDGET;
             while budget > 0 {
-                let Ok(f) = self.frames.try_recv() else { break };
+                let Ok(mut f) = self.frames.try_recv() else {
+                    break;
+                };
                 budget -= 1;
-                self.frame(&f);
+                self.frame(&mut f);
                 let _ = self.free.try_send(f.buf);
             }
             self.service_dirty();
@@ -624,40 +632,40 @@ impl Nat {
 
     // ---- frames from containers ----------------------------------------
 
-    fn frame(&mut self, f: &InFrame) {
-        // Work on a private copy of the header fields; the buffer is ours.
+    fn frame(&mut self, f: &mut InFrame) {
         let now = self.now();
-        let frame = &f.buf[..f.len];
-        let Some(ip) = frame.get(ethernet::HEADER_LEN..) else {
+        let (meta, network) = (f.meta, f.network);
+        let frame = &mut f.buf[..f.len];
+        let Some(ip) = frame.get_mut(ethernet::HEADER_LEN..) else {
             return;
         };
-        let Ok(p) = Ipv4Packet::new_checked(ip) else {
+        let Ok(p) = Ipv4Packet::new_checked(&*ip) else {
             return;
         };
         let (src, dst, proto) = (p.src_addr(), p.dst_addr(), p.protocol());
         let ihl = usize::from(ip[0] & 0x0f) * 4;
         let total = usize::from(p.total_len()).min(ip.len());
-        let l4 = &ip[ihl.min(total)..total];
-        let Some(net) = self.nets.get(&f.network).copied() else {
+        let Some(net) = self.nets.get(&network).copied() else {
             return;
         };
+        let ip = &mut ip[..total];
+        let l4 = &ip[ihl.min(total)..];
         match proto {
             ipv4::protocol::TCP if l4.len() >= 20 => {
                 let sport = u16::from_be_bytes([l4[0], l4[1]]);
                 let dport = u16::from_be_bytes([l4[2], l4[3]]);
                 let key = FlowKey {
                     protocol: Protocol::Tcp,
-                    network: f.network,
+                    network,
                     container_ip: IpAddr::V4(src),
                     container_port: sport,
                     remote_ip: IpAddr::V4(dst),
                     remote_port: dport,
                 };
-                let mut pkt = ip[..total].to_vec();
-                self.tcp_from_container(now, &net, key, &mut pkt, f.meta);
+                self.tcp_from_container(now, &net, key, ip, meta);
             }
             ipv4::protocol::UDP if l4.len() >= 8 => {
-                if f.meta.gso_type != vnet::GSO_NONE {
+                if meta.gso_type != vnet::GSO_NONE {
                     // A UDP super-frame (USO): not segmented here yet.
                     self.counters.unsupported.fetch_add(1, Ordering::Relaxed);
                     return;
@@ -667,20 +675,18 @@ impl Nat {
                 let ulen = usize::from(u16::from_be_bytes([l4[4], l4[5]])).clamp(8, l4.len());
                 let key = FlowKey {
                     protocol: Protocol::Udp,
-                    network: f.network,
+                    network,
                     container_ip: IpAddr::V4(src),
                     container_port: sport,
                     remote_ip: IpAddr::V4(dst),
                     remote_port: dport,
                 };
-                let payload = l4[8..ulen].to_vec();
-                self.udp_from_container(now, &net, key, &payload);
+                self.udp_from_container(now, &net, key, ip, &l4[8..ulen]);
             }
             ipv4::protocol::ICMP if l4.len() >= 8 && l4[0] == 8 && l4[1] == 0 => {
                 let id = u16::from_be_bytes([l4[4], l4[5]]);
-                let key = FlowKey::icmp_echo(f.network, IpAddr::V4(src), id, IpAddr::V4(dst));
-                let msg = l4.to_vec();
-                self.icmp_from_container(now, &net, key, &msg);
+                let key = FlowKey::icmp_echo(network, IpAddr::V4(src), id, IpAddr::V4(dst));
+                self.icmp_from_container(now, &net, key, ip, l4);
             }
             _ => {
                 self.counters.unsupported.fetch_add(1, Ordering::Relaxed);
@@ -772,6 +778,7 @@ impl Nat {
         };
         let Some(target) = self.target(net, rip) else {
             self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+            self.send_unreachable(key.network, syn, UNREACH_PROHIBITED);
             return;
         };
         let h = match self.ct.create(key, Direction::Outbound, now) {
@@ -822,6 +829,37 @@ impl Nat {
         });
     }
 
+    /// Sends an ICMP destination unreachable about `packet` (an IPv4
+    /// packet from a container) from the gateway back to its sender.
+    fn send_unreachable(&mut self, network: NetworkId, packet: &[u8], code: u8) {
+        if packet.len() < 20 {
+            return;
+        }
+        let Some(gw) = self.nets.get(&network).map(|n| n.gateway) else {
+            return;
+        };
+        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
+        let Some(ep) = self.endpoints.get(&(network, src)) else {
+            self.counters.no_endpoint.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let ihl = usize::from(packet[0] & 0x0f) * 4;
+        let quoted = packet.len().min(ihl + 8);
+        let len = 20 + 8 + quoted;
+        let buf = &mut self.tx[..HEADROOM + len];
+        let ip = &mut buf[HEADROOM..];
+        ipv4_header(ip, 1, gw, src, len);
+        let m = &mut ip[20..];
+        m[..8].fill(0);
+        m[0] = 3;
+        m[1] = code;
+        m[8..8 + quoted].copy_from_slice(&packet[..quoted]);
+        let c = tapnet_switch::wire::checksum(m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        put_headers(buf, ep.mac, gateway_mac(gw), &VnetHdr::default());
+        write_frame(ep, buf, &self.counters);
+    }
+
     fn send_rst(&mut self, network: NetworkId, segment: &[u8]) {
         let Some(n) = leg::rst_for(segment, &mut self.tx) else {
             return;
@@ -839,7 +877,14 @@ impl Nat {
         write_frame(ep, buf, &self.counters);
     }
 
-    fn udp_from_container(&mut self, now: u64, net: &NetInfo, key: FlowKey, payload: &[u8]) {
+    fn udp_from_container(
+        &mut self,
+        now: u64,
+        net: &NetInfo,
+        key: FlowKey,
+        packet: &[u8],
+        payload: &[u8],
+    ) {
         let (IpAddr::V4(cip), IpAddr::V4(rip)) = (key.container_ip, key.remote_ip) else {
             return;
         };
@@ -851,6 +896,7 @@ impl Nat {
                 }
                 let Some(target) = self.target(net, rip) else {
                     self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                    self.send_unreachable(key.network, packet, UNREACH_PROHIBITED);
                     return;
                 };
                 let sock =
@@ -909,7 +955,14 @@ impl Nat {
         }
     }
 
-    fn icmp_from_container(&mut self, now: u64, net: &NetInfo, key: FlowKey, msg: &[u8]) {
+    fn icmp_from_container(
+        &mut self,
+        now: u64,
+        net: &NetInfo,
+        key: FlowKey,
+        packet: &[u8],
+        msg: &[u8],
+    ) {
         let (IpAddr::V4(cip), IpAddr::V4(rip)) = (key.container_ip, key.remote_ip) else {
             return;
         };
@@ -921,6 +974,7 @@ impl Nat {
                 }
                 if net.internal || !net.masquerade {
                     self.counters.blocked.fetch_add(1, Ordering::Relaxed);
+                    self.send_unreachable(key.network, packet, UNREACH_PROHIBITED);
                     return;
                 }
                 let Ok(h) = self.ct.create(key, Direction::Outbound, now) else {
@@ -1086,14 +1140,15 @@ impl Nat {
         let Io::Connecting { host, .. } = &flow.io else {
             return;
         };
-        let ok = match host.take_error() {
-            Ok(Some(_)) | Err(_) => false,
+        let err = match host.take_error() {
+            Ok(Some(e)) | Err(e) => Some(e),
             Ok(None) => match host.peer_addr() {
-                Ok(_) => true,
+                Ok(_) => None,
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
-                Err(_) => false,
+                Err(e) => Some(e),
             },
         };
+        let ok = err.is_none();
         let net = flow.network;
         let Some(info) = self.nets.get(&net).copied() else {
             return;
@@ -1111,7 +1166,16 @@ impl Nat {
             let mut host = host;
             let _ = self.poll.registry().deregister(&mut host);
             let _ = self.ct.handle_tcp_socket(h, now, SocketEvent::Refused);
-            self.send_rst(net, &syn);
+            // Refused: a RST, as from the server. Unreachable or timed
+            // out: what a router says (the container's connect fails
+            // with "no route to host").
+            match err.and_then(|e| e.raw_os_error()) {
+                Some(libc::ENETUNREACH) => self.send_unreachable(net, &syn, UNREACH_NET),
+                Some(libc::EHOSTUNREACH | libc::ETIMEDOUT) => {
+                    self.send_unreachable(net, &syn, UNREACH_HOST)
+                }
+                _ => self.send_rst(net, &syn),
+            }
             return;
         }
         let _ = self.ct.handle_tcp_socket(h, now, SocketEvent::Connected);
