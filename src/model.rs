@@ -198,7 +198,11 @@ pub struct Container {
     pub endpoints: Vec<String>,
     pub env: Vec<String>,
     pub cmd: Vec<String>,
+    /// `-p` as requested.
     pub ports: Vec<PortBinding>,
+    /// The host sockets bound for `ports` while the container runs.
+    #[serde(default)]
+    pub published: Vec<PublishedPort>,
     pub dns: Vec<Ipv4Addr>,
     /// Legacy `--link CONTAINER:ALIAS` of the default bridge.
     pub links: Vec<String>,
@@ -459,6 +463,17 @@ impl PortBinding {
             })
             .collect()
     }
+}
+
+/// A host socket bound for a running container: the actual host address
+/// and port (also a randomly chosen one), kept so that a restarted daemon
+/// binds the same ports again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub host_ip: IpAddr,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
 }
 
 /// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
