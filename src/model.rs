@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
 use rand::RngCore;
@@ -198,7 +198,11 @@ pub struct Container {
     pub endpoints: Vec<String>,
     pub env: Vec<String>,
     pub cmd: Vec<String>,
+    /// `-p` as requested.
     pub ports: Vec<PortBinding>,
+    /// The host sockets bound for `ports` while the container runs.
+    #[serde(default)]
+    pub published: Vec<PublishedPort>,
     pub dns: Vec<Ipv4Addr>,
     /// Legacy `--link CONTAINER:ALIAS` of the default bridge.
     pub links: Vec<String>,
@@ -308,15 +312,37 @@ impl fmt::Display for Proto {
     }
 }
 
-/// One `-p [IP:][HOSTPORT:]PORT[/tcp|udp]` (ranges `A-B` allowed). A host
-/// port of 0 means "any free port".
+/// One `-p` value, Docker's forms: `PORT`, `HOSTPORT:PORT`,
+/// `IP:HOSTPORT:PORT`, `IP::PORT`, ranges `A-B` on either side, `/tcp` or
+/// `/udp`, IPv6 host addresses in brackets (`[::1]:8080:80`, `[::]::80`).
+/// A host port of 0 means "any free port"; a host range with a single
+/// container port means "any free port of that range".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortBinding {
-    pub host_ip: Option<Ipv4Addr>,
+    /// `None`: the network's `host_binding_ipv4`, else all addresses.
+    pub host_ip: Option<IpAddr>,
     /// First and last host port; (0, 0) when not given.
     pub host_ports: (u16, u16),
     pub container_ports: (u16, u16),
     pub proto: Proto,
+}
+
+/// Which host port(s) one container port of a [`PortBinding`] may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostPort {
+    /// Any free port (the kernel chooses).
+    Any,
+    Exact(u16),
+    /// The first free port of this range.
+    OneOf(u16, u16),
+}
+
+/// `IP:PORT`, with IPv6 addresses in brackets (Go's `net.JoinHostPort`).
+pub fn join_host_port(ip: IpAddr, port: impl fmt::Display) -> String {
+    match ip {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
 }
 
 impl fmt::Display for PortBinding {
@@ -328,8 +354,10 @@ impl fmt::Display for PortBinding {
                 format!("{a}-{b}")
             }
         };
-        if let Some(ip) = self.host_ip {
-            write!(f, "{ip}:")?;
+        match self.host_ip {
+            Some(IpAddr::V4(ip)) => write!(f, "{ip}:")?,
+            Some(IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            None => {}
         }
         if self.host_ports != (0, 0) {
             write!(f, "{}:", range(self.host_ports))?;
@@ -344,30 +372,46 @@ impl PortBinding {
     /// Parses Docker's `-p` syntax. The error is one line naming the value.
     pub fn parse(s: &str) -> Result<PortBinding, String> {
         let bad = |why: &str| format!("invalid published port {s:?}: {why}");
+        let form = "expected [IP:][HOSTPORT:]PORT[/tcp|udp] (IPv6 addresses in brackets)";
         let (spec, proto) = match s.rsplit_once('/') {
             Some((spec, "tcp")) => (spec, Proto::Tcp),
             Some((spec, "udp")) => (spec, Proto::Udp),
             Some((_, p)) => return Err(bad(&format!("unknown protocol {p:?} (tcp or udp)"))),
             None => (s, Proto::Tcp),
         };
-        let parts: Vec<&str> = spec.split(':').collect();
-        let (ip, host, cont) = match parts.as_slice() {
-            [c] => (None, None, *c),
-            [h, c] => (None, Some(*h), *c),
-            [ip, h, c] => (Some(*ip), Some(*h), *c),
-            _ => return Err(bad("expected [IP:][HOSTPORT:]PORT[/tcp|udp]")),
+        let (ip, host, cont) = if let Some(rest) = spec.strip_prefix('[') {
+            // `[IP]:HOSTPORT:PORT`, `[IP]::PORT`.
+            let (ip, rest) = rest.split_once("]:").ok_or_else(|| bad(form))?;
+            match rest.split(':').collect::<Vec<_>>().as_slice() {
+                [h, c] => (Some(ip), Some(*h), *c),
+                _ => return Err(bad(form)),
+            }
+        } else {
+            // Docker's split: more than three parts make an unbracketed
+            // IPv6 address of all but the last two.
+            let parts: Vec<&str> = spec.split(':').collect();
+            match parts.as_slice() {
+                [c] => (None, None, *c),
+                [h, c] => (None, Some(*h), *c),
+                [ip, h, c] => (Some(*ip), Some(*h), *c),
+                [ip @ .., h, c] => {
+                    let ip = &spec[..ip.iter().map(|p| p.len() + 1).sum::<usize>() - 1];
+                    (Some(ip), Some(*h), *c)
+                }
+                [] => return Err(bad(form)),
+            }
         };
         let host_ip = match ip {
-            None => None,
+            None | Some("") => None,
             Some(ip) => Some(
-                ip.parse::<Ipv4Addr>()
-                    .map_err(|_| bad(&format!("{ip:?} is not an IPv4 address")))?,
+                ip.parse::<IpAddr>()
+                    .map_err(|_| bad(&format!("{ip:?} is not an IP address")))?,
             ),
         };
         let range = |r: &str, what: &str| -> Result<(u16, u16), String> {
             let port = |p: &str| -> Result<u16, String> {
                 match p.parse::<u16>() {
-                    Ok(n) if n > 0 => Ok(n),
+                    Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
                     _ => Err(bad(&format!("{what} {p:?} is not a port number (1-65535)"))),
                 }
             };
@@ -401,6 +445,35 @@ impl PortBinding {
             proto,
         })
     }
+
+    /// Each container port with the host port(s) it may take.
+    pub fn expand(&self) -> Vec<(u16, HostPort)> {
+        let (c0, c1) = self.container_ports;
+        let (h0, h1) = self.host_ports;
+        (c0..=c1)
+            .map(|cp| {
+                let hp = if (h0, h1) == (0, 0) {
+                    HostPort::Any
+                } else if c0 == c1 && h0 != h1 {
+                    HostPort::OneOf(h0, h1)
+                } else {
+                    HostPort::Exact(h0 + (cp - c0))
+                };
+                (cp, hp)
+            })
+            .collect()
+    }
+}
+
+/// A host socket bound for a running container: the actual host address
+/// and port (also a randomly chosen one), kept so that a restarted daemon
+/// binds the same ports again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub host_ip: IpAddr,
+    pub host_port: u16,
+    pub container_port: u16,
+    pub proto: Proto,
 }
 
 /// Docker's rule for container names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.
@@ -430,8 +503,9 @@ mod tests {
         assert_eq!(p.host_ports, (8080, 8080));
         assert_eq!(p.container_ports, (80, 80));
         assert_eq!(p.proto, Proto::Tcp);
+        assert_eq!(p.host_ip, None);
         let p = PortBinding::parse("127.0.0.1::53/udp").unwrap();
-        assert_eq!(p.host_ip, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(p.host_ip, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
         assert_eq!(p.host_ports, (0, 0));
         assert_eq!(p.proto, Proto::Udp);
         assert_eq!(p.to_string(), "127.0.0.1::53/udp");
@@ -442,6 +516,165 @@ mod tests {
         ] {
             assert!(PortBinding::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// Every form of Docker's `-p`, and what it binds.
+    #[test]
+    fn port_forms() {
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        type Case = (
+            &'static str,
+            Option<IpAddr>,
+            (u16, u16),
+            (u16, u16),
+            Proto,
+            &'static str,
+        );
+        let cases: &[Case] = &[
+            ("80", None, (0, 0), (80, 80), Proto::Tcp, "80/tcp"),
+            ("80/udp", None, (0, 0), (80, 80), Proto::Udp, "80/udp"),
+            (
+                "8080:80",
+                None,
+                (8080, 8080),
+                (80, 80),
+                Proto::Tcp,
+                "8080:80/tcp",
+            ),
+            (
+                "127.0.0.1:8080:80/udp",
+                v6("127.0.0.1"),
+                (8080, 8080),
+                (80, 80),
+                Proto::Udp,
+                "127.0.0.1:8080:80/udp",
+            ),
+            (
+                "10.0.0.1::80",
+                v6("10.0.0.1"),
+                (0, 0),
+                (80, 80),
+                Proto::Tcp,
+                "10.0.0.1::80/tcp",
+            ),
+            (
+                ":8080:80",
+                None,
+                (8080, 8080),
+                (80, 80),
+                Proto::Tcp,
+                "8080:80/tcp",
+            ),
+            ("::80", None, (0, 0), (80, 80), Proto::Tcp, "80/tcp"),
+            ("80-82", None, (0, 0), (80, 82), Proto::Tcp, "80-82/tcp"),
+            (
+                "8000-8010:80-90",
+                None,
+                (8000, 8010),
+                (80, 90),
+                Proto::Tcp,
+                "8000-8010:80-90/tcp",
+            ),
+            (
+                "8000-8010:80",
+                None,
+                (8000, 8010),
+                (80, 80),
+                Proto::Tcp,
+                "8000-8010:80/tcp",
+            ),
+            (
+                "[::1]:8080:80",
+                v6("::1"),
+                (8080, 8080),
+                (80, 80),
+                Proto::Tcp,
+                "[::1]:8080:80/tcp",
+            ),
+            (
+                "[::]::80/udp",
+                v6("::"),
+                (0, 0),
+                (80, 80),
+                Proto::Udp,
+                "[::]::80/udp",
+            ),
+            (
+                "::1:8080:80",
+                v6("::1"),
+                (8080, 8080),
+                (80, 80),
+                Proto::Tcp,
+                "[::1]:8080:80/tcp",
+            ),
+            (
+                "[127.0.0.2]:80:80",
+                v6("127.0.0.2"),
+                (80, 80),
+                (80, 80),
+                Proto::Tcp,
+                "127.0.0.2:80:80/tcp",
+            ),
+        ];
+        for (s, ip, h, c, proto, shown) in cases {
+            let p = PortBinding::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            assert_eq!(p.host_ip, *ip, "{s}");
+            assert_eq!(p.host_ports, *h, "{s}");
+            assert_eq!(p.container_ports, *c, "{s}");
+            assert_eq!(p.proto, *proto, "{s}");
+            assert_eq!(p.to_string(), *shown, "{s}");
+            // What is shown parses back to the same binding.
+            assert_eq!(PortBinding::parse(shown).unwrap(), p, "{s}");
+        }
+    }
+
+    #[test]
+    fn port_errors() {
+        for (bad, needle) in [
+            ("", "container port"),
+            ("abc", "container port"),
+            ("80/sctp", "sctp"),
+            ("80/", "protocol"),
+            ("0", "container port \"0\""),
+            ("70000", "70000"),
+            ("+80", "+80"),
+            ("80:", "container port"),
+            ("x:80", "host port \"x\""),
+            ("0:80", "host port \"0\""),
+            ("127.0.0.1:80", "host port \"127.0.0.1\""),
+            ("1:2:3:4", "\"1:2\" is not an IP address"),
+            ("80:80:80:80", "not an IP address"),
+            ("x:80:80", "\"x\" is not an IP address"),
+            ("300.0.0.1:80:80", "not an IP address"),
+            ("[::1]:80", "brackets"),
+            ("[::1:80:80", "brackets"),
+            ("[::1]:1:2:3", "brackets"),
+            ("[zz]:80:80", "\"zz\" is not an IP address"),
+            ("90-80", "reversed"),
+            ("80-:80", "host port \"\""),
+            ("8090-8080:80", "reversed"),
+            ("1-3:1-2", "differ in size"),
+            ("8080:80-81", "differ in size"),
+        ] {
+            let e = PortBinding::parse(bad).expect_err(bad);
+            assert!(e.contains(needle), "{bad:?}: {e}");
+            assert!(e.contains(&format!("{bad:?}")), "{bad:?}: {e}");
+            assert!(!e.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn port_expand() {
+        let x = |s: &str| PortBinding::parse(s).unwrap().expand();
+        assert_eq!(x("80"), vec![(80, HostPort::Any)]);
+        assert_eq!(x("8080:80"), vec![(80, HostPort::Exact(8080))]);
+        assert_eq!(
+            x("8000-8001:80-81"),
+            vec![(80, HostPort::Exact(8000)), (81, HostPort::Exact(8001))]
+        );
+        assert_eq!(x("8000-8010:80"), vec![(80, HostPort::OneOf(8000, 8010))]);
+        assert_eq!(x("80-81"), vec![(80, HostPort::Any), (81, HostPort::Any)]);
+        assert_eq!(x("127.0.0.1::80"), vec![(80, HostPort::Any)]);
     }
 
     #[test]

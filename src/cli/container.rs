@@ -1,5 +1,5 @@
 //! Container verbs: `run`, `attach`, `ps`, `inspect`, `port`, `exec`,
-//! `stop`, `rm`, `logs`.
+//! `stop`, `rm`, `logs`; and `conntrack`.
 //!
 //! `run` flow: create at the daemon (addresses, files) -> spawn the sandbox
 //! here -> start(pid) at the daemon (TAPs, switch ports) -> let CMD run ->
@@ -322,9 +322,8 @@ fn ports_text(v: &Value) -> String {
             ps.iter()
                 .map(|p| match p.get("PublicPort") {
                     Some(pp) => format!(
-                        "{}:{}->{}/{}",
-                        p["IP"].as_str().unwrap_or(""),
-                        pp,
+                        "{}->{}/{}",
+                        host_port_text(p["IP"].as_str().unwrap_or(""), &pp.to_string()),
                         p["PrivatePort"],
                         p["Type"].as_str().unwrap_or("")
                     ),
@@ -439,21 +438,156 @@ pub fn inspect(c: &Client, keys: &[String]) -> anyhow::Result<ExitCode> {
     }
 }
 
-pub fn port(c: &Client, key: &str) -> anyhow::Result<ExitCode> {
+/// `HostIp` + `HostPort` as Go's `net.JoinHostPort` (IPv6 in brackets).
+fn host_port_text(ip: &str, port: &str) -> String {
+    if ip.contains(':') {
+        format!("[{ip}]:{port}")
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+/// `tapnet port CONTAINER [PRIVATE_PORT[/PROTO]]`, as `docker port`:
+/// `80/tcp -> 0.0.0.0:8080` per mapping, or only the host addresses of one
+/// private port.
+pub fn port(c: &Client, key: &str, filter: Option<&str>) -> anyhow::Result<ExitCode> {
     let v = get_container(c, key)?;
+    let filter = match filter {
+        None => None,
+        Some(f) => {
+            let (p, proto) = f.split_once('/').unwrap_or((f, "tcp"));
+            match (p.parse::<u16>(), proto) {
+                (Ok(n), "tcp" | "udp") if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => {}
+                _ => anyhow::bail!("invalid port {f:?}: expected PORT[/tcp|udp]"),
+            }
+            Some(format!("{p}/{proto}"))
+        }
+    };
+    // (private port, proto, host address) in the order of the ports.
+    let mut rows: Vec<(u16, String, String)> = vec![];
     if let Some(m) = v["NetworkSettings"]["Ports"].as_object() {
         for (cport, binds) in m {
+            let (n, proto) = cport.split_once('/').unwrap_or((cport.as_str(), "tcp"));
             for b in binds.as_array().into_iter().flatten() {
                 let hp = b["HostPort"].as_str().unwrap_or("");
                 if !hp.is_empty() {
-                    println!(
-                        "{cport} -> {}:{hp}",
-                        b["HostIp"].as_str().unwrap_or("0.0.0.0")
-                    );
+                    rows.push((
+                        n.parse().unwrap_or(0),
+                        proto.to_string(),
+                        host_port_text(b["HostIp"].as_str().unwrap_or("0.0.0.0"), hp),
+                    ));
                 }
             }
         }
     }
+    rows.sort();
+    match filter {
+        None => {
+            for (p, proto, host) in rows {
+                println!("{p}/{proto} -> {host}");
+            }
+        }
+        Some(f) => {
+            let hits: Vec<&String> = rows
+                .iter()
+                .filter(|(p, proto, _)| format!("{p}/{proto}") == f)
+                .map(|(_, _, h)| h)
+                .collect();
+            if hits.is_empty() {
+                anyhow::bail!("no public port '{f}' published for {key}");
+            }
+            for h in hits {
+                println!("{h}");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Args, Debug)]
+pub struct ConntrackArgs {
+    /// `ls` (the only verb, also the default).
+    #[arg(value_parser = ["ls", "list"])]
+    verb: Option<String>,
+    /// Only this container's flows.
+    #[arg(long)]
+    container: Option<String>,
+    /// `table` (default) or `json`.
+    #[arg(long)]
+    format: Option<String>,
+}
+
+/// Seconds as `45s`, `3m12s`, `2h05m`.
+fn secs_text(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `tapnet conntrack [ls] [--container C] [--format json]`.
+pub fn conntrack(c: &Client, a: ConntrackArgs) -> anyhow::Result<ExitCode> {
+    let json = match a.format.as_deref() {
+        None | Some("table") => false,
+        Some("json") => true,
+        Some(f) => anyhow::bail!("unsupported --format {f:?} (json or table)"),
+    };
+    let path = match &a.container {
+        Some(k) => format!("/tapnet/conntrack?container={}", enc(k)),
+        None => "/tapnet/conntrack".to_string(),
+    };
+    let rows: Vec<ConntrackRow> = c.get(&path)?;
+    if json {
+        print_json(&rows)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let addr = |ip: std::net::IpAddr, port: u16| std::net::SocketAddr::new(ip, port).to_string();
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.protocol.clone(),
+                r.direction.clone(),
+                r.state.clone(),
+                if r.container.is_empty() {
+                    "-".into()
+                } else {
+                    r.container.clone()
+                },
+                addr(r.container_ip, r.container_port),
+                addr(r.remote_ip, r.remote_port),
+                r.host_addr
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                r.packets_out.to_string(),
+                r.bytes_out.to_string(),
+                r.packets_in.to_string(),
+                r.bytes_in.to_string(),
+                secs_text(r.age_secs),
+                secs_text(r.expires_secs),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "PROTO",
+            "DIR",
+            "STATE",
+            "CONTAINER",
+            "CONTAINER-ADDR",
+            "REMOTE-ADDR",
+            "HOST-ADDR",
+            "PKTS-OUT",
+            "BYTES-OUT",
+            "PKTS-IN",
+            "BYTES-IN",
+            "AGE",
+            "EXPIRES",
+        ],
+        &table,
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -69,8 +69,14 @@ enum Cmd {
         #[arg(required = true)]
         containers: Vec<String>,
     },
-    /// List a container's published ports.
-    Port { container: String },
+    /// List a container's published ports (or the host addresses of one).
+    Port {
+        container: String,
+        /// PRIVATE_PORT[/PROTO]
+        private_port: Option<String>,
+    },
+    /// Show the connection table (outbound NAT and published-port flows).
+    Conntrack(container::ConntrackArgs),
     /// Run a command inside a running container.
     Exec {
         container: String,
@@ -160,7 +166,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Attach(a) => container::attach(&client(&cli.host)?, a),
         Cmd::Ps(a) => container::ps(&client(&cli.host)?, a),
         Cmd::Inspect { containers } => container::inspect(&client(&cli.host)?, &containers),
-        Cmd::Port { container } => container::port(&client(&cli.host)?, &container),
+        Cmd::Port {
+            container,
+            private_port,
+        } => container::port(&client(&cli.host)?, &container, private_port.as_deref()),
+        Cmd::Conntrack(a) => container::conntrack(&client(&cli.host)?, a),
         Cmd::Exec { container, cmd } => container::exec(&client(&cli.host)?, &container, &cmd),
         Cmd::Stop { time, containers } => container::stop(&client(&cli.host)?, time, &containers),
         Cmd::Rm { force, containers } => container::rm(&client(&cli.host)?, force, &containers),

@@ -93,6 +93,7 @@ pub fn router(core: Shared) -> Router {
         .route("/containers/{id}/logs", get(containers_logs))
         .route("/containers/{id}", delete(containers_delete))
         .route("/tapnet/attach", post(tapnet_attach))
+        .route("/tapnet/conntrack", get(tapnet_conntrack))
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "page not found: {} {}",
@@ -243,4 +244,11 @@ async fn tapnet_attach(State(c): State<Shared>, b: Bytes) -> Result<Response, Ap
     let req: AttachRequest = body(&b)?;
     let v = call(&c, move |c| c.attach(req)).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// `GET /tapnet/conntrack[?container=C]`.
+async fn tapnet_conntrack(State(c): State<Shared>, Query(q): Q) -> Result<Response, ApiError> {
+    let container = q.get("container").cloned();
+    let v = call(&c, move |c| c.conntrack(container.as_deref())).await?;
+    Ok(Json(v).into_response())
 }

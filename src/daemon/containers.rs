@@ -656,6 +656,7 @@ impl Core {
             env: req.env.clone(),
             cmd: req.cmd.clone(),
             ports,
+            published: vec![],
             dns,
             links: req.links.clone(),
             auto_remove: req.auto_remove,
@@ -721,9 +722,21 @@ impl Core {
             .iter()
             .filter_map(|e| st.endpoints.get(e))
             .collect();
+        // Host ports first: a taken port fails before anything is made
+        // (the sockets close when dropped).
+        let bound = self.bind_ports(&st, &c)?;
         let target = NetTarget::Pid(pid);
         self.make_interfaces(&st, &c, &target, &eps, false)?;
+        let published = match self.publish_ports(&st, &c, bound) {
+            Ok(p) => p,
+            Err(e) => {
+                self.undo_interfaces(&target, &eps);
+                return Err(e);
+            }
+        };
+        next.containers.get_mut(&c.id).unwrap().published = published;
         if let Err(e) = self.store.commit(next) {
+            self.unpublish_ports(&c.id);
             self.undo_interfaces(&target, &eps);
             return Err(e.into());
         }
@@ -738,6 +751,7 @@ impl Core {
         if c.status == Status::Exited {
             return Ok(());
         }
+        self.unpublish_ports(&c.id);
         for e in &c.endpoints {
             self.unplug(e);
         }
@@ -763,6 +777,7 @@ impl Core {
                 st.containers.remove(&c.id);
             } else if let Some(x) = st.containers.get_mut(&c.id) {
                 x.endpoints.clear();
+                x.published.clear();
                 x.status = Status::Exited;
                 x.exit_code = code;
                 x.finished_at = Some(now_rfc3339());
@@ -799,6 +814,7 @@ impl Core {
                 c.id
             )));
         }
+        self.unpublish_ports(&c.id);
         for e in &c.endpoints {
             self.unplug(e);
         }
@@ -902,6 +918,7 @@ impl Core {
             env: vec![],
             cmd: vec![],
             ports: vec![],
+            published: vec![],
             dns: vec![],
             links: vec![],
             auto_remove: false,
@@ -1147,31 +1164,89 @@ impl Core {
         Value::Object(m)
     }
 
-    fn ports_view(c: &Container) -> Value {
+    /// `HostConfig.PortBindings`: the `-p` bindings as requested (Docker:
+    /// `HostIp` empty when not given, `HostPort` empty for any port, a
+    /// range for "any port of the range").
+    fn port_bindings_view(c: &Container) -> Value {
         let mut m = serde_json::Map::new();
         for p in &c.ports {
-            for (i, cp) in (p.container_ports.0..=p.container_ports.1).enumerate() {
-                let host = if p.host_ports == (0, 0) {
-                    String::new()
-                } else {
-                    let hp = if p.host_ports.0 == p.host_ports.1 {
-                        p.host_ports.0
-                    } else {
-                        p.host_ports.0 + i as u16
-                    };
-                    hp.to_string()
+            for (cp, hp) in p.expand() {
+                let host = match hp {
+                    HostPort::Any => String::new(),
+                    HostPort::Exact(h) => h.to_string(),
+                    HostPort::OneOf(a, z) => format!("{a}-{z}"),
                 };
                 let key = format!("{cp}/{}", p.proto);
                 let entry = m.entry(key).or_insert_with(|| json!([]));
                 if let Some(a) = entry.as_array_mut() {
                     a.push(json!({
-                        "HostIp": p.host_ip.map(|i| i.to_string()).unwrap_or_else(|| "0.0.0.0".into()),
+                        "HostIp": p.host_ip.map(|i| i.to_string()).unwrap_or_default(),
                         "HostPort": host,
                     }));
                 }
             }
         }
         Value::Object(m)
+    }
+
+    /// `NetworkSettings.Ports` of a running container: the bound host
+    /// sockets; a requested port with none (e.g. an `--internal`-only
+    /// container) is `null`, as Docker shows exposed, unpublished ports.
+    fn ports_view(c: &Container) -> Value {
+        let mut m = serde_json::Map::new();
+        for p in &c.ports {
+            for cp in p.container_ports.0..=p.container_ports.1 {
+                m.entry(format!("{cp}/{}", p.proto)).or_insert(Value::Null);
+            }
+        }
+        for p in &c.published {
+            let entry = m
+                .entry(format!("{}/{}", p.container_port, p.proto))
+                .or_insert(Value::Null);
+            if entry.is_null() {
+                *entry = json!([]);
+            }
+            if let Some(a) = entry.as_array_mut() {
+                a.push(json!({
+                    "HostIp": p.host_ip.to_string(),
+                    "HostPort": p.host_port.to_string(),
+                }));
+            }
+        }
+        Value::Object(m)
+    }
+
+    /// `Ports` of `GET /containers/json`: published ones with their host
+    /// address, requested but unpublished ones without; none when the
+    /// container is not running.
+    fn ports_list_view(c: &Container) -> Vec<Value> {
+        if c.status != Status::Running {
+            return vec![];
+        }
+        let mut out: Vec<Value> = c
+            .published
+            .iter()
+            .map(|p| {
+                json!({
+                    "IP": p.host_ip.to_string(),
+                    "PrivatePort": p.container_port,
+                    "PublicPort": p.host_port,
+                    "Type": p.proto.to_string(),
+                })
+            })
+            .collect();
+        for p in &c.ports {
+            for cp in p.container_ports.0..=p.container_ports.1 {
+                if !c
+                    .published
+                    .iter()
+                    .any(|x| x.container_port == cp && x.proto == p.proto)
+                {
+                    out.push(json!({"PrivatePort": cp, "Type": p.proto.to_string()}));
+                }
+            }
+        }
+        out
     }
 
     pub fn inspect_container(&self, key: &str) -> Result<Value, ApiError> {
@@ -1219,7 +1294,7 @@ impl Core {
             },
             "HostConfig": {
                 "NetworkMode": self.network_mode_name(c),
-                "PortBindings": Self::ports_view(c),
+                "PortBindings": Self::port_bindings_view(c),
                 "Dns": c.dns.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
                 "Links": if c.links.is_empty() { Value::Null } else { json!(c.links) },
                 "AutoRemove": c.auto_remove,
@@ -1258,30 +1333,7 @@ impl Core {
                 let created = chrono::DateTime::parse_from_rfc3339(&c.created)
                     .map(|t| t.timestamp())
                     .unwrap_or(0);
-                let ports: Vec<Value> = c
-                    .ports
-                    .iter()
-                    .flat_map(|p| {
-                        (p.container_ports.0..=p.container_ports.1).enumerate().map(
-                            move |(i, cp)| {
-                                let mut v = json!({"PrivatePort": cp, "Type": p.proto.to_string()});
-                                if p.host_ports != (0, 0) {
-                                    let hp = if p.host_ports.0 == p.host_ports.1 {
-                                        p.host_ports.0
-                                    } else {
-                                        p.host_ports.0 + i as u16
-                                    };
-                                    v["PublicPort"] = json!(hp);
-                                    v["IP"] = json!(p
-                                        .host_ip
-                                        .map(|i| i.to_string())
-                                        .unwrap_or_else(|| "0.0.0.0".into()));
-                                }
-                                v
-                            },
-                        )
-                    })
-                    .collect();
+                let ports = Self::ports_list_view(c);
                 json!({
                     "Id": c.id,
                     "Names": [format!("/{}", c.name)],
@@ -1355,6 +1407,25 @@ impl Core {
                     c.name
                 );
                 let _ = self.container_exited(&c.id, None);
+                continue;
+            }
+            // Its published ports again, on the same host ports.
+            let bound = self.rebind_ports(c);
+            let published = self.publish_ports(&st, c, bound).unwrap_or_else(|e| {
+                tracing::warn!("container {}: {e}", c.name);
+                vec![]
+            });
+            if published != c.published {
+                let id = c.id.clone();
+                let r = self.store.transact(|st| {
+                    if let Some(x) = st.containers.get_mut(&id) {
+                        x.published = published;
+                    }
+                    Ok::<_, ApiError>(())
+                });
+                if let Err(e) = r {
+                    tracing::warn!("container {}: {e}", c.name);
+                }
             }
         }
     }

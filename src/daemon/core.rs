@@ -31,6 +31,13 @@ pub struct Core {
     /// Endpoints registered in the embedded DNS: id -> (network, container
     /// id, address).
     pub(super) dns_regs: HashMap<String, (NetId, String, Option<std::net::Ipv4Addr>)>,
+    /// Container id -> a duplicate of each of its published host sockets,
+    /// held so that its ports stay taken while it runs, whatever the NAT
+    /// gateway does with its own copy (see `ports.rs`).
+    pub(super) host_sockets: HashMap<String, Vec<crate::dataplane::HostSocket>>,
+    /// Host ports closed lately (the NAT gateway closes its copy a moment
+    /// after `unpublish`): binding one of them again waits a little.
+    pub(super) freed_ports: Vec<(std::net::SocketAddr, Proto, std::time::Instant)>,
 }
 
 impl Core {
@@ -46,6 +53,8 @@ impl Core {
             next_net_id: 1,
             ports: HashMap::new(),
             dns_regs: HashMap::new(),
+            host_sockets: HashMap::new(),
+            freed_ports: Vec::new(),
         };
         core.ensure_predefined()?;
         let nets: Vec<Network> = core.store.state().networks.values().cloned().collect();
@@ -110,6 +119,14 @@ impl Core {
 
     pub(super) fn dp_net_id(&self, network_id: &str) -> Option<NetId> {
         self.net_ids.get(network_id).copied()
+    }
+
+    /// The daemon's network id of a dataplane network.
+    pub(super) fn network_of_dp(&self, id: NetId) -> Option<&str> {
+        self.net_ids
+            .iter()
+            .find(|(_, v)| **v == id)
+            .map(|(k, _)| k.as_str())
     }
 
     fn dp_add_network(&mut self, n: &Network) {

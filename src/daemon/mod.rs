@@ -5,6 +5,7 @@
 //! - `core`: state + dataplane + network operations (one transaction each);
 //! - `containers`: sandboxes: create/start/stop/rm, attach, exit watcher,
 //!   recovery after a restart;
+//! - `ports`: published ports (host sockets) and the connection table view;
 //! - `api`: the axum routes.
 
 use std::path::PathBuf;
@@ -18,6 +19,7 @@ use parking_lot::Mutex;
 pub mod api;
 pub mod containers;
 pub mod core;
+pub mod ports;
 pub mod types;
 
 /// An API error: an HTTP status and Docker's `{"message": ...}`.

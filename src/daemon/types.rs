@@ -261,3 +261,33 @@ pub struct AttachRequest {
 pub struct IdResponse {
     pub id: String,
 }
+
+/// One flow of `GET /tapnet/conntrack[?container=C]`: the dataplane's
+/// connection table row with the network and container named.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConntrackRow {
+    /// `tcp`, `udp` or `icmp`.
+    pub protocol: String,
+    /// `outbound` (opened by the container) or `inbound` (published port).
+    pub direction: String,
+    pub state: String,
+    /// Network name.
+    pub network: String,
+    /// Container name and id; empty when no container holds the address
+    /// (any more).
+    pub container: String,
+    pub container_id: String,
+    pub container_ip: std::net::IpAddr,
+    /// The echo identifier for ICMP.
+    pub container_port: u16,
+    pub remote_ip: std::net::IpAddr,
+    pub remote_port: u16,
+    pub host_addr: Option<std::net::SocketAddr>,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub age_secs: f64,
+    pub idle_secs: f64,
+    pub expires_secs: f64,
+}
