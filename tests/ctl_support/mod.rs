@@ -352,3 +352,169 @@ impl Daemon {
         self.ok(&args);
     }
 }
+
+/// Panics (never skips) unless the test runs as root: the NAT tests wire
+/// veth pairs between the daemon's namespace and namespaces of their own.
+pub fn require_root(what: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "{what} needs root (it creates network namespaces and veth pairs)"
+    );
+}
+
+impl Netns {
+    /// `sh -c SCRIPT` inside the namespace.
+    pub fn sh(&self, script: &str) -> Out {
+        Out::from(self.exec(&["sh", "-c", script]))
+    }
+
+    /// Like [`Netns::sh`], asserting success; returns stdout.
+    pub fn sh_ok(&self, script: &str) -> String {
+        let o = self.sh(script);
+        assert!(
+            o.code == 0,
+            "in netns {}: `{script}` failed ({}): {}{}",
+            self.name,
+            o.code,
+            o.stdout,
+            o.stderr
+        );
+        o.stdout
+    }
+
+    /// Brings `lo` up.
+    pub fn lo_up(&self) {
+        self.sh_ok("ip link set lo up");
+    }
+
+    /// Starts a background process (a server) inside the namespace, in a
+    /// process group of its own; see [`Bg`].
+    pub fn spawn(&self, args: &[&str]) -> Bg {
+        let mut a = vec!["ip", "netns", "exec", &self.name];
+        a.extend(args);
+        Bg::spawn(&a)
+    }
+}
+
+/// A background process started by a test, in its own process group
+/// (so that the children it forks, e.g. `socat ...,fork`, belong to it):
+/// on drop the whole group is killed (SIGKILL) and the process reaped.
+/// Its stdout and stderr go to a file, read by [`Bg::log`].
+pub struct Bg {
+    child: Child,
+    what: String,
+    dir: TempDir,
+}
+
+impl Bg {
+    pub fn spawn(args: &[&str]) -> Bg {
+        use std::os::unix::process::CommandExt;
+        let dir = TempDir::new();
+        let log = std::fs::File::create(dir.0.join("log")).unwrap();
+        let child = Command::new(args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {args:?}: {e}"));
+        Bg {
+            child,
+            what: args.join(" "),
+            dir,
+        }
+    }
+
+    /// What it printed so far, with the command line, for failure messages.
+    pub fn log(&self) -> String {
+        format!(
+            "--- {} (pid {}):\n{}",
+            self.what,
+            self.child.id(),
+            std::fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
+        )
+    }
+
+    /// Panics (with its output) if it has exited already.
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(st)) = self.child.try_wait() {
+            panic!("exited early ({st}): {}", self.log());
+        }
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        // The group is ours: made by process_group(0) at spawn.
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An "outside" network namespace wired to a daemon's namespace (the
+/// daemon's "host") by a veth pair: `tnout0` on the host side holds
+/// `host_addrs`, `eth0` in the outside namespace holds `outside_addr`
+/// (CIDRs of one documentation range, so no route leads anywhere else).
+/// `lo` is up in both. Deleting the namespace on drop removes the pair.
+pub struct Outside {
+    pub ns: Netns,
+}
+
+impl Outside {
+    pub fn connect(host: &Netns, host_addrs: &[&str], outside_addr: &str) -> Outside {
+        let ns = Netns::new();
+        ns.lo_up();
+        host.lo_up();
+        let mut script = format!(
+            "ip link add tnout0 type veth peer name eth0 netns {} && ",
+            ns.name
+        );
+        for a in host_addrs {
+            script += &format!("ip addr add {a} dev tnout0 && ");
+        }
+        script += "ip link set tnout0 up";
+        host.sh_ok(&script);
+        ns.sh_ok(&format!(
+            "ip addr add {outside_addr} dev eth0 && ip link set eth0 up"
+        ));
+        Outside { ns }
+    }
+}
+
+/// Polls `f` until it returns `Ok`, or panics with `what` and the last
+/// error it gave (e.g. the last command output).
+pub fn retry<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let end = Instant::now() + timeout;
+    loop {
+        match f() {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= end => panic!("timed out waiting for {what}; last: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(250)),
+        }
+    }
+}
+
+impl Daemon {
+    /// The daemon's namespace ("the host" of its containers); root only.
+    pub fn netns(&self) -> &Netns {
+        self.ns
+            .as_ref()
+            .expect("the daemon runs in a named namespace only as root")
+    }
+
+    /// The gateway address of `net` (`network inspect`, IPAM config).
+    pub fn gateway_of(&self, net: &str) -> String {
+        self.inspect_network(net)["IPAM"]["Config"][0]["Gateway"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no gateway in network inspect {net}"))
+            .to_string()
+    }
+
+    /// `tapnet exec C -- sh -c SCRIPT`.
+    pub fn exec_sh(&self, c: &str, script: &str) -> Out {
+        self.tapnet(&["exec", c, "--", "sh", "-c", script])
+    }
+}

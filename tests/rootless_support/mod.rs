@@ -45,6 +45,13 @@ fn chmod(p: &std::path::Path, mode: u32) {
 /// Runs `bash scripts/NAME` (a copy of `script`, a path relative to the
 /// repository) as the test user; `tag` names its temporary directory.
 pub fn run_as_user(tag: &str, script: &str) -> UserRun {
+    run_as_user_with(tag, script, |_| {})
+}
+
+/// Like [`run_as_user`]; when running as root, `before` gets the name of
+/// the network namespace made for the script and runs (as root) before the
+/// script starts, e.g. to bring `lo` up or set a per-namespace sysctl.
+pub fn run_as_user_with(tag: &str, script: &str, before: impl FnOnce(&str)) -> UserRun {
     let dir = std::env::temp_dir().join(format!("tapnet-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let scripts = dir.join("scripts");
@@ -100,6 +107,7 @@ pub fn run_as_user(tag: &str, script: &str) -> UserRun {
             "ip netns add {ns}"
         );
         run.netns = Some(ns.clone());
+        before(&ns);
         run.user = USER.into();
         cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns, "setpriv"])

@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# NAT throughput, one TCP stream (iperf3), in ONE run, on two paths:
+#   outbound   a container reaches an iperf3 server on "the host's" loopback:
+#              tapnet (container -> its gateway -> smoltcp -> host socket to
+#              127.0.0.1) vs slirp4netns --mtu 1500 and --mtu 65520 (netns ->
+#              10.0.2.2, slirp's alias of the host loopback, as peers.sh does).
+#   published  a client on the host connects to 127.0.0.1:PORT and reaches an
+#              iperf3 server in a container: tapnet `-p PORT:5201` vs the classic
+#              userland proxy, `socat TCP-LISTEN:PORT,fork TCP:SERVER:5201` in
+#              front of an iperf3 server in a plain netns behind a veth pair.
+# "The host" is a private network namespace made here (the tapnet daemon runs in
+# it, slirp4netns and socat too); nothing reaches the machine's real interfaces.
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/nat.sh [--secs N]
+#   tools: apt-get install iperf3 slirp4netns socat iproute2 util-linux
+# stdout: one JSON object per line ({"peer","path","metric":"tcp_gbps","value"}),
+# then the ratios tapnet/slirp4netns-1500, tapnet/slirp4netns-65520 (outbound) and
+# tapnet/socat (published); stderr: progress and a table. A row that cannot run
+# prints "PEER: no data" (value null) and the others still run. Processes are
+# killed by the pids recorded here; namespaces and files go in a trap.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+SECS=5
+usage() { echo "usage: [TAPNET=path] $0 [--secs N]" >&2; }
+while [ $# -gt 0 ]; do case $1 in
+  --secs) SECS=${2:?--secs needs a value}; shift 2;;
+  -h|--help) usage; exit 0;;
+  *) usage; exit 2;;
+esac; done
+log() { echo "nat.sh: $*" >&2; }
+have() { command -v "$1" >/dev/null 2>&1; }
+[[ $SECS =~ ^[1-9][0-9]*$ ]] || { log "--secs must be a positive integer"; exit 2; }
+[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
+for t in iperf3 ip ss timeout awk nsenter unshare; do
+  have $t || { log "missing $t (apt-get install iperf3 iproute2 util-linux)"; exit 2; }
+done
+
+T=${TAPNET:-$PWD/target/release/tapnet}
+if [ -z "${TAPNET:-}" ] && [ ! -x "$T" ]; then cargo build --release --quiet || true; fi
+P=nb$$                                  # prefix of the namespaces made here
+HOSTNS=${P}d SRVNS=${P}s
+W=$(mktemp -d /tmp/tapnet-natbench.XXXXXX); chmod 755 "$W"
+RES=$W/results; : >"$RES"
+export TAPNET_HOST=unix://$W/tapnet.sock
+PIDS=""                                 # "pid:starttime" of everything started here
+DAEMON=""
+
+starttime() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }
+              set -- $s; echo "${20}"; }
+track() { local s; s=$(starttime "$1") && PIDS+=" $1:$s"; }
+alive() { local e; for e in $PIDS; do [ "$(starttime "${e%%:*}")" = "${e#*:}" ] && echo "${e%%:*}"; done; }
+cleanup() {
+  local p i c; set +e
+  if [ -n "$DAEMON" ] && [ -x "$T" ]; then   # containers first: they outlive the daemon
+    for c in $(timeout 10 "$T" ps -aq 2>/dev/null); do timeout 10 "$T" rm -f "$c" >/dev/null 2>&1; done
+  fi
+  for p in $(alive); do kill -TERM "$p" 2>/dev/null; done
+  for i in $(seq 30); do [ -z "$(alive)" ] && break; sleep 0.1; done
+  for p in $(alive); do kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null                         # reap them: no zombies left behind
+  ip netns del "$SRVNS" 2>/dev/null; ip netns del "$HOSTNS" 2>/dev/null
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'log interrupted; exit 130' INT TERM HUP
+waitfor() { local i; for i in $(seq 100); do "$@" && return 0; sleep 0.1; done; return 1; }  # <=10 s
+
+# ---- "the host": a private netns, and an iperf3 server on its loopback ----------------
+ip netns add "$HOSTNS" && ip -n "$HOSTNS" link set lo up || exit 1
+H=(ip netns exec "$HOSTNS")
+LPORT=5201
+"${H[@]}" iperf3 -s -B 127.0.0.1 -p $LPORT >"$W/iperf3-host.log" 2>&1 &
+track $!
+waitfor eval '"${H[@]}" ss -Hltn "sport = :$LPORT" | grep -q .' || { log "iperf3 server did not start"; exit 1; }
+
+# ---- measurement ----------------------------------------------------------------------
+jget() {  # SECTION KEY...: values of KEY... inside "SECTION" of iperf3's pretty-printed JSON
+  awk -v s="\"$1\":" -v keys="${*:2}" 'index($0, s) {f = 1; next}
+    f && /}/ {n = split(keys, k, " "); for (i = 1; i <= n; i++) printf "%s ", v[k[i]]; print ""; exit}
+    f {gsub(/[",\t ]/, ""); split($0, a, ":"); v[a[1]] = a[2]}'
+}
+emit() {  # PEER PATH VALUE|""
+  echo "{\"peer\":\"$1\",\"path\":\"$2\",\"metric\":\"tcp_gbps\",\"value\":${3:-null}}"
+  echo "$1 $2 ${3:-null}" >>"$RES"
+  [ -n "$3" ] && log "$1 ($2): $3 Gbit/s" || log "$1 ($2): no data"
+}
+gbps() {  # PEER PATH CMD...: runs an iperf3 client (-J appended), emits receiver Gbit/s
+  local peer=$1 path=$2 out=$W/out.$1.$2 v="" i; shift 2
+  for i in 1 2; do   # one retry: a server that has just started may not be accepting yet
+    timeout --foreground $((SECS + 30)) "$@" -t "$SECS" -J >"$out" 2>&1 & local p=$!; track $p; wait $p
+    grep -q '"sum_received"' "$out" && ! grep -q '"error"' "$out" && break
+    sleep 1
+  done
+  if grep -q '"sum_received"' "$out" && ! grep -q '"error"' "$out"; then
+    v=$(jget sum_received bits_per_second <"$out" | awk '$1 != "" {printf "%.2f", $1 / 1e9}')
+  else
+    log "$peer ($path): iperf3: $(grep -m1 '"error"' "$out" || grep -v '^[[:space:]]*$' "$out" | tail -n1)"
+  fi
+  emit "$peer" "$path" "$v"
+}
+nodata() { log "$1 ($2): $3"; emit "$1" "$2" ""; }
+
+# ---- tapnet: daemon in the host netns; outbound to the gateway, then a published port --
+tapnet_rows() {
+  local i gw=10.198.0.1 pport=15201
+  if [ ! -x "$T" ]; then nodata tapnet outbound "no binary at $T (set TAPNET)"
+    nodata tapnet published "no binary"; return; fi
+  "${H[@]}" "$T" daemon --root "$W/state" >"$W/daemon.log" 2>&1 &
+  DAEMON=$!; track $DAEMON
+  waitfor "$T" network ls >/dev/null 2>&1 || { nodata tapnet outbound "daemon did not start"
+    nodata tapnet published "daemon did not start"; return; }
+  "$T" network create --subnet 10.198.0.0/24 --gateway $gw natbench >/dev/null ||
+    { nodata tapnet outbound "network create failed"; nodata tapnet published "network create failed"; return; }
+  # Outbound: the gateway's address reaches the host's loopback (host.tapnet.internal).
+  gbps tapnet outbound "$T" run --rm --network natbench -- iperf3 -c $gw -p $LPORT
+  # Published: an iperf3 server in a container, a client on the host's 127.0.0.1.
+  if "$T" run -d --name natsrv --network natbench -p $pport:5201 -- iperf3 -s >/dev/null; then
+    waitfor eval '"${H[@]}" ss -Hltn "sport = :$pport" | grep -q .'
+    gbps tapnet published "${H[@]}" iperf3 -c 127.0.0.1 -p $pport
+  else nodata tapnet published "run -p failed"; fi
+}
+
+# ---- slirp4netns, run in the host netns: 10.0.2.2 is that netns' loopback --------------
+slirp_row() {  # MTU
+  local sp sl peer=slirp4netns-$1
+  have slirp4netns || { nodata "$peer" outbound "slirp4netns not installed"; return; }
+  "${H[@]}" unshare -n sleep infinity </dev/null & sp=$!; track $sp
+  # Never configure a namespace but the sleeper's own: wait until it has left both
+  # this shell's and the host netns.
+  local me hn; me=$(stat -L -c %i /proc/self/ns/net); hn=$(stat -L -c %i "/run/netns/$HOSTNS")
+  waitfor eval 'i=$(stat -L -c %i /proc/$sp/ns/net 2>/dev/null) && [ "$i" != "$me" ] && [ "$i" != "$hn" ]' ||
+    { nodata "$peer" outbound "no namespace for slirp4netns"; return; }
+  "${H[@]}" slirp4netns --configure --mtu="$1" "$sp" tap0 >"$W/$peer.log" 2>&1 & sl=$!; track $sl
+  if waitfor eval 'nsenter -t $sp -n ip -4 addr show dev tap0 2>/dev/null | grep -q 10.0.2.100'; then
+    gbps "$peer" outbound nsenter -t "$sp" -n iperf3 -c 10.0.2.2 -p $LPORT
+  else nodata "$peer" outbound "slirp4netns did not configure tap0: $(tail -n1 "$W/$peer.log")"; fi
+  kill "$sl" "$sp" 2>/dev/null; wait "$sl" "$sp" 2>/dev/null
+}
+
+# ---- socat: the userland proxy on the host, iperf3 in a netns behind a veth ----------
+socat_row() {
+  local sv so c port=15202
+  have socat || { nodata socat published "socat not installed"; return; }
+  ip netns add "$SRVNS" && ip -n "$SRVNS" link set lo up &&
+  ip -n "$HOSTNS" link add nbv0 type veth peer name eth0 netns "$SRVNS" &&
+  ip -n "$HOSTNS" addr add 10.197.0.1/24 dev nbv0 && ip -n "$HOSTNS" link set nbv0 up &&
+  ip -n "$SRVNS" addr add 10.197.0.2/24 dev eth0 && ip -n "$SRVNS" link set eth0 up ||
+    { nodata socat published "veth setup failed"; return; }
+  ip netns exec "$SRVNS" iperf3 -s -B 10.197.0.2 -p 5201 >"$W/iperf3-srv.log" 2>&1 & sv=$!; track $sv
+  "${H[@]}" socat TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr TCP:10.197.0.2:5201 \
+    >"$W/socat.log" 2>&1 & so=$!; track $so
+  waitfor eval 'ip netns exec $SRVNS ss -Hltn "sport = :5201" | grep -q . &&
+                "${H[@]}" ss -Hltn "sport = :$port" | grep -q .'
+  gbps socat published "${H[@]}" iperf3 -c 127.0.0.1 -p $port
+  for c in $(ps -o pid= --ppid "$so" 2>/dev/null); do kill "$c" 2>/dev/null; done  # its forks
+  kill "$so" "$sv" 2>/dev/null; wait "$so" "$sv" 2>/dev/null
+}
+
+log "outbound: iperf3 server on the host netns' 127.0.0.1:$LPORT; ${SECS}s per test"
+tapnet_rows
+slirp_row 1500
+slirp_row 65520
+socat_row
+
+# ---- table and ratios -----------------------------------------------------------------
+val() { awk -v p="$1" -v q="$2" '$1 == p && $2 == q {print $3}' "$RES"; }
+{ printf '%-18s %-10s %s\n' peer path tcp_gbps
+  while read -r p q v; do printf '%-18s %-10s %s\n' "$p" "$q" "$v"; done <"$RES"; } >&2
+ratio() {  # PATH PEER
+  local a b r; a=$(val tapnet "$1"); b=$(val "$2" "$1")
+  r=$(awk -v a="${a:-null}" -v b="${b:-null}" \
+    'BEGIN {if (a != "null" && b != "null" && b + 0 > 0) printf "%.3f", a / b; else printf "null"}')
+  echo "{\"ratio\":\"tapnet/$2\",\"path\":\"$1\",\"tcp_gbps\":$r}"
+  log "ratio tapnet/$2 ($1): $r"
+}
+ratio outbound slirp4netns-1500
+ratio outbound slirp4netns-65520
+ratio published socat
