@@ -627,6 +627,16 @@ impl Nat {
         if dst == net.gateway {
             return self.host_loopback.then_some(Ipv4Addr::LOCALHOST);
         }
+        // Network isolation: another tapnet network's addresses (its
+        // containers, its gateway) are never reached through the host,
+        // where they might even be routed somewhere else.
+        if self
+            .nets
+            .values()
+            .any(|n| prefix_match(dst, n.gateway, n.prefix))
+        {
+            return None;
+        }
         net.masquerade.then_some(dst)
     }
 
@@ -1754,7 +1764,12 @@ pub(super) fn row(v: &FlowView, host: Option<SocketAddr>, net: NetId, now_ns: u6
     FlowRow {
         protocol: v.key.protocol.as_str(),
         direction: v.direction.as_str(),
-        state: v.state.as_str(),
+        // "tcp_established" → "established": the protocol has its column.
+        state: v
+            .state
+            .as_str()
+            .split_once('_')
+            .map_or(v.state.as_str(), |(_, s)| s),
         network: net,
         container_ip: v.key.container_ip,
         container_port: v.key.container_port,
