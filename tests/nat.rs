@@ -605,6 +605,26 @@ fn masquerade_off_and_internal_networks_stay_inside() {
     }
     let o = d.netns().sh("ss -Hltn 'sport = :8082'");
     assert!(o.stdout.trim().is_empty(), "8082 bound: {}", o.stdout);
+    // Isolation on the NAT path: a container of another network cannot
+    // reach the internal server through its own gateway (it gets an
+    // ICMP "prohibited" at once, not a relayed connection), and no flow
+    // to it appears in the table.
+    let o = d.exec_sh(
+        "co",
+        &format!("socat -T 3 - TCP4:{pi}:80,connect-timeout=3 </dev/null"),
+    );
+    assert!(
+        o.stdout.trim().is_empty() && o.code != 0,
+        "co (network open) reached {pi} on network inner: {}{}",
+        o.stdout,
+        o.stderr
+    );
+    assert!(
+        !conntrack(d, &["--container", "co"])
+            .iter()
+            .any(|r| r["remote_ip"] == pi.as_str()),
+        "a flow from co to {pi} was relayed"
+    );
 }
 
 /// A python3 asyncio TCP echo server (the outside's end of the load test).
