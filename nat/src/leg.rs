@@ -59,8 +59,8 @@ pub struct LegConfig {
 impl Default for LegConfig {
     fn default() -> Self {
         LegConfig {
-            rx_buffer: 256 * 1024,
-            tx_buffer: 256 * 1024,
+            rx_buffer: 1024 * 1024,
+            tx_buffer: 1024 * 1024,
             random_seed: 0,
         }
     }
@@ -247,7 +247,9 @@ impl Leg {
         self.sockets.get_mut::<tcp::Socket>(self.handle)
     }
 
-    /// Processes one IP packet from the container, then sends what is due.
+    /// Processes one IP packet from the container. Answers it produces
+    /// at once (a RST) go to `sink`; ACKs and data wait for the next
+    /// [`Leg::poll`], so that a batch of packets gets one ACK.
     pub fn ingress(&mut self, now_ns: u64, packet: &[u8], tx: &mut [u8], sink: Sink<'_>) {
         let now = now_instant(now_ns);
         let mut dev = Dev {
@@ -258,7 +260,6 @@ impl Leg {
         let _ = self
             .iface
             .poll_ingress_single(now, &mut dev, &mut self.sockets);
-        let _ = self.iface.poll_egress(now, &mut dev, &mut self.sockets);
     }
 
     /// Sends what is due (data queued, ACKs, retransmissions, FIN).

@@ -26,7 +26,7 @@ const DNS_FORWARD_QUEUE: usize = 4096;
 /// Frames a worker reads from one queue before looking at the others.
 const READ_BUDGET: usize = 64;
 /// Largest frame plus virtio-net header a TAP hands us (64 KiB GSO).
-const RX_BUF_LEN: usize = 65536 + vnet::HEADER_LEN + 64;
+const RX_BUF_LEN: usize = super::nat::FRAME_BUF;
 const WAKER: Token = Token(usize::MAX);
 
 enum Cmd {
@@ -462,7 +462,7 @@ fn worker_loop(mut w: Worker<Hook>, mut poll: Poll, rx: Receiver<Cmd>, epoch: In
     let mut queues: Vec<Option<OwnedFd>> = Vec::new();
     // Ports with data possibly left unread (edge-triggered epoll).
     let mut ready: Vec<u32> = Vec::new();
-    let mut buf = vec![0u8; RX_BUF_LEN];
+    let mut buf: Box<[u8]> = vec![0u8; RX_BUF_LEN].into_boxed_slice();
     loop {
         let timeout = if ready.is_empty() {
             Some(Duration::from_secs(1))
@@ -542,7 +542,7 @@ fn service_queue(
     w: &mut Worker<Hook>,
     queues: &[Option<OwnedFd>],
     port: u32,
-    buf: &mut [u8],
+    buf: &mut Box<[u8]>,
     epoch: Instant,
 ) -> bool {
     let Some(Some(fd)) = queues.get(port as usize) else {
@@ -552,7 +552,7 @@ fn service_queue(
     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
     let mut tx = TapTx { queues };
     for _ in 0..READ_BUDGET {
-        let n = match nix::unistd::read(fd, buf) {
+        let n = match nix::unistd::read(fd, &mut buf[..]) {
             Ok(0) => return true,
             Ok(n) => n,
             Err(nix::errno::Errno::EAGAIN) => return true,
@@ -569,6 +569,13 @@ fn service_queue(
             Err(_) => (VnetHdr::default(), &buf[n..n]),
         };
         w.process(&cx, tapnet_switch::PortId(port), &meta, frame, &mut tx);
+        let nat = w.hook_mut().inner_mut();
+        if let Some(claim) = nat.take_claim() {
+            // The NAT hook took the frame: hand over this buffer, read the
+            // next frame into the empty one (no copy of the frame).
+            let full = std::mem::replace(buf, claim.empty);
+            nat.queue().push(&claim.info, full, vnet::HEADER_LEN);
+        }
     }
     false
 }

@@ -54,8 +54,9 @@ use tapnet_switch::{gateway_mac, DropReason, GatewayHook, HookCx, HookVerdict, N
 
 /// Frames the workers may have queued for the NAT thread at once.
 const QUEUE: usize = 1024;
-/// Size of one queued frame's buffer (a 64 KiB GSO frame and headers).
-const FRAME_BUF: usize = 65536 + 64;
+/// Size of one queued frame's buffer: a worker's receive buffer (a 64 KiB
+/// GSO frame, its virtio-net header and slack), so the two can be swapped.
+pub(super) const FRAME_BUF: usize = 65536 + vnet::HEADER_LEN + 64;
 const WAKER: Token = Token(usize::MAX);
 /// ICMP destination unreachable codes (RFC 792, RFC 1812).
 const UNREACH_NET: u8 = 0;
@@ -71,9 +72,10 @@ const FRAME_BUDGET: usize = 256;
 /// Bytes relayed per flow per service call before others get a turn.
 const RELAY_BUDGET: usize = 4 << 20;
 
-/// A frame a worker handed over.
+/// A frame a worker handed over: `buf[off..off + len]`.
 pub(super) struct InFrame {
     buf: Box<[u8]>,
+    off: usize,
     len: usize,
     meta: VnetHdr,
     network: NetworkId,
@@ -103,13 +105,67 @@ pub(super) struct NatQueue {
 }
 
 /// The per-worker hook: hands frames for the outside to the NAT thread.
+///
+/// Zero-copy hand-off: the hook does not copy the frame; it reserves an
+/// empty buffer from the pool and leaves it in [`NatHook::take_claim`]
+/// for the worker, which, once the pipeline returns, swaps its receive
+/// buffer (holding the frame) for the empty one and queues the full one
+/// with [`NatQueue::push`].
 pub(super) struct NatHook {
     q: NatQueue,
+    claim: Option<Claim>,
+}
+
+/// A frame the hook took: the empty buffer to swap in, and what the NAT
+/// thread needs to know about the frame.
+pub(super) struct Claim {
+    pub(super) empty: Box<[u8]>,
+    pub(super) info: ClaimInfo,
+}
+
+/// What the NAT thread needs to know about a taken frame.
+pub(super) struct ClaimInfo {
+    meta: VnetHdr,
+    network: NetworkId,
+    len: usize,
 }
 
 impl NatHook {
     pub(super) fn new(q: NatQueue) -> NatHook {
-        NatHook { q }
+        NatHook { q, claim: None }
+    }
+
+    /// The frame the hook took during the last `process`, if any.
+    pub(super) fn take_claim(&mut self) -> Option<Claim> {
+        self.claim.take()
+    }
+
+    pub(super) fn queue(&self) -> &NatQueue {
+        &self.q
+    }
+}
+
+impl NatQueue {
+    /// Queues the frame at `buf[off..off + claim.len]` (the worker's former
+    /// receive buffer) to the NAT thread.
+    pub(super) fn push(&self, claim_meta: &ClaimInfo, buf: Box<[u8]>, off: usize) {
+        let item = InFrame {
+            buf,
+            off,
+            len: claim_meta.len,
+            meta: claim_meta.meta,
+            network: claim_meta.network,
+        };
+        if let Err(TrySendError::Full(f) | TrySendError::Disconnected(f)) =
+            self.frames.try_send(item)
+        {
+            let _ = self.free_tx.try_send(f.buf);
+            self.counters.queue_full.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.sleeping.swap(false, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
     }
 }
 
@@ -146,29 +202,22 @@ impl GatewayHook for NatHook {
         if ip.is_fragment() {
             return HookVerdict::Drop(DropReason::GatewayUnsupported);
         }
-        let Ok(mut buf) = self.q.free.try_recv() else {
+        let Ok(empty) = self.q.free.try_recv() else {
             self.q.counters.queue_full.fetch_add(1, Ordering::Relaxed);
             return HookVerdict::Drop(DropReason::TxFull);
         };
-        let len = frame.len().min(buf.len());
-        buf[..len].copy_from_slice(&frame[..len]);
-        let item = InFrame {
-            buf,
-            len,
-            meta: *meta,
-            network: cx.network.id,
-        };
-        match self.q.frames.try_send(item) {
-            Ok(()) => {}
-            Err(TrySendError::Full(f) | TrySendError::Disconnected(f)) => {
-                let _ = self.q.free_tx.try_send(f.buf);
-                self.q.counters.queue_full.fetch_add(1, Ordering::Relaxed);
-                return HookVerdict::Drop(DropReason::TxFull);
-            }
+        if let Some(old) = self.claim.take() {
+            // Not collected (cannot happen with the worker loop): recycle.
+            let _ = self.q.free_tx.try_send(old.empty);
         }
-        if self.q.sleeping.swap(false, Ordering::AcqRel) {
-            let _ = self.q.waker.wake();
-        }
+        self.claim = Some(Claim {
+            empty,
+            info: ClaimInfo {
+                meta: *meta,
+                network: cx.network.id,
+                len: frame.len(),
+            },
+        });
         HookVerdict::Consumed
     }
 }
@@ -645,7 +694,9 @@ impl Nat {
     fn frame(&mut self, f: &mut InFrame) {
         let now = self.now();
         let (meta, network) = (f.meta, f.network);
-        let frame = &mut f.buf[..f.len];
+        let Some(frame) = f.buf.get_mut(f.off..f.off + f.len) else {
+            return;
+        };
         let Some(ip) = frame.get_mut(ethernet::HEADER_LEN..) else {
             return;
         };
