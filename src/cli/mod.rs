@@ -143,6 +143,16 @@ struct DaemonArgs {
     /// gateway address / `host.tapnet.internal`.
     #[arg(long = "no-host-loopback")]
     no_host_loopback: bool,
+    /// Most flows in the NAT's connection table.
+    #[arg(long = "conntrack-max")]
+    conntrack_max: Option<u32>,
+    /// Most flows of one container.
+    #[arg(long = "conntrack-max-per-container")]
+    conntrack_max_per_container: Option<u32>,
+    /// An idle timeout, NAME=SECONDS (tcp_syn_sent, tcp_established,
+    /// tcp_closing, tcp_closed, udp_unreplied, udp_replied, icmp).
+    #[arg(long = "conntrack-timeout")]
+    conntrack_timeout: Vec<String>,
     #[arg(long = "cluster-store")]
     cluster_store: Option<String>,
     #[arg(long = "advertise-addr")]
@@ -205,6 +215,25 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         };
         dns_upstream.push(addr);
     }
+    let mut conntrack = crate::dataplane::ConntrackConfig::default();
+    if let Some(n) = a.conntrack_max {
+        if n == 0 || n > tapnet_nat::MAX_CAPACITY {
+            anyhow::bail!(
+                "invalid --conntrack-max {n}: must be 1..{}",
+                tapnet_nat::MAX_CAPACITY
+            );
+        }
+        conntrack.max = n;
+    }
+    if let Some(n) = a.conntrack_max_per_container {
+        if n == 0 {
+            anyhow::bail!("invalid --conntrack-max-per-container 0: must be at least 1");
+        }
+        conntrack.max_per_container = n;
+    }
+    for t in &a.conntrack_timeout {
+        conntrack.set_timeout(t).map_err(anyhow::Error::msg)?;
+    }
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -220,6 +249,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         dns_upstream,
         dns_ttl: a.dns_ttl,
         host_loopback: !a.no_host_loopback,
+        conntrack,
         cluster_store: a.cluster_store,
         advertise_addr: a.advertise_addr,
         vxlan_port: a.vxlan_port,

@@ -94,6 +94,8 @@ pub struct Config {
     /// and `host.tapnet.internal` (`--no-host-loopback` turns it off).
     #[serde(default = "default_true")]
     pub host_loopback: bool,
+    #[serde(default)]
+    pub conntrack: crate::dataplane::ConntrackConfig,
     pub cluster_store: Option<String>,
     pub advertise_addr: Option<String>,
     pub vxlan_port: u16,
@@ -161,6 +163,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         dns_upstreams: cfg.dns_upstream.clone(),
         dns_ttl: cfg.dns_ttl,
         host_loopback: cfg.host_loopback,
+        conntrack: cfg.conntrack,
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone())

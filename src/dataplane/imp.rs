@@ -100,7 +100,8 @@ impl Dataplane {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ u64::from(std::process::id());
-        let nat = super::nat::start(config.host_loopback, epoch).context("start NAT thread")?;
+        let nat = super::nat::start(config.host_loopback, &config.conntrack, epoch)
+            .context("start NAT thread")?;
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         for id in 0..workers {

@@ -63,6 +63,98 @@ pub struct DataplaneConfig {
     /// host's loopback, and `host.tapnet.internal` / `host.docker.internal`
     /// name the gateway (`tapnet daemon --no-host-loopback` turns it off).
     pub host_loopback: bool,
+    /// The connection table's limits and timeouts.
+    pub conntrack: ConntrackConfig,
+}
+
+/// `tapnet daemon --conntrack-*`: limits and idle timeouts of the NAT's
+/// connection table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ConntrackConfig {
+    /// Flows in all (`--conntrack-max`).
+    pub max: u32,
+    /// Flows of one container (`--conntrack-max-per-container`).
+    pub max_per_container: u32,
+    /// Idle timeouts in seconds by name (see [`ConntrackConfig::TIMEOUTS`]).
+    pub timeouts: [u64; 7],
+}
+
+impl ConntrackConfig {
+    /// Names of the timeouts, in `timeouts` order.
+    pub const TIMEOUTS: [&'static str; 7] = [
+        "tcp_syn_sent",
+        "tcp_established",
+        "tcp_closing",
+        "tcp_closed",
+        "udp_unreplied",
+        "udp_replied",
+        "icmp",
+    ];
+
+    /// Sets `NAME=SECONDS`; the error is one line naming the value.
+    pub fn set_timeout(&mut self, spec: &str) -> Result<(), String> {
+        let (name, v) = spec.split_once('=').ok_or_else(|| {
+            format!("invalid --conntrack-timeout {spec:?}: expected NAME=SECONDS")
+        })?;
+        let i = Self::TIMEOUTS
+            .iter()
+            .position(|n| *n == name)
+            .ok_or_else(|| {
+                format!(
+                    "invalid --conntrack-timeout {spec:?}: unknown timeout {name:?} (one of {})",
+                    Self::TIMEOUTS.join(", ")
+                )
+            })?;
+        let secs: u64 = v
+            .parse()
+            .ok()
+            .filter(|s| (1..=30 * 24 * 3600).contains(s))
+            .ok_or_else(|| {
+                format!("invalid --conntrack-timeout {spec:?}: seconds must be 1..2592000")
+            })?;
+        self.timeouts[i] = secs;
+        Ok(())
+    }
+
+    /// The table's settings.
+    pub fn table(&self, hash_seed: u64) -> tapnet_nat::Config {
+        let d = |i: usize| std::time::Duration::from_secs(self.timeouts[i]);
+        tapnet_nat::Config {
+            capacity: self.max.clamp(1, tapnet_nat::MAX_CAPACITY),
+            max_per_container: self.max_per_container.max(1),
+            timeouts: tapnet_nat::Timeouts {
+                tcp_syn_sent: d(0),
+                tcp_established: d(1),
+                tcp_closing: d(2),
+                tcp_closed: d(3),
+                udp_unreplied: d(4),
+                udp_replied: d(5),
+                icmp: d(6),
+            },
+            hash_seed,
+        }
+    }
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        let c = tapnet_nat::Config::default();
+        let t = c.timeouts;
+        ConntrackConfig {
+            max: c.capacity,
+            max_per_container: c.max_per_container,
+            timeouts: [
+                t.tcp_syn_sent,
+                t.tcp_established,
+                t.tcp_closing,
+                t.tcp_closed,
+                t.udp_unreplied,
+                t.udp_replied,
+                t.icmp,
+            ]
+            .map(|d| d.as_secs()),
+        }
+    }
 }
 
 impl Default for DataplaneConfig {
@@ -72,6 +164,7 @@ impl Default for DataplaneConfig {
             dns_upstreams: Vec::new(),
             dns_ttl: 600,
             host_loopback: true,
+            conntrack: ConntrackConfig::default(),
         }
     }
 }

@@ -283,7 +283,11 @@ impl NatHandle {
 }
 
 /// Starts the NAT thread.
-pub(super) fn start(host_loopback: bool, epoch: Instant) -> anyhow::Result<NatHandle> {
+pub(super) fn start(
+    host_loopback: bool,
+    conntrack: &super::ConntrackConfig,
+    epoch: Instant,
+) -> anyhow::Result<NatHandle> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (frames_tx, frames_rx) = crossbeam_channel::bounded(QUEUE);
@@ -307,10 +311,7 @@ pub(super) fn start(host_loopback: bool, epoch: Instant) -> anyhow::Result<NatHa
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
         ^ (u64::from(std::process::id()) << 32);
-    let ct = ConnTrack::new(tapnet_nat::Config {
-        hash_seed: seed,
-        ..Default::default()
-    });
+    let ct = ConnTrack::new(conntrack.table(seed));
     let capacity = ct.config().capacity as usize;
     let mut nat = Nat {
         poll,

@@ -294,6 +294,7 @@ impl Drop for Daemon {
 }
 
 /// A finished CLI run.
+#[derive(Debug)]
 pub struct Out {
     pub code: i32,
     pub stdout: String,
