@@ -117,4 +117,16 @@ fn timeouts_expire_flows_and_the_container_limit_refuses_at_once() {
         "a 4th connection over the limit of 3: want refused (curl 7): {o:?}\n{}",
         d.log()
     );
+    // The accounting: what was created, refused, expired.
+    let st: serde_json::Value =
+        serde_json::from_str(&d.ok(&["conntrack", "stats", "--format", "json"])).unwrap();
+    let n = |p: &str| st.pointer(p).and_then(|v| v.as_u64()).unwrap_or(0);
+    assert!(n("/refused_container_limit") >= 1, "{st:#}");
+    assert!(n("/created/udp") >= 1 && n("/created/tcp") >= 3, "{st:#}");
+    assert!(n("/expired/udp_replied") >= 1, "{st:#}");
+    assert_eq!(n("/max_per_container"), 3, "{st:#}");
+    assert!(n("/flows_by_state/tcp_established") >= 3, "{st:#}");
+    let text = d.ok(&["conntrack", "stats"]);
+    assert!(text.contains("refused_container_limit "), "{text}");
+    d.fails(&["conntrack", "stats", "--container", "c1"]);
 }

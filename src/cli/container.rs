@@ -506,8 +506,8 @@ pub fn port(c: &Client, key: &str, filter: Option<&str>) -> anyhow::Result<ExitC
 
 #[derive(Args, Debug)]
 pub struct ConntrackArgs {
-    /// `ls` (the only verb, also the default).
-    #[arg(value_parser = ["ls", "list"])]
+    /// `ls` (the default): the flows; `stats`: the table's counters.
+    #[arg(value_parser = ["ls", "list", "stats"])]
     verb: Option<String>,
     /// Only this container's flows.
     #[arg(long)]
@@ -515,6 +515,23 @@ pub struct ConntrackArgs {
     /// `table` (default) or `json`.
     #[arg(long)]
     format: Option<String>,
+}
+
+/// `key.sub value` lines of a JSON object (`conntrack stats`).
+fn print_flat(prefix: &str, v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                print_flat(&key, v);
+            }
+        }
+        v => println!("{prefix} {v}"),
+    }
 }
 
 /// Seconds as `45s`, `3m12s`, `2h05m`.
@@ -534,6 +551,18 @@ pub fn conntrack(c: &Client, a: ConntrackArgs) -> anyhow::Result<ExitCode> {
         Some("json") => true,
         Some(f) => anyhow::bail!("unsupported --format {f:?} (json or table)"),
     };
+    if a.verb.as_deref() == Some("stats") {
+        if a.container.is_some() {
+            anyhow::bail!("conntrack stats: --container applies to ls only");
+        }
+        let v: serde_json::Value = c.get("/tapnet/conntrack/stats")?;
+        if json {
+            print_json(&v)?;
+        } else {
+            print_flat("", &v);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = match &a.container {
         Some(k) => format!("/tapnet/conntrack?container={}", enc(k)),
         None => "/tapnet/conntrack".to_string(),

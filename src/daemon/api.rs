@@ -94,6 +94,7 @@ pub fn router(core: Shared) -> Router {
         .route("/containers/{id}", delete(containers_delete))
         .route("/tapnet/attach", post(tapnet_attach))
         .route("/tapnet/conntrack", get(tapnet_conntrack))
+        .route("/tapnet/conntrack/stats", get(tapnet_conntrack_stats))
         .fallback(|req: Request| async move {
             ApiError::not_found(format!(
                 "page not found: {} {}",
@@ -244,6 +245,12 @@ async fn tapnet_attach(State(c): State<Shared>, b: Bytes) -> Result<Response, Ap
     let req: AttachRequest = body(&b)?;
     let v = call(&c, move |c| c.attach(req)).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// `GET /tapnet/conntrack/stats`: the table's gauges and counters.
+async fn tapnet_conntrack_stats(State(c): State<Shared>) -> Result<Response, ApiError> {
+    let v = call(&c, move |c| Ok(c.dp.conntrack_stats())).await?;
+    Ok(Json(v).into_response())
 }
 
 /// `GET /tapnet/conntrack[?container=C]`.

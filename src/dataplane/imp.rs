@@ -211,6 +211,11 @@ impl Dataplane {
             .collect()
     }
 
+    /// The connection table's counters and gauges (JSON).
+    pub fn conntrack_stats(&self) -> serde_json::Value {
+        self.inner.nat.stats()
+    }
+
     /// `host.tapnet.internal` and `host.docker.internal` name the gateway
     /// (the host's loopback) on networks with the embedded DNS.
     fn host_names(&self, nid: NetworkId, spec: &NetworkSpec) {

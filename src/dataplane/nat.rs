@@ -255,6 +255,7 @@ pub(super) enum NatCmd {
     Publish(NetworkId, Published),
     Unpublish(String),
     List(Sender<Vec<(FlowView, Option<SocketAddr>)>>),
+    Stats(Sender<serde_json::Value>),
     Stop,
 }
 
@@ -274,6 +275,13 @@ impl NatHandle {
     pub(super) fn queue(&self) -> NatQueue {
         self.queue.clone()
     }
+    pub(super) fn stats(&self) -> serde_json::Value {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(NatCmd::Stats(tx));
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or(serde_json::Value::Null)
+    }
+
     pub(super) fn list(&self) -> Vec<(FlowView, Option<SocketAddr>)> {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(NatCmd::List(tx));
@@ -620,9 +628,59 @@ impl Nat {
                     .collect();
                 let _ = reply.send(rows);
             }
+            NatCmd::Stats(reply) => {
+                let _ = reply.send(self.stats());
+            }
             NatCmd::Stop => return false,
         }
         true
+    }
+
+    /// The table's gauges and counters and the gateway's drop counters
+    /// (`tapnet conntrack stats`).
+    fn stats(&self) -> serde_json::Value {
+        use serde_json::json;
+        let c = self.ct.counters();
+        let g = self.ct.gauges();
+        let cfg = self.ct.config();
+        let by_proto = |v: &[u32; 3]| json!({"tcp": v[0], "udp": v[1], "icmp": v[2]});
+        let states: serde_json::Map<String, serde_json::Value> = tapnet_nat::FlowState::NAMES
+            .iter()
+            .zip(g.by_state.iter())
+            .map(|(n, v)| (n.to_string(), json!(v)))
+            .collect();
+        let expired: serde_json::Map<String, serde_json::Value> = tapnet_nat::FlowState::NAMES
+            .iter()
+            .zip(c.expired.iter())
+            .map(|(n, v)| (n.to_string(), json!(v)))
+            .collect();
+        let n = &self.counters;
+        let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        json!({
+            "flows": g.flows,
+            "max": cfg.capacity,
+            "max_per_container": cfg.max_per_container,
+            "flows_by_protocol": by_proto(&g.by_protocol),
+            "flows_by_state": states,
+            "created": {"tcp": c.created[0], "udp": c.created[1], "icmp": c.created[2]},
+            "created_inbound": c.created_inbound,
+            "refused_table_full": c.refused_table_full,
+            "refused_container_limit": c.refused_container_limit,
+            "expired": expired,
+            "removed": c.removed,
+            "tcp_established": c.tcp_established,
+            "tcp_reset": c.tcp_reset,
+            "replied": c.replied,
+            "drops": {
+                "queue_full": ld(&n.queue_full),
+                "blocked": ld(&n.blocked),
+                "no_endpoint": ld(&n.no_endpoint),
+                "tx_error": ld(&n.tx_error),
+                "unsupported": ld(&n.unsupported),
+                "limit": ld(&n.table_full),
+                "host_socket_error": ld(&n.host_socket_error),
+            },
+        })
     }
 
     fn publish(&mut self, network: NetworkId, p: Published) {
