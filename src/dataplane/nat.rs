@@ -1228,6 +1228,13 @@ impl Nat {
                 let _ = reg.deregister(&mut host);
             }
             Io::Tcp(mut t) => {
+                if !t.container_eof {
+                    // The container's side did not finish (it went away,
+                    // or the flow expired): the remote must see a reset,
+                    // not a clean end of a possibly truncated stream.
+                    let _ =
+                        socket2::SockRef::from(&t.host).set_linger(Some(std::time::Duration::ZERO));
+                }
                 let _ = reg.deregister(&mut t.host);
             }
             Io::Udp(UdpHost::Own(mut s)) => {
