@@ -513,6 +513,260 @@ fn published_ports_keep_the_client_address() {
     );
 }
 
+/// A published-port server for container port 80/tcp and 53535/udp that
+/// answers `ADDR PORT`, the peer as the container sees it (a space: a
+/// colon would end socat's SYSTEM address).
+const PEER_SERVER: &str =
+    "socat TCP-LISTEN:80,fork,reuseaddr 'SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT' & \
+     exec socat UDP4-RECVFROM:53535,fork 'SYSTEM:echo $SOCAT_PEERADDR $SOCAT_PEERPORT'";
+
+/// `ADDR PORT` as `PEER_SERVER` answers it.
+fn peer_of(answer: &str) -> (String, u16) {
+    let (a, p) = answer
+        .split_once(' ')
+        .unwrap_or_else(|| panic!("not ADDR PORT: {answer:?}"));
+    let p = p
+        .parse()
+        .unwrap_or_else(|e| panic!("not ADDR PORT: {answer:?}: {e}"));
+    (a.to_string(), p)
+}
+
+/// Like [`answer`], with the client's source port chosen: `run(port)`
+/// tries `first`, then `first + 1`, ... (a fresh port per attempt, so that
+/// a retry never meets the lingering flow of the one before); returns the
+/// port of the attempt that answered and its answer.
+fn answer_from(what: &str, first: u16, mut run: impl FnMut(u16) -> Out) -> (u16, String) {
+    let mut port = first;
+    retry(what, Duration::from_secs(15), || {
+        let p = port;
+        port += 1;
+        let o = run(p);
+        let t = o.stdout.trim().to_string();
+        (!t.is_empty()).then(|| (p, t.clone())).ok_or(format!(
+            "port {p}: exit {}: {:?} {}",
+            o.code, o.stdout, o.stderr
+        ))
+    })
+}
+
+/// UDP datagram from source port `sport` (see [`udp_ask`]).
+fn udp_ask_from(addr: &str, port: u16, sport: u16, what: &str) -> String {
+    format!("echo {what} | socat -t 2 -T 10 - UDP4:{addr}:{port},sourceport={sport}")
+}
+
+/// The inbound UDP flows to container port 53535 from `remote`.
+fn inbound_udp(d: &Daemon, c: &str, remote: &str) -> Vec<serde_json::Value> {
+    conntrack(d, &["--container", c])
+        .into_iter()
+        .filter(|r| {
+            r["protocol"] == "udp"
+                && r["direction"] == "inbound"
+                && r["container_port"] == 53535
+                && r["remote_ip"] == remote
+        })
+        .collect()
+}
+
+/// Published ports across a daemon restart (`kill -9`, started again on
+/// the same state): the container keeps running, its TCP and UDP host
+/// ports are bound again and answer the same outside client (its address
+/// still seen by the container), `tapnet port` lists them, and outbound
+/// traffic flows. Before the restart: a UDP published port answers two
+/// datagrams from two client ports, two inbound flows in the table.
+#[test]
+fn published_ports_survive_a_daemon_restart() {
+    let mut w = World::new(&[]);
+    w.d.ok(&["network", "create", "--subnet", "10.88.0.0/24", "rst"]);
+    w.d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "rst",
+        "-p",
+        "8080:80",
+        "-p",
+        "5353:53535/udp",
+        "--",
+        "sh",
+        "-c",
+        PEER_SERVER,
+    ]);
+    let ip = w.d.ip_of("web", "rst");
+
+    let tcp = answer("TCP 8080 from outside", || {
+        w.outside.ns.sh(&tcp_read(HOST, 8080))
+    });
+    assert_eq!(
+        peer_of(&tcp).0,
+        OUTSIDE,
+        "TCP before the restart\n{}",
+        w.context()
+    );
+    // Two datagrams from two client ports: two flows, two answers, each
+    // with its client's port.
+    let (p1, a1) = answer_from("UDP 5353 from outside (1)", 41000, |p| {
+        w.outside.ns.sh(&udp_ask_from(HOST, 5353, p, "one"))
+    });
+    let (p2, a2) = answer_from("UDP 5353 from outside (2)", 42000, |p| {
+        w.outside.ns.sh(&udp_ask_from(HOST, 5353, p, "two"))
+    });
+    assert_eq!(
+        a1,
+        format!("{OUTSIDE} {p1}"),
+        "UDP client 1\n{}",
+        w.context()
+    );
+    assert_eq!(
+        a2,
+        format!("{OUTSIDE} {p2}"),
+        "UDP client 2\n{}",
+        w.context()
+    );
+    let rows = inbound_udp(&w.d, "web", OUTSIDE);
+    let ctx = format!("{rows:#?}\n{}", w.context());
+    for p in [p1, p2] {
+        let r = rows
+            .iter()
+            .find(|r| r["remote_port"] == p)
+            .unwrap_or_else(|| panic!("no inbound UDP flow from {OUTSIDE}:{p}: {ctx}"));
+        assert_eq!(r["container_ip"], ip.as_str(), "{ctx}");
+        assert!(
+            u(r, "packets_in") >= 1 && u(r, "packets_out") >= 1,
+            "flow from port {p}: {ctx}"
+        );
+    }
+
+    // The restart: the daemon dies with its host sockets; the new one
+    // binds them again for the container that kept running (the same
+    // process).
+    let pid = w.d.inspect_container("web")["State"]["Pid"].clone();
+    assert!(pid.as_u64().unwrap_or(0) > 0, "web's pid: {pid}");
+    w.d.kill9();
+    w.d.spawn();
+    let state = w.d.inspect_container("web")["State"].clone();
+    assert!(
+        state["Running"] == true && state["Pid"] == pid,
+        "web after the restart (pid {pid} before): {state}\n{}",
+        w.context()
+    );
+    let tcp = answer("TCP 8080 from outside after the restart", || {
+        w.outside.ns.sh(&tcp_read(HOST, 8080))
+    });
+    assert_eq!(
+        peer_of(&tcp).0,
+        OUTSIDE,
+        "TCP after the restart\n{}",
+        w.context()
+    );
+    let (p3, a3) = answer_from("UDP 5353 from outside after the restart", 43000, |p| {
+        w.outside.ns.sh(&udp_ask_from(HOST, 5353, p, "three"))
+    });
+    assert_eq!(
+        a3,
+        format!("{OUTSIDE} {p3}"),
+        "UDP after the restart\n{}",
+        w.context()
+    );
+    let ports = w.d.ok(&["port", "web"]);
+    for want in ["80/tcp -> 0.0.0.0:8080", "53535/udp -> 0.0.0.0:5353"] {
+        assert!(
+            ports.lines().any(|l| l.trim() == want),
+            "port web after the restart: {ports}"
+        );
+    }
+    assert!(
+        inbound_udp(&w.d, "web", OUTSIDE)
+            .iter()
+            .any(|r| r["remote_port"] == p3),
+        "no inbound UDP flow from port {p3} after the restart\n{}",
+        w.context()
+    );
+    // Outbound after the restart.
+    let page = curl_ok(&w.d, "web", &format!("http://{OUTSIDE}/file"));
+    assert_eq!(page.trim(), PAGE, "{}", w.context());
+}
+
+/// IPv6 host addresses in front of an IPv4 container: `[::1]:18090`
+/// (TCP), `[::1]:18091` (UDP) and `[::]` with a port the kernel picks
+/// (read back from `tapnet port`). A client on the host's `::1` shows up
+/// in the container as the network's gateway, with the client's port.
+#[test]
+fn ipv6_host_address_fronts_an_ipv4_container() {
+    require_root("ipv6_host_address_fronts_an_ipv4_container");
+    let d = Daemon::start();
+    let host = d.netns();
+    // `::1` must exist before `run` binds it.
+    host.lo_up();
+    host.sh_ok(
+        "sysctl -qw net.ipv6.conf.lo.disable_ipv6=0 && ip -6 addr show dev lo | grep -q '::1/128'",
+    );
+    d.ok(&["network", "create", "--subnet", "10.89.0.0/24", "six"]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web6",
+        "--network",
+        "six",
+        "-p",
+        "[::1]:18090:80",
+        "-p",
+        "[::1]:18091:53535/udp",
+        "-p",
+        "[::]::80",
+        "--",
+        "sh",
+        "-c",
+        PEER_SERVER,
+    ]);
+    let gw = d.gateway_of("six");
+    let ports = d.ok(&["port", "web6"]);
+    let any = ports
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("80/tcp -> [::]:"))
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("no 80/tcp -> [::]:PORT in `port web6`: {ports}"));
+    assert_ne!(any, 0, "{ports}");
+    for want in ["80/tcp -> [::1]:18090", "53535/udp -> [::1]:18091"] {
+        assert!(
+            ports.lines().any(|l| l.trim() == want),
+            "port web6: {ports}"
+        );
+    }
+    let ctx = || format!("port web6: {ports}--- daemon log:\n{}", d.log());
+
+    for (port, first) in [(18090, 44000), (any, 45000)] {
+        let (p, a) = answer_from(&format!("TCP6 [::1]:{port}"), first, |p| {
+            host.sh(&format!(
+                "socat -t 5 -T 10 - TCP6:[::1]:{port},sourceport={p},reuseaddr </dev/null"
+            ))
+        });
+        assert_eq!(
+            a,
+            format!("{gw} {p}"),
+            "TCP6 to [::1]:{port}: the container must see the gateway and the client's port\n{}",
+            ctx()
+        );
+    }
+    let (p, a) = answer_from("UDP6 [::1]:18091", 46000, |p| {
+        host.sh(&format!(
+            "echo v6 | socat -t 2 -T 10 - UDP6:[::1]:18091,sourceport={p}"
+        ))
+    });
+    assert_eq!(a, format!("{gw} {p}"), "UDP6 to [::1]:18091\n{}", ctx());
+    let rows = conntrack(&d, &["--container", "web6"]);
+    assert!(
+        rows.iter().any(|r| r["protocol"] == "udp"
+            && r["direction"] == "inbound"
+            && r["remote_ip"] == gw.as_str()
+            && r["remote_port"] == p),
+        "no inbound UDP flow from {gw}:{p}: {rows:#?}\n{}",
+        ctx()
+    );
+}
+
 /// `enable_ip_masquerade=false` and `--internal` keep a network's
 /// containers inside (a normal network beside them gets out), and an
 /// internal network publishes no ports.
