@@ -10,7 +10,9 @@
 #              front of an iperf3 server in a plain netns behind a veth pair.
 # "The host" is a private network namespace made here (the tapnet daemon runs in
 # it, slirp4netns and socat too); nothing reaches the machine's real interfaces.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/nat.sh [--secs N]
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/nat.sh [--secs N] [--reverse]
+#   (--reverse: iperf3 -R on every row: data flows from the server's side, i.e.
+#   host -> container on the outbound path, container -> client when published)
 #   tools: apt-get install iperf3 slirp4netns socat iproute2 util-linux
 # stdout: one JSON object per line ({"peer","path","metric":"tcp_gbps","value"}),
 # then the ratios tapnet/slirp4netns-1500, tapnet/slirp4netns-65520 (outbound) and
@@ -20,9 +22,11 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 SECS=5
-usage() { echo "usage: [TAPNET=path] $0 [--secs N]" >&2; }
+REV=""                                  # --reverse: iperf3 -R (data towards the container)
+usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--reverse]" >&2; }
 while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
+  --reverse) REV=-R; shift;;
   -h|--help) usage; exit 0;;
   *) usage; exit 2;;
 esac; done
@@ -86,7 +90,7 @@ emit() {  # PEER PATH VALUE|""
 gbps() {  # PEER PATH CMD...: runs an iperf3 client (-J appended), emits receiver Gbit/s
   local peer=$1 path=$2 out=$W/out.$1.$2 v="" i; shift 2
   for i in 1 2; do   # one retry: a server that has just started may not be accepting yet
-    timeout --foreground $((SECS + 30)) "$@" -t "$SECS" -J >"$out" 2>&1 & local p=$!; track $p; wait $p
+    timeout --foreground $((SECS + 30)) "$@" -t "$SECS" $REV -J >"$out" 2>&1 & local p=$!; track $p; wait $p
     grep -q '"sum_received"' "$out" && ! grep -q '"error"' "$out" && break
     sleep 1
   done
