@@ -959,10 +959,6 @@ impl Nat {
             return;
         };
         let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-        let Some(ep) = self.endpoints.get(&(network, src)) else {
-            self.counters.no_endpoint.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
         let ihl = usize::from(packet[0] & 0x0f) * 4;
         let quoted = packet.len().min(ihl + 8);
         let len = 20 + 8 + quoted;
@@ -976,8 +972,16 @@ impl Nat {
         m[8..8 + quoted].copy_from_slice(&packet[..quoted]);
         let c = tapnet_switch::wire::checksum(m);
         m[2..4].copy_from_slice(&c.to_be_bytes());
-        put_headers(buf, ep.mac, gateway_mac(gw), &VnetHdr::default());
-        write_frame(ep, buf, &self.counters);
+        let meta = VnetHdr::default();
+        deliver(
+            &self.nets,
+            &self.endpoints,
+            &self.counters,
+            network,
+            src,
+            buf,
+            &meta,
+        );
     }
 
     fn send_rst(&mut self, network: NetworkId, segment: &[u8]) {
@@ -985,16 +989,17 @@ impl Nat {
             return;
         };
         let dst = Ipv4Addr::new(segment[12], segment[13], segment[14], segment[15]);
-        let Some(gw) = self.nets.get(&network).map(|n| n.gateway) else {
-            return;
-        };
-        let Some(ep) = self.endpoints.get(&(network, dst)) else {
-            self.counters.no_endpoint.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
         let buf = &mut self.tx[..HEADROOM + n];
-        put_headers(buf, ep.mac, gateway_mac(gw), &VnetHdr::default());
-        write_frame(ep, buf, &self.counters);
+        let meta = VnetHdr::default();
+        deliver(
+            &self.nets,
+            &self.endpoints,
+            &self.counters,
+            network,
+            dst,
+            buf,
+            &meta,
+        );
     }
 
     fn udp_from_container(
@@ -1477,13 +1482,6 @@ impl Nat {
 
     /// Sends `rbuf[HEADROOM + 28..][..n]` as a UDP datagram from `from`.
     fn udp_to_container(&mut self, net: NetworkId, from: SocketAddrV4, to: SocketAddrV4, n: usize) {
-        let Some(info) = self.nets.get(&net) else {
-            return;
-        };
-        let Some(ep) = self.endpoints.get(&(net, *to.ip())) else {
-            self.counters.no_endpoint.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
         let buf = &mut self.rbuf[..HEADROOM + 28 + n];
         let ip = &mut buf[HEADROOM..];
         ipv4_header(ip, 17, *from.ip(), *to.ip(), 28 + n);
@@ -1503,8 +1501,15 @@ impl Nat {
             csum_offset: 6,
             ..Default::default()
         };
-        put_headers(buf, ep.mac, gateway_mac(info.gateway), &meta);
-        write_frame(ep, buf, &self.counters);
+        deliver(
+            &self.nets,
+            &self.endpoints,
+            &self.counters,
+            net,
+            *to.ip(),
+            buf,
+            &meta,
+        );
     }
 
     fn ping_readable(&mut self, now: u64, h: FlowHandle) {
@@ -1568,13 +1573,6 @@ impl Nat {
     /// Sends the ICMP echo reply at `rbuf[HEADROOM + 20..][..n]` to the
     /// container, with the container's identifier.
     fn icmp_to_container(&mut self, net: NetworkId, from: Ipv4Addr, to: SocketAddrV4, n: usize) {
-        let Some(info) = self.nets.get(&net) else {
-            return;
-        };
-        let Some(ep) = self.endpoints.get(&(net, *to.ip())) else {
-            self.counters.no_endpoint.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
         let buf = &mut self.rbuf[..HEADROOM + 20 + n];
         let ip = &mut buf[HEADROOM..];
         ipv4_header(ip, 1, from, *to.ip(), 20 + n);
@@ -1583,8 +1581,16 @@ impl Nat {
         m[2..4].fill(0);
         let c = tapnet_switch::wire::checksum(m);
         m[2..4].copy_from_slice(&c.to_be_bytes());
-        put_headers(buf, ep.mac, gateway_mac(info.gateway), &VnetHdr::default());
-        write_frame(ep, buf, &self.counters);
+        let meta = VnetHdr::default();
+        deliver(
+            &self.nets,
+            &self.endpoints,
+            &self.counters,
+            net,
+            *to.ip(),
+            buf,
+            &meta,
+        );
     }
 
     // ---- published ports -------------------------------------------------
@@ -1806,6 +1812,26 @@ fn leg_sink<'a>(
         let _ = ct.handle_tcp(h, now, flags, Side::Remote, off.payload_len);
         write_frame(ep, buf, counters);
     }
+}
+
+/// Sends `buf` (headroom, then an IP packet) to the container at `to` on
+/// `net`: virtio-net and Ethernet headers from the gateway, one write.
+fn deliver(
+    nets: &HashMap<NetworkId, NetInfo>,
+    endpoints: &HashMap<(NetworkId, Ipv4Addr), Endpoint>,
+    counters: &NatCounters,
+    net: NetworkId,
+    to: Ipv4Addr,
+    buf: &mut [u8],
+    meta: &VnetHdr,
+) {
+    let Some(info) = nets.get(&net) else { return };
+    let Some(ep) = endpoints.get(&(net, to)) else {
+        counters.no_endpoint.fetch_add(1, Ordering::Relaxed);
+        return;
+    };
+    put_headers(buf, ep.mac, gateway_mac(info.gateway), meta);
+    write_frame(ep, buf, counters);
 }
 
 /// Fills `buf[..HEADROOM]`: the virtio-net header and an Ethernet header
