@@ -455,6 +455,13 @@ fn flow_ref(flows: &[Option<Flow>], h: FlowHandle) -> Option<&Flow> {
         .filter(|f| f.handle == h)
 }
 
+fn flow_mut_in(flows: &mut [Option<Flow>], h: FlowHandle) -> Option<&mut Flow> {
+    flows
+        .get_mut(h.index() as usize)?
+        .as_mut()
+        .filter(|f| f.handle == h)
+}
+
 fn token_of(h: FlowHandle) -> Token {
     Token(h.to_u64() as usize)
 }
@@ -541,11 +548,19 @@ impl Nat {
         at.map(|t| std::time::Duration::from_nanos(t.saturating_sub(now)))
     }
 
+    /// The live flow of `key`; a finished flow lingering in the table
+    /// under it (no sockets any more) is removed: its tuple is reused.
+    fn live_flow(&mut self, key: &FlowKey) -> Option<FlowHandle> {
+        let h = self.ct.lookup(key)?;
+        if self.flow_mut(h).is_some() {
+            return Some(h);
+        }
+        let _ = self.ct.remove(h);
+        None
+    }
+
     fn flow_mut(&mut self, h: FlowHandle) -> Option<&mut Flow> {
-        self.flows
-            .get_mut(h.index() as usize)?
-            .as_mut()
-            .filter(|f| f.handle == h)
+        flow_mut_in(&mut self.flows, h)
     }
 
     fn command(&mut self, c: NatCmd) -> bool {
@@ -686,16 +701,17 @@ impl Nat {
     fn publish(&mut self, network: NetworkId, p: Published) {
         let t = PUB_BASE + self.next_pub;
         self.next_pub += 1;
+        let reg = self.poll.registry();
+        let registered = |s: &mut dyn mio::event::Source| {
+            s.register(reg, Token(t), Interest::READABLE)
+                .map_err(|e| tracing::error!("nat: register published socket: {e}"))
+                .is_ok()
+        };
         let sock = match p.socket {
             HostSocket::Tcp(l) => {
                 let _ = l.set_nonblocking(true);
                 let mut l = TcpListener::from_std(l);
-                if let Err(e) = self
-                    .poll
-                    .registry()
-                    .register(&mut l, Token(t), Interest::READABLE)
-                {
-                    tracing::error!("nat: register published socket: {e}");
+                if !registered(&mut l) {
                     return;
                 }
                 PubSock::Tcp(l)
@@ -703,12 +719,7 @@ impl Nat {
             HostSocket::Udp(u) => {
                 let _ = u.set_nonblocking(true);
                 let mut u = UdpSocket::from_std(u);
-                if let Err(e) = self
-                    .poll
-                    .registry()
-                    .register(&mut u, Token(t), Interest::READABLE)
-                {
-                    tracing::error!("nat: register published socket: {e}");
+                if !registered(&mut u) {
                     return;
                 }
                 PubSock::Udp(u)
@@ -859,11 +870,7 @@ impl Nat {
             counters,
             ..
         } = self;
-        let Some(flow) = flows
-            .get_mut(h.index() as usize)
-            .and_then(|f| f.as_mut())
-            .filter(|f| f.handle == h)
-        else {
+        let Some(flow) = flow_mut_in(flows, h) else {
             // A finished flow lingering in the table: its leg is gone.
             self.send_rst(key.network, pkt);
             return;
@@ -1013,12 +1020,9 @@ impl Nat {
         let (IpAddr::V4(cip), IpAddr::V4(rip)) = (key.container_ip, key.remote_ip) else {
             return;
         };
-        let h = match self.ct.lookup(&key) {
-            Some(h) if self.flow_mut(h).is_some() => h,
-            found => {
-                if let Some(h) = found {
-                    let _ = self.ct.remove(h);
-                }
+        let h = match self.live_flow(&key) {
+            Some(h) => h,
+            None => {
                 let Some(target) = self.target(net, rip) else {
                     self.counters.blocked.fetch_add(1, Ordering::Relaxed);
                     self.send_unreachable(key.network, packet, UNREACH_PROHIBITED);
@@ -1091,12 +1095,9 @@ impl Nat {
         let (IpAddr::V4(cip), IpAddr::V4(rip)) = (key.container_ip, key.remote_ip) else {
             return;
         };
-        let h = match self.ct.lookup(&key) {
-            Some(h) if self.flow_mut(h).is_some() => h,
-            found => {
-                if let Some(h) = found {
-                    let _ = self.ct.remove(h);
-                }
+        let h = match self.live_flow(&key) {
+            Some(h) => h,
+            None => {
                 if net.internal || !net.masquerade {
                     self.counters.blocked.fetch_add(1, Ordering::Relaxed);
                     self.send_unreachable(key.network, packet, UNREACH_PROHIBITED);
@@ -1351,11 +1352,7 @@ impl Nat {
             timers,
             ..
         } = self;
-        let Some(flow) = flows
-            .get_mut(h.index() as usize)
-            .and_then(|f| f.as_mut())
-            .filter(|f| f.handle == h)
-        else {
+        let Some(flow) = flow_mut_in(flows, h) else {
             return;
         };
         let Some(info) = nets.get(&flow.network).copied() else {
@@ -1645,12 +1642,9 @@ impl Nat {
                     remote_ip: IpAddr::V4(*src.ip()),
                     remote_port: src.port(),
                 };
-                let h = match self.ct.lookup(&key) {
-                    Some(h) if self.flow_mut(h).is_some() => h,
-                    found => {
-                        if let Some(h) = found {
-                            let _ = self.ct.remove(h);
-                        }
+                let h = match self.live_flow(&key) {
+                    Some(h) => h,
+                    None => {
                         let Ok(h) = self.ct.create(key, Direction::Inbound, now) else {
                             self.counters.table_full.fetch_add(1, Ordering::Relaxed);
                             continue;
