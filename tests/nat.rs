@@ -214,6 +214,18 @@ fn outbound_tcp_udp_icmp_and_conntrack() {
         w.context()
     );
 
+    // A closed UDP port: the remote's ICMP port unreachable comes back
+    // (the host socket's ECONNREFUSED becomes ICMP to the container), so
+    // the container's socket fails with "Connection refused" instead of
+    // waiting out its timeout.
+    let o =
+        w.d.exec_sh("c1", &format!("echo x | socat -T 8 - UDP4:{OUTSIDE}:9"));
+    assert!(
+        o.code != 0 && o.stderr.contains("Connection refused"),
+        "UDP to a closed port: want 'Connection refused': {o:?}\n{}",
+        w.context()
+    );
+
     // A TCP connection held open while conntrack is read.
     let _hold = Bg::spawn(&[
         BIN,

@@ -61,6 +61,7 @@ const WAKER: Token = Token(usize::MAX);
 /// ICMP destination unreachable codes (RFC 792, RFC 1812).
 const UNREACH_NET: u8 = 0;
 const UNREACH_HOST: u8 = 1;
+const UNREACH_PORT: u8 = 3;
 /// "Communication administratively prohibited": masquerade off,
 /// `--internal`, host loopback turned off.
 const UNREACH_PROHIBITED: u8 = 13;
@@ -905,7 +906,7 @@ impl Nat {
         };
         let Some(target) = self.target(net, rip) else {
             self.counters.blocked.fetch_add(1, Ordering::Relaxed);
-            self.send_unreachable(key.network, syn, UNREACH_PROHIBITED);
+            self.send_unreachable(key.network, net.gateway, syn, UNREACH_PROHIBITED);
             return;
         };
         let h = match self.ct.create(key, Direction::Outbound, now) {
@@ -957,21 +958,19 @@ impl Nat {
     }
 
     /// Sends an ICMP destination unreachable about `packet` (an IPv4
-    /// packet from a container) from the gateway back to its sender.
-    fn send_unreachable(&mut self, network: NetworkId, packet: &[u8], code: u8) {
+    /// packet from a container), from `from` (the gateway, or the remote
+    /// that refused a port), back to its sender.
+    fn send_unreachable(&mut self, network: NetworkId, from: Ipv4Addr, packet: &[u8], code: u8) {
         if packet.len() < 20 {
             return;
         }
-        let Some(gw) = self.nets.get(&network).map(|n| n.gateway) else {
-            return;
-        };
         let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
         let ihl = usize::from(packet[0] & 0x0f) * 4;
         let quoted = packet.len().min(ihl + 8);
         let len = 20 + 8 + quoted;
         let buf = &mut self.tx[..HEADROOM + len];
         let ip = &mut buf[HEADROOM..];
-        ipv4_header(ip, 1, gw, src, len);
+        ipv4_header(ip, 1, from, src, len);
         let m = &mut ip[20..];
         m[..8].fill(0);
         m[0] = 3;
@@ -1025,7 +1024,7 @@ impl Nat {
             None => {
                 let Some(target) = self.target(net, rip) else {
                     self.counters.blocked.fetch_add(1, Ordering::Relaxed);
-                    self.send_unreachable(key.network, packet, UNREACH_PROHIBITED);
+                    self.send_unreachable(key.network, net.gateway, packet, UNREACH_PROHIBITED);
                     return;
                 };
                 let sock =
@@ -1100,7 +1099,7 @@ impl Nat {
             None => {
                 if net.internal || !net.masquerade {
                     self.counters.blocked.fetch_add(1, Ordering::Relaxed);
-                    self.send_unreachable(key.network, packet, UNREACH_PROHIBITED);
+                    self.send_unreachable(key.network, net.gateway, packet, UNREACH_PROHIBITED);
                     return;
                 }
                 let Ok(h) = self.ct.create(key, Direction::Outbound, now) else {
@@ -1303,9 +1302,11 @@ impl Nat {
             // out: what a router says (the container's connect fails
             // with "no route to host").
             match err.and_then(|e| e.raw_os_error()) {
-                Some(libc::ENETUNREACH) => self.send_unreachable(net, &syn, UNREACH_NET),
+                Some(libc::ENETUNREACH) => {
+                    self.send_unreachable(net, info.gateway, &syn, UNREACH_NET)
+                }
                 Some(libc::EHOSTUNREACH | libc::ETIMEDOUT) => {
-                    self.send_unreachable(net, &syn, UNREACH_HOST)
+                    self.send_unreachable(net, info.gateway, &syn, UNREACH_HOST)
                 }
                 _ => self.send_rst(net, &syn),
             }
@@ -1465,6 +1466,19 @@ impl Nat {
             let n = match s.recv(&mut self.rbuf[off..off + 65507]) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    // The remote answered ICMP port unreachable: tell the
+                    // container the same, quoting its datagram's headers,
+                    // so its socket fails with "connection refused".
+                    let mut quote = [0u8; 28];
+                    ipv4_header(&mut quote, 17, *container.ip(), *remote.ip(), 28);
+                    quote[20..22].copy_from_slice(&container.port().to_be_bytes());
+                    quote[22..24].copy_from_slice(&remote.port().to_be_bytes());
+                    quote[24..26].copy_from_slice(&8u16.to_be_bytes());
+                    let _ = self.ct.handle_udp(h, now, Side::Remote, 0);
+                    self.send_unreachable(net, *remote.ip(), &quote, UNREACH_PORT);
+                    continue;
+                }
                 Err(_) => {
                     self.counters
                         .host_socket_error
