@@ -495,9 +495,18 @@ fn seed_hub_container_reaches_both_networks() {
     let www = TempDir::new();
     std::fs::write(www.0.join("index.html"), "seed-ok\n").unwrap();
     let dir = www.0.display().to_string();
-    d.ok(&[
-        "exec", "hubA", "--", "busybox", "httpd", "-p", "8080", "-h", &dir,
+    // In the foreground, backgrounded by the shell: its PID is printed and
+    // it is killed by PID at the end (a daemonized httpd would outlive the
+    // sandbox: there is no PID namespace).
+    let pid = d.ok(&[
+        "exec",
+        "hubA",
+        "--",
+        "sh",
+        "-c",
+        &format!("busybox httpd -f -p 8080 -h {dir} >/dev/null 2>&1 & echo $!"),
     ]);
+    let _httpd = KillOnDrop(pid.trim().parse().expect("httpd pid"));
     let url = format!("http://{a}:8080/index.html");
     let page = d.ok(&[
         "exec",
@@ -540,4 +549,16 @@ fn icc_off_blocks_containers_not_the_gateway() {
         v["Options"]["com.docker.network.bridge.enable_icc"], "false",
         "{v}"
     );
+}
+
+/// Kills a process this test started, by PID, when dropped.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }

@@ -197,10 +197,28 @@ fn containers_talk_through_the_switch() {
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("blob"), vec![7u8; 4 << 20]).unwrap();
     let w = www.display();
-    assert_eq!(sh(&b, &format!("busybox httpd -p 8080 -h {w}")), 0, "httpd");
+    // Foreground httpd backgrounded by the shell, its PID in a file: it is
+    // killed by PID below (a daemonized one would outlive the sandbox).
+    assert_eq!(
+        sh(
+            &b,
+            &format!("busybox httpd -f -p 8080 -h {w} >/dev/null 2>&1 & echo $! > {w}/pid")
+        ),
+        0,
+        "httpd"
+    );
+    let httpd: i32 = std::fs::read_to_string(www.join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let ok = sh(
         &a,
         "n=$(curl -sS -m 10 http://10.97.0.3:8080/blob | wc -c); [ \"$n\" = 4194304 ]",
+    );
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(httpd),
+        nix::sys::signal::Signal::SIGKILL,
     );
     let _ = std::fs::remove_dir_all(&www);
     assert_eq!(
