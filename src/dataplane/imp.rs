@@ -100,8 +100,13 @@ impl Dataplane {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ u64::from(std::process::id());
-        let nat = super::nat::start(config.host_loopback, &config.conntrack, epoch)
-            .context("start NAT thread")?;
+        let nat = super::nat::start(
+            config.host_loopback,
+            &config.conntrack,
+            seed.rotate_left(32),
+            epoch,
+        )
+        .context("start NAT thread")?;
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         for id in 0..workers {
@@ -580,7 +585,7 @@ fn service_queue(
             // The NAT hook took the frame: hand over this buffer, read the
             // next frame into the empty one (no copy of the frame).
             let full = std::mem::replace(buf, claim.empty);
-            nat.queue().push(&claim.info, full, vnet::HEADER_LEN);
+            nat.queue().push(&claim.info, full);
         }
     }
     false

@@ -73,10 +73,10 @@ const FRAME_BUDGET: usize = 256;
 /// Bytes relayed per flow per service call before others get a turn.
 const RELAY_BUDGET: usize = 4 << 20;
 
-/// A frame a worker handed over: `buf[off..off + len]`.
+/// A frame a worker handed over: `buf[vnet::HEADER_LEN..][..len]` (the
+/// worker's receive buffer, as the TAP filled it).
 pub(super) struct InFrame {
     buf: Box<[u8]>,
-    off: usize,
     len: usize,
     meta: VnetHdr,
     network: NetworkId,
@@ -147,12 +147,11 @@ impl NatHook {
 }
 
 impl NatQueue {
-    /// Queues the frame at `buf[off..off + claim.len]` (the worker's former
-    /// receive buffer) to the NAT thread.
-    pub(super) fn push(&self, claim_meta: &ClaimInfo, buf: Box<[u8]>, off: usize) {
+    /// Queues the frame in `buf` (the worker's former receive buffer: the
+    /// virtio-net header, then the frame) to the NAT thread.
+    pub(super) fn push(&self, claim_meta: &ClaimInfo, buf: Box<[u8]>) {
         let item = InFrame {
             buf,
-            off,
             len: claim_meta.len,
             meta: claim_meta.meta,
             network: claim_meta.network,
@@ -295,6 +294,7 @@ impl NatHandle {
 pub(super) fn start(
     host_loopback: bool,
     conntrack: &super::ConntrackConfig,
+    seed: u64,
     epoch: Instant,
 ) -> anyhow::Result<NatHandle> {
     let poll = Poll::new()?;
@@ -315,11 +315,6 @@ pub(super) fn start(
         sleeping: sleeping.clone(),
         counters: counters.clone(),
     };
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
-        ^ (u64::from(std::process::id()) << 32);
     let ct = ConnTrack::new(conntrack.table(seed));
     let capacity = ct.config().capacity as usize;
     let mut nat = Nat {
@@ -660,16 +655,16 @@ impl Nat {
         let g = self.ct.gauges();
         let cfg = self.ct.config();
         let by_proto = |v: &[u32; 3]| json!({"tcp": v[0], "udp": v[1], "icmp": v[2]});
-        let states: serde_json::Map<String, serde_json::Value> = tapnet_nat::FlowState::NAMES
-            .iter()
-            .zip(g.by_state.iter())
-            .map(|(n, v)| (n.to_string(), json!(v)))
-            .collect();
-        let expired: serde_json::Map<String, serde_json::Value> = tapnet_nat::FlowState::NAMES
-            .iter()
-            .zip(c.expired.iter())
-            .map(|(n, v)| (n.to_string(), json!(v)))
-            .collect();
+        let by_state = |v: &mut dyn Iterator<Item = u64>| -> serde_json::Value {
+            tapnet_nat::FlowState::NAMES
+                .iter()
+                .zip(v)
+                .map(|(n, v)| (n.to_string(), json!(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        let states = by_state(&mut g.by_state.iter().map(|&v| u64::from(v)));
+        let expired = by_state(&mut c.expired.iter().copied());
         let n = &self.counters;
         let ld = |a: &AtomicU64| a.load(Ordering::Relaxed);
         json!({
@@ -765,7 +760,7 @@ impl Nat {
     fn frame(&mut self, f: &mut InFrame) {
         let now = self.now();
         let (meta, network) = (f.meta, f.network);
-        let Some(frame) = f.buf.get_mut(f.off..f.off + f.len) else {
+        let Some(frame) = f.buf.get_mut(vnet::HEADER_LEN..vnet::HEADER_LEN + f.len) else {
             return;
         };
         let Some(ip) = frame.get_mut(ethernet::HEADER_LEN..) else {
@@ -794,7 +789,7 @@ impl Nat {
                     remote_ip: IpAddr::V4(dst),
                     remote_port: dport,
                 };
-                self.tcp_from_container(now, &net, key, ip, meta);
+                self.tcp_from_container(now, &net, key, ip);
             }
             ipv4::protocol::UDP if l4.len() >= 8 => {
                 if meta.gso_type != vnet::GSO_NONE {
@@ -826,14 +821,7 @@ impl Nat {
         }
     }
 
-    fn tcp_from_container(
-        &mut self,
-        now: u64,
-        net: &NetInfo,
-        key: FlowKey,
-        pkt: &mut [u8],
-        _meta: VnetHdr,
-    ) {
+    fn tcp_from_container(&mut self, now: u64, net: &NetInfo, key: FlowKey, pkt: &mut [u8]) {
         let (flags, payload) = tcp_flags(pkt);
         if flags.contains(TcpFlags::SYN) {
             leg::raise_syn_mss(pkt);
@@ -1909,7 +1897,8 @@ fn ping_socket(dst: Ipv4Addr) -> io::Result<UdpSocket> {
     Ok(UdpSocket::from_std(std::net::UdpSocket::from(s)))
 }
 
-/// `NetId` of a row, through the dataplane's map.
+/// A flow as `tapnet conntrack` shows it; `net` is the flow's network as
+/// the control plane numbers it.
 pub(super) fn row(v: &FlowView, host: Option<SocketAddr>, net: NetId, now_ns: u64) -> FlowRow {
     let secs = |ns: u64| ns as f64 / 1e9;
     FlowRow {
