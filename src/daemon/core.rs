@@ -31,13 +31,6 @@ pub struct Core {
     /// Endpoints registered in the embedded DNS: id -> (network, container
     /// id, address).
     pub(super) dns_regs: HashMap<String, (NetId, String, Option<std::net::Ipv4Addr>)>,
-    /// Container id -> a duplicate of each of its published host sockets,
-    /// held so that its ports stay taken while it runs, whatever the NAT
-    /// gateway does with its own copy (see `ports.rs`).
-    pub(super) host_sockets: HashMap<String, Vec<crate::dataplane::HostSocket>>,
-    /// Host ports closed lately (the NAT gateway closes its copy a moment
-    /// after `unpublish`): binding one of them again waits a little.
-    pub(super) freed_ports: Vec<(std::net::SocketAddr, Proto, std::time::Instant)>,
 }
 
 impl Core {
@@ -53,8 +46,6 @@ impl Core {
             next_net_id: 1,
             ports: HashMap::new(),
             dns_regs: HashMap::new(),
-            host_sockets: HashMap::new(),
-            freed_ports: Vec::new(),
         };
         core.ensure_predefined()?;
         let nets: Vec<Network> = core.store.state().networks.values().cloned().collect();

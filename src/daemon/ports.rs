@@ -16,7 +16,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
 
 use super::containers::find_container;
 use super::core::Core;
@@ -91,13 +90,6 @@ fn local_port(s: &HostSocket) -> std::io::Result<u16> {
     }
 }
 
-fn dup(s: &HostSocket) -> std::io::Result<HostSocket> {
-    Ok(match s {
-        HostSocket::Tcp(l) => HostSocket::Tcp(l.try_clone()?),
-        HostSocket::Udp(u) => HostSocket::Udp(u.try_clone()?),
-    })
-}
-
 /// The one-line error of a failed bind of `ip:port` (`port` may be a
 /// range), in Docker's words where Docker has them.
 fn bind_error(ip: IpAddr, port: &str, first_port: u16, e: &std::io::Error) -> ApiError {
@@ -118,48 +110,14 @@ fn bind_error(ip: IpAddr, port: &str, first_port: u16, e: &std::io::Error) -> Ap
     }
 }
 
-/// How long a port closed by `unpublish` may stay taken (the gateway
-/// closes its copy asynchronously), and how long a new bind waits for it.
-const FREED_GRACE: Duration = Duration::from_secs(1);
-
-/// Binds like [`bind_socket`]; a port in `freed` (closed a moment ago) that
-/// is still in use is tried again for up to [`FREED_GRACE`].
-fn bind_after_free(
-    freed: &[(SocketAddr, Proto, Instant)],
-    ip: IpAddr,
-    port: u16,
-    proto: Proto,
-) -> std::io::Result<HostSocket> {
-    let start = Instant::now();
-    loop {
-        match bind_socket(ip, port, proto) {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrInUse
-                    && port != 0
-                    && start.elapsed() < FREED_GRACE
-                    && freed.iter().any(|(a, p, t)| {
-                        a.port() == port && *p == proto && t.elapsed() < FREED_GRACE
-                    }) =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            r => return r,
-        }
-    }
-}
-
 /// Binds the host sockets of one `-p` binding on `ip`.
-fn bind_binding(
-    b: &PortBinding,
-    ip: IpAddr,
-    freed: &[(SocketAddr, Proto, Instant)],
-) -> Result<Vec<Bound>, ApiError> {
+fn bind_binding(b: &PortBinding, ip: IpAddr) -> Result<Vec<Bound>, ApiError> {
     let mut out = vec![];
     for (cp, hp) in b.expand() {
         let (socket, host_port) = match hp {
             HostPort::Any | HostPort::Exact(_) => {
                 let p = if let HostPort::Exact(p) = hp { p } else { 0 };
-                let s = bind_after_free(freed, ip, p, b.proto)
+                let s = bind_socket(ip, p, b.proto)
                     .map_err(|e| bind_error(ip, &p.to_string(), p, &e))?;
                 let port = local_port(&s).map_err(|e| bind_error(ip, &p.to_string(), p, &e))?;
                 (s, port)
@@ -234,11 +192,7 @@ impl Core {
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let mut out = vec![];
         for b in &c.ports {
-            out.extend(bind_binding(
-                b,
-                b.host_ip.unwrap_or(default_ip),
-                &self.freed_ports,
-            )?);
+            out.extend(bind_binding(b, b.host_ip.unwrap_or(default_ip))?);
         }
         Ok(out)
     }
@@ -248,7 +202,7 @@ impl Core {
     pub(super) fn rebind_ports(&self, c: &Container) -> Vec<Bound> {
         let mut out = vec![];
         for p in &c.published {
-            match bind_after_free(&self.freed_ports, p.host_ip, p.host_port, p.proto) {
+            match bind_socket(p.host_ip, p.host_port, p.proto) {
                 Ok(socket) => out.push(Bound {
                     port: p.clone(),
                     socket,
@@ -294,14 +248,6 @@ impl Core {
                     c.name
                 ))
             };
-            let keep = match dup(&b.socket) {
-                Ok(k) => k,
-                Err(e) => return Err(fail(self, e.to_string())),
-            };
-            self.host_sockets
-                .entry(c.id.clone())
-                .or_default()
-                .push(keep);
             let r = self.dp.publish(Published {
                 owner: c.id.clone(),
                 network: dp_net,
@@ -321,18 +267,6 @@ impl Core {
     /// free again.
     pub(super) fn unpublish_ports(&mut self, container_id: &str) {
         self.dp.unpublish(container_id);
-        let now = Instant::now();
-        self.freed_ports
-            .retain(|(_, _, t)| now.duration_since(*t) < FREED_GRACE);
-        for s in self.host_sockets.remove(container_id).unwrap_or_default() {
-            let a = match &s {
-                HostSocket::Tcp(l) => l.local_addr().map(|a| (a, Proto::Tcp)),
-                HostSocket::Udp(u) => u.local_addr().map(|a| (a, Proto::Udp)),
-            };
-            if let Ok((a, p)) = a {
-                self.freed_ports.push((a, p, now));
-            }
-        }
     }
 
     /// `GET /tapnet/conntrack[?container=C]`: the connection table, with
@@ -459,7 +393,7 @@ mod tests {
             return;
         }
         let b = PortBinding::parse(&format!("127.0.0.1:{port}-{}:80", port + 1)).unwrap();
-        match bind_binding(&b, lo, &[]) {
+        match bind_binding(&b, lo) {
             Ok(v) => {
                 assert_eq!(v.len(), 1);
                 assert_eq!(v[0].port.host_port, port + 1);

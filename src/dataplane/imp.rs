@@ -188,11 +188,10 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Closes every published socket of `owner`.
+    /// Closes every published socket of `owner`; its host ports are free
+    /// when this returns.
     pub fn unpublish(&self, owner: &str) {
-        self.inner
-            .nat
-            .send(super::nat::NatCmd::Unpublish(owner.to_string()));
+        self.inner.nat.unpublish(owner);
     }
 
     /// The connection table's flows.

@@ -253,7 +253,9 @@ pub(super) enum NatCmd {
     },
     RemoveEndpoint(u32),
     Publish(NetworkId, Published),
-    Unpublish(String),
+    /// Closes an owner's published sockets, then answers: the host ports
+    /// are free once the caller has the answer.
+    Unpublish(String, Sender<()>),
     List(Sender<Vec<(FlowView, Option<SocketAddr>)>>),
     Stats(Sender<serde_json::Value>),
     Stop,
@@ -275,6 +277,13 @@ impl NatHandle {
     pub(super) fn queue(&self) -> NatQueue {
         self.queue.clone()
     }
+    /// Closes `owner`'s published sockets and waits until they are closed.
+    pub(super) fn unpublish(&self, owner: &str) {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.send(NatCmd::Unpublish(owner.to_string(), tx));
+        let _ = rx.recv_timeout(std::time::Duration::from_secs(5));
+    }
+
     pub(super) fn stats(&self) -> serde_json::Value {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.send(NatCmd::Stats(tx));
@@ -595,7 +604,7 @@ impl Nat {
                 }
             }
             NatCmd::Publish(network, p) => self.publish(network, p),
-            NatCmd::Unpublish(owner) => {
+            NatCmd::Unpublish(owner, done) => {
                 let tokens: Vec<usize> = self
                     .published
                     .iter()
@@ -610,6 +619,7 @@ impl Nat {
                         };
                     }
                 }
+                let _ = done.send(());
             }
             NatCmd::List(reply) => {
                 let rows = self
