@@ -23,6 +23,14 @@ use crate::model::Pool;
 pub enum IpamError {
     #[error("invalid subnet {0:?}: not an IPv4 CIDR")]
     BadSubnet(String),
+    #[error("invalid {what} {value:?}: octets with leading zeros are ambiguous (octal or decimal?); write them without")]
+    LeadingZeros { what: &'static str, value: String },
+    #[error("invalid subnet {subnet}: it overlaps {range}, the {kind} range, which cannot carry a container network")]
+    SpecialSubnet {
+        subnet: Ipv4Net,
+        range: Ipv4Net,
+        kind: &'static str,
+    },
     #[error("invalid subnet {given}: it should be {canonical}")]
     NotCanonical { given: String, canonical: Ipv4Net },
     #[error("invalid subnet {0}: a subnet must have room for a gateway and a container (prefix /30 or shorter)")]
@@ -59,6 +67,62 @@ pub enum IpamError {
     AddrInUse(Ipv4Addr),
     #[error("no free address left in {0}")]
     Exhausted(Ipv4Net),
+}
+
+/// IPv4 ranges that cannot be a container network: traffic to them never
+/// reaches a switch port the way unicast to a subnet does.
+pub const SPECIAL_RANGES: [(&str, &str); 5] = [
+    ("0.0.0.0/8", "\"this network\""),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved and broadcast"),
+];
+
+/// The special range `subnet` overlaps, if any (see [`SPECIAL_RANGES`]).
+pub fn special_range(subnet: &Ipv4Net) -> Option<(Ipv4Net, &'static str)> {
+    SPECIAL_RANGES.iter().find_map(|(r, kind)| {
+        let r: Ipv4Net = r.parse().expect("constant CIDR");
+        overlaps(&r, subnet).then_some((r, *kind))
+    })
+}
+
+/// Whether a dotted-quad string has an octet with a leading zero
+/// (`010.1.2.3`): Docker's and inet_aton's readings differ (octal).
+fn has_leading_zero(addr: &str) -> bool {
+    addr.split('.').any(|o| o.len() > 1 && o.starts_with('0'))
+}
+
+/// Parses an IPv4 address strictly (four decimal octets, no leading
+/// zeros). `what` names the value in the error.
+pub fn parse_ipv4(s: &str, what: &'static str) -> Result<Ipv4Addr, Option<IpamError>> {
+    if has_leading_zero(s) && s.split('.').all(|o| o.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(Some(IpamError::LeadingZeros {
+            what,
+            value: s.to_string(),
+        }));
+    }
+    s.parse().map_err(|_| None)
+}
+
+/// Parses `A.B.C.D/N` strictly (see [`parse_ipv4`]; the prefix is 0-32
+/// without leading zeros). `Err(None)`: not a CIDR.
+pub fn parse_cidr(s: &str, what: &'static str) -> Result<Ipv4Net, Option<IpamError>> {
+    let (a, p) = s.split_once('/').ok_or(None)?;
+    let addr = parse_ipv4(a, what).map_err(|e| {
+        e.map(|_| IpamError::LeadingZeros {
+            what,
+            value: s.to_string(),
+        })
+    })?;
+    if p.is_empty()
+        || p.len() > 2
+        || !p.bytes().all(|b| b.is_ascii_digit())
+        || (p.len() > 1 && p.starts_with('0'))
+    {
+        return Err(None);
+    }
+    Ipv4Net::new(addr, p.parse().map_err(|_| None)?).map_err(|_| None)
 }
 
 /// The pools Docker hands out when no subnet is given, in order.
@@ -100,21 +164,23 @@ pub fn make_pool(req: &PoolRequest, used: &[Ipv4Net]) -> Result<Pool, IpamError>
             }
             next_default_subnet(used)?
         }
-        Some(s) => parse_canonical(s).map_err(|e| match e {
-            Some(c) => IpamError::NotCanonical {
-                given: s.to_string(),
-                canonical: c,
-            },
-            None => IpamError::BadSubnet(s.to_string()),
-        })?,
+        Some(s) => parse_canonical(s)?,
     };
+    if let Some((range, kind)) = special_range(&subnet) {
+        return Err(IpamError::SpecialSubnet {
+            subnet,
+            range,
+            kind,
+        });
+    }
     if subnet.prefix_len() > 30 {
         return Err(IpamError::TooSmall(subnet));
     }
     let gateway = match req.gateway.as_deref().filter(|s| !s.is_empty()) {
         None => first_host(&subnet),
         Some(g) => {
-            let g: Ipv4Addr = g.parse().map_err(|_| IpamError::BadGateway(g.into()))?;
+            let g = parse_ipv4(g, "gateway")
+                .map_err(|e| e.unwrap_or_else(|| IpamError::BadGateway(g.into())))?;
             if !subnet.contains(&g) {
                 return Err(IpamError::GatewayOutside { gateway: g, subnet });
             }
@@ -127,9 +193,8 @@ pub fn make_pool(req: &PoolRequest, used: &[Ipv4Net]) -> Result<Pool, IpamError>
     let ip_range = match req.ip_range.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(r) => {
-            let range = r
-                .parse::<Ipv4Net>()
-                .map_err(|_| IpamError::BadRange(r.into()))?
+            let range = parse_cidr(r, "ip-range")
+                .map_err(|e| e.unwrap_or_else(|| IpamError::BadRange(r.into())))?
                 .trunc();
             if !subnet.contains(&range) {
                 return Err(IpamError::RangeOutside { range, subnet });
@@ -139,9 +204,11 @@ pub fn make_pool(req: &PoolRequest, used: &[Ipv4Net]) -> Result<Pool, IpamError>
     };
     let mut aux = BTreeMap::new();
     for (name, value) in &req.aux {
-        let addr: Ipv4Addr = value.parse().map_err(|_| IpamError::BadAux {
-            name: name.clone(),
-            value: value.clone(),
+        let addr = parse_ipv4(value, "auxiliary address").map_err(|e| {
+            e.unwrap_or_else(|| IpamError::BadAux {
+                name: name.clone(),
+                value: value.clone(),
+            })
         })?;
         if !subnet.contains(&addr) {
             return Err(IpamError::AuxOutside {
@@ -166,12 +233,15 @@ pub fn make_pool(req: &PoolRequest, used: &[Ipv4Net]) -> Result<Pool, IpamError>
     })
 }
 
-/// Parses a CIDR that must be in canonical form. `Err(Some(c))`: valid but
-/// not canonical (c is the canonical one); `Err(None)`: not a CIDR.
-fn parse_canonical(s: &str) -> Result<Ipv4Net, Option<Ipv4Net>> {
-    let n: Ipv4Net = s.parse().map_err(|_| None)?;
+/// Parses a subnet that must be a strict CIDR in canonical form.
+fn parse_canonical(s: &str) -> Result<Ipv4Net, IpamError> {
+    let n =
+        parse_cidr(s, "subnet").map_err(|e| e.unwrap_or_else(|| IpamError::BadSubnet(s.into())))?;
     if n.trunc() != n {
-        return Err(Some(n.trunc()));
+        return Err(IpamError::NotCanonical {
+            given: s.to_string(),
+            canonical: n.trunc(),
+        });
     }
     Ok(n)
 }
@@ -318,6 +388,36 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(make_pool(&r, &[]), Err(IpamError::NeedSubnet));
+    }
+
+    #[test]
+    fn special_and_ambiguous_subnets() {
+        for (bad, kind) in [
+            ("127.0.0.0/8", "loopback"),
+            ("127.1.0.0/16", "loopback"),
+            ("224.0.0.0/24", "multicast"),
+            ("255.255.255.0/24", "broadcast"),
+            ("169.254.0.0/16", "link-local"),
+            ("0.0.0.0/8", "this network"),
+            ("0.0.0.0/0", "this network"),
+        ] {
+            let e = make_pool(&req(bad), &[]).unwrap_err();
+            assert!(matches!(e, IpamError::SpecialSubnet { .. }), "{bad}: {e}");
+            assert!(e.to_string().contains(kind), "{bad}: {e}");
+        }
+        for bad in ["010.073.000.000/24", "10.0.0.0/024"] {
+            assert!(make_pool(&req(bad), &[]).is_err(), "{bad}");
+        }
+        let e = make_pool(&req("010.073.000.000/24"), &[]).unwrap_err();
+        assert!(e.to_string().contains("leading zeros"), "{e}");
+        let mut r = req("10.0.0.0/24");
+        r.gateway = Some("10.0.0.01".into());
+        assert!(matches!(
+            make_pool(&r, &[]),
+            Err(IpamError::LeadingZeros { .. })
+        ));
+        assert!(make_pool(&req("10.0.0.0/24"), &[]).is_ok());
+        assert!(make_pool(&req("126.0.0.0/8"), &[]).is_ok());
     }
 
     #[test]

@@ -73,6 +73,11 @@ impl Network {
     pub fn is_default_bridge(&self) -> bool {
         self.predefined && self.name == BRIDGE
     }
+    /// Docker's rule: the embedded DNS serves user-defined networks, not
+    /// the default `bridge`.
+    pub fn has_embedded_dns(&self) -> bool {
+        self.is_bridge() && !self.is_default_bridge()
+    }
     pub fn icc(&self) -> bool {
         self.options
             .get(OPT_ICC)
@@ -484,13 +489,72 @@ pub fn valid_container_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
-/// A network name: non-empty, no `/`, `:` or whitespace, at most 128 bytes.
+/// Docker's rule for object names, applied to network names:
+/// `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 128 bytes. ASCII only, so no
+/// invisible or direction-changing characters can make `network ls` lie,
+/// and `.`, `..` and names starting with `-` are refused.
 pub fn valid_network_name(name: &str) -> bool {
-    !name.is_empty()
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && name.len() <= 128
-        && !name
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+/// A DNS name as aliases (`--network-alias`, `--alias`, `--link`'s alias)
+/// must be: labels of 1-63 characters from `[a-zA-Z0-9_-]`, not starting
+/// or ending with `-`, separated by single dots, at most 253 characters.
+/// (`_` is allowed because container names, which are DNS names too, may
+/// hold it.)
+pub fn valid_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Longest hostname the kernel takes (`HOST_NAME_MAX`).
+pub const HOSTNAME_MAX: usize = 64;
+
+/// Why a hostname is refused, or `None` when it is fine: a DNS name (see
+/// [`valid_dns_name`]) of at most [`HOSTNAME_MAX`] characters.
+pub fn hostname_error(h: &str) -> Option<String> {
+    if h.len() > HOSTNAME_MAX {
+        return Some(format!(
+            "invalid hostname {:?}: longer than {HOSTNAME_MAX} characters",
+            truncate_for_message(h)
+        ));
+    }
+    if !valid_dns_name(h) {
+        return Some(format!(
+            "invalid hostname {h:?}: use letters, digits, '-' and '_' in dot-separated labels that do not start or end with '-'"
+        ));
+    }
+    None
+}
+
+/// Why an alias is refused, or `None` when it is a valid DNS name.
+pub fn alias_error(a: &str) -> Option<String> {
+    (!valid_dns_name(a)).then(|| {
+        format!(
+            "invalid alias {:?}: an alias is a DNS name (letters, digits, '-' and '_' in dot-separated labels of at most 63 characters that do not start or end with '-')",
+            truncate_for_message(a)
+        )
+    })
+}
+
+/// The first 40 characters of a (possibly huge) value for an error line.
+fn truncate_for_message(s: &str) -> String {
+    if s.chars().count() <= 40 {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(40).collect::<String>())
+    }
 }
 
 #[cfg(test)]
@@ -695,6 +759,48 @@ mod tests {
         assert!(!valid_container_name("-web"));
         assert!(!valid_container_name("a"));
         assert!(valid_network_name("n"));
-        assert!(!valid_network_name("a b"));
+        assert!(valid_network_name("my_net-1.x"));
+        for bad in [
+            "a b",
+            ".",
+            "..",
+            "-n",
+            "_n",
+            "a/b",
+            "a:b",
+            "a\u{200b}b",
+            "\u{202e}n",
+            "",
+        ] {
+            assert!(!valid_network_name(bad), "{bad:?}");
+        }
+        assert!(!valid_network_name(&"n".repeat(129)));
+    }
+
+    #[test]
+    fn dns_names() {
+        for good in ["db", "db.local", "web_1", "a-b", "x".repeat(63).as_str()] {
+            assert!(valid_dns_name(good), "{good:?}");
+        }
+        for bad in [
+            "",
+            "x y",
+            "../z",
+            "a..b",
+            ".a",
+            "a.",
+            "-a",
+            "a-",
+            "\u{200b}",
+            "x".repeat(64).as_str(),
+        ] {
+            assert!(!valid_dns_name(bad), "{bad:?}");
+        }
+        assert!(hostname_error("web-1").is_none());
+        assert!(hostname_error(&"h".repeat(300))
+            .unwrap()
+            .contains("longer than 64"));
+        assert!(hostname_error("a b").is_some());
+        assert!(alias_error("../z").is_some());
     }
 }

@@ -561,7 +561,9 @@ fn state_survives_kill9_and_restart() {
         .trim()
         .to_string();
     d.ok(&["network", "create", "other"]);
-    let c = create_container(&d, "keeper", &["persist"]);
+    // A running container keeps its endpoint across the restart (one only
+    // created, never started, is rolled back: tests/probing.rs).
+    d.sleeper("keeper", &["persist"], &[]);
     let before_net = d.inspect_network("persist");
     let before_bridge = d.inspect_network("bridge");
 
@@ -576,7 +578,7 @@ fn state_survives_kill9_and_restart() {
     );
     // The allocation survived: the next container gets the next address.
     let c2 = create_container(&d, "second", &["persist"]);
-    assert_eq!(c["Interfaces"][0]["IPAddress"], "10.30.0.2");
+    assert_eq!(d.ip_of("keeper", "persist"), "10.30.0.2");
     assert_eq!(c2["Interfaces"][0]["IPAddress"], "10.30.0.3");
     let ps = d.ok(&["ps", "-a"]);
     assert!(ps.contains("keeper") && ps.contains("second"), "{ps}");
@@ -587,13 +589,17 @@ fn state_survives_kill9_and_restart() {
     d.spawn();
     assert_eq!(d.network_names(), ["bridge", "host", "none", "persist"]);
 
-    // A second daemon on the same root is refused.
+    // A second daemon on the same root is refused (after waiting a
+    // bounded time for the lock: tests/probing.rs).
     let o = std::process::Command::new(BIN)
         .args(["daemon", "--root"])
         .arg(&d.root)
         .args(["-H", &format!("unix://{}/other.sock", d.dir.0.display())])
+        .env("TAPNET_LOG", "error")
         .output()
         .unwrap();
     assert_ne!(o.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&o.stderr).lines().count(), 1);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("another tapnet daemon"), "{err}");
 }

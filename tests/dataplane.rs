@@ -46,6 +46,7 @@ fn sandbox(name: &str) -> Box_ {
         hostname: name.into(),
         net: NetMode::New,
         files: vec![],
+        hide: vec![],
         env: vec![],
         cmd: vec!["sleep".into(), "600".into()],
         stdio: Stdio::Inherit,

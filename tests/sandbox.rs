@@ -115,6 +115,7 @@ fn spec(
         hostname: hostname.to_string(),
         net,
         files,
+        hide: vec![],
         env: vec![("TAPNET_TEST".into(), "1".into())],
         cmd: cmd.iter().map(|s| s.to_string()).collect(),
         stdio,

@@ -215,6 +215,7 @@ pub fn run(c: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
             ),
             (created.hostname_path.clone().into(), "/etc/hostname".into()),
         ],
+        hide: created.hide_paths.iter().map(PathBuf::from).collect(),
         env: env_pairs(&env),
         cmd: a.cmd.clone(),
         stdio: if a.detach {

@@ -43,6 +43,10 @@ pub enum NetworkCmd {
         /// Do not prompt for confirmation.
         #[arg(short = 'f', long = "force")]
         force: bool,
+        /// Only networks matching: until=DURATION|TIME, label=KEY[=VALUE],
+        /// label!=KEY[=VALUE].
+        #[arg(long = "filter")]
+        filter: Vec<String>,
     },
 }
 
@@ -169,7 +173,8 @@ pub fn run(c: &Client, cmd: NetworkCmd) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        NetworkCmd::Prune { force } => {
+        NetworkCmd::Prune { force, filter } => {
+            let path = format!("/networks/prune{}", filters_query(&filter)?);
             if !force {
                 eprint!("WARNING! This will remove all custom networks not used by at least one container.\nAre you sure you want to continue? [y/N] ");
                 let mut line = String::new();
@@ -178,7 +183,7 @@ pub fn run(c: &Client, cmd: NetworkCmd) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
             }
-            let r: PruneResponse = c.post("/networks/prune", &serde_json::json!({}))?;
+            let r: PruneResponse = c.post(&path, &serde_json::json!({}))?;
             if !r.networks_deleted.is_empty() {
                 println!("Deleted Networks:");
                 for n in r.networks_deleted {
@@ -190,19 +195,25 @@ pub fn run(c: &Client, cmd: NetworkCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn ls(c: &Client, a: LsArgs) -> anyhow::Result<ExitCode> {
+/// `--filter KEY=VALUE`... as Docker's `?filters={"KEY":["VALUE"]}`
+/// (empty when there are none). `label!=x` is the key `label!`.
+fn filters_query(filter: &[String]) -> anyhow::Result<String> {
     let mut filters: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for f in &a.filter {
+    for f in filter {
         let (k, v) = key_value(f, "filter")?;
         filters.entry(k).or_default().push(v);
     }
-    let mut path = "/networks".to_string();
-    if !filters.is_empty() {
-        path.push_str(&format!(
-            "?filters={}",
-            enc(&serde_json::to_string(&filters)?)
-        ));
+    if filters.is_empty() {
+        return Ok(String::new());
     }
+    Ok(format!(
+        "?filters={}",
+        enc(&serde_json::to_string(&filters)?)
+    ))
+}
+
+fn ls(c: &Client, a: LsArgs) -> anyhow::Result<ExitCode> {
+    let path = format!("/networks{}", filters_query(&a.filter)?);
     let nets: Vec<NetworkView> = c.get(&path)?;
     let id = |n: &NetworkView| {
         if a.no_trunc {

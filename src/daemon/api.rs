@@ -22,6 +22,11 @@ pub type Shared = Arc<Mutex<Core>>;
 
 type Q = Query<HashMap<String, String>>;
 
+/// The Docker Engine API version this daemon speaks (`GET /version`).
+pub const API_VERSION: &str = "1.43";
+/// The oldest API version accepted in a `/vX.Y/` path prefix.
+pub const MIN_API_VERSION: &str = "1.24";
+
 /// Runs a core operation on a blocking thread with the core locked.
 pub async fn call<R: Send + 'static>(
     core: &Shared,
@@ -33,11 +38,20 @@ pub async fn call<R: Send + 'static>(
         .map_err(|e| ApiError::internal(format!("internal error: {e}")))?
 }
 
+/// Parses a request body: empty means the defaults; anything else must be
+/// one JSON object of the expected shape.
 fn body<T: DeserializeOwned + Default>(b: &Bytes) -> Result<T, ApiError> {
     if b.iter().all(|c| c.is_ascii_whitespace()) {
         return Ok(T::default());
     }
-    serde_json::from_slice(b).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+    let v: serde_json::Value =
+        serde_json::from_slice(b).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad(
+            "invalid JSON body: the body must be a JSON object",
+        ));
+    }
+    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
 }
 
 fn flag(q: &HashMap<String, String>, k: &str) -> bool {
@@ -46,13 +60,57 @@ fn flag(q: &HashMap<String, String>, k: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Strips a `/v1.NN` prefix before routing.
-pub fn strip_version(mut req: Request) -> Request {
+/// Compares two dotted version strings component by component as
+/// numbers of any size (`1.9 < 1.10`, `99999999999999999999.1 > 1.43`).
+fn cmp_version(a: &str, b: &str) -> std::cmp::Ordering {
+    let num = |s: &str| {
+        let t = s.trim_start_matches('0');
+        (t.len(), t.to_string())
+    };
+    let mut x = a.split('.');
+    let mut y = b.split('.');
+    loop {
+        match (x.next(), y.next()) {
+            (None, None) => return std::cmp::Ordering::Equal,
+            (p, q) => {
+                let o = num(p.unwrap_or("0")).cmp(&num(q.unwrap_or("0")));
+                if o != std::cmp::Ordering::Equal {
+                    return o;
+                }
+            }
+        }
+    }
+}
+
+/// Why a client's API version is refused (Docker's words), if it is.
+pub fn version_error(v: &str) -> Option<String> {
+    if cmp_version(v, API_VERSION).is_gt() {
+        return Some(format!(
+            "client version {v} is too new. Maximum supported API version is {API_VERSION}"
+        ));
+    }
+    if cmp_version(v, MIN_API_VERSION).is_lt() {
+        return Some(format!(
+            "client version {v} is too old. Minimum supported API version is {MIN_API_VERSION}, please upgrade your client to a newer version"
+        ));
+    }
+    None
+}
+
+/// Before routing: strips a `/vX.Y` prefix, answering 400 when the
+/// version is outside [`MIN_API_VERSION`]..=[`API_VERSION`] (as dockerd).
+pub async fn version_gate(mut req: Request, next: axum::middleware::Next) -> Response {
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/v") {
         if let Some(slash) = rest.find('/') {
             let ver = &rest[..slash];
-            if !ver.is_empty() && ver.chars().all(|c| c.is_ascii_digit() || c == '.') {
+            if !ver.is_empty()
+                && ver.starts_with(|c: char| c.is_ascii_digit())
+                && ver.chars().all(|c| c.is_ascii_digit() || c == '.')
+            {
+                if let Some(m) = version_error(ver) {
+                    return ApiError::bad(m).into_response();
+                }
                 let new_path = rest[slash..].to_string();
                 let pq = match req.uri().query() {
                     Some(q) => format!("{new_path}?{q}"),
@@ -68,7 +126,7 @@ pub fn strip_version(mut req: Request) -> Request {
             }
         }
     }
-    req
+    next.run(req).await
 }
 
 pub fn router(core: Shared) -> Router {
@@ -102,13 +160,24 @@ pub fn router(core: Shared) -> Router {
                 req.uri().path()
             ))
         })
+        .method_not_allowed_fallback(|req: Request| async move {
+            ApiError::new(
+                405,
+                format!(
+                    "method {} is not allowed on {}",
+                    req.method(),
+                    req.uri().path()
+                ),
+            )
+        })
         .with_state(core)
 }
 
 async fn version() -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "Version": env!("CARGO_PKG_VERSION"),
-        "ApiVersion": "1.43",
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
         "Os": "linux",
     }))
 }
@@ -141,8 +210,9 @@ async fn networks_delete(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn networks_prune(State(c): State<Shared>) -> Result<Response, ApiError> {
-    let v = call(&c, |c| c.prune_networks()).await?;
+async fn networks_prune(State(c): State<Shared>, Query(q): Q) -> Result<Response, ApiError> {
+    let filters = q.get("filters").cloned();
+    let v = call(&c, move |c| c.prune_networks(filters.as_deref())).await?;
     Ok(Json(v).into_response())
 }
 
@@ -258,4 +328,24 @@ async fn tapnet_conntrack(State(c): State<Shared>, Query(q): Q) -> Result<Respon
     let container = q.get("container").cloned();
     let v = call(&c, move |c| c.conntrack(container.as_deref())).await?;
     Ok(Json(v).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert!(version_error("1.43").is_none());
+        assert!(version_error("1.41").is_none());
+        assert!(version_error("1.24").is_none());
+        assert!(version_error("1.99").unwrap().contains("too new"));
+        assert!(version_error("1.100").unwrap().contains("too new"));
+        assert!(version_error("99999999999999999999.1")
+            .unwrap()
+            .contains("too new"));
+        assert!(version_error("0.1").unwrap().contains("too old"));
+        assert!(version_error("1.9").unwrap().contains("too old"));
+        assert!(version_error("1.043").is_none());
+    }
 }

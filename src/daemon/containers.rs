@@ -53,6 +53,32 @@ pub fn find_container<'a>(st: &'a State, key: &str) -> Result<&'a Container, Api
         .map_err(|e| e.unwrap_or_else(|| ApiError::not_found(format!("No such container: {key}"))))
 }
 
+/// Open files the daemon keeps free for everything but published ports
+/// (TAP queues, relayed flows, clients).
+const FD_RESERVE: u64 = 1024;
+
+/// Refuses, before anything is bound, more published ports than the
+/// daemon's open-file limit leaves room for (one socket each).
+fn check_port_count(ports: &[PortBinding]) -> Result<(), ApiError> {
+    let wanted: u64 = ports.iter().map(|p| p.expand().len() as u64).sum();
+    if wanted <= 64 {
+        return Ok(());
+    }
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    let room = limit.saturating_sub(open).saturating_sub(FD_RESERVE);
+    if wanted > room {
+        return Err(ApiError::bad(format!(
+            "cannot publish {wanted} ports: each needs an open file and the daemon's limit (RLIMIT_NOFILE {limit}, {open} open) leaves room for {room}; publish fewer ports or raise the limit"
+        )));
+    }
+    Ok(())
+}
+
 fn net_target(c: &Container) -> Option<NetTarget> {
     match &c.kind {
         Kind::Run => (c.pid > 0).then_some(NetTarget::Pid(c.pid)),
@@ -136,9 +162,17 @@ fn net_request(st: &State, a: &NetworkAttach) -> Result<NetRequest, ApiError> {
             ));
         }
     }
+    for alias in &a.aliases {
+        if let Some(m) = alias_error(alias) {
+            return Err(ApiError::bad(m));
+        }
+    }
     for l in &a.links {
-        let (target, _) = l.split_once(':').unwrap_or((l.as_str(), ""));
+        let (target, alias) = l.split_once(':').unwrap_or((l.as_str(), ""));
         find_container(st, target)?;
+        if let Some(m) = (!alias.is_empty()).then(|| alias_error(alias)).flatten() {
+            return Err(ApiError::bad(m));
+        }
     }
     Ok(NetRequest {
         network_id: n.id.clone(),
@@ -199,20 +233,35 @@ fn alloc_endpoint(
         }
         e => ApiError::bad(format!("network {}: {e}", n.name)),
     })?;
-    let mac = match req.mac {
-        Some(m) => {
-            if st
+    // The gateway's MAC is the switch's own on this network: a container
+    // claiming it would be unreachable (and would shadow the gateway).
+    let gateway_mac = Mac(tapnet_switch::topology::gateway_mac(pool.gateway).0);
+    let taken = |m: Mac| {
+        m == gateway_mac
+            || st
                 .network_endpoints(&n.id)
                 .any(|e| e.mac == m && e.container_id != container_id)
-            {
-                return Err(ApiError::conflict(format!(
-                    "MAC address {m} is already in use on network {}",
-                    n.name
-                )));
-            }
-            m
+    };
+    let mac = match req.mac {
+        Some(m) if m == gateway_mac => {
+            return Err(ApiError::conflict(format!(
+                "MAC address {m} is the gateway's on network {}",
+                n.name
+            )));
         }
-        None => Mac::random(),
+        Some(m) if taken(m) => {
+            return Err(ApiError::conflict(format!(
+                "MAC address {m} is already in use on network {}",
+                n.name
+            )));
+        }
+        Some(m) => m,
+        None => loop {
+            let m = Mac::random();
+            if !taken(m) {
+                break m;
+            }
+        },
     };
     let ep = Endpoint {
         id: new_id(),
@@ -314,7 +363,13 @@ fn host_resolv_nameservers() -> (Vec<String>, Vec<String>) {
 /// container's hosts, resolv.conf and hostname.
 fn write_files(st: &State, root: &Path, c: &Container) -> std::io::Result<()> {
     let dir = container_dir(root, &c.id);
-    std::fs::create_dir_all(&dir)?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+    }
     let mut hosts = String::from(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n",
     );
@@ -343,24 +398,25 @@ fn write_files(st: &State, root: &Path, c: &Container) -> std::io::Result<()> {
     }
     let (host_ns, host_other) = host_resolv_nameservers();
     let mut resolv = String::new();
-    let first_gw = c
+    // Docker's rule: a container on at least one user-defined network uses
+    // the embedded DNS (here: the gateway address of the first such
+    // network) as its only nameserver, with ndots:0, which forwards to
+    // `--dns`; it switches when the container joins its first user-defined
+    // network and back when it leaves the last one. The default bridge has
+    // no embedded DNS: its containers get `--dns` or the host's resolvers.
+    let dns_gw = c
         .endpoints
         .iter()
         .filter_map(|e| st.endpoints.get(e))
-        .find_map(|e| e.gateway);
-    // Docker's rule: on a user-defined network the embedded DNS (here: the
-    // first network's gateway address) is the only nameserver, with
-    // ndots:0, and forwards to `--dns`; the default bridge has no embedded
-    // DNS, so its containers get `--dns` or the host's resolvers.
-    let first_net = c
-        .endpoints
-        .iter()
-        .filter_map(|e| st.endpoints.get(e))
-        .find(|e| e.gateway.is_some())
-        .and_then(|e| st.networks.get(&e.network_id));
-    let embedded =
-        matches!(c.net_mode, NetMode::Bridge) && first_net.is_some_and(|n| n.name != "bridge");
-    let nameservers: Vec<String> = if let (true, Some(gw)) = (embedded, first_gw) {
+        .filter(|e| {
+            st.networks
+                .get(&e.network_id)
+                .is_some_and(Network::has_embedded_dns)
+        })
+        .find_map(|e| e.gateway)
+        .filter(|_| matches!(c.net_mode, NetMode::Bridge));
+    let embedded = dns_gw.is_some();
+    let nameservers: Vec<String> = if let Some(gw) = dns_gw {
         vec![gw.to_string()]
     } else if !c.dns.is_empty() {
         c.dns.iter().map(|d| d.to_string()).collect()
@@ -385,6 +441,16 @@ fn write_files(st: &State, root: &Path, c: &Container) -> std::io::Result<()> {
     std::fs::write(dir.join("hosts"), hosts)?;
     std::fs::write(dir.join("resolv.conf"), resolv)?;
     std::fs::write(dir.join("hostname"), format!("{}\n", c.hostname))?;
+    // The `run -d` log holds the command's output: owner-only from the
+    // start (the sandbox appends to it).
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(dir.join("log"))?;
+    }
     Ok(())
 }
 
@@ -406,6 +472,23 @@ fn human_since(t: &str) -> String {
 }
 
 impl Core {
+    /// What a sandbox covers (see [`ContainerCreateResponse::hide_paths`]):
+    /// the state directory, and the socket's directory when it is a
+    /// dedicated one (`/run/tapnet`, `$XDG_RUNTIME_DIR/tapnet`), else the
+    /// socket file alone.
+    fn hide_paths(&self) -> Vec<String> {
+        let mut out = vec![self.root.display().to_string()];
+        let dedicated = self
+            .socket
+            .parent()
+            .filter(|d| d.file_name() == Some("tapnet".as_ref()));
+        match dedicated {
+            Some(d) => out.push(d.display().to_string()),
+            None => out.push(self.socket.display().to_string()),
+        }
+        out
+    }
+
     fn workers(&self) -> usize {
         self.dp.workers().max(1)
     }
@@ -548,6 +631,12 @@ impl Core {
             .iter()
             .map(|p| PortBinding::parse(p).map_err(ApiError::bad))
             .collect::<Result<Vec<_>, _>>()?;
+        check_port_count(&ports)?;
+        if let Some(h) = req.hostname.as_deref().filter(|h| !h.is_empty()) {
+            if let Some(m) = hostname_error(h) {
+                return Err(ApiError::bad(m));
+            }
+        }
         let dns = req
             .dns
             .iter()
@@ -694,6 +783,7 @@ impl Core {
             hostname: c.hostname,
             log_path: dir.join("log").display().to_string(),
             join_pid,
+            hide_paths: self.hide_paths(),
         })
     }
 
@@ -1353,6 +1443,47 @@ impl Core {
 
     // ---- watcher and recovery ----------------------------------------------
 
+    /// A container still `created` when the daemon starts was half-made:
+    /// its `run` got an error when the previous daemon died between create
+    /// and start (tapnet has no separate `create` verb). Remove it and
+    /// release its addresses, so that a failed change leaves nothing behind
+    /// across a crash too.
+    fn roll_back_created(&mut self) {
+        let half: Vec<Container> = self
+            .store
+            .state()
+            .containers
+            .values()
+            .filter(|c| c.status == Status::Created)
+            .cloned()
+            .collect();
+        if half.is_empty() {
+            return;
+        }
+        let r = self.store.transact(|st| {
+            for c in &half {
+                for e in &c.endpoints {
+                    release_endpoint(st, e);
+                }
+                st.containers.remove(&c.id);
+            }
+            Ok::<_, ApiError>(())
+        });
+        match r {
+            Ok(()) => {
+                for c in &half {
+                    tracing::warn!(
+                        "container {} ({}) was being created when the daemon stopped: removed it and released its addresses",
+                        c.name,
+                        c.short_id()
+                    );
+                    let _ = std::fs::remove_dir_all(container_dir(&self.root, &c.id));
+                }
+            }
+            Err(e) => tracing::error!("cannot roll back half-made containers: {e}"),
+        }
+    }
+
     /// Containers whose process is gone.
     fn dead_containers(&self) -> Vec<String> {
         self.store
@@ -1376,9 +1507,11 @@ impl Core {
         }
     }
 
-    /// After a restart: reopen the TAPs of live containers, mark dead ones
-    /// exited.
+    /// After a restart: roll back containers that were half-made when the
+    /// previous daemon died, reopen the TAPs of live containers, mark dead
+    /// ones exited.
     pub(super) fn recover_containers(&mut self) {
+        self.roll_back_created();
         self.reap();
         let st = self.store.state().clone();
         for c in st

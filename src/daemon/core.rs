@@ -23,6 +23,8 @@ pub struct Core {
     pub store: Store,
     pub dp: Dataplane,
     pub root: PathBuf,
+    /// The API socket (hidden from containers, with `root`).
+    pub socket: PathBuf,
     pub daemon_pid: i32,
     net_ids: HashMap<String, NetId>,
     next_net_id: NetId,
@@ -36,11 +38,17 @@ pub struct Core {
 impl Core {
     /// Loads the state, creates the predefined networks on first start and
     /// pushes every network into the dataplane, then recovers containers.
-    pub fn new(store: Store, dp: Dataplane, root: PathBuf) -> Result<Core, ApiError> {
+    pub fn new(
+        store: Store,
+        dp: Dataplane,
+        root: PathBuf,
+        socket: PathBuf,
+    ) -> Result<Core, ApiError> {
         let mut core = Core {
             store,
             dp,
             root,
+            socket,
             daemon_pid: std::process::id() as i32,
             net_ids: HashMap::new(),
             next_net_id: 1,
@@ -141,7 +149,7 @@ impl Core {
                 internal: n.internal,
                 masquerade: n.masquerade(),
                 // Docker: no embedded DNS on the default bridge.
-                dns: n.name != "bridge",
+                dns: n.has_embedded_dns(),
             },
         );
     }
@@ -186,7 +194,7 @@ impl Core {
         let name = req.name.trim().to_string();
         if !valid_network_name(&name) {
             return Err(ApiError::bad(format!(
-                "invalid network name {:?}: it must be 1-128 characters without '/', ':' or spaces",
+                "invalid network name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (at most 128 characters)",
                 req.name
             )));
         }
@@ -332,12 +340,32 @@ impl Core {
         Ok(())
     }
 
-    pub fn prune_networks(&mut self) -> Result<PruneResponse, ApiError> {
+    /// `POST /networks/prune`: removes the unused custom networks that
+    /// Docker's prune filters (`until`, `label`, `label!`) select; any other
+    /// filter, or a malformed one, is refused before anything is removed.
+    pub fn prune_networks(&mut self, filters: Option<&str>) -> Result<PruneResponse, ApiError> {
+        let filters = parse_filters(filters)?;
+        for k in filters.keys() {
+            if !["until", "label", "label!"].contains(&k.as_str()) {
+                return Err(ApiError::bad(format!("invalid filter '{k}'")));
+            }
+        }
+        let until = match filters.get("until").map(Vec::as_slice) {
+            None | Some([]) => None,
+            Some([u]) => Some(parse_until(u, chrono::Utc::now())?),
+            Some(_) => return Err(ApiError::bad("more than one until filter specified")),
+        };
         let removed = self.store.transact(|st| {
             let victims: Vec<Network> = st
                 .networks
                 .values()
                 .filter(|n| !n.predefined && st.network_endpoints(&n.id).next().is_none())
+                .filter(|n| match until {
+                    None => true,
+                    Some(t) => chrono::DateTime::parse_from_rfc3339(&n.created)
+                        .is_ok_and(|c| c.with_timezone(&chrono::Utc) < t),
+                })
+                .filter(|n| prune_labels_match(&filters, &n.labels))
                 .cloned()
                 .collect();
             for n in &victims {
@@ -388,8 +416,123 @@ pub fn parse_filters(raw: Option<&str>) -> Result<BTreeMap<String, Vec<String>>,
     Ok(out)
 }
 
+/// Whether one `label` filter value (`KEY` or `KEY=VALUE`) matches.
+fn label_matches(filter: &str, labels: &BTreeMap<String, String>) -> bool {
+    match filter.split_once('=') {
+        Some((k, v)) => labels.get(k).map(String::as_str) == Some(v),
+        None => labels.contains_key(filter),
+    }
+}
+
+/// Docker's prune rule: every `label` value matches, and not every
+/// `label!` value does (when any is given).
+fn prune_labels_match(
+    f: &BTreeMap<String, Vec<String>>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let all = |k: &str| {
+        f.get(k)
+            .is_none_or(|vs| vs.iter().all(|v| label_matches(v, labels)))
+    };
+    let excluded = f.get("label!").is_some_and(|vs| !vs.is_empty()) && all("label!");
+    all("label") && !excluded
+}
+
+/// Docker's `until` value: a Go duration before `now` (`90m`, `1h30m`,
+/// `2.5h`), a Unix timestamp (`1700000000[.5]`), RFC 3339, or a date /
+/// date-time without zone (taken as UTC).
+pub fn parse_until(
+    v: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
+    let bad = || {
+        ApiError::bad(format!(
+            "invalid until filter {v:?}: expected a duration (10m, 1h30m), a Unix timestamp or an RFC 3339 time"
+        ))
+    };
+    if let Some(d) = parse_go_duration(v) {
+        let d = chrono::Duration::from_std(d).map_err(|_| bad())?;
+        return now.checked_sub_signed(d).ok_or_else(bad);
+    }
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Some((secs, frac)) = v.split_once('.').or(Some((v, ""))) {
+        if !secs.is_empty()
+            && secs.bytes().all(|b| b.is_ascii_digit())
+            && frac.bytes().all(|b| b.is_ascii_digit())
+            && frac.len() <= 9
+        {
+            let s: i64 = secs.parse().map_err(|_| bad())?;
+            let ns: u32 = if frac.is_empty() {
+                0
+            } else {
+                format!("{frac:0<9}").parse().map_err(|_| bad())?
+            };
+            return Utc.timestamp_opt(s, ns).single().ok_or_else(bad);
+        }
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(v, f) {
+            return Ok(Utc.from_utc_datetime(&t));
+        }
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(v, "%Y-%m-%d") {
+        return Ok(Utc.from_utc_datetime(&d.and_hms_opt(0, 0, 0).ok_or_else(bad)?));
+    }
+    Err(bad())
+}
+
+/// Go's `time.ParseDuration` for non-negative values: one or more
+/// `NUMBER[.FRACTION]UNIT` with units ns, us, µs, ms, s, m, h.
+fn parse_go_duration(v: &str) -> Option<std::time::Duration> {
+    let mut rest = v.strip_prefix('+').unwrap_or(v);
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let n = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let (num, tail) = rest.split_at(n);
+        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
+            return None;
+        }
+        let x: f64 = num.parse().ok()?;
+        let u = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(u);
+        let scale = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += x * scale;
+        rest = tail;
+    }
+    std::time::Duration::try_from_secs_f64(total).ok()
+}
+
 fn network_matches(st: &State, n: &Network, f: &BTreeMap<String, Vec<String>>) -> bool {
     f.iter().all(|(k, vals)| {
+        if k == "label" {
+            // Docker: every label filter must match.
+            return vals.iter().all(|v| label_matches(v, &n.labels));
+        }
         vals.is_empty()
             || vals.iter().any(|v| match k.as_str() {
                 "name" => n.name.contains(v.as_str()),
@@ -397,10 +540,6 @@ fn network_matches(st: &State, n: &Network, f: &BTreeMap<String, Vec<String>>) -
                 "driver" => n.driver == *v,
                 "scope" => v == "local",
                 "type" => (v == "builtin" && n.predefined) || (v == "custom" && !n.predefined),
-                "label" => match v.split_once('=') {
-                    Some((lk, lv)) => n.labels.get(lk).map(String::as_str) == Some(lv),
-                    None => n.labels.contains_key(v.as_str()),
-                },
                 "dangling" => {
                     let dangling = !n.predefined && st.network_endpoints(&n.id).next().is_none();
                     parse_bool(v) == Some(dangling)
@@ -538,5 +677,69 @@ pub fn network_view(st: &State, n: &Network, with_containers: bool) -> NetworkVi
         containers,
         options: n.options.clone(),
         labels: n.labels.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_values() {
+        use chrono::TimeZone;
+        let now = chrono::Utc.with_ymd_and_hms(2026, 12, 1, 12, 0, 0).unwrap();
+        let at = |v: &str| parse_until(v, now).unwrap();
+        assert_eq!(at("1h"), now - chrono::Duration::hours(1));
+        assert_eq!(at("1h30m"), now - chrono::Duration::minutes(90));
+        assert_eq!(at("2.5h"), now - chrono::Duration::minutes(150));
+        assert_eq!(at("10s"), now - chrono::Duration::seconds(10));
+        assert_eq!(at("0"), now);
+        assert_eq!(
+            at("1700000000"),
+            chrono::Utc.timestamp_opt(1700000000, 0).unwrap()
+        );
+        assert_eq!(
+            at("1700000000.5"),
+            chrono::Utc.timestamp_opt(1700000000, 500_000_000).unwrap()
+        );
+        assert_eq!(
+            at("2026-11-30T10:00:00Z"),
+            chrono::Utc
+                .with_ymd_and_hms(2026, 11, 30, 10, 0, 0)
+                .unwrap()
+        );
+        assert_eq!(
+            at("2026-11-30"),
+            chrono::Utc.with_ymd_and_hms(2026, 11, 30, 0, 0, 0).unwrap()
+        );
+        for bad in ["", "xx", "1x", "h", "-1h", "1.2.3s", "2026-13-01"] {
+            assert!(parse_until(bad, now).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prune_label_rules() {
+        let labels: BTreeMap<String, String> =
+            [("a".to_string(), "1".to_string()), ("b".into(), "2".into())].into();
+        let f = |pairs: &[(&str, &[&str])]| -> BTreeMap<String, Vec<String>> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect()
+        };
+        assert!(prune_labels_match(&f(&[]), &labels));
+        assert!(prune_labels_match(&f(&[("label", &["a"])]), &labels));
+        assert!(prune_labels_match(&f(&[("label", &["a=1", "b"])]), &labels));
+        assert!(!prune_labels_match(
+            &f(&[("label", &["a=1", "c"])]),
+            &labels
+        ));
+        assert!(!prune_labels_match(
+            &f(&[("label", &["nomatch=1"])]),
+            &labels
+        ));
+        assert!(!prune_labels_match(&f(&[("label!", &["a"])]), &labels));
+        assert!(prune_labels_match(&f(&[("label!", &["c"])]), &labels));
+        assert!(prune_labels_match(&f(&[("label!", &["a", "c"])]), &labels));
     }
 }

@@ -138,6 +138,106 @@ pub fn default_workers() -> usize {
         .clamp(1, 8)
 }
 
+/// How long a client may take to send a request's headers, and how long
+/// an idle connection is kept: slow or stuck clients do not hold a
+/// connection (and its task) for long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a new daemon waits for the state file's lock while a previous
+/// daemon (killed a moment ago) is still exiting.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Makes `dir` owner-only (0700) and every entry below it unreadable by
+/// others: directories 0700, files 0600, except the files bind-mounted into
+/// containers (`hosts`, `resolv.conf`, `hostname`: 0644, as Docker, so that
+/// any user inside a container reads them; the 0700 directories above keep
+/// them from other users of the host). Returns how many modes it changed.
+pub fn secure_tree(dir: &std::path::Path) -> std::io::Result<usize> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut changed = 0;
+    let mut set = |p: &std::path::Path, want: u32| -> std::io::Result<()> {
+        let meta = std::fs::symlink_metadata(p)?;
+        if meta.file_type().is_symlink() {
+            return Ok(());
+        }
+        if meta.permissions().mode() & 0o7777 != want {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(want))?;
+            changed += 1;
+        }
+        Ok(())
+    };
+    set(dir, 0o700)?;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let e = e?;
+            let p = e.path();
+            let ft = e.file_type()?;
+            if ft.is_dir() {
+                set(&p, 0o700)?;
+                stack.push(p);
+            } else if ft.is_file() {
+                let shared = matches!(
+                    e.file_name().to_str(),
+                    Some("hosts" | "resolv.conf" | "hostname")
+                ) && d.parent().and_then(|x| x.file_name())
+                    == Some("containers".as_ref());
+                set(&p, if shared { 0o644 } else { 0o600 })?;
+            }
+        }
+    }
+    Ok(changed)
+}
+
+/// Opens the state store, waiting (up to [`LOCK_WAIT`]) while another
+/// process still holds its lock: a daemon restarted right after `kill -9`
+/// may start before the old process has fully exited.
+fn open_store(path: &std::path::Path) -> anyhow::Result<crate::state::Store> {
+    {
+        // Owner-only from its first byte (redb would create it 0644).
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cannot create state {}: {e}", path.display()))?;
+    }
+    let start = std::time::Instant::now();
+    let mut logged = false;
+    loop {
+        match crate::state::Store::open(path) {
+            Err(crate::state::StoreError::Open {
+                source: redb::DatabaseError::DatabaseAlreadyOpen,
+                ..
+            }) if start.elapsed() < LOCK_WAIT => {
+                if !logged {
+                    tracing::info!(
+                        "{} is locked by another process; waiting up to {}s for it to exit",
+                        path.display(),
+                        LOCK_WAIT.as_secs()
+                    );
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(
+                e @ crate::state::StoreError::Open {
+                    source: redb::DatabaseError::DatabaseAlreadyOpen,
+                    ..
+                },
+            ) => {
+                anyhow::bail!(
+                    "{e} (is another tapnet daemon using {}?)",
+                    path.parent().unwrap_or(path).display()
+                )
+            }
+            Err(e) => anyhow::bail!("{e}"),
+            Ok(s) => return Ok(s),
+        }
+    }
+}
+
 /// Runs the daemon until SIGINT/SIGTERM.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -145,19 +245,26 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
 
     let rootless = !nix::unistd::geteuid().is_root();
     raise_nofile_limit();
-    std::fs::create_dir_all(&cfg.root)
-        .with_context(|| format!("cannot create state directory {}", cfg.root.display()))?;
-    std::fs::create_dir_all(cfg.root.join("containers"))
-        .with_context(|| format!("cannot create {}/containers", cfg.root.display()))?;
-    if rootless {
-        let _ = std::fs::set_permissions(&cfg.root, std::fs::Permissions::from_mode(0o700));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(cfg.root.join("containers"))
+            .with_context(|| format!("cannot create state directory {}", cfg.root.display()))?;
     }
-    let store = crate::state::Store::open(&cfg.root.join("state.redb")).map_err(|e| {
-        anyhow::anyhow!(
-            "{e} (is another tapnet daemon using {}?)",
+    match secure_tree(&cfg.root) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            "{}: made {n} files and directories owner-only (they were readable by other users)",
             cfg.root.display()
-        )
-    })?;
+        ),
+        Err(e) => anyhow::bail!(
+            "cannot make state directory {} owner-only: {e}",
+            cfg.root.display()
+        ),
+    }
+    let store = open_store(&cfg.root.join("state.redb"))?;
     let dp = crate::dataplane::Dataplane::start_with(crate::dataplane::DataplaneConfig {
         workers: cfg.workers,
         dns_upstreams: cfg.dns_upstream.clone(),
@@ -166,7 +273,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         conntrack: cfg.conntrack,
     })
     .context("cannot start the dataplane")?;
-    let mut core = core::Core::new(store, dp, cfg.root.clone())
+    let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone())
         .map_err(|e| anyhow::anyhow!("cannot load state: {e}"))?;
     core.store
         .transact(|st| {
@@ -219,10 +326,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             Duration::from_millis(300),
         ));
 
-        use axum::ServiceExt;
-        use tower::Layer;
-        let app = tower::util::MapRequestLayer::new(api::strip_version)
-            .layer(api::router(shared.clone()));
         let shutdown = async {
             use tokio::signal::unix::{signal, SignalKind};
             let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -232,13 +335,51 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 _ = int.recv() => {},
             }
         };
-        axum::serve(listener, app.into_make_service())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("the API server failed")?;
+        serve(listener, api::router(shared.clone()), shutdown).await;
         let _ = std::fs::remove_file(&socket);
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` completes: the version
+/// gate before routing, and [`HEADER_TIMEOUT`] for a request's headers and
+/// between requests on a kept-alive connection.
+async fn serve(
+    listener: tokio::net::UnixListener,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::Layer;
+    let app = axum::middleware::from_fn(api::version_gate).layer(router);
+    let app = tower::util::MapRequestLayer::new(|r: axum::http::Request<hyper::body::Incoming>| {
+        r.map(axum::body::Body::new)
+    })
+    .layer(app);
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return,
+        };
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .keep_alive(true);
+            if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!("connection: {e}");
+            }
+        });
+    }
 }
 
 fn default_dns_ttl() -> u32 {

@@ -229,6 +229,11 @@ pub struct ContainerCreateResponse {
     /// The pid whose network namespace the sandbox must join (`host`,
     /// `container:NAME`); none for a new namespace.
     pub join_pid: Option<i32>,
+    /// Paths the sandbox covers so that its processes cannot reach the
+    /// daemon (its state directory, its API socket or the socket's own
+    /// directory).
+    #[serde(default)]
+    pub hide_paths: Vec<String>,
 }
 
 /// `POST /containers/{id}/start` (tapnet: the sandbox's pid).

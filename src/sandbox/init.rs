@@ -41,6 +41,9 @@ struct InitSpec {
     /// `None`: a new network namespace; `Some(pid)`: join that process's.
     join_net: Option<i32>,
     files: Vec<(PathBuf, PathBuf)>,
+    /// Paths covered inside the sandbox (see [`SandboxSpec::hide`]).
+    #[serde(default)]
+    hide: Vec<PathBuf>,
     env: Vec<(String, String)>,
     cmd: Vec<String>,
     /// New session (detached `run -d`).
@@ -61,6 +64,7 @@ pub(super) fn spawn(spec: &SandboxSpec) -> anyhow::Result<(i32, OwnedFd)> {
             NetMode::Join(pid) => Some(pid),
         },
         files: spec.files.clone(),
+        hide: spec.hide.clone(),
         env: spec.env.clone(),
         cmd: spec.cmd.clone(),
         setsid: matches!(spec.stdio, Stdio::Log(_)),
@@ -69,9 +73,11 @@ pub(super) fn spawn(spec: &SandboxSpec) -> anyhow::Result<(i32, OwnedFd)> {
     let mut cmd = Command::new(&exe);
     cmd.arg("__sandbox-init");
     if let Stdio::Log(path) = &spec.stdio {
+        use std::os::unix::fs::OpenOptionsExt;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(path)
             .with_context(|| format!("open log file {}", path.display()))?;
         let log2 = log
@@ -316,6 +322,11 @@ fn setup(spec: &InitSpec) -> anyhow::Result<()> {
     for (src, dst) in &spec.files {
         bind_file(src, dst)?;
     }
+    // After the bind mounts above, whose sources may lie below a hidden
+    // directory: they stay reachable where they were mounted.
+    for p in &spec.hide {
+        hide(p)?;
+    }
     if !spec.hostname.is_empty() {
         nix::unistd::sethostname(&spec.hostname)
             .with_context(|| format!("set hostname {}", spec.hostname))?;
@@ -327,6 +338,37 @@ fn setup(spec: &InitSpec) -> anyhow::Result<()> {
             .context("bring lo up")?;
     }
     Ok(())
+}
+
+/// Covers `p` in the sandbox's mount namespace: a directory with an empty
+/// read-only tmpfs, anything else with `/dev/null`. A path that does not
+/// exist needs no cover.
+fn hide(p: &Path) -> anyhow::Result<()> {
+    let meta = match std::fs::metadata(p) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("hide {}", p.display())),
+    };
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    if meta.is_dir() {
+        nix::mount::mount(
+            Some("tmpfs"),
+            p,
+            Some("tmpfs"),
+            flags,
+            Some("size=4k,mode=0755"),
+        )
+        .with_context(|| format!("hide {} (mount an empty tmpfs over it)", p.display()))
+    } else {
+        nix::mount::mount(
+            Some("/dev/null"),
+            p,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("hide {} (bind-mount /dev/null over it)", p.display()))
+    }
 }
 
 fn bind_file(src: &Path, dst: &Path) -> anyhow::Result<()> {

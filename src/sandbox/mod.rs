@@ -109,6 +109,11 @@ pub struct SandboxSpec {
     pub net: NetMode,
     /// (host file, path inside) bind mounts, e.g. (STATE/hosts, /etc/hosts).
     pub files: Vec<(PathBuf, PathBuf)>,
+    /// Paths made unreachable inside the sandbox after the bind mounts
+    /// (the daemon's state directory and API socket): directories are
+    /// covered with an empty read-only tmpfs, files and sockets with
+    /// `/dev/null`.
+    pub hide: Vec<PathBuf>,
     pub env: Vec<(String, String)>,
     pub cmd: Vec<String>,
     pub stdio: Stdio,
