@@ -2,7 +2,8 @@
 //!
 //! The root package owns everything that touches the operating system: the
 //! daemon and its HTTP API (`daemon`), the CLI (`cli`, `client`), persisted
-//! state (`state`), IPAM (`ipam`), the worker threads that move frames
+//! state (`state`), IPAM (`ipam`), the network drivers, one per kind
+//! (`drivers`), the worker threads that move frames
 //! between TAP queues and the switch pipeline (`dataplane`), the device and
 //! namespace plumbing (`sys`, the only place with `unsafe`), sandboxes
 //! (`sandbox`) and the offline `replay` tool.
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod dataplane;
+pub mod drivers;
 pub mod ipam;
 pub mod model;
 pub mod replay;

@@ -45,8 +45,8 @@ pub struct Network {
     /// 64 hex digits.
     pub id: String,
     pub name: String,
-    /// `bridge`, `host` or `null`.
-    pub driver: String,
+    /// The network's kind (`crate::drivers`).
+    pub driver: crate::drivers::DriverKind,
     /// RFC 3339 with nanoseconds.
     pub created: String,
     pub internal: bool,
@@ -64,19 +64,10 @@ pub struct Network {
 }
 
 impl Network {
-    /// Whether containers on it get an interface switched by the dataplane.
-    pub fn is_bridge(&self) -> bool {
-        self.driver == "bridge"
-    }
     /// The default bridge network (`bridge`) has Docker's legacy rules: no
     /// `--ip`, no aliases, `--link` works through /etc/hosts.
     pub fn is_default_bridge(&self) -> bool {
         self.predefined && self.name == BRIDGE
-    }
-    /// Docker's rule: the embedded DNS serves user-defined networks, not
-    /// the default `bridge`.
-    pub fn has_embedded_dns(&self) -> bool {
-        self.is_bridge() && !self.is_default_bridge()
     }
     pub fn icc(&self) -> bool {
         self.options
@@ -112,13 +103,52 @@ pub fn parse_bool(v: &str) -> Option<bool> {
     }
 }
 
-/// An endpoint: one interface of a container on one network.
+/// Who holds an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Owner {
+    /// A tapnet container (`run`, `attach`).
+    Container { id: String },
+    /// An external runtime's sandbox (Docker through the driver plugin,
+    /// later CNI): `runtime` names it, `id` is its endpoint id.
+    External { runtime: String, id: String },
+}
+
+impl Owner {
+    /// The tapnet container holding it, if one does.
+    pub fn container(&self) -> Option<&str> {
+        match self {
+            Owner::Container { id } => Some(id),
+            Owner::External { .. } => None,
+        }
+    }
+}
+
+/// A network namespace, as persisted: where an endpoint's TAP lives, so
+/// that a restarted daemon reopens it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+pub enum NetnsRef {
+    /// The network namespace of a process (a `run` sandbox, `attach
+    /// --pid`).
+    Pid(i32),
+    /// A namespace file (`attach --netns`, an external runtime's sandbox
+    /// key).
+    Path(String),
+}
+
+/// An endpoint: a port the daemon holds on one network (its TAP), with its
+/// addresses and MAC, owned by a container or an external runtime.
+///
+/// INVARIANT: `netns` is set exactly while the endpoint's TAP exists and
+/// its port is in the dataplane ("plugged"); its address stays allocated
+/// from creation to removal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// 64 hex digits.
     pub id: String,
     pub network_id: String,
-    pub container_id: String,
+    pub owner: Owner,
     /// Interface name inside the sandbox (`eth0`, ...).
     pub ifname: String,
     pub mac: Mac,
@@ -129,6 +159,9 @@ pub struct Endpoint {
     pub mtu: u32,
     /// The address was given explicitly (`--ip`).
     pub static_ip: bool,
+    /// Where its TAP lives while plugged (see the invariant).
+    #[serde(default)]
+    pub netns: Option<NetnsRef>,
 }
 
 /// A network a container asked for (kept while the container exists, also

@@ -141,9 +141,13 @@ impl Store {
             let _ = name;
             Ok(out)
         };
+        let mut endpoints = read(ENDPOINTS, "endpoints")?;
+        for v in endpoints.values_mut() {
+            migrate_endpoint(v);
+        }
         let state = State {
             networks: decode(read(NETWORKS, "networks")?, "networks")?,
-            endpoints: decode(read(ENDPOINTS, "endpoints")?, "endpoints")?,
+            endpoints: decode(endpoints, "endpoints")?,
             allocations: read(ALLOCATIONS, "ipam")?,
             containers: decode(read(CONTAINERS, "containers")?, "containers")?,
             options: read(OPTIONS, "options")?,
@@ -202,6 +206,26 @@ impl Store {
             })?;
         }
         tx.commit().map_err(redb_err)
+    }
+}
+
+/// Endpoint records written before endpoints had owners name their
+/// container as `container_id`: rewrite them as `owner` (in memory; the
+/// record is written back in the new form with its next change).
+fn migrate_endpoint(raw: &mut String) {
+    let Ok(serde_json::Value::Object(mut m)) = serde_json::from_str::<serde_json::Value>(raw)
+    else {
+        return;
+    };
+    if m.contains_key("owner") {
+        return;
+    }
+    if let Some(id) = m.remove("container_id") {
+        m.insert(
+            "owner".into(),
+            serde_json::json!({"kind": "container", "id": id}),
+        );
+        *raw = serde_json::Value::Object(m).to_string();
     }
 }
 
@@ -272,7 +296,7 @@ mod tests {
         Network {
             id: crate::model::new_id(),
             name: name.into(),
-            driver: "bridge".into(),
+            driver: crate::drivers::DriverKind::Bridge,
             created: crate::model::now_rfc3339(),
             internal: false,
             attachable: false,
@@ -358,6 +382,15 @@ mod tests {
         assert!(s.state().networks.contains_key(&a.id));
         assert!(s.state().allocations.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn old_endpoint_records_get_an_owner() {
+        let mut raw = r#"{"id":"e","network_id":"n","container_id":"c","ifname":"eth0","mac":"02:00:00:00:00:01","ipv4":"10.0.0.2/24","gateway":"10.0.0.1","aliases":[],"links":[],"mtu":1500,"static_ip":false}"#.to_string();
+        migrate_endpoint(&mut raw);
+        let e: crate::model::Endpoint = serde_json::from_str(&raw).unwrap();
+        assert_eq!(e.owner.container(), Some("c"));
+        assert_eq!(e.netns, None);
     }
 
     #[test]

@@ -116,7 +116,8 @@ fn net(dp: &Dataplane, id: u32, name: &str, subnet: &str, gw: Ipv4Addr, icc: boo
             masquerade: true,
             dns: true,
         },
-    );
+    )
+    .expect("add network");
 }
 
 #[test]
@@ -260,7 +261,7 @@ fn containers_talk_through_the_switch() {
     let st = dp.port_stats(pa).unwrap();
     assert!(st.rx_packets > 0 && st.tx_packets > 0, "{st:?}");
 
-    dp.remove_port(pa);
+    dp.remove_port(pa).expect("remove port");
     assert_ne!(
         sh(&a, "ping -c 1 -W 1 10.97.0.3 >/dev/null 2>&1"),
         0,

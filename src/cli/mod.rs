@@ -101,20 +101,6 @@ enum Cmd {
     },
     /// Print the output of a `run -d` command.
     Logs { container: String },
-    /// Capture traffic to pcapng.
-    Capture {
-        #[arg(long)]
-        network: Option<String>,
-        #[arg(long)]
-        container: Option<String>,
-        #[arg(long)]
-        interface: Option<String>,
-        #[arg(short = 'w')]
-        write: Option<String>,
-        #[arg(short = 'c')]
-        count: Option<u64>,
-        filter: Vec<String>,
-    },
     /// Replay a pcapng file through an in-memory switch.
     Replay {
         #[arg(long)]
@@ -153,14 +139,6 @@ struct DaemonArgs {
     /// tcp_closing, tcp_closed, udp_unreplied, udp_replied, icmp).
     #[arg(long = "conntrack-timeout")]
     conntrack_timeout: Vec<String>,
-    #[arg(long = "cluster-store")]
-    cluster_store: Option<String>,
-    #[arg(long = "advertise-addr")]
-    advertise_addr: Option<String>,
-    #[arg(long = "vxlan-port", default_value_t = 4789)]
-    vxlan_port: u16,
-    #[arg(long = "metrics-addr")]
-    metrics_addr: Option<String>,
 }
 
 fn client(host: &Option<String>) -> anyhow::Result<Client> {
@@ -185,7 +163,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Stop { time, containers } => container::stop(&client(&cli.host)?, time, &containers),
         Cmd::Rm { force, containers } => container::rm(&client(&cli.host)?, force, &containers),
         Cmd::Logs { container } => container::logs(&client(&cli.host)?, &container),
-        Cmd::Capture { .. } => anyhow::bail!("capture is not implemented yet"),
         Cmd::Replay {
             topology,
             input,
@@ -250,10 +227,6 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         dns_ttl: a.dns_ttl,
         host_loopback: !a.no_host_loopback,
         conntrack,
-        cluster_store: a.cluster_store,
-        advertise_addr: a.advertise_addr,
-        vxlan_port: a.vxlan_port,
-        metrics_addr: a.metrics_addr,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,11 @@
-//! HTTP routes (Docker Engine API paths; an optional `/v1.NN` prefix is
-//! accepted on every path). Bodies are parsed here so that a malformed body
-//! is a 400 with Docker's `{"message": ...}`.
+//! HTTP routes (Docker Engine API paths; an optional `/vX.Y` prefix is
+//! checked and stripped before routing). Bodies are parsed here so that a
+//! malformed body is a 400 with Docker's `{"message": ...}`.
+//!
+//! This is the only place that knows HTTP statuses: each domain error
+//! variant gets its status in the `*_status` functions below.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -11,14 +13,12 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 
-use super::core::Core;
+use super::error::*;
 use super::types::*;
-use super::ApiError;
-
-pub type Shared = Arc<Mutex<Core>>;
+use super::{call, Shared};
+use crate::drivers::DriverError;
 
 type Q = Query<HashMap<String, String>>;
 
@@ -27,15 +27,148 @@ pub const API_VERSION: &str = "1.43";
 /// The oldest API version accepted in a `/vX.Y/` path prefix.
 pub const MIN_API_VERSION: &str = "1.24";
 
-/// Runs a core operation on a blocking thread with the core locked.
-pub async fn call<R: Send + 'static>(
-    core: &Shared,
-    f: impl FnOnce(&mut Core) -> Result<R, ApiError> + Send + 'static,
-) -> Result<R, ApiError> {
-    let core = core.clone();
-    tokio::task::spawn_blocking(move || f(&mut core.lock()))
-        .await
-        .map_err(|e| ApiError::internal(format!("internal error: {e}")))?
+/// An error answer: an HTTP status and Docker's `{"message": ...}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(ErrorBody {
+                message: self.message,
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn lookup_status(e: &LookupError) -> StatusCode {
+    match e {
+        LookupError::Network(_) | LookupError::Container(_) => StatusCode::NOT_FOUND,
+        LookupError::Ambiguous { .. } => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn driver_status(e: &DriverError) -> StatusCode {
+    match e {
+        DriverError::Unknown(_) => StatusCode::NOT_FOUND,
+        DriverError::OnlyOne(_) => StatusCode::FORBIDDEN,
+        DriverError::BridgeNameInUse { .. } => StatusCode::CONFLICT,
+        DriverError::NotYet(_)
+        | DriverError::BadOption { .. }
+        | DriverError::Reserved(_)
+        | DriverError::IpamDriver(_)
+        | DriverError::Ipv6
+        | DriverError::OneSubnet
+        | DriverError::Ingress
+        | DriverError::Ipam(_)
+        | DriverError::Overlap { .. } => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn network_status(e: &NetworkError) -> StatusCode {
+    match e {
+        NetworkError::Lookup(l) => lookup_status(l),
+        NetworkError::Driver(d) => driver_status(d),
+        NetworkError::Filter(_) | NetworkError::InvalidName(_) => StatusCode::BAD_REQUEST,
+        NetworkError::NameInUse(_) => StatusCode::CONFLICT,
+        NetworkError::Predefined { .. } | NetworkError::ActiveEndpoints { .. } => {
+            StatusCode::FORBIDDEN
+        }
+        NetworkError::Dataplane { .. } | NetworkError::Store(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+fn endpoint_status(e: &EndpointError) -> StatusCode {
+    match e {
+        EndpointError::Lookup(l) => lookup_status(l),
+        EndpointError::AddrInUse { .. }
+        | EndpointError::GatewayMac { .. }
+        | EndpointError::MacInUse { .. } => StatusCode::CONFLICT,
+        EndpointError::NoPool(_)
+        | EndpointError::Ipam { .. }
+        | EndpointError::BadAddress(_)
+        | EndpointError::BadMac(_)
+        | EndpointError::BadAlias(_)
+        | EndpointError::IpOnDefaultBridge
+        | EndpointError::AliasOnDefaultBridge
+        | EndpointError::NotSwitched { .. }
+        | EndpointError::GivenTwice(_) => StatusCode::BAD_REQUEST,
+        EndpointError::Interfaces { .. }
+        | EndpointError::Dataplane { .. }
+        | EndpointError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn port_status(e: &PortError) -> StatusCode {
+    match e {
+        PortError::Parse(_) | PortError::NotHostAddress { .. } | PortError::TooMany { .. } => {
+            StatusCode::BAD_REQUEST
+        }
+        PortError::Taken { .. } | PortError::RangeTaken { .. } => StatusCode::CONFLICT,
+        PortError::Privileged { .. } => StatusCode::FORBIDDEN,
+        PortError::Bind { .. } | PortError::Publish { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn container_status(e: &ContainerError) -> StatusCode {
+    use ContainerError as E;
+    match e {
+        E::Lookup(l) => lookup_status(l),
+        E::Endpoint(x) => endpoint_status(x),
+        E::Port(x) => port_status(x),
+        E::NameInUse { .. } | E::JoinNotRunning(_) | E::NotCreated { .. } | E::Running(_) => {
+            StatusCode::CONFLICT
+        }
+        E::CannotConnect { .. } | E::AlreadyConnected { .. } => StatusCode::FORBIDDEN,
+        E::InvalidName(_)
+        | E::InvalidHostname(_)
+        | E::InvalidDns(_)
+        | E::InvalidEnv(_)
+        | E::NoCommand
+        | E::LinkTarget(_)
+        | E::LinkNotRunning(_)
+        | E::InvalidMode(_)
+        | E::ModeWithNetworks(_)
+        | E::ModeWithPorts(_)
+        | E::NoProcess(_)
+        | E::NoNamespace(_)
+        | E::AttachTarget
+        | E::NotConnected { .. } => StatusCode::BAD_REQUEST,
+        E::DeleteInterface { .. } | E::Files { .. } | E::Logs { .. } | E::Store(_) => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+impl From<NetworkError> for ApiError {
+    fn from(e: NetworkError) -> ApiError {
+        ApiError::new(network_status(&e), e.to_string())
+    }
+}
+
+impl From<ContainerError> for ApiError {
+    fn from(e: ContainerError) -> ApiError {
+        ApiError::new(container_status(&e), e.to_string())
+    }
 }
 
 /// Parses a request body: empty means the defaults; anything else must be
@@ -154,15 +287,14 @@ pub fn router(core: Shared) -> Router {
         .route("/tapnet/conntrack", get(tapnet_conntrack))
         .route("/tapnet/conntrack/stats", get(tapnet_conntrack_stats))
         .fallback(|req: Request| async move {
-            ApiError::not_found(format!(
-                "page not found: {} {}",
-                req.method(),
-                req.uri().path()
-            ))
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("page not found: {} {}", req.method(), req.uri().path()),
+            )
         })
         .method_not_allowed_fallback(|req: Request| async move {
             ApiError::new(
-                405,
+                StatusCode::METHOD_NOT_ALLOWED,
                 format!(
                     "method {} is not allowed on {}",
                     req.method(),
@@ -238,7 +370,7 @@ async fn networks_disconnect(
 
 async fn containers_list(State(c): State<Shared>, Query(q): Q) -> Result<Response, ApiError> {
     let all = flag(&q, "all");
-    let v = call(&c, move |c| Ok(c.list_containers(all))).await?;
+    let v = call(&c, move |c| Ok::<_, ContainerError>(c.list_containers(all))).await?;
     Ok(Json(v).into_response())
 }
 
@@ -319,7 +451,7 @@ async fn tapnet_attach(State(c): State<Shared>, b: Bytes) -> Result<Response, Ap
 
 /// `GET /tapnet/conntrack/stats`: the table's gauges and counters.
 async fn tapnet_conntrack_stats(State(c): State<Shared>) -> Result<Response, ApiError> {
-    let v = call(&c, move |c| Ok(c.dp.conntrack_stats())).await?;
+    let v = call(&c, move |c| Ok::<_, ContainerError>(c.dp.conntrack_stats())).await?;
     Ok(Json(v).into_response())
 }
 

@@ -1,17 +1,19 @@
 //! The daemon's core: the state store, the link to the dataplane, and the
-//! network operations. Every operation validates first and commits one
-//! store transaction; dataplane changes follow a successful commit (or are
-//! undone when the commit fails).
+//! network operations.
+//!
+//! Every change is a transaction through the whole stack: validate
+//! everything on a copy of the state, apply the dataplane part (through the
+//! network's driver), then commit the copy; a dataplane refusal drops the
+//! copy (nothing is committed), and a failed commit undoes the dataplane
+//! part.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use ipnet::Ipv4Net;
-
+use super::error::{FilterError, LookupError, NetworkError};
 use super::types::*;
-use super::ApiError;
-use crate::dataplane::{Dataplane, NetId, NetworkSpec, PortId};
-use crate::ipam::{self, PoolRequest};
+use crate::dataplane::{Dataplane, NetId, PortId};
+use crate::drivers::{self, DriverKind};
 use crate::model::*;
 use crate::state::{State, Store};
 
@@ -36,14 +38,14 @@ pub struct Core {
 }
 
 impl Core {
-    /// Loads the state, creates the predefined networks on first start and
+    /// Loads the state, creates the predefined networks on first start,
     /// pushes every network into the dataplane, then recovers containers.
     pub fn new(
         store: Store,
         dp: Dataplane,
         root: PathBuf,
         socket: PathBuf,
-    ) -> Result<Core, ApiError> {
+    ) -> Result<Core, NetworkError> {
         let mut core = Core {
             store,
             dp,
@@ -58,21 +60,24 @@ impl Core {
         core.ensure_predefined()?;
         let nets: Vec<Network> = core.store.state().networks.values().cloned().collect();
         for n in &nets {
-            core.dp_add_network(n);
+            let id = core.alloc_net_id(&n.id);
+            if let Err(e) = drivers::of(n).create(&core.dp, id, n) {
+                tracing::error!("network {}: the dataplane refused it: {e}", n.name);
+            }
         }
         core.recover_containers();
         Ok(core)
     }
 
-    fn ensure_predefined(&mut self) -> Result<(), ApiError> {
+    fn ensure_predefined(&mut self) -> Result<(), NetworkError> {
         self.store.transact(|st| {
             let has = |st: &State, name: &str| {
                 st.networks.values().any(|n| n.predefined && n.name == name)
             };
-            let mk = |name: &str, driver: &str| Network {
+            let mk = |name: &str, driver: DriverKind| Network {
                 id: new_id(),
                 name: name.into(),
-                driver: driver.into(),
+                driver,
                 created: now_rfc3339(),
                 internal: false,
                 attachable: false,
@@ -85,10 +90,10 @@ impl Core {
                 predefined: true,
             };
             if !has(st, BRIDGE) {
-                let mut n = mk(BRIDGE, "bridge");
+                let mut n = mk(BRIDGE, DriverKind::Bridge);
                 n.pools.push(Pool {
-                    subnet: "172.17.0.0/16".parse().unwrap(),
-                    gateway: "172.17.0.1".parse().unwrap(),
+                    subnet: "172.17.0.0/16".parse().expect("constant"),
+                    gateway: "172.17.0.1".parse().expect("constant"),
                     ip_range: None,
                     aux: BTreeMap::new(),
                 });
@@ -105,19 +110,35 @@ impl Core {
                 st.networks.insert(n.id.clone(), n);
             }
             if !has(st, HOST) {
-                let n = mk(HOST, "host");
+                let n = mk(HOST, DriverKind::Host);
                 st.networks.insert(n.id.clone(), n);
             }
             if !has(st, NONE) {
-                let n = mk(NONE, "null");
+                let n = mk(NONE, DriverKind::Null);
                 st.networks.insert(n.id.clone(), n);
             }
-            Ok::<_, ApiError>(())
+            Ok::<_, NetworkError>(())
         })
+    }
+
+    /// Worker threads = TAP queues per port.
+    pub(super) fn workers(&self) -> usize {
+        self.dp.workers().max(1)
     }
 
     pub(super) fn dp_net_id(&self, network_id: &str) -> Option<NetId> {
         self.net_ids.get(network_id).copied()
+    }
+
+    /// The dataplane id of a network, made on first use.
+    fn alloc_net_id(&mut self, network_id: &str) -> NetId {
+        if let Some(id) = self.net_ids.get(network_id) {
+            return *id;
+        }
+        let id = self.next_net_id;
+        self.next_net_id += 1;
+        self.net_ids.insert(network_id.to_string(), id);
+        id
     }
 
     /// The daemon's network id of a dataplane network.
@@ -128,46 +149,14 @@ impl Core {
             .map(|(k, _)| k.as_str())
     }
 
-    fn dp_add_network(&mut self, n: &Network) {
-        if !n.is_bridge() {
-            return;
-        }
-        let Some(pool) = n.pools.first() else { return };
-        let id = *self.net_ids.entry(n.id.clone()).or_insert_with(|| {
-            let id = self.next_net_id;
-            self.next_net_id += 1;
-            id
-        });
-        self.dp.add_network(
-            id,
-            NetworkSpec {
-                name: n.name.clone(),
-                subnet: pool.subnet,
-                gateway: pool.gateway,
-                icc: n.icc(),
-                mtu: n.mtu(),
-                internal: n.internal,
-                masquerade: n.masquerade(),
-                // Docker: no embedded DNS on the default bridge.
-                dns: n.has_embedded_dns(),
-            },
-        );
-    }
-
-    fn dp_remove_network(&mut self, network_id: &str) {
-        if let Some(id) = self.net_ids.remove(network_id) {
-            self.dp.remove_network(id);
-        }
-    }
-
     // ---- networks --------------------------------------------------------
 
-    pub fn list_networks(&self, filters: Option<&str>) -> Result<Vec<NetworkView>, ApiError> {
+    pub fn list_networks(&self, filters: Option<&str>) -> Result<Vec<NetworkView>, NetworkError> {
         let filters = parse_filters(filters)?;
         for k in filters.keys() {
             if !["name", "id", "driver", "label", "type", "scope", "dangling"].contains(&k.as_str())
             {
-                return Err(ApiError::bad(format!("invalid filter '{k}'")));
+                return Err(FilterError::Unknown(k.clone()).into());
             }
         }
         let st = self.store.state();
@@ -181,119 +170,55 @@ impl Core {
         Ok(out)
     }
 
-    pub fn inspect_network(&self, key: &str) -> Result<NetworkView, ApiError> {
+    pub fn inspect_network(&self, key: &str) -> Result<NetworkView, NetworkError> {
         let st = self.store.state();
         let n = find_network(st, key)?;
         Ok(network_view(st, n, true))
     }
 
+    /// `POST /networks/create`: the driver validates, the dataplane gets
+    /// the network, then the store commits (undone when it cannot).
     pub fn create_network(
         &mut self,
         req: NetworkCreate,
-    ) -> Result<NetworkCreateResponse, ApiError> {
+    ) -> Result<NetworkCreateResponse, NetworkError> {
         let name = req.name.trim().to_string();
         if !valid_network_name(&name) {
-            return Err(ApiError::bad(format!(
-                "invalid network name {:?}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed (at most 128 characters)",
-                req.name
-            )));
+            return Err(NetworkError::InvalidName(req.name.clone()));
         }
-        let driver = req.driver.clone().filter(|d| !d.is_empty());
-        let driver = driver.as_deref().unwrap_or("bridge");
-        let network = self.store.transact(|st| {
-            if st.networks.values().any(|n| n.name == name) {
-                return Err(ApiError::conflict(format!(
-                    "network with name {name} already exists"
-                )));
-            }
-            match driver {
-                "bridge" => {}
-                "host" | "null" => {
-                    return Err(ApiError::forbidden(format!(
-                        "only one instance of \"{driver}\" network is allowed"
-                    )))
-                }
-                d => return Err(ApiError::bad(format!("driver {d} is not supported yet"))),
-            }
-            let ipam_req = req.ipam.clone().unwrap_or_default();
-            if let Some(d) = ipam_req.driver.as_deref() {
-                if !d.is_empty() && d != "default" {
-                    return Err(ApiError::bad(format!(
-                        "IPAM driver {d} is not supported (only \"default\")"
-                    )));
-                }
-            }
-            let mut configs: Vec<IpamConfigReq> = ipam_req.config.clone().unwrap_or_default();
-            if configs
-                .iter()
-                .any(|c| c.subnet.as_deref().unwrap_or("").contains(':'))
-            {
-                return Err(ApiError::bad("IPv6 subnets are not supported yet"));
-            }
-            if configs.len() > 1 {
-                return Err(ApiError::bad(
-                    "only one IPv4 subnet per network is supported",
-                ));
-            }
-            let c = configs.pop().unwrap_or_default();
-            let used: Vec<(String, Ipv4Net)> = st
-                .networks
-                .values()
-                .flat_map(|n| n.pools.iter().map(move |p| (n.name.clone(), p.subnet)))
-                .collect();
-            let used_nets: Vec<Ipv4Net> = used.iter().map(|(_, s)| *s).collect();
-            let pool = ipam::make_pool(
-                &PoolRequest {
-                    subnet: c.subnet.clone(),
-                    ip_range: c.ip_range.clone(),
-                    gateway: c.gateway.clone(),
-                    aux: c.auxiliary_addresses.clone().unwrap_or_default(),
-                },
-                &used_nets,
-            )
-            .map_err(|e| ApiError::bad(e.to_string()))?;
-            if let Some((other, s)) = used.iter().find(|(_, s)| ipam::overlaps(s, &pool.subnet)) {
-                return Err(ApiError::bad(format!(
-                    "subnet {} overlaps with network \"{other}\" ({s})",
-                    pool.subnet
-                )));
-            }
-            let options = req.options.clone().unwrap_or_default();
-            validate_bridge_options(&options)?;
-            if let Some(b) = options.get(OPT_BRIDGE_NAME) {
-                if let Some(other) = st
-                    .networks
-                    .values()
-                    .find(|n| n.options.get(OPT_BRIDGE_NAME) == Some(b))
-                {
-                    return Err(ApiError::conflict(format!(
-                        "bridge name {b} is already used by network \"{}\"",
-                        other.name
-                    )));
-                }
-            }
-            let n = Network {
-                id: new_id(),
-                name: name.clone(),
-                driver: "bridge".into(),
-                created: now_rfc3339(),
-                internal: req.internal,
-                attachable: req.attachable,
-                ingress: false,
-                enable_ipv6: req.enable_ipv6.unwrap_or(false),
-                pools: vec![pool],
-                ipam_options: ipam_req.options.clone().unwrap_or_default(),
-                options,
-                labels: req.labels.clone().unwrap_or_default(),
-                predefined: false,
-            };
-            if req.ingress {
-                return Err(ApiError::bad("ingress networks are not supported"));
-            }
-            st.networks.insert(n.id.clone(), n.clone());
-            Ok(n)
-        })?;
-        self.dp_add_network(&network);
+        let kind = DriverKind::parse(req.driver.as_deref().unwrap_or(""))?;
+        let driver = drivers::driver(kind);
+        let mut next = self.store.prepare();
+        if next.networks.values().any(|n| n.name == name) {
+            return Err(NetworkError::NameInUse(name));
+        }
+        let base = Network {
+            id: new_id(),
+            name: name.clone(),
+            driver: kind,
+            created: now_rfc3339(),
+            internal: req.internal,
+            attachable: req.attachable,
+            ingress: false,
+            enable_ipv6: req.enable_ipv6.unwrap_or(false),
+            pools: vec![],
+            ipam_options: BTreeMap::new(),
+            options: BTreeMap::new(),
+            labels: req.labels.clone().unwrap_or_default(),
+            predefined: false,
+        };
+        let network = driver.validate(&next, &req, base)?;
+        next.networks.insert(network.id.clone(), network.clone());
+        let id = self.alloc_net_id(&network.id);
+        if let Err(source) = driver.create(&self.dp, id, &network) {
+            self.net_ids.remove(&network.id);
+            return Err(NetworkError::Dataplane { name, source });
+        }
+        if let Err(e) = self.store.commit(next) {
+            let _ = driver.delete(&self.dp, id);
+            self.net_ids.remove(&network.id);
+            return Err(e.into());
+        }
         let warning = if network.enable_ipv6 {
             "IPv6 is not supported yet: the network is IPv4 only".to_string()
         } else {
@@ -305,79 +230,120 @@ impl Core {
         })
     }
 
-    pub fn remove_network(&mut self, key: &str) -> Result<(), ApiError> {
-        let id = self.store.transact(|st| {
-            let n = find_network(st, key)?.clone();
-            if n.predefined {
-                return Err(ApiError::forbidden(format!(
-                    "{} is a pre-defined network and cannot be removed",
-                    n.name
-                )));
-            }
-            let active: Vec<&Endpoint> = st.network_endpoints(&n.id).collect();
-            if !active.is_empty() {
-                let names: Vec<String> = active
-                    .iter()
-                    .map(|e| {
-                        st.containers
-                            .get(&e.container_id)
-                            .map(|c| c.name.clone())
-                            .unwrap_or_else(|| e.container_id.clone())
-                    })
-                    .collect();
-                return Err(ApiError::forbidden(format!(
-                    "error while removing network: network {} id {} has active endpoints ({})",
-                    n.name,
-                    n.id,
-                    names.join(", ")
-                )));
-            }
-            st.networks.remove(&n.id);
-            st.forget_network(&n.id);
-            Ok(n.id)
-        })?;
-        self.dp_remove_network(&id);
+    /// Checks that a network may be removed (not predefined, no endpoint).
+    fn removable(st: &State, n: &Network) -> Result<(), NetworkError> {
+        if n.predefined {
+            return Err(NetworkError::Predefined {
+                name: n.name.clone(),
+            });
+        }
+        let active: Vec<&Endpoint> = st.network_endpoints(&n.id).collect();
+        if !active.is_empty() {
+            let users: Vec<String> = active
+                .iter()
+                .map(|e| match &e.owner {
+                    Owner::Container { id } => st
+                        .containers
+                        .get(id)
+                        .map(|c| c.name.clone())
+                        .unwrap_or_else(|| id.clone()),
+                    Owner::External { runtime, id } => format!("{runtime} endpoint {id}"),
+                })
+                .collect();
+            return Err(NetworkError::ActiveEndpoints {
+                name: n.name.clone(),
+                id: n.id.clone(),
+                users: users.join(", "),
+            });
+        }
         Ok(())
+    }
+
+    /// Removes networks from the dataplane then commits `next` (where they
+    /// are gone); a refusal or a failed commit puts back what was removed.
+    fn remove_networks(&mut self, next: State, victims: &[Network]) -> Result<(), NetworkError> {
+        let mut removed: Vec<&Network> = vec![];
+        let mut failed = None;
+        for n in victims {
+            let Some(id) = self.dp_net_id(&n.id) else {
+                continue;
+            };
+            match drivers::of(n).delete(&self.dp, id) {
+                Ok(()) => removed.push(n),
+                Err(source) => {
+                    failed = Some(NetworkError::Dataplane {
+                        name: n.name.clone(),
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        let r = match failed {
+            Some(e) => Err(e),
+            None => self.store.commit(next).map_err(NetworkError::from),
+        };
+        match r {
+            Ok(()) => {
+                for n in victims {
+                    self.net_ids.remove(&n.id);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                for n in removed {
+                    if let Some(id) = self.dp_net_id(&n.id) {
+                        let _ = drivers::of(n).create(&self.dp, id, n);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub fn remove_network(&mut self, key: &str) -> Result<(), NetworkError> {
+        let mut next = self.store.prepare();
+        let n = find_network(&next, key)?.clone();
+        Self::removable(&next, &n)?;
+        next.networks.remove(&n.id);
+        next.forget_network(&n.id);
+        self.remove_networks(next, &[n])
     }
 
     /// `POST /networks/prune`: removes the unused custom networks that
     /// Docker's prune filters (`until`, `label`, `label!`) select; any other
     /// filter, or a malformed one, is refused before anything is removed.
-    pub fn prune_networks(&mut self, filters: Option<&str>) -> Result<PruneResponse, ApiError> {
+    pub fn prune_networks(&mut self, filters: Option<&str>) -> Result<PruneResponse, NetworkError> {
         let filters = parse_filters(filters)?;
         for k in filters.keys() {
             if !["until", "label", "label!"].contains(&k.as_str()) {
-                return Err(ApiError::bad(format!("invalid filter '{k}'")));
+                return Err(FilterError::Unknown(k.clone()).into());
             }
         }
         let until = match filters.get("until").map(Vec::as_slice) {
             None | Some([]) => None,
             Some([u]) => Some(parse_until(u, chrono::Utc::now())?),
-            Some(_) => return Err(ApiError::bad("more than one until filter specified")),
+            Some(_) => return Err(FilterError::TwoUntil.into()),
         };
-        let removed = self.store.transact(|st| {
-            let victims: Vec<Network> = st
-                .networks
-                .values()
-                .filter(|n| !n.predefined && st.network_endpoints(&n.id).next().is_none())
-                .filter(|n| match until {
-                    None => true,
-                    Some(t) => chrono::DateTime::parse_from_rfc3339(&n.created)
-                        .is_ok_and(|c| c.with_timezone(&chrono::Utc) < t),
-                })
-                .filter(|n| prune_labels_match(&filters, &n.labels))
-                .cloned()
-                .collect();
-            for n in &victims {
-                st.networks.remove(&n.id);
-                st.forget_network(&n.id);
-            }
-            Ok::<_, ApiError>(victims)
-        })?;
-        for n in &removed {
-            self.dp_remove_network(&n.id);
+        let mut next = self.store.prepare();
+        let victims: Vec<Network> = next
+            .networks
+            .values()
+            .filter(|n| Self::removable(&next, n).is_ok())
+            .filter(|n| match until {
+                None => true,
+                Some(t) => chrono::DateTime::parse_from_rfc3339(&n.created)
+                    .is_ok_and(|c| c.with_timezone(&chrono::Utc) < t),
+            })
+            .filter(|n| prune_labels_match(&filters, &n.labels))
+            .cloned()
+            .collect();
+        for n in &victims {
+            next.networks.remove(&n.id);
+            next.forget_network(&n.id);
         }
-        let mut names: Vec<String> = removed.into_iter().map(|n| n.name).collect();
+        self.remove_networks(next, &victims)?;
+        let mut names: Vec<String> = victims.into_iter().map(|n| n.name).collect();
         names.sort();
         Ok(PruneResponse {
             networks_deleted: names,
@@ -387,29 +353,32 @@ impl Core {
 
 /// Docker's `filters` query parameter: `{"key":["v1","v2"]}` or
 /// `{"key":{"v1":true}}`.
-pub fn parse_filters(raw: Option<&str>) -> Result<BTreeMap<String, Vec<String>>, ApiError> {
+pub fn parse_filters(raw: Option<&str>) -> Result<BTreeMap<String, Vec<String>>, FilterError> {
     let mut out = BTreeMap::new();
     let Some(raw) = raw.filter(|r| !r.is_empty()) else {
         return Ok(out);
     };
-    let v: serde_json::Value = serde_json::from_str(raw)
-        .map_err(|e| ApiError::bad(format!("invalid filters {raw:?}: {e}")))?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::bad(format!("invalid filters {raw:?}: not an object")))?;
+    let v: serde_json::Value = serde_json::from_str(raw).map_err(|e| FilterError::Malformed {
+        raw: raw.to_string(),
+        why: e.to_string(),
+    })?;
+    let obj = v.as_object().ok_or_else(|| FilterError::Malformed {
+        raw: raw.to_string(),
+        why: "not an object".into(),
+    })?;
     for (k, vals) in obj {
         let list: Vec<String> = match vals {
             serde_json::Value::Array(a) => a
                 .iter()
                 .map(|x| x.as_str().map(String::from))
                 .collect::<Option<_>>()
-                .ok_or_else(|| ApiError::bad(format!("invalid filter values for '{k}'")))?,
+                .ok_or_else(|| FilterError::Values(k.clone()))?,
             serde_json::Value::Object(m) => m
                 .iter()
                 .filter(|(_, on)| on.as_bool().unwrap_or(false))
                 .map(|(x, _)| x.clone())
                 .collect(),
-            _ => return Err(ApiError::bad(format!("invalid filter values for '{k}'"))),
+            _ => return Err(FilterError::Values(k.clone())),
         };
         out.insert(k.clone(), list);
     }
@@ -444,13 +413,9 @@ fn prune_labels_match(
 pub fn parse_until(
     v: &str,
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+) -> Result<chrono::DateTime<chrono::Utc>, FilterError> {
     use chrono::{NaiveDate, NaiveDateTime, TimeZone, Utc};
-    let bad = || {
-        ApiError::bad(format!(
-            "invalid until filter {v:?}: expected a duration (10m, 1h30m), a Unix timestamp or an RFC 3339 time"
-        ))
-    };
+    let bad = || FilterError::Until(v.to_string());
     if let Some(d) = parse_go_duration(v) {
         let d = chrono::Duration::from_std(d).map_err(|_| bad())?;
         return now.checked_sub_signed(d).ok_or_else(bad);
@@ -537,7 +502,7 @@ fn network_matches(st: &State, n: &Network, f: &BTreeMap<String, Vec<String>>) -
             || vals.iter().any(|v| match k.as_str() {
                 "name" => n.name.contains(v.as_str()),
                 "id" => n.id.starts_with(v.as_str()),
-                "driver" => n.driver == *v,
+                "driver" => n.driver.name() == v,
                 "scope" => v == "local",
                 "type" => (v == "builtin" && n.predefined) || (v == "custom" && !n.predefined),
                 "dangling" => {
@@ -550,9 +515,9 @@ fn network_matches(st: &State, n: &Network, f: &BTreeMap<String, Vec<String>>) -
 }
 
 /// Finds a network by full id, then name, then unique id prefix.
-pub fn find_network<'a>(st: &'a State, key: &str) -> Result<&'a Network, ApiError> {
+pub fn find_network<'a>(st: &'a State, key: &str) -> Result<&'a Network, LookupError> {
     find_by_key(&st.networks, key, "network", |n| (&n.id, &n.name))
-        .map_err(|e| e.unwrap_or_else(|| ApiError::not_found(format!("network {key} not found"))))
+        .map_err(|e| e.unwrap_or_else(|| LookupError::Network(key.to_string())))
 }
 
 /// Docker's lookup of an object by full id, name, or unique id prefix.
@@ -561,9 +526,9 @@ pub fn find_network<'a>(st: &'a State, key: &str) -> Result<&'a Network, ApiErro
 pub fn find_by_key<'a, T>(
     map: &'a BTreeMap<String, T>,
     key: &str,
-    what: &str,
+    what: &'static str,
     id_name: impl Fn(&T) -> (&String, &String),
-) -> Result<&'a T, Option<ApiError>> {
+) -> Result<&'a T, Option<LookupError>> {
     if let Some(v) = map.get(key) {
         return Ok(v);
     }
@@ -577,44 +542,12 @@ pub fn find_by_key<'a, T>(
     match (m.next(), m.count()) {
         (Some(v), 0) => Ok(v),
         (None, _) => Err(None),
-        (Some(_), k) => Err(Some(ApiError::bad(format!(
-            "{what} {key} is ambiguous ({} matches found based on ID prefix)",
-            k + 1
-        )))),
+        (Some(_), k) => Err(Some(LookupError::Ambiguous {
+            what,
+            key: key.to_string(),
+            matches: k + 1,
+        })),
     }
-}
-
-fn validate_bridge_options(opts: &Map) -> Result<(), ApiError> {
-    for (k, v) in opts {
-        let bad = |why: &str| ApiError::bad(format!("invalid value {v:?} for option {k}: {why}"));
-        match k.as_str() {
-            OPT_ICC | OPT_MASQ => {
-                parse_bool(v).ok_or_else(|| bad("expected true or false"))?;
-            }
-            OPT_HOST_BINDING => {
-                v.parse::<std::net::Ipv4Addr>()
-                    .map_err(|_| bad("expected an IPv4 address"))?;
-            }
-            OPT_MTU => match v.parse::<u32>() {
-                Ok(m) if (68..=65535).contains(&m) => {}
-                _ => return Err(bad("expected an MTU between 68 and 65535")),
-            },
-            OPT_BRIDGE_NAME
-                if v.is_empty()
-                    || v.len() > 15
-                    || v.chars().any(|c| c.is_whitespace() || c == '/' || c == ':') =>
-            {
-                return Err(bad("expected an interface name of 1-15 characters"));
-            }
-            OPT_DEFAULT_BRIDGE => {
-                return Err(ApiError::bad(format!(
-                    "option {k} is reserved for the predefined bridge network"
-                )))
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Docker's NetworkResource view of a network.
@@ -622,13 +555,20 @@ pub fn network_view(st: &State, n: &Network, with_containers: bool) -> NetworkVi
     let mut containers = BTreeMap::new();
     if with_containers {
         for e in st.network_endpoints(&n.id) {
-            let name = st
-                .containers
-                .get(&e.container_id)
-                .map(|c| c.name.clone())
-                .unwrap_or_default();
+            // Docker keys endpoints by container; an external runtime's
+            // endpoint by its own id.
+            let (key, name) = match &e.owner {
+                Owner::Container { id } => (
+                    id.clone(),
+                    st.containers
+                        .get(id)
+                        .map(|c| c.name.clone())
+                        .unwrap_or_default(),
+                ),
+                Owner::External { runtime, id } => (id.clone(), format!("{runtime}-{id}")),
+            };
             containers.insert(
-                e.container_id.clone(),
+                key,
                 EndpointView {
                     name,
                     endpoint_id: e.id.clone(),
@@ -644,7 +584,7 @@ pub fn network_view(st: &State, n: &Network, with_containers: bool) -> NetworkVi
         id: n.id.clone(),
         created: n.created.clone(),
         scope: "local".into(),
-        driver: n.driver.clone(),
+        driver: n.driver.name().to_string(),
         enable_ipv6: n.enable_ipv6,
         ipam: IpamView {
             driver: "default".into(),

@@ -2,81 +2,45 @@
 //! state, and the link to the dataplane and sandboxes.
 //!
 //! - `types`: the JSON bodies (shared with the CLI);
+//! - `error`: the typed errors of each kind of operation;
 //! - `core`: state + dataplane + network operations (one transaction each);
-//! - `containers`: sandboxes: create/start/stop/rm, attach, exit watcher,
-//!   recovery after a restart;
+//! - `endpoints`: endpoints, a daemon object of their own (addresses,
+//!   TAPs, dataplane ports);
+//! - `containers`: sandboxes by operation (create, lifecycle, connect,
+//!   files, views);
 //! - `ports`: published ports (host sockets) and the connection table view;
-//! - `api`: the axum routes.
+//! - `api`: the axum routes, and the only mapping of errors to HTTP
+//!   statuses.
+//!
+//! Dependencies point one way: `api` uses the others; nothing uses `api`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
 
 pub mod api;
 pub mod containers;
 pub mod core;
+pub mod endpoints;
+pub mod error;
 pub mod ports;
 pub mod types;
 
-/// An API error: an HTTP status and Docker's `{"message": ...}`.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: u16,
-    pub message: String,
-}
+/// The core, shared by the API handlers and the exit watcher.
+pub type Shared = Arc<Mutex<core::Core>>;
 
-impl ApiError {
-    pub fn new(status: u16, message: impl Into<String>) -> ApiError {
-        ApiError {
-            status,
-            message: message.into(),
-        }
-    }
-    pub fn bad(m: impl Into<String>) -> ApiError {
-        ApiError::new(400, m)
-    }
-    pub fn forbidden(m: impl Into<String>) -> ApiError {
-        ApiError::new(403, m)
-    }
-    pub fn not_found(m: impl Into<String>) -> ApiError {
-        ApiError::new(404, m)
-    }
-    pub fn conflict(m: impl Into<String>) -> ApiError {
-        ApiError::new(409, m)
-    }
-    pub fn internal(m: impl Into<String>) -> ApiError {
-        ApiError::new(500, m)
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-impl From<crate::state::StoreError> for ApiError {
-    fn from(e: crate::state::StoreError) -> ApiError {
-        ApiError::internal(e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
-            status,
-            axum::Json(types::ErrorBody {
-                message: self.message,
-            }),
-        )
-            .into_response()
+/// Runs a core operation on a blocking thread with the core locked (a
+/// panic in it is resumed in the caller).
+pub async fn call<R: Send + 'static, E: Send + 'static>(
+    core: &Shared,
+    f: impl FnOnce(&mut core::Core) -> Result<R, E> + Send + 'static,
+) -> Result<R, E> {
+    let core = core.clone();
+    match tokio::task::spawn_blocking(move || f(&mut core.lock())).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
@@ -96,10 +60,6 @@ pub struct Config {
     pub host_loopback: bool,
     #[serde(default)]
     pub conntrack: crate::dataplane::ConntrackConfig,
-    pub cluster_store: Option<String>,
-    pub advertise_addr: Option<String>,
-    pub vxlan_port: u16,
-    pub metrics_addr: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -238,6 +198,25 @@ fn open_store(path: &std::path::Path) -> anyhow::Result<crate::state::Store> {
     }
 }
 
+/// `TAPNET_DATAPLANE_FAULTS=OP[+N],...`: dataplane operations that refuse
+/// calls (after the first N), for tests of the transactions (see
+/// [`crate::dataplane::Fault`]).
+fn dataplane_faults() -> anyhow::Result<Vec<crate::dataplane::Fault>> {
+    let Ok(v) = std::env::var("TAPNET_DATAPLANE_FAULTS") else {
+        return Ok(vec![]);
+    };
+    let faults = v
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(crate::dataplane::Fault::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("TAPNET_DATAPLANE_FAULTS: {e}"))?;
+    if !faults.is_empty() {
+        tracing::warn!("TAPNET_DATAPLANE_FAULTS: the dataplane refuses {v} (a test setting)");
+    }
+    Ok(faults)
+}
+
 /// Runs the daemon until SIGINT/SIGTERM.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
@@ -271,6 +250,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         dns_ttl: cfg.dns_ttl,
         host_loopback: cfg.host_loopback,
         conntrack: cfg.conntrack,
+        faults: dataplane_faults()?,
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone())
@@ -281,10 +261,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
                 "daemon_config".into(),
                 serde_json::to_string(&cfg).unwrap_or_default(),
             );
-            Ok::<_, ApiError>(())
+            Ok::<_, crate::state::StoreError>(())
         })
         .map_err(|e| anyhow::anyhow!("cannot save the daemon options: {e}"))?;
-    let shared: api::Shared = Arc::new(Mutex::new(core));
+    let shared: Shared = Arc::new(Mutex::new(core));
 
     // The socket: refuse to steal one a live daemon listens on.
     if let Some(dir) = cfg.socket.parent() {

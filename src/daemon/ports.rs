@@ -9,9 +9,9 @@
 //! kernel chose) are recorded in the container, so a restarted daemon binds
 //! the same ports again.
 //!
-//! The daemon keeps a duplicate descriptor of every published socket until
-//! the container exits: the port stays taken for the container's lifetime
-//! whatever the gateway does with its copy.
+//! [`Dataplane::unpublish`](crate::dataplane::Dataplane::unpublish) returns
+//! once the gateway has closed a container's sockets: its host ports are
+//! free again at once.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
@@ -19,9 +19,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 
 use super::containers::find_container;
 use super::core::Core;
+use super::error::{ContainerError, PortError};
 use super::types::ConntrackRow;
-use super::ApiError;
 use crate::dataplane::{HostSocket, NetId, Published};
+use crate::drivers;
 use crate::model::*;
 use crate::state::State;
 
@@ -92,34 +93,61 @@ fn local_port(s: &HostSocket) -> std::io::Result<u16> {
 
 /// The one-line error of a failed bind of `ip:port` (`port` may be a
 /// range), in Docker's words where Docker has them.
-fn bind_error(ip: IpAddr, port: &str, first_port: u16, e: &std::io::Error) -> ApiError {
+fn bind_error(ip: IpAddr, port: &str, first_port: u16, e: std::io::Error) -> PortError {
     use std::io::ErrorKind;
-    let what = format!("Bind for {} failed", join_host_port(ip, port));
+    let what = join_host_port(ip, port);
     match e.kind() {
-        ErrorKind::AddrInUse => ApiError::conflict(format!("{what}: port is already allocated")),
+        ErrorKind::AddrInUse => PortError::Taken { what },
         ErrorKind::PermissionDenied if first_port < unprivileged_port_start() => {
-            let start = unprivileged_port_start();
-            ApiError::forbidden(format!(
-                "{what}: permission denied: ports below {start} need privileges (sysctl net.ipv4.ip_unprivileged_port_start={start}); run the daemon as root, publish a port >= {start}, or lower that sysctl"
-            ))
+            PortError::Privileged {
+                what,
+                start: unprivileged_port_start(),
+            }
         }
-        ErrorKind::AddrNotAvailable => {
-            ApiError::bad(format!("{what}: {ip} is not an address of this host"))
-        }
-        _ => ApiError::internal(format!("{what}: {e}")),
+        ErrorKind::AddrNotAvailable => PortError::NotHostAddress { what, ip },
+        _ => PortError::Bind { what, err: e },
     }
 }
 
+/// Open files the daemon keeps free for everything but published ports
+/// (TAP queues, relayed flows, clients).
+const FD_RESERVE: u64 = 1024;
+
+/// Refuses, before anything is bound, more published ports than the
+/// daemon's open-file limit leaves room for (one socket each).
+pub(super) fn check_port_count(ports: &[PortBinding]) -> Result<(), PortError> {
+    let wanted: u64 = ports.iter().map(|p| p.expand().len() as u64).sum();
+    if wanted <= 64 {
+        return Ok(());
+    }
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count() as u64)
+        .unwrap_or(0);
+    let room = limit.saturating_sub(open).saturating_sub(FD_RESERVE);
+    if wanted > room {
+        return Err(PortError::TooMany {
+            wanted,
+            limit,
+            open,
+            room,
+        });
+    }
+    Ok(())
+}
+
 /// Binds the host sockets of one `-p` binding on `ip`.
-fn bind_binding(b: &PortBinding, ip: IpAddr) -> Result<Vec<Bound>, ApiError> {
+fn bind_binding(b: &PortBinding, ip: IpAddr) -> Result<Vec<Bound>, PortError> {
     let mut out = vec![];
     for (cp, hp) in b.expand() {
         let (socket, host_port) = match hp {
             HostPort::Any | HostPort::Exact(_) => {
                 let p = if let HostPort::Exact(p) = hp { p } else { 0 };
                 let s = bind_socket(ip, p, b.proto)
-                    .map_err(|e| bind_error(ip, &p.to_string(), p, &e))?;
-                let port = local_port(&s).map_err(|e| bind_error(ip, &p.to_string(), p, &e))?;
+                    .map_err(|e| bind_error(ip, &p.to_string(), p, e))?;
+                let port = local_port(&s).map_err(|e| bind_error(ip, &p.to_string(), p, e))?;
                 (s, port)
             }
             HostPort::OneOf(a, z) => {
@@ -132,14 +160,11 @@ fn bind_binding(b: &PortBinding, ip: IpAddr) -> Result<Vec<Bound>, ApiError> {
                             break;
                         }
                         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
-                        Err(e) => return Err(bind_error(ip, &range, a, &e)),
+                        Err(e) => return Err(bind_error(ip, &range, a, e)),
                     }
                 }
-                found.ok_or_else(|| {
-                    ApiError::conflict(format!(
-                        "Bind for {} failed: every port of the range is already allocated",
-                        join_host_port(ip, &range)
-                    ))
+                found.ok_or_else(|| PortError::RangeTaken {
+                    what: join_host_port(ip, &range),
                 })?
             }
         };
@@ -168,7 +193,9 @@ fn publish_target<'a>(st: &'a State, c: &Container) -> Option<(&'a Network, Ipv4
         .filter_map(|e| st.endpoints.get(e))
         .find_map(|e| {
             let n = st.networks.get(&e.network_id)?;
-            (n.is_bridge() && !n.internal)
+            drivers::of(n)
+                .services(n)
+                .publish
                 .then_some(())
                 .and_then(|_| e.ipv4.map(|a| (n, a.addr())))
         })
@@ -178,7 +205,7 @@ impl Core {
     /// Binds the host sockets of `c`'s `-p` bindings: host address as
     /// given, else the network's `host_binding_ipv4`, else all addresses.
     /// On an error, the sockets bound so far are closed (dropped).
-    pub(super) fn bind_ports(&self, st: &State, c: &Container) -> Result<Vec<Bound>, ApiError> {
+    pub(super) fn bind_ports(&self, st: &State, c: &Container) -> Result<Vec<Bound>, PortError> {
         if c.ports.is_empty() {
             return Ok(vec![]);
         }
@@ -213,7 +240,7 @@ impl Core {
                     p.container_port,
                     p.proto,
                     join_host_port(p.host_ip, p.host_port),
-                    bind_error(p.host_ip, &p.host_port.to_string(), p.host_port, &e)
+                    bind_error(p.host_ip, &p.host_port.to_string(), p.host_port, e)
                 ),
             }
         }
@@ -228,7 +255,7 @@ impl Core {
         st: &State,
         c: &Container,
         bound: Vec<Bound>,
-    ) -> Result<Vec<PublishedPort>, ApiError> {
+    ) -> Result<Vec<PublishedPort>, PortError> {
         if bound.is_empty() {
             return Ok(vec![]);
         }
@@ -240,13 +267,13 @@ impl Core {
         };
         let mut published = vec![];
         for b in bound {
-            let fail = |core: &mut Core, e: String| {
+            let fail = |core: &mut Core, reason: String| {
                 core.unpublish_ports(&c.id);
-                ApiError::internal(format!(
-                    "cannot publish {} of container {}: {e}",
-                    join_host_port(b.port.host_ip, b.port.host_port),
-                    c.name
-                ))
+                PortError::Publish {
+                    what: join_host_port(b.port.host_ip, b.port.host_port),
+                    container: c.name.clone(),
+                    reason,
+                }
             };
             let r = self.dp.publish(Published {
                 owner: c.id.clone(),
@@ -271,7 +298,7 @@ impl Core {
 
     /// `GET /tapnet/conntrack[?container=C]`: the connection table, with
     /// networks and containers named; only `C`'s flows when given.
-    pub fn conntrack(&self, container: Option<&str>) -> Result<Vec<ConntrackRow>, ApiError> {
+    pub fn conntrack(&self, container: Option<&str>) -> Result<Vec<ConntrackRow>, ContainerError> {
         let st = self.store.state();
         let only = match container.filter(|c| !c.is_empty()) {
             Some(k) => Some(find_container(st, k)?.id.clone()),
@@ -283,7 +310,7 @@ impl Core {
             let (Some(net), Some(ip), Some(c)) = (
                 self.dp_net_id(&e.network_id),
                 e.ipv4,
-                st.containers.get(&e.container_id),
+                e.owner.container().and_then(|c| st.containers.get(c)),
             ) else {
                 continue;
             };
@@ -340,7 +367,7 @@ mod tests {
         assert_ne!(port, 0);
         let e = bind_socket(lo, port, Proto::Tcp).unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
-        let msg = bind_error(lo, &port.to_string(), port, &e).message;
+        let msg = bind_error(lo, &port.to_string(), port, e).to_string();
         assert_eq!(
             msg,
             format!("Bind for 127.0.0.1:{port} failed: port is already allocated")
@@ -364,17 +391,23 @@ mod tests {
         let v6 = "::".parse().unwrap();
         let e = std::io::Error::from(std::io::ErrorKind::AddrInUse);
         assert_eq!(
-            bind_error(any, "8080", 8080, &e).message,
+            bind_error(
+                any,
+                "8080",
+                8080,
+                std::io::Error::from(std::io::ErrorKind::AddrInUse)
+            )
+            .to_string(),
             "Bind for 0.0.0.0:8080 failed: port is already allocated"
         );
         assert_eq!(
-            bind_error(v6, "8080", 8080, &e).message,
+            bind_error(v6, "8080", 8080, e).to_string(),
             "Bind for [::]:8080 failed: port is already allocated"
         );
         let start = unprivileged_port_start();
         if start > 1 {
             let e = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-            let m = bind_error(any, "1", 1, &e).message;
+            let m = bind_error(any, "1", 1, e).to_string();
             assert!(
                 m.starts_with("Bind for 0.0.0.0:1 failed: permission denied")
                     && m.contains("net.ipv4.ip_unprivileged_port_start"),
@@ -400,7 +433,7 @@ mod tests {
                 assert_eq!(v[0].port.container_port, 80);
             }
             // port + 1 taken by someone else on this machine.
-            Err(e) => assert!(e.message.contains("already allocated"), "{e}"),
+            Err(e) => assert!(e.to_string().contains("already allocated"), "{e}"),
         }
     }
 }

@@ -296,3 +296,174 @@ pub struct ConntrackRow {
     pub idle_secs: f64,
     pub expires_secs: f64,
 }
+
+// ---- container views (Docker's shapes) -------------------------------------
+
+/// `HostIp`/`HostPort` of a port binding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortBindingView {
+    pub host_ip: String,
+    pub host_port: String,
+}
+
+/// `IPAMConfig` of an endpoint (the address asked for).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IpamAddrView {
+    #[serde(rename = "IPv4Address")]
+    pub ipv4_address: String,
+}
+
+/// Docker's EndpointSettings of `NetworkSettings.Networks`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointSettings {
+    #[serde(rename = "IPAMConfig")]
+    pub ipam_config: Option<IpamAddrView>,
+    pub links: Option<Vec<String>>,
+    pub aliases: Option<Vec<String>>,
+    pub mac_address: String,
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    #[serde(rename = "EndpointID")]
+    pub endpoint_id: String,
+    pub gateway: String,
+    #[serde(rename = "IPAddress")]
+    pub ip_address: String,
+    #[serde(rename = "IPPrefixLen")]
+    pub ip_prefix_len: u8,
+    #[serde(rename = "IPv6Gateway")]
+    pub ipv6_gateway: String,
+    #[serde(rename = "GlobalIPv6Address")]
+    pub global_ipv6_address: String,
+    #[serde(rename = "GlobalIPv6PrefixLen")]
+    pub global_ipv6_prefix_len: u8,
+    #[serde(rename = "DNSNames")]
+    pub dns_names: Vec<String>,
+    pub interface_name: String,
+}
+
+/// `State` of `GET /containers/{id}/json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerStateView {
+    pub status: String,
+    pub running: bool,
+    pub paused: bool,
+    pub restarting: bool,
+    #[serde(rename = "OOMKilled")]
+    pub oom_killed: bool,
+    pub dead: bool,
+    pub pid: i32,
+    pub exit_code: i32,
+    pub error: String,
+    pub started_at: String,
+    pub finished_at: String,
+}
+
+/// `Config` of `GET /containers/{id}/json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerConfigView {
+    pub hostname: String,
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+/// `HostConfig` of `GET /containers/{id}/json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HostConfigView {
+    pub network_mode: String,
+    pub port_bindings: BTreeMap<String, Vec<PortBindingView>>,
+    pub dns: Vec<String>,
+    pub links: Option<Vec<String>>,
+    pub auto_remove: bool,
+}
+
+/// `NetworkSettings` of `GET /containers/{id}/json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkSettingsView {
+    pub sandbox_key: String,
+    /// `null` for a requested port that is not published.
+    pub ports: BTreeMap<String, Option<Vec<PortBindingView>>>,
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+/// tapnet's own part of `GET /containers/{id}/json`: how the sandbox was
+/// made.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct TapnetKindView {
+    /// `run` or `attach`.
+    pub kind: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pid: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub netns: Option<String>,
+}
+
+/// `GET /containers/{id}/json` (Docker's ContainerJSON, the parts tapnet
+/// has).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerView {
+    pub id: String,
+    pub created: String,
+    pub path: String,
+    pub args: Vec<String>,
+    pub state: ContainerStateView,
+    pub name: String,
+    pub resolv_conf_path: String,
+    pub hostname_path: String,
+    pub hosts_path: String,
+    pub log_path: String,
+    pub config: ContainerConfigView,
+    pub host_config: HostConfigView,
+    pub network_settings: NetworkSettingsView,
+    pub tapnet: TapnetKindView,
+}
+
+/// One port of `GET /containers/json`: a published one with its host
+/// address, or a requested one that is not published (no `IP`/`PublicPort`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortSummary {
+    #[serde(rename = "IP", skip_serializing_if = "Option::is_none", default)]
+    pub ip: Option<String>,
+    pub private_port: u16,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub public_port: Option<u16>,
+    #[serde(rename = "Type")]
+    pub proto: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SummaryHostConfig {
+    pub network_mode: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct SummaryNetworkSettings {
+    pub networks: BTreeMap<String, EndpointSettings>,
+}
+
+/// One container of `GET /containers/json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ContainerSummary {
+    pub id: String,
+    pub names: Vec<String>,
+    pub image: String,
+    pub command: String,
+    pub created: i64,
+    pub ports: Vec<PortSummary>,
+    pub labels: Map,
+    pub state: String,
+    pub status: String,
+    pub host_config: SummaryHostConfig,
+    pub network_settings: SummaryNetworkSettings,
+}

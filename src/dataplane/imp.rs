@@ -58,6 +58,8 @@ struct Inner {
     upstreams: Arc<super::dns::Upstreams>,
     nat: super::nat::NatHandle,
     host_loopback: bool,
+    /// Injected faults and how many calls of each operation were made.
+    faults: Vec<(Fault, std::sync::atomic::AtomicU64)>,
     epoch: Instant,
     stop: AtomicBool,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -160,6 +162,11 @@ impl Dataplane {
             upstreams,
             nat,
             host_loopback: config.host_loopback,
+            faults: config
+                .faults
+                .iter()
+                .map(|f| (*f, std::sync::atomic::AtomicU64::new(0)))
+                .collect(),
             epoch,
             stop: AtomicBool::new(false),
             threads: Mutex::new(threads),
@@ -264,8 +271,19 @@ impl Dataplane {
         c
     }
 
+    /// Refuses `op` when a test asked for it ([`DataplaneConfig::faults`]).
+    fn fault(&self, op: &'static str) -> Result<(), DataplaneError> {
+        for (f, calls) in &self.inner.faults {
+            if f.op == op && calls.fetch_add(1, Ordering::Relaxed) >= f.after {
+                return Err(DataplaneError::Injected(op));
+            }
+        }
+        Ok(())
+    }
+
     /// Adds or replaces a network.
-    pub fn add_network(&self, id: NetId, spec: NetworkSpec) {
+    pub fn add_network(&self, id: NetId, spec: NetworkSpec) -> Result<(), DataplaneError> {
+        self.fault("add_network")?;
         let cfg = Self::net_config(&spec);
         let mut nets = self.inner.nets.lock();
         let res = match nets.get(&id) {
@@ -296,39 +314,46 @@ impl Dataplane {
                     tracing::error!(network = %spec.name, "dns: add network: {e}");
                 }
                 self.host_names(nid, &spec);
+                Ok(())
             }
-            Err(e) => tracing::error!(network = %spec.name, "dataplane: add network: {e}"),
+            Err(e) => Err(e.into()),
         }
     }
 
     /// Removes a network (its ports must have been removed).
-    pub fn remove_network(&self, id: NetId) {
-        if let Some(nid) = self.inner.nets.lock().remove(&id) {
-            let _ = self.inner.dns.remove_network(nid);
-            self.inner.nat.send(super::nat::NatCmd::RemoveNetwork(nid));
-            if let Err(e) = self.inner.switch.remove_network(nid) {
-                tracing::error!("dataplane: remove network: {e}");
-            }
-        }
+    pub fn remove_network(&self, id: NetId) -> Result<(), DataplaneError> {
+        let mut nets = self.inner.nets.lock();
+        let Some(&nid) = nets.get(&id) else {
+            return Ok(());
+        };
+        self.inner.switch.remove_network(nid)?;
+        nets.remove(&id);
+        let _ = self.inner.dns.remove_network(nid);
+        self.inner.nat.send(super::nat::NatCmd::RemoveNetwork(nid));
+        Ok(())
     }
 
     /// Adds a port whose frames come from and go to `queues` (one TAP queue
     /// fd per worker, opened with IFF_VNET_HDR and a 12-byte header; the
     /// dataplane sets O_NONBLOCK).
-    pub fn add_port(&self, spec: PortSpec, queues: Vec<OwnedFd>) -> anyhow::Result<PortId> {
+    pub fn add_port(&self, spec: PortSpec, queues: Vec<OwnedFd>) -> Result<PortId, DataplaneError> {
+        self.fault("add_port")?;
         if queues.len() != self.workers() {
-            bail!(
-                "port {}: {} queues for {} workers",
-                spec.name,
-                queues.len(),
-                self.workers()
-            );
+            return Err(DataplaneError::Queues {
+                port: spec.name,
+                got: queues.len(),
+                workers: self.workers(),
+            });
         }
         let Some(&net) = self.inner.nets.lock().get(&spec.network) else {
-            bail!("port {}: unknown network {}", spec.name, spec.network);
+            return Err(DataplaneError::UnknownNetwork(spec.network));
+        };
+        let queue_err = |err| DataplaneError::Queue {
+            port: spec.name.clone(),
+            err,
         };
         for q in &queues {
-            set_nonblocking(q).context("set O_NONBLOCK on a TAP queue")?;
+            set_nonblocking(q).map_err(queue_err)?;
         }
         let cfg = PortConfig {
             name: spec.name.clone(),
@@ -337,12 +362,8 @@ impl Dataplane {
             ip: spec.ip,
             max_macs: None,
         };
-        let nat_fd = queues[0].try_clone().context("duplicate a TAP queue")?;
-        let id = self
-            .inner
-            .switch
-            .add_port(cfg)
-            .map_err(|e| anyhow::anyhow!("port {}: {e}", spec.name))?;
+        let nat_fd = queues[0].try_clone().map_err(queue_err)?;
+        let id = self.inner.switch.add_port(cfg)?;
         if let (Some(ip), Some(mac)) = (spec.ip, spec.mac) {
             self.inner.nat.send(super::nat::NatCmd::Endpoint {
                 network: net,
@@ -359,31 +380,30 @@ impl Dataplane {
         Ok(id.0)
     }
 
-    /// Removes a port and closes its queues.
-    pub fn remove_port(&self, id: PortId) {
-        if self
-            .inner
-            .switch
-            .remove_port(tapnet_switch::PortId(id))
-            .is_err()
-        {
-            return;
+    /// Removes a port and closes its queues (a port already gone is not
+    /// an error).
+    pub fn remove_port(&self, id: PortId) -> Result<(), DataplaneError> {
+        match self.inner.switch.remove_port(tapnet_switch::PortId(id)) {
+            Ok(()) => {}
+            Err(tapnet_switch::ConfigError::NoSuchPort) => return Ok(()),
+            Err(e) => return Err(e.into()),
         }
         self.inner.nat.send(super::nat::NatCmd::RemoveEndpoint(id));
         for w in &self.inner.workers {
             let _ = w.tx.send(Cmd::RemovePort(id));
             let _ = w.waker.wake();
         }
+        Ok(())
     }
 
     /// Registers a container's names on a network in the embedded DNS
     /// (replacing an earlier registration of the same container there).
-    pub fn dns_add_endpoint(&self, net: NetId, ep: DnsEndpoint) {
+    pub fn dns_add_endpoint(&self, net: NetId, ep: DnsEndpoint) -> Result<(), DataplaneError> {
         let Some(&nid) = self.inner.nets.lock().get(&net) else {
-            return;
+            return Err(DataplaneError::UnknownNetwork(net));
         };
         let _ = self.inner.dns.remove_endpoint(nid, &ep.container_id);
-        let Some(ip) = ep.ipv4 else { return };
+        let Some(ip) = ep.ipv4 else { return Ok(()) };
         self.inner
             .upstreams
             .set_querier(nid, ip, ep.upstreams.clone());
@@ -400,9 +420,10 @@ impl Dataplane {
                 .map(|(container, alias)| tapnet_dns::registry::Link { container, alias })
                 .collect(),
         };
-        if let Err(e) = self.inner.dns.add_endpoint(spec) {
-            tracing::error!("dns: add endpoint: {e}");
-        }
+        self.inner
+            .dns
+            .add_endpoint(spec)
+            .map_err(|e| DataplaneError::Dns(e.to_string()))
     }
 
     /// Removes a container's names from a network (disconnect, stop).

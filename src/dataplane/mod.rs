@@ -1,6 +1,6 @@
 //! The live datapath: worker threads that own one queue of every TAP port,
 //! read batches, run the `tapnet_switch` pipeline and write to the
-//! destination queue they also own. OWNER: lead (see CONTRIBUTING notes).
+//! destination queue they also own.
 //!
 //! The control plane (daemon) drives it through [`Dataplane`]; every method
 //! is cheap and thread-safe (it publishes a new snapshot).
@@ -13,6 +13,65 @@ use std::os::fd::OwnedFd;
 pub type NetId = u32;
 /// Dense numeric id of a port inside the dataplane.
 pub type PortId = u32;
+
+/// Why the dataplane refused a change. The control plane undoes its part
+/// of the change (nothing is committed) when it sees one.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum DataplaneError {
+    /// the switch refused it: {0}
+    Switch(#[from] tapnet_switch::ConfigError),
+    /// no such network in the dataplane ({0})
+    UnknownNetwork(NetId),
+    /// port {port}: {got} queues for {workers} workers
+    Queues {
+        port: String,
+        got: usize,
+        workers: usize,
+    },
+    /// port {port}: {err}
+    Queue { port: String, err: std::io::Error },
+    /// network {0} has no address pool
+    NoPool(String),
+    /// port {port}: networks of driver {driver} have no switched ports
+    NotSwitched { port: String, driver: &'static str },
+    /// the embedded DNS refused it: {0}
+    Dns(String),
+    /// fault injected for a test: {0} refused (TAPNET_DATAPLANE_FAULTS)
+    Injected(&'static str),
+}
+
+/// Operations a test may make fail ([`DataplaneConfig::faults`]).
+pub const FAULT_POINTS: [&str; 2] = ["add_network", "add_port"];
+
+/// A fault injected for tests: operation `op` refuses every call after
+/// the first `after` ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fault {
+    pub op: &'static str,
+    pub after: u64,
+}
+
+impl Fault {
+    /// Parses `OP` or `OP+N` (refuse after N calls); OP is one of
+    /// [`FAULT_POINTS`].
+    pub fn parse(s: &str) -> Result<Fault, String> {
+        let (op, after) = match s.split_once('+') {
+            Some((op, n)) => (
+                op,
+                n.parse::<u64>()
+                    .map_err(|_| format!("invalid fault {s:?}: expected OP or OP+N"))?,
+            ),
+            None => (s, 0),
+        };
+        let op = FAULT_POINTS.iter().find(|p| **p == op).ok_or_else(|| {
+            format!(
+                "invalid fault {s:?}: unknown operation {op:?} (one of {})",
+                FAULT_POINTS.join(", ")
+            )
+        })?;
+        Ok(Fault { op, after })
+    }
+}
 
 /// What the switch needs to know about a network.
 #[derive(Clone, Debug)]
@@ -65,6 +124,10 @@ pub struct DataplaneConfig {
     pub host_loopback: bool,
     /// The connection table's limits and timeouts.
     pub conntrack: ConntrackConfig,
+    /// Operations that refuse calls, for tests of the control plane's
+    /// transactions (`tapnet daemon` reads them from
+    /// `TAPNET_DATAPLANE_FAULTS`, comma-separated [`Fault`]s).
+    pub faults: Vec<Fault>,
 }
 
 /// `tapnet daemon --conntrack-*`: limits and idle timeouts of the NAT's
@@ -165,6 +228,7 @@ impl Default for DataplaneConfig {
             dns_ttl: 600,
             host_loopback: true,
             conntrack: ConntrackConfig::default(),
+            faults: Vec::new(),
         }
     }
 }

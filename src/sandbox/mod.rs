@@ -2,8 +2,7 @@
 //! rootless), the helper that creates/opens TAPs inside a namespace and
 //! passes their fds back, and `exec` into a sandbox.
 //!
-//! CONTRACT (used by the daemon and the CLI; bodies are filled in by the
-//! sys/sandbox work, signatures stay):
+//! CONTRACT (used by the daemon and the CLI):
 //! - The CLI spawns the sandbox process ([`Sandbox::spawn`]): a re-exec of
 //!   the tapnet binary (`tapnet __sandbox-init`) that unshares its
 //!   namespaces (a user namespace first when not root, mapping the caller's

@@ -114,6 +114,8 @@ pub struct Daemon {
     pub privilege: Privilege,
     /// Extra `tapnet daemon` arguments.
     pub extra: Vec<String>,
+    /// Extra environment of the daemon process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -137,6 +139,7 @@ impl Daemon {
             dir,
             privilege,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: vec![],
         };
         before(&d);
         d.spawn();
@@ -164,6 +167,7 @@ impl Daemon {
             .arg(format!("unix://{}", self.socket.display()))
             .args(&self.extra)
             .env("TAPNET_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.0.join("daemon.log")).unwrap());

@@ -1,0 +1,185 @@
+//! `bridge`: containers' TAPs on tapnet's switch, one gateway per network
+//! (ARP, ping, the embedded DNS on user-defined networks, the NAT), with
+//! Docker's bridge options:
+//!
+//! - `com.docker.network.bridge.enable_icc` (default true),
+//! - `com.docker.network.bridge.enable_ip_masquerade` (default true),
+//! - `com.docker.network.bridge.host_binding_ipv4` (published ports'
+//!   default host address),
+//! - `com.docker.network.driver.mtu` (68-65535, default 1500),
+//! - `com.docker.network.bridge.name` (shown only: there is no kernel
+//!   bridge; unique like Docker's),
+//! - `com.docker.network.bridge.default_bridge` (the predefined `bridge`
+//!   only).
+//!
+//! One IPv4 pool per network (Docker's default IPAM: `crate::ipam`); it
+//! may not overlap any other network's.
+
+use std::os::fd::OwnedFd;
+
+use ipnet::Ipv4Net;
+
+use super::{Attachment, DriverError, DriverKind, NetworkDriver, Services};
+use crate::daemon::types::{IpamConfigReq, Map, NetworkCreate};
+use crate::dataplane::{Dataplane, DataplaneError, NetId, NetworkSpec, PortId, PortSpec};
+use crate::ipam::{self, PoolRequest};
+use crate::model::*;
+use crate::state::State;
+
+pub struct Bridge;
+
+impl NetworkDriver for Bridge {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Bridge
+    }
+
+    fn attachment(&self) -> Attachment {
+        Attachment::Switched
+    }
+
+    fn validate(
+        &self,
+        st: &State,
+        req: &NetworkCreate,
+        mut n: Network,
+    ) -> Result<Network, DriverError> {
+        if req.ingress {
+            return Err(DriverError::Ingress);
+        }
+        let ipam_req = req.ipam.clone().unwrap_or_default();
+        if let Some(d) = ipam_req.driver.as_deref() {
+            if !d.is_empty() && d != "default" {
+                return Err(DriverError::IpamDriver(d.to_string()));
+            }
+        }
+        let mut configs: Vec<IpamConfigReq> = ipam_req.config.clone().unwrap_or_default();
+        if configs
+            .iter()
+            .any(|c| c.subnet.as_deref().unwrap_or("").contains(':'))
+        {
+            return Err(DriverError::Ipv6);
+        }
+        if configs.len() > 1 {
+            return Err(DriverError::OneSubnet);
+        }
+        let c = configs.pop().unwrap_or_default();
+        let used: Vec<(String, Ipv4Net)> = st
+            .networks
+            .values()
+            .flat_map(|n| n.pools.iter().map(move |p| (n.name.clone(), p.subnet)))
+            .collect();
+        let used_nets: Vec<Ipv4Net> = used.iter().map(|(_, s)| *s).collect();
+        let pool = ipam::make_pool(
+            &PoolRequest {
+                subnet: c.subnet.clone(),
+                ip_range: c.ip_range.clone(),
+                gateway: c.gateway.clone(),
+                aux: c.auxiliary_addresses.clone().unwrap_or_default(),
+            },
+            &used_nets,
+        )?;
+        if let Some((other, s)) = used.iter().find(|(_, s)| ipam::overlaps(s, &pool.subnet)) {
+            return Err(DriverError::Overlap {
+                subnet: pool.subnet,
+                other: other.clone(),
+                theirs: *s,
+            });
+        }
+        let options = req.options.clone().unwrap_or_default();
+        validate_options(&options)?;
+        if let Some(b) = options.get(OPT_BRIDGE_NAME) {
+            if let Some(other) = st
+                .networks
+                .values()
+                .find(|n| n.options.get(OPT_BRIDGE_NAME) == Some(b))
+            {
+                return Err(DriverError::BridgeNameInUse {
+                    name: b.clone(),
+                    other: other.name.clone(),
+                });
+            }
+        }
+        n.pools = vec![pool];
+        n.ipam_options = ipam_req.options.clone().unwrap_or_default();
+        n.options = options;
+        Ok(n)
+    }
+
+    fn services(&self, n: &Network) -> Services {
+        Services {
+            default_route: !n.internal,
+            // Docker: no embedded DNS on the default bridge.
+            embedded_dns: !n.is_default_bridge(),
+            publish: !n.internal,
+        }
+    }
+
+    fn create(&self, dp: &Dataplane, id: NetId, n: &Network) -> Result<(), DataplaneError> {
+        let Some(pool) = n.pools.first() else {
+            return Err(DataplaneError::NoPool(n.name.clone()));
+        };
+        dp.add_network(
+            id,
+            NetworkSpec {
+                name: n.name.clone(),
+                subnet: pool.subnet,
+                gateway: pool.gateway,
+                icc: n.icc(),
+                mtu: n.mtu(),
+                internal: n.internal,
+                masquerade: n.masquerade(),
+                dns: self.services(n).embedded_dns,
+            },
+        )
+    }
+
+    fn delete(&self, dp: &Dataplane, id: NetId) -> Result<(), DataplaneError> {
+        dp.remove_network(id)
+    }
+
+    fn join(
+        &self,
+        dp: &Dataplane,
+        spec: PortSpec,
+        queues: Vec<OwnedFd>,
+    ) -> Result<PortId, DataplaneError> {
+        dp.add_port(spec, queues)
+    }
+
+    fn leave(&self, dp: &Dataplane, port: PortId) -> Result<(), DataplaneError> {
+        dp.remove_port(port)
+    }
+}
+
+fn validate_options(opts: &Map) -> Result<(), DriverError> {
+    for (k, v) in opts {
+        let bad = |why: &'static str| DriverError::BadOption {
+            key: k.clone(),
+            value: v.clone(),
+            why,
+        };
+        match k.as_str() {
+            OPT_ICC | OPT_MASQ => {
+                parse_bool(v).ok_or_else(|| bad("expected true or false"))?;
+            }
+            OPT_HOST_BINDING => {
+                v.parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| bad("expected an IPv4 address"))?;
+            }
+            OPT_MTU => match v.parse::<u32>() {
+                Ok(m) if (68..=65535).contains(&m) => {}
+                _ => return Err(bad("expected an MTU between 68 and 65535")),
+            },
+            OPT_BRIDGE_NAME
+                if v.is_empty()
+                    || v.len() > 15
+                    || v.chars().any(|c| c.is_whitespace() || c == '/' || c == ':') =>
+            {
+                return Err(bad("expected an interface name of 1-15 characters"));
+            }
+            OPT_DEFAULT_BRIDGE => return Err(DriverError::Reserved(k.clone())),
+            _ => {}
+        }
+    }
+    Ok(())
+}

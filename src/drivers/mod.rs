@@ -1,0 +1,227 @@
+//! Network drivers: what differs per network kind, one file per kind
+//! behind one trait ([`NetworkDriver`]), chosen by kind ([`driver`]).
+//!
+//! A driver validates `network create` (its options, its address pools)
+//! into a [`Network`] record, creates and deletes the network's dataplane
+//! state, joins and leaves endpoints (dataplane ports), and says how
+//! containers use the network ([`Attachment`]) and what its gateway
+//! provides ([`Services`]). The daemon calls these in its transactions:
+//! validation touches nothing; `create`/`join` are undone with
+//! `delete`/`leave` when a later step fails.
+//!
+//! A new kind (overlay, macvlan, ipvlan, the Docker-facing driver) is a
+//! new file here and a variant of [`DriverKind`], not a branch in the
+//! daemon.
+
+use std::fmt;
+use std::os::fd::OwnedFd;
+
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::types::NetworkCreate;
+use crate::dataplane::{Dataplane, DataplaneError, NetId, PortId, PortSpec};
+use crate::ipam::IpamError;
+use crate::model::Network;
+use crate::state::State;
+
+mod bridge;
+mod host;
+mod null;
+
+/// The kinds of network tapnet knows, by Docker's driver names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    /// Containers' TAPs on tapnet's switch, with a gateway (ARP, ping,
+    /// embedded DNS, NAT) per network.
+    Bridge,
+    /// The daemon's own network namespace.
+    Host,
+    /// Only `lo`.
+    Null,
+}
+
+impl DriverKind {
+    /// Every kind, in the order error messages list them.
+    pub const ALL: [DriverKind; 3] = [DriverKind::Bridge, DriverKind::Host, DriverKind::Null];
+
+    /// Docker's name of the driver.
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverKind::Bridge => "bridge",
+            DriverKind::Host => "host",
+            DriverKind::Null => "null",
+        }
+    }
+
+    /// The kind named `name` (empty: `bridge`, Docker's default).
+    pub fn parse(name: &str) -> Result<DriverKind, DriverError> {
+        if name.is_empty() {
+            return Ok(DriverKind::Bridge);
+        }
+        if let Some(k) = DriverKind::ALL.into_iter().find(|k| k.name() == name) {
+            return Ok(k);
+        }
+        if ["overlay", "macvlan", "ipvlan"].contains(&name) {
+            return Err(DriverError::NotYet(name.to_string()));
+        }
+        Err(DriverError::Unknown(name.to_string()))
+    }
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a container uses a network of a kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    /// An endpoint (a TAP switched by the dataplane) per network; several
+    /// networks may be combined.
+    Switched,
+    /// The container shares the daemon's network namespace (`host`);
+    /// alone.
+    HostNamespace,
+    /// The container has only `lo` (`none`); alone.
+    Isolated,
+}
+
+/// What a network's gateway provides to its endpoints.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Services {
+    /// The gateway holds a container's default route (not on `--internal`
+    /// networks).
+    pub default_route: bool,
+    /// Names answered at the gateway (Docker: user-defined networks only).
+    pub embedded_dns: bool,
+    /// Published ports lead to containers on it (not `--internal`).
+    pub publish: bool,
+}
+
+/// Errors of a driver's validation of `network create`.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum DriverError {
+    /// network driver "{0}" not found (tapnet has bridge, host and null)
+    Unknown(String),
+    /// driver {0} is not supported yet
+    NotYet(String),
+    /// only one instance of "{0}" network is allowed
+    OnlyOne(DriverKind),
+    /// invalid value {value:?} for option {key}: {why}
+    BadOption {
+        key: String,
+        value: String,
+        why: &'static str,
+    },
+    /// option {0} is reserved for the predefined bridge network
+    Reserved(String),
+    /// bridge name {name} is already used by network "{other}"
+    BridgeNameInUse { name: String, other: String },
+    /// IPAM driver {0} is not supported (only "default")
+    IpamDriver(String),
+    /// IPv6 subnets are not supported yet
+    Ipv6,
+    /// only one IPv4 subnet per network is supported
+    OneSubnet,
+    /// ingress networks are not supported
+    Ingress,
+    /// {0}
+    Ipam(#[from] IpamError),
+    /// subnet {subnet} overlaps with network "{other}" ({theirs})
+    Overlap {
+        subnet: ipnet::Ipv4Net,
+        other: String,
+        theirs: ipnet::Ipv4Net,
+    },
+}
+
+/// One network kind (see the module doc).
+pub trait NetworkDriver: Sync {
+    fn kind(&self) -> DriverKind;
+
+    /// How containers use networks of this kind.
+    fn attachment(&self) -> Attachment;
+
+    /// Checks `network create -d KIND` against the state and fills in
+    /// what the kind decides in `base` (address pools, driver options);
+    /// `base` already holds the id, name, labels and flags. Touches
+    /// nothing.
+    fn validate(
+        &self,
+        st: &State,
+        req: &NetworkCreate,
+        base: Network,
+    ) -> Result<Network, DriverError>;
+
+    /// What the gateway of `n` provides.
+    fn services(&self, n: &Network) -> Services;
+
+    /// Makes (or updates) the network's dataplane state under `id`.
+    fn create(&self, _dp: &Dataplane, _id: NetId, _n: &Network) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    /// Removes the network's dataplane state.
+    fn delete(&self, _dp: &Dataplane, _id: NetId) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+
+    /// Adds an endpoint's port (its TAP queues, one per worker).
+    fn join(
+        &self,
+        _dp: &Dataplane,
+        spec: PortSpec,
+        _queues: Vec<OwnedFd>,
+    ) -> Result<PortId, DataplaneError> {
+        Err(DataplaneError::NotSwitched {
+            port: spec.name,
+            driver: self.kind().name(),
+        })
+    }
+
+    /// Removes an endpoint's port.
+    fn leave(&self, _dp: &Dataplane, _port: PortId) -> Result<(), DataplaneError> {
+        Ok(())
+    }
+}
+
+/// The driver of a kind.
+pub fn driver(kind: DriverKind) -> &'static dyn NetworkDriver {
+    match kind {
+        DriverKind::Bridge => &bridge::Bridge,
+        DriverKind::Host => &host::Host,
+        DriverKind::Null => &null::Null,
+    }
+}
+
+/// The driver of a network.
+pub fn of(n: &Network) -> &'static dyn NetworkDriver {
+    driver(n.driver)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_by_name() {
+        for k in DriverKind::ALL {
+            assert_eq!(DriverKind::parse(k.name()).unwrap(), k);
+            assert_eq!(driver(k).kind(), k);
+            assert_eq!(
+                serde_json::to_string(&k).unwrap(),
+                format!("\"{}\"", k.name())
+            );
+        }
+        assert_eq!(DriverKind::parse("").unwrap(), DriverKind::Bridge);
+        assert!(matches!(
+            DriverKind::parse("overlay"),
+            Err(DriverError::NotYet(_))
+        ));
+        let e = DriverKind::parse("zz").unwrap_err();
+        assert!(matches!(e, DriverError::Unknown(_)));
+        assert!(e.to_string().contains("\"zz\" not found"));
+    }
+}

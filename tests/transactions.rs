@@ -1,0 +1,93 @@
+//! Control-plane changes are transactions through the whole stack: when
+//! the dataplane refuses a change (forced here with the daemon's test
+//! setting `TAPNET_DATAPLANE_FAULTS`), nothing is committed: the one-line
+//! error names the refusal, the state is as before, also after a restart,
+//! and the addresses are free.
+
+mod ctl_support;
+
+use ctl_support::*;
+
+/// Restarts `d` with the dataplane refusing `ops` (empty: none).
+fn restart_with_faults(d: &mut Daemon, ops: &str) {
+    d.stop();
+    d.env = if ops.is_empty() {
+        vec![]
+    } else {
+        vec![("TAPNET_DATAPLANE_FAULTS".into(), ops.into())]
+    };
+    d.spawn();
+}
+
+#[test]
+fn a_dataplane_refusal_commits_nothing() {
+    let mut d = Daemon::start();
+    d.ok(&["network", "create", "--subnet", "10.93.0.0/24", "n1"]);
+    let before = d.inspect_network("n1");
+
+    // A network the dataplane refuses.
+    restart_with_faults(&mut d, "add_network");
+    let e = d.fails(&["network", "create", "--subnet", "10.94.0.0/24", "refused"]);
+    assert!(e.contains("dataplane refused network refused"), "{e}");
+    assert!(!d.network_names().contains(&"refused".to_string()));
+
+    // A container whose port the dataplane refuses: run fails, nothing of
+    // it stays (record, address, interface).
+    restart_with_faults(&mut d, "add_port");
+    let e = d.fails(&[
+        "run",
+        "-d",
+        "--name",
+        "c1",
+        "--network",
+        "n1",
+        "--ip",
+        "10.93.0.7",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(e.contains("cannot add port"), "{e}");
+    assert_eq!(d.ok(&["ps", "-a", "-q"]).trim(), "");
+    assert_eq!(d.inspect_network("n1"), before);
+    // Connecting a running container: refused, the container unchanged.
+    restart_with_faults(&mut d, "");
+    d.sleeper("c2", &["bridge"], &[]);
+    let c2 = d.inspect_container("c2");
+    // (Its one port is reopened at start; the next one is refused.)
+    restart_with_faults(&mut d, "add_port+1");
+    let e = d.fails(&["network", "connect", "--ip", "10.93.0.8", "n1", "c2"]);
+    assert!(e.contains("cannot add port"), "{e}");
+    assert_eq!(
+        d.inspect_container("c2")["NetworkSettings"],
+        c2["NetworkSettings"]
+    );
+    let o = d.exec_sh("c2", "ip -o link show");
+    assert!(
+        o.stdout.contains("eth0") && !o.stdout.contains("eth1"),
+        "{o:?}"
+    );
+
+    // After a restart without faults: the same state, and the refused
+    // names and addresses are free.
+    restart_with_faults(&mut d, "");
+    assert!(!d.network_names().contains(&"refused".to_string()));
+    assert_eq!(d.inspect_network("n1")["Containers"], before["Containers"]);
+    d.ok(&["network", "create", "--subnet", "10.94.0.0/24", "refused"]);
+    d.sleeper("c1", &["n1"], &["--ip", "10.93.0.7"]);
+    d.ok(&["network", "connect", "--ip", "10.93.0.8", "n1", "c2"]);
+}
+
+#[test]
+fn unknown_fault_names_are_refused() {
+    let mut d = Daemon::start();
+    d.stop();
+    d.env = vec![("TAPNET_DATAPLANE_FAULTS".into(), "nope".into())];
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.spawn()));
+    assert!(r.is_err(), "the daemon started with an unknown fault name");
+    assert!(
+        d.log().contains("unknown operation \"nope\""),
+        "{}",
+        d.log()
+    );
+}
