@@ -10,6 +10,7 @@ use crate::client::{self, Client};
 
 mod container;
 mod network;
+mod version;
 
 pub fn main() -> ExitCode {
     // Hidden re-exec entry points of the sandbox machinery come first: they
@@ -123,6 +124,15 @@ enum Cmd {
         #[arg(short = 'w')]
         output: PathBuf,
     },
+    /// Show the version of the client and of the daemon, and the Docker
+    /// Engine API versions served (exit 1 when no daemon answers).
+    Version(version::VersionArgs),
+    /// Print a shell completion script (e.g. `tapnet completion bash >
+    /// /etc/bash_completion.d/tapnet`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -186,6 +196,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Rm { force, containers } => container::rm(&client(&cli.host)?, force, &containers),
         Cmd::Logs { container } => container::logs(&client(&cli.host)?, &container),
         Cmd::Capture { .. } => anyhow::bail!("capture is not implemented yet"),
+        Cmd::Version(a) => version::version(&client(&cli.host)?, a),
+        Cmd::Completion { shell } => version::completion(shell),
         Cmd::Replay {
             topology,
             input,

@@ -20,6 +20,12 @@ use super::ApiError;
 
 pub type Shared = Arc<Mutex<Core>>;
 
+/// The Docker Engine API version this daemon speaks (`GET /version`'s
+/// `ApiVersion`, the newest `/v1.NN` prefix it serves).
+pub const API_VERSION: &str = "1.43";
+/// The oldest Docker Engine API version it serves.
+pub const MIN_API_VERSION: &str = "1.24";
+
 type Q = Query<HashMap<String, String>>;
 
 /// Runs a core operation on a blocking thread with the core locked.
@@ -108,7 +114,7 @@ pub fn router(core: Shared) -> Router {
 async fn version() -> Json<serde_json::Value> {
     Json(serde_json::json!({
         "Version": env!("CARGO_PKG_VERSION"),
-        "ApiVersion": "1.43",
+        "ApiVersion": API_VERSION,
         "Os": "linux",
     }))
 }
