@@ -246,14 +246,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
     for t in &a.conntrack_timeout {
         conntrack.set_timeout(t).map_err(anyhow::Error::msg)?;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TAPNET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    crate::daemon::systemd::init_logging();
     crate::daemon::run(crate::daemon::Config {
         root: a.root.unwrap_or_else(crate::daemon::default_root),
         socket,

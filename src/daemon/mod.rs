@@ -6,7 +6,8 @@
 //! - `containers`: sandboxes: create/start/stop/rm, attach, exit watcher,
 //!   recovery after a restart;
 //! - `ports`: published ports (host sockets) and the connection table view;
-//! - `api`: the axum routes.
+//! - `api`: the axum routes;
+//! - `systemd`: journald-friendly logging and readiness notification.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ pub mod api;
 pub mod containers;
 pub mod core;
 pub mod ports;
+pub mod systemd;
 pub mod types;
 
 /// An API error: an HTTP status and Docker's `{"message": ...}`.
@@ -138,7 +140,11 @@ pub fn default_workers() -> usize {
         .clamp(1, 8)
 }
 
-/// Runs the daemon until SIGINT/SIGTERM.
+/// Runs the daemon until SIGINT/SIGTERM. On either signal it stops
+/// accepting requests, finishes the ones in flight, removes its socket,
+/// stops the dataplane's threads and returns `Ok` (exit status 0).
+/// Containers are separate processes with persistent TAPs: they keep
+/// running, and the next daemon on the same `--root` picks them up.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
@@ -207,12 +213,19 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let socket = cfg.socket.clone();
     rt.block_on(async move {
+        // The handlers are in place before the socket exists and before
+        // READY=1: a SIGTERM as soon as clients can connect is a clean
+        // stop, not a kill.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let listener = tokio::net::UnixListener::bind(&socket)
             .with_context(|| format!("cannot listen on {}", socket.display()))?;
         let mode = if rootless { 0o600 } else { 0o660 };
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
         tracing::info!("listening on unix://{}", socket.display());
+        systemd::notify("READY=1");
 
         tokio::spawn(containers::watch(
             shared.clone(),
@@ -223,20 +236,22 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         use tower::Layer;
         let app = tower::util::MapRequestLayer::new(api::strip_version)
             .layer(api::router(shared.clone()));
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
+        let shutdown = async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            systemd::notify("STOPPING=1");
+            tracing::info!("{name}: shutting down (containers keep running)");
         };
-        axum::serve(listener, app.into_make_service())
+        let served = axum::serve(listener, app.into_make_service())
             .with_graceful_shutdown(shutdown)
             .await
-            .context("the API server failed")?;
+            .context("the API server failed");
         let _ = std::fs::remove_file(&socket);
+        shared.lock().dp.shutdown();
+        served?;
+        tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     })
 }
