@@ -2,7 +2,7 @@
 //! files, `exec`, traffic between containers through the switch, `network
 //! connect/disconnect` on a running container, exits noticed by the
 //! daemon, `stop`/`rm`, `attach --netns`, network modes, and running
-//! containers surviving a `kill -9` + restart of the daemon.
+//! containers surviving a `kill -9` or a SIGTERM + restart of the daemon.
 //!
 //! Every test runs its own daemon inside its own network namespace; the
 //! sandboxes get their own namespaces (or join the daemon's for `host`).
@@ -305,6 +305,40 @@ fn running_containers_survive_a_daemon_kill9() {
     let cs = d.inspect_network("keep")["Containers"].clone();
     assert_eq!(cs.as_object().unwrap().len(), 2, "{cs}");
     d.ok(&["rm", "-f", "k1", "k2", "dies"]);
+}
+
+#[test]
+fn sigterm_stops_the_daemon_cleanly_and_leaves_containers_running() {
+    let mut d = Daemon::start();
+    d.ok(&["network", "create", "--subnet", "10.48.0.0/24", "term"]);
+    d.sleeper("t1", &["term"], &[]);
+    d.sleeper("t2", &["term"], &[]);
+    let pid = inspect(&d, "t1")["State"]["Pid"].as_i64().unwrap();
+    assert!(ping(&d, "t1", "10.48.0.3"));
+
+    let st = d.stop().expect("the daemon was running");
+    assert!(st.success(), "exit status after SIGTERM: {st}\n{}", d.log());
+    assert!(
+        !d.socket.exists(),
+        "socket {} left after SIGTERM",
+        d.socket.display()
+    );
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "container t1 (pid {pid}) died with the daemon"
+    );
+
+    d.spawn();
+    assert_eq!(status(&d, "t1"), "running");
+    assert_eq!(status(&d, "t2"), "running");
+    assert_eq!(inspect(&d, "t1")["State"]["Pid"].as_i64(), Some(pid));
+    assert!(
+        ping(&d, "t1", "10.48.0.3"),
+        "no traffic after SIGTERM and restart\n{}",
+        d.log()
+    );
+    assert!(ping(&d, "t2", "t1"), "t2 -> t1 by name after restart");
+    d.ok(&["rm", "-f", "t1", "t2"]);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use crate::client::{self, Client};
 
 mod container;
 mod network;
+mod version;
 
 pub fn main() -> ExitCode {
     // Hidden re-exec entry points of the sandbox machinery come first: they
@@ -109,6 +110,15 @@ enum Cmd {
         #[arg(short = 'w')]
         output: PathBuf,
     },
+    /// Show the version of the client and of the daemon, and the Docker
+    /// Engine API versions served (exit 1 when no daemon answers).
+    Version(version::VersionArgs),
+    /// Print a shell completion script (e.g. `tapnet completion bash >
+    /// /etc/bash_completion.d/tapnet`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -163,6 +173,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Stop { time, containers } => container::stop(&client(&cli.host)?, time, &containers),
         Cmd::Rm { force, containers } => container::rm(&client(&cli.host)?, force, &containers),
         Cmd::Logs { container } => container::logs(&client(&cli.host)?, &container),
+        Cmd::Version(a) => version::version(&client(&cli.host)?, a),
+        Cmd::Completion { shell } => version::completion(shell),
         Cmd::Replay {
             topology,
             input,
@@ -211,14 +223,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
     for t in &a.conntrack_timeout {
         conntrack.set_timeout(t).map_err(anyhow::Error::msg)?;
     }
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TAPNET_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .try_init();
+    crate::daemon::systemd::init_logging();
     crate::daemon::run(crate::daemon::Config {
         root: a.root.unwrap_or_else(crate::daemon::default_root),
         socket,

@@ -20,12 +20,14 @@ use super::types::*;
 use super::{call, Shared};
 use crate::drivers::DriverError;
 
-type Q = Query<HashMap<String, String>>;
-
-/// The Docker Engine API version this daemon speaks (`GET /version`).
+/// The Docker Engine API version this daemon speaks (`GET /version`'s
+/// `ApiVersion`, the newest `/v1.NN` prefix it serves).
 pub const API_VERSION: &str = "1.43";
-/// The oldest API version accepted in a `/vX.Y/` path prefix.
+/// The oldest Docker Engine API version it serves (older `/vX.Y/`
+/// prefixes are refused).
 pub const MIN_API_VERSION: &str = "1.24";
+
+type Q = Query<HashMap<String, String>>;
 
 /// An error answer: an HTTP status and Docker's `{"message": ...}`.
 #[derive(Debug)]

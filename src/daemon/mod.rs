@@ -10,7 +10,8 @@
 //!   files, views);
 //! - `ports`: published ports (host sockets) and the connection table view;
 //! - `api`: the axum routes, and the only mapping of errors to HTTP
-//!   statuses.
+//!   statuses;
+//! - `systemd`: journald-friendly logging and readiness notification.
 //!
 //! Dependencies point one way: `api` uses the others; nothing uses `api`.
 
@@ -26,6 +27,7 @@ pub mod core;
 pub mod endpoints;
 pub mod error;
 pub mod ports;
+pub mod systemd;
 pub mod types;
 
 /// The core, shared by the API handlers and the exit watcher.
@@ -217,7 +219,11 @@ fn dataplane_faults() -> anyhow::Result<Vec<crate::dataplane::Fault>> {
     Ok(faults)
 }
 
-/// Runs the daemon until SIGINT/SIGTERM.
+/// Runs the daemon until SIGINT/SIGTERM. On either signal it stops
+/// accepting requests, finishes the ones in flight, removes its socket,
+/// stops the dataplane's threads and returns `Ok` (exit status 0).
+/// Containers are separate processes with persistent TAPs: they keep
+/// running, and the next daemon on the same `--root` picks them up.
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
@@ -294,36 +300,48 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     let socket = cfg.socket.clone();
     rt.block_on(async move {
+        // The handlers are in place before the socket exists and before
+        // READY=1: a SIGTERM as soon as clients can connect is a clean
+        // stop, not a kill.
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
         let listener = tokio::net::UnixListener::bind(&socket)
             .with_context(|| format!("cannot listen on {}", socket.display()))?;
         let mode = if rootless { 0o600 } else { 0o660 };
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
         tracing::info!("listening on unix://{}", socket.display());
+        systemd::notify("READY=1");
 
         tokio::spawn(containers::watch(
             shared.clone(),
             Duration::from_millis(300),
         ));
 
-        let shutdown = async {
-            use tokio::signal::unix::{signal, SignalKind};
-            let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-            let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-            tokio::select! {
-                _ = term.recv() => {},
-                _ = int.recv() => {},
-            }
+        let shutdown = async move {
+            let name = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            systemd::notify("STOPPING=1");
+            tracing::info!("{name}: shutting down (containers keep running)");
         };
         serve(listener, api::router(shared.clone()), shutdown).await;
         let _ = std::fs::remove_file(&socket);
+        shared.lock().dp.shutdown();
+        tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     })
 }
 
-/// Serves HTTP/1.1 on `listener` until `shutdown` completes: the version
-/// gate before routing, and [`HEADER_TIMEOUT`] for a request's headers and
-/// between requests on a kept-alive connection.
+/// How long a stopping daemon lets requests in flight finish.
+const DRAIN: Duration = Duration::from_secs(15);
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets the
+/// requests in flight finish (up to [`DRAIN`]): the version gate before
+/// routing, and [`HEADER_TIMEOUT`] for a request's headers and between
+/// requests on a kept-alive connection.
 async fn serve(
     listener: tokio::net::UnixListener,
     router: axum::Router,
@@ -336,6 +354,7 @@ async fn serve(
         r.map(axum::body::Body::new)
     })
     .layer(app);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let stream = tokio::select! {
@@ -347,18 +366,29 @@ async fn serve(
                     continue;
                 }
             },
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => break,
         };
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .keep_alive(true);
+        let conn = graceful.watch(b.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .keep_alive(true);
-            if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+            if let Err(e) = conn.await {
                 tracing::debug!("connection: {e}");
             }
         });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "requests still running after {}s; stopping anyway",
+            DRAIN.as_secs()
+        );
     }
 }
 

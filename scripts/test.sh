@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# All of tapnet's tests on a fresh Debian 12 machine with the Rust toolchain:
+# installs what the tests use, prepares the rootless test user and
+# /dev/net/tun, says what it changed, then runs `cargo test --workspace
+# --release` and exits with its status. `.ci/run` calls exactly this.
+#
+#   sudo ./scripts/test.sh [ARGS...]   ARGS go to cargo test (e.g. --test nat)
+#
+# Needs root: besides installing, most tests make network namespaces and
+# veth pairs. As an ordinary user it says so in one line and exits 2
+# (running part of the suite would report root-only tests as failures,
+# and skipping them silently would hide them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests use, one per line with its users: adding one
+# is adding a line.
+PACKAGES=(
+  iproute2        # ip netns/link/addr: every integration test
+  iputils-ping    # ping inside containers: containers, dataplane, dns, nat, rootless, demo
+  busybox-static  # httpd, nc, sh inside containers: containers, dataplane, nat, readme, demo
+  curl            # HTTP client inside containers: containers, dataplane, nat, conntrack, readme, demo
+  util-linux      # unshare, nsenter, setpriv: sandbox, containers, rootless tests, readme
+  procps          # sysctl: nat (ip_unprivileged_port_start, IPv6 on lo)
+  dnsutils        # dig: dns, cli_networks, containers
+  dnsmasq-base    # the tests' own upstream resolver: dns (forwarding)
+  socat           # TCP/UDP servers and clients: nat, conntrack
+  python3         # echo server and 2000-connection client: nat (load test)
+  systemd         # systemd-analyze verify of the units: service
+  ca-certificates # cargo's HTTPS downloads of crates on a fresh machine
+)
+
+if [ "$(id -u)" != 0 ]; then
+  echo "scripts/test.sh: needs root (it installs ${#PACKAGES[@]} Debian packages, creates the user tapnettest, sets /dev/net/tun to 0666, and the tests make network namespaces): run sudo ./scripts/test.sh" >&2
+  exit 2
+fi
+
+changed=()
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update
+  apt-get install -y --no-install-recommends "${missing[@]}"
+  changed+=("installed ${missing[*]}")
+fi
+
+# Rootless tests run as this ordinary user, inside user namespaces it makes.
+if ! id tapnettest >/dev/null 2>&1; then
+  useradd -m -s /bin/bash tapnettest
+  changed+=("created the user tapnettest")
+fi
+
+# Debian's usual mode; lets an ordinary user create TAPs in its own
+# user+net namespace (README, "Rootless").
+if [ ! -c /dev/net/tun ]; then
+  echo "scripts/test.sh: /dev/net/tun is missing (load the tun module: modprobe tun)" >&2
+  exit 2
+fi
+mode=$(stat -c %a /dev/net/tun)
+if [ "$mode" != 666 ]; then
+  chmod 0666 /dev/net/tun
+  changed+=("/dev/net/tun mode $mode -> 666")
+fi
+
+summary="test.sh: ${#PACKAGES[@]} packages present; $(
+  if [ ${#changed[@]} -eq 0 ]; then echo "nothing changed"; else
+    printf '%s; ' "${changed[@]}" | sed 's/; $//'; fi
+)"
+echo "$summary"
+
+# Under sudo, the Rust toolchain is usually the invoking user's (rustup in
+# ~/.cargo, not on root's PATH): use it, and build as that user first so
+# that target/ and ~/.cargo stay theirs; the tests then run as root.
+if [ -n "${SUDO_USER:-}" ] && [ "$SUDO_USER" != root ] &&
+  [ "$(stat -c %U .)" = "$SUDO_USER" ]; then
+  home=$(getent passwd "$SUDO_USER" | cut -d: -f6)
+  [ -d "$home/.cargo" ] && export CARGO_HOME="$home/.cargo" PATH="$home/.cargo/bin:$PATH"
+  [ -d "$home/.rustup" ] && export RUSTUP_HOME="$home/.rustup"
+  command -v cargo >/dev/null || { echo "scripts/test.sh: cargo not found (neither on root's PATH nor in ~$SUDO_USER/.cargo/bin)" >&2; exit 2; }
+  setpriv --reuid="$SUDO_USER" --regid="$(id -g "$SUDO_USER")" --init-groups \
+    env HOME="$home" cargo test --workspace --release --no-run "$@"
+fi
+command -v cargo >/dev/null || { echo "scripts/test.sh: cargo not found on PATH (install the Rust toolchain)" >&2; exit 2; }
+
+status=0
+cargo test --workspace --release "$@" || status=$?
+echo "$summary"
+echo "test.sh: cargo test --workspace --release exited with $status"
+exit "$status"
