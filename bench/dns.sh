@@ -34,7 +34,7 @@ cleanup() {
 }
 trap cleanup EXIT
 ip netns add "$NS"
-ip netns exec "$NS" "$T" daemon --root "$W/state" >"$W/daemon.log" 2>&1 &
+ip netns exec "$NS" "$T" daemon --root "$W/state" --docker-plugin none >"$W/daemon.log" 2>&1 &
 DAEMON=$!
 for _ in $(seq 100); do "$T" network ls >/dev/null 2>&1 && break; sleep 0.1; done
 "$T" network create --subnet 10.201.0.0/24 dnsbench >/dev/null

@@ -108,7 +108,7 @@ tapnet_rows() {
   local i gw=10.198.0.1 pport=15201
   if [ ! -x "$T" ]; then nodata tapnet outbound "no binary at $T (set TAPNET)"
     nodata tapnet published "no binary"; return; fi
-  "${H[@]}" "$T" daemon --root "$W/state" >"$W/daemon.log" 2>&1 &
+  "${H[@]}" "$T" daemon --root "$W/state" --docker-plugin none >"$W/daemon.log" 2>&1 &
   DAEMON=$!; track $DAEMON
   waitfor "$T" network ls >/dev/null 2>&1 || { nodata tapnet outbound "daemon did not start"
     nodata tapnet published "daemon did not start"; return; }

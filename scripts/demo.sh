@@ -53,7 +53,7 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 if [ "$(id -u)" = 0 ]; then
   NS=tapnet-demo-$$
   ip netns add "$NS"
-  ip netns exec "$NS" "$T" daemon --root "$WORK/state" >"$WORK/daemon.log" 2>&1 &
+  ip netns exec "$NS" "$T" daemon --root "$WORK/state" --docker-plugin none >"$WORK/daemon.log" 2>&1 &
 else
   "$T" daemon --root "$WORK/state" >"$WORK/daemon.log" 2>&1 &
 fi

@@ -27,6 +27,9 @@ PACKAGES=(
   socat           # TCP/UDP servers and clients: nat, conntrack
   python3         # echo server and 2000-connection client: nat (load test)
   systemd         # systemd-analyze verify of the units: service
+  docker.io       # a real dockerd (in the tests' own namespaces) using tapnet as its network driver: docker
+  docker-compose  # compose files with driver: tapnet networks: docker
+  iptables        # dockerd's own bridge driver, the comparison in: docker
   ca-certificates # cargo's HTTPS downloads of crates on a fresh machine
 )
 
@@ -45,7 +48,22 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update
+  # Installing docker.io must not start dockerd on the host (it would set
+  # the host's FORWARD policy to DROP and load br_netfilter): a
+  # policy-rc.d that forbids starting services, for the install only.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && own_policy=1
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get install -y --no-install-recommends "${missing[@]}"
+  [ -z "$own_policy" ] || { rm -f "$policy"; trap - EXIT; }
+  # ... nor at the next boot, when this script is what installed it.
+  if [[ " ${missing[*]} " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable docker.service docker.socket >/dev/null 2>&1 || true
+    changed+=("disabled docker.service (the tests start their own dockerd)")
+  fi
   changed+=("installed ${missing[*]}")
 fi
 

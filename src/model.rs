@@ -164,6 +164,28 @@ pub struct Endpoint {
     pub netns: Option<NetnsRef>,
 }
 
+/// What tapnet keeps of an endpoint dockerd made through the driver plugin
+/// (beside its [`Endpoint`], same id): how to find its TAP again after a
+/// restart, and the ports published for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DockerEndpoint {
+    pub endpoint_id: String,
+    pub network_id: String,
+    /// The TAP's name in dockerd's network namespace (Join's `SrcName`);
+    /// Docker renames it (`eth0`, ...) when it moves it into a container.
+    pub src_name: String,
+    /// dockerd, whose network namespace holds the TAP until Docker moves
+    /// it, and whose mount namespace holds `sandbox_key`.
+    pub dockerd_pid: i32,
+    pub dockerd_start: u64,
+    /// The container's network namespace file (Join's `SandboxKey`), a
+    /// path in dockerd's mount namespace.
+    pub sandbox_key: Option<String>,
+    /// Host sockets bound for it (ProgramExternalConnectivity), re-bound
+    /// after a restart.
+    pub published: Vec<PublishedPort>,
+}
+
 /// A network a container asked for (kept while the container exists, also
 /// when it is not running).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::model::{Container, Endpoint, Network};
+use crate::model::{Container, DockerEndpoint, Endpoint, Network};
 
 type Def = TableDefinition<'static, &'static str, &'static str>;
 const NETWORKS: Def = TableDefinition::new("networks");
@@ -22,6 +22,7 @@ const ENDPOINTS: Def = TableDefinition::new("endpoints");
 const ALLOCATIONS: Def = TableDefinition::new("ipam");
 const CONTAINERS: Def = TableDefinition::new("containers");
 const OPTIONS: Def = TableDefinition::new("options");
+const DOCKER_ENDPOINTS: Def = TableDefinition::new("docker_endpoints");
 
 /// Errors of the store; messages name the file or record.
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +56,8 @@ pub struct State {
     pub containers: BTreeMap<String, Container>,
     /// Daemon options and other small values (JSON).
     pub options: BTreeMap<String, String>,
+    /// Endpoints dockerd made through the driver plugin, by endpoint id.
+    pub docker: BTreeMap<String, DockerEndpoint>,
 }
 
 fn alloc_key(network_id: &str, ip: Ipv4Addr) -> String {
@@ -126,7 +129,14 @@ impl Store {
         })?;
         // Make sure the tables exist so that reads never fail on a new file.
         let tx = db.begin_write().map_err(redb_err)?;
-        for def in [NETWORKS, ENDPOINTS, ALLOCATIONS, CONTAINERS, OPTIONS] {
+        for def in [
+            NETWORKS,
+            ENDPOINTS,
+            ALLOCATIONS,
+            CONTAINERS,
+            OPTIONS,
+            DOCKER_ENDPOINTS,
+        ] {
             tx.open_table(def).map_err(redb_err)?;
         }
         tx.commit().map_err(redb_err)?;
@@ -151,6 +161,10 @@ impl Store {
             allocations: read(ALLOCATIONS, "ipam")?,
             containers: decode(read(CONTAINERS, "containers")?, "containers")?,
             options: read(OPTIONS, "options")?,
+            docker: decode(
+                read(DOCKER_ENDPOINTS, "docker_endpoints")?,
+                "docker_endpoints",
+            )?,
         };
         Ok(Store { db, state })
     }
@@ -204,6 +218,7 @@ impl Store {
             diff_with(&tx, OPTIONS, &self.state.options, &next.options, |v| {
                 Ok(v.clone())
             })?;
+            diff(&tx, DOCKER_ENDPOINTS, &self.state.docker, &next.docker)?;
         }
         tx.commit().map_err(redb_err)
     }

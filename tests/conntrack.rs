@@ -35,6 +35,7 @@ fn bad_conntrack_settings_are_one_line_errors() {
         let root = dir.0.join("root");
         let o = std::process::Command::new(BIN)
             .args(["daemon", "--root", root.to_str().unwrap(), "-H", &sock])
+            .args(["--docker-plugin", "none"])
             .args(args)
             .output()
             .unwrap();

@@ -81,7 +81,7 @@ fn plug(
             name: "eth0".into(),
             mac: mac(m),
             mtu: 1500,
-            addr: ipnet::Ipv4Net::new(ip, subnet.prefix_len()).unwrap(),
+            addr: Some(ipnet::Ipv4Net::new(ip, subnet.prefix_len()).unwrap()),
             default_gateway: Some(gw),
         }],
         dp.workers(),

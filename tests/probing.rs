@@ -379,6 +379,7 @@ fn a_new_daemon_waits_for_the_state_lock() {
         .arg(&d.root)
         .arg("-H")
         .arg(format!("unix://{}", sock2.display()))
+        .args(["--docker-plugin", "none"])
         .env("TAPNET_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log2).unwrap())

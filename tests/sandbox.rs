@@ -278,14 +278,14 @@ fn flow() {
             name: "eth0".into(),
             mac: MAC0,
             mtu: 1400,
-            addr: "10.88.0.2/24".parse().expect("cidr"),
+            addr: Some("10.88.0.2/24".parse().expect("cidr")),
             default_gateway: Some(GW0),
         },
         TapConfig {
             name: "eth1".into(),
             mac: MAC1,
             mtu: 1500,
-            addr: "10.89.0.2/16".parse().expect("cidr"),
+            addr: Some("10.89.0.2/16".parse().expect("cidr")),
             default_gateway: None,
         },
     ];
@@ -645,7 +645,7 @@ fn root_enters_rootless_namespaces() {
         name: "eth0".into(),
         mac: MAC0,
         mtu: 1500,
-        addr: "10.88.0.2/24".parse().expect("cidr"),
+        addr: Some("10.88.0.2/24".parse().expect("cidr")),
         default_gateway: Some(GW0),
     };
     let fds = sandbox::create_taps(&target, &[tap], 1).expect("create_taps into a rootless netns");

@@ -132,6 +132,7 @@ impl Raw {
             .arg(dir.0.join("root"))
             .arg("-H")
             .arg(format!("unix://{}", socket.display()))
+            .args(["--docker-plugin", "none"])
             .env("TAPNET_LOG", "info")
             .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
             .env("NOTIFY_SOCKET", &notify_path)

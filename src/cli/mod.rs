@@ -149,6 +149,11 @@ struct DaemonArgs {
     /// tcp_closing, tcp_closed, udp_unreplied, udp_replied, icmp).
     #[arg(long = "conntrack-timeout")]
     conntrack_timeout: Vec<String>,
+    /// The Docker network-driver plugin's socket (driver "tapnet"):
+    /// unix:///PATH, or none. Default as root
+    /// unix:///run/docker/plugins/tapnet.sock; rootless none.
+    #[arg(long = "docker-plugin", value_name = "unix:///PATH|none")]
+    docker_plugin: Option<String>,
 }
 
 fn client(host: &Option<String>) -> anyhow::Result<Client> {
@@ -224,6 +229,17 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         conntrack.set_timeout(t).map_err(anyhow::Error::msg)?;
     }
     crate::daemon::systemd::init_logging();
+    let docker_plugin = match a.docker_plugin.as_deref() {
+        Some("none") => crate::daemon::PluginSocket::Off,
+        Some(p) => crate::daemon::PluginSocket::Explicit(
+            client::parse_host(Some(p))
+                .map_err(|e| anyhow::anyhow!("invalid --docker-plugin: {e}"))?,
+        ),
+        None if nix::unistd::geteuid().is_root() => {
+            crate::daemon::PluginSocket::Default(crate::daemon::DEFAULT_PLUGIN_SOCKET.into())
+        }
+        None => crate::daemon::PluginSocket::Off,
+    };
     crate::daemon::run(crate::daemon::Config {
         root: a.root.unwrap_or_else(crate::daemon::default_root),
         socket,
@@ -232,6 +248,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         dns_ttl: a.dns_ttl,
         host_loopback: !a.no_host_loopback,
         conntrack,
+        docker_plugin,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -70,10 +70,12 @@ fn lookup_status(e: &LookupError) -> StatusCode {
 fn driver_status(e: &DriverError) -> StatusCode {
     match e {
         DriverError::Unknown(_) => StatusCode::NOT_FOUND,
-        DriverError::OnlyOne(_) => StatusCode::FORBIDDEN,
+        DriverError::OnlyOne(_) | DriverError::DockerOnly => StatusCode::FORBIDDEN,
         DriverError::BridgeNameInUse { .. } => StatusCode::CONFLICT,
         DriverError::NotYet(_)
         | DriverError::BadOption { .. }
+        | DriverError::UnknownOption { .. }
+        | DriverError::DockerRequest(_)
         | DriverError::Reserved(_)
         | DriverError::IpamDriver(_)
         | DriverError::Ipv6
@@ -90,9 +92,9 @@ fn network_status(e: &NetworkError) -> StatusCode {
         NetworkError::Driver(d) => driver_status(d),
         NetworkError::Filter(_) | NetworkError::InvalidName(_) => StatusCode::BAD_REQUEST,
         NetworkError::NameInUse(_) => StatusCode::CONFLICT,
-        NetworkError::Predefined { .. } | NetworkError::ActiveEndpoints { .. } => {
-            StatusCode::FORBIDDEN
-        }
+        NetworkError::Predefined { .. }
+        | NetworkError::ActiveEndpoints { .. }
+        | NetworkError::DockerOwned { .. } => StatusCode::FORBIDDEN,
         NetworkError::Dataplane { .. } | NetworkError::Store(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
@@ -232,9 +234,17 @@ pub fn version_error(v: &str) -> Option<String> {
     None
 }
 
-/// Before routing: strips a `/vX.Y` prefix, answering 400 when the
-/// version is outside [`MIN_API_VERSION`]..=[`API_VERSION`] (as dockerd).
-pub async fn version_gate(mut req: Request, next: axum::middleware::Next) -> Response {
+/// Before routing, when `versioned` (the API socket, not the plugin's):
+/// strips a `/vX.Y` prefix, answering 400 when the version is outside
+/// [`MIN_API_VERSION`]..=[`API_VERSION`] (as dockerd).
+pub async fn version_gate(
+    State(versioned): State<bool>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !versioned {
+        return next.run(req).await;
+    }
     let path = req.uri().path();
     if let Some(rest) = path.strip_prefix("/v") {
         if let Some(slash) = rest.find('/') {

@@ -66,6 +66,7 @@ impl Core {
             }
         }
         core.recover_containers();
+        core.recover_docker();
         Ok(core)
     }
 
@@ -131,7 +132,7 @@ impl Core {
     }
 
     /// The dataplane id of a network, made on first use.
-    fn alloc_net_id(&mut self, network_id: &str) -> NetId {
+    pub(super) fn alloc_net_id(&mut self, network_id: &str) -> NetId {
         if let Some(id) = self.net_ids.get(network_id) {
             return *id;
         }
@@ -142,6 +143,10 @@ impl Core {
     }
 
     /// The daemon's network id of a dataplane network.
+    pub(super) fn forget_net_id(&mut self, network_id: &str) {
+        self.net_ids.remove(network_id);
+    }
+
     pub(super) fn network_of_dp(&self, id: NetId) -> Option<&str> {
         self.net_ids
             .iter()
@@ -232,6 +237,11 @@ impl Core {
 
     /// Checks that a network may be removed (not predefined, no endpoint).
     fn removable(st: &State, n: &Network) -> Result<(), NetworkError> {
+        if n.driver == DriverKind::Docker {
+            return Err(NetworkError::DockerOwned {
+                name: n.name.clone(),
+            });
+        }
         if n.predefined {
             return Err(NetworkError::Predefined {
                 name: n.name.clone(),
@@ -261,7 +271,11 @@ impl Core {
 
     /// Removes networks from the dataplane then commits `next` (where they
     /// are gone); a refusal or a failed commit puts back what was removed.
-    fn remove_networks(&mut self, next: State, victims: &[Network]) -> Result<(), NetworkError> {
+    pub(super) fn remove_networks(
+        &mut self,
+        next: State,
+        victims: &[Network],
+    ) -> Result<(), NetworkError> {
         let mut removed: Vec<&Network> = vec![];
         let mut failed = None;
         for n in victims {
@@ -565,7 +579,9 @@ pub fn network_view(st: &State, n: &Network, with_containers: bool) -> NetworkVi
                         .map(|c| c.name.clone())
                         .unwrap_or_default(),
                 ),
-                Owner::External { runtime, id } => (id.clone(), format!("{runtime}-{id}")),
+                Owner::External { runtime, id } => {
+                    (id.clone(), format!("{runtime}/{}", &id[..12.min(id.len())]))
+                }
             };
             containers.insert(
                 key,

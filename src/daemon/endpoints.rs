@@ -119,6 +119,17 @@ pub fn allocate(
     req: &NetRequest,
     ifname: String,
 ) -> Result<Endpoint, EndpointError> {
+    allocate_as(st, new_id(), owner, req, ifname)
+}
+
+/// [`allocate`] with the endpoint's id given (an external runtime's).
+pub fn allocate_as(
+    st: &mut State,
+    id: String,
+    owner: Owner,
+    req: &NetRequest,
+    ifname: String,
+) -> Result<Endpoint, EndpointError> {
     let n = st
         .networks
         .get(&req.network_id)
@@ -181,7 +192,7 @@ pub fn allocate(
         },
     };
     let ep = Endpoint {
-        id: new_id(),
+        id,
         network_id: n.id.clone(),
         owner,
         ifname,
@@ -213,9 +224,20 @@ pub fn release(st: &mut State, ep_id: &str) {
 
 /// The TAP configurations of `eps`: the first endpoint on a network whose
 /// gateway holds a default route gets it, unless the namespace has one.
+/// An external runtime's TAP gets neither address nor route: the runtime
+/// configures it where it moves it.
 fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapConfig> {
     eps.iter()
         .map(|e| {
+            if let Owner::External { .. } = e.owner {
+                return TapConfig {
+                    name: e.ifname.clone(),
+                    mac: e.mac.0,
+                    mtu: e.mtu,
+                    addr: None,
+                    default_gateway: None,
+                };
+            }
             let route = st
                 .networks
                 .get(&e.network_id)
@@ -230,7 +252,7 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
                 name: e.ifname.clone(),
                 mac: e.mac.0,
                 mtu: e.mtu,
-                addr: e.ipv4.unwrap_or_default(),
+                addr: Some(e.ipv4.unwrap_or_default()),
                 default_gateway,
             }
         })
@@ -298,7 +320,7 @@ impl Core {
 
     /// Adds one dataplane port per endpoint (through its network's driver)
     /// and registers its names; on an error removes those added.
-    fn add_ports(
+    pub(super) fn add_ports(
         &mut self,
         st: &State,
         eps: &[&Endpoint],

@@ -54,6 +54,8 @@ pub enum NetworkError {
     Driver(#[from] DriverError),
     /// {name} is a pre-defined network and cannot be removed
     Predefined { name: String },
+    /// network {name} belongs to dockerd: remove it with docker network rm
+    DockerOwned { name: String },
     /// error while removing network: network {name} id {id} has active endpoints ({users})
     ActiveEndpoints {
         name: String,
@@ -212,6 +214,41 @@ pub enum ContainerError {
     Files { path: String, err: std::io::Error },
     /// cannot read {path}: {err}
     Logs { path: String, err: std::io::Error },
+    /// {0}
+    Store(#[from] StoreError),
+}
+
+/// The Docker network-driver plugin's operations (`plugin.rs`); the
+/// message is what `docker` shows after `Error response from daemon:`.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum DockerError {
+    /// tapnet has no network {0} (its state was lost, or the network was made by another tapnet daemon)
+    NoNetwork(String),
+    /// tapnet has no endpoint {0}
+    NoEndpoint(String),
+    /// network {0} is not a Docker network of tapnet's
+    NotDocker(String),
+    /// {0}
+    Network(#[from] NetworkError),
+    /// {0}
+    Driver(#[from] DriverError),
+    /// {0}
+    Endpoint(#[from] EndpointError),
+    /// {0}
+    Port(#[from] PortError),
+    /// Docker sent no usable IPv4 address for the endpoint ({0:?}); tapnet networks need Docker's IPv4 IPAM
+    Address(String),
+    /// Docker sent an invalid MAC address {0:?}
+    Mac(String),
+    /// invalid published port from Docker: {0}
+    PortMap(String),
+    /// the dataplane refused network {name}: {source}
+    Dataplane {
+        name: String,
+        source: DataplaneError,
+    },
+    /// cannot enter dockerd's network namespace (pid {pid}): {reason}
+    Namespace { pid: i32, reason: String },
     /// {0}
     Store(#[from] StoreError),
 }

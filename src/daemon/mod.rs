@@ -24,8 +24,10 @@ use parking_lot::Mutex;
 pub mod api;
 pub mod containers;
 pub mod core;
+pub mod docker;
 pub mod endpoints;
 pub mod error;
+pub mod plugin;
 pub mod ports;
 pub mod systemd;
 pub mod types;
@@ -62,7 +64,26 @@ pub struct Config {
     pub host_loopback: bool,
     #[serde(default)]
     pub conntrack: crate::dataplane::ConntrackConfig,
+    /// The Docker network-driver plugin's socket (`--docker-plugin`).
+    #[serde(default)]
+    pub docker_plugin: PluginSocket,
 }
+
+/// Where the Docker network-driver plugin listens.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum PluginSocket {
+    /// `--docker-plugin none` (and the rootless default).
+    #[default]
+    Off,
+    /// The root default, `/run/docker/plugins/tapnet.sock`: skipped with a
+    /// warning when it cannot be used (another daemon has it).
+    Default(PathBuf),
+    /// `--docker-plugin unix:///PATH`: failing to listen is fatal.
+    Explicit(PathBuf),
+}
+
+/// The plugin socket dockerd finds without configuration.
+pub const DEFAULT_PLUGIN_SOCKET: &str = "/run/docker/plugins/tapnet.sock";
 
 fn default_true() -> bool {
     true
@@ -312,6 +333,18 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
         tracing::info!("listening on unix://{}", socket.display());
+
+        let plugin = match listen_plugin(&cfg.docker_plugin)? {
+            Some((l, path)) => {
+                tracing::info!(
+                    "docker network driver \"tapnet\" on unix://{}",
+                    path.display()
+                );
+                Some((l, path))
+            }
+            None => None,
+        };
+        // Ready once both sockets accept clients (dockerd may come next).
         systemd::notify("READY=1");
 
         tokio::spawn(containers::watch(
@@ -319,20 +352,85 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             Duration::from_millis(300),
         ));
 
-        let shutdown = async move {
-            let name = tokio::select! {
-                _ = term.recv() => "SIGTERM",
-                _ = int.recv() => "SIGINT",
-            };
-            systemd::notify("STOPPING=1");
-            tracing::info!("{name}: shutting down (containers keep running)");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
         };
-        serve(listener, api::router(shared.clone()), shutdown).await;
+        let plugin_task = plugin.map(|(l, path)| {
+            let app = plugin::router(shared.clone());
+            let done = stopped();
+            (tokio::spawn(serve(l, app, false, done)), path)
+        });
+        let api_task = tokio::spawn(serve(
+            listener,
+            api::router(shared.clone()),
+            true,
+            stopped(),
+        ));
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        systemd::notify("STOPPING=1");
+        tracing::info!("{name}: shutting down (containers keep running)");
+        let _ = stop_tx.send(true);
+        let _ = api_task.await;
         let _ = std::fs::remove_file(&socket);
+        if let Some((t, path)) = plugin_task {
+            let _ = t.await;
+            let _ = std::fs::remove_file(path);
+        }
         shared.lock().dp.shutdown();
         tracing::info!("stopped");
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// Listens on the plugin socket of `cfg`: `None` when off, or when the
+/// default one cannot be used (logged); an explicit one that cannot be
+/// used is an error.
+fn listen_plugin(
+    cfg: &PluginSocket,
+) -> anyhow::Result<Option<(tokio::net::UnixListener, PathBuf)>> {
+    use anyhow::Context;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let (path, explicit) = match cfg {
+        PluginSocket::Off => return Ok(None),
+        PluginSocket::Default(p) => (p, false),
+        PluginSocket::Explicit(p) => (p, true),
+    };
+    let r = (|| -> anyhow::Result<tokio::net::UnixListener> {
+        if let Some(dir) = path.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("another process is listening on {}", path.display());
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        }
+        let l = tokio::net::UnixListener::bind(path)
+            .with_context(|| format!("cannot listen on {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+            .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+        Ok(l)
+    })();
+    match r {
+        Ok(l) => Ok(Some((l, path.clone()))),
+        Err(e) if explicit => Err(e.context("--docker-plugin")),
+        Err(e) => {
+            tracing::warn!("docker network driver plugin off: {e:#} (use --docker-plugin unix:///PATH or none)");
+            Ok(None)
+        }
+    }
 }
 
 /// How long a stopping daemon lets requests in flight finish.
@@ -340,20 +438,20 @@ const DRAIN: Duration = Duration::from_secs(15);
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` completes, then lets the
 /// requests in flight finish (up to [`DRAIN`]): the version gate before
-/// routing, and [`HEADER_TIMEOUT`] for a request's headers and between
-/// requests on a kept-alive connection.
+/// routing when `versioned` (the API), the caller's pid in each request
+/// (a [`docker::Peer`] extension, from the socket's peer credentials), and
+/// [`HEADER_TIMEOUT`] for a request's headers and between requests on a
+/// kept-alive connection.
 async fn serve(
     listener: tokio::net::UnixListener,
     router: axum::Router,
+    versioned: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use tower::Layer;
-    let app = axum::middleware::from_fn(api::version_gate).layer(router);
-    let app = tower::util::MapRequestLayer::new(|r: axum::http::Request<hyper::body::Incoming>| {
-        r.map(axum::body::Body::new)
-    })
-    .layer(app);
+    // Before routing (a layer on the router would run after it).
+    let router = axum::middleware::from_fn_with_state(versioned, api::version_gate).layer(router);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -368,10 +466,24 @@ async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let peer = docker::Peer {
+            pid: stream.peer_cred().ok().and_then(|c| c.pid()).unwrap_or(0),
+        };
+        let app = tower::util::MapRequestLayer::new(
+            move |r: axum::http::Request<hyper::body::Incoming>| {
+                let mut r = r.map(axum::body::Body::new);
+                r.extensions_mut().insert(peer);
+                r
+            },
+        )
+        .layer(router.clone());
+        let svc = hyper_util::service::TowerToHyperService::new(app);
         let mut b = hyper::server::conn::http1::Builder::new();
+        // Half-close: a client may shut down its write side while it
+        // waits for the answer (socat, nc); it still gets the answer.
         b.timer(TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
+            .half_close(true)
             .keep_alive(true);
         let conn = graceful.watch(b.serve_connection(TokioIo::new(stream), svc));
         tokio::spawn(async move {

@@ -139,7 +139,7 @@ pub(super) fn check_port_count(ports: &[PortBinding]) -> Result<(), PortError> {
 }
 
 /// Binds the host sockets of one `-p` binding on `ip`.
-fn bind_binding(b: &PortBinding, ip: IpAddr) -> Result<Vec<Bound>, PortError> {
+pub(super) fn bind_binding(b: &PortBinding, ip: IpAddr) -> Result<Vec<Bound>, PortError> {
     let mut out = vec![];
     for (cp, hp) in b.expand() {
         let (socket, host_port) = match hp {
@@ -304,23 +304,29 @@ impl Core {
             Some(k) => Some(find_container(st, k)?.id.clone()),
             None => None,
         };
-        // (dataplane network, address) -> container.
-        let mut owners: HashMap<(NetId, IpAddr), &Container> = HashMap::new();
+        // (dataplane network, address) -> (name, id) of the owner: a
+        // container, or Docker's endpoint (`docker/ID12`).
+        let mut owners: HashMap<(NetId, IpAddr), (String, String)> = HashMap::new();
         for e in st.endpoints.values() {
-            let (Some(net), Some(ip), Some(c)) = (
-                self.dp_net_id(&e.network_id),
-                e.ipv4,
-                e.owner.container().and_then(|c| st.containers.get(c)),
-            ) else {
+            let (Some(net), Some(ip)) = (self.dp_net_id(&e.network_id), e.ipv4) else {
                 continue;
             };
-            owners.insert((net, IpAddr::V4(ip.addr())), c);
+            let owner = match &e.owner {
+                Owner::Container { id } => match st.containers.get(id) {
+                    Some(c) => (c.name.clone(), c.id.clone()),
+                    None => continue,
+                },
+                Owner::External { runtime, id } => {
+                    (format!("{runtime}/{}", &id[..12.min(id.len())]), id.clone())
+                }
+            };
+            owners.insert((net, IpAddr::V4(ip.addr())), owner);
         }
         let mut rows = vec![];
         for f in self.dp.conntrack() {
             let owner = owners.get(&(f.network, f.container_ip));
             if let Some(id) = &only {
-                if owner.map(|c| &c.id) != Some(id) {
+                if owner.map(|o| &o.1) != Some(id) {
                     continue;
                 }
             }
@@ -334,8 +340,8 @@ impl Core {
                 direction: f.direction.into(),
                 state: f.state.into(),
                 network,
-                container: owner.map(|c| c.name.clone()).unwrap_or_default(),
-                container_id: owner.map(|c| c.id.clone()).unwrap_or_default(),
+                container: owner.map(|o| o.0.clone()).unwrap_or_default(),
+                container_id: owner.map(|o| o.1.clone()).unwrap_or_default(),
                 container_ip: f.container_ip,
                 container_port: f.container_port,
                 remote_ip: f.remote_ip,

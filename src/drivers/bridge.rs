@@ -63,12 +63,11 @@ impl NetworkDriver for Bridge {
             return Err(DriverError::OneSubnet);
         }
         let c = configs.pop().unwrap_or_default();
-        let used: Vec<(String, Ipv4Net)> = st
+        let used_nets: Vec<Ipv4Net> = st
             .networks
             .values()
-            .flat_map(|n| n.pools.iter().map(move |p| (n.name.clone(), p.subnet)))
+            .flat_map(|n| n.pools.iter().map(|p| p.subnet))
             .collect();
-        let used_nets: Vec<Ipv4Net> = used.iter().map(|(_, s)| *s).collect();
         let pool = ipam::make_pool(
             &PoolRequest {
                 subnet: c.subnet.clone(),
@@ -78,13 +77,7 @@ impl NetworkDriver for Bridge {
             },
             &used_nets,
         )?;
-        if let Some((other, s)) = used.iter().find(|(_, s)| ipam::overlaps(s, &pool.subnet)) {
-            return Err(DriverError::Overlap {
-                subnet: pool.subnet,
-                other: other.clone(),
-                theirs: *s,
-            });
-        }
+        check_overlap(st, pool.subnet)?;
         let options = req.options.clone().unwrap_or_default();
         validate_options(&options)?;
         if let Some(b) = options.get(OPT_BRIDGE_NAME) {
@@ -115,22 +108,7 @@ impl NetworkDriver for Bridge {
     }
 
     fn create(&self, dp: &Dataplane, id: NetId, n: &Network) -> Result<(), DataplaneError> {
-        let Some(pool) = n.pools.first() else {
-            return Err(DataplaneError::NoPool(n.name.clone()));
-        };
-        dp.add_network(
-            id,
-            NetworkSpec {
-                name: n.name.clone(),
-                subnet: pool.subnet,
-                gateway: pool.gateway,
-                icc: n.icc(),
-                mtu: n.mtu(),
-                internal: n.internal,
-                masquerade: n.masquerade(),
-                dns: self.services(n).embedded_dns,
-            },
-        )
+        add_to_dataplane(dp, id, n, self.services(n).embedded_dns)
     }
 
     fn delete(&self, dp: &Dataplane, id: NetId) -> Result<(), DataplaneError> {
@@ -151,7 +129,48 @@ impl NetworkDriver for Bridge {
     }
 }
 
-fn validate_options(opts: &Map) -> Result<(), DriverError> {
+/// A switched network with a gateway (ARP, ping, NAT; the embedded DNS
+/// when `dns`) in the dataplane, from its first pool and Docker's bridge
+/// options.
+pub(super) fn add_to_dataplane(
+    dp: &Dataplane,
+    id: NetId,
+    n: &Network,
+    dns: bool,
+) -> Result<(), DataplaneError> {
+    let Some(pool) = n.pools.first() else {
+        return Err(DataplaneError::NoPool(n.name.clone()));
+    };
+    dp.add_network(
+        id,
+        NetworkSpec {
+            name: n.name.clone(),
+            subnet: pool.subnet,
+            gateway: pool.gateway,
+            icc: n.icc(),
+            mtu: n.mtu(),
+            internal: n.internal,
+            masquerade: n.masquerade(),
+            dns,
+        },
+    )
+}
+
+/// The first network whose pool overlaps `subnet`, as a driver error.
+pub(super) fn check_overlap(st: &State, subnet: Ipv4Net) -> Result<(), DriverError> {
+    for n in st.networks.values() {
+        if let Some(p) = n.pools.iter().find(|p| ipam::overlaps(&p.subnet, &subnet)) {
+            return Err(DriverError::Overlap {
+                subnet,
+                other: n.name.clone(),
+                theirs: p.subnet,
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn validate_options(opts: &Map) -> Result<(), DriverError> {
     for (k, v) in opts {
         let bad = |why: &'static str| DriverError::BadOption {
             key: k.clone(),

@@ -25,6 +25,7 @@ use crate::model::Network;
 use crate::state::State;
 
 mod bridge;
+pub mod docker;
 mod host;
 mod null;
 
@@ -39,11 +40,20 @@ pub enum DriverKind {
     Host,
     /// Only `lo`.
     Null,
+    /// A network dockerd made through tapnet's driver plugin (`docker
+    /// network create -d tapnet`): switched like `bridge`, with Docker's
+    /// addresses, its endpoints owned by Docker.
+    Docker,
 }
 
 impl DriverKind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [DriverKind; 3] = [DriverKind::Bridge, DriverKind::Host, DriverKind::Null];
+    pub const ALL: [DriverKind; 4] = [
+        DriverKind::Bridge,
+        DriverKind::Host,
+        DriverKind::Null,
+        DriverKind::Docker,
+    ];
 
     /// Docker's name of the driver.
     pub fn name(self) -> &'static str {
@@ -51,6 +61,7 @@ impl DriverKind {
             DriverKind::Bridge => "bridge",
             DriverKind::Host => "host",
             DriverKind::Null => "null",
+            DriverKind::Docker => "docker",
         }
     }
 
@@ -86,6 +97,9 @@ pub enum Attachment {
     HostNamespace,
     /// The container has only `lo` (`none`); alone.
     Isolated,
+    /// Endpoints belong to an external runtime (Docker); tapnet's own
+    /// containers cannot join.
+    External,
 }
 
 /// What a network's gateway provides to its endpoints.
@@ -105,10 +119,16 @@ pub struct Services {
 pub enum DriverError {
     /// network driver "{0}" not found (tapnet has bridge, host and null)
     Unknown(String),
+    /// networks of driver "docker" are made by dockerd: docker network create -d tapnet
+    DockerOnly,
+    /// Docker sent {0}
+    DockerRequest(String),
     /// driver {0} is not supported yet
     NotYet(String),
     /// only one instance of "{0}" network is allowed
     OnlyOne(DriverKind),
+    /// unknown option {key} (tapnet's Docker networks take {known})
+    UnknownOption { key: String, known: String },
     /// invalid value {value:?} for option {key}: {why}
     BadOption {
         key: String,
@@ -193,6 +213,7 @@ pub fn driver(kind: DriverKind) -> &'static dyn NetworkDriver {
         DriverKind::Bridge => &bridge::Bridge,
         DriverKind::Host => &host::Host,
         DriverKind::Null => &null::Null,
+        DriverKind::Docker => &docker::Docker,
     }
 }
 

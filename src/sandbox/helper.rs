@@ -56,8 +56,8 @@ struct WireTap {
     name: String,
     mac: [u8; 6],
     mtu: u32,
-    addr: Ipv4Addr,
-    prefix: u8,
+    /// Address and prefix; none: no address and the link left down.
+    addr: Option<(Ipv4Addr, u8)>,
     gateway: Option<Ipv4Addr>,
 }
 
@@ -65,6 +65,7 @@ struct WireTap {
 enum Op {
     Create { taps: Vec<WireTap>, queues: usize },
     Open { names: Vec<String>, queues: usize },
+    OpenByMac { macs: Vec<[u8; 6]>, queues: usize },
     Delete { names: Vec<String> },
 }
 
@@ -99,8 +100,7 @@ pub(super) fn create(
             name: t.name.clone(),
             mac: t.mac,
             mtu: t.mtu,
-            addr: t.addr.addr(),
-            prefix: t.addr.prefix_len(),
+            addr: t.addr.map(|a| (a.addr(), a.prefix_len())),
             gateway: t.default_gateway,
         })
         .collect();
@@ -119,6 +119,20 @@ pub(super) fn open(
         target: target.into(),
         op: Op::Open {
             names: names.to_vec(),
+            queues,
+        },
+    })
+}
+
+pub(super) fn open_by_mac(
+    target: &NetTarget,
+    macs: &[[u8; 6]],
+    queues: usize,
+) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
+    run(Request {
+        target: target.into(),
+        op: Op::OpenByMac {
+            macs: macs.to_vec(),
             queues,
         },
     })
@@ -273,6 +287,22 @@ fn serve(req: &Request) -> Result<Vec<Vec<OwnedFd>>, String> {
                     .map_err(|e| format!("open tap {name} in {target}: {e}"))
             })
             .collect(),
+        Op::OpenByMac { macs, queues } => {
+            let links = links_by_mac().map_err(|e| format!("list links in {target}: {e}"))?;
+            macs.iter()
+                .map(|mac| {
+                    let Some((name, _)) = links.iter().find(|(_, m)| m == mac) else {
+                        return Err(format!(
+                            "open tap in {target}: no link with MAC {}",
+                            crate::model::Mac(*mac)
+                        ));
+                    };
+                    tap::open_queues(name, *queues, OpenMode::Attach, false)
+                        .map(|t| t.queues)
+                        .map_err(|e| format!("open tap {name} in {target}: {e}"))
+                })
+                .collect()
+        }
         Op::Delete { names } => {
             let mut nl = Netlink::open().map_err(|e| format!("delete taps in {target}: {e}"))?;
             let mut errors = Vec::new();
@@ -359,9 +389,32 @@ fn create_here(
     Ok(made.into_iter().map(|(_, fds)| fds).collect())
 }
 
+/// The links of the current network namespace with their MAC addresses
+/// (`getifaddrs`' `AF_PACKET` entries: netlink, so this namespace's, not
+/// the one `/sys` was mounted from).
+fn links_by_mac() -> nix::Result<Vec<(String, [u8; 6])>> {
+    let mut out = vec![];
+    for ifa in nix::ifaddrs::getifaddrs()? {
+        let mac = ifa
+            .address
+            .as_ref()
+            .and_then(|a| a.as_link_addr())
+            .and_then(|l| l.addr());
+        if let Some(mac) = mac {
+            if !out.iter().any(|(n, _)| *n == ifa.interface_name) {
+                out.push((ifa.interface_name, mac));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::NetlinkError> {
     nl.set_link(index, Some(t.mac), Some(t.mtu), None)?;
-    nl.add_addr_v4(index, t.addr, t.prefix)?;
+    let Some((addr, prefix)) = t.addr else {
+        return Ok(());
+    };
+    nl.add_addr_v4(index, addr, prefix)?;
     nl.set_link(index, None, None, Some(true))?;
     if let Some(gw) = t.gateway {
         nl.add_default_route_v4(index, gw)?;

@@ -76,8 +76,9 @@ pub struct TapConfig {
     pub name: String,
     pub mac: [u8; 6],
     pub mtu: u32,
-    /// Address and prefix length.
-    pub addr: ipnet::Ipv4Net,
+    /// Address and prefix length; `None`: no address, and the link stays
+    /// down (an external runtime moves and configures it, e.g. Docker).
+    pub addr: Option<ipnet::Ipv4Net>,
     /// When set, a default route via this gateway is added.
     pub default_gateway: Option<Ipv4Addr>,
 }
@@ -178,6 +179,17 @@ pub fn create_taps(
     queues: usize,
 ) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
     helper::create(target, taps, queues)
+}
+
+/// Reopens existing persistent TAPs by MAC address inside `target` (their
+/// names may have changed: Docker renames the TAPs it moves into a
+/// container): `queues` fds each.
+pub fn open_taps_by_mac(
+    target: &NetTarget,
+    macs: &[[u8; 6]],
+    queues: usize,
+) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
+    helper::open_by_mac(target, macs, queues)
 }
 
 /// Reopens existing persistent TAPs by name inside `target`: `queues` fds each.

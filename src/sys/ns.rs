@@ -104,6 +104,28 @@ pub fn open_of(pid: i32, kind: &str) -> Result<OwnedFd, NsError> {
     open(format!("/proc/{pid}/ns/{kind}"))
 }
 
+/// Runs `f` on a new thread that first joins the network namespace of
+/// process `pid`, so that the sockets `f` makes belong to that namespace;
+/// the caller's threads stay where they are. Needs the right to enter it
+/// (root, or the namespace's owner).
+pub fn with_netns_of<R: Send + 'static>(
+    pid: i32,
+    f: impl FnOnce() -> R + Send + 'static,
+) -> Result<R, NsError> {
+    let net = open_of(pid, "net")?;
+    std::thread::spawn(move || {
+        setns(&net, CloneFlags::CLONE_NEWNET, "net")?;
+        Ok(f())
+    })
+    .join()
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+}
+
+/// Whether process `pid` is in the caller's network namespace.
+pub fn same_netns_as(pid: i32) -> Result<bool, NsError> {
+    same(&open_of(pid, "net")?, &open_self("net")?)
+}
+
 /// Opens a namespace of the calling thread.
 pub fn open_self(kind: &str) -> Result<OwnedFd, NsError> {
     open(format!("/proc/thread-self/ns/{kind}"))

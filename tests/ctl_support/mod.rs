@@ -164,8 +164,13 @@ impl Daemon {
         cmd.args(["daemon", "--workers", "1", "--root"])
             .arg(&self.root)
             .arg("-H")
-            .arg(format!("unix://{}", self.socket.display()))
-            .args(&self.extra)
+            .arg(format!("unix://{}", self.socket.display()));
+        // The Docker plugin's default socket is the host's
+        // /run/docker/plugins: off unless a test asks for one.
+        if !self.extra.iter().any(|a| a == "--docker-plugin") {
+            cmd.args(["--docker-plugin", "none"]);
+        }
+        cmd.args(&self.extra)
             .env("TAPNET_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -192,6 +197,11 @@ impl Daemon {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Its pid while it runs.
+    pub fn running_pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
     }
 
     /// `kill -9` the daemon (by its PID) and reap it.
@@ -439,6 +449,11 @@ impl Bg {
             self.child.id(),
             std::fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
         )
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Panics (with its output) if it has exited already.

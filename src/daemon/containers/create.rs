@@ -206,7 +206,7 @@ impl Core {
                 match drivers::of(n).attachment() {
                     Attachment::HostNamespace => mode_s = "host".into(),
                     Attachment::Isolated => mode_s = "none".into(),
-                    Attachment::Switched => {}
+                    Attachment::Switched | Attachment::External => {}
                 }
                 if !mode_s.is_empty() {
                     attaches.clear();

@@ -1,0 +1,266 @@
+//! libnetwork's remote network-driver protocol, served on a second Unix
+//! socket (`tapnet daemon --docker-plugin`; as root by default
+//! `/run/docker/plugins/tapnet.sock`, where dockerd finds driver `tapnet`
+//! with no configuration).
+//!
+//! Every call is a `POST /Plugin.Activate` or `/NetworkDriver.METHOD`
+//! with a JSON body (empty for some). Docker sends no `Content-Type`, so
+//! bodies are parsed from the raw bytes whatever the headers; field names
+//! are Go's (`NetworkID`, `IPv4Data`, ...); `Options` are arbitrary JSON.
+//! Answers are always JSON (`{}` at least); a failure is `{"Err": "..."}`
+//! (status 500), which `docker` shows as is. The work is done by the core
+//! (`docker.rs`), with the caller (dockerd, from the socket's peer
+//! credentials) as the namespace where TAPs are made and ports bound.
+//! Facts and sources: `shared/research/docker-remote-driver.md`.
+
+use axum::body::Bytes;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::docker::{Peer, PortMap};
+use super::error::DockerError;
+use super::{call, Shared};
+use crate::drivers::docker::IpamData;
+
+/// A failed call: `{"Err": ...}`.
+struct PluginError(String);
+
+impl IntoResponse for PluginError {
+    fn into_response(self) -> Response {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Json(json!({ "Err": self.0 })),
+        )
+            .into_response()
+    }
+}
+
+impl From<DockerError> for PluginError {
+    fn from(e: DockerError) -> PluginError {
+        PluginError(e.to_string())
+    }
+}
+
+type Answer = Result<Json<Value>, PluginError>;
+
+/// Parses a body: empty is the defaults; anything else JSON of the shape.
+fn body<T: DeserializeOwned + Default>(b: &Bytes) -> Result<T, PluginError> {
+    if b.iter().all(|c| c.is_ascii_whitespace()) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(b).map_err(|e| PluginError(format!("tapnet: malformed request: {e}")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CreateNetworkRequest {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+    options: Value,
+    #[serde(rename = "IPv4Data")]
+    ipv4_data: Option<Vec<IpamData>>,
+    #[serde(rename = "IPv6Data")]
+    ipv6_data: Option<Vec<IpamData>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct NetworkRequest {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+}
+
+/// An endpoint's addresses (CIDR) and MAC, as Docker sends and reads them.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct Interface {
+    #[serde(skip_serializing_if = "String::is_empty")]
+    address: String,
+    #[serde(rename = "AddressIPv6", skip_serializing_if = "String::is_empty")]
+    address_ipv6: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    mac_address: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct CreateEndpointRequest {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+    #[serde(rename = "EndpointID")]
+    endpoint_id: String,
+    interface: Option<Interface>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+struct EndpointRequest {
+    #[serde(rename = "NetworkID")]
+    network_id: String,
+    #[serde(rename = "EndpointID")]
+    endpoint_id: String,
+    sandbox_key: String,
+    options: Value,
+}
+
+/// Routes of the plugin socket.
+pub fn router(core: Shared) -> Router {
+    Router::new()
+        .route("/Plugin.Activate", post(activate))
+        .route("/NetworkDriver.GetCapabilities", post(capabilities))
+        .route("/NetworkDriver.CreateNetwork", post(create_network))
+        .route("/NetworkDriver.DeleteNetwork", post(delete_network))
+        .route("/NetworkDriver.CreateEndpoint", post(create_endpoint))
+        .route("/NetworkDriver.EndpointOperInfo", post(oper_info))
+        .route("/NetworkDriver.DeleteEndpoint", post(delete_endpoint))
+        .route("/NetworkDriver.Join", post(join))
+        .route("/NetworkDriver.Leave", post(empty))
+        .route("/NetworkDriver.DiscoverNew", post(empty))
+        .route("/NetworkDriver.DiscoverDelete", post(empty))
+        .route(
+            "/NetworkDriver.ProgramExternalConnectivity",
+            post(program_external),
+        )
+        .route(
+            "/NetworkDriver.RevokeExternalConnectivity",
+            post(revoke_external),
+        )
+        .route("/NetworkDriver.AllocateNetwork", post(swarm_only))
+        .route("/NetworkDriver.FreeNetwork", post(swarm_only))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({"Err": "tapnet: no such plugin method"})),
+            )
+        })
+        .with_state(core)
+}
+
+async fn activate() -> Json<Value> {
+    Json(json!({"Implements": ["NetworkDriver"]}))
+}
+
+async fn capabilities() -> Json<Value> {
+    Json(json!({"Scope": "local", "ConnectivityScope": "local"}))
+}
+
+async fn empty() -> Json<Value> {
+    Json(json!({}))
+}
+
+async fn swarm_only() -> PluginError {
+    PluginError("tapnet: swarm-scoped networks are not supported".into())
+}
+
+async fn create_network(State(c): State<Shared>, b: Bytes) -> Answer {
+    let r: CreateNetworkRequest = body(&b)?;
+    call(&c, move |c| {
+        c.docker_create_network(
+            &r.network_id,
+            &r.options,
+            r.ipv4_data.as_deref().unwrap_or_default(),
+            r.ipv6_data.as_deref().unwrap_or_default(),
+        )
+    })
+    .await?;
+    Ok(Json(json!({})))
+}
+
+async fn delete_network(
+    State(c): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    b: Bytes,
+) -> Answer {
+    let r: NetworkRequest = body(&b)?;
+    call(&c, move |c| c.docker_delete_network(&r.network_id, peer)).await?;
+    Ok(Json(json!({})))
+}
+
+async fn create_endpoint(
+    State(c): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    b: Bytes,
+) -> Answer {
+    let r: CreateEndpointRequest = body(&b)?;
+    let iface = r.interface.unwrap_or_default();
+    if !iface.address_ipv6.is_empty() {
+        return Err(PluginError(
+            "tapnet: IPv6 endpoints are not supported yet".into(),
+        ));
+    }
+    let mac = call(&c, move |c| {
+        c.docker_create_endpoint(
+            &r.network_id,
+            &r.endpoint_id,
+            &iface.address,
+            &iface.mac_address,
+            peer,
+        )
+    })
+    .await?;
+    // Only what Docker left empty may be filled in.
+    Ok(Json(match mac {
+        Some(m) => json!({"Interface": Interface {
+            mac_address: m.to_string(),
+            ..Default::default()
+        }}),
+        None => json!({}),
+    }))
+}
+
+async fn oper_info() -> Json<Value> {
+    Json(json!({"Value": {}}))
+}
+
+async fn delete_endpoint(
+    State(c): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    b: Bytes,
+) -> Answer {
+    let r: EndpointRequest = body(&b)?;
+    call(&c, move |c| c.docker_delete_endpoint(&r.endpoint_id, peer)).await?;
+    Ok(Json(json!({})))
+}
+
+async fn join(State(c): State<Shared>, b: Bytes) -> Answer {
+    let r: EndpointRequest = body(&b)?;
+    let (src, gateway) = call(&c, move |c| {
+        c.docker_join(&r.network_id, &r.endpoint_id, &r.sandbox_key)
+    })
+    .await?;
+    let mut v = json!({"InterfaceName": {"SrcName": src, "DstPrefix": "eth"}});
+    if let Some(g) = gateway {
+        v["Gateway"] = json!(g.to_string());
+    }
+    Ok(Json(v))
+}
+
+async fn program_external(
+    State(c): State<Shared>,
+    Extension(peer): Extension<Peer>,
+    b: Bytes,
+) -> Answer {
+    let r: EndpointRequest = body(&b)?;
+    let portmap: Vec<PortMap> = match r.options.get("com.docker.network.portmap") {
+        None | Some(Value::Null) => vec![],
+        Some(v) => serde_json::from_value(v.clone())
+            .map_err(|e| PluginError(format!("tapnet: malformed port map: {e}")))?,
+    };
+    call(&c, move |c| {
+        c.docker_publish(&r.network_id, &r.endpoint_id, &portmap, peer)
+    })
+    .await?;
+    Ok(Json(json!({})))
+}
+
+async fn revoke_external(State(c): State<Shared>, b: Bytes) -> Answer {
+    let r: EndpointRequest = body(&b)?;
+    call(&c, move |c| c.docker_unpublish(&r.endpoint_id)).await?;
+    Ok(Json(json!({})))
+}

@@ -1,0 +1,594 @@
+//! Docker uses tapnet as its network driver (issue 17): a real dockerd
+//! (Debian's docker.io) and the real `docker`/`docker-compose` clients, in
+//! namespaces of the test (`docker_support`). Each scenario of the seeds
+//! runs on `-d tapnet` networks and on Docker's own bridge driver in the
+//! same dockerd, and the outcomes must be the same (and what Docker
+//! documents): hub and isolation by IP and name, a static `--ip`, a shared
+//! `--network-alias` with one container stopped, ICC off, `docker network
+//! connect` of a running container, published ports (with the client's
+//! address), outbound (and Docker's DNS forwarding through tapnet's NAT).
+//! Then what only tapnet's side has: restarts of tapnet and dockerd,
+//! compose, bad options, tapnet's own view.
+//!
+//! Root only. "Outside" is a namespace wired to the host namespace (tapnet
+//! and dockerd) by a veth pair, with an HTTP server and dnsmasq (TEST-NET
+//! addresses; nothing leaves the test's namespaces).
+
+mod ctl_support;
+mod docker_support;
+
+use std::time::Duration;
+
+use ctl_support::*;
+use docker_support::*;
+
+/// dockerd's resolv.conf where no test resolver is needed: a TEST-NET
+/// address no route leads to (Docker would fall back to public resolvers
+/// if it found only loopback ones).
+const NO_RESOLVER: &str = "nameserver 192.0.2.53";
+
+/// The host's end of the veth to "outside", and outside's.
+const HOST: &str = "192.0.2.1";
+const OUTSIDE: &str = "192.0.2.2";
+
+/// The subnets a scenario uses on each driver (Docker's own IPAM refuses
+/// overlaps; tapnet too).
+fn subnet(driver: &str, i: u8) -> String {
+    match driver {
+        "tapnet" => format!("10.71.{i}.0/24"),
+        _ => format!("10.81.{i}.0/24"),
+    }
+}
+
+/// A container's address on a network (`docker inspect`); empty when it
+/// has none (stopped).
+fn ip_on(h: &DockerHost, c: &str, net: &str) -> String {
+    let f = format!("{{{{(index .NetworkSettings.Networks \"{net}\").IPAddress}}}}");
+    h.ok(&["inspect", "-f", &f, c]).trim().to_string()
+}
+
+/// One named outcome of a scenario.
+type Outcomes = Vec<(&'static str, bool)>;
+
+/// Hub and isolation: `a` on net A, `b` on net B, `hub` on A then
+/// connected to B (a running container), then disconnected.
+fn hub(h: &DockerHost, drv: &str) -> Outcomes {
+    let (na, nb) = (format!("{drv}-a"), format!("{drv}-b"));
+    h.ok(&[
+        "network",
+        "create",
+        "-d",
+        drv,
+        "--subnet",
+        &subnet(drv, 1),
+        &na,
+    ]);
+    h.ok(&[
+        "network",
+        "create",
+        "-d",
+        drv,
+        "--subnet",
+        &subnet(drv, 2),
+        &nb,
+    ]);
+    let (a, b, hub) = (
+        format!("{drv}-a1"),
+        format!("{drv}-b1"),
+        format!("{drv}-hub"),
+    );
+    h.sleeper(&a, &na, &[]);
+    h.sleeper(&b, &nb, &[]);
+    h.sleeper(&hub, &na, &[]);
+    let ip_b = ip_on(h, &b, &nb);
+    let ip_b = ip_b.as_str();
+    let ping = |from: &str, to: &str| h.works(from, &format!("ping -c1 -W2 {to}"));
+    let mut out = vec![
+        ("hub reaches a by name", ping(&hub, &a)),
+        ("hub reaches b before connect", ping(&hub, ip_b)),
+    ];
+    h.ok(&["network", "connect", &nb, &hub]);
+    out.push(("hub reaches b by name after connect", ping(&hub, &b)));
+    out.push(("hub reaches b by IP after connect", ping(&hub, ip_b)));
+    out.push(("a reaches b by IP", ping(&a, ip_b)));
+    out.push(("a resolves b", h.works(&a, &format!("nslookup {b}"))));
+    h.ok(&["network", "disconnect", &nb, &hub]);
+    out.push(("hub reaches b after disconnect", ping(&hub, ip_b)));
+    out.push(("hub still reaches a", ping(&hub, &a)));
+    out
+}
+
+/// A static `--ip`, two containers sharing an alias with one stopped,
+/// ICC off.
+fn addresses_aliases_icc(h: &DockerHost, drv: &str) -> Outcomes {
+    let n = format!("{drv}-s");
+    let sub = subnet(drv, 3);
+    h.ok(&["network", "create", "-d", drv, "--subnet", &sub, &n]);
+    let ip = sub.replace(".0/24", ".50");
+    let (st, d1, d2, cl) = (
+        format!("{drv}-static"),
+        format!("{drv}-db1"),
+        format!("{drv}-db2"),
+        format!("{drv}-client"),
+    );
+    h.sleeper(&st, &n, &["--ip", &ip]);
+    for c in [&d1, &d2] {
+        h.sleeper(c, &n, &["--network-alias", "db"]);
+    }
+    h.sleeper(&cl, &n, &[]);
+    let mut out = vec![
+        (
+            "the static address is set",
+            h.works(
+                &st,
+                &format!("ip -o -4 addr show eth0 | grep -q ' {ip}/24'"),
+            ),
+        ),
+        (
+            "the static address answers",
+            h.works(&cl, &format!("ping -c1 -W2 {ip}")),
+        ),
+        ("the alias answers", h.works(&cl, "ping -c1 -W2 db")),
+    ];
+    let (ip1, ip2) = (ip_on(h, &d1, &n), ip_on(h, &d2, &n));
+    h.ok(&["stop", "-t", "1", &d1]);
+    out.push((
+        "the alias is only the live container's",
+        h.works(
+            &cl,
+            &format!(
+                "for i in 1 2 3 4 5; do a=$(nslookup db) || exit 1; echo \"$a\" | grep -q '{ip2}$' || exit 1; echo \"$a\" | grep -q '{ip1}$' && exit 1; done; true"
+            ),
+        ),
+    ));
+    out.push(("the alias still answers", h.works(&cl, "ping -c1 -W2 db")));
+    // ICC off.
+    let q = format!("{drv}-q");
+    h.ok(&[
+        "network",
+        "create",
+        "-d",
+        drv,
+        "--subnet",
+        &subnet(drv, 4),
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        &q,
+    ]);
+    let (q1, q2) = (format!("{drv}-q1"), format!("{drv}-q2"));
+    h.sleeper(&q1, &q, &[]);
+    h.sleeper(&q2, &q, &[]);
+    let gw = subnet(drv, 4).replace(".0/24", ".1");
+    out.push((
+        "ICC off: a peer is not reached",
+        h.works(&q2, &format!("ping -c1 -W2 {q1}")),
+    ));
+    out.push((
+        "ICC off: the gateway answers",
+        h.works(&q2, &format!("ping -c1 -W2 {gw}")),
+    ));
+    out
+}
+
+/// Compares a scenario's outcomes on tapnet and on Docker's bridge, and
+/// with what is expected.
+fn same_as_bridge(h: &DockerHost, f: fn(&DockerHost, &str) -> Outcomes, expect: &[bool]) {
+    let t = f(h, "tapnet");
+    let b = f(h, "bridge");
+    let ctx = || {
+        format!(
+            "--- tapnet log:\n{}\n--- dockerd:\n{}",
+            h.d.log(),
+            h.dockerd_log()
+        )
+    };
+    for ((name, got_t), (_, got_b)) in t.iter().zip(&b) {
+        assert_eq!(
+            got_t,
+            got_b,
+            "{name}: tapnet {got_t}, bridge {got_b}\n{}",
+            ctx()
+        );
+    }
+    let got: Vec<bool> = t.iter().map(|x| x.1).collect();
+    assert_eq!(got, expect, "{t:?}\n{}", ctx());
+}
+
+#[test]
+fn seed_scenarios_match_dockers_bridge() {
+    let h = DockerHost::start(NO_RESOLVER);
+    same_as_bridge(
+        &h,
+        hub,
+        &[true, false, true, true, false, false, false, true],
+    );
+    same_as_bridge(
+        &h,
+        addresses_aliases_icc,
+        &[true, true, true, true, true, false, true],
+    );
+    // tapnet's own view: Docker's networks by their Docker id, their
+    // endpoints, and no `tapnet network rm` of them.
+    let id = h.ok(&["network", "inspect", "-f", "{{.Id}}", "tapnet-s"]);
+    let name = format!("docker-{}", &id.trim()[..12]);
+    assert!(
+        h.d.network_names().contains(&name),
+        "{:?}",
+        h.d.network_names()
+    );
+    let v = h.d.inspect_network(&name);
+    assert_eq!(v["Driver"], "docker");
+    assert_eq!(v["IPAM"]["Config"][0]["Subnet"], "10.71.3.0/24");
+    assert_eq!(v["Containers"].as_object().map(|m| m.len()), Some(3), "{v}");
+    let e = h.d.fails(&["network", "rm", &name]);
+    assert!(e.contains("docker network rm"), "{e}");
+    // docker rm -f of a running container removes its endpoint and TAP.
+    h.ok(&["rm", "-f", "tapnet-static"]);
+    let v = h.d.inspect_network(&name);
+    assert_eq!(v["Containers"].as_object().map(|m| m.len()), Some(2), "{v}");
+    let links = h.d.netns().sh_ok("ip -o link show");
+    assert!(
+        !links.contains(": tn"),
+        "TAPs left in dockerd's namespace: {links}"
+    );
+}
+
+/// The outside namespace with an HTTP server and a resolver.
+struct Outside2 {
+    servers: Vec<Bg>,
+    outside: Outside,
+    _www: TempDir,
+}
+
+fn outside(h: &DockerHost) -> Outside2 {
+    let outside = Outside::connect(
+        h.d.netns(),
+        &[&format!("{HOST}/24")],
+        &format!("{OUTSIDE}/24"),
+    );
+    let www = TempDir::new();
+    std::fs::write(www.0.join("index.html"), "from-outside\n").unwrap();
+    let servers = vec![
+        outside.ns.spawn(&[
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            &www.0.display().to_string(),
+        ]),
+        outside.ns.spawn(&[
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--pid-file=",
+            &format!("--listen-address={OUTSIDE}"),
+            &format!("--address=/outside.test/{OUTSIDE}"),
+        ]),
+    ];
+    retry("the outside servers", Duration::from_secs(10), || {
+        let o = outside.ns.sh(&format!("wget -qO- http://{OUTSIDE}/"));
+        (o.stdout == "from-outside\n").then_some(()).ok_or(o.stderr)
+    });
+    Outside2 {
+        servers,
+        outside,
+        _www: www,
+    }
+}
+
+// (busybox 1.35's `wget -T` crashes: `timeout N wget` instead.)
+
+/// A container serving `/cgi-bin/ip` (the client's address as it sees it)
+/// with busybox httpd.
+const CGI_SERVER: &str = "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && echo page > /www/index.html && exec httpd -f -p 80 -h /www";
+
+/// Outbound (by address and through Docker's DNS forwarding), published
+/// ports with the client's address, internal and masquerade-off networks.
+fn outbound_and_published(h: &DockerHost, o: &Outside2, drv: &str, port: u16) -> Outcomes {
+    let n = format!("{drv}-out");
+    h.ok(&[
+        "network",
+        "create",
+        "-d",
+        drv,
+        "--subnet",
+        &subnet(drv, 5),
+        &n,
+    ]);
+    let c = format!("{drv}-c");
+    h.sleeper(&c, &n, &[]);
+    let mut out = vec![
+        (
+            "outbound by address",
+            h.sh(&c, &format!("timeout 5 wget -qO- http://{OUTSIDE}/"))
+                .stdout
+                == "from-outside\n",
+        ),
+        (
+            "outbound by name (Docker's DNS forwarded through the NAT)",
+            h.sh(&c, "timeout 5 wget -qO- http://outside.test/").stdout == "from-outside\n",
+        ),
+    ];
+    let web = format!("{drv}-web");
+    let p = format!("{port}:80");
+    h.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &web,
+        "--network",
+        &n,
+        "-p",
+        &p,
+        "bb",
+        "sh",
+        "-c",
+        CGI_SERVER,
+    ]);
+    let seen = retry("the published port", Duration::from_secs(10), || {
+        let r = o.outside.ns.sh(&format!(
+            "timeout 3 wget -qO- http://{HOST}:{port}/cgi-bin/ip"
+        ));
+        (r.code == 0)
+            .then(|| r.stdout.trim().to_string())
+            .ok_or(r.stderr)
+    });
+    // (busybox httpd listens on an IPv6 socket: `[::ffff:A.B.C.D]`.)
+    let seen = seen.trim_start_matches("[::ffff:").trim_end_matches(']');
+    out.push(("the container sees the client's address", seen == OUTSIDE));
+    let taken = h.docker(&[
+        "run",
+        "-d",
+        "--name",
+        &format!("{drv}-web2"),
+        "--network",
+        &n,
+        "-p",
+        &p,
+        "bb",
+        "sleep",
+        "60",
+    ]);
+    out.push((
+        "a taken port fails run",
+        taken.code != 0 && taken.stderr.contains("already allocated"),
+    ));
+    let _ = h.docker(&["rm", "-f", &format!("{drv}-web2")]);
+    h.ok(&["rm", "-f", &web]);
+    let freed = o
+        .outside
+        .ns
+        .sh(&format!("timeout 2 wget -qO- http://{HOST}:{port}/"))
+        .code
+        != 0;
+    out.push(("rm frees the port", freed));
+    for (what, opts) in [
+        ("internal", vec!["--internal"]),
+        (
+            "masquerade off",
+            vec!["-o", "com.docker.network.bridge.enable_ip_masquerade=false"],
+        ),
+    ] {
+        let net = format!("{drv}-{}", what.replace(' ', ""));
+        let i = if what == "internal" { 6 } else { 7 };
+        let mut a = vec!["network", "create", "-d", drv];
+        a.extend(opts);
+        let sub = subnet(drv, i);
+        a.extend(["--subnet", &sub, &net]);
+        h.ok(&a);
+        // (`--init`: as PID 1, wget would ignore timeout's SIGTERM.)
+        let url = format!("http://{OUTSIDE}/");
+        let r = h.docker(&[
+            "run",
+            "--rm",
+            "--init",
+            "--network",
+            &net,
+            "bb",
+            "timeout",
+            "3",
+            "wget",
+            "-qO-",
+            &url,
+        ]);
+        out.push((
+            if what == "internal" {
+                "internal: nothing out"
+            } else {
+                "masquerade off: nothing out"
+            },
+            r.stdout != "from-outside\n",
+        ));
+    }
+    out
+}
+
+#[test]
+fn published_ports_and_outbound_match_dockers_bridge() {
+    let h = DockerHost::start(&format!("nameserver {OUTSIDE}"));
+    let o = outside(&h);
+    let t = outbound_and_published(&h, &o, "tapnet", 8081);
+    // tapnet's connection table saw the container's flows.
+    let ct = h.d.ok(&["conntrack", "--format", "json"]);
+    assert!(ct.contains(OUTSIDE), "{ct}");
+    let b = outbound_and_published(&h, &o, "bridge", 8082);
+    let ctx = format!(
+        "--- tapnet log:\n{}\n--- dockerd:\n{}\n{}",
+        h.d.log(),
+        h.dockerd_log(),
+        o.servers.iter().map(|s| s.log()).collect::<String>()
+    );
+    assert_eq!(t.len(), b.len());
+    for ((name, gt), (_, gb)) in t.iter().zip(&b) {
+        assert_eq!(gt, gb, "{name}: tapnet {gt}, bridge {gb}\n{ctx}");
+        assert!(gt, "{name}: {t:?}\n{ctx}");
+    }
+}
+
+#[test]
+fn restarts_lose_nothing() {
+    let mut h = DockerHost::start(NO_RESOLVER);
+    h.ok(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet",
+        "--subnet",
+        "10.72.0.0/24",
+        "keep",
+    ]);
+    h.sleeper("r1", "keep", &[]);
+    h.sleeper("r2", "keep", &[]);
+    assert!(h.works("r1", "ping -c1 -W2 r2"));
+    let before = h.d.ok(&["network", "ls"]);
+    // tapnet killed: Docker never replays CreateNetwork; traffic resumes
+    // once it is back, and Docker's next calls find everything.
+    h.d.kill9();
+    h.d.spawn();
+    assert_eq!(h.d.ok(&["network", "ls"]), before);
+    retry(
+        "traffic after tapnet's restart",
+        Duration::from_secs(10),
+        || {
+            let o = h.sh("r1", "ping -c1 -W2 r2");
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
+    // docker stop/start keeps the address and the MAC (derived from the
+    // address, as Docker's bridge does): peers' ARP caches stay right.
+    h.ok(&["stop", "-t", "1", "r2"]);
+    h.ok(&["start", "r2"]);
+    assert!(h.works("r1", "ping -c1 -W2 r2"), "{}", h.d.log());
+    // dockerd restarted with running containers (--live-restore).
+    h.stop_dockerd();
+    h.start_dockerd();
+    assert!(h.works("r1", "ping -c1 -W2 r2"), "{}", h.dockerd_log());
+    h.sleeper("r3", "keep", &[]);
+    assert!(h.works("r3", "ping -c1 -W2 r1"));
+    // tapnet stopped and started after dockerd: found on first use, and
+    // its socket is gone while it is stopped.
+    h.d.stop();
+    assert!(!h.dir.0.join("plugins/tapnet.sock").exists());
+    h.d.spawn();
+    h.ok(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet",
+        "--subnet",
+        "10.73.0.0/24",
+        "later",
+    ]);
+    h.sleeper("r4", "later", &[]);
+    h.ok(&["network", "connect", "later", "r1"]);
+    assert!(h.works("r1", "ping -c1 -W2 r4"));
+    h.ok(&["network", "disconnect", "later", "r1"]);
+    h.ok(&["rm", "-f", "r4"]);
+    h.ok(&["network", "rm", "later"]);
+    assert!(!h.d.ok(&["network", "ls"]).contains("10.73"));
+}
+
+#[test]
+fn compose_and_bad_options() {
+    let h = DockerHost::start(NO_RESOLVER);
+    // Bad or unknown options: refused at create, nothing left anywhere.
+    let nets_before = h.d.ok(&["network", "ls", "-q"]);
+    for (opt, needle) in [
+        ("foo=bar", "unknown option foo"),
+        ("com.docker.network.driver.mtu=abc", "mtu"),
+        ("com.docker.network.bridge.enable_icc=maybe", "enable_icc"),
+    ] {
+        let o = h.docker(&["network", "create", "-d", "tapnet", "-o", opt, "bad"]);
+        assert!(o.code != 0 && o.stderr.contains(needle), "{opt}: {o:?}");
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{o:?}");
+    }
+    let o = h.docker(&[
+        "network",
+        "create",
+        "-d",
+        "tapnet",
+        "--ipv6",
+        "--subnet",
+        "fd00::/64",
+        "bad",
+    ]);
+    assert!(o.code != 0, "{o:?}");
+    assert!(!h.ok(&["network", "ls"]).contains(" bad "));
+    assert_eq!(h.d.ok(&["network", "ls", "-q"]), nets_before);
+
+    // Compose: services reach each other by name on a tapnet network with
+    // driver_opts and an IPAM subnet; `down` removes everything.
+    let dir = TempDir::new();
+    std::fs::write(
+        dir.0.join("docker-compose.yml"),
+        r#"version: "2.4"
+services:
+  web:
+    image: bb
+    command: sh -c "mkdir -p /www && echo hi-compose > /www/index.html && exec httpd -f -p 80 -h /www"
+    networks: [front]
+  client:
+    image: bb
+    command: sleep 600
+    networks: [front]
+networks:
+  front:
+    driver: tapnet
+    driver_opts:
+      com.docker.network.driver.mtu: "1400"
+    ipam:
+      config:
+        - subnet: 10.74.0.0/24
+"#,
+    )
+    .unwrap();
+    let up = h.compose(&dir.0, &["-p", "seed", "up", "-d"]);
+    assert_eq!(up.code, 0, "{up:?}\n{}", h.d.log());
+    let page = retry("web by service name", Duration::from_secs(15), || {
+        let o = h.compose(
+            &dir.0,
+            &[
+                "-p",
+                "seed",
+                "exec",
+                "-T",
+                "client",
+                "timeout",
+                "3",
+                "wget",
+                "-qO-",
+                "http://web/",
+            ],
+        );
+        (o.code == 0).then_some(o.stdout).ok_or(o.stderr)
+    });
+    assert_eq!(page, "hi-compose\n");
+    let mtu = h.compose(
+        &dir.0,
+        &[
+            "-p",
+            "seed",
+            "exec",
+            "-T",
+            "client",
+            "cat",
+            "/sys/class/net/eth0/mtu",
+        ],
+    );
+    assert_eq!(mtu.stdout.trim(), "1400", "{mtu:?}");
+    assert!(h
+        .d
+        .ok(&["network", "ls", "--format", "json"])
+        .contains("docker-"));
+    let down = h.compose(&dir.0, &["-p", "seed", "down"]);
+    assert_eq!(down.code, 0, "{down:?}");
+    assert_eq!(h.d.ok(&["network", "ls", "-q"]), nets_before);
+    let links = h.d.netns().sh_ok("ip -o link show");
+    assert!(!links.contains(": tn"), "TAPs left: {links}");
+}
