@@ -16,10 +16,14 @@
 //!    accepted connections with [`Gateway::handle_accept`];
 //!    [`Gateway::relay_tcp`] with the flow's socket when a
 //!    [`SocketOp::Relay`] asks for it.
+//!    Perform the socket ops an input queued before the next input
+//!    ([`Gateway::poll_socket_op`] until `None`: opens, closes, reads).
 //! 2. [`Gateway::handle_timeout`] once per loop (legs' retransmission
-//!    timers, idle expiry).
-//! 3. Output: [`Gateway::poll_socket_op`] until `None` (open, relay,
-//!    shut down, close, read again), [`Gateway::poll_transmit`] until
+//!    timers, idle expiry); it also starts the relays: TCP flows that
+//!    input or timers made ready are relayed once per loop, however many
+//!    frames they got.
+//! 3. Output: [`Gateway::poll_socket_op`] until `None` (relays, and
+//!    the ops they queue), [`Gateway::poll_transmit`] until
 //!    `None` (frames towards containers, each in a buffer the edge hands
 //!    to a switch worker and gives back with [`Gateway::recycle`]), then
 //!    sleep until [`Gateway::poll_timeout`].
@@ -234,13 +238,17 @@ pub enum FrameAction {
 }
 
 /// A frame towards a container: `buf[FRAME_OFFSET..][..len]`, to send on
-/// `port` with `meta`; give `buf` back with [`Gateway::recycle`].
+/// `port` with `meta`; give `buf` back with [`Gateway::recycle`]. `lane`:
+/// the lane the flow's frames from the container last came in on (see
+/// [`Gateway::handle_frame`]), `None` for a flow the container has not
+/// sent on yet.
 #[derive(Debug)]
 pub struct Transmit {
     pub port: PortId,
     pub meta: VnetHdr,
     pub buf: Box<[u8]>,
     pub len: usize,
+    pub lane: Option<u8>,
 }
 
 impl Transmit {
@@ -359,6 +367,8 @@ struct Flow {
     /// The remote as the container sees it.
     remote: SocketAddrV4,
     io: Io,
+    /// The lane of the container's last frame of this flow.
+    lane: Option<u8>,
 }
 
 /// The frame buffers and the queue of frames towards containers.
@@ -369,6 +379,8 @@ struct TxQueue {
     current: Option<Box<[u8]>>,
     /// Lent when no buffer is free; what is written there is dropped.
     scratch: Box<[u8]>,
+    /// The lane of the frames being built.
+    lane: Option<u8>,
 }
 
 impl TxQueue {
@@ -380,6 +392,7 @@ impl TxQueue {
             queue: VecDeque::with_capacity(n),
             current: None,
             scratch: vec![0u8; BUFFER_LEN].into_boxed_slice(),
+            lane: None,
         }
     }
 
@@ -410,6 +423,7 @@ impl TxQueue {
             meta,
             buf,
             len: ethernet::HEADER_LEN + ip_len,
+            lane: self.lane,
         });
     }
 }
@@ -509,6 +523,9 @@ pub struct Gateway {
     /// The current round of relays.
     round: Vec<FlowHandle>,
     rounds_left: u32,
+    /// Relays are handed out (from [`Gateway::handle_timeout`] until
+    /// [`Gateway::poll_socket_op`] says `None`).
+    relaying: bool,
     /// Legs and sockets waiting for a free buffer.
     starved_flows: Vec<FlowHandle>,
     starved_sockets: Vec<SocketId>,
@@ -535,6 +552,7 @@ impl Gateway {
             dirty: Vec::with_capacity(1024),
             round: Vec::with_capacity(1024),
             rounds_left: RELAY_ROUNDS,
+            relaying: false,
             starved_flows: Vec::new(),
             starved_sockets: Vec::new(),
             raw_ids: HashMap::new(),
@@ -653,13 +671,20 @@ impl Gateway {
         }
     }
 
-    /// The next socket operation for the edge.
+    /// The next socket operation for the edge. [`SocketOp::Relay`]s come
+    /// only after [`Gateway::handle_timeout`] (up to four rounds of them,
+    /// until this returns `None`), so that a batch of frames from a
+    /// container gets one relay per flow, not one per frame.
     pub fn poll_socket_op(&mut self) -> Option<SocketOp> {
         if let Some(op) = self.ops.pop_front() {
             return Some(op);
         }
+        if !self.relaying {
+            return None;
+        }
         if self.round.is_empty() {
             if self.dirty.is_empty() || self.rounds_left == 0 {
+                self.relaying = false;
                 return None;
             }
             self.rounds_left -= 1;
@@ -689,6 +714,7 @@ impl Gateway {
     /// sockets are closed).
     pub fn handle_timeout(&mut self, now: u64) {
         self.rounds_left = RELAY_ROUNDS;
+        self.relaying = true;
         while let Some(Reverse((t, h))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -848,13 +874,20 @@ impl Gateway {
     /// packet to its gateway MAC that [`classify`] gave to the NAT), from
     /// `network`. The frame may be rewritten in place. Perform the socket
     /// ops this queued, then the returned action.
+    ///
+    /// `lane`: an edge's number for where the frame came from (the worker
+    /// that read it); the flow's frames towards the container carry the
+    /// lane of its latest frame ([`Transmit::lane`]), so that the edge can
+    /// send them back the same way, in order.
     pub fn handle_frame(
         &mut self,
         now: u64,
         network: NetworkId,
+        lane: u8,
         meta: &VnetHdr,
         frame: &mut [u8],
     ) -> FrameAction {
+        self.tx.lane = Some(lane);
         let Some(net) = self.nets.get(&network).copied() else {
             self.drops.count(NatDrop::NoNetwork);
             return FrameAction::None;
@@ -977,6 +1010,7 @@ impl Gateway {
             self.send_rst(key.network, pkt);
             return;
         };
+        flow.lane = tx.lane;
         match &mut flow.io {
             Io::Tcp(t) => {
                 let mut out = leg_out(
@@ -1036,6 +1070,7 @@ impl Gateway {
             container: SocketAddrV4::new(cip, key.container_port),
             remote: SocketAddrV4::new(rip, key.remote_port),
             io: Io::Connecting { syn: syn.to_vec() },
+            lane: self.tx.lane,
         });
         self.ops.push_back(SocketOp::Connect {
             flow: h,
@@ -1079,6 +1114,7 @@ impl Gateway {
                     container: SocketAddrV4::new(cip, key.container_port),
                     remote: SocketAddrV4::new(rip, key.remote_port),
                     io: Io::Udp(UdpVia::Own),
+                    lane: self.tx.lane,
                 });
                 self.ops.push_back(SocketOp::OpenUdp {
                     flow: h,
@@ -1088,6 +1124,10 @@ impl Gateway {
             }
         };
         let _ = self.ct.handle_udp(h, now, Side::Container, payload.len());
+        let lane = self.tx.lane;
+        if let Some(f) = self.flow_mut(h) {
+            f.lane = lane;
+        }
         let via = match self.flow(h).map(|f| &f.io) {
             Some(Io::Udp(UdpVia::Own)) => (SocketId::Flow(h), None),
             Some(Io::Udp(UdpVia::Published { id, client })) => {
@@ -1153,11 +1193,16 @@ impl Gateway {
                     container: SocketAddrV4::new(cip, key.container_port),
                     remote: SocketAddrV4::new(rip, 0),
                     io: Io::Icmp { raw },
+                    lane: self.tx.lane,
                 });
                 h
             }
         };
         let _ = self.ct.handle_icmp(h, now, Side::Container, msg.len());
+        let lane = self.tx.lane;
+        if let Some(f) = self.flow_mut(h) {
+            f.lane = lane;
+        }
         match self.flow(h).map(|f| &f.io) {
             Some(Io::Icmp { raw: true }) => {
                 let Some(m) = frame.get_mut(msg.clone()) else {
@@ -1231,6 +1276,7 @@ impl Gateway {
     fn port_unreachable(&mut self, now: u64, h: FlowHandle) {
         let Some(f) = self.flow(h) else { return };
         let (net, container, remote) = (f.network, f.container, f.remote);
+        self.tx.lane = f.lane;
         let mut quote = [0u8; 28];
         ipv4::emit_header(
             &mut quote,
@@ -1260,11 +1306,13 @@ impl Gateway {
         let Some(Flow {
             io: Io::Connecting { syn },
             network,
+            lane,
             ..
         }) = self.flows[h.index() as usize].take()
         else {
             return;
         };
+        self.tx.lane = lane;
         let _ = self.ct.handle_tcp_socket(h, now, SocketEvent::Refused);
         let gateway = self.nets.get(&network).map(|n| n.gateway);
         // Refused: a RST, as from the server. Unreachable or timed out:
@@ -1287,6 +1335,7 @@ impl Gateway {
             return;
         }
         let (network, container, remote) = (flow.network, flow.container, flow.remote);
+        self.tx.lane = flow.lane;
         let Some(info) = self.nets.get(&network).copied() else {
             self.drops.count(NatDrop::NoNetwork);
             return;
@@ -1322,6 +1371,7 @@ impl Gateway {
                 container_eof: false,
                 write_blocked: false,
             })),
+            lane: self.tx.lane,
         });
         self.dirty.push(h);
     }
@@ -1335,7 +1385,19 @@ impl Gateway {
     /// backpressure), its end of stream as FIN; an error resets both
     /// sides ([`SocketOp::Close`]). A finished connection's socket is
     /// closed; its table entry lingers until it expires.
-    pub fn relay_tcp<S: io::Read + io::Write>(&mut self, now: u64, h: FlowHandle, host: &mut S) {
+    ///
+    /// Frames for the container go to `send` as they are made, so that
+    /// the container's pipe stays full while the relay reads on (what
+    /// `send` gives back is dropped, counted as [`NatDrop::InjectFull`],
+    /// and its buffer reused); the rest waits for
+    /// [`Gateway::poll_transmit`].
+    pub fn relay_tcp<S: io::Read + io::Write>(
+        &mut self,
+        now: u64,
+        h: FlowHandle,
+        host: &mut S,
+        send: &mut dyn FnMut(Transmit) -> Result<(), Transmit>,
+    ) {
         let Gateway {
             flows,
             ct,
@@ -1356,6 +1418,7 @@ impl Gateway {
             return;
         };
         let (net, container) = (flow.network, flow.container);
+        tx.lane = flow.lane;
         let Io::Tcp(t) = &mut flow.io else { return };
         let mut out = leg_out(tx, drops, ct, endpoints, &info, net, container, h, now);
         let mut moved = 0usize;
@@ -1408,6 +1471,12 @@ impl Gateway {
                     read_moved += n;
                     // Send as we go: keeps the container's pipe full.
                     t.leg.poll(now, &mut out);
+                    while let Some(f) = out.tx.queue.pop_front() {
+                        if let Err(f) = send(f) {
+                            out.drops.count(NatDrop::InjectFull);
+                            out.tx.pool.push(f.buf);
+                        }
+                    }
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -1480,13 +1549,19 @@ impl Gateway {
         match id {
             SocketId::Flow(h) => {
                 let Some(f) = self.flow(h) else { return };
-                let (net, container, remote) = (f.network, f.container, f.remote);
-                match f.io {
-                    Io::Udp(UdpVia::Own) => {
+                let (net, container, remote, lane) = (f.network, f.container, f.remote, f.lane);
+                let kind = match f.io {
+                    Io::Udp(UdpVia::Own) => Some(false),
+                    Io::Icmp { raw: false } => Some(true),
+                    _ => None,
+                };
+                self.tx.lane = lane;
+                match kind {
+                    Some(false) => {
                         let _ = self.ct.handle_udp(h, now, Side::Remote, len);
                         self.udp_to_container(net, remote, container, len);
                     }
-                    Io::Icmp { raw: false } => {
+                    Some(true) => {
                         let ok = self.tx.current.as_ref().is_some_and(|b| {
                             len >= icmp::ECHO_HEADER_LEN && b[ICMP_DATA_AT] == icmp::ECHO_REPLY
                         });
@@ -1497,7 +1572,7 @@ impl Gateway {
                         let _ = self.ct.handle_icmp(h, now, Side::Remote, len);
                         self.icmp_to_container(net, *remote.ip(), container, len);
                     }
-                    _ => {}
+                    None => {}
                 }
             }
             SocketId::Published(p) => {
@@ -1535,6 +1610,7 @@ impl Gateway {
             return;
         };
         let (h, net, container) = (flow.handle, flow.network, flow.container);
+        self.tx.lane = flow.lane;
         let len = n - ihl;
         if let Some(buf) = self.tx.current.as_mut() {
             buf.copy_within(HEADROOM + ihl..HEADROOM + n, ICMP_DATA_AT);
@@ -1553,6 +1629,7 @@ impl Gateway {
             return;
         };
         let src = source_for(client, info.gateway);
+        self.tx.lane = None;
         let key = flow_key(
             Protocol::Udp,
             network,
@@ -1560,7 +1637,10 @@ impl Gateway {
             (*src.ip(), src.port()),
         );
         let h = match self.live_flow(&key) {
-            Some(h) => h,
+            Some(h) => {
+                self.tx.lane = self.flow(h).and_then(|f| f.lane);
+                h
+            }
             None => {
                 let Some(h) = self.create(key, Direction::Inbound, now) else {
                     return;
@@ -1571,6 +1651,7 @@ impl Gateway {
                     container,
                     remote: src,
                     io: Io::Udp(UdpVia::Published { id: p, client }),
+                    lane: self.tx.lane,
                 });
                 h
             }
@@ -1631,6 +1712,7 @@ impl Gateway {
             return None;
         };
         let src = source_for(client, info.gateway);
+        self.tx.lane = None;
         let key = flow_key(
             Protocol::Tcp,
             network,
@@ -1689,6 +1771,7 @@ impl Gateway {
                 container_eof: false,
                 write_blocked: false,
             })),
+            lane: self.tx.lane,
         });
         Some(h)
     }

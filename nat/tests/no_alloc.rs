@@ -114,7 +114,7 @@ fn gateway_datagram_paths_do_not_allocate() {
     let mut f = frame.clone();
     let meta = VnetHdr::default();
     // The first datagram opens the flow (allocations allowed).
-    let _ = gw.handle_frame(1, NetworkId(1), &meta, &mut f);
+    let _ = gw.handle_frame(1, NetworkId(1), 0, &meta, &mut f);
     let flow = match gw.poll_socket_op() {
         Some(SocketOp::OpenUdp { flow, .. }) => flow,
         op => panic!("{op:?}"),
@@ -124,7 +124,7 @@ fn gateway_datagram_paths_do_not_allocate() {
         for _ in 0..1000 {
             now += 1_000;
             f.copy_from_slice(&frame);
-            let a = gw.handle_frame(now, NetworkId(1), &meta, &mut f);
+            let a = gw.handle_frame(now, NetworkId(1), 0, &meta, &mut f);
             assert!(matches!(a, FrameAction::Send { .. }));
             let buf = gw.recv_buffer(SocketId::Flow(flow)).unwrap();
             buf[..6].copy_from_slice(b"answer");

@@ -135,7 +135,7 @@ impl Dataplane {
                         .wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 ),
                 Some(ftx.clone()),
-                super::nat::NatHook::new(nat.queue()),
+                super::nat::NatHook::new(nat.queue(), id),
             );
             let w = Worker::with_hook(switch.clone(), id, hook);
             let injects = vec![nat_rx, dns_rx];

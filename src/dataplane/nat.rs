@@ -14,10 +14,13 @@
 //! frame is dropped and counted as `queue_full`, and the sender's TCP
 //! retransmits). The NAT thread feeds frames and socket readiness to the
 //! gateway, performs the socket operations it asks for, and hands the
-//! frames it builds for containers to the worker of their port through
-//! that worker's injection queue ([`super::inject`]): they leave through
-//! the switch's egress stage like every other frame (per-port tx
-//! counters, capture hooks), and their buffers come back for reuse.
+//! frames it builds for containers to a worker through that worker's
+//! injection queue ([`super::inject`]): the worker that read the flow's
+//! latest frame from the container (the gateway's "lane"; by port for a
+//! flow the container has not sent on yet), so a flow's frames stay in
+//! order and no other worker wakes up. They leave through the switch's
+//! egress stage like every other frame (per-port tx counters, capture
+//! hooks), and their buffers come back for reuse.
 
 use super::inject::{InjectTx, Injected};
 use super::{FlowRow, HostSocket, NetId, Published};
@@ -61,6 +64,8 @@ struct InFrame {
     len: usize,
     meta: VnetHdr,
     network: NetworkId,
+    /// The worker that read it: the flow's frames go back through it.
+    worker: u8,
 }
 
 /// The half of the hand-off a worker holds.
@@ -78,14 +83,20 @@ pub(super) struct NatQueue {
 /// without copying them (see the module documentation).
 pub(super) struct NatHook {
     q: NatQueue,
+    /// This hook's worker (the lane of its frames).
+    worker: u8,
     /// The empty buffer reserved for the claimed frame, and what the NAT
     /// thread needs to know about it.
     claim: Option<(Box<[u8]>, VnetHdr, NetworkId, usize)>,
 }
 
 impl NatHook {
-    pub(super) fn new(q: NatQueue) -> NatHook {
-        NatHook { q, claim: None }
+    pub(super) fn new(q: NatQueue, worker: usize) -> NatHook {
+        NatHook {
+            q,
+            worker: worker.min(usize::from(u8::MAX)) as u8,
+            claim: None,
+        }
     }
 }
 
@@ -128,6 +139,7 @@ impl GatewayHook for NatHook {
             len,
             meta,
             network,
+            worker: self.worker,
         };
         match self.q.frames.try_send(item) {
             Ok(()) => {
@@ -403,22 +415,10 @@ impl Nat {
         }
         // Recycling may have queued reads and relays.
         self.ops();
-        let n = self.inject.len().max(1);
         while let Some(t) = self.gw.poll_transmit() {
-            let Some(q) = self.inject.get(t.port.0 as usize % n) else {
-                self.gw.recycle(t.buf);
-                continue;
-            };
-            let f = Injected {
-                port: t.port,
-                meta: t.meta,
-                buf: t.buf,
-                start: FRAME_OFFSET,
-                len: t.len,
-            };
-            if let Err(f) = q.send(f) {
+            if let Err(t) = inject(&self.inject, t) {
                 self.gw.count_drop(NatDrop::InjectFull);
-                self.gw.recycle(f.buf);
+                self.gw.recycle(t.buf);
             }
         }
     }
@@ -427,7 +427,9 @@ impl Nat {
         let now = self.now();
         let end = f.offset.saturating_add(f.len);
         if let Some(frame) = f.buf.get_mut(f.offset..end) {
-            let action = self.gw.handle_frame(now, f.network, &f.meta, frame);
+            let action = self
+                .gw
+                .handle_frame(now, f.network, f.worker, &f.meta, frame);
             self.ops();
             if let FrameAction::Send { via, payload, to } = action {
                 if let Some(data) = frame.get(payload) {
@@ -520,10 +522,15 @@ impl Nat {
                     self.opened(now, flow, s);
                 }
                 SocketOp::Relay(h) => {
-                    let Nat { socks, gw, .. } = self;
+                    let Nat {
+                        socks,
+                        gw,
+                        inject: queues,
+                        ..
+                    } = self;
                     if let Some(Some((o, Sock::Tcp(s)))) = socks.get_mut(h.index() as usize) {
                         if *o == h {
-                            gw.relay_tcp(now, h, s);
+                            gw.relay_tcp(now, h, s, &mut |t| inject(queues, t));
                         }
                     }
                 }
@@ -881,6 +888,33 @@ impl Nat {
             }
         }
     }
+}
+
+/// Hands a frame to a worker: the one that read the flow's frames (the
+/// queue the kernel steers the flow to: no other worker wakes up, and the
+/// flow's frames stay in order), or by port for a flow the container has
+/// not sent on yet. A full queue gives the frame back.
+fn inject(queues: &[InjectTx], t: tapnet_nat::Transmit) -> Result<(), tapnet_nat::Transmit> {
+    let n = queues.len().max(1);
+    let w = t.lane.map_or(t.port.0 as usize, usize::from) % n;
+    let Some(q) = queues.get(w) else {
+        return Err(t);
+    };
+    let lane = t.lane;
+    let f = Injected {
+        port: t.port,
+        meta: t.meta,
+        buf: t.buf,
+        start: FRAME_OFFSET,
+        len: t.len,
+    };
+    q.send(f).map_err(|f| tapnet_nat::Transmit {
+        port: f.port,
+        meta: f.meta,
+        buf: f.buf,
+        len: f.len,
+        lane,
+    })
 }
 
 /// Deregisters and closes a flow's socket; `reset`: a TCP stream is
