@@ -147,6 +147,8 @@ struct Harness {
     held: Vec<Box<[u8]>>,
     /// The lane container frames come in on.
     lane: u8,
+    /// The workers' injection queues refuse what a relay hands on.
+    refuse_early: bool,
 }
 
 impl Harness {
@@ -177,6 +179,7 @@ impl Harness {
             hold_buffers: false,
             held: Vec::new(),
             lane: 0,
+            refuse_early: false,
         }
     }
 
@@ -274,7 +277,11 @@ impl Harness {
             SocketOp::Relay(h) => {
                 if let Some(Fake::Stream(mut s)) = self.socks.remove(&h) {
                     let mut early = Vec::new();
+                    let refuse = self.refuse_early;
                     self.gw.relay_tcp(now, h, &mut s, &mut |t| {
+                        if refuse {
+                            return Err(t);
+                        }
                         early.push(t);
                         Ok(())
                     });
@@ -1226,6 +1233,36 @@ fn out_of_buffers_tcp_waits_datagrams_wait_control_frames_drop() {
         }
     }
     assert_eq!(got, body.len(), "no data lost while out of buffers");
+}
+
+#[test]
+fn a_full_injection_queue_is_counted_and_the_buffer_reused() {
+    let mut h = Harness::new();
+    let (mut c, f) = connected(&mut h);
+    h.refuse_early = true;
+    h.stream(f).incoming.extend(vec![1u8; 200_000]);
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    step(&mut h, &mut c);
+    assert!(h.drops(NatDrop::InjectFull) >= 1);
+    assert_eq!(h.gw.free_buffers(), h.gw.config().tx_buffers);
+    // The queue drains again: the leg retransmits what was dropped.
+    h.refuse_early = false;
+    let mut got = 0;
+    let mut b = vec![0u8; 1 << 16];
+    for _ in 0..300 {
+        h.advance(100 * MS);
+        step(&mut h, &mut c);
+        while let Ok(n) = c.leg.socket().recv_slice(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if got == 200_000 {
+            break;
+        }
+    }
+    assert_eq!(got, 200_000);
 }
 
 #[test]
