@@ -7,9 +7,25 @@
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use tapnet::dataplane::{Dataplane, NetworkSpec, PortSpec};
 use tapnet::sandbox::{self, NetMode, NetTarget, Running, Sandbox, SandboxSpec, Stdio, TapConfig};
 use tapnet_switch::DropReason;
+
+/// Counts the bytes the egress capture hook sees on one port.
+struct Egress {
+    port: tapnet_switch::PortId,
+    bytes: AtomicU64,
+}
+
+impl tapnet_switch::CaptureHook for Egress {
+    fn on_egress(&self, port: &tapnet_switch::Port, _: &tapnet_switch::wire::VnetHdr, f: &[u8]) {
+        if port.id == self.port {
+            self.bytes.fetch_add(f.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
 
 fn require_privileges() {
     sandbox::set_helper_exe(PathBuf::from(env!("CARGO_BIN_EXE_tapnet")));
@@ -260,6 +276,48 @@ fn containers_talk_through_the_switch() {
     // Counters moved.
     let st = dp.port_stats(pa).unwrap();
     assert!(st.rx_packets > 0 && st.tx_packets > 0, "{st:?}");
+
+    // The NAT's frames leave through the port's transmit stage: 1 MiB from
+    // this process's loopback (through the gateway address) shows in a's
+    // tx counters and in the egress capture hook.
+    let seen = Arc::new(Egress {
+        port: tapnet_switch::PortId(pa),
+        bytes: AtomicU64::new(0),
+    });
+    dp.switch().set_capture(Some(seen.clone()));
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lport = l.local_addr().unwrap().port();
+    let srv = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = l.accept().unwrap();
+        let mut req = [0u8; 512];
+        let _ = s.read(&mut req);
+        let body = vec![b'n'; 1 << 20];
+        let _ = write!(
+            s,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let _ = s.write_all(&body);
+    });
+    let before = dp.port_stats(pa).unwrap().tx_bytes;
+    let ok = sh(
+        &a,
+        &format!("n=$(curl -sS -m 10 http://10.97.0.1:{lport}/ | wc -c); [ \"$n\" = 1048576 ]"),
+    );
+    let _ = srv.join();
+    let st = dp.port_stats(pa).unwrap();
+    assert_eq!(ok, 0, "through the NAT: {st:?}");
+    assert!(
+        st.tx_bytes - before >= 1 << 20,
+        "NAT frames not counted: {st:?}"
+    );
+    assert!(
+        seen.bytes.load(Ordering::Relaxed) >= 1 << 20,
+        "NAT frames not captured: {}",
+        seen.bytes.load(Ordering::Relaxed)
+    );
+    dp.switch().set_capture(None);
 
     dp.remove_port(pa).expect("remove port");
     assert_ne!(

@@ -816,6 +816,13 @@ fn masquerade_off_and_internal_networks_stay_inside() {
         let o = w.d.exec_sh(c, &udp_ask(OUTSIDE, 7, "leak"));
         assert!(!o.stdout.contains("leak"), "{c}: UDP reached outside");
     }
+    // Each refusal is counted under its reason (and the grouped key; the
+    // internal network's container has no route out, so sends nothing).
+    let st: serde_json::Value =
+        serde_json::from_str(&w.d.ok(&["conntrack", "stats", "--format", "json"])).unwrap();
+    let n = |p: &str| st.pointer(p).and_then(|v| v.as_u64()).unwrap_or(0);
+    assert!(n("/drop_reasons/masquerade_off") >= 2, "{st:#}");
+    assert!(n("/drops/blocked") >= 2, "{st:#}");
     // Published ports: on the open network it works; on the internal one
     // `run` succeeds (Docker's behaviour) but nothing is published.
     let srv = "exec socat TCP-LISTEN:80,fork,reuseaddr 'SYSTEM:echo $SOCAT_PEERADDR'";

@@ -40,8 +40,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rand_core::RngCore;
 use std::sync::Arc;
 use tapnet_switch::wire::{
-    checksum_finish, checksum_sum, ethernet, ipv4, vnet, EtherType, EthernetAddress, EthernetFrame,
-    Ipv4Packet, VnetHdr,
+    ethernet, ipv4, vnet, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, TcpPacket,
+    UdpPacket, UdpRepr, VnetHdr,
 };
 use tapnet_switch::{DropReason, GatewayHook, HookCx, HookVerdict, NetworkId, NoHook, PortId};
 
@@ -326,13 +326,8 @@ fn classify<'a>(gateway: Ipv4Addr, meta: &VnetHdr, frame: &'a [u8]) -> Classifie
         let Some(seg) = Segment::parse(udp) else {
             return Classified::BadTcp;
         };
-        if !offloaded {
-            let mut acc = checksum_sum(0, &ip.src_addr().octets());
-            acc = checksum_sum(acc, &gateway.octets());
-            acc += u32::from(ipv4::protocol::TCP) + udp.len() as u32;
-            if checksum_finish(checksum_sum(acc, udp)) != 0 {
-                return Classified::BadTcp;
-            }
+        if !offloaded && !TcpPacket::new_unchecked(udp).verify_checksum(ip.src_addr(), gateway) {
+            return Classified::BadTcp;
         }
         return Classified::Tcp(TcpSeg {
             querier_mac: eth.src_addr(),
@@ -343,26 +338,18 @@ fn classify<'a>(gateway: Ipv4Addr, meta: &VnetHdr, frame: &'a [u8]) -> Classifie
     if udp.len() < 8 || u16::from_be_bytes([udp[2], udp[3]]) != DNS_PORT {
         return Classified::NotOurs;
     }
-    let sport = u16::from_be_bytes([udp[0], udp[1]]);
-    let ulen = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if sport == 0 || ulen < 8 || ulen > udp.len() {
+    let Ok(u) = UdpPacket::new_checked(udp) else {
+        return Classified::Bad;
+    };
+    let sport = u.src_port();
+    if sport == 0 || (!offloaded && !u.verify_checksum(ip.src_addr(), gateway)) {
         return Classified::Bad;
     }
-    let udp = &udp[..ulen];
-    let csum = u16::from_be_bytes([udp[6], udp[7]]);
-    if csum != 0 && !offloaded {
-        let mut acc = checksum_sum(0, &ip.src_addr().octets());
-        acc = checksum_sum(acc, &gateway.octets());
-        acc += u32::from(ipv4::protocol::UDP) + ulen as u32;
-        acc = checksum_sum(acc, udp);
-        if checksum_finish(acc) != 0 {
-            return Classified::Bad;
-        }
-    }
+    let ulen = usize::from(u.len());
     Classified::Query(Datagram {
         querier_mac: eth.src_addr(),
         querier: (ip.src_addr(), sport),
-        dns: &udp[8..],
+        dns: &udp[8..ulen],
     })
 }
 
@@ -387,20 +374,14 @@ fn write_udp_frame(out: &mut [u8], e: Ends, dns_len: usize) -> Option<usize> {
         ulen,
         64,
     );
-    let u = &mut f[ip_at + ipv4::MIN_HEADER_LEN..];
-    u[0..2].copy_from_slice(&e.src.1.to_be_bytes());
-    u[2..4].copy_from_slice(&e.dst.1.to_be_bytes());
-    u[4..6].copy_from_slice(&ulen16.to_be_bytes());
-    u[6..8].fill(0);
-    let mut acc = checksum_sum(0, &e.src.0.octets());
-    acc = checksum_sum(acc, &e.dst.0.octets());
-    acc += u32::from(ipv4::protocol::UDP) + ulen as u32;
-    acc = checksum_sum(acc, &u[..ulen]);
-    let c = match checksum_finish(acc) {
-        0 => 0xffff,
-        c => c,
-    };
-    u[6..8].copy_from_slice(&c.to_be_bytes());
+    let mut u = UdpPacket::new_unchecked(&mut f[ip_at + ipv4::MIN_HEADER_LEN..]);
+    UdpRepr {
+        src_port: e.src.1,
+        dst_port: e.dst.1,
+    }
+    .emit(&mut u, dns_len);
+    debug_assert_eq!(u.len(), ulen16);
+    u.fill_checksum(e.src.0, e.dst.0);
     Some(total)
 }
 
@@ -500,6 +481,11 @@ impl<H: GatewayHook, R: RngCore> GatewayHook for DnsHook<H, R> {
             }
         };
         self.reply(scratch, &dg, cx, len)
+    }
+
+    fn claim_buffer(&mut self, buf: Box<[u8]>, offset: usize) -> Box<[u8]> {
+        // Only the inner hook claims frames.
+        self.inner.claim_buffer(buf, offset)
     }
 }
 

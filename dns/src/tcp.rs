@@ -23,24 +23,19 @@
 //! answer frame means the client retransmits its query, which is answered
 //! again.
 //!
-//! [`Segment::parse`] never panics; emitting writes only within the buffer
-//! it is given and returns `None` when it does not fit.
+//! [`Segment::parse`] never panics (it reads through
+//! [`tapnet_switch::wire::TcpPacket`]); emitting writes only within the
+//! buffer it is given and returns `None` when it does not fit.
 
 use core::net::Ipv4Addr;
 use rand_core::RngCore;
-use tapnet_switch::wire::{checksum_finish, checksum_sum, ethernet, ipv4, vnet, VnetHdr};
+use tapnet_switch::wire::{ethernet, ipv4, tcp as wtcp, vnet, TcpPacket, TcpRepr, VnetHdr};
 
 /// TCP header flags.
-pub mod flags {
-    pub const FIN: u8 = 0x01;
-    pub const SYN: u8 = 0x02;
-    pub const RST: u8 = 0x04;
-    pub const PSH: u8 = 0x08;
-    pub const ACK: u8 = 0x10;
-}
+pub use tapnet_switch::wire::tcp::flags;
 
 /// A TCP header without options.
-pub const HEADER_LEN: usize = 20;
+pub const HEADER_LEN: usize = wtcp::HEADER_LEN;
 /// Ethernet + IPv4 (no options) + TCP (no options) headers.
 pub const FRAME_HEADERS: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + HEADER_LEN;
 /// The window we advertise (no window scaling).
@@ -68,50 +63,24 @@ pub struct Segment<'a> {
 }
 
 impl<'a> Segment<'a> {
-    /// Parses a TCP segment (header, options, payload); `None` if the
-    /// data offset is below 5 or beyond the segment.
+    /// Parses a TCP segment (header, options, payload) through the
+    /// [`TcpPacket`] view; `None` if the data offset is below 5 or beyond
+    /// the segment.
     pub fn parse(tcp: &'a [u8]) -> Option<Segment<'a>> {
-        let h = tcp.get(..HEADER_LEN)?;
-        let doff = usize::from(h[12] >> 4) * 4;
-        if doff < HEADER_LEN {
-            return None;
-        }
-        let opts = tcp.get(HEADER_LEN..doff)?;
-        let u32at = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let p = TcpPacket::new_checked(tcp).ok()?;
         Some(Segment {
-            src_port: u16::from_be_bytes([h[0], h[1]]),
-            dst_port: u16::from_be_bytes([h[2], h[3]]),
-            seq: u32at(4),
-            ack: u32at(8),
-            flags: h[13],
-            mss: mss_option(opts),
-            payload: &tcp[doff..],
+            src_port: p.src_port(),
+            dst_port: p.dst_port(),
+            seq: p.seq_number(),
+            ack: p.ack_number(),
+            flags: p.flags(),
+            mss: p.mss_option(),
+            payload: &tcp[p.header_len()..],
         })
     }
 
     pub fn has(&self, f: u8) -> bool {
         self.flags & f != 0
-    }
-}
-
-/// The MSS option among `opts` (kind 2, length 4), if well-formed.
-fn mss_option(mut opts: &[u8]) -> Option<u16> {
-    loop {
-        match *opts.first()? {
-            0 => return None,
-            1 => opts = &opts[1..],
-            kind => {
-                let len = usize::from(*opts.get(1)?);
-                if len < 2 {
-                    return None;
-                }
-                let o = opts.get(..len)?;
-                if kind == 2 && len == 4 {
-                    return Some(u16::from_be_bytes([o[2], o[3]]));
-                }
-                opts = &opts[len..];
-            }
-        }
     }
 }
 
@@ -265,36 +234,33 @@ pub fn emit(out: &mut [u8], e: &Ends, s: &Emit) -> Option<(usize, VnetHdr)> {
         64,
     );
     let t_at = ip_at + ipv4::MIN_HEADER_LEN;
-    let t = &mut f[t_at..];
-    t[0..2].copy_from_slice(&e.src.1.to_be_bytes());
-    t[2..4].copy_from_slice(&e.dst.1.to_be_bytes());
-    t[4..8].copy_from_slice(&s.seq.to_be_bytes());
-    t[8..12].copy_from_slice(&s.ack.to_be_bytes());
-    t[12] = ((tcp_len / 4) as u8) << 4;
-    t[13] = s.flags;
-    t[14..16].copy_from_slice(&WINDOW.to_be_bytes());
-    t[16..20].fill(0);
-    let mut acc = checksum_sum(0, &e.src.0.octets());
-    acc = checksum_sum(acc, &e.dst.0.octets());
-    acc += u32::from(ipv4::protocol::TCP) + l4 as u32;
+    let mut t = TcpPacket::new_unchecked(&mut f[t_at..]);
+    TcpRepr {
+        src_port: e.src.1,
+        dst_port: e.dst.1,
+        seq: s.seq,
+        ack: s.ack,
+        flags: s.flags,
+        window: WINDOW,
+        options_len: s.opt_len,
+    }
+    .emit(&mut t);
     if s.payload_len > usize::from(s.mss) {
         // Partial checksum: the pseudo-header sum, not complemented; the
         // TAP (or the receiving stack) completes it per segment.
-        let partial = !checksum_finish(acc);
-        t[16..18].copy_from_slice(&partial.to_be_bytes());
+        t.set_partial_checksum(e.src.0, e.dst.0, l4);
         let meta = VnetHdr {
             flags: vnet::F_NEEDS_CSUM,
             gso_type: vnet::GSO_TCPV4,
             hdr_len: (t_at + tcp_len) as u16,
             gso_size: s.mss,
             csum_start: t_at as u16,
-            csum_offset: 16,
+            csum_offset: wtcp::CHECKSUM_OFFSET as u16,
             num_buffers: 0,
         };
         return Some((total, meta));
     }
-    acc = checksum_sum(acc, &t[..l4]);
-    t[16..18].copy_from_slice(&checksum_finish(acc).to_be_bytes());
+    t.fill_checksum(e.src.0, e.dst.0);
     Some((total, VnetHdr::default()))
 }
 

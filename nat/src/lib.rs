@@ -1,13 +1,31 @@
-//! tapnet-nat: connection table and host-socket gateway (sans-IO core).
+//! tapnet-nat: the NAT gateway, sans-IO.
 //!
-//! [`conntrack`] is the connection table: flows between containers and the
-//! outside, their states, timeouts and limits.
+//! - [`gateway`]: [`Gateway`], containers' frames and host-socket events
+//!   in; frames towards containers, socket operations and timer deadlines
+//!   out; the clock passed in. Policy, TCP (through [`leg`]), UDP, ICMP
+//!   echo, published ports, limits and expiry.
+//! - [`conntrack`]: the connection table: flows between containers and
+//!   the outside, their states, timeouts and limits.
+//! - [`leg`]: the container side of a relayed TCP connection, a smoltcp
+//!   socket per flow.
+//! - [`drops`]: one counter per reason the NAT drops something.
+//!
+//! No sockets, threads, clocks or OS randomness here: the daemon's NAT
+//! thread (`src/dataplane/nat.rs`) owns the host sockets and drives the
+//! gateway.
 #![forbid(unsafe_code)]
 
 pub mod conntrack;
+pub mod drops;
+pub mod gateway;
 pub mod leg;
 
 pub use conntrack::{
     Config, ConnTrack, CreateError, Direction, EventError, FlowHandle, FlowKey, FlowState,
     FlowView, Protocol, Side, SocketEvent, TcpFlags, TcpState, Timeouts, MAX_CAPACITY,
+};
+pub use drops::{DropCounts, NatDrop, SharedDrops};
+pub use gateway::{
+    classify, Claim, Config as GatewayConfig, ConnectError, FrameAction, Gateway, HostEvent,
+    IcmpMode, NetInfo, SocketId, SocketOp, Transmit,
 };

@@ -72,3 +72,69 @@ fn table_does_not_allocate_after_construction() {
     });
     assert_eq!(n, 0);
 }
+
+/// The gateway's per-packet paths allocate nothing once a flow exists: a
+/// container's datagram in, the remote's answer out as a frame, the frame
+/// buffer given back, timers.
+#[test]
+fn gateway_datagram_paths_do_not_allocate() {
+    use std::net::SocketAddrV4;
+    use tapnet_nat::gateway::{Config, FrameAction, Gateway, NetInfo, SocketId, SocketOp};
+    use tapnet_switch::{build, gateway_mac, wire::VnetHdr, PortId};
+    let gw_ip = Ipv4Addr::new(10, 1, 0, 1);
+    let c_ip = Ipv4Addr::new(10, 1, 0, 2);
+    let c_mac = build::mac(2);
+    let mut gw = Gateway::new(Config {
+        table: tapnet_nat::Config {
+            capacity: 64,
+            ..Default::default()
+        },
+        tx_buffers: 4,
+        ..Default::default()
+    });
+    gw.set_network(
+        NetworkId(1),
+        NetInfo {
+            gateway: gw_ip,
+            prefix: 24,
+            mtu: 1500,
+            masquerade: true,
+            internal: false,
+        },
+    );
+    gw.add_endpoint(NetworkId(1), c_ip, c_mac.0, PortId(3));
+    let remote = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 53);
+    let frame = build::udp(
+        gateway_mac(gw_ip),
+        c_mac,
+        (c_ip, 5000),
+        (*remote.ip(), 53),
+        b"q",
+    );
+    let mut f = frame.clone();
+    let meta = VnetHdr::default();
+    // The first datagram opens the flow (allocations allowed).
+    let _ = gw.handle_frame(1, NetworkId(1), 0, &meta, &mut f);
+    let flow = match gw.poll_socket_op() {
+        Some(SocketOp::OpenUdp { flow, .. }) => flow,
+        op => panic!("{op:?}"),
+    };
+    let mut now = 2;
+    let n = counted(|| {
+        for _ in 0..1000 {
+            now += 1_000;
+            f.copy_from_slice(&frame);
+            let a = gw.handle_frame(now, NetworkId(1), 0, &meta, &mut f);
+            assert!(matches!(a, FrameAction::Send { .. }));
+            let buf = gw.recv_buffer(SocketId::Flow(flow)).unwrap();
+            buf[..6].copy_from_slice(b"answer");
+            gw.handle_datagram(now, SocketId::Flow(flow), 6, None);
+            let t = gw.poll_transmit().unwrap();
+            assert_eq!(t.port, PortId(3));
+            gw.recycle(t.buf);
+            gw.handle_timeout(now);
+            assert!(gw.poll_socket_op().is_none());
+        }
+    });
+    assert_eq!(n, 0);
+}

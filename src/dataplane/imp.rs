@@ -1,3 +1,4 @@
+use super::inject::{self, InjectRx, InjectTx, Injected, WorkerWake};
 use super::*;
 use anyhow::{bail, Context};
 use crossbeam_channel::{Receiver, Sender};
@@ -13,8 +14,8 @@ use std::time::{Duration, Instant};
 use tapnet_dns::{DnsHook, FastRng, Registry, Responder, ResponderConfig};
 use tapnet_switch::wire::{vnet, EthernetAddress, VnetHdr};
 use tapnet_switch::{
-    DropReason, NetworkConfig, NetworkId, Port, PortConfig, PortStats, Switch, SwitchConfig,
-    Transmit, Worker,
+    DropReason, NetworkConfig, NetworkId, Port, PortConfig, PortStats, Processed, Switch,
+    SwitchConfig, Transmit, Worker,
 };
 
 /// The services behind each network's gateway, per worker: the embedded
@@ -22,6 +23,9 @@ use tapnet_switch::{
 type Hook = DnsHook<super::nat::NatHook, FastRng>;
 /// Forwarded DNS queries waiting for the forwarder.
 const DNS_FORWARD_QUEUE: usize = 4096;
+/// Forwarded answers waiting in one worker's injection queue (the
+/// forwarder has at most `dns::MAX_IN_FLIGHT` queries out at once).
+const DNS_INJECT_QUEUE: usize = super::dns::MAX_IN_FLIGHT;
 
 /// Frames a worker reads from one queue before looking at the others.
 const READ_BUDGET: usize = 64;
@@ -30,24 +34,14 @@ const RX_BUF_LEN: usize = super::nat::FRAME_BUF;
 const WAKER: Token = Token(usize::MAX);
 
 enum Cmd {
-    AddQueue {
-        port: u32,
-        fd: OwnedFd,
-    },
+    AddQueue { port: u32, fd: OwnedFd },
     RemovePort(u32),
-    /// A frame made off the fast path (a forwarded DNS answer) to send on
-    /// a port.
-    Inject {
-        port: u32,
-        meta: VnetHdr,
-        frame: Vec<u8>,
-    },
     Stop,
 }
 
 struct WorkerHandle {
     tx: Sender<Cmd>,
-    waker: Arc<Waker>,
+    wake: Arc<WorkerWake>,
 }
 
 struct Inner {
@@ -102,18 +96,38 @@ impl Dataplane {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             ^ u64::from(std::process::id());
+        // Each worker's epoll and wake-up first: the NAT thread and the
+        // DNS forwarder inject frames into every worker.
+        let mut polls = Vec::new();
+        let mut wakes = Vec::new();
+        for _ in 0..workers {
+            let poll = Poll::new().context("create epoll instance")?;
+            let waker = Waker::new(poll.registry(), WAKER).context("create waker")?;
+            polls.push(poll);
+            wakes.push(Arc::new(WorkerWake::new(waker)));
+        }
+        let (nat_tx, nat_rx): (Vec<InjectTx>, Vec<InjectRx>) = wakes
+            .iter()
+            .map(|w| inject::queue(super::nat::INJECT_QUEUE, w.clone()))
+            .unzip();
+        let (dns_tx, dns_rx): (Vec<InjectTx>, Vec<InjectRx>) = wakes
+            .iter()
+            .map(|w| inject::queue(DNS_INJECT_QUEUE, w.clone()))
+            .unzip();
         let nat = super::nat::start(
             config.host_loopback,
             &config.conntrack,
             seed.rotate_left(32),
             epoch,
+            nat_tx,
         )
         .context("start NAT thread")?;
         let mut handles = Vec::new();
         let mut threads = Vec::new();
-        for id in 0..workers {
-            let poll = Poll::new().context("create epoll instance")?;
-            let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("create waker")?);
+        let rxs = nat_rx.into_iter().zip(dns_rx);
+        for (id, ((poll, wake), (nat_rx, dns_rx))) in
+            polls.into_iter().zip(wakes).zip(rxs).enumerate()
+        {
             let (tx, rx) = crossbeam_channel::unbounded();
             let hook = DnsHook::with_inner(
                 dns.clone(),
@@ -123,30 +137,38 @@ impl Dataplane {
                         .wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 ),
                 Some(ftx.clone()),
-                super::nat::NatHook::new(nat.queue()),
+                super::nat::NatHook::new(nat.queue(), id),
             );
             let w = Worker::with_hook(switch.clone(), id, hook);
+            let injects = vec![nat_rx, dns_rx];
+            let wk = wake.clone();
             let t = std::thread::Builder::new()
                 .name(format!("tapnet-worker-{id}"))
-                .spawn(move || worker_loop(w, poll, rx, epoch))
+                .spawn(move || worker_loop(w, poll, rx, injects, wk, epoch))
                 .context("spawn worker thread")?;
-            handles.push(WorkerHandle { tx, waker });
+            handles.push(WorkerHandle { tx, wake });
             threads.push(t);
         }
         drop(ftx);
         let upstreams = Arc::new(super::dns::Upstreams::new(config.dns_upstreams.clone()));
-        let inject: super::dns::Inject = {
-            let tx = handles[0].tx.clone();
-            let waker = handles[0].waker.clone();
-            Arc::new(move |port, meta, frame| {
-                let _ = tx.send(Cmd::Inject {
-                    port: port.0,
-                    meta,
-                    frame,
-                });
-                let _ = waker.wake();
-            })
-        };
+        let inject: super::dns::Inject = Arc::new(move |port, meta, frame: Vec<u8>| {
+            // Through the port's worker, as the NAT's frames.
+            let Some(q) = dns_tx.get(port.0 as usize % dns_tx.len().max(1)) else {
+                return;
+            };
+            while q.returned().is_some() {}
+            let len = frame.len();
+            let f = Injected {
+                port,
+                meta,
+                buf: frame.into_boxed_slice(),
+                start: 0,
+                len,
+            };
+            if q.send(f).is_err() {
+                tracing::debug!("dns forwarder: the worker's queue is full; answer dropped");
+            }
+        });
         {
             let upstreams = upstreams.clone();
             std::thread::Builder::new()
@@ -296,7 +318,7 @@ impl Dataplane {
             Ok(nid) => {
                 self.inner.nat.send(super::nat::NatCmd::Network(
                     nid,
-                    super::nat::NetInfo {
+                    tapnet_nat::NetInfo {
                         gateway: spec.gateway,
                         prefix: spec.subnet.prefix_len(),
                         mtu: spec.mtu,
@@ -362,7 +384,6 @@ impl Dataplane {
             ip: spec.ip,
             max_macs: None,
         };
-        let nat_fd = queues[0].try_clone().map_err(queue_err)?;
         let id = self.inner.switch.add_port(cfg)?;
         if let (Some(ip), Some(mac)) = (spec.ip, spec.mac) {
             self.inner.nat.send(super::nat::NatCmd::Endpoint {
@@ -370,12 +391,11 @@ impl Dataplane {
                 ip,
                 mac,
                 port: id.0,
-                fd: nat_fd,
             });
         }
         for (w, fd) in self.inner.workers.iter().zip(queues) {
             let _ = w.tx.send(Cmd::AddQueue { port: id.0, fd });
-            let _ = w.waker.wake();
+            w.wake.wake();
         }
         Ok(id.0)
     }
@@ -391,7 +411,7 @@ impl Dataplane {
         self.inner.nat.send(super::nat::NatCmd::RemoveEndpoint(id));
         for w in &self.inner.workers {
             let _ = w.tx.send(Cmd::RemovePort(id));
-            let _ = w.waker.wake();
+            w.wake.wake();
         }
         Ok(())
     }
@@ -448,7 +468,7 @@ impl Dataplane {
         self.inner.nat.send(super::nat::NatCmd::Stop);
         for w in &self.inner.workers {
             let _ = w.tx.send(Cmd::Stop);
-            let _ = w.waker.wake();
+            w.wake.wake();
         }
         for t in self.inner.threads.lock().drain(..) {
             let _ = t.join();
@@ -488,24 +508,36 @@ impl Transmit for TapTx<'_> {
     }
 }
 
-fn worker_loop(mut w: Worker<Hook>, mut poll: Poll, rx: Receiver<Cmd>, epoch: Instant) {
+fn worker_loop(
+    mut w: Worker<Hook>,
+    mut poll: Poll,
+    rx: Receiver<Cmd>,
+    injects: Vec<InjectRx>,
+    wake: Arc<WorkerWake>,
+    epoch: Instant,
+) {
     let mut events = Events::with_capacity(256);
     let mut queues: Vec<Option<OwnedFd>> = Vec::new();
     // Ports with data possibly left unread (edge-triggered epoll).
     let mut ready: Vec<u32> = Vec::new();
     let mut buf: Box<[u8]> = vec![0u8; RX_BUF_LEN].into_boxed_slice();
     loop {
-        let timeout = if ready.is_empty() {
-            Some(Duration::from_secs(1))
-        } else {
-            Some(Duration::ZERO)
-        };
+        let mut timeout = Some(Duration::ZERO);
+        if ready.is_empty() {
+            // Producers wake a sleeping worker only: say so, then look at
+            // the injection queues once more.
+            wake.going_to_sleep();
+            if injects.iter().all(InjectRx::is_empty) {
+                timeout = Some(Duration::from_secs(1));
+            }
+        }
         if let Err(e) = poll.poll(&mut events, timeout) {
             if e.kind() != io::ErrorKind::Interrupted {
                 tracing::error!("worker {}: epoll: {e}", w.id());
                 return;
             }
         }
+        wake.awake();
         for ev in events.iter() {
             if ev.token() == WAKER {
                 continue;
@@ -540,18 +572,11 @@ fn worker_loop(mut w: Worker<Hook>, mut poll: Poll, rx: Receiver<Cmd>, epoch: In
                     }
                     ready.retain(|&q| q != port);
                 }
-                Cmd::Inject { port, meta, frame } => {
-                    let cx = w.begin(epoch.elapsed().as_nanos() as u64);
-                    if let Some(p) = cx.topology().port(tapnet_switch::PortId(port)) {
-                        let slot = p.counters.slot(w.id());
-                        match (TapTx { queues: &queues }).transmit(p, &meta, &frame) {
-                            Ok(()) => slot.count_tx(frame.len()),
-                            Err(r) => slot.count_drop(r),
-                        }
-                    }
-                }
                 Cmd::Stop => return,
             }
+        }
+        if !injects.iter().all(InjectRx::is_empty) {
+            transmit_injected(&w, &queues, &injects, epoch);
         }
         let mut i = 0;
         while i < ready.len() {
@@ -562,6 +587,24 @@ fn worker_loop(mut w: Worker<Hook>, mut poll: Poll, rx: Receiver<Cmd>, epoch: In
             } else {
                 i += 1;
             }
+        }
+    }
+}
+
+/// Sends the frames the NAT thread and the DNS forwarder queued for this
+/// worker through the switch's egress stage, and gives their buffers back.
+fn transmit_injected(
+    w: &Worker<Hook>,
+    queues: &[Option<OwnedFd>],
+    injects: &[InjectRx],
+    epoch: Instant,
+) {
+    let cx = w.begin(epoch.elapsed().as_nanos() as u64);
+    let mut tx = TapTx { queues };
+    for q in injects {
+        while let Some(f) = q.next() {
+            w.transmit_injected(&cx, f.port, &f.meta, f.frame(), &mut tx);
+            q.give_back(f.buf);
         }
     }
 }
@@ -599,13 +642,11 @@ fn service_queue(
             Ok(m) => (m, &buf[vnet::HEADER_LEN..n]),
             Err(_) => (VnetHdr::default(), &buf[n..n]),
         };
-        w.process(&cx, tapnet_switch::PortId(port), &meta, frame, &mut tx);
-        let nat = w.hook_mut().inner_mut();
-        if let Some(claim) = nat.take_claim() {
-            // The NAT hook took the frame: hand over this buffer, read the
-            // next frame into the empty one (no copy of the frame).
-            let full = std::mem::replace(buf, claim.empty);
-            nat.queue().push(&claim.info, full);
+        let done = w.process(&cx, tapnet_switch::PortId(port), &meta, frame, &mut tx);
+        if done == Processed::Claimed {
+            // The NAT took the frame: hand over this buffer, read the next
+            // frame into the empty one it gives back (no copy).
+            w.hand_over(buf, vnet::HEADER_LEN);
         }
     }
     false

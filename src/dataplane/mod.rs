@@ -299,4 +299,5 @@ pub use imp::Dataplane;
 
 pub mod dns;
 mod imp;
+mod inject;
 mod nat;

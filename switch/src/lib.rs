@@ -1,6 +1,6 @@
 //! tapnet-switch: the datapath, sans-IO.
 //!
-//! - [`wire`]: zero-copy views of Ethernet, ARP, IPv4, ICMP and the
+//! - [`wire`]: zero-copy views of Ethernet, ARP, IPv4, ICMP, TCP, UDP and the
 //!   virtio-net header (smoltcp style: untrusted bytes never panic).
 //! - [`Switch`]: the read-mostly snapshot of networks and ports
 //!   ([`Topology`]), the lock-free [`fdb`] and the counters; changed by the
@@ -27,7 +27,9 @@ pub mod wire;
 
 pub use capture::CaptureHook;
 pub use counters::{DropReason, PortStats};
-pub use pipeline::{BatchCx, GatewayHook, HookCx, HookVerdict, NoHook, Transmit, Worker};
+pub use pipeline::{
+    BatchCx, GatewayHook, HookCx, HookVerdict, NoHook, Processed, Transmit, Worker,
+};
 pub use topology::{
     gateway_mac, ConfigError, Network, NetworkConfig, NetworkId, Port, PortConfig, PortId, Switch,
     SwitchConfig, Topology,

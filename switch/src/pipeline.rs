@@ -14,6 +14,18 @@
 //! - A frame leaves only on ports of the ingress port's network.
 //! - Every frame that is not transmitted anywhere is counted under exactly
 //!   one [`DropReason`] on its ingress port.
+//! - One egress stage: every frame that leaves on a port passes
+//!   `Worker::send` (tx counters of the port, then the egress capture
+//!   hook), whether the pipeline switched it, built it (gateway ARP/ICMP,
+//!   a hook's reply) or a service made it off the fast path and handed it
+//!   to this worker ([`Worker::transmit_injected`]: the NAT's frames, the
+//!   DNS forwarder's answers).
+//! - Zero-copy hand-off: a hook that keeps a frame for another thread
+//!   answers [`HookVerdict::Claimed`]; [`Worker::process`] then returns
+//!   [`Processed::Claimed`] and the caller passes the buffer the frame was
+//!   read into to [`Worker::hand_over`], which trades it with the hook for
+//!   an empty one ([`GatewayHook::claim_buffer`]). The frame is never
+//!   copied.
 
 use crate::capture::CaptureHook;
 use crate::counters::DropReason;
@@ -42,6 +54,9 @@ pub trait Transmit {
 pub enum HookVerdict {
     /// Taken (queued to a service); nothing to send now.
     Consumed,
+    /// Taken whole: the hook wants the buffer the frame lives in (see
+    /// [`GatewayHook::claim_buffer`]); nothing to send now.
+    Claimed,
     /// Answer written to `scratch[..len]`: send it back on the ingress port.
     Reply(usize),
     /// Like [`HookVerdict::Reply`], with virtio-net metadata for the
@@ -75,6 +90,28 @@ pub trait GatewayHook {
         frame: &[u8],
         scratch: &mut [u8],
     ) -> HookVerdict;
+
+    /// After `handle` answered [`HookVerdict::Claimed`]: `buf` is the
+    /// buffer the frame was read into, the frame at `buf[offset..][..len]`
+    /// (`len` as `handle` saw it). The hook keeps it and returns an empty
+    /// buffer of the same size for the caller's next read (or, when it
+    /// cannot keep it, `buf` itself: the frame is then dropped by the
+    /// hook, which counts it). The default keeps nothing.
+    fn claim_buffer(&mut self, buf: Box<[u8]>, offset: usize) -> Box<[u8]> {
+        let _ = offset;
+        buf
+    }
+}
+
+/// What became of a frame given to [`Worker::process`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Processed {
+    /// Transmitted, answered, queued to a service or dropped (counted):
+    /// the caller's buffer is free again.
+    Done,
+    /// A hook claimed the frame: pass its buffer to [`Worker::hand_over`]
+    /// before reading into it again.
+    Claimed,
 }
 
 /// The hook of a switch with no services: passes everything.
@@ -114,6 +151,8 @@ pub struct Worker<H: GatewayHook = NoHook> {
     id: usize,
     hook: H,
     scratch: Box<[u8]>,
+    /// The hook answered [`HookVerdict::Claimed`] for the current frame.
+    claimed: bool,
 }
 
 /// What kind of L3 payload a frame carries (for the ICC rule).
@@ -137,6 +176,7 @@ impl<H: GatewayHook> Worker<H> {
             id,
             hook,
             scratch: vec![0; SCRATCH_LEN].into_boxed_slice(),
+            claimed: false,
         }
     }
 
@@ -146,6 +186,40 @@ impl<H: GatewayHook> Worker<H> {
 
     pub fn hook_mut(&mut self) -> &mut H {
         &mut self.hook
+    }
+
+    /// Hands the buffer of the frame the last [`Worker::process`] call
+    /// reported [`Processed::Claimed`] for (the frame at
+    /// `buf[offset..]`) to the hook that claimed it; `buf` becomes the
+    /// empty buffer the hook gave back.
+    #[inline]
+    pub fn hand_over(&mut self, buf: &mut Box<[u8]>, offset: usize) {
+        let full = core::mem::take(buf);
+        *buf = self.hook.claim_buffer(full, offset);
+    }
+
+    /// Sends a frame made off the fast path (by the NAT thread, the DNS
+    /// forwarder) on `port` through the same egress stage as switched
+    /// frames: the port's tx counters of this worker, the egress capture
+    /// hook, [`Transmit`]. A port the snapshot no longer has counts
+    /// `unknown_port` on the worker.
+    #[inline]
+    pub fn transmit_injected<T: Transmit>(
+        &self,
+        cx: &BatchCx,
+        port: PortId,
+        meta: &VnetHdr,
+        frame: &[u8],
+        tx: &mut T,
+    ) {
+        let topo: &Topology = &cx.topo;
+        match topo.port(port) {
+            Some(out) => self.send(topo, out, meta, frame, tx),
+            None => self
+                .sw
+                .worker_drops
+                .count_drop(self.id, DropReason::UnknownPort),
+        }
     }
 
     pub fn switch(&self) -> &Arc<Switch> {
@@ -173,22 +247,30 @@ impl<H: GatewayHook> Worker<H> {
         meta: &VnetHdr,
         frame: &[u8],
         tx: &mut T,
-    ) {
+    ) -> Processed {
         let topo: &Topology = &cx.topo;
         let Some(port) = topo.port(ingress) else {
             self.sw
                 .worker_drops
                 .count_drop(self.id, DropReason::UnknownPort);
-            return;
+            return Processed::Done;
         };
         port.counters.slot(self.id).count_rx(frame.len());
         if let Some(c) = &topo.capture {
             c.on_ingress(port, meta, frame);
         }
-        if let Err(reason) = self.forward(cx, port, meta, frame, tx) {
-            port.counters.slot(self.id).count_drop(reason);
-            if let Some(c) = &topo.capture {
-                c.on_drop(port, meta, frame, reason);
+        match self.forward(cx, port, meta, frame, tx) {
+            Ok(()) if self.claimed => {
+                self.claimed = false;
+                Processed::Claimed
+            }
+            Ok(()) => Processed::Done,
+            Err(reason) => {
+                port.counters.slot(self.id).count_drop(reason);
+                if let Some(c) = &topo.capture {
+                    c.on_drop(port, meta, frame, reason);
+                }
+                Processed::Done
             }
         }
     }
@@ -435,6 +517,10 @@ impl<H: GatewayHook> Worker<H> {
                 };
                 match self.hook.handle(&hcx, meta, frame, &mut self.scratch) {
                     HookVerdict::Consumed => Ok(()),
+                    HookVerdict::Claimed => {
+                        self.claimed = true;
+                        Ok(())
+                    }
                     HookVerdict::Reply(len) => {
                         let len = len.min(self.scratch.len());
                         self.reply(cx, port, len, &VnetHdr::default(), tx)

@@ -3,6 +3,10 @@
 //! `new_checked` validates the length once, so that every getter after it
 //! cannot panic; plus small `Repr`s where a parsed form is useful.
 //!
+//! Views: Ethernet, ARP, IPv4, ICMPv4, TCP, UDP and the virtio-net header.
+//! Checksum helpers: the RFC 1071 sum, the IPv4 pseudo-header sum (also the
+//! partial checksum of offloaded packets) and RFC 1624 incremental updates.
+//!
 //! Contract: no function in this module panics on untrusted bytes when the
 //! view was made with `new_checked`.
 
@@ -10,11 +14,15 @@ pub mod arp;
 pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
+pub mod tcp;
+pub mod udp;
 pub mod vnet;
 
 pub use arp::ArpPacket;
 pub use ethernet::{EtherType, EthernetAddress, EthernetFrame};
 pub use ipv4::Ipv4Packet;
+pub use tcp::{TcpPacket, TcpRepr};
+pub use udp::{UdpPacket, UdpRepr};
 pub use vnet::VnetHdr;
 
 /// Why bytes could not be viewed as a given header.
@@ -49,6 +57,26 @@ pub fn checksum_finish(mut acc: u32) -> u16 {
 /// Internet checksum of `data`.
 pub fn checksum(data: &[u8]) -> u16 {
     checksum_finish(checksum_sum(0, data))
+}
+
+/// The IPv4 pseudo-header sum (RFC 9293 3.1, RFC 768) of an L4 packet of
+/// `len` bytes (header and payload) with `protocol`, not folded.
+pub fn pseudo_header_sum(
+    src: core::net::Ipv4Addr,
+    dst: core::net::Ipv4Addr,
+    protocol: u8,
+    len: usize,
+) -> u32 {
+    let acc = checksum_sum(0, &src.octets());
+    let acc = checksum_sum(acc, &dst.octets());
+    acc + u32::from(protocol) + (len as u32 & 0xffff) + ((len as u32) >> 16)
+}
+
+/// RFC 1624 incremental update of checksum `c` when a 16-bit word
+/// changes from `old` to `new`: `HC' = ~(~HC + ~m + m')`.
+pub fn update_checksum(c: u16, old: u16, new: u16) -> u16 {
+    let acc = u32::from(!c) + u32::from(!old) + u32::from(new);
+    checksum_finish(acc)
 }
 
 #[cfg(test)]

@@ -1,0 +1,1388 @@
+//! The NAT gateway driven in memory: a container's TCP stack (a smoltcp
+//! socket, the same building block as the gateway's legs) on one side, a
+//! fake host-socket side (streams with settable room, end of stream and
+//! errors; datagram sockets that record what was sent) on the other, and
+//! virtual time, in the style of quinn-proto's `tests/util.rs`. No real
+//! socket, thread or clock.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use tapnet_nat::gateway::{BUFFER_LEN, FRAME_OFFSET};
+use tapnet_nat::leg::{self, Leg, LegConfig, LegTx, TcpSocketState, HEADROOM};
+use tapnet_nat::{
+    ConnectError, FlowHandle, FrameAction, Gateway, GatewayConfig, HostEvent, IcmpMode, NatDrop,
+    NetInfo, Protocol, SocketId, SocketOp,
+};
+use tapnet_switch::wire::{
+    ethernet, icmp, ipv4, tcp, vnet, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet,
+    TcpPacket, UdpPacket, VnetHdr,
+};
+use tapnet_switch::{build, gateway_mac, NetworkId, PortId};
+
+const MS: u64 = 1_000_000;
+const S: u64 = 1_000 * MS;
+const NET: NetworkId = NetworkId(1);
+const GW: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+const C_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+const C_PORT: PortId = PortId(7);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+fn c_mac() -> EthernetAddress {
+    EthernetAddress([2, 0, 0, 0, 0, 2])
+}
+
+fn info() -> NetInfo {
+    NetInfo {
+        gateway: GW,
+        prefix: 24,
+        mtu: 1500,
+        masquerade: true,
+        internal: false,
+    }
+}
+
+/// A fake host TCP stream: what the gateway wrote (`sent`, what the
+/// remote received), what the remote sends (`incoming`), how much more
+/// the host accepts before `WouldBlock` (`room`), end of stream and errors.
+#[derive(Debug, Default)]
+struct FakeStream {
+    sent: Vec<u8>,
+    incoming: VecDeque<u8>,
+    room: usize,
+    eof: bool,
+    error: Option<io::ErrorKind>,
+    shut_wr: bool,
+}
+
+impl Read for FakeStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(k) = self.error {
+            return Err(k.into());
+        }
+        if self.incoming.is_empty() {
+            return if self.eof {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
+        let n = buf.len().min(self.incoming.len());
+        for (b, v) in buf.iter_mut().zip(self.incoming.drain(..n)) {
+            *b = v;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for FakeStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(k) = self.error {
+            return Err(k.into());
+        }
+        if self.room == 0 {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        self.sent.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A fake host socket.
+#[derive(Debug)]
+enum Fake {
+    Connecting(SocketAddr),
+    Stream(FakeStream),
+    /// A connected UDP or ping socket and what was sent on it.
+    Dgram(SocketAddr, Vec<Vec<u8>>),
+}
+
+/// How the fake host answers connects.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Dial {
+    /// Left pending: the test completes it.
+    Pending,
+    Accept,
+    Fail(ConnectError),
+    /// No socket could be made.
+    NoSocket,
+}
+
+/// A frame the gateway sent to a container.
+#[derive(Clone, Debug)]
+struct Out {
+    port: PortId,
+    meta: VnetHdr,
+    frame: Vec<u8>,
+    lane: Option<u8>,
+}
+
+impl Out {
+    fn ip(&self) -> Ipv4Packet<&[u8]> {
+        Ipv4Packet::new_checked(&self.frame[ethernet::HEADER_LEN..]).unwrap()
+    }
+}
+
+struct Harness {
+    gw: Gateway,
+    now: u64,
+    socks: HashMap<FlowHandle, Fake>,
+    closed: Vec<(FlowHandle, bool)>,
+    /// Sockets closed, kept for inspection.
+    graveyard: HashMap<FlowHandle, Fake>,
+    /// Datagrams sent on published or raw sockets: (via, data, to).
+    sent_unconnected: Vec<(SocketId, Vec<u8>, Option<SocketAddr>)>,
+    dial: Dial,
+    open_fails: bool,
+    /// Frames to the container not yet taken by the test.
+    out: Vec<Out>,
+    /// Stop giving buffers back (the workers are stuck).
+    hold_buffers: bool,
+    held: Vec<Box<[u8]>>,
+    /// The lane container frames come in on.
+    lane: u8,
+    /// The workers' injection queues refuse what a relay hands on.
+    refuse_early: bool,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness::with(GatewayConfig::default(), info())
+    }
+
+    fn with(mut cfg: GatewayConfig, info: NetInfo) -> Harness {
+        cfg.table.capacity = cfg.table.capacity.min(1024);
+        cfg.leg = LegConfig {
+            rx_buffer: 64 * 1024,
+            tx_buffer: 64 * 1024,
+            random_seed: 1,
+        };
+        let mut gw = Gateway::new(cfg);
+        gw.set_network(NET, info);
+        gw.add_endpoint(NET, C_IP, c_mac().0, C_PORT);
+        Harness {
+            gw,
+            now: S,
+            socks: HashMap::new(),
+            closed: Vec::new(),
+            graveyard: HashMap::new(),
+            sent_unconnected: Vec::new(),
+            dial: Dial::Accept,
+            open_fails: false,
+            out: Vec::new(),
+            hold_buffers: false,
+            held: Vec::new(),
+            lane: 0,
+            refuse_early: false,
+        }
+    }
+
+    fn drops(&self, r: NatDrop) -> u64 {
+        self.gw.drops().get(r)
+    }
+
+    fn stream(&mut self, h: FlowHandle) -> &mut FakeStream {
+        let s = match self.socks.get_mut(&h) {
+            Some(s) => Some(s),
+            None => self.graveyard.get_mut(&h),
+        };
+        match s {
+            Some(Fake::Stream(s)) => s,
+            other => panic!("flow {h:?} has no stream: {other:?}"),
+        }
+    }
+
+    /// A container frame in: the gateway, then what it asked for.
+    fn frame(&mut self, meta: VnetHdr, mut frame: Vec<u8>) {
+        let a = self
+            .gw
+            .handle_frame(self.now, NET, self.lane, &meta, &mut frame);
+        self.pump();
+        if let FrameAction::Send { via, payload, to } = a {
+            let data = frame[payload].to_vec();
+            match via {
+                SocketId::Flow(h) => {
+                    // Nothing when the open failed.
+                    if let Some(Fake::Dgram(_, sent)) = self.socks.get_mut(&h) {
+                        sent.push(data);
+                    }
+                }
+                _ => self.sent_unconnected.push((via, data, to)),
+            }
+        }
+    }
+
+    /// A container's IP packet, in an Ethernet frame to the gateway.
+    fn ip_in(&mut self, packet: &[u8]) {
+        let f = build::ethernet(gateway_mac(GW), c_mac(), EtherType::Ipv4, packet);
+        self.frame(VnetHdr::default(), f);
+    }
+
+    /// Performs socket ops and collects frames until nothing is left.
+    fn pump(&mut self) {
+        loop {
+            let mut any = false;
+            while let Some(op) = self.gw.poll_socket_op() {
+                any = true;
+                self.op(op);
+            }
+            while let Some(t) = self.gw.poll_transmit() {
+                any = true;
+                self.take_transmit(t);
+            }
+            if !any {
+                return;
+            }
+        }
+    }
+
+    fn op(&mut self, op: SocketOp) {
+        let now = self.now;
+        match op {
+            SocketOp::Connect { flow, to } => match self.dial {
+                Dial::Pending => {
+                    self.socks.insert(flow, Fake::Connecting(to));
+                }
+                Dial::Accept => {
+                    self.socks.insert(
+                        flow,
+                        Fake::Stream(FakeStream {
+                            room: usize::MAX,
+                            ..Default::default()
+                        }),
+                    );
+                    self.gw
+                        .handle_socket_event(now, SocketId::Flow(flow), HostEvent::Connected);
+                }
+                Dial::Fail(e) => self.gw.handle_socket_event(
+                    now,
+                    SocketId::Flow(flow),
+                    HostEvent::ConnectFailed(e),
+                ),
+                Dial::NoSocket => {
+                    self.gw
+                        .handle_socket_event(now, SocketId::Flow(flow), HostEvent::OpenFailed)
+                }
+            },
+            SocketOp::OpenUdp { flow, to } => self.open_dgram(flow, to),
+            SocketOp::OpenPing { flow, to } => {
+                self.open_dgram(flow, SocketAddr::V4(SocketAddrV4::new(to, 0)))
+            }
+            SocketOp::Relay(h) => {
+                if let Some(Fake::Stream(mut s)) = self.socks.remove(&h) {
+                    let mut early = Vec::new();
+                    let refuse = self.refuse_early;
+                    self.gw.relay_tcp(now, h, &mut s, &mut |t| {
+                        if refuse {
+                            return Err(t);
+                        }
+                        early.push(t);
+                        Ok(())
+                    });
+                    self.socks.insert(h, Fake::Stream(s));
+                    for t in early {
+                        self.take_transmit(t);
+                    }
+                }
+            }
+            SocketOp::Read(_) => {}
+            SocketOp::ShutdownWrite(h) => {
+                if let Some(Fake::Stream(s)) = self.socks.get_mut(&h) {
+                    s.shut_wr = true;
+                }
+            }
+            SocketOp::Close { flow, reset } => {
+                if let Some(s) = self.socks.remove(&flow) {
+                    self.graveyard.insert(flow, s);
+                }
+                self.closed.push((flow, reset));
+            }
+        }
+    }
+
+    /// A frame for the container: recorded, its buffer given back (or
+    /// held, when the workers are stuck).
+    fn take_transmit(&mut self, t: tapnet_nat::Transmit) {
+        assert_eq!(t.buf.len(), BUFFER_LEN);
+        self.out.push(Out {
+            port: t.port,
+            meta: t.meta,
+            frame: t.buf[FRAME_OFFSET..FRAME_OFFSET + t.len].to_vec(),
+            lane: t.lane,
+        });
+        if self.hold_buffers {
+            self.held.push(t.buf);
+        } else {
+            self.gw.recycle(t.buf);
+        }
+    }
+
+    fn open_dgram(&mut self, flow: FlowHandle, to: SocketAddr) {
+        if self.open_fails {
+            self.gw
+                .handle_socket_event(self.now, SocketId::Flow(flow), HostEvent::OpenFailed);
+        } else {
+            self.socks.insert(flow, Fake::Dgram(to, Vec::new()));
+        }
+    }
+
+    /// A datagram from the host side of `id`.
+    fn host_datagram(&mut self, id: SocketId, data: &[u8], from: Option<SocketAddr>) -> bool {
+        let Some(buf) = self.gw.recv_buffer(id) else {
+            return false;
+        };
+        buf[..data.len()].copy_from_slice(data);
+        self.gw.handle_datagram(self.now, id, data.len(), from);
+        self.pump();
+        true
+    }
+
+    /// Time passes.
+    fn advance(&mut self, ns: u64) {
+        self.now += ns;
+        self.gw.handle_timeout(self.now);
+        self.pump();
+    }
+
+    fn take_out(&mut self) -> Vec<Out> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The flow handles the gateway opened sockets for, in order.
+    fn only_flow(&self) -> FlowHandle {
+        assert_eq!(self.socks.len(), 1, "{:?}", self.socks.keys());
+        *self.socks.keys().next().unwrap()
+    }
+}
+
+/// The container's TCP stack: a smoltcp socket (a [`Leg`]) whose IP
+/// packets travel in Ethernet frames to the gateway MAC.
+struct Container {
+    leg: Leg,
+    tx: ContainerTx,
+}
+
+#[derive(Default)]
+struct ContainerTx {
+    pending: Vec<Vec<u8>>,
+    buf: Vec<u8>,
+}
+
+impl LegTx for ContainerTx {
+    fn ready(&mut self) -> bool {
+        true
+    }
+    fn buffer(&mut self) -> &mut [u8] {
+        self.buf.resize(leg::TX_BUFFER_LEN, 0);
+        &mut self.buf
+    }
+    fn commit(&mut self, len: usize) {
+        self.pending
+            .push(self.buf[HEADROOM..HEADROOM + len].to_vec());
+    }
+}
+
+impl Container {
+    /// A connection from the container (port 40000) to `to`.
+    fn dial(to: SocketAddrV4, now: u64) -> Container {
+        let cfg = LegConfig {
+            rx_buffer: 256 * 1024,
+            tx_buffer: 256 * 1024,
+            random_seed: 2,
+        };
+        let leg = Leg::connect(GW, 24, SocketAddrV4::new(C_IP, 40000), to, &cfg, now).unwrap();
+        Container {
+            leg,
+            tx: ContainerTx::default(),
+        }
+    }
+
+    /// A server in the container listening on `port`.
+    fn listen(port: u16, now: u64) -> Container {
+        let cfg = LegConfig {
+            rx_buffer: 256 * 1024,
+            tx_buffer: 256 * 1024,
+            random_seed: 3,
+        };
+        Container {
+            leg: Leg::accept(GW, 24, SocketAddrV4::new(C_IP, port), &cfg, now),
+            tx: ContainerTx::default(),
+        }
+    }
+}
+
+/// One round trip of virtual time: the container sends what it has, the
+/// gateway answers, the container takes the answers. Returns the frames
+/// the container got.
+fn step(h: &mut Harness, c: &mut Container) -> Vec<Out> {
+    h.now += MS;
+    for _ in 0..64 {
+        c.leg.poll(h.now, &mut c.tx);
+    }
+    let mut got = Vec::new();
+    for p in std::mem::take(&mut c.tx.pending) {
+        h.ip_in(&p);
+    }
+    h.gw.handle_timeout(h.now);
+    h.pump();
+    for o in h.take_out() {
+        assert_eq!(o.port, C_PORT);
+        c.leg
+            .ingress(h.now, &o.frame[ethernet::HEADER_LEN..], &mut c.tx);
+        got.push(o);
+    }
+    got
+}
+
+fn steps(h: &mut Harness, c: &mut Container, n: usize) -> Vec<Out> {
+    (0..n).flat_map(|_| step(h, c)).collect()
+}
+
+fn remote(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(REMOTE, port)
+}
+
+/// An established outbound connection to REMOTE:80 and its flow.
+fn connected(h: &mut Harness) -> (Container, FlowHandle) {
+    let mut c = Container::dial(remote(80), h.now);
+    steps(h, &mut c, 4);
+    assert_eq!(c.leg.socket().state(), TcpSocketState::Established);
+    let f = h.only_flow();
+    (c, f)
+}
+
+#[test]
+fn tcp_handshake_and_data_both_ways() {
+    let mut h = Harness::new();
+    let (mut c, f) = connected(&mut h);
+    let v = h.gw.conntrack().get(f).unwrap();
+    assert_eq!(v.state.as_str(), "tcp_established");
+    assert_eq!(v.key.remote_port, 80);
+    // Container → host.
+    c.leg
+        .socket()
+        .send_slice(b"GET / HTTP/1.0\r\n\r\n")
+        .unwrap();
+    steps(&mut h, &mut c, 3);
+    assert_eq!(h.stream(f).sent, b"GET / HTTP/1.0\r\n\r\n");
+    // Host → container: 200 KiB, a TSO super-frame at a time.
+    let body: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
+    h.stream(f).incoming.extend(&body);
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    let mut got = Vec::new();
+    let mut gso = false;
+    for _ in 0..100 {
+        for o in step(&mut h, &mut c) {
+            gso |= o.meta.gso_type == vnet::GSO_TCPV4;
+            if o.meta.gso_type == vnet::GSO_TCPV4 {
+                assert_eq!(o.meta.gso_size, 1460);
+                assert_eq!(o.meta.flags, vnet::F_NEEDS_CSUM);
+            }
+        }
+        let mut b = [0u8; 65536];
+        while let Ok(n) = c.leg.socket().recv_slice(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        if got.len() == body.len() {
+            break;
+        }
+    }
+    assert_eq!(got.len(), body.len());
+    assert!(got == body);
+    assert!(gso, "data towards the container leaves as TSO super-frames");
+    let v = h.gw.conntrack().get(f).unwrap();
+    assert!(v.to_container.bytes >= body.len() as u64);
+    assert_eq!(v.from_container.bytes, 18);
+}
+
+#[test]
+fn tcp_backpressure_both_ways() {
+    let mut h = Harness::new();
+    let (mut c, f) = connected(&mut h);
+    // The host accepts 10 bytes, then blocks: the rest stays in the leg.
+    h.stream(f).room = 10;
+    let data = vec![7u8; 100_000];
+    let mut sent = 0;
+    for _ in 0..50 {
+        sent += c.leg.socket().send_slice(&data[sent..]).unwrap_or(0);
+        step(&mut h, &mut c);
+    }
+    assert_eq!(h.stream(f).sent.len(), 10);
+    // The leg's buffer (64 KiB) filled and its window closed: the rest
+    // waits in the container.
+    assert!(
+        c.leg.socket().send_queue() > 30_000,
+        "sent {sent}, queued {}",
+        c.leg.socket().send_queue()
+    );
+    // Writable again: the leg drains.
+    h.stream(f).room = usize::MAX;
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Writable);
+    for _ in 0..100 {
+        sent += c.leg.socket().send_slice(&data[sent..]).unwrap_or(0);
+        step(&mut h, &mut c);
+    }
+    assert_eq!(sent, data.len());
+    assert_eq!(h.stream(f).sent.len(), data.len());
+
+    // Host → container, the container not reading: the leg fills and the
+    // rest stays in the host socket.
+    let big = vec![9u8; 1 << 20];
+    h.stream(f).incoming.extend(&big);
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    steps(&mut h, &mut c, 30);
+    let left = h.stream(f).incoming.len();
+    assert!(left > 0 && left < big.len(), "left {left}");
+    // The container reads: the rest follows.
+    let mut got = 0;
+    let mut b = vec![0u8; 1 << 16];
+    for _ in 0..300 {
+        while let Ok(n) = c.leg.socket().recv_slice(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        step(&mut h, &mut c);
+    }
+    assert_eq!(got, big.len());
+    assert!(h.stream(f).incoming.is_empty());
+}
+
+#[test]
+fn tcp_half_close_both_ways() {
+    // The container closes first: the host socket is shut down for
+    // writing, data still flows the other way, then the host's EOF.
+    let mut h = Harness::new();
+    let (mut c, f) = connected(&mut h);
+    c.leg.socket().send_slice(b"bye").unwrap();
+    c.leg.socket().close();
+    steps(&mut h, &mut c, 3);
+    assert_eq!(h.stream(f).sent, b"bye");
+    assert!(h.stream(f).shut_wr);
+    assert_eq!(
+        h.gw.conntrack().get(f).unwrap().state.as_str(),
+        "tcp_fin_wait"
+    );
+    h.stream(f).incoming.extend(b"answer");
+    h.stream(f).eof = true;
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    steps(&mut h, &mut c, 5);
+    let mut b = [0u8; 16];
+    let n = c.leg.socket().recv_slice(&mut b).unwrap();
+    assert_eq!(&b[..n], b"answer");
+    assert!(!c.leg.socket().may_recv());
+    assert_eq!(h.closed, vec![(f, false)], "a clean close, no reset");
+
+    // The host closes first: FIN to the container, which still sends.
+    let mut h = Harness::new();
+    let (mut c, f) = connected(&mut h);
+    h.stream(f).eof = true;
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    steps(&mut h, &mut c, 3);
+    assert!(!c.leg.socket().may_recv(), "the container got FIN");
+    assert!(c.leg.socket().may_send());
+    c.leg.socket().send_slice(b"late").unwrap();
+    c.leg.socket().close();
+    steps(&mut h, &mut c, 5);
+    assert_eq!(h.stream(f).sent, b"late");
+    assert!(h.stream(f).shut_wr || h.closed.iter().any(|&(x, _)| x == f));
+}
+
+#[test]
+fn tcp_reset_both_ways() {
+    // The host resets: the container's socket is reset, the host socket
+    // closed abortively.
+    let mut h = Harness::new();
+    let (mut c, f) = connected(&mut h);
+    h.stream(f).error = Some(io::ErrorKind::ConnectionReset);
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    steps(&mut h, &mut c, 3);
+    assert_eq!(c.leg.socket().state(), TcpSocketState::Closed);
+    assert_eq!(h.closed, vec![(f, true)]);
+    assert_eq!(
+        h.gw.conntrack().get(f).unwrap().state.as_str(),
+        "tcp_closed"
+    );
+
+    // The container resets: the host socket is closed with a reset.
+    let mut h = Harness::new();
+    let (mut c, f) = connected(&mut h);
+    c.leg.socket().abort();
+    steps(&mut h, &mut c, 3);
+    assert_eq!(h.closed, vec![(f, true)]);
+}
+
+fn syn(sport: u16, dst: SocketAddrV4) -> Vec<u8> {
+    let mut t = vec![0u8; 24];
+    let mut p = TcpPacket::new_unchecked(&mut t[..]);
+    tapnet_switch::wire::TcpRepr {
+        src_port: sport,
+        dst_port: dst.port(),
+        seq: 1000,
+        ack: 0,
+        flags: tcp::flags::SYN,
+        window: 65535,
+        options_len: 4,
+    }
+    .emit(&mut p);
+    t[20..24].copy_from_slice(&[2, 4, 0x05, 0xb4]);
+    let mut ip = vec![0u8; 20 + t.len()];
+    ipv4::emit_header(&mut ip, C_IP, *dst.ip(), ipv4::protocol::TCP, t.len(), 64);
+    ip[20..].copy_from_slice(&t);
+    ip
+}
+
+/// The TCP flags of a frame to the container, if it is TCP.
+fn tcp_flags_of(o: &Out) -> Option<u8> {
+    let ip = o.ip();
+    (ip.protocol() == ipv4::protocol::TCP)
+        .then(|| TcpPacket::new_checked(ip.payload()).unwrap().flags())
+}
+
+/// ICMP (type, code) of a frame to the container, if it is ICMP.
+fn icmp_of(o: &Out) -> Option<(u8, u8)> {
+    let ip = o.ip();
+    (ip.protocol() == ipv4::protocol::ICMP).then(|| (ip.payload()[0], ip.payload()[1]))
+}
+
+#[test]
+fn refused_and_unreachable_connects() {
+    // Refused: RST, ACKing the SYN.
+    let mut h = Harness::new();
+    h.dial = Dial::Fail(ConnectError::Refused);
+    h.ip_in(&syn(40001, remote(81)));
+    let out = h.take_out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        tcp_flags_of(&out[0]),
+        Some(tcp::flags::RST | tcp::flags::ACK)
+    );
+    let ip = out[0].ip();
+    let t = TcpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!(t.ack_number(), 1001);
+    assert_eq!(h.gw.conntrack().counters().tcp_reset, 1);
+    // Unreachable and timed out: ICMP from the gateway.
+    for (e, code) in [
+        (ConnectError::NetUnreachable, icmp::unreachable::NET),
+        (ConnectError::HostUnreachable, icmp::unreachable::HOST),
+        (ConnectError::TimedOut, icmp::unreachable::HOST),
+    ] {
+        let mut h = Harness::new();
+        h.dial = Dial::Fail(e);
+        h.ip_in(&syn(40002, remote(82)));
+        let out = h.take_out();
+        assert_eq!(out.len(), 1, "{e:?}");
+        assert_eq!(icmp_of(&out[0]), Some((icmp::DEST_UNREACHABLE, code)));
+        assert_eq!(out[0].ip().src_addr(), GW);
+        assert!(tapnet_switch::wire::checksum(out[0].ip().payload()) == 0);
+    }
+    // A pending connect: the SYN waits; a retransmission replaces it; a
+    // non-SYN segment meanwhile is counted.
+    let mut h = Harness::new();
+    h.dial = Dial::Pending;
+    h.ip_in(&syn(40003, remote(83)));
+    h.ip_in(&syn(40003, remote(83)));
+    assert!(h.take_out().is_empty());
+    let mut ack = syn(40003, remote(83));
+    ack[33] = tcp::flags::ACK;
+    h.ip_in(&ack);
+    assert_eq!(h.drops(NatDrop::TcpConnecting), 1);
+    let f = h.only_flow();
+    h.socks.insert(
+        f,
+        Fake::Stream(FakeStream {
+            room: usize::MAX,
+            ..Default::default()
+        }),
+    );
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Connected);
+    // The SYN-ACK leaves with the next relay round.
+    h.advance(0);
+    let out = h.take_out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        tcp_flags_of(&out[0]),
+        Some(tcp::flags::SYN | tcp::flags::ACK)
+    );
+    // No socket at all: counted, and a RST.
+    let mut h = Harness::new();
+    h.dial = Dial::NoSocket;
+    h.ip_in(&syn(40004, remote(84)));
+    assert_eq!(h.drops(NatDrop::SocketOpen), 1);
+    assert_eq!(
+        tcp_flags_of(&h.take_out()[0]),
+        Some(tcp::flags::RST | tcp::flags::ACK)
+    );
+}
+
+fn udp_frame(sport: u16, dst: SocketAddrV4, data: &[u8]) -> Vec<u8> {
+    build::udp(
+        gateway_mac(GW),
+        c_mac(),
+        (C_IP, sport),
+        (*dst.ip(), dst.port()),
+        data,
+    )
+}
+
+#[test]
+fn udp_flow_both_ways_and_port_unreachable() {
+    let mut h = Harness::new();
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"query"));
+    let f = h.only_flow();
+    match &h.socks[&f] {
+        Fake::Dgram(to, sent) => {
+            assert_eq!(*to, SocketAddr::V4(remote(53)));
+            assert_eq!(sent, &vec![b"query".to_vec()]);
+        }
+        s => panic!("{s:?}"),
+    }
+    // Same flow, same socket; its latest frame came in on lane 1.
+    h.lane = 1;
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"again"));
+    assert_eq!(h.socks.len(), 1);
+    // The answer: from the remote to the container, partial checksum.
+    assert!(h.host_datagram(SocketId::Flow(f), b"answer", None));
+    let out = h.take_out();
+    assert_eq!(out.len(), 1);
+    let ip = out[0].ip();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (REMOTE, C_IP));
+    let u = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!(
+        (u.src_port(), u.dst_port(), u.payload()),
+        (53, 5000, &b"answer"[..])
+    );
+    assert_eq!(out[0].meta.flags, vnet::F_NEEDS_CSUM);
+    assert_eq!(
+        EthernetFrame::new_checked(&out[0].frame[..])
+            .unwrap()
+            .dst_addr(),
+        c_mac()
+    );
+    let v = h.gw.conntrack().get(f).unwrap();
+    assert_eq!(v.state.as_str(), "udp_replied");
+    assert_eq!((v.from_container.packets, v.to_container.packets), (2, 1));
+    // The remote's port unreachable: ICMP port unreachable from the remote,
+    // quoting the container's datagram.
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::PortUnreachable);
+    h.pump();
+    let out = h.take_out();
+    assert_eq!(
+        icmp_of(&out[0]),
+        Some((icmp::DEST_UNREACHABLE, icmp::unreachable::PORT))
+    );
+    let ip = out[0].ip();
+    assert_eq!(ip.src_addr(), REMOTE);
+    let quoted = Ipv4Packet::new_checked(&ip.payload()[8..]).unwrap();
+    assert_eq!((quoted.src_addr(), quoted.dst_addr()), (C_IP, REMOTE));
+    // Idle past the replied timeout: expired, socket closed.
+    h.advance(181 * S);
+    assert!(h.gw.conntrack().get(f).is_none());
+    assert_eq!(h.closed, vec![(f, false)]);
+    assert_eq!(h.gw.conntrack().counters().expired[6], 1);
+}
+
+#[test]
+fn icmp_echo_through_ping_sockets_and_the_raw_socket() {
+    let echo = |id| {
+        build::icmp_echo(
+            false,
+            gateway_mac(GW),
+            c_mac(),
+            C_IP,
+            REMOTE,
+            id,
+            1,
+            b"ping",
+        )
+    };
+    let mut h = Harness::new();
+    h.frame(VnetHdr::default(), echo(77));
+    let f = h.only_flow();
+    let Fake::Dgram(_, sent) = &h.socks[&f] else {
+        panic!()
+    };
+    assert_eq!(sent[0][0], icmp::ECHO_REQUEST);
+    // The reply (the kernel rewrote the identifier): back with the
+    // container's identifier.
+    let mut reply = sent[0].clone();
+    reply[0] = icmp::ECHO_REPLY;
+    reply[4..6].copy_from_slice(&999u16.to_be_bytes());
+    assert!(h.host_datagram(SocketId::Flow(f), &reply, None));
+    let out = h.take_out();
+    let ip = out[0].ip();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (REMOTE, C_IP));
+    let m = icmp::IcmpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((m.msg_type(), m.echo_ident()), (icmp::ECHO_REPLY, 77));
+    assert!(m.verify_checksum());
+    // Not an echo reply: counted.
+    h.host_datagram(SocketId::Flow(f), &[3, 3, 0, 0, 0, 0, 0, 0], None);
+    assert_eq!(h.drops(NatDrop::IcmpIgnored), 1);
+    // Expiry after 30 s.
+    h.advance(31 * S);
+    assert_eq!(h.closed, vec![(f, false)]);
+
+    // The raw socket: identifiers rewritten per flow, replies matched.
+    let mut h = Harness::with(
+        GatewayConfig {
+            icmp: IcmpMode::Raw,
+            ..Default::default()
+        },
+        info(),
+    );
+    h.frame(VnetHdr::default(), echo(5));
+    let (via, data, to) = h.sent_unconnected.pop().unwrap();
+    assert_eq!(via, SocketId::RawIcmp);
+    assert_eq!(to, Some(SocketAddr::V4(SocketAddrV4::new(REMOTE, 0))));
+    assert!(tapnet_switch::wire::checksum(&data) == 0);
+    let mut pkt = vec![0u8; 20 + data.len()];
+    ipv4::emit_header(
+        &mut pkt,
+        REMOTE,
+        Ipv4Addr::new(10, 9, 9, 9),
+        1,
+        data.len(),
+        64,
+    );
+    pkt[20..].copy_from_slice(&data);
+    pkt[20] = icmp::ECHO_REPLY;
+    assert!(h.host_datagram(SocketId::RawIcmp, &pkt, None));
+    let out = h.take_out();
+    let ip = out[0].ip();
+    let m = icmp::IcmpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!(m.echo_ident(), 5);
+    // Another host's ping on the raw socket: ignored, counted.
+    pkt[24] ^= 0xff;
+    h.host_datagram(SocketId::RawIcmp, &pkt, None);
+    assert_eq!(h.drops(NatDrop::IcmpIgnored), 1);
+
+    // Neither: counted.
+    let mut h = Harness::with(
+        GatewayConfig {
+            icmp: IcmpMode::Unavailable,
+            ..Default::default()
+        },
+        info(),
+    );
+    h.frame(VnetHdr::default(), echo(5));
+    assert_eq!(h.drops(NatDrop::NoPingSocket), 1);
+    // A ping socket that cannot be opened: counted, flow gone.
+    let mut h = Harness::new();
+    h.open_fails = true;
+    h.frame(VnetHdr::default(), echo(6));
+    assert_eq!(h.drops(NatDrop::SocketOpen), 1);
+    assert!(h.gw.conntrack().is_empty());
+}
+
+#[test]
+fn published_tcp_port_keeps_the_client_address() {
+    let mut h = Harness::new();
+    h.gw.publish(3, NET, SocketAddrV4::new(C_IP, 8080));
+    let mut c = Container::listen(8080, h.now);
+    let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 51000));
+    let f = h.gw.handle_accept(h.now, 3, client).unwrap();
+    h.socks.insert(
+        f,
+        Fake::Stream(FakeStream {
+            room: usize::MAX,
+            ..Default::default()
+        }),
+    );
+    h.pump();
+    steps(&mut h, &mut c, 4);
+    assert_eq!(c.leg.socket().state(), TcpSocketState::Established);
+    let ep = c.leg.socket().remote_endpoint().unwrap();
+    assert_eq!(ep.to_string(), "198.51.100.7:51000");
+    let v = h.gw.conntrack().get(f).unwrap();
+    assert_eq!(v.direction.as_str(), "inbound");
+    h.stream(f).incoming.extend(b"hello");
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    steps(&mut h, &mut c, 3);
+    let mut b = [0u8; 8];
+    assert_eq!(c.leg.socket().recv_slice(&mut b).unwrap(), 5);
+    c.leg.socket().send_slice(b"world").unwrap();
+    steps(&mut h, &mut c, 3);
+    assert_eq!(h.stream(f).sent, b"world");
+    // A loopback client appears as the gateway; the same tuple again while
+    // live is refused and counted.
+    let lo = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 52000));
+    let g = h.gw.handle_accept(h.now, 3, lo).unwrap();
+    let v = h.gw.conntrack().get(g).unwrap();
+    assert_eq!(v.key.remote_ip, std::net::IpAddr::V4(GW));
+    assert!(h.gw.handle_accept(h.now, 3, lo).is_none());
+    assert_eq!(h.drops(NatDrop::PublishedBusy), 1);
+    // Unpublished: refused.
+    h.gw.unpublish(3);
+    assert!(h.gw.handle_accept(h.now, 3, client).is_none());
+    assert_eq!(h.drops(NatDrop::NoListener), 1);
+}
+
+#[test]
+fn published_udp_port_and_expiry() {
+    let mut h = Harness::new();
+    h.gw.publish(4, NET, SocketAddrV4::new(C_IP, 5353));
+    let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 6000));
+    assert!(h.host_datagram(SocketId::Published(4), b"hi", Some(client)));
+    let out = h.take_out();
+    assert_eq!(out[0].lane, None, "the container has not sent on it yet");
+    let ip = out[0].ip();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (CLIENT, C_IP));
+    let u = UdpPacket::new_checked(ip.payload()).unwrap();
+    assert_eq!((u.src_port(), u.dst_port()), (6000, 5353));
+    // The container answers through the published socket, to the client.
+    h.frame(
+        VnetHdr::default(),
+        build::udp(
+            gateway_mac(GW),
+            c_mac(),
+            (C_IP, 5353),
+            (CLIENT, 6000),
+            b"yo",
+        ),
+    );
+    let (via, data, to) = h.sent_unconnected.pop().unwrap();
+    assert_eq!(
+        (via, data.as_slice(), to),
+        (SocketId::Published(4), &b"yo"[..], Some(client))
+    );
+    assert_eq!(h.gw.conntrack().len(), 1);
+    // Unreplied... replied: expires after 180 s idle.
+    h.advance(179 * S);
+    assert_eq!(h.gw.conntrack().len(), 1);
+    h.advance(2 * S);
+    assert_eq!(h.gw.conntrack().len(), 0);
+    // Unpublished while a flow lives: the container's answer is counted.
+    assert!(h.host_datagram(SocketId::Published(4), b"hi", Some(client)));
+    h.gw.unpublish(4);
+    h.frame(
+        VnetHdr::default(),
+        build::udp(
+            gateway_mac(GW),
+            c_mac(),
+            (C_IP, 5353),
+            (CLIENT, 6000),
+            b"yo",
+        ),
+    );
+    assert_eq!(h.drops(NatDrop::NoListener), 1);
+    assert!(h.sent_unconnected.is_empty());
+}
+
+#[test]
+fn tcp_expiry_resets_the_host_side() {
+    let mut cfg = GatewayConfig::default();
+    cfg.table.timeouts.tcp_established = std::time::Duration::from_secs(5);
+    let mut h = Harness::with(cfg, info());
+    let (_c, f) = connected(&mut h);
+    h.advance(6 * S);
+    assert!(h.gw.conntrack().get(f).is_none());
+    assert_eq!(h.closed, vec![(f, true)]);
+    assert_eq!(h.gw.conntrack().counters().expired[1], 1);
+}
+
+#[test]
+fn limits_refuse_new_flows() {
+    let mut cfg = GatewayConfig::default();
+    cfg.table.max_per_container = 2;
+    let mut h = Harness::with(cfg, info());
+    h.dial = Dial::Pending;
+    for p in 0..2 {
+        h.ip_in(&syn(41000 + p, remote(80)));
+    }
+    h.ip_in(&syn(41009, remote(80)));
+    assert_eq!(h.drops(NatDrop::ContainerLimit), 1);
+    assert_eq!(
+        tcp_flags_of(&h.take_out()[0]),
+        Some(tcp::flags::RST | tcp::flags::ACK)
+    );
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"q"));
+    assert_eq!(h.drops(NatDrop::ContainerLimit), 2);
+
+    let mut cfg = GatewayConfig::default();
+    cfg.table.capacity = 1;
+    let mut h = Harness::with(cfg, info());
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"q"));
+    h.frame(VnetHdr::default(), udp_frame(5001, remote(53), b"q"));
+    assert_eq!(h.drops(NatDrop::TableFull), 1);
+    assert_eq!(h.gw.conntrack().counters().refused_table_full, 1);
+}
+
+#[test]
+fn policy_refusals_are_answered_and_counted() {
+    let prohibited = Some((icmp::DEST_UNREACHABLE, icmp::unreachable::PROHIBITED));
+    let cases: [(NetInfo, bool, Ipv4Addr, NatDrop); 4] = [
+        (
+            NetInfo {
+                internal: true,
+                ..info()
+            },
+            true,
+            REMOTE,
+            NatDrop::Internal,
+        ),
+        (
+            NetInfo {
+                masquerade: false,
+                ..info()
+            },
+            true,
+            REMOTE,
+            NatDrop::MasqueradeOff,
+        ),
+        (
+            info(),
+            true,
+            Ipv4Addr::new(10, 2, 0, 5),
+            NatDrop::OtherNetwork,
+        ),
+        (info(), false, GW, NatDrop::HostLoopbackOff),
+    ];
+    for (net, loopback, dst, why) in cases {
+        let mut h = Harness::with(
+            GatewayConfig {
+                host_loopback: loopback,
+                ..Default::default()
+            },
+            net,
+        );
+        h.gw.set_network(
+            NetworkId(2),
+            NetInfo {
+                gateway: Ipv4Addr::new(10, 2, 0, 1),
+                ..info()
+            },
+        );
+        h.ip_in(&syn(40000, SocketAddrV4::new(dst, 80)));
+        h.frame(
+            VnetHdr::default(),
+            udp_frame(5000, SocketAddrV4::new(dst, 53), b"q"),
+        );
+        if dst != GW {
+            h.frame(
+                VnetHdr::default(),
+                build::icmp_echo(false, gateway_mac(GW), c_mac(), C_IP, dst, 1, 1, b""),
+            );
+        }
+        let out = h.take_out();
+        let n = if dst != GW { 3 } else { 2 };
+        assert_eq!(out.len(), n, "{why:?}");
+        assert!(out.iter().all(|o| icmp_of(o) == prohibited), "{why:?}");
+        assert_eq!(h.drops(why), n as u64, "{why:?}");
+        assert!(h.socks.is_empty() && h.gw.conntrack().is_empty(), "{why:?}");
+    }
+    // The gateway address reaches the host's loopback.
+    let mut h = Harness::new();
+    h.dial = Dial::Pending;
+    h.ip_in(&syn(40000, SocketAddrV4::new(GW, 5000)));
+    let f = h.only_flow();
+    assert!(matches!(h.socks[&f], Fake::Connecting(a) if a == "127.0.0.1:5000".parse().unwrap()));
+}
+
+#[test]
+fn unsupported_frames_are_counted() {
+    let mut h = Harness::new();
+    // A UDP super-frame.
+    let meta = VnetHdr {
+        gso_type: vnet::GSO_UDP_L4,
+        gso_size: 1000,
+        ..Default::default()
+    };
+    h.frame(meta, udp_frame(5000, remote(53), &[0; 3000]));
+    assert_eq!(h.drops(NatDrop::UdpGso), 1);
+    // ICMP other than echo.
+    let mut ts = build::icmp_echo(false, gateway_mac(GW), c_mac(), C_IP, REMOTE, 1, 1, b"");
+    ts[34] = 13;
+    h.frame(VnetHdr::default(), ts);
+    assert_eq!(h.drops(NatDrop::IcmpNotEcho), 1);
+    // Another protocol, a truncated TCP header, an unknown network.
+    let gre = build::ipv4(gateway_mac(GW), c_mac(), C_IP, REMOTE, 47, &[0; 8]);
+    h.frame(VnetHdr::default(), gre);
+    assert_eq!(h.drops(NatDrop::Protocol), 1);
+    let short = build::ipv4(gateway_mac(GW), c_mac(), C_IP, REMOTE, 6, &[0; 10]);
+    h.frame(VnetHdr::default(), short);
+    assert_eq!(h.drops(NatDrop::Malformed), 1);
+    let mut f = udp_frame(5000, remote(53), b"q");
+    let a =
+        h.gw.handle_frame(h.now, NetworkId(9), 0, &VnetHdr::default(), &mut f);
+    assert_eq!(a, FrameAction::None);
+    assert_eq!(h.drops(NatDrop::NoNetwork), 1);
+    // A segment without a flow: RST, counted.
+    let mut ack = syn(40000, remote(80));
+    ack[33] = tcp::flags::ACK;
+    h.ip_in(&ack);
+    assert_eq!(h.drops(NatDrop::TcpNoFlow), 1);
+    assert_eq!(tcp_flags_of(&h.take_out()[0]), Some(tcp::flags::RST));
+    // A UDP socket that cannot be opened.
+    h.open_fails = true;
+    h.frame(VnetHdr::default(), udp_frame(6000, remote(53), b"q"));
+    assert_eq!(h.drops(NatDrop::SocketOpen), 1);
+    assert!(h.gw.conntrack().is_empty());
+}
+
+#[test]
+fn the_worker_side_classification() {
+    let sw = tapnet_switch::Switch::new(Default::default());
+    let id = sw
+        .add_network(tapnet_switch::NetworkConfig::new(
+            "n",
+            Ipv4Addr::new(10, 1, 0, 0),
+            24,
+            GW,
+        ))
+        .unwrap();
+    let topo = sw.topology();
+    let net = topo.network(id).unwrap();
+    use tapnet_nat::Claim;
+    let out = udp_frame(1, remote(53), b"q");
+    assert_eq!(tapnet_nat::classify(net, &out), Claim::Nat);
+    let to_gw = udp_frame(1, SocketAddrV4::new(GW, 80), b"q");
+    assert_eq!(tapnet_nat::classify(net, &to_gw), Claim::Nat);
+    let local = udp_frame(1, SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 9), 53), b"q");
+    assert_eq!(tapnet_nat::classify(net, &local), Claim::Pass);
+    let mut frag = out.clone();
+    frag[20] = 0x20; // more fragments
+    assert_eq!(
+        tapnet_nat::classify(net, &frag),
+        Claim::Drop(
+            NatDrop::IpFragment,
+            tapnet_switch::DropReason::GatewayUnsupported
+        )
+    );
+    let gre = build::ipv4(gateway_mac(GW), c_mac(), C_IP, REMOTE, 47, &[0; 8]);
+    assert_eq!(
+        tapnet_nat::classify(net, &gre),
+        Claim::Drop(NatDrop::Protocol, tapnet_switch::DropReason::NoRoute)
+    );
+    let gre_gw = build::ipv4(gateway_mac(GW), c_mac(), C_IP, GW, 47, &[0; 8]);
+    assert_eq!(tapnet_nat::classify(net, &gre_gw), Claim::Pass);
+    assert_eq!(
+        tapnet_nat::classify(net, &out[..20]),
+        Claim::Drop(NatDrop::Malformed, tapnet_switch::DropReason::Malformed)
+    );
+}
+
+#[test]
+fn out_of_buffers_tcp_waits_datagrams_wait_control_frames_drop() {
+    let mut h = Harness::with(
+        GatewayConfig {
+            tx_buffers: 2,
+            ..Default::default()
+        },
+        info(),
+    );
+    let (mut c, f) = connected(&mut h);
+    let u = {
+        h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"q"));
+        *h.socks.keys().find(|&&k| k != f).unwrap()
+    };
+    // The workers hold every buffer.
+    h.hold_buffers = true;
+    let body = vec![5u8; 300_000];
+    h.stream(f).incoming.extend(&body);
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    h.pump();
+    // The container gets those frames and acknowledges them: the leg has
+    // more to send, but no buffer.
+    steps(&mut h, &mut c, 3);
+    assert_eq!(h.held.len(), 2);
+    assert!(h.gw.waiting_for_buffers());
+    assert_eq!(h.gw.free_buffers(), 0);
+    // A datagram cannot be read: left in the socket.
+    assert!(!h.host_datagram(SocketId::Flow(u), b"a", None));
+    // A RST for a stray segment is dropped and counted.
+    let mut ack = syn(40099, remote(80));
+    ack[33] = tcp::flags::ACK;
+    h.ip_in(&ack);
+    assert_eq!(h.drops(NatDrop::NoBuffer), 1);
+    // The buffers come back: the socket is read again, the leg goes on.
+    h.hold_buffers = false;
+    let held = std::mem::take(&mut h.held);
+    let mut reads = Vec::new();
+    for b in held {
+        h.gw.recycle(b);
+        while let Some(op) = h.gw.poll_socket_op() {
+            match op {
+                SocketOp::Read(id) => reads.push(id),
+                op => h.op(op),
+            }
+        }
+    }
+    assert_eq!(reads, vec![SocketId::Flow(u)]);
+    let mut got = 0;
+    let mut b = vec![0u8; 1 << 16];
+    for _ in 0..400 {
+        step(&mut h, &mut c);
+        while let Ok(n) = c.leg.socket().recv_slice(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if got == body.len() {
+            break;
+        }
+    }
+    assert_eq!(got, body.len(), "no data lost while out of buffers");
+}
+
+#[test]
+fn a_full_injection_queue_is_counted_and_the_buffer_reused() {
+    let mut h = Harness::new();
+    let (mut c, f) = connected(&mut h);
+    h.refuse_early = true;
+    h.stream(f).incoming.extend(vec![1u8; 200_000]);
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    step(&mut h, &mut c);
+    assert!(h.drops(NatDrop::InjectFull) >= 1);
+    assert_eq!(h.gw.free_buffers(), h.gw.config().tx_buffers);
+    // The queue drains again: the leg retransmits what was dropped.
+    h.refuse_early = false;
+    let mut got = 0;
+    let mut b = vec![0u8; 1 << 16];
+    for _ in 0..300 {
+        h.advance(100 * MS);
+        step(&mut h, &mut c);
+        while let Ok(n) = c.leg.socket().recv_slice(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if got == 200_000 {
+            break;
+        }
+    }
+    assert_eq!(got, 200_000);
+}
+
+#[test]
+fn a_departed_container_closes_its_flows() {
+    let mut h = Harness::new();
+    let (_c, f) = connected(&mut h);
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"q"));
+    h.gw.remove_endpoint(C_PORT);
+    h.pump();
+    assert!(h.gw.conntrack().is_empty());
+    assert!(h.closed.contains(&(f, true)), "{:?}", h.closed);
+    assert_eq!(h.closed.len(), 2);
+    // A published datagram for it now: no endpoint, counted.
+    h.gw.publish(1, NET, SocketAddrV4::new(C_IP, 53));
+    let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 1));
+    h.host_datagram(SocketId::Published(1), b"x", Some(client));
+    assert_eq!(h.drops(NatDrop::NoEndpoint), 1);
+}
+
+#[test]
+fn flows_name_their_sockets() {
+    let mut h = Harness::new();
+    let (_c, f) = connected(&mut h);
+    h.gw.publish(9, NET, SocketAddrV4::new(C_IP, 53));
+    let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 1));
+    h.host_datagram(SocketId::Published(9), b"x", Some(client));
+    let mut rows: Vec<_> = h.gw.flows().map(|(v, s)| (v.key.protocol, s)).collect();
+    rows.sort_by_key(|r| r.0 as u8);
+    assert_eq!(
+        rows,
+        vec![
+            (Protocol::Tcp, Some(SocketId::Flow(f))),
+            (Protocol::Udp, Some(SocketId::Published(9)))
+        ]
+    );
+}
+
+mod arbitrary {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Arbitrary packets from the container (after a valid Ethernet
+        /// header to the gateway), arbitrary host datagrams and events in
+        /// any order: nothing panics, every frame out is well-formed IPv4
+        /// to the container, and the buffers all come back.
+        #[test]
+        fn arbitrary_input_never_panics(
+            input in prop::collection::vec(
+                (0u8..6, prop::collection::vec(any::<u8>(), 0..96), any::<u8>()),
+                1..24,
+            )
+        ) {
+            let mut h = Harness::new();
+            h.dial = Dial::Pending;
+            for (kind, bytes, x) in input {
+                match kind {
+                    0 | 1 => {
+                        // Keep most packets IPv4 with a plausible header.
+                        let mut p = bytes.clone();
+                        if kind == 0 && p.len() >= 20 {
+                            let proto = [6u8, 17, 1][usize::from(x % 3)];
+                            let len = p.len();
+                            ipv4::emit_header(&mut p, C_IP, REMOTE, proto, len - 20, 64);
+                        }
+                        let meta = VnetHdr { gso_type: x & 5, ..Default::default() };
+                        let f = build::ethernet(gateway_mac(GW), c_mac(), EtherType::Ipv4, &p);
+                        h.frame(meta, f);
+                    }
+                    2 => {
+                        let flows: Vec<_> = h.socks.keys().copied().collect();
+                        if let Some(&f) = flows.get(usize::from(x) % flows.len().max(1)) {
+                            let n = bytes.len();
+                            if let Some(buf) = h.gw.recv_buffer(SocketId::Flow(f)) {
+                                buf[..n].copy_from_slice(&bytes);
+                                h.gw.handle_datagram(h.now, SocketId::Flow(f), n, None);
+                            }
+                        }
+                    }
+                    3 => {
+                        let flows: Vec<_> = h.socks.keys().copied().collect();
+                        if let Some(&f) = flows.get(usize::from(x) % flows.len().max(1)) {
+                            let ev = [
+                                HostEvent::Connected,
+                                HostEvent::ConnectFailed(ConnectError::Refused),
+                                HostEvent::OpenFailed,
+                                HostEvent::Readable,
+                                HostEvent::Writable,
+                                HostEvent::PortUnreachable,
+                            ][usize::from(x) % 6];
+                            if ev == HostEvent::Connected {
+                                h.socks.insert(f, Fake::Stream(FakeStream {
+                                    room: usize::from(x),
+                                    incoming: bytes.iter().copied().collect(),
+                                    eof: x & 1 == 1,
+                                    ..Default::default()
+                                }));
+                            }
+                            h.gw.handle_socket_event(h.now, SocketId::Flow(f), ev);
+                        }
+                    }
+                    4 => {
+                        let n = bytes.len();
+                        if let Some(buf) = h.gw.recv_buffer(SocketId::RawIcmp) {
+                            buf[..n].copy_from_slice(&bytes);
+                            h.gw.handle_datagram(h.now, SocketId::RawIcmp, n, None);
+                        }
+                    }
+                    _ => h.advance(u64::from(x) * S),
+                }
+                h.pump();
+                for o in h.take_out() {
+                    prop_assert_eq!(o.port, C_PORT);
+                    let ip = Ipv4Packet::new_checked(&o.frame[ethernet::HEADER_LEN..]);
+                    prop_assert!(ip.is_ok());
+                    prop_assert_eq!(ip.unwrap().dst_addr(), C_IP);
+                }
+            }
+            prop_assert_eq!(h.gw.free_buffers(), h.gw.config().tx_buffers);
+        }
+    }
+}
