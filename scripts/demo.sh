@@ -11,16 +11,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The containers run busybox (httpd), curl and ping from the host's filesystem.
+# Building tapnet needs protoc and protobuf's .proto files (the etcd client
+# of the overlay); the containers run busybox (httpd), curl and ping from the
+# host's filesystem.
 missing=""
-for t in busybox curl ping ip; do command -v "$t" >/dev/null 2>&1 || missing+=" $t"; done
+if [ -z "${TAPNET_BIN:-}" ]; then
+  command -v protoc >/dev/null 2>&1 || missing+=" protobuf-compiler"
+  [ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=" libprotobuf-dev"
+fi
+for tp in busybox:busybox-static curl:curl ping:iputils-ping ip:iproute2; do
+  command -v "${tp%%:*}" >/dev/null 2>&1 || missing+=" ${tp#*:}"
+done
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    echo "demo: installing the tools the containers use:$missing" >&2
+    echo "demo: installing$missing" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      busybox-static curl iputils-ping iproute2 >/dev/null
+      --no-install-recommends $missing >/dev/null
   else
-    echo "demo: missing$missing: sudo apt-get install -y busybox-static curl iputils-ping iproute2" >&2
+    echo "demo: missing packages:$missing (sudo apt-get install -y$missing)" >&2
     exit 2
   fi
 fi

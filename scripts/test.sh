@@ -30,6 +30,10 @@ PACKAGES=(
   docker.io       # a real dockerd (in the tests' own namespaces) using tapnet as its network driver: docker
   docker-compose  # compose files with driver: tapnet networks: docker
   iptables        # dockerd's own bridge driver, the comparison in: docker
+  etcd-server     # the cluster store of the overlay tests (run in their own namespace): overlay
+  etcd-client     # etcdctl, to see etcd answer before the hosts start: overlay
+  protobuf-compiler # protoc, which the etcd-client crate's build needs: the build itself
+  libprotobuf-dev # protobuf's well-known .proto files, for the same build
   ca-certificates # cargo's HTTPS downloads of crates on a fresh machine
 )
 
@@ -63,6 +67,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [[ " ${missing[*]} " == *" docker.io "* ]] && [ -d /run/systemd/system ]; then
     systemctl disable docker.service docker.socket >/dev/null 2>&1 || true
     changed+=("disabled docker.service (the tests start their own dockerd)")
+  fi
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+    systemctl disable etcd.service >/dev/null 2>&1 || true
+    changed+=("disabled etcd.service (the tests start their own etcd)")
   fi
   changed+=("installed ${missing[*]}")
 fi

@@ -153,16 +153,33 @@ pub struct PoolRequest {
     pub aux: BTreeMap<String, String>,
 }
 
+/// The pools overlay networks get when no subnet is given (Docker's global
+/// default address pool: 10.0.0.0/8 in /24s), in order.
+pub fn overlay_default_subnets() -> impl Iterator<Item = Ipv4Net> {
+    (0u32..1 << 16).map(|i| Ipv4Net::new(Ipv4Addr::from(0x0a00_0000 | (i << 8)), 24).unwrap())
+}
+
 /// Validates a request into a [`Pool`]; `used` are the subnets of the other
 /// networks (only to choose a default subnet: the caller checks overlaps
 /// with names for its error message).
 pub fn make_pool(req: &PoolRequest, used: &[Ipv4Net]) -> Result<Pool, IpamError> {
+    make_pool_from(req, used, default_subnets())
+}
+
+/// [`make_pool`] with the default subnets to choose from.
+pub fn make_pool_from(
+    req: &PoolRequest,
+    used: &[Ipv4Net],
+    mut defaults: impl Iterator<Item = Ipv4Net>,
+) -> Result<Pool, IpamError> {
     let subnet = match req.subnet.as_deref().filter(|s| !s.is_empty()) {
         None => {
             if req.gateway.is_some() || req.ip_range.is_some() || !req.aux.is_empty() {
                 return Err(IpamError::NeedSubnet);
             }
-            next_default_subnet(used)?
+            defaults
+                .find(|s| !used.iter().any(|u| overlaps(s, u)))
+                .ok_or(IpamError::PoolsExhausted)?
         }
         Some(s) => parse_canonical(s)?,
     };

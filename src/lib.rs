@@ -12,6 +12,7 @@
 
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod daemon;
 pub mod dataplane;
 pub mod drivers;

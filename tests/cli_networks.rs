@@ -311,7 +311,7 @@ fn bad_inputs_give_one_line_and_change_nothing() {
         (&["network", "create", "-o", "novalue", "x"], "novalue"),
         (
             &["network", "create", "-d", "overlay", "x"],
-            "driver overlay is not supported yet",
+            "overlay networks need a cluster store",
         ),
         (
             &["network", "create", "-d", "macvlan", "x"],

@@ -149,6 +149,21 @@ struct DaemonArgs {
     /// tcp_closing, tcp_closed, udp_unreplied, udp_replied, icmp).
     #[arg(long = "conntrack-timeout")]
     conntrack_timeout: Vec<String>,
+    /// Join a cluster (overlay networks): etcd://HOST:PORT[,HOST:PORT...]
+    /// (etcds:// for TLS).
+    #[arg(long = "cluster-store", value_name = "etcd://HOST:PORT")]
+    cluster_store: Option<String>,
+    /// A cluster store option KEY=VALUE: kv.cacertfile, kv.certfile,
+    /// kv.keyfile.
+    #[arg(long = "cluster-store-opt", value_name = "KEY=VALUE")]
+    cluster_store_opt: Vec<String>,
+    /// This host's address on the underlay, IP[:PORT] (the VXLAN port
+    /// defaults to --vxlan-port).
+    #[arg(long = "advertise-addr", value_name = "IP[:PORT]")]
+    advertise_addr: Option<String>,
+    /// The UDP port of VXLAN (the advertise address's port wins).
+    #[arg(long = "vxlan-port", default_value_t = 4789)]
+    vxlan_port: u16,
     /// The Docker network-driver plugin's socket (driver "tapnet"):
     /// unix:///PATH, or none. Default as root
     /// unix:///run/docker/plugins/tapnet.sock; rootless none.
@@ -240,6 +255,39 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         }
         None => crate::daemon::PluginSocket::Off,
     };
+    let cluster = match (&a.cluster_store, &a.advertise_addr) {
+        (None, None) => None,
+        (None, Some(_)) => anyhow::bail!("--advertise-addr needs --cluster-store"),
+        (Some(_), None) => anyhow::bail!(
+            "--cluster-store needs --advertise-addr IP[:PORT] (this host's address on the underlay)"
+        ),
+        (Some(url), Some(adv)) => {
+            let mut store =
+                crate::cluster::StoreConfig::parse(url).map_err(|e| anyhow::anyhow!("{e}"))?;
+            for o in &a.cluster_store_opt {
+                store.set_opt(o).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            if a.vxlan_port == 0 {
+                anyhow::bail!("invalid --vxlan-port 0");
+            }
+            let vtep = match adv.parse::<std::net::SocketAddr>() {
+                Ok(s) => s,
+                Err(_) => std::net::SocketAddr::new(
+                    adv.parse::<std::net::IpAddr>().map_err(|_| {
+                        anyhow::anyhow!("invalid --advertise-addr {adv:?}: expected IP[:PORT]")
+                    })?,
+                    a.vxlan_port,
+                ),
+            };
+            if vtep.ip().is_unspecified() || vtep.port() == 0 {
+                anyhow::bail!("invalid --advertise-addr {adv:?}: a host address and a port");
+            }
+            Some(crate::daemon::ClusterConfig { store, vtep })
+        }
+    };
+    if cluster.is_none() && !a.cluster_store_opt.is_empty() {
+        anyhow::bail!("--cluster-store-opt needs --cluster-store");
+    }
     crate::daemon::run(crate::daemon::Config {
         root: a.root.unwrap_or_else(crate::daemon::default_root),
         socket,
@@ -249,6 +297,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         host_loopback: !a.no_host_loopback,
         conntrack,
         docker_plugin,
+        cluster,
     })?;
     Ok(ExitCode::SUCCESS)
 }

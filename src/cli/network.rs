@@ -82,8 +82,10 @@ pub struct CreateArgs {
     aux_address: Vec<String>,
     #[arg(long)]
     internal: bool,
-    #[arg(long)]
-    attachable: bool,
+    /// Tapnet containers may join it (`--attachable=false` refuses them on
+    /// an overlay, where it is the default).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    attachable: Option<bool>,
     #[arg(long)]
     ipv6: bool,
     /// Driver option KEY=VALUE.

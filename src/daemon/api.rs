@@ -95,15 +95,30 @@ fn network_status(e: &NetworkError) -> StatusCode {
         NetworkError::Predefined { .. }
         | NetworkError::ActiveEndpoints { .. }
         | NetworkError::DockerOwned { .. } => StatusCode::FORBIDDEN,
+        NetworkError::Cluster(c) => cluster_status(c),
         NetworkError::Dataplane { .. } | NetworkError::Store(_) => {
             StatusCode::INTERNAL_SERVER_ERROR
         }
     }
 }
 
+fn cluster_status(e: &crate::cluster::ClusterError) -> StatusCode {
+    use crate::cluster::ClusterError as C;
+    match e {
+        C::NotConfigured | C::BadUrl(_) | C::BadOpt(..) => StatusCode::BAD_REQUEST,
+        C::NameInUse(_) | C::VniInUse(_) | C::AddrInUse(_) => StatusCode::CONFLICT,
+        C::InUse { .. } => StatusCode::FORBIDDEN,
+        C::Exhausted | C::NoVni => StatusCode::BAD_REQUEST,
+        C::Unreachable { .. } | C::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
+        C::Read { .. } | C::Etcd(_) | C::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 fn endpoint_status(e: &EndpointError) -> StatusCode {
     match e {
         EndpointError::Lookup(l) => lookup_status(l),
+        EndpointError::Cluster(c) => cluster_status(c),
+        EndpointError::NotAttachable(_) => StatusCode::FORBIDDEN,
         EndpointError::AddrInUse { .. }
         | EndpointError::GatewayMac { .. }
         | EndpointError::MacInUse { .. } => StatusCode::CONFLICT,
@@ -157,9 +172,11 @@ fn container_status(e: &ContainerError) -> StatusCode {
         | E::NoNamespace(_)
         | E::AttachTarget
         | E::NotConnected { .. } => StatusCode::BAD_REQUEST,
-        E::DeleteInterface { .. } | E::Files { .. } | E::Logs { .. } | E::Store(_) => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        E::DeleteInterface { .. }
+        | E::Gwbridge(_)
+        | E::Files { .. }
+        | E::Logs { .. }
+        | E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

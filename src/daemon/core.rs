@@ -35,6 +35,10 @@ pub struct Core {
     /// Endpoints registered in the embedded DNS: id -> (network, container
     /// id, address).
     pub(super) dns_regs: HashMap<String, (NetId, String, Option<std::net::Ipv4Addr>)>,
+    /// The cluster store, when this daemon is part of a cluster.
+    pub cluster: Option<crate::cluster::Cluster>,
+    /// What this host applied of the cluster's state.
+    pub(super) applied: super::overlay::Applied,
 }
 
 impl Core {
@@ -45,8 +49,11 @@ impl Core {
         dp: Dataplane,
         root: PathBuf,
         socket: PathBuf,
+        cluster: Option<crate::cluster::Cluster>,
     ) -> Result<Core, NetworkError> {
         let mut core = Core {
+            cluster,
+            applied: Default::default(),
             store,
             dp,
             root,
@@ -67,6 +74,11 @@ impl Core {
         }
         core.recover_containers();
         core.recover_docker();
+        if core.cluster.is_some() {
+            if let Err(e) = core.cluster_sync() {
+                tracing::warn!("cluster: {e} (retrying in the background)");
+            }
+        }
         Ok(core)
     }
 
@@ -203,7 +215,7 @@ impl Core {
             driver: kind,
             created: now_rfc3339(),
             internal: req.internal,
-            attachable: req.attachable,
+            attachable: req.attachable.unwrap_or(false),
             ingress: false,
             enable_ipv6: req.enable_ipv6.unwrap_or(false),
             pools: vec![],
@@ -212,16 +224,29 @@ impl Core {
             labels: req.labels.clone().unwrap_or_default(),
             predefined: false,
         };
-        let network = driver.validate(&next, &req, base)?;
+        let mut network = driver.validate(&next, &req, base)?;
+        let global = driver.scope() == crate::drivers::Scope::Global;
+        if global {
+            network = self.cluster_create(network)?;
+        }
+        let undo_global = |core: &Core, n: &Network| {
+            if global {
+                if let Err(e) = core.cluster_remove(n) {
+                    tracing::error!("cluster: undo network {}: {e}", n.name);
+                }
+            }
+        };
         next.networks.insert(network.id.clone(), network.clone());
         let id = self.alloc_net_id(&network.id);
         if let Err(source) = driver.create(&self.dp, id, &network) {
             self.net_ids.remove(&network.id);
+            undo_global(self, &network);
             return Err(NetworkError::Dataplane { name, source });
         }
         if let Err(e) = self.store.commit(next) {
             let _ = driver.delete(&self.dp, id);
             self.net_ids.remove(&network.id);
+            undo_global(self, &network);
             return Err(e.into());
         }
         let warning = if network.enable_ipv6 {
@@ -319,6 +344,10 @@ impl Core {
         let mut next = self.store.prepare();
         let n = find_network(&next, key)?.clone();
         Self::removable(&next, &n)?;
+        if drivers::of(&n).scope() == crate::drivers::Scope::Global {
+            // Refused while any host has an endpoint on it.
+            self.cluster_remove(&n)?;
+        }
         next.networks.remove(&n.id);
         next.forget_network(&n.id);
         self.remove_networks(next, &[n])
@@ -351,6 +380,14 @@ impl Core {
             })
             .filter(|n| prune_labels_match(&filters, &n.labels))
             .cloned()
+            .collect();
+        // A global network in use on another host is not pruned.
+        let victims: Vec<Network> = victims
+            .into_iter()
+            .filter(|n| {
+                drivers::of(n).scope() == crate::drivers::Scope::Local
+                    || self.cluster_remove(n).is_ok()
+            })
             .collect();
         for n in &victims {
             next.networks.remove(&n.id);
@@ -599,7 +636,7 @@ pub fn network_view(st: &State, n: &Network, with_containers: bool) -> NetworkVi
         name: n.name.clone(),
         id: n.id.clone(),
         created: n.created.clone(),
-        scope: "local".into(),
+        scope: drivers::of(n).scope().name().into(),
         driver: n.driver.name().to_string(),
         enable_ipv6: n.enable_ipv6,
         ipam: IpamView {

@@ -57,6 +57,9 @@ pub fn request(st: &State, a: &NetworkAttach) -> Result<NetRequest, EndpointErro
             driver: n.driver,
         });
     }
+    if drivers::of(n).scope() == drivers::Scope::Global && !n.attachable {
+        return Err(EndpointError::NotAttachable(n.name.clone()));
+    }
     let ipv4 = match a.ipv4_address.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(
@@ -360,7 +363,8 @@ impl Core {
                         }
                         _ => Ok(()),
                     }
-                });
+                })
+                .and_then(|()| self.register_global(n, e, names));
             if let Err(err) = r {
                 for id in added {
                     self.unplug(st, &id);
@@ -374,6 +378,7 @@ impl Core {
     /// Removes an endpoint's port and names (its TAP stays: the caller
     /// deletes it or the namespace goes).
     pub(super) fn unplug(&mut self, st: &State, ep_id: &str) {
+        self.unregister_global(st, ep_id);
         if let Some(p) = self.ports.remove(ep_id) {
             let driver = st
                 .endpoints

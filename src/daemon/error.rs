@@ -68,6 +68,8 @@ pub enum NetworkError {
         source: DataplaneError,
     },
     /// {0}
+    Cluster(crate::cluster::ClusterError),
+    /// {0}
     Store(#[from] StoreError),
 }
 
@@ -113,6 +115,10 @@ pub enum EndpointError {
     },
     /// network {0} is given twice
     GivenTwice(String),
+    /// Could not attach to network {0}: rpc error: code = PermissionDenied desc = network {0} not manually attachable
+    NotAttachable(String),
+    /// {0}
+    Cluster(crate::cluster::ClusterError),
     /// cannot create the interfaces of {owner}: {reason}
     Interfaces { owner: String, reason: String },
     /// cannot add port {port} to the switch: {source}
@@ -210,6 +216,8 @@ pub enum ContainerError {
         container: String,
         reason: String,
     },
+    /// cannot make the docker_gwbridge network: {0}
+    Gwbridge(String),
     /// cannot write {path}: {err}
     Files { path: String, err: std::io::Error },
     /// cannot read {path}: {err}

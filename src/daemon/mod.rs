@@ -27,6 +27,7 @@ pub mod core;
 pub mod docker;
 pub mod endpoints;
 pub mod error;
+pub mod overlay;
 pub mod plugin;
 pub mod ports;
 pub mod systemd;
@@ -67,6 +68,19 @@ pub struct Config {
     /// The Docker network-driver plugin's socket (`--docker-plugin`).
     #[serde(default)]
     pub docker_plugin: PluginSocket,
+    /// `--cluster-store` and `--advertise-addr`: this daemon is a host of
+    /// a cluster (overlay networks).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A cluster host's settings.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterConfig {
+    pub store: crate::cluster::StoreConfig,
+    /// This host's VTEP: `--advertise-addr` IP, and its port or
+    /// `--vxlan-port`.
+    pub vtep: std::net::SocketAddr,
 }
 
 /// Where the Docker network-driver plugin listens.
@@ -221,6 +235,27 @@ fn open_store(path: &std::path::Path) -> anyhow::Result<crate::state::Store> {
     }
 }
 
+/// This daemon's id in the cluster: made once (hostname and a random
+/// suffix) and kept in its state.
+fn host_id(store: &mut crate::state::Store) -> anyhow::Result<String> {
+    const KEY: &str = "cluster.host";
+    if let Some(h) = store.state().options.get(KEY) {
+        return Ok(h.clone());
+    }
+    let name = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "host".into());
+    let id = format!("{name}-{}", &crate::model::new_id()[..8]);
+    store
+        .transact(|st| {
+            st.options.insert(KEY.into(), id.clone());
+            Ok::<_, crate::state::StoreError>(())
+        })
+        .map_err(|e| anyhow::anyhow!("cannot save the cluster host id: {e}"))?;
+    Ok(id)
+}
+
 /// `TAPNET_DATAPLANE_FAULTS=OP[+N],...`: dataplane operations that refuse
 /// calls (after the first N), for tests of the transactions (see
 /// [`crate::dataplane::Fault`]).
@@ -270,7 +305,32 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             cfg.root.display()
         ),
     }
-    let store = open_store(&cfg.root.join("state.redb"))?;
+    let mut store = open_store(&cfg.root.join("state.redb"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let cluster = match &cfg.cluster {
+        None => None,
+        Some(cc) => {
+            let host = host_id(&mut store)?;
+            let c = crate::cluster::Cluster::connect(
+                rt.handle().clone(),
+                cc.store.clone(),
+                host.clone(),
+                cc.vtep,
+            )
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            tracing::info!(
+                "cluster: host {host}, VTEP {}, store {}",
+                cc.vtep,
+                cc.store.endpoints.join(",")
+            );
+            Some(c)
+        }
+    };
     let dp = crate::dataplane::Dataplane::start_with(crate::dataplane::DataplaneConfig {
         workers: cfg.workers,
         dns_upstreams: cfg.dns_upstream.clone(),
@@ -280,7 +340,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         faults: dataplane_faults()?,
     })
     .context("cannot start the dataplane")?;
-    let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone())
+    let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)
         .map_err(|e| anyhow::anyhow!("cannot load state: {e}"))?;
     core.store
         .transact(|st| {
@@ -313,12 +373,6 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot remove stale socket {}", cfg.socket.display()))?;
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .max_blocking_threads(16)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     let socket = cfg.socket.clone();
     rt.block_on(async move {
         // The handlers are in place before the socket exists and before
@@ -351,6 +405,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             shared.clone(),
             Duration::from_millis(300),
         ));
+        if cfg.cluster.is_some() {
+            tokio::spawn(overlay::keep_alive(shared.clone()));
+            tokio::spawn(overlay::watch(shared.clone()));
+        }
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stopped = move || {

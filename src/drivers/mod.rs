@@ -28,6 +28,7 @@ mod bridge;
 pub mod docker;
 mod host;
 mod null;
+pub mod overlay;
 
 /// The kinds of network tapnet knows, by Docker's driver names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,15 +45,18 @@ pub enum DriverKind {
     /// network create -d tapnet`): switched like `bridge`, with Docker's
     /// addresses, its endpoints owned by Docker.
     Docker,
+    /// One network across the hosts of a cluster, tunnelled in VXLAN.
+    Overlay,
 }
 
 impl DriverKind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [DriverKind; 4] = [
+    pub const ALL: [DriverKind; 5] = [
         DriverKind::Bridge,
         DriverKind::Host,
         DriverKind::Null,
         DriverKind::Docker,
+        DriverKind::Overlay,
     ];
 
     /// Docker's name of the driver.
@@ -62,6 +66,7 @@ impl DriverKind {
             DriverKind::Host => "host",
             DriverKind::Null => "null",
             DriverKind::Docker => "docker",
+            DriverKind::Overlay => "overlay",
         }
     }
 
@@ -73,7 +78,7 @@ impl DriverKind {
         if let Some(k) = DriverKind::ALL.into_iter().find(|k| k.name() == name) {
             return Ok(k);
         }
-        if ["overlay", "macvlan", "ipvlan"].contains(&name) {
+        if ["macvlan", "ipvlan"].contains(&name) {
             return Err(DriverError::NotYet(name.to_string()));
         }
         Err(DriverError::Unknown(name.to_string()))
@@ -102,6 +107,24 @@ pub enum Attachment {
     External,
 }
 
+/// Where a network's state lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// This daemon's store only.
+    Local,
+    /// The cluster store, shared by every host (Docker's "global").
+    Global,
+}
+
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Local => "local",
+            Scope::Global => "global",
+        }
+    }
+}
+
 /// What a network's gateway provides to its endpoints.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Services {
@@ -117,7 +140,7 @@ pub struct Services {
 /// Errors of a driver's validation of `network create`.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum DriverError {
-    /// network driver "{0}" not found (tapnet has bridge, host and null)
+    /// network driver "{0}" not found (tapnet has bridge, overlay, host and null)
     Unknown(String),
     /// networks of driver "docker" are made by dockerd: docker network create -d tapnet
     DockerOnly,
@@ -160,6 +183,12 @@ pub enum DriverError {
 /// One network kind (see the module doc).
 pub trait NetworkDriver: Sync {
     fn kind(&self) -> DriverKind;
+
+    /// Where networks of this kind live (the daemon keeps global ones in
+    /// step with the cluster store).
+    fn scope(&self) -> Scope {
+        Scope::Local
+    }
 
     /// How containers use networks of this kind.
     fn attachment(&self) -> Attachment;
@@ -214,6 +243,7 @@ pub fn driver(kind: DriverKind) -> &'static dyn NetworkDriver {
         DriverKind::Host => &host::Host,
         DriverKind::Null => &null::Null,
         DriverKind::Docker => &docker::Docker,
+        DriverKind::Overlay => &overlay::Overlay,
     }
 }
 
@@ -238,7 +268,7 @@ mod tests {
         }
         assert_eq!(DriverKind::parse("").unwrap(), DriverKind::Bridge);
         assert!(matches!(
-            DriverKind::parse("overlay"),
+            DriverKind::parse("macvlan"),
             Err(DriverError::NotYet(_))
         ));
         let e = DriverKind::parse("zz").unwrap_err();

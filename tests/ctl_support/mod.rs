@@ -128,6 +128,15 @@ impl Daemon {
     /// with the daemon's namespace before the daemon starts (e.g. to start
     /// a resolver the daemon forwards to).
     pub fn start_with(extra: &[&str], before: impl FnOnce(&Daemon)) -> Daemon {
+        Daemon::start_with_env(extra, &[], before)
+    }
+
+    /// [`Daemon::start_with`] with extra environment for the daemon.
+    pub fn start_with_env(
+        extra: &[&str],
+        env: &[(&str, &str)],
+        before: impl FnOnce(&Daemon),
+    ) -> Daemon {
         let privilege = privilege();
         let dir = TempDir::new();
         let ns = (privilege == Privilege::Root).then(Netns::new);
@@ -139,7 +148,10 @@ impl Daemon {
             dir,
             privilege,
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            env: vec![],
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         before(&d);
         d.spawn();

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use super::super::core::{find_network, Core};
 use super::super::endpoints::{self, DnsNames};
 use super::super::error::ContainerError;
+use super::super::overlay;
 use super::super::types::*;
 use super::{endpoints_of, files, find_container, net_target, owner};
 use crate::drivers::{self, Attachment};
@@ -38,6 +39,19 @@ impl Core {
             links: ec.links.unwrap_or_default(),
         };
         let r = endpoints::request(&st0, &attach)?;
+        // Joining an overlay with no way out yet: docker_gwbridge too.
+        let mut all = c.networks.clone();
+        all.push(r.clone());
+        let gw_needed = c.status != Status::Exited
+            && overlay::needs_gwbridge(&st0, &all)
+            && !endpoints_of(&st0, &c)
+                .iter()
+                .any(|e| overlay::gwbridge_of(&st0).is_some_and(|g| g.id == e.network_id));
+        if gw_needed && overlay::gwbridge_of(&st0).is_none() {
+            self.ensure_gwbridge()
+                .map_err(|e| ContainerError::Gwbridge(e.to_string()))?;
+            return self.connect(net, req);
+        }
         let mut next = self.store.prepare();
         next.containers
             .get_mut(&c.id)
@@ -52,16 +66,29 @@ impl Core {
             .iter()
             .map(|e| e.ifname.clone())
             .collect();
-        let ifname = (0..)
+        let mut free = (0..)
             .map(|i| format!("eth{i}"))
-            .find(|n| !used.contains(n))
-            .expect("an unused name");
-        let ep = endpoints::allocate(&mut next, owner(&c.id), &r, ifname)?;
+            .filter(|n| !used.contains(n));
+        let ifname = free.next().expect("an unused name");
+        let ep = self.allocate_endpoint(&mut next, owner(&c.id), &r, ifname)?;
+        let mut new_eps = vec![ep.id.clone()];
+        if gw_needed {
+            if let Some(g) = overlay::gwbridge_request(&next) {
+                let ifname = free.next().expect("an unused name");
+                match self.allocate_endpoint(&mut next, owner(&c.id), &g, ifname) {
+                    Ok(gw) => new_eps.push(gw.id),
+                    Err(e) => {
+                        self.release_global(&next, &new_eps);
+                        return Err(e.into());
+                    }
+                }
+            }
+        }
         next.containers
             .get_mut(&c.id)
             .expect("found in this state")
             .endpoints
-            .push(ep.id.clone());
+            .extend(new_eps.iter().cloned());
         let nc = next.containers[&c.id].clone();
         let has_default = endpoints_of(&st0, &c).iter().any(|e| {
             st0.networks
@@ -72,21 +99,19 @@ impl Core {
         if c.status == Status::Running {
             if let Some(t) = net_target(&c) {
                 let names = DnsNames::of(&nc);
-                self.plug(
-                    &mut next,
-                    std::slice::from_ref(&ep.id),
-                    &t,
-                    Some(&names),
-                    has_default,
-                )?;
+                if let Err(e) = self.plug(&mut next, &new_eps, &t, Some(&names), has_default) {
+                    self.release_global(&next, &new_eps);
+                    return Err(e.into());
+                }
                 made = Some(t);
             }
         }
         let snapshot = next.clone();
         if let Err(e) = self.store.commit(next) {
             if let Some(t) = made {
-                self.unplug_and_delete(&snapshot, &t, std::slice::from_ref(&ep.id));
+                self.unplug_and_delete(&snapshot, &t, &new_eps);
             }
+            self.release_global(&snapshot, &new_eps);
             return Err(e.into());
         }
         if c.kind == Kind::Run {
@@ -120,6 +145,8 @@ impl Core {
                 for ep in &eps {
                     self.unplug(&st0, &ep.id);
                 }
+                let ids: Vec<String> = eps.iter().map(|e| e.id.clone()).collect();
+                self.release_global(&st0, &ids);
                 self.store.transact(|st| {
                     for ep in &eps {
                         endpoints::release(st, &ep.id);
@@ -155,6 +182,7 @@ impl Core {
                 }
             }
             self.unplug(&st0, &ep.id);
+            self.release_global(&st0, std::slice::from_ref(&ep.id));
         }
         let nc = self.store.transact(|st| {
             if let Some(ep) = &ep {

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::super::core::{find_network, Core};
 use super::super::endpoints::{self, DnsNames};
 use super::super::error::ContainerError;
+use super::super::overlay;
 use super::super::types::*;
 use super::{container_dir, files, find_container, owner};
 use crate::drivers::{self, Attachment};
@@ -117,26 +118,39 @@ impl NewContainer {
     }
 }
 
-/// Allocates one endpoint per request for container `c` in `st`, naming
-/// the interfaces `eth0`, `eth1`, ... (skipping names in `taken`).
-fn allocate_all(
-    st: &mut State,
-    c: &mut Container,
-    taken: &BTreeSet<String>,
-) -> Result<(), ContainerError> {
-    let mut idx = 0;
-    for r in c.networks.clone() {
-        while taken.contains(&format!("eth{idx}")) {
-            idx += 1;
-        }
-        let ep = endpoints::allocate(st, owner(&c.id), &r, format!("eth{idx}"))?;
-        idx += 1;
-        c.endpoints.push(ep.id);
-    }
-    Ok(())
-}
-
 impl Core {
+    /// Allocates one endpoint per request for container `c` in `st` (and
+    /// one on `docker_gwbridge` when it needs a way out: see
+    /// `overlay.rs`), naming the interfaces `eth0`, `eth1`, ... (skipping
+    /// names in `taken`).
+    fn allocate_all(
+        &self,
+        st: &mut State,
+        c: &mut Container,
+        taken: &BTreeSet<String>,
+    ) -> Result<(), ContainerError> {
+        let mut reqs = c.networks.clone();
+        if overlay::needs_gwbridge(st, &reqs) {
+            reqs.extend(overlay::gwbridge_request(st));
+        }
+        let mut idx = 0;
+        for r in reqs {
+            while taken.contains(&format!("eth{idx}")) {
+                idx += 1;
+            }
+            let ep = match self.allocate_endpoint(st, owner(&c.id), &r, format!("eth{idx}")) {
+                Ok(ep) => ep,
+                Err(e) => {
+                    self.release_global(st, &c.endpoints);
+                    return Err(e.into());
+                }
+            };
+            idx += 1;
+            c.endpoints.push(ep.id);
+        }
+        Ok(())
+    }
+
     /// What a sandbox covers (see [`ContainerCreateResponse::hide_paths`]):
     /// the state directory, and the socket's directory when it is a
     /// dedicated one (`/run/tapnet`, `$XDG_RUNTIME_DIR/tapnet`), else the
@@ -274,24 +288,34 @@ impl Core {
         c.dns = dns;
         c.links = req.links.clone();
         c.auto_remove = req.auto_remove;
-        allocate_all(st, &mut c, &BTreeSet::new())?;
+        if overlay::needs_gwbridge(st, &c.networks) && overlay::gwbridge_of(st).is_none() {
+            // Made (and committed) first, then the container from scratch.
+            drop(next);
+            self.ensure_gwbridge()
+                .map_err(|e| ContainerError::Gwbridge(e.to_string()))?;
+            return self.create_container(req);
+        }
+        self.allocate_all(st, &mut c, &BTreeSet::new())?;
         st.containers.insert(id.clone(), c.clone());
         let dir = container_dir(&self.root, &id);
-        files::write(st, &self.root, &c).map_err(|err| {
+        if let Err(err) = files::write(st, &self.root, &c) {
             let _ = std::fs::remove_dir_all(&dir);
-            ContainerError::Files {
+            self.release_global(st, &c.endpoints);
+            return Err(ContainerError::Files {
                 path: dir.display().to_string(),
                 err,
-            }
-        })?;
+            });
+        }
         let interfaces = c
             .endpoints
             .iter()
             .filter_map(|e| st.endpoints.get(e))
             .map(|e| interface_view(st, e))
             .collect();
+        let snapshot = next.clone();
         if let Err(e) = self.store.commit(next) {
             let _ = std::fs::remove_dir_all(&dir);
+            self.release_global(&snapshot, &c.endpoints);
             return Err(e.into());
         }
         Ok(ContainerCreateResponse {
@@ -376,13 +400,20 @@ impl Core {
         c.pid = req.pid.unwrap_or(0);
         c.start_time = start_time;
         c.started_at = Some(now_rfc3339());
-        allocate_all(&mut next, &mut c, &existing)?;
+        if overlay::needs_gwbridge(&next, &c.networks) && overlay::gwbridge_of(&next).is_none() {
+            drop(next);
+            self.ensure_gwbridge()
+                .map_err(|e| ContainerError::Gwbridge(e.to_string()))?;
+            return self.attach(req);
+        }
+        self.allocate_all(&mut next, &mut c, &existing)?;
         next.containers.insert(id.clone(), c.clone());
         let names = DnsNames::of(&c);
         self.plug(&mut next, &c.endpoints, &target, Some(&names), has_default)?;
         let snapshot = next.clone();
         if let Err(e) = self.store.commit(next) {
             self.unplug_and_delete(&snapshot, &target, &c.endpoints);
+            self.release_global(&snapshot, &c.endpoints);
             return Err(e.into());
         }
         Ok(IdResponse { id })

@@ -88,6 +88,7 @@ impl Core {
             }
         }
         let remove = c.auto_remove;
+        self.release_global(&st, &c.endpoints);
         self.store.transact(|st| {
             for e in &c.endpoints {
                 endpoints::release(st, e);
@@ -135,6 +136,7 @@ impl Core {
         for e in &c.endpoints {
             self.unplug(&st, e);
         }
+        self.release_global(&st, &c.endpoints);
         self.store.transact(|st| {
             for e in &c.endpoints {
                 endpoints::release(st, e);
@@ -177,6 +179,10 @@ impl Core {
             .collect();
         if half.is_empty() {
             return;
+        }
+        let st0 = self.store.state().clone();
+        for c in &half {
+            self.release_global(&st0, &c.endpoints);
         }
         let r = self.store.transact(|st| {
             for c in &half {

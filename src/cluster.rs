@@ -1,0 +1,723 @@
+//! The cluster store: the state overlay networks share across hosts, in
+//! etcd (`tapnet daemon --cluster-store etcd://HOST:PORT[,...]`). etcd does
+//! the consensus; tapnet keeps no gossip of its own.
+//!
+//! Keys (values JSON), under `/tapnet/v1/`:
+//!
+//! | key | value | lease |
+//! |---|---|---|
+//! | `hosts/HOST` | [`HostRecord`] (its VTEP address) | the host's |
+//! | `networks/ID` | the [`Network`] record (driver `overlay`) | none |
+//! | `netnames/NAME` | the network id (names are unique) | none |
+//! | `vnis/VNI` | the network id (VNIs are unique) | none |
+//! | `ipam/ID/IP` | the endpoint id holding the address | the holder's host's |
+//! | `endpoints/ID/EP` | [`EndpointRecord`] | the host's |
+//! | `keys/ID` | [`KeyRing`] (ESP keys of an encrypted network) | none |
+//!
+//! Every allocation is an etcd transaction that succeeds only if the key
+//! does not exist yet, so two hosts never get the same address, VNI or
+//! name, even at the same moment. A host's endpoints and addresses carry
+//! its lease (TTL [`LEASE_TTL`]): when its daemon dies they disappear from
+//! every other host within that time; a daemon that comes back registers
+//! again the containers it still has. Watches spread the changes.
+//!
+//! The daemon's core is synchronous: [`Cluster`] runs each request on the
+//! daemon's tokio runtime and waits for it, at most [`OP_TIMEOUT`], so an
+//! unreachable etcd turns a change into one clear error rather than a hang.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, Txn, TxnOp};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Network;
+
+/// The root of tapnet's keys.
+pub const PREFIX: &str = "/tapnet/v1/";
+/// A host's lease: how long its endpoints outlive its daemon.
+pub const LEASE_TTL: i64 = 10;
+/// The longest a request may take.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first VNI handed out (Docker's overlay starts at 4096 too).
+pub const FIRST_VNI: u32 = 4096;
+
+/// Errors of the cluster store; the message is one line for the user.
+#[derive(Debug, thiserror::Error, displaydoc::Display)]
+pub enum ClusterError {
+    /// overlay networks need a cluster store: start the daemon with --cluster-store etcd://HOST:PORT --advertise-addr IP
+    NotConfigured,
+    /// invalid --cluster-store {0:?}: expected etcd://HOST:PORT[,HOST:PORT...] (etcds:// for TLS)
+    BadUrl(String),
+    /// invalid --cluster-store-opt {0:?}: {1}
+    BadOpt(String, String),
+    /// cannot read {path}: {err}
+    Read { path: String, err: std::io::Error },
+    /// the cluster store (etcd at {endpoints}) is unreachable: {reason}
+    Unreachable { endpoints: String, reason: String },
+    /// the cluster store did not answer within {0:?}
+    Timeout(Duration),
+    /// cluster store: {0}
+    Etcd(String),
+    /// a network named {0} already exists in the cluster
+    NameInUse(String),
+    /// VNI {0} is already used by another network of the cluster
+    VniInUse(u32),
+    /// no free VNI left
+    NoVni,
+    /// network {name} has endpoints on hosts {hosts}: remove them first
+    InUse { name: String, hosts: String },
+    /// address {0} is already in use in the cluster
+    AddrInUse(Ipv4Addr),
+    /// no free address left in the network's pool
+    Exhausted,
+    /// corrupt record {key} in the cluster store: {err}
+    Corrupt { key: String, err: String },
+}
+
+impl From<etcd_client::Error> for ClusterError {
+    fn from(e: etcd_client::Error) -> ClusterError {
+        ClusterError::Etcd(e.to_string())
+    }
+}
+
+/// `--cluster-store` and `--cluster-store-opt`, parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreConfig {
+    /// `http://HOST:PORT` or `https://HOST:PORT`.
+    pub endpoints: Vec<String>,
+    pub ca: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+impl StoreConfig {
+    /// Parses `etcd://HOST:PORT[,HOST:PORT...]` (`etcds://` for TLS).
+    pub fn parse(url: &str) -> Result<StoreConfig, ClusterError> {
+        let bad = || ClusterError::BadUrl(url.to_string());
+        let (scheme, rest) = if let Some(r) = url.strip_prefix("etcd://") {
+            ("http", r)
+        } else if let Some(r) = url.strip_prefix("etcds://") {
+            ("https", r)
+        } else {
+            return Err(bad());
+        };
+        let mut endpoints = vec![];
+        for hp in rest.split(',') {
+            let (host, port) = hp.rsplit_once(':').ok_or_else(bad)?;
+            if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                return Err(bad());
+            }
+            endpoints.push(format!("{scheme}://{hp}"));
+        }
+        Ok(StoreConfig {
+            endpoints,
+            ..Default::default()
+        })
+    }
+
+    /// `--cluster-store-opt KEY=VALUE`: `kv.cacertfile`, `kv.certfile`,
+    /// `kv.keyfile` (Docker's names).
+    pub fn set_opt(&mut self, kv: &str) -> Result<(), ClusterError> {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| ClusterError::BadOpt(kv.into(), "expected KEY=VALUE".into()))?;
+        let slot = match k {
+            "kv.cacertfile" => &mut self.ca,
+            "kv.certfile" => &mut self.cert,
+            "kv.keyfile" => &mut self.key,
+            _ => {
+                return Err(ClusterError::BadOpt(
+                    kv.into(),
+                    "known options: kv.cacertfile, kv.certfile, kv.keyfile".into(),
+                ))
+            }
+        };
+        *slot = Some(v.to_string());
+        Ok(())
+    }
+}
+
+/// `hosts/HOST`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRecord {
+    pub vtep: SocketAddr,
+}
+
+/// `endpoints/NET/EP`: a container's endpoint on an overlay, as the other
+/// hosts need it (FDB, proxy ARP, DNS).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub network_id: String,
+    pub endpoint_id: String,
+    pub host: String,
+    pub vtep: SocketAddr,
+    pub mac: crate::model::Mac,
+    pub ipv4: Ipv4Addr,
+    pub container_id: String,
+    pub name: String,
+    pub hostname: String,
+    pub aliases: Vec<String>,
+}
+
+/// `keys/NET`: the ESP keys of an encrypted overlay; every host sends with
+/// `tx` and accepts every key of the ring (rotation keeps the previous).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRing {
+    pub keys: Vec<EspKeyRecord>,
+    pub tx: u32,
+    /// Unix seconds when `tx` was made.
+    pub created: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EspKeyRecord {
+    pub spi: u32,
+    /// 16 bytes of AES-128 key and 4 of salt, hex.
+    pub key: String,
+}
+
+/// Everything a host needs to build its view of the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub hosts: BTreeMap<String, HostRecord>,
+    pub networks: BTreeMap<String, Network>,
+    pub endpoints: Vec<EndpointRecord>,
+    pub keys: BTreeMap<String, KeyRing>,
+}
+
+/// A connection to the cluster store, with this host's lease.
+#[derive(Clone)]
+pub struct Cluster {
+    rt: tokio::runtime::Handle,
+    client: Client,
+    cfg: StoreConfig,
+    /// This host's id (persisted in the daemon's state).
+    pub host: String,
+    /// This host's VTEP address.
+    pub vtep: SocketAddr,
+    lease: Arc<AtomicI64>,
+    healthy: Arc<AtomicBool>,
+    /// Requests made, for the convergence figures.
+    requests: Arc<AtomicU64>,
+}
+
+fn key(parts: &[&str]) -> String {
+    let mut k = PREFIX.to_string();
+    k.push_str(&parts.join("/"));
+    k
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(k: &[u8], v: &[u8]) -> Result<T, ClusterError> {
+    serde_json::from_slice(v).map_err(|e| ClusterError::Corrupt {
+        key: String::from_utf8_lossy(k).into_owned(),
+        err: e.to_string(),
+    })
+}
+
+impl Cluster {
+    /// Connects, gets this host's lease and registers the host.
+    pub fn connect(
+        rt: tokio::runtime::Handle,
+        cfg: StoreConfig,
+        host: String,
+        vtep: SocketAddr,
+    ) -> Result<Cluster, ClusterError> {
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(OP_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2));
+        if cfg.ca.is_some() || cfg.cert.is_some() {
+            let read = |p: &str| {
+                std::fs::read(p).map_err(|err| ClusterError::Read {
+                    path: p.to_string(),
+                    err,
+                })
+            };
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &cfg.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca)?));
+            }
+            if let (Some(c), Some(k)) = (&cfg.cert, &cfg.key) {
+                tls = tls.identity(etcd_client::Identity::from_pem(read(c)?, read(k)?));
+            }
+            opts = opts.with_tls(tls);
+        }
+        let endpoints = cfg.endpoints.clone();
+        let unreachable = |reason: String| ClusterError::Unreachable {
+            endpoints: cfg.endpoints.join(","),
+            reason,
+        };
+        let client = rt
+            .block_on(async {
+                tokio::time::timeout(OP_TIMEOUT, Client::connect(endpoints, Some(opts))).await
+            })
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let c = Cluster {
+            rt,
+            client,
+            cfg,
+            host,
+            vtep,
+            lease: Arc::new(AtomicI64::new(0)),
+            healthy: Arc::new(AtomicBool::new(false)),
+            requests: Arc::new(AtomicU64::new(0)),
+        };
+        // etcd away at start: the daemon starts anyway; the keep-alive
+        // takes a lease once it answers.
+        if let Err(e) = c.new_lease() {
+            tracing::warn!("cluster: {e} (retrying in the background)");
+        }
+        Ok(c)
+    }
+
+    /// Runs one request on the runtime, waiting at most [`OP_TIMEOUT`].
+    fn run<T, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T, ClusterError>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let fut = f(self.client.clone());
+        let r = self
+            .rt
+            .block_on(async { tokio::time::timeout(OP_TIMEOUT, fut).await });
+        match r {
+            Err(_) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                Err(ClusterError::Timeout(OP_TIMEOUT))
+            }
+            Ok(Err(e)) => {
+                let unavailable = matches!(
+                    &e,
+                    etcd_client::Error::GRpcStatus(s)
+                        if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::DeadlineExceeded
+                ) || matches!(e, etcd_client::Error::TransportError(_));
+                if unavailable {
+                    self.healthy.store(false, Ordering::Relaxed);
+                    let reason = match &e {
+                        etcd_client::Error::GRpcStatus(s) => s.code().description().to_string(),
+                        _ => "cannot connect".to_string(),
+                    };
+                    return Err(ClusterError::Unreachable {
+                        endpoints: self.cfg.endpoints.join(","),
+                        reason,
+                    });
+                }
+                Err(e.into())
+            }
+            Ok(Ok(v)) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+        }
+    }
+
+    /// Whether the last request reached etcd.
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Requests made so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// The current lease id.
+    pub fn lease(&self) -> i64 {
+        self.lease.load(Ordering::Relaxed)
+    }
+
+    /// Grants a new lease and registers this host under it. (After etcd
+    /// was unreachable for longer than the TTL, the old lease is gone with
+    /// every key it held: the caller registers its endpoints again.)
+    pub fn new_lease(&self) -> Result<i64, ClusterError> {
+        let r = self.run(|mut c| async move { c.lease_grant(LEASE_TTL, None).await })?;
+        let id = r.id();
+        self.lease.store(id, Ordering::Relaxed);
+        let rec = serde_json::to_vec(&HostRecord { vtep: self.vtep }).expect("json");
+        let k = key(&["hosts", &self.host]);
+        self.run(
+            |mut c| async move { c.put(k, rec, Some(PutOptions::new().with_lease(id))).await },
+        )?;
+        Ok(id)
+    }
+
+    /// Renews the lease once; `Ok(false)` when etcd no longer knows it.
+    pub fn keep_alive(&self) -> Result<bool, ClusterError> {
+        let id = self.lease();
+        let r = self.run(|mut c| async move {
+            let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
+            keeper.keep_alive().await?;
+            stream.message().await
+        })?;
+        Ok(r.is_some_and(|m| m.ttl() > 0))
+    }
+
+    /// Revokes the lease (a clean stop: this host's endpoints go at once).
+    pub fn revoke(&self) {
+        let id = self.lease();
+        let _ = self.run(|mut c| async move { c.lease_revoke(id).await });
+    }
+
+    /// Everything under the prefix, and the revision it was read at.
+    pub fn snapshot(&self) -> Result<Snapshot, ClusterError> {
+        let r =
+            self.run(
+                |mut c| async move { c.get(PREFIX, Some(GetOptions::new().with_prefix())).await },
+            )?;
+        let mut s = Snapshot {
+            revision: r.header().map(|h| h.revision()).unwrap_or(0),
+            ..Default::default()
+        };
+        for kv in r.kvs() {
+            let k = kv.key_str().unwrap_or_default();
+            let rest = &k[PREFIX.len().min(k.len())..];
+            let parts: Vec<&str> = rest.split('/').collect();
+            match parts.as_slice() {
+                ["hosts", h] => {
+                    s.hosts.insert(h.to_string(), decode(kv.key(), kv.value())?);
+                }
+                ["networks", id] => {
+                    s.networks
+                        .insert(id.to_string(), decode(kv.key(), kv.value())?);
+                }
+                ["endpoints", _, _] => s.endpoints.push(decode(kv.key(), kv.value())?),
+                ["keys", id] => {
+                    s.keys.insert(id.to_string(), decode(kv.key(), kv.value())?);
+                }
+                _ => {}
+            }
+        }
+        Ok(s)
+    }
+
+    /// Creates an overlay network cluster-wide: its name and VNI claimed
+    /// and its record written in one transaction. `vni`: the one asked
+    /// for, else the first free from [`FIRST_VNI`]. Returns the VNI.
+    pub fn create_network(&self, n: &Network, vni: Option<u32>) -> Result<u32, ClusterError> {
+        let taken: Vec<u32> = {
+            let r = self.run(|mut c| async move {
+                c.get(
+                    key(&["vnis", ""]),
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+            })?;
+            r.kvs()
+                .iter()
+                .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
+                .collect()
+        };
+        let vni = match vni {
+            Some(v) if taken.contains(&v) => return Err(ClusterError::VniInUse(v)),
+            Some(v) => v,
+            None => (FIRST_VNI..(1 << 24))
+                .find(|v| !taken.contains(v))
+                .ok_or(ClusterError::NoVni)?,
+        };
+        let mut rec = n.clone();
+        rec.options.insert(VNI_OPTION.into(), vni.to_string());
+        let (kn, kv, kr) = (
+            key(&["netnames", &n.name]),
+            key(&["vnis", &vni.to_string()]),
+            key(&["networks", &n.id]),
+        );
+        let json = serde_json::to_vec(&rec).expect("json");
+        let id = n.id.clone();
+        let (kn2, kv2) = (kn.clone(), kv.clone());
+        let r = self.run(|mut c| async move {
+            c.txn(
+                Txn::new()
+                    .when([
+                        Compare::create_revision(kn2, CompareOp::Equal, 0),
+                        Compare::create_revision(kv2, CompareOp::Equal, 0),
+                    ])
+                    .and_then([
+                        TxnOp::put(kn, id.clone(), None),
+                        TxnOp::put(kv, id, None),
+                        TxnOp::put(kr, json, None),
+                    ]),
+            )
+            .await
+        })?;
+        if r.succeeded() {
+            return Ok(vni);
+        }
+        // Which one was taken, for the message.
+        let nk = key(&["netnames", &n.name]);
+        let name_taken = self
+            .run(|mut c| async move { c.get(nk, None).await })?
+            .count()
+            > 0;
+        Err(if name_taken {
+            ClusterError::NameInUse(n.name.clone())
+        } else {
+            ClusterError::VniInUse(vni)
+        })
+    }
+
+    /// Removes an overlay network cluster-wide, refused while any host has
+    /// an endpoint on it (checked in the same transaction).
+    pub fn delete_network(&self, n: &Network) -> Result<(), ClusterError> {
+        let eps = key(&["endpoints", &n.id, ""]);
+        let eps2 = eps.clone();
+        let users = self
+            .run(|mut c| async move { c.get(eps2, Some(GetOptions::new().with_prefix())).await })?;
+        if users.count() > 0 {
+            let mut hosts: Vec<String> = users
+                .kvs()
+                .iter()
+                .filter_map(|kv| decode::<EndpointRecord>(kv.key(), kv.value()).ok())
+                .map(|e| e.host)
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            return Err(ClusterError::InUse {
+                name: n.name.clone(),
+                hosts: hosts.join(", "),
+            });
+        }
+        let vni = n.options.get(VNI_OPTION).cloned().unwrap_or_default();
+        let (kn, kv, kr, ki, kk) = (
+            key(&["netnames", &n.name]),
+            key(&["vnis", &vni]),
+            key(&["networks", &n.id]),
+            key(&["ipam", &n.id, ""]),
+            key(&["keys", &n.id]),
+        );
+        let r = self.run(|mut c| async move {
+            // (Still no endpoint: the range is empty.)
+            let end = prefix_end(&eps);
+            c.txn(
+                Txn::new()
+                    .when([Compare::version(eps, CompareOp::Equal, 0).with_range(end)])
+                    .and_then([
+                        TxnOp::delete(kn, None),
+                        TxnOp::delete(kv, None),
+                        TxnOp::delete(kr, None),
+                        TxnOp::delete(ki, Some(etcd_client::DeleteOptions::new().with_prefix())),
+                        TxnOp::delete(kk, None),
+                    ]),
+            )
+            .await
+        })?;
+        if !r.succeeded() {
+            return Err(ClusterError::InUse {
+                name: n.name.clone(),
+                hosts: "(a host that joined a moment ago)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Allocates an address of `n`'s pool for endpoint `owner` under this
+    /// host's lease: `requested` if given and free, else the first free
+    /// one after the lowest (network, gateway, broadcast and auxiliary
+    /// addresses excluded). Each try is a create-if-absent transaction.
+    pub fn allocate(
+        &self,
+        n: &Network,
+        requested: Option<Ipv4Addr>,
+        owner: &str,
+    ) -> Result<Ipv4Addr, ClusterError> {
+        let pool = n.pools.first().ok_or(ClusterError::Exhausted)?;
+        let lease = self.lease();
+        let prefix = key(&["ipam", &n.id, ""]);
+        let p2 = prefix.clone();
+        let used: std::collections::BTreeSet<Ipv4Addr> = self
+            .run(|mut c| async move {
+                c.get(p2, Some(GetOptions::new().with_prefix().with_keys_only()))
+                    .await
+            })?
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
+            .collect();
+        let candidates: Box<dyn Iterator<Item = Ipv4Addr>> = match requested {
+            Some(a) => Box::new(std::iter::once(a)),
+            None => {
+                let range = pool.ip_range.unwrap_or(pool.subnet);
+                Box::new(
+                    (u32::from(range.network())..=u32::from(range.broadcast()))
+                        .map(Ipv4Addr::from)
+                        .filter(|a| !crate::ipam::is_reserved(pool, *a) && !used.contains(a)),
+                )
+            }
+        };
+        for (i, a) in candidates.enumerate() {
+            if i > 64 {
+                break;
+            }
+            let k = format!("{prefix}{a}");
+            let owner = owner.to_string();
+            let r = self.run(|mut c| async move {
+                c.txn(
+                    Txn::new()
+                        .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+                        .and_then([TxnOp::put(
+                            k,
+                            owner,
+                            Some(PutOptions::new().with_lease(lease)),
+                        )]),
+                )
+                .await
+            })?;
+            if r.succeeded() {
+                return Ok(a);
+            }
+            if requested.is_some() {
+                return Err(ClusterError::AddrInUse(a));
+            }
+        }
+        Err(ClusterError::Exhausted)
+    }
+
+    /// Frees an address.
+    pub fn release(&self, network_id: &str, a: Ipv4Addr) -> Result<(), ClusterError> {
+        let k = key(&["ipam", network_id, &a.to_string()]);
+        self.run(|mut c| async move { c.delete(k, None).await })
+            .map(drop)
+    }
+
+    /// Registers (or refreshes) an endpoint under this host's lease, and
+    /// its address too (after a restart the lease may be new).
+    pub fn put_endpoint(&self, e: &EndpointRecord) -> Result<(), ClusterError> {
+        let lease = self.lease();
+        let k = key(&["endpoints", &e.network_id, &e.endpoint_id]);
+        let ka = key(&["ipam", &e.network_id, &e.ipv4.to_string()]);
+        let json = serde_json::to_vec(e).expect("json");
+        let id = e.endpoint_id.clone();
+        self.run(|mut c| async move {
+            let opts = || Some(PutOptions::new().with_lease(lease));
+            c.txn(Txn::new().and_then([TxnOp::put(k, json, opts()), TxnOp::put(ka, id, opts())]))
+                .await
+        })
+        .map(drop)
+    }
+
+    /// Unregisters an endpoint.
+    pub fn delete_endpoint(&self, network_id: &str, endpoint_id: &str) -> Result<(), ClusterError> {
+        let k = key(&["endpoints", network_id, endpoint_id]);
+        self.run(|mut c| async move { c.delete(k, None).await })
+            .map(drop)
+    }
+
+    /// Writes an encrypted network's key ring if it is still at
+    /// `expected_rev` (0: absent): one rotation wins when several hosts
+    /// try at once. Returns whether it was written.
+    pub fn put_keys(
+        &self,
+        network_id: &str,
+        ring: &KeyRing,
+        expected_rev: i64,
+    ) -> Result<bool, ClusterError> {
+        let k = key(&["keys", network_id]);
+        let json = serde_json::to_vec(ring).expect("json");
+        let r = self.run(|mut c| async move {
+            c.txn(
+                Txn::new()
+                    .when([Compare::mod_revision(
+                        k.clone(),
+                        CompareOp::Equal,
+                        expected_rev,
+                    )])
+                    .and_then([TxnOp::put(k, json, None)]),
+            )
+            .await
+        })?;
+        Ok(r.succeeded())
+    }
+
+    /// A network's key ring and its revision (0 when absent).
+    pub fn keys(&self, network_id: &str) -> Result<(Option<KeyRing>, i64), ClusterError> {
+        let k = key(&["keys", network_id]);
+        let r = self.run(|mut c| async move { c.get(k, None).await })?;
+        match r.kvs().first() {
+            None => Ok((None, 0)),
+            Some(kv) => Ok((Some(decode(kv.key(), kv.value())?), kv.mod_revision())),
+        }
+    }
+
+    /// Watches the prefix from `revision`; calls `on_change` (on the
+    /// runtime) after each batch of events, and returns when the watch
+    /// breaks (etcd unreachable, compaction): the caller resynchronises.
+    pub async fn watch(
+        &self,
+        revision: i64,
+        mut on_change: impl FnMut(),
+    ) -> Result<(), ClusterError> {
+        let mut c = self.client.clone();
+        let mut stream = c
+            .watch(
+                PREFIX,
+                Some(
+                    etcd_client::WatchOptions::new()
+                        .with_prefix()
+                        .with_start_revision(revision + 1),
+                ),
+            )
+            .await?;
+        while let Some(resp) = stream.message().await? {
+            if resp.canceled() || resp.compact_revision() > 0 {
+                return Ok(());
+            }
+            if !resp.events().is_empty() {
+                on_change();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The option that carries an overlay's VNI (Docker's name).
+pub const VNI_OPTION: &str = "com.docker.network.driver.overlay.vxlanid_list";
+
+/// The end of the range of keys starting with `prefix` (etcd's
+/// convention: the prefix with its last byte incremented).
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_options() {
+        let c = StoreConfig::parse("etcd://10.0.0.1:2379,10.0.0.2:2379").unwrap();
+        assert_eq!(
+            c.endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        let c = StoreConfig::parse("etcds://e:2379").unwrap();
+        assert_eq!(c.endpoints, ["https://e:2379"]);
+        for bad in [
+            "",
+            "consul://a:1",
+            "etcd://",
+            "etcd://a",
+            "etcd://a:0",
+            "etcd://a:x",
+        ] {
+            assert!(StoreConfig::parse(bad).is_err(), "{bad}");
+        }
+        let mut c = StoreConfig::default();
+        c.set_opt("kv.cacertfile=/ca.pem").unwrap();
+        assert_eq!(c.ca.as_deref(), Some("/ca.pem"));
+        assert!(c.set_opt("kv.zzz=1").is_err());
+        assert!(c.set_opt("novalue").is_err());
+        assert_eq!(prefix_end("/a/b/"), b"/a/b0".to_vec());
+    }
+}
