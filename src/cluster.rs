@@ -317,6 +317,11 @@ impl Cluster {
         }
     }
 
+    /// The store's endpoints.
+    pub fn endpoints(&self) -> &[String] {
+        &self.cfg.endpoints
+    }
+
     /// Whether the last request reached etcd.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -644,12 +649,12 @@ impl Cluster {
     }
 
     /// Watches the prefix from `revision`; calls `on_change` (on the
-    /// runtime) after each batch of events, and returns when the watch
+    /// runtime) with each batch of changes, and returns when the watch
     /// breaks (etcd unreachable, compaction): the caller resynchronises.
     pub async fn watch(
         &self,
         revision: i64,
-        mut on_change: impl FnMut(),
+        mut on_change: impl FnMut(Vec<Change>),
     ) -> Result<(), ClusterError> {
         let mut c = self.client.clone();
         let mut stream = c
@@ -666,12 +671,59 @@ impl Cluster {
             if resp.canceled() || resp.compact_revision() > 0 {
                 return Ok(());
             }
-            if !resp.events().is_empty() {
-                on_change();
+            let changes: Vec<Change> = resp
+                .events()
+                .iter()
+                .map(|ev| {
+                    let Some(kv) = ev.kv() else {
+                        return Change::Other;
+                    };
+                    let k = kv.key_str().unwrap_or_default();
+                    let rest = k.strip_prefix(PREFIX).unwrap_or_default();
+                    match (
+                        ev.event_type(),
+                        rest.split('/').collect::<Vec<_>>().as_slice(),
+                    ) {
+                        (etcd_client::EventType::Put, ["endpoints", _, _]) => {
+                            match decode::<EndpointRecord>(kv.key(), kv.value()) {
+                                Ok(e) => Change::EndpointPut(e),
+                                Err(_) => Change::Other,
+                            }
+                        }
+                        (etcd_client::EventType::Delete, ["endpoints", net, ep]) => {
+                            Change::EndpointGone {
+                                network_id: net.to_string(),
+                                endpoint_id: ep.to_string(),
+                            }
+                        }
+                        // Addresses change with every endpoint: nothing to do.
+                        (_, ["ipam", ..]) => Change::None,
+                        _ => Change::Other,
+                    }
+                })
+                .collect();
+            if !changes.is_empty() {
+                on_change(changes);
             }
         }
         Ok(())
     }
+}
+
+/// One change the watch saw. Endpoints come and go most often (every
+/// container start and stop, every lease that expires): they are applied
+/// one by one; anything else makes the host read the whole state again.
+#[derive(Clone, Debug)]
+pub enum Change {
+    EndpointPut(EndpointRecord),
+    EndpointGone {
+        network_id: String,
+        endpoint_id: String,
+    },
+    /// Needs nothing from this host.
+    None,
+    /// A network, host or key ring changed.
+    Other,
 }
 
 /// The option that carries an overlay's VNI (Docker's name).

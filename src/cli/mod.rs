@@ -102,6 +102,13 @@ enum Cmd {
     },
     /// Print the output of a `run -d` command.
     Logs { container: String },
+    /// This host in its cluster (overlay networks): store, VTEP, lease,
+    /// peers, requests made.
+    Cluster {
+        /// `json` for the raw object.
+        #[arg(long)]
+        format: Option<String>,
+    },
     /// Replay a pcapng file through an in-memory switch.
     Replay {
         #[arg(long)]
@@ -194,6 +201,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Rm { force, containers } => container::rm(&client(&cli.host)?, force, &containers),
         Cmd::Logs { container } => container::logs(&client(&cli.host)?, &container),
         Cmd::Version(a) => version::version(&client(&cli.host)?, a),
+        Cmd::Cluster { format } => {
+            let v: serde_json::Value = client(&cli.host)?.get("/tapnet/cluster")?;
+            match format.as_deref() {
+                Some("json") => println!("{v}"),
+                None | Some("table") => {
+                    for k in [
+                        "Host",
+                        "VTEP",
+                        "Store",
+                        "Healthy",
+                        "Lease",
+                        "Requests",
+                        "RemoteEndpoints",
+                    ] {
+                        let val = match &v[k] {
+                            serde_json::Value::String(s) => s.clone(),
+                            serde_json::Value::Array(a) => a
+                                .iter()
+                                .filter_map(|x| x.as_str())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            other => other.to_string(),
+                        };
+                        println!("{k}: {val}");
+                    }
+                }
+                Some(f) => anyhow::bail!("unsupported --format {f:?} (json or table)"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Completion { shell } => version::completion(shell),
         Cmd::Replay {
             topology,

@@ -315,6 +315,7 @@ pub fn router(core: Shared) -> Router {
         .route("/tapnet/attach", post(tapnet_attach))
         .route("/tapnet/conntrack", get(tapnet_conntrack))
         .route("/tapnet/conntrack/stats", get(tapnet_conntrack_stats))
+        .route("/tapnet/cluster", get(tapnet_cluster))
         .fallback(|req: Request| async move {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -488,6 +489,17 @@ async fn tapnet_conntrack_stats(State(c): State<Shared>) -> Result<Response, Api
 async fn tapnet_conntrack(State(c): State<Shared>, Query(q): Q) -> Result<Response, ApiError> {
     let container = q.get("container").cloned();
     let v = call(&c, move |c| c.conntrack(container.as_deref())).await?;
+    Ok(Json(v).into_response())
+}
+
+/// `GET /tapnet/cluster`: this host in the cluster (404 when the daemon
+/// has no cluster store).
+async fn tapnet_cluster(State(c): State<Shared>) -> Result<Response, ApiError> {
+    let v = call(&c, |c| {
+        c.cluster_status()
+            .ok_or_else(|| NetworkError::Cluster(crate::cluster::ClusterError::NotConfigured))
+    })
+    .await?;
     Ok(Json(v).into_response())
 }
 

@@ -237,6 +237,29 @@ impl Core {
         self.create_network(req).map(drop)
     }
 
+    /// This host in the cluster, for `tapnet cluster`.
+    pub fn cluster_status(&self) -> Option<serde_json::Value> {
+        let c = self.cluster.as_ref()?;
+        let remote: usize = self.applied.remote.values().map(|m| m.len()).sum();
+        Some(serde_json::json!({
+            "Host": c.host,
+            "VTEP": c.vtep.to_string(),
+            "Store": self.cluster_store_endpoints(),
+            "Healthy": c.healthy(),
+            "Lease": format!("{:x}", c.lease()),
+            "Requests": c.requests(),
+            "RemoteEndpoints": remote,
+            "Peers": self.applied.peers.iter().map(|(n, p)| (n.clone(), p.iter().map(|a| a.to_string()).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
+        }))
+    }
+
+    fn cluster_store_endpoints(&self) -> Vec<String> {
+        self.cluster
+            .as_ref()
+            .map(|c| c.endpoints().to_vec())
+            .unwrap_or_default()
+    }
+
     /// Reconciles this host with the cluster (see the module doc). Returns
     /// the revision of the snapshot it used.
     pub fn cluster_sync(&mut self) -> Result<i64, ClusterError> {
@@ -373,57 +396,22 @@ impl Core {
             .cloned()
             .collect();
         for net_id in nets {
-            let Some(net) = self.dp_net_id(&net_id) else {
-                continue;
-            };
             let want = wanted.remove(&net_id).unwrap_or_default();
-            let have = self.applied.remote.remove(&net_id).unwrap_or_default();
-            let mut now = BTreeMap::new();
-            for (id, e) in &have {
-                if want.get(id) == Some(e) {
-                    now.insert(id.clone(), e.clone());
-                    continue;
-                }
-                let _ = dp::remove_remote(&self.dp, net, e.mac);
-                self.dp
-                    .dns_remove_endpoint(net, &e.container_id, Some(e.ipv4));
-            }
-            for (id, e) in &want {
-                if now.contains_key(id) {
-                    continue;
-                }
-                if let Err(err) = dp::add_remote(&self.dp, net, e) {
-                    tracing::error!("cluster: remote endpoint {}: {err}", &id[..12]);
-                    continue;
-                }
-                let dns = DnsEndpoint {
-                    container_id: e.container_id.clone(),
-                    name: e.name.clone(),
-                    hostname: Some(e.hostname.clone()),
-                    aliases: e.aliases.clone(),
-                    ipv4: Some(e.ipv4),
-                    links: vec![],
-                    upstreams: vec![],
-                };
-                if let Err(err) = self.dp.dns_add_endpoint(net, dns) {
-                    tracing::warn!("cluster: names of {}: {err}", e.name);
-                }
-                now.insert(id.clone(), e.clone());
-            }
-            let mut peers: Vec<SocketAddr> = now.values().map(|e| e.vtep).collect();
-            peers.sort();
-            peers.dedup();
-            if self.applied.peers.get(&net_id) != Some(&peers) {
-                match dp::set_peers(&self.dp, net, &peers) {
-                    Ok(()) => {
-                        self.applied.peers.insert(net_id.clone(), peers);
-                    }
-                    Err(e) => tracing::error!("cluster: peers of {}: {e}", &net_id[..12]),
+            let have: Vec<EndpointRecord> = self
+                .applied
+                .remote
+                .get(&net_id)
+                .map(|m| m.values().cloned().collect())
+                .unwrap_or_default();
+            for e in have {
+                if want.get(&e.endpoint_id) != Some(&e) {
+                    self.remote_gone(&net_id, &e.endpoint_id);
                 }
             }
-            if !now.is_empty() {
-                self.applied.remote.insert(net_id, now);
+            for e in want.into_values() {
+                self.remote_put(e);
             }
+            self.update_peers(&net_id);
         }
         // This host's plugged endpoints the cluster lost (lease expired).
         let st = self.store.state().clone();
@@ -447,6 +435,121 @@ impl Core {
                 ),
                 Err(err) => tracing::warn!("cluster: endpoint {}: {err}", &e.id[..12]),
             }
+        }
+    }
+
+    /// Applies the watch's changes: endpoints one by one, anything else
+    /// by a full sync. Returns whether a full sync is still needed (it
+    /// failed).
+    pub fn cluster_apply(&mut self, changes: Vec<crate::cluster::Change>) -> bool {
+        use crate::cluster::Change;
+        let Some(host) = self.cluster.as_ref().map(|c| c.host.clone()) else {
+            return false;
+        };
+        let mut full = false;
+        let mut touched = BTreeSet::new();
+        for ch in changes {
+            match ch {
+                Change::EndpointPut(e) if e.host != host => {
+                    touched.insert(e.network_id.clone());
+                    self.remote_put(e);
+                }
+                Change::EndpointPut(_) | Change::None => {}
+                Change::EndpointGone {
+                    network_id,
+                    endpoint_id,
+                } => {
+                    touched.insert(network_id.clone());
+                    self.remote_gone(&network_id, &endpoint_id);
+                }
+                Change::Other => full = true,
+            }
+        }
+        for net in touched {
+            self.update_peers(&net);
+        }
+        full && self.cluster_sync().is_err()
+    }
+
+    /// Another host's endpoint: pinned in the switch and named in DNS
+    /// (replacing what was applied for it).
+    fn remote_put(&mut self, e: EndpointRecord) {
+        let Some(net) = self.dp_net_id(&e.network_id) else {
+            return;
+        };
+        if let Some(old) = self
+            .applied
+            .remote
+            .get(&e.network_id)
+            .and_then(|m| m.get(&e.endpoint_id))
+        {
+            if *old == e {
+                return;
+            }
+            let (net_id, ep_id) = (e.network_id.clone(), e.endpoint_id.clone());
+            self.remote_gone(&net_id, &ep_id);
+        }
+        if let Err(err) = dp::add_remote(&self.dp, net, &e) {
+            tracing::error!("cluster: remote endpoint {}: {err}", &e.endpoint_id[..12]);
+            return;
+        }
+        let dns = DnsEndpoint {
+            container_id: e.container_id.clone(),
+            name: e.name.clone(),
+            hostname: Some(e.hostname.clone()),
+            aliases: e.aliases.clone(),
+            ipv4: Some(e.ipv4),
+            links: vec![],
+            upstreams: vec![],
+        };
+        if let Err(err) = self.dp.dns_add_endpoint(net, dns) {
+            tracing::warn!("cluster: names of {}: {err}", e.name);
+        }
+        self.applied
+            .remote
+            .entry(e.network_id.clone())
+            .or_default()
+            .insert(e.endpoint_id.clone(), e);
+    }
+
+    /// Another host's endpoint is gone: out of the switch and the DNS.
+    fn remote_gone(&mut self, network_id: &str, endpoint_id: &str) {
+        let Some(e) = self
+            .applied
+            .remote
+            .get_mut(network_id)
+            .and_then(|m| m.remove(endpoint_id))
+        else {
+            return;
+        };
+        if let Some(net) = self.dp_net_id(network_id) {
+            let _ = dp::remove_remote(&self.dp, net, e.mac);
+            self.dp
+                .dns_remove_endpoint(net, &e.container_id, Some(e.ipv4));
+        }
+    }
+
+    /// A network's peers: the VTEPs of the other hosts' endpoints on it.
+    fn update_peers(&mut self, network_id: &str) {
+        let Some(net) = self.dp_net_id(network_id) else {
+            return;
+        };
+        let mut peers: Vec<SocketAddr> = self
+            .applied
+            .remote
+            .get(network_id)
+            .map(|m| m.values().map(|e| e.vtep).collect())
+            .unwrap_or_default();
+        peers.sort();
+        peers.dedup();
+        if self.applied.peers.get(network_id) == Some(&peers) {
+            return;
+        }
+        match dp::set_peers(&self.dp, net, &peers) {
+            Ok(()) => {
+                self.applied.peers.insert(network_id.to_string(), peers);
+            }
+            Err(e) => tracing::error!("cluster: peers of {}: {e}", &network_id[..12]),
         }
     }
 
@@ -623,18 +726,25 @@ pub async fn watch(core: super::Shared) {
                 continue;
             }
         };
-        let changed = std::sync::Arc::new(tokio::sync::Notify::new());
-        let n2 = changed.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let c2 = c.clone();
-        let mut w = tokio::spawn(async move { c2.watch(rev, || n2.notify_one()).await });
+        let mut w = tokio::spawn(async move {
+            c2.watch(rev, move |changes| {
+                let _ = tx.send(changes);
+            })
+            .await
+        });
         loop {
             tokio::select! {
-                _ = changed.notified() => {
-                    // Gather a burst of changes into one sync.
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                    if let Err(e) = super::call(&core, |core| core.cluster_sync()).await {
-                        tracing::debug!("cluster: sync: {e}");
+                Some(mut changes) = rx.recv() => {
+                    // A burst of changes in one go.
+                    while let Ok(more) = rx.try_recv() {
+                        changes.extend(more);
                     }
+                    let _ = super::call(&core, move |core| {
+                        Ok::<_, ClusterError>(core.cluster_apply(changes))
+                    })
+                    .await;
                 }
                 _ = &mut w => break,
             }
