@@ -7,6 +7,7 @@
 
 mod ctl_support;
 mod overlay_support;
+mod rootless_support;
 
 use std::time::Duration;
 
@@ -241,4 +242,264 @@ fn leases_outages_and_restarts() {
         h2.network_names().contains(&"later".to_string())
     });
     assert!(works(&h2, "b1", "ping -c1 -W2 a1"));
+}
+
+/// An overlay container's way out is its host's `docker_gwbridge` (ICC
+/// off, made on demand, the default route there); `-p` publishes on the
+/// container's host; an `--internal` overlay gets nothing out.
+#[test]
+fn egress_published_ports_and_internal_overlays() {
+    let u = Underlay::new();
+    let _etcd = Etcd::start(&u);
+    let h1 = host(&u, 1, &[]);
+    let h2 = host(&u, 2, &[]);
+    let out = Outside::connect(h1.netns(), &["198.51.100.1/24"], "198.51.100.2/24");
+    let www = TempDir::new();
+    std::fs::write(www.0.join("file"), "from-outside\n").unwrap();
+    std::fs::write(www.0.join("pub"), "published-overlay\n").unwrap();
+    let dir = www.0.display().to_string();
+    let _httpd = out
+        .ns
+        .spawn(&["busybox", "httpd", "-f", "-p", "80", "-h", &dir]);
+
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.125.0.0/24",
+        "ov",
+    ]);
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--internal",
+        "--subnet",
+        "10.127.0.0/24",
+        "iov",
+    ]);
+    eventually(&h2, "the overlays on host 2", 10, || {
+        let n = h2.network_names();
+        n.contains(&"ov".to_string()) && n.contains(&"iov".to_string())
+    });
+    h1.sleeper("a1", &["ov"], &[]);
+    // The container's second interface and its default route are on the
+    // host's docker_gwbridge, ICC off there.
+    let gw = h1.inspect_network(GWBRIDGE);
+    assert_eq!(gw["Driver"], "bridge");
+    assert_eq!(
+        gw["Options"]["com.docker.network.bridge.enable_icc"], "false",
+        "{gw}"
+    );
+    assert!(!h1.ip_of("a1", GWBRIDGE).is_empty());
+    let route = h1.exec_sh("a1", "ip route show default").stdout;
+    let gw_addr = h1.gateway_of(GWBRIDGE);
+    assert!(route.contains(&gw_addr), "{route} (gateway {gw_addr})");
+    retry("a1 reaching the outside", Duration::from_secs(10), || {
+        let o = h1.exec_sh("a1", "curl -sS -m 5 http://198.51.100.2/file");
+        (o.stdout == "from-outside\n")
+            .then_some(())
+            .ok_or(format!("{o:?}"))
+    });
+
+    // -p on an overlay container publishes on its host; the other host's
+    // containers still reach it over the overlay.
+    h1.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "w1",
+        "--network",
+        "ov",
+        "-p",
+        "8088:8080",
+        "--",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        &dir,
+    ]);
+    retry("the published port", Duration::from_secs(10), || {
+        let o = out.ns.sh("curl -sS -m 5 http://198.51.100.1:8088/pub");
+        (o.stdout == "published-overlay\n")
+            .then_some(())
+            .ok_or(format!("{o:?}"))
+    });
+    h2.sleeper("b1", &["ov"], &[]);
+    retry("b1 on host 2 reaching w1", Duration::from_secs(15), || {
+        let o = h2.exec_sh("b1", "curl -sS -m 5 http://w1:8080/pub");
+        (o.stdout == "published-overlay\n")
+            .then_some(())
+            .ok_or(format!("{o:?}"))
+    });
+
+    // --internal: no gwbridge interface, nothing out.
+    h1.sleeper("i1", &["iov"], &[]);
+    let nets = h1.inspect_container("i1")["NetworkSettings"]["Networks"].clone();
+    assert!(nets.get(GWBRIDGE).is_none(), "{nets}");
+    assert!(!works(&h1, "i1", "curl -sS -m 3 http://198.51.100.2/file"));
+}
+
+/// `-o encrypted`: the hosts exchange ESP (AES-GCM) and no plain VXLAN;
+/// traffic goes on across a key rotation.
+#[test]
+fn encrypted_overlays_carry_only_esp() {
+    let u = Underlay::new();
+    let _etcd = Etcd::start(&u);
+    let env = [("TAPNET_KEY_ROTATION", "4")];
+    let h1 = host_env(&u, 1, &[], &env);
+    let h2 = host_env(&u, 2, &[], &env);
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "-o",
+        "encrypted",
+        "--subnet",
+        "10.128.0.0/24",
+        "sec",
+    ]);
+    eventually(&h2, "sec on host 2", 10, || {
+        h2.network_names().contains(&"sec".to_string())
+    });
+    let v = h2.inspect_network("sec");
+    assert_eq!(v["Options"]["com.docker.network.driver.mtu"], "1412", "{v}");
+    h1.sleeper("s1", &["sec"], &[]);
+    h2.sleeper("s2", &["sec"], &[]);
+    eventually(&h1, "s1 reaching s2", 15, || {
+        works(&h1, "s1", "ping -c1 -W1 s2")
+    });
+
+    // What crosses the underlay while they talk.
+    let dir = TempDir::new();
+    let file = dir.0.join("ul.pcapng").display().to_string();
+    let mut tshark = std::process::Command::new("ip")
+        .args(["netns", "exec", &u.sw.name, "tshark", "-q", "-i", "br0"])
+        .args(["-a", "duration:6", "-w", &file])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("tshark (apt-get install tshark; sudo ./scripts/test.sh does)");
+    std::thread::sleep(Duration::from_secs(2));
+    h2.ok(&["exec", "s2", "--", "sh", "-c", "mkdir -p /tmp/e && head -c 2097152 /dev/zero > /tmp/e/big && (busybox httpd -f -p 8080 -h /tmp/e &)"]);
+    retry("TCP over ESP", Duration::from_secs(10), || {
+        let o = h1.exec_sh("s1", "curl -s -m 10 http://s2:8080/big | wc -c");
+        (o.stdout.trim() == "2097152")
+            .then_some(())
+            .ok_or(format!("{o:?}"))
+    });
+    let st = tshark.wait().unwrap();
+    assert!(st.success(), "tshark: {st}");
+    let count = |filter: &str| -> usize {
+        let o = std::process::Command::new("tshark")
+            .args(["-r", &file, "-Y", filter])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).lines().count()
+    };
+    assert!(count("esp") > 100, "ESP packets: {}", count("esp"));
+    assert_eq!(count("vxlan || udp.port == 4789"), 0);
+
+    // Keys rotate every 4 s here: traffic goes on across rotations.
+    std::thread::sleep(Duration::from_secs(9));
+    assert!(works(&h1, "s1", "ping -c3 -W2 s2"), "{}", h1.log());
+    assert!(works(&h2, "s2", "ping -c1 -W2 s1"), "{}", h2.log());
+}
+
+/// A Linux kernel `vxlan` device (same VNI and port, a static default FDB
+/// entry towards host 1) talks to a tapnet overlay container: ping and TCP
+/// both ways. tapnet learns the kernel's MAC behind its VTEP.
+#[test]
+fn a_kernel_vxlan_device_joins_an_overlay() {
+    let u = Underlay::new();
+    let _etcd = Etcd::start(&u);
+    let h1 = host(&u, 1, &[]);
+    let kn = Netns::new();
+    u.attach(&kn.name, "eth0", &host_ip(9));
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--subnet",
+        "10.126.0.0/24",
+        "-o",
+        "com.docker.network.driver.overlay.vxlanid_list=5000",
+        "kv",
+    ]);
+    h1.sleeper("k1", &["kv"], &[]);
+    let k1 = h1.ip_of("k1", "kv");
+    kn.sh_ok(&format!(
+        "ip link add vx0 type vxlan id 5000 dstport 4789 local {} dev eth0 nolearning && \
+         ip addr add 10.126.0.200/24 dev vx0 && ip link set vx0 up && \
+         bridge fdb append 00:00:00:00:00:00 dev vx0 dst {}",
+        host_ip(9),
+        host_ip(1)
+    ));
+    retry(
+        "the kernel's vxlan pinging k1",
+        Duration::from_secs(10),
+        || {
+            let o = kn.sh(&format!("ping -c1 -W1 {k1}"));
+            (o.code == 0).then_some(()).ok_or(format!("{o:?}"))
+        },
+    );
+    assert!(works(&h1, "k1", "ping -c2 -W2 10.126.0.200"));
+    // TCP both ways: a few MiB from the container (segmented before the
+    // tunnel), then from the kernel's side.
+    h1.ok(&["exec", "k1", "--", "sh", "-c", "mkdir -p /tmp/k && head -c 4194304 /dev/zero > /tmp/k/big && (busybox httpd -f -p 8080 -h /tmp/k &)"]);
+    retry("curl from the kernel side", Duration::from_secs(10), || {
+        let o = kn.sh(&format!("curl -s -m 10 http://{k1}:8080/big | wc -c"));
+        (o.stdout.trim() == "4194304")
+            .then_some(())
+            .ok_or(format!("{o:?}"))
+    });
+    let files = TempDir::new();
+    std::fs::write(files.0.join("k"), vec![b'k'; 3_000_000]).unwrap();
+    let _srv = kn.spawn(&[
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8081",
+        "-h",
+        &files.0.display().to_string(),
+    ]);
+    retry("curl from the container", Duration::from_secs(10), || {
+        let o = h1.exec_sh("k1", "curl -s -m 10 http://10.126.0.200:8081/k | wc -c");
+        (o.stdout.trim() == "3000000")
+            .then_some(())
+            .ok_or(format!("{o:?}"))
+    });
+}
+
+/// Rootless: two daemons of an ordinary user, on different VXLAN ports
+/// over loopback, connect their containers (`tests/rootless_overlay.sh`).
+#[test]
+fn rootless_daemons_share_an_overlay_over_loopback() {
+    let run = rootless_support::run_as_user_with("overlay", "tests/rootless_overlay.sh", |ns| {
+        let st = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "set up the rootless namespace {ns}");
+    });
+    let log = |f: &str| std::fs::read_to_string(run.work.join(f)).unwrap_or_default();
+    assert!(
+        run.status.success() && run.text.contains("ROOTLESS OVERLAY OK"),
+        "rootless script: {}\n{}\n--- trace\n{}\n--- daemon 1\n{}\n--- daemon 2\n{}\n--- etcd\n{}",
+        run.status,
+        run.text,
+        log("trace"),
+        log("d1.log"),
+        log("d2.log"),
+        log("etcd.log"),
+    );
 }

@@ -32,12 +32,21 @@ pub struct Overlay;
 pub const OPT_ENCRYPTED: &str = "encrypted";
 /// The overlay's default MTU (1500 minus VXLAN's 50 bytes).
 pub const DEFAULT_MTU: u32 = 1450;
+/// An encrypted overlay's default MTU: 1450 minus ESP's transport-mode
+/// overhead with AES-GCM (SPI 4, sequence 4, IV 8, ICV 16, pad length and
+/// next header 2, up to 3 of padding), rounded down to a multiple of 4 as
+/// Docker does.
+pub const ENCRYPTED_MTU: u32 = 1412;
 
 const OPTIONS: [&str; 4] = [OPT_ENCRYPTED, OPT_MTU, VNI_OPTION, OPT_ICC];
 
 /// Whether `n` is encrypted (`-o encrypted`, any value but false).
 pub fn encrypted(n: &Network) -> bool {
-    n.options
+    encrypted_opt(&n.options)
+}
+
+fn encrypted_opt(options: &Map) -> bool {
+    options
         .get(OPT_ENCRYPTED)
         .is_some_and(|v| v.is_empty() || parse_bool(v).unwrap_or(true))
 }
@@ -95,9 +104,14 @@ impl NetworkDriver for Overlay {
                 });
             }
         }
+        let mtu = if encrypted_opt(&options) {
+            ENCRYPTED_MTU
+        } else {
+            DEFAULT_MTU
+        };
         options
             .entry(OPT_MTU.to_string())
-            .or_insert_with(|| DEFAULT_MTU.to_string());
+            .or_insert_with(|| mtu.to_string());
         let bridge_like: Map = options
             .iter()
             .filter(|(k, _)| [OPT_MTU, OPT_ICC].contains(&k.as_str()))

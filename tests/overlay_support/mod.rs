@@ -11,6 +11,8 @@ use std::time::Duration;
 use crate::ctl_support::*;
 
 pub const ETCD: &str = "192.168.210.250";
+/// The host-local network of overlay containers' way out.
+pub const GWBRIDGE: &str = "docker_gwbridge";
 
 pub fn host_ip(n: u8) -> String {
     format!("192.168.210.{n}")
