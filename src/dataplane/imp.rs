@@ -383,6 +383,7 @@ impl Dataplane {
             mac: spec.mac.map(EthernetAddress),
             ip: spec.ip,
             max_macs: None,
+            tunnel: None,
         };
         let id = self.inner.switch.add_port(cfg)?;
         if let (Some(ip), Some(mac)) = (spec.ip, spec.mac) {
