@@ -452,14 +452,16 @@ pub fn flow_port(frame: &[u8]) -> u16 {
 impl<H: GatewayHook> Worker<H> {
     /// Runs a datagram received on the VXLAN port from `from`: checks the
     /// header and VNI, finds (or learns) the sender's tunnel port, and
-    /// runs the inner frame through the pipeline.
+    /// runs the inner frame through the pipeline. Returns what
+    /// [`Worker::process`] said and where the inner frame is in
+    /// `datagram` (to hand it over when claimed).
     pub fn process_vxlan<T: Transmit>(
         &mut self,
         cx: &BatchCx,
         from: SocketAddrV4,
         datagram: &[u8],
         tx: &mut T,
-    ) -> Processed {
+    ) -> (Processed, Range<usize>) {
         let slot = self.sw.tunnel.slot(self.id);
         slot.count_rx(datagram.len());
         let net = (|| {
@@ -474,10 +476,14 @@ impl<H: GatewayHook> Worker<H> {
             Ok(n.id)
         })();
         match net {
-            Ok(net) => self.tunnel_ingress(cx, net, *from.ip(), &datagram[vxlan::HEADER_LEN..], tx),
+            Ok(net) => {
+                let inner = vxlan::HEADER_LEN..datagram.len();
+                let p = self.tunnel_ingress(cx, net, *from.ip(), &datagram[inner.clone()], tx);
+                (p, inner)
+            }
             Err(r) => {
                 slot.count_drop(r);
-                Processed::Done
+                (Processed::Done, 0..0)
             }
         }
     }
@@ -485,13 +491,14 @@ impl<H: GatewayHook> Worker<H> {
     /// Runs an IPv4 packet of protocol 50 (ESP, header included, as a raw
     /// socket gives it): finds the key by SPI, checks the replay window,
     /// verifies and decrypts in place, checks the UDP and VXLAN headers
-    /// inside and runs the inner frame through the pipeline.
+    /// inside and runs the inner frame through the pipeline. Returns as
+    /// [`Worker::process_vxlan`].
     pub fn process_esp<T: Transmit>(
         &mut self,
         cx: &BatchCx,
         packet: &mut [u8],
         tx: &mut T,
-    ) -> Processed {
+    ) -> (Processed, Range<usize>) {
         let slot = self.sw.tunnel.slot(self.id);
         slot.count_rx(packet.len());
         let r = (|| {
@@ -525,10 +532,13 @@ impl<H: GatewayHook> Worker<H> {
             Ok((n.id, from, inner.start + vxlan::HEADER_LEN..inner.end))
         })();
         match r {
-            Ok((net, from, inner)) => self.tunnel_ingress(cx, net, from, &packet[inner], tx),
+            Ok((net, from, inner)) => {
+                let p = self.tunnel_ingress(cx, net, from, &packet[inner.clone()], tx);
+                (p, inner)
+            }
             Err(r) => {
                 slot.count_drop(r);
-                Processed::Done
+                (Processed::Done, 0..0)
             }
         }
     }
