@@ -264,6 +264,7 @@ pub fn parse_topology(text: &str) -> anyhow::Result<Topology> {
                 mac,
                 ip,
                 max_macs: p.max_macs,
+                tunnel: None,
             },
             net,
         ));

@@ -131,6 +131,7 @@ fn net(dp: &Dataplane, id: u32, name: &str, subnet: &str, gw: Ipv4Addr, icc: boo
             internal: false,
             masquerade: true,
             dns: true,
+            overlay: None,
         },
     )
     .expect("add network");

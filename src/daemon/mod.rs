@@ -338,6 +338,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         host_loopback: cfg.host_loopback,
         conntrack: cfg.conntrack,
         faults: dataplane_faults()?,
+        vtep: None,
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)

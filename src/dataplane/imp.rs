@@ -1,4 +1,5 @@
 use super::inject::{self, InjectRx, InjectTx, Injected, WorkerWake};
+use super::vtep::{TunnelRx, TunnelTx, Vtep};
 use super::*;
 use anyhow::{bail, Context};
 use crossbeam_channel::{Receiver, Sender};
@@ -7,15 +8,16 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tapnet_dns::{DnsHook, FastRng, Registry, Responder, ResponderConfig};
 use tapnet_switch::wire::{vnet, EthernetAddress, VnetHdr};
 use tapnet_switch::{
-    DropReason, NetworkConfig, NetworkId, Port, PortConfig, PortStats, Processed, Switch,
-    SwitchConfig, Transmit, Worker,
+    DropReason, NetworkConfig, NetworkId, OverlayConfig, Port, PortConfig, PortStats, Processed,
+    Switch, SwitchConfig, Topology, Transmit, Worker,
 };
 
 /// The services behind each network's gateway, per worker: the embedded
@@ -32,6 +34,10 @@ const READ_BUDGET: usize = 64;
 /// Largest frame plus virtio-net header a TAP hands us (64 KiB GSO).
 const RX_BUF_LEN: usize = super::nat::FRAME_BUF;
 const WAKER: Token = Token(usize::MAX);
+/// The VTEP's UDP socket (worker 0).
+const VTEP_UDP: Token = Token(usize::MAX - 1);
+/// The VTEP's raw ESP socket (worker 0).
+const VTEP_ESP: Token = Token(usize::MAX - 2);
 
 enum Cmd {
     AddQueue { port: u32, fd: OwnedFd },
@@ -48,6 +54,7 @@ struct Inner {
     switch: Arc<Switch>,
     workers: Vec<WorkerHandle>,
     nets: Mutex<HashMap<NetId, NetworkId>>,
+    vtep: Option<Arc<Vtep>>,
     dns: Arc<Registry>,
     upstreams: Arc<super::dns::Upstreams>,
     nat: super::nat::NatHandle,
@@ -79,9 +86,17 @@ impl Dataplane {
     /// thread.
     pub fn start_with(config: DataplaneConfig) -> anyhow::Result<Dataplane> {
         let workers = config.workers.max(1);
+        let vtep = match &config.vtep {
+            Some(c) => Some(Arc::new(Vtep::open(c)?)),
+            None => None,
+        };
         let switch = Switch::new(SwitchConfig {
             workers,
             fdb_capacity: 1 << 16,
+            vxlan_port: vtep
+                .as_ref()
+                .map(|v| v.addr.port())
+                .unwrap_or(tapnet_switch::wire::vxlan::PORT),
             ..Default::default()
         });
         let epoch = Instant::now();
@@ -142,9 +157,28 @@ impl Dataplane {
             let w = Worker::with_hook(switch.clone(), id, hook);
             let injects = vec![nat_rx, dns_rx];
             let wk = wake.clone();
+            // Worker 0 reads the tunnel's sockets; every worker sends.
+            let reader = match &vtep {
+                Some(v) if id == 0 => {
+                    let r = poll.registry();
+                    r.register(
+                        &mut SourceFd(&v.udp.as_raw_fd()),
+                        VTEP_UDP,
+                        Interest::READABLE,
+                    )
+                    .context("register the VXLAN socket")?;
+                    if let Some(e) = &v.esp {
+                        r.register(&mut SourceFd(&e.as_raw_fd()), VTEP_ESP, Interest::READABLE)
+                            .context("register the ESP socket")?;
+                    }
+                    Some(v.clone())
+                }
+                _ => None,
+            };
+            let tun = (vtep.clone(), reader);
             let t = std::thread::Builder::new()
                 .name(format!("tapnet-worker-{id}"))
-                .spawn(move || worker_loop(w, poll, rx, injects, wk, epoch))
+                .spawn(move || worker_loop(w, poll, rx, injects, wk, epoch, tun))
                 .context("spawn worker thread")?;
             handles.push(WorkerHandle { tx, wake });
             threads.push(t);
@@ -180,6 +214,7 @@ impl Dataplane {
             switch,
             workers: handles,
             nets: Mutex::new(HashMap::new()),
+            vtep,
             dns,
             upstreams,
             nat,
@@ -290,6 +325,10 @@ impl Dataplane {
         );
         c.icc = spec.icc;
         c.mtu = spec.mtu;
+        c.overlay = spec.overlay.map(|o| OverlayConfig {
+            vni: o.vni,
+            encrypted: o.encrypted,
+        });
         c
     }
 
@@ -306,6 +345,16 @@ impl Dataplane {
     /// Adds or replaces a network.
     pub fn add_network(&self, id: NetId, spec: NetworkSpec) -> Result<(), DataplaneError> {
         self.fault("add_network")?;
+        if let Some(o) = spec.overlay {
+            let Some(v) = &self.inner.vtep else {
+                return Err(DataplaneError::NoVtep);
+            };
+            if o.encrypted && v.esp.is_none() {
+                return Err(DataplaneError::EncryptionUnavailable(
+                    v.esp_unavailable.clone().unwrap_or_default(),
+                ));
+            }
+        }
         let cfg = Self::net_config(&spec);
         let mut nets = self.inner.nets.lock();
         let res = match nets.get(&id) {
@@ -383,6 +432,7 @@ impl Dataplane {
             mac: spec.mac.map(EthernetAddress),
             ip: spec.ip,
             max_macs: None,
+            tunnel: None,
         };
         let id = self.inner.switch.add_port(cfg)?;
         if let (Some(ip), Some(mac)) = (spec.ip, spec.mac) {
@@ -457,6 +507,154 @@ impl Dataplane {
         }
     }
 
+    /// The switch's id of overlay network `net`.
+    fn overlay_net(&self, net: NetId) -> Result<NetworkId, DataplaneError> {
+        let nid = *self
+            .inner
+            .nets
+            .lock()
+            .get(&net)
+            .ok_or(DataplaneError::UnknownNetwork(net))?;
+        let overlay = self
+            .inner
+            .switch
+            .topology()
+            .network(nid)
+            .and_then(|n| n.config.overlay);
+        match overlay {
+            Some(_) => Ok(nid),
+            None => Err(DataplaneError::NotOverlay(net)),
+        }
+    }
+
+    /// The VXLAN tunnel endpoint's address, if the dataplane has one.
+    pub fn vtep_addr(&self) -> Option<SocketAddr> {
+        self.inner.vtep.as_ref().map(|v| SocketAddr::V4(v.addr))
+    }
+
+    /// Sets the VTEPs of the other hosts that have overlay network `net`
+    /// (broadcast and unknown unicast are replicated to each). Peers no
+    /// longer listed are dropped unless an endpoint of theirs is
+    /// registered.
+    pub fn set_peers(&self, net: NetId, peers: &[SocketAddr]) -> Result<(), DataplaneError> {
+        let nid = self.overlay_net(net)?;
+        let v4: Vec<SocketAddrV4> = peers
+            .iter()
+            .map(|p| match p {
+                SocketAddr::V4(a) => Ok(*a),
+                SocketAddr::V6(_) => Err(DataplaneError::PeerNotIpv4(*p)),
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(self.inner.switch.set_peers(nid, &v4)?)
+    }
+
+    /// Pins another host's endpoint on overlay network `net` behind its
+    /// VTEP (unicast to it goes there; ARP for its address is answered
+    /// here; frames with its MAC must come from that VTEP with its
+    /// address). Replaces an earlier record of the same MAC.
+    pub fn add_remote_endpoint(&self, net: NetId, e: RemoteEndpoint) -> Result<(), DataplaneError> {
+        let nid = self.overlay_net(net)?;
+        let SocketAddr::V4(vtep) = e.vtep else {
+            return Err(DataplaneError::PeerNotIpv4(e.vtep));
+        };
+        Ok(self
+            .inner
+            .switch
+            .add_remote(nid, EthernetAddress(e.mac), e.ipv4, vtep)?)
+    }
+
+    /// Forgets another host's endpoint (no error if unknown).
+    pub fn remove_remote_endpoint(&self, net: NetId, mac: [u8; 6]) -> Result<(), DataplaneError> {
+        let nid = self.overlay_net(net)?;
+        Ok(self.inner.switch.remove_remote(nid, EthernetAddress(mac))?)
+    }
+
+    /// Sets the ESP keys of encrypted overlay `net`: all are accepted on
+    /// receipt, `tx_spi`'s sends (rotation: add the new key, send with it,
+    /// drop the old one later). An empty list removes the keys: the
+    /// network then sends nothing to other hosts (never in clear).
+    pub fn set_esp_keys(
+        &self,
+        net: NetId,
+        keys: &[EspKey],
+        tx_spi: u32,
+    ) -> Result<(), DataplaneError> {
+        let nid = self.overlay_net(net)?;
+        if let Some(v) = &self.inner.vtep {
+            if v.esp.is_none() && !keys.is_empty() {
+                return Err(DataplaneError::EncryptionUnavailable(
+                    v.esp_unavailable.clone().unwrap_or_default(),
+                ));
+            }
+        }
+        let keys: Vec<(u32, [u8; 20])> = keys.iter().map(|k| (k.spi, k.key)).collect();
+        self.inner
+            .switch
+            .set_esp_keys(nid, &keys, tx_spi)
+            .map_err(|e| DataplaneError::EspKeys(e.to_string()))
+    }
+
+    /// The tunnel's counters (None without a VTEP).
+    pub fn tunnel_stats(&self) -> Option<TunnelStats> {
+        let v = self.inner.vtep.as_ref()?;
+        let rev: HashMap<NetworkId, NetId> = self
+            .inner
+            .nets
+            .lock()
+            .iter()
+            .map(|(k, v)| (*v, *k))
+            .collect();
+        let topo = self.inner.switch.topology();
+        let peers = topo
+            .ports()
+            .filter_map(|p| {
+                let t = p.config.tunnel?;
+                Some(TunnelPeerStats {
+                    network: *rev.get(&p.network())?,
+                    vtep: SocketAddr::V4(t.remote),
+                    learned: t.learned,
+                    stats: p.counters.sum(),
+                })
+            })
+            .collect();
+        Some(TunnelStats {
+            vtep: SocketAddr::V4(v.addr),
+            total: self.inner.switch.tunnel_stats(),
+            peers,
+        })
+    }
+
+    /// [`Dataplane::tunnel_stats`] as JSON (non-zero drops by name).
+    pub fn tunnel_stats_json(&self) -> serde_json::Value {
+        let Some(t) = self.tunnel_stats() else {
+            return serde_json::Value::Null;
+        };
+        let stats = |s: &PortStats| {
+            let drops: serde_json::Map<String, serde_json::Value> = DropReason::ALL
+                .iter()
+                .filter(|r| s.drop_count(**r) > 0)
+                .map(|r| (r.as_str().to_string(), s.drop_count(*r).into()))
+                .collect();
+            serde_json::json!({
+                "rx_packets": s.rx_packets,
+                "rx_bytes": s.rx_bytes,
+                "tx_packets": s.tx_packets,
+                "tx_bytes": s.tx_bytes,
+                "drops": drops,
+            })
+        };
+        serde_json::json!({
+            "vtep": t.vtep.to_string(),
+            "total": stats(&t.total),
+            "peers": t.peers.iter().map(|p| serde_json::json!({
+                "network": p.network,
+                "vtep": p.vtep.to_string(),
+                "learned": p.learned,
+                "stats": stats(&p.stats),
+            })).collect::<Vec<_>>(),
+        })
+    }
+
     /// Counters of a port, summed over workers.
     pub fn port_stats(&self, id: PortId) -> Option<PortStats> {
         self.inner.switch.port_stats(tapnet_switch::PortId(id))
@@ -484,14 +682,20 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes frames to the worker's own queue of each destination port.
+/// Writes frames to the worker's own queue of each destination port, and
+/// tunnel ports' frames to the worker's tunnel batch.
 struct TapTx<'a> {
     queues: &'a [Option<OwnedFd>],
+    topo: &'a Topology,
+    tun: &'a mut TunnelTx,
 }
 
 impl Transmit for TapTx<'_> {
     #[inline]
     fn transmit(&mut self, port: &Port, meta: &VnetHdr, frame: &[u8]) -> Result<(), DropReason> {
+        if port.is_tunnel() {
+            return self.tun.transmit(self.topo, port, meta, frame);
+        }
         let Some(Some(fd)) = self.queues.get(port.id.0 as usize) else {
             return Err(DropReason::TxError);
         };
@@ -515,15 +719,20 @@ fn worker_loop(
     injects: Vec<InjectRx>,
     wake: Arc<WorkerWake>,
     epoch: Instant,
+    (vtep, reader): (Option<Arc<Vtep>>, Option<Arc<Vtep>>),
 ) {
     let mut events = Events::with_capacity(256);
     let mut queues: Vec<Option<OwnedFd>> = Vec::new();
     // Ports with data possibly left unread (edge-triggered epoll).
     let mut ready: Vec<u32> = Vec::new();
     let mut buf: Box<[u8]> = vec![0u8; RX_BUF_LEN].into_boxed_slice();
+    let mut tun = TunnelTx::new(vtep, w.switch().clone(), w.id());
+    let mut tun_rx = reader.map(TunnelRx::new);
+    // The tunnel's sockets with data possibly left unread: (UDP, ESP).
+    let mut tun_ready = (tun_rx.is_some(), tun_rx.is_some());
     loop {
         let mut timeout = Some(Duration::ZERO);
-        if ready.is_empty() {
+        if ready.is_empty() && !tun_ready.0 && !tun_ready.1 {
             // Producers wake a sleeping worker only: say so, then look at
             // the injection queues once more.
             wake.going_to_sleep();
@@ -539,8 +748,17 @@ fn worker_loop(
         }
         wake.awake();
         for ev in events.iter() {
-            if ev.token() == WAKER {
-                continue;
+            match ev.token() {
+                WAKER => continue,
+                VTEP_UDP => {
+                    tun_ready.0 = true;
+                    continue;
+                }
+                VTEP_ESP => {
+                    tun_ready.1 = true;
+                    continue;
+                }
+                _ => {}
             }
             let p = ev.token().0 as u32;
             if !ready.contains(&p) {
@@ -576,19 +794,118 @@ fn worker_loop(
             }
         }
         if !injects.iter().all(InjectRx::is_empty) {
-            transmit_injected(&w, &queues, &injects, epoch);
+            transmit_injected(&w, &queues, &injects, epoch, &mut tun);
+            tun.flush();
         }
         let mut i = 0;
         while i < ready.len() {
             let port = ready[i];
-            let drained = service_queue(&mut w, &queues, port, &mut buf, epoch);
+            let drained = service_queue(&mut w, &queues, port, &mut buf, epoch, &mut tun);
+            tun.flush();
             if drained {
                 ready.swap_remove(i);
             } else {
                 i += 1;
             }
         }
+        if let Some(trx) = tun_rx.as_mut() {
+            if tun_ready.0 || tun_ready.1 {
+                tun_ready =
+                    service_tunnel(&mut w, &queues, trx, tun_ready, &mut buf, epoch, &mut tun);
+                tun.flush();
+            }
+        }
     }
+}
+
+/// Reads up to [`super::vtep::RX_ROUNDS`] batches from each ready tunnel
+/// socket and runs every datagram through the switch. Returns which
+/// sockets may still have data.
+#[allow(clippy::too_many_arguments)]
+fn service_tunnel(
+    w: &mut Worker<Hook>,
+    queues: &[Option<OwnedFd>],
+    rx: &mut TunnelRx,
+    (mut udp_ready, mut esp_ready): (bool, bool),
+    spare: &mut Box<[u8]>,
+    epoch: Instant,
+    tun: &mut TunnelTx,
+) -> (bool, bool) {
+    let cx = w.begin(epoch.elapsed().as_nanos() as u64);
+    let vtep = rx.vtep.clone();
+    let sw = w.switch().clone();
+    let id = w.id();
+    let mut tx = TapTx {
+        queues,
+        topo: cx.topology(),
+        tun,
+    };
+    // A frame the NAT claims is handed over in a copy (rare: tunnelled
+    // traffic to the gateway).
+    let mut hand_over = |w: &mut Worker<Hook>, frame: &[u8]| {
+        let off = vnet::HEADER_LEN;
+        if let Some(dst) = spare.get_mut(off..off + frame.len()) {
+            dst.copy_from_slice(frame);
+            w.hand_over(spare, off);
+        }
+    };
+    if udp_ready {
+        udp_ready = false;
+        for _ in 0..super::vtep::RX_ROUNDS {
+            let n = match rx.udp.recv(vtep.udp.as_fd()) {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!("vxlan: receive: {e}");
+                    0
+                }
+            };
+            for i in 0..n {
+                if rx.udp.truncated(i) {
+                    sw.count_tunnel_drop(id, DropReason::Oversize);
+                    continue;
+                }
+                let (from, d) = rx.udp.get(i);
+                let (p, inner) = w.process_vxlan(&cx, from, d, &mut tx);
+                if p == Processed::Claimed {
+                    hand_over(w, &d[inner]);
+                }
+            }
+            if n < super::vtep::BATCH {
+                break;
+            }
+            udp_ready = n == super::vtep::BATCH;
+        }
+    }
+    if esp_ready {
+        esp_ready = false;
+        if let Some(sock) = &vtep.esp {
+            for _ in 0..super::vtep::RX_ROUNDS {
+                let n = match rx.esp.recv(sock.as_fd()) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::debug!("esp: receive: {e}");
+                        0
+                    }
+                };
+                for i in 0..n {
+                    if rx.esp.truncated(i) {
+                        sw.count_tunnel_drop(id, DropReason::Oversize);
+                        continue;
+                    }
+                    let pkt = rx.esp.get_mut(i);
+                    let (p, inner) = w.process_esp(&cx, pkt, &mut tx);
+                    if p == Processed::Claimed {
+                        hand_over(w, &pkt[inner]);
+                    }
+                }
+                if n < super::vtep::BATCH {
+                    break;
+                }
+                esp_ready = n == super::vtep::BATCH;
+            }
+        }
+    }
+    (udp_ready, esp_ready)
 }
 
 /// Sends the frames the NAT thread and the DNS forwarder queued for this
@@ -598,9 +915,14 @@ fn transmit_injected(
     queues: &[Option<OwnedFd>],
     injects: &[InjectRx],
     epoch: Instant,
+    tun: &mut TunnelTx,
 ) {
     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
-    let mut tx = TapTx { queues };
+    let mut tx = TapTx {
+        queues,
+        topo: cx.topology(),
+        tun,
+    };
     for q in injects {
         while let Some(f) = q.next() {
             w.transmit_injected(&cx, f.port, &f.meta, f.frame(), &mut tx);
@@ -618,13 +940,18 @@ fn service_queue(
     port: u32,
     buf: &mut Box<[u8]>,
     epoch: Instant,
+    tun: &mut TunnelTx,
 ) -> bool {
     let Some(Some(fd)) = queues.get(port as usize) else {
         return true;
     };
     let raw = fd.as_raw_fd();
     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
-    let mut tx = TapTx { queues };
+    let mut tx = TapTx {
+        queues,
+        topo: cx.topology(),
+        tun,
+    };
     for _ in 0..READ_BUDGET {
         let n = match nix::unistd::read(fd, &mut buf[..]) {
             Ok(0) => return true,

@@ -5,7 +5,7 @@
 //! The control plane (daemon) drives it through [`Dataplane`]; every method
 //! is cheap and thread-safe (it publishes a new snapshot).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::os::fd::OwnedFd;
 
 /// Dense numeric id of a network inside the dataplane (the daemon maps its
@@ -38,6 +38,21 @@ pub enum DataplaneError {
     Dns(String),
     /// fault injected for a test: {0} refused (TAPNET_DATAPLANE_FAULTS)
     Injected(&'static str),
+    /// overlay networks need a VXLAN tunnel endpoint (the daemon's advertise address)
+    NoVtep,
+    /// network {0} is not an overlay network
+    NotOverlay(NetId),
+    /// encrypted overlays are unavailable: {0}
+    EncryptionUnavailable(String),
+    /// ESP keys refused: {0}
+    EspKeys(String),
+    /// VTEP {0} is not an IPv4 address (the overlay runs over IPv4)
+    PeerNotIpv4(SocketAddr),
+    /// cannot bind the VXLAN socket to {addr}: {err}
+    VtepBind {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
 }
 
 /// Operations a test may make fail ([`DataplaneConfig::faults`]).
@@ -92,6 +107,88 @@ pub struct NetworkSpec {
     /// Embedded DNS answers on this network (false for the default
     /// `bridge`, as in Docker).
     pub dns: bool,
+    /// Tunnelled to the other hosts (an overlay network); None for a
+    /// host-local network.
+    pub overlay: Option<OverlaySpec>,
+}
+
+/// An overlay network's tunnel: its VXLAN id, and whether only ESP may
+/// carry it between hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverlaySpec {
+    pub vni: u32,
+    pub encrypted: bool,
+}
+
+/// Another host's endpoint on an overlay network: pinned behind its VTEP,
+/// answered by proxy ARP, its MAC and address checked on arrival.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    pub mac: [u8; 6],
+    pub ipv4: Ipv4Addr,
+    pub vtep: SocketAddr,
+}
+
+/// An ESP key of an encrypted overlay: 16 bytes of AES-128 key and 4 of
+/// salt (RFC 4106), named by its SPI.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EspKey {
+    pub spi: u32,
+    pub key: [u8; 20],
+}
+
+impl std::fmt::Debug for EspKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.debug_struct("EspKey")
+            .field("spi", &self.spi)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The VXLAN tunnel endpoint of this host: one UDP socket (and, for
+/// encrypted overlays, one raw IP socket of protocol 50).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VtepConfig {
+    /// The address and port to bind (`--advertise-addr`, `--vxlan-port`).
+    pub bind: SocketAddr,
+    /// Open the raw ESP socket (needs CAP_NET_RAW); without it encrypted
+    /// overlays are refused ([`DataplaneError::EncryptionUnavailable`]).
+    pub esp: bool,
+    /// Socket buffer sizes asked for (the kernel may cap them).
+    pub socket_buffer: usize,
+}
+
+impl VtepConfig {
+    pub fn new(bind: SocketAddr) -> Self {
+        VtepConfig {
+            bind,
+            esp: true,
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+/// The tunnel's counters, as `tapnet stats` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelStats {
+    /// The VTEP's address.
+    pub vtep: SocketAddr,
+    /// Datagrams (VXLAN or ESP) received and sent, and the drops before
+    /// a frame reached a tunnel port (bad header, unknown VNI, ESP
+    /// failures, send errors).
+    pub total: tapnet_switch::PortStats,
+    /// Per network and peer VTEP: frames in and out of its tunnel port and
+    /// the pipeline's drops of frames from it.
+    pub peers: Vec<TunnelPeerStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelPeerStats {
+    pub network: NetId,
+    pub vtep: SocketAddr,
+    /// Learned from traffic (no peer the control plane named).
+    pub learned: bool,
+    pub stats: tapnet_switch::PortStats,
 }
 
 /// A container's names on one network, for the embedded DNS.
@@ -128,6 +225,8 @@ pub struct DataplaneConfig {
     /// transactions (`tapnet daemon` reads them from
     /// `TAPNET_DATAPLANE_FAULTS`, comma-separated [`Fault`]s).
     pub faults: Vec<Fault>,
+    /// The VXLAN tunnel endpoint (overlay networks); None: no overlays.
+    pub vtep: Option<VtepConfig>,
 }
 
 /// `tapnet daemon --conntrack-*`: limits and idle timeouts of the NAT's
@@ -229,6 +328,7 @@ impl Default for DataplaneConfig {
             host_loopback: true,
             conntrack: ConntrackConfig::default(),
             faults: Vec::new(),
+            vtep: None,
         }
     }
 }
@@ -301,3 +401,4 @@ pub mod dns;
 mod imp;
 mod inject;
 mod nat;
+mod vtep;

@@ -21,7 +21,9 @@ use ipnet::Ipv4Net;
 
 use super::{Attachment, DriverError, DriverKind, NetworkDriver, Services};
 use crate::daemon::types::{IpamConfigReq, Map, NetworkCreate};
-use crate::dataplane::{Dataplane, DataplaneError, NetId, NetworkSpec, PortId, PortSpec};
+use crate::dataplane::{
+    Dataplane, DataplaneError, NetId, NetworkSpec, OverlaySpec, PortId, PortSpec,
+};
 use crate::ipam::{self, PoolRequest};
 use crate::model::*;
 use crate::state::State;
@@ -104,6 +106,16 @@ pub(super) fn add_to_dataplane(
     n: &Network,
     dns: bool,
 ) -> Result<(), DataplaneError> {
+    add_switched(dp, id, n, dns, None)
+}
+
+fn add_switched(
+    dp: &Dataplane,
+    id: NetId,
+    n: &Network,
+    dns: bool,
+    overlay: Option<OverlaySpec>,
+) -> Result<(), DataplaneError> {
     let Some(pool) = n.pools.first() else {
         return Err(DataplaneError::NoPool(n.name.clone()));
     };
@@ -118,6 +130,7 @@ pub(super) fn add_to_dataplane(
             internal: n.internal,
             masquerade: n.masquerade(),
             dns,
+            overlay,
         },
     )
 }
@@ -179,8 +192,10 @@ pub(super) fn add_overlay_to_dataplane(
     vni: u32,
     encrypted: bool,
 ) -> Result<(), DataplaneError> {
-    let _ = (vni, encrypted);
-    add_to_dataplane(dp, id, n, true)
+    // Tunnelled once the daemon gives the dataplane a VTEP; until then
+    // the network stays host-local, as before the tunnel existed.
+    let overlay = dp.vtep_addr().map(|_| OverlaySpec { vni, encrypted });
+    add_switched(dp, id, n, true, overlay)
 }
 
 /// The first network whose pool overlaps `subnet`, as a driver error.

@@ -1,5 +1,5 @@
 //! Device and namespace plumbing: the only module of the root package with
-//! `unsafe` code (ioctls on `/dev/net/tun`, `setns`/`unshare`, SCM_RIGHTS).
+//! `unsafe` code (ioctls on `/dev/net/tun`, `setns`/`unshare`, SCM_RIGHTS, `recvmmsg`/`sendmmsg`).
 //! Every unsafe block carries a `// SAFETY:` comment.
 //!
 //! - [`tap`]: multi-queue TAP devices with a virtio-net header and offloads.
@@ -8,12 +8,14 @@
 //! - [`netlink`]: a small synchronous rtnetlink client (links, addresses,
 //!   routes) for the current network namespace.
 //! - [`process`]: hooks run in a forked child before `exec`.
+//! - [`udp`]: batched `recvmmsg`/`sendmmsg` for the VXLAN tunnel.
 
 pub mod fdpass;
 pub mod netlink;
 pub mod ns;
 pub mod process;
 pub mod tap;
+pub mod udp;
 
 /// Restores the default SIGPIPE action (terminate), as Unix command-line
 /// tools have it, so `tapnet inspect x | head -1` ends quietly instead of

@@ -70,13 +70,40 @@ drop_reasons! {
     TxFull => "tx_full",
     /// Writing to the egress device failed (set by the I/O edge).
     TxError => "tx_error",
+    /// A datagram on the VXLAN port without a valid VXLAN header (short,
+    /// I flag clear).
+    VxlanBadHeader => "vxlan_bad_header",
+    /// A VXLAN packet whose VNI no local overlay network has.
+    VxlanUnknownVni => "vxlan_unknown_vni",
+    /// Plain VXLAN for an encrypted network (only ESP is accepted).
+    VxlanUnencrypted => "vxlan_unencrypted",
+    /// An ESP packet with an SPI no local network has a key for.
+    EspUnknownSpi => "esp_unknown_spi",
+    /// An ESP packet whose ICV did not verify (wrong key, forged).
+    EspAuthFailed => "esp_auth_failed",
+    /// An ESP sequence number seen already or left of the window.
+    EspReplay => "esp_replay",
+    /// An ESP packet too short, with a bad trailer, or not VXLAN inside.
+    EspMalformed => "esp_malformed",
+    /// An encrypted network has no key to send with yet: never sent in
+    /// clear.
+    EspNoKey => "esp_no_key",
+    /// The sending key used up its sequence numbers (rotate keys).
+    EspSeqExhausted => "esp_seq_exhausted",
+    /// Tunnel traffic from a VTEP that may not be learned (too many
+    /// VTEPs on the network) or to a tunnel port without a peer.
+    TunnelNoPeer => "tunnel_no_peer",
+    /// A remote endpoint's MAC or address arrived from another VTEP than
+    /// the one the cluster registered for it.
+    TunnelSpoofed => "tunnel_spoofed",
+    /// An offload the tunnel cannot segment in software (TCPv6 TSO, UFO).
+    GsoUnsupported => "gso_unsupported",
 }
 
 /// Number of drop reasons.
 pub const N_DROP_REASONS: usize = DropReason::ALL.len();
 
 /// One worker's counters of one port.
-#[derive(Default)]
 pub struct PortStatsSlot {
     pub rx_packets: AtomicU64,
     pub rx_bytes: AtomicU64,
@@ -86,14 +113,38 @@ pub struct PortStatsSlot {
     pub drops: [AtomicU64; N_DROP_REASONS],
 }
 
+impl Default for PortStatsSlot {
+    fn default() -> Self {
+        PortStatsSlot {
+            rx_packets: AtomicU64::new(0),
+            rx_bytes: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
+            tx_bytes: AtomicU64::new(0),
+            drops: core::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
 /// A snapshot of counters, summed over workers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortStats {
     pub rx_packets: u64,
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: [u64; N_DROP_REASONS],
+}
+
+impl Default for PortStats {
+    fn default() -> Self {
+        PortStats {
+            rx_packets: 0,
+            rx_bytes: 0,
+            tx_packets: 0,
+            tx_bytes: 0,
+            drops: [0; N_DROP_REASONS],
+        }
+    }
 }
 
 impl PortStats {
@@ -169,7 +220,7 @@ impl WorkerCounters {
     pub fn new(workers: usize) -> Self {
         WorkerCounters {
             slots: (0..workers.max(1))
-                .map(|_| CachePadded::new(Default::default()))
+                .map(|_| CachePadded::new(core::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
         }
     }

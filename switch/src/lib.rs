@@ -8,6 +8,8 @@
 //! - [`Worker`]: the run-to-completion pipeline of one thread, with a
 //!   [`GatewayHook`] for services behind the gateway (DNS, NAT) and
 //!   [`CaptureHook`]s.
+//! - [`tunnel`], [`esp`], [`gso`]: overlay networks between hosts (VXLAN
+//!   tunnel ports, proxy ARP, ESP with AES-GCM, software segmentation).
 //! - [`mem`]: in-memory ports for tests, replay and benchmarks.
 //! - [`pcapng`]: pcapng writer and reader (with virtio-net metadata in
 //!   packet comments).
@@ -18,11 +20,14 @@
 pub mod build;
 pub mod capture;
 pub mod counters;
+pub mod esp;
 pub mod fdb;
+pub mod gso;
 pub mod mem;
 pub mod pcapng;
 pub mod pipeline;
 pub mod topology;
+pub mod tunnel;
 pub mod wire;
 
 pub use capture::CaptureHook;
@@ -31,6 +36,6 @@ pub use pipeline::{
     BatchCx, GatewayHook, HookCx, HookVerdict, NoHook, Processed, Transmit, Worker,
 };
 pub use topology::{
-    gateway_mac, ConfigError, Network, NetworkConfig, NetworkId, Port, PortConfig, PortId, Switch,
-    SwitchConfig, Topology,
+    gateway_mac, ConfigError, Network, NetworkConfig, NetworkId, OverlayConfig, Port, PortConfig,
+    PortId, Switch, SwitchConfig, Topology, TunnelConfig,
 };

@@ -130,9 +130,9 @@ pub const SCRATCH_LEN: usize = 65536 + 64;
 
 /// The snapshot and FDB a worker uses for one batch of frames.
 pub struct BatchCx {
-    topo: Guard<Arc<Topology>>,
+    pub(crate) topo: Guard<Arc<Topology>>,
     fdb: Guard<Arc<Fdb>>,
-    now_ns: u64,
+    pub(crate) now_ns: u64,
     now_secs: u32,
 }
 
@@ -147,8 +147,8 @@ impl BatchCx {
 
 /// One worker's pipeline state. Not shared: each worker thread has its own.
 pub struct Worker<H: GatewayHook = NoHook> {
-    sw: Arc<Switch>,
-    id: usize,
+    pub(crate) sw: Arc<Switch>,
+    pub(crate) id: usize,
     hook: H,
     scratch: Box<[u8]>,
     /// The hook answered [`HookVerdict::Claimed`] for the current frame.
@@ -301,6 +301,10 @@ impl<H: GatewayHook> Worker<H> {
             .network(port.network())
             .ok_or(DropReason::UnknownPort)?;
         let l3 = classify(port, checked, ethertype, eth.payload())?;
+        let from_tunnel = port.is_tunnel();
+        if from_tunnel {
+            crate::tunnel::check_remote(topo, port, src, ethertype, eth.payload())?;
+        }
 
         self.learn(cx, port, net, src)?;
 
@@ -313,21 +317,30 @@ impl<H: GatewayHook> Worker<H> {
             return self.handle_gateway(cx, port, net, ethertype, meta, frame, tx);
         }
         if dst.is_multicast() {
-            if ethertype == EtherType::Arp && self.answer_arp(net, eth.payload()) {
+            if ethertype == EtherType::Arp
+                && self.answer_arp(topo, net, eth.payload(), !from_tunnel)
+            {
                 return self.reply(cx, port, 60, &VnetHdr::default(), tx);
             }
             return self.flood(cx, port, net, l3, meta, frame, tx);
         }
-        match cx
-            .fdb
-            .lookup(
-                fdb::key(net.id.0, dst),
-                cx.now_secs,
-                self.sw.config.aging_secs,
-            )
-            .and_then(|p| topo.port(PortId(p)))
-        {
+        // Other hosts' endpoints are pinned to their VTEP's tunnel port.
+        let remote = match net.config.overlay {
+            Some(_) => topo.remote(net.id, dst).and_then(|r| topo.port(r.port)),
+            None => None,
+        };
+        match remote.or_else(|| {
+            cx.fdb
+                .lookup(
+                    fdb::key(net.id.0, dst),
+                    cx.now_secs,
+                    self.sw.config.aging_secs,
+                )
+                .and_then(|p| topo.port(PortId(p)))
+        }) {
             Some(out) if out.id == port.id => Err(DropReason::Hairpin),
+            // Split horizon: what came from the overlay stays off it.
+            Some(out) if from_tunnel && out.is_tunnel() => Err(DropReason::Hairpin),
             Some(out) => {
                 if out.network() != port.network() {
                     return Err(DropReason::CrossNetwork);
@@ -427,11 +440,16 @@ impl<H: GatewayHook> Worker<H> {
             return Err(DropReason::IccDisabled);
         }
         let mut sent = false;
+        let from_tunnel = port.is_tunnel();
         for &pid in &net.ports {
             if pid == port.id {
                 continue;
             }
             let Some(out) = topo.port(pid) else { continue };
+            // Split horizon: every host replicates to the others itself.
+            if from_tunnel && out.is_tunnel() {
+                continue;
+            }
             self.send(topo, out, meta, frame, tx);
             sent = true;
         }
@@ -442,26 +460,38 @@ impl<H: GatewayHook> Worker<H> {
         }
     }
 
-    /// Whether `arp` asks for the gateway's address; if so, the reply is
-    /// left in the scratch buffer.
-    fn answer_arp(&mut self, net: &Network, arp: &[u8]) -> bool {
+    /// Whether `arp` asks for the gateway's address (or, with `proxy`,
+    /// for another host's endpoint on an overlay: proxy ARP); if so, the
+    /// reply is left in the scratch buffer.
+    fn answer_arp(&mut self, topo: &Topology, net: &Network, arp: &[u8], proxy: bool) -> bool {
         let Ok(p) = ArpPacket::new_checked(arp) else {
             return false;
         };
-        if p.operation() != ArpOp::Request || p.target_ip() != net.config.gateway {
+        if p.operation() != ArpOp::Request {
             return false;
         }
+        let target = p.target_ip();
+        let hw = if target == net.config.gateway {
+            net.gateway_mac
+        } else if proxy && net.config.overlay.is_some() {
+            match topo.remote_mac(net.id, target) {
+                Some(m) => m,
+                None => return false,
+            }
+        } else {
+            return false;
+        };
         let req = ArpRepr::parse(&p);
         let s = &mut self.scratch[..60];
         s.fill(0);
         let mut eth = EthernetFrame::new_unchecked(&mut s[..]);
         eth.set_dst_addr(req.sender_hw);
-        eth.set_src_addr(net.gateway_mac);
+        eth.set_src_addr(hw);
         eth.set_ethertype(EtherType::Arp);
         ArpRepr {
             operation: ArpOp::Reply,
-            sender_hw: net.gateway_mac,
-            sender_ip: net.config.gateway,
+            sender_hw: hw,
+            sender_ip: target,
             target_hw: req.sender_hw,
             target_ip: req.sender_ip,
         }
@@ -497,7 +527,7 @@ impl<H: GatewayHook> Worker<H> {
         let payload = &frame[ethernet::HEADER_LEN..];
         match ethertype {
             EtherType::Arp => {
-                if self.answer_arp(net, payload) {
+                if self.answer_arp(&cx.topo, net, payload, false) {
                     return self.reply(cx, port, 60, &VnetHdr::default(), tx);
                 }
                 // ARP replies to the gateway: it never asks, nothing to learn.

@@ -8,10 +8,12 @@
 
 use crate::capture::CaptureHook;
 use crate::counters::{PortCounters, PortStats, WorkerCounters, N_DROP_REASONS};
+use crate::esp::Sa;
 use crate::fdb::Fdb;
+use crate::tunnel::{FastMap, Remote};
 use crate::wire::EthernetAddress;
 use arc_swap::ArcSwap;
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, SocketAddrV4};
 use core::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +36,9 @@ pub struct SwitchConfig {
     pub aging_secs: u32,
     /// Default limit of MACs one port may have learned at once.
     pub max_macs_per_port: u32,
+    /// The UDP port of VTEPs learned from traffic (frames from them come
+    /// from a hashed source port; replies go to this one, as Linux does).
+    pub vxlan_port: u16,
 }
 
 impl Default for SwitchConfig {
@@ -43,6 +48,7 @@ impl Default for SwitchConfig {
             fdb_capacity: 1 << 16,
             aging_secs: 300,
             max_macs_per_port: 64,
+            vxlan_port: crate::wire::vxlan::PORT,
         }
     }
 }
@@ -58,6 +64,17 @@ pub struct NetworkConfig {
     pub icc: bool,
     /// L3 MTU; frames longer than `mtu + 14` that are not GSO are dropped.
     pub mtu: u32,
+    /// Tunnelled to other hosts in VXLAN (an overlay network).
+    pub overlay: Option<OverlayConfig>,
+}
+
+/// An overlay network's tunnel settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OverlayConfig {
+    /// The VXLAN network identifier (24 bits).
+    pub vni: u32,
+    /// Only ESP between hosts: plain VXLAN is neither sent nor accepted.
+    pub encrypted: bool,
 }
 
 impl NetworkConfig {
@@ -70,6 +87,7 @@ impl NetworkConfig {
             gateway,
             icc: true,
             mtu: 1500,
+            overlay: None,
         }
     }
 }
@@ -93,6 +111,18 @@ pub struct PortConfig {
     pub ip: Option<Ipv4Addr>,
     /// Overrides [`SwitchConfig::max_macs_per_port`].
     pub max_macs: Option<u32>,
+    /// A tunnel port: frames leave VXLAN-encapsulated towards this VTEP.
+    pub tunnel: Option<TunnelConfig>,
+}
+
+/// A tunnel port's peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// The peer VTEP.
+    pub remote: SocketAddrV4,
+    /// Made by the datapath for a VTEP that sent traffic (not by the
+    /// control plane's peers or remote endpoints).
+    pub learned: bool,
 }
 
 impl PortConfig {
@@ -104,6 +134,7 @@ impl PortConfig {
             mac: Some(mac),
             ip: Some(ip),
             max_macs: None,
+            tunnel: None,
         }
     }
     /// An unchecked port (uplink, tunnel): any source MAC and address.
@@ -114,6 +145,7 @@ impl PortConfig {
             mac: None,
             ip: None,
             max_macs: None,
+            tunnel: None,
         }
     }
 }
@@ -128,6 +160,8 @@ pub struct Network {
     pub ports: Vec<PortId>,
     /// `mtu + 14`: the longest plain frame allowed.
     pub max_frame: usize,
+    /// The ESP key this host sends with (encrypted overlays).
+    pub tx_sa: Option<Arc<Sa>>,
 }
 
 /// A port in the snapshot. `counters` and `learned` are shared by all
@@ -150,6 +184,11 @@ impl Port {
     pub fn is_checked(&self) -> bool {
         self.config.mac.is_some() && self.config.ip.is_some()
     }
+    /// A VXLAN tunnel port.
+    #[inline]
+    pub fn is_tunnel(&self) -> bool {
+        self.config.tunnel.is_some()
+    }
 }
 
 impl core::fmt::Debug for Port {
@@ -170,6 +209,16 @@ pub struct Topology {
     /// no other port may be learned with them.
     assigned: std::collections::HashMap<u64, PortId>,
     pub(crate) capture: Option<Arc<dyn CaptureHook>>,
+    /// Overlay networks by VNI.
+    pub(crate) vnis: FastMap<u32, NetworkId>,
+    /// Tunnel ports by network and peer address.
+    pub(crate) tunnels: FastMap<(NetworkId, Ipv4Addr), PortId>,
+    /// Other hosts' endpoints by FDB key (network and MAC).
+    pub(crate) remotes: FastMap<u64, Remote>,
+    /// Other hosts' endpoints' MACs by network and address (proxy ARP).
+    pub(crate) remote_ips: FastMap<(NetworkId, Ipv4Addr), EthernetAddress>,
+    /// ESP keys by SPI (receive).
+    pub(crate) spis: FastMap<u32, crate::tunnel::SaEntry>,
 }
 
 impl Topology {
@@ -196,6 +245,32 @@ impl Topology {
     }
     pub fn network_by_name(&self, name: &str) -> Option<&Network> {
         self.networks().find(|n| n.config.name == name)
+    }
+    pub(crate) fn networks_mut(&mut self, id: NetworkId) -> Option<&mut Network> {
+        self.networks.get_mut(usize::from(id.0))?.as_mut()
+    }
+    pub(crate) fn port_mut(&mut self, id: PortId) -> Option<&mut Port> {
+        self.ports.get_mut(id.0 as usize)?.as_mut()
+    }
+    /// The overlay network with VXLAN id `vni`.
+    #[inline]
+    pub fn network_by_vni(&self, vni: u32) -> Option<&Network> {
+        self.network(*self.vnis.get(&vni)?)
+    }
+    /// The tunnel port of network `net` towards the VTEP at `ip`.
+    #[inline]
+    pub fn tunnel_port(&self, net: NetworkId, ip: Ipv4Addr) -> Option<&Port> {
+        self.port(*self.tunnels.get(&(net, ip))?)
+    }
+    /// Another host's endpoint with `mac` on `net`.
+    #[inline]
+    pub fn remote(&self, net: NetworkId, mac: EthernetAddress) -> Option<&Remote> {
+        self.remotes.get(&crate::fdb::key(net.0, mac))
+    }
+    /// The MAC of another host's endpoint with address `ip` on `net`.
+    #[inline]
+    pub fn remote_mac(&self, net: NetworkId, ip: Ipv4Addr) -> Option<EthernetAddress> {
+        self.remote_ips.get(&(net, ip)).copied()
     }
 }
 
@@ -237,6 +312,9 @@ pub struct Switch {
     pub(crate) topo: ArcSwap<Topology>,
     pub(crate) fdb: ArcSwap<Fdb>,
     pub(crate) worker_drops: WorkerCounters,
+    /// The tunnel's own counters: datagrams in and out, drops before a
+    /// frame reaches a tunnel port (bad header, unknown VNI, ESP).
+    pub(crate) tunnel: PortCounters,
     ctl: Mutex<()>,
 }
 
@@ -246,6 +324,7 @@ impl Switch {
             topo: ArcSwap::from_pointee(Topology::default()),
             fdb: ArcSwap::from_pointee(Fdb::new(config.fdb_capacity)),
             worker_drops: WorkerCounters::new(config.workers),
+            tunnel: PortCounters::new(config.workers),
             config,
             ctl: Mutex::new(()),
         })
@@ -260,7 +339,7 @@ impl Switch {
         self.topo.load_full()
     }
 
-    fn update<R>(
+    pub(crate) fn update<R>(
         &self,
         f: impl FnOnce(&mut Topology) -> Result<R, ConfigError>,
     ) -> Result<R, ConfigError> {
@@ -297,12 +376,16 @@ impl Switch {
                 None => return Err(ConfigError::TooMany),
             };
             let id = NetworkId(idx as u16);
+            if let Some(o) = config.overlay {
+                crate::tunnel::claim_vni(t, id, o.vni)?;
+            }
             t.networks[idx] = Some(Network {
                 id,
                 gateway_mac: gateway_mac(config.gateway),
                 max_frame: config.mtu as usize + crate::wire::ethernet::HEADER_LEN,
                 config,
                 ports: Vec::new(),
+                tx_sa: None,
             });
             Ok(id)
         })
@@ -311,9 +394,25 @@ impl Switch {
     /// Changes a network's settings (ICC, MTU, ...) in place.
     pub fn update_network(&self, id: NetworkId, config: NetworkConfig) -> Result<(), ConfigError> {
         self.update(|t| {
+            let old = t
+                .network(id)
+                .ok_or(ConfigError::NoSuchNetwork)?
+                .config
+                .overlay;
+            if old != config.overlay {
+                t.vnis.retain(|_, n| *n != id);
+                if let Some(o) = config.overlay {
+                    crate::tunnel::claim_vni(t, id, o.vni)?;
+                } else {
+                    crate::tunnel::clear_overlay(t, id);
+                }
+            }
             let n = t.networks[usize::from(id.0)]
                 .as_mut()
                 .ok_or(ConfigError::NoSuchNetwork)?;
+            if config.overlay.is_none_or(|o| !o.encrypted) {
+                n.tx_sa = None;
+            }
             n.gateway_mac = gateway_mac(config.gateway);
             n.max_frame = config.mtu as usize + crate::wire::ethernet::HEADER_LEN;
             n.config = config;
@@ -321,7 +420,8 @@ impl Switch {
         })
     }
 
-    /// Removes a network that has no ports left.
+    /// Removes a network that has no ports left but its tunnel ports
+    /// (removed with it, with its overlay state).
     pub fn remove_network(&self, id: NetworkId) -> Result<(), ConfigError> {
         self.update(|t| {
             let n = t
@@ -329,18 +429,31 @@ impl Switch {
                 .get(usize::from(id.0))
                 .and_then(Option::as_ref)
                 .ok_or(ConfigError::NoSuchNetwork)?;
-            if !n.ports.is_empty() {
+            if n.ports
+                .iter()
+                .any(|p| t.port(*p).is_some_and(|p| !p.is_tunnel()))
+            {
                 return Err(ConfigError::NetworkInUse);
             }
+            crate::tunnel::clear_overlay(t, id);
+            t.vnis.retain(|_, n| *n != id);
             t.networks[usize::from(id.0)] = None;
             Ok(())
         })
     }
 
     pub fn add_port(&self, config: PortConfig) -> Result<PortId, ConfigError> {
+        self.update(|t| self.add_port_in(t, config))
+    }
+
+    pub(crate) fn add_port_in(
+        &self,
+        t: &mut Topology,
+        config: PortConfig,
+    ) -> Result<PortId, ConfigError> {
         let max_macs = config.max_macs.unwrap_or(self.config.max_macs_per_port);
         let workers = self.config.workers;
-        self.update(|t| {
+        {
             if t.port_by_name(&config.name).is_some() {
                 return Err(ConfigError::DuplicateName(config.name.clone()));
             }
@@ -362,6 +475,21 @@ impl Switch {
                 }
                 t.assigned.insert(key, id);
             }
+            if let Some(tc) = config.tunnel {
+                if config.mac.is_some() || config.ip.is_some() {
+                    return Err(ConfigError::Invalid(
+                        "a tunnel port has no MAC or address of its own".into(),
+                    ));
+                }
+                let key = (config.network, *tc.remote.ip());
+                if t.tunnels.contains_key(&key) {
+                    return Err(ConfigError::Invalid(format!(
+                        "the network already has a tunnel port to {}",
+                        tc.remote.ip()
+                    )));
+                }
+                t.tunnels.insert(key, id);
+            }
             net.ports.push(id);
             t.ports.push(Some(Port {
                 id,
@@ -371,13 +499,17 @@ impl Switch {
                 max_macs,
             }));
             Ok(id)
-        })
+        }
     }
 
     /// Removes a port. Its FDB entries stop resolving at once (lookups of
     /// a removed port fall back to flooding) and are purged by [`Switch::age`].
     pub fn remove_port(&self, id: PortId) -> Result<(), ConfigError> {
-        self.update(|t| {
+        self.update(|t| Self::remove_port_in(t, id))
+    }
+
+    pub(crate) fn remove_port_in(t: &mut Topology, id: PortId) -> Result<(), ConfigError> {
+        {
             let p = t
                 .ports
                 .get_mut(id.0 as usize)
@@ -392,8 +524,23 @@ impl Switch {
                     t.assigned.remove(&key);
                 }
             }
+            if let Some(tc) = p.config.tunnel {
+                t.tunnels.remove(&(p.network(), *tc.remote.ip()));
+                let net = p.network();
+                let gone: Vec<u64> = t
+                    .remotes
+                    .iter()
+                    .filter(|(_, r)| r.port == id)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for k in gone {
+                    if let Some(r) = t.remotes.remove(&k) {
+                        t.remote_ips.remove(&(net, r.ip));
+                    }
+                }
+            }
             Ok(())
-        })
+        }
     }
 
     /// Installs (or removes) the capture hook.

@@ -33,6 +33,7 @@ fn fabric(icc_front: bool, mtu_front: u32, aging_secs: u32, max_macs: u32) -> Fa
     let front = sw
         .switch
         .add_network(NetworkConfig {
+            overlay: None,
             icc: icc_front,
             mtu: mtu_front,
             ..NetworkConfig::new(

@@ -3,7 +3,8 @@
 //! `new_checked` validates the length once, so that every getter after it
 //! cannot panic; plus small `Repr`s where a parsed form is useful.
 //!
-//! Views: Ethernet, ARP, IPv4, ICMPv4, TCP, UDP and the virtio-net header.
+//! Views: Ethernet, ARP, IPv4, ICMPv4, TCP, UDP, VXLAN and the virtio-net
+//! header.
 //! Checksum helpers: the RFC 1071 sum, the IPv4 pseudo-header sum (also the
 //! partial checksum of offloaded packets) and RFC 1624 incremental updates.
 //!
@@ -17,6 +18,7 @@ pub mod ipv4;
 pub mod tcp;
 pub mod udp;
 pub mod vnet;
+pub mod vxlan;
 
 pub use arp::ArpPacket;
 pub use ethernet::{EtherType, EthernetAddress, EthernetFrame};
@@ -24,6 +26,7 @@ pub use ipv4::Ipv4Packet;
 pub use tcp::{TcpPacket, TcpRepr};
 pub use udp::{UdpPacket, UdpRepr};
 pub use vnet::VnetHdr;
+pub use vxlan::VxlanPacket;
 
 /// Why bytes could not be viewed as a given header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

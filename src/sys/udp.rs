@@ -1,0 +1,290 @@
+//! Batched datagram I/O for the VXLAN tunnel: `recvmmsg`/`sendmmsg` on a
+//! UDP socket (VXLAN) or a raw IPv4 socket of protocol 50 (ESP), many
+//! datagrams per system call.
+//!
+//! A [`Batch`] owns `cap` buffers of [`SLOT`] bytes and the `mmsghdr`,
+//! `iovec` and `sockaddr_in` arrays the calls need, allocated once: no
+//! allocation per datagram. The arrays hold pointers into the batch, so
+//! they are filled right before each call (the batch may have moved).
+//! A `Batch` stays on the thread that made it (it is not `Send`).
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// Bytes of one datagram buffer: an inner frame of a network with MTU up
+/// to 16 KiB less the encapsulation. Longer datagrams are truncated on
+/// receipt ([`Batch::truncated`]) and refused on sending.
+pub const SLOT: usize = 16 * 1024;
+
+pub struct Batch {
+    buf: Box<[u8]>,
+    cap: usize,
+    /// Datagrams in the batch.
+    n: usize,
+    start: Vec<usize>,
+    len: Vec<usize>,
+    addr: Vec<SocketAddrV4>,
+    trunc: Vec<bool>,
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_in>,
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn from_sockaddr(s: &libc::sockaddr_in) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)),
+        u16::from_be(s.sin_port),
+    )
+}
+
+impl Batch {
+    pub fn new(cap: usize) -> Batch {
+        let cap = cap.max(1);
+        let zero_name = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+        Batch {
+            buf: vec![0u8; cap * SLOT].into_boxed_slice(),
+            cap,
+            n: 0,
+            start: vec![0; cap],
+            len: vec![0; cap],
+            addr: vec![SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0); cap],
+            trunc: vec![false; cap],
+            // SAFETY: mmsghdr and iovec are plain C structs of integers
+            // and pointers, for which all-zero bytes are valid values.
+            hdrs: (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            // SAFETY: as above.
+            iovs: (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect(),
+            names: vec![zero_name; cap],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.n
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+    pub fn is_full(&self) -> bool {
+        self.n == self.cap
+    }
+    pub fn clear(&mut self) {
+        self.n = 0;
+    }
+
+    /// Datagram `i` of a received batch: sender and bytes.
+    pub fn get(&self, i: usize) -> (SocketAddrV4, &[u8]) {
+        let s = i * SLOT;
+        (self.addr[i], &self.buf[s..s + self.len[i]])
+    }
+    /// Datagram `i` of a received batch, writable (decryption in place).
+    pub fn get_mut(&mut self, i: usize) -> &mut [u8] {
+        let s = i * SLOT;
+        &mut self.buf[s..s + self.len[i]]
+    }
+    /// Whether datagram `i` was longer than [`SLOT`] (cut).
+    pub fn truncated(&self, i: usize) -> bool {
+        self.trunc[i]
+    }
+
+    /// The buffer of the next datagram to send (call [`Batch::push`] once
+    /// it is written); None when the batch is full.
+    pub fn next_slot(&mut self) -> Option<&mut [u8]> {
+        if self.is_full() {
+            return None;
+        }
+        let s = self.n * SLOT;
+        Some(&mut self.buf[s..s + SLOT])
+    }
+    /// Queues `next_slot()[range]` for `dst`.
+    pub fn push(&mut self, range: std::ops::Range<usize>, dst: SocketAddrV4) {
+        if self.is_full() || range.end > SLOT {
+            return;
+        }
+        let i = self.n;
+        self.start[i] = i * SLOT + range.start;
+        self.len[i] = range.len();
+        self.addr[i] = dst;
+        self.n += 1;
+    }
+
+    /// Fills the call arrays for datagrams `from..self.n` (sending) or
+    /// all `cap` buffers (receiving).
+    fn prepare(&mut self, from: usize, to: usize, receiving: bool) {
+        for i in from..to {
+            let (start, len) = if receiving {
+                (i * SLOT, SLOT)
+            } else {
+                (self.start[i], self.len[i])
+            };
+            self.iovs[i] = libc::iovec {
+                iov_base: self.buf[start..].as_mut_ptr().cast(),
+                iov_len: len,
+            };
+            if !receiving {
+                self.names[i] = sockaddr(self.addr[i]);
+            }
+            let h = &mut self.hdrs[i];
+            h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iovs[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_hdr.msg_control = std::ptr::null_mut();
+            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+    }
+
+    /// Receives up to `cap` datagrams without blocking (`recvmmsg`,
+    /// `MSG_DONTWAIT`); returns how many (0 when none is waiting).
+    pub fn recv(&mut self, fd: BorrowedFd) -> io::Result<usize> {
+        self.n = 0;
+        self.prepare(0, self.cap, true);
+        // SAFETY: `hdrs[..cap]` point at `iovs`, `names` and disjoint
+        // SLOT-byte ranges of `buf`, all owned by `self` and alive for the
+        // call, with their true lengths; the kernel writes at most those.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                self.hdrs.as_mut_ptr(),
+                self.cap as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Ok(0),
+                _ => Err(e),
+            };
+        }
+        let n = r as usize;
+        for i in 0..n {
+            let h = &self.hdrs[i];
+            self.len[i] = (h.msg_len as usize).min(SLOT);
+            self.trunc[i] = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            self.addr[i] = from_sockaddr(&self.names[i]);
+        }
+        self.n = n;
+        Ok(n)
+    }
+
+    /// Sends the queued datagrams (`sendmmsg`, non-blocking) and empties
+    /// the batch; `done` is called once per datagram, in order, with its
+    /// length or the error it met. A full socket buffer fails the rest.
+    pub fn send(&mut self, fd: BorrowedFd, mut done: impl FnMut(io::Result<usize>)) {
+        let n = self.n;
+        let mut i = 0;
+        while i < n {
+            self.prepare(i, n, false);
+            // SAFETY: `hdrs[i..n]` point at `iovs`, `names` and ranges of
+            // `buf` inside their slots, all owned by `self` and alive for
+            // the call; the kernel only reads them.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd.as_raw_fd(),
+                    self.hdrs[i..].as_mut_ptr(),
+                    (n - i) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+                {
+                    for _ in i..n {
+                        done(Err(io::Error::from(io::ErrorKind::WouldBlock)));
+                    }
+                    break;
+                }
+                // This datagram failed (unreachable, too big): skip it.
+                done(Err(e));
+                i += 1;
+                continue;
+            }
+            for k in i..i + r as usize {
+                done(Ok(self.len[k]));
+            }
+            i += r as usize;
+        }
+        self.n = 0;
+    }
+}
+
+/// Lets the kernel fragment what exceeds the path MTU instead of
+/// refusing it (`IP_MTU_DISCOVER` = `IP_PMTUDISC_DONT`), as Linux's vxlan
+/// does with `df unset`.
+pub fn fragment_freely(fd: BorrowedFd) -> io::Result<()> {
+    let v: libc::c_int = libc::IP_PMTUDISC_DONT;
+    // SAFETY: passes a pointer to a live c_int and its exact size; the
+    // kernel only reads it.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn batch_round_trip_on_loopback() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = match b.local_addr().unwrap() {
+            std::net::SocketAddr::V4(v) => v,
+            _ => unreachable!(),
+        };
+        let mut tx = Batch::new(4);
+        for k in 0..3u8 {
+            let s = tx.next_slot().unwrap();
+            s[..3].copy_from_slice(&[k, k, k]);
+            tx.push(0..3 + usize::from(k), to);
+        }
+        let mut sent = Vec::new();
+        tx.send(a.as_fd(), |r| sent.push(r.unwrap()));
+        assert_eq!(sent, vec![3, 4, 5]);
+        let mut rx = Batch::new(8);
+        let mut got = 0;
+        for _ in 0..100 {
+            got += rx.recv(b.as_fd()).unwrap();
+            if got == 3 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(got, 3);
+        let (from, d) = rx.get(0);
+        assert_eq!(std::net::SocketAddr::V4(from), a.local_addr().unwrap());
+        assert_eq!(&d[..3], &[0, 0, 0]);
+        assert!(!rx.truncated(0));
+        assert_eq!(rx.recv(b.as_fd()).unwrap(), 0);
+    }
+}

@@ -1,0 +1,936 @@
+//! Overlay networks between hosts: VXLAN (RFC 7348) tunnel ports, head-end
+//! replication, proxy ARP for other hosts' endpoints, and ESP (RFC 4303,
+//! [`crate::esp`]) for encrypted overlays. Sans-IO: the dataplane owns the
+//! UDP and raw sockets and calls in here with datagrams.
+//!
+//! Model: an overlay network has a VNI ([`crate::OverlayConfig`]). Each
+//! peer VTEP of a network is a *tunnel port* of that network
+//! ([`crate::TunnelConfig`]): MAC learning, the FDB, flooding (one copy
+//! per tunnel port: head-end replication) and the policy (isolation, ICC)
+//! work on them as on any port. On top:
+//! - split horizon: a frame that came from a tunnel is never flooded to
+//!   another tunnel (every host floods to all the others itself);
+//! - other hosts' endpoints ([`Switch::add_remote`]) are pinned: unicast to
+//!   their MAC goes to their VTEP's port (before the FDB), broadcast ARP
+//!   for their address is answered locally (proxy ARP, as Docker's
+//!   overlay), and a frame from a tunnel with their MAC must come from
+//!   their VTEP with their address ([`DropReason::TunnelSpoofed`]);
+//! - a VTEP that is no peer (a Linux `vxlan` device, say) gets a tunnel
+//!   port of its own when it first sends ([`Worker::process_vxlan`]), at
+//!   most [`MAX_LEARNED_VTEPS`] per network; replies go to its address and
+//!   [`crate::SwitchConfig::vxlan_port`].
+//!
+//! Receive: [`Worker::process_vxlan`] (a UDP datagram on the VXLAN port)
+//! and [`Worker::process_esp`] (an IPv4 packet of protocol 50) check the
+//! header, map the VNI (or SPI) to a network, find the tunnel port of the
+//! sender and run the inner frame through the pipeline. Send: the
+//! dataplane's [`crate::Transmit`] asks [`Topology::egress`] where a tunnel
+//! port's frames go, segments offloaded frames ([`crate::gso`]) and
+//! encapsulates each with [`Egress::encap`]. An encrypted network without
+//! a sending key drops ([`DropReason::EspNoKey`]): nothing leaves in
+//! clear. Every drop before a tunnel port is known counts on the switch's
+//! tunnel counters ([`Switch::tunnel_stats`]).
+
+use crate::counters::{DropReason, PortStats};
+use crate::esp::{self, EspError, Sa};
+use crate::pipeline::{BatchCx, GatewayHook, Processed, Transmit, Worker};
+use crate::topology::{
+    ConfigError, NetworkId, Port, PortConfig, PortId, Switch, Topology, TunnelConfig,
+};
+use crate::wire::{self, ipv4, udp, vxlan, EthernetAddress, Ipv4Packet, VnetHdr, VxlanPacket};
+use core::hash::{BuildHasherDefault, Hasher};
+use core::net::{Ipv4Addr, SocketAddrV4};
+use core::ops::Range;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Tunnel ports a network may learn from traffic (VTEPs that are no peer).
+pub const MAX_LEARNED_VTEPS: usize = 64;
+/// MACs one tunnel port may have learned (a whole host's endpoints).
+pub const TUNNEL_MAX_MACS: u32 = 4096;
+/// Bytes [`Egress::encap`] needs in front of the frame: ESP header and
+/// IV, UDP and VXLAN headers.
+pub const HEADROOM: usize = esp::HEAD_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN;
+/// Bytes [`Egress::encap`] may need after the frame (ESP trailer, ICV).
+pub const TAILROOM: usize = esp::MAX_TAIL_LEN;
+
+/// A small, fast hasher (FxHash) for the read-mostly tunnel tables:
+/// their keys come from the control plane or are bounded per network.
+#[derive(Default, Clone, Copy)]
+pub struct FxHasher(u64);
+
+impl FxHasher {
+    #[inline]
+    fn add(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u16(&mut self, i: u16) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+    #[inline]
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Another host's endpoint on an overlay network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remote {
+    pub mac: EthernetAddress,
+    pub ip: Ipv4Addr,
+    /// The tunnel port of its VTEP.
+    pub port: PortId,
+}
+
+/// An ESP key of a network.
+#[derive(Clone, Debug)]
+pub struct SaEntry {
+    pub net: NetworkId,
+    pub key: [u8; esp::KEY_LEN],
+    pub sa: Arc<Sa>,
+}
+
+/// Records that network `id` has VXLAN id `vni` (refused if another has).
+pub(crate) fn claim_vni(t: &mut Topology, id: NetworkId, vni: u32) -> Result<(), ConfigError> {
+    if vni == 0 || vni > vxlan::MAX_VNI {
+        return Err(ConfigError::Invalid(format!(
+            "VNI {vni} outside 1..{}",
+            vxlan::MAX_VNI
+        )));
+    }
+    if let Some(other) = t.vnis.get(&vni).filter(|n| **n != id) {
+        let name = t
+            .network(*other)
+            .map(|n| n.config.name.clone())
+            .unwrap_or_default();
+        return Err(ConfigError::Invalid(format!(
+            "VNI {vni} is already used by network {name:?}"
+        )));
+    }
+    t.vnis.insert(vni, id);
+    Ok(())
+}
+
+/// Removes network `id`'s tunnel ports, remote endpoints and keys.
+pub(crate) fn clear_overlay(t: &mut Topology, id: NetworkId) {
+    let tunnels: Vec<PortId> = t
+        .ports()
+        .filter(|p| p.network() == id && p.is_tunnel())
+        .map(|p| p.id)
+        .collect();
+    for p in tunnels {
+        let _ = Switch::remove_port_in(t, p);
+    }
+    t.remotes
+        .retain(|k, _| (k >> 48) & 0x7fff != u64::from(id.0));
+    t.remote_ips.retain(|(n, _), _| *n != id);
+    t.spis.retain(|_, e| e.net != id);
+    if let Some(n) = t.networks_mut(id) {
+        n.tx_sa = None;
+    }
+}
+
+impl Switch {
+    /// The tunnel port of `net` towards `remote` (made if missing). A
+    /// learned port becomes a configured one when the control plane names
+    /// its VTEP.
+    fn ensure_tunnel(
+        &self,
+        t: &mut Topology,
+        net: NetworkId,
+        remote: SocketAddrV4,
+        learned: bool,
+    ) -> Result<PortId, ConfigError> {
+        let n = t.network(net).ok_or(ConfigError::NoSuchNetwork)?;
+        if n.config.overlay.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "network {:?} is not an overlay",
+                n.config.name
+            )));
+        }
+        let want = TunnelConfig { remote, learned };
+        if let Some(&pid) = t.tunnels.get(&(net, *remote.ip())) {
+            if let Some(p) = t.port_mut(pid) {
+                if !learned && p.config.tunnel != Some(want) {
+                    p.config.tunnel = Some(want);
+                }
+            }
+            return Ok(pid);
+        }
+        let name = format!("vxlan{}/{remote}", net.0);
+        self.add_port_in(
+            t,
+            PortConfig {
+                name,
+                network: net,
+                mac: None,
+                ip: None,
+                max_macs: Some(TUNNEL_MAX_MACS),
+                tunnel: Some(want),
+            },
+        )
+    }
+
+    /// Sets the VTEPs of the other hosts that have network `net`: its
+    /// broadcast and unknown unicast go to each (head-end replication).
+    /// Peers no longer listed lose their tunnel port unless an endpoint
+    /// of theirs is registered; learned VTEPs are kept.
+    pub fn set_peers(&self, net: NetworkId, peers: &[SocketAddrV4]) -> Result<(), ConfigError> {
+        self.update(|t| {
+            for p in peers {
+                self.ensure_tunnel(t, net, *p, false)?;
+            }
+            let stale: Vec<PortId> = t
+                .ports()
+                .filter(|p| p.network() == net)
+                .filter(|p| {
+                    p.config.tunnel.is_some_and(|tc| {
+                        !tc.learned && !peers.iter().any(|q| q.ip() == tc.remote.ip())
+                    })
+                })
+                .filter(|p| !t.remotes.values().any(|r| r.port == p.id))
+                .map(|p| p.id)
+                .collect();
+            for p in stale {
+                Switch::remove_port_in(t, p)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Pins another host's endpoint (`mac`, `ip`) behind VTEP `vtep` on
+    /// network `net` (replacing an earlier record of the MAC).
+    pub fn add_remote(
+        &self,
+        net: NetworkId,
+        mac: EthernetAddress,
+        ip: Ipv4Addr,
+        vtep: SocketAddrV4,
+    ) -> Result<(), ConfigError> {
+        if mac.is_multicast() || mac.is_zero() {
+            return Err(ConfigError::Invalid(format!("invalid MAC {mac}")));
+        }
+        self.update(|t| {
+            if t.assigned_port(net, mac).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "MAC {mac} belongs to an endpoint of this host"
+                )));
+            }
+            let port = self.ensure_tunnel(t, net, vtep, false)?;
+            let key = crate::fdb::key(net.0, mac);
+            if let Some(old) = t.remotes.remove(&key) {
+                t.remote_ips.remove(&(net, old.ip));
+            }
+            t.remotes.insert(key, Remote { mac, ip, port });
+            t.remote_ips.insert((net, ip), mac);
+            Ok(())
+        })
+    }
+
+    /// Forgets another host's endpoint (no error if unknown).
+    pub fn remove_remote(&self, net: NetworkId, mac: EthernetAddress) -> Result<(), ConfigError> {
+        self.update(|t| {
+            t.network(net).ok_or(ConfigError::NoSuchNetwork)?;
+            if let Some(old) = t.remotes.remove(&crate::fdb::key(net.0, mac)) {
+                if t.remote_ips.get(&(net, old.ip)) == Some(&mac) {
+                    t.remote_ips.remove(&(net, old.ip));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Sets the ESP keys of an encrypted network: every key in `keys` is
+    /// accepted on receipt, `tx_spi`'s sends. An SPI already known with
+    /// the same key keeps its state (sequence number, replay window). An
+    /// empty list removes the keys (the network then sends nothing).
+    pub fn set_esp_keys(
+        &self,
+        net: NetworkId,
+        keys: &[(u32, [u8; esp::KEY_LEN])],
+        tx_spi: u32,
+    ) -> Result<(), ConfigError> {
+        for (i, (spi, _)) in keys.iter().enumerate() {
+            if *spi < 256 {
+                return Err(ConfigError::Invalid(format!(
+                    "SPI {spi} is reserved (RFC 4303: 0-255)"
+                )));
+            }
+            if keys[..i].iter().any(|(s, _)| s == spi) {
+                return Err(ConfigError::Invalid(format!("SPI {spi} is listed twice")));
+            }
+        }
+        if !keys.is_empty() && !keys.iter().any(|(s, _)| *s == tx_spi) {
+            return Err(ConfigError::Invalid(format!(
+                "the sending SPI {tx_spi} is not one of the keys"
+            )));
+        }
+        self.update(|t| {
+            let n = t.network(net).ok_or(ConfigError::NoSuchNetwork)?;
+            if !n.config.overlay.is_some_and(|o| o.encrypted) {
+                return Err(ConfigError::Invalid(format!(
+                    "network {:?} is not an encrypted overlay",
+                    n.config.name
+                )));
+            }
+            let mut fresh = Vec::new();
+            for (spi, key) in keys {
+                let sa = match t.spis.get(spi) {
+                    Some(e) if e.net != net => {
+                        return Err(ConfigError::Invalid(format!(
+                            "SPI {spi} is used by another network"
+                        )))
+                    }
+                    Some(e) if e.key == *key => e.sa.clone(),
+                    _ => Arc::new(Sa::new(*spi, key)),
+                };
+                fresh.push(SaEntry { net, key: *key, sa });
+            }
+            t.spis.retain(|_, e| e.net != net);
+            let tx = fresh
+                .iter()
+                .find(|e| e.sa.spi() == tx_spi)
+                .map(|e| e.sa.clone());
+            for e in fresh {
+                t.spis.insert(e.sa.spi(), e);
+            }
+            if let Some(n) = t.networks_mut(net) {
+                n.tx_sa = tx;
+            }
+            Ok(())
+        })
+    }
+
+    /// A tunnel port for a VTEP that sent on `net` and is no peer.
+    fn learn_tunnel(&self, net: NetworkId, ip: Ipv4Addr) -> Result<PortId, DropReason> {
+        let learned = self
+            .topology()
+            .ports()
+            .filter(|p| p.network() == net && p.config.tunnel.is_some_and(|t| t.learned))
+            .count();
+        if learned >= MAX_LEARNED_VTEPS || ip.is_unspecified() || ip.is_broadcast() {
+            return Err(DropReason::TunnelNoPeer);
+        }
+        let remote = SocketAddrV4::new(ip, self.config.vxlan_port);
+        self.update(|t| self.ensure_tunnel(t, net, remote, true))
+            .map_err(|_| DropReason::TunnelNoPeer)
+    }
+
+    /// The tunnel's counters: datagrams received and sent, and the drops
+    /// before a frame reached a tunnel port (and the encapsulation's).
+    pub fn tunnel_stats(&self) -> PortStats {
+        self.tunnel.sum()
+    }
+
+    /// Counts a datagram sent (or a send failure) on the tunnel (for the
+    /// I/O edge, from worker `worker`).
+    pub fn count_tunnel_tx(&self, worker: usize, bytes: usize) {
+        self.tunnel.slot(worker).count_tx(bytes);
+    }
+
+    /// Counts a tunnel drop on worker `worker` (for the I/O edge).
+    pub fn count_tunnel_drop(&self, worker: usize, reason: DropReason) {
+        self.tunnel.slot(worker).count_drop(reason);
+    }
+}
+
+/// Where a tunnel port's frames go, and how.
+#[derive(Clone, Copy, Debug)]
+pub struct Egress<'a> {
+    pub remote: SocketAddrV4,
+    pub vni: u32,
+    /// The sending key of an encrypted network.
+    pub sa: Option<&'a Sa>,
+}
+
+impl Topology {
+    /// How frames leave on tunnel port `port`. An encrypted network
+    /// without a sending key refuses ([`DropReason::EspNoKey`]).
+    #[inline]
+    pub fn egress(&self, port: &Port) -> Result<Egress<'_>, DropReason> {
+        let tc = port.config.tunnel.ok_or(DropReason::TunnelNoPeer)?;
+        let n = self
+            .network(port.network())
+            .ok_or(DropReason::UnknownPort)?;
+        let o = n.config.overlay.ok_or(DropReason::TunnelNoPeer)?;
+        let sa = if o.encrypted {
+            Some(n.tx_sa.as_deref().ok_or(DropReason::EspNoKey)?)
+        } else {
+            None
+        };
+        Ok(Egress {
+            remote: tc.remote,
+            vni: o.vni,
+            sa,
+        })
+    }
+}
+
+impl Egress<'_> {
+    /// Encapsulates plain frame `frame` in `slot` (which needs
+    /// [`HEADROOM`] + frame + [`TAILROOM`] bytes) and returns what to send:
+    /// VXLAN header and frame (the UDP payload) for a plain network; the
+    /// ESP packet (the IP payload, protocol 50) carrying UDP, VXLAN and
+    /// the frame for an encrypted one.
+    #[inline]
+    pub fn encap(&self, frame: &[u8], slot: &mut [u8]) -> Result<Range<usize>, DropReason> {
+        let end = HEADROOM + frame.len();
+        if slot.len() < end + TAILROOM {
+            return Err(DropReason::Oversize);
+        }
+        slot[HEADROOM..end].copy_from_slice(frame);
+        let vx = HEADROOM - vxlan::HEADER_LEN;
+        vxlan::emit_header(&mut slot[vx..HEADROOM], self.vni);
+        let Some(sa) = self.sa else {
+            return Ok(vx..end);
+        };
+        let u = vx - udp::HEADER_LEN;
+        let ulen = end - u;
+        let h = &mut slot[u..vx];
+        h[0..2].copy_from_slice(&flow_port(frame).to_be_bytes());
+        h[2..4].copy_from_slice(&self.remote.port().to_be_bytes());
+        h[4..6].copy_from_slice(&(ulen as u16).to_be_bytes());
+        h[6..8].fill(0); // no UDP checksum over IPv4, as Linux's vxlan
+        match sa.seal(slot, ulen, ipv4::protocol::UDP) {
+            Ok(n) => Ok(0..n),
+            Err(EspError::SeqExhausted) => Err(DropReason::EspSeqExhausted),
+            Err(_) => Err(DropReason::Oversize),
+        }
+    }
+}
+
+/// The UDP source port of a tunnelled frame: a hash of its flow (MACs,
+/// addresses, ports), in 32768..61000 as Linux's `udp_flow_src_port`, so
+/// that the underlay spreads flows and keeps each one in order.
+#[inline]
+pub fn flow_port(frame: &[u8]) -> u16 {
+    let mut h = FxHasher::default();
+    h.write(frame.get(..14).unwrap_or(frame));
+    if frame.len() >= 34 && frame[12..14] == [0x08, 0x00] {
+        let ihl = usize::from(frame[14] & 0x0f) * 4;
+        h.write(&frame[26..34]); // addresses
+        h.write_u8(frame[23]); // protocol
+        if let Some(ports) = frame.get(14 + ihl..14 + ihl + 4) {
+            h.write(ports);
+        }
+    }
+    let x = h.finish();
+    32768 + ((x ^ (x >> 32)) % (61000 - 32768)) as u16
+}
+
+impl<H: GatewayHook> Worker<H> {
+    /// Runs a datagram received on the VXLAN port from `from`: checks the
+    /// header and VNI, finds (or learns) the sender's tunnel port, and
+    /// runs the inner frame through the pipeline. Returns what
+    /// [`Worker::process`] said and where the inner frame is in
+    /// `datagram` (to hand it over when claimed).
+    pub fn process_vxlan<T: Transmit>(
+        &mut self,
+        cx: &BatchCx,
+        from: SocketAddrV4,
+        datagram: &[u8],
+        tx: &mut T,
+    ) -> (Processed, Range<usize>) {
+        let slot = self.sw.tunnel.slot(self.id);
+        slot.count_rx(datagram.len());
+        let net = (|| {
+            let v = VxlanPacket::new_checked(datagram).map_err(|_| DropReason::VxlanBadHeader)?;
+            let n = cx
+                .topo
+                .network_by_vni(v.vni())
+                .ok_or(DropReason::VxlanUnknownVni)?;
+            if n.config.overlay.is_some_and(|o| o.encrypted) {
+                return Err(DropReason::VxlanUnencrypted);
+            }
+            Ok(n.id)
+        })();
+        match net {
+            Ok(net) => {
+                let inner = vxlan::HEADER_LEN..datagram.len();
+                let p = self.tunnel_ingress(cx, net, *from.ip(), &datagram[inner.clone()], tx);
+                (p, inner)
+            }
+            Err(r) => {
+                slot.count_drop(r);
+                (Processed::Done, 0..0)
+            }
+        }
+    }
+
+    /// Runs an IPv4 packet of protocol 50 (ESP, header included, as a raw
+    /// socket gives it): finds the key by SPI, checks the replay window,
+    /// verifies and decrypts in place, checks the UDP and VXLAN headers
+    /// inside and runs the inner frame through the pipeline. Returns as
+    /// [`Worker::process_vxlan`].
+    pub fn process_esp<T: Transmit>(
+        &mut self,
+        cx: &BatchCx,
+        packet: &mut [u8],
+        tx: &mut T,
+    ) -> (Processed, Range<usize>) {
+        let slot = self.sw.tunnel.slot(self.id);
+        slot.count_rx(packet.len());
+        let r = (|| {
+            let ip = Ipv4Packet::new_checked(&packet[..]).map_err(|_| DropReason::EspMalformed)?;
+            if ip.protocol() != esp::IP_PROTOCOL || ip.is_fragment() {
+                return Err(DropReason::EspMalformed);
+            }
+            let from = ip.src_addr();
+            let (hl, total) = (
+                ip.header_len(),
+                usize::from(ip.total_len()).min(packet.len()),
+            );
+            let pkt = &mut packet[hl..total];
+            let spi = esp::spi_of(pkt).ok_or(DropReason::EspMalformed)?;
+            let e = cx.topo.spis.get(&spi).ok_or(DropReason::EspUnknownSpi)?;
+            let (nh, range) = e.sa.open(pkt).map_err(|err| match err {
+                EspError::AuthFailed => DropReason::EspAuthFailed,
+                EspError::Replay => DropReason::EspReplay,
+                _ => DropReason::EspMalformed,
+            })?;
+            if nh != ipv4::protocol::UDP || range.len() < udp::HEADER_LEN {
+                return Err(DropReason::EspMalformed);
+            }
+            let inner = hl + range.start + udp::HEADER_LEN..hl + range.end;
+            let v = VxlanPacket::new_checked(&packet[inner.clone()])
+                .map_err(|_| DropReason::VxlanBadHeader)?;
+            let n = cx.topo.network(e.net).ok_or(DropReason::VxlanUnknownVni)?;
+            if n.config.overlay.map(|o| o.vni) != Some(v.vni()) {
+                return Err(DropReason::VxlanUnknownVni);
+            }
+            Ok((n.id, from, inner.start + vxlan::HEADER_LEN..inner.end))
+        })();
+        match r {
+            Ok((net, from, inner)) => {
+                let p = self.tunnel_ingress(cx, net, from, &packet[inner.clone()], tx);
+                (p, inner)
+            }
+            Err(r) => {
+                slot.count_drop(r);
+                (Processed::Done, 0..0)
+            }
+        }
+    }
+
+    fn tunnel_ingress<T: Transmit>(
+        &mut self,
+        cx: &BatchCx,
+        net: NetworkId,
+        from: Ipv4Addr,
+        inner: &[u8],
+        tx: &mut T,
+    ) -> Processed {
+        if let Some(p) = cx.topo.tunnel_port(net, from) {
+            let id = p.id;
+            return self.process(cx, id, &VnetHdr::default(), inner, tx);
+        }
+        match self.sw.learn_tunnel(net, from) {
+            Ok(id) => {
+                let cx = self.begin(cx.now_ns);
+                self.process(&cx, id, &VnetHdr::default(), inner, tx)
+            }
+            Err(r) => {
+                self.sw.tunnel.slot(self.id).count_drop(r);
+                Processed::Done
+            }
+        }
+    }
+}
+
+/// Checks a frame from tunnel port `port` against the remote endpoints:
+/// a registered MAC must come from its VTEP with its address.
+#[inline]
+pub(crate) fn check_remote(
+    topo: &Topology,
+    port: &Port,
+    src: EthernetAddress,
+    ethertype: wire::EtherType,
+    payload: &[u8],
+) -> Result<(), DropReason> {
+    let Some(r) = topo.remote(port.network(), src) else {
+        return Ok(());
+    };
+    if r.port != port.id {
+        return Err(DropReason::TunnelSpoofed);
+    }
+    let sip = match ethertype {
+        wire::EtherType::Ipv4 => Ipv4Packet::new_checked(payload).ok().map(|p| p.src_addr()),
+        wire::EtherType::Arp => wire::ArpPacket::new_checked(payload)
+            .ok()
+            .map(|p| p.sender_ip())
+            .filter(|a| !a.is_unspecified()),
+        _ => None,
+    };
+    match sip {
+        Some(a) if a != r.ip => Err(DropReason::TunnelSpoofed),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build;
+    use crate::mem::{MemSwitch, MemTx, Sent};
+    use crate::topology::{NetworkConfig, OverlayConfig, SwitchConfig};
+    use crate::wire::arp::ArpOp;
+    use crate::wire::{ArpPacket, EthernetFrame};
+
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 9, 1);
+    const IP_A: Ipv4Addr = Ipv4Addr::new(10, 0, 9, 2);
+    const IP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 9, 3);
+    const VTEP_A: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 4789);
+    const VTEP_B: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 2), 4789);
+    const VTEP_C: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 3), 4789);
+
+    struct Host {
+        ms: MemSwitch,
+        net: NetworkId,
+        port: PortId,
+    }
+
+    /// A host with overlay network VNI 42 and one endpoint (`mac`, `ip`).
+    fn host(mac: u32, ip: Ipv4Addr, encrypted: bool, icc: bool) -> Host {
+        let ms = MemSwitch::new(SwitchConfig::default());
+        let mut c = NetworkConfig::new("ov", Ipv4Addr::new(10, 0, 9, 0), 24, GW);
+        c.overlay = Some(OverlayConfig { vni: 42, encrypted });
+        c.icc = icc;
+        c.mtu = 1450;
+        let net = ms.switch.add_network(c).unwrap();
+        let port = ms
+            .switch
+            .add_port(PortConfig::endpoint("ep", net, build::mac(mac), ip))
+            .unwrap();
+        Host { ms, net, port }
+    }
+
+    /// A and B, each knowing the other's endpoint and VTEP.
+    fn pair(encrypted: bool, icc: bool) -> (Host, Host) {
+        let a = host(1, IP_A, encrypted, icc);
+        let b = host(2, IP_B, encrypted, icc);
+        a.ms.switch.set_peers(a.net, &[VTEP_B]).unwrap();
+        b.ms.switch.set_peers(b.net, &[VTEP_A]).unwrap();
+        a.ms.switch
+            .add_remote(a.net, build::mac(2), IP_B, VTEP_B)
+            .unwrap();
+        b.ms.switch
+            .add_remote(b.net, build::mac(1), IP_A, VTEP_A)
+            .unwrap();
+        if encrypted {
+            let keys = [(0x1000, [5u8; esp::KEY_LEN])];
+            a.ms.switch.set_esp_keys(a.net, &keys, 0x1000).unwrap();
+            b.ms.switch.set_esp_keys(b.net, &keys, 0x1000).unwrap();
+        }
+        (a, b)
+    }
+
+    /// Encapsulates what `h` sent on tunnel ports: (VTEP, wire bytes).
+    fn encap_all(h: &Host, sent: &[Sent]) -> Vec<(SocketAddrV4, Vec<u8>)> {
+        let topo = h.ms.switch.topology();
+        sent.iter()
+            .filter_map(|s| {
+                let p = topo.port(s.port)?;
+                let e = topo.egress(p).ok()?;
+                let mut slot = vec![0u8; 2048];
+                let r = e.encap(&s.frame, &mut slot).unwrap();
+                Some((e.remote, slot[r].to_vec()))
+            })
+            .collect()
+    }
+
+    fn rx_vxlan(h: &mut Host, from: SocketAddrV4, d: &[u8]) -> Vec<Sent> {
+        let mut tx = MemTx::default();
+        let cx = h.ms.worker.begin(0);
+        h.ms.worker.process_vxlan(&cx, from, d, &mut tx);
+        tx.sent
+    }
+
+    /// An ESP packet as the raw socket gives it (IPv4 header in front).
+    fn rx_esp(h: &mut Host, from: SocketAddrV4, esp_pkt: &[u8]) -> Vec<Sent> {
+        let mut p = vec![0u8; 20 + esp_pkt.len()];
+        ipv4::emit_header(&mut p, *from.ip(), *VTEP_B.ip(), 50, esp_pkt.len(), 64);
+        p[20..].copy_from_slice(esp_pkt);
+        let mut tx = MemTx::default();
+        let cx = h.ms.worker.begin(0);
+        h.ms.worker.process_esp(&cx, &mut p, &mut tx);
+        tx.sent
+    }
+
+    fn ping(from: u32, to: u32, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
+        build::icmp_echo(
+            false,
+            build::mac(to),
+            build::mac(from),
+            src,
+            dst,
+            1,
+            1,
+            b"x",
+        )
+    }
+
+    #[test]
+    fn unicast_is_encapsulated_and_decapsulated() {
+        let (mut a, mut b) = pair(false, true);
+        let f = ping(1, 2, IP_A, IP_B);
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &f);
+        assert_eq!(sent.len(), 1);
+        let wire = encap_all(&a, &sent);
+        assert_eq!(wire.len(), 1);
+        let (to, d) = &wire[0];
+        assert_eq!(*to, VTEP_B);
+        let v = VxlanPacket::new_checked(&d[..]).unwrap();
+        assert_eq!((v.flags(), v.vni(), v.payload()), (0x08, 42, &f[..]));
+        let got = rx_vxlan(&mut b, VTEP_A, d);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].port, &got[0].frame), (b.port, &f));
+        assert_eq!(b.ms.switch.tunnel_stats().rx_packets, 1);
+    }
+
+    #[test]
+    fn proxy_arp_answers_for_remote_endpoints() {
+        let (mut a, _b) = pair(false, true);
+        let req = build::arp_request(build::mac(1), IP_A, IP_B);
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &req);
+        assert_eq!(sent.len(), 1, "answered, not flooded");
+        assert_eq!(sent[0].port, a.port);
+        let e = EthernetFrame::new_checked(&sent[0].frame[..]).unwrap();
+        let p = ArpPacket::new_checked(e.payload()).unwrap();
+        assert_eq!(p.operation(), ArpOp::Reply);
+        assert_eq!((p.sender_hw(), p.sender_ip()), (build::mac(2), IP_B));
+        // An address nobody registered is flooded to the peers.
+        let req = build::arp_request(build::mac(1), IP_A, Ipv4Addr::new(10, 0, 9, 77));
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &req);
+        assert_eq!(sent.len(), 1);
+        assert_ne!(sent[0].port, a.port);
+    }
+
+    #[test]
+    fn broadcast_is_replicated_to_every_peer_once() {
+        let (a, _b) = pair(false, true);
+        let mut a = a;
+        a.ms.switch.set_peers(a.net, &[VTEP_B, VTEP_C]).unwrap();
+        let f = build::udp(
+            EthernetAddress::BROADCAST,
+            build::mac(1),
+            (IP_A, 5),
+            (Ipv4Addr::new(10, 0, 9, 255), 6),
+            b"hi",
+        );
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &f);
+        let mut to: Vec<_> = encap_all(&a, &sent).into_iter().map(|(t, _)| t).collect();
+        to.sort();
+        assert_eq!(to, vec![VTEP_B, VTEP_C]);
+        // Peers are replaced: C leaves; B stays while its endpoint does.
+        a.ms.switch.set_peers(a.net, &[]).unwrap();
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &f);
+        let to: Vec<_> = encap_all(&a, &sent).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(to, vec![VTEP_B]);
+    }
+
+    #[test]
+    fn split_horizon_and_learning_from_unknown_vteps() {
+        let (_a, mut b) = pair(false, true);
+        b.ms.switch.set_peers(b.net, &[VTEP_A, VTEP_C]).unwrap();
+        // A kernel vxlan device at 192.0.2.9 (no peer) broadcasts an ARP
+        // request: flooded to the local endpoint only (not to A or C).
+        let k = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 40000);
+        let kmac = build::mac(0x99);
+        let kip = Ipv4Addr::new(10, 0, 9, 99);
+        let mut d = vec![0u8; 8];
+        vxlan::emit_header(&mut d, 42);
+        d.extend(build::arp_request(kmac, kip, IP_B));
+        let got = rx_vxlan(&mut b, k, &d);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].port, b.port);
+        // Its MAC is learned behind a new tunnel port towards its address
+        // and the VXLAN port: the reply is tunnelled there.
+        let reply = build::arp(ArpOp::Reply, kmac, build::mac(2), IP_B, kmac, kip);
+        let sent = b.ms.inject(0, b.port, VnetHdr::default(), &reply);
+        let wire = encap_all(&b, &sent);
+        assert_eq!(wire.len(), 1);
+        assert_eq!(wire[0].0, SocketAddrV4::new(*k.ip(), 4789));
+        let topo = b.ms.switch.topology();
+        assert!(
+            topo.tunnel_port(b.net, *k.ip())
+                .unwrap()
+                .config
+                .tunnel
+                .unwrap()
+                .learned
+        );
+    }
+
+    #[test]
+    fn bad_header_unknown_vni_and_spoofed_remote_are_dropped() {
+        let (_a, mut b) = pair(false, true);
+        let f = ping(1, 2, IP_A, IP_B);
+        let mut d = vec![0u8; 8];
+        vxlan::emit_header(&mut d, 43);
+        d.extend_from_slice(&f);
+        assert!(rx_vxlan(&mut b, VTEP_A, &d).is_empty());
+        d[0] = 0;
+        assert!(rx_vxlan(&mut b, VTEP_A, &d).is_empty());
+        assert!(rx_vxlan(&mut b, VTEP_A, &d[..5]).is_empty());
+        let st = b.ms.switch.tunnel_stats();
+        assert_eq!(st.drop_count(DropReason::VxlanUnknownVni), 1);
+        assert_eq!(st.drop_count(DropReason::VxlanBadHeader), 2);
+        // A's endpoint's MAC from C's VTEP: spoofed.
+        vxlan::emit_header(&mut d, 42);
+        assert!(rx_vxlan(&mut b, VTEP_C, &d).is_empty());
+        // ... and from A with another address.
+        let mut d2 = d[..8].to_vec();
+        d2.extend(ping(1, 2, Ipv4Addr::new(10, 0, 9, 50), IP_B));
+        assert!(rx_vxlan(&mut b, VTEP_A, &d2).is_empty());
+        let topo = b.ms.switch.topology();
+        let spoofed: u64 = topo
+            .ports()
+            .filter(|p| p.is_tunnel())
+            .map(|p| p.counters.sum().drop_count(DropReason::TunnelSpoofed))
+            .sum();
+        assert_eq!(spoofed, 2);
+        assert_eq!(rx_vxlan(&mut b, VTEP_A, &d).len(), 1);
+    }
+
+    #[test]
+    fn icc_off_applies_across_hosts() {
+        let (mut a, mut b) = pair(false, false);
+        let f = ping(1, 2, IP_A, IP_B);
+        assert!(a.ms.inject(0, a.port, VnetHdr::default(), &f).is_empty());
+        let mut d = vec![0u8; 8];
+        vxlan::emit_header(&mut d, 42);
+        d.extend_from_slice(&f);
+        assert!(rx_vxlan(&mut b, VTEP_A, &d).is_empty());
+        let topo = b.ms.switch.topology();
+        let p = topo.tunnel_port(b.net, *VTEP_A.ip()).unwrap();
+        assert_eq!(p.counters.sum().drop_count(DropReason::IccDisabled), 1);
+    }
+
+    #[test]
+    fn encrypted_overlay_uses_esp_only() {
+        let (mut a, mut b) = pair(true, true);
+        let f = ping(1, 2, IP_A, IP_B);
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &f);
+        let wire = encap_all(&a, &sent);
+        assert_eq!(wire.len(), 1);
+        let pkt = wire[0].1.clone();
+        assert_eq!(esp::spi_of(&pkt), Some(0x1000));
+        assert!(!pkt.windows(f.len()).any(|w| w == &f[..]), "in clear");
+        let got = rx_esp(&mut b, VTEP_A, &pkt);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].frame, f);
+        // Replayed: dropped.
+        assert!(rx_esp(&mut b, VTEP_A, &pkt).is_empty());
+        // Plain VXLAN for the encrypted network: dropped.
+        let mut d = vec![0u8; 8];
+        vxlan::emit_header(&mut d, 42);
+        d.extend_from_slice(&f);
+        assert!(rx_vxlan(&mut b, VTEP_A, &d).is_empty());
+        // Wrong key on A: dropped by B.
+        a.ms.switch
+            .set_esp_keys(a.net, &[(0x1000, [6u8; esp::KEY_LEN])], 0x1000)
+            .unwrap();
+        // (The new SA starts at sequence 1, which B saw: send two.)
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &f);
+        let _ = encap_all(&a, &sent);
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &f);
+        let bad = encap_all(&a, &sent).remove(0).1;
+        assert!(rx_esp(&mut b, VTEP_A, &bad).is_empty());
+        // Unknown SPI.
+        a.ms.switch
+            .set_esp_keys(a.net, &[(0x2000, [5u8; esp::KEY_LEN])], 0x2000)
+            .unwrap();
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &f);
+        let other = encap_all(&a, &sent).remove(0).1;
+        assert!(rx_esp(&mut b, VTEP_A, &other).is_empty());
+        let st = b.ms.switch.tunnel_stats();
+        assert_eq!(st.drop_count(DropReason::EspReplay), 1);
+        assert_eq!(st.drop_count(DropReason::VxlanUnencrypted), 1);
+        assert_eq!(st.drop_count(DropReason::EspAuthFailed), 1);
+        assert_eq!(st.drop_count(DropReason::EspUnknownSpi), 1);
+        // No keys: nothing leaves.
+        a.ms.switch.set_esp_keys(a.net, &[], 0).unwrap();
+        let topo = a.ms.switch.topology();
+        let p = topo.tunnel_port(a.net, *VTEP_B.ip()).unwrap();
+        assert_eq!(topo.egress(p).unwrap_err(), DropReason::EspNoKey);
+    }
+
+    #[test]
+    fn key_rotation_keeps_state_and_validates() {
+        let (a, _b) = pair(true, true);
+        let sw = &a.ms.switch;
+        let k1 = (0x1000, [5u8; esp::KEY_LEN]);
+        let k2 = (0x2000, [7u8; esp::KEY_LEN]);
+        let before = sw.topology().spis.get(&0x1000).unwrap().sa.clone();
+        sw.set_esp_keys(a.net, &[k1, k2], 0x2000).unwrap();
+        let t = sw.topology();
+        assert!(Arc::ptr_eq(&t.spis.get(&0x1000).unwrap().sa, &before));
+        assert_eq!(
+            t.network(a.net).unwrap().tx_sa.as_ref().unwrap().spi(),
+            0x2000
+        );
+        assert!(sw.set_esp_keys(a.net, &[k1], 0x2000).is_err());
+        assert!(sw.set_esp_keys(a.net, &[(5, [0; 20])], 5).is_err());
+        assert!(sw.set_esp_keys(a.net, &[k1, k1], 0x1000).is_err());
+    }
+
+    #[test]
+    fn vni_is_unique_and_network_removal_takes_tunnels() {
+        let a = host(1, IP_A, false, true);
+        let mut c = NetworkConfig::new("ov2", Ipv4Addr::new(10, 0, 8, 0), 24, GW);
+        c.overlay = Some(OverlayConfig {
+            vni: 42,
+            encrypted: false,
+        });
+        assert!(a.ms.switch.add_network(c).is_err());
+        a.ms.switch.set_peers(a.net, &[VTEP_B]).unwrap();
+        assert_eq!(
+            a.ms.switch.remove_network(a.net),
+            Err(ConfigError::NetworkInUse)
+        );
+        a.ms.switch.remove_port(a.port).unwrap();
+        a.ms.switch.remove_network(a.net).unwrap();
+        assert!(a.ms.switch.topology().vnis.is_empty());
+        assert_eq!(a.ms.switch.topology().ports().count(), 0);
+    }
+
+    #[test]
+    fn flow_port_is_stable_and_in_range() {
+        let f = ping(1, 2, IP_A, IP_B);
+        let p = flow_port(&f);
+        assert!((32768..61000).contains(&p));
+        assert_eq!(p, flow_port(&f));
+        assert!((32768..61000).contains(&flow_port(&[])));
+    }
+}
