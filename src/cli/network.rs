@@ -278,7 +278,13 @@ fn create(c: &Client, a: CreateArgs) -> anyhow::Result<ExitCode> {
     }
     let mut options = BTreeMap::new();
     for o in &a.opt {
-        let (k, v) = key_value(o, "option")?;
+        // A bare KEY is KEY with an empty value, as Docker's `--opt
+        // encrypted`.
+        let (k, v) = match o.contains('=') {
+            true => key_value(o, "option")?,
+            false if !o.is_empty() => (o.clone(), String::new()),
+            false => anyhow::bail!("invalid option \"\": expected KEY[=VALUE]"),
+        };
         options.insert(k, v);
     }
     let mut labels = BTreeMap::new();

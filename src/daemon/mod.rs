@@ -338,7 +338,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         host_loopback: cfg.host_loopback,
         conntrack: cfg.conntrack,
         faults: dataplane_faults()?,
-        vtep: None,
+        vtep: cfg
+            .cluster
+            .as_ref()
+            .map(|c| crate::dataplane::VtepConfig::new(c.vtep)),
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)

@@ -60,17 +60,17 @@ pub struct Applied {
 
 /// The dataplane's part of the overlay (tunnel peers, remote endpoints,
 /// ESP keys), in one place.
+/// The overlay's dataplane calls, from the cluster's records.
 mod dp {
     use super::*;
-    use crate::dataplane::{Dataplane, DataplaneError};
+    use crate::dataplane::{Dataplane, DataplaneError, EspKey, RemoteEndpoint};
 
     pub fn set_peers(
         dp: &Dataplane,
         net: NetId,
         peers: &[SocketAddr],
     ) -> Result<(), DataplaneError> {
-        let _ = (dp, net, peers);
-        Ok(())
+        dp.set_peers(net, peers)
     }
 
     pub fn add_remote(
@@ -78,18 +78,39 @@ mod dp {
         net: NetId,
         e: &EndpointRecord,
     ) -> Result<(), DataplaneError> {
-        let _ = (dp, net, e);
-        Ok(())
+        dp.add_remote_endpoint(
+            net,
+            RemoteEndpoint {
+                mac: e.mac.0,
+                ipv4: e.ipv4,
+                vtep: e.vtep,
+            },
+        )
     }
 
     pub fn remove_remote(dp: &Dataplane, net: NetId, mac: Mac) -> Result<(), DataplaneError> {
-        let _ = (dp, net, mac);
-        Ok(())
+        dp.remove_remote_endpoint(net, mac.0)
     }
 
+    /// Applies a key ring (its keys are 40 hex digits: key and salt).
     pub fn set_keys(dp: &Dataplane, net: NetId, ring: &KeyRing) -> Result<(), DataplaneError> {
-        let _ = (dp, net, ring);
-        Ok(())
+        let keys = ring
+            .keys
+            .iter()
+            .map(|k| {
+                let key = hex::decode(&k.key)
+                    .ok()
+                    .and_then(|b| <[u8; 20]>::try_from(b).ok())
+                    .ok_or_else(|| {
+                        DataplaneError::EspKeys(format!(
+                            "key of SPI {:#x} is not 40 hex digits",
+                            k.spi
+                        ))
+                    })?;
+                Ok(EspKey { spi: k.spi, key })
+            })
+            .collect::<Result<Vec<_>, DataplaneError>>()?;
+        dp.set_esp_keys(net, &keys, ring.tx)
     }
 }
 

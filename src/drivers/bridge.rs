@@ -192,10 +192,9 @@ pub(super) fn add_overlay_to_dataplane(
     vni: u32,
     encrypted: bool,
 ) -> Result<(), DataplaneError> {
-    // Tunnelled once the daemon gives the dataplane a VTEP; until then
-    // the network stays host-local, as before the tunnel existed.
-    let overlay = dp.vtep_addr().map(|_| OverlaySpec { vni, encrypted });
-    add_switched(dp, id, n, true, overlay)
+    // Without a VTEP (a daemon restarted without --cluster-store) the
+    // dataplane refuses it (NoVtep): never a silently host-local overlay.
+    add_switched(dp, id, n, true, Some(OverlaySpec { vni, encrypted }))
 }
 
 /// The first network whose pool overlaps `subnet`, as a driver error.
