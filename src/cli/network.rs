@@ -278,12 +278,11 @@ fn create(c: &Client, a: CreateArgs) -> anyhow::Result<ExitCode> {
     }
     let mut options = BTreeMap::new();
     for o in &a.opt {
-        // A bare KEY is KEY with an empty value, as Docker's `--opt
-        // encrypted`.
-        let (k, v) = match o.contains('=') {
-            true => key_value(o, "option")?,
-            false if !o.is_empty() => (o.clone(), String::new()),
-            false => anyhow::bail!("invalid option \"\": expected KEY[=VALUE]"),
+        // `-o encrypted` alone, as Docker's overlay takes it; every other
+        // option is KEY=VALUE.
+        let (k, v) = match o.as_str() {
+            "encrypted" => (o.clone(), String::new()),
+            _ => key_value(o, "option")?,
         };
         options.insert(k, v);
     }
