@@ -25,7 +25,6 @@
 //! endpoint) sees the names of the arrival network only.
 
 use arc_swap::{ArcSwap, Guard};
-use core::hash::{BuildHasherDefault, Hasher};
 use core::net::Ipv4Addr;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -160,63 +159,7 @@ impl RegistryData {
     }
 }
 
-/// FxHash (rustc's): fast, not DoS-resistant; keys are names the control
-/// plane registered, and a probe for an attacker's name costs one hash.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-const FX_K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(FX_K);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut c = bytes.chunks_exact(8);
-        for w in &mut c {
-            self.add(u64::from_le_bytes([
-                w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7],
-            ]));
-        }
-        let r = c.remainder();
-        if !r.is_empty() {
-            let mut b = [0u8; 8];
-            b[..r.len()].copy_from_slice(r);
-            self.add(u64::from_le_bytes(b));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+type FxMap<K, V> = tapnet_switch::fxhash::FastMap<K, V>;
 
 /// One network in the snapshot.
 #[derive(Debug, Default)]

@@ -22,6 +22,7 @@ pub mod capture;
 pub mod counters;
 pub mod esp;
 pub mod fdb;
+pub mod fxhash;
 pub mod gso;
 pub mod mem;
 pub mod pcapng;

@@ -38,10 +38,9 @@ use crate::topology::{
     ConfigError, NetworkId, Port, PortConfig, PortId, Switch, Topology, TunnelConfig,
 };
 use crate::wire::{self, ipv4, udp, vxlan, EthernetAddress, Ipv4Packet, VnetHdr, VxlanPacket};
-use core::hash::{BuildHasherDefault, Hasher};
+use core::hash::Hasher;
 use core::net::{Ipv4Addr, SocketAddrV4};
 use core::ops::Range;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Tunnel ports a network may learn from traffic (VTEPs that are no peer).
@@ -54,55 +53,7 @@ pub const HEADROOM: usize = esp::HEAD_LEN + udp::HEADER_LEN + vxlan::HEADER_LEN;
 /// Bytes [`Egress::encap`] may need after the frame (ESP trailer, ICV).
 pub const TAILROOM: usize = esp::MAX_TAIL_LEN;
 
-/// A small, fast hasher (FxHash) for the read-mostly tunnel tables:
-/// their keys come from the control plane or are bounded per network.
-#[derive(Default, Clone, Copy)]
-pub struct FxHasher(u64);
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, w: u64) {
-        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        for c in bytes.chunks(8) {
-            let mut w = [0u8; 8];
-            w[..c.len()].copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// A `HashMap` with [`FxHasher`].
-pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub use crate::fxhash::{FastMap, FxHasher};
 
 /// Another host's endpoint on an overlay network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
