@@ -29,7 +29,7 @@ use super::endpoints;
 use super::error::{EndpointError, NetworkError};
 use super::types::NetworkCreate;
 use crate::cluster::{Cluster, ClusterError, EndpointRecord, EspKeyRecord, KeyRing, Snapshot};
-use crate::dataplane::{DnsEndpoint, NetId};
+use crate::dataplane::{DataplaneError, DnsEndpoint, EspKey, RemoteEndpoint};
 use crate::drivers::{self, overlay, DriverKind, Scope};
 use crate::model::*;
 use crate::state::State;
@@ -60,58 +60,30 @@ pub struct Applied {
 
 /// The dataplane's part of the overlay (tunnel peers, remote endpoints,
 /// ESP keys), in one place.
-/// The overlay's dataplane calls, from the cluster's records.
-mod dp {
-    use super::*;
-    use crate::dataplane::{Dataplane, DataplaneError, EspKey, RemoteEndpoint};
-
-    pub fn set_peers(
-        dp: &Dataplane,
-        net: NetId,
-        peers: &[SocketAddr],
-    ) -> Result<(), DataplaneError> {
-        dp.set_peers(net, peers)
+/// Another host's endpoint as the switch pins it.
+fn remote_endpoint(e: &EndpointRecord) -> RemoteEndpoint {
+    RemoteEndpoint {
+        mac: e.mac.0,
+        ipv4: e.ipv4,
+        vtep: e.vtep,
     }
+}
 
-    pub fn add_remote(
-        dp: &Dataplane,
-        net: NetId,
-        e: &EndpointRecord,
-    ) -> Result<(), DataplaneError> {
-        dp.add_remote_endpoint(
-            net,
-            RemoteEndpoint {
-                mac: e.mac.0,
-                ipv4: e.ipv4,
-                vtep: e.vtep,
-            },
-        )
-    }
-
-    pub fn remove_remote(dp: &Dataplane, net: NetId, mac: Mac) -> Result<(), DataplaneError> {
-        dp.remove_remote_endpoint(net, mac.0)
-    }
-
-    /// Applies a key ring (its keys are 40 hex digits: key and salt).
-    pub fn set_keys(dp: &Dataplane, net: NetId, ring: &KeyRing) -> Result<(), DataplaneError> {
-        let keys = ring
-            .keys
-            .iter()
-            .map(|k| {
-                let key = hex::decode(&k.key)
-                    .ok()
-                    .and_then(|b| <[u8; 20]>::try_from(b).ok())
-                    .ok_or_else(|| {
-                        DataplaneError::EspKeys(format!(
-                            "key of SPI {:#x} is not 40 hex digits",
-                            k.spi
-                        ))
-                    })?;
-                Ok(EspKey { spi: k.spi, key })
-            })
-            .collect::<Result<Vec<_>, DataplaneError>>()?;
-        dp.set_esp_keys(net, &keys, ring.tx)
-    }
+/// A key ring's keys for the dataplane (each is 40 hex digits: the
+/// AES-128 key and the salt).
+fn esp_keys(ring: &KeyRing) -> Result<Vec<EspKey>, DataplaneError> {
+    ring.keys
+        .iter()
+        .map(|k| {
+            let key = hex::decode(&k.key)
+                .ok()
+                .and_then(|b| <[u8; 20]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    DataplaneError::EspKeys(format!("key of SPI {:#x} is not 40 hex digits", k.spi))
+                })?;
+            Ok(EspKey { spi: k.spi, key })
+        })
+        .collect()
 }
 
 fn is_global(n: &Network) -> bool {
@@ -382,7 +354,7 @@ impl Core {
             let Some(net) = self.dp_net_id(&n.id) else {
                 continue;
             };
-            match dp::set_keys(&self.dp, net, &ring) {
+            match esp_keys(&ring).and_then(|keys| self.dp.set_esp_keys(net, &keys, ring.tx)) {
                 Ok(()) => {
                     self.applied.keys.insert(n.id.clone(), ring);
                 }
@@ -510,7 +482,7 @@ impl Core {
             let (net_id, ep_id) = (e.network_id.clone(), e.endpoint_id.clone());
             self.remote_gone(&net_id, &ep_id);
         }
-        if let Err(err) = dp::add_remote(&self.dp, net, &e) {
+        if let Err(err) = self.dp.add_remote_endpoint(net, remote_endpoint(&e)) {
             tracing::error!("cluster: remote endpoint {}: {err}", &e.endpoint_id[..12]);
             return;
         }
@@ -544,7 +516,7 @@ impl Core {
             return;
         };
         if let Some(net) = self.dp_net_id(network_id) {
-            let _ = dp::remove_remote(&self.dp, net, e.mac);
+            let _ = self.dp.remove_remote_endpoint(net, e.mac.0);
             self.dp
                 .dns_remove_endpoint(net, &e.container_id, Some(e.ipv4));
         }
@@ -566,7 +538,7 @@ impl Core {
         if self.applied.peers.get(network_id) == Some(&peers) {
             return;
         }
-        match dp::set_peers(&self.dp, net, &peers) {
+        match self.dp.set_peers(net, &peers) {
             Ok(()) => {
                 self.applied.peers.insert(network_id.to_string(), peers);
             }
