@@ -53,8 +53,11 @@ for _ in $(seq 100); do h1 network ls >/dev/null 2>&1 && h2 network ls >/dev/nul
 h1 network ls >/dev/null && h2 network ls >/dev/null || fail "daemons did not come up"
 
 h1 network create -d overlay --subnet 10.130.0.0/24 rov >/dev/null || fail "network create"
-for _ in $(seq 50); do h2 network ls | grep -q rov && break; sleep 0.2; done
-h2 network inspect rov | grep -q '"global"' || fail "rov not global on host 2"
+# Output is captured before grep -q reads it: under pipefail, grep quitting
+# at its first match can make the CLI's next write fail (EPIPE), and the
+# pipeline with it.
+for _ in $(seq 50); do grep -q rov <<<"$(h2 network ls)" && break; sleep 0.2; done
+grep -q '"global"' <<<"$(h2 network inspect rov)" || fail "rov not global on host 2"
 
 mkdir -p "$WORK/www"
 echo rootless-overlay >"$WORK/www/file"
