@@ -12,12 +12,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Building tapnet needs protoc and protobuf's .proto files (the etcd client
-# of the overlay); the containers run busybox (httpd), curl and ping from the
+# of the overlay) and libpcap's headers (the capture filter compiler); the
+# containers run busybox (httpd), curl and ping from the
 # host's filesystem.
 missing=""
 if [ -z "${TAPNET_BIN:-}" ]; then
   command -v protoc >/dev/null 2>&1 || missing+=" protobuf-compiler"
   [ -e /usr/include/google/protobuf/descriptor.proto ] || missing+=" libprotobuf-dev"
+  [ -e /usr/include/pcap/pcap.h ] || missing+=" libpcap-dev"
 fi
 for tp in busybox:busybox-static curl:curl ping:iputils-ping ip:iproute2; do
   command -v "${tp%%:*}" >/dev/null 2>&1 || missing+=" ${tp#*:}"

@@ -34,6 +34,8 @@ PACKAGES=(
   etcd-client     # etcdctl, to see etcd answer before the hosts start: overlay
   protobuf-compiler # protoc, which the etcd-client crate's build needs: the build itself
   libprotobuf-dev # protobuf's well-known .proto files, for the same build
+  libpcap-dev     # libpcap, whose compiler turns capture filters into BPF: the build itself, capture
+  tshark          # reads the pcapng tapnet capture writes (interfaces, comments, flags): capture
   ca-certificates # cargo's HTTPS downloads of crates on a fresh machine
 )
 

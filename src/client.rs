@@ -190,6 +190,144 @@ impl Client {
     }
 }
 
+/// A response whose body is read as it arrives.
+pub struct Streamed {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Box<dyn Read + Send>,
+}
+
+impl Streamed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Client {
+    /// Sends a bodiless request and returns the response as soon as its
+    /// headers are in; the body (chunked or not) is read from
+    /// [`Streamed::body`] as the daemon sends it. Non-2xx statuses become
+    /// [`ClientError::Api`].
+    pub fn stream(&self, method: &str, path: &str) -> Result<Streamed, ClientError> {
+        use std::io::BufRead;
+        let sp = self.socket.display().to_string();
+        let io = |err| ClientError::Io {
+            path: sp.clone(),
+            err,
+        };
+        let mut s = UnixStream::connect(&self.socket).map_err(|err| ClientError::Connect {
+            path: sp.clone(),
+            err,
+        })?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: tapnet\r\nUser-Agent: tapnet-cli/{}\r\nConnection: close\r\n\r\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        s.write_all(req.as_bytes()).map_err(io)?;
+        let mut r = std::io::BufReader::with_capacity(1 << 16, s);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).map_err(io)? == 0 {
+                return Err(ClientError::Protocol("no end of headers".into()));
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let mut lines = head.lines();
+        let status_line = lines.next().unwrap_or("");
+        let status: u16 = status_line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| ClientError::Protocol(format!("bad status line {status_line:?}")))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let chunked = headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.to_ascii_lowercase().contains("chunked"));
+        let length = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<u64>().ok());
+        let mut body: Box<dyn Read + Send> = if chunked {
+            Box::new(Chunked {
+                inner: r,
+                left: 0,
+                done: false,
+            })
+        } else if let Some(n) = length {
+            Box::new(r.take(n))
+        } else {
+            Box::new(r)
+        };
+        if !(200..300).contains(&status) {
+            let mut b = vec![];
+            body.read_to_end(&mut b).map_err(io)?;
+            let message = serde_json::from_slice::<crate::daemon::types::ErrorBody>(&b)
+                .map(|e| e.message)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&b).trim().to_string());
+            return Err(ClientError::Api { status, message });
+        }
+        Ok(Streamed {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// Decodes a chunked body as it is read.
+struct Chunked<R> {
+    inner: R,
+    left: usize,
+    done: bool,
+}
+
+impl<R: std::io::BufRead> Read for Chunked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
+        if self.done || buf.is_empty() {
+            return Ok(0);
+        }
+        if self.left == 0 {
+            let mut line = String::new();
+            if self.inner.read_line(&mut line)? == 0 {
+                return Err(bad("truncated chunked body"));
+            }
+            if line.trim().is_empty() {
+                // The CRLF that ends the previous chunk.
+                line.clear();
+                if self.inner.read_line(&mut line)? == 0 {
+                    return Err(bad("truncated chunked body"));
+                }
+            }
+            let size = line.trim().split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
+            if size == 0 {
+                self.done = true;
+                return Ok(0);
+            }
+            self.left = size;
+        }
+        let n = buf.len().min(self.left);
+        let got = self.inner.read(&mut buf[..n])?;
+        if got == 0 {
+            return Err(bad("truncated chunk"));
+        }
+        self.left -= got;
+        Ok(got)
+    }
+}
+
 fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, ClientError> {
     serde_json::from_slice(b).map_err(|e| ClientError::Protocol(format!("bad JSON: {e}")))
 }

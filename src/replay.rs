@@ -26,7 +26,10 @@
 //! Semantics:
 //! - Each input packet enters the switch on the port named like its pcapng
 //!   interface, with the virtio-net metadata of its `vnet_hdr` comment (see
-//!   [`tapnet_switch::pcapng`]).
+//!   [`tapnet_switch::pcapng`]). Packets whose `epb_flags` say outbound
+//!   (what the port transmitted, as `tapnet capture` records them) did not
+//!   enter the switch there and are skipped: a live capture replays as it
+//!   stands, and its outbound frames are what the replay should produce.
 //! - The switch clock is the packet's timestamp (so aging replays); should
 //!   timestamps go backwards, the clock stays where it was. Housekeeping
 //!   ([`tapnet_switch::Switch::age`]) runs whenever the clock enters a new
@@ -313,6 +316,9 @@ pub fn replay(topo: &Topology, input: &[u8]) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("bad pcapng after {n} packets"))?
     {
         n += 1;
+        if pkt.flags & 3 == pcapng::EPB_OUTBOUND {
+            continue;
+        }
         let cx = || format!("packet {n}");
         let name = pkt
             .interface_name
@@ -453,6 +459,29 @@ max_macs = 4
         );
         let e = format!("{:#}", replay_bytes(TOPO, b"garbage!").unwrap_err());
         assert!(e.contains("not a pcapng file"), "{e}");
+    }
+
+    #[test]
+    fn outbound_frames_of_a_live_capture_are_skipped() {
+        // An ARP request from "a": entering, it floods to "up"; recorded
+        // as outbound on "a" (what "a" was sent), it is not input.
+        let mac = [2, 0, 0, 0, 0, 0x0a];
+        let mut frame = vec![0xff; 6];
+        frame.extend(mac);
+        frame.extend([0x08, 0x06, 0, 1, 0x08, 0, 6, 4, 0, 1]);
+        frame.extend(mac);
+        frame.extend([10, 1, 0, 10, 0, 0, 0, 0, 0, 0, 10, 1, 0, 99]);
+        frame.resize(60, 0);
+        let input = |flags: u32| {
+            let mut w = pcapng::Writer::new(Vec::new()).unwrap();
+            w.add_interface("a").unwrap();
+            w.write_captured(0, 5, &frame, 60, flags, &[]).unwrap();
+            w.into_inner().unwrap()
+        };
+        let sent = |flags| pcapng::read(&replay_bytes(TOPO, &input(flags)).unwrap()).unwrap();
+        assert_eq!(sent(pcapng::EPB_INBOUND).packets.len(), 1);
+        assert_eq!(sent(0).packets.len(), 1);
+        assert_eq!(sent(pcapng::EPB_OUTBOUND).packets.len(), 0);
     }
 
     #[test]

@@ -47,6 +47,16 @@ ping1 r1 10.62.0.10 || fail "r1 -> r2 after connect"
 "$T" network disconnect rl2 r1
 ping1 r1 10.62.0.10 && fail "r1 -> r2 after disconnect"
 grep -q r3 <<<"$("$T" ps)" || fail "ps"
+# Capture without any capability: the user's own daemon, pcapng to a file.
+"$T" capture --container r1 -c 2 -w "$WORK/r1.pcapng" icmp 2>"$WORK/capture.err" &
+CAP=$!
+for _ in $(seq 50); do [ -s "$WORK/r1.pcapng" ] && break; sleep 0.1; done
+ping1 r3 10.61.0.10 || fail "r3 -> r1 while capturing"
+for _ in $(seq 50); do kill -0 "$CAP" 2>/dev/null || break; sleep 0.1; done
+wait "$CAP" || fail "capture: $(cat "$WORK/capture.err")"
+n=$(tshark -r "$WORK/r1.pcapng" -Y icmp -T fields -e frame.interface_name | grep -c '^r1/eth0$') || true
+[ "$n" = 2 ] || fail "rootless capture holds $n ICMP frames on r1/eth0, want 2"
+grep -q r1/eth0 <<<"$("$T" stats --container r1)" || fail "stats"
 grep -q '"IPAddress": "10.61.0.10"' <<<"$("$T" inspect r1)" || fail "inspect"
 # A reader that stops early ends the CLI quietly (SIGPIPE), no panic message.
 # (pipefail off here: the CLI ending by SIGPIPE is the expected outcome.)

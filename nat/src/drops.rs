@@ -124,6 +124,14 @@ impl DropCounts {
     pub fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         NatDrop::ALL.iter().map(|r| (r.as_str(), self.get(*r)))
     }
+    /// The first reason counted more here than in `before` (an earlier
+    /// copy): what a frame handled in between was dropped for.
+    pub fn first_increase(&self, before: &DropCounts) -> Option<NatDrop> {
+        NatDrop::ALL
+            .iter()
+            .copied()
+            .find(|r| self.get(*r) > before.get(*r))
+    }
     /// Adds another set of counts.
     pub fn add(&mut self, o: &DropCounts) {
         for (a, b) in self.0.iter_mut().zip(o.0.iter()) {
@@ -178,5 +186,9 @@ mod tests {
         assert_eq!(d.get(NatDrop::QueueFull), 2);
         assert_eq!(d.get(NatDrop::UdpGso), 1);
         assert_eq!(d.iter().map(|(_, n)| n).sum::<u64>(), 3);
+        let before = d.clone();
+        assert_eq!(d.first_increase(&before), None);
+        d.count(NatDrop::Internal);
+        assert_eq!(d.first_increase(&before), Some(NatDrop::Internal));
     }
 }

@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::client::{self, Client};
 
+mod capture;
 mod container;
 mod network;
 mod version;
@@ -109,6 +110,11 @@ enum Cmd {
         #[arg(long)]
         format: Option<String>,
     },
+    /// Capture frames of every port, a network or a container to pcapng
+    /// (or one line per frame), with an optional tcpdump filter.
+    Capture(capture::CaptureArgs),
+    /// Counters per port and network, worker load, DNS answers, NAT.
+    Stats(capture::StatsArgs),
     /// Replay a pcapng file through an in-memory switch.
     Replay {
         #[arg(long)]
@@ -176,6 +182,10 @@ struct DaemonArgs {
     /// unix:///run/docker/plugins/tapnet.sock; rootless none.
     #[arg(long = "docker-plugin", value_name = "unix:///PATH|none")]
     docker_plugin: Option<String>,
+    /// Serve the counters in Prometheus's text format at
+    /// http://IP:PORT/metrics (no listener by default).
+    #[arg(long = "metrics-addr", value_name = "IP:PORT")]
+    metrics_addr: Option<String>,
 }
 
 fn client(host: &Option<String>) -> anyhow::Result<Client> {
@@ -196,6 +206,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             private_port,
         } => container::port(&client(&cli.host)?, &container, private_port.as_deref()),
         Cmd::Conntrack(a) => container::conntrack(&client(&cli.host)?, a),
+        Cmd::Capture(a) => capture::capture(&client(&cli.host)?, a),
+        Cmd::Stats(a) => capture::stats(&client(&cli.host)?, a),
         Cmd::Exec { container, cmd } => container::exec(&client(&cli.host)?, &container, &cmd),
         Cmd::Stop { time, containers } => container::stop(&client(&cli.host)?, time, &containers),
         Cmd::Rm { force, containers } => container::rm(&client(&cli.host)?, force, &containers),
@@ -280,6 +292,13 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
     for t in &a.conntrack_timeout {
         conntrack.set_timeout(t).map_err(anyhow::Error::msg)?;
     }
+    let metrics_addr = match &a.metrics_addr {
+        None => None,
+        Some(m) => Some(
+            m.parse::<std::net::SocketAddr>()
+                .map_err(|_| anyhow::anyhow!("invalid --metrics-addr {m:?}: expected IP:PORT"))?,
+        ),
+    };
     crate::daemon::systemd::init_logging();
     let docker_plugin = match a.docker_plugin.as_deref() {
         Some("none") => crate::daemon::PluginSocket::Off,
@@ -335,6 +354,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         conntrack,
         docker_plugin,
         cluster,
+        metrics_addr,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -316,6 +316,9 @@ pub fn router(core: Shared) -> Router {
         .route("/tapnet/conntrack", get(tapnet_conntrack))
         .route("/tapnet/conntrack/stats", get(tapnet_conntrack_stats))
         .route("/tapnet/cluster", get(tapnet_cluster))
+        .route("/tapnet/capture", get(tapnet_capture))
+        .route("/tapnet/capture/{id}", delete(tapnet_capture_stop))
+        .route("/tapnet/stats", get(tapnet_stats))
         .fallback(|req: Request| async move {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -501,6 +504,143 @@ async fn tapnet_cluster(State(c): State<Shared>) -> Result<Response, ApiError> {
     })
     .await?;
     Ok(Json(v).into_response())
+}
+
+fn observe_status(e: &super::observe::ObserveError) -> StatusCode {
+    use super::observe::ObserveError as O;
+    match e {
+        O::Lookup(l) => lookup_status(l),
+        O::NoCapture(_) => StatusCode::NOT_FOUND,
+        O::Filter { .. } | O::Value { .. } | O::InterfaceAlone | O::Both | O::NotSwitched(_) => {
+            StatusCode::BAD_REQUEST
+        }
+    }
+}
+
+impl From<super::observe::ObserveError> for ApiError {
+    fn from(e: super::observe::ObserveError) -> ApiError {
+        ApiError::new(observe_status(&e), e.to_string())
+    }
+}
+
+/// The header naming a capture, for `DELETE /tapnet/capture/{id}`.
+pub const CAPTURE_ID_HEADER: &str = "tapnet-capture-id";
+
+/// `GET /tapnet/capture?network=&container=&interface=&drops=1&snaplen=&count=&filter=`:
+/// a pcapng stream (chunked) until `count` frames, a stop or the client
+/// going away. The header `Tapnet-Capture-Id` names it for
+/// `DELETE /tapnet/capture/{id}`.
+async fn tapnet_capture(State(c): State<Shared>, Query(q): Q) -> Result<Response, ApiError> {
+    let get = |k: &str| q.get(k).cloned();
+    let req = super::observe::CaptureRequest {
+        network: get("network"),
+        container: get("container"),
+        interface: get("interface"),
+        drops: flag(&q, "drops"),
+        snaplen: get("snaplen"),
+        count: get("count"),
+        filter: get("filter"),
+    };
+    let (spec, hub) = call(&c, move |c| {
+        c.capture_spec(req).map(|s| (s, c.dp.capture().clone()))
+    })
+    .await?;
+    let started = hub.start(spec);
+    let id = started.session.id;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let spawned = std::thread::Builder::new()
+        .name(format!("tapnet-capture-{id}"))
+        .spawn(move || {
+            let s = crate::dataplane::capture::run_reader(&hub, started, tx);
+            tracing::info!(
+                "capture {id}: {} frames, {} lost by the capture{}",
+                s.captured,
+                s.lost,
+                if s.client_gone { ", client gone" } else { "" }
+            );
+        });
+    if let Err(e) = spawned {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot start the capture's thread: {e}"),
+        ));
+    }
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-pcapng".to_string(),
+            ),
+            (
+                axum::http::HeaderName::from_static(CAPTURE_ID_HEADER),
+                id.to_string(),
+            ),
+        ],
+        axum::body::Body::new(ChannelBody(rx)),
+    )
+        .into_response())
+}
+
+/// A response body fed by a channel of chunks (ends when the sender does).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
+
+/// `DELETE /tapnet/capture/{id}`: ends a capture; its stream finishes
+/// with the statistics blocks.
+async fn tapnet_capture_stop(
+    State(c): State<Shared>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad(format!("invalid capture id {id:?}")))?;
+    call(&c, move |c| c.capture_stop(id)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /tapnet/stats[?container=C|network=N]`.
+async fn tapnet_stats(State(c): State<Shared>, Query(q): Q) -> Result<Response, ApiError> {
+    let container = q.get("container").cloned();
+    let network = q.get("network").cloned();
+    let v = call(&c, move |c| {
+        c.stats(container.as_deref(), network.as_deref())
+    })
+    .await?;
+    Ok(Json(v).into_response())
+}
+
+/// The Prometheus endpoint (`tapnet daemon --metrics-addr`): `GET
+/// /metrics` only.
+pub fn metrics_router(core: Shared) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(core)
+}
+
+async fn metrics(State(c): State<Shared>) -> Result<Response, ApiError> {
+    let s = call(&c, |c| c.stats(None, None)).await?;
+    let text = super::observe::encode_metrics(&s);
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! - `containers`: sandboxes by operation (create, lifecycle, connect,
 //!   files, views);
 //! - `ports`: published ports (host sockets) and the connection table view;
+//! - `observe`: captures, `tapnet stats`, and the Prometheus `/metrics`;
 //! - `api`: the axum routes, and the only mapping of errors to HTTP
 //!   statuses;
 //! - `systemd`: journald-friendly logging and readiness notification.
@@ -27,6 +28,7 @@ pub mod core;
 pub mod docker;
 pub mod endpoints;
 pub mod error;
+pub mod observe;
 pub mod overlay;
 pub mod plugin;
 pub mod ports;
@@ -72,6 +74,10 @@ pub struct Config {
     /// a cluster (overlay networks).
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// `--metrics-addr`: serve Prometheus's `/metrics` on this TCP
+    /// address (none by default).
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A cluster host's settings.
@@ -402,6 +408,24 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
             None => None,
         };
+        let metrics = match cfg.metrics_addr {
+            Some(a) => {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen for metrics on {a}"))?;
+                tracing::info!("metrics on http://{a}/metrics");
+                Some(l)
+            }
+            None => None,
+        };
+        if let Some(l) = metrics {
+            let app = api::metrics_router(shared.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).await {
+                    tracing::error!("metrics: {e}");
+                }
+            });
+        }
         // Ready once both sockets accept clients (dockerd may come next).
         systemd::notify("READY=1");
 

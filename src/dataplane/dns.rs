@@ -100,8 +100,40 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
 /// Sends a finished answer frame (with its virtio-net metadata) to a port.
 pub type Inject = Arc<dyn Fn(tapnet_switch::PortId, VnetHdr, Vec<u8>) + Send + Sync>;
 
+/// The forwarder's counters.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    answered: std::sync::atomic::AtomicU64,
+    errors: std::sync::atomic::AtomicU64,
+}
+
+/// A snapshot of [`ForwardStats`].
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct ForwardCounts {
+    /// Forwarded queries answered by an upstream.
+    pub answered: u64,
+    /// Forwarded queries no upstream answered (SERVFAIL sent back), or
+    /// refused because too many were in flight.
+    pub errors: u64,
+}
+
+impl ForwardStats {
+    pub fn snapshot(&self) -> ForwardCounts {
+        use std::sync::atomic::Ordering::Relaxed;
+        ForwardCounts {
+            answered: self.answered.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+        }
+    }
+}
+
 /// Runs the forwarder until the queue's senders are gone.
-pub fn run_forwarder(rx: ForwardRx, upstreams: Arc<Upstreams>, inject: Inject) {
+pub fn run_forwarder(
+    rx: ForwardRx,
+    upstreams: Arc<Upstreams>,
+    inject: Inject,
+    stats: Arc<ForwardStats>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -133,15 +165,24 @@ pub fn run_forwarder(rx: ForwardRx, upstreams: Arc<Upstreams>, inject: Inject) {
             let servers = upstreams.for_querier(req.network, req.querier_ip);
             let inject = inject.clone();
             let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                stats
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 answer(&req, None, &inject);
                 continue;
             };
+            let stats = stats.clone();
             tokio::spawn(async move {
                 let reply = if req.tcp.is_some() {
                     forward_tcp(&req.query, &servers).await
                 } else {
                     forward(&req.query, &servers).await
                 };
+                let counter = match reply {
+                    Some(_) => &stats.answered,
+                    None => &stats.errors,
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 answer(&req, reply.as_deref(), &inject);
                 drop(permit);
             });

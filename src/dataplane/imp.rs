@@ -50,8 +50,40 @@ struct WorkerHandle {
     wake: Arc<WorkerWake>,
 }
 
+/// What a worker thread starts with besides its switch worker and queues.
+struct WorkerOwn {
+    /// The tunnel every worker sends on (overlay networks), if any.
+    vtep: Option<Arc<Vtep>>,
+    /// The same tunnel for the one worker that reads its sockets.
+    reader: Option<Arc<Vtep>>,
+    /// What this worker publishes about itself.
+    shared: Arc<WorkerShared>,
+}
+
+/// What a worker publishes about itself, once per loop (not per frame).
+#[derive(Default)]
+struct WorkerShared {
+    /// Nanoseconds spent between waking up and going back to epoll.
+    busy_ns: std::sync::atomic::AtomicU64,
+    /// The embedded DNS's counters of this worker's hook.
+    dns: parking_lot::Mutex<tapnet_dns::DnsStats>,
+}
+
+/// One worker's load, for `tapnet stats` and `/metrics`.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct WorkerStats {
+    pub worker: usize,
+    /// Seconds busy since the dataplane started.
+    pub busy_seconds: f64,
+    /// Share of the time busy since the dataplane started (0..1).
+    pub busy_share: f64,
+}
+
 struct Inner {
     switch: Arc<Switch>,
+    capture: Arc<super::capture::Hub>,
+    shared: Vec<Arc<WorkerShared>>,
+    forward_stats: Arc<super::dns::ForwardStats>,
     workers: Vec<WorkerHandle>,
     nets: Mutex<HashMap<NetId, NetworkId>>,
     vtep: Option<Arc<Vtep>>,
@@ -129,7 +161,9 @@ impl Dataplane {
             .iter()
             .map(|w| inject::queue(DNS_INJECT_QUEUE, w.clone()))
             .unzip();
+        let capture = super::capture::Hub::new(switch.clone());
         let nat = super::nat::start(
+            capture.clone(),
             config.host_loopback,
             &config.conntrack,
             seed.rotate_left(32),
@@ -139,6 +173,7 @@ impl Dataplane {
         .context("start NAT thread")?;
         let mut handles = Vec::new();
         let mut threads = Vec::new();
+        let mut shared = Vec::new();
         let rxs = nat_rx.into_iter().zip(dns_rx);
         for (id, ((poll, wake), (nat_rx, dns_rx))) in
             polls.into_iter().zip(wakes).zip(rxs).enumerate()
@@ -175,15 +210,22 @@ impl Dataplane {
                 }
                 _ => None,
             };
-            let tun = (vtep.clone(), reader);
+            let sh = Arc::new(WorkerShared::default());
+            shared.push(sh.clone());
+            let own = WorkerOwn {
+                vtep: vtep.clone(),
+                reader,
+                shared: sh,
+            };
             let t = std::thread::Builder::new()
                 .name(format!("tapnet-worker-{id}"))
-                .spawn(move || worker_loop(w, poll, rx, injects, wk, epoch, tun))
+                .spawn(move || worker_loop(w, poll, rx, injects, wk, epoch, own))
                 .context("spawn worker thread")?;
             handles.push(WorkerHandle { tx, wake });
             threads.push(t);
         }
         drop(ftx);
+        let forward_stats = Arc::new(super::dns::ForwardStats::default());
         let upstreams = Arc::new(super::dns::Upstreams::new(config.dns_upstreams.clone()));
         let inject: super::dns::Inject = Arc::new(move |port, meta, frame: Vec<u8>| {
             // Through the port's worker, as the NAT's frames.
@@ -205,13 +247,17 @@ impl Dataplane {
         });
         {
             let upstreams = upstreams.clone();
+            let fs = forward_stats.clone();
             std::thread::Builder::new()
                 .name("tapnet-dns-forwarder".into())
-                .spawn(move || super::dns::run_forwarder(frx, upstreams, inject))
+                .spawn(move || super::dns::run_forwarder(frx, upstreams, inject, fs))
                 .context("spawn DNS forwarder thread")?;
         }
         let inner = Arc::new(Inner {
             switch,
+            capture,
+            shared,
+            forward_stats,
             workers: handles,
             nets: Mutex::new(HashMap::new()),
             vtep,
@@ -660,6 +706,44 @@ impl Dataplane {
         self.inner.switch.port_stats(tapnet_switch::PortId(id))
     }
 
+    /// The capture hub (`tapnet capture`).
+    pub fn capture(&self) -> &Arc<super::capture::Hub> {
+        &self.inner.capture
+    }
+
+    /// The switch's id of a network.
+    pub fn switch_network(&self, id: NetId) -> Option<NetworkId> {
+        self.inner.nets.lock().get(&id).copied()
+    }
+
+    /// Each worker's busy time.
+    pub fn worker_stats(&self) -> Vec<WorkerStats> {
+        let up = self.inner.epoch.elapsed().as_secs_f64().max(1e-9);
+        self.inner
+            .shared
+            .iter()
+            .enumerate()
+            .map(|(worker, s)| {
+                let busy = s.busy_ns.load(Ordering::Relaxed) as f64 / 1e9;
+                WorkerStats {
+                    worker,
+                    busy_seconds: busy,
+                    busy_share: (busy / up).min(1.0),
+                }
+            })
+            .collect()
+    }
+
+    /// The embedded DNS's counters, summed over workers, and the
+    /// forwarder's.
+    pub fn dns_stats(&self) -> (tapnet_dns::DnsStats, super::dns::ForwardCounts) {
+        let mut d = tapnet_dns::DnsStats::default();
+        for s in &self.inner.shared {
+            d += *s.dns.lock();
+        }
+        (d, self.inner.forward_stats.snapshot())
+    }
+
     /// Stops the workers and waits for them.
     pub fn shutdown(&self) {
         self.inner.stop.store(true, Ordering::Relaxed);
@@ -719,9 +803,14 @@ fn worker_loop(
     injects: Vec<InjectRx>,
     wake: Arc<WorkerWake>,
     epoch: Instant,
-    (vtep, reader): (Option<Arc<Vtep>>, Option<Arc<Vtep>>),
+    WorkerOwn {
+        vtep,
+        reader,
+        shared,
+    }: WorkerOwn,
 ) {
     let mut events = Events::with_capacity(256);
+    let mut dns_seen = tapnet_dns::DnsStats::default();
     let mut queues: Vec<Option<OwnedFd>> = Vec::new();
     // Ports with data possibly left unread (edge-triggered epoll).
     let mut ready: Vec<u32> = Vec::new();
@@ -747,6 +836,7 @@ fn worker_loop(
             }
         }
         wake.awake();
+        let woke = Instant::now();
         for ev in events.iter() {
             match ev.token() {
                 WAKER => continue,
@@ -813,6 +903,17 @@ fn worker_loop(
                 tun_ready =
                     service_tunnel(&mut w, &queues, trx, tun_ready, &mut buf, epoch, &mut tun);
                 tun.flush();
+            }
+        }
+        // Once per loop, not per frame: busy time and the DNS counters.
+        let busy = &shared.busy_ns;
+        let add = woke.elapsed().as_nanos() as u64;
+        busy.store(busy.load(Ordering::Relaxed) + add, Ordering::Relaxed);
+        let dns = w.hook_mut().stats();
+        if dns != dns_seen {
+            if let Some(mut slot) = shared.dns.try_lock() {
+                *slot = dns;
+                dns_seen = dns;
             }
         }
     }

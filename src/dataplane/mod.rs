@@ -395,8 +395,9 @@ pub struct FlowRow {
     pub expires_secs: f64,
 }
 
-pub use imp::Dataplane;
+pub use imp::{Dataplane, WorkerStats};
 
+pub mod capture;
 pub mod dns;
 mod imp;
 mod inject;

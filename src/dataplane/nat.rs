@@ -64,6 +64,8 @@ struct InFrame {
     len: usize,
     meta: VnetHdr,
     network: NetworkId,
+    /// The port it came from (for captures of the NAT's drops).
+    port: PortId,
     /// The worker that read it: the flow's frames go back through it.
     worker: u8,
 }
@@ -79,6 +81,10 @@ pub(super) struct NatQueue {
     drops: Arc<SharedDrops>,
 }
 
+/// The empty buffer reserved for a claimed frame, its metadata, network,
+/// port and length.
+type Claimed = (Box<[u8]>, VnetHdr, NetworkId, PortId, usize);
+
 /// The per-worker hook: hands frames for the outside to the NAT thread,
 /// without copying them (see the module documentation).
 pub(super) struct NatHook {
@@ -87,7 +93,7 @@ pub(super) struct NatHook {
     worker: u8,
     /// The empty buffer reserved for the claimed frame, and what the NAT
     /// thread needs to know about it.
-    claim: Option<(Box<[u8]>, VnetHdr, NetworkId, usize)>,
+    claim: Option<Claimed>,
 }
 
 impl NatHook {
@@ -123,14 +129,14 @@ impl GatewayHook for NatHook {
                     // Not collected (a caller without hand_over): recycle.
                     let _ = self.q.free_tx.try_send(old);
                 }
-                self.claim = Some((empty, *meta, cx.network.id, frame.len()));
+                self.claim = Some((empty, *meta, cx.network.id, cx.port.id, frame.len()));
                 HookVerdict::Claimed
             }
         }
     }
 
     fn claim_buffer(&mut self, full: Box<[u8]>, offset: usize) -> Box<[u8]> {
-        let Some((empty, meta, network, len)) = self.claim.take() else {
+        let Some((empty, meta, network, port, len)) = self.claim.take() else {
             return full;
         };
         let item = InFrame {
@@ -139,6 +145,7 @@ impl GatewayHook for NatHook {
             len,
             meta,
             network,
+            port,
             worker: self.worker,
         };
         match self.q.frames.try_send(item) {
@@ -215,6 +222,7 @@ impl NatHandle {
 
 /// Starts the NAT thread; `inject[w]` is worker `w`'s injection queue.
 pub(super) fn start(
+    capture: Arc<super::capture::Hub>,
     host_loopback: bool,
     conntrack: &super::ConntrackConfig,
     seed: u64,
@@ -272,6 +280,7 @@ pub(super) fn start(
         raw_icmp,
         inject,
         epoch,
+        capture,
     };
     std::thread::Builder::new()
         .name("tapnet-nat".into())
@@ -339,6 +348,8 @@ struct Nat {
     raw_icmp: Option<socket2::Socket>,
     inject: Vec<InjectTx>,
     epoch: Instant,
+    /// Captures of drops see the frames the gateway dropped.
+    capture: Arc<super::capture::Hub>,
 }
 
 fn token_of(h: FlowHandle) -> Token {
@@ -427,6 +438,9 @@ impl Nat {
         let now = self.now();
         let end = f.offset.saturating_add(f.len);
         if let Some(frame) = f.buf.get_mut(f.offset..end) {
+            // Only while a capture of drops runs: which reason (if any)
+            // this frame was counted under.
+            let before = self.capture.wants_drops().then(|| self.gw.drops().clone());
             let action = self
                 .gw
                 .handle_frame(now, f.network, f.worker, &f.meta, frame);
@@ -434,6 +448,13 @@ impl Nat {
             if let FrameAction::Send { via, payload, to } = action {
                 if let Some(data) = frame.get(payload) {
                     self.send(via, data, to);
+                }
+            }
+            // After the send: a host socket refusing it (host_send) is a
+            // drop of this frame too.
+            if let Some(before) = before {
+                if let Some(r) = self.gw.drops().first_increase(&before) {
+                    self.capture.nat_drop(f.port, &f.meta, frame, r);
                 }
             }
         }

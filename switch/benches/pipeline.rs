@@ -3,6 +3,12 @@
 //! network, and an FDB holding 1M MACs. Frames go to a counting sink, so
 //! this measures the pipeline, not I/O. Throughput is reported in frames
 //! (elements) per second.
+//!
+//! `2ports_1worker_idle_hook` is `2ports_1worker` with a capture hook
+//! installed that selects nothing (as the daemon's capture hub with
+//! sessions on other ports): the price of a hook, against the one branch
+//! of no hook at all (the daemon installs its hub only while a capture
+//! runs).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::net::Ipv4Addr;
@@ -14,6 +20,27 @@ use tapnet_switch::wire::VnetHdr;
 use tapnet_switch::*;
 
 const BATCH: usize = 64;
+
+/// A capture hook with no session interested in these frames: one
+/// snapshot load and an empty check per call, like the daemon's hub.
+struct IdleHook {
+    sessions: arc_swap::ArcSwap<Vec<u32>>,
+}
+
+impl CaptureHook for IdleHook {
+    fn on_ingress(&self, port: &Port, _: &VnetHdr, _: &[u8]) {
+        let s = self.sessions.load();
+        if s.contains(&port.id.0) {
+            std::hint::black_box(&s);
+        }
+    }
+    fn on_egress(&self, port: &Port, _: &VnetHdr, _: &[u8]) {
+        let s = self.sessions.load();
+        if s.contains(&port.id.0) {
+            std::hint::black_box(&s);
+        }
+    }
+}
 
 struct Setup {
     sw: Arc<Switch>,
@@ -121,11 +148,17 @@ fn bench(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(4));
     for (name, ports, extra, workers) in [
         ("2ports_1worker", 2, 0, 1),
+        ("2ports_1worker_idle_hook", 2, 0, 1),
         ("2ports_2workers", 2, 0, 2),
         ("256ports_1worker", 256, 0, 1),
         ("fdb_1M_macs_1worker", 256, 1_000_000, 1),
     ] {
         let s = setup(ports, extra, workers);
+        if name.ends_with("idle_hook") {
+            s.sw.set_capture(Some(Arc::new(IdleHook {
+                sessions: arc_swap::ArcSwap::from_pointee(vec![]),
+            })));
+        }
         g.throughput(Throughput::Elements(workers as u64));
         g.bench_function(name, |b| {
             b.iter_custom(|iters| run(&s, workers, iters.max(BATCH as u64)))

@@ -14,4 +14,7 @@ pub trait CaptureHook: Send + Sync {
     fn on_egress(&self, _port: &Port, _meta: &VnetHdr, _frame: &[u8]) {}
     /// A frame that entered on `port` was dropped.
     fn on_drop(&self, _port: &Port, _meta: &VnetHdr, _frame: &[u8], _reason: DropReason) {}
+    /// A frame could not leave on `port` (its transmit queue was full or
+    /// the write failed): counted on `port` under `reason`.
+    fn on_egress_drop(&self, _port: &Port, _meta: &VnetHdr, _frame: &[u8], _reason: DropReason) {}
 }

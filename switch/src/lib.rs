@@ -17,6 +17,7 @@
 //! No fds, threads, clocks or randomness here: the caller passes `now`.
 #![forbid(unsafe_code)]
 
+pub mod bpf;
 pub mod build;
 pub mod capture;
 pub mod counters;

@@ -44,6 +44,7 @@ const BT_SHB: u32 = 0x0A0D_0D0A;
 const BT_IDB: u32 = 1;
 const BT_SPB: u32 = 3;
 const BT_EPB: u32 = 6;
+const BT_ISB: u32 = 5;
 const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
 
 const OPT_ENDOFOPT: u16 = 0;
@@ -52,6 +53,16 @@ const OPT_SHB_USERAPPL: u16 = 4;
 const OPT_IF_NAME: u16 = 2;
 const OPT_IF_TSRESOL: u16 = 9;
 const OPT_IF_TSOFFSET: u16 = 14;
+const OPT_IF_DESCRIPTION: u16 = 3;
+const OPT_EPB_FLAGS: u16 = 2;
+const OPT_ISB_IFDROP: u16 = 5;
+
+/// `epb_flags` direction bits: the frame was received on the interface
+/// (for a switch port: sent by the container into the switch).
+pub const EPB_INBOUND: u32 = 1;
+/// `epb_flags` direction bits: the frame was sent on the interface (by
+/// the switch towards the container).
+pub const EPB_OUTBOUND: u32 = 2;
 
 /// Block header and trailer: type, total length, ..., total length.
 const BLOCK_OVERHEAD: usize = 12;
@@ -90,16 +101,94 @@ impl<W: Write> Writer<W> {
 
     /// Adds an Ethernet interface named `name`; returns its index.
     pub fn add_interface(&mut self, name: &str) -> io::Result<u32> {
+        self.add_interface_described(name, "", 0)
+    }
+
+    /// Adds an Ethernet interface with an `if_description` and a snap
+    /// length (0: no limit); returns its index.
+    pub fn add_interface_described(
+        &mut self,
+        name: &str,
+        description: &str,
+        snap_len: u32,
+    ) -> io::Result<u32> {
         self.begin(BT_IDB);
         self.put_u16(LINKTYPE_ETHERNET);
         self.put_u16(0);
-        self.put_u32(0); // snaplen: no limit
+        self.put_u32(snap_len);
         self.put_option(OPT_IF_NAME, name.as_bytes())?;
+        if !description.is_empty() {
+            self.put_option(OPT_IF_DESCRIPTION, description.as_bytes())?;
+        }
         self.put_option(OPT_IF_TSRESOL, &[9])?;
         self.end_options();
         self.finish()?;
         self.interfaces += 1;
         Ok(self.interfaces - 1)
+    }
+
+    /// Writes one packet (an EPB) captured on `interface`: `data` is the
+    /// captured part of a frame of `original_len` bytes; `flags` is
+    /// written as `epb_flags` when non-zero (see [`EPB_INBOUND`]).
+    pub fn write_captured(
+        &mut self,
+        interface: u32,
+        timestamp_ns: u64,
+        data: &[u8],
+        original_len: u32,
+        flags: u32,
+        comments: &[&str],
+    ) -> io::Result<()> {
+        if interface >= self.interfaces {
+            return Err(invalid(format!("no interface {interface}")));
+        }
+        let len = u32::try_from(data.len())
+            .ok()
+            .filter(|&l| l <= u32::MAX - 64)
+            .ok_or_else(|| invalid(format!("packet of {} bytes", data.len())))?;
+        self.begin(BT_EPB);
+        self.put_u32(interface);
+        self.put_u32((timestamp_ns >> 32) as u32);
+        self.put_u32(timestamp_ns as u32);
+        self.put_u32(len);
+        self.put_u32(original_len.max(len));
+        self.put_padded(data);
+        for c in comments {
+            self.put_option(OPT_COMMENT, c.as_bytes())?;
+        }
+        if flags != 0 {
+            self.put_option(OPT_EPB_FLAGS, &flags.to_le_bytes())?;
+        }
+        if !comments.is_empty() || flags != 0 {
+            self.end_options();
+        }
+        self.finish()
+    }
+
+    /// Writes an Interface Statistics Block for `interface` with
+    /// `isb_ifdrop`: frames the capture lost (never the network).
+    pub fn write_statistics(
+        &mut self,
+        interface: u32,
+        timestamp_ns: u64,
+        if_drop: u64,
+    ) -> io::Result<()> {
+        if interface >= self.interfaces {
+            return Err(invalid(format!("no interface {interface}")));
+        }
+        self.begin(BT_ISB);
+        self.put_u32(interface);
+        self.put_u32((timestamp_ns >> 32) as u32);
+        self.put_u32(timestamp_ns as u32);
+        self.put_option(OPT_ISB_IFDROP, &if_drop.to_le_bytes())?;
+        self.end_options();
+        self.finish()
+    }
+
+    /// The underlying writer (e.g. to take the bytes written so far out
+    /// of a `Vec`).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.out
     }
 
     /// Number of interfaces added so far.
@@ -283,6 +372,9 @@ pub struct Packet {
     pub data: Vec<u8>,
     /// `opt_comment`s (invalid UTF-8 replaced).
     pub comments: Vec<String>,
+    /// `epb_flags` (0 when absent): the direction is its low two bits
+    /// ([`EPB_INBOUND`], [`EPB_OUTBOUND`]).
+    pub flags: u32,
 }
 
 impl Packet {
@@ -532,7 +624,12 @@ impl<'a> Reader<'a> {
             .ok_or(PcapngError::UnknownInterface { offset, interface })?;
         let timestamp_ns = to_ns(ts, iface.tsresol, iface.tsoffset)
             .ok_or(PcapngError::TimestampOverflow { offset })?;
-        let comments = options(order, offset, &rest[data_end..])?
+        let opts = options(order, offset, &rest[data_end..])?;
+        let flags = opts
+            .iter()
+            .find(|&&(code, v)| code == OPT_EPB_FLAGS && v.len() == 4)
+            .map_or(0, |&(_, v)| order.u32(v));
+        let comments = opts
             .into_iter()
             .filter(|&(code, _)| code == OPT_COMMENT)
             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
@@ -544,6 +641,7 @@ impl<'a> Reader<'a> {
             original_len,
             data: rest[..cap_len as usize].to_vec(),
             comments,
+            flags,
         })
     }
 
@@ -576,6 +674,7 @@ impl<'a> Reader<'a> {
             original_len,
             data: body[4..4 + n].to_vec(),
             comments: Vec::new(),
+            flags: 0,
         })
     }
 }
@@ -790,6 +889,21 @@ mod tests {
     }
 
     #[test]
+    fn epb_flags_are_read_back() {
+        let mut w = Writer::new(Vec::new()).unwrap();
+        w.add_interface("a").unwrap();
+        w.write_captured(0, 7, &[1, 2, 3], 3, EPB_OUTBOUND, &["x"])
+            .unwrap();
+        w.write_captured(0, 8, &[4, 5], 2, EPB_INBOUND, &[])
+            .unwrap();
+        w.write_captured(0, 9, &[6], 1, 0, &[]).unwrap();
+        let cap = read(&w.into_inner().unwrap()).unwrap();
+        let flags: Vec<u32> = cap.packets.iter().map(|p| p.flags).collect();
+        assert_eq!(flags, [EPB_OUTBOUND, EPB_INBOUND, 0]);
+        assert_eq!(cap.packets[0].comments, ["x"]);
+    }
+
+    #[test]
     fn reads_captured_bytes() {
         let cap = read(CAPTURED).unwrap();
         assert_eq!(cap.interfaces.len(), 1);
@@ -803,6 +917,7 @@ mod tests {
                 original_len: 5,
                 data: vec![1, 2, 3, 4, 5],
                 comments: vec!["hi".into()],
+                flags: 0,
             }]
         );
     }

@@ -419,7 +419,12 @@ impl<H: GatewayHook> Worker<H> {
                     c.on_egress(out, meta, frame);
                 }
             }
-            Err(reason) => slot.count_drop(reason),
+            Err(reason) => {
+                slot.count_drop(reason);
+                if let Some(c) = &topo.capture {
+                    c.on_egress_drop(out, meta, frame, reason);
+                }
+            }
         }
     }
 

@@ -1,0 +1,706 @@
+//! `tapnet capture`, `tapnet stats` and `/metrics`, end to end (issue 16):
+//! real namespaces, containers that ping and talk TCP, and tshark reading
+//! what the daemon wrote.
+//!
+//! Everything lives in namespaces the tests make (the daemon's private
+//! namespace, an "outside" namespace wired to it for the NAT, TEST-NET-2
+//! addresses); captures are `tapnet capture` processes killed by PID on
+//! drop. Root only (the NAT part wires a veth pair). Programs: tshark,
+//! ping, busybox (httpd), dig, curl.
+
+mod ctl_support;
+
+use ctl_support::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `tapnet capture` running in the background; killed by PID on drop.
+struct Cap {
+    child: Child,
+    err: PathBuf,
+    _dir: TempDir,
+}
+
+impl Cap {
+    /// `tapnet capture ARGS...` with stdout to `stdout`.
+    fn start(d: &Daemon, args: &[&str], stdout: Stdio) -> Cap {
+        let dir = TempDir::new();
+        let err = dir.0.join("stderr");
+        let child = Command::new(BIN)
+            .arg("-H")
+            .arg(d.host())
+            .arg("capture")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("start tapnet capture");
+        Cap {
+            child,
+            err,
+            _dir: dir,
+        }
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Waits for its exit (at most `secs`); (success, stderr).
+    fn wait(&mut self, secs: u64) -> (bool, String) {
+        let end = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.success(), self.stderr());
+            }
+            assert!(
+                Instant::now() < end,
+                "tapnet capture did not end: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGINT (as Ctrl-C), then waits for it to finish the file.
+    fn interrupt(&mut self) -> (bool, String) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        self.wait(20)
+    }
+}
+
+impl Drop for Cap {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `f` holds the section header (the capture runs).
+fn wait_started(f: &Path, cap: &Cap) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(f).map(|m| m.len()).unwrap_or(0) < 28 {
+        assert!(
+            Instant::now() < end,
+            "capture did not start: {}",
+            cap.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `tshark -r FILE -T fields -e F...` (and `-Y FILTER`): one Vec per frame.
+fn tshark(file: &Path, filter: Option<&str>, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut c = Command::new("tshark");
+    c.arg("-r")
+        .arg(file)
+        .args(["-T", "fields", "-E", "separator=|"]);
+    if let Some(f) = filter {
+        c.args(["-Y", f]);
+    }
+    for f in fields {
+        c.args(["-e", f]);
+    }
+    let o = c.output().expect("run tshark (apt-get install tshark)");
+    assert!(
+        o.status.success(),
+        "tshark -r {} failed: {}",
+        file.display(),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.split('|').map(str::to_string).collect())
+        .collect()
+}
+
+/// A daemon with network `front` (containers a and b) and the given
+/// daemon arguments.
+fn world(extra: &[&str]) -> Daemon {
+    require_root("tests/capture.rs");
+    let d = Daemon::start_with(extra, |_| {});
+    d.ok(&["network", "create", "--subnet", "10.61.0.0/24", "front"]);
+    d.sleeper("ca", &["front"], &[]);
+    d.sleeper("cb", &["front"], &[]);
+    d
+}
+
+fn ping(d: &Daemon, from: &str, to: &str, n: u32) {
+    let o = d.tapnet(&[
+        "exec",
+        from,
+        "--",
+        "ping",
+        "-c",
+        &n.to_string(),
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        to,
+    ]);
+    assert_eq!(o.code, 0, "ping {to} from {from}: {}{}", o.stdout, o.stderr);
+}
+
+#[test]
+fn captures_name_interfaces_count_directions_filter_and_stream() {
+    let d = world(&[]);
+    let b_ip = d.ip_of("cb", "front");
+    let files = TempDir::new();
+    let f_net = files.0.join("net.pcapng");
+    let f_tcp = files.0.join("tcp.pcapng");
+    // Two captures at once: a network's ICMP, a container's TCP.
+    let mut net = Cap::start(
+        &d,
+        &[
+            "--network",
+            "front",
+            "-c",
+            "8",
+            "-w",
+            f_net.to_str().unwrap(),
+            "icmp",
+        ],
+        Stdio::null(),
+    );
+    let mut tcp = Cap::start(
+        &d,
+        &[
+            "--container",
+            "ca",
+            "-c",
+            "6",
+            "-w",
+            f_tcp.to_str().unwrap(),
+            "tcp port 8080",
+        ],
+        Stdio::null(),
+    );
+    wait_started(&f_net, &net);
+    wait_started(&f_tcp, &tcp);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/etc",
+    ]);
+    let web = d.ip_of("web", "front");
+    ping(&d, "ca", &b_ip, 3);
+    retry("the HTTP server in web", Duration::from_secs(10), || {
+        let o = d.exec_sh(
+            "ca",
+            &format!("curl -sf -o /dev/null http://{web}:8080/hostname"),
+        );
+        (o.code == 0).then_some(()).ok_or(o.stderr)
+    });
+    let (ok, err) = net.wait(20);
+    assert!(ok, "{err}");
+    assert!(err.contains("8 frames captured, 0 lost"), "{err}");
+    let (ok, err) = tcp.wait(20);
+    assert!(ok, "{err}");
+
+    // The network capture: 8 ICMP frames, both ports named, 4 in, 4 out.
+    let rows = tshark(
+        &f_net,
+        None,
+        &[
+            "frame.interface_name",
+            "frame.interface_description",
+            "frame.packet_flags_direction",
+            "icmp.type",
+        ],
+    );
+    assert_eq!(rows.len(), 8, "{rows:?}");
+    assert!(rows.iter().all(|r| r[3] == "8" || r[3] == "0"), "{rows:?}");
+    assert!(rows.iter().all(|r| r[1] == "network front"), "{rows:?}");
+    let names: std::collections::BTreeSet<_> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(names, ["ca/eth0", "cb/eth0"].into(), "{rows:?}");
+    let inbound = rows
+        .iter()
+        .filter(|r| r[2] == "0x00000001" || r[2] == "1")
+        .count();
+    let outbound = rows
+        .iter()
+        .filter(|r| r[2] == "0x00000002" || r[2] == "2")
+        .count();
+    assert_eq!((inbound, outbound), (4, 4), "{rows:?}");
+
+    // The filtered capture: TCP to or from port 8080 only, on a's port.
+    let rows = tshark(
+        &f_tcp,
+        None,
+        &["frame.interface_name", "tcp.port", "ip.proto"],
+    );
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r[0] == "ca/eth0" && r[2] == "6" && r[1].contains("8080")),
+        "{rows:?}"
+    );
+
+    // -w - streams into tshark while the capture runs.
+    let sh = format!(
+        "{BIN} -H {} capture --container ca -c 4 -w - icmp | tshark -r - -T fields -e frame.interface_name",
+        d.host()
+    );
+    let live = Command::new("sh")
+        .args(["-c", &sh])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    ping(&d, "ca", &b_ip, 4);
+    let out = live.wait_with_output().unwrap();
+    let lines: Vec<_> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(lines, ["ca/eth0"; 4], "{out:?}");
+
+    // Text mode: one line per frame.
+    let mut text = Cap::start(
+        &d,
+        &["--container", "ca", "-c", "2", "icmp"],
+        Stdio::piped(),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    ping(&d, "ca", &b_ip, 2);
+    let (ok, err) = text.wait(20);
+    assert!(ok, "{err}");
+    let mut s = String::new();
+    use std::io::Read;
+    text.child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut s)
+        .unwrap();
+    let lines: Vec<_> = s.lines().collect();
+    assert_eq!(lines.len(), 2, "{s}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" ca/eth0 ") && l.contains("ICMP echo")),
+        "{s}"
+    );
+
+    // A filter libpcap refuses: one line, non-zero exit.
+    let o = d.tapnet(&["capture", "-c", "1", "icmp", "and", "and"]);
+    assert_ne!(o.code, 0);
+    assert_eq!(o.stderr.trim().lines().count(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("invalid capture filter"), "{}", o.stderr);
+    let o = d.tapnet(&["capture", "--container", "nosuch", "-c", "1"]);
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("No such container"), "{}", o.stderr);
+
+    // Stats moved.
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    let port = v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == "ca/eth0")
+        .unwrap_or_else(|| panic!("{v}"))
+        .clone();
+    assert!(port["rx_packets"].as_u64().unwrap() >= 10, "{v}");
+    assert!(port["tx_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(port["network"], "front");
+    assert!(v["networks"][0]["ports"].as_u64().unwrap() >= 2, "{v}");
+    assert!(
+        v["workers"][0]["busy_seconds"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
+    let only_b: serde_json::Value =
+        serde_json::from_str(&d.ok(&["stats", "--container", "cb", "--format", "json"])).unwrap();
+    assert_eq!(only_b["ports"].as_array().unwrap().len(), 1, "{only_b}");
+    let table = d.ok(&["stats"]);
+    assert!(
+        table.contains("ca/eth0") && table.contains("WORKER"),
+        "{table}"
+    );
+}
+
+#[test]
+fn drops_carry_their_reasons() {
+    let d = world(&[]);
+    d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.62.0.0/24",
+        "-o",
+        "com.docker.network.bridge.enable_icc=false",
+        "quiet",
+    ]);
+    d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.63.0.0/24",
+        "--internal",
+        "back",
+    ]);
+    d.sleeper("q1", &["quiet"], &[]);
+    d.sleeper("q2", &["quiet"], &[]);
+    d.sleeper("cc", &["back"], &[]);
+    let files = TempDir::new();
+    let f = files.0.join("drops.pcapng");
+    let mut cap = Cap::start(&d, &["--drops", "-w", f.to_str().unwrap()], Stdio::null());
+    wait_started(&f, &cap);
+    let q2 = d.ip_of("q2", "quiet");
+    let c_ip = d.ip_of("cc", "back");
+    let b_ip = d.ip_of("cb", "front");
+    // ICC off.
+    let _ = d.tapnet(&["exec", "q1", "--", "ping", "-c", "1", "-W", "1", &q2]);
+    // Another network's address, through the gateway: the NAT refuses.
+    let _ = d.tapnet(&["exec", "ca", "--", "ping", "-c", "1", "-W", "1", &c_ip]);
+    // An internal network: nothing leaves. Its containers have no default
+    // route (as Docker's); one added by hand sends the frame to the
+    // gateway, which refuses it.
+    let _ = d.exec_sh(
+        "cc",
+        "ip route add default via 10.63.0.1 && ping -c 1 -W 1 198.51.100.2",
+    );
+    // A spoofed source address.
+    let _ = d.exec_sh(
+        "ca",
+        &format!("ip addr add 10.61.0.99/24 dev eth0 && ping -c 1 -W 1 -I 10.61.0.99 {b_ip}"),
+    );
+    let (ok, err) = cap.interrupt();
+    assert!(ok, "{err}");
+    let rows = tshark(&f, None, &["frame.interface_name", "frame.comment"]);
+    let all = format!("{rows:?}");
+    for (port, reason) in [
+        ("q1/eth0", "drop_reason=icc_disabled"),
+        ("ca/eth0", "drop_reason=nat:other_network"),
+        ("cc/eth0", "drop_reason=nat:internal"),
+        ("ca/eth0", "drop_reason=spoofed_"),
+    ] {
+        assert!(
+            rows.iter().any(|r| r[0] == port && r[1].contains(reason)),
+            "no {reason} on {port} in {all}\n{err}\n{}",
+            d.log()
+        );
+    }
+    // The switch counted them too.
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    let q1 = v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == "q1/eth0")
+        .unwrap()
+        .clone();
+    assert!(q1["drops"]["icc_disabled"].as_u64().unwrap() >= 1, "{v}");
+    assert!(v["nat"]["drops"]["internal"].as_u64().unwrap() >= 1, "{v}");
+}
+
+#[test]
+fn nat_frames_and_dns_answers_are_captured_and_metrics_parse() {
+    require_root("tests/capture.rs");
+    let port = 9100 + (std::process::id() % 500) as u16;
+    let addr = format!("127.0.0.1:{port}");
+    let d = world(&["--metrics-addr", &addr]);
+    let _outside = Outside::connect(d.netns(), &["198.51.100.1/24"], "198.51.100.2/24");
+    let gw = d.gateway_of("front");
+    let files = TempDir::new();
+    let f = files.0.join("nat.pcapng");
+    let mut cap = Cap::start(
+        &d,
+        &[
+            "--container",
+            "ca",
+            "-w",
+            f.to_str().unwrap(),
+            "icmp or udp port 53",
+        ],
+        Stdio::null(),
+    );
+    wait_started(&f, &cap);
+    ping(&d, "ca", "198.51.100.2", 2);
+    let o = d.tapnet(&[
+        "exec",
+        "ca",
+        "--",
+        "dig",
+        "+short",
+        "+tries=1",
+        "+time=5",
+        &format!("@{gw}"),
+        "cb",
+    ]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    let (ok, err) = cap.interrupt();
+    assert!(ok, "{err}");
+    let rows = tshark(
+        &f,
+        None,
+        &[
+            "frame.packet_flags_direction",
+            "ip.src",
+            "icmp.type",
+            "udp.srcport",
+        ],
+    );
+    let out = |r: &Vec<String>| r[0] == "0x00000002" || r[0] == "2";
+    assert!(
+        rows.iter()
+            .any(|r| out(r) && r[1] == "198.51.100.2" && r[2] == "0"),
+        "no echo reply from the outside (a NAT frame) in {rows:?}"
+    );
+    assert!(
+        rows.iter().any(|r| out(r) && r[3] == "53"),
+        "no DNS answer in {rows:?}"
+    );
+
+    // /metrics parses and carries the counters.
+    let o = d
+        .netns()
+        .sh(&format!("curl -sS --max-time 5 http://{addr}/metrics"));
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let m = parse_prometheus(&o.stdout);
+    let rx = m
+        .iter()
+        .find(|(n, l, _)| {
+            n == "tapnet_port_rx_packets_total"
+                && l.get("container").map(String::as_str) == Some("ca")
+                && l.get("interface").map(String::as_str) == Some("eth0")
+                && l.get("network").map(String::as_str) == Some("front")
+        })
+        .unwrap_or_else(|| panic!("{}", o.stdout));
+    assert!(rx.2 >= 4.0, "{}", o.stdout);
+    assert!(
+        m.iter()
+            .any(|(n, l, _)| n == "tapnet_worker_busy_seconds_total" && l.contains_key("worker")),
+        "{}",
+        o.stdout
+    );
+    assert!(
+        m.iter().any(|(n, l, v)| n == "tapnet_dns_queries_total"
+            && l.get("result").map(String::as_str) == Some("local")
+            && *v >= 1.0),
+        "{}",
+        o.stdout
+    );
+
+    // A bad address: one line, non-zero exit.
+    let o = Command::new(BIN)
+        .args(["daemon", "--metrics-addr", "not-an-address"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("invalid --metrics-addr"), "{e}");
+}
+
+/// A small Prometheus text parser: (name, labels, value) per sample;
+/// panics on a line it cannot read.
+fn parse_prometheus(text: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    let mut v = vec![];
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (head, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let mut labels = std::collections::BTreeMap::new();
+        let name = match head.split_once('{') {
+            None => head.to_string(),
+            Some((n, rest)) => {
+                let body = rest
+                    .strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels in {line:?}"));
+                let mut rest = body;
+                while !rest.is_empty() {
+                    let (k, r) = rest
+                        .split_once("=\"")
+                        .unwrap_or_else(|| panic!("bad label in {line:?}"));
+                    let end = r
+                        .find('"')
+                        .unwrap_or_else(|| panic!("unterminated label in {line:?}"));
+                    labels.insert(k.to_string(), r[..end].to_string());
+                    rest = r[end + 1..].trim_start_matches(',');
+                }
+                n.to_string()
+            }
+        };
+        assert!(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "bad metric name in {line:?}"
+        );
+        v.push((name, labels, value));
+    }
+    assert!(!v.is_empty(), "no samples in {text:?}");
+    v
+}
+
+#[test]
+fn a_reader_that_stops_reading_does_not_stall_traffic() {
+    let d = world(&[]);
+    let b_ip = d.ip_of("cb", "front");
+    // stdout is a pipe nobody reads while the traffic runs.
+    let mut cap = Cap::start(&d, &["-w", "-"], Stdio::piped());
+    let mut pipe = cap.child.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let o = d.tapnet(&[
+        "exec", "ca", "--", "ping", "-q", "-c", "1500", "-i", "0.002", "-s", "1400", "-W", "2",
+        &b_ip,
+    ]);
+    assert_eq!(o.code, 0, "{}{}", o.stdout, o.stderr);
+    // Loss counts, not timings: every echo answered while the capture
+    // was blocked.
+    assert!(
+        o.stdout.contains(" 0% packet loss"),
+        "ping lost packets while the capture's reader was blocked: {}",
+        o.stdout
+    );
+    // Now read, stop, and see what the capture lost.
+    let reader = std::thread::spawn(move || {
+        let mut b = vec![];
+        use std::io::Read;
+        let _ = pipe.read_to_end(&mut b);
+        b
+    });
+    let (ok, err) = cap.interrupt();
+    assert!(ok, "{err}");
+    let bytes = reader.join().unwrap();
+    let lost: u64 = err
+        .split(", ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no loss count in {err:?}"));
+    assert!(lost > 0, "the capture should have lost frames: {err}");
+    assert_eq!(isb_ifdrop_sum(&bytes), lost, "{err}");
+    // And the file is whole pcapng.
+    let p = TempDir::new();
+    let f = p.0.join("slow.pcapng");
+    std::fs::write(&f, &bytes).unwrap();
+    assert!(!tshark(&f, None, &["frame.number"]).is_empty());
+}
+
+/// The sum of `isb_ifdrop` over the Interface Statistics Blocks of a
+/// little-endian pcapng stream.
+fn isb_ifdrop_sum(b: &[u8]) -> u64 {
+    let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    let (mut i, mut sum) = (0, 0);
+    while i + 12 <= b.len() {
+        let (t, len) = (u32_at(i), u32_at(i + 4) as usize);
+        if t == 5 {
+            let mut o = i + 20;
+            while o + 4 <= i + len - 4 {
+                let code = u16::from_le_bytes([b[o], b[o + 1]]);
+                let olen = u16::from_le_bytes([b[o + 2], b[o + 3]]) as usize;
+                if code == 0 {
+                    break;
+                }
+                if code == 5 {
+                    sum += u64::from_le_bytes(b[o + 4..o + 12].try_into().unwrap());
+                }
+                o += 4 + ((olen + 3) & !3);
+            }
+        }
+        i += len.max(12);
+    }
+    sum
+}
+
+/// The research loop of the README: record a network with `tapnet
+/// capture`, write its topology, replay the recording with `tapnet
+/// replay`, compare. The frames the switch sent to each port in the replay
+/// are the frames the capture saw leave on that port.
+#[test]
+fn a_capture_replays_through_tapnet_replay() {
+    let d = world(&[]);
+    let b_ip = d.ip_of("cb", "front");
+    let files = TempDir::new();
+    let rec = files.0.join("rec.pcapng");
+    let mut cap = Cap::start(
+        &d,
+        &["--network", "front", "-w", rec.to_str().unwrap()],
+        Stdio::null(),
+    );
+    wait_started(&rec, &cap);
+    ping(&d, "ca", &b_ip, 3);
+    let (ok, err) = cap.interrupt();
+    assert!(ok, "{err}");
+
+    let net = d.inspect_network("front");
+    let ipam = &net["IPAM"]["Config"][0];
+    let mut topo = format!(
+        "[[network]]\nname = \"front\"\nsubnet = {}\ngateway = {}\n",
+        ipam["Subnet"], ipam["Gateway"]
+    );
+    for c in ["ca", "cb"] {
+        let ep = &d.inspect_container(c)["NetworkSettings"]["Networks"]["front"];
+        topo += &format!(
+            "[[port]]\nname = \"{c}/eth0\"\nnetwork = \"front\"\nmac = {}\nip = {}\n",
+            ep["MacAddress"], ep["IPAddress"]
+        );
+    }
+    let topo_file = files.0.join("topology.toml");
+    std::fs::write(&topo_file, &topo).unwrap();
+    let out = files.0.join("out.pcapng");
+    let o = Command::new(BIN)
+        .args(["replay", "--topology"])
+        .arg(&topo_file)
+        .arg(&rec)
+        .arg("-w")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "tapnet replay: {}\n{topo}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    use tapnet_switch::pcapng;
+    // ICMP frames per port name, sorted: what left each port.
+    let icmp = |file: &Path, outbound_only: bool| {
+        let cap = pcapng::read(&std::fs::read(file).unwrap()).unwrap();
+        let mut by_port: std::collections::BTreeMap<String, Vec<Vec<u8>>> = Default::default();
+        for p in cap.packets {
+            let is_icmp = p.data.len() > 23 && p.data[12..14] == [8, 0] && p.data[23] == 1;
+            if is_icmp && (!outbound_only || p.flags & 3 == pcapng::EPB_OUTBOUND) {
+                by_port
+                    .entry(p.interface_name.unwrap_or_default())
+                    .or_default()
+                    .push(p.data);
+            }
+        }
+        by_port.values_mut().for_each(|v| v.sort());
+        by_port
+    };
+    let recorded = icmp(&rec, true);
+    let replayed = icmp(&out, false);
+    assert_eq!(
+        recorded.get("cb/eth0").map(Vec::len),
+        Some(3),
+        "3 echo requests left toward cb: {recorded:?}"
+    );
+    assert_eq!(recorded.get("ca/eth0").map(Vec::len), Some(3));
+    assert_eq!(replayed, recorded, "replay differs from the recording");
+}
