@@ -502,20 +502,93 @@ impl<H: GatewayHook> Worker<H> {
         inner: &[u8],
         tx: &mut T,
     ) -> Processed {
+        let meta = inner_meta(inner);
         if let Some(p) = cx.topo.tunnel_port(net, from) {
             let id = p.id;
-            return self.process(cx, id, &VnetHdr::default(), inner, tx);
+            return self.process(cx, id, &meta, inner, tx);
         }
         match self.sw.learn_tunnel(net, from) {
             Ok(id) => {
                 let cx = self.begin(cx.now_ns);
-                self.process(&cx, id, &VnetHdr::default(), inner, tx)
+                self.process(&cx, id, &meta, inner, tx)
             }
             Err(r) => {
                 self.sw.tunnel.slot(self.id).count_drop(r);
                 Processed::Done
             }
         }
+    }
+}
+
+/// The metadata of a frame that came out of the tunnel: [`VnetHdr`]'s
+/// default (a plain frame with complete checksums), or `NEEDS_CSUM` for
+/// an IPv4 TCP or UDP packet whose checksum field holds just the
+/// pseudo-header sum (a partial checksum).
+///
+/// A Linux `vxlan` device offloads the inner checksum (`CHECKSUM_PARTIAL`)
+/// and the kernel completes it only when a NIC or a software fallback
+/// puts the packet on a wire. When the datagram never leaves the machine
+/// (veth, bridges: another namespace, a container host's own underlay),
+/// it reaches our UDP socket with the inner TCP/UDP checksum still
+/// partial, and a UDP socket cannot tell. Written to a TAP as a plain
+/// frame, the receiving kernel drops it (bad checksum): ping (checksummed
+/// in software) works while TCP never gets its SYN through. Passed on as
+/// `NEEDS_CSUM`, each egress treats it as it treats a container's own
+/// offloaded frame: a TAP's kernel takes it as `CHECKSUM_PARTIAL`, the
+/// tunnel's software segmentation ([`crate::gso`]) and the NAT complete it.
+///
+/// A complete checksum equal to the pseudo-header sum is harmless:
+/// completing it gives the same value. A corrupted packet whose checksum
+/// field happens to hold the pseudo-header sum (1 in 65536 of them)
+/// escapes the receiver's check (the underlay's frame checks remain).
+#[inline]
+pub fn inner_meta(frame: &[u8]) -> VnetHdr {
+    const ETH: usize = wire::ethernet::HEADER_LEN;
+    if frame.get(12..14) != Some(&[0x08, 0x00]) {
+        return VnetHdr::default();
+    }
+    let Ok(ip) = Ipv4Packet::new_checked(&frame[ETH..]) else {
+        return VnetHdr::default();
+    };
+    if ip.is_fragment() {
+        return VnetHdr::default();
+    }
+    let (proto, off, min) = match ip.protocol() {
+        ipv4::protocol::TCP => (
+            ipv4::protocol::TCP,
+            wire::tcp::CHECKSUM_OFFSET,
+            wire::tcp::HEADER_LEN,
+        ),
+        ipv4::protocol::UDP => (
+            ipv4::protocol::UDP,
+            wire::udp::CHECKSUM_OFFSET,
+            wire::udp::HEADER_LEN,
+        ),
+        _ => return VnetHdr::default(),
+    };
+    let hl = ip.header_len();
+    let Some(l4len) = usize::from(ip.total_len()).checked_sub(hl) else {
+        return VnetHdr::default();
+    };
+    let start = ETH + hl;
+    if l4len < min || frame.len() < start + l4len {
+        return VnetHdr::default();
+    }
+    let field = u16::from_be_bytes([frame[start + off], frame[start + off + 1]]);
+    let partial = !wire::checksum_finish(wire::pseudo_header_sum(
+        ip.src_addr(),
+        ip.dst_addr(),
+        proto,
+        l4len,
+    ));
+    if field != partial {
+        return VnetHdr::default();
+    }
+    VnetHdr {
+        flags: wire::vnet::F_NEEDS_CSUM,
+        csum_start: start as u16,
+        csum_offset: off as u16,
+        ..VnetHdr::default()
     }
 }
 
@@ -741,6 +814,74 @@ mod tests {
                 .unwrap()
                 .learned
         );
+    }
+
+    /// A TCP segment from the kernel's side (10.0.9.99) to B's endpoint,
+    /// its checksum complete or, as a Linux `vxlan` device leaves it
+    /// when the datagram does not leave the machine, partial.
+    fn kernel_tcp(partial: bool) -> Vec<u8> {
+        use crate::wire::TcpPacket;
+        let kip = Ipv4Addr::new(10, 0, 9, 99);
+        let mut tcp = vec![0u8; 20 + 100];
+        tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = wire::tcp::flags::ACK | wire::tcp::flags::PSH;
+        tcp[20..].fill(7);
+        let mut t = TcpPacket::new_unchecked(&mut tcp[..]);
+        if partial {
+            t.set_partial_checksum(kip, IP_B, 120);
+        } else {
+            t.fill_checksum(kip, IP_B);
+        }
+        build::ipv4(build::mac(2), build::mac(0x99), kip, IP_B, 6, &tcp)
+    }
+
+    #[test]
+    fn partial_checksums_from_a_kernel_vtep_reach_the_endpoint_as_needs_csum() {
+        use crate::wire::TcpPacket;
+        let (_a, mut b) = pair(false, true);
+        let k = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 40000);
+        let kip = Ipv4Addr::new(10, 0, 9, 99);
+        for partial in [true, false] {
+            let f = kernel_tcp(partial);
+            let mut d = vec![0u8; 8];
+            vxlan::emit_header(&mut d, 42);
+            d.extend_from_slice(&f);
+            let got = rx_vxlan(&mut b, k, &d);
+            assert_eq!(got.len(), 1, "partial: {partial}");
+            assert_eq!((got[0].port, &got[0].frame), (b.port, &f));
+            let m = got[0].meta;
+            if !partial {
+                assert_eq!(m, VnetHdr::default());
+                continue;
+            }
+            assert_eq!(
+                (m.flags, m.csum_start, m.csum_offset, m.is_gso()),
+                (wire::vnet::F_NEEDS_CSUM, 34, 16, false)
+            );
+            // Completed (as the TAP's kernel or the tunnel's segmentation
+            // does), it is the segment with its full checksum.
+            let mut buf = vec![0u8; 2048];
+            let mut out = Vec::new();
+            crate::gso::for_each_segment(&m, &got[0].frame, &mut buf, |s| out.push(s.to_vec()))
+                .unwrap();
+            assert_eq!(out, vec![kernel_tcp(false)]);
+            let ip = Ipv4Packet::new_checked(&out[0][14..]).unwrap();
+            assert!(TcpPacket::new_checked(ip.payload())
+                .unwrap()
+                .verify_checksum(kip, IP_B));
+        }
+        // UDP too; other protocols and fragments stay plain.
+        let mut u = build::udp(build::mac(2), build::mac(0x99), (kip, 5), (IP_B, 6), b"hi");
+        let partial = !wire::checksum_finish(wire::pseudo_header_sum(kip, IP_B, 17, 10));
+        u[40..42].copy_from_slice(&partial.to_be_bytes());
+        let m = inner_meta(&u);
+        assert_eq!((m.flags, m.csum_start, m.csum_offset), (1, 34, 6));
+        u[20] = 0x20; // more fragments
+        assert_eq!(inner_meta(&u), VnetHdr::default());
+        assert_eq!(inner_meta(&ping(1, 2, IP_A, IP_B)), VnetHdr::default());
+        assert_eq!(inner_meta(&kernel_tcp(true)[..40]), VnetHdr::default());
     }
 
     #[test]
