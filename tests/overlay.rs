@@ -61,7 +61,7 @@ fn containers_on_two_hosts_share_an_overlay() {
     assert!(works(&h2, "b1", "ping -c2 -W2 alpha"), "{}", h2.log());
     // TCP across (a few MiB: TSO super-frames segmented before the tunnel)
     // and UDP.
-    h2.ok(&["exec", "b1", "--", "sh", "-c", "mkdir -p /tmp/w && head -c 4194304 /dev/zero > /tmp/w/big && (busybox httpd -f -p 8080 -h /tmp/w </dev/null >/dev/null 2>&1 &)"]);
+    h2.ok(&["exec", "b1", "--", "sh", "-c", "mkdir -p /tmp/w && head -c 4194304 /dev/zero > /tmp/w/big && (timeout 120 busybox httpd -f -p 8080 -h /tmp/w </dev/null >/dev/null 2>&1 &)"]);
     retry("HTTP across hosts", Duration::from_secs(10), || {
         let o = h1.exec_sh("a1", "curl -s -m 10 http://b1:8080/big | wc -c");
         (o.stdout.trim() == "4194304")
@@ -74,7 +74,7 @@ fn containers_on_two_hosts_share_an_overlay() {
         "--",
         "sh",
         "-c",
-        "(socat -u UDP4-RECV:9000 OPEN:/tmp/w/udp,creat,append </dev/null >/dev/null 2>&1 &)",
+        "(timeout 120 socat -u UDP4-RECV:9000 OPEN:/tmp/w/udp,creat,append </dev/null >/dev/null 2>&1 &)",
     ]);
     std::thread::sleep(Duration::from_millis(300));
     h1.exec_sh("a1", "echo hello-udp | socat -u - UDP4:b1:9000");
@@ -389,7 +389,7 @@ fn encrypted_overlays_carry_only_esp() {
         .spawn()
         .expect("tshark (apt-get install tshark; sudo ./scripts/test.sh does)");
     std::thread::sleep(Duration::from_secs(2));
-    h2.ok(&["exec", "s2", "--", "sh", "-c", "mkdir -p /tmp/e && head -c 2097152 /dev/zero > /tmp/e/big && (busybox httpd -f -p 8080 -h /tmp/e </dev/null >/dev/null 2>&1 &)"]);
+    h2.ok(&["exec", "s2", "--", "sh", "-c", "mkdir -p /tmp/e && head -c 2097152 /dev/zero > /tmp/e/big && (timeout 120 busybox httpd -f -p 8080 -h /tmp/e </dev/null >/dev/null 2>&1 &)"]);
     retry("TCP over ESP", Duration::from_secs(10), || {
         let o = h1.exec_sh("s1", "curl -s -m 10 http://s2:8080/big | wc -c");
         (o.stdout.trim() == "2097152")
