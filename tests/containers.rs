@@ -174,14 +174,45 @@ fn detached_containers_talk_and_stop() {
     let e = d.fails(&["run", "-d", "--name", "s1", "--", "sleep", "1"]);
     assert!(e.contains("already in use"), "{e}");
 
+    // Processes started by `exec` belong to the container: stop and
+    // rm -f end them too (Docker's cgroup), whatever their process group.
+    let bg = |c: &str| -> i32 {
+        d.ok(&[
+            "exec",
+            c,
+            "--",
+            "sh",
+            "-c",
+            "setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!",
+        ])
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let (bg1, bg2) = (bg("s1"), bg("s2"));
+    let gone = |p: i32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| s.contains(") Z "))
+    };
+    assert!(!gone(bg1) && !gone(bg2));
+
     // stop: exited, address released, network removable afterwards.
     assert_eq!(d.ok(&["stop", "-t", "2", "s1"]).trim(), "s1");
+    wait_until(
+        "exec'd process of s1 ended by stop",
+        Duration::from_secs(5),
+        || gone(bg1),
+    );
     assert_eq!(status(&d, "s1"), "exited");
     let cs = d.inspect_network("lan")["Containers"].clone();
     assert_eq!(cs.as_object().unwrap().len(), 1, "{cs}");
     let e = d.fails(&["rm", "s2"]);
     assert!(e.contains("running"), "{e}");
     d.ok(&["rm", "-f", "s2"]);
+    wait_until(
+        "exec'd process of s2 ended by rm -f",
+        Duration::from_secs(5),
+        || gone(bg2),
+    );
     d.ok(&["rm", "s1"]);
     assert_eq!(d.ok(&["ps", "-a", "-q"]), "");
     d.ok(&["network", "rm", "lan"]);

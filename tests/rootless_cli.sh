@@ -77,7 +77,10 @@ sleep 0.3
 "$T" attach --pid "$SLEEPER" --name ext --network rl1 >/dev/null
 ping1 r1 "$("$T" inspect ext | sed -n 's/.*"IPAddress": "\(10\.61[^"]*\)".*/\1/p' | head -1)" \
   || fail "r1 -> attached namespace"
+BG=$("$T" exec r2 -- sh -c 'setsid sleep 1000 </dev/null >/dev/null 2>&1 & echo $!')
 "$T" stop r2 >/dev/null
+for _ in $(seq 50); do [ -d "/proc/$BG" ] && ! grep -q ') Z ' "/proc/$BG/stat" 2>/dev/null || break; sleep 0.1; done
+[ -d "/proc/$BG" ] && ! grep -q ') Z ' "/proc/$BG/stat" 2>/dev/null && fail "stop left the exec'd process $BG running"
 grep r2 <<<"$("$T" ps -a)" | grep -q Exited || fail "stop"
 "$T" rm r2 >/dev/null
 grep -q r2 <<<"$("$T" ps -a)" && fail "rm"

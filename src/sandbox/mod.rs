@@ -222,6 +222,32 @@ pub fn netns_helper_main() -> std::process::ExitCode {
     helper::main()
 }
 
+/// The other processes in `pid`'s mount namespace: a container's
+/// processes, since each sandbox has a mount namespace of its own and
+/// `tapnet exec` joins it (what Docker's cgroup gives it). Empty when that
+/// namespace is the caller's or init's (never a container's), or cannot be
+/// read. Processes whose namespace cannot be read are not included.
+pub fn mount_namespace_members(pid: i32) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: &str| {
+        std::fs::metadata(format!("/proc/{p}/ns/mnt"))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    let Some(target) = id(&pid.to_string()) else {
+        return Vec::new();
+    };
+    if id("self") == Some(target) || id("1") == Some(target) {
+        return Vec::new();
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != pid && id(&p.to_string()) == Some(target))
+        .collect()
+}
+
 /// Start time of a process (field 22 of /proc/PID/stat), to tell a live
 /// process from a reused pid. None if the process does not exist.
 pub fn process_start_time(pid: i32) -> Option<u64> {

@@ -306,9 +306,14 @@ pub async fn watch(core: Shared, every: Duration) {
 }
 
 /// Sends `sig` to a container's process after checking that the pid is
-/// still the same process.
+/// still the same process, and to every other process of the container
+/// (its mount namespace: what `tapnet exec` started, in whatever process
+/// group), as Docker's stop and kill reach its whole cgroup.
 fn signal(pid: i32, start_time: u64, sig: nix::sys::signal::Signal) {
     if super::is_alive(pid, start_time) {
+        for m in crate::sandbox::mount_namespace_members(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(m), sig);
+        }
         let p = nix::unistd::Pid::from_raw(pid);
         // A detached sandbox leads its own session and process group: signal
         // the whole group so that CMD's children go too (there is no pid
