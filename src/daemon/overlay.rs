@@ -320,6 +320,22 @@ impl Core {
         }
     }
 
+    /// Rotates the key rings that are due, on the keep-alive's timer: the
+    /// watch applies changes made elsewhere, but nothing else would notice
+    /// that a ring grew old in an idle cluster. Checked against the rings
+    /// this host applied, so it asks etcd nothing until one is due.
+    pub fn rotate_due_keys(&mut self) -> Result<(), ClusterError> {
+        let now = chrono::Utc::now().timestamp();
+        let limit = key_rotation_secs();
+        if !self.applied.keys.values().any(|r| now - r.created >= limit) {
+            return Ok(());
+        }
+        let c = self.cluster()?.clone();
+        let snap = c.snapshot()?;
+        self.sync_keys(&c, &snap);
+        Ok(())
+    }
+
     /// Encrypted networks' keys: made when missing, rotated when old (one
     /// host wins each change: compare-and-swap), applied when changed.
     fn sync_keys(&mut self, c: &Cluster, snap: &Snapshot) {
@@ -641,7 +657,8 @@ fn rotate(old: Option<KeyRing>) -> KeyRing {
     }
 }
 
-/// Keeps this host's lease alive (every third of its TTL). When etcd lost
+/// Keeps this host's lease alive (every third of its TTL) and rotates the
+/// encrypted networks' keys when due. When etcd lost
 /// it (unreachable for longer than the TTL), takes a new one and syncs,
 /// which registers this host's endpoints again.
 pub async fn keep_alive(core: super::Shared) {
@@ -666,6 +683,9 @@ pub async fn keep_alive(core: super::Shared) {
                 if was_down {
                     tracing::info!("cluster: the store answers again");
                     was_down = false;
+                }
+                if let Err(e) = super::call(&core, |core| core.rotate_due_keys()).await {
+                    tracing::warn!("cluster: key rotation: {e}");
                 }
             }
             Ok(false) => {
