@@ -4,7 +4,8 @@
 # ours, 192.168.230.0/24). For each of R rounds (default 5) a container
 # starts on host 1 (`run -d` on an overlay); the script measures, on host 2,
 # the time until its name resolves and until its address answers a ping,
-# and counts the etcd requests each host made for that start (the daemons'
+# and counts the etcd requests all hosts together made for that start (lease
+# renewals apart: they are periodic, counted as KeepAlives; the daemons'
 # own counter, `tapnet cluster`).
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/converge.sh [--hosts N] [--rounds R]
 #   tools: apt-get install etcd-server etcd-client iproute2 python3

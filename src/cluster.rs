@@ -202,8 +202,10 @@ pub struct Cluster {
     pub vtep: SocketAddr,
     lease: Arc<AtomicI64>,
     healthy: Arc<AtomicBool>,
-    /// Requests made, for the convergence figures.
+    /// Requests made (lease renewals apart), for the convergence figures.
     requests: Arc<AtomicU64>,
+    /// Lease renewals made: one per third of the TTL, whatever happens.
+    keep_alives: Arc<AtomicU64>,
 }
 
 fn key(parts: &[&str]) -> String {
@@ -267,6 +269,7 @@ impl Cluster {
             lease: Arc::new(AtomicI64::new(0)),
             healthy: Arc::new(AtomicBool::new(false)),
             requests: Arc::new(AtomicU64::new(0)),
+            keep_alives: Arc::new(AtomicU64::new(0)),
         };
         // etcd away at start: the daemon starts anyway; the keep-alive
         // takes a lease once it answers.
@@ -282,6 +285,14 @@ impl Cluster {
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.run_uncounted(f)
+    }
+
+    /// [`Self::run`] without counting the request (the caller counts it).
+    fn run_uncounted<T, F>(&self, f: impl FnOnce(Client) -> F) -> Result<T, ClusterError>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
         let fut = f(self.client.clone());
         let r = self
             .rt
@@ -327,9 +338,14 @@ impl Cluster {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Requests made so far.
+    /// Requests made so far, lease renewals apart.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Lease renewals made so far.
+    pub fn keep_alives(&self) -> u64 {
+        self.keep_alives.load(Ordering::Relaxed)
     }
 
     /// The current lease id.
@@ -355,7 +371,8 @@ impl Cluster {
     /// Renews the lease once; `Ok(false)` when etcd no longer knows it.
     pub fn keep_alive(&self) -> Result<bool, ClusterError> {
         let id = self.lease();
-        let r = self.run(|mut c| async move {
+        self.keep_alives.fetch_add(1, Ordering::Relaxed);
+        let r = self.run_uncounted(|mut c| async move {
             let (mut keeper, mut stream) = c.lease_keep_alive(id).await?;
             keeper.keep_alive().await?;
             stream.message().await

@@ -225,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         "Healthy",
                         "Lease",
                         "Requests",
+                        "KeepAlives",
                         "RemoteEndpoints",
                     ] {
                         let val = match &v[k] {

@@ -241,6 +241,7 @@ impl Core {
             "Healthy": c.healthy(),
             "Lease": format!("{:x}", c.lease()),
             "Requests": c.requests(),
+            "KeepAlives": c.keep_alives(),
             "RemoteEndpoints": remote,
             "Peers": self.applied.peers.iter().map(|(n, p)| (n.clone(), p.iter().map(|a| a.to_string()).collect::<Vec<_>>())).collect::<BTreeMap<_, _>>(),
         }))
