@@ -1,7 +1,8 @@
-//! Live capture (`tapnet capture`): the daemon's capture hub, installed in
-//! the switch as its [`CaptureHook`] while at least one capture runs (with
-//! none, the switch pays one predictable branch per stage and nothing
-//! else), and the sessions it copies frames into.
+//! Live capture (`tapnet capture`): the daemon's capture hub, which
+//! installs the running sessions in the switch as its [`CaptureHook`]
+//! while at least one capture runs (with none, the switch pays one
+//! predictable branch per stage and nothing else), and the sessions it
+//! copies frames into.
 //!
 //! # Fast path
 //! A worker offers each frame to every session: selection (all ports, a
@@ -244,18 +245,16 @@ pub struct Hub {
     drop_sessions: AtomicUsize,
     next_id: AtomicU64,
     ctl: parking_lot::Mutex<()>,
-    me: std::sync::Weak<Hub>,
 }
 
 impl Hub {
     pub fn new(switch: Arc<Switch>) -> Arc<Hub> {
-        Arc::new_cyclic(|me| Hub {
+        Arc::new(Hub {
             switch,
             sessions: arc_swap::ArcSwap::from_pointee(Vec::new()),
             drop_sessions: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             ctl: parking_lot::Mutex::new(()),
-            me: me.clone(),
         })
     }
 
@@ -284,13 +283,9 @@ impl Hub {
         if s.spec.drops {
             self.drop_sessions.fetch_add(1, Relaxed);
         }
-        let first = v.len() == 1;
-        self.sessions.store(Arc::new(v));
-        if first {
-            if let Some(me) = self.me.upgrade() {
-                self.switch.set_capture(Some(me));
-            }
-        }
+        let v = Arc::new(v);
+        self.sessions.store(v.clone());
+        self.switch.set_capture(Some(Arc::new(Installed(v))));
         Started {
             session: s,
             rx: frames_rx,
@@ -319,11 +314,13 @@ impl Hub {
                 self.drop_sessions.fetch_sub(1, Relaxed);
             }
         }
-        let empty = v.is_empty();
-        self.sessions.store(Arc::new(v));
-        if empty {
-            self.switch.set_capture(None);
-        }
+        let v = Arc::new(v);
+        self.sessions.store(v.clone());
+        self.switch.set_capture(if v.is_empty() {
+            None
+        } else {
+            Some(Arc::new(Installed(v)))
+        });
     }
 
     /// Whether a capture of drops runs (the NAT thread checks this before
@@ -352,26 +349,33 @@ impl Hub {
     }
 }
 
-impl CaptureHook for Hub {
+/// What the switch calls while captures run: the sessions of one moment,
+/// immutable, installed in the switch's topology snapshot by [`Hub`] at
+/// each start and end of a session. A worker reaches them through the
+/// snapshot it already holds: no atomic load per frame, only the loop over
+/// the sessions (their selection first).
+struct Installed(Arc<Vec<Arc<Session>>>);
+
+impl CaptureHook for Installed {
     #[inline]
     fn on_ingress(&self, port: &Port, meta: &VnetHdr, frame: &[u8]) {
-        for s in self.sessions.load().iter() {
+        for s in self.0.iter() {
             s.offer(port, EPB_INBOUND, meta, frame, None);
         }
     }
     #[inline]
     fn on_egress(&self, port: &Port, meta: &VnetHdr, frame: &[u8]) {
-        for s in self.sessions.load().iter() {
+        for s in self.0.iter() {
             s.offer(port, EPB_OUTBOUND, meta, frame, None);
         }
     }
     fn on_drop(&self, port: &Port, meta: &VnetHdr, frame: &[u8], reason: DropReason) {
-        for s in self.sessions.load().iter() {
+        for s in self.0.iter() {
             s.offer(port, EPB_INBOUND, meta, frame, Some(Reason::Switch(reason)));
         }
     }
     fn on_egress_drop(&self, port: &Port, meta: &VnetHdr, frame: &[u8], reason: DropReason) {
-        for s in self.sessions.load().iter() {
+        for s in self.0.iter() {
             s.offer(
                 port,
                 EPB_OUTBOUND,
