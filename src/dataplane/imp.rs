@@ -971,6 +971,8 @@ fn service_tunnel(
                     hand_over(w, &d[inner]);
                 }
             }
+            // Coalesced segments leave with their batch.
+            w.flush_tunnel(&cx, &mut tx);
             if n < super::vtep::BATCH {
                 break;
             }
@@ -999,6 +1001,7 @@ fn service_tunnel(
                         hand_over(w, &pkt[inner]);
                     }
                 }
+                w.flush_tunnel(&cx, &mut tx);
                 if n < super::vtep::BATCH {
                     break;
                 }

@@ -24,6 +24,7 @@ pub mod counters;
 pub mod esp;
 pub mod fdb;
 pub mod fxhash;
+pub mod gro;
 pub mod gso;
 pub mod mem;
 pub mod pcapng;

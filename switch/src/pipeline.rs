@@ -153,6 +153,9 @@ pub struct Worker<H: GatewayHook = NoHook> {
     scratch: Box<[u8]>,
     /// The hook answered [`HookVerdict::Claimed`] for the current frame.
     claimed: bool,
+    /// Receive coalescing of tunnelled TCP ([`crate::gro`]); `None` only
+    /// while [`Worker::flush_tunnel`] runs what it held.
+    pub(crate) gro: Option<crate::gro::Gro>,
 }
 
 /// What kind of L3 payload a frame carries (for the ICC rule).
@@ -177,6 +180,7 @@ impl<H: GatewayHook> Worker<H> {
             hook,
             scratch: vec![0; SCRATCH_LEN].into_boxed_slice(),
             claimed: false,
+            gro: Some(crate::gro::Gro::new()),
         }
     }
 

@@ -33,6 +33,7 @@
 
 use crate::counters::{DropReason, PortStats};
 use crate::esp::{self, EspError, Sa};
+use crate::gro::Offer;
 use crate::pipeline::{BatchCx, GatewayHook, Processed, Transmit, Worker};
 use crate::topology::{
     ConfigError, NetworkId, Port, PortConfig, PortId, Switch, Topology, TunnelConfig,
@@ -502,7 +503,59 @@ impl<H: GatewayHook> Worker<H> {
         inner: &[u8],
         tx: &mut T,
     ) -> Processed {
+        // Coalescing only for the cluster's own peers: what they send was
+        // segmented by `gso` (checksums complete, each segment the same
+        // shape). A VTEP outside the cluster (a kernel vxlan device, whose
+        // inner checksums may be partial) gets its frames passed one by one.
+        let peer = cx
+            .topo
+            .tunnel_port(net, from)
+            .is_some_and(|p| p.config.tunnel.is_some_and(|t| !t.learned));
+        let gateway = cx.topo.network(net).map(|n| n.gateway_mac);
+        if let (true, Some(gw), Some(g)) = (peer, gateway, self.gro.as_mut()) {
+            match g.offer(net, from, gw, inner) {
+                Offer::Joined => return Processed::Done,
+                Offer::Candidate => {
+                    self.flush_tunnel(cx, tx);
+                    if let Some(g) = self.gro.as_mut() {
+                        g.start(net, from, inner);
+                    }
+                    return Processed::Done;
+                }
+                Offer::NotCandidate => self.flush_tunnel(cx, tx),
+            }
+        }
         let meta = inner_meta(inner);
+        self.tunnel_deliver(cx, net, from, &meta, inner, tx)
+    }
+
+    /// Runs what receive coalescing holds ([`crate::gro`]) through the
+    /// pipeline. Callers of [`Worker::process_vxlan`] and
+    /// [`Worker::process_esp`] call it at the end of every batch of
+    /// datagrams: a segment waits at most for the rest of its batch.
+    pub fn flush_tunnel<T: Transmit>(&mut self, cx: &BatchCx, tx: &mut T) {
+        let Some(mut g) = self.gro.take() else {
+            return;
+        };
+        if let Some((net, from, meta, frame)) = g.take() {
+            // Never claimed: frames to the gateway are not coalesced.
+            let _ = self.tunnel_deliver(cx, net, from, &meta, frame, tx);
+        }
+        self.gro = Some(g);
+    }
+
+    /// Runs an inner frame from VTEP `from` through the pipeline on that
+    /// VTEP's tunnel port (learned if it is no peer).
+    fn tunnel_deliver<T: Transmit>(
+        &mut self,
+        cx: &BatchCx,
+        net: NetworkId,
+        from: Ipv4Addr,
+        meta: &VnetHdr,
+        inner: &[u8],
+        tx: &mut T,
+    ) -> Processed {
+        let meta = *meta;
         if let Some(p) = cx.topo.tunnel_port(net, from) {
             let id = p.id;
             return self.process(cx, id, &meta, inner, tx);
@@ -697,6 +750,7 @@ mod tests {
         let mut tx = MemTx::default();
         let cx = h.ms.worker.begin(0);
         h.ms.worker.process_vxlan(&cx, from, d, &mut tx);
+        h.ms.worker.flush_tunnel(&cx, &mut tx);
         tx.sent
     }
 
@@ -708,6 +762,7 @@ mod tests {
         let mut tx = MemTx::default();
         let cx = h.ms.worker.begin(0);
         h.ms.worker.process_esp(&cx, &mut p, &mut tx);
+        h.ms.worker.flush_tunnel(&cx, &mut tx);
         tx.sent
     }
 
