@@ -12,7 +12,10 @@
 //!   peer's TAP gets plain frames with valid checksums), encapsulated in
 //!   the worker's batch buffers ([`tapnet_switch::tunnel::Egress::encap`])
 //!   and sent with `sendmmsg` when the batch is full or the worker's
-//!   round ends ([`TunnelTx::flush`]).
+//!   round ends ([`TunnelTx::flush`]); on the UDP socket, runs of
+//!   equal-sized datagrams to one peer (a segmented super-frame) go as one
+//!   `UDP_SEGMENT` message each (UDP GSO: the kernel splits them late,
+//!   about twice the TCP throughput of one datagram each).
 //!
 //! Both sockets fragment rather than refuse what exceeds the path MTU
 //! (`IP_PMTUDISC_DONT`), as Linux's vxlan does by default: an encrypted
@@ -120,7 +123,12 @@ impl TunnelTx {
             sw,
             worker,
             seg: vec![0u8; SLOT].into_boxed_slice(),
-            udp: Batch::new(n),
+            udp: {
+                let mut b = Batch::new(n);
+                // Measured faster than a datagram each (README, overlay).
+                b.use_udp_gso(true);
+                b
+            },
             esp: Batch::new(n),
         }
     }

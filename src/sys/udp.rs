@@ -17,6 +17,21 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 /// receipt ([`Batch::truncated`]) and refused on sending.
 pub const SLOT: usize = 16 * 1024;
 
+/// A `UDP_SEGMENT` control message (`cmsghdr` and a `u16`, padded to
+/// `CMSG_SPACE(2)`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GsoCmsg {
+    hdr: libc::cmsghdr,
+    size: u16,
+    _pad: [u8; 6],
+}
+
+/// Datagrams one `UDP_SEGMENT` send may carry (the kernel's limit).
+const GSO_MAX_SEGS: usize = 64;
+/// Bytes one `UDP_SEGMENT` send may carry (a UDP payload's limit).
+const GSO_MAX_BYTES: usize = 65_000;
+
 pub struct Batch {
     buf: Box<[u8]>,
     cap: usize,
@@ -29,6 +44,12 @@ pub struct Batch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     names: Vec<libc::sockaddr_in>,
+    /// Send runs of equal-sized datagrams to one destination as one
+    /// `UDP_SEGMENT` message (the kernel splits them): [`Batch::use_udp_gso`].
+    gso: bool,
+    cmsgs: Vec<GsoCmsg>,
+    /// Per message of a grouped send: (first datagram, datagrams).
+    groups: Vec<(usize, usize)>,
 }
 
 fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
@@ -67,7 +88,18 @@ impl Batch {
             // SAFETY: as above.
             iovs: (0..cap).map(|_| unsafe { std::mem::zeroed() }).collect(),
             names: vec![zero_name; cap],
+            gso: false,
+            // SAFETY: cmsghdr is a plain C struct of integers.
+            cmsgs: vec![unsafe { std::mem::zeroed() }; cap],
+            groups: Vec::with_capacity(cap),
         }
+    }
+
+    /// Sends runs of equal-sized datagrams to one destination as one
+    /// `UDP_SEGMENT` (UDP GSO) message each, on a UDP socket. Turned off
+    /// again by itself when the kernel refuses it.
+    pub fn use_udp_gso(&mut self, on: bool) {
+        self.gso = on;
     }
 
     pub fn len(&self) -> usize {
@@ -187,7 +219,11 @@ impl Batch {
     /// length or the error it met. A full socket buffer fails the rest.
     pub fn send(&mut self, fd: BorrowedFd, mut done: impl FnMut(io::Result<usize>)) {
         let n = self.n;
-        let mut i = 0;
+        let mut i = if self.gso {
+            self.send_grouped(fd, &mut done)
+        } else {
+            0
+        };
         while i < n {
             self.prepare(i, n, false);
             // SAFETY: `hdrs[i..n]` point at `iovs`, `names` and ranges of
@@ -224,6 +260,109 @@ impl Batch {
             i += r as usize;
         }
         self.n = 0;
+    }
+}
+
+impl Batch {
+    /// [`Batch::send`] with UDP GSO: returns the first datagram not yet
+    /// reported (where the plain path goes on when the kernel refused a
+    /// `UDP_SEGMENT` message, which also turns GSO off).
+    fn send_grouped(&mut self, fd: BorrowedFd, done: &mut impl FnMut(io::Result<usize>)) -> usize {
+        let n = self.n;
+        self.groups.clear();
+        let mut i = 0;
+        while i < n {
+            let (size, to) = (self.len[i], self.addr[i]);
+            let mut j = i + 1;
+            let mut bytes = size;
+            while j < n
+                && j - i < GSO_MAX_SEGS
+                && self.addr[j] == to
+                && self.len[j] <= size
+                && bytes + self.len[j] <= GSO_MAX_BYTES
+                && self.len[j - 1] == size
+            {
+                bytes += self.len[j];
+                j += 1;
+            }
+            self.groups.push((i, j - i));
+            i = j;
+        }
+        for (g, &(first, count)) in self.groups.iter().enumerate() {
+            for k in first..first + count {
+                self.iovs[k] = libc::iovec {
+                    iov_base: self.buf[self.start[k]..].as_mut_ptr().cast(),
+                    iov_len: self.len[k],
+                };
+            }
+            self.names[g] = sockaddr(self.addr[first]);
+            let c = &mut self.cmsgs[g];
+            c.hdr.cmsg_len = (std::mem::size_of::<libc::cmsghdr>() + 2) as _;
+            c.hdr.cmsg_level = libc::SOL_UDP;
+            c.hdr.cmsg_type = libc::UDP_SEGMENT;
+            c.size = self.len[first] as u16;
+            let h = &mut self.hdrs[g];
+            h.msg_hdr.msg_name = (&mut self.names[g] as *mut libc::sockaddr_in).cast();
+            h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            h.msg_hdr.msg_iov = &mut self.iovs[first];
+            h.msg_hdr.msg_iovlen = count;
+            if count > 1 {
+                h.msg_hdr.msg_control = (c as *mut GsoCmsg).cast();
+                h.msg_hdr.msg_controllen = std::mem::size_of::<GsoCmsg>();
+            } else {
+                h.msg_hdr.msg_control = std::ptr::null_mut();
+                h.msg_hdr.msg_controllen = 0;
+            }
+            h.msg_hdr.msg_flags = 0;
+            h.msg_len = 0;
+        }
+        let groups = self.groups.len();
+        let mut g = 0;
+        while g < groups {
+            // SAFETY: `hdrs[g..groups]` point at `names`, `cmsgs` and runs
+            // of `iovs` that point at ranges of `buf` inside their slots,
+            // all owned by `self` and alive for the call; the kernel only
+            // reads them.
+            let r = unsafe {
+                libc::sendmmsg(
+                    fd.as_raw_fd(),
+                    self.hdrs[g..].as_mut_ptr(),
+                    (groups - g) as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            let (first, count) = self.groups[g];
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
+                {
+                    for _ in first..n {
+                        done(Err(io::Error::from(io::ErrorKind::WouldBlock)));
+                    }
+                    return n;
+                }
+                if count > 1 {
+                    // GSO refused (a device or path that cannot take it):
+                    // plain datagrams from here on.
+                    tracing::debug!("udp: UDP_SEGMENT refused ({e}); sending datagrams one by one");
+                    self.gso = false;
+                    return first;
+                }
+                done(Err(e));
+                g += 1;
+                continue;
+            }
+            for &(first, count) in &self.groups[g..g + r as usize] {
+                for k in first..first + count {
+                    done(Ok(self.len[k]));
+                }
+            }
+            g += r as usize;
+        }
+        n
     }
 }
 
@@ -286,5 +425,63 @@ mod tests {
         assert_eq!(&d[..3], &[0, 0, 0]);
         assert!(!rx.truncated(0));
         assert_eq!(rx.recv(b.as_fd()).unwrap(), 0);
+    }
+
+    #[test]
+    fn udp_gso_sends_the_same_datagrams() {
+        let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let v4 = |s: &std::net::UdpSocket| match s.local_addr().unwrap() {
+            std::net::SocketAddr::V4(v) => v,
+            _ => unreachable!(),
+        };
+        // Equal sizes then a short one to b (one message), one to c, then
+        // b again.
+        let plan: Vec<(usize, SocketAddrV4)> = vec![
+            (1000, v4(&b)),
+            (1000, v4(&b)),
+            (1000, v4(&b)),
+            (400, v4(&b)),
+            (1000, v4(&c)),
+            (1000, v4(&b)),
+        ];
+        let mut tx = Batch::new(8);
+        tx.use_udp_gso(true);
+        for (k, &(len, to)) in plan.iter().enumerate() {
+            let s = tx.next_slot().unwrap();
+            s[..len].fill(k as u8);
+            tx.push(0..len, to);
+        }
+        let mut sent = Vec::new();
+        tx.send(a.as_fd(), |r| sent.push(r.unwrap()));
+        assert_eq!(sent, plan.iter().map(|p| p.0).collect::<Vec<_>>());
+        assert!(tx.gso, "the kernel took UDP_SEGMENT");
+        let mut got = Vec::new();
+        let mut rx = Batch::new(8);
+        for sock in [&b, &c] {
+            for _ in 0..100 {
+                let n = rx.recv(sock.as_fd()).unwrap();
+                for i in 0..n {
+                    let d = rx.get(i).1;
+                    got.push((d.len(), d[0], d.iter().all(|&x| x == d[0])));
+                }
+                if got.len() == 5 && std::ptr::eq(sock, &b) || got.len() == 6 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        assert_eq!(
+            got,
+            vec![
+                (1000, 0, true),
+                (1000, 1, true),
+                (1000, 2, true),
+                (400, 3, true),
+                (1000, 5, true),
+                (1000, 4, true),
+            ]
+        );
     }
 }
