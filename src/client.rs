@@ -106,6 +106,19 @@ impl Client {
         &self.socket
     }
 
+    /// A connection to the daemon's socket, and how I/O errors on it read.
+    fn connect(&self) -> Result<(UnixStream, impl Fn(std::io::Error) -> ClientError), ClientError> {
+        let path = self.socket.display().to_string();
+        let s = UnixStream::connect(&self.socket).map_err(|err| ClientError::Connect {
+            path: path.clone(),
+            err,
+        })?;
+        Ok((s, move |err| ClientError::Io {
+            path: path.clone(),
+            err,
+        }))
+    }
+
     /// Sends one request; non-2xx statuses become [`ClientError::Api`].
     pub fn request(
         &self,
@@ -113,21 +126,10 @@ impl Client {
         path: &str,
         body: Option<&[u8]>,
     ) -> Result<Response, ClientError> {
-        let sp = self.socket.display().to_string();
-        let io = |err| ClientError::Io {
-            path: sp.clone(),
-            err,
-        };
-        let mut s = UnixStream::connect(&self.socket).map_err(|err| ClientError::Connect {
-            path: sp.clone(),
-            err,
-        })?;
+        let (mut s, io) = self.connect()?;
         // Container stop waits up to its timeout; be generous.
         s.set_read_timeout(Some(Duration::from_secs(300))).ok();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: tapnet\r\nUser-Agent: tapnet-cli/{}\r\nConnection: close\r\n",
-            env!("CARGO_PKG_VERSION")
-        );
+        let mut req = request_head(method, path);
         if let Some(b) = body {
             req.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",
@@ -141,9 +143,9 @@ impl Client {
         if let Some(b) = body {
             buf.extend_from_slice(b);
         }
-        s.write_all(&buf).map_err(io)?;
+        s.write_all(&buf).map_err(&io)?;
         let mut raw = vec![];
-        s.read_to_end(&mut raw).map_err(io)?;
+        s.read_to_end(&mut raw).map_err(&io)?;
         let resp = parse_response(&raw).map_err(ClientError::Protocol)?;
         if !(200..300).contains(&resp.status) {
             let message = serde_json::from_slice::<crate::daemon::types::ErrorBody>(&resp.body)
@@ -214,25 +216,14 @@ impl Client {
     /// [`ClientError::Api`].
     pub fn stream(&self, method: &str, path: &str) -> Result<Streamed, ClientError> {
         use std::io::BufRead;
-        let sp = self.socket.display().to_string();
-        let io = |err| ClientError::Io {
-            path: sp.clone(),
-            err,
-        };
-        let mut s = UnixStream::connect(&self.socket).map_err(|err| ClientError::Connect {
-            path: sp.clone(),
-            err,
-        })?;
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: tapnet\r\nUser-Agent: tapnet-cli/{}\r\nConnection: close\r\n\r\n",
-            env!("CARGO_PKG_VERSION")
-        );
-        s.write_all(req.as_bytes()).map_err(io)?;
+        let (mut s, io) = self.connect()?;
+        let req = request_head(method, path) + "\r\n";
+        s.write_all(req.as_bytes()).map_err(&io)?;
         let mut r = std::io::BufReader::with_capacity(1 << 16, s);
         let mut head = String::new();
         loop {
             let mut line = String::new();
-            if r.read_line(&mut line).map_err(io)? == 0 {
+            if r.read_line(&mut line).map_err(&io)? == 0 {
                 return Err(ClientError::Protocol("no end of headers".into()));
             }
             if line == "\r\n" || line == "\n" {
@@ -271,7 +262,7 @@ impl Client {
         };
         if !(200..300).contains(&status) {
             let mut b = vec![];
-            body.read_to_end(&mut b).map_err(io)?;
+            body.read_to_end(&mut b).map_err(&io)?;
             let message = serde_json::from_slice::<crate::daemon::types::ErrorBody>(&b)
                 .map(|e| e.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&b).trim().to_string());
@@ -395,6 +386,15 @@ fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, String> {
         out.extend_from_slice(&b[..size]);
         b = &b[size + 2..];
     }
+}
+
+/// A request's line and the headers every request has, without the blank
+/// line that ends them.
+fn request_head(method: &str, path: &str) -> String {
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: tapnet\r\nUser-Agent: tapnet-cli/{}\r\nConnection: close\r\n",
+        env!("CARGO_PKG_VERSION")
+    )
 }
 
 #[cfg(test)]

@@ -204,27 +204,8 @@ impl<W: Write> Writer<W> {
         data: &[u8],
         comments: &[&str],
     ) -> io::Result<()> {
-        if interface >= self.interfaces {
-            return Err(invalid(format!("no interface {interface}")));
-        }
-        let len = u32::try_from(data.len())
-            .ok()
-            .filter(|&l| l <= u32::MAX - 64)
-            .ok_or_else(|| invalid(format!("packet of {} bytes", data.len())))?;
-        self.begin(BT_EPB);
-        self.put_u32(interface);
-        self.put_u32((timestamp_ns >> 32) as u32);
-        self.put_u32(timestamp_ns as u32);
-        self.put_u32(len);
-        self.put_u32(len);
-        self.put_padded(data);
-        for c in comments {
-            self.put_option(OPT_COMMENT, c.as_bytes())?;
-        }
-        if !comments.is_empty() {
-            self.end_options();
-        }
-        self.finish()
+        // Whole (original length = captured length), no flags.
+        self.write_captured(interface, timestamp_ns, data, 0, 0, comments)
     }
 
     /// Writes a frame with its virtio-net metadata: a `vnet_hdr` comment
