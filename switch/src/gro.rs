@@ -17,7 +17,7 @@
 //! that verifies (the one check the segment would have had: after the
 //! merge the receiver trusts the super-frame's partial checksum), and a
 //! frame exactly as long as its IP packet. It joins the held super-frame
-//! when it comes from the same VTEP on the same network with the same
+//! when it comes from the same tunnel port (one VTEP on one network) with the same
 //! MACs, addresses, ports, TOS, TTL, ACK number, window and TCP options,
 //! its sequence number follows, and its payload is not longer than the
 //! first segment's (the MSS); a shorter segment or one with PSH closes the
@@ -31,7 +31,7 @@
 //! - No allocation after [`Gro::new`]: the held frame lives in one buffer
 //!   of [`MAX_FRAME`] bytes.
 
-use crate::topology::NetworkId;
+use crate::topology::PortId;
 use crate::wire::{self, vnet, EthernetAddress, VnetHdr};
 use std::net::Ipv4Addr;
 
@@ -44,8 +44,8 @@ pub const MAX_FRAME: usize = ETH + 65535;
 /// What makes segments of one flow joinable (compared as a whole).
 #[derive(Clone, Copy, PartialEq, Eq, Default)]
 struct Key {
-    net: u16,
-    from: [u8; 4],
+    /// The tunnel port (a VTEP on a network).
+    port: u32,
     macs: [u8; 12],
     /// TOS and TTL.
     tos_ttl: [u8; 2],
@@ -73,8 +73,7 @@ pub struct Gro {
     /// Bytes held in `buf`; 0 when nothing is held.
     len: usize,
     key: Key,
-    net: NetworkId,
-    from: Ipv4Addr,
+    port: PortId,
     mss: usize,
     next_seq: u32,
     segs: u32,
@@ -97,8 +96,7 @@ impl Gro {
             buf: vec![0u8; MAX_FRAME].into_boxed_slice(),
             len: 0,
             key: Key::default(),
-            net: NetworkId(0),
-            from: Ipv4Addr::UNSPECIFIED,
+            port: PortId(0),
             mss: 0,
             next_seq: 0,
             segs: 0,
@@ -113,16 +111,11 @@ impl Gro {
         self.len != 0
     }
 
-    /// Offers `frame`, which came from VTEP `from` on `net` (whose gateway
-    /// MAC is `gateway`); see [`Offer`] for what the caller does next.
-    pub fn offer(
-        &mut self,
-        net: NetworkId,
-        from: Ipv4Addr,
-        gateway: EthernetAddress,
-        frame: &[u8],
-    ) -> Offer {
-        let Some(s) = parse(net, from, gateway, frame) else {
+    /// Offers `frame`, which came in on tunnel port `port` (of a network
+    /// whose gateway MAC is `gateway`); see [`Offer`] for what the caller
+    /// does next.
+    pub fn offer(&mut self, port: PortId, gateway: EthernetAddress, frame: &[u8]) -> Offer {
+        let Some(s) = parse(port, gateway, frame) else {
             return Offer::NotCandidate;
         };
         if self.len != 0
@@ -153,7 +146,7 @@ impl Gro {
     /// Holds `frame`, the one the last [`Gro::offer`] called a
     /// [`Offer::Candidate`], as the start of a super-frame, once what was
     /// held has been taken.
-    pub fn start(&mut self, net: NetworkId, from: Ipv4Addr, frame: &[u8]) {
+    pub fn start(&mut self, port: PortId, frame: &[u8]) {
         debug_assert_eq!(self.len, 0);
         let Some(s) = self.last.take() else {
             return;
@@ -161,20 +154,19 @@ impl Gro {
         self.buf[..frame.len()].copy_from_slice(frame);
         self.len = frame.len();
         self.key = s.key;
-        self.net = net;
-        self.from = from;
+        self.port = port;
         self.mss = s.payload;
         self.next_seq = s.seq.wrapping_add(s.payload as u32);
         self.segs = 1;
         self.closed = s.psh;
     }
 
-    /// What is held, made whole: (network, VTEP, metadata, frame); the
+    /// What is held, made whole: (tunnel port, metadata, frame); the
     /// coalescer is empty afterwards. One segment comes back as it came
     /// (its checksum verified, so plain metadata); several come back as a
     /// `GSO_TCPV4` super-frame with the IPv4 length and checksum rewritten
     /// and a partial TCP checksum.
-    pub fn take(&mut self) -> Option<(NetworkId, Ipv4Addr, VnetHdr, &[u8])> {
+    pub fn take(&mut self) -> Option<(PortId, VnetHdr, &[u8])> {
         if self.len == 0 {
             return None;
         }
@@ -209,7 +201,7 @@ impl Gro {
                 num_buffers: 0,
             }
         };
-        Some((self.net, self.from, meta, &self.buf[..len]))
+        Some((self.port, meta, &self.buf[..len]))
     }
 
     fn options_match(&self, frame: &[u8]) -> bool {
@@ -235,7 +227,7 @@ const ACK: u8 = 0x10;
 
 /// The candidate rules of the module documentation.
 #[inline]
-fn parse(net: NetworkId, from: Ipv4Addr, gateway: EthernetAddress, f: &[u8]) -> Option<Seg> {
+fn parse(port: PortId, gateway: EthernetAddress, f: &[u8]) -> Option<Seg> {
     if f.len() < ETH + IP + wire::tcp::HEADER_LEN
         || f[12..14] != [0x08, 0x00]
         || f[0] & 1 != 0
@@ -265,8 +257,7 @@ fn parse(net: NetworkId, from: Ipv4Addr, gateway: EthernetAddress, f: &[u8]) -> 
         return None;
     }
     let mut key = Key {
-        net: net.0,
-        from: from.octets(),
+        port: port.0,
         thl: thl as u8,
         ..Key::default()
     };
@@ -293,8 +284,7 @@ mod tests {
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
     const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
-    const NET: NetworkId = NetworkId(3);
-    const VTEP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 9);
+    const PORT: PortId = PortId(3);
     const GW: EthernetAddress = EthernetAddress([2, 0x42, 10, 0, 0, 1]);
 
     /// The segments a peer's software segmentation sends for a TSO
@@ -334,17 +324,17 @@ mod tests {
     fn run(g: &mut Gro, frames: &[Vec<u8>]) -> Vec<(VnetHdr, Vec<u8>)> {
         let mut out = Vec::new();
         let flush = |g: &mut Gro, out: &mut Vec<_>| {
-            if let Some((n, v, m, f)) = g.take() {
-                assert_eq!((n, v), (NET, VTEP));
+            if let Some((p, m, f)) = g.take() {
+                assert_eq!(p, PORT);
                 out.push((m, f.to_vec()));
             }
         };
         for f in frames {
-            match g.offer(NET, VTEP, GW, f) {
+            match g.offer(PORT, GW, f) {
                 Offer::Joined => {}
                 Offer::Candidate => {
                     flush(g, &mut out);
-                    g.start(NET, VTEP, f);
+                    g.start(PORT, f);
                 }
                 Offer::NotCandidate => {
                     flush(g, &mut out);
@@ -407,7 +397,7 @@ mod tests {
     fn only_plain_unicast_acks_away_from_the_gateway_are_candidates() {
         let seg = segments(1000, 1000, 1).remove(0);
         let mut g = Gro::new();
-        assert_eq!(g.offer(NET, VTEP, GW, &seg), Offer::Candidate);
+        assert_eq!(g.offer(PORT, GW, &seg), Offer::Candidate);
         let mut to_gw = seg.clone();
         to_gw[..6].copy_from_slice(&GW.0);
         let mut syn = seg.clone();
@@ -417,7 +407,7 @@ mod tests {
         let mut bcast = seg.clone();
         bcast[..6].fill(0xff);
         for f in [to_gw, syn, frag, bcast, seg[..60].to_vec()] {
-            assert_eq!(g.offer(NET, VTEP, GW, &f), Offer::NotCandidate);
+            assert_eq!(g.offer(PORT, GW, &f), Offer::NotCandidate);
         }
     }
 }

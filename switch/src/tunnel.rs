@@ -507,26 +507,38 @@ impl<H: GatewayHook> Worker<H> {
         // segmented by `gso` (checksums complete, each segment the same
         // shape). A VTEP outside the cluster (a kernel vxlan device, whose
         // inner checksums may be partial) gets its frames passed one by one.
-        let peer = cx
-            .topo
-            .tunnel_port(net, from)
-            .is_some_and(|p| p.config.tunnel.is_some_and(|t| !t.learned));
-        let gateway = cx.topo.network(net).map(|n| n.gateway_mac);
-        if let (true, Some(gw), Some(g)) = (peer, gateway, self.gro.as_mut()) {
-            match g.offer(net, from, gw, inner) {
+        let Some(port) = cx.topo.tunnel_port(net, from) else {
+            return match self.sw.learn_tunnel(net, from) {
+                Ok(id) => {
+                    let cx = self.begin(cx.now_ns);
+                    self.process(&cx, id, &inner_meta(inner), inner, tx)
+                }
+                Err(r) => {
+                    self.sw.tunnel.slot(self.id).count_drop(r);
+                    Processed::Done
+                }
+            };
+        };
+        let id = port.id;
+        let peer = port.config.tunnel.is_some_and(|t| !t.learned);
+        let gateway = peer
+            .then(|| cx.topo.network(net).map(|n| n.gateway_mac))
+            .flatten();
+        if let (Some(gw), Some(g)) = (gateway, self.gro.as_mut()) {
+            match g.offer(id, gw, inner) {
                 Offer::Joined => return Processed::Done,
                 Offer::Candidate => {
                     self.flush_tunnel(cx, tx);
                     if let Some(g) = self.gro.as_mut() {
-                        g.start(net, from, inner);
+                        g.start(id, inner);
                     }
                     return Processed::Done;
                 }
+                // What this port holds goes first: its frames keep their order.
                 Offer::NotCandidate => self.flush_tunnel(cx, tx),
             }
         }
-        let meta = inner_meta(inner);
-        self.tunnel_deliver(cx, net, from, &meta, inner, tx)
+        self.process(cx, id, &inner_meta(inner), inner, tx)
     }
 
     /// Runs what receive coalescing holds ([`crate::gro`]) through the
@@ -537,39 +549,11 @@ impl<H: GatewayHook> Worker<H> {
         let Some(mut g) = self.gro.take() else {
             return;
         };
-        if let Some((net, from, meta, frame)) = g.take() {
+        if let Some((port, meta, frame)) = g.take() {
             // Never claimed: frames to the gateway are not coalesced.
-            let _ = self.tunnel_deliver(cx, net, from, &meta, frame, tx);
+            let _ = self.process(cx, port, &meta, frame, tx);
         }
         self.gro = Some(g);
-    }
-
-    /// Runs an inner frame from VTEP `from` through the pipeline on that
-    /// VTEP's tunnel port (learned if it is no peer).
-    fn tunnel_deliver<T: Transmit>(
-        &mut self,
-        cx: &BatchCx,
-        net: NetworkId,
-        from: Ipv4Addr,
-        meta: &VnetHdr,
-        inner: &[u8],
-        tx: &mut T,
-    ) -> Processed {
-        let meta = *meta;
-        if let Some(p) = cx.topo.tunnel_port(net, from) {
-            let id = p.id;
-            return self.process(cx, id, &meta, inner, tx);
-        }
-        match self.sw.learn_tunnel(net, from) {
-            Ok(id) => {
-                let cx = self.begin(cx.now_ns);
-                self.process(&cx, id, &meta, inner, tx)
-            }
-            Err(r) => {
-                self.sw.tunnel.slot(self.id).count_drop(r);
-                Processed::Done
-            }
-        }
     }
 }
 
