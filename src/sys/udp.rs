@@ -151,22 +151,13 @@ impl Batch {
         self.n += 1;
     }
 
-    /// Fills the call arrays for datagrams `from..self.n` (sending) or
-    /// all `cap` buffers (receiving).
-    fn prepare(&mut self, from: usize, to: usize, receiving: bool) {
-        for i in from..to {
-            let (start, len) = if receiving {
-                (i * SLOT, SLOT)
-            } else {
-                (self.start[i], self.len[i])
-            };
+    /// Fills the call arrays to receive into all `cap` buffers.
+    fn prepare_recv(&mut self) {
+        for i in 0..self.cap {
             self.iovs[i] = libc::iovec {
-                iov_base: self.buf[start..].as_mut_ptr().cast(),
-                iov_len: len,
+                iov_base: self.buf[i * SLOT..].as_mut_ptr().cast(),
+                iov_len: SLOT,
             };
-            if !receiving {
-                self.names[i] = sockaddr(self.addr[i]);
-            }
             let h = &mut self.hdrs[i];
             h.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_in).cast();
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
@@ -183,7 +174,7 @@ impl Batch {
     /// `MSG_DONTWAIT`); returns how many (0 when none is waiting).
     pub fn recv(&mut self, fd: BorrowedFd) -> io::Result<usize> {
         self.n = 0;
-        self.prepare(0, self.cap, true);
+        self.prepare_recv();
         // SAFETY: `hdrs[..cap]` point at `iovs`, `names` and disjoint
         // SLOT-byte ranges of `buf`, all owned by `self` and alive for the
         // call, with their true lengths; the kernel writes at most those.
@@ -217,65 +208,35 @@ impl Batch {
     /// Sends the queued datagrams (`sendmmsg`, non-blocking) and empties
     /// the batch; `done` is called once per datagram, in order, with its
     /// length or the error it met. A full socket buffer fails the rest.
+    /// With [`Batch::use_udp_gso`], each run of equal-sized datagrams to
+    /// one destination is one `UDP_SEGMENT` message; when the kernel
+    /// refuses one, GSO turns itself off and the rest go one by one.
     pub fn send(&mut self, fd: BorrowedFd, mut done: impl FnMut(io::Result<usize>)) {
-        let n = self.n;
-        let mut i = if self.gso {
-            self.send_grouped(fd, &mut done)
-        } else {
-            0
-        };
-        while i < n {
-            self.prepare(i, n, false);
-            // SAFETY: `hdrs[i..n]` point at `iovs`, `names` and ranges of
-            // `buf` inside their slots, all owned by `self` and alive for
-            // the call; the kernel only reads them.
-            let r = unsafe {
-                libc::sendmmsg(
-                    fd.as_raw_fd(),
-                    self.hdrs[i..].as_mut_ptr(),
-                    (n - i) as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                if e.kind() == io::ErrorKind::WouldBlock || e.raw_os_error() == Some(libc::ENOBUFS)
-                {
-                    for _ in i..n {
-                        done(Err(io::Error::from(io::ErrorKind::WouldBlock)));
-                    }
-                    break;
-                }
-                // This datagram failed (unreachable, too big): skip it.
-                done(Err(e));
-                i += 1;
-                continue;
-            }
-            for k in i..i + r as usize {
-                done(Ok(self.len[k]));
-            }
-            i += r as usize;
+        let mut from = 0;
+        while from < self.n {
+            from = self.send_from(fd, from, &mut done);
         }
         self.n = 0;
     }
-}
 
-impl Batch {
-    /// [`Batch::send`] with UDP GSO: returns the first datagram not yet
-    /// reported (where the plain path goes on when the kernel refused a
-    /// `UDP_SEGMENT` message, which also turns GSO off).
-    fn send_grouped(&mut self, fd: BorrowedFd, done: &mut impl FnMut(io::Result<usize>)) -> usize {
+    /// Sends datagrams `from..n` as messages (one datagram each, or runs
+    /// of them with GSO); returns where to go on: `n`, or the first
+    /// datagram of a GSO message the kernel refused (not yet reported).
+    fn send_from(
+        &mut self,
+        fd: BorrowedFd,
+        from: usize,
+        done: &mut impl FnMut(io::Result<usize>),
+    ) -> usize {
         let n = self.n;
         self.groups.clear();
-        let mut i = 0;
+        let mut i = from;
         while i < n {
             let (size, to) = (self.len[i], self.addr[i]);
             let mut j = i + 1;
             let mut bytes = size;
-            while j < n
+            while self.gso
+                && j < n
                 && j - i < GSO_MAX_SEGS
                 && self.addr[j] == to
                 && self.len[j] <= size
@@ -296,17 +257,17 @@ impl Batch {
                 };
             }
             self.names[g] = sockaddr(self.addr[first]);
-            let c = &mut self.cmsgs[g];
-            c.hdr.cmsg_len = (std::mem::size_of::<libc::cmsghdr>() + 2) as _;
-            c.hdr.cmsg_level = libc::SOL_UDP;
-            c.hdr.cmsg_type = libc::UDP_SEGMENT;
-            c.size = self.len[first] as u16;
             let h = &mut self.hdrs[g];
             h.msg_hdr.msg_name = (&mut self.names[g] as *mut libc::sockaddr_in).cast();
             h.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
             h.msg_hdr.msg_iov = &mut self.iovs[first];
             h.msg_hdr.msg_iovlen = count;
             if count > 1 {
+                let c = &mut self.cmsgs[g];
+                c.hdr.cmsg_len = (std::mem::size_of::<libc::cmsghdr>() + 2) as _;
+                c.hdr.cmsg_level = libc::SOL_UDP;
+                c.hdr.cmsg_type = libc::UDP_SEGMENT;
+                c.size = self.len[first] as u16;
                 h.msg_hdr.msg_control = (c as *mut GsoCmsg).cast();
                 h.msg_hdr.msg_controllen = std::mem::size_of::<GsoCmsg>();
             } else {
@@ -351,6 +312,7 @@ impl Batch {
                     self.gso = false;
                     return first;
                 }
+                // This datagram failed (unreachable, too big): skip it.
                 done(Err(e));
                 g += 1;
                 continue;
