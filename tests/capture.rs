@@ -326,6 +326,11 @@ fn captures_name_interfaces_count_directions_filter_and_stream() {
         v["workers"][0]["busy_seconds"].as_f64().unwrap() > 0.0,
         "{v}"
     );
+    // The busy-poll window (50 µs by default) is spent polling after work.
+    assert!(
+        v["workers"][0]["spin_seconds"].as_f64().unwrap() > 0.0,
+        "{v}"
+    );
     let only_b: serde_json::Value =
         serde_json::from_str(&d.ok(&["stats", "--container", "cb", "--format", "json"])).unwrap();
     assert_eq!(only_b["ports"].as_array().unwrap().len(), 1, "{only_b}");

@@ -404,12 +404,13 @@ pub fn stats(c: &Client, a: StatsArgs) -> anyhow::Result<ExitCode> {
                         n(&w["worker"]),
                         format!("{:.1}%", w["busy_share"].as_f64().unwrap_or(0.0) * 100.0),
                         format!("{:.3}", w["busy_seconds"].as_f64().unwrap_or(0.0)),
+                        format!("{:.1}%", w["spin_share"].as_f64().unwrap_or(0.0) * 100.0),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    super::print_table(&["WORKER", "BUSY", "BUSY SECONDS"], &workers);
+    super::print_table(&["WORKER", "BUSY", "BUSY SECONDS", "SPIN"], &workers);
     println!();
     let d = &v["dns"];
     println!(

@@ -78,6 +78,16 @@ pub struct Config {
     /// address (none by default).
     #[serde(default)]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// `--busy-poll-us`: how long an idle worker polls before it sleeps.
+    #[serde(default = "default_busy_poll_us")]
+    pub busy_poll_us: u32,
+}
+
+/// `--busy-poll-us`'s default.
+pub const DEFAULT_BUSY_POLL_US: u32 = 50;
+
+fn default_busy_poll_us() -> u32 {
+    DEFAULT_BUSY_POLL_US
 }
 
 /// A cluster host's settings.
@@ -348,6 +358,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .cluster
             .as_ref()
             .map(|c| crate::dataplane::VtepConfig::new(c.vtep)),
+        busy_poll: std::time::Duration::from_micros(cfg.busy_poll_us.into()),
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)

@@ -380,6 +380,12 @@ pub fn encode_metrics(s: &Stats) -> String {
         "Share of the time a worker was busy since the daemon started",
         share.clone(),
     );
+    let spin: Family<L, Counter<f64, AtomicU64>> = Family::default();
+    reg.register(
+        "tapnet_worker_spin_seconds",
+        "Time a worker spent busy-polling without finding work (--busy-poll-us)",
+        spin.clone(),
+    );
     let flows: Gauge = Gauge::default();
     reg.register(
         "tapnet_nat_flows",
@@ -414,6 +420,7 @@ pub fn encode_metrics(s: &Stats) -> String {
         let v = l(&[("worker", &w.worker.to_string())]);
         busy.get_or_create(&v).inc_by(w.busy_seconds);
         share.get_or_create(&v).set(w.busy_share);
+        spin.get_or_create(&v).inc_by(w.spin_seconds);
     }
     let d = &s.dns;
     for (k, n) in [

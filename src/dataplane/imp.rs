@@ -58,13 +58,20 @@ struct WorkerOwn {
     reader: Option<Arc<Vtep>>,
     /// What this worker publishes about itself.
     shared: Arc<WorkerShared>,
+    /// How long the worker keeps polling without sleeping after its last
+    /// work (`--busy-poll-us`; zero: it sleeps at once).
+    busy_poll: Duration,
 }
 
 /// What a worker publishes about itself, once per loop (not per frame).
 #[derive(Default)]
 struct WorkerShared {
-    /// Nanoseconds spent between waking up and going back to epoll.
+    /// Nanoseconds spent between waking up and going back to epoll, in
+    /// loops that found work.
     busy_ns: std::sync::atomic::AtomicU64,
+    /// Nanoseconds spent polling without finding work inside the busy-poll
+    /// window (`--busy-poll-us`): CPU paid for latency.
+    spin_ns: std::sync::atomic::AtomicU64,
     /// The embedded DNS's counters of this worker's hook.
     dns: parking_lot::Mutex<tapnet_dns::DnsStats>,
 }
@@ -77,6 +84,10 @@ pub struct WorkerStats {
     pub busy_seconds: f64,
     /// Share of the time busy since the dataplane started (0..1).
     pub busy_share: f64,
+    /// Seconds spent busy-polling without finding work (`--busy-poll-us`).
+    pub spin_seconds: f64,
+    /// Share of the time spent busy-polling without finding work (0..1).
+    pub spin_share: f64,
 }
 
 struct Inner {
@@ -216,6 +227,7 @@ impl Dataplane {
                 vtep: vtep.clone(),
                 reader,
                 shared: sh,
+                busy_poll: config.busy_poll,
             };
             let t = std::thread::Builder::new()
                 .name(format!("tapnet-worker-{id}"))
@@ -725,10 +737,13 @@ impl Dataplane {
             .enumerate()
             .map(|(worker, s)| {
                 let busy = s.busy_ns.load(Ordering::Relaxed) as f64 / 1e9;
+                let spin = s.spin_ns.load(Ordering::Relaxed) as f64 / 1e9;
                 WorkerStats {
                     worker,
                     busy_seconds: busy,
                     busy_share: (busy / up).min(1.0),
+                    spin_seconds: spin,
+                    spin_share: (spin / up).min(1.0),
                 }
             })
             .collect()
@@ -807,6 +822,7 @@ fn worker_loop(
         vtep,
         reader,
         shared,
+        busy_poll,
     }: WorkerOwn,
 ) {
     let mut events = Events::with_capacity(256);
@@ -819,11 +835,20 @@ fn worker_loop(
     let mut tun_rx = reader.map(TunnelRx::new);
     // The tunnel's sockets with data possibly left unread: (UDP, ESP).
     let mut tun_ready = (tun_rx.is_some(), tun_rx.is_some());
+    // When the worker last found work: within `busy_poll` of it, an idle
+    // worker polls again instead of sleeping (a wake-up costs more than the
+    // round trip of a ping across the switch).
+    let mut last_work = Instant::now();
+    // The end of the previous turn: spin time runs from there.
+    let mut turn_end = last_work;
     loop {
         let mut timeout = Some(Duration::ZERO);
-        if ready.is_empty() && !tun_ready.0 && !tun_ready.1 {
+        let idle = ready.is_empty() && !tun_ready.0 && !tun_ready.1;
+        let spinning = idle && !busy_poll.is_zero() && last_work.elapsed() < busy_poll;
+        if idle && !spinning {
             // Producers wake a sleeping worker only: say so, then look at
-            // the injection queues once more.
+            // the injection queues once more. (While spinning the worker
+            // looks at them on every turn.)
             wake.going_to_sleep();
             if injects.iter().all(InjectRx::is_empty) {
                 timeout = Some(Duration::from_secs(1));
@@ -837,6 +862,16 @@ fn worker_loop(
         }
         wake.awake();
         let woke = Instant::now();
+        let injected = !injects.iter().all(InjectRx::is_empty);
+        let worked = !idle || !events.is_empty() || injected;
+        if spinning && !worked {
+            // Nothing yet: the turn is spin time, not work.
+            let spin = &shared.spin_ns;
+            let add = woke.duration_since(turn_end).as_nanos() as u64;
+            spin.store(spin.load(Ordering::Relaxed) + add, Ordering::Relaxed);
+            turn_end = woke;
+            continue;
+        }
         for ev in events.iter() {
             match ev.token() {
                 WAKER => continue,
@@ -883,7 +918,7 @@ fn worker_loop(
                 Cmd::Stop => return,
             }
         }
-        if !injects.iter().all(InjectRx::is_empty) {
+        if injected {
             transmit_injected(&w, &queues, &injects, epoch, &mut tun);
             tun.flush();
         }
@@ -907,8 +942,12 @@ fn worker_loop(
         }
         // Once per loop, not per frame: busy time and the DNS counters.
         let busy = &shared.busy_ns;
-        let add = woke.elapsed().as_nanos() as u64;
+        turn_end = Instant::now();
+        let add = turn_end.duration_since(woke).as_nanos() as u64;
         busy.store(busy.load(Ordering::Relaxed) + add, Ordering::Relaxed);
+        if worked {
+            last_work = turn_end;
+        }
         let dns = w.hook_mut().stats();
         if dns != dns_seen {
             if let Some(mut slot) = shared.dns.try_lock() {

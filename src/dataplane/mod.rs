@@ -227,6 +227,11 @@ pub struct DataplaneConfig {
     pub faults: Vec<Fault>,
     /// The VXLAN tunnel endpoint (overlay networks); None: no overlays.
     pub vtep: Option<VtepConfig>,
+    /// After its last work, a worker keeps polling for this long before it
+    /// sleeps in epoll (`tapnet daemon --busy-poll-us`): a frame arriving
+    /// in that window is read without a wake-up, at the price of CPU spent
+    /// polling (`tapnet stats` shows it as each worker's spin share).
+    pub busy_poll: std::time::Duration,
 }
 
 /// `tapnet daemon --conntrack-*`: limits and idle timeouts of the NAT's
@@ -329,6 +334,7 @@ impl Default for DataplaneConfig {
             conntrack: ConntrackConfig::default(),
             faults: Vec::new(),
             vtep: None,
+            busy_poll: std::time::Duration::ZERO,
         }
     }
 }
