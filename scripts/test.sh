@@ -36,6 +36,9 @@ PACKAGES=(
   libprotobuf-dev # protobuf's well-known .proto files, for the same build
   libpcap-dev     # libpcap, whose compiler turns capture filters into BPF: the build itself, capture
   tshark          # reads the pcapng tapnet capture writes (interfaces, comments, flags): capture
+  rootlesskit     # rootless Docker (dockerd-rootless.sh) using tapnet's driver: docker (rootless)
+  uidmap          # newuidmap/newgidmap, which RootlessKit needs: docker (rootless)
+  slirp4netns     # RootlessKit's network (rootless Docker's own, unused by tapnet's networks): docker (rootless)
   ca-certificates # cargo's HTTPS downloads of crates on a fresh machine
 )
 
@@ -82,6 +85,14 @@ if ! id tapnettest >/dev/null 2>&1; then
   useradd -m -s /bin/bash tapnettest
   changed+=("created the user tapnettest")
 fi
+# Its subordinate ids, which rootless Docker's RootlessKit maps (useradd
+# adds them on Debian 12; an older user may lack them).
+for f in subuid subgid; do
+  if ! grep -q '^tapnettest:' "/etc/$f" 2>/dev/null; then
+    echo "tapnettest:100000:65536" >>"/etc/$f"
+    changed+=("added tapnettest:100000:65536 to /etc/$f")
+  fi
+done
 
 # Debian's usual mode; lets an ordinary user create TAPs in its own
 # user+net namespace (README, "Rootless").

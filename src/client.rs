@@ -45,11 +45,16 @@ pub fn default_socket() -> PathBuf {
     if uid.is_root() {
         return PathBuf::from("/run/tapnet/tapnet.sock");
     }
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+    user_runtime_dir().join("tapnet/tapnet.sock")
+}
+
+/// An ordinary user's runtime directory: `$XDG_RUNTIME_DIR`, else
+/// `/run/user/UID`.
+pub fn user_runtime_dir() -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(format!("/run/user/{uid}")));
-    dir.join("tapnet/tapnet.sock")
+        .unwrap_or_else(|| PathBuf::from(format!("/run/user/{}", nix::unistd::geteuid())))
 }
 
 /// Parses `-H`: `unix:///PATH` (or a plain absolute path). Other schemes

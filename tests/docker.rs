@@ -10,12 +10,16 @@
 //! Then what only tapnet's side has: restarts of tapnet and dockerd,
 //! compose, bad options, tapnet's own view.
 //!
+//! Rootless Docker (dockerd-rootless.sh, RootlessKit) with a rootless
+//! tapnet runs as the test user in `tests/rootless_docker.sh`.
+//!
 //! Root only. "Outside" is a namespace wired to the host namespace (tapnet
 //! and dockerd) by a veth pair, with an HTTP server and dnsmasq (TEST-NET
 //! addresses; nothing leaves the test's namespaces).
 
 mod ctl_support;
 mod docker_support;
+mod rootless_support;
 
 use std::time::Duration;
 
@@ -591,4 +595,29 @@ networks:
     assert_eq!(h.d.ok(&["network", "ls", "-q"]), nets_before);
     let links = h.d.netns().sh_ok("ip -o link show");
     assert!(!links.contains(": tn"), "TAPs left: {links}");
+}
+
+/// Rootless Docker: an ordinary user's dockerd under RootlessKit and the
+/// same user's tapnet daemon, both with their defaults, in a network
+/// namespace of the test (`tests/rootless_docker.sh`).
+#[test]
+fn rootless_docker_uses_tapnet() {
+    let mut env = rootless_support::UserEnv::new("rdocker", |ns| {
+        let st = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "sh", "-c"])
+            .arg("ip link set lo up && ip addr add 192.0.2.10/32 dev lo")
+            .status()
+            .unwrap();
+        assert!(st.success(), "set up the rootless namespace {ns}");
+    });
+    env.nsenter = true;
+    let run = rootless_support::run_in(env, "tests/rootless_docker.sh");
+    let log = |f: &str| std::fs::read_to_string(run.work.join(f)).unwrap_or_default();
+    assert!(
+        run.status.success() && run.text.contains("ROOTLESS DOCKER OK"),
+        "rootless docker script: {}\n{}\n--- trace\n{}",
+        run.status,
+        run.text,
+        log("trace"),
+    );
 }

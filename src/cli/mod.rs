@@ -179,7 +179,9 @@ struct DaemonArgs {
     vxlan_port: u16,
     /// The Docker network-driver plugin's socket (driver "tapnet"):
     /// unix:///PATH, or none. Default as root
-    /// unix:///run/docker/plugins/tapnet.sock; rootless none.
+    /// unix:///run/docker/plugins/tapnet.sock; rootless
+    /// unix://$XDG_RUNTIME_DIR/tapnet/docker-plugin.sock, linked into the
+    /// user's rootless dockerd ($XDG_RUNTIME_DIR/docker.pid).
     #[arg(long = "docker-plugin", value_name = "unix:///PATH|none")]
     docker_plugin: Option<String>,
     /// Serve the counters in Prometheus's text format at
@@ -317,7 +319,11 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         None if nix::unistd::geteuid().is_root() => {
             crate::daemon::PluginSocket::Default(crate::daemon::DEFAULT_PLUGIN_SOCKET.into())
         }
-        None => crate::daemon::PluginSocket::Off,
+        // Rootless: a socket of the user's, linked into the user's rootless
+        // dockerd when one runs (see daemon::rootless_docker).
+        None => crate::daemon::PluginSocket::Default(
+            client::user_runtime_dir().join("tapnet/docker-plugin.sock"),
+        ),
     };
     let cluster = match (&a.cluster_store, &a.advertise_addr) {
         (None, None) => None,

@@ -11,7 +11,8 @@
 //!   Docker moves it into the container and configures it.
 //! - Join: the TAP's name and the gateway (none on internal networks).
 //! - ProgramExternalConnectivity: the container's published ports, bound
-//!   in dockerd's network namespace and relayed by the NAT gateway;
+//!   in dockerd's network namespace (rootless Docker: in the daemon's, see
+//!   [`ports_bound_here`]) and relayed by the NAT gateway;
 //!   RevokeExternalConnectivity closes them.
 //! - DeleteEndpoint: unplugged, its TAP (back in dockerd's namespace)
 //!   deleted, its address released.
@@ -35,6 +36,25 @@ use crate::drivers::{self, DriverKind};
 use crate::model::*;
 use crate::sandbox::{self, NetTarget};
 use crate::state::State;
+
+/// Whether the published ports of dockerd `pid` are bound in the daemon's
+/// own network namespace rather than in dockerd's: when dockerd shares it,
+/// and when dockerd runs in a user namespace of its own, which is rootless
+/// Docker (RootlessKit): its network namespace is private, and the ports a
+/// user publishes belong where RootlessKit's port driver would have put
+/// them, the namespace RootlessKit started from, where a rootless tapnet
+/// runs (and a thread of a process cannot enter another user's namespace
+/// anyway). Bound here, a connection keeps the client's real address.
+fn ports_bound_here(pid: i32) -> bool {
+    use crate::sys::ns;
+    if ns::same_netns_as(pid).unwrap_or(true) {
+        return true;
+    }
+    match (ns::open_of(pid, "user"), ns::open_self("user")) {
+        (Ok(theirs), Ok(ours)) => !ns::same(&theirs, &ours).unwrap_or(true),
+        _ => false,
+    }
+}
 
 /// The runtime name of Docker's endpoints ([`Owner::External`]).
 pub const RUNTIME: &str = "docker";
@@ -372,7 +392,8 @@ impl Core {
         r
     }
 
-    /// Binds `bindings` in the network namespace of process `pid`.
+    /// Binds `bindings` where dockerd's published ports belong (see
+    /// [`ports_bound_here`]).
     fn bind_in(
         &self,
         pid: i32,
@@ -389,8 +410,7 @@ impl Core {
             }
             Ok(out)
         };
-        let same = crate::sys::ns::same_netns_as(pid).unwrap_or(true);
-        let r = if same {
+        let r = if ports_bound_here(pid) {
             bind_all()
         } else {
             crate::sys::ns::with_netns_of(pid, bind_all).map_err(|e| DockerError::Namespace {

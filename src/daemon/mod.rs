@@ -102,10 +102,11 @@ pub struct ClusterConfig {
 /// Where the Docker network-driver plugin listens.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum PluginSocket {
-    /// `--docker-plugin none` (and the rootless default).
+    /// `--docker-plugin none`.
     #[default]
     Off,
-    /// The root default, `/run/docker/plugins/tapnet.sock`: skipped with a
+    /// The default (root: `/run/docker/plugins/tapnet.sock`; rootless:
+    /// `$XDG_RUNTIME_DIR/tapnet/docker-plugin.sock`): skipped with a
     /// warning when it cannot be used (another daemon has it).
     Default(PathBuf),
     /// `--docker-plugin unix:///PATH`: failing to listen is fatal.
@@ -457,6 +458,9 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             }
         };
         let plugin_task = plugin.map(|(l, path)| {
+            if rootless {
+                tokio::spawn(plugin::link_into_rootless_dockerd(path.clone()));
+            }
             let app = plugin::router(shared.clone());
             let done = stopped();
             (tokio::spawn(serve(l, app, false, done)), path)

@@ -264,3 +264,61 @@ async fn revoke_external(State(c): State<Shared>, b: Bytes) -> Answer {
     call(&c, move |c| c.docker_unpublish(&r.endpoint_id)).await?;
     Ok(Json(json!({})))
 }
+
+/// How often a rootless daemon looks for the user's rootless dockerd.
+const ROOTLESS_DOCKERD_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Rootless Docker (dockerd under RootlessKit, Docker 20.10) looks for
+/// plugin sockets only in `/run/docker/plugins` of its own mount
+/// namespace, where `/run` is a tmpfs private to RootlessKit: nothing the
+/// user makes outside shows there. So a rootless tapnet watches the user's
+/// dockerd (its pidfile, `$XDG_RUNTIME_DIR/docker.pid`) and, for each new
+/// dockerd, makes `/run/docker/plugins/tapnet.sock` inside its mount
+/// namespace a symlink to `socket` (the user's runtime directory is
+/// reachable there through RootlessKit's copied-up `/run`). dockerd
+/// retries a missing plugin for about 15 seconds, so one look per second
+/// finds it in time. A dockerd in the daemon's own mount namespace is left
+/// alone (its `/run/docker/plugins` is the host's).
+pub async fn link_into_rootless_dockerd(socket: std::path::PathBuf) {
+    let pidfile = crate::client::user_runtime_dir().join("docker.pid");
+    // The dockerd (pid, start time) last seen, linked or not.
+    let mut seen: Option<(i32, u64)> = None;
+    loop {
+        tokio::time::sleep(ROOTLESS_DOCKERD_POLL).await;
+        let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Some(start) = crate::sandbox::process_start_time(pid) else {
+            continue;
+        };
+        if seen == Some((pid, start)) {
+            continue;
+        }
+        seen = Some((pid, start));
+        let ours = crate::sys::ns::open_self("mnt");
+        let theirs = crate::sys::ns::open_of(pid, "mnt");
+        if let (Ok(a), Ok(b)) = (&ours, &theirs) {
+            if crate::sys::ns::same(a, b).unwrap_or(true) {
+                continue;
+            }
+        }
+        let s = socket.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            crate::sandbox::link_plugin_socket(pid, "tapnet", &s)
+        })
+        .await;
+        match r {
+            Ok(Ok(())) => tracing::info!(
+                "docker: rootless dockerd (pid {pid}) finds driver \"tapnet\": /run/docker/plugins/tapnet.sock in its namespace leads to {}",
+                socket.display()
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                "docker: cannot show driver \"tapnet\" to rootless dockerd (pid {pid}): {e:#}"
+            ),
+            Err(e) => tracing::warn!("docker: rootless dockerd link task: {e}"),
+        }
+    }
+}

@@ -63,10 +63,27 @@ struct WireTap {
 
 #[derive(Serialize, Deserialize, Debug)]
 enum Op {
-    Create { taps: Vec<WireTap>, queues: usize },
-    Open { names: Vec<String>, queues: usize },
-    OpenByMac { macs: Vec<[u8; 6]>, queues: usize },
-    Delete { names: Vec<String> },
+    Create {
+        taps: Vec<WireTap>,
+        queues: usize,
+    },
+    Open {
+        names: Vec<String>,
+        queues: usize,
+    },
+    OpenByMac {
+        macs: Vec<[u8; 6]>,
+        queues: usize,
+    },
+    Delete {
+        names: Vec<String>,
+    },
+    /// In the target's mount namespace (not its network namespace): makes
+    /// `/run/docker/plugins/<name>.sock` a symlink to `socket`.
+    LinkPlugin {
+        name: String,
+        socket: PathBuf,
+    },
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -143,6 +160,19 @@ pub(super) fn delete(target: &NetTarget, names: &[String]) -> anyhow::Result<()>
         target: target.into(),
         op: Op::Delete {
             names: names.to_vec(),
+        },
+    })
+    .map(drop)
+}
+
+/// Makes `/run/docker/plugins/NAME.sock` in the mount namespace of process
+/// `pid` a symlink to `socket` (a path that resolves there too).
+pub(super) fn link_plugin(pid: i32, name: &str, socket: &std::path::Path) -> anyhow::Result<()> {
+    run(Request {
+        target: Target::Pid(pid),
+        op: Op::LinkPlugin {
+            name: name.to_string(),
+            socket: socket.to_path_buf(),
         },
     })
     .map(drop)
@@ -273,8 +303,15 @@ fn send_reply(sock: &OwnedFd, reply: &Reply, fds: &[OwnedFd]) -> anyhow::Result<
 /// Does the work of `req` in this process; errors are one line.
 fn serve(req: &Request) -> Result<Vec<Vec<OwnedFd>>, String> {
     let target = &req.target;
+    if let (Op::LinkPlugin { name, socket }, Target::Pid(pid)) = (&req.op, target) {
+        enter_mount(*pid).map_err(|e| format!("join /proc/{pid}/ns/mnt: {e}"))?;
+        return link_here(name, socket)
+            .map(|()| Vec::new())
+            .map_err(|e| format!("in the mount namespace of pid {pid}: {e}"));
+    }
     enter(target).map_err(|e| format!("join {target}: {e}"))?;
     match &req.op {
+        Op::LinkPlugin { .. } => Err("a plugin link needs a process, not a path".into()),
         Op::Create { taps, queues } => create_here(target, taps, *queues),
         Op::Open { names, queues } => names
             .iter()
@@ -341,6 +378,43 @@ fn enter(target: &Target) -> Result<(), ns::NsError> {
         ns::setns(&owner, CloneFlags::CLONE_NEWUSER, "user")?;
     }
     ns::setns(&net, CloneFlags::CLONE_NEWNET, "net")
+}
+
+/// Joins the mount namespace of process `pid` (and first, if needed, the
+/// user namespace owning it: a rootless dockerd's RootlessKit).
+fn enter_mount(pid: i32) -> Result<(), ns::NsError> {
+    let mnt = ns::open_of(pid, "mnt")?;
+    match ns::setns(&mnt, CloneFlags::CLONE_NEWNS, "mnt") {
+        Ok(()) => return Ok(()),
+        Err(e) if e.io_error().raw_os_error() == Some(libc::EPERM) => {}
+        Err(e) => return Err(e),
+    }
+    let owner = ns::owning_userns(&mnt)?;
+    if !ns::same(&owner, &ns::open_self("user")?)? {
+        ns::setns(&owner, CloneFlags::CLONE_NEWUSER, "user")?;
+    }
+    ns::setns(&mnt, CloneFlags::CLONE_NEWNS, "mnt")
+}
+
+/// `/run/docker/plugins/NAME.sock` -> `socket`, replacing what was there;
+/// checks that the link leads to a socket.
+fn link_here(name: &str, socket: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = std::path::Path::new("/run/docker/plugins");
+    std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let link = dir.join(format!("{name}.sock"));
+    match std::fs::remove_file(&link) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("remove {}: {e}", link.display())),
+    }
+    std::os::unix::fs::symlink(socket, &link)
+        .map_err(|e| format!("link {} to {}: {e}", link.display(), socket.display()))?;
+    match std::fs::metadata(&link) {
+        Ok(m) if m.file_type().is_socket() => Ok(()),
+        Ok(_) => Err(format!("{} is not a socket there", socket.display())),
+        Err(e) => Err(format!("{} is not reachable there: {e}", socket.display())),
+    }
 }
 
 /// Creates and configures every TAP; on failure deletes the ones made.

@@ -206,6 +206,14 @@ pub fn delete_taps(target: &NetTarget, names: &[String]) -> anyhow::Result<()> {
     helper::delete(target, names)
 }
 
+/// Makes `/run/docker/plugins/NAME.sock`, in the mount namespace of
+/// process `pid` (joining the user namespace owning it when needed), a
+/// symlink to `socket`: how a rootless dockerd, whose `/run` is private to
+/// RootlessKit, finds tapnet's driver plugin.
+pub fn link_plugin_socket(pid: i32, name: &str, socket: &std::path::Path) -> anyhow::Result<()> {
+    helper::link_plugin(pid, name, socket)
+}
+
 /// Runs CMD inside the namespaces (user, net, mount, UTS) of process `pid`
 /// with stdio inherited; returns its exit code (`tapnet exec`).
 pub fn exec_in(pid: i32, cmd: &[String], env: &[(String, String)]) -> anyhow::Result<i32> {

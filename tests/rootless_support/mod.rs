@@ -42,6 +42,9 @@ pub struct UserEnv {
     pub bin: PathBuf,
     /// The network namespace commands run in (as root only).
     pub netns: Option<String>,
+    /// Enter it with `nsenter --net` instead of `ip netns exec`, which
+    /// remounts `/sys` and so hides the cgroup mounts (dockerd needs them).
+    pub nsenter: bool,
     dir: PathBuf,
 }
 
@@ -79,6 +82,7 @@ impl UserEnv {
             user: String::new(),
             bin,
             netns: None,
+            nsenter: false,
             dir,
         };
         if nix::unistd::geteuid().is_root() {
@@ -143,9 +147,14 @@ impl UserEnv {
         let mut cmd;
         if let Some(ns) = &self.netns {
             path.push_str("/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin");
-            cmd = Command::new("ip");
-            cmd.args(["netns", "exec", ns, "setpriv"])
-                .arg(format!("--reuid={USER}"))
+            if self.nsenter {
+                cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}")).arg("setpriv");
+            } else {
+                cmd = Command::new("ip");
+                cmd.args(["netns", "exec", ns, "setpriv"]);
+            }
+            cmd.arg(format!("--reuid={USER}"))
                 .arg(format!("--regid={USER}"))
                 .args(["--init-groups", "env", "-i"])
                 .arg(format!("PATH={path}"))
@@ -171,7 +180,11 @@ pub fn run_as_user(tag: &str, script: &str) -> UserRun {
 /// the network namespace made for the script and runs (as root) before the
 /// script starts, e.g. to bring `lo` up or set a per-namespace sysctl.
 pub fn run_as_user_with(tag: &str, script: &str, before: impl FnOnce(&str)) -> UserRun {
-    let env = UserEnv::new(tag, before);
+    run_in(UserEnv::new(tag, before), script)
+}
+
+/// Runs `bash scripts/NAME` (a copy of `script`) as the user of `env`.
+pub fn run_in(env: UserEnv, script: &str) -> UserRun {
     let scripts = env.dir.join("scripts");
     std::fs::create_dir_all(&scripts).unwrap();
     let name = std::path::Path::new(script).file_name().unwrap();
