@@ -483,8 +483,17 @@ fn links_by_mac() -> nix::Result<Vec<(String, [u8; 6])>> {
     Ok(out)
 }
 
+/// Each TAP queue's ring of frames waiting for the switch (`txqueuelen`;
+/// the kernel's default for a TAP is 500). A deeper ring rides out the
+/// moments a worker is not scheduled, for 16 KiB of pointers per queue;
+/// frames are only held while the switch lags. Measured on a 2-core VM
+/// with a 64-byte UDP flood (six alternating runs): 64.6k -> 66.7k pkt/s
+/// received (medians), within the noise: the flood is CPU-bound there.
+pub const TAP_TXQLEN: u32 = 2048;
+
 fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::NetlinkError> {
     nl.set_link(index, Some(t.mac), Some(t.mtu), None)?;
+    nl.set_txqlen(index, TAP_TXQLEN)?;
     let Some((addr, prefix)) = t.addr else {
         return Ok(());
     };

@@ -31,6 +31,7 @@ const NLM_F_CREATE: u16 = 0x400;
 
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_MTU: u16 = 4;
+const IFLA_TXQLEN: u16 = 13;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
@@ -126,6 +127,14 @@ impl Netlink {
             attr(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
         }
         self.request(RTM_NEWLINK, 0, &body, "set link")
+    }
+
+    /// Sets the transmit queue length of link `index` (for a TAP: the ring
+    /// of frames waiting for the reader, per queue).
+    pub fn set_txqlen(&mut self, index: u32, len: u32) -> Result<(), NetlinkError> {
+        let mut body = ifinfomsg(index, 0, 0);
+        attr(&mut body, IFLA_TXQLEN, &len.to_ne_bytes());
+        self.request(RTM_NEWLINK, 0, &body, "set txqueuelen")
     }
 
     /// Adds `addr/prefix` (with its broadcast address) to link `index`.
