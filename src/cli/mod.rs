@@ -266,6 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
+    crate::sys::large_allocations_from_the_kernel();
     let socket = client::parse_host(host.as_deref()).map_err(anyhow::Error::msg)?;
     let workers = match a.workers {
         Some(0) => anyhow::bail!("--workers must be at least 1"),
