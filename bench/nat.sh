@@ -8,15 +8,18 @@
 #              iperf3 server in a container: tapnet `-p PORT:5201` vs the classic
 #              userland proxy, `socat TCP-LISTEN:PORT,fork TCP:SERVER:5201` in
 #              front of an iperf3 server in a plain netns behind a veth pair.
+#   kernel     both paths the rootful kernel way (Docker's bridge without its
+#              userland proxy): a netns behind a veth, iptables DNAT (and
+#              MASQUERADE) in the host netns.
 # "The host" is a private network namespace made here (the tapnet daemon runs in
 # it, slirp4netns and socat too); nothing reaches the machine's real interfaces.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/nat.sh [--secs N] [--reverse]
 #   (--reverse: iperf3 -R on every row: data flows from the server's side, i.e.
 #   host -> container on the outbound path, container -> client when published)
-#   tools: apt-get install iperf3 slirp4netns socat iproute2 util-linux
+#   tools: apt-get install iperf3 slirp4netns socat iptables iproute2 util-linux
 # stdout: one JSON object per line ({"peer","path","metric":"tcp_gbps","value"}),
-# then the ratios tapnet/slirp4netns-1500, tapnet/slirp4netns-65520 (outbound) and
-# tapnet/socat (published); stderr: progress and a table. A row that cannot run
+# then the ratios tapnet/kernel, tapnet/slirp4netns-1500, tapnet/slirp4netns-65520
+# (outbound) and tapnet/kernel, tapnet/socat (published); stderr: progress and a table. A row that cannot run
 # prints "PEER: no data" (value null) and the others still run. Processes are
 # killed by the pids recorded here; namespaces and files go in a trap.
 set -u -o pipefail
@@ -61,7 +64,7 @@ cleanup() {
   for i in $(seq 30); do [ -z "$(alive)" ] && break; sleep 0.1; done
   for p in $(alive); do kill -KILL "$p" 2>/dev/null; done
   wait 2>/dev/null                         # reap them: no zombies left behind
-  ip netns del "$SRVNS" 2>/dev/null; ip netns del "$HOSTNS" 2>/dev/null
+  ip netns del "$SRVNS" 2>/dev/null; ip netns del "${P}k" 2>/dev/null; ip netns del "$HOSTNS" 2>/dev/null
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -159,8 +162,37 @@ socat_row() {
   kill "$so" "$sv" 2>/dev/null; wait "$so" "$sv" 2>/dev/null
 }
 
+# ---- the rootful kernel path: a netns behind a veth, netfilter NAT in the host netns ---
+# (what Docker's bridge does without its userland proxy). Outbound: the
+# container connects to its gateway address, DNAT to the host's 127.0.0.1
+# (route_localnet); published: a host client on 127.0.0.1:PORT, DNAT in
+# OUTPUT to the container, MASQUERADE of 127.0.0.1 on the veth. All rules
+# live in the host netns made here.
+kernel_row() {
+  local sv port=15203 ns=${P}k
+  have iptables || { nodata kernel outbound "iptables not installed"; nodata kernel published "iptables not installed"; return; }
+  ip netns add "$ns" && ip -n "$ns" link set lo up &&
+  ip -n "$HOSTNS" link add nbk0 type veth peer name eth0 netns "$ns" &&
+  ip -n "$HOSTNS" addr add 10.196.0.1/24 dev nbk0 && ip -n "$HOSTNS" link set nbk0 up &&
+  ip -n "$ns" addr add 10.196.0.2/24 dev eth0 && ip -n "$ns" link set eth0 up &&
+  ip -n "$ns" route add default via 10.196.0.1 &&
+  "${H[@]}" sysctl -qw net.ipv4.conf.nbk0.route_localnet=1 net.ipv4.conf.all.route_localnet=1 &&
+  "${H[@]}" iptables -t nat -A PREROUTING -i nbk0 -d 10.196.0.1 -p tcp --dport $LPORT -j DNAT --to-destination 127.0.0.1:$LPORT &&
+  "${H[@]}" iptables -t nat -A OUTPUT -d 127.0.0.1 -p tcp --dport $port -j DNAT --to-destination 10.196.0.2:5201 &&
+  "${H[@]}" iptables -t nat -A POSTROUTING -s 127.0.0.1 -o nbk0 -j MASQUERADE ||
+    { nodata kernel outbound "veth/iptables setup failed"; nodata kernel published "veth/iptables setup failed"
+      ip netns del "$ns" 2>/dev/null; return; }
+  gbps kernel outbound ip netns exec "$ns" iperf3 -c 10.196.0.1 -p $LPORT
+  ip netns exec "$ns" iperf3 -s -B 10.196.0.2 -p 5201 >"$W/iperf3-kernel.log" 2>&1 & sv=$!; track $sv
+  waitfor eval 'ip netns exec $ns ss -Hltn "sport = :5201" | grep -q .'
+  gbps kernel published "${H[@]}" iperf3 -c 127.0.0.1 -p $port
+  kill "$sv" 2>/dev/null; wait "$sv" 2>/dev/null
+  ip netns del "$ns"
+}
+
 log "outbound: iperf3 server on the host netns' 127.0.0.1:$LPORT; ${SECS}s per test"
 tapnet_rows
+kernel_row
 slirp_row 1500
 slirp_row 65520
 socat_row
@@ -176,6 +208,8 @@ ratio() {  # PATH PEER
   echo "{\"ratio\":\"tapnet/$2\",\"path\":\"$1\",\"tcp_gbps\":$r}"
   log "ratio tapnet/$2 ($1): $r"
 }
+ratio outbound kernel
 ratio outbound slirp4netns-1500
 ratio outbound slirp4netns-65520
+ratio published kernel
 ratio published socat

@@ -326,7 +326,7 @@ fn captures_name_interfaces_count_directions_filter_and_stream() {
         v["workers"][0]["busy_seconds"].as_f64().unwrap() > 0.0,
         "{v}"
     );
-    // The busy-poll window (50 µs by default) is spent polling after work.
+    // The busy-poll window (200 µs by default) is spent polling after work.
     assert!(
         v["workers"][0]["spin_seconds"].as_f64().unwrap() > 0.0,
         "{v}"
