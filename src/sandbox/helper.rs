@@ -1,5 +1,6 @@
 //! `tapnet __netns-helper`: creates, opens or deletes TAPs inside another
-//! network namespace and hands the queue fds back.
+//! network namespace and hands the queue fds back; also links tapnet's
+//! Docker plugin socket into a rootless dockerd's mount namespace.
 //!
 //! Protocol, over a `SOCK_SEQPACKET` pair whose child end is the helper's
 //! stdin: the parent sends one JSON [`Request`]; the helper answers with one
@@ -367,33 +368,29 @@ fn enter(target: &Target) -> Result<(), ns::NsError> {
         Target::Pid(pid) => ns::open_of(*pid, "net")?,
         Target::Path(path) => ns::open(path)?,
     };
-    match ns::setns(&net, CloneFlags::CLONE_NEWNET, "net") {
-        Ok(()) => return Ok(()),
-        Err(e) if e.io_error().raw_os_error() == Some(libc::EPERM) => {}
-        Err(e) => return Err(e),
-    }
-    let owner = ns::owning_userns(&net)?;
-    let own = ns::open_self("user")?;
-    if !ns::same(&owner, &own)? {
-        ns::setns(&owner, CloneFlags::CLONE_NEWUSER, "user")?;
-    }
-    ns::setns(&net, CloneFlags::CLONE_NEWNET, "net")
+    join(&net, CloneFlags::CLONE_NEWNET, "net")
 }
 
 /// Joins the mount namespace of process `pid` (and first, if needed, the
 /// user namespace owning it: a rootless dockerd's RootlessKit).
 fn enter_mount(pid: i32) -> Result<(), ns::NsError> {
-    let mnt = ns::open_of(pid, "mnt")?;
-    match ns::setns(&mnt, CloneFlags::CLONE_NEWNS, "mnt") {
+    join(&ns::open_of(pid, "mnt")?, CloneFlags::CLONE_NEWNS, "mnt")
+}
+
+/// Joins namespace `nsfd` directly (root can enter any); when that is not
+/// permitted, joins the user namespace owning it first (an ordinary user
+/// owns the namespaces of its own containers and of its RootlessKit).
+fn join(nsfd: &OwnedFd, kind: CloneFlags, what: &'static str) -> Result<(), ns::NsError> {
+    match ns::setns(nsfd, kind, what) {
         Ok(()) => return Ok(()),
         Err(e) if e.io_error().raw_os_error() == Some(libc::EPERM) => {}
         Err(e) => return Err(e),
     }
-    let owner = ns::owning_userns(&mnt)?;
+    let owner = ns::owning_userns(nsfd)?;
     if !ns::same(&owner, &ns::open_self("user")?)? {
         ns::setns(&owner, CloneFlags::CLONE_NEWUSER, "user")?;
     }
-    ns::setns(&mnt, CloneFlags::CLONE_NEWNS, "mnt")
+    ns::setns(nsfd, kind, what)
 }
 
 /// `/run/docker/plugins/NAME.sock` -> `socket`, replacing what was there;
