@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# New TCP connections per second through the NAT, in ONE run: one client
+# connects, sends a byte, reads it back and closes, again and again, for
+# SECS seconds (the same small Python client everywhere), against:
+#   outbound   a container to an echo server on "the host's" loopback, through
+#              its gateway: tapnet vs the rootful kernel path (a netns behind a
+#              veth, iptables DNAT to 127.0.0.1 with route_localnet).
+#   published  a client on the host to 127.0.0.1:PORT, an echo server in the
+#              container: tapnet `-p` vs the kernel path (DNAT in OUTPUT,
+#              MASQUERADE on the veth: Docker without its userland proxy).
+# "The host" is a private network namespace made here (the daemon, the
+# iptables rules and the servers live in namespaces made here).
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/connrate.sh [--secs N]
+#   tools: apt-get install python3 iptables iproute2 util-linux
+# stdout: one JSON object per line ({"peer","path","metric":"conn_per_s",
+# "value"}), then the ratios tapnet/kernel; stderr: progress.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+SECS=5
+usage() { echo "usage: [TAPNET=path] $0 [--secs N]" >&2; }
+while [ $# -gt 0 ]; do case $1 in
+  --secs) SECS=${2:?--secs needs a value}; shift 2;;
+  -h|--help) usage; exit 0;;
+  *) usage; exit 2;;
+esac; done
+log() { echo "connrate.sh: $*" >&2; }
+[[ $SECS =~ ^[1-9][0-9]*$ ]] || { log "--secs must be a positive integer"; exit 2; }
+[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
+for t in python3 iptables ip nsenter; do command -v $t >/dev/null || { log "missing $t"; exit 2; }; done
+T=${TAPNET:-$PWD/target/release/tapnet}
+if [ -z "${TAPNET:-}" ] && [ ! -x "$T" ]; then cargo build --release --quiet || true; fi
+[ -x "$T" ] || { log "no tapnet binary at $T"; exit 2; }
+
+P=cr$$ HOSTNS=cr$$d KNS=cr$$k
+W=$(mktemp -d /tmp/tapnet-connrate.XXXXXX); chmod 755 "$W"
+RES=$W/results; : >"$RES"
+export TAPNET_HOST=unix://$W/tapnet.sock
+DAEMON="" PIDS=""
+starttime() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; set -- $s; echo "${20}"; }
+track() { local s; s=$(starttime "$1") && PIDS+=" $1:$s"; }
+cleanup() {
+  local e c; set +e
+  if [ -n "$DAEMON" ]; then
+    for c in $(timeout 20 "$T" ps -aq 2>/dev/null); do timeout 20 "$T" rm -f "$c" >/dev/null 2>&1; done
+  fi
+  for e in $PIDS; do [ "$(starttime "${e%%:*}")" = "${e#*:}" ] && kill -TERM "${e%%:*}" 2>/dev/null; done
+  sleep 1
+  ip netns del "$KNS" 2>/dev/null; ip netns del "$HOSTNS" 2>/dev/null
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+waitfor() { local i; for i in $(seq 100); do "$@" && return 0; sleep 0.1; done; return 1; }
+
+cat >"$W/echo.py" <<'PY'
+import asyncio, sys
+async def serve(r, w):
+    d = await r.read(1)
+    w.write(d); await w.drain(); w.close()
+async def main():
+    s = await asyncio.start_server(serve, sys.argv[1], int(sys.argv[2]), backlog=4096, reuse_address=True)
+    await s.serve_forever()
+asyncio.run(main())
+PY
+cat >"$W/client.py" <<'PY'
+import socket, sys, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+n, fails, end = 0, 0, time.monotonic() + secs
+while time.monotonic() < end:
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # RST: no TIME_WAIT pile-up
+        s.sendall(b"x")
+        if s.recv(1) == b"x":
+            n += 1
+        s.close()
+    except OSError:
+        fails += 1
+print("%.0f %d" % (n / secs, fails))
+PY
+emit() {  # PEER PATH VALUE|""
+  echo "{\"peer\":\"$1\",\"path\":\"$2\",\"metric\":\"conn_per_s\",\"value\":${3:-null}}"
+  echo "$1 $2 ${3:-null}" >>"$RES"; log "$1 ($2): ${3:-no data} connections/s"
+}
+rate() {  # PEER PATH CMD...: the client's rate (failures logged)
+  local peer=$1 path=$2 out; shift 2
+  out=$(timeout $((SECS + 30)) "$@" 2>"$W/client.err") || { log "$peer ($path): client failed: $(tail -1 "$W/client.err")"; emit "$peer" "$path" ""; return; }
+  [ "${out#* }" = 0 ] || log "$peer ($path): ${out#* } failed connections"
+  emit "$peer" "$path" "${out% *}"
+}
+
+ip netns add "$HOSTNS" && ip -n "$HOSTNS" link set lo up || exit 1
+H=(ip netns exec "$HOSTNS")
+"${H[@]}" python3 "$W/echo.py" 127.0.0.1 7001 >"$W/echo-host.log" 2>&1 & track $!
+waitfor eval '"${H[@]}" ss -Hltn "sport = :7001" | grep -q .' || { log "echo server did not start"; exit 1; }
+
+# tapnet
+"${H[@]}" "$T" daemon --root "$W/state" --docker-plugin none >"$W/daemon.log" 2>&1 &
+DAEMON=$!; track $DAEMON
+waitfor "$T" network ls >/dev/null 2>&1 || { log "daemon did not start"; exit 1; }
+"$T" network create --subnet 10.195.0.0/24 --gateway 10.195.0.1 crnet >/dev/null
+"$T" run -d --name crsrv --network crnet -p 17002:7002 -- python3 "$W/echo.py" 0.0.0.0 7002 >/dev/null
+"$T" run -d --name crcli --network crnet -- sleep 100000 >/dev/null
+waitfor eval '"${H[@]}" ss -Hltn "sport = :17002" | grep -q .'
+sleep 1
+rate tapnet outbound "$T" exec crcli -- python3 "$W/client.py" 10.195.0.1 7001 "$SECS"
+rate tapnet published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17002 "$SECS"
+
+# the kernel path
+ip netns add "$KNS" && ip -n "$KNS" link set lo up &&
+ip -n "$HOSTNS" link add crk0 type veth peer name eth0 netns "$KNS" &&
+ip -n "$HOSTNS" addr add 10.194.0.1/24 dev crk0 && ip -n "$HOSTNS" link set crk0 up &&
+ip -n "$KNS" addr add 10.194.0.2/24 dev eth0 && ip -n "$KNS" link set eth0 up &&
+ip -n "$KNS" route add default via 10.194.0.1 &&
+"${H[@]}" sysctl -qw net.ipv4.conf.crk0.route_localnet=1 net.ipv4.conf.all.route_localnet=1 &&
+"${H[@]}" iptables -t nat -A PREROUTING -i crk0 -d 10.194.0.1 -p tcp --dport 7001 -j DNAT --to-destination 127.0.0.1:7001 &&
+"${H[@]}" iptables -t nat -A OUTPUT -d 127.0.0.1 -p tcp --dport 17003 -j DNAT --to-destination 10.194.0.2:7002 &&
+"${H[@]}" iptables -t nat -A POSTROUTING -s 127.0.0.1 -o crk0 -j MASQUERADE || { log "kernel path setup failed"; exit 1; }
+ip netns exec "$KNS" python3 "$W/echo.py" 10.194.0.2 7002 >"$W/echo-kernel.log" 2>&1 & track $!
+waitfor eval 'ip netns exec $KNS ss -Hltn "sport = :7002" | grep -q .'
+rate kernel outbound ip netns exec "$KNS" python3 "$W/client.py" 10.194.0.1 7001 "$SECS"
+rate kernel published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17003 "$SECS"
+
+val() { awk -v p="$1" -v q="$2" '$1 == p && $2 == q {print $3}' "$RES"; }
+for path in outbound published; do
+  a=$(val tapnet $path) b=$(val kernel $path)
+  r=$(awk -v a="${a:-null}" -v b="${b:-null}" 'BEGIN {if (a != "null" && b != "null" && b + 0 > 0) printf "%.3f", a / b; else printf "null"}')
+  echo "{\"ratio\":\"tapnet/kernel\",\"path\":\"$path\",\"conn_per_s\":$r}"
+done
