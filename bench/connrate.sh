@@ -121,6 +121,9 @@ waitfor eval 'ip netns exec $KNS ss -Hltn "sport = :7002" | grep -q .'
 rate kernel outbound ip netns exec "$KNS" python3 "$W/client.py" 10.194.0.1 7001 "$SECS"
 rate kernel published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17003 "$SECS"
 
+# Where the packets went: the daemon's counters (per port, per worker with
+# its busy and polling shares, drops by reason), after the measurements.
+if [ -n "$DAEMON" ]; then log "tapnet stats:"; timeout 10 "$T" stats >&2 || true; fi
 val() { awk -v p="$1" -v q="$2" '$1 == p && $2 == q {print $3}' "$RES"; }
 for path in outbound published; do
   a=$(val tapnet $path) b=$(val kernel $path)

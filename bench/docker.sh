@@ -111,6 +111,10 @@ measure() {   # measure PEER DRIVER SUBNET
 }
 measure tapnet tapnet 10.93.1.0/24
 measure docker-bridge bridge 10.93.2.0/24
+# Where the packets went: tapnet's counters (per port, per worker with its
+# busy and polling shares, drops by reason), after the measurements.
+echo "docker.sh: tapnet stats:" >&2
+timeout 10 "$T" -H "unix://$W/tapnet.sock" stats >&2 || true
 
 python3 - "$RES" <<'EOF'
 import json, sys

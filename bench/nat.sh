@@ -208,6 +208,9 @@ ratio() {  # PATH PEER
   echo "{\"ratio\":\"tapnet/$2\",\"path\":\"$1\",\"tcp_gbps\":$r}"
   log "ratio tapnet/$2 ($1): $r"
 }
+# Where the packets went: the daemon's counters (per port, per worker with
+# its busy and polling shares, drops by reason), after the measurements.
+if [ -n "$DAEMON" ]; then log "tapnet stats:"; timeout 10 "$T" stats >&2 || true; fi
 ratio outbound kernel
 ratio outbound slirp4netns-1500
 ratio outbound slirp4netns-65520
