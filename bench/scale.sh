@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# How tapnet's switch scales, in ONE run (one daemon, its default workers):
+#   one_pair     one iperf3 TCP stream between two containers of a network
+#   two_pairs    two such streams at once on two pairs (aggregate): with two
+#                workers, goal >= 1.7x one pair
+#   crowded      one pair again after IDLE more containers joined its network
+#                and NETS more networks (one container each) exist: goal
+#                within 10% of one_pair, for TCP and for 64-byte UDP
+# "The host" is a private network namespace made here (the daemon runs in
+# it); the containers talk only to each other.
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/scale.sh [--secs N] [--idle N] [--nets N]
+#   tools: apt-get install iperf3 python3 iproute2 util-linux
+# stdout: one JSON object per line ({"case","metric","value"}), then the
+# ratios; stderr: progress and tapnet stats at the end.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+SECS=5 IDLE=252 NETS=63
+usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--idle N] [--nets N]" >&2; }
+while [ $# -gt 0 ]; do case $1 in
+  --secs) SECS=${2:?--secs needs a value}; shift 2;;
+  --idle) IDLE=${2:?--idle needs a value}; shift 2;;
+  --nets) NETS=${2:?--nets needs a value}; shift 2;;
+  -h|--help) usage; exit 0;;
+  *) usage; exit 2;;
+esac; done
+log() { echo "scale.sh: $*" >&2; }
+[[ $SECS =~ ^[1-9][0-9]*$ && $IDLE =~ ^[0-9]+$ && $NETS =~ ^[0-9]+$ ]] || { usage; exit 2; }
+[ "$IDLE" -le 1000 ] && [ "$NETS" -le 200 ] || { log "--idle at most 1000, --nets at most 200"; exit 2; }
+[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
+for t in iperf3 python3 ip; do command -v $t >/dev/null || { log "missing $t"; exit 2; }; done
+T=${TAPNET:-$PWD/target/release/tapnet}
+if [ -z "${TAPNET:-}" ] && [ ! -x "$T" ]; then cargo build --release --quiet || true; fi
+[ -x "$T" ] || { log "no tapnet binary at $T"; exit 2; }
+
+NS=sc$$
+W=$(mktemp -d /tmp/tapnet-scale.XXXXXX); chmod 755 "$W"
+RES=$W/results; : >"$RES"
+export TAPNET_HOST=unix://$W/tapnet.sock
+DAEMON=""
+cleanup() {
+  local c; set +e
+  if [ -n "$DAEMON" ]; then
+    for c in $(timeout 60 "$T" ps -aq 2>/dev/null); do timeout 20 "$T" rm -f "$c" >/dev/null 2>&1; done
+    kill -TERM "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null
+  fi
+  ip netns del "$NS" 2>/dev/null
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ip netns add "$NS" && ip -n "$NS" link set lo up || exit 1
+ip netns exec "$NS" "$T" daemon --root "$W/state" --docker-plugin none >"$W/daemon.log" 2>&1 &
+DAEMON=$!
+for _ in $(seq 100); do "$T" network ls >/dev/null 2>&1 && break; sleep 0.1; done
+"$T" network create --subnet 10.192.0.0/16 scnet >/dev/null || { log "network create failed"; exit 1; }
+for i in 1 2; do
+  "$T" run -d --name "srv$i" --network scnet --ip "10.192.0.1$i" -- iperf3 -s >/dev/null &&
+  "$T" run -d --name "cli$i" --network scnet -- sleep 100000 >/dev/null || { log "run pair $i failed"; exit 1; }
+done
+sleep 1
+
+emit() { echo "{\"case\":\"$1\",\"metric\":\"$2\",\"value\":${3:-null}}"; echo "$1 $2 ${3:-null}" >>"$RES"
+         log "$1 $2: ${3:-no data}"; }
+# iperf3 client in cliN to srvN -> JSON file
+iperf() { local n=$1 out=$2; shift 2
+  timeout $((SECS + 30)) "$T" exec "cli$n" -- iperf3 -c "10.192.0.1$n" -t "$SECS" -J "$@" >"$out" 2>&1; }
+field() {  # FILE EXPR over the iperf3 JSON's "end"
+  python3 -c "import json,sys; e=json.load(open(sys.argv[1]))['end']; print($2)" "$1" 2>/dev/null; }
+tcp() { iperf "$1" "$W/tcp$1.json" && field "$W/tcp$1.json" "'%.2f' % (e['sum_received']['bits_per_second'] / 1e9)"; }
+udp() { iperf "$1" "$W/udp$1.json" -u -b 0 -l 18 &&
+        field "$W/udp$1.json" "'%.0f' % ((e['sum']['packets'] - e['sum']['lost_packets']) / e['sum']['seconds'])"; }
+
+emit one_pair tcp_gbps "$(tcp 1)"
+emit one_pair udp64_pps "$(udp 1)"
+iperf 1 "$W/p1.json" & a=$!
+iperf 2 "$W/p2.json" & b=$!
+wait $a; wait $b
+v=$(python3 -c "
+import json,sys
+s=sum(json.load(open(f))['end']['sum_received']['bits_per_second'] for f in sys.argv[1:])
+print('%.2f' % (s / 1e9))" "$W/p1.json" "$W/p2.json" 2>/dev/null)
+emit two_pairs tcp_gbps "$v"
+
+log "adding $IDLE idle containers to the pair's network and $NETS networks with one each"
+for i in $(seq "$IDLE"); do
+  "$T" run -d --name "idle$i" --network scnet -- sleep 100000 >/dev/null || { log "run idle$i failed"; exit 1; }
+done
+for i in $(seq "$NETS"); do
+  "$T" network create --subnet "10.191.$i.0/24" "scn$i" >/dev/null &&
+  "$T" run -d --name "other$i" --network "scn$i" -- sleep 100000 >/dev/null || { log "network scn$i failed"; exit 1; }
+done
+# Every idle container announces itself (ARP/IPv6 noise) once: let it pass.
+sleep 2
+emit crowded tcp_gbps "$(tcp 1)"
+emit crowded udp64_pps "$(udp 1)"
+
+log "tapnet stats (workers):"; timeout 20 "$T" stats | sed -n '/^WORKER/,/^$/p' >&2
+
+val() { awk -v c="$1" -v m="$2" '$1 == c && $2 == m {print $3}' "$RES"; }
+ratio() {  # NAME CASE_A CASE_B METRIC
+  local a b; a=$(val "$2" "$4") b=$(val "$3" "$4")
+  echo "{\"ratio\":\"$1\",\"metric\":\"$4\",\"value\":$(awk -v a="${a:-null}" -v b="${b:-null}" \
+    'BEGIN {if (a != "null" && b != "null" && b + 0 > 0) printf "%.3f", a / b; else printf "null"}')}"
+}
+ratio two_pairs/one_pair two_pairs one_pair tcp_gbps
+ratio crowded/one_pair crowded one_pair tcp_gbps
+ratio crowded/one_pair crowded one_pair udp64_pps
