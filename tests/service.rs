@@ -73,6 +73,34 @@ fn version_without_a_daemon_prints_the_client_part_and_fails() {
     assert_eq!(v["Server"], Value::Null);
 }
 
+/// Command lines the parser refuses get one line and status 2, like every
+/// other error; help and version still print in full.
+#[test]
+fn usage_errors_are_one_line() {
+    for (args, want) in [
+        (
+            &["network", "create", "--bogus", "x"][..],
+            "unexpected argument '--bogus'",
+        ),
+        (&["network", "create"][..], "<NAME>"),
+        (
+            &["daemon", "--busy-poll-us", "2000000"][..],
+            "--busy-poll-us",
+        ),
+        (&["nosuch"][..], "unrecognized subcommand 'nosuch'"),
+    ] {
+        let o = tapnet(args);
+        assert_eq!(o.code, 2, "{args:?}: {o:?}");
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{args:?}: {o:?}");
+        assert!(o.stderr.contains(want), "{args:?}: {o:?}");
+    }
+    let o = tapnet(&["network", "create", "--help"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains("Usage: tapnet network create"), "{o:?}");
+    let o = tapnet(&["--version"]);
+    assert_eq!(o.code, 0, "{o:?}");
+}
+
 #[test]
 fn completion_scripts_cover_the_cli_but_not_the_hidden_entry_points() {
     for shell in ["bash", "zsh", "fish"] {

@@ -21,7 +21,10 @@ pub fn main() -> ExitCode {
         Some("__netns-helper") => return crate::sandbox::netns_helper_main(),
         _ => {}
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     if !matches!(cli.cmd, Cmd::Daemon(_)) {
         crate::sys::default_sigpipe();
     }
@@ -37,6 +40,34 @@ pub fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A command line clap refuses: one line, like every other error (clap's
+/// own first line, without its tip and usage block), exit status 2. Help
+/// and version requests print as clap has them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+    }
+    // The message is the first paragraph (a list of missing arguments
+    // continues it on indented lines).
+    let text = e.render().to_string();
+    let msg: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let msg = msg.join(" ");
+    let msg = msg.strip_prefix("error: ").unwrap_or(&msg);
+    eprintln!("tapnet: {msg} (see --help)");
+    ExitCode::from(2)
 }
 
 #[derive(Parser, Debug)]
