@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Where the daemon's time goes: `perf record -g` on the tapnet daemon while
+# two containers of one network run a load, then perf's top symbols (with
+# children: the kernel paths the worker's syscalls run) and `tapnet stats`.
+#   udp    iperf3 64-byte UDP flood, unlimited rate
+#   tcp    one iperf3 TCP stream
+#   ping   1000 pings at 5 ms
+# "The host" is a private network namespace made here (the daemon runs in
+# it); the containers talk only to each other.
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping [--secs N] [-- DAEMON-FLAGS...]
+#   tools: apt-get install linux-perf iperf3 iputils-ping iproute2
+# stdout: the report; perf.data stays in the printed directory (removed with
+# --clean). Processes are killed by the pids recorded here.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-}; shift || true
+SECS=8 CLEAN=""
+while [ $# -gt 0 ]; do case $1 in
+  --secs) SECS=${2:?--secs needs a value}; shift 2;;
+  --clean) CLEAN=1; shift;;
+  --) shift; break;;
+  *) echo "usage: $0 udp|tcp|ping [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
+esac; done
+log() { echo "profile.sh: $*" >&2; }
+case $MODE in udp|tcp|ping) ;; *) log "mode udp, tcp or ping"; exit 2;; esac
+[[ $SECS =~ ^[1-9][0-9]*$ && $SECS -ge 4 ]] || { log "--secs: at least 4"; exit 2; }
+[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
+for t in perf iperf3 ip; do command -v $t >/dev/null || { log "missing $t"; exit 2; }; done
+T=${TAPNET:-$PWD/target/release/tapnet}
+[ -x "$T" ] || { log "no tapnet binary at $T (cargo build --release)"; exit 2; }
+
+NS=pf$$
+W=$(mktemp -d /tmp/tapnet-profile.XXXXXX)
+export TAPNET_HOST=unix://$W/tapnet.sock
+DAEMON=""
+cleanup() {
+  local c; set +e
+  if [ -n "$DAEMON" ]; then
+    for c in $(timeout 20 "$T" ps -aq 2>/dev/null); do timeout 20 "$T" rm -f "$c" >/dev/null 2>&1; done
+    kill -TERM "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null
+  fi
+  ip netns del "$NS" 2>/dev/null
+  if [ -n "$CLEAN" ]; then rm -rf "$W"; else log "perf.data in $W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ip netns add "$NS" && ip -n "$NS" link set lo up || exit 1
+ip netns exec "$NS" "$T" daemon --root "$W/state" --docker-plugin none "$@" >"$W/daemon.log" 2>&1 &
+DAEMON=$!
+for _ in $(seq 100); do "$T" network ls >/dev/null 2>&1 && break; sleep 0.1; done
+"$T" network create --subnet 10.190.0.0/24 pfnet >/dev/null || { log "network create failed"; exit 1; }
+"$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -- iperf3 -s >/dev/null &&
+"$T" run -d --name pfcli --network pfnet --ip 10.190.0.2 -- sleep 100000 >/dev/null || { log "run failed"; exit 1; }
+sleep 1
+case $MODE in
+  udp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -u -b 0 -l 18 -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  tcp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  ping) "$T" exec pfcli -- ping -c $((SECS * 200)) -i 0.005 -q 10.190.0.3 >"$W/load.out" 2>&1 & ;;
+esac
+LOAD=$!
+sleep 2
+perf record -F 2000 -g -p "$DAEMON" -o "$W/perf.data" -- sleep $((SECS - 3)) >/dev/null 2>&1
+wait $LOAD
+echo "== load ($MODE)"; tail -4 "$W/load.out"
+echo "== top symbols, with children"
+perf report -i "$W/perf.data" --children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
+echo "== tapnet stats"; "$T" stats
