@@ -8,6 +8,9 @@
 #              iperf3 server in a container: tapnet `-p PORT:5201` vs the classic
 #              userland proxy, `socat TCP-LISTEN:PORT,fork TCP:SERVER:5201` in
 #              front of an iperf3 server in a plain netns behind a veth pair.
+#   pasta      both paths through Debian's pasta (passt), run as nobody: outbound
+#              to the gateway address it maps to the host's loopback, published
+#              with `pasta -t` (to an inner port of its own).
 #   kernel     both paths the rootful kernel way (Docker's bridge without its
 #              userland proxy): a netns behind a veth, iptables DNAT (and
 #              MASQUERADE) in the host netns.
@@ -16,7 +19,7 @@
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/nat.sh [--secs N] [--reverse]
 #   (--reverse: iperf3 -R on every row: data flows from the server's side, i.e.
 #   host -> container on the outbound path, container -> client when published)
-#   tools: apt-get install iperf3 slirp4netns socat iptables iproute2 util-linux
+#   tools: apt-get install iperf3 slirp4netns passt socat iptables iproute2 util-linux
 # stdout: one JSON object per line ({"peer","path","metric":"tcp_gbps","value"}),
 # then the ratios tapnet/kernel, tapnet/slirp4netns-1500, tapnet/slirp4netns-65520
 # (outbound) and tapnet/kernel, tapnet/socat (published); stderr: progress and a table. A row that cannot run
@@ -64,7 +67,8 @@ cleanup() {
   for i in $(seq 30); do [ -z "$(alive)" ] && break; sleep 0.1; done
   for p in $(alive); do kill -KILL "$p" 2>/dev/null; done
   wait 2>/dev/null                         # reap them: no zombies left behind
-  ip netns del "$SRVNS" 2>/dev/null; ip netns del "${P}k" 2>/dev/null; ip netns del "$HOSTNS" 2>/dev/null
+  ip netns del "$SRVNS" 2>/dev/null; ip netns del "${P}k" 2>/dev/null; ip netns del "${P}x" 2>/dev/null
+  ip netns del "$HOSTNS" 2>/dev/null
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -190,11 +194,41 @@ kernel_row() {
   ip netns del "$ns"
 }
 
+# ---- pasta (passt's, as an ordinary user: nobody), run in the host netns -------------
+# pasta copies the addresses and routes of an interface with a default route:
+# the host netns gets a veth to a dead-end namespace for that (nothing routes
+# beyond it). Outbound: the namespace's gateway address is the host's loopback
+# (pasta's --map-gw default); published: `pasta -t PORT:5201` in front of an
+# iperf3 server inside, a client on the host's 127.0.0.1.
+pasta_row() {
+  local pp port=15204 dead=${P}x
+  command -v pasta >/dev/null || { nodata pasta outbound "pasta not installed (apt-get install passt)"
+    nodata pasta published "pasta not installed"; return; }
+  ip netns add "$dead" && ip -n "$HOSTNS" link add nbp0 type veth peer name nbp1 netns "$dead" &&
+  ip -n "$HOSTNS" addr add 10.189.0.1/24 dev nbp0 && ip -n "$HOSTNS" link set nbp0 up &&
+  ip -n "$dead" addr add 10.189.0.2/24 dev nbp1 && ip -n "$dead" link set nbp1 up &&
+  ip -n "$HOSTNS" route add default via 10.189.0.2 ||
+    { nodata pasta outbound "veth setup failed"; nodata pasta published "veth setup failed"; return; }
+  local AS=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+  gbps pasta outbound "${H[@]}" "${AS[@]}" pasta --config-net -- iperf3 -c 10.189.0.2 -p $LPORT
+  # (Inner port 5202: pasta forwards the host's bound ports, 5201 among them,
+  # into the namespace by default.)
+  "${H[@]}" "${AS[@]}" pasta --config-net -t $port:5202 -- iperf3 -s -p 5202 >"$W/pasta-srv.log" 2>&1 &
+  pp=$!; track $pp
+  waitfor eval '"${H[@]}" ss -Hltn "sport = :$port" | grep -q .'
+  sleep 0.5
+  gbps pasta published "${H[@]}" iperf3 -c 127.0.0.1 -p $port
+  kill "$pp" 2>/dev/null; wait "$pp" 2>/dev/null
+  ip -n "$HOSTNS" route del default 2>/dev/null
+  ip netns del "$dead"
+}
+
 log "outbound: iperf3 server on the host netns' 127.0.0.1:$LPORT; ${SECS}s per test"
 tapnet_rows
 kernel_row
 slirp_row 1500
 slirp_row 65520
+pasta_row
 socat_row
 
 # ---- table and ratios -----------------------------------------------------------------
@@ -214,5 +248,7 @@ if [ -n "$DAEMON" ]; then log "tapnet stats:"; timeout 10 "$T" stats >&2 || true
 ratio outbound kernel
 ratio outbound slirp4netns-1500
 ratio outbound slirp4netns-65520
+ratio outbound pasta
 ratio published kernel
+ratio published pasta
 ratio published socat
