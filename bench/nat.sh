@@ -212,8 +212,9 @@ pasta_row() {
   local AS=(setpriv --reuid=65534 --regid=65534 --clear-groups)
   gbps pasta outbound "${H[@]}" "${AS[@]}" pasta --config-net -- iperf3 -c 10.189.0.2 -p $LPORT
   # (Inner port 5202: pasta forwards the host's bound ports, 5201 among them,
-  # into the namespace by default.)
-  "${H[@]}" "${AS[@]}" pasta --config-net -t $port:5202 -- iperf3 -s -p 5202 >"$W/pasta-srv.log" 2>&1 &
+  # into the namespace by default. One-shot server: it outlives pasta's own
+  # end otherwise.)
+  "${H[@]}" "${AS[@]}" pasta --config-net -t $port:5202 -- iperf3 -s -1 -p 5202 >"$W/pasta-srv.log" 2>&1 &
   pp=$!; track $pp
   waitfor eval '"${H[@]}" ss -Hltn "sport = :$port" | grep -q .'
   sleep 0.5
