@@ -23,34 +23,11 @@ while [ $# -gt 0 ]; do case $1 in
   -h|--help) usage; exit 0;;
   *) usage; exit 2;;
 esac; done
-log() { echo "connrate.sh: $*" >&2; }
+BENCH=connrate; . bench/lib.sh
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || { log "--secs must be a positive integer"; exit 2; }
-[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
-for t in python3 iptables ip nsenter; do command -v $t >/dev/null || { log "missing $t"; exit 2; }; done
-T=${TAPNET:-$PWD/target/release/tapnet}
-if [ -z "${TAPNET:-}" ] && [ ! -x "$T" ]; then cargo build --release --quiet || true; fi
-[ -x "$T" ] || { log "no tapnet binary at $T"; exit 2; }
-
-P=cr$$ HOSTNS=cr$$d KNS=cr$$k
-W=$(mktemp -d /tmp/tapnet-connrate.XXXXXX); chmod 755 "$W"
+bench_setup python3 iptables nsenter
+HOSTNS=cr$$d KNS=cr$$k
 RES=$W/results; : >"$RES"
-export TAPNET_HOST=unix://$W/tapnet.sock
-DAEMON="" PIDS=""
-starttime() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; set -- $s; echo "${20}"; }
-track() { local s; s=$(starttime "$1") && PIDS+=" $1:$s"; }
-cleanup() {
-  local e c; set +e
-  if [ -n "$DAEMON" ]; then
-    for c in $(timeout 20 "$T" ps -aq 2>/dev/null); do timeout 20 "$T" rm -f "$c" >/dev/null 2>&1; done
-  fi
-  for e in $PIDS; do [ "$(starttime "${e%%:*}")" = "${e#*:}" ] && kill -TERM "${e%%:*}" 2>/dev/null; done
-  sleep 1
-  ip netns del "$KNS" 2>/dev/null; ip netns del "$HOSTNS" 2>/dev/null
-  rm -rf "$W"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-waitfor() { local i; for i in $(seq 100); do "$@" && return 0; sleep 0.1; done; return 1; }
 
 cat >"$W/echo.py" <<'PY'
 import asyncio, sys
@@ -89,15 +66,11 @@ rate() {  # PEER PATH CMD...: the client's rate (failures logged)
   emit "$peer" "$path" "${out% *}"
 }
 
-ip netns add "$HOSTNS" && ip -n "$HOSTNS" link set lo up || exit 1
+# tapnet, its daemon in "the host"
+start_daemon "$HOSTNS"
 H=(ip netns exec "$HOSTNS")
 "${H[@]}" python3 "$W/echo.py" 127.0.0.1 7001 >"$W/echo-host.log" 2>&1 & track $!
 waitfor eval '"${H[@]}" ss -Hltn "sport = :7001" | grep -q .' || { log "echo server did not start"; exit 1; }
-
-# tapnet
-"${H[@]}" "$T" daemon --root "$W/state" --docker-plugin none >"$W/daemon.log" 2>&1 &
-DAEMON=$!; track $DAEMON
-waitfor "$T" network ls >/dev/null 2>&1 || { log "daemon did not start"; exit 1; }
 "$T" network create --subnet 10.195.0.0/24 --gateway 10.195.0.1 crnet >/dev/null
 "$T" run -d --name crsrv --network crnet -p 17002:7002 -- python3 "$W/echo.py" 0.0.0.0 7002 >/dev/null
 "$T" run -d --name crcli --network crnet -- sleep 100000 >/dev/null
@@ -107,15 +80,7 @@ rate tapnet outbound "$T" exec crcli -- python3 "$W/client.py" 10.195.0.1 7001 "
 rate tapnet published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17002 "$SECS"
 
 # the kernel path
-ip netns add "$KNS" && ip -n "$KNS" link set lo up &&
-ip -n "$HOSTNS" link add crk0 type veth peer name eth0 netns "$KNS" &&
-ip -n "$HOSTNS" addr add 10.194.0.1/24 dev crk0 && ip -n "$HOSTNS" link set crk0 up &&
-ip -n "$KNS" addr add 10.194.0.2/24 dev eth0 && ip -n "$KNS" link set eth0 up &&
-ip -n "$KNS" route add default via 10.194.0.1 &&
-"${H[@]}" sysctl -qw net.ipv4.conf.crk0.route_localnet=1 net.ipv4.conf.all.route_localnet=1 &&
-"${H[@]}" iptables -t nat -A PREROUTING -i crk0 -d 10.194.0.1 -p tcp --dport 7001 -j DNAT --to-destination 127.0.0.1:7001 &&
-"${H[@]}" iptables -t nat -A OUTPUT -d 127.0.0.1 -p tcp --dport 17003 -j DNAT --to-destination 10.194.0.2:7002 &&
-"${H[@]}" iptables -t nat -A POSTROUTING -s 127.0.0.1 -o crk0 -j MASQUERADE || { log "kernel path setup failed"; exit 1; }
+kernel_nat "$HOSTNS" "$KNS" crk0 10.194.0 7001 17003 7002 || { log "kernel path setup failed"; exit 1; }
 ip netns exec "$KNS" python3 "$W/echo.py" 10.194.0.2 7002 >"$W/echo-kernel.log" 2>&1 & track $!
 waitfor eval 'ip netns exec $KNS ss -Hltn "sport = :7002" | grep -q .'
 rate kernel outbound ip netns exec "$KNS" python3 "$W/client.py" 10.194.0.1 7001 "$SECS"

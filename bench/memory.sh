@@ -13,7 +13,7 @@
 #   tools: apt-get install python3 iproute2 util-linux
 # stdout: one JSON object per line ({"metric","value","unit"}); stderr:
 # progress. Processes are killed by the pids recorded here; the namespace and
-# files go in a trap.
+# files go in a trap (bench/lib.sh).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 FLOWS=10000 PORTS=50
@@ -24,35 +24,10 @@ while [ $# -gt 0 ]; do case $1 in
   -h|--help) usage; exit 0;;
   *) usage; exit 2;;
 esac; done
-log() { echo "memory.sh: $*" >&2; }
+BENCH=memory; . bench/lib.sh
 [[ $FLOWS =~ ^[1-9][0-9]*$ && $PORTS =~ ^[1-9][0-9]*$ ]] || { log "--flows and --ports take positive integers"; exit 2; }
-[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
-for t in python3 ip nsenter; do command -v $t >/dev/null || { log "missing $t"; exit 2; }; done
-T=${TAPNET:-$PWD/target/release/tapnet}
-if [ -z "${TAPNET:-}" ] && [ ! -x "$T" ]; then cargo build --release --quiet || true; fi
-[ -x "$T" ] || { log "no tapnet binary at $T"; exit 2; }
-
-NS=mb$$
-W=$(mktemp -d /tmp/tapnet-membench.XXXXXX); chmod 755 "$W"
-export TAPNET_HOST=unix://$W/tapnet.sock
-DAEMON="" SERVER="" CLIENT_DONE=$W/client-ready
-starttime() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }; set -- $s; echo "${20}"; }
-PIDS=""
-track() { local s; s=$(starttime "$1") && PIDS+=" $1:$s"; }
-cleanup() {
-  local e c; set +e
-  if [ -n "$DAEMON" ]; then
-    for c in $(timeout 20 "$T" ps -aq 2>/dev/null); do timeout 20 "$T" rm -f "$c" >/dev/null 2>&1; done
-  fi
-  for e in $PIDS; do
-    [ "$(starttime "${e%%:*}")" = "${e#*:}" ] && kill -TERM "${e%%:*}" 2>/dev/null
-  done
-  sleep 1
-  ip netns del "$NS" 2>/dev/null
-  rm -rf "$W"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_setup python3 nsenter
+CLIENT_DONE=$W/client-ready
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$DAEMON/status"; }
 settle() {  # the RSS once it stops moving (allocator caches, lazy pages)
@@ -61,12 +36,8 @@ settle() {  # the RSS once it stops moving (allocator caches, lazy pages)
   echo "$b"
 }
 
-ip netns add "$NS" && ip -n "$NS" link set lo up
 # (One container opens every flow: its limit, 8192 by default, raised.)
-ip netns exec "$NS" "$T" daemon --root "$W/root" --docker-plugin none \
-  --conntrack-max-per-container $((FLOWS + 100)) >"$W/daemon.log" 2>&1 &
-DAEMON=$!; track $DAEMON
-for _ in $(seq 100); do "$T" network ls >/dev/null 2>&1 && break; sleep 0.1; done
+start_daemon mb$$ --conntrack-max-per-container $((FLOWS + 100))
 "$T" network create --subnet 10.197.0.0/16 memnet >/dev/null || { log "network create failed"; exit 1; }
 
 # A server on the host's loopback that holds every connection open (answers
@@ -84,8 +55,8 @@ async def main():
     await s.serve_forever()
 asyncio.run(main())
 PY
-ip netns exec "$NS" python3 "$W/server.py" "$W/server-ready" >"$W/server.log" 2>&1 &
-SERVER=$!; track $SERVER
+ip netns exec mb$$ python3 "$W/server.py" "$W/server-ready" >"$W/server.log" 2>&1 &
+track $!
 for _ in $(seq 100); do [ -e "$W/server-ready" ] && break; sleep 0.1; done
 
 "$T" run -d --name memc --network memnet -- sleep 100000 >/dev/null

@@ -36,7 +36,7 @@ while [ $# -gt 0 ]; do case $1 in
   -h|--help) usage; exit 0;;
   *) usage; exit 2;;
 esac; done
-log() { echo "nat.sh: $*" >&2; }
+BENCH=nat; . bench/lib.sh                # log, track, waitfor, bench_cleanup, kernel_nat
 have() { command -v "$1" >/dev/null 2>&1; }
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || { log "--secs must be a positive integer"; exit 2; }
 [ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
@@ -51,29 +51,11 @@ HOSTNS=${P}d SRVNS=${P}s
 W=$(mktemp -d /tmp/tapnet-natbench.XXXXXX); chmod 755 "$W"
 RES=$W/results; : >"$RES"
 export TAPNET_HOST=unix://$W/tapnet.sock
-PIDS=""                                 # "pid:starttime" of everything started here
-DAEMON=""
 
-starttime() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }
-              set -- $s; echo "${20}"; }
-track() { local s; s=$(starttime "$1") && PIDS+=" $1:$s"; }
-alive() { local e; for e in $PIDS; do [ "$(starttime "${e%%:*}")" = "${e#*:}" ] && echo "${e%%:*}"; done; }
-cleanup() {
-  local p i c; set +e
-  if [ -n "$DAEMON" ] && [ -x "$T" ]; then   # containers first: they outlive the daemon
-    for c in $(timeout 10 "$T" ps -aq 2>/dev/null); do timeout 10 "$T" rm -f "$c" >/dev/null 2>&1; done
-  fi
-  for p in $(alive); do kill -TERM "$p" 2>/dev/null; done
-  for i in $(seq 30); do [ -z "$(alive)" ] && break; sleep 0.1; done
-  for p in $(alive); do kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null                         # reap them: no zombies left behind
-  ip netns del "$SRVNS" 2>/dev/null; ip netns del "${P}k" 2>/dev/null; ip netns del "${P}x" 2>/dev/null
-  ip netns del "$HOSTNS" 2>/dev/null
-  rm -rf "$W"
-}
-trap cleanup EXIT
+# Removed at exit by bench_cleanup (with what kernel_nat makes).
+NETNS="$SRVNS ${P}x $HOSTNS"
+trap bench_cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM HUP
-waitfor() { local i; for i in $(seq 100); do "$@" && return 0; sleep 0.1; done; return 1; }  # <=10 s
 
 # ---- "the host": a private netns, and an iperf3 server on its loopback ----------------
 ip netns add "$HOSTNS" && ip -n "$HOSTNS" link set lo up || exit 1
@@ -175,15 +157,7 @@ socat_row() {
 kernel_row() {
   local sv port=15203 ns=${P}k
   have iptables || { nodata kernel outbound "iptables not installed"; nodata kernel published "iptables not installed"; return; }
-  ip netns add "$ns" && ip -n "$ns" link set lo up &&
-  ip -n "$HOSTNS" link add nbk0 type veth peer name eth0 netns "$ns" &&
-  ip -n "$HOSTNS" addr add 10.196.0.1/24 dev nbk0 && ip -n "$HOSTNS" link set nbk0 up &&
-  ip -n "$ns" addr add 10.196.0.2/24 dev eth0 && ip -n "$ns" link set eth0 up &&
-  ip -n "$ns" route add default via 10.196.0.1 &&
-  "${H[@]}" sysctl -qw net.ipv4.conf.nbk0.route_localnet=1 net.ipv4.conf.all.route_localnet=1 &&
-  "${H[@]}" iptables -t nat -A PREROUTING -i nbk0 -d 10.196.0.1 -p tcp --dport $LPORT -j DNAT --to-destination 127.0.0.1:$LPORT &&
-  "${H[@]}" iptables -t nat -A OUTPUT -d 127.0.0.1 -p tcp --dport $port -j DNAT --to-destination 10.196.0.2:5201 &&
-  "${H[@]}" iptables -t nat -A POSTROUTING -s 127.0.0.1 -o nbk0 -j MASQUERADE ||
+  kernel_nat "$HOSTNS" "$ns" nbk0 10.196.0 $LPORT $port 5201 ||
     { nodata kernel outbound "veth/iptables setup failed"; nodata kernel published "veth/iptables setup failed"
       ip netns del "$ns" 2>/dev/null; return; }
   gbps kernel outbound ip netns exec "$ns" iperf3 -c 10.196.0.1 -p $LPORT

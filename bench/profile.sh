@@ -21,34 +21,12 @@ while [ $# -gt 0 ]; do case $1 in
   --) shift; break;;
   *) echo "usage: $0 udp|tcp|ping [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
 esac; done
-log() { echo "profile.sh: $*" >&2; }
+BENCH=profile; . bench/lib.sh
 case $MODE in udp|tcp|ping) ;; *) log "mode udp, tcp or ping"; exit 2;; esac
 [[ $SECS =~ ^[1-9][0-9]*$ && $SECS -ge 4 ]] || { log "--secs: at least 4"; exit 2; }
-[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
-for t in perf iperf3 ip; do command -v $t >/dev/null || { log "missing $t"; exit 2; }; done
-T=${TAPNET:-$PWD/target/release/tapnet}
-[ -x "$T" ] || { log "no tapnet binary at $T (cargo build --release)"; exit 2; }
-
-NS=pf$$
-W=$(mktemp -d /tmp/tapnet-profile.XXXXXX)
-export TAPNET_HOST=unix://$W/tapnet.sock
-DAEMON=""
-cleanup() {
-  local c; set +e
-  if [ -n "$DAEMON" ]; then
-    for c in $(timeout 20 "$T" ps -aq 2>/dev/null); do timeout 20 "$T" rm -f "$c" >/dev/null 2>&1; done
-    kill -TERM "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null
-  fi
-  ip netns del "$NS" 2>/dev/null
-  if [ -n "$CLEAN" ]; then rm -rf "$W"; else log "perf.data in $W"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ip netns add "$NS" && ip -n "$NS" link set lo up || exit 1
-ip netns exec "$NS" "$T" daemon --root "$W/state" --docker-plugin none "$@" >"$W/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 100); do "$T" network ls >/dev/null 2>&1 && break; sleep 0.1; done
+[ -n "$CLEAN" ] || KEEP_W=1              # perf.data stays for perf report
+bench_setup perf iperf3
+start_daemon pf$$ "$@"
 "$T" network create --subnet 10.190.0.0/24 pfnet >/dev/null || { log "network create failed"; exit 1; }
 "$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -- iperf3 -s >/dev/null &&
 "$T" run -d --name pfcli --network pfnet --ip 10.190.0.2 -- sleep 100000 >/dev/null || { log "run failed"; exit 1; }

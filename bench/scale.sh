@@ -23,36 +23,12 @@ while [ $# -gt 0 ]; do case $1 in
   -h|--help) usage; exit 0;;
   *) usage; exit 2;;
 esac; done
-log() { echo "scale.sh: $*" >&2; }
+BENCH=scale; . bench/lib.sh
 [[ $SECS =~ ^[1-9][0-9]*$ && $IDLE =~ ^[0-9]+$ && $NETS =~ ^[0-9]+$ ]] || { usage; exit 2; }
 [ "$IDLE" -le 1000 ] && [ "$NETS" -le 200 ] || { log "--idle at most 1000, --nets at most 200"; exit 2; }
-[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
-for t in iperf3 python3 ip; do command -v $t >/dev/null || { log "missing $t"; exit 2; }; done
-T=${TAPNET:-$PWD/target/release/tapnet}
-if [ -z "${TAPNET:-}" ] && [ ! -x "$T" ]; then cargo build --release --quiet || true; fi
-[ -x "$T" ] || { log "no tapnet binary at $T"; exit 2; }
-
-NS=sc$$
-W=$(mktemp -d /tmp/tapnet-scale.XXXXXX); chmod 755 "$W"
+bench_setup iperf3 python3
 RES=$W/results; : >"$RES"
-export TAPNET_HOST=unix://$W/tapnet.sock
-DAEMON=""
-cleanup() {
-  local c; set +e
-  if [ -n "$DAEMON" ]; then
-    for c in $(timeout 60 "$T" ps -aq 2>/dev/null); do timeout 20 "$T" rm -f "$c" >/dev/null 2>&1; done
-    kill -TERM "$DAEMON" 2>/dev/null; wait "$DAEMON" 2>/dev/null
-  fi
-  ip netns del "$NS" 2>/dev/null
-  rm -rf "$W"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ip netns add "$NS" && ip -n "$NS" link set lo up || exit 1
-ip netns exec "$NS" "$T" daemon --root "$W/state" --docker-plugin none >"$W/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 100); do "$T" network ls >/dev/null 2>&1 && break; sleep 0.1; done
+start_daemon sc$$
 "$T" network create --subnet 10.192.0.0/16 scnet >/dev/null || { log "network create failed"; exit 1; }
 for i in 1 2; do
   "$T" run -d --name "srv$i" --network scnet --ip "10.192.0.1$i" -- iperf3 -s >/dev/null &&

@@ -1,0 +1,83 @@
+# What the benchmarks that run tapnet's daemon share; sourced (after `cd`
+# to the repository) by memory.sh, scale.sh, profile.sh and connrate.sh,
+# and for its helpers and the kernel NAT path by nat.sh.
+#   BENCH=NAME; . bench/lib.sh   NAME: the prefix of log lines
+#   log MSG                   "NAME.sh: MSG" on stderr
+#   bench_setup TOOL...       needs root and TOOLs; sets T (tapnet: $TAPNET, else
+#                             target/release/tapnet, built if missing), W (a fresh
+#                             directory, 0755), TAPNET_HOST; installs the trap that
+#                             runs bench_cleanup
+#   track PID                 a process of ours: ended at cleanup (only if still
+#                             the same process: pid and start time)
+#   waitfor CMD...            retries CMD for up to 10 s
+#   start_daemon NS [FLAG...] a private netns NS (lo up) with the daemon in it
+#                             ($DAEMON, log $W/daemon.log), answering its CLI
+#   kernel_nat HOSTNS NS IF NET OUT_PORT PUB_PORT IN_PORT
+#                             the rootful kernel path (Docker's bridge without its
+#                             userland proxy): NS behind a veth IF (NET.1 on the
+#                             host side, NET.2 in NS, default route), iptables in
+#                             HOSTNS: NET.1:OUT_PORT is DNATed to the host's
+#                             127.0.0.1:OUT_PORT (route_localnet), the host's
+#                             127.0.0.1:PUB_PORT to NET.2:IN_PORT (MASQUERADE)
+# bench_cleanup: containers removed, tracked processes ended (TERM, then KILL),
+# the namespaces listed in NETNS deleted, $W removed unless KEEP_W is set.
+# Processes are only ever killed by the pids recorded here.
+
+log() { echo "${BENCH:-bench}.sh: $*" >&2; }
+starttime() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##*) }
+              set -- $s; echo "${20}"; }
+PIDS=""                                  # "pid:starttime" of everything started here
+track() { local s; s=$(starttime "$1") && PIDS+=" $1:$s"; }
+alive() { local e; for e in $PIDS; do [ "$(starttime "${e%%:*}")" = "${e#*:}" ] && echo "${e%%:*}"; done; }
+waitfor() { local i; for i in $(seq 100); do "$@" && return 0; sleep 0.1; done; return 1; }
+NETNS=""                                 # namespaces to delete at cleanup
+DAEMON=""
+
+bench_setup() {
+  local t
+  [ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
+  for t in ip "$@"; do command -v "$t" >/dev/null || { log "missing $t"; exit 2; }; done
+  T=${TAPNET:-$PWD/target/release/tapnet}
+  if [ -z "${TAPNET:-}" ] && [ ! -x "$T" ]; then cargo build --release --quiet || true; fi
+  [ -x "$T" ] || { log "no tapnet binary at $T"; exit 2; }
+  W=$(mktemp -d "/tmp/tapnet-$BENCH.XXXXXX"); chmod 755 "$W"
+  export TAPNET_HOST=unix://$W/tapnet.sock
+  trap bench_cleanup EXIT
+  trap 'exit 130' INT TERM
+}
+
+bench_cleanup() {
+  local p i c n; set +e
+  if [ -n "$DAEMON" ]; then              # containers first: they outlive the daemon
+    for c in $(timeout 60 "$T" ps -aq 2>/dev/null); do timeout 20 "$T" rm -f "$c" >/dev/null 2>&1; done
+  fi
+  for p in $(alive); do kill -TERM "$p" 2>/dev/null; done
+  for i in $(seq 50); do [ -z "$(alive)" ] && break; sleep 0.1; done
+  for p in $(alive); do kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null                       # reap them: no zombies left behind
+  for n in $NETNS; do ip netns del "$n" 2>/dev/null; done
+  if [ -z "${KEEP_W:-}" ]; then rm -rf "$W"; else log "files kept in $W"; fi
+}
+
+start_daemon() {
+  local ns=$1; shift
+  ip netns add "$ns" && ip -n "$ns" link set lo up || { log "ip netns add $ns failed"; exit 1; }
+  NETNS+=" $ns"
+  ip netns exec "$ns" "$T" daemon --root "$W/state" --docker-plugin none "$@" >"$W/daemon.log" 2>&1 &
+  DAEMON=$!; track $DAEMON
+  waitfor "$T" network ls >/dev/null 2>&1 || { log "the daemon did not start: $(tail -1 "$W/daemon.log")"; exit 1; }
+}
+
+kernel_nat() {
+  local hostns=$1 ns=$2 ifc=$3 net=$4 out=$5 pub=$6 in=$7
+  local H=(ip netns exec "$hostns")
+  ip netns add "$ns" && NETNS+=" $ns" && ip -n "$ns" link set lo up &&
+  ip -n "$hostns" link add "$ifc" type veth peer name eth0 netns "$ns" &&
+  ip -n "$hostns" addr add "$net.1/24" dev "$ifc" && ip -n "$hostns" link set "$ifc" up &&
+  ip -n "$ns" addr add "$net.2/24" dev eth0 && ip -n "$ns" link set eth0 up &&
+  ip -n "$ns" route add default via "$net.1" &&
+  "${H[@]}" sysctl -qw "net.ipv4.conf.$ifc.route_localnet=1" net.ipv4.conf.all.route_localnet=1 &&
+  "${H[@]}" iptables -t nat -A PREROUTING -i "$ifc" -d "$net.1" -p tcp --dport "$out" -j DNAT --to-destination "127.0.0.1:$out" &&
+  "${H[@]}" iptables -t nat -A OUTPUT -d 127.0.0.1 -p tcp --dport "$pub" -j DNAT --to-destination "$net.2:$in" &&
+  "${H[@]}" iptables -t nat -A POSTROUTING -s 127.0.0.1 -o "$ifc" -j MASQUERADE
+}
