@@ -337,61 +337,73 @@ pub fn encode_metrics(s: &Stats) -> String {
     type L = Vec<(String, String)>;
     type C = Family<L, Counter>;
     let mut reg = Registry::default();
-    let mut counter = |name: &str, help: &str| -> C {
-        let f = C::default();
-        reg.register(name, help, f.clone());
-        f
-    };
-    let rx_p = counter(
+    /// A metric of the default kind `M`, registered under `name`.
+    fn add<M: prometheus_client::registry::Metric + Clone + Default>(
+        reg: &mut Registry,
+        name: &str,
+        help: &str,
+    ) -> M {
+        let m = M::default();
+        reg.register(name, help, m.clone());
+        m
+    }
+    let rx_p: C = add(
+        &mut reg,
         "tapnet_port_rx_packets",
         "Frames a port sent into the switch",
     );
-    let rx_b = counter("tapnet_port_rx_bytes", "Bytes a port sent into the switch");
-    let tx_p = counter(
+    let rx_b: C = add(
+        &mut reg,
+        "tapnet_port_rx_bytes",
+        "Bytes a port sent into the switch",
+    );
+    let tx_p: C = add(
+        &mut reg,
         "tapnet_port_tx_packets",
         "Frames the switch sent out of a port",
     );
-    let tx_b = counter(
+    let tx_b: C = add(
+        &mut reg,
         "tapnet_port_tx_bytes",
         "Bytes the switch sent out of a port",
     );
-    let drops = counter("tapnet_port_drops", "Frames of a port dropped, by reason");
-    let sw_drops = counter(
+    let drops: C = add(
+        &mut reg,
+        "tapnet_port_drops",
+        "Frames of a port dropped, by reason",
+    );
+    let sw_drops: C = add(
+        &mut reg,
         "tapnet_switch_drops",
         "Frames dropped before their port was known, by reason",
     );
-    let dns = counter(
+    let dns: C = add(
+        &mut reg,
         "tapnet_dns_queries",
         "Embedded DNS queries by result (local, forwarded, refused, errors; tcp counts TCP queries)",
     );
-    let nat_drops = counter(
+    let nat_drops: C = add(
+        &mut reg,
         "tapnet_nat_drops",
         "Frames and flows the NAT dropped, by reason",
     );
-    let busy: Family<L, Counter<f64, AtomicU64>> = Family::default();
-    reg.register(
+    type Seconds = Family<L, Counter<f64, AtomicU64>>;
+    let busy: Seconds = add(
+        &mut reg,
         "tapnet_worker_busy_seconds",
         "Time a worker spent busy",
-        busy.clone(),
     );
-    let share: Family<L, Gauge<f64, AtomicU64>> = Family::default();
-    reg.register(
+    let share: Family<L, Gauge<f64, AtomicU64>> = add(
+        &mut reg,
         "tapnet_worker_busy_ratio",
         "Share of the time a worker was busy since the daemon started",
-        share.clone(),
     );
-    let spin: Family<L, Counter<f64, AtomicU64>> = Family::default();
-    reg.register(
+    let spin: Seconds = add(
+        &mut reg,
         "tapnet_worker_spin_seconds",
         "Time a worker spent busy-polling without finding work (--busy-poll-us)",
-        spin.clone(),
     );
-    let flows: Gauge = Gauge::default();
-    reg.register(
-        "tapnet_nat_flows",
-        "Flows in the NAT's table",
-        flows.clone(),
-    );
+    let flows: Gauge = add(&mut reg, "tapnet_nat_flows", "Flows in the NAT's table");
     let l = |kv: &[(&str, &str)]| -> L {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
