@@ -352,7 +352,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
             crate::daemon::PluginSocket::Default(crate::daemon::DEFAULT_PLUGIN_SOCKET.into())
         }
         // Rootless: a socket of the user's, linked into the user's rootless
-        // dockerd when one runs (see daemon::rootless_docker).
+        // dockerd when one runs (daemon::plugin::link_into_rootless_dockerd).
         None => crate::daemon::PluginSocket::Default(
             client::user_runtime_dir().join("tapnet/docker-plugin.sock"),
         ),

@@ -304,7 +304,11 @@ fn send_reply(sock: &OwnedFd, reply: &Reply, fds: &[OwnedFd]) -> anyhow::Result<
 /// Does the work of `req` in this process; errors are one line.
 fn serve(req: &Request) -> Result<Vec<Vec<OwnedFd>>, String> {
     let target = &req.target;
-    if let (Op::LinkPlugin { name, socket }, Target::Pid(pid)) = (&req.op, target) {
+    if let Op::LinkPlugin { name, socket } = &req.op {
+        // Its mount namespace, not its network namespace.
+        let Target::Pid(pid) = target else {
+            return Err("a plugin link needs a process, not a path".into());
+        };
         enter_mount(*pid).map_err(|e| format!("join /proc/{pid}/ns/mnt: {e}"))?;
         return link_here(name, socket)
             .map(|()| Vec::new())
@@ -312,7 +316,7 @@ fn serve(req: &Request) -> Result<Vec<Vec<OwnedFd>>, String> {
     }
     enter(target).map_err(|e| format!("join {target}: {e}"))?;
     match &req.op {
-        Op::LinkPlugin { .. } => Err("a plugin link needs a process, not a path".into()),
+        Op::LinkPlugin { .. } => unreachable!("served above"),
         Op::Create { taps, queues } => create_here(target, taps, *queues),
         Op::Open { names, queues } => names
             .iter()
