@@ -266,6 +266,7 @@ pub fn parse_topology(text: &str) -> anyhow::Result<Topology> {
                 network: tapnet_switch::NetworkId(0), // set when added
                 mac,
                 ip,
+                ip6: None,
                 max_macs: p.max_macs,
                 tunnel: None,
             },

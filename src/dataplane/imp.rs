@@ -489,6 +489,7 @@ impl Dataplane {
             network: net,
             mac: spec.mac.map(EthernetAddress),
             ip: spec.ip,
+            ip6: None,
             max_macs: None,
             tunnel: None,
         };

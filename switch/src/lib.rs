@@ -39,6 +39,6 @@ pub use pipeline::{
     BatchCx, GatewayHook, HookCx, HookVerdict, NoHook, Processed, Transmit, Worker,
 };
 pub use topology::{
-    gateway_mac, ConfigError, Network, NetworkConfig, NetworkId, OverlayConfig, Port, PortConfig,
-    PortId, Switch, SwitchConfig, Topology, TunnelConfig,
+    gateway_link_local, gateway_mac, ConfigError, Ipv6Config, Network, NetworkConfig, NetworkId,
+    OverlayConfig, Port, PortConfig, PortId, Switch, SwitchConfig, Topology, TunnelConfig,
 };

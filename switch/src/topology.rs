@@ -13,7 +13,7 @@ use crate::fdb::Fdb;
 use crate::tunnel::{FastMap, Remote};
 use crate::wire::EthernetAddress;
 use arc_swap::ArcSwap;
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use core::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -66,6 +66,27 @@ pub struct NetworkConfig {
     pub mtu: u32,
     /// Tunnelled to other hosts in VXLAN (an overlay network).
     pub overlay: Option<OverlayConfig>,
+    /// The network's IPv6 subnet and gateway (dual-stack), if it has one.
+    pub v6: Option<Ipv6Config>,
+}
+
+/// A network's IPv6 side. The gateway answers Neighbor Solicitations and
+/// echo requests for `gateway` and for its link-local address
+/// ([`gateway_link_local`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Config {
+    pub subnet: Ipv6Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv6Addr,
+}
+
+impl Ipv6Config {
+    /// Whether `a` lies in the subnet.
+    pub fn contains(&self, a: Ipv6Addr) -> bool {
+        let bits = u32::from(self.prefix_len.min(128));
+        let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
+        u128::from(a) & mask == u128::from(self.subnet) & mask
+    }
 }
 
 /// An overlay network's tunnel settings.
@@ -88,6 +109,7 @@ impl NetworkConfig {
             icc: true,
             mtu: 1500,
             overlay: None,
+            v6: None,
         }
     }
 }
@@ -100,6 +122,31 @@ pub fn gateway_mac(gateway: Ipv4Addr) -> EthernetAddress {
     EthernetAddress([0x02, 0x42, o[0], o[1], o[2], o[3]])
 }
 
+/// The gateway's IPv6 link-local address: `fe80::/64` with the modified
+/// EUI-64 interface id of its MAC (RFC 4291 appendix A), what a kernel
+/// interface with that MAC would have.
+pub fn gateway_link_local(mac: EthernetAddress) -> Ipv6Addr {
+    let m = mac.0;
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 0x02,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
+}
+
 /// A port as the control plane describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortConfig {
@@ -109,6 +156,10 @@ pub struct PortConfig {
     /// from this MAC and this IPv4 address.
     pub mac: Option<EthernetAddress>,
     pub ip: Option<Ipv4Addr>,
+    /// Assigned IPv6 address of a checked port: besides it, the port may
+    /// send IPv6 only from link-local addresses and, for Neighbor
+    /// Discovery and MLD, from `::`.
+    pub ip6: Option<Ipv6Addr>,
     /// Overrides [`SwitchConfig::max_macs_per_port`].
     pub max_macs: Option<u32>,
     /// A tunnel port: frames leave VXLAN-encapsulated towards this VTEP.
@@ -133,6 +184,7 @@ impl PortConfig {
             network,
             mac: Some(mac),
             ip: Some(ip),
+            ip6: None,
             max_macs: None,
             tunnel: None,
         }
@@ -144,6 +196,7 @@ impl PortConfig {
             network,
             mac: None,
             ip: None,
+            ip6: None,
             max_macs: None,
             tunnel: None,
         }

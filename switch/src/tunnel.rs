@@ -148,6 +148,7 @@ impl Switch {
                 network: net,
                 mac: None,
                 ip: None,
+                ip6: None,
                 max_macs: Some(TUNNEL_MAX_MACS),
                 tunnel: Some(want),
             },
