@@ -41,6 +41,9 @@ drop_reasons! {
     SpoofedIp => "spoofed_ip",
     /// ARP claims an address or MAC that is not the port's.
     SpoofedArp => "spoofed_arp",
+    /// A Neighbor Solicitation or Advertisement claims an address or a
+    /// link-layer address that is not the port's (IPv6's ARP spoofing).
+    SpoofedNd => "spoofed_nd",
     /// An EtherType a container port may not send (only IPv4, ARP, IPv6).
     UnsupportedEtherType => "unsupported_ethertype",
     /// The port already learned its maximum number of MACs.

@@ -30,14 +30,15 @@
 use crate::capture::CaptureHook;
 use crate::counters::DropReason;
 use crate::fdb::{self, Fdb, Learned};
-use crate::topology::{Network, Port, PortId, Switch, Topology};
+use crate::topology::{gateway_link_local, Network, Port, PortId, Switch, Topology};
 use crate::wire::{
     arp::{ArpOp, ArpRepr},
-    ethernet, icmp, ipv4, ArpPacket, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet,
-    VnetHdr,
+    ethernet, icmp, ipv4,
+    ipv6::{self, icmpv6},
+    ArpPacket, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, Ipv6Packet, VnetHdr,
 };
 use arc_swap::Guard;
-use core::net::Ipv4Addr;
+use core::net::{Ipv4Addr, Ipv6Addr};
 use core::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -326,6 +327,11 @@ impl<H: GatewayHook> Worker<H> {
             {
                 return self.reply(cx, port, 60, &VnetHdr::default(), tx);
             }
+            if ethertype == EtherType::Ipv6 {
+                if let Some(len) = self.answer_ns(net, meta, frame)? {
+                    return self.reply(cx, port, len, &VnetHdr::default(), tx);
+                }
+            }
             return self.flood(cx, port, net, l3, meta, frame, tx);
         }
         // Other hosts' endpoints are pinned to their VTEP's tunnel port.
@@ -549,34 +555,160 @@ impl<H: GatewayHook> Worker<H> {
                         return self.reply(cx, port, len, &VnetHdr::default(), tx);
                     }
                 }
-                let hcx = HookCx {
-                    network: net,
-                    port,
-                    now_ns: cx.now_ns,
-                };
-                match self.hook.handle(&hcx, meta, frame, &mut self.scratch) {
-                    HookVerdict::Consumed => Ok(()),
-                    HookVerdict::Claimed => {
-                        self.claimed = true;
-                        Ok(())
-                    }
-                    HookVerdict::Reply(len) => {
-                        let len = len.min(self.scratch.len());
-                        self.reply(cx, port, len, &VnetHdr::default(), tx)
-                    }
-                    HookVerdict::ReplyWith(len, meta) => {
-                        let len = len.min(self.scratch.len());
-                        self.reply(cx, port, len, &meta, tx)
-                    }
-                    HookVerdict::Drop(r) => Err(r),
-                    HookVerdict::Pass if ip.dst_addr() == net.config.gateway => {
-                        Err(DropReason::GatewayUnsupported)
-                    }
-                    HookVerdict::Pass => Err(DropReason::NoRoute),
+                let to_gateway = ip.dst_addr() == net.config.gateway;
+                self.pass_to_hook(cx, port, net, meta, frame, to_gateway, tx)
+            }
+            EtherType::Ipv6 => {
+                if let Some(len) = self.answer_ns(net, meta, frame)? {
+                    return self.reply(cx, port, len, &VnetHdr::default(), tx);
                 }
+                if let Some(len) = self.echo6_reply(net, meta, frame)? {
+                    return self.reply(cx, port, len, &VnetHdr::default(), tx);
+                }
+                let ip = Ipv6Packet::new_unchecked(payload);
+                let to_gateway = is_gateway6(net, ip.dst_addr());
+                self.pass_to_hook(cx, port, net, meta, frame, to_gateway, tx)
             }
             _ => Err(DropReason::GatewayUnsupported),
         }
+    }
+
+    /// Gives a frame for the gateway that the switch does not answer
+    /// itself to the hook (DNS, NAT). Passed on, it is dropped as
+    /// `GatewayUnsupported` when addressed to the gateway itself
+    /// (`to_gateway`), else as `NoRoute`.
+    #[allow(clippy::too_many_arguments)]
+    fn pass_to_hook<T: Transmit>(
+        &mut self,
+        cx: &BatchCx,
+        port: &Port,
+        net: &Network,
+        meta: &VnetHdr,
+        frame: &[u8],
+        to_gateway: bool,
+        tx: &mut T,
+    ) -> Result<(), DropReason> {
+        let hcx = HookCx {
+            network: net,
+            port,
+            now_ns: cx.now_ns,
+        };
+        match self.hook.handle(&hcx, meta, frame, &mut self.scratch) {
+            HookVerdict::Consumed => Ok(()),
+            HookVerdict::Claimed => {
+                self.claimed = true;
+                Ok(())
+            }
+            HookVerdict::Reply(len) => {
+                let len = len.min(self.scratch.len());
+                self.reply(cx, port, len, &VnetHdr::default(), tx)
+            }
+            HookVerdict::ReplyWith(len, meta) => {
+                let len = len.min(self.scratch.len());
+                self.reply(cx, port, len, &meta, tx)
+            }
+            HookVerdict::Drop(r) => Err(r),
+            HookVerdict::Pass if to_gateway => Err(DropReason::GatewayUnsupported),
+            HookVerdict::Pass => Err(DropReason::NoRoute),
+        }
+    }
+
+    /// If `frame` (IPv6, checked by [`classify`]) is a Neighbor
+    /// Solicitation for one of the gateway's IPv6 addresses, builds the
+    /// advertisement in scratch. `Ok(None)`: not one (it goes on as any
+    /// frame would).
+    fn answer_ns(
+        &mut self,
+        net: &Network,
+        meta: &VnetHdr,
+        frame: &[u8],
+    ) -> Result<Option<usize>, DropReason> {
+        let ip = Ipv6Packet::new_unchecked(&frame[ethernet::HEADER_LEN..]);
+        if net.config.v6.is_none() || ip.next_header() != ipv6::next_header::ICMPV6 {
+            return Ok(None);
+        }
+        let msg = ip.payload();
+        if msg.first() != Some(&icmpv6::NEIGHBOR_SOLICIT) {
+            return Ok(None);
+        }
+        let nd = match ipv6::parse_nd(msg) {
+            Ok(Some(nd)) => nd,
+            _ => return Err(DropReason::Malformed),
+        };
+        if !is_gateway6(net, nd.target) {
+            return Ok(None);
+        }
+        // RFC 4861 7.1.1: hop limit 255, code 0, a valid checksum.
+        let csum_ok = meta.flags & crate::wire::vnet::F_NEEDS_CSUM != 0
+            || ipv6::upper_checksum(ip.src_addr(), ip.dst_addr(), 58, msg) == 0;
+        if ip.hop_limit() != 255 || msg[1] != 0 || !csum_ok {
+            return Err(DropReason::Malformed);
+        }
+        let requester = EthernetFrame::new_unchecked(frame).src_addr();
+        let (dst, dst_mac, flags) = if ip.src_addr().is_unspecified() {
+            // Duplicate address detection: tell everyone (7.2.4).
+            let all: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+            (all, EthernetAddress(ipv6::multicast_mac(all)), 0)
+        } else {
+            (ip.src_addr(), requester, icmpv6::NA_SOLICITED)
+        };
+        let flags = flags | icmpv6::NA_ROUTER | icmpv6::NA_OVERRIDE;
+        let len = ethernet::HEADER_LEN + ipv6::NA_PACKET_LEN;
+        let s = &mut self.scratch[..len];
+        let mut out = EthernetFrame::new_unchecked(&mut s[..]);
+        out.set_dst_addr(dst_mac);
+        out.set_src_addr(net.gateway_mac);
+        out.set_ethertype(EtherType::Ipv6);
+        ipv6::emit_na(
+            &mut s[ethernet::HEADER_LEN..],
+            nd.target,
+            dst,
+            net.gateway_mac.0,
+            flags,
+        );
+        Ok(Some(len))
+    }
+
+    /// Builds an echo reply in scratch for an ICMPv6 echo request to one
+    /// of the gateway's IPv6 addresses. `Ok(None)`: not one.
+    fn echo6_reply(
+        &mut self,
+        net: &Network,
+        meta: &VnetHdr,
+        frame: &[u8],
+    ) -> Result<Option<usize>, DropReason> {
+        let ip = Ipv6Packet::new_unchecked(&frame[ethernet::HEADER_LEN..]);
+        let msg = ip.payload();
+        if ip.next_header() != ipv6::next_header::ICMPV6
+            || !is_gateway6(net, ip.dst_addr())
+            || msg.first() != Some(&icmpv6::ECHO_REQUEST)
+        {
+            return Ok(None);
+        }
+        let csum_ok = meta.flags & crate::wire::vnet::F_NEEDS_CSUM != 0
+            || ipv6::upper_checksum(ip.src_addr(), ip.dst_addr(), 58, msg) == 0;
+        if msg.len() < 8 || !csum_ok {
+            return Err(DropReason::Malformed);
+        }
+        let hl = ethernet::HEADER_LEN;
+        let len = hl + ipv6::HEADER_LEN + msg.len();
+        if len > self.scratch.len() {
+            return Err(DropReason::Oversize);
+        }
+        let (src, dst) = (ip.dst_addr(), ip.src_addr());
+        let s = &mut self.scratch[..len];
+        let mut out = EthernetFrame::new_unchecked(&mut s[..]);
+        out.set_dst_addr(EthernetFrame::new_unchecked(frame).src_addr());
+        out.set_src_addr(net.gateway_mac);
+        out.set_ethertype(EtherType::Ipv6);
+        ipv6::emit_header(&mut s[hl..], src, dst, 58, msg.len(), 64);
+        let m = &mut s[hl + ipv6::HEADER_LEN..];
+        m.copy_from_slice(msg);
+        m[0] = icmpv6::ECHO_REPLY;
+        m[2..4].fill(0);
+        let c = ipv6::upper_checksum(src, dst, 58, m);
+        m[2..4].copy_from_slice(&c.to_be_bytes());
+        Ok(Some(len))
     }
 
     /// Builds an echo reply in scratch for an echo request to the gateway.
@@ -629,6 +761,15 @@ impl<H: GatewayHook> Worker<H> {
     }
 }
 
+/// Whether `a` is one of the gateway's IPv6 addresses (its configured
+/// one and its link-local).
+#[inline]
+fn is_gateway6(net: &Network, a: Ipv6Addr) -> bool {
+    net.config
+        .v6
+        .is_some_and(|v6| a == v6.gateway || a == gateway_link_local(net.gateway_mac))
+}
+
 /// Ingress checks past Ethernet: L3 sanity and anti-spoofing.
 #[inline]
 fn classify(
@@ -658,16 +799,9 @@ fn classify(
             Ok(L3::Ip)
         }
         EtherType::Ipv6 => {
-            if payload.len() < 40 || payload[0] >> 4 != 6 {
-                return Err(DropReason::Malformed);
-            }
-            // No IPv6 addresses are assigned yet: a checked port may only
-            // use link-local or unspecified sources (NDP, DAD, MLD).
-            let src = &payload[8..24];
-            let link_local = src[0] == 0xfe && src[1] & 0xc0 == 0x80;
-            let unspecified = src.iter().all(|&b| b == 0);
-            if checked && !link_local && !unspecified {
-                return Err(DropReason::SpoofedIp);
+            let ip = Ipv6Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
+            if checked {
+                check_ipv6_source(port, &ip)?;
             }
             Ok(L3::Ip)
         }
@@ -675,6 +809,40 @@ fn classify(
         EtherType::Unknown(_) if checked => Err(DropReason::UnsupportedEtherType),
         EtherType::Unknown(_) => Ok(L3::Other),
     }
+}
+
+/// Anti-spoofing of a checked port's IPv6: the source is the port's
+/// assigned address or the link-local address of its MAC, or `::` for
+/// what may come from it (Neighbor Discovery's duplicate address
+/// detection, MLD reports behind a hop-by-hop header); a Neighbor
+/// Solicitation or Advertisement names only the port's MAC and
+/// advertises only the port's addresses.
+fn check_ipv6_source(port: &Port, ip: &Ipv6Packet<&[u8]>) -> Result<(), DropReason> {
+    let src = ip.src_addr();
+    let mac = port.config.mac.unwrap_or_default();
+    let link_local = gateway_link_local(mac);
+    let own = |a: Ipv6Addr| Some(a) == port.config.ip6 || a == link_local;
+    if src.is_unspecified() {
+        let nh = ip.next_header();
+        if nh != ipv6::next_header::ICMPV6 && nh != ipv6::next_header::HOP_BY_HOP {
+            return Err(DropReason::SpoofedIp);
+        }
+    } else if !own(src) {
+        return Err(DropReason::SpoofedIp);
+    }
+    if ip.next_header() == ipv6::next_header::ICMPV6 {
+        match ipv6::parse_nd(ip.payload()) {
+            Err(_) => return Err(DropReason::Malformed),
+            Ok(Some(nd)) => {
+                let advert = nd.msg_type == icmpv6::NEIGHBOR_ADVERT;
+                if nd.lladdr.is_some_and(|m| m != mac.0) || (advert && !own(nd.target)) {
+                    return Err(DropReason::SpoofedNd);
+                }
+            }
+            Ok(None) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Allows `CaptureHook` trait objects to be named from this module's docs.

@@ -3,7 +3,8 @@
 //! `new_checked` validates the length once, so that every getter after it
 //! cannot panic; plus small `Repr`s where a parsed form is useful.
 //!
-//! Views: Ethernet, ARP, IPv4, ICMPv4, TCP, UDP, VXLAN and the virtio-net
+//! Views: Ethernet, ARP, IPv4, IPv6 (with the NDP and ICMPv6 echo the
+//! switch answers), ICMPv4, TCP, UDP, VXLAN and the virtio-net
 //! header.
 //! Checksum helpers: the RFC 1071 sum, the IPv4 pseudo-header sum (also the
 //! partial checksum of offloaded packets) and RFC 1624 incremental updates.
@@ -15,6 +16,7 @@ pub mod arp;
 pub mod ethernet;
 pub mod icmp;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 pub mod vnet;
@@ -23,6 +25,7 @@ pub mod vxlan;
 pub use arp::ArpPacket;
 pub use ethernet::{EtherType, EthernetAddress, EthernetFrame};
 pub use ipv4::Ipv4Packet;
+pub use ipv6::Ipv6Packet;
 pub use tcp::{TcpPacket, TcpRepr};
 pub use udp::{UdpPacket, UdpRepr};
 pub use vnet::VnetHdr;
