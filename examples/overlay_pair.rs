@@ -83,6 +83,7 @@ fn main() -> anyhow::Result<()> {
                     vni: 4242,
                     encrypted,
                 }),
+                v6: None,
             },
         )?;
         let mut fds = sandbox::create_taps(
@@ -93,6 +94,8 @@ fn main() -> anyhow::Result<()> {
                 mtu: 1450,
                 addr: Some(ipnet::Ipv4Net::new(ips[i], 24)?),
                 default_gateway: None,
+                addr6: None,
+                default_gateway6: None,
             }],
             dp.workers(),
         )?;
@@ -102,6 +105,7 @@ fn main() -> anyhow::Result<()> {
                 network: 1,
                 mac: Some(macs[i]),
                 ip: Some(ips[i]),
+                ip6: None,
             },
             fds.remove(0),
         )?;

@@ -1,4 +1,4 @@
-//! IPv4 address management, Docker's rules (libnetwork's default IPAM):
+//! IPv4 and IPv6 address management, Docker's rules (libnetwork's default IPAM):
 //!
 //! - a network without `--subnet` gets the next free /16 of 172.17–172.31,
 //!   then the next free /20 of 192.168.0.0/16;
@@ -12,11 +12,11 @@
 //! Pure functions: the caller passes the addresses in use.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::model::Pool;
+use crate::model::{Pool, Pool6};
 
 /// Errors of IPAM requests; the message is shown to the user as is.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -323,6 +323,207 @@ pub fn allocate_after(
         .ok_or(IpamError::Exhausted(range))
 }
 
+// ---------------------------------------------------------------- IPv6
+
+/// Errors of IPv6 IPAM requests; the message is shown to the user as is.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Ipam6Error {
+    #[error("invalid IPv6 subnet {0:?}: not an IPv6 CIDR")]
+    BadSubnet(String),
+    #[error("invalid subnet {given}: it should be {canonical}")]
+    NotCanonical { given: String, canonical: Ipv6Net },
+    #[error("invalid subnet {subnet}: it overlaps {range}, the {kind} range, which cannot carry a container network")]
+    SpecialSubnet {
+        subnet: Ipv6Net,
+        range: Ipv6Net,
+        kind: &'static str,
+    },
+    #[error("invalid subnet {0}: an IPv6 subnet must have room for a gateway and a container (prefix /126 or shorter)")]
+    TooSmall(Ipv6Net),
+    #[error("invalid gateway {0:?}: not an IPv6 address")]
+    BadGateway(String),
+    #[error("gateway {gateway} is not in subnet {subnet}")]
+    GatewayOutside { gateway: Ipv6Addr, subnet: Ipv6Net },
+    #[error("gateway {0} is the subnet-router anycast address of its subnet")]
+    GatewayReserved(Ipv6Addr),
+    #[error("invalid ip-range {0:?}: not an IPv6 CIDR")]
+    BadRange(String),
+    #[error("ip-range {range} is not within subnet {subnet}")]
+    RangeOutside { range: Ipv6Net, subnet: Ipv6Net },
+    #[error("invalid auxiliary address {name}={value:?}: not an IPv6 address")]
+    BadAux { name: String, value: String },
+    #[error("auxiliary address {name}={addr} is not in subnet {subnet}")]
+    AuxOutside {
+        name: String,
+        addr: Ipv6Addr,
+        subnet: Ipv6Net,
+    },
+    #[error("auxiliary address {name}={addr} is the gateway or subnet-router anycast address")]
+    AuxReserved { name: String, addr: Ipv6Addr },
+    #[error("address {addr} is not in subnet {subnet}")]
+    AddrOutside { addr: Ipv6Addr, subnet: Ipv6Net },
+    #[error("address {0} is reserved (subnet-router anycast, gateway or auxiliary address)")]
+    AddrReserved(Ipv6Addr),
+    #[error("address {0} is already in use")]
+    AddrInUse(Ipv6Addr),
+    #[error("no free address left in {0}")]
+    Exhausted(Ipv6Net),
+    #[error("no free IPv6 pool left for a new network in fd00::/8")]
+    PoolsExhausted,
+}
+
+/// IPv6 ranges that cannot be a container network.
+pub const SPECIAL_RANGES6: [(&str, &str); 5] = [
+    ("::/127", "unspecified and loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+    ("fec0::/10", "deprecated site-local"),
+];
+
+/// Whether two IPv6 subnets overlap.
+pub fn overlaps6(a: &Ipv6Net, b: &Ipv6Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// A pool request's values, parsed and checked as Docker's default IPAM
+/// does for IPv6, with `subnet` given or, when `None`, a unique-local
+/// /64 chosen from `seed` (a network id) that overlaps none of `used`.
+/// Docker 20.10 refuses `--ipv6` without a subnet; tapnet picks a ULA
+/// (RFC 4193) for it, as later Docker releases do.
+pub fn make_pool6(req: &PoolRequest, used: &[Ipv6Net], seed: &str) -> Result<Pool6, Ipam6Error> {
+    let subnet = match req.subnet.as_deref().filter(|s| !s.is_empty()) {
+        None => default_subnet6(used, seed)?,
+        Some(s) => {
+            let n: Ipv6Net = s.parse().map_err(|_| Ipam6Error::BadSubnet(s.into()))?;
+            if n.trunc() != n {
+                return Err(Ipam6Error::NotCanonical {
+                    given: s.to_string(),
+                    canonical: n.trunc(),
+                });
+            }
+            n
+        }
+    };
+    for (r, kind) in SPECIAL_RANGES6 {
+        let range: Ipv6Net = r.parse().expect("constant CIDR");
+        if overlaps6(&range, &subnet) {
+            return Err(Ipam6Error::SpecialSubnet {
+                subnet,
+                range,
+                kind,
+            });
+        }
+    }
+    if subnet.prefix_len() > 126 {
+        return Err(Ipam6Error::TooSmall(subnet));
+    }
+    let gateway = match req.gateway.as_deref().filter(|s| !s.is_empty()) {
+        None => Ipv6Addr::from(u128::from(subnet.network()) + 1),
+        Some(g) => {
+            let g: Ipv6Addr = g.parse().map_err(|_| Ipam6Error::BadGateway(g.into()))?;
+            if !subnet.contains(&g) {
+                return Err(Ipam6Error::GatewayOutside { gateway: g, subnet });
+            }
+            if g == subnet.network() {
+                return Err(Ipam6Error::GatewayReserved(g));
+            }
+            g
+        }
+    };
+    let ip_range = match req.ip_range.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(r) => {
+            let range: Ipv6Net = r.parse().map_err(|_| Ipam6Error::BadRange(r.into()))?;
+            let range = range.trunc();
+            if !subnet.contains(&range) {
+                return Err(Ipam6Error::RangeOutside { range, subnet });
+            }
+            Some(range)
+        }
+    };
+    let mut aux = BTreeMap::new();
+    for (name, value) in &req.aux {
+        let addr: Ipv6Addr = value.parse().map_err(|_| Ipam6Error::BadAux {
+            name: name.clone(),
+            value: value.clone(),
+        })?;
+        if !subnet.contains(&addr) {
+            return Err(Ipam6Error::AuxOutside {
+                name: name.clone(),
+                addr,
+                subnet,
+            });
+        }
+        if addr == gateway || addr == subnet.network() {
+            return Err(Ipam6Error::AuxReserved {
+                name: name.clone(),
+                addr,
+            });
+        }
+        aux.insert(name.clone(), addr);
+    }
+    Ok(Pool6 {
+        subnet,
+        gateway,
+        ip_range,
+        aux,
+    })
+}
+
+/// A unique-local /64 (`fdXX:XXXX:XXXX::/64`) whose 40-bit global id comes
+/// from `seed`, moved on until it overlaps none of `used`.
+fn default_subnet6(used: &[Ipv6Net], seed: &str) -> Result<Ipv6Net, Ipam6Error> {
+    // FNV-1a: stable across releases (the subnet is persisted anyway).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (0..1024u64)
+        .map(|i| {
+            let id = u128::from((h.wrapping_add(i)) & 0xff_ffff_ffff);
+            Ipv6Net::new(Ipv6Addr::from((0xfd_u128 << 120) | (id << 80)), 64).expect("/64")
+        })
+        .find(|s| !used.iter().any(|u| overlaps6(s, u)))
+        .ok_or(Ipam6Error::PoolsExhausted)
+}
+
+/// Whether an IPv6 address can never be given to an endpoint.
+pub fn is_reserved6(pool: &Pool6, addr: Ipv6Addr) -> bool {
+    addr == pool.subnet.network() || addr == pool.gateway || pool.aux.values().any(|a| *a == addr)
+}
+
+/// Allocates an IPv6 address: `requested` if given (anywhere in the
+/// subnet), else the lowest free address of the ip-range (or subnet).
+pub fn allocate6(
+    pool: &Pool6,
+    used: &BTreeSet<Ipv6Addr>,
+    requested: Option<Ipv6Addr>,
+) -> Result<Ipv6Addr, Ipam6Error> {
+    if let Some(addr) = requested {
+        if !pool.subnet.contains(&addr) {
+            return Err(Ipam6Error::AddrOutside {
+                addr,
+                subnet: pool.subnet,
+            });
+        }
+        if is_reserved6(pool, addr) {
+            return Err(Ipam6Error::AddrReserved(addr));
+        }
+        if used.contains(&addr) {
+            return Err(Ipam6Error::AddrInUse(addr));
+        }
+        return Ok(addr);
+    }
+    let range = pool.ip_range.unwrap_or(pool.subnet);
+    let (lo, hi) = (u128::from(range.network()), u128::from(range.broadcast()));
+    // At most used + reserved + 1 candidates are looked at.
+    (lo..=hi)
+        .map(Ipv6Addr::from)
+        .find(|a| !is_reserved6(pool, *a) && !used.contains(a))
+        .ok_or(Ipam6Error::Exhausted(range))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,5 +706,85 @@ mod tests {
         }
         assert!(allocate(&p, &used, None).is_err());
         assert!(allocate(&p, &used, Some(Ipv4Addr::new(10, 0, 0, 9))).is_ok());
+    }
+
+    fn req6(subnet: &str) -> PoolRequest {
+        PoolRequest {
+            subnet: Some(subnet.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ipv6_pools_follow_the_rules() {
+        let p = make_pool6(&req6("2001:db8:1::/64"), &[], "x").unwrap();
+        assert_eq!(p.gateway, "2001:db8:1::1".parse::<Ipv6Addr>().unwrap());
+        for (s, want) in [
+            ("2001:db8:1::1/64", "should be 2001:db8:1::/64"),
+            ("fe80::/64", "link-local"),
+            ("ff02::/64", "multicast"),
+            ("::1/128", "loopback"),
+            ("2001:db8::/127", "/126 or shorter"),
+            ("10.0.0.0/24", "not an IPv6 CIDR"),
+        ] {
+            let e = make_pool6(&req6(s), &[], "x").unwrap_err().to_string();
+            assert!(e.contains(want), "{s}: {e}");
+        }
+        let mut r = req6("2001:db8:1::/64");
+        r.gateway = Some("2001:db8:2::1".into());
+        assert!(matches!(
+            make_pool6(&r, &[], "x"),
+            Err(Ipam6Error::GatewayOutside { .. })
+        ));
+        r.gateway = Some("2001:db8:1::".into());
+        assert!(matches!(
+            make_pool6(&r, &[], "x"),
+            Err(Ipam6Error::GatewayReserved(_))
+        ));
+        r.gateway = None;
+        r.ip_range = Some("2001:db8:1:0:8000::/65".into());
+        r.aux.insert("router".into(), "2001:db8:1::2".into());
+        let p = make_pool6(&r, &[], "x").unwrap();
+        let used = BTreeSet::new();
+        assert_eq!(
+            allocate6(&p, &used, None).unwrap(),
+            "2001:db8:1:0:8000::".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(
+            allocate6(&p, &used, Some("2001:db8:1::2".parse().unwrap())),
+            Err(Ipam6Error::AddrReserved("2001:db8:1::2".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn ipv6_allocation_is_lowest_free() {
+        let p = make_pool6(&req6("2001:db8::/64"), &[], "x").unwrap();
+        let mut used = BTreeSet::new();
+        let a = allocate6(&p, &used, None).unwrap();
+        assert_eq!(a, "2001:db8::2".parse::<Ipv6Addr>().unwrap());
+        used.insert(a);
+        assert_eq!(
+            allocate6(&p, &used, None).unwrap(),
+            "2001:db8::3".parse::<Ipv6Addr>().unwrap()
+        );
+        assert_eq!(allocate6(&p, &used, Some(a)), Err(Ipam6Error::AddrInUse(a)));
+        let small = make_pool6(&req6("2001:db8::/126"), &[], "x").unwrap();
+        let used: BTreeSet<Ipv6Addr> = ["2001:db8::2", "2001:db8::3"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert!(matches!(
+            allocate6(&small, &used, None),
+            Err(Ipam6Error::Exhausted(_))
+        ));
+    }
+
+    #[test]
+    fn default_ipv6_subnets_are_unique_local_and_avoid_used_ones() {
+        let a = make_pool6(&PoolRequest::default(), &[], "net-a").unwrap();
+        assert_eq!(a.subnet.prefix_len(), 64);
+        assert_eq!(a.subnet.network().octets()[0], 0xfd);
+        let b = make_pool6(&PoolRequest::default(), &[a.subnet], "net-a").unwrap();
+        assert_ne!(a.subnet, b.subnet);
     }
 }

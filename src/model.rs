@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{Ipv4Net, Ipv6Net};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,8 @@ pub const OPT_HOST_BINDING: &str = "com.docker.network.bridge.host_binding_ipv4"
 pub const OPT_MTU: &str = "com.docker.network.driver.mtu";
 pub const OPT_BRIDGE_NAME: &str = "com.docker.network.bridge.name";
 pub const OPT_DEFAULT_BRIDGE: &str = "com.docker.network.bridge.default_bridge";
+/// `--ipv6` as a driver option (docker-compose sends it so).
+pub const OPT_ENABLE_IPV6: &str = "com.docker.network.enable_ipv6";
 
 /// Default MTU of a bridge network.
 pub const DEFAULT_MTU: u32 = 1500;
@@ -37,6 +39,18 @@ pub struct Pool {
     pub ip_range: Option<Ipv4Net>,
     /// Reserved addresses (`--aux-address NAME=IP`), never allocated.
     pub aux: BTreeMap<String, Ipv4Addr>,
+}
+
+/// One IPv6 address pool of a dual-stack network (the second
+/// `IPAM.Config[]` entry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool6 {
+    pub subnet: Ipv6Net,
+    pub gateway: Ipv6Addr,
+    /// Dynamic allocation is limited to this range when set.
+    pub ip_range: Option<Ipv6Net>,
+    /// Reserved addresses, never allocated.
+    pub aux: BTreeMap<String, Ipv6Addr>,
 }
 
 /// A network.
@@ -55,6 +69,9 @@ pub struct Network {
     pub enable_ipv6: bool,
     /// IPv4 pools (zero for `host`/`none`, one for bridge networks today).
     pub pools: Vec<Pool>,
+    /// IPv6 pools: one when `enable_ipv6`, else none.
+    #[serde(default)]
+    pub pools6: Vec<Pool6>,
     pub ipam_options: BTreeMap<String, String>,
     /// Driver options as given (`-o`), or Docker's defaults for `bridge`.
     pub options: BTreeMap<String, String>,
@@ -83,7 +100,11 @@ impl Network {
             .unwrap_or(true)
     }
     pub fn mtu(&self) -> u32 {
-        self.options
+        self.mtu_of(&self.options)
+    }
+    /// The MTU that driver options `options` give.
+    pub fn mtu_of(&self, options: &BTreeMap<String, String>) -> u32 {
+        options
             .get(OPT_MTU)
             .and_then(|v| v.parse().ok())
             .filter(|m| *m > 0)
@@ -154,6 +175,11 @@ pub struct Endpoint {
     pub mac: Mac,
     pub ipv4: Option<Ipv4Net>,
     pub gateway: Option<Ipv4Addr>,
+    /// Its IPv6 address on a dual-stack network.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Net>,
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
     pub aliases: Vec<String>,
     pub links: Vec<String>,
     pub mtu: u32,
@@ -192,6 +218,9 @@ pub struct DockerEndpoint {
 pub struct NetRequest {
     pub network_id: String,
     pub ipv4: Option<Ipv4Addr>,
+    /// `--ip6`.
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     pub mac: Option<Mac>,
     pub aliases: Vec<String>,
     pub links: Vec<String>,

@@ -323,6 +323,7 @@ mod tests {
                 ip_range: None,
                 aux: BTreeMap::new(),
             }],
+            pools6: vec![],
             ipam_options: BTreeMap::new(),
             options: BTreeMap::new(),
             labels: BTreeMap::new(),

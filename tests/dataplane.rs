@@ -99,6 +99,8 @@ fn plug(
             mtu: 1500,
             addr: Some(ipnet::Ipv4Net::new(ip, subnet.prefix_len()).unwrap()),
             default_gateway: Some(gw),
+            addr6: None,
+            default_gateway6: None,
         }],
         dp.workers(),
     )
@@ -109,6 +111,7 @@ fn plug(
             network: net,
             mac: Some(mac(m)),
             ip: Some(ip),
+            ip6: None,
         },
         fds.remove(0),
     )
@@ -132,6 +135,7 @@ fn net(dp: &Dataplane, id: u32, name: &str, subnet: &str, gw: Ipv4Addr, icc: boo
             masquerade: true,
             dns: true,
             overlay: None,
+            v6: None,
         },
     )
     .expect("add network");

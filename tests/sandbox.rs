@@ -280,6 +280,8 @@ fn flow() {
             mtu: 1400,
             addr: Some("10.88.0.2/24".parse().expect("cidr")),
             default_gateway: Some(GW0),
+            addr6: None,
+            default_gateway6: None,
         },
         TapConfig {
             name: "eth1".into(),
@@ -287,6 +289,8 @@ fn flow() {
             mtu: 1500,
             addr: Some("10.89.0.2/16".parse().expect("cidr")),
             default_gateway: None,
+            addr6: None,
+            default_gateway6: None,
         },
     ];
     let fds = sandbox::create_taps(&target, &taps, 2).expect("create_taps");
@@ -647,6 +651,8 @@ fn root_enters_rootless_namespaces() {
         mtu: 1500,
         addr: Some("10.88.0.2/24".parse().expect("cidr")),
         default_gateway: Some(GW0),
+        addr6: None,
+        default_gateway6: None,
     };
     let fds = sandbox::create_taps(&target, &[tap], 1).expect("create_taps into a rootless netns");
     assert_eq!(fds.len(), 1);

@@ -150,6 +150,7 @@ fn add_net(dp: &Dataplane, n: &Net) -> Result<(), DataplaneError> {
                 vni: n.vni,
                 encrypted: n.encrypted,
             }),
+            v6: None,
         },
     )
 }
@@ -185,6 +186,8 @@ fn container(
             mtu: 1450,
             addr: Some(ipnet::Ipv4Net::new(ip, subnet.prefix_len()).unwrap()),
             default_gateway: None,
+            addr6: None,
+            default_gateway6: None,
         }],
         dp.workers(),
     )
@@ -196,6 +199,7 @@ fn container(
                 network: net.id,
                 mac: Some(mac(m)),
                 ip: Some(ip),
+                ip6: None,
             },
             fds.remove(0),
         )

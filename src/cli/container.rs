@@ -41,6 +41,9 @@ pub struct RunArgs {
     /// IPv4 address on the first network.
     #[arg(long)]
     ip: Option<String>,
+    /// IPv6 address on the first network.
+    #[arg(long)]
+    ip6: Option<String>,
     #[arg(long = "mac-address")]
     mac_address: Option<String>,
     /// Publish [IP:][HOSTPORT:]PORT[/tcp|udp].
@@ -105,6 +108,7 @@ fn parse_network(v: &str) -> anyhow::Result<Result<String, NetworkAttach>> {
         match k {
             "name" => a.network = val.to_string(),
             "ip" => a.ipv4_address = Some(val.to_string()),
+            "ip6" => a.ipv6_address = Some(val.to_string()),
             "alias" => a.aliases.push(val.to_string()),
             "mac-address" => a.mac_address = Some(val.to_string()),
             "link" => a.links.push(val.to_string()),
@@ -153,9 +157,9 @@ pub fn run(c: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
     if let (Some(m), false) = (&mode, networks.is_empty()) {
         anyhow::bail!("conflicting options: --network {m} cannot be combined with other networks");
     }
-    if a.ip.is_some() || a.mac_address.is_some() || !a.network_alias.is_empty() {
+    if a.ip.is_some() || a.ip6.is_some() || a.mac_address.is_some() || !a.network_alias.is_empty() {
         if mode.is_some() {
-            anyhow::bail!("conflicting options: --ip, --mac-address and --network-alias need a bridge network");
+            anyhow::bail!("conflicting options: --ip, --ip6, --mac-address and --network-alias need a bridge network");
         }
         if networks.is_empty() {
             networks.push(NetworkAttach {
@@ -166,6 +170,9 @@ pub fn run(c: &Client, a: RunArgs) -> anyhow::Result<ExitCode> {
         let first = &mut networks[0];
         if a.ip.is_some() {
             first.ipv4_address = a.ip.clone();
+        }
+        if a.ip6.is_some() {
+            first.ipv6_address = a.ip6.clone();
         }
         if a.mac_address.is_some() {
             first.mac_address = a.mac_address.clone();

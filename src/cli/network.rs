@@ -109,6 +109,8 @@ pub struct ConnectArgs {
     #[arg(long)]
     ip: Option<String>,
     #[arg(long)]
+    ip6: Option<String>,
+    #[arg(long)]
     link: Vec<String>,
     #[arg(long = "mac-address")]
     mac_address: Option<String>,
@@ -148,9 +150,9 @@ pub fn run(c: &Client, cmd: NetworkCmd) -> anyhow::Result<ExitCode> {
             let body = NetworkConnect {
                 container: a.container.clone(),
                 endpoint_config: Some(EndpointConfigReq {
-                    ipam_config: a.ip.clone().map(|ip| IpamAddrReq {
-                        ipv4_address: Some(ip),
-                        ipv6_address: None,
+                    ipam_config: (a.ip.is_some() || a.ip6.is_some()).then(|| IpamAddrReq {
+                        ipv4_address: a.ip.clone(),
+                        ipv6_address: a.ip6.clone(),
                     }),
                     aliases: Some(a.alias.clone()),
                     links: Some(links),
@@ -261,11 +263,6 @@ fn ls(c: &Client, a: LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn create(c: &Client, a: CreateArgs) -> anyhow::Result<ExitCode> {
-    if a.subnet.len() > 1 || a.gateway.len() > 1 || a.ip_range.len() > 1 {
-        anyhow::bail!(
-            "only one --subnet (with one --gateway and --ip-range) per network is supported"
-        );
-    }
     if a.subnet.is_empty()
         && !(a.gateway.is_empty() && a.ip_range.is_empty() && a.aux_address.is_empty())
     {
@@ -298,16 +295,7 @@ fn create(c: &Client, a: CreateArgs) -> anyhow::Result<ExitCode> {
         let (k, v) = key_value(o, "--ipam-opt")?;
         ipam_opts.insert(k, v);
     }
-    let config = if a.subnet.is_empty() {
-        vec![]
-    } else {
-        vec![IpamConfigReq {
-            subnet: a.subnet.first().cloned(),
-            ip_range: a.ip_range.first().cloned(),
-            gateway: a.gateway.first().cloned(),
-            auxiliary_addresses: (!aux.is_empty()).then_some(aux),
-        }]
-    };
+    let config = ipam_configs(&a.subnet, &a.gateway, &a.ip_range, aux)?;
     let body = NetworkCreate {
         name: a.name.clone(),
         check_duplicate: Some(true),
@@ -331,4 +319,81 @@ fn create(c: &Client, a: CreateArgs) -> anyhow::Result<ExitCode> {
     }
     println!("{}", r.id);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Docker's CLI rule for `--subnet`, `--gateway`, `--ip-range` and
+/// `--aux-address` given several times (dual-stack): each of the others
+/// belongs to the subnet that contains it; two subnets may not overlap
+/// and a subnet has at most one gateway and one range.
+fn ipam_configs(
+    subnets: &[String],
+    gateways: &[String],
+    ranges: &[String],
+    aux: BTreeMap<String, String>,
+) -> anyhow::Result<Vec<IpamConfigReq>> {
+    use anyhow::bail;
+    if subnets.is_empty() {
+        if !gateways.is_empty() || !ranges.is_empty() || !aux.is_empty() {
+            bail!("--gateway, --ip-range and --aux-address need --subnet");
+        }
+        return Ok(vec![]);
+    }
+    let parsed: Vec<Option<ipnet::IpNet>> = subnets.iter().map(|s| s.parse().ok()).collect();
+    // With one subnet, a malformed value goes with it (the daemon then
+    // says why).
+    let single = subnets.len() == 1;
+    let owner = |value: &str, what: &str| -> anyhow::Result<usize> {
+        let ip: Option<std::net::IpAddr> =
+            value.split_once('/').map_or(value, |(a, _)| a).parse().ok();
+        match ip {
+            Some(ip) => {
+                if let Some(i) = parsed
+                    .iter()
+                    .position(|n| n.is_some_and(|n| n.contains(&ip)))
+                {
+                    return Ok(i);
+                }
+            }
+            None if single => return Ok(0),
+            None => {}
+        }
+        bail!("no matching subnet for {what} {value}")
+    };
+    for (i, a) in parsed.iter().enumerate() {
+        for b in parsed.iter().skip(i + 1) {
+            if let (Some(a), Some(b)) = (a, b) {
+                if a.contains(&b.network()) || b.contains(&a.network()) {
+                    bail!("multiple overlapping subnet configuration is not supported");
+                }
+            }
+        }
+    }
+    let mut out: Vec<IpamConfigReq> = subnets
+        .iter()
+        .map(|s| IpamConfigReq {
+            subnet: Some(s.clone()),
+            ..Default::default()
+        })
+        .collect();
+    for g in gateways {
+        let c = &mut out[owner(g, "gateway")?];
+        if c.gateway.is_some() {
+            bail!("cannot configure multiple gateways for the same subnet");
+        }
+        c.gateway = Some(g.clone());
+    }
+    for r in ranges {
+        let c = &mut out[owner(r, "ip-range")?];
+        if c.ip_range.is_some() {
+            bail!("cannot configure multiple ranges on the same subnet");
+        }
+        c.ip_range = Some(r.clone());
+    }
+    for (name, value) in aux {
+        let c = &mut out[owner(&value, "auxiliary address")?];
+        c.auxiliary_addresses
+            .get_or_insert_with(BTreeMap::new)
+            .insert(name, value);
+    }
+    Ok(out)
 }

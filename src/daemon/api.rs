@@ -78,7 +78,12 @@ fn driver_status(e: &DriverError) -> StatusCode {
         | DriverError::DockerRequest(_)
         | DriverError::Reserved(_)
         | DriverError::IpamDriver(_)
-        | DriverError::Ipv6
+        | DriverError::Ipv6(_)
+        | DriverError::Ipv6NotEnabled(_)
+        | DriverError::OneSubnet6
+        | DriverError::Ipv6Mtu(_)
+        | DriverError::Ipam6(_)
+        | DriverError::Overlap6 { .. }
         | DriverError::OneSubnet
         | DriverError::Ingress
         | DriverError::Ipam(_)
@@ -120,10 +125,14 @@ fn endpoint_status(e: &EndpointError) -> StatusCode {
         EndpointError::Cluster(c) => cluster_status(c),
         EndpointError::NotAttachable(_) => StatusCode::FORBIDDEN,
         EndpointError::AddrInUse { .. }
+        | EndpointError::Addr6InUse { .. }
         | EndpointError::GatewayMac { .. }
         | EndpointError::MacInUse { .. } => StatusCode::CONFLICT,
         EndpointError::NoPool(_)
         | EndpointError::Ipam { .. }
+        | EndpointError::Ipam6 { .. }
+        | EndpointError::NoIpv6(_)
+        | EndpointError::BadAddress6(_)
         | EndpointError::BadAddress(_)
         | EndpointError::BadMac(_)
         | EndpointError::BadAlias(_)

@@ -97,6 +97,7 @@ impl Core {
                 ingress: false,
                 enable_ipv6: false,
                 pools: vec![],
+                pools6: vec![],
                 ipam_options: BTreeMap::new(),
                 options: BTreeMap::new(),
                 labels: BTreeMap::new(),
@@ -217,8 +218,16 @@ impl Core {
             internal: req.internal,
             attachable: req.attachable.unwrap_or(false),
             ingress: false,
-            enable_ipv6: req.enable_ipv6.unwrap_or(false),
+            // Compose sends the option as well as (or instead of) the field.
+            enable_ipv6: req.enable_ipv6.unwrap_or(false)
+                || req
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get(crate::model::OPT_ENABLE_IPV6))
+                    .and_then(|v| crate::model::parse_bool(v))
+                    .unwrap_or(false),
             pools: vec![],
+            pools6: vec![],
             ipam_options: BTreeMap::new(),
             options: BTreeMap::new(),
             labels: req.labels.clone().unwrap_or_default(),
@@ -249,11 +258,7 @@ impl Core {
             undo_global(self, &network);
             return Err(e.into());
         }
-        let warning = if network.enable_ipv6 {
-            "IPv6 is not supported yet: the network is IPv4 only".to_string()
-        } else {
-            String::new()
-        };
+        let warning = String::new();
         Ok(NetworkCreateResponse {
             id: network.id,
             warning,
@@ -627,7 +632,7 @@ pub fn network_view(st: &State, n: &Network, with_containers: bool) -> NetworkVi
                     endpoint_id: e.id.clone(),
                     mac_address: e.mac.to_string(),
                     ipv4_address: e.ipv4.map(|a| a.to_string()).unwrap_or_default(),
-                    ipv6_address: String::new(),
+                    ipv6_address: e.ipv6.map(|a| a.to_string()).unwrap_or_default(),
                 },
             );
         }
@@ -660,6 +665,17 @@ pub fn network_view(st: &State, n: &Network, with_containers: bool) -> NetworkVi
                         )
                     },
                 })
+                .chain(n.pools6.iter().map(|p| IpamConfigView {
+                    subnet: p.subnet.to_string(),
+                    ip_range: p.ip_range.map(|r| r.to_string()),
+                    gateway: p.gateway.to_string(),
+                    auxiliary_addresses: (!p.aux.is_empty()).then(|| {
+                        p.aux
+                            .iter()
+                            .map(|(k, v)| (k.clone(), v.to_string()))
+                            .collect()
+                    }),
+                }))
                 .collect(),
         },
         internal: n.internal,

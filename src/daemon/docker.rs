@@ -262,6 +262,7 @@ impl Core {
         let req = NetRequest {
             network_id: n.id.clone(),
             ipv4: Some(ip),
+            ipv6: None,
             mac: given_mac.or(derived_free.then_some(derived)),
             aliases: vec![],
             links: vec![],

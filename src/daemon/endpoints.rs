@@ -14,7 +14,9 @@
 //! persistent) and adds their ports.
 
 use std::collections::BTreeSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::Ipv6Net;
 use std::os::fd::OwnedFd;
 
 use super::core::{find_network, Core};
@@ -67,12 +69,22 @@ pub fn request(st: &State, a: &NetworkAttach) -> Result<NetRequest, EndpointErro
                 .map_err(|_| EndpointError::BadAddress(s.to_string()))?,
         ),
     };
+    let ipv6 = match a.ipv6_address.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(
+            s.parse::<Ipv6Addr>()
+                .map_err(|_| EndpointError::BadAddress6(s.to_string()))?,
+        ),
+    };
+    if ipv6.is_some() && n.pools6.is_empty() {
+        return Err(EndpointError::NoIpv6(n.name.clone()));
+    }
     let mac = match a.mac_address.as_deref().filter(|s| !s.is_empty()) {
         None => None,
         Some(s) => Some(s.parse::<Mac>().map_err(EndpointError::BadMac)?),
     };
     if n.is_default_bridge() {
-        if ipv4.is_some() {
+        if ipv4.is_some() || ipv6.is_some() {
             return Err(EndpointError::IpOnDefaultBridge);
         }
         if !a.aliases.is_empty() {
@@ -94,6 +106,7 @@ pub fn request(st: &State, a: &NetworkAttach) -> Result<NetRequest, EndpointErro
     Ok(NetRequest {
         network_id: n.id.clone(),
         ipv4,
+        ipv6,
         mac,
         aliases: a.aliases.clone(),
         links: a.links.clone(),
@@ -164,6 +177,36 @@ pub fn allocate_as(
             source,
         },
     })?;
+    let ipv6 = match n.pools6.first() {
+        None => None,
+        Some(p6) => {
+            let used: BTreeSet<Ipv6Addr> = st
+                .network_endpoints(&n.id)
+                .filter_map(|e| e.ipv6.map(|a| a.addr()))
+                .collect();
+            let a = ipam::allocate6(p6, &used, req.ipv6).map_err(|e| match e {
+                ipam::Ipam6Error::AddrInUse(addr) => EndpointError::Addr6InUse {
+                    addr,
+                    network: n.name.clone(),
+                    owner: st
+                        .network_endpoints(&n.id)
+                        .find(|e| e.ipv6.map(|a| a.addr()) == Some(addr))
+                        .and_then(|ep| ep.owner.container())
+                        .and_then(|c| st.containers.get(c))
+                        .map(|c| format!(" by container {}", c.name))
+                        .unwrap_or_default(),
+                },
+                source => EndpointError::Ipam6 {
+                    network: n.name.clone(),
+                    source,
+                },
+            })?;
+            Some((
+                Ipv6Net::new(a, p6.subnet.prefix_len()).expect("prefix of a pool"),
+                p6.gateway,
+            ))
+        }
+    };
     // The gateway's MAC is the switch's own on this network: a container
     // claiming it would be unreachable (and would shadow the gateway).
     let gateway_mac = Mac(tapnet_switch::topology::gateway_mac(pool.gateway).0);
@@ -202,6 +245,8 @@ pub fn allocate_as(
         mac,
         ipv4: Some(ipnet::Ipv4Net::new(ip, pool.subnet.prefix_len()).expect("prefix of a pool")),
         gateway: Some(pool.gateway),
+        ipv6: ipv6.map(|(a, _)| a),
+        gateway6: ipv6.map(|(_, g)| g),
         aliases: req.aliases.clone(),
         links: req.links.clone(),
         mtu: n.mtu(),
@@ -226,10 +271,12 @@ pub fn release(st: &mut State, ep_id: &str) {
 }
 
 /// The TAP configurations of `eps`: the first endpoint on a network whose
-/// gateway holds a default route gets it, unless the namespace has one.
+/// gateway holds a default route gets it, unless the namespace has one;
+/// likewise the first with an IPv6 address gets the IPv6 default route.
 /// An external runtime's TAP gets neither address nor route: the runtime
 /// configures it where it moves it.
 fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapConfig> {
+    let mut has_default6 = has_default;
     eps.iter()
         .map(|e| {
             if let Owner::External { .. } = e.owner {
@@ -239,6 +286,8 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
                     mtu: e.mtu,
                     addr: None,
                     default_gateway: None,
+                    addr6: None,
+                    default_gateway6: None,
                 };
             }
             let route = st
@@ -251,12 +300,20 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
             } else {
                 None
             };
+            let default_gateway6 = if !has_default6 && route && e.ipv6.is_some() {
+                has_default6 = true;
+                e.gateway6
+            } else {
+                None
+            };
             TapConfig {
                 name: e.ifname.clone(),
                 mac: e.mac.0,
                 mtu: e.mtu,
                 addr: Some(e.ipv4.unwrap_or_default()),
                 default_gateway,
+                addr6: e.ipv6,
+                default_gateway6,
             }
         })
         .collect()
@@ -347,6 +404,7 @@ impl Core {
                 network: net,
                 mac: Some(e.mac.0),
                 ip: e.ipv4.map(|a| a.addr()),
+                ip6: e.ipv6.map(|a| a.addr()),
             };
             let r = drivers::of(n)
                 .join(&self.dp, spec, queues)
@@ -438,6 +496,7 @@ impl Core {
                     hostname: Some(names.hostname.clone()),
                     aliases: e.aliases.clone(),
                     ipv4: ip,
+                    ipv6: e.ipv6.map(|a| a.addr()),
                     links,
                     upstreams: names
                         .upstreams

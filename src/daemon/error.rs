@@ -88,8 +88,23 @@ pub enum EndpointError {
     },
     /// network {network}: {source}
     Ipam { network: String, source: IpamError },
+    /// network {network}: {source}
+    Ipam6 {
+        network: String,
+        source: crate::ipam::Ipam6Error,
+    },
+    /// address {addr} is already in use on network {network}{owner}
+    Addr6InUse {
+        addr: std::net::Ipv6Addr,
+        network: String,
+        owner: String,
+    },
+    /// network {0} has no IPv6 subnet: --ip6 needs a network created with --ipv6
+    NoIpv6(String),
     /// invalid IPv4 address: {0}
     BadAddress(String),
+    /// invalid IPv6 address: {0}
+    BadAddress6(String),
     /// {0}
     BadMac(String),
     /// {0}

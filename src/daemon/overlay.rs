@@ -509,6 +509,7 @@ impl Core {
             hostname: Some(e.hostname.clone()),
             aliases: e.aliases.clone(),
             ipv4: Some(e.ipv4),
+            ipv6: None,
             links: vec![],
             upstreams: vec![],
         };
@@ -613,6 +614,7 @@ pub fn gwbridge_request(st: &State) -> Option<NetRequest> {
     gwbridge_of(st).map(|n| NetRequest {
         network_id: n.id.clone(),
         ipv4: None,
+        ipv6: None,
         mac: None,
         aliases: vec![],
         links: vec![],

@@ -175,6 +175,8 @@ pub struct NetworkAttach {
     pub network: String,
     #[serde(rename = "IPv4Address")]
     pub ipv4_address: Option<String>,
+    #[serde(rename = "IPv6Address")]
+    pub ipv6_address: Option<String>,
     pub mac_address: Option<String>,
     pub aliases: Vec<String>,
     pub links: Vec<String>,
@@ -312,8 +314,18 @@ pub struct PortBindingView {
 /// `IPAMConfig` of an endpoint (the address asked for).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct IpamAddrView {
-    #[serde(rename = "IPv4Address")]
+    #[serde(
+        rename = "IPv4Address",
+        skip_serializing_if = "String::is_empty",
+        default
+    )]
     pub ipv4_address: String,
+    #[serde(
+        rename = "IPv6Address",
+        skip_serializing_if = "String::is_empty",
+        default
+    )]
+    pub ipv6_address: String,
 }
 
 /// Docker's EndpointSettings of `NetworkSettings.Networks`.

@@ -387,6 +387,11 @@ impl Dataplane {
             vni: o.vni,
             encrypted: o.encrypted,
         });
+        c.v6 = spec.v6.map(|(subnet, gateway)| tapnet_switch::Ipv6Config {
+            subnet: subnet.network(),
+            prefix_len: subnet.prefix_len(),
+            gateway,
+        });
         c
     }
 
@@ -489,7 +494,7 @@ impl Dataplane {
             network: net,
             mac: spec.mac.map(EthernetAddress),
             ip: spec.ip,
-            ip6: None,
+            ip6: spec.ip6,
             max_macs: None,
             tunnel: None,
         };

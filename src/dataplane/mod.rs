@@ -110,6 +110,8 @@ pub struct NetworkSpec {
     /// Tunnelled to the other hosts (an overlay network); None for a
     /// host-local network.
     pub overlay: Option<OverlaySpec>,
+    /// The IPv6 subnet and gateway of a dual-stack network.
+    pub v6: Option<(ipnet::Ipv6Net, std::net::Ipv6Addr)>,
 }
 
 /// An overlay network's tunnel: its VXLAN id, and whether only ESP may
@@ -200,6 +202,7 @@ pub struct DnsEndpoint {
     /// `--network-alias` / `network connect --alias`.
     pub aliases: Vec<String>,
     pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<std::net::Ipv6Addr>,
     /// Legacy links `(container, alias)`, resolved only by this container.
     pub links: Vec<(String, String)>,
     /// The container's `--dns` servers (forwarding targets), if any.
@@ -348,6 +351,8 @@ pub struct PortSpec {
     /// Assigned MAC; with `ip`, the port is spoof-checked.
     pub mac: Option<[u8; 6]>,
     pub ip: Option<Ipv4Addr>,
+    /// Assigned IPv6 address (dual-stack networks).
+    pub ip6: Option<std::net::Ipv6Addr>,
 }
 
 /// A bound host socket of a published port.

@@ -46,8 +46,12 @@ impl NetworkDriver for Bridge {
         mut n: Network,
     ) -> Result<Network, DriverError> {
         let (pool, ipam_options) = pool_of(st, req, ipam::default_subnets())?;
+        let pool6 = pool6_of(st, req, n.enable_ipv6, &n.id)?;
         let options = req.options.clone().unwrap_or_default();
         validate_options(&options)?;
+        if pool6.is_some() && n.mtu_of(&options) < 1280 {
+            return Err(DriverError::Ipv6Mtu(n.mtu_of(&options)));
+        }
         if let Some(b) = options.get(OPT_BRIDGE_NAME) {
             if let Some(other) = st
                 .networks
@@ -61,6 +65,7 @@ impl NetworkDriver for Bridge {
             }
         }
         n.pools = vec![pool];
+        n.pools6 = pool6.into_iter().collect();
         n.ipam_options = ipam_options;
         n.options = options;
         Ok(n)
@@ -131,6 +136,7 @@ fn add_switched(
             masquerade: n.masquerade(),
             dns,
             overlay,
+            v6: n.pools6.first().map(|p| (p.subnet, p.gateway)),
         },
     )
 }
@@ -153,12 +159,7 @@ pub(super) fn pool_of(
         }
     }
     let mut configs: Vec<IpamConfigReq> = ipam_req.config.clone().unwrap_or_default();
-    if configs
-        .iter()
-        .any(|c| c.subnet.as_deref().unwrap_or("").contains(':'))
-    {
-        return Err(DriverError::Ipv6);
-    }
+    configs.retain(|c| !is_ipv6_config(c));
     if configs.len() > 1 {
         return Err(DriverError::OneSubnet);
     }
@@ -180,6 +181,73 @@ pub(super) fn pool_of(
     )?;
     check_overlap(st, pool.subnet)?;
     Ok((pool, ipam_req.options.clone().unwrap_or_default()))
+}
+
+/// Whether an `IPAM.Config` entry is an IPv6 one (by its subnet).
+fn is_ipv6_config(c: &IpamConfigReq) -> bool {
+    c.subnet.as_deref().unwrap_or("").contains(':')
+}
+
+/// The IPv6 entries of a request's `IPAM.Config`.
+pub(super) fn ipv6_configs(req: &NetworkCreate) -> impl Iterator<Item = &IpamConfigReq> {
+    req.ipam
+        .iter()
+        .flat_map(|i| i.config.iter().flatten())
+        .filter(|c| is_ipv6_config(c))
+}
+
+/// The IPv6 pool of `network create`: none without `--ipv6` (an IPv6
+/// subnet without it is refused), else the subnet asked for or a
+/// unique-local /64 (see [`ipam::make_pool6`]), checked against every
+/// network's.
+pub(super) fn pool6_of(
+    st: &State,
+    req: &NetworkCreate,
+    enable: bool,
+    seed: &str,
+) -> Result<Option<Pool6>, DriverError> {
+    let configs: Vec<&IpamConfigReq> = ipv6_configs(req).collect();
+    if !enable {
+        return match configs.first() {
+            Some(c) => Err(DriverError::Ipv6NotEnabled(
+                c.subnet.clone().unwrap_or_default(),
+            )),
+            None => Ok(None),
+        };
+    }
+    if configs.len() > 1 {
+        return Err(DriverError::OneSubnet6);
+    }
+    let c = configs.first().map(|c| (*c).clone()).unwrap_or_default();
+    let used: Vec<ipnet::Ipv6Net> = st
+        .networks
+        .values()
+        .flat_map(|n| n.pools6.iter().map(|p| p.subnet))
+        .collect();
+    let pool = ipam::make_pool6(
+        &PoolRequest {
+            subnet: c.subnet.clone(),
+            ip_range: c.ip_range.clone(),
+            gateway: c.gateway.clone(),
+            aux: c.auxiliary_addresses.clone().unwrap_or_default(),
+        },
+        &used,
+        seed,
+    )?;
+    for n in st.networks.values() {
+        if let Some(p) = n
+            .pools6
+            .iter()
+            .find(|p| ipam::overlaps6(&p.subnet, &pool.subnet))
+        {
+            return Err(DriverError::Overlap6 {
+                subnet: pool.subnet,
+                other: n.name.clone(),
+                theirs: p.subnet,
+            });
+        }
+    }
+    Ok(Some(pool))
 }
 
 /// An overlay network's local part in the dataplane: switched like a

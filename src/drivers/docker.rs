@@ -66,7 +66,7 @@ impl Docker {
         }
         let flag = |k: &str| options.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
         if flag("com.docker.network.enable_ipv6") || !ipv6.is_empty() {
-            return Err(DriverError::Ipv6);
+            return Err(DriverError::Ipv6("tapnet's Docker-driver"));
         }
         let mut generic = Map::new();
         if let Some(g) = options.get("com.docker.network.generic") {
@@ -138,6 +138,7 @@ impl Docker {
                 ip_range: None,
                 aux,
             }],
+            pools6: vec![],
             ipam_options: BTreeMap::new(),
             options: generic,
             labels: [("com.docker.network.id".to_string(), network_id.to_string())].into(),

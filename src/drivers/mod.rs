@@ -164,10 +164,24 @@ pub enum DriverError {
     BridgeNameInUse { name: String, other: String },
     /// IPAM driver {0} is not supported (only "default")
     IpamDriver(String),
-    /// IPv6 subnets are not supported yet
-    Ipv6,
+    /// IPv6 is not supported on {0} networks yet
+    Ipv6(&'static str),
+    /// IPv6 subnet {0} given, but IPv6 is not enabled on the network: add --ipv6
+    Ipv6NotEnabled(String),
     /// only one IPv4 subnet per network is supported
     OneSubnet,
+    /// only one IPv6 subnet per network is supported
+    OneSubnet6,
+    /// the MTU of a network with IPv6 must be at least 1280 (IPv6's minimum link MTU), not {0}
+    Ipv6Mtu(u32),
+    /// {0}
+    Ipam6(#[from] crate::ipam::Ipam6Error),
+    /// subnet {subnet} overlaps with network "{other}" ({theirs})
+    Overlap6 {
+        subnet: ipnet::Ipv6Net,
+        other: String,
+        theirs: ipnet::Ipv6Net,
+    },
     /// ingress networks are not supported
     Ingress,
     /// {0}

@@ -75,6 +75,9 @@ impl NetworkDriver for Overlay {
         req: &NetworkCreate,
         mut n: Network,
     ) -> Result<Network, DriverError> {
+        if n.enable_ipv6 || bridge::ipv6_configs(req).next().is_some() {
+            return Err(DriverError::Ipv6("overlay"));
+        }
         let (pool, ipam_options) = bridge::pool_of(st, req, ipam::overlay_default_subnets())?;
         let mut options: Map = req.options.clone().unwrap_or_default();
         for (k, v) in &options {

@@ -60,6 +60,10 @@ struct WireTap {
     /// Address and prefix; none: no address and the link left down.
     addr: Option<(Ipv4Addr, u8)>,
     gateway: Option<Ipv4Addr>,
+    #[serde(default)]
+    addr6: Option<(std::net::Ipv6Addr, u8)>,
+    #[serde(default)]
+    gateway6: Option<std::net::Ipv6Addr>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -120,6 +124,8 @@ pub(super) fn create(
             mtu: t.mtu,
             addr: t.addr.map(|a| (a.addr(), a.prefix_len())),
             gateway: t.default_gateway,
+            addr6: t.addr6.map(|a| (a.addr(), a.prefix_len())),
+            gateway6: t.default_gateway6,
         })
         .collect();
     run(Request {
@@ -499,9 +505,15 @@ fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::N
         return Ok(());
     };
     nl.add_addr_v4(index, addr, prefix)?;
+    if let Some((addr6, prefix6)) = t.addr6 {
+        nl.add_addr_v6(index, addr6, prefix6)?;
+    }
     nl.set_link(index, None, None, Some(true))?;
     if let Some(gw) = t.gateway {
         nl.add_default_route_v4(index, gw)?;
+    }
+    if let (Some(gw6), Some(_)) = (t.gateway6, t.addr6) {
+        nl.add_default_route_v6(index, gw6)?;
     }
     Ok(())
 }

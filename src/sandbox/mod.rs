@@ -81,6 +81,10 @@ pub struct TapConfig {
     pub addr: Option<ipnet::Ipv4Net>,
     /// When set, a default route via this gateway is added.
     pub default_gateway: Option<Ipv4Addr>,
+    /// IPv6 address and prefix length (dual-stack networks; with `addr`).
+    pub addr6: Option<ipnet::Ipv6Net>,
+    /// When set, an IPv6 default route via this gateway is added.
+    pub default_gateway6: Option<std::net::Ipv6Addr>,
 }
 
 /// How the sandbox's network namespace is obtained.

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockProtocol, SockType};
@@ -35,6 +35,8 @@ const IFLA_TXQLEN: u16 = 13;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
+/// `ifa_flags`: no duplicate address detection.
+const IFA_F_NODAD: u8 = 0x02;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
 
@@ -162,6 +164,57 @@ impl Netlink {
             attr(&mut body, IFA_BROADCAST, &brd.octets());
         }
         self.request(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, &body, "add address")
+    }
+
+    /// Adds `addr/prefix` to link `index` without duplicate address
+    /// detection (`IFA_F_NODAD`: the address is usable at once; the
+    /// daemon's IPAM already made it unique on the network).
+    pub fn add_addr_v6(
+        &mut self,
+        index: u32,
+        addr: Ipv6Addr,
+        prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        let mut body = Vec::with_capacity(48);
+        body.push(libc::AF_INET6 as u8);
+        body.push(prefix);
+        body.push(IFA_F_NODAD);
+        body.push(RT_SCOPE_UNIVERSE);
+        body.extend_from_slice(&index.to_ne_bytes());
+        attr(&mut body, IFA_ADDRESS, &addr.octets());
+        self.request(
+            RTM_NEWADDR,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &body,
+            "add IPv6 address",
+        )
+    }
+
+    /// Adds an IPv6 default route via `gateway` out of link `index`.
+    pub fn add_default_route_v6(
+        &mut self,
+        index: u32,
+        gateway: Ipv6Addr,
+    ) -> Result<(), NetlinkError> {
+        let mut body = vec![
+            libc::AF_INET6 as u8,
+            0, // dst_len: default route
+            0, // src_len
+            0, // tos
+            RT_TABLE_MAIN,
+            RTPROT_BOOT,
+            RT_SCOPE_UNIVERSE,
+            RTN_UNICAST,
+        ];
+        body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        attr(&mut body, RTA_GATEWAY, &gateway.octets());
+        attr(&mut body, RTA_OIF, &index.to_ne_bytes());
+        self.request(
+            RTM_NEWROUTE,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &body,
+            "add IPv6 default route",
+        )
     }
 
     /// Adds a default route via `gateway` out of link `index`.

@@ -33,7 +33,8 @@ impl Core {
         let ec = req.endpoint_config.clone().unwrap_or_default();
         let attach = NetworkAttach {
             network: n.id.clone(),
-            ipv4_address: ec.ipam_config.and_then(|i| i.ipv4_address),
+            ipv4_address: ec.ipam_config.as_ref().and_then(|i| i.ipv4_address.clone()),
+            ipv6_address: ec.ipam_config.and_then(|i| i.ipv6_address),
             mac_address: ec.mac_address,
             aliases: ec.aliases.unwrap_or_default(),
             links: ec.links.unwrap_or_default(),

@@ -68,18 +68,25 @@ pub(super) fn write(st: &State, root: &Path, c: &Container) -> std::io::Result<(
     for l in &c.links {
         let (target, alias) = l.split_once(':').unwrap_or((l.as_str(), l.as_str()));
         if let Ok(t) = find_container(st, target) {
-            if let Some(ip) = endpoints_of(st, t).into_iter().find_map(|e| e.ipv4) {
-                let mut names = vec![alias.to_string()];
-                if alias != t.name {
-                    names.push(t.name.clone());
-                }
-                names.push(t.short_id().to_string());
+            let eps = endpoints_of(st, t);
+            let mut names = vec![alias.to_string()];
+            if alias != t.name {
+                names.push(t.name.clone());
+            }
+            names.push(t.short_id().to_string());
+            if let Some(ip) = eps.iter().find_map(|e| e.ipv4) {
+                hosts.push_str(&format!("{}\t{}\n", ip.addr(), names.join(" ")));
+            }
+            if let Some(ip) = eps.iter().find_map(|e| e.ipv6) {
                 hosts.push_str(&format!("{}\t{}\n", ip.addr(), names.join(" ")));
             }
         }
     }
     for e in endpoints_of(st, c) {
         if let Some(ip) = e.ipv4 {
+            hosts.push_str(&format!("{}\t{}\n", ip.addr(), c.hostname));
+        }
+        if let Some(ip) = e.ipv6 {
             hosts.push_str(&format!("{}\t{}\n", ip.addr(), c.hostname));
         }
     }

@@ -61,8 +61,9 @@ fn networks_view(st: &State, c: &Container) -> BTreeMap<String, EndpointSettings
         m.insert(
             name,
             EndpointSettings {
-                ipam_config: r.ipv4.map(|ip| IpamAddrView {
-                    ipv4_address: ip.to_string(),
+                ipam_config: (r.ipv4.is_some() || r.ipv6.is_some()).then(|| IpamAddrView {
+                    ipv4_address: r.ipv4.map(|a| a.to_string()).unwrap_or_default(),
+                    ipv6_address: r.ipv6.map(|a| a.to_string()).unwrap_or_default(),
                 }),
                 links: opt_list(&r.links),
                 aliases: opt_list(&r.aliases),
@@ -78,9 +79,18 @@ fn networks_view(st: &State, c: &Container) -> BTreeMap<String, EndpointSettings
                     .map(|a| a.addr().to_string())
                     .unwrap_or_default(),
                 ip_prefix_len: ep.and_then(|e| e.ipv4).map(|a| a.prefix_len()).unwrap_or(0),
-                ipv6_gateway: String::new(),
-                global_ipv6_address: String::new(),
-                global_ipv6_prefix_len: 0,
+                ipv6_gateway: ep
+                    .and_then(|e| e.gateway6)
+                    .map(|g| g.to_string())
+                    .unwrap_or_default(),
+                global_ipv6_address: ep
+                    .and_then(|e| e.ipv6)
+                    .map(|a| a.addr().to_string())
+                    .unwrap_or_default(),
+                global_ipv6_prefix_len: ep
+                    .and_then(|e| e.ipv6)
+                    .map(|a| a.prefix_len())
+                    .unwrap_or(0),
                 dns_names,
                 interface_name: ep.map(|e| e.ifname.clone()).unwrap_or_default(),
             },
