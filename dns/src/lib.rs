@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod hook;
+pub mod ip;
 pub mod registry;
 pub mod responder;
 pub mod rng;

@@ -1,15 +1,19 @@
 //! The sans-IO responder: query bytes in, answer bytes out, into a caller
-//! buffer, for a querier identified by its network and IPv4 address.
+//! buffer, for a querier identified by its network and IPv4 or IPv6
+//! address.
 //!
 //! Contract:
 //! - Never panics, whatever the bytes; work is bounded by the query length
 //!   plus the number of addresses of the name asked for.
 //! - No allocation, no lock: the caller passes the [`Snapshot`] (loaded
 //!   once per query or per batch), the RNG and the output buffer.
-//! - Answers (Docker's embedded DNS rules): A → every address of the name,
-//!   in a new random order per query; AAAA and other types of a known name
-//!   → NOERROR with no answer; PTR of a container address →
-//!   `name.network.`; a name the querier cannot see → [`Outcome::Forward`],
+//! - Answers (Docker's embedded DNS rules): A → every IPv4 address of the
+//!   name, AAAA → every IPv6 address, each in a new random order per query;
+//!   A or AAAA of a local name without an address of that family, and other
+//!   types of a local name → NOERROR with no answer (NODATA, not forwarded);
+//!   PTR of a container address (`in-addr.arpa`, or nibble-form
+//!   `ip6.arpa`) → `name.network.`; a name the querier cannot see →
+//!   [`Outcome::Forward`],
 //!   or REFUSED when every network of the querier is `--internal` (REFUSED
 //!   rather than SERVFAIL: it says at once "this server will not recurse
 //!   for you" and resolvers move on without retrying or marking the server
@@ -22,9 +26,10 @@
 //!   opcodes other than QUERY → NOTIMP; shorter messages and responses
 //!   (QR set) → [`Outcome::Drop`].
 
+use crate::registry::Lookup;
 use crate::registry::{Resolved, Snapshot};
 use crate::wire::{self, flags, rcode, rtype, ParseError, Query, HEADER_LEN, MAX_NAME_LEN};
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use rand_core::RngCore;
 use tapnet_switch::NetworkId;
 
@@ -57,7 +62,7 @@ pub enum Transport {
 /// What kind of answer was written (for counters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Answered {
-    /// Records for a local name (A or PTR).
+    /// Records for a local name (A, AAAA or PTR).
     Records,
     /// NOERROR without records: a local name, another type.
     NoData,
@@ -122,7 +127,7 @@ impl Responder {
         &self,
         snap: &Snapshot,
         network: NetworkId,
-        querier: Ipv4Addr,
+        querier: impl Into<IpAddr>,
         query: &[u8],
         transport: Transport,
         rng: &mut R,
@@ -173,14 +178,28 @@ impl Responder {
         let local = match key {
             Some(k) if class_ok => {
                 let ptr = match q.qtype {
-                    rtype::PTR => wire::parse_reverse_v4(k).and_then(|a| who.reverse(a)),
+                    rtype::PTR => match wire::parse_reverse_v4(k) {
+                        Some(a) => who.reverse(a),
+                        None => wire::parse_reverse_v6(k).and_then(|a| who.reverse6(a)),
+                    },
                     _ => None,
                 };
-                match (ptr, who.resolve(k)) {
+                match (ptr, q.qtype) {
                     (Some(name), _) => Some(Records::Ptr(name)),
-                    (None, Resolved::Addrs(a)) if q.qtype == rtype::A => Some(Records::A(a)),
-                    (None, Resolved::Addrs(_)) => Some(Records::None),
-                    (None, Resolved::NotLocal) => None,
+                    (None, rtype::A) => match who.lookup::<Ipv4Addr>(k) {
+                        Lookup::Addrs(a) => Some(Records::A(a)),
+                        Lookup::NoData => Some(Records::None),
+                        Lookup::NotLocal => None,
+                    },
+                    (None, rtype::AAAA) => match who.lookup::<Ipv6Addr>(k) {
+                        Lookup::Addrs(a) => Some(Records::Aaaa(a)),
+                        Lookup::NoData => Some(Records::None),
+                        Lookup::NotLocal => None,
+                    },
+                    (None, _) => match who.resolve(k) {
+                        Resolved::Addrs(_) => Some(Records::None),
+                        Resolved::NotLocal => None,
+                    },
                 }
             }
             _ => None,
@@ -206,8 +225,14 @@ impl Responder {
         }
         match b.emit(out, 0, true, false, records) {
             Some(len) => {
-                if let Records::A(a) = records {
-                    shuffle_a(&mut out[b.answers_at()..], a.len(), rng);
+                match records {
+                    Records::A(a) => {
+                        shuffle_rdata::<4, R>(&mut out[b.answers_at()..], a.len(), rng)
+                    }
+                    Records::Aaaa(a) => {
+                        shuffle_rdata::<16, R>(&mut out[b.answers_at()..], a.len(), rng)
+                    }
+                    _ => {}
                 }
                 Outcome::Answer { len, kind }
             }
@@ -224,7 +249,7 @@ impl Responder {
         &self,
         snap: &Snapshot,
         network: NetworkId,
-        querier: Ipv4Addr,
+        querier: impl Into<IpAddr>,
         framed: &[u8],
         rng: &mut R,
         out: &mut [u8],
@@ -246,17 +271,19 @@ impl Responder {
     }
 }
 
-/// Shuffles the addresses of `n` A records written at `recs` (16 bytes
-/// each, address last): only the RDATA differs between them.
-fn shuffle_a<R: RngCore>(recs: &mut [u8], n: usize, rng: &mut R) {
+/// Shuffles the addresses of `n` A (`L` = 4) or AAAA (`L` = 16) records
+/// written at `recs` (12 + `L` bytes each, address last): only the RDATA
+/// differs between them.
+fn shuffle_rdata<const L: usize, R: RngCore>(recs: &mut [u8], n: usize, rng: &mut R) {
+    let size = 12 + L;
     for i in (1..n).rev() {
         let j = below(rng, i + 1);
         if i != j {
-            let (x, y) = (i * 16 + 12, j * 16 + 12);
-            let mut t = [0u8; 4];
-            t.copy_from_slice(&recs[x..x + 4]);
-            recs.copy_within(y..y + 4, x);
-            recs[y..y + 4].copy_from_slice(&t);
+            let (x, y) = (i * size + 12, j * size + 12);
+            let mut t = [0u8; L];
+            t.copy_from_slice(&recs[x..x + L]);
+            recs.copy_within(y..y + L, x);
+            recs[y..y + L].copy_from_slice(&t);
         }
     }
 }
@@ -328,6 +355,7 @@ pub fn truncate_for_udp(msg: &mut [u8], len: usize, limit: usize) -> Option<usiz
 enum Records<'a> {
     None,
     A(&'a [Ipv4Addr]),
+    Aaaa(&'a [Ipv6Addr]),
     /// A wire-form name.
     Ptr(&'a [u8]),
 }
@@ -357,6 +385,7 @@ impl Builder<'_> {
         let rr = match r {
             Records::None => 0,
             Records::A(a) => a.len() * 16,
+            Records::Aaaa(a) => a.len() * 28,
             Records::Ptr(n) => 12 + n.len(),
         };
         self.q.question_end + rr + self.opt_len()
@@ -368,6 +397,7 @@ impl Builder<'_> {
         let an = match r {
             Records::None => 0,
             Records::A(a) => u16::try_from(a.len()).ok()?,
+            Records::Aaaa(a) => u16::try_from(a.len()).ok()?,
             Records::Ptr(_) => 1,
         };
         let qe = self.q.question_end;
@@ -394,6 +424,14 @@ impl Builder<'_> {
                     wire::write_rr_head(o, rtype::A, self.ttl, 4)?;
                     o[12..16].copy_from_slice(&a.octets());
                     at += 16;
+                }
+            }
+            Records::Aaaa(addrs) => {
+                for a in addrs {
+                    let o = out.get_mut(at..at + 28)?;
+                    wire::write_rr_head(o, rtype::AAAA, self.ttl, 16)?;
+                    o[12..28].copy_from_slice(&a.octets());
+                    at += 28;
                 }
             }
             Records::Ptr(name) => {
