@@ -562,6 +562,35 @@ impl Snapshot {
     }
 }
 
+#[cfg(test)]
+impl Snapshot {
+    /// Adds `key` with these addresses to a network's names (tests of
+    /// states the control plane cannot express yet, e.g. IPv6-only).
+    pub(crate) fn insert_name(
+        &mut self,
+        net: NetworkId,
+        key: &[u8],
+        v4: &[Ipv4Addr],
+        v6: &[Ipv6Addr],
+    ) {
+        let i = usize::from(net.0);
+        if self.nets.len() <= i {
+            self.nets.resize_with(i + 1, || None);
+        }
+        let n = self.nets[i].get_or_insert_with(|| NetSnap {
+            dns: true,
+            ..NetSnap::default()
+        });
+        n.names.insert(
+            key.into(),
+            Addrs {
+                v4: v4.into(),
+                v6: v6.into(),
+            },
+        );
+    }
+}
+
 /// The registry: the control plane's data and the snapshot compiled from
 /// it. Shared (`Arc`) by the control plane and every worker's responder.
 #[derive(Default)]
@@ -704,6 +733,84 @@ mod tests {
         );
         assert_eq!(q.reverse(ip(2)), Some(&b"\x03Web\x05front\x00"[..]));
         assert_eq!(q.reverse(ip(3)), None);
+    }
+
+    fn ip6(d: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, d)
+    }
+
+    #[test]
+    fn dual_stack_lookups() {
+        let r = Registry::new();
+        let (a, b) = (NetworkId(1), NetworkId(2));
+        r.set_network(NetworkSpec::new(a, "front")).unwrap();
+        r.set_network(NetworkSpec::new(b, "back")).unwrap();
+        // The client on both networks, IPv6 on `front` only.
+        r.add_endpoint(EndpointSpec::new(a, "c1", "client", ip(2)).with_ipv6(ip6(2)))
+            .unwrap();
+        r.add_endpoint(EndpointSpec::new(b, "c1", "client", ip(102)))
+            .unwrap();
+        // `svc`: IPv4 only on `front`, dual-stack on `back`.
+        r.add_endpoint(EndpointSpec::new(a, "c2", "svc", ip(3)))
+            .unwrap();
+        r.add_endpoint(EndpointSpec::new(b, "c3", "svc", ip(103)).with_ipv6(ip6(103)))
+            .unwrap();
+        let mut linker = EndpointSpec::new(a, "c4", "linker", ip(4)).with_ipv6(ip6(4));
+        linker.links.push(Link {
+            container: "svc".into(),
+            alias: "s".into(),
+        });
+        r.add_endpoint(linker).unwrap();
+        let s = r.load();
+        // The client, identified by its IPv6 address, sees both networks.
+        let q = s.querier(a, ip6(2));
+        assert!(q.may_forward());
+        assert_eq!(q.lookup::<Ipv4Addr>(b"svc"), Lookup::Addrs(&[ip(3)][..]));
+        // AAAA: a miss on the arrival network, an answer on the other
+        // (Docker keeps looking after an ipv6Miss).
+        assert_eq!(q.lookup::<Ipv6Addr>(b"svc"), Lookup::Addrs(&[ip6(103)][..]));
+        assert_eq!(q.lookup::<Ipv6Addr>(b"svc.front"), Lookup::NoData);
+        assert_eq!(q.lookup::<Ipv6Addr>(b"nope"), Lookup::NotLocal);
+        assert_eq!(
+            q.lookup::<Ipv6Addr>(b"client.front"),
+            Lookup::Addrs(&[ip6(2)][..])
+        );
+        assert_eq!(q.reverse6(ip6(103)), Some(&b"\x03svc\x04back\x00"[..]));
+        assert_eq!(q.reverse6(ip6(4)), Some(&b"\x06linker\x05front\x00"[..]));
+        assert_eq!(q.reverse6(ip6(99)), None);
+        // The same by its IPv4 address; an unknown IPv6 querier sees the
+        // arrival network only.
+        assert_eq!(
+            s.querier(a, ip(2)).lookup::<Ipv6Addr>(b"svc"),
+            Lookup::Addrs(&[ip6(103)][..])
+        );
+        let stranger = s.querier(a, ip6(77));
+        assert_eq!(stranger.lookup::<Ipv6Addr>(b"svc"), Lookup::NoData);
+        assert_eq!(stranger.reverse6(ip6(103)), None);
+        // A link to a container without IPv6 on the shared network.
+        let l = s.querier(a, ip6(4));
+        assert_eq!(l.lookup::<Ipv4Addr>(b"s"), Lookup::Addrs(&[ip(3)][..]));
+        assert_eq!(l.lookup::<Ipv6Addr>(b"s"), Lookup::NoData);
+        // A duplicate IPv6 address is refused, nothing changes.
+        assert_eq!(
+            r.add_endpoint(EndpointSpec::new(a, "c5", "dup", ip(5)).with_ipv6(ip6(2))),
+            Err(RegistryError::AddressInUse6(ip6(2)))
+        );
+        assert_eq!(r.data().endpoints.len(), 5);
+        // The same IPv6 address on another network is fine.
+        r.add_endpoint(EndpointSpec::new(b, "c5", "dup", ip(5)).with_ipv6(ip6(2)))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_of_an_ipv6_only_name_is_nodata() {
+        let mut s = Snapshot::default();
+        let n = NetworkId(0);
+        s.insert_name(n, b"six", &[], &[ip6(6)]);
+        let q = s.querier(n, ip(2));
+        assert_eq!(q.lookup::<Ipv4Addr>(b"six"), Lookup::NoData);
+        assert_eq!(q.resolve(b"six"), Resolved::Addrs(&[]));
+        assert_eq!(q.lookup::<Ipv6Addr>(b"six"), Lookup::Addrs(&[ip6(6)][..]));
     }
 
     #[test]

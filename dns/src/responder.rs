@@ -519,6 +519,166 @@ mod tests {
         assert_eq!(&out[..38], &want[..]);
     }
 
+    /// `dig +noedns NAME AAAA`, id 0x0102.
+    fn q_aaaa(name: &[u8]) -> Vec<u8> {
+        let mut q = Q_MANY[..12].to_vec();
+        q.push(name.len() as u8);
+        q.extend_from_slice(name);
+        q.extend_from_slice(&[0, 0, 28, 0, 1]);
+        q
+    }
+
+    #[test]
+    fn aaaa_answers_and_nodata_both_ways() {
+        let r = Registry::new();
+        r.set_network(NetworkSpec::new(NET, "n")).unwrap();
+        let six = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+        r.add_endpoint(EndpointSpec::new(NET, "q", "querier", ip(2)))
+            .unwrap();
+        r.add_endpoint(EndpointSpec::new(NET, "d", "dual", ip(10)).with_ipv6(six))
+            .unwrap();
+        let mut out = [0u8; 512];
+        let q = q_aaaa(b"dual");
+        let o = run(&r, &q, Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: q.len() + 28,
+                kind: Answered::Records
+            }
+        );
+        let mut want = q.clone();
+        want[2] = 0x85; // QR AA RD
+        want[3] = 0x80; // RA
+        want[7] = 1; // ANCOUNT
+        want.extend_from_slice(&[0xc0, 0x0c, 0, 28, 0, 1, 0, 0, 0x02, 0x58, 0, 16]);
+        want.extend_from_slice(&six.octets());
+        assert_eq!(&out[..q.len() + 28], &want[..]);
+        // A local name without IPv6: NOERROR, no answer, not forwarded.
+        let q = q_aaaa(b"querier");
+        let o = run(&r, &q, Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: q.len(),
+                kind: Answered::NoData
+            }
+        );
+        assert_eq!(&out[2..8], &[0x85, 0x80, 0, 1, 0, 0]);
+        // Not local: forwarded.
+        assert_eq!(
+            run(&r, &q_aaaa(b"nope"), Transport::Udp, &mut out),
+            Outcome::Forward
+        );
+        // A of a name with only IPv6 (a snapshot the control plane cannot
+        // express yet: every endpoint has IPv4).
+        let mut snap = crate::registry::Snapshot::default();
+        snap.insert_name(NET, b"six", &[], &[six]);
+        let mut q = q_aaaa(b"six");
+        let l = q.len();
+        q[l - 3] = 1; // A
+        let o = Responder::default().respond(
+            &snap,
+            NET,
+            ip(2),
+            &q,
+            Transport::Udp,
+            &mut FastRng::new(1),
+            &mut out,
+        );
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: q.len(),
+                kind: Answered::NoData
+            }
+        );
+        assert_eq!(out[3] & 0xf, 0, "NOERROR");
+    }
+
+    #[test]
+    fn aaaa_shuffled_and_ptr_in_ip6_arpa() {
+        let r = Registry::new();
+        r.set_network(NetworkSpec::new(NET, "n")).unwrap();
+        let me = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+        r.add_endpoint(EndpointSpec::new(NET, "q", "querier", ip(2)).with_ipv6(me))
+            .unwrap();
+        for i in 0..8u8 {
+            let a6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, u16::from(i));
+            let mut e = EndpointSpec::new(NET, &format!("c{i}"), &format!("m{i}"), ip(10 + i))
+                .with_ipv6(a6);
+            e.aliases.push("many".into());
+            r.add_endpoint(e).unwrap();
+        }
+        let q = q_aaaa(b"many");
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..8 {
+            let mut out = [0u8; 512];
+            let o = Responder::default().respond(
+                &r.load(),
+                NET,
+                me,
+                &q,
+                Transport::Udp,
+                &mut FastRng::new(seed),
+                &mut out,
+            );
+            assert_eq!(
+                o,
+                Outcome::Answer {
+                    len: q.len() + 8 * 28,
+                    kind: Answered::Records
+                }
+            );
+            let mut addrs: Vec<[u8; 16]> = (0..8)
+                .map(|i| {
+                    let at = q.len() + i * 28;
+                    assert_eq!(
+                        &out[at..at + 12],
+                        &[0xc0, 0x0c, 0, 28, 0, 1, 0, 0, 2, 0x58, 0, 16]
+                    );
+                    out[at + 12..at + 28].try_into().unwrap()
+                })
+                .collect();
+            seen.insert(addrs.clone());
+            addrs.sort();
+            addrs.dedup();
+            assert_eq!(addrs.len(), 8, "each address once");
+        }
+        assert!(seen.len() > 1, "the order varies");
+        // PTR of m3's IPv6 address, nibble form.
+        let ptr = |a6: Ipv6Addr| {
+            let mut name = String::new();
+            for b in a6.octets().iter().rev() {
+                name += &format!("{:x}.{:x}.", b & 0xf, b >> 4);
+            }
+            name += "ip6.ARPA";
+            let mut q = Q_MANY[..12].to_vec();
+            q.extend_from_slice(&crate::wire::encode_name(&name).unwrap());
+            q.extend_from_slice(&[0, 12, 0, 1]);
+            q
+        };
+        let mut out = [0u8; 512];
+        let q = ptr(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, 3));
+        let o = run(&r, &q, Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: q.len() + 12 + 6,
+                kind: Answered::Records
+            }
+        );
+        let at = q.len();
+        assert_eq!(
+            &out[at..at + 12],
+            &[0xc0, 0x0c, 0, 12, 0, 1, 0, 0, 2, 0x58, 0, 6]
+        );
+        assert_eq!(&out[at + 12..at + 18], b"\x02m3\x01n\x00");
+        // An address of no container: forwarded.
+        let q = ptr(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, 9));
+        assert_eq!(run(&r, &q, Transport::Udp, &mut out), Outcome::Forward);
+    }
+
     #[test]
     fn udp_limits_and_tcp() {
         // 12 + 10 + 40 * 16 = 662 bytes.
