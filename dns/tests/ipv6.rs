@@ -730,3 +730,32 @@ fn big_answers_over_ipv6_truncated_on_udp_gso_on_tcp() {
     let m = Message::from_vec(&s.data[2..]).unwrap();
     assert_eq!(m.answers.len(), 60);
 }
+
+#[test]
+fn forwarded_tcp_query_over_ipv6_is_acked_then_answered_over_tcp() {
+    let mut f = populated(true);
+    let (cookie, _) = f.connect(7000, 1460);
+    let q = query(0x3333, "example.org", AAAA, None);
+    let HookVerdict::Reply(n) = f.send_query(7000, cookie, &q) else {
+        panic!("an ACK")
+    };
+    let ack = check_tcp6(&f.scratch[..n], f.gw6(), true);
+    assert_eq!(ack.flags, ACK);
+    assert!(ack.data.is_empty());
+    let req = f.rx.try_recv().unwrap();
+    assert_eq!(req.querier_ip, IpAddr::V6(v6(CLIENT6)));
+    assert_eq!(req.gateway_ip, IpAddr::V6(f.gw6()));
+    let t = req.tcp.expect("over TCP");
+    assert_eq!((t.seq, t.ack), (ack.seq, ack.ack));
+    let mut up = Message::from_vec(&q).unwrap();
+    up.metadata.message_type = hickory_proto::op::MessageType::Response;
+    let answer = up.to_vec().unwrap();
+    let mut out = vec![0u8; answer.len() + 80];
+    let (n, meta) = req.reply_frame(&answer, &mut out).unwrap();
+    assert!(meta.is_plain());
+    let s = check_tcp6(&out[..n], f.gw6(), true);
+    assert_eq!(s.flags, ACK | PSH | FIN);
+    assert_eq!((s.seq, s.ack), (t.seq, t.ack));
+    assert_eq!(&s.data[2..], &answer[..]);
+    assert_eq!(f.stats().tcp_forwarded, 1);
+}
