@@ -164,11 +164,13 @@ pub fn forward_queue(capacity: usize) -> (ForwardTx, ForwardRx) {
 /// One hook's counters (per worker; the daemon sums them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnsStats {
-    /// UDP datagrams to the gateway's port 53 on a DNS network.
+    /// UDP datagrams to the gateway's port 53 (IPv4 or IPv6) on a DNS
+    /// network.
     pub queries: u64,
-    /// Local answers with records (A, PTR).
+    /// Local answers with records (A, AAAA, PTR).
     pub answers: u64,
-    /// Local names, NOERROR without records (AAAA, other types).
+    /// Local names, NOERROR without records (A or AAAA of a name without an
+    /// address of that family, other types).
     pub nodata: u64,
     /// Over-size answers sent with TC.
     pub truncated: u64,

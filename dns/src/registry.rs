@@ -8,7 +8,7 @@
 //!   rebuilt as data and swapped in atomically ([`arc_swap`]): a query sees
 //!   either the old or the new state, and a removal takes effect for the
 //!   next query.
-//! - A lookup ([`Snapshot::resolve`]) does no allocation and takes no lock:
+//! - A lookup ([`Querier::lookup`]) does no allocation and takes no lock:
 //!   a few hash-map probes keyed by the lowercased name.
 //!
 //! Names an endpoint registers on its network (Docker's rules): the

@@ -13,6 +13,11 @@
 //! [`tapnet_dns::tcp`]) is forwarded over TCP (length-prefixed, same
 //! servers, order, timeout and rules), and its answer goes back as one TCP
 //! frame (data + FIN; a GSO super-frame beyond the MSS).
+//!
+//! Queries that came over IPv6 (to a dual-stack network's IPv6 gateway
+//! address) are answered over IPv6 the same way; the upstreams are chosen
+//! by the querier's address of either family ([`Upstreams::set_querier`]
+//! under both).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
