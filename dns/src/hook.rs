@@ -4,13 +4,22 @@
 //! forwarder.
 //!
 //! Contract:
-//! - Takes IPv4/UDP and IPv4/TCP frames to the network's gateway IP, port
-//!   53, on networks where the registry enables DNS; everything else
-//!   (other ports, fragments, networks without embedded DNS) goes to the
-//!   inner hook (NAT, later), so hooks compose: `DnsHook<NatHook>`.
-//! - UDP length and UDP/TCP checksums are checked, except the checksum
-//!   when the frame's virtio-net header says NEEDS_CSUM (partial checksum
-//!   from the guest) or DATA_VALID. Bad datagrams → `Drop(Malformed)`.
+//! - Takes IPv4/UDP and IPv4/TCP frames to the network's gateway IP, and
+//!   IPv6/UDP and IPv6/TCP frames to its IPv6 gateway address (dual-stack
+//!   networks, [`tapnet_switch::Ipv6Config::gateway`]), port 53, on
+//!   networks where the registry enables DNS; everything else (other
+//!   ports, IPv4 fragments, IPv6 packets with any extension header — a
+//!   fragment header, hop-by-hop options, … — networks without embedded
+//!   DNS) goes to the inner hook (NAT), so hooks compose:
+//!   `DnsHook<NatHook>`. Extension headers are not walked: resolvers do
+//!   not send them, and skipping them keeps the parse bounded and simple.
+//! - The querier is identified by its source address, IPv4 or IPv6: the
+//!   registry maps either to its endpoint, so both see the same names.
+//! - UDP length and UDP/TCP checksums (with the IPv4 or IPv6
+//!   pseudo-header) are checked, except the checksum when the frame's
+//!   virtio-net header says NEEDS_CSUM (partial checksum from the guest)
+//!   or DATA_VALID. A zero UDP checksum means "none" over IPv4 and is
+//!   invalid over IPv6 (RFC 8200 8.1). Bad datagrams → `Drop(Malformed)`.
 //! - TCP is answered without connection state, SYN-cookie style (see
 //!   [`crate::tcp`]): SYN → SYN-ACK with a cookie ISN; a data segment
 //!   with a valid cookie holding a whole length-prefixed query at stream
@@ -21,8 +30,9 @@
 //!   consumed; a data segment with a bad cookie → RST. Segments not at
 //!   offset 0 and incomplete messages are dropped and counted.
 //! - Answers are built in `scratch` (Ethernet from the gateway MAC to the
-//!   querier's MAC, IPv4 from the gateway IP, UDP from port 53, full
-//!   checksums) and capped to the network MTU: `Reply(len)`.
+//!   querier's MAC, IPv4 or IPv6 from the gateway address the query was
+//!   sent to, UDP from port 53, full checksums) and capped to the network
+//!   MTU: `Reply(len)`.
 //! - Names that are not local are pushed as a [`ForwardRequest`] on a
 //!   bounded queue that the daemon's forwarder drains: `Consumed`. A full
 //!   queue drops the query (`Drop(TxFull)`, counted): the client retries.
@@ -30,25 +40,30 @@
 //! - No allocation on the local-answer path (a forwarded query is copied
 //!   once, into its request). Never panics.
 
+use crate::ip::{self, Ipv6Header};
 use crate::registry::Registry;
 use crate::responder::{self, Answered, Outcome, Responder, Transport};
 use crate::rng::FastRng;
 use crate::tcp::{self, flags as tcp_flags, CookieKey, Ends, Segment, Tuple};
 use crate::wire::{self, rcode};
-use core::net::Ipv4Addr;
+use core::net::IpAddr;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rand_core::RngCore;
 use std::sync::Arc;
 use tapnet_switch::wire::{
-    ethernet, ipv4, vnet, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, TcpPacket,
-    UdpPacket, UdpRepr, VnetHdr,
+    ethernet, ipv4, udp, vnet, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, UdpPacket,
+    UdpRepr, VnetHdr,
 };
-use tapnet_switch::{DropReason, GatewayHook, HookCx, HookVerdict, NetworkId, NoHook, PortId};
+use tapnet_switch::{
+    DropReason, GatewayHook, HookCx, HookVerdict, Network, NetworkId, NoHook, PortId,
+};
 
 /// The DNS port.
 pub const DNS_PORT: u16 = 53;
 /// Ethernet + IPv4 (no options) + UDP headers of a reply frame.
 pub const REPLY_HEADERS: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + 8;
+/// Ethernet + IPv6 (no extension headers) + UDP headers of a reply frame.
+pub const REPLY_HEADERS6: usize = ethernet::HEADER_LEN + ip::IPV6_HEADER_LEN + 8;
 
 /// A query the embedded DNS could not answer locally, for the upstream
 /// forwarder (an I/O edge of the daemon). It carries everything needed to
@@ -60,10 +75,14 @@ pub struct ForwardRequest {
     /// The ingress port: where the answer frame goes.
     pub port: PortId,
     pub querier_mac: EthernetAddress,
-    pub querier_ip: Ipv4Addr,
+    /// The querier's address: IPv4, or IPv6 for a query sent to the
+    /// gateway's IPv6 address (then `gateway_ip` is that address).
+    pub querier_ip: IpAddr,
     pub querier_port: u16,
     pub gateway_mac: EthernetAddress,
-    pub gateway_ip: Ipv4Addr,
+    /// The gateway address the query was sent to (the answer's source),
+    /// of the same family as `querier_ip`.
+    pub gateway_ip: IpAddr,
     /// The largest DNS message the querier accepts over UDP here (its EDNS
     /// size or 512, capped by our limit and the MTU): truncate the
     /// upstream answer to it ([`responder::truncate_for_udp`]).
@@ -94,8 +113,9 @@ impl ForwardRequest {
     /// [`ForwardRequest::udp_limit`] with TC set when needed; over TCP it
     /// is length-prefixed and followed by FIN, in one frame (a GSO
     /// super-frame beyond the MSS; truncated with TC only beyond 64 KiB).
-    /// `None` if `out` is too small (give it `answer.len() + 64`) or the
-    /// oversized answer is malformed.
+    /// IPv4 or IPv6 as the request's addresses. `None` if `out` is too
+    /// small (give it `answer.len() + 80`), the oversized answer is
+    /// malformed, or the addresses mix families.
     pub fn reply_frame(&self, answer: &[u8], out: &mut [u8]) -> Option<(usize, VnetHdr)> {
         let ends = Ends {
             dst_mac: self.querier_mac,
@@ -104,14 +124,15 @@ impl ForwardRequest {
             dst: (self.querier_ip, self.querier_port),
         };
         if let Some(t) = self.tcp {
-            let at = tcp::FRAME_HEADERS + 2;
+            let at = ends.tcp_headers() + 2;
             let dns = out.get_mut(at..at + answer.len())?;
             dns.copy_from_slice(answer);
             let len = responder::truncate_for_udp(dns, answer.len(), tcp::MAX_PAYLOAD - 2)?;
             out[at - 2..at].copy_from_slice(&(len as u16).to_be_bytes());
             return tcp::emit(out, &ends, &answer_segment(t, len + 2));
         }
-        let dns = out.get_mut(REPLY_HEADERS..REPLY_HEADERS + answer.len())?;
+        let h = ends.udp_headers();
+        let dns = out.get_mut(h..h + answer.len())?;
         dns.copy_from_slice(answer);
         let len = responder::truncate_for_udp(dns, answer.len(), usize::from(self.udp_limit))?;
         write_udp_frame(out, ends, len).map(|n| (n, VnetHdr::default()))
@@ -143,11 +164,13 @@ pub fn forward_queue(capacity: usize) -> (ForwardTx, ForwardRx) {
 /// One hook's counters (per worker; the daemon sums them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DnsStats {
-    /// UDP datagrams to the gateway's port 53 on a DNS network.
+    /// UDP datagrams to the gateway's port 53 (IPv4 or IPv6) on a DNS
+    /// network.
     pub queries: u64,
-    /// Local answers with records (A, PTR).
+    /// Local answers with records (A, AAAA, PTR).
     pub answers: u64,
-    /// Local names, NOERROR without records (AAAA, other types).
+    /// Local names, NOERROR without records (A or AAAA of a name without an
+    /// address of that family, other types).
     pub nodata: u64,
     /// Over-size answers sent with TC.
     pub truncated: u64,
@@ -275,14 +298,17 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
 /// The UDP datagram of a frame that is a DNS query to the gateway.
 struct Datagram<'a> {
     querier_mac: EthernetAddress,
-    querier: (Ipv4Addr, u16),
+    querier: (IpAddr, u16),
+    /// The gateway address it was sent to (IPv4 or IPv6).
+    gateway: IpAddr,
     dns: &'a [u8],
 }
 
 /// A TCP segment to the gateway's port 53.
 struct TcpSeg<'a> {
     querier_mac: EthernetAddress,
-    querier_ip: Ipv4Addr,
+    querier_ip: IpAddr,
+    gateway: IpAddr,
     seg: Segment<'a>,
 }
 
@@ -294,94 +320,119 @@ enum Classified<'a> {
     Tcp(TcpSeg<'a>),
 }
 
-fn classify<'a>(gateway: Ipv4Addr, meta: &VnetHdr, frame: &'a [u8]) -> Classified<'a> {
-    let Ok(eth) = EthernetFrame::new_checked(frame) else {
-        return Classified::NotOurs;
-    };
-    if eth.ethertype() != EtherType::Ipv4 {
-        return Classified::NotOurs;
+/// The L3 part of a frame to one of the gateway's addresses: (source,
+/// destination, protocol, L4 bytes bounded by the IP length).
+fn to_gateway<'a>(net: &Network, frame: &'a [u8]) -> Option<(IpAddr, IpAddr, u8, &'a [u8])> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let payload = frame.get(ethernet::HEADER_LEN..)?;
+    match eth.ethertype() {
+        EtherType::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(payload).ok()?;
+            let proto = ip.protocol();
+            if ip.dst_addr() != net.config.gateway
+                || (proto != ipv4::protocol::UDP && proto != ipv4::protocol::TCP)
+                || ip.is_fragment()
+            {
+                return None;
+            }
+            let end = usize::from(ip.total_len()).min(payload.len());
+            let l4 = payload.get(ip.header_len()..end)?;
+            Some((ip.src_addr().into(), ip.dst_addr().into(), proto, l4))
+        }
+        EtherType::Ipv6 => {
+            let v6 = net.config.v6.as_ref()?;
+            let ip = Ipv6Header::parse(payload)?;
+            // Any extension header (the next header is not UDP or TCP)
+            // goes to the inner hook.
+            if ip.dst != v6.gateway
+                || (ip.next_header != ip::proto::UDP && ip.next_header != ip::proto::TCP)
+            {
+                return None;
+            }
+            let end = (ip::IPV6_HEADER_LEN + usize::from(ip.payload_len)).min(payload.len());
+            let l4 = payload.get(ip::IPV6_HEADER_LEN..end)?;
+            Some((ip.src.into(), ip.dst.into(), ip.next_header, l4))
+        }
+        _ => None,
     }
-    let Some(payload) = frame.get(ethernet::HEADER_LEN..) else {
+}
+
+fn classify<'a>(net: &Network, meta: &VnetHdr, frame: &'a [u8]) -> Classified<'a> {
+    let Some((src, gateway, proto, l4)) = to_gateway(net, frame) else {
         return Classified::NotOurs;
     };
-    let Ok(ip) = Ipv4Packet::new_checked(payload) else {
-        return Classified::NotOurs;
-    };
-    let proto = ip.protocol();
-    if ip.dst_addr() != gateway
-        || (proto != ipv4::protocol::UDP && proto != ipv4::protocol::TCP)
-        || ip.is_fragment()
-    {
-        return Classified::NotOurs;
-    }
-    let end = usize::from(ip.total_len()).min(payload.len());
-    let Some(udp) = payload.get(ip.header_len()..end) else {
-        return Classified::NotOurs;
-    };
+    let querier_mac = EthernetFrame::new_unchecked(frame).src_addr();
     let offloaded = meta.flags & (vnet::F_NEEDS_CSUM | vnet::F_DATA_VALID) != 0;
-    if proto == ipv4::protocol::TCP {
-        if udp.len() < 4 || u16::from_be_bytes([udp[2], udp[3]]) != DNS_PORT {
+    if proto == ip::proto::TCP {
+        if l4.len() < 4 || u16::from_be_bytes([l4[2], l4[3]]) != DNS_PORT {
             return Classified::NotOurs;
         }
-        let Some(seg) = Segment::parse(udp) else {
+        let Some(seg) = Segment::parse(l4) else {
             return Classified::BadTcp;
         };
-        if !offloaded && !TcpPacket::new_unchecked(udp).verify_checksum(ip.src_addr(), gateway) {
+        if !offloaded && !ip::verify_l4(l4, src, gateway, ip::proto::TCP) {
             return Classified::BadTcp;
         }
         return Classified::Tcp(TcpSeg {
-            querier_mac: eth.src_addr(),
-            querier_ip: ip.src_addr(),
+            querier_mac,
+            querier_ip: src,
+            gateway,
             seg,
         });
     }
-    if udp.len() < 8 || u16::from_be_bytes([udp[2], udp[3]]) != DNS_PORT {
+    if l4.len() < 8 || u16::from_be_bytes([l4[2], l4[3]]) != DNS_PORT {
         return Classified::NotOurs;
     }
-    let Ok(u) = UdpPacket::new_checked(udp) else {
+    let Ok(u) = UdpPacket::new_checked(l4) else {
         return Classified::Bad;
     };
     let sport = u.src_port();
-    if sport == 0 || (!offloaded && !u.verify_checksum(ip.src_addr(), gateway)) {
+    let ulen = usize::from(u.len());
+    // A zero checksum is "none" over IPv4 only (RFC 768; RFC 8200 8.1).
+    let csum_ok = match u.checksum() {
+        0 => gateway.is_ipv4(),
+        _ => ip::verify_l4(&l4[..ulen], src, gateway, ip::proto::UDP),
+    };
+    if sport == 0 || (!offloaded && !csum_ok) {
         return Classified::Bad;
     }
-    let ulen = usize::from(u.len());
     Classified::Query(Datagram {
-        querier_mac: eth.src_addr(),
-        querier: (ip.src_addr(), sport),
-        dns: &udp[8..ulen],
+        querier_mac,
+        querier: (src, sport),
+        gateway,
+        dns: &l4[8..ulen],
     })
 }
 
-/// Writes Ethernet, IPv4 and UDP headers (full checksums) in front of the
-/// `dns_len` bytes already at `out[REPLY_HEADERS..]`.
+/// Writes Ethernet, IP (v4 or v6, as the ends) and UDP headers (full
+/// checksums) in front of the `dns_len` bytes already at
+/// `out[e.udp_headers()..]`.
 fn write_udp_frame(out: &mut [u8], e: Ends, dns_len: usize) -> Option<usize> {
-    let total = REPLY_HEADERS + dns_len;
+    let h = e.udp_headers();
+    let total = h + dns_len;
     let ulen = 8 + dns_len;
-    let ulen16 = u16::try_from(ulen).ok()?;
-    u16::try_from(ipv4::MIN_HEADER_LEN + ulen).ok()?;
+    u16::try_from(ulen).ok()?;
     let f = out.get_mut(..total)?;
     let mut eth = EthernetFrame::new_unchecked(&mut f[..]);
     eth.set_dst_addr(e.dst_mac);
     eth.set_src_addr(e.src_mac);
-    eth.set_ethertype(EtherType::Ipv4);
+    eth.set_ethertype(ip::ethertype(e.src.0));
     let ip_at = ethernet::HEADER_LEN;
-    ipv4::emit_header(
-        &mut f[ip_at..],
-        e.src.0,
-        e.dst.0,
-        ipv4::protocol::UDP,
-        ulen,
-        64,
-    );
-    let mut u = UdpPacket::new_unchecked(&mut f[ip_at + ipv4::MIN_HEADER_LEN..]);
+    let ip_len = ip::emit_header(&mut f[ip_at..], e.src.0, e.dst.0, ip::proto::UDP, ulen)?;
+    let u_at = ip_at + ip_len;
+    let mut u = UdpPacket::new_unchecked(&mut f[u_at..]);
     UdpRepr {
         src_port: e.src.1,
         dst_port: e.dst.1,
     }
     .emit(&mut u, dns_len);
-    debug_assert_eq!(u.len(), ulen16);
-    u.fill_checksum(e.src.0, e.dst.0);
+    ip::fill_l4(
+        &mut f[u_at..],
+        udp::CHECKSUM_OFFSET,
+        e.src.0,
+        e.dst.0,
+        ip::proto::UDP,
+    )?;
     Some(total)
 }
 
@@ -394,8 +445,7 @@ impl<H: GatewayHook, R: RngCore> GatewayHook for DnsHook<H, R> {
         scratch: &mut [u8],
     ) -> HookVerdict {
         let net = cx.network;
-        let gateway = net.config.gateway;
-        let dg = match classify(gateway, meta, frame) {
+        let dg = match classify(net, meta, frame) {
             Classified::NotOurs => return self.inner.handle(cx, meta, frame, scratch),
             Classified::Bad => {
                 self.stats.bad_udp += 1;
@@ -422,9 +472,11 @@ impl<H: GatewayHook, R: RngCore> GatewayHook for DnsHook<H, R> {
         }
         self.stats.queries += 1;
         // Room for the DNS message: the scratch buffer and the MTU.
-        let mtu_room = (net.config.mtu as usize).saturating_sub(ipv4::MIN_HEADER_LEN + 8);
-        let room = scratch.len().saturating_sub(REPLY_HEADERS).min(mtu_room);
-        let Some(out) = scratch.get_mut(REPLY_HEADERS..REPLY_HEADERS + room) else {
+        let ip_len = ip::header_len(dg.gateway);
+        let headers = ethernet::HEADER_LEN + ip_len + 8;
+        let mtu_room = (net.config.mtu as usize).saturating_sub(ip_len + 8);
+        let room = scratch.len().saturating_sub(headers).min(mtu_room);
+        let Some(out) = scratch.get_mut(headers..headers + room) else {
             return HookVerdict::Drop(DropReason::Oversize);
         };
         let outcome = self.responder.respond(
@@ -462,7 +514,7 @@ impl<H: GatewayHook, R: RngCore> GatewayHook for DnsHook<H, R> {
                     querier_ip: dg.querier.0,
                     querier_port: dg.querier.1,
                     gateway_mac: net.gateway_mac,
-                    gateway_ip: gateway,
+                    gateway_ip: dg.gateway,
                     udp_limit: udp_limit(&self.responder, dg.dns, room),
                     received_ns: cx.now_ns,
                     query: dg.dns.into(),
@@ -511,14 +563,16 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
         let ends = Ends {
             dst_mac: t.querier_mac,
             src_mac: net.gateway_mac,
-            src: (net.config.gateway, DNS_PORT),
+            src: (t.gateway, DNS_PORT),
             dst: (t.querier_ip, seg.src_port),
         };
         let tuple = Tuple {
             client: (t.querier_ip, seg.src_port),
-            server: (net.config.gateway, DNS_PORT),
+            server: (t.gateway, DNS_PORT),
         };
-        let mtu_mss = u16::try_from((net.config.mtu as usize).saturating_sub(40))
+        // The MSS the MTU allows: IP and TCP headers off (40 or 60 bytes).
+        let ip_tcp = ip::header_len(t.gateway) + tcp::HEADER_LEN;
+        let mtu_mss = u16::try_from((net.config.mtu as usize).saturating_sub(ip_tcp))
             .unwrap_or(u16::MAX)
             .max(tcp::MSS_TABLE[0]);
         let plain = |r: Option<(usize, VnetHdr)>| match r {
@@ -549,7 +603,8 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
             self.stats.tcp_syns += 1;
             let mss = seg.mss.unwrap_or(tcp::DEFAULT_MSS).min(mtu_mss);
             let isn = self.cookies.cookie(&tuple, seg.seq, tcp::mss_index(mss));
-            let Some(opt) = scratch.get_mut(tcp::FRAME_HEADERS..tcp::FRAME_HEADERS + 4) else {
+            let h = ends.tcp_headers();
+            let Some(opt) = scratch.get_mut(h..h + 4) else {
                 return HookVerdict::Drop(DropReason::Oversize);
             };
             opt[..2].copy_from_slice(&[2, 4]);
@@ -600,7 +655,7 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
             mss: tcp::MSS_TABLE[usize::from(cookie.mss_index)].min(mtu_mss),
         };
         let snap = self.registry.load();
-        let at = tcp::FRAME_HEADERS;
+        let at = ends.tcp_headers();
         let room = scratch.len().saturating_sub(at).min(tcp::MAX_PAYLOAD);
         let Some(out) = scratch.get_mut(at..at + room) else {
             return HookVerdict::Drop(DropReason::Oversize);
@@ -642,7 +697,7 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
                     querier_ip: t.querier_ip,
                     querier_port: seg.src_port,
                     gateway_mac: net.gateway_mac,
-                    gateway_ip: net.config.gateway,
+                    gateway_ip: t.gateway,
                     udp_limit: wire::UDP_LIMIT as u16,
                     received_ns: cx.now_ns,
                     query: msg.into(),
@@ -666,13 +721,14 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
         plain(tcp::emit(scratch, &ends, &answer_segment(reply, len)))
     }
 
-    /// Frames the `len`-byte answer already at `scratch[REPLY_HEADERS..]`.
+    /// Frames the `len`-byte answer already after the headers
+    /// ([`REPLY_HEADERS`] or [`REPLY_HEADERS6`]).
     fn reply(&self, scratch: &mut [u8], dg: &Datagram, cx: &HookCx, len: usize) -> HookVerdict {
         let net = cx.network;
         let ends = Ends {
             dst_mac: dg.querier_mac,
             src_mac: net.gateway_mac,
-            src: (net.config.gateway, DNS_PORT),
+            src: (dg.gateway, DNS_PORT),
             dst: dg.querier,
         };
         match write_udp_frame(scratch, ends, len) {

@@ -8,7 +8,7 @@
 //!   rebuilt as data and swapped in atomically ([`arc_swap`]): a query sees
 //!   either the old or the new state, and a removal takes effect for the
 //!   next query.
-//! - A lookup ([`Snapshot::resolve`]) does no allocation and takes no lock:
+//! - A lookup ([`Querier::lookup`]) does no allocation and takes no lock:
 //!   a few hash-map probes keyed by the lowercased name.
 //!
 //! Names an endpoint registers on its network (Docker's rules): the
@@ -17,15 +17,23 @@
 //! aliases (`--link C:ALIAS`) are visible to the linking container only.
 //! Matching is ASCII case-insensitive.
 //!
-//! Scoping: a querier is identified by its IPv4 address on the network the
-//! query arrived on. It sees the names of every DNS-enabled network its
+//! Addresses: every endpoint has an IPv4 address and may have an IPv6 one
+//! (dual-stack networks); each name resolves to A records with the IPv4
+//! addresses and AAAA records with the IPv6 ones. As in Docker
+//! (libnetwork `Sandbox.ResolveName`), the networks a querier sees are
+//! searched for the family asked: a name known on some network but
+//! without an address of that family answers NOERROR with no records
+//! (NODATA), never NXDOMAIN and never forwarded.
+//!
+//! Scoping: a querier is identified by its IPv4 or IPv6 address on the
+//! network the query arrived on. It sees the names of every DNS-enabled network its
 //! container is attached to; the network the query arrived on is searched
 //! first, then the others in ascending id, and the first network with a
 //! match answers. A querier the registry does not know (an address with no
 //! endpoint) sees the names of the arrival network only.
 
 use arc_swap::{ArcSwap, Guard};
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tapnet_switch::NetworkId;
@@ -75,6 +83,8 @@ pub struct EndpointSpec {
     /// Network-scoped aliases (`--network-alias`, `--alias`).
     pub aliases: Vec<String>,
     pub ipv4: Ipv4Addr,
+    /// The endpoint's IPv6 address on a dual-stack network.
+    pub ipv6: Option<Ipv6Addr>,
     pub links: Vec<Link>,
 }
 
@@ -87,8 +97,15 @@ impl EndpointSpec {
             hostname: None,
             aliases: Vec::new(),
             ipv4,
+            ipv6: None,
             links: Vec::new(),
         }
+    }
+
+    /// The same endpoint with an IPv6 address (dual-stack).
+    pub fn with_ipv6(mut self, ipv6: Ipv6Addr) -> Self {
+        self.ipv6 = Some(ipv6);
+        self
     }
 }
 
@@ -101,6 +118,8 @@ pub enum RegistryError {
     NoSuchEndpoint,
     /// Another endpoint of this network has this address.
     AddressInUse(Ipv4Addr),
+    /// Another endpoint of this network has this IPv6 address.
+    AddressInUse6(Ipv6Addr),
     /// The container already has an endpoint on this network.
     DuplicateEndpoint,
     /// Empty container ID or name.
@@ -113,6 +132,7 @@ impl core::fmt::Display for RegistryError {
             RegistryError::NoSuchNetwork => write!(f, "no such network"),
             RegistryError::NoSuchEndpoint => write!(f, "no such endpoint"),
             RegistryError::AddressInUse(a) => write!(f, "address {a} is already in use"),
+            RegistryError::AddressInUse6(a) => write!(f, "address {a} is already in use"),
             RegistryError::DuplicateEndpoint => {
                 write!(f, "container already has an endpoint on this network")
             }
@@ -148,8 +168,13 @@ impl RegistryData {
             if e.container_id.is_empty() {
                 return Err(RegistryError::Invalid("empty container id"));
             }
-            if !seen_ip.insert((e.network, e.ipv4)) {
+            if !seen_ip.insert((e.network, IpAddr::V4(e.ipv4))) {
                 return Err(RegistryError::AddressInUse(e.ipv4));
+            }
+            if let Some(a) = e.ipv6 {
+                if !seen_ip.insert((e.network, IpAddr::V6(a))) {
+                    return Err(RegistryError::AddressInUse6(a));
+                }
             }
             if !seen_ep.insert((e.network, e.container_id.as_str())) {
                 return Err(RegistryError::DuplicateEndpoint);
@@ -168,13 +193,23 @@ struct NetSnap {
     dns: bool,
     /// Lowercase dotted name (no trailing dot) → addresses, deduplicated,
     /// in registration order.
-    names: FxMap<Box<[u8]>, Box<[Ipv4Addr]>>,
-    /// Address → `name.network.` in wire form.
+    names: FxMap<Box<[u8]>, Addrs>,
+    /// IPv4 address → `name.network.` in wire form.
     ptr: FxMap<u32, Box<[u8]>>,
+    /// IPv6 address → `name.network.` in wire form.
+    ptr6: FxMap<u128, Box<[u8]>>,
+}
+
+/// The addresses of one name in the snapshot (either list may be empty,
+/// not both); read through [`Querier::lookup`].
+#[derive(Debug, Default, Clone)]
+pub struct Addrs {
+    v4: Box<[Ipv4Addr]>,
+    v6: Box<[Ipv6Addr]>,
 }
 
 /// A link alias (lowercase) and the linked container's addresses.
-type LinkSnap = (Box<[u8]>, Box<[Ipv4Addr]>);
+type LinkSnap = (Box<[u8]>, Addrs);
 
 /// One querier (a container's endpoint) in the snapshot.
 #[derive(Debug, Default)]
@@ -191,18 +226,54 @@ struct QuerierSnap {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     nets: Vec<Option<NetSnap>>,
-    /// (network, address) → index in `queriers`.
+    /// (network, IPv4 address) → index in `queriers`.
     by_addr: FxMap<(u16, u32), u32>,
+    /// (network, IPv6 address) → index in `queriers`.
+    by_addr6: FxMap<(u16, u128), u32>,
     queriers: Vec<QuerierSnap>,
 }
 
-/// What a name resolved to for one querier.
+/// What a name resolved to for one querier ([`Querier::resolve`]: the
+/// IPv4 view kept for existing callers; [`Querier::lookup`] is per family).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resolved<'a> {
-    /// A local name with these addresses.
+    /// A local name with these IPv4 addresses (empty: a local name with
+    /// IPv6 addresses only).
     Addrs(&'a [Ipv4Addr]),
     /// Not a name this querier can see.
     NotLocal,
+}
+
+/// What a name resolved to for one querier, in one address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup<'a, A> {
+    /// A local name with these addresses of the family (never empty).
+    Addrs(&'a [A]),
+    /// A local name without an address of the family: NOERROR, no
+    /// records (Docker's `ipv6Miss`, for both families).
+    NoData,
+    /// Not a name this querier can see.
+    NotLocal,
+}
+
+/// An address family of [`Addrs`], for [`Querier::lookup`].
+pub trait Family: Copy + 'static {
+    #[doc(hidden)]
+    fn of(a: &Addrs) -> &[Self];
+}
+
+impl Family for Ipv4Addr {
+    #[inline]
+    fn of(a: &Addrs) -> &[Self] {
+        &a.v4
+    }
+}
+
+impl Family for Ipv6Addr {
+    #[inline]
+    fn of(a: &Addrs) -> &[Self] {
+        &a.v6
+    }
 }
 
 /// Who is asking, as the snapshot sees it.
@@ -247,19 +318,48 @@ impl<'a> Querier<'a> {
         None
     }
 
-    /// Resolves a lowercase dotted name (see [`crate::wire::name_key`]).
+    /// Resolves a lowercase dotted name (see [`crate::wire::name_key`]) to
+    /// its IPv4 addresses: the first visible network whose name has IPv4
+    /// addresses answers; `Addrs(&[])` when the name is local but has none.
     #[inline]
     pub fn resolve(&self, key: &[u8]) -> Resolved<'a> {
+        match self.lookup::<Ipv4Addr>(key) {
+            Lookup::Addrs(a) => Resolved::Addrs(a),
+            Lookup::NoData => Resolved::Addrs(&[]),
+            Lookup::NotLocal => Resolved::NotLocal,
+        }
+    }
+
+    /// Resolves a lowercase dotted name in one family (`Ipv4Addr` for A,
+    /// `Ipv6Addr` for AAAA). A link alias of the querier answers first
+    /// (NODATA if the linked container lacks the family); then the visible
+    /// networks, arrival network first: the first one whose name has
+    /// addresses of the family answers; if the name exists only without
+    /// them, NODATA.
+    #[inline]
+    pub fn lookup<A: Family>(&self, key: &[u8]) -> Lookup<'a, A> {
         if let Some(q) = self.q {
             for (alias, addrs) in q.links.iter() {
                 if &alias[..] == key {
-                    return Resolved::Addrs(addrs);
+                    let a = A::of(addrs);
+                    return if a.is_empty() {
+                        Lookup::NoData
+                    } else {
+                        Lookup::Addrs(a)
+                    };
                 }
             }
         }
-        match self.visible(|n| n.names.get(key)) {
-            Some(a) => Resolved::Addrs(a),
-            None => Resolved::NotLocal,
+        let mut known = false;
+        let found = self.visible(|n| {
+            let a = A::of(n.names.get(key)?);
+            known = true;
+            (!a.is_empty()).then_some(a)
+        });
+        match found {
+            Some(a) => Lookup::Addrs(a),
+            None if known => Lookup::NoData,
+            None => Lookup::NotLocal,
         }
     }
 
@@ -269,6 +369,13 @@ impl<'a> Querier<'a> {
     pub fn reverse(&self, addr: Ipv4Addr) -> Option<&'a [u8]> {
         let k = u32::from(addr);
         self.visible(|n| n.ptr.get(&k)).map(|b| &b[..])
+    }
+
+    /// [`Querier::reverse`] for a container's IPv6 address.
+    #[inline]
+    pub fn reverse6(&self, addr: Ipv6Addr) -> Option<&'a [u8]> {
+        let k = u128::from(addr);
+        self.visible(|n| n.ptr6.get(&k)).map(|b| &b[..])
     }
 }
 
@@ -289,13 +396,15 @@ impl Snapshot {
         self.net(id).is_some_and(|n| n.dns)
     }
 
-    /// The querier at `addr` on `network`.
+    /// The querier at `addr` (its endpoint's IPv4 or IPv6 address) on
+    /// `network`.
     #[inline]
-    pub fn querier(&self, network: NetworkId, addr: Ipv4Addr) -> Querier<'_> {
-        let q = self
-            .by_addr
-            .get(&(network.0, u32::from(addr)))
-            .and_then(|&i| self.queriers.get(i as usize));
+    pub fn querier(&self, network: NetworkId, addr: impl Into<IpAddr>) -> Querier<'_> {
+        let i = match addr.into() {
+            IpAddr::V4(a) => self.by_addr.get(&(network.0, u32::from(a))),
+            IpAddr::V6(a) => self.by_addr6.get(&(network.0, u128::from(a))),
+        };
+        let q = i.and_then(|&i| self.queriers.get(i as usize));
         Querier {
             snap: self,
             network,
@@ -320,18 +429,22 @@ impl Snapshot {
             net_names.insert(n.id, &n.name);
         }
         // Per-network names, with addresses deduplicated.
-        let mut names: HashMap<(NetworkId, Box<[u8]>), Vec<Ipv4Addr>> = HashMap::new();
+        type Lists = (Vec<Ipv4Addr>, Vec<Ipv6Addr>);
+        let mut names: HashMap<(NetworkId, Box<[u8]>), Lists> = HashMap::new();
         let mut order: Vec<(NetworkId, Box<[u8]>)> = Vec::new();
-        let mut add = |net: NetworkId, key: Box<[u8]>, a: Ipv4Addr| {
+        let mut add = |net: NetworkId, key: Box<[u8]>, a: Ipv4Addr, a6: Option<Ipv6Addr>| {
             if key.is_empty() {
                 return;
             }
             let e = names.entry((net, key.clone())).or_insert_with(|| {
                 order.push((net, key));
-                Vec::new()
+                Lists::default()
             });
-            if !e.contains(&a) {
-                e.push(a);
+            if !e.0.contains(&a) {
+                e.0.push(a);
+            }
+            if let Some(a6) = a6.filter(|a6| !e.1.contains(a6)) {
+                e.1.push(a6);
             }
         };
         for e in &data.endpoints {
@@ -354,8 +467,8 @@ impl Snapshot {
                 let mut dotted = k.to_vec();
                 dotted.push(b'.');
                 dotted.extend_from_slice(&net_lc);
-                add(e.network, k, e.ipv4);
-                add(e.network, dotted.into_boxed_slice(), e.ipv4);
+                add(e.network, k, e.ipv4, e.ipv6);
+                add(e.network, dotted.into_boxed_slice(), e.ipv4, e.ipv6);
             }
             let primary = if e.name.is_empty() {
                 e.container_id.get(..12).unwrap_or(&e.container_id)
@@ -364,6 +477,11 @@ impl Snapshot {
             };
             if let Some(w) = crate::wire::encode_name(&format!("{primary}.{net_name}")) {
                 if let Some(Some(n)) = s.nets.get_mut(usize::from(e.network.0)) {
+                    if let Some(a6) = e.ipv6 {
+                        n.ptr6
+                            .entry(u128::from(a6))
+                            .or_insert(w.clone().into_boxed_slice());
+                    }
                     n.ptr
                         .entry(u32::from(e.ipv4))
                         .or_insert(w.into_boxed_slice());
@@ -374,7 +492,13 @@ impl Snapshot {
             if let (Some(addrs), Some(Some(n))) =
                 (names.remove(&key), s.nets.get_mut(usize::from(key.0 .0)))
             {
-                n.names.insert(key.1, addrs.into_boxed_slice());
+                n.names.insert(
+                    key.1,
+                    Addrs {
+                        v4: addrs.0.into_boxed_slice(),
+                        v6: addrs.1.into_boxed_slice(),
+                    },
+                );
             }
         }
         // Queriers: one per endpoint, sharing their container's view.
@@ -405,7 +529,7 @@ impl Snapshot {
                     let target = lower(&l.container);
                     // The linked container's addresses on the networks this
                     // container shares with it.
-                    let addrs: Vec<Ipv4Addr> = data
+                    let targets: Vec<&EndpointSpec> = data
                         .endpoints
                         .iter()
                         .filter(|t| {
@@ -415,9 +539,12 @@ impl Snapshot {
                                     || t.container_id.get(..12).map(str::as_bytes)
                                         == Some(&target[..]))
                         })
-                        .map(|t| t.ipv4)
                         .collect();
-                    (!addrs.is_empty()).then(|| (lower(&l.alias), addrs.into_boxed_slice()))
+                    let addrs = Addrs {
+                        v4: targets.iter().map(|t| t.ipv4).collect(),
+                        v6: targets.iter().filter_map(|t| t.ipv6).collect(),
+                    };
+                    (!targets.is_empty()).then(|| (lower(&l.alias), addrs))
                 })
                 .collect();
             let idx = s.queriers.len() as u32;
@@ -427,8 +554,40 @@ impl Snapshot {
                 may_forward,
             });
             s.by_addr.insert((e.network.0, u32::from(e.ipv4)), idx);
+            if let Some(a6) = e.ipv6 {
+                s.by_addr6.insert((e.network.0, u128::from(a6)), idx);
+            }
         }
         s
+    }
+}
+
+#[cfg(test)]
+impl Snapshot {
+    /// Adds `key` with these addresses to a network's names (tests of
+    /// states the control plane cannot express yet, e.g. IPv6-only).
+    pub(crate) fn insert_name(
+        &mut self,
+        net: NetworkId,
+        key: &[u8],
+        v4: &[Ipv4Addr],
+        v6: &[Ipv6Addr],
+    ) {
+        let i = usize::from(net.0);
+        if self.nets.len() <= i {
+            self.nets.resize_with(i + 1, || None);
+        }
+        let n = self.nets[i].get_or_insert_with(|| NetSnap {
+            dns: true,
+            ..NetSnap::default()
+        });
+        n.names.insert(
+            key.into(),
+            Addrs {
+                v4: v4.into(),
+                v6: v6.into(),
+            },
+        );
     }
 }
 
@@ -574,6 +733,84 @@ mod tests {
         );
         assert_eq!(q.reverse(ip(2)), Some(&b"\x03Web\x05front\x00"[..]));
         assert_eq!(q.reverse(ip(3)), None);
+    }
+
+    fn ip6(d: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, d)
+    }
+
+    #[test]
+    fn dual_stack_lookups() {
+        let r = Registry::new();
+        let (a, b) = (NetworkId(1), NetworkId(2));
+        r.set_network(NetworkSpec::new(a, "front")).unwrap();
+        r.set_network(NetworkSpec::new(b, "back")).unwrap();
+        // The client on both networks, IPv6 on `front` only.
+        r.add_endpoint(EndpointSpec::new(a, "c1", "client", ip(2)).with_ipv6(ip6(2)))
+            .unwrap();
+        r.add_endpoint(EndpointSpec::new(b, "c1", "client", ip(102)))
+            .unwrap();
+        // `svc`: IPv4 only on `front`, dual-stack on `back`.
+        r.add_endpoint(EndpointSpec::new(a, "c2", "svc", ip(3)))
+            .unwrap();
+        r.add_endpoint(EndpointSpec::new(b, "c3", "svc", ip(103)).with_ipv6(ip6(103)))
+            .unwrap();
+        let mut linker = EndpointSpec::new(a, "c4", "linker", ip(4)).with_ipv6(ip6(4));
+        linker.links.push(Link {
+            container: "svc".into(),
+            alias: "s".into(),
+        });
+        r.add_endpoint(linker).unwrap();
+        let s = r.load();
+        // The client, identified by its IPv6 address, sees both networks.
+        let q = s.querier(a, ip6(2));
+        assert!(q.may_forward());
+        assert_eq!(q.lookup::<Ipv4Addr>(b"svc"), Lookup::Addrs(&[ip(3)][..]));
+        // AAAA: a miss on the arrival network, an answer on the other
+        // (Docker keeps looking after an ipv6Miss).
+        assert_eq!(q.lookup::<Ipv6Addr>(b"svc"), Lookup::Addrs(&[ip6(103)][..]));
+        assert_eq!(q.lookup::<Ipv6Addr>(b"svc.front"), Lookup::NoData);
+        assert_eq!(q.lookup::<Ipv6Addr>(b"nope"), Lookup::NotLocal);
+        assert_eq!(
+            q.lookup::<Ipv6Addr>(b"client.front"),
+            Lookup::Addrs(&[ip6(2)][..])
+        );
+        assert_eq!(q.reverse6(ip6(103)), Some(&b"\x03svc\x04back\x00"[..]));
+        assert_eq!(q.reverse6(ip6(4)), Some(&b"\x06linker\x05front\x00"[..]));
+        assert_eq!(q.reverse6(ip6(99)), None);
+        // The same by its IPv4 address; an unknown IPv6 querier sees the
+        // arrival network only.
+        assert_eq!(
+            s.querier(a, ip(2)).lookup::<Ipv6Addr>(b"svc"),
+            Lookup::Addrs(&[ip6(103)][..])
+        );
+        let stranger = s.querier(a, ip6(77));
+        assert_eq!(stranger.lookup::<Ipv6Addr>(b"svc"), Lookup::NoData);
+        assert_eq!(stranger.reverse6(ip6(103)), None);
+        // A link to a container without IPv6 on the shared network.
+        let l = s.querier(a, ip6(4));
+        assert_eq!(l.lookup::<Ipv4Addr>(b"s"), Lookup::Addrs(&[ip(3)][..]));
+        assert_eq!(l.lookup::<Ipv6Addr>(b"s"), Lookup::NoData);
+        // A duplicate IPv6 address is refused, nothing changes.
+        assert_eq!(
+            r.add_endpoint(EndpointSpec::new(a, "c5", "dup", ip(5)).with_ipv6(ip6(2))),
+            Err(RegistryError::AddressInUse6(ip6(2)))
+        );
+        assert_eq!(r.data().endpoints.len(), 5);
+        // The same IPv6 address on another network is fine.
+        r.add_endpoint(EndpointSpec::new(b, "c5", "dup", ip(5)).with_ipv6(ip6(2)))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_of_an_ipv6_only_name_is_nodata() {
+        let mut s = Snapshot::default();
+        let n = NetworkId(0);
+        s.insert_name(n, b"six", &[], &[ip6(6)]);
+        let q = s.querier(n, ip(2));
+        assert_eq!(q.lookup::<Ipv4Addr>(b"six"), Lookup::NoData);
+        assert_eq!(q.resolve(b"six"), Resolved::Addrs(&[]));
+        assert_eq!(q.lookup::<Ipv6Addr>(b"six"), Lookup::Addrs(&[ip6(6)][..]));
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! The sans-IO responder: query bytes in, answer bytes out, into a caller
-//! buffer, for a querier identified by its network and IPv4 address.
+//! buffer, for a querier identified by its network and IPv4 or IPv6
+//! address.
 //!
 //! Contract:
 //! - Never panics, whatever the bytes; work is bounded by the query length
 //!   plus the number of addresses of the name asked for.
 //! - No allocation, no lock: the caller passes the [`Snapshot`] (loaded
 //!   once per query or per batch), the RNG and the output buffer.
-//! - Answers (Docker's embedded DNS rules): A → every address of the name,
-//!   in a new random order per query; AAAA and other types of a known name
-//!   → NOERROR with no answer; PTR of a container address →
-//!   `name.network.`; a name the querier cannot see → [`Outcome::Forward`],
+//! - Answers (Docker's embedded DNS rules): A → every IPv4 address of the
+//!   name, AAAA → every IPv6 address, each in a new random order per query;
+//!   A or AAAA of a local name without an address of that family, and other
+//!   types of a local name → NOERROR with no answer (NODATA, not forwarded);
+//!   PTR of a container address (`in-addr.arpa`, or nibble-form
+//!   `ip6.arpa`) → `name.network.`; a name the querier cannot see →
+//!   [`Outcome::Forward`],
 //!   or REFUSED when every network of the querier is `--internal` (REFUSED
 //!   rather than SERVFAIL: it says at once "this server will not recurse
 //!   for you" and resolvers move on without retrying or marking the server
@@ -22,9 +26,10 @@
 //!   opcodes other than QUERY → NOTIMP; shorter messages and responses
 //!   (QR set) → [`Outcome::Drop`].
 
+use crate::registry::Lookup;
 use crate::registry::{Resolved, Snapshot};
 use crate::wire::{self, flags, rcode, rtype, ParseError, Query, HEADER_LEN, MAX_NAME_LEN};
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use rand_core::RngCore;
 use tapnet_switch::NetworkId;
 
@@ -57,7 +62,7 @@ pub enum Transport {
 /// What kind of answer was written (for counters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Answered {
-    /// Records for a local name (A or PTR).
+    /// Records for a local name (A, AAAA or PTR).
     Records,
     /// NOERROR without records: a local name, another type.
     NoData,
@@ -122,7 +127,7 @@ impl Responder {
         &self,
         snap: &Snapshot,
         network: NetworkId,
-        querier: Ipv4Addr,
+        querier: impl Into<IpAddr>,
         query: &[u8],
         transport: Transport,
         rng: &mut R,
@@ -173,14 +178,28 @@ impl Responder {
         let local = match key {
             Some(k) if class_ok => {
                 let ptr = match q.qtype {
-                    rtype::PTR => wire::parse_reverse_v4(k).and_then(|a| who.reverse(a)),
+                    rtype::PTR => match wire::parse_reverse_v4(k) {
+                        Some(a) => who.reverse(a),
+                        None => wire::parse_reverse_v6(k).and_then(|a| who.reverse6(a)),
+                    },
                     _ => None,
                 };
-                match (ptr, who.resolve(k)) {
+                match (ptr, q.qtype) {
                     (Some(name), _) => Some(Records::Ptr(name)),
-                    (None, Resolved::Addrs(a)) if q.qtype == rtype::A => Some(Records::A(a)),
-                    (None, Resolved::Addrs(_)) => Some(Records::None),
-                    (None, Resolved::NotLocal) => None,
+                    (None, rtype::A) => match who.lookup::<Ipv4Addr>(k) {
+                        Lookup::Addrs(a) => Some(Records::A(a)),
+                        Lookup::NoData => Some(Records::None),
+                        Lookup::NotLocal => None,
+                    },
+                    (None, rtype::AAAA) => match who.lookup::<Ipv6Addr>(k) {
+                        Lookup::Addrs(a) => Some(Records::Aaaa(a)),
+                        Lookup::NoData => Some(Records::None),
+                        Lookup::NotLocal => None,
+                    },
+                    (None, _) => match who.resolve(k) {
+                        Resolved::Addrs(_) => Some(Records::None),
+                        Resolved::NotLocal => None,
+                    },
                 }
             }
             _ => None,
@@ -206,8 +225,14 @@ impl Responder {
         }
         match b.emit(out, 0, true, false, records) {
             Some(len) => {
-                if let Records::A(a) = records {
-                    shuffle_a(&mut out[b.answers_at()..], a.len(), rng);
+                match records {
+                    Records::A(a) => {
+                        shuffle_rdata::<4, R>(&mut out[b.answers_at()..], a.len(), rng)
+                    }
+                    Records::Aaaa(a) => {
+                        shuffle_rdata::<16, R>(&mut out[b.answers_at()..], a.len(), rng)
+                    }
+                    _ => {}
                 }
                 Outcome::Answer { len, kind }
             }
@@ -224,7 +249,7 @@ impl Responder {
         &self,
         snap: &Snapshot,
         network: NetworkId,
-        querier: Ipv4Addr,
+        querier: impl Into<IpAddr>,
         framed: &[u8],
         rng: &mut R,
         out: &mut [u8],
@@ -246,17 +271,19 @@ impl Responder {
     }
 }
 
-/// Shuffles the addresses of `n` A records written at `recs` (16 bytes
-/// each, address last): only the RDATA differs between them.
-fn shuffle_a<R: RngCore>(recs: &mut [u8], n: usize, rng: &mut R) {
+/// Shuffles the addresses of `n` A (`L` = 4) or AAAA (`L` = 16) records
+/// written at `recs` (12 + `L` bytes each, address last): only the RDATA
+/// differs between them.
+fn shuffle_rdata<const L: usize, R: RngCore>(recs: &mut [u8], n: usize, rng: &mut R) {
+    let size = 12 + L;
     for i in (1..n).rev() {
         let j = below(rng, i + 1);
         if i != j {
-            let (x, y) = (i * 16 + 12, j * 16 + 12);
-            let mut t = [0u8; 4];
-            t.copy_from_slice(&recs[x..x + 4]);
-            recs.copy_within(y..y + 4, x);
-            recs[y..y + 4].copy_from_slice(&t);
+            let (x, y) = (i * size + 12, j * size + 12);
+            let mut t = [0u8; L];
+            t.copy_from_slice(&recs[x..x + L]);
+            recs.copy_within(y..y + L, x);
+            recs[y..y + L].copy_from_slice(&t);
         }
     }
 }
@@ -328,6 +355,7 @@ pub fn truncate_for_udp(msg: &mut [u8], len: usize, limit: usize) -> Option<usiz
 enum Records<'a> {
     None,
     A(&'a [Ipv4Addr]),
+    Aaaa(&'a [Ipv6Addr]),
     /// A wire-form name.
     Ptr(&'a [u8]),
 }
@@ -357,6 +385,7 @@ impl Builder<'_> {
         let rr = match r {
             Records::None => 0,
             Records::A(a) => a.len() * 16,
+            Records::Aaaa(a) => a.len() * 28,
             Records::Ptr(n) => 12 + n.len(),
         };
         self.q.question_end + rr + self.opt_len()
@@ -368,6 +397,7 @@ impl Builder<'_> {
         let an = match r {
             Records::None => 0,
             Records::A(a) => u16::try_from(a.len()).ok()?,
+            Records::Aaaa(a) => u16::try_from(a.len()).ok()?,
             Records::Ptr(_) => 1,
         };
         let qe = self.q.question_end;
@@ -394,6 +424,14 @@ impl Builder<'_> {
                     wire::write_rr_head(o, rtype::A, self.ttl, 4)?;
                     o[12..16].copy_from_slice(&a.octets());
                     at += 16;
+                }
+            }
+            Records::Aaaa(addrs) => {
+                for a in addrs {
+                    let o = out.get_mut(at..at + 28)?;
+                    wire::write_rr_head(o, rtype::AAAA, self.ttl, 16)?;
+                    o[12..28].copy_from_slice(&a.octets());
+                    at += 28;
                 }
             }
             Records::Ptr(name) => {
@@ -479,6 +517,166 @@ mod tests {
         want[7] = 1; // ANCOUNT
         want.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0x02, 0x58, 0, 4, 10, 0, 0, 10]);
         assert_eq!(&out[..38], &want[..]);
+    }
+
+    /// `dig +noedns NAME AAAA`, id 0x0102.
+    fn q_aaaa(name: &[u8]) -> Vec<u8> {
+        let mut q = Q_MANY[..12].to_vec();
+        q.push(name.len() as u8);
+        q.extend_from_slice(name);
+        q.extend_from_slice(&[0, 0, 28, 0, 1]);
+        q
+    }
+
+    #[test]
+    fn aaaa_answers_and_nodata_both_ways() {
+        let r = Registry::new();
+        r.set_network(NetworkSpec::new(NET, "n")).unwrap();
+        let six = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+        r.add_endpoint(EndpointSpec::new(NET, "q", "querier", ip(2)))
+            .unwrap();
+        r.add_endpoint(EndpointSpec::new(NET, "d", "dual", ip(10)).with_ipv6(six))
+            .unwrap();
+        let mut out = [0u8; 512];
+        let q = q_aaaa(b"dual");
+        let o = run(&r, &q, Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: q.len() + 28,
+                kind: Answered::Records
+            }
+        );
+        let mut want = q.clone();
+        want[2] = 0x85; // QR AA RD
+        want[3] = 0x80; // RA
+        want[7] = 1; // ANCOUNT
+        want.extend_from_slice(&[0xc0, 0x0c, 0, 28, 0, 1, 0, 0, 0x02, 0x58, 0, 16]);
+        want.extend_from_slice(&six.octets());
+        assert_eq!(&out[..q.len() + 28], &want[..]);
+        // A local name without IPv6: NOERROR, no answer, not forwarded.
+        let q = q_aaaa(b"querier");
+        let o = run(&r, &q, Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: q.len(),
+                kind: Answered::NoData
+            }
+        );
+        assert_eq!(&out[2..8], &[0x85, 0x80, 0, 1, 0, 0]);
+        // Not local: forwarded.
+        assert_eq!(
+            run(&r, &q_aaaa(b"nope"), Transport::Udp, &mut out),
+            Outcome::Forward
+        );
+        // A of a name with only IPv6 (a snapshot the control plane cannot
+        // express yet: every endpoint has IPv4).
+        let mut snap = crate::registry::Snapshot::default();
+        snap.insert_name(NET, b"six", &[], &[six]);
+        let mut q = q_aaaa(b"six");
+        let l = q.len();
+        q[l - 3] = 1; // A
+        let o = Responder::default().respond(
+            &snap,
+            NET,
+            ip(2),
+            &q,
+            Transport::Udp,
+            &mut FastRng::new(1),
+            &mut out,
+        );
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: q.len(),
+                kind: Answered::NoData
+            }
+        );
+        assert_eq!(out[3] & 0xf, 0, "NOERROR");
+    }
+
+    #[test]
+    fn aaaa_shuffled_and_ptr_in_ip6_arpa() {
+        let r = Registry::new();
+        r.set_network(NetworkSpec::new(NET, "n")).unwrap();
+        let me = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+        r.add_endpoint(EndpointSpec::new(NET, "q", "querier", ip(2)).with_ipv6(me))
+            .unwrap();
+        for i in 0..8u8 {
+            let a6 = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, u16::from(i));
+            let mut e = EndpointSpec::new(NET, &format!("c{i}"), &format!("m{i}"), ip(10 + i))
+                .with_ipv6(a6);
+            e.aliases.push("many".into());
+            r.add_endpoint(e).unwrap();
+        }
+        let q = q_aaaa(b"many");
+        let mut seen = std::collections::HashSet::new();
+        for seed in 0..8 {
+            let mut out = [0u8; 512];
+            let o = Responder::default().respond(
+                &r.load(),
+                NET,
+                me,
+                &q,
+                Transport::Udp,
+                &mut FastRng::new(seed),
+                &mut out,
+            );
+            assert_eq!(
+                o,
+                Outcome::Answer {
+                    len: q.len() + 8 * 28,
+                    kind: Answered::Records
+                }
+            );
+            let mut addrs: Vec<[u8; 16]> = (0..8)
+                .map(|i| {
+                    let at = q.len() + i * 28;
+                    assert_eq!(
+                        &out[at..at + 12],
+                        &[0xc0, 0x0c, 0, 28, 0, 1, 0, 0, 2, 0x58, 0, 16]
+                    );
+                    out[at + 12..at + 28].try_into().unwrap()
+                })
+                .collect();
+            seen.insert(addrs.clone());
+            addrs.sort();
+            addrs.dedup();
+            assert_eq!(addrs.len(), 8, "each address once");
+        }
+        assert!(seen.len() > 1, "the order varies");
+        // PTR of m3's IPv6 address, nibble form.
+        let ptr = |a6: Ipv6Addr| {
+            let mut name = String::new();
+            for b in a6.octets().iter().rev() {
+                name += &format!("{:x}.{:x}.", b & 0xf, b >> 4);
+            }
+            name += "ip6.ARPA";
+            let mut q = Q_MANY[..12].to_vec();
+            q.extend_from_slice(&crate::wire::encode_name(&name).unwrap());
+            q.extend_from_slice(&[0, 12, 0, 1]);
+            q
+        };
+        let mut out = [0u8; 512];
+        let q = ptr(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, 3));
+        let o = run(&r, &q, Transport::Udp, &mut out);
+        assert_eq!(
+            o,
+            Outcome::Answer {
+                len: q.len() + 12 + 6,
+                kind: Answered::Records
+            }
+        );
+        let at = q.len();
+        assert_eq!(
+            &out[at..at + 12],
+            &[0xc0, 0x0c, 0, 12, 0, 1, 0, 0, 2, 0x58, 0, 6]
+        );
+        assert_eq!(&out[at + 12..at + 18], b"\x02m3\x01n\x00");
+        // An address of no container: forwarded.
+        let q = ptr(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 1, 9));
+        assert_eq!(run(&r, &q, Transport::Udp, &mut out), Outcome::Forward);
     }
 
     #[test]

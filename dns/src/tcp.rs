@@ -23,11 +23,15 @@
 //! answer frame means the client retransmits its query, which is answered
 //! again.
 //!
+//! Both families: the frames carry IPv4 or IPv6 (no extension headers)
+//! as the [`Ends`] say; over IPv6 a GSO super-frame is `GSO_TCPV6`.
+//!
 //! [`Segment::parse`] never panics (it reads through
 //! [`tapnet_switch::wire::TcpPacket`]); emitting writes only within the
 //! buffer it is given and returns `None` when it does not fit.
 
-use core::net::Ipv4Addr;
+use crate::ip;
+use core::net::IpAddr;
 use rand_core::RngCore;
 use tapnet_switch::wire::{ethernet, ipv4, tcp as wtcp, vnet, TcpPacket, TcpRepr, VnetHdr};
 
@@ -38,11 +42,14 @@ pub use tapnet_switch::wire::tcp::flags;
 pub const HEADER_LEN: usize = wtcp::HEADER_LEN;
 /// Ethernet + IPv4 (no options) + TCP (no options) headers.
 pub const FRAME_HEADERS: usize = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + HEADER_LEN;
+/// Ethernet + IPv6 (no extension headers) + TCP (no options) headers.
+pub const FRAME_HEADERS6: usize = ethernet::HEADER_LEN + ip::IPV6_HEADER_LEN + HEADER_LEN;
 /// The window we advertise (no window scaling).
 pub const WINDOW: u16 = 65535;
 /// The MSS assumed when a SYN has no MSS option (RFC 9293 3.7.1).
 pub const DEFAULT_MSS: u16 = 536;
-/// Largest TCP payload of one IPv4 packet (the limit of a GSO super-frame).
+/// Largest TCP payload of one IPv4 packet (the limit of a GSO super-frame;
+/// also used over IPv6, whose limit is 20 bytes larger).
 pub const MAX_PAYLOAD: usize = 65535 - ipv4::MIN_HEADER_LEN - HEADER_LEN;
 
 /// Segment sizes a cookie can encode (3 bits); the largest one not above
@@ -106,8 +113,8 @@ impl core::fmt::Debug for CookieKey {
 /// A connection's 4-tuple, client side first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tuple {
-    pub client: (Ipv4Addr, u16),
-    pub server: (Ipv4Addr, u16),
+    pub client: (IpAddr, u16),
+    pub server: (IpAddr, u16),
 }
 
 /// What a valid cookie says.
@@ -130,9 +137,29 @@ impl CookieKey {
     }
 
     fn hash(&self, t: &Tuple) -> u32 {
-        let a = u64::from(u32::from(t.client.0)) << 32 | u64::from(u32::from(t.server.0));
-        let b = u64::from(t.client.1) << 16 | u64::from(t.server.1);
-        (siphash13(self.k0, self.k1, a, b) >> 32) as u32
+        let ports = u64::from(t.client.1) << 16 | u64::from(t.server.1);
+        let h = match (t.client.0, t.server.0) {
+            (IpAddr::V4(c), IpAddr::V4(s)) => {
+                let a = u64::from(u32::from(c)) << 32 | u64::from(u32::from(s));
+                siphash13(self.k0, self.k1, &[a, ports])
+            }
+            (c, s) => {
+                let w = |a: IpAddr| match a {
+                    IpAddr::V4(a) => u128::from(a.to_ipv6_mapped()),
+                    IpAddr::V6(a) => u128::from(a),
+                };
+                let (c, s) = (w(c), w(s));
+                let words = [
+                    (c >> 64) as u64,
+                    c as u64,
+                    (s >> 64) as u64,
+                    s as u64,
+                    ports,
+                ];
+                siphash13(self.k0, self.k1, &words)
+            }
+        };
+        (h >> 32) as u32
     }
 
     /// The ISN of our SYN-ACK to a SYN with sequence number `client_isn`.
@@ -150,8 +177,8 @@ impl CookieKey {
     }
 }
 
-/// SipHash-1-3 of two 64-bit words (16 bytes of input).
-fn siphash13(k0: u64, k1: u64, a: u64, b: u64) -> u64 {
+/// SipHash-1-3 of 64-bit words (8 bytes of input each).
+fn siphash13(k0: u64, k1: u64, words: &[u64]) -> u64 {
     let mut v = [
         k0 ^ 0x736f_6d65_7073_6575,
         k1 ^ 0x646f_7261_6e64_6f6d,
@@ -170,7 +197,8 @@ fn siphash13(k0: u64, k1: u64, a: u64, b: u64) -> u64 {
         v[1] = v[1].rotate_left(17) ^ v[2];
         v[2] = v[2].rotate_left(32);
     }
-    for m in [a, b, 16u64 << 56] {
+    let last = ((8 * words.len()) as u64) << 56;
+    for &m in words.iter().chain(core::iter::once(&last)) {
         v[3] ^= m;
         round(&mut v);
         v[0] ^= m;
@@ -182,18 +210,34 @@ fn siphash13(k0: u64, k1: u64, a: u64, b: u64) -> u64 {
     v[0] ^ v[1] ^ v[2] ^ v[3]
 }
 
-/// The link and IP ends of a frame we send (to the client).
+/// The link and IP ends of a frame we send (to the client). Both addresses
+/// are of one family (frames with mixed ones are not emitted).
 #[derive(Clone, Copy, Debug)]
 pub struct Ends {
     pub dst_mac: tapnet_switch::wire::EthernetAddress,
     pub src_mac: tapnet_switch::wire::EthernetAddress,
-    pub src: (Ipv4Addr, u16),
-    pub dst: (Ipv4Addr, u16),
+    pub src: (IpAddr, u16),
+    pub dst: (IpAddr, u16),
+}
+
+impl Ends {
+    /// Ethernet + IP + TCP (no options) headers of a segment between these
+    /// ends: [`FRAME_HEADERS`] or [`FRAME_HEADERS6`].
+    #[inline]
+    pub fn tcp_headers(&self) -> usize {
+        ethernet::HEADER_LEN + ip::header_len(self.src.0) + HEADER_LEN
+    }
+
+    /// Ethernet + IP + UDP headers of a datagram between these ends.
+    #[inline]
+    pub fn udp_headers(&self) -> usize {
+        ethernet::HEADER_LEN + ip::header_len(self.src.0) + 8
+    }
 }
 
 /// One segment to send: its options and payload are already at
-/// `out[FRAME_HEADERS..]` (`opt_len` bytes of options, a multiple of 4,
-/// then `payload_len` bytes).
+/// `out[e.tcp_headers()..]` ([`Ends::tcp_headers`]: `opt_len` bytes of
+/// options, a multiple of 4, then `payload_len` bytes).
 #[derive(Clone, Copy, Debug)]
 pub struct Emit {
     pub seq: u32,
@@ -202,38 +246,30 @@ pub struct Emit {
     pub opt_len: usize,
     pub payload_len: usize,
     /// Payload per wire segment: a larger payload is sent as one GSO
-    /// super-frame (`GSO_TCPV4`, `NEEDS_CSUM`) that the TAP segments.
+    /// super-frame (`GSO_TCPV4` or `GSO_TCPV6`, `NEEDS_CSUM`) that the TAP
+    /// segments.
     pub mss: u16,
 }
 
-/// Writes the Ethernet, IPv4 and TCP headers; returns the frame length and
-/// its virtio-net metadata (plain with full checksums, or GSO with a
-/// partial checksum), or `None` if it does not fit `out` or one packet.
+/// Writes the Ethernet, IP (v4 or v6, as the ends) and TCP headers;
+/// returns the frame length and its virtio-net metadata (plain with full
+/// checksums, or GSO with a partial checksum), or `None` if it does not
+/// fit `out` or one packet, or the ends mix families.
 pub fn emit(out: &mut [u8], e: &Ends, s: &Emit) -> Option<(usize, VnetHdr)> {
     let tcp_len = HEADER_LEN + s.opt_len;
     let l4 = tcp_len + s.payload_len;
-    if !s.opt_len.is_multiple_of(4)
-        || s.opt_len > 40
-        || ipv4::MIN_HEADER_LEN + l4 > 65535
-        || s.mss == 0
-    {
+    if !s.opt_len.is_multiple_of(4) || s.opt_len > 40 || s.payload_len > MAX_PAYLOAD || s.mss == 0 {
         return None;
     }
-    let total = ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN + l4;
+    let ip_len = ip::header_len(e.src.0);
+    let total = ethernet::HEADER_LEN + ip_len + l4;
     let f = out.get_mut(..total)?;
     f[0..6].copy_from_slice(&e.dst_mac.0);
     f[6..12].copy_from_slice(&e.src_mac.0);
-    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    f[12..14].copy_from_slice(&u16::from(ip::ethertype(e.src.0)).to_be_bytes());
     let ip_at = ethernet::HEADER_LEN;
-    ipv4::emit_header(
-        &mut f[ip_at..],
-        e.src.0,
-        e.dst.0,
-        ipv4::protocol::TCP,
-        l4,
-        64,
-    );
-    let t_at = ip_at + ipv4::MIN_HEADER_LEN;
+    ip::emit_header(&mut f[ip_at..], e.src.0, e.dst.0, ip::proto::TCP, l4)?;
+    let t_at = ip_at + ip_len;
     let mut t = TcpPacket::new_unchecked(&mut f[t_at..]);
     TcpRepr {
         src_port: e.src.1,
@@ -248,10 +284,15 @@ pub fn emit(out: &mut [u8], e: &Ends, s: &Emit) -> Option<(usize, VnetHdr)> {
     if s.payload_len > usize::from(s.mss) {
         // Partial checksum: the pseudo-header sum, not complemented; the
         // TAP (or the receiving stack) completes it per segment.
-        t.set_partial_checksum(e.src.0, e.dst.0, l4);
+        let c = ip::partial_l4(e.src.0, e.dst.0, ip::proto::TCP, l4)?;
+        t.set_checksum(c);
+        let gso_type = match e.src.0 {
+            IpAddr::V4(_) => vnet::GSO_TCPV4,
+            IpAddr::V6(_) => vnet::GSO_TCPV6,
+        };
         let meta = VnetHdr {
             flags: vnet::F_NEEDS_CSUM,
-            gso_type: vnet::GSO_TCPV4,
+            gso_type,
             hdr_len: (t_at + tcp_len) as u16,
             gso_size: s.mss,
             csum_start: t_at as u16,
@@ -260,7 +301,13 @@ pub fn emit(out: &mut [u8], e: &Ends, s: &Emit) -> Option<(usize, VnetHdr)> {
         };
         return Some((total, meta));
     }
-    t.fill_checksum(e.src.0, e.dst.0);
+    ip::fill_l4(
+        &mut f[t_at..],
+        wtcp::CHECKSUM_OFFSET,
+        e.src.0,
+        e.dst.0,
+        ip::proto::TCP,
+    )?;
     Some((total, VnetHdr::default()))
 }
 
@@ -268,6 +315,7 @@ pub fn emit(out: &mut [u8], e: &Ends, s: &Emit) -> Option<(usize, VnetHdr)> {
 mod tests {
     use super::*;
     use crate::rng::FastRng;
+    use core::net::Ipv4Addr;
 
     #[test]
     fn options_and_truncation() {
@@ -289,8 +337,8 @@ mod tests {
     fn cookies_bind_the_tuple() {
         let k = CookieKey::new(&mut FastRng::new(1));
         let t = Tuple {
-            client: (Ipv4Addr::new(10, 1, 0, 2), 40000),
-            server: (Ipv4Addr::new(10, 1, 0, 1), 53),
+            client: (Ipv4Addr::new(10, 1, 0, 2).into(), 40000),
+            server: (Ipv4Addr::new(10, 1, 0, 1).into(), 53),
         };
         let c = k.cookie(&t, 0x1234_56ff, 5);
         assert_eq!(
@@ -301,7 +349,7 @@ mod tests {
             })
         );
         let other = Tuple {
-            client: (Ipv4Addr::new(10, 1, 0, 2), 40001),
+            client: (Ipv4Addr::new(10, 1, 0, 2).into(), 40001),
             ..t
         };
         assert_eq!(k.check(&other, c), None);

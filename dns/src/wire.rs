@@ -278,6 +278,32 @@ pub fn parse_reverse_v4(key: &[u8]) -> Option<core::net::Ipv4Addr> {
     (n == 4).then(|| core::net::Ipv4Addr::from(o))
 }
 
+/// Parses the nibble form `b.a.9.8. … .1.0.0.2.ip6.arpa` (RFC 3596 2.5;
+/// lowercase key, see [`name_key`]): exactly 32 single hex digits, least
+/// significant first.
+pub fn parse_reverse_v6(key: &[u8]) -> Option<core::net::Ipv6Addr> {
+    let head = key.strip_suffix(b".ip6.arpa")?;
+    if head.len() != 63 {
+        return None;
+    }
+    let mut v: u128 = 0;
+    for (i, &c) in head.iter().enumerate() {
+        if i % 2 == 1 {
+            if c != b'.' {
+                return None;
+            }
+            continue;
+        }
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v |= u128::from(d) << (4 * (i / 2));
+    }
+    Some(core::net::Ipv6Addr::from(v))
+}
+
 /// Writes a header.
 #[inline]
 pub fn write_header(out: &mut [u8], id: u16, fl: u16, counts: [u16; 4]) -> Option<()> {
@@ -432,5 +458,25 @@ mod tests {
         assert_eq!(parse_reverse_v4(b"256.3.2.10.in-addr.arpa"), None);
         assert_eq!(parse_reverse_v4(b"04.3.2.10.in-addr.arpa"), None);
         assert_eq!(parse_reverse_v4(b"1.4.3.2.10.in-addr.arpa"), None);
+    }
+
+    #[test]
+    fn reverse_v6() {
+        let k = b"1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa";
+        assert_eq!(
+            parse_reverse_v6(k),
+            Some("2001:db8:1::1".parse::<core::net::Ipv6Addr>().unwrap())
+        );
+        // Too short, uppercase (keys are lowercased first), two digits in
+        // a label, a missing dot.
+        assert_eq!(parse_reverse_v6(&k[2..]), None);
+        assert_eq!(parse_reverse_v6(&k.to_ascii_uppercase()), None);
+        let mut bad = k.to_vec();
+        bad[1] = b'0';
+        assert_eq!(parse_reverse_v6(&bad), None);
+        let mut bad = k.to_vec();
+        bad[48] = b'g';
+        assert_eq!(parse_reverse_v6(&bad), None);
+        assert_eq!(parse_reverse_v6(b"ip6.arpa"), None);
     }
 }

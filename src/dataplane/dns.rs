@@ -13,10 +13,15 @@
 //! [`tapnet_dns::tcp`]) is forwarded over TCP (length-prefixed, same
 //! servers, order, timeout and rules), and its answer goes back as one TCP
 //! frame (data + FIN; a GSO super-frame beyond the MSS).
+//!
+//! Queries that came over IPv6 (to a dual-stack network's IPv6 gateway
+//! address) are answered over IPv6 the same way; the upstreams are chosen
+//! by the querier's address of either family ([`Upstreams::set_querier`]
+//! under both).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -34,8 +39,9 @@ pub const MAX_IN_FLIGHT: usize = 1024;
 pub struct Upstreams {
     /// The daemon's `--dns-upstream` servers.
     daemon: Vec<SocketAddr>,
-    /// Per querier (network, address): the container's `--dns` servers.
-    per_querier: Mutex<HashMap<(NetworkId, Ipv4Addr), Vec<SocketAddr>>>,
+    /// Per querier (network, IPv4 or IPv6 address): the container's
+    /// `--dns` servers.
+    per_querier: Mutex<HashMap<(NetworkId, IpAddr), Vec<SocketAddr>>>,
     resolv_conf: PathBuf,
     host: Mutex<(Option<SystemTime>, Vec<SocketAddr>)>,
 }
@@ -50,7 +56,11 @@ impl Upstreams {
         }
     }
 
-    pub fn set_querier(&self, net: NetworkId, ip: Ipv4Addr, servers: Vec<SocketAddr>) {
+    /// Sets (or, with no servers, clears) the upstreams of the querier at
+    /// `ip` on `net`; a dual-stack endpoint is set under both its
+    /// addresses (queries come from either).
+    pub fn set_querier(&self, net: NetworkId, ip: impl Into<IpAddr>, servers: Vec<SocketAddr>) {
+        let ip = ip.into();
         let mut m = self.per_querier.lock();
         if servers.is_empty() {
             m.remove(&(net, ip));
@@ -60,8 +70,8 @@ impl Upstreams {
     }
 
     /// The servers for a querier, in order.
-    pub fn for_querier(&self, net: NetworkId, ip: Ipv4Addr) -> Vec<SocketAddr> {
-        if let Some(s) = self.per_querier.lock().get(&(net, ip)) {
+    pub fn for_querier(&self, net: NetworkId, ip: impl Into<IpAddr>) -> Vec<SocketAddr> {
+        if let Some(s) = self.per_querier.lock().get(&(net, ip.into())) {
             return s.clone();
         }
         if !self.daemon.is_empty() {
@@ -200,7 +210,7 @@ fn answer(req: &ForwardRequest, answer: Option<&[u8]>, inject: &Inject) {
             None => return,
         },
     };
-    let mut frame = vec![0u8; body.len() + 64];
+    let mut frame = vec![0u8; body.len() + 80];
     if let Some((n, meta)) = req.reply_frame(body, &mut frame) {
         frame.truncate(n);
         inject(req.port, meta, frame);

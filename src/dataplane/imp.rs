@@ -357,6 +357,7 @@ impl Dataplane {
             hostname: None,
             aliases: vec!["host.docker.internal".to_string()],
             ipv4: spec.gateway,
+            ipv6: None,
             links: Vec::new(),
         };
         if let Err(e) = self.inner.dns.add_endpoint(ep) {
@@ -548,6 +549,7 @@ impl Dataplane {
             hostname: ep.hostname,
             aliases: ep.aliases,
             ipv4: ip,
+            ipv6: None,
             links: ep
                 .links
                 .into_iter()
