@@ -1,7 +1,8 @@
 //! IPv6 dual-stack networks end to end (issue 20): `network create --ipv6`
 //! with Docker's IPAM rules and errors, `run --ip6` / `network connect
 //! --ip6`, Docker's JSON, containers talking IPv6 through the switch
-//! (Neighbor Discovery and echo answered by the gateway), anti-spoofing,
+//! (Neighbor Discovery and echo answered by the gateway), the embedded
+//! DNS (AAAA, ip6.arpa, over IPv6), anti-spoofing,
 //! ICC off and isolation, capture, and a daemon restart.
 //!
 //! Every test runs its own daemon inside its own network namespace.
@@ -249,6 +250,21 @@ fn containers_talk_ipv6_through_the_switch() {
     let neigh = d.exec_sh("s1", "ip -6 neigh show 2001:db8:80::1").stdout;
     assert!(neigh.contains("lladdr 02:42:0a:50:00:01"), "{neigh}");
     assert!(neigh.contains("router"), "{neigh}");
+    // The embedded DNS: AAAA for names with an IPv6 address, PTR in
+    // ip6.arpa, and queries to the gateway's IPv6 address.
+    let dig = |args: &[&str]| {
+        let mut a = vec!["exec", "s1", "--", "dig", "+short", "+tries=1", "+time=5"];
+        a.extend(args);
+        d.ok(&a).trim().to_string()
+    };
+    assert_eq!(dig(&["AAAA", "s2"]), a2);
+    assert_eq!(dig(&["AAAA", "s2.six"]), a2);
+    assert_eq!(dig(&["@2001:db8:80::1", "AAAA", "s2"]), a2);
+    assert_eq!(
+        dig(&["@2001:db8:80::1", "+tcp", "A", "s2"]),
+        d.ip_of("s2", "six")
+    );
+    assert_eq!(dig(&["-x", &a2]), "s2.six.");
     // Container to container, both ways, and TCP.
     assert!(ping6(&d, "s1", &a2), "{}", d.log());
     assert!(ping6(&d, "s2", &a1));

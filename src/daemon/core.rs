@@ -34,7 +34,8 @@ pub struct Core {
     pub(super) ports: HashMap<String, PortId>,
     /// Endpoints registered in the embedded DNS: id -> (network, container
     /// id, address).
-    pub(super) dns_regs: HashMap<String, (NetId, String, Option<std::net::Ipv4Addr>)>,
+    /// Per endpoint: where its names are registered, and its addresses.
+    pub(super) dns_regs: HashMap<String, (NetId, String, Vec<std::net::IpAddr>)>,
     /// The cluster store, when this daemon is part of a cluster.
     pub cluster: Option<crate::cluster::Cluster>,
     /// What this host applied of the cluster's state.

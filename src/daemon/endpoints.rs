@@ -450,7 +450,7 @@ impl Core {
             }
         }
         if let Some((net, cid, ip)) = self.dns_regs.remove(ep_id) {
-            self.dp.dns_remove_endpoint(net, &cid, ip);
+            self.dp.dns_remove_endpoint(net, &cid, &ip);
         }
     }
 
@@ -509,8 +509,13 @@ impl Core {
                 port: format!("{}/{}", names.name, e.ifname),
                 source,
             })?;
+        let addrs = ip
+            .map(std::net::IpAddr::from)
+            .into_iter()
+            .chain(e.ipv6.map(|a| a.addr().into()))
+            .collect();
         self.dns_regs
-            .insert(e.id.clone(), (net, names.container_id.clone(), ip));
+            .insert(e.id.clone(), (net, names.container_id.clone(), addrs));
         Ok(())
     }
 

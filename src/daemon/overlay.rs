@@ -536,7 +536,7 @@ impl Core {
         if let Some(net) = self.dp_net_id(network_id) {
             let _ = self.dp.remove_remote_endpoint(net, e.mac.0);
             self.dp
-                .dns_remove_endpoint(net, &e.container_id, Some(e.ipv4));
+                .dns_remove_endpoint(net, &e.container_id, &[e.ipv4.into()]);
         }
     }
 

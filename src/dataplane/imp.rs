@@ -8,7 +8,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -542,6 +542,11 @@ impl Dataplane {
         self.inner
             .upstreams
             .set_querier(nid, ip, ep.upstreams.clone());
+        if let Some(ip6) = ep.ipv6 {
+            self.inner
+                .upstreams
+                .set_querier(nid, ip6, ep.upstreams.clone());
+        }
         let spec = tapnet_dns::EndpointSpec {
             network: nid,
             container_id: ep.container_id,
@@ -549,7 +554,7 @@ impl Dataplane {
             hostname: ep.hostname,
             aliases: ep.aliases,
             ipv4: ip,
-            ipv6: None,
+            ipv6: ep.ipv6,
             links: ep
                 .links
                 .into_iter()
@@ -563,12 +568,12 @@ impl Dataplane {
     }
 
     /// Removes a container's names from a network (disconnect, stop).
-    pub fn dns_remove_endpoint(&self, net: NetId, container_id: &str, ipv4: Option<Ipv4Addr>) {
+    pub fn dns_remove_endpoint(&self, net: NetId, container_id: &str, addrs: &[IpAddr]) {
         let Some(&nid) = self.inner.nets.lock().get(&net) else {
             return;
         };
         let _ = self.inner.dns.remove_endpoint(nid, container_id);
-        if let Some(ip) = ipv4 {
+        for &ip in addrs {
             self.inner.upstreams.set_querier(nid, ip, Vec::new());
         }
     }
