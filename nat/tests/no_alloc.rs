@@ -100,9 +100,10 @@ fn gateway_datagram_paths_do_not_allocate() {
             mtu: 1500,
             masquerade: true,
             internal: false,
+            v6: None,
         },
     );
-    gw.add_endpoint(NetworkId(1), c_ip, c_mac.0, PortId(3));
+    gw.add_endpoint(NetworkId(1), c_ip, None, c_mac.0, PortId(3));
     let remote = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 53);
     let frame = build::udp(
         gateway_mac(gw_ip),

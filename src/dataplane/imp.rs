@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tapnet_dns::{DnsHook, FastRng, Registry, Responder, ResponderConfig};
 use tapnet_switch::wire::{vnet, EthernetAddress, VnetHdr};
 use tapnet_switch::{
-    DropReason, NetworkConfig, NetworkId, OverlayConfig, Port, PortConfig, PortStats, Processed,
-    Switch, SwitchConfig, Topology, Transmit, Worker,
+    DropReason, Ipv6Config, NetworkConfig, NetworkId, OverlayConfig, Port, PortConfig, PortStats,
+    Processed, Switch, SwitchConfig, Topology, Transmit, Worker,
 };
 
 /// The services behind each network's gateway, per worker: the embedded
@@ -301,12 +301,29 @@ impl Dataplane {
         Ok(Dataplane { inner })
     }
 
-    /// Starts relaying a published port (see [`Published`]).
+    /// Starts relaying a published port (see [`Published`]) to the
+    /// container's IPv4 address.
     pub fn publish(&self, p: Published) -> anyhow::Result<()> {
+        self.publish_dual_stack(p, None)
+    }
+
+    /// [`Dataplane::publish`] for a container that also has an IPv6
+    /// address on the network: IPv6 clients of the port (not IPv4-mapped)
+    /// reach `container_ip6` at the same port, from their own address
+    /// (the gateway's IPv6 address for loopback and link-local clients);
+    /// IPv4 clients, and all clients when `container_ip6` is `None`,
+    /// reach `p.container_ip` as before.
+    pub fn publish_dual_stack(
+        &self,
+        p: Published,
+        container_ip6: Option<std::net::Ipv6Addr>,
+    ) -> anyhow::Result<()> {
         let Some(&nid) = self.inner.nets.lock().get(&p.network) else {
             bail!("publish: unknown network {}", p.network);
         };
-        self.inner.nat.send(super::nat::NatCmd::Publish(nid, p));
+        self.inner
+            .nat
+            .send(super::nat::NatCmd::Publish(nid, p, container_ip6));
         Ok(())
     }
 
@@ -374,7 +391,7 @@ impl Dataplane {
         &self.inner.switch
     }
 
-    fn net_config(spec: &NetworkSpec) -> NetworkConfig {
+    fn net_config(spec: &NetworkSpec, v6: Option<Ipv6Config>) -> NetworkConfig {
         let mut c = NetworkConfig::new(
             &spec.name,
             spec.subnet.network(),
@@ -387,6 +404,7 @@ impl Dataplane {
             vni: o.vni,
             encrypted: o.encrypted,
         });
+        c.v6 = v6;
         c
     }
 
@@ -400,8 +418,21 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Adds or replaces a network.
+    /// Adds or replaces a network (IPv4 only: replacing a dual-stack
+    /// network with this drops its IPv6 side).
     pub fn add_network(&self, id: NetId, spec: NetworkSpec) -> Result<(), DataplaneError> {
+        self.add_network_dual_stack(id, spec, None)
+    }
+
+    /// Adds or replaces a network with its IPv6 side `v6` (dual-stack:
+    /// the switch's `NetworkConfig::v6`, and the NAT relays the network's
+    /// IPv6 flows through the host's IPv6 sockets); `None`: IPv4 only.
+    pub fn add_network_dual_stack(
+        &self,
+        id: NetId,
+        spec: NetworkSpec,
+        v6: Option<Ipv6Config>,
+    ) -> Result<(), DataplaneError> {
         self.fault("add_network")?;
         if let Some(o) = spec.overlay {
             let Some(v) = &self.inner.vtep else {
@@ -413,7 +444,7 @@ impl Dataplane {
                 ));
             }
         }
-        let cfg = Self::net_config(&spec);
+        let cfg = Self::net_config(&spec, v6);
         let mut nets = self.inner.nets.lock();
         let res = match nets.get(&id) {
             Some(&nid) => self.inner.switch.update_network(nid, cfg).map(|_| nid),
@@ -431,6 +462,7 @@ impl Dataplane {
                         mtu: spec.mtu,
                         masquerade: spec.masquerade,
                         internal: spec.internal,
+                        v6,
                     },
                 ));
                 let dns = tapnet_dns::NetworkSpec {
@@ -466,6 +498,19 @@ impl Dataplane {
     /// fd per worker, opened with IFF_VNET_HDR and a 12-byte header; the
     /// dataplane sets O_NONBLOCK).
     pub fn add_port(&self, spec: PortSpec, queues: Vec<OwnedFd>) -> Result<PortId, DataplaneError> {
+        self.add_port_dual_stack(spec, None, queues)
+    }
+
+    /// [`Dataplane::add_port`] for an endpoint that also has the IPv6
+    /// address `ip6` on a dual-stack network: the switch spoof-checks it
+    /// (`PortConfig::ip6`) and the NAT sends the endpoint's IPv6 flows
+    /// to it.
+    pub fn add_port_dual_stack(
+        &self,
+        spec: PortSpec,
+        ip6: Option<std::net::Ipv6Addr>,
+        queues: Vec<OwnedFd>,
+    ) -> Result<PortId, DataplaneError> {
         self.fault("add_port")?;
         if queues.len() != self.workers() {
             return Err(DataplaneError::Queues {
@@ -489,7 +534,7 @@ impl Dataplane {
             network: net,
             mac: spec.mac.map(EthernetAddress),
             ip: spec.ip,
-            ip6: None,
+            ip6,
             max_macs: None,
             tunnel: None,
         };
@@ -498,6 +543,7 @@ impl Dataplane {
             self.inner.nat.send(super::nat::NatCmd::Endpoint {
                 network: net,
                 ip,
+                ip6,
                 mac,
                 port: id.0,
             });
