@@ -1091,3 +1091,80 @@ pub(super) fn row(v: &FlowView, host: Option<SocketAddr>, net: NetId, now_ns: u6
         expires_secs: secs(v.expires_in_ns(now_ns)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Waits (up to 5 s) for `f` to give something.
+    fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The host sockets of IPv6 flows, opened on the IPv6 loopback: a
+    /// non-blocking connect, a connected UDP socket, and an echo through
+    /// whichever ICMPv6 socket the probe found (the kernel answers echo
+    /// requests to `::1` itself).
+    #[test]
+    fn ipv6_host_sockets_on_the_loopback() {
+        let lo = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        // TCP.
+        let l = std::net::TcpListener::bind((lo, 0)).unwrap();
+        let mut c = connect_nonblocking(l.local_addr().unwrap()).unwrap();
+        let (mut srv, peer) = l.accept().unwrap();
+        assert!(peer.is_ipv6());
+        wait_for(|| c.peer_addr().ok());
+        assert!(c.take_error().unwrap().is_none());
+        c.write_all(b"v6").unwrap();
+        let mut b = [0u8; 2];
+        srv.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"v6");
+        // UDP.
+        let u = std::net::UdpSocket::bind((lo, 0)).unwrap();
+        let s = udp_connected(u.local_addr().unwrap()).unwrap();
+        assert!(s.local_addr().unwrap().is_ipv6());
+        s.send(b"dgram6").unwrap();
+        let mut b = [0u8; 16];
+        let (n, from) = u.recv_from(&mut b).unwrap();
+        assert_eq!((&b[..n], from), (&b"dgram6"[..], s.local_addr().unwrap()));
+        // ICMPv6 echo.
+        let mut req = [icmp6_req(), [0, 7, 0, 1]].concat();
+        req.extend_from_slice(b"ping6");
+        match probe_icmp6() {
+            (IcmpMode::PingSocket, None) => {
+                let p = ping_socket(lo).unwrap();
+                p.send(&req).unwrap();
+                let mut b = [0u8; 64];
+                let n = wait_for(|| p.recv(&mut b).ok());
+                assert_eq!((b[0], &b[8..n]), (129, &b"ping6"[..]));
+            }
+            (IcmpMode::Raw, Some(raw)) => {
+                raw.send_to(&req, SocketAddr::new(lo, 0)).unwrap();
+                let mut b = [0u8; 64];
+                // The raw socket also sees the request looping back.
+                let (n, from) = wait_for(|| match raw.recv_from(&mut b) {
+                    Ok((n, from)) if b[0] == 129 => Some((n, from)),
+                    _ => None,
+                });
+                assert_eq!((&b[8..n], from.ip()), (&b"ping6"[..], lo));
+            }
+            (IcmpMode::Unavailable, None) => {
+                assert!(ping_socket(lo).is_err());
+            }
+            (m, s) => panic!("probe gave {m:?} with socket {}", s.is_some()),
+        }
+    }
+
+    /// An ICMPv6 echo request's type, code and (kernel-filled) checksum.
+    fn icmp6_req() -> [u8; 4] {
+        [128, 0, 0, 0]
+    }
+}
