@@ -409,6 +409,9 @@ fn prefix_match(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
 struct Endpoint {
     mac: EthernetAddress,
     port: PortId,
+    /// Its IPv4 address: the flows of both its addresses count against
+    /// one per-container limit, under this address.
+    ip: Ipv4Addr,
 }
 
 /// The containers the gateway can send to, by network and address (one
@@ -729,6 +732,7 @@ impl Gateway {
         let ep = Endpoint {
             mac: EthernetAddress(mac),
             port,
+            ip,
         };
         self.endpoints.v4.insert((network, ip), ep);
         if let Some(a) = ip6 {
@@ -908,9 +912,17 @@ impl Gateway {
         None
     }
 
-    /// Creates a flow in the table, counting a refusal.
+    /// Creates a flow in the table, counting a refusal. A flow of a known
+    /// container's IPv6 address counts against its IPv4 address's limit.
     fn create(&mut self, key: FlowKey, dir: Direction, now: u64) -> Option<FlowHandle> {
-        match self.ct.create(key, dir, now) {
+        let owner = match key.container_ip {
+            IpAddr::V6(_) => self
+                .endpoints
+                .get(key.network, key.container_ip)
+                .map_or(key.container_ip, |e| IpAddr::V4(e.ip)),
+            v4 => v4,
+        };
+        match self.ct.create_owned(key, dir, now, owner) {
             Ok(h) => Some(h),
             Err(CreateError::TableFull { .. }) => {
                 self.drops.count(NatDrop::TableFull);
@@ -1899,11 +1911,8 @@ impl Gateway {
         };
         let (src, container) = inbound_addrs(&pb, &info, client);
         if container.is_ipv6() {
-            if n > MAX_UDP_PAYLOAD6 {
-                self.drops.count(NatDrop::Malformed);
-                return;
-            }
-            // Read at the IPv4 offset: move it behind IPv6's headers.
+            // Read at the IPv4 offset (at most MAX_UDP_PAYLOAD): move it
+            // behind IPv6's headers.
             if let Some(b) = self.tx.current.as_mut() {
                 b.copy_within(UDP_DATA_AT..UDP_DATA_AT + n, UDP6_DATA_AT);
             }

@@ -1069,6 +1069,20 @@ fn limits_refuse_new_flows() {
     );
     h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"q"));
     assert_eq!(h.drops(NatDrop::ContainerLimit), 2);
+    // A dual-stack container's IPv6 flows share its limit.
+    h.ip_in(&udp6(5000, remote6(53), b"q"));
+    assert_eq!(h.drops(NatDrop::ContainerLimit), 3);
+    let mut cfg = GatewayConfig::default();
+    cfg.table.max_per_container = 2;
+    let mut h = Harness::with(cfg, info());
+    h.ip_in(&udp6(5000, remote6(53), b"q"));
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"q"));
+    assert_eq!(h.gw.conntrack().container_flows(NET, IpAddr::V4(C_IP)), 2);
+    h.ip_in(&udp6(5001, remote6(53), b"q"));
+    assert_eq!(h.drops(NatDrop::ContainerLimit), 1);
+    // Its departure gives the limit back.
+    h.gw.remove_endpoint(C_PORT);
+    assert_eq!(h.gw.conntrack().container_flows(NET, IpAddr::V4(C_IP)), 0);
 
     let mut cfg = GatewayConfig::default();
     cfg.table.capacity = 1;
