@@ -877,10 +877,10 @@ impl Nat {
             "replied": c.replied,
             "drops": {
                 "queue_full": sum(&[NatDrop::QueueFull]),
-                "blocked": sum(&[NatDrop::Internal, NatDrop::MasqueradeOff, NatDrop::OtherNetwork, NatDrop::HostLoopbackOff]),
+                "blocked": sum(&[NatDrop::Internal, NatDrop::MasqueradeOff, NatDrop::OtherNetwork, NatDrop::HostLoopbackOff, NatDrop::V6Unroutable]),
                 "no_endpoint": sum(&[NatDrop::NoEndpoint]),
                 "tx_error": sum(&[NatDrop::NoBuffer, NatDrop::InjectFull]),
-                "unsupported": sum(&[NatDrop::UdpGso, NatDrop::IcmpNotEcho, NatDrop::Malformed, NatDrop::NoPingSocket]),
+                "unsupported": sum(&[NatDrop::UdpGso, NatDrop::IcmpNotEcho, NatDrop::Malformed, NatDrop::NoPingSocket, NatDrop::NoIpv6]),
                 "limit": sum(&[NatDrop::TableFull, NatDrop::ContainerLimit]),
                 "host_socket_error": sum(&[NatDrop::SocketOpen, NatDrop::HostSend, NatDrop::HostRecv]),
             },
