@@ -58,7 +58,10 @@
 //! # Limits and memory
 //! Capacity ([`Config::capacity`], the global limit) and the per-container
 //! limit are checked by `create`, which returns a [`CreateError`] naming
-//! the limit hit. All per-flow memory (slab, index, timers, free list) is
+//! the limit hit. A flow counts against its container address, or the
+//! owner given to [`ConnTrack::create_owned`] (a dual-stack container's
+//! IPv6 flows name its IPv4 address: one limit for both families). Keys
+//! hold either family; an IPv4 key hashes its address in one word. All per-flow memory (slab, index, timers, free list) is
 //! allocated at construction; lookups, events, expiry and removal never
 //! allocate. The only allocation after construction is the per-container
 //! count map growing past 1024 containers with flows at once (a std
@@ -589,6 +592,8 @@ pub struct Gauges {
 
 struct Flow {
     key: FlowKey,
+    /// The container it counts against (its per-container limit).
+    owner: IpAddr,
     hash: u64,
     direction: Direction,
     state: FlowState,
@@ -694,7 +699,8 @@ impl ConnTrack {
     pub fn is_empty(&self) -> bool {
         self.gauges.flows == 0
     }
-    /// Live flows of one container.
+    /// Live flows of one container (by the owner address its flows were
+    /// created with, see [`ConnTrack::create_owned`]).
     pub fn container_flows(&self, network: NetworkId, ip: IpAddr) -> u32 {
         self.per_container.get(&(network, ip)).copied().unwrap_or(0)
     }
@@ -718,11 +724,26 @@ impl ConnTrack {
 
     /// A new flow in its initial state, created (and last active) at
     /// `now`. Does not count a packet: report the packet that opened it.
+    /// It counts against the per-container limit of its container
+    /// address.
     pub fn create(
         &mut self,
         key: FlowKey,
         direction: Direction,
         now: u64,
+    ) -> Result<FlowHandle, CreateError> {
+        self.create_owned(key, direction, now, key.container_ip)
+    }
+
+    /// [`ConnTrack::create`] for a flow that counts against the limit of
+    /// `owner` on the key's network: a dual-stack container's IPv6 flows
+    /// name its IPv4 address, so that both families share one limit.
+    pub fn create_owned(
+        &mut self,
+        key: FlowKey,
+        direction: Direction,
+        now: u64,
+        owner: IpAddr,
     ) -> Result<FlowHandle, CreateError> {
         if let Some(h) = self.lookup(&key) {
             self.counters.refused_exists += 1;
@@ -734,7 +755,7 @@ impl ConnTrack {
                 limit: self.config.capacity,
             });
         }
-        let ck = (key.network, key.container_ip);
+        let ck = (key.network, owner);
         let per = self.per_container.get(&ck).copied().unwrap_or(0);
         if per >= self.config.max_per_container {
             self.counters.refused_container_limit += 1;
@@ -759,6 +780,7 @@ impl ConnTrack {
         let s = &mut self.slots[slot as usize];
         s.flow = Some(Flow {
             key,
+            owner,
             hash,
             direction,
             state,
@@ -990,7 +1012,7 @@ impl ConnTrack {
         self.free.push(slot);
         self.index.remove(f.hash, slot);
         self.timers.remove(slot);
-        let ck = (f.key.network, f.key.container_ip);
+        let ck = (f.key.network, f.owner);
         if let Some(n) = self.per_container.get_mut(&ck) {
             *n -= 1;
             if *n == 0 {

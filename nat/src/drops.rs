@@ -97,6 +97,12 @@ nat_drops! {
     NoBuffer => "no_buffer",
     /// A worker's injection queue was full.
     InjectFull => "inject_full",
+    /// An IPv6 frame on a network without an IPv6 side.
+    NoIpv6 => "no_ipv6",
+    /// Policy: an IPv6 destination a host socket would not take to the
+    /// outside as IPv6 (IPv4-mapped, loopback, unspecified, link-local,
+    /// multicast; ICMPv6 "administratively prohibited").
+    V6Unroutable => "v6_unroutable",
 }
 
 /// Number of drop reasons.
@@ -167,9 +173,11 @@ mod tests {
     #[test]
     fn names_are_unique_snake_case() {
         let mut names: Vec<_> = NatDrop::ALL.iter().map(|r| r.as_str()).collect();
-        assert!(names
-            .iter()
-            .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        assert!(names.iter().all(|n| {
+            n.starts_with(|c: char| c.is_ascii_lowercase())
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        }));
         names.sort();
         names.dedup();
         assert_eq!(names.len(), N_NAT_DROPS);

@@ -58,19 +58,36 @@
 //! # Published ports
 //! The edge owns the published sockets ([`Gateway::publish`] names them);
 //! an accepted connection gets a leg that connects to the container from
-//! the client's own address (for loopback or IPv6 clients, the gateway's:
-//! those cannot be sources on the container's IPv4 network).
+//! the client's own address. An IPv6 client reaches the container's IPv6
+//! address when it has one (dual-stack network), else its IPv4 address;
+//! clients whose address cannot be a source on the container's network
+//! (loopback, link-local, IPv6 towards the IPv4 address) appear as the
+//! gateway's address of that family, with their own port.
+//!
+//! # IPv6
+//! A network with an IPv6 side ([`NetInfo::v6`]) gets the same service
+//! for IPv6 as for IPv4: TCP through legs, UDP and ICMPv6 echo relayed
+//! over the host's IPv6 sockets (masquerade, as Docker does with
+//! `ip6tables`), ICMPv6 errors where IPv4 sends ICMP ones. Packets with
+//! extension headers are not relayed (a fragment header counts as
+//! [`NatDrop::IpFragment`], others as [`NatDrop::Protocol`]). IPv6 flows
+//! live in the same connection table: its keys hold either family.
 //!
 //! # Policy
 //! `--internal` networks and networks with masquerading off get nothing
-//! out; the gateway address reaches the host's loopback unless turned
-//! off; no flow reaches another tapnet network's subnet through the host.
-//! Refusals are answered at once with ICMP "administratively prohibited".
+//! out; the gateway address reaches the host's loopback (`127.0.0.1`,
+//! and `::1` for the gateway's IPv6 address) unless turned off; no flow
+//! reaches another tapnet network's subnet (of either family) through
+//! the host; IPv6 destinations the host would not route as IPv6 to the
+//! outside (IPv4-mapped, loopback, unspecified, link-local, multicast)
+//! are refused ([`NatDrop::V6Unroutable`]). Refusals are answered at once
+//! with ICMP (ICMPv6) "administratively prohibited".
 //!
 //! # Panics
 //! None, for any bytes and any sequence of calls.
 
 use crate::drops::{DropCounts, NatDrop};
+use crate::ip6::{self, icmp6, Ipv6Packet};
 use crate::leg::{self, Leg, LegConfig, LegTx, TcpSocketState, HEADROOM};
 use crate::{
     ConnTrack, CreateError, Direction, FlowHandle, FlowKey, FlowView, Protocol, Side, SocketEvent,
@@ -79,14 +96,14 @@ use crate::{
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
 use tapnet_switch::wire::icmp::{self, IcmpPacket};
 use tapnet_switch::wire::{
     ethernet, ipv4, tcp, udp, vnet, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet,
     TcpPacket, UdpPacket, UdpRepr, VnetHdr,
 };
-use tapnet_switch::{gateway_mac, DropReason, Network, NetworkId, PortId};
+use tapnet_switch::{gateway_mac, DropReason, Ipv6Config, Network, NetworkId, PortId};
 
 /// Where a frame starts in a [`Transmit`] buffer: after room for the
 /// virtio-net header.
@@ -100,9 +117,15 @@ pub const RELAY_BUDGET: usize = 4 << 20;
 const RELAY_ROUNDS: u32 = 4;
 /// Largest UDP payload of an IPv4 datagram.
 const MAX_UDP_PAYLOAD: usize = 65507;
+/// Largest UDP payload of an IPv6 datagram (no jumbograms).
+const MAX_UDP_PAYLOAD6: usize = 65527;
 /// Offsets in a buffer of the data read from a host socket.
 const UDP_DATA_AT: usize = HEADROOM + ipv4::MIN_HEADER_LEN + udp::HEADER_LEN;
 const ICMP_DATA_AT: usize = HEADROOM + ipv4::MIN_HEADER_LEN;
+const UDP6_DATA_AT: usize = HEADROOM + ip6::HEADER_LEN + udp::HEADER_LEN;
+const ICMP6_DATA_AT: usize = HEADROOM + ip6::HEADER_LEN;
+const _: () = assert!(UDP6_DATA_AT + MAX_UDP_PAYLOAD6 <= BUFFER_LEN);
+const _: () = assert!(UDP_DATA_AT + MAX_UDP_PAYLOAD <= BUFFER_LEN);
 
 /// What the gateway knows about a network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +135,20 @@ pub struct NetInfo {
     pub mtu: u32,
     pub masquerade: bool,
     pub internal: bool,
+    /// The network's IPv6 subnet and gateway address (dual-stack); `None`:
+    /// IPv4 only, IPv6 frames are not relayed ([`NatDrop::NoIpv6`]).
+    pub v6: Option<Ipv6Config>,
+}
+
+impl NetInfo {
+    /// The gateway's address and prefix length in `ip`'s family (`None`:
+    /// IPv6 on a network without an IPv6 side).
+    fn gateway_for(&self, ip: IpAddr) -> Option<(IpAddr, u8)> {
+        match ip {
+            IpAddr::V4(_) => Some((IpAddr::V4(self.gateway), self.prefix)),
+            IpAddr::V6(_) => self.v6.map(|v| (IpAddr::V6(v.gateway), v.prefix_len)),
+        }
+    }
 }
 
 /// How echo requests reach the outside (the edge probes at start).
@@ -137,7 +174,11 @@ pub struct Config {
     pub leg: LegConfig,
     /// Frame buffers towards containers (see the module documentation).
     pub tx_buffers: usize,
+    /// How IPv4 echo requests leave.
     pub icmp: IcmpMode,
+    /// How ICMPv6 echo requests leave (ping sockets of `AF_INET6`, or the
+    /// shared raw ICMPv6 socket [`SocketId::RawIcmp6`]).
+    pub icmp6: IcmpMode,
 }
 
 impl Default for Config {
@@ -148,6 +189,7 @@ impl Default for Config {
             leg: LegConfig::default(),
             tx_buffers: 512,
             icmp: IcmpMode::PingSocket,
+            icmp6: IcmpMode::PingSocket,
         }
     }
 }
@@ -163,6 +205,10 @@ pub enum SocketId {
     Published(u64),
     /// The shared raw ICMP socket ([`IcmpMode::Raw`]).
     RawIcmp,
+    /// The shared raw ICMPv6 socket ([`Config::icmp6`] raw): it reads and
+    /// writes ICMPv6 messages without the IPv6 header (the kernel fills
+    /// the checksum); datagrams come with their sender.
+    RawIcmp6,
 }
 
 /// What the edge does for the gateway on a host socket.
@@ -175,9 +221,9 @@ pub enum SocketOp {
     /// Open a UDP socket connected to `to` for `flow` (report
     /// [`HostEvent::OpenFailed`] on failure).
     OpenUdp { flow: FlowHandle, to: SocketAddr },
-    /// Open a ping socket connected to `to` for `flow` (report
-    /// [`HostEvent::OpenFailed`] on failure).
-    OpenPing { flow: FlowHandle, to: Ipv4Addr },
+    /// Open a ping socket (`ICMP` for IPv4, `ICMPV6` for IPv6) connected
+    /// to `to` for `flow` (report [`HostEvent::OpenFailed`] on failure).
+    OpenPing { flow: FlowHandle, to: IpAddr },
     /// Call [`Gateway::relay_tcp`] with `flow`'s stream: data may move
     /// (new data from the container, room again in a leg, a timer).
     Relay(FlowHandle),
@@ -273,12 +319,21 @@ pub enum Claim {
 
 /// Whether a frame addressed to the gateway MAC of `net` is for the NAT:
 /// IPv4 TCP, UDP or ICMP to an address outside the network (or TCP/UDP
-/// to the gateway address itself: the host's loopback), not a fragment.
+/// to the gateway address itself: the host's loopback), not a fragment;
+/// on a network with an IPv6 side, the same for IPv6 (TCP, UDP, ICMPv6
+/// other than Neighbor Discovery, to a unicast address outside the IPv6
+/// subnet, or TCP/UDP to the gateway's IPv6 address). Other Ethernet
+/// types, and IPv6 on a network without an IPv6 side, are the switch's.
 /// Cheap and allocation-free: run by the workers.
 pub fn classify(net: &Network, frame: &[u8]) -> Claim {
     let Some(payload) = frame.get(ethernet::HEADER_LEN..) else {
         return Claim::Drop(NatDrop::Malformed, DropReason::Malformed);
     };
+    match EthernetFrame::new_unchecked(frame).ethertype() {
+        EtherType::Ipv4 => {}
+        EtherType::Ipv6 => return classify6(net, payload),
+        _ => return Claim::Pass,
+    }
     let Ok(ip) = Ipv4Packet::new_checked(payload) else {
         return Claim::Drop(NatDrop::Malformed, DropReason::Malformed);
     };
@@ -305,6 +360,42 @@ pub fn classify(net: &Network, frame: &[u8]) -> Claim {
     Claim::Nat
 }
 
+/// [`classify`] for an IPv6 packet.
+fn classify6(net: &Network, payload: &[u8]) -> Claim {
+    let Some(v6) = net.config.v6 else {
+        return Claim::Pass;
+    };
+    let Some(ip) = Ipv6Packet::new_checked(payload) else {
+        return Claim::Drop(NatDrop::Malformed, DropReason::Malformed);
+    };
+    let dst = ip.dst_addr();
+    let to_gateway = dst == v6.gateway;
+    if (v6.contains(dst) && !to_gateway)
+        || dst.is_multicast()
+        || dst.is_unspecified()
+        || dst.is_loopback()
+        || ip6::is_link_local(dst)
+    {
+        return Claim::Pass;
+    }
+    match ip.next_header() {
+        ip6::next_header::TCP | ip6::next_header::UDP => {}
+        ip6::next_header::ICMPV6 if !to_gateway => {
+            // Neighbor Discovery is the switch's, whatever its target.
+            let t = payload.get(ip6::HEADER_LEN).copied().unwrap_or(0);
+            if (icmp6::ND_FIRST..=icmp6::ND_LAST).contains(&t) {
+                return Claim::Pass;
+            }
+        }
+        _ if to_gateway => return Claim::Pass,
+        ip6::next_header::FRAGMENT => {
+            return Claim::Drop(NatDrop::IpFragment, DropReason::GatewayUnsupported)
+        }
+        _ => return Claim::Drop(NatDrop::Protocol, DropReason::NoRoute),
+    }
+    Claim::Nat
+}
+
 fn prefix_match(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
     if prefix == 0 {
         return true;
@@ -318,6 +409,27 @@ fn prefix_match(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
 struct Endpoint {
     mac: EthernetAddress,
     port: PortId,
+    /// Its IPv4 address: the flows of both its addresses count against
+    /// one per-container limit, under this address.
+    ip: Ipv4Addr,
+}
+
+/// The containers the gateway can send to, by network and address (one
+/// map per family: IPv4 lookups hash what they did before IPv6).
+#[derive(Default)]
+struct Endpoints {
+    v4: HashMap<(NetworkId, Ipv4Addr), Endpoint>,
+    v6: HashMap<(NetworkId, Ipv6Addr), Endpoint>,
+}
+
+impl Endpoints {
+    #[inline]
+    fn get(&self, network: NetworkId, ip: IpAddr) -> Option<Endpoint> {
+        match ip {
+            IpAddr::V4(a) => self.v4.get(&(network, a)).copied(),
+            IpAddr::V6(a) => self.v6.get(&(network, a)).copied(),
+        }
+    }
 }
 
 /// A published port.
@@ -325,6 +437,8 @@ struct Endpoint {
 struct Pub {
     network: NetworkId,
     container: SocketAddrV4,
+    /// The container's IPv6 address (same port), for IPv6 clients.
+    container6: Option<SocketAddrV6>,
 }
 
 /// How a UDP flow reaches its remote.
@@ -363,9 +477,10 @@ enum Io {
 struct Flow {
     handle: FlowHandle,
     network: NetworkId,
-    container: SocketAddrV4,
-    /// The remote as the container sees it.
-    remote: SocketAddrV4,
+    /// The container's address and port (echo identifier for ICMP).
+    container: SocketAddr,
+    /// The remote as the container sees it (both of one family).
+    remote: SocketAddr,
     io: Io,
     /// The lane of the container's last frame of this flow.
     lane: Option<u8>,
@@ -414,10 +529,15 @@ impl TxQueue {
         let Some(mut buf) = self.current.take() else {
             return;
         };
+        let ethertype = if buf[HEADROOM] >> 4 == 6 {
+            EtherType::Ipv6
+        } else {
+            EtherType::Ipv4
+        };
         let mut eth = EthernetFrame::new_unchecked(&mut buf[FRAME_OFFSET..HEADROOM]);
         eth.set_dst_addr(ep.mac);
         eth.set_src_addr(gw);
-        eth.set_ethertype(EtherType::Ipv4);
+        eth.set_ethertype(ethertype);
         self.queue.push_back(Transmit {
             port: ep.port,
             meta,
@@ -488,7 +608,11 @@ impl LegTx for LegOut<'_> {
             ..Default::default()
         };
         if off.payload_len > self.mss {
-            meta.gso_type = vnet::GSO_TCPV4;
+            meta.gso_type = if off.ipv6 {
+                vnet::GSO_TCPV6
+            } else {
+                vnet::GSO_TCPV4
+            };
             meta.gso_size = self.mss as u16;
             meta.hdr_len = (ethernet::HEADER_LEN + off.headers_len) as u16;
         }
@@ -510,9 +634,9 @@ pub struct Gateway {
     /// By flow slot index (the table's capacity).
     flows: Vec<Option<Flow>>,
     nets: HashMap<NetworkId, NetInfo>,
-    endpoints: HashMap<(NetworkId, Ipv4Addr), Endpoint>,
-    /// Port → endpoint key.
-    ports: HashMap<PortId, (NetworkId, Ipv4Addr)>,
+    endpoints: Endpoints,
+    /// Port → the endpoint's network and addresses.
+    ports: HashMap<PortId, (NetworkId, Ipv4Addr, Option<Ipv6Addr>)>,
     published: HashMap<u64, Pub>,
     tx: TxQueue,
     ops: VecDeque<SocketOp>,
@@ -543,7 +667,7 @@ impl Gateway {
             ct,
             flows: (0..capacity).map(|_| None).collect(),
             nets: HashMap::new(),
-            endpoints: HashMap::new(),
+            endpoints: Endpoints::default(),
             ports: HashMap::new(),
             published: HashMap::new(),
             tx: TxQueue::new(config.tx_buffers.max(1)),
@@ -588,37 +712,74 @@ impl Gateway {
         self.nets.remove(&id);
     }
 
-    /// A container interface: frames to `ip` on `network` go to `port`.
-    pub fn add_endpoint(&mut self, network: NetworkId, ip: Ipv4Addr, mac: [u8; 6], port: PortId) {
-        self.ports.insert(port, (network, ip));
-        self.endpoints.insert(
-            (network, ip),
-            Endpoint {
-                mac: EthernetAddress(mac),
-                port,
-            },
-        );
+    /// A container interface: frames to `ip` (and to `ip6`, its IPv6
+    /// address on a dual-stack network) on `network` go to `port`. An
+    /// interface already known on `port` is replaced.
+    pub fn add_endpoint(
+        &mut self,
+        network: NetworkId,
+        ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
+        mac: [u8; 6],
+        port: PortId,
+    ) {
+        if let Some((n, old, old6)) = self.ports.insert(port, (network, ip, ip6)) {
+            self.endpoints.v4.remove(&(n, old));
+            if let Some(a) = old6 {
+                self.endpoints.v6.remove(&(n, a));
+            }
+        }
+        let ep = Endpoint {
+            mac: EthernetAddress(mac),
+            port,
+            ip,
+        };
+        self.endpoints.v4.insert((network, ip), ep);
+        if let Some(a) = ip6 {
+            self.endpoints.v6.insert((network, a), ep);
+        }
     }
 
-    /// The interface on `port` left: its flows are removed and their
-    /// sockets closed (reset where a stream was cut short).
+    /// The interface on `port` left: its flows (of both families) are
+    /// removed and their sockets closed (reset where a stream was cut
+    /// short).
     pub fn remove_endpoint(&mut self, port: PortId) {
-        let Some(key) = self.ports.remove(&port) else {
+        let Some((network, ip, ip6)) = self.ports.remove(&port) else {
             return;
         };
-        self.endpoints.remove(&key);
+        self.endpoints.v4.remove(&(network, ip));
         let mut gone = Vec::new();
         self.ct
-            .remove_container(key.0, IpAddr::V4(key.1), |v| gone.push(v.handle));
+            .remove_container(network, IpAddr::V4(ip), |v| gone.push(v.handle));
+        if let Some(a) = ip6 {
+            self.endpoints.v6.remove(&(network, a));
+            self.ct
+                .remove_container(network, IpAddr::V6(a), |v| gone.push(v.handle));
+        }
         for h in gone {
             self.drop_io(h);
         }
     }
 
     /// A published port: the edge's socket `id` (TCP listener or UDP)
-    /// relays to `container` on `network`.
-    pub fn publish(&mut self, id: u64, network: NetworkId, container: SocketAddrV4) {
-        self.published.insert(id, Pub { network, container });
+    /// relays to `container` on `network`, and IPv6 clients to
+    /// `container6` (the container's IPv6 address, same port) when given.
+    pub fn publish(
+        &mut self,
+        id: u64,
+        network: NetworkId,
+        container: SocketAddrV4,
+        container6: Option<Ipv6Addr>,
+    ) {
+        let container6 = container6.map(|a| SocketAddrV6::new(a, container.port(), 0, 0));
+        self.published.insert(
+            id,
+            Pub {
+                network,
+                container,
+                container6,
+            },
+        );
     }
 
     /// The edge closed published socket `id`.
@@ -751,9 +912,17 @@ impl Gateway {
         None
     }
 
-    /// Creates a flow in the table, counting a refusal.
+    /// Creates a flow in the table, counting a refusal. A flow of a known
+    /// container's IPv6 address counts against its IPv4 address's limit.
     fn create(&mut self, key: FlowKey, dir: Direction, now: u64) -> Option<FlowHandle> {
-        match self.ct.create(key, dir, now) {
+        let owner = match key.container_ip {
+            IpAddr::V6(_) => self
+                .endpoints
+                .get(key.network, key.container_ip)
+                .map_or(key.container_ip, |e| IpAddr::V4(e.ip)),
+            v4 => v4,
+        };
+        match self.ct.create_owned(key, dir, now, owner) {
             Ok(h) => Some(h),
             Err(CreateError::TableFull { .. }) => {
                 self.drops.count(NatDrop::TableFull);
@@ -773,26 +942,56 @@ impl Gateway {
 
     /// Where a new outbound flow to `dst` goes on the host, or the policy
     /// that refuses it.
-    fn target(&self, net: &NetInfo, dst: Ipv4Addr) -> Result<Ipv4Addr, NatDrop> {
+    fn target(&self, net: &NetInfo, dst: IpAddr) -> Result<IpAddr, NatDrop> {
         if net.internal {
             return Err(NatDrop::Internal);
         }
-        if dst == net.gateway {
-            return if self.config.host_loopback {
-                Ok(Ipv4Addr::LOCALHOST)
+        let host_loopback = |lo: IpAddr| {
+            if self.config.host_loopback {
+                Ok(lo)
             } else {
                 Err(NatDrop::HostLoopbackOff)
-            };
-        }
-        // Network isolation: another tapnet network's addresses (its
-        // containers, its gateway) are never reached through the host,
-        // where they might even be routed somewhere else.
-        if self
-            .nets
-            .values()
-            .any(|n| prefix_match(dst, n.gateway, n.prefix))
-        {
-            return Err(NatDrop::OtherNetwork);
+            }
+        };
+        match dst {
+            IpAddr::V4(d) => {
+                if d == net.gateway {
+                    return host_loopback(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                }
+                // Network isolation: another tapnet network's addresses
+                // (its containers, its gateway) are never reached through
+                // the host, where they might even be routed somewhere else.
+                if self
+                    .nets
+                    .values()
+                    .any(|n| prefix_match(d, n.gateway, n.prefix))
+                {
+                    return Err(NatDrop::OtherNetwork);
+                }
+            }
+            IpAddr::V6(d) => {
+                let Some(v6) = net.v6 else {
+                    return Err(NatDrop::NoIpv6);
+                };
+                if d == v6.gateway {
+                    return host_loopback(IpAddr::V6(Ipv6Addr::LOCALHOST));
+                }
+                // A host socket would take these to the host itself or to
+                // IPv4 (an IPv4-mapped address), around the policy.
+                if d.to_ipv4_mapped().is_some()
+                    || d.is_loopback()
+                    || d.is_unspecified()
+                    || d.is_multicast()
+                    || ip6::is_link_local(d)
+                {
+                    return Err(NatDrop::V6Unroutable);
+                }
+                if self.nets.values().any(|n| {
+                    n.v6.is_some_and(|v| ip6::prefix_match(d, v.subnet, v.prefix_len))
+                }) {
+                    return Err(NatDrop::OtherNetwork);
+                }
+            }
         }
         if net.masquerade {
             Ok(dst)
@@ -801,17 +1000,13 @@ impl Gateway {
         }
     }
 
-    fn endpoint(&self, network: NetworkId, ip: Ipv4Addr) -> Option<Endpoint> {
-        self.endpoints.get(&(network, ip)).copied()
-    }
-
     /// Builds an IP packet with `build` (given a whole frame buffer; it
     /// writes the packet at `HEADROOM` and returns its length) and queues
     /// it to the container `to` on `network`.
     fn emit(
         &mut self,
         network: NetworkId,
-        to: Ipv4Addr,
+        to: IpAddr,
         meta: VnetHdr,
         build: impl FnOnce(&mut [u8]) -> Option<usize>,
     ) {
@@ -819,7 +1014,7 @@ impl Gateway {
             self.drops.count(NatDrop::NoNetwork);
             return;
         };
-        let Some(ep) = self.endpoint(network, to) else {
+        let Some(ep) = self.endpoints.get(network, to) else {
             self.drops.count(NatDrop::NoEndpoint);
             return;
         };
@@ -833,37 +1028,66 @@ impl Gateway {
         self.tx.push(ep, gateway_mac(info.gateway), meta, len);
     }
 
-    /// Sends an ICMP destination unreachable about `packet` (an IPv4
-    /// packet from a container), from `from` (the gateway, or the remote
-    /// that refused a port), back to its sender.
-    fn send_unreachable(&mut self, network: NetworkId, from: Ipv4Addr, packet: &[u8], code: u8) {
-        let Ok(p) = Ipv4Packet::new_checked(packet) else {
-            return;
-        };
-        let src = p.src_addr();
-        let quoted = packet.len().min(p.header_len() + 8);
-        self.emit(network, src, VnetHdr::default(), |buf| {
-            let len = ipv4::MIN_HEADER_LEN + icmp::ECHO_HEADER_LEN + quoted;
-            let ip = buf.get_mut(HEADROOM..HEADROOM + len)?;
-            ipv4::emit_header(ip, from, src, ipv4::protocol::ICMP, len - 20, 64);
-            let m = &mut ip[ipv4::MIN_HEADER_LEN..];
-            m[icmp::ECHO_HEADER_LEN..].copy_from_slice(&packet[..quoted]);
-            let mut msg = IcmpPacket::new_unchecked(m);
-            msg.set_msg_type(icmp::DEST_UNREACHABLE);
-            msg.set_code(code);
-            msg.clear_rest_of_header();
-            msg.fill_checksum();
-            Some(len)
-        });
+    /// Sends an ICMP (ICMPv6) destination unreachable about `packet` (an
+    /// IP packet from a container), from `from` (the gateway, or the
+    /// remote that refused a port), back to its sender.
+    fn send_unreachable(&mut self, network: NetworkId, from: IpAddr, packet: &[u8], why: Unreach) {
+        match from {
+            IpAddr::V4(from) => {
+                let Ok(p) = Ipv4Packet::new_checked(packet) else {
+                    return;
+                };
+                let src = p.src_addr();
+                let quoted = packet.len().min(p.header_len() + 8);
+                self.emit(network, IpAddr::V4(src), VnetHdr::default(), |buf| {
+                    let len = ipv4::MIN_HEADER_LEN + icmp::ECHO_HEADER_LEN + quoted;
+                    let ip = buf.get_mut(HEADROOM..HEADROOM + len)?;
+                    ipv4::emit_header(ip, from, src, ipv4::protocol::ICMP, len - 20, 64);
+                    let m = &mut ip[ipv4::MIN_HEADER_LEN..];
+                    m[icmp::ECHO_HEADER_LEN..].copy_from_slice(&packet[..quoted]);
+                    let mut msg = IcmpPacket::new_unchecked(m);
+                    msg.set_msg_type(icmp::DEST_UNREACHABLE);
+                    msg.set_code(why.code4());
+                    msg.clear_rest_of_header();
+                    msg.fill_checksum();
+                    Some(len)
+                });
+            }
+            IpAddr::V6(from) => {
+                let Some(p) = Ipv6Packet::new_checked(packet) else {
+                    return;
+                };
+                let src = p.src_addr();
+                // RFC 4443 2.4 (c): as much of the packet as fits in the
+                // minimum MTU.
+                let quoted = p
+                    .payload_range()
+                    .end
+                    .min(ip6::MIN_MTU - ip6::HEADER_LEN - icmp::ECHO_HEADER_LEN);
+                self.emit(network, IpAddr::V6(src), VnetHdr::default(), |buf| {
+                    let n = icmp::ECHO_HEADER_LEN + quoted;
+                    let len = ip6::HEADER_LEN + n;
+                    let ip = buf.get_mut(HEADROOM..HEADROOM + len)?;
+                    ip6::emit_header(ip, from, src, ip6::next_header::ICMPV6, n, 64)?;
+                    let m = &mut ip[ip6::HEADER_LEN..];
+                    m[icmp::ECHO_HEADER_LEN..].copy_from_slice(&packet[..quoted]);
+                    m[..icmp::ECHO_HEADER_LEN].fill(0);
+                    m[0] = icmp6::DEST_UNREACHABLE;
+                    m[1] = why.code6();
+                    ip6::fill_checksum(m, 2, from, src, ip6::next_header::ICMPV6, false);
+                    Some(len)
+                });
+            }
+        }
     }
 
     /// Answers `segment` (a container's TCP packet) with a RST (never a
     /// RST with a RST).
     fn send_rst(&mut self, network: NetworkId, segment: &[u8]) {
-        let Ok(p) = Ipv4Packet::new_checked(segment) else {
+        let Some(src) = ip_src(segment) else {
             return;
         };
-        self.emit(network, p.src_addr(), VnetHdr::default(), |buf| {
+        self.emit(network, src, VnetHdr::default(), |buf| {
             leg::rst_for(segment, buf)
         });
     }
@@ -896,18 +1120,26 @@ impl Gateway {
             self.drops.count(NatDrop::Malformed);
             return FrameAction::None;
         };
-        let Ok(p) = Ipv4Packet::new_checked(ip) else {
+        let h = match parse_ip(ip) {
+            Ok(h) => h,
+            Err(why) => {
+                self.drops.count(why);
+                return FrameAction::None;
+            }
+        };
+        if h.src.is_ipv6() && net.v6.is_none() {
+            self.drops.count(NatDrop::NoIpv6);
+            return FrameAction::None;
+        }
+        let (src, dst, ihl, total) = (h.src, h.dst, h.ihl, h.total);
+        let at = ethernet::HEADER_LEN;
+        let ip_range = at..at + total;
+        let Some(l4) = ip.get(ihl..total) else {
             self.drops.count(NatDrop::Malformed);
             return FrameAction::None;
         };
-        let (src, dst, proto) = (p.src_addr(), p.dst_addr(), p.protocol());
-        let ihl = p.header_len();
-        let total = usize::from(p.total_len()).min(ip.len());
-        let at = ethernet::HEADER_LEN;
-        let ip_range = at..at + total;
-        let l4 = &ip[ihl..total];
-        match proto {
-            ipv4::protocol::TCP => {
+        match h.proto {
+            L4::Tcp => {
                 let Ok(t) = TcpPacket::new_checked(l4) else {
                     self.drops.count(NatDrop::Malformed);
                     return FrameAction::None;
@@ -923,7 +1155,7 @@ impl Gateway {
                 self.tcp_from_container(now, &net, key, flags, payload, &mut frame[ip_range]);
                 FrameAction::None
             }
-            ipv4::protocol::UDP => {
+            L4::Udp => {
                 if meta.gso_type != vnet::GSO_NONE {
                     self.drops.count(NatDrop::UdpGso);
                     return FrameAction::None;
@@ -942,23 +1174,23 @@ impl Gateway {
                 let payload = data..data + u.payload().len();
                 self.udp_from_container(now, &net, key, &frame[ip_range], payload)
             }
-            ipv4::protocol::ICMP => {
+            L4::Icmp => {
                 let Ok(m) = IcmpPacket::new_checked(l4) else {
                     self.drops.count(NatDrop::Malformed);
                     return FrameAction::None;
                 };
-                if m.msg_type() != icmp::ECHO_REQUEST || m.code() != 0 {
+                let request = if src.is_ipv4() {
+                    icmp::ECHO_REQUEST
+                } else {
+                    icmp6::ECHO_REQUEST
+                };
+                if m.msg_type() != request || m.code() != 0 {
                     self.drops.count(NatDrop::IcmpNotEcho);
                     return FrameAction::None;
                 }
-                let key =
-                    FlowKey::icmp_echo(network, IpAddr::V4(src), m.echo_ident(), IpAddr::V4(dst));
+                let key = FlowKey::icmp_echo(network, src, m.echo_ident(), dst);
                 let msg = at + ihl..at + total;
                 self.icmp_from_container(now, &net, key, frame, ip_range, msg)
-            }
-            _ => {
-                self.drops.count(NatDrop::Protocol);
-                FrameAction::None
             }
         }
     }
@@ -1048,14 +1280,14 @@ impl Gateway {
         payload: usize,
         syn: &[u8],
     ) {
-        let (IpAddr::V4(cip), IpAddr::V4(rip)) = (key.container_ip, key.remote_ip) else {
-            return;
-        };
+        let (cip, rip) = (key.container_ip, key.remote_ip);
         let target = match self.target(net, rip) {
             Ok(t) => t,
             Err(why) => {
                 self.drops.count(why);
-                self.send_unreachable(key.network, net.gateway, syn, icmp::unreachable::PROHIBITED);
+                if let Some((gw, _)) = net.gateway_for(cip) {
+                    self.send_unreachable(key.network, gw, syn, Unreach::Prohibited);
+                }
                 return;
             }
         };
@@ -1067,14 +1299,14 @@ impl Gateway {
         self.flows[h.index() as usize] = Some(Flow {
             handle: h,
             network: key.network,
-            container: SocketAddrV4::new(cip, key.container_port),
-            remote: SocketAddrV4::new(rip, key.remote_port),
+            container: SocketAddr::new(cip, key.container_port),
+            remote: SocketAddr::new(rip, key.remote_port),
             io: Io::Connecting { syn: syn.to_vec() },
             lane: self.tx.lane,
         });
         self.ops.push_back(SocketOp::Connect {
             flow: h,
-            to: SocketAddr::V4(SocketAddrV4::new(target, key.remote_port)),
+            to: SocketAddr::new(target, key.remote_port),
         });
     }
 
@@ -1086,9 +1318,7 @@ impl Gateway {
         packet: &[u8],
         payload: Range<usize>,
     ) -> FrameAction {
-        let (IpAddr::V4(cip), IpAddr::V4(rip)) = (key.container_ip, key.remote_ip) else {
-            return FrameAction::None;
-        };
+        let (cip, rip) = (key.container_ip, key.remote_ip);
         let h = match self.live_flow(&key) {
             Some(h) => h,
             None => {
@@ -1096,12 +1326,9 @@ impl Gateway {
                     Ok(t) => t,
                     Err(why) => {
                         self.drops.count(why);
-                        self.send_unreachable(
-                            key.network,
-                            net.gateway,
-                            packet,
-                            icmp::unreachable::PROHIBITED,
-                        );
+                        if let Some((gw, _)) = net.gateway_for(cip) {
+                            self.send_unreachable(key.network, gw, packet, Unreach::Prohibited);
+                        }
                         return FrameAction::None;
                     }
                 };
@@ -1111,14 +1338,14 @@ impl Gateway {
                 self.flows[h.index() as usize] = Some(Flow {
                     handle: h,
                     network: key.network,
-                    container: SocketAddrV4::new(cip, key.container_port),
-                    remote: SocketAddrV4::new(rip, key.remote_port),
+                    container: SocketAddr::new(cip, key.container_port),
+                    remote: SocketAddr::new(rip, key.remote_port),
                     io: Io::Udp(UdpVia::Own),
                     lane: self.tx.lane,
                 });
                 self.ops.push_back(SocketOp::OpenUdp {
                     flow: h,
-                    to: SocketAddr::V4(SocketAddrV4::new(target, key.remote_port)),
+                    to: SocketAddr::new(target, key.remote_port),
                 });
                 h
             }
@@ -1155,23 +1382,23 @@ impl Gateway {
         packet: Range<usize>,
         msg: Range<usize>,
     ) -> FrameAction {
-        let (IpAddr::V4(cip), IpAddr::V4(rip)) = (key.container_ip, key.remote_ip) else {
-            return FrameAction::None;
-        };
+        let (cip, rip) = (key.container_ip, key.remote_ip);
         let h = match self.live_flow(&key) {
             Some(h) => h,
             None => {
                 if let Err(why) = self.target(net, rip) {
                     self.drops.count(why);
-                    self.send_unreachable(
-                        key.network,
-                        net.gateway,
-                        &frame[packet],
-                        icmp::unreachable::PROHIBITED,
-                    );
+                    if let Some((gw, _)) = net.gateway_for(cip) {
+                        self.send_unreachable(key.network, gw, &frame[packet], Unreach::Prohibited);
+                    }
                     return FrameAction::None;
                 }
-                let raw = match self.config.icmp {
+                let mode = if rip.is_ipv4() {
+                    self.config.icmp
+                } else {
+                    self.config.icmp6
+                };
+                let raw = match mode {
                     IcmpMode::PingSocket => false,
                     IcmpMode::Raw => true,
                     IcmpMode::Unavailable => {
@@ -1190,8 +1417,8 @@ impl Gateway {
                 self.flows[h.index() as usize] = Some(Flow {
                     handle: h,
                     network: key.network,
-                    container: SocketAddrV4::new(cip, key.container_port),
-                    remote: SocketAddrV4::new(rip, 0),
+                    container: SocketAddr::new(cip, key.container_port),
+                    remote: SocketAddr::new(rip, 0),
                     io: Io::Icmp { raw },
                     lane: self.tx.lane,
                 });
@@ -1210,11 +1437,17 @@ impl Gateway {
                 };
                 let mut m = IcmpPacket::new_unchecked(m);
                 m.set_echo_ident(h.index() as u16);
-                m.fill_checksum();
+                // The kernel computes an ICMPv6 raw socket's checksum.
+                let via = if rip.is_ipv4() {
+                    m.fill_checksum();
+                    SocketId::RawIcmp
+                } else {
+                    SocketId::RawIcmp6
+                };
                 FrameAction::Send {
-                    via: SocketId::RawIcmp,
+                    via,
                     payload: msg,
-                    to: Some(SocketAddr::V4(SocketAddrV4::new(rip, 0))),
+                    to: Some(SocketAddr::new(rip, 0)),
                 }
             }
             Some(Io::Icmp { raw: false }) => FrameAction::Send {
@@ -1277,23 +1510,26 @@ impl Gateway {
         let Some(f) = self.flow(h) else { return };
         let (net, container, remote) = (f.network, f.container, f.remote);
         self.tx.lane = f.lane;
-        let mut quote = [0u8; 28];
-        ipv4::emit_header(
-            &mut quote,
-            *container.ip(),
-            *remote.ip(),
-            ipv4::protocol::UDP,
-            8,
-            64,
-        );
-        let mut u = UdpPacket::new_unchecked(&mut quote[ipv4::MIN_HEADER_LEN..]);
+        let mut quote = [0u8; ip6::HEADER_LEN + udp::HEADER_LEN];
+        let l4 = match (container.ip(), remote.ip()) {
+            (IpAddr::V4(c), IpAddr::V4(r)) => {
+                ipv4::emit_header(&mut quote, c, r, ipv4::protocol::UDP, 8, 64);
+                ipv4::MIN_HEADER_LEN
+            }
+            (IpAddr::V6(c), IpAddr::V6(r)) => {
+                let _ = ip6::emit_header(&mut quote, c, r, ip6::next_header::UDP, 8, 64);
+                ip6::HEADER_LEN
+            }
+            _ => return,
+        };
+        let mut u = UdpPacket::new_unchecked(&mut quote[l4..]);
         UdpRepr {
             src_port: container.port(),
             dst_port: remote.port(),
         }
         .emit(&mut u, 0);
         let _ = self.ct.handle_udp(h, now, Side::Remote, 0);
-        self.send_unreachable(net, *remote.ip(), &quote, icmp::unreachable::PORT);
+        self.send_unreachable(net, remote.ip(), &quote[..l4 + 8], Unreach::Port);
     }
 
     fn connect_failed(&mut self, now: u64, h: FlowHandle, e: Option<ConnectError>) {
@@ -1306,6 +1542,7 @@ impl Gateway {
         let Some(Flow {
             io: Io::Connecting { syn },
             network,
+            container,
             lane,
             ..
         }) = self.flows[h.index() as usize].take()
@@ -1314,16 +1551,20 @@ impl Gateway {
         };
         self.tx.lane = lane;
         let _ = self.ct.handle_tcp_socket(h, now, SocketEvent::Refused);
-        let gateway = self.nets.get(&network).map(|n| n.gateway);
+        let gateway = self
+            .nets
+            .get(&network)
+            .and_then(|n| n.gateway_for(container.ip()))
+            .map(|(gw, _)| gw);
         // Refused: a RST, as from the server. Unreachable or timed out:
         // what a router says (the container's connect fails with "no
         // route to host").
         match (e, gateway) {
             (Some(ConnectError::NetUnreachable), Some(gw)) => {
-                self.send_unreachable(network, gw, &syn, icmp::unreachable::NET)
+                self.send_unreachable(network, gw, &syn, Unreach::Net)
             }
             (Some(ConnectError::HostUnreachable | ConnectError::TimedOut), Some(gw)) => {
-                self.send_unreachable(network, gw, &syn, icmp::unreachable::HOST)
+                self.send_unreachable(network, gw, &syn, Unreach::Host)
             }
             _ => self.send_rst(network, &syn),
         }
@@ -1340,6 +1581,10 @@ impl Gateway {
             self.drops.count(NatDrop::NoNetwork);
             return;
         };
+        let Some((gw, prefix)) = info.gateway_for(container.ip()) else {
+            self.drops.count(NatDrop::NoIpv6);
+            return;
+        };
         let Some(Flow {
             io: Io::Connecting { syn },
             ..
@@ -1348,7 +1593,7 @@ impl Gateway {
             return;
         };
         let _ = self.ct.handle_tcp_socket(h, now, SocketEvent::Connected);
-        let mut leg = Leg::accept(info.gateway, info.prefix, remote, &self.config.leg, now);
+        let mut leg = Leg::accept(gw, prefix, remote, &self.config.leg, now);
         {
             let Gateway {
                 ct,
@@ -1519,12 +1764,17 @@ impl Gateway {
     /// buffer is free; leave the socket unread until [`SocketOp::Read`].
     pub fn recv_buffer(&mut self, id: SocketId) -> Option<&mut [u8]> {
         let (at, max) = match id {
-            SocketId::Flow(h) => match self.flow(h).map(|f| &f.io) {
-                Some(Io::Icmp { .. }) => (ICMP_DATA_AT, BUFFER_LEN - ICMP_DATA_AT),
+            SocketId::Flow(h) => match self.flow(h).map(|f| (&f.io, f.container.is_ipv6())) {
+                Some((Io::Icmp { .. }, false)) => (ICMP_DATA_AT, BUFFER_LEN - ICMP_DATA_AT),
+                Some((Io::Icmp { .. }, true)) => (ICMP6_DATA_AT, BUFFER_LEN - ICMP6_DATA_AT),
+                Some((_, true)) => (UDP6_DATA_AT, MAX_UDP_PAYLOAD6),
                 _ => (UDP_DATA_AT, MAX_UDP_PAYLOAD),
             },
+            // Read where an IPv4 datagram goes; one for the container's
+            // IPv6 address moves back by the headers' difference.
             SocketId::Published(_) => (UDP_DATA_AT, MAX_UDP_PAYLOAD),
             SocketId::RawIcmp => (HEADROOM, BUFFER_LEN - HEADROOM),
+            SocketId::RawIcmp6 => (ICMP6_DATA_AT, BUFFER_LEN - ICMP6_DATA_AT),
         };
         if !self.tx.has_buffer() {
             if !self.starved_sockets.contains(&id) {
@@ -1562,15 +1812,22 @@ impl Gateway {
                         self.udp_to_container(net, remote, container, len);
                     }
                     Some(true) => {
-                        let ok = self.tx.current.as_ref().is_some_and(|b| {
-                            len >= icmp::ECHO_HEADER_LEN && b[ICMP_DATA_AT] == icmp::ECHO_REPLY
-                        });
+                        let (at, reply) = if container.is_ipv4() {
+                            (ICMP_DATA_AT, icmp::ECHO_REPLY)
+                        } else {
+                            (ICMP6_DATA_AT, icmp6::ECHO_REPLY)
+                        };
+                        let ok = self
+                            .tx
+                            .current
+                            .as_ref()
+                            .is_some_and(|b| len >= icmp::ECHO_HEADER_LEN && b[at] == reply);
                         if !ok {
                             self.drops.count(NatDrop::IcmpIgnored);
                             return;
                         }
                         let _ = self.ct.handle_icmp(h, now, Side::Remote, len);
-                        self.icmp_to_container(net, *remote.ip(), container, len);
+                        self.icmp_to_container(net, remote.ip(), container, len);
                     }
                     None => {}
                 }
@@ -1580,6 +1837,7 @@ impl Gateway {
                 self.published_datagram(now, p, client, len);
             }
             SocketId::RawIcmp => self.raw_datagram(now, len),
+            SocketId::RawIcmp6 => self.raw6_datagram(now, len, from),
         }
     }
 
@@ -1605,7 +1863,7 @@ impl Gateway {
             return;
         };
         let flow = self.raw_ids.get(&id).and_then(|&h| self.flow(h));
-        let Some(flow) = flow.filter(|f| *f.remote.ip() == src) else {
+        let Some(flow) = flow.filter(|f| f.remote.ip() == IpAddr::V4(src)) else {
             self.drops.count(NatDrop::IcmpIgnored);
             return;
         };
@@ -1616,25 +1874,55 @@ impl Gateway {
             buf.copy_within(HEADROOM + ihl..HEADROOM + n, ICMP_DATA_AT);
         }
         let _ = self.ct.handle_icmp(h, now, Side::Remote, len);
-        self.icmp_to_container(net, src, container, len);
+        self.icmp_to_container(net, IpAddr::V4(src), container, len);
+    }
+
+    /// An ICMPv6 message of `n` bytes read from the raw ICMPv6 socket
+    /// (at [`ICMP6_DATA_AT`], no IP header), sent by `from`.
+    fn raw6_datagram(&mut self, now: u64, n: usize, from: Option<SocketAddr>) {
+        let parsed = self.tx.current.as_ref().and_then(|b| {
+            let m = IcmpPacket::new_checked(b.get(ICMP6_DATA_AT..ICMP6_DATA_AT + n)?).ok()?;
+            (m.msg_type() == icmp6::ECHO_REPLY).then_some(m.echo_ident())
+        });
+        let (Some(id), Some(from)) = (parsed, from) else {
+            self.drops.count(NatDrop::IcmpIgnored);
+            return;
+        };
+        let flow = self.raw_ids.get(&id).and_then(|&h| self.flow(h));
+        let Some(flow) = flow.filter(|f| f.remote.ip() == from.ip() && from.is_ipv6()) else {
+            self.drops.count(NatDrop::IcmpIgnored);
+            return;
+        };
+        let (h, net, container) = (flow.handle, flow.network, flow.container);
+        self.tx.lane = flow.lane;
+        let _ = self.ct.handle_icmp(h, now, Side::Remote, n);
+        self.icmp_to_container(net, from.ip(), container, n);
     }
 
     fn published_datagram(&mut self, now: u64, p: u64, client: SocketAddr, n: usize) {
-        let Some(&Pub { network, container }) = self.published.get(&p) else {
+        let Some(&pb) = self.published.get(&p) else {
             self.drops.count(NatDrop::NoListener);
             return;
         };
+        let network = pb.network;
         let Some(info) = self.nets.get(&network).copied() else {
             self.drops.count(NatDrop::NoNetwork);
             return;
         };
-        let src = source_for(client, info.gateway);
+        let (src, container) = inbound_addrs(&pb, &info, client);
+        if container.is_ipv6() {
+            // Read at the IPv4 offset (at most MAX_UDP_PAYLOAD): move it
+            // behind IPv6's headers.
+            if let Some(b) = self.tx.current.as_mut() {
+                b.copy_within(UDP_DATA_AT..UDP_DATA_AT + n, UDP6_DATA_AT);
+            }
+        }
         self.tx.lane = None;
         let key = flow_key(
             Protocol::Udp,
             network,
-            (*container.ip(), container.port()),
-            (*src.ip(), src.port()),
+            (container.ip(), container.port()),
+            (src.ip(), src.port()),
         );
         let h = match self.live_flow(&key) {
             Some(h) => {
@@ -1660,41 +1948,81 @@ impl Gateway {
         self.udp_to_container(network, src, container, n);
     }
 
-    /// Sends the lent buffer's `[UDP_DATA_AT..][..n]` as a UDP datagram
-    /// from `from` to the container at `to` (partial checksum).
-    fn udp_to_container(&mut self, net: NetworkId, from: SocketAddrV4, to: SocketAddrV4, n: usize) {
+    /// Sends the lent buffer's `[UDP_DATA_AT..][..n]` (`UDP6_DATA_AT`
+    /// for IPv6) as a UDP datagram from `from` to the container at `to`
+    /// (partial checksum).
+    fn udp_to_container(&mut self, net: NetworkId, from: SocketAddr, to: SocketAddr, n: usize) {
+        let l3 = if to.is_ipv4() {
+            ipv4::MIN_HEADER_LEN
+        } else {
+            ip6::HEADER_LEN
+        };
         let meta = VnetHdr {
             flags: vnet::F_NEEDS_CSUM,
-            csum_start: (ethernet::HEADER_LEN + ipv4::MIN_HEADER_LEN) as u16,
+            csum_start: (ethernet::HEADER_LEN + l3) as u16,
             csum_offset: udp::CHECKSUM_OFFSET as u16,
             ..Default::default()
         };
-        self.emit(net, *to.ip(), meta, |buf| {
-            let len = ipv4::MIN_HEADER_LEN + udp::HEADER_LEN + n;
+        self.emit(net, to.ip(), meta, |buf| {
+            let len = l3 + udp::HEADER_LEN + n;
             let ip = buf.get_mut(HEADROOM..HEADROOM + len)?;
-            ipv4::emit_header(ip, *from.ip(), *to.ip(), ipv4::protocol::UDP, len - 20, 64);
-            let mut u = UdpPacket::new_unchecked(&mut ip[ipv4::MIN_HEADER_LEN..]);
-            UdpRepr {
+            let repr = UdpRepr {
                 src_port: from.port(),
                 dst_port: to.port(),
+            };
+            match (from.ip(), to.ip()) {
+                (IpAddr::V4(f), IpAddr::V4(t)) => {
+                    ipv4::emit_header(ip, f, t, ipv4::protocol::UDP, len - l3, 64);
+                    let mut u = UdpPacket::new_unchecked(&mut ip[l3..]);
+                    repr.emit(&mut u, n);
+                    u.set_partial_checksum(f, t);
+                }
+                (IpAddr::V6(f), IpAddr::V6(t)) => {
+                    ip6::emit_header(ip, f, t, ip6::next_header::UDP, len - l3, 64)?;
+                    let m = &mut ip[l3..];
+                    repr.emit(&mut UdpPacket::new_unchecked(&mut *m), n);
+                    let ulen = udp::HEADER_LEN + n;
+                    ip6::set_partial_checksum(
+                        m,
+                        udp::CHECKSUM_OFFSET,
+                        f,
+                        t,
+                        ip6::next_header::UDP,
+                        ulen,
+                    );
+                }
+                _ => return None,
             }
-            .emit(&mut u, n);
-            u.set_partial_checksum(*from.ip(), *to.ip());
             Some(len)
         });
     }
 
     /// Sends the echo reply at the lent buffer's `[ICMP_DATA_AT..][..n]`
-    /// to the container, with the container's identifier.
-    fn icmp_to_container(&mut self, net: NetworkId, from: Ipv4Addr, to: SocketAddrV4, n: usize) {
-        self.emit(net, *to.ip(), VnetHdr::default(), |buf| {
-            let len = ipv4::MIN_HEADER_LEN + n;
-            let ip = buf.get_mut(HEADROOM..HEADROOM + len)?;
-            ipv4::emit_header(ip, from, *to.ip(), ipv4::protocol::ICMP, n, 64);
-            let mut m = IcmpPacket::new_unchecked(&mut ip[ipv4::MIN_HEADER_LEN..]);
-            m.set_echo_ident(to.port());
-            m.fill_checksum();
-            Some(len)
+    /// (`ICMP6_DATA_AT` for ICMPv6) to the container, with the
+    /// container's identifier.
+    fn icmp_to_container(&mut self, net: NetworkId, from: IpAddr, to: SocketAddr, n: usize) {
+        self.emit(net, to.ip(), VnetHdr::default(), |buf| {
+            match (from, to.ip()) {
+                (IpAddr::V4(f), IpAddr::V4(t)) => {
+                    let len = ipv4::MIN_HEADER_LEN + n;
+                    let ip = buf.get_mut(HEADROOM..HEADROOM + len)?;
+                    ipv4::emit_header(ip, f, t, ipv4::protocol::ICMP, n, 64);
+                    let mut m = IcmpPacket::new_unchecked(&mut ip[ipv4::MIN_HEADER_LEN..]);
+                    m.set_echo_ident(to.port());
+                    m.fill_checksum();
+                    Some(len)
+                }
+                (IpAddr::V6(f), IpAddr::V6(t)) => {
+                    let len = ip6::HEADER_LEN + n;
+                    let ip = buf.get_mut(HEADROOM..HEADROOM + len)?;
+                    ip6::emit_header(ip, f, t, ip6::next_header::ICMPV6, n, 64)?;
+                    let m = &mut ip[ip6::HEADER_LEN..];
+                    IcmpPacket::new_unchecked(&mut *m).set_echo_ident(to.port());
+                    ip6::fill_checksum(m, 2, f, t, ip6::next_header::ICMPV6, false);
+                    Some(len)
+                }
+                _ => None,
+            }
         });
     }
 
@@ -1703,21 +2031,26 @@ impl Gateway {
     /// register it readable and writable), or `None` (refused, counted:
     /// close the stream).
     pub fn handle_accept(&mut self, now: u64, id: u64, client: SocketAddr) -> Option<FlowHandle> {
-        let Some(&Pub { network, container }) = self.published.get(&id) else {
+        let Some(&pb) = self.published.get(&id) else {
             self.drops.count(NatDrop::NoListener);
             return None;
         };
+        let network = pb.network;
         let Some(info) = self.nets.get(&network).copied() else {
             self.drops.count(NatDrop::NoNetwork);
             return None;
         };
-        let src = source_for(client, info.gateway);
+        let (src, container) = inbound_addrs(&pb, &info, client);
+        let Some((gw, prefix)) = info.gateway_for(container.ip()) else {
+            self.drops.count(NatDrop::NoIpv6);
+            return None;
+        };
         self.tx.lane = None;
         let key = flow_key(
             Protocol::Tcp,
             network,
-            (*container.ip(), container.port()),
-            (*src.ip(), src.port()),
+            (container.ip(), container.port()),
+            (src.ip(), src.port()),
         );
         if let Some(old) = self.ct.lookup(&key) {
             if self.flow(old).is_some() {
@@ -1729,14 +2062,7 @@ impl Gateway {
             let _ = self.ct.remove(old);
         }
         let h = self.create(key, Direction::Inbound, now)?;
-        let Some(mut leg) = Leg::connect(
-            info.gateway,
-            info.prefix,
-            src,
-            container,
-            &self.config.leg,
-            now,
-        ) else {
+        let Some(mut leg) = Leg::connect(gw, prefix, src, container, &self.config.leg, now) else {
             self.drops.count(NatDrop::LegConnect);
             let _ = self.ct.remove(h);
             return None;
@@ -1823,22 +2149,28 @@ fn leg_out<'a>(
     tx: &'a mut TxQueue,
     drops: &'a mut DropCounts,
     ct: &'a mut ConnTrack,
-    endpoints: &HashMap<(NetworkId, Ipv4Addr), Endpoint>,
+    endpoints: &Endpoints,
     info: &NetInfo,
     network: NetworkId,
-    container: SocketAddrV4,
+    container: SocketAddr,
     h: FlowHandle,
     now: u64,
 ) -> LegOut<'a> {
+    // IP and TCP headers: 40 bytes (IPv4), 60 (IPv6).
+    let (headers, min_mss) = if container.is_ipv4() {
+        (40, 536)
+    } else {
+        (60, 1220)
+    };
     LegOut {
         tx,
         drops,
         ct,
         h,
         now,
-        ep: endpoints.get(&(network, *container.ip())).copied(),
+        ep: endpoints.get(network, container.ip()),
         gw: gateway_mac(info.gateway),
-        mss: (info.mtu as usize).saturating_sub(40).max(536),
+        mss: (info.mtu as usize).saturating_sub(headers).max(min_mss),
         scratch: false,
         starved: false,
     }
@@ -1849,22 +2181,106 @@ fn leg_out<'a>(
 fn flow_key(
     protocol: Protocol,
     network: NetworkId,
-    container: (Ipv4Addr, u16),
-    remote: (Ipv4Addr, u16),
+    container: (IpAddr, u16),
+    remote: (IpAddr, u16),
 ) -> FlowKey {
     FlowKey {
         protocol,
         network,
-        container_ip: IpAddr::V4(container.0),
+        container_ip: container.0,
         container_port: container.1,
-        remote_ip: IpAddr::V4(remote.0),
+        remote_ip: remote.0,
         remote_port: remote.1,
     }
 }
 
+/// The transport of a packet for the NAT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum L4 {
+    Tcp,
+    Udp,
+    /// ICMP, or ICMPv6.
+    Icmp,
+}
+
+/// An IP header of either family, as the NAT reads it.
+#[derive(Clone, Copy, Debug)]
+struct IpHdr {
+    src: IpAddr,
+    dst: IpAddr,
+    proto: L4,
+    /// Offset of the transport header.
+    ihl: usize,
+    /// Packet length (as the header says, bounded by the buffer).
+    total: usize,
+}
+
+/// Reads an IPv4 or IPv6 header (IPv6 without extension headers), or the
+/// reason the NAT drops the packet.
+fn parse_ip(ip: &[u8]) -> Result<IpHdr, NatDrop> {
+    match ip.first().map(|b| b >> 4) {
+        Some(4) => {
+            let p = Ipv4Packet::new_checked(ip).map_err(|_| NatDrop::Malformed)?;
+            let proto = match p.protocol() {
+                ipv4::protocol::TCP => L4::Tcp,
+                ipv4::protocol::UDP => L4::Udp,
+                ipv4::protocol::ICMP => L4::Icmp,
+                _ => return Err(NatDrop::Protocol),
+            };
+            Ok(IpHdr {
+                src: IpAddr::V4(p.src_addr()),
+                dst: IpAddr::V4(p.dst_addr()),
+                proto,
+                ihl: p.header_len(),
+                total: usize::from(p.total_len()).min(ip.len()),
+            })
+        }
+        Some(6) => {
+            let p = Ipv6Packet::new_checked(ip).ok_or(NatDrop::Malformed)?;
+            let proto = match p.next_header() {
+                ip6::next_header::TCP => L4::Tcp,
+                ip6::next_header::UDP => L4::Udp,
+                ip6::next_header::ICMPV6 => L4::Icmp,
+                ip6::next_header::FRAGMENT => return Err(NatDrop::IpFragment),
+                _ => return Err(NatDrop::Protocol),
+            };
+            Ok(IpHdr {
+                src: IpAddr::V6(p.src_addr()),
+                dst: IpAddr::V6(p.dst_addr()),
+                proto,
+                ihl: ip6::HEADER_LEN,
+                total: p.payload_range().end,
+            })
+        }
+        _ => Err(NatDrop::Malformed),
+    }
+}
+
+/// Where a published port's connection or datagram from `client` goes:
+/// (the source it has in the container, the container's address). An
+/// IPv6 client (not IPv4-mapped) reaches the container's IPv6 address
+/// when the port names one and the network has an IPv6 side; everything
+/// else reaches its IPv4 address.
+fn inbound_addrs(pb: &Pub, info: &NetInfo, client: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let v6_client = match client.ip() {
+        IpAddr::V6(a) => a.to_ipv4_mapped().is_none(),
+        IpAddr::V4(_) => false,
+    };
+    match (v6_client, pb.container6, info.v6) {
+        (true, Some(c6), Some(v6)) => (
+            SocketAddr::V6(source_for6(client, v6.gateway)),
+            SocketAddr::V6(c6),
+        ),
+        _ => (
+            SocketAddr::V4(source_for(client, info.gateway)),
+            SocketAddr::V4(pb.container),
+        ),
+    }
+}
+
 /// The source address a published port's client gets inside the
-/// container: its own IPv4 address, or the gateway's for loopback, IPv6
-/// and unspecified clients (the port stays the client's).
+/// container's IPv4 network: its own IPv4 address, or the gateway's for
+/// loopback, IPv6 and unspecified clients (the port stays the client's).
 pub fn source_for(client: SocketAddr, gateway: Ipv4Addr) -> SocketAddrV4 {
     let v4 = match client.ip() {
         IpAddr::V4(a) => Some(a),
@@ -1873,5 +2289,57 @@ pub fn source_for(client: SocketAddr, gateway: Ipv4Addr) -> SocketAddrV4 {
     match v4 {
         Some(a) if !a.is_loopback() && !a.is_unspecified() => SocketAddrV4::new(a, client.port()),
         _ => SocketAddrV4::new(gateway, client.port()),
+    }
+}
+
+/// Why a destination is unreachable, in either family's codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unreach {
+    Net,
+    Host,
+    Port,
+    Prohibited,
+}
+
+impl Unreach {
+    fn code4(self) -> u8 {
+        match self {
+            Unreach::Net => icmp::unreachable::NET,
+            Unreach::Host => icmp::unreachable::HOST,
+            Unreach::Port => icmp::unreachable::PORT,
+            Unreach::Prohibited => icmp::unreachable::PROHIBITED,
+        }
+    }
+    fn code6(self) -> u8 {
+        match self {
+            Unreach::Net => icmp6::unreachable::NO_ROUTE,
+            Unreach::Host => icmp6::unreachable::ADDRESS,
+            Unreach::Port => icmp6::unreachable::PORT,
+            Unreach::Prohibited => icmp6::unreachable::PROHIBITED,
+        }
+    }
+}
+
+/// The source address of an IP packet of either family.
+fn ip_src(packet: &[u8]) -> Option<IpAddr> {
+    match packet.first()? >> 4 {
+        4 => Ipv4Packet::new_checked(packet)
+            .ok()
+            .map(|p| IpAddr::V4(p.src_addr())),
+        6 => Ipv6Packet::new_checked(packet).map(|p| IpAddr::V6(p.src_addr())),
+        _ => None,
+    }
+}
+
+/// The source address a published port's IPv6 client gets inside the
+/// container's IPv6 network: its own address, or the gateway's IPv6
+/// address for loopback, link-local and unspecified clients (the port
+/// stays the client's).
+pub fn source_for6(client: SocketAddr, gateway: Ipv6Addr) -> SocketAddrV6 {
+    match client.ip() {
+        IpAddr::V6(a) if !a.is_loopback() && !a.is_unspecified() && !ip6::is_link_local(a) => {
+            SocketAddrV6::new(a, client.port(), 0, 0)
+        }
+        _ => SocketAddrV6::new(gateway, client.port(), 0, 0),
     }
 }

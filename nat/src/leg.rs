@@ -27,7 +27,8 @@
 //! Received segments are not verified either: they come from a local TAP
 //! whose frames the kernel built (most with a partial checksum).
 
-use core::net::{Ipv4Addr, SocketAddrV4};
+use crate::ip6::{self, Ipv6Packet};
+use core::net::{IpAddr, SocketAddr};
 use smoltcp::iface::{Config as IfaceConfig, Interface, SocketHandle, SocketSet};
 use smoltcp::phy::{Checksum, ChecksumCapabilities, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
@@ -38,9 +39,11 @@ use tapnet_switch::wire::{ipv4, tcp as wtcp, Ipv4Packet, TcpPacket, TcpRepr};
 
 /// Largest IP packet the leg sends or accepts.
 pub const MTU: usize = 65535;
-/// MSS the container's SYN is given, so smoltcp sends segments up to the
-/// MTU (IPv4 and TCP headers without options).
+/// MSS an IPv4 container's SYN is given, so smoltcp sends segments up to
+/// the MTU (IPv4 and TCP headers without options).
 pub const RAISED_MSS: u16 = (MTU - 40) as u16;
+/// The same for IPv6 (a 40-byte IPv6 header).
+pub const RAISED_MSS6: u16 = (MTU - 60) as u16;
 
 /// Bytes a callback's buffer holds before the IP packet (room for the
 /// virtio-net and Ethernet headers, so the edge writes one buffer).
@@ -182,15 +185,18 @@ fn caps() -> DeviceCapabilities {
     c
 }
 
-/// Length of a buffer a [`LegTx`] lends: headroom and the largest packet.
-pub const TX_BUFFER_LEN: usize = HEADROOM + MTU;
+/// Length of a buffer a [`LegTx`] lends: headroom and the largest packet
+/// (an IPv6 packet: 40 bytes of header and a payload of up to 65535, so
+/// that the gateway's datagram buffers hold the largest UDP datagram of
+/// either family).
+pub const TX_BUFFER_LEN: usize = HEADROOM + MTU + ip6::HEADER_LEN;
 
 fn now_instant(now_ns: u64) -> Instant {
     Instant::from_micros((now_ns / 1000) as i64)
 }
 
 impl Leg {
-    fn new(gateway: Ipv4Addr, prefix: u8, cfg: &LegConfig, now_ns: u64) -> Leg {
+    fn new(gateway: IpAddr, prefix: u8, cfg: &LegConfig, now_ns: u64) -> Leg {
         // Building an interface sends nothing.
         let mut dev = Dev {
             rx: None,
@@ -200,9 +206,14 @@ impl Leg {
         ic.random_seed = cfg.random_seed;
         let mut iface = Interface::new(ic, &mut dev, now_instant(now_ns));
         iface.update_ip_addrs(|a| {
-            let _ = a.push(IpCidr::new(IpAddress::Ipv4(gateway), prefix));
+            let _ = a.push(IpCidr::new(IpAddress::from(gateway), prefix));
         });
-        let _ = iface.routes_mut().add_default_ipv4_route(gateway);
+        // A default route through its own address: AnyIP accepts packets
+        // to any address routed through the interface.
+        let _ = match gateway {
+            IpAddr::V4(g) => iface.routes_mut().add_default_ipv4_route(g).map(|_| ()),
+            IpAddr::V6(g) => iface.routes_mut().add_default_ipv6_route(g).map(|_| ()),
+        };
         iface.set_any_ip(true);
         let mut sock = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; cfg.rx_buffer]),
@@ -222,17 +233,20 @@ impl Leg {
     }
 
     /// A leg for a connection the container opens to `remote`: it accepts
-    /// the container's SYN (feed it with [`Leg::ingress`]).
+    /// the container's SYN (feed it with [`Leg::ingress`]). `gateway`
+    /// (the network's gateway address of `remote`'s family) and `prefix`
+    /// name the interface's own address.
     pub fn accept(
-        gateway: Ipv4Addr,
+        gateway: impl Into<IpAddr>,
         prefix: u8,
-        remote: SocketAddrV4,
+        remote: impl Into<SocketAddr>,
         cfg: &LegConfig,
         now_ns: u64,
     ) -> Leg {
-        let mut leg = Leg::new(gateway, prefix, cfg, now_ns);
+        let remote = remote.into();
+        let mut leg = Leg::new(gateway.into(), prefix, cfg, now_ns);
         let ep = IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(*remote.ip())),
+            addr: Some(IpAddress::from(remote.ip())),
             port: remote.port(),
         };
         // Cannot fail: the socket is new and the port non-zero (callers
@@ -243,18 +257,23 @@ impl Leg {
 
     /// A leg that connects to the container at `container` from `client`
     /// (a published port's connection); send its SYN with [`Leg::poll`].
+    /// `None` when the addresses' families differ or the port is 0.
     pub fn connect(
-        gateway: Ipv4Addr,
+        gateway: impl Into<IpAddr>,
         prefix: u8,
-        client: SocketAddrV4,
-        container: SocketAddrV4,
+        client: impl Into<SocketAddr>,
+        container: impl Into<SocketAddr>,
         cfg: &LegConfig,
         now_ns: u64,
     ) -> Option<Leg> {
+        let (gateway, client, container) = (gateway.into(), client.into(), container.into());
+        if gateway.is_ipv4() != client.is_ipv4() || client.is_ipv4() != container.is_ipv4() {
+            return None;
+        }
         let mut leg = Leg::new(gateway, prefix, cfg, now_ns);
-        let remote = IpEndpoint::new(IpAddress::Ipv4(*container.ip()), container.port());
+        let remote = IpEndpoint::new(IpAddress::from(container.ip()), container.port());
         let local = IpListenEndpoint {
-            addr: Some(IpAddress::Ipv4(*client.ip())),
+            addr: Some(IpAddress::from(client.ip())),
             port: client.port(),
         };
         let Leg {
@@ -307,28 +326,76 @@ impl Leg {
     }
 }
 
-/// The IPv4 and TCP views of a packet carrying TCP, if sane: the IP
-/// header checks out and the TCP header with its options fits.
-fn tcp_bounds(ip: &[u8]) -> Option<(usize, usize)> {
-    let p = Ipv4Packet::new_checked(ip).ok()?;
-    if p.protocol() != ipv4::protocol::TCP {
-        return None;
-    }
-    let ihl = p.header_len();
-    let t = TcpPacket::new_checked(&ip[ihl..]).ok()?;
-    Some((ihl, t.header_len()))
+/// Where a TCP segment lies in an IP packet (either family).
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    /// Offset of the TCP header.
+    l4: usize,
+    /// TCP header length with options.
+    doff: usize,
+    /// The IP packet's length (as its header says, bounded by the buffer).
+    total: usize,
+    src: IpAddr,
+    dst: IpAddr,
 }
 
-/// Raises the MSS option of a SYN (or SYN+ACK) in an IPv4 packet to
-/// [`RAISED_MSS`]; returns the container's original MSS. The TCP checksum
-/// is not fixed: legs do not verify it.
+/// The bounds of a packet carrying TCP, if sane: an IPv4 header that
+/// checks out, or an IPv6 header whose next header is TCP (no extension
+/// headers), and a TCP header whose options fit.
+fn tcp_bounds(ip: &[u8]) -> Option<Bounds> {
+    let (l4, total, src, dst) = match ip.first()? >> 4 {
+        4 => {
+            let p = Ipv4Packet::new_checked(ip).ok()?;
+            if p.protocol() != ipv4::protocol::TCP {
+                return None;
+            }
+            let total = usize::from(p.total_len()).min(ip.len());
+            (
+                p.header_len(),
+                total,
+                IpAddr::V4(p.src_addr()),
+                IpAddr::V4(p.dst_addr()),
+            )
+        }
+        6 => {
+            let p = Ipv6Packet::new_checked(ip)?;
+            if p.next_header() != ip6::next_header::TCP {
+                return None;
+            }
+            let total = p.payload_range().end;
+            (
+                ip6::HEADER_LEN,
+                total,
+                IpAddr::V6(p.src_addr()),
+                IpAddr::V6(p.dst_addr()),
+            )
+        }
+        _ => return None,
+    };
+    let t = TcpPacket::new_checked(ip.get(l4..total)?).ok()?;
+    Some(Bounds {
+        l4,
+        doff: t.header_len(),
+        total,
+        src,
+        dst,
+    })
+}
+
+/// Raises the MSS option of a SYN (or SYN+ACK) in an IP packet to
+/// [`RAISED_MSS`] ([`RAISED_MSS6`] for IPv6); returns the container's
+/// original MSS. The TCP checksum is not fixed: legs do not verify it.
 pub fn raise_syn_mss(ip: &mut [u8]) -> Option<u16> {
-    let (ihl, _) = tcp_bounds(ip)?;
-    let mut t = TcpPacket::new_unchecked(&mut ip[ihl..]);
+    let b = tcp_bounds(ip)?;
+    let mut t = TcpPacket::new_unchecked(&mut ip[b.l4..]);
     if !t.has(wtcp::flags::SYN) {
         return None;
     }
-    t.set_mss_option(RAISED_MSS)
+    t.set_mss_option(if b.src.is_ipv4() {
+        RAISED_MSS
+    } else {
+        RAISED_MSS6
+    })
 }
 
 /// What a TAP needs to know about a TCP packet a leg sent (see
@@ -343,41 +410,52 @@ pub struct SegmentOffload {
     pub payload_len: usize,
     /// The segment's TCP flags.
     pub flags: u8,
+    /// An IPv6 packet (TSO as `GSO_TCPV6`, the Ethernet type IPv6).
+    pub ipv6: bool,
 }
 
 /// Writes the partial TCP checksum (pseudo-header sum, not complemented)
 /// of a packet a leg sent, for the receiver to complete (`NEEDS_CSUM`).
 pub fn finish_tcp_segment(ip: &mut [u8]) -> Option<SegmentOffload> {
-    let (ihl, doff) = tcp_bounds(ip)?;
-    let p = Ipv4Packet::new_unchecked(&*ip);
-    let (src, dst) = (p.src_addr(), p.dst_addr());
-    let total = usize::from(p.total_len()).min(ip.len());
-    let l4 = total.checked_sub(ihl)?;
-    let payload_len = l4.checked_sub(doff)?;
-    let mut t = TcpPacket::new_unchecked(&mut ip[ihl..]);
-    t.set_partial_checksum(src, dst, l4);
+    let b = tcp_bounds(ip)?;
+    let l4 = b.total.checked_sub(b.l4)?;
+    let payload_len = l4.checked_sub(b.doff)?;
+    match (b.src, b.dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            TcpPacket::new_unchecked(&mut ip[b.l4..]).set_partial_checksum(s, d, l4)
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => ip6::set_partial_checksum(
+            &mut ip[b.l4..],
+            wtcp::CHECKSUM_OFFSET,
+            s,
+            d,
+            ip6::next_header::TCP,
+            l4,
+        ),
+        _ => return None,
+    }
+    let flags = TcpPacket::new_unchecked(&ip[b.l4..]).flags();
     Some(SegmentOffload {
-        l4_offset: ihl,
-        headers_len: ihl + doff,
+        l4_offset: b.l4,
+        headers_len: b.l4 + b.doff,
         payload_len,
-        flags: t.flags(),
+        flags,
+        ipv6: b.src.is_ipv6(),
     })
 }
 
-/// The RST answering `segment` (an IPv4 TCP packet from the container to
-/// which no leg belongs, or whose connection failed), written to
-/// `out[HEADROOM..]`; returns the IP packet's length. RFC 9293 3.10.7.1:
-/// with ACK, `<SEQ=SEG.ACK><CTL=RST>`; without, `<SEQ=0><ACK=SEG.SEQ+
-/// SEG.LEN><CTL=RST,ACK>`. Never answers a RST.
+/// The RST answering `segment` (a TCP packet of either family from the
+/// container to which no leg belongs, or whose connection failed),
+/// written to `out[HEADROOM..]`; returns the IP packet's length. RFC 9293
+/// 3.10.7.1: with ACK, `<SEQ=SEG.ACK><CTL=RST>`; without, `<SEQ=0><ACK=
+/// SEG.SEQ+SEG.LEN><CTL=RST,ACK>`. Never answers a RST.
 pub fn rst_for(segment: &[u8], out: &mut [u8]) -> Option<usize> {
-    let (ihl, doff) = tcp_bounds(segment)?;
-    let ip = Ipv4Packet::new_unchecked(segment);
-    let t = TcpPacket::new_unchecked(&segment[ihl..]);
+    let b = tcp_bounds(segment)?;
+    let t = TcpPacket::new_unchecked(&segment[b.l4..]);
     if t.has(wtcp::flags::RST) {
         return None;
     }
-    let total = usize::from(ip.total_len()).min(segment.len());
-    let payload = total.saturating_sub(ihl + doff) as u32;
+    let payload = b.total.saturating_sub(b.l4 + b.doff) as u32;
     let (seq, ack, flags) = if t.has(wtcp::flags::ACK) {
         (t.ack_number(), 0, wtcp::flags::RST)
     } else {
@@ -388,17 +466,7 @@ pub fn rst_for(segment: &[u8], out: &mut [u8]) -> Option<usize> {
             wtcp::flags::RST | wtcp::flags::ACK,
         )
     };
-    let o = out.get_mut(HEADROOM..HEADROOM + 40)?;
-    ipv4::emit_header(
-        o,
-        ip.dst_addr(),
-        ip.src_addr(),
-        ipv4::protocol::TCP,
-        wtcp::HEADER_LEN,
-        64,
-    );
-    let mut r = TcpPacket::new_unchecked(&mut o[ipv4::MIN_HEADER_LEN..]);
-    TcpRepr {
+    let repr = TcpRepr {
         src_port: t.dst_port(),
         dst_port: t.src_port(),
         seq,
@@ -406,15 +474,40 @@ pub fn rst_for(segment: &[u8], out: &mut [u8]) -> Option<usize> {
         flags,
         window: 0,
         options_len: 0,
+    };
+    match (b.dst, b.src) {
+        (IpAddr::V4(from), IpAddr::V4(to)) => {
+            let o = out.get_mut(HEADROOM..HEADROOM + 40)?;
+            ipv4::emit_header(o, from, to, ipv4::protocol::TCP, wtcp::HEADER_LEN, 64);
+            let mut r = TcpPacket::new_unchecked(&mut o[ipv4::MIN_HEADER_LEN..]);
+            repr.emit(&mut r);
+            r.fill_checksum(from, to);
+            Some(40)
+        }
+        (IpAddr::V6(from), IpAddr::V6(to)) => {
+            let len = ip6::HEADER_LEN + wtcp::HEADER_LEN;
+            let o = out.get_mut(HEADROOM..HEADROOM + len)?;
+            ip6::emit_header(o, from, to, ip6::next_header::TCP, wtcp::HEADER_LEN, 64)?;
+            let m = &mut o[ip6::HEADER_LEN..];
+            repr.emit(&mut TcpPacket::new_unchecked(&mut *m));
+            ip6::fill_checksum(
+                m,
+                wtcp::CHECKSUM_OFFSET,
+                from,
+                to,
+                ip6::next_header::TCP,
+                false,
+            );
+            Some(len)
+        }
+        _ => None,
     }
-    .emit(&mut r);
-    r.fill_checksum(ip.dst_addr(), ip.src_addr());
-    Some(40)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 
     const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
@@ -529,5 +622,82 @@ mod tests {
         p[40..44].copy_from_slice(&[2, 4, 0x05, 0xb4]);
         assert_eq!(raise_syn_mss(&mut p), Some(1460));
         assert_eq!(u16::from_be_bytes([p[42], p[43]]), RAISED_MSS);
+    }
+
+    /// The IPv6 twin of `two_legs_exchange_data_and_close`: legs on an
+    /// IPv6 gateway address accept and send from any address.
+    #[test]
+    fn two_legs_exchange_data_over_ipv6() {
+        let cfg = LegConfig {
+            rx_buffer: 4096,
+            tx_buffer: 4096,
+            random_seed: 1,
+        };
+        let gw: Ipv6Addr = "2001:db8:1::1".parse().unwrap();
+        let client = SocketAddrV6::new("2001:db8:9::9".parse().unwrap(), 40000, 0, 0);
+        let server = SocketAddrV6::new("2001:db8:1::2".parse().unwrap(), 80, 0, 0);
+        let mut a = Leg::connect(gw, 64, client, server, &cfg, 0).unwrap();
+        let mut b = Leg::accept(gw, 64, server, &cfg, 0);
+        let mut to_b = VecTx::default();
+        let mut to_a = VecTx::default();
+        let mut now = 0u64;
+        let mut saw_raised = false;
+        for i in 0..10 {
+            if i == 5 {
+                a.socket().send_slice(b"hello6").unwrap();
+                a.socket().close();
+            }
+            now += 1_000_000;
+            a.poll(now, &mut to_b);
+            for mut p in std::mem::take(&mut to_b.sent) {
+                assert_eq!(p[0] >> 4, 6);
+                saw_raised |= raise_syn_mss(&mut p).is_some();
+                let off = finish_tcp_segment(&mut p.clone()).unwrap();
+                assert!(off.ipv6);
+                assert_eq!(off.l4_offset, 40);
+                b.ingress(now, &p, &mut to_a);
+            }
+            b.poll(now, &mut to_a);
+            for p in std::mem::take(&mut to_a.sent) {
+                a.ingress(now, &p, &mut to_b);
+            }
+        }
+        assert!(saw_raised);
+        assert_eq!(
+            b.socket().remote_endpoint().unwrap(),
+            IpEndpoint::new(IpAddress::Ipv6(*client.ip()), client.port())
+        );
+        let mut got = [0u8; 16];
+        let n = b.socket().recv_slice(&mut got).unwrap();
+        assert_eq!(&got[..n], b"hello6");
+        // Mixed families cannot connect.
+        let v4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
+        assert!(Leg::connect(gw, 64, client, v4, &cfg, 0).is_none());
+    }
+
+    #[test]
+    fn rst_answers_an_ipv6_syn() {
+        let src: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+        let dst: Ipv6Addr = "2001:db8:9::1".parse().unwrap();
+        let mut p = vec![0u8; 60];
+        ip6::emit_header(&mut p, src, dst, 6, 20, 64).unwrap();
+        p[40..42].copy_from_slice(&1234u16.to_be_bytes());
+        p[42..44].copy_from_slice(&80u16.to_be_bytes());
+        p[44..48].copy_from_slice(&100u32.to_be_bytes());
+        p[52] = 5 << 4;
+        p[53] = 0x02;
+        let mut out = vec![0u8; TX_BUFFER_LEN];
+        let n = rst_for(&p, &mut out).unwrap();
+        assert_eq!(n, 60);
+        let r = Ipv6Packet::new_checked(&out[HEADROOM..HEADROOM + n]).unwrap();
+        assert_eq!((r.src_addr(), r.dst_addr()), (dst, src));
+        let t = &out[HEADROOM + 40..HEADROOM + 60];
+        assert_eq!(u16::from_be_bytes([t[0], t[1]]), 80);
+        assert_eq!(u32::from_be_bytes([t[8], t[9], t[10], t[11]]), 101);
+        assert_eq!(t[13], 0x14);
+        assert!(ip6::verify_checksum(t, dst, src, 6));
+        // Never a RST for a RST.
+        p[53] = 0x04;
+        assert_eq!(rst_for(&p, &mut out), None);
     }
 }

@@ -7,8 +7,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use tapnet_nat::gateway::{BUFFER_LEN, FRAME_OFFSET};
+use tapnet_nat::ip6::{self, icmp6, Ipv6Packet};
 use tapnet_nat::leg::{self, Leg, LegConfig, LegTx, TcpSocketState, HEADROOM};
 use tapnet_nat::{
     ConnectError, FlowHandle, FrameAction, Gateway, GatewayConfig, HostEvent, IcmpMode, NatDrop,
@@ -18,7 +19,7 @@ use tapnet_switch::wire::{
     ethernet, icmp, ipv4, tcp, vnet, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet,
     TcpPacket, UdpPacket, VnetHdr,
 };
-use tapnet_switch::{build, gateway_mac, NetworkId, PortId};
+use tapnet_switch::{build, gateway_mac, Ipv6Config, NetworkId, PortId};
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000 * MS;
@@ -28,6 +29,8 @@ const C_IP: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 const C_PORT: PortId = PortId(7);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const GW6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+const C_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 
 fn c_mac() -> EthernetAddress {
     EthernetAddress([2, 0, 0, 0, 0, 2])
@@ -40,6 +43,16 @@ fn info() -> NetInfo {
         mtu: 1500,
         masquerade: true,
         internal: false,
+        v6: Some(v6_side()),
+    }
+}
+
+/// The network's IPv6 side (the IPv4 tests run on a dual-stack network).
+fn v6_side() -> Ipv6Config {
+    Ipv6Config {
+        subnet: "2001:db8:1::".parse().unwrap(),
+        prefix_len: 64,
+        gateway: GW6,
     }
 }
 
@@ -127,6 +140,16 @@ impl Out {
     fn ip(&self) -> Ipv4Packet<&[u8]> {
         Ipv4Packet::new_checked(&self.frame[ethernet::HEADER_LEN..]).unwrap()
     }
+    /// The IPv6 packet (checks the Ethernet type too).
+    fn ip6(&self) -> Ipv6Packet<&[u8]> {
+        let e = EthernetFrame::new_checked(&self.frame[..]).unwrap();
+        assert_eq!(e.ethertype(), EtherType::Ipv6);
+        Ipv6Packet::new_checked(&self.frame[ethernet::HEADER_LEN..]).unwrap()
+    }
+    /// The IPv6 payload (the upper-layer message).
+    fn l4_6(&self) -> &[u8] {
+        &self.frame[ethernet::HEADER_LEN + 40..]
+    }
 }
 
 struct Harness {
@@ -149,6 +172,8 @@ struct Harness {
     lane: u8,
     /// The workers' injection queues refuse what a relay hands on.
     refuse_early: bool,
+    /// Where the gateway asked to connect, in order.
+    dialed: Vec<SocketAddr>,
 }
 
 impl Harness {
@@ -165,7 +190,7 @@ impl Harness {
         };
         let mut gw = Gateway::new(cfg);
         gw.set_network(NET, info);
-        gw.add_endpoint(NET, C_IP, c_mac().0, C_PORT);
+        gw.add_endpoint(NET, C_IP, Some(C_IP6), c_mac().0, C_PORT);
         Harness {
             gw,
             now: S,
@@ -180,6 +205,7 @@ impl Harness {
             held: Vec::new(),
             lane: 0,
             refuse_early: false,
+            dialed: Vec::new(),
         }
     }
 
@@ -218,9 +244,15 @@ impl Harness {
         }
     }
 
-    /// A container's IP packet, in an Ethernet frame to the gateway.
+    /// A container's IP packet (either family), in an Ethernet frame to
+    /// the gateway.
     fn ip_in(&mut self, packet: &[u8]) {
-        let f = build::ethernet(gateway_mac(GW), c_mac(), EtherType::Ipv4, packet);
+        let t = if packet[0] >> 4 == 6 {
+            EtherType::Ipv6
+        } else {
+            EtherType::Ipv4
+        };
+        let f = build::ethernet(gateway_mac(GW), c_mac(), t, packet);
         self.frame(VnetHdr::default(), f);
     }
 
@@ -244,6 +276,9 @@ impl Harness {
 
     fn op(&mut self, op: SocketOp) {
         let now = self.now;
+        if let SocketOp::Connect { to, .. } = op {
+            self.dialed.push(to);
+        }
         match op {
             SocketOp::Connect { flow, to } => match self.dial {
                 Dial::Pending => {
@@ -271,9 +306,7 @@ impl Harness {
                 }
             },
             SocketOp::OpenUdp { flow, to } => self.open_dgram(flow, to),
-            SocketOp::OpenPing { flow, to } => {
-                self.open_dgram(flow, SocketAddr::V4(SocketAddrV4::new(to, 0)))
-            }
+            SocketOp::OpenPing { flow, to } => self.open_dgram(flow, SocketAddr::new(to, 0)),
             SocketOp::Relay(h) => {
                 if let Some(Fake::Stream(mut s)) = self.socks.remove(&h) {
                     let mut early = Vec::new();
@@ -389,6 +422,35 @@ impl LegTx for ContainerTx {
 }
 
 impl Container {
+    /// A connection from the container's IPv6 address (port 40000) to `to`.
+    fn dial6(to: SocketAddrV6, now: u64) -> Container {
+        let cfg = LegConfig {
+            rx_buffer: 256 * 1024,
+            tx_buffer: 256 * 1024,
+            random_seed: 2,
+        };
+        let from = SocketAddrV6::new(C_IP6, 40000, 0, 0);
+        let leg = Leg::connect(GW6, 64, from, to, &cfg, now).unwrap();
+        Container {
+            leg,
+            tx: ContainerTx::default(),
+        }
+    }
+
+    /// A server on the container's IPv6 address, on `port`.
+    fn listen6(port: u16, now: u64) -> Container {
+        let cfg = LegConfig {
+            rx_buffer: 256 * 1024,
+            tx_buffer: 256 * 1024,
+            random_seed: 3,
+        };
+        let at = SocketAddrV6::new(C_IP6, port, 0, 0);
+        Container {
+            leg: Leg::accept(GW6, 64, at, &cfg, now),
+            tx: ContainerTx::default(),
+        }
+    }
+
     /// A connection from the container (port 40000) to `to`.
     fn dial(to: SocketAddrV4, now: u64) -> Container {
         let cfg = LegConfig {
@@ -887,7 +949,7 @@ fn icmp_echo_through_ping_sockets_and_the_raw_socket() {
 #[test]
 fn published_tcp_port_keeps_the_client_address() {
     let mut h = Harness::new();
-    h.gw.publish(3, NET, SocketAddrV4::new(C_IP, 8080));
+    h.gw.publish(3, NET, SocketAddrV4::new(C_IP, 8080), None);
     let mut c = Container::listen(8080, h.now);
     let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 51000));
     let f = h.gw.handle_accept(h.now, 3, client).unwrap();
@@ -930,7 +992,7 @@ fn published_tcp_port_keeps_the_client_address() {
 #[test]
 fn published_udp_port_and_expiry() {
     let mut h = Harness::new();
-    h.gw.publish(4, NET, SocketAddrV4::new(C_IP, 5353));
+    h.gw.publish(4, NET, SocketAddrV4::new(C_IP, 5353), None);
     let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 6000));
     assert!(h.host_datagram(SocketId::Published(4), b"hi", Some(client)));
     let out = h.take_out();
@@ -1007,6 +1069,20 @@ fn limits_refuse_new_flows() {
     );
     h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"q"));
     assert_eq!(h.drops(NatDrop::ContainerLimit), 2);
+    // A dual-stack container's IPv6 flows share its limit.
+    h.ip_in(&udp6(5000, remote6(53), b"q"));
+    assert_eq!(h.drops(NatDrop::ContainerLimit), 3);
+    let mut cfg = GatewayConfig::default();
+    cfg.table.max_per_container = 2;
+    let mut h = Harness::with(cfg, info());
+    h.ip_in(&udp6(5000, remote6(53), b"q"));
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"q"));
+    assert_eq!(h.gw.conntrack().container_flows(NET, IpAddr::V4(C_IP)), 2);
+    h.ip_in(&udp6(5001, remote6(53), b"q"));
+    assert_eq!(h.drops(NatDrop::ContainerLimit), 1);
+    // Its departure gives the limit back.
+    h.gw.remove_endpoint(C_PORT);
+    assert_eq!(h.gw.conntrack().container_flows(NET, IpAddr::V4(C_IP)), 0);
 
     let mut cfg = GatewayConfig::default();
     cfg.table.capacity = 1;
@@ -1276,7 +1352,7 @@ fn a_departed_container_closes_its_flows() {
     assert!(h.closed.contains(&(f, true)), "{:?}", h.closed);
     assert_eq!(h.closed.len(), 2);
     // A published datagram for it now: no endpoint, counted.
-    h.gw.publish(1, NET, SocketAddrV4::new(C_IP, 53));
+    h.gw.publish(1, NET, SocketAddrV4::new(C_IP, 53), None);
     let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 1));
     h.host_datagram(SocketId::Published(1), b"x", Some(client));
     assert_eq!(h.drops(NatDrop::NoEndpoint), 1);
@@ -1286,7 +1362,7 @@ fn a_departed_container_closes_its_flows() {
 fn flows_name_their_sockets() {
     let mut h = Harness::new();
     let (_c, f) = connected(&mut h);
-    h.gw.publish(9, NET, SocketAddrV4::new(C_IP, 53));
+    h.gw.publish(9, NET, SocketAddrV4::new(C_IP, 53), None);
     let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 1));
     h.host_datagram(SocketId::Published(9), b"x", Some(client));
     let mut rows: Vec<_> = h.gw.flows().map(|(v, s)| (v.key.protocol, s)).collect();
@@ -1385,4 +1461,582 @@ mod arbitrary {
             prop_assert_eq!(h.gw.free_buffers(), h.gw.config().tx_buffers);
         }
     }
+}
+
+// ---- IPv6 ----------------------------------------------------------------
+
+const REMOTE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 0x10);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xcc, 0, 0, 0, 0, 7);
+
+fn remote6(port: u16) -> SocketAddrV6 {
+    SocketAddrV6::new(REMOTE6, port, 0, 0)
+}
+
+/// An IPv6 packet from the container's IPv6 address to `dst`.
+fn packet6(dst: Ipv6Addr, next_header: u8, l4: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 40 + l4.len()];
+    ip6::emit_header(&mut p, C_IP6, dst, next_header, l4.len(), 64).unwrap();
+    p[40..].copy_from_slice(l4);
+    p
+}
+
+fn syn6(sport: u16, dst: SocketAddrV6) -> Vec<u8> {
+    let mut t = vec![0u8; 24];
+    let mut p = TcpPacket::new_unchecked(&mut t[..]);
+    tapnet_switch::wire::TcpRepr {
+        src_port: sport,
+        dst_port: dst.port(),
+        seq: 1000,
+        ack: 0,
+        flags: tcp::flags::SYN,
+        window: 65535,
+        options_len: 4,
+    }
+    .emit(&mut p);
+    t[20..24].copy_from_slice(&[2, 4, 0x05, 0xa0]);
+    packet6(*dst.ip(), ip6::next_header::TCP, &t)
+}
+
+fn udp6(sport: u16, dst: SocketAddrV6, data: &[u8]) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dst.port().to_be_bytes());
+    u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(data);
+    packet6(*dst.ip(), ip6::next_header::UDP, &u)
+}
+
+fn echo6(dst: Ipv6Addr, ident: u16, data: &[u8]) -> Vec<u8> {
+    let mut m = vec![icmp6::ECHO_REQUEST, 0, 0, 0];
+    m.extend_from_slice(&ident.to_be_bytes());
+    m.extend_from_slice(&1u16.to_be_bytes());
+    m.extend_from_slice(data);
+    ip6::fill_checksum(&mut m, 2, C_IP6, dst, 58, false);
+    packet6(dst, ip6::next_header::ICMPV6, &m)
+}
+
+/// ICMPv6 (type, code) of a frame to the container, if it is ICMPv6.
+fn icmp6_of(o: &Out) -> Option<(u8, u8)> {
+    let ip = o.ip6();
+    (ip.next_header() == 58).then(|| (o.l4_6()[0], o.l4_6()[1]))
+}
+
+fn tcp6_flags_of(o: &Out) -> Option<u8> {
+    (o.ip6().next_header() == 6).then(|| TcpPacket::new_checked(o.l4_6()).unwrap().flags())
+}
+
+#[test]
+fn tcp6_handshake_data_and_fin_through_an_ipv6_host_socket() {
+    let mut h = Harness::new();
+    let mut c = Container::dial6(remote6(443), h.now);
+    steps(&mut h, &mut c, 4);
+    assert_eq!(c.leg.socket().state(), TcpSocketState::Established);
+    // The host side: an IPv6 connect to the remote as the container named it.
+    assert_eq!(h.dialed, vec![SocketAddr::V6(remote6(443))]);
+    let f = h.only_flow();
+    let v = h.gw.conntrack().get(f).unwrap();
+    assert_eq!(v.state.as_str(), "tcp_established");
+    assert_eq!(v.key.container_ip, IpAddr::V6(C_IP6));
+    assert_eq!(v.key.remote_ip, IpAddr::V6(REMOTE6));
+    // Container → host.
+    c.leg.socket().send_slice(b"GET / HTTP/1.1\r\n").unwrap();
+    steps(&mut h, &mut c, 3);
+    assert_eq!(h.stream(f).sent, b"GET / HTTP/1.1\r\n");
+    // Host → container: TSO super-frames of IPv6 (MSS 1500 - 60).
+    let body: Vec<u8> = (0..150 * 1024).map(|i| (i % 253) as u8).collect();
+    h.stream(f).incoming.extend(&body);
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    let (mut got, mut gso) = (Vec::new(), false);
+    for _ in 0..100 {
+        for o in step(&mut h, &mut c) {
+            let ip = o.ip6();
+            assert_eq!((ip.src_addr(), ip.dst_addr()), (REMOTE6, C_IP6));
+            if o.meta.gso_type == vnet::GSO_TCPV6 {
+                gso = true;
+                assert_eq!(o.meta.gso_size, 1440);
+                assert_eq!(o.meta.csum_start, 14 + 40);
+            }
+        }
+        let mut b = [0u8; 65536];
+        while let Ok(n) = c.leg.socket().recv_slice(&mut b) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        if got.len() == body.len() {
+            break;
+        }
+    }
+    assert!(got == body);
+    assert!(gso, "IPv6 data leaves as GSO_TCPV6 super-frames");
+    // FIN from the container: the host socket's write side is shut down;
+    // end of stream from the host: FIN to the container.
+    c.leg.socket().close();
+    steps(&mut h, &mut c, 3);
+    assert!(h.stream(f).shut_wr);
+    h.stream(f).eof = true;
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    steps(&mut h, &mut c, 5);
+    assert!(!c.leg.socket().may_recv());
+    assert!(h.closed.contains(&(f, false)), "{:?}", h.closed);
+}
+
+#[test]
+fn tcp6_refused_and_unreachable_connects() {
+    let mut h = Harness::new();
+    h.dial = Dial::Fail(ConnectError::Refused);
+    h.ip_in(&syn6(40001, remote6(81)));
+    let out = h.take_out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        tcp6_flags_of(&out[0]),
+        Some(tcp::flags::RST | tcp::flags::ACK)
+    );
+    let ip = out[0].ip6();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (REMOTE6, C_IP6));
+    assert!(ip6::verify_checksum(out[0].l4_6(), REMOTE6, C_IP6, 6));
+    let t = TcpPacket::new_checked(out[0].l4_6()).unwrap();
+    assert_eq!(
+        (t.src_port(), t.dst_port(), t.ack_number()),
+        (81, 40001, 1001)
+    );
+    for (e, code) in [
+        (ConnectError::NetUnreachable, icmp6::unreachable::NO_ROUTE),
+        (ConnectError::HostUnreachable, icmp6::unreachable::ADDRESS),
+        (ConnectError::TimedOut, icmp6::unreachable::ADDRESS),
+    ] {
+        let mut h = Harness::new();
+        h.dial = Dial::Fail(e);
+        h.ip_in(&syn6(40002, remote6(82)));
+        let out = h.take_out();
+        assert_eq!(icmp6_of(&out[0]), Some((icmp6::DEST_UNREACHABLE, code)));
+        let ip = out[0].ip6();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (GW6, C_IP6));
+        assert!(ip6::verify_checksum(out[0].l4_6(), GW6, C_IP6, 58));
+        // It quotes the SYN.
+        let quoted = Ipv6Packet::new_checked(&out[0].l4_6()[8..]).unwrap();
+        assert_eq!(quoted.dst_addr(), REMOTE6);
+    }
+}
+
+#[test]
+fn udp6_flow_both_ways_and_port_unreachable() {
+    let mut h = Harness::new();
+    h.ip_in(&udp6(5000, remote6(53), b"query6"));
+    let f = h.only_flow();
+    match &h.socks[&f] {
+        Fake::Dgram(to, sent) => {
+            assert_eq!(*to, SocketAddr::V6(remote6(53)));
+            assert_eq!(sent, &vec![b"query6".to_vec()]);
+        }
+        s => panic!("{s:?}"),
+    }
+    // The answer, as large as IPv6 UDP allows.
+    let big = vec![0x5a; 65527];
+    assert!(h.host_datagram(SocketId::Flow(f), &big, None));
+    assert!(h.host_datagram(SocketId::Flow(f), b"answer6", None));
+    let out = h.take_out();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].l4_6().len(), 8 + 65527);
+    let ip = out[1].ip6();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (REMOTE6, C_IP6));
+    assert_eq!(ip.payload_len(), 8 + 7);
+    let u = UdpPacket::new_checked(out[1].l4_6()).unwrap();
+    assert_eq!(
+        (u.src_port(), u.dst_port(), u.payload()),
+        (53, 5000, &b"answer6"[..])
+    );
+    assert_eq!(out[1].meta.flags, vnet::F_NEEDS_CSUM);
+    assert_eq!(out[1].meta.csum_start, 14 + 40);
+    // The partial checksum is the pseudo-header's: completing it over the
+    // datagram gives a valid checksum.
+    let mut d = out[1].l4_6().to_vec();
+    let full = tapnet_switch::wire::checksum_finish(tapnet_switch::wire::checksum_sum(0, &d));
+    d[6..8].copy_from_slice(&full.to_be_bytes());
+    assert!(ip6::verify_checksum(&d, REMOTE6, C_IP6, 17));
+    assert_eq!(
+        h.gw.conntrack().get(f).unwrap().state.as_str(),
+        "udp_replied"
+    );
+    // Port unreachable: ICMPv6 port unreachable from the remote, quoting
+    // the container's datagram.
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::PortUnreachable);
+    h.pump();
+    let out = h.take_out();
+    assert_eq!(
+        icmp6_of(&out[0]),
+        Some((icmp6::DEST_UNREACHABLE, icmp6::unreachable::PORT))
+    );
+    assert_eq!(out[0].ip6().src_addr(), REMOTE6);
+    assert!(ip6::verify_checksum(out[0].l4_6(), REMOTE6, C_IP6, 58));
+    let quoted = Ipv6Packet::new_checked(&out[0].l4_6()[8..]).unwrap();
+    assert_eq!((quoted.src_addr(), quoted.dst_addr()), (C_IP6, REMOTE6));
+}
+
+#[test]
+fn icmp6_echo_through_ping_sockets_and_the_raw_socket() {
+    let mut h = Harness::new();
+    h.ip_in(&echo6(REMOTE6, 77, b"ping6"));
+    let f = h.only_flow();
+    let Fake::Dgram(to, sent) = &h.socks[&f] else {
+        panic!()
+    };
+    assert_eq!(*to, SocketAddr::new(IpAddr::V6(REMOTE6), 0));
+    assert_eq!(sent[0][0], icmp6::ECHO_REQUEST);
+    let mut reply = sent[0].clone();
+    reply[0] = icmp6::ECHO_REPLY;
+    reply[4..6].copy_from_slice(&999u16.to_be_bytes());
+    assert!(h.host_datagram(SocketId::Flow(f), &reply, None));
+    let out = h.take_out();
+    let ip = out[0].ip6();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (REMOTE6, C_IP6));
+    let m = out[0].l4_6();
+    assert_eq!(m[0], icmp6::ECHO_REPLY);
+    assert_eq!(u16::from_be_bytes([m[4], m[5]]), 77);
+    assert_eq!(&m[8..], b"ping6");
+    assert!(ip6::verify_checksum(m, REMOTE6, C_IP6, 58));
+    // An IPv4 echo reply type on an ICMPv6 flow is no echo reply.
+    h.host_datagram(SocketId::Flow(f), &[0, 0, 0, 0, 0, 0, 0, 0], None);
+    assert_eq!(h.drops(NatDrop::IcmpIgnored), 1);
+    assert_eq!(
+        h.gw.conntrack().get(f).unwrap().key.protocol,
+        Protocol::Icmp
+    );
+
+    // The raw ICMPv6 socket: identifiers rewritten, replies matched by
+    // identifier and sender.
+    let mut h = Harness::with(
+        GatewayConfig {
+            icmp6: IcmpMode::Raw,
+            ..Default::default()
+        },
+        info(),
+    );
+    h.ip_in(&echo6(REMOTE6, 5, b"x"));
+    let (via, data, to) = h.sent_unconnected.pop().unwrap();
+    assert_eq!(via, SocketId::RawIcmp6);
+    assert_eq!(to, Some(SocketAddr::new(IpAddr::V6(REMOTE6), 0)));
+    let mut reply = data.clone();
+    reply[0] = icmp6::ECHO_REPLY;
+    let from = Some(SocketAddr::new(IpAddr::V6(REMOTE6), 0));
+    assert!(h.host_datagram(SocketId::RawIcmp6, &reply, from));
+    let out = h.take_out();
+    let m = out[0].l4_6();
+    assert_eq!((m[0], u16::from_be_bytes([m[4], m[5]])), (129, 5));
+    assert!(ip6::verify_checksum(m, REMOTE6, C_IP6, 58));
+    // The same identifier from another host: ignored, counted.
+    let other = Some(SocketAddr::new(IpAddr::V6(CLIENT6), 0));
+    h.host_datagram(SocketId::RawIcmp6, &reply, other);
+    assert_eq!(h.drops(NatDrop::IcmpIgnored), 1);
+    // Neither ping nor raw sockets for IPv6: counted; IPv4 unaffected.
+    let mut h = Harness::with(
+        GatewayConfig {
+            icmp6: IcmpMode::Unavailable,
+            ..Default::default()
+        },
+        info(),
+    );
+    h.ip_in(&echo6(REMOTE6, 5, b""));
+    assert_eq!(h.drops(NatDrop::NoPingSocket), 1);
+    h.frame(
+        VnetHdr::default(),
+        build::icmp_echo(false, gateway_mac(GW), c_mac(), C_IP, REMOTE, 1, 1, b""),
+    );
+    assert_eq!(h.gw.conntrack().len(), 1);
+}
+
+#[test]
+fn ipv6_policy_refusals_are_answered_and_counted() {
+    let other = NetInfo {
+        gateway: Ipv4Addr::new(10, 2, 0, 1),
+        v6: Some(Ipv6Config {
+            subnet: "2001:db8:2::".parse().unwrap(),
+            prefix_len: 64,
+            gateway: "2001:db8:2::1".parse().unwrap(),
+        }),
+        ..info()
+    };
+    let mapped_lo: Ipv6Addr = "::ffff:127.0.0.1".parse().unwrap();
+    let cases: [(NetInfo, bool, Ipv6Addr, NatDrop); 7] = [
+        (
+            NetInfo {
+                internal: true,
+                ..info()
+            },
+            true,
+            REMOTE6,
+            NatDrop::Internal,
+        ),
+        (
+            NetInfo {
+                masquerade: false,
+                ..info()
+            },
+            true,
+            REMOTE6,
+            NatDrop::MasqueradeOff,
+        ),
+        (
+            info(),
+            true,
+            "2001:db8:2::5".parse().unwrap(),
+            NatDrop::OtherNetwork,
+        ),
+        (
+            info(),
+            true,
+            "2001:db8:2::1".parse().unwrap(),
+            NatDrop::OtherNetwork,
+        ),
+        (info(), false, GW6, NatDrop::HostLoopbackOff),
+        (info(), true, mapped_lo, NatDrop::V6Unroutable),
+        (info(), true, Ipv6Addr::LOCALHOST, NatDrop::V6Unroutable),
+    ];
+    for (net, loopback, dst, why) in cases {
+        let mut h = Harness::with(
+            GatewayConfig {
+                host_loopback: loopback,
+                ..Default::default()
+            },
+            net,
+        );
+        h.gw.set_network(NetworkId(2), other);
+        h.ip_in(&syn6(40000, SocketAddrV6::new(dst, 80, 0, 0)));
+        h.ip_in(&udp6(5000, SocketAddrV6::new(dst, 53, 0, 0), b"q"));
+        h.ip_in(&echo6(dst, 9, b""));
+        assert_eq!(h.drops(why), 3, "{why:?} {dst}");
+        assert!(h.socks.is_empty() && h.dialed.is_empty(), "{why:?}");
+        let out = h.take_out();
+        assert_eq!(out.len(), 3, "{why:?}");
+        for o in &out {
+            assert_eq!(
+                icmp6_of(o),
+                Some((icmp6::DEST_UNREACHABLE, icmp6::unreachable::PROHIBITED))
+            );
+            assert_eq!(o.ip6().src_addr(), GW6);
+            assert!(ip6::verify_checksum(o.l4_6(), GW6, C_IP6, 58));
+        }
+    }
+    // The gateway's IPv6 address is the host's IPv6 loopback.
+    let mut h = Harness::new();
+    h.dial = Dial::Pending;
+    h.ip_in(&syn6(40000, SocketAddrV6::new(GW6, 8080, 0, 0)));
+    h.ip_in(&udp6(5000, SocketAddrV6::new(GW6, 9999, 0, 0), b"q"));
+    assert_eq!(
+        h.dialed,
+        vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 8080)]
+    );
+    let loopback = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 9999);
+    assert!(h
+        .socks
+        .values()
+        .any(|s| matches!(s, Fake::Dgram(to, _) if *to == loopback)));
+    // A network without an IPv6 side relays no IPv6.
+    let mut h = Harness::with(GatewayConfig::default(), NetInfo { v6: None, ..info() });
+    h.ip_in(&syn6(40000, remote6(80)));
+    assert_eq!(h.drops(NatDrop::NoIpv6), 1);
+    assert!(h.dialed.is_empty() && h.take_out().is_empty());
+}
+
+#[test]
+fn ipv6_unsupported_frames_are_counted() {
+    let mut h = Harness::new();
+    // A fragment header, another extension header, a short header.
+    h.ip_in(&packet6(REMOTE6, 44, &[17, 0, 0, 1, 0, 0, 0, 1]));
+    assert_eq!(h.drops(NatDrop::IpFragment), 1);
+    h.ip_in(&packet6(REMOTE6, 60, &[17, 0, 0, 0, 0, 0, 0, 0]));
+    assert_eq!(h.drops(NatDrop::Protocol), 1);
+    let short = packet6(REMOTE6, 6, &[0; 10]);
+    h.ip_in(&short);
+    h.ip_in(&short[..30]);
+    assert_eq!(h.drops(NatDrop::Malformed), 2);
+    // ICMPv6 other than echo request.
+    let mut m = echo6(REMOTE6, 1, b"");
+    m[40] = 2; // packet too big
+    h.ip_in(&m);
+    assert_eq!(h.drops(NatDrop::IcmpNotEcho), 1);
+    // A segment without a flow: an IPv6 RST.
+    let mut ack = syn6(40000, remote6(80));
+    ack[53] = tcp::flags::ACK;
+    h.ip_in(&ack);
+    assert_eq!(h.drops(NatDrop::TcpNoFlow), 1);
+    assert_eq!(tcp6_flags_of(&h.take_out()[0]), Some(tcp::flags::RST));
+    assert!(h.gw.conntrack().is_empty());
+}
+
+#[test]
+fn published_tcp_port_from_an_ipv6_client_keeps_its_address() {
+    let mut h = Harness::new();
+    h.gw.publish(3, NET, SocketAddrV4::new(C_IP, 8080), Some(C_IP6));
+    let mut c = Container::listen6(8080, h.now);
+    let client = SocketAddr::V6(SocketAddrV6::new(CLIENT6, 51000, 0, 0));
+    let f = h.gw.handle_accept(h.now, 3, client).unwrap();
+    h.socks.insert(
+        f,
+        Fake::Stream(FakeStream {
+            room: usize::MAX,
+            ..Default::default()
+        }),
+    );
+    h.pump();
+    steps(&mut h, &mut c, 4);
+    assert_eq!(c.leg.socket().state(), TcpSocketState::Established);
+    let ep = c.leg.socket().remote_endpoint().unwrap();
+    assert_eq!(
+        (ep.addr.to_string(), ep.port),
+        ("2001:db8:cc::7".into(), 51000)
+    );
+    let v = h.gw.conntrack().get(f).unwrap();
+    assert_eq!(v.direction.as_str(), "inbound");
+    assert_eq!(v.key.container_ip, IpAddr::V6(C_IP6));
+    h.stream(f).incoming.extend(b"hello6");
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    steps(&mut h, &mut c, 3);
+    let mut b = [0u8; 8];
+    assert_eq!(c.leg.socket().recv_slice(&mut b).unwrap(), 6);
+    c.leg.socket().send_slice(b"world6").unwrap();
+    steps(&mut h, &mut c, 3);
+    assert_eq!(h.stream(f).sent, b"world6");
+    // Loopback and link-local clients appear as the gateway's IPv6
+    // address, with their own port.
+    for (i, a) in ["::1", "fe80::1234"].iter().enumerate() {
+        let lo = SocketAddr::new(a.parse().unwrap(), 52000 + i as u16);
+        let g = h.gw.handle_accept(h.now, 3, lo).unwrap();
+        let v = h.gw.conntrack().get(g).unwrap();
+        assert_eq!(v.key.remote_ip, IpAddr::V6(GW6));
+        assert_eq!(v.key.remote_port, 52000 + i as u16);
+    }
+    // An IPv4 client (also as an IPv4-mapped address on a dual-stack
+    // socket) reaches the IPv4 address as before.
+    let mapped: Ipv6Addr = "::ffff:198.51.100.7".parse().unwrap();
+    let g =
+        h.gw.handle_accept(h.now, 3, SocketAddr::new(IpAddr::V6(mapped), 53000))
+            .unwrap();
+    let v = h.gw.conntrack().get(g).unwrap();
+    assert_eq!(v.key.container_ip, IpAddr::V4(C_IP));
+    assert_eq!(v.key.remote_ip, IpAddr::V4(CLIENT));
+    // A port without the container's IPv6 address: IPv6 clients reach the
+    // IPv4 address from the gateway's IPv4 address.
+    h.gw.publish(5, NET, SocketAddrV4::new(C_IP, 8080), None);
+    let g = h.gw.handle_accept(h.now, 5, client).unwrap();
+    let v = h.gw.conntrack().get(g).unwrap();
+    assert_eq!(v.key.container_ip, IpAddr::V4(C_IP));
+    assert_eq!(v.key.remote_ip, IpAddr::V4(GW));
+}
+
+#[test]
+fn published_udp_port_from_an_ipv6_client() {
+    let mut h = Harness::new();
+    h.gw.publish(4, NET, SocketAddrV4::new(C_IP, 5353), Some(C_IP6));
+    let client = SocketAddr::V6(SocketAddrV6::new(CLIENT6, 6000, 0, 0));
+    assert!(h.host_datagram(SocketId::Published(4), b"hi6", Some(client)));
+    let out = h.take_out();
+    let ip = out[0].ip6();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (CLIENT6, C_IP6));
+    let u = UdpPacket::new_checked(out[0].l4_6()).unwrap();
+    assert_eq!(
+        (u.src_port(), u.dst_port(), u.payload()),
+        (6000, 5353, &b"hi6"[..])
+    );
+    // The container answers over IPv6 through the published socket.
+    h.ip_in(&{
+        let mut p = udp6(5353, SocketAddrV6::new(CLIENT6, 6000, 0, 0), b"yo6");
+        p[8..24].copy_from_slice(&C_IP6.octets());
+        p
+    });
+    let (via, data, to) = h.sent_unconnected.pop().unwrap();
+    assert_eq!(
+        (via, data.as_slice(), to),
+        (SocketId::Published(4), &b"yo6"[..], Some(client))
+    );
+    // An IPv4 client on the same port reaches the IPv4 address.
+    let v4 = SocketAddr::V4(SocketAddrV4::new(CLIENT, 6001));
+    assert!(h.host_datagram(SocketId::Published(4), b"hi4", Some(v4)));
+    let out = h.take_out();
+    let ip = out[0].ip();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (CLIENT, C_IP));
+    assert_eq!(
+        UdpPacket::new_checked(ip.payload()).unwrap().payload(),
+        b"hi4"
+    );
+    assert_eq!(h.gw.conntrack().len(), 2);
+}
+
+#[test]
+fn ipv6_classification_and_departure() {
+    let sw = tapnet_switch::Switch::new(Default::default());
+    let mut cfg = tapnet_switch::NetworkConfig::new("n", Ipv4Addr::new(10, 1, 0, 0), 24, GW);
+    cfg.v6 = Some(v6_side());
+    let id = sw.add_network(cfg).unwrap();
+    let v4only = sw
+        .add_network(tapnet_switch::NetworkConfig::new(
+            "m",
+            Ipv4Addr::new(10, 3, 0, 0),
+            24,
+            Ipv4Addr::new(10, 3, 0, 1),
+        ))
+        .unwrap();
+    let topo = sw.topology();
+    let net = topo.network(id).unwrap();
+    use tapnet_nat::Claim;
+    let eth = |p: &[u8]| build::ethernet(gateway_mac(GW), c_mac(), EtherType::Ipv6, p);
+    let classify = |p: &[u8]| tapnet_nat::classify(net, &eth(p));
+    assert_eq!(classify(&udp6(1, remote6(53), b"q")), Claim::Nat);
+    assert_eq!(classify(&syn6(1, remote6(80))), Claim::Nat);
+    assert_eq!(classify(&echo6(REMOTE6, 1, b"")), Claim::Nat);
+    // TCP/UDP to the gateway's address: the host's loopback; its echo and
+    // Neighbor Discovery are the switch's.
+    let gw6 = SocketAddrV6::new(GW6, 80, 0, 0);
+    assert_eq!(classify(&syn6(1, gw6)), Claim::Nat);
+    assert_eq!(classify(&echo6(GW6, 1, b"")), Claim::Pass);
+    let mut ns = echo6(REMOTE6, 1, b"");
+    ns[40] = 135;
+    assert_eq!(classify(&ns), Claim::Pass);
+    // On-link, link-local, multicast: the switch's.
+    let local = SocketAddrV6::new("2001:db8:1::9".parse().unwrap(), 53, 0, 0);
+    assert_eq!(classify(&udp6(1, local, b"q")), Claim::Pass);
+    let ll = SocketAddrV6::new("fe80::1".parse().unwrap(), 53, 0, 0);
+    assert_eq!(classify(&udp6(1, ll, b"q")), Claim::Pass);
+    let mc = SocketAddrV6::new("ff02::fb".parse().unwrap(), 5353, 0, 0);
+    assert_eq!(classify(&udp6(1, mc, b"q")), Claim::Pass);
+    assert_eq!(
+        classify(&packet6(REMOTE6, 44, &[0; 8])),
+        Claim::Drop(
+            NatDrop::IpFragment,
+            tapnet_switch::DropReason::GatewayUnsupported
+        )
+    );
+    assert_eq!(
+        classify(&packet6(REMOTE6, 47, &[0; 8])),
+        Claim::Drop(NatDrop::Protocol, tapnet_switch::DropReason::NoRoute)
+    );
+    assert_eq!(
+        classify(&udp6(1, remote6(53), b"q")[..39]),
+        Claim::Drop(NatDrop::Malformed, tapnet_switch::DropReason::Malformed)
+    );
+    // A network without an IPv6 side, and other Ethernet types: the
+    // switch's.
+    let m = topo.network(v4only).unwrap();
+    assert_eq!(
+        tapnet_nat::classify(m, &eth(&udp6(1, remote6(53), b"q"))),
+        Claim::Pass
+    );
+    let arp = build::ethernet(gateway_mac(GW), c_mac(), EtherType::Arp, &[0; 28]);
+    assert_eq!(tapnet_nat::classify(net, &arp), Claim::Pass);
+
+    // A departing dual-stack container takes its flows of both families.
+    let mut h = Harness::new();
+    let (_c, f4) = connected(&mut h);
+    h.ip_in(&udp6(5000, remote6(53), b"q"));
+    assert_eq!(h.gw.conntrack().len(), 2);
+    h.gw.remove_endpoint(C_PORT);
+    h.pump();
+    assert!(h.gw.conntrack().is_empty());
+    assert_eq!(h.closed.len(), 2);
+    assert!(h.closed.contains(&(f4, true)));
+    // Frames to its IPv6 address now have nowhere to go.
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f4), HostEvent::Readable);
+    assert!(h.take_out().is_empty());
 }

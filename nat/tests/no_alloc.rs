@@ -100,9 +100,10 @@ fn gateway_datagram_paths_do_not_allocate() {
             mtu: 1500,
             masquerade: true,
             internal: false,
+            v6: None,
         },
     );
-    gw.add_endpoint(NetworkId(1), c_ip, c_mac.0, PortId(3));
+    gw.add_endpoint(NetworkId(1), c_ip, None, c_mac.0, PortId(3));
     let remote = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 53);
     let frame = build::udp(
         gateway_mac(gw_ip),
@@ -114,6 +115,77 @@ fn gateway_datagram_paths_do_not_allocate() {
     let mut f = frame.clone();
     let meta = VnetHdr::default();
     // The first datagram opens the flow (allocations allowed).
+    let _ = gw.handle_frame(1, NetworkId(1), 0, &meta, &mut f);
+    let flow = match gw.poll_socket_op() {
+        Some(SocketOp::OpenUdp { flow, .. }) => flow,
+        op => panic!("{op:?}"),
+    };
+    let mut now = 2;
+    let n = counted(|| {
+        for _ in 0..1000 {
+            now += 1_000;
+            f.copy_from_slice(&frame);
+            let a = gw.handle_frame(now, NetworkId(1), 0, &meta, &mut f);
+            assert!(matches!(a, FrameAction::Send { .. }));
+            let buf = gw.recv_buffer(SocketId::Flow(flow)).unwrap();
+            buf[..6].copy_from_slice(b"answer");
+            gw.handle_datagram(now, SocketId::Flow(flow), 6, None);
+            let t = gw.poll_transmit().unwrap();
+            assert_eq!(t.port, PortId(3));
+            gw.recycle(t.buf);
+            gw.handle_timeout(now);
+            assert!(gw.poll_socket_op().is_none());
+        }
+    });
+    assert_eq!(n, 0);
+}
+
+/// The same for IPv6: a dual-stack container's datagrams over its IPv6
+/// address allocate nothing once the flow exists.
+#[test]
+fn gateway_ipv6_datagram_paths_do_not_allocate() {
+    use std::net::Ipv6Addr;
+    use tapnet_nat::gateway::{Config, FrameAction, Gateway, NetInfo, SocketId, SocketOp};
+    use tapnet_nat::ip6;
+    use tapnet_switch::wire::{EtherType, VnetHdr};
+    use tapnet_switch::{build, gateway_mac, Ipv6Config, PortId};
+    let gw_ip = Ipv4Addr::new(10, 1, 0, 1);
+    let c_ip = Ipv4Addr::new(10, 1, 0, 2);
+    let gw6: Ipv6Addr = "2001:db8:1::1".parse().unwrap();
+    let c_ip6: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
+    let remote: Ipv6Addr = "2001:db8:9::1".parse().unwrap();
+    let c_mac = build::mac(2);
+    let mut gw = Gateway::new(Config {
+        table: tapnet_nat::Config {
+            capacity: 64,
+            ..Default::default()
+        },
+        tx_buffers: 4,
+        ..Default::default()
+    });
+    gw.set_network(
+        NetworkId(1),
+        NetInfo {
+            gateway: gw_ip,
+            prefix: 24,
+            mtu: 1500,
+            masquerade: true,
+            internal: false,
+            v6: Some(Ipv6Config {
+                subnet: "2001:db8:1::".parse().unwrap(),
+                prefix_len: 64,
+                gateway: gw6,
+            }),
+        },
+    );
+    gw.add_endpoint(NetworkId(1), c_ip, Some(c_ip6), c_mac.0, PortId(3));
+    let mut p = vec![0u8; 40 + 9];
+    ip6::emit_header(&mut p, c_ip6, remote, ip6::next_header::UDP, 9, 64).unwrap();
+    p[40..48].copy_from_slice(&[0x13, 0x88, 0, 53, 0, 9, 0, 0]);
+    p[48] = b'q';
+    let frame = build::ethernet(gateway_mac(gw_ip), c_mac, EtherType::Ipv6, &p);
+    let mut f = frame.clone();
+    let meta = VnetHdr::default();
     let _ = gw.handle_frame(1, NetworkId(1), 0, &meta, &mut f);
     let flow = match gw.poll_socket_op() {
         Some(SocketOp::OpenUdp { flow, .. }) => flow,

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use tapnet_dns::{DnsHook, FastRng, Registry, Responder, ResponderConfig};
 use tapnet_switch::wire::{vnet, EthernetAddress, VnetHdr};
 use tapnet_switch::{
-    DropReason, NetworkConfig, NetworkId, OverlayConfig, Port, PortConfig, PortStats, Processed,
-    Switch, SwitchConfig, Topology, Transmit, Worker,
+    DropReason, Ipv6Config, NetworkConfig, NetworkId, OverlayConfig, Port, PortConfig, PortStats,
+    Processed, Switch, SwitchConfig, Topology, Transmit, Worker,
 };
 
 /// The services behind each network's gateway, per worker: the embedded
@@ -301,12 +301,29 @@ impl Dataplane {
         Ok(Dataplane { inner })
     }
 
-    /// Starts relaying a published port (see [`Published`]).
+    /// Starts relaying a published port (see [`Published`]) to the
+    /// container's IPv4 address.
     pub fn publish(&self, p: Published) -> anyhow::Result<()> {
+        self.publish_dual_stack(p, None)
+    }
+
+    /// [`Dataplane::publish`] for a container that also has an IPv6
+    /// address on the network: IPv6 clients of the port (not IPv4-mapped)
+    /// reach `container_ip6` at the same port, from their own address
+    /// (the gateway's IPv6 address for loopback and link-local clients);
+    /// IPv4 clients, and all clients when `container_ip6` is `None`,
+    /// reach `p.container_ip` as before.
+    pub fn publish_dual_stack(
+        &self,
+        p: Published,
+        container_ip6: Option<std::net::Ipv6Addr>,
+    ) -> anyhow::Result<()> {
         let Some(&nid) = self.inner.nets.lock().get(&p.network) else {
             bail!("publish: unknown network {}", p.network);
         };
-        self.inner.nat.send(super::nat::NatCmd::Publish(nid, p));
+        self.inner
+            .nat
+            .send(super::nat::NatCmd::Publish(nid, p, container_ip6));
         Ok(())
     }
 
@@ -375,7 +392,7 @@ impl Dataplane {
         &self.inner.switch
     }
 
-    fn net_config(spec: &NetworkSpec) -> NetworkConfig {
+    fn net_config(spec: &NetworkSpec, v6: Option<Ipv6Config>) -> NetworkConfig {
         let mut c = NetworkConfig::new(
             &spec.name,
             spec.subnet.network(),
@@ -388,11 +405,7 @@ impl Dataplane {
             vni: o.vni,
             encrypted: o.encrypted,
         });
-        c.v6 = spec.v6.map(|(subnet, gateway)| tapnet_switch::Ipv6Config {
-            subnet: subnet.network(),
-            prefix_len: subnet.prefix_len(),
-            gateway,
-        });
+        c.v6 = v6;
         c
     }
 
@@ -406,8 +419,15 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Adds or replaces a network.
+    /// Adds or replaces a network. With an IPv6 side (`spec.v6`,
+    /// dual-stack) the switch answers for its IPv6 gateway and the NAT
+    /// relays its IPv6 flows through the host's IPv6 sockets.
     pub fn add_network(&self, id: NetId, spec: NetworkSpec) -> Result<(), DataplaneError> {
+        let v6 = spec.v6.map(|(subnet, gateway)| Ipv6Config {
+            subnet: subnet.network(),
+            prefix_len: subnet.prefix_len(),
+            gateway,
+        });
         self.fault("add_network")?;
         if let Some(o) = spec.overlay {
             let Some(v) = &self.inner.vtep else {
@@ -419,7 +439,7 @@ impl Dataplane {
                 ));
             }
         }
-        let cfg = Self::net_config(&spec);
+        let cfg = Self::net_config(&spec, v6);
         let mut nets = self.inner.nets.lock();
         let res = match nets.get(&id) {
             Some(&nid) => self.inner.switch.update_network(nid, cfg).map(|_| nid),
@@ -437,6 +457,7 @@ impl Dataplane {
                         mtu: spec.mtu,
                         masquerade: spec.masquerade,
                         internal: spec.internal,
+                        v6,
                     },
                 ));
                 let dns = tapnet_dns::NetworkSpec {
@@ -471,7 +492,10 @@ impl Dataplane {
     /// Adds a port whose frames come from and go to `queues` (one TAP queue
     /// fd per worker, opened with IFF_VNET_HDR and a 12-byte header; the
     /// dataplane sets O_NONBLOCK).
+    /// An endpoint's IPv6 address (`spec.ip6`) is spoof-checked by the
+    /// switch and is where the NAT sends the endpoint's IPv6 flows.
     pub fn add_port(&self, spec: PortSpec, queues: Vec<OwnedFd>) -> Result<PortId, DataplaneError> {
+        let ip6 = spec.ip6;
         self.fault("add_port")?;
         if queues.len() != self.workers() {
             return Err(DataplaneError::Queues {
@@ -495,7 +519,7 @@ impl Dataplane {
             network: net,
             mac: spec.mac.map(EthernetAddress),
             ip: spec.ip,
-            ip6: spec.ip6,
+            ip6,
             max_macs: None,
             tunnel: None,
         };
@@ -504,6 +528,7 @@ impl Dataplane {
             self.inner.nat.send(super::nat::NatCmd::Endpoint {
                 network: net,
                 ip,
+                ip6,
                 mac,
                 port: id.0,
             });

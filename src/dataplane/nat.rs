@@ -21,6 +21,12 @@
 //! order and no other worker wakes up. They leave through the switch's
 //! egress stage like every other frame (per-port tx counters, capture
 //! hooks), and their buffers come back for reuse.
+//!
+//! # IPv6
+//! IPv6 flows leave through the host's IPv6 sockets (TCP, UDP, and
+//! `AF_INET6` ping sockets or, failing those, one raw ICMPv6 socket: the
+//! same probe as for IPv4), so a container's IPv6 traffic is
+//! masqueraded behind the host's own IPv6 addresses.
 
 use super::inject::{InjectTx, Injected};
 use super::{FlowRow, HostSocket, NetId, Published};
@@ -29,7 +35,7 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,6 +57,7 @@ pub(super) const INJECT_QUEUE: usize = 512;
 pub(super) const FRAME_BUF: usize = 65536 + vnet::HEADER_LEN + 64;
 const WAKER: Token = Token(usize::MAX);
 const RAW_ICMP: Token = Token(usize::MAX - 1);
+const RAW_ICMP6: Token = Token(usize::MAX - 2);
 /// Tokens at and above this are published sockets; below, flows.
 const PUB_BASE: usize = 1 << 62;
 /// Frames taken from the queue before looking at sockets again.
@@ -170,11 +177,15 @@ pub(super) enum NatCmd {
     Endpoint {
         network: NetworkId,
         ip: Ipv4Addr,
+        /// Its IPv6 address on a dual-stack network.
+        ip6: Option<Ipv6Addr>,
         mac: [u8; 6],
         port: u32,
     },
     RemoveEndpoint(u32),
-    Publish(NetworkId, Published),
+    /// A published port; IPv6 clients reach the container's IPv6 address
+    /// when given.
+    Publish(NetworkId, Published, Option<Ipv6Addr>),
     /// Closes an owner's published sockets, then answers: the host ports
     /// are free once the caller has the answer.
     Unpublish(String, Sender<()>),
@@ -255,6 +266,10 @@ pub(super) fn start(
             Interest::READABLE,
         )?;
     }
+    let (icmp6, mut raw_icmp6) = probe_icmp6();
+    if let Some(s) = &mut raw_icmp6 {
+        poll.registry().register(s, RAW_ICMP6, Interest::READABLE)?;
+    }
     let gw = Gateway::new(GatewayConfig {
         table: conntrack.table(seed),
         host_loopback,
@@ -264,6 +279,7 @@ pub(super) fn start(
         },
         tx_buffers: INJECT_QUEUE,
         icmp,
+        icmp6,
     });
     let slots = gw.conntrack().config().capacity as usize;
     let mut nat = Nat {
@@ -278,6 +294,7 @@ pub(super) fn start(
         published: HashMap::new(),
         next_pub: 0,
         raw_icmp,
+        raw_icmp6,
         inject,
         epoch,
         capture,
@@ -309,6 +326,42 @@ fn probe_icmp() -> (IcmpMode, Option<socket2::Socket>) {
         Some(socket2::Protocol::ICMPV4),
     ) {
         Ok(s) => (IcmpMode::Raw, Some(s)),
+        Err(_) => (IcmpMode::Unavailable, None),
+    }
+}
+
+/// The same for ICMPv6 (`AF_INET6` ping sockets follow the same
+/// `ping_group_range`); the raw ICMPv6 socket is a datagram socket whose
+/// `recvfrom` names the sender, kept as a UDP socket for mio.
+fn probe_icmp6() -> (IcmpMode, Option<UdpSocket>) {
+    let dgram = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::DGRAM.cloexec(),
+        Some(socket2::Protocol::ICMPV6),
+    );
+    if dgram.is_ok() {
+        return (IcmpMode::PingSocket, None);
+    }
+    match socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::RAW.nonblocking().cloexec(),
+        Some(socket2::Protocol::ICMPV6),
+    ) {
+        Ok(s) => {
+            // Only echo replies: not every Neighbor Discovery message of
+            // the host (without the filter they are read and counted as
+            // icmp_ignored).
+            use std::os::fd::AsFd;
+            if let Err(e) =
+                crate::sys::icmp6::pass_only(s.as_fd(), &[tapnet_nat::ip6::icmp6::ECHO_REPLY])
+            {
+                tracing::warn!("nat: raw ICMPv6 socket: no type filter: {e}");
+            }
+            (
+                IcmpMode::Raw,
+                Some(UdpSocket::from_std(std::net::UdpSocket::from(s))),
+            )
+        }
         Err(_) => (IcmpMode::Unavailable, None),
     }
 }
@@ -346,6 +399,7 @@ struct Nat {
     published: HashMap<u64, Pub>,
     next_pub: u64,
     raw_icmp: Option<socket2::Socket>,
+    raw_icmp6: Option<UdpSocket>,
     inject: Vec<InjectTx>,
     epoch: Instant,
     /// Captures of drops see the frames the gateway dropped.
@@ -406,6 +460,7 @@ impl Nat {
                 match ev.token() {
                     WAKER => {}
                     RAW_ICMP => self.read_datagrams(now, SocketId::RawIcmp),
+                    RAW_ICMP6 => self.read_datagrams(now, SocketId::RawIcmp6),
                     Token(t) if t >= PUB_BASE => self.published_ready(now, (t - PUB_BASE) as u64),
                     Token(t) => {
                         self.flow_ready(now, FlowHandle::from_u64(t as u64), ev.is_writable())
@@ -475,6 +530,10 @@ impl Nat {
             },
             SocketId::RawIcmp => match (&self.raw_icmp, to) {
                 (Some(s), Some(to)) => s.send_to(data, &to.into()),
+                _ => Err(io::ErrorKind::NotFound.into()),
+            },
+            SocketId::RawIcmp6 => match (&self.raw_icmp6, to) {
+                (Some(s), Some(to)) => s.send_to(data, to),
                 _ => Err(io::ErrorKind::NotFound.into()),
             },
         };
@@ -648,6 +707,7 @@ impl Nat {
                 socks,
                 published,
                 raw_icmp,
+                raw_icmp6,
                 ..
             } = self;
             let r: io::Result<(usize, Option<SocketAddr>)> = match id {
@@ -684,6 +744,13 @@ impl Nat {
                     let mut s: &socket2::Socket = s;
                     s.read(buf).map(|n| (n, None))
                 }
+                SocketId::RawIcmp6 => {
+                    let Some(s) = raw_icmp6.as_ref() else { return };
+                    let Some(buf) = gw.recv_buffer(id) else {
+                        return;
+                    };
+                    s.recv_from(buf).map(|(n, a)| (n, Some(a)))
+                }
             };
             match r {
                 Ok((n, from)) => gw.handle_datagram(now, id, n, from),
@@ -707,14 +774,15 @@ impl Nat {
             NatCmd::Endpoint {
                 network,
                 ip,
+                ip6,
                 mac,
                 port,
-            } => self.gw.add_endpoint(network, ip, mac, PortId(port)),
+            } => self.gw.add_endpoint(network, ip, ip6, mac, PortId(port)),
             NatCmd::RemoveEndpoint(port) => {
                 self.gw.remove_endpoint(PortId(port));
                 self.ops();
             }
-            NatCmd::Publish(network, p) => self.publish(network, p),
+            NatCmd::Publish(network, p, ip6) => self.publish(network, p, ip6),
             NatCmd::Unpublish(owner, done) => {
                 let ids: Vec<u64> = self
                     .published
@@ -752,7 +820,7 @@ impl Nat {
                                     _ => None,
                                 }
                             }
-                            SocketId::RawIcmp => None,
+                            SocketId::RawIcmp | SocketId::RawIcmp6 => None,
                         });
                         (v, addr)
                     })
@@ -809,10 +877,10 @@ impl Nat {
             "replied": c.replied,
             "drops": {
                 "queue_full": sum(&[NatDrop::QueueFull]),
-                "blocked": sum(&[NatDrop::Internal, NatDrop::MasqueradeOff, NatDrop::OtherNetwork, NatDrop::HostLoopbackOff]),
+                "blocked": sum(&[NatDrop::Internal, NatDrop::MasqueradeOff, NatDrop::OtherNetwork, NatDrop::HostLoopbackOff, NatDrop::V6Unroutable]),
                 "no_endpoint": sum(&[NatDrop::NoEndpoint]),
                 "tx_error": sum(&[NatDrop::NoBuffer, NatDrop::InjectFull]),
-                "unsupported": sum(&[NatDrop::UdpGso, NatDrop::IcmpNotEcho, NatDrop::Malformed, NatDrop::NoPingSocket]),
+                "unsupported": sum(&[NatDrop::UdpGso, NatDrop::IcmpNotEcho, NatDrop::Malformed, NatDrop::NoPingSocket, NatDrop::NoIpv6]),
                 "limit": sum(&[NatDrop::TableFull, NatDrop::ContainerLimit]),
                 "host_socket_error": sum(&[NatDrop::SocketOpen, NatDrop::HostSend, NatDrop::HostRecv]),
             },
@@ -820,7 +888,7 @@ impl Nat {
         })
     }
 
-    fn publish(&mut self, network: NetworkId, p: Published) {
+    fn publish(&mut self, network: NetworkId, p: Published, container_ip6: Option<Ipv6Addr>) {
         let id = self.next_pub;
         self.next_pub += 1;
         let t = Token(PUB_BASE + id as usize);
@@ -852,6 +920,7 @@ impl Nat {
             id,
             network,
             SocketAddrV4::new(p.container_ip, p.container_port),
+            container_ip6,
         );
         self.published.insert(
             id,
@@ -972,22 +1041,32 @@ fn connect_nonblocking(dest: SocketAddr) -> io::Result<TcpStream> {
     Ok(TcpStream::from_std(std::net::TcpStream::from(s)))
 }
 
+/// A non-blocking UDP socket of `dest`'s family connected to it.
 fn udp_connected(dest: SocketAddr) -> io::Result<UdpSocket> {
-    let s = std::net::UdpSocket::bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
+    let any = match dest {
+        SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
     s.connect(dest)?;
     s.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(s))
 }
 
-/// An unprivileged ICMP echo socket connected to `dst` (needs the group
-/// in `net.ipv4.ping_group_range`).
-fn ping_socket(dst: Ipv4Addr) -> io::Result<UdpSocket> {
+/// An unprivileged ICMP (ICMPv6 for an IPv6 `dst`) echo socket connected
+/// to `dst` (needs the group in `net.ipv4.ping_group_range`, which
+/// governs both families).
+fn ping_socket(dst: IpAddr) -> io::Result<UdpSocket> {
+    let (domain, protocol) = match dst {
+        IpAddr::V4(_) => (socket2::Domain::IPV4, socket2::Protocol::ICMPV4),
+        IpAddr::V6(_) => (socket2::Domain::IPV6, socket2::Protocol::ICMPV6),
+    };
     let s = socket2::Socket::new(
-        socket2::Domain::IPV4,
+        domain,
         socket2::Type::DGRAM.nonblocking().cloexec(),
-        Some(socket2::Protocol::ICMPV4),
+        Some(protocol),
     )?;
-    s.connect(&SocketAddr::V4(SocketAddrV4::new(dst, 0)).into())?;
+    s.connect(&SocketAddr::new(dst, 0).into())?;
     Ok(UdpSocket::from_std(std::net::UdpSocket::from(s)))
 }
 
@@ -1021,5 +1100,81 @@ pub(super) fn row(v: &FlowView, host: Option<SocketAddr>, net: NetId, now_ns: u6
         age_secs: secs(v.age_ns(now_ns)),
         idle_secs: secs(v.idle_ns(now_ns)),
         expires_secs: secs(v.expires_in_ns(now_ns)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Waits (up to 5 s) for `f` to give something.
+    fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+        let end = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(Instant::now() < end, "timed out");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The host sockets of IPv6 flows, opened on the IPv6 loopback: a
+    /// non-blocking connect, a connected UDP socket, and an echo through
+    /// whichever ICMPv6 socket the probe found (the kernel answers echo
+    /// requests to `::1` itself).
+    #[test]
+    fn ipv6_host_sockets_on_the_loopback() {
+        let lo = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        // TCP.
+        let l = std::net::TcpListener::bind((lo, 0)).unwrap();
+        let mut c = connect_nonblocking(l.local_addr().unwrap()).unwrap();
+        let (mut srv, peer) = l.accept().unwrap();
+        assert!(peer.is_ipv6());
+        wait_for(|| c.peer_addr().ok());
+        assert!(c.take_error().unwrap().is_none());
+        c.write_all(b"v6").unwrap();
+        let mut b = [0u8; 2];
+        srv.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"v6");
+        // UDP.
+        let u = std::net::UdpSocket::bind((lo, 0)).unwrap();
+        let s = udp_connected(u.local_addr().unwrap()).unwrap();
+        assert!(s.local_addr().unwrap().is_ipv6());
+        s.send(b"dgram6").unwrap();
+        let mut b = [0u8; 16];
+        let (n, from) = u.recv_from(&mut b).unwrap();
+        assert_eq!((&b[..n], from), (&b"dgram6"[..], s.local_addr().unwrap()));
+        // ICMPv6 echo.
+        let mut req = [icmp6_req(), [0, 7, 0, 1]].concat();
+        req.extend_from_slice(b"ping6");
+        match probe_icmp6() {
+            (IcmpMode::PingSocket, None) => {
+                let p = ping_socket(lo).unwrap();
+                p.send(&req).unwrap();
+                let mut b = [0u8; 64];
+                let n = wait_for(|| p.recv(&mut b).ok());
+                assert_eq!((b[0], &b[8..n]), (129, &b"ping6"[..]));
+            }
+            (IcmpMode::Raw, Some(raw)) => {
+                raw.send_to(&req, SocketAddr::new(lo, 0)).unwrap();
+                let mut b = [0u8; 64];
+                // The first message read is the reply: the type filter
+                // kept the request looping back out.
+                let (n, from) = wait_for(|| raw.recv_from(&mut b).ok());
+                assert_eq!(b[0], 129);
+                assert_eq!((&b[8..n], from.ip()), (&b"ping6"[..], lo));
+            }
+            (IcmpMode::Unavailable, None) => {
+                assert!(ping_socket(lo).is_err());
+            }
+            (m, s) => panic!("probe gave {m:?} with socket {}", s.is_some()),
+        }
+    }
+
+    /// An ICMPv6 echo request's type, code and (kernel-filled) checksum.
+    fn icmp6_req() -> [u8; 4] {
+        [128, 0, 0, 0]
     }
 }

@@ -5,12 +5,14 @@
 //! - [`tap`]: multi-queue TAP devices with a virtio-net header and offloads.
 //! - [`ns`]: namespaces (unshare, setns, uid/gid maps, `NS_GET_USERNS`).
 //! - [`fdpass`]: file descriptors over Unix sockets (SCM_RIGHTS).
+//! - [`icmp6`]: the type filter of raw ICMPv6 sockets.
 //! - [`netlink`]: a small synchronous rtnetlink client (links, addresses,
 //!   routes) for the current network namespace.
 //! - [`process`]: hooks run in a forked child before `exec`.
 //! - [`udp`]: batched `recvmmsg`/`sendmmsg` for the VXLAN tunnel.
 
 pub mod fdpass;
+pub mod icmp6;
 pub mod netlink;
 pub mod ns;
 pub mod process;
