@@ -397,3 +397,102 @@ impl Drop for KillOnDrop {
         );
     }
 }
+
+/// Outbound IPv6 through the daemon's IPv6 sockets (masqueraded: the
+/// outside sees the host's address), ICMPv6 echo, and a published port
+/// reaching the container's IPv6 address with the client's own address.
+#[test]
+fn ipv6_nat_outbound_and_published_ports() {
+    require_root("ipv6_nat_outbound_and_published_ports");
+    let d = Daemon::start();
+    let host = d.netns();
+    host.sh_ok("sysctl -qw net.ipv6.conf.all.disable_ipv6=0");
+    let outside = Outside::connect(
+        host,
+        &["2001:db8:ff::1/64 nodad"],
+        "2001:db8:ff::2/64 nodad",
+    );
+    let ns = &outside.ns;
+    let _servers = [
+        ns.spawn(&[
+            "socat",
+            "TCP6-LISTEN:80,fork,reuseaddr",
+            "SYSTEM:echo from $SOCAT_PEERADDR",
+        ]),
+        ns.spawn(&["socat", "UDP6-RECVFROM:7,fork", "PIPE"]),
+    ];
+    d.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.84.0.0/24",
+        "--subnet",
+        "2001:db8:84::/64",
+        "nat6",
+    ]);
+    d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "nat6",
+        "-p",
+        "8080:80",
+        "--",
+        "socat",
+        "TCP6-LISTEN:80,fork,reuseaddr",
+        "SYSTEM:echo peer $SOCAT_PEERADDR",
+    ]);
+    let ctx = || format!("--- daemon log:\n{}", d.log());
+
+    // Outbound TCP, UDP and ping to the outside namespace.
+    let got = retry("outbound TCP over IPv6", Duration::from_secs(15), || {
+        let o = d.exec_sh(
+            "web",
+            "socat -t 5 -T 10 - 'TCP6:[2001:db8:ff::2]:80' </dev/null",
+        );
+        (o.stdout.contains("from"))
+            .then(|| o.stdout.clone())
+            .ok_or(format!("{} {}{}", o.code, o.stdout, o.stderr))
+    });
+    assert_eq!(
+        bracketed(&got),
+        Some("2001:db8:ff::1".parse().unwrap()),
+        "the outside must see the host's address: {got}\n{}",
+        ctx()
+    );
+    let echo = d.exec_sh(
+        "web",
+        "echo hello6 | socat -t 2 -T 10 - 'UDP6:[2001:db8:ff::2]:7'",
+    );
+    assert_eq!(echo.stdout.trim(), "hello6", "{}\n{}", echo.stderr, ctx());
+    assert!(ping6(&d, "web", "2001:db8:ff::2"), "ICMPv6 echo\n{}", ctx());
+
+    // Published on [::] too, as Docker does on a dual-stack network.
+    let ports = d.ok(&["port", "web"]);
+    for want in ["80/tcp -> 0.0.0.0:8080", "80/tcp -> [::]:8080"] {
+        assert!(ports.lines().any(|l| l.trim() == want), "port web: {ports}");
+    }
+    // In from an IPv6 client: the container sees the client.
+    let got = retry("published port over IPv6", Duration::from_secs(15), || {
+        let o = ns.sh("socat -t 5 -T 10 - 'TCP6:[2001:db8:ff::1]:8080' </dev/null");
+        (o.stdout.contains("peer"))
+            .then(|| o.stdout.clone())
+            .ok_or(format!("{} {}{}", o.code, o.stdout, o.stderr))
+    });
+    assert_eq!(
+        bracketed(&got),
+        Some("2001:db8:ff::2".parse().unwrap()),
+        "the container must see the client's IPv6 address: {got}\n{}",
+        ctx()
+    );
+}
+
+/// The IPv6 address in brackets in `s` (socat's `$SOCAT_PEERADDR`, which
+/// it writes in full, `[2001:0db8:...]`).
+fn bracketed(s: &str) -> Option<std::net::Ipv6Addr> {
+    let (_, rest) = s.split_once('[')?;
+    rest.split_once(']')?.0.parse().ok()
+}

@@ -139,6 +139,31 @@ pub(super) fn check_port_count(ports: &[PortBinding]) -> Result<(), PortError> {
 }
 
 /// Binds the host sockets of one `-p` binding on `ip`.
+/// `port` (bound on `0.0.0.0`) bound again on `[::]`, IPv6 only; `None`
+/// (logged) when that port is taken there or the host has no IPv6.
+fn also_on_ipv6_any(c: &Container, port: &PublishedPort) -> Option<Bound> {
+    let any6 = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+    match bind_socket(any6, port.host_port, port.proto) {
+        Ok(socket) => Some(Bound {
+            port: PublishedPort {
+                host_ip: any6,
+                ..port.clone()
+            },
+            socket,
+        }),
+        Err(e) => {
+            tracing::warn!(
+                "container {}: {}/{} published on IPv4 only: [::]:{}: {e}",
+                c.name,
+                port.container_port,
+                port.proto,
+                port.host_port
+            );
+            None
+        }
+    }
+}
+
 pub(super) fn bind_binding(b: &PortBinding, ip: IpAddr) -> Result<Vec<Bound>, PortError> {
     let mut out = vec![];
     for (cp, hp) in b.expand() {
@@ -184,7 +209,11 @@ pub(super) fn bind_binding(b: &PortBinding, ip: IpAddr) -> Result<Vec<Bound>, Po
 /// The network a container's published ports lead to: its first endpoint
 /// on a non-internal bridge network (none: nothing is published, as
 /// Docker does for `--internal`-only containers).
-fn publish_target<'a>(st: &'a State, c: &Container) -> Option<(&'a Network, Ipv4Addr)> {
+/// Also its IPv6 address there, on a dual-stack network.
+fn publish_target<'a>(
+    st: &'a State,
+    c: &Container,
+) -> Option<(&'a Network, Ipv4Addr, Option<std::net::Ipv6Addr>)> {
     if c.net_mode != NetMode::Bridge {
         return None;
     }
@@ -197,7 +226,7 @@ fn publish_target<'a>(st: &'a State, c: &Container) -> Option<(&'a Network, Ipv4
                 .services(n)
                 .publish
                 .then_some(())
-                .and_then(|_| e.ipv4.map(|a| (n, a.addr())))
+                .and_then(|_| e.ipv4.map(|a| (n, a.addr(), e.ipv6.map(|a| a.addr()))))
         })
 }
 
@@ -209,7 +238,7 @@ impl Core {
         if c.ports.is_empty() {
             return Ok(vec![]);
         }
-        let Some((net, _)) = publish_target(st, c) else {
+        let Some((net, _, ip6)) = publish_target(st, c) else {
             return Ok(vec![]);
         };
         let default_ip = net
@@ -219,7 +248,22 @@ impl Core {
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let mut out = vec![];
         for b in &c.ports {
-            out.extend(bind_binding(b, b.host_ip.unwrap_or(default_ip))?);
+            let v4 = bind_binding(b, b.host_ip.unwrap_or(default_ip))?;
+            // As Docker: a port without a host address on a dual-stack
+            // network is published on `[::]` too, the same port, for IPv6
+            // clients (which then reach the container's IPv6 address).
+            let both = ip6.is_some()
+                && b.host_ip.is_none()
+                && default_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+            let v6: Vec<Bound> = if both {
+                v4.iter()
+                    .filter_map(|v| also_on_ipv6_any(c, &v.port))
+                    .collect()
+            } else {
+                vec![]
+            };
+            out.extend(v4);
+            out.extend(v6);
         }
         Ok(out)
     }
@@ -259,7 +303,7 @@ impl Core {
         if bound.is_empty() {
             return Ok(vec![]);
         }
-        let Some((net, ip)) = publish_target(st, c) else {
+        let Some((net, ip, ip6)) = publish_target(st, c) else {
             return Ok(vec![]);
         };
         let Some(dp_net) = self.dp_net_id(&net.id) else {
@@ -275,13 +319,16 @@ impl Core {
                     reason,
                 }
             };
-            let r = self.dp.publish(Published {
-                owner: c.id.clone(),
-                network: dp_net,
-                container_ip: ip,
-                container_port: b.port.container_port,
-                socket: b.socket,
-            });
+            let r = self.dp.publish_dual_stack(
+                Published {
+                    owner: c.id.clone(),
+                    network: dp_net,
+                    container_ip: ip,
+                    container_port: b.port.container_port,
+                    socket: b.socket,
+                },
+                ip6,
+            );
             if let Err(e) = r {
                 return Err(fail(self, format!("{e:#}")));
             }
@@ -320,6 +367,9 @@ impl Core {
                     (format!("{runtime}/{}", &id[..12.min(id.len())]), id.clone())
                 }
             };
+            if let Some(ip6) = e.ipv6 {
+                owners.insert((net, IpAddr::V6(ip6.addr())), owner.clone());
+            }
             owners.insert((net, IpAddr::V4(ip.addr())), owner);
         }
         let mut rows = vec![];
