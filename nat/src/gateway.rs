@@ -986,9 +986,11 @@ impl Gateway {
                 {
                     return Err(NatDrop::V6Unroutable);
                 }
-                if self.nets.values().any(|n| {
-                    n.v6.is_some_and(|v| ip6::prefix_match(d, v.subnet, v.prefix_len))
-                }) {
+                if self
+                    .nets
+                    .values()
+                    .any(|n| n.v6.is_some_and(|v| v.contains(d)))
+                {
                     return Err(NatDrop::OtherNetwork);
                 }
             }

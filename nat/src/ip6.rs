@@ -5,8 +5,9 @@
 //! ICMPv6 is not the NAT's (a fragment header is told apart, as IPv4
 //! fragments are).
 //!
-//! The switch's `wire` module has the IPv4 views; this one stays in the
-//! NAT until the switch grows its own IPv6 view (then the NAT uses that).
+//! The pseudo-header sum and the link-local test are the switch's
+//! (`tapnet_switch::wire::ipv6`); this view differs from the switch's in
+//! that a declared payload longer than the buffer is bounded, not refused.
 //!
 //! # Panics
 //! None: [`Ipv6Packet::new_checked`] checks what the getters read;
@@ -15,6 +16,7 @@
 
 use core::net::Ipv6Addr;
 use core::ops::Range;
+pub use tapnet_switch::wire::ipv6::{is_link_local, pseudo_header_sum};
 use tapnet_switch::wire::{checksum_finish, checksum_sum};
 
 /// Length of the fixed header.
@@ -118,15 +120,6 @@ pub fn emit_header(
     Some(())
 }
 
-/// The IPv6 pseudo-header sum (RFC 8200 8.1) of an upper-layer packet of
-/// `len` bytes with `next_header`, not folded.
-pub fn pseudo_header_sum(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, len: usize) -> u32 {
-    let acc = checksum_sum(0, &src.octets());
-    let acc = checksum_sum(acc, &dst.octets());
-    let len = len as u32;
-    acc + (len >> 16) + (len & 0xffff) + u32::from(next_header)
-}
-
 /// Fills the checksum at `msg[at..at + 2]` of an upper-layer message
 /// (the whole of `msg`) from `src` to `dst`; `zero_as_ffff`: UDP's rule.
 pub fn fill_checksum(
@@ -175,18 +168,6 @@ pub fn verify_checksum(msg: &[u8], src: Ipv6Addr, dst: Ipv6Addr, next_header: u8
     )) == 0
 }
 
-/// Whether `a` is in `net`/`prefix`.
-pub fn prefix_match(a: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
-    let bits = u32::from(prefix.min(128));
-    let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-    u128::from(a) & mask == u128::from(net) & mask
-}
-
-/// Whether `a` is link-local unicast (`fe80::/10`).
-pub fn is_link_local(a: Ipv6Addr) -> bool {
-    a.segments()[0] & 0xffc0 == 0xfe80
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,9 +197,14 @@ mod tests {
     #[test]
     fn prefixes() {
         let net: Ipv6Addr = "2001:db8:1::".parse().unwrap();
-        assert!(prefix_match("2001:db8:1::5".parse().unwrap(), net, 64));
-        assert!(!prefix_match("2001:db8:2::5".parse().unwrap(), net, 64));
-        assert!(prefix_match("::1".parse().unwrap(), net, 0));
+        let cfg = |prefix_len| tapnet_switch::Ipv6Config {
+            subnet: net,
+            prefix_len,
+            gateway: net,
+        };
+        assert!(cfg(64).contains("2001:db8:1::5".parse().unwrap()));
+        assert!(!cfg(64).contains("2001:db8:2::5".parse().unwrap()));
+        assert!(cfg(0).contains("::1".parse().unwrap()));
         assert!(is_link_local("fe80::1".parse().unwrap()));
         assert!(is_link_local("febf::1".parse().unwrap()));
         assert!(!is_link_local("fec0::1".parse().unwrap()));

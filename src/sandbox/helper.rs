@@ -510,10 +510,10 @@ fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::N
     }
     nl.set_link(index, None, None, Some(true))?;
     if let Some(gw) = t.gateway {
-        nl.add_default_route_v4(index, gw)?;
+        nl.add_default_route(index, gw.into())?;
     }
     if let (Some(gw6), Some(_)) = (t.gateway6, t.addr6) {
-        nl.add_default_route_v6(index, gw6)?;
+        nl.add_default_route(index, gw6.into())?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockProtocol, SockType};
@@ -190,14 +190,15 @@ impl Netlink {
         )
     }
 
-    /// Adds an IPv6 default route via `gateway` out of link `index`.
-    pub fn add_default_route_v6(
-        &mut self,
-        index: u32,
-        gateway: Ipv6Addr,
-    ) -> Result<(), NetlinkError> {
+    /// Adds a default route of `gateway`'s family via `gateway` out of
+    /// link `index`.
+    pub fn add_default_route(&mut self, index: u32, gateway: IpAddr) -> Result<(), NetlinkError> {
+        let (family, gw) = match gateway {
+            IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec()),
+            IpAddr::V6(a) => (libc::AF_INET6, a.octets().to_vec()),
+        };
         let mut body = vec![
-            libc::AF_INET6 as u8,
+            family as u8,
             0, // dst_len: default route
             0, // src_len
             0, // tos
@@ -207,34 +208,7 @@ impl Netlink {
             RTN_UNICAST,
         ];
         body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
-        attr(&mut body, RTA_GATEWAY, &gateway.octets());
-        attr(&mut body, RTA_OIF, &index.to_ne_bytes());
-        self.request(
-            RTM_NEWROUTE,
-            NLM_F_CREATE | NLM_F_EXCL,
-            &body,
-            "add IPv6 default route",
-        )
-    }
-
-    /// Adds a default route via `gateway` out of link `index`.
-    pub fn add_default_route_v4(
-        &mut self,
-        index: u32,
-        gateway: Ipv4Addr,
-    ) -> Result<(), NetlinkError> {
-        let mut body = vec![
-            libc::AF_INET as u8,
-            0, // dst_len: default route
-            0, // src_len
-            0, // tos
-            RT_TABLE_MAIN,
-            RTPROT_BOOT,
-            RT_SCOPE_UNIVERSE,
-            RTN_UNICAST,
-        ];
-        body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
-        attr(&mut body, RTA_GATEWAY, &gateway.octets());
+        attr(&mut body, RTA_GATEWAY, &gw);
         attr(&mut body, RTA_OIF, &index.to_ne_bytes());
         self.request(
             RTM_NEWROUTE,
@@ -394,8 +368,16 @@ mod tests {
                 .unwrap_err();
             assert_eq!(again.raw_os_error(), Some(libc::EEXIST), "{again}");
             nl.set_link(idx, None, None, Some(true)).expect("up");
-            nl.add_default_route_v4(idx, Ipv4Addr::new(10, 9, 0, 1))
+            nl.add_addr_v6(idx, "2001:db8:9::2".parse().unwrap(), 64)
+                .expect("IPv6 addr");
+            nl.add_default_route(idx, Ipv4Addr::new(10, 9, 0, 1).into())
                 .expect("route");
+            nl.add_default_route(idx, "2001:db8:9::1".parse().unwrap())
+                .expect("IPv6 route");
+            let again = nl
+                .add_default_route(idx, "2001:db8:9::1".parse().unwrap())
+                .unwrap_err();
+            assert_eq!(again.raw_os_error(), Some(libc::EEXIST), "{again}");
             let name = tap.name.clone();
             drop(tap);
             assert_eq!(link_index(&name), Some(idx), "persistent tap vanished");

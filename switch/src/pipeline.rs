@@ -639,9 +639,7 @@ impl<H: GatewayHook> Worker<H> {
             return Ok(None);
         }
         // RFC 4861 7.1.1: hop limit 255, code 0, a valid checksum.
-        let csum_ok = meta.flags & crate::wire::vnet::F_NEEDS_CSUM != 0
-            || ipv6::upper_checksum(ip.src_addr(), ip.dst_addr(), 58, msg) == 0;
-        if ip.hop_limit() != 255 || msg[1] != 0 || !csum_ok {
+        if ip.hop_limit() != 255 || msg[1] != 0 || !icmpv6_checksum_ok(meta, &ip) {
             return Err(DropReason::Malformed);
         }
         let requester = EthernetFrame::new_unchecked(frame).src_addr();
@@ -685,9 +683,7 @@ impl<H: GatewayHook> Worker<H> {
         {
             return Ok(None);
         }
-        let csum_ok = meta.flags & crate::wire::vnet::F_NEEDS_CSUM != 0
-            || ipv6::upper_checksum(ip.src_addr(), ip.dst_addr(), 58, msg) == 0;
-        if msg.len() < 8 || !csum_ok {
+        if msg.len() < 8 || !icmpv6_checksum_ok(meta, &ip) {
             return Err(DropReason::Malformed);
         }
         let hl = ethernet::HEADER_LEN;
@@ -759,6 +755,13 @@ impl<H: GatewayHook> Worker<H> {
         m[2..4].copy_from_slice(&c.to_be_bytes());
         Ok(Some(len))
     }
+}
+
+/// Whether an ICMPv6 message's checksum verifies (or is left to the
+/// receiver: a partial checksum from the guest).
+fn icmpv6_checksum_ok(meta: &VnetHdr, ip: &Ipv6Packet<&[u8]>) -> bool {
+    meta.flags & crate::wire::vnet::F_NEEDS_CSUM != 0
+        || ipv6::upper_checksum(ip.src_addr(), ip.dst_addr(), 58, ip.payload()) == 0
 }
 
 /// Whether `a` is one of the gateway's IPv6 addresses (its configured
