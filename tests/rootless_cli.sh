@@ -13,7 +13,7 @@ DAEMON=""
 SLEEPER=""
 cleanup() {
   set +e
-  for c in r1 r2 r3; do "$T" rm -f "$c" >/dev/null 2>&1; done
+  for c in r1 r2 r3 r6 r7; do "$T" rm -f "$c" >/dev/null 2>&1; done
   [ -n "$SLEEPER" ] && kill "$SLEEPER" 2>/dev/null
   [ -n "$DAEMON" ] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null
 }
@@ -64,6 +64,15 @@ set +o pipefail
 err=$( { "$T" inspect r1 | head -c 1 >/dev/null; } 2>&1 )
 set -o pipefail
 [ -z "$err" ] || fail "inspect | head printed: $err"
+# IPv6 dual-stack, rootless: addresses, the gateway's NDP and echo, AAAA.
+"$T" network create --ipv6 --subnet 10.63.0.0/24 --subnet 2001:db8:63::/64 rl6 >/dev/null
+"$T" run -d --name r6 --network rl6 --ip6 2001:db8:63::10 -- sleep 300 >/dev/null
+"$T" run -d --name r7 --network rl6 -- sleep 300 >/dev/null
+"$T" exec r7 -- ping -6 -c 1 -W 2 2001:db8:63::1 >/dev/null 2>&1 || fail "r7 -> IPv6 gateway"
+"$T" exec r7 -- ping -6 -c 1 -W 2 r6 >/dev/null 2>&1 || fail "r7 -> r6 over IPv6 by name"
+[ "$("$T" exec r7 -- dig +short +tries=1 AAAA r6)" = 2001:db8:63::10 ] || fail "AAAA r6"
+"$T" rm -f r6 r7 >/dev/null
+"$T" network rm rl6 >/dev/null
 # kill -9 of the daemon: the containers keep running; traffic resumes after a restart.
 kill -9 "$DAEMON"; wait "$DAEMON" 2>/dev/null || true; DAEMON=""
 start_daemon
