@@ -314,8 +314,8 @@ fn bad_inputs_give_one_line_and_change_nothing() {
             "overlay networks need a cluster store",
         ),
         (
-            &["network", "create", "-d", "macvlan", "x"],
-            "driver macvlan is not supported yet",
+            &["network", "create", "-d", "ipvlan", "x"],
+            "driver ipvlan is not supported yet",
         ),
         (&["network", "create", "a/b"], "a/b"),
         (&["network", "inspect", "nope"], "nope"),

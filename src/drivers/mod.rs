@@ -27,6 +27,7 @@ use crate::state::State;
 mod bridge;
 pub mod docker;
 mod host;
+pub mod macvlan;
 mod null;
 pub mod overlay;
 
@@ -47,16 +48,19 @@ pub enum DriverKind {
     Docker,
     /// One network across the hosts of a cluster, tunnelled in VXLAN.
     Overlay,
+    /// Containers with their own MACs on a parent interface's segment.
+    Macvlan,
 }
 
 impl DriverKind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [DriverKind; 5] = [
+    pub const ALL: [DriverKind; 6] = [
         DriverKind::Bridge,
         DriverKind::Host,
         DriverKind::Null,
         DriverKind::Docker,
         DriverKind::Overlay,
+        DriverKind::Macvlan,
     ];
 
     /// Docker's name of the driver.
@@ -67,6 +71,7 @@ impl DriverKind {
             DriverKind::Null => "null",
             DriverKind::Docker => "docker",
             DriverKind::Overlay => "overlay",
+            DriverKind::Macvlan => "macvlan",
         }
     }
 
@@ -78,7 +83,7 @@ impl DriverKind {
         if let Some(k) = DriverKind::ALL.into_iter().find(|k| k.name() == name) {
             return Ok(k);
         }
-        if ["macvlan", "ipvlan"].contains(&name) {
+        if ["ipvlan"].contains(&name) {
             return Err(DriverError::NotYet(name.to_string()));
         }
         Err(DriverError::Unknown(name.to_string()))
@@ -140,7 +145,7 @@ pub struct Services {
 /// Errors of a driver's validation of `network create`.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum DriverError {
-    /// network driver "{0}" not found (tapnet has bridge, overlay, host and null)
+    /// network driver "{0}" not found (tapnet has bridge, overlay, macvlan, host and null)
     Unknown(String),
     /// networks of driver "docker" are made by dockerd: docker network create -d tapnet
     DockerOnly,
@@ -172,6 +177,8 @@ pub enum DriverError {
     Ingress,
     /// {0}
     Ipam(#[from] IpamError),
+    /// {0}
+    Segment(#[from] macvlan::SegmentError),
     /// subnet {subnet} overlaps with network "{other}" ({theirs})
     Overlap {
         subnet: ipnet::Ipv4Net,
@@ -244,6 +251,7 @@ pub fn driver(kind: DriverKind) -> &'static dyn NetworkDriver {
         DriverKind::Null => &null::Null,
         DriverKind::Docker => &docker::Docker,
         DriverKind::Overlay => &overlay::Overlay,
+        DriverKind::Macvlan => &macvlan::Macvlan,
     }
 }
 
@@ -268,7 +276,7 @@ mod tests {
         }
         assert_eq!(DriverKind::parse("").unwrap(), DriverKind::Bridge);
         assert!(matches!(
-            DriverKind::parse("macvlan"),
+            DriverKind::parse("ipvlan"),
             Err(DriverError::NotYet(_))
         ));
         let e = DriverKind::parse("zz").unwrap_err();

@@ -215,6 +215,9 @@ pub struct Network {
     pub max_frame: usize,
     /// The ESP key this host sends with (encrypted overlays).
     pub tx_sa: Option<Arc<Sa>>,
+    /// A network on a parent interface (macvlan/ipvlan): see
+    /// [`crate::segment`].
+    pub segment: Option<crate::segment::Segment>,
 }
 
 /// A port in the snapshot. `counters` and `learned` are shared by all
@@ -227,6 +230,8 @@ pub struct Port {
     /// MACs this port has in the FDB (exact after each aging pass).
     pub learned: Arc<AtomicU32>,
     pub max_macs: u32,
+    /// A segment network's parent port (see [`crate::segment`]).
+    pub uplink: Option<crate::segment::Uplink>,
 }
 
 impl Port {
@@ -439,6 +444,7 @@ impl Switch {
                 config,
                 ports: Vec::new(),
                 tx_sa: None,
+                segment: None,
             });
             Ok(id)
         })
@@ -550,6 +556,7 @@ impl Switch {
                 counters: Arc::new(PortCounters::new(workers)),
                 learned: Arc::new(AtomicU32::new(0)),
                 max_macs,
+                uplink: None,
             }));
             Ok(id)
         }
@@ -570,6 +577,9 @@ impl Switch {
                 .ok_or(ConfigError::NoSuchPort)?;
             if let Some(n) = t.networks[usize::from(p.network().0)].as_mut() {
                 n.ports.retain(|&q| q != id);
+                if let Some(s) = n.segment.as_mut().filter(|s| s.parent == Some(id)) {
+                    s.parent = None;
+                }
             }
             if let Some(mac) = p.config.mac {
                 let key = crate::fdb::key(p.network().0, mac);

@@ -1,0 +1,431 @@
+//! macvlan networks on a parent interface, end to end (issue 20).
+//!
+//! Topology, all made here: the daemon runs in its private namespace; a
+//! veth pair wires it to an "other machine" namespace: `tnout0`, the
+//! daemon's end, has no address and is the networks' parent; `eth0` in the
+//! other machine holds the segment's router address (TEST-NET-1,
+//! 192.0.2.1/24) and, for the VLAN tests, VLAN devices `eth0.10` and
+//! `eth0.20` (the daemon's side has none: tapnet tags by itself). The
+//! other machine pings the containers, serves files to them and fetches
+//! files from them; tshark on `eth0` checks the 802.1Q tags on the wire.
+//! Every process is killed by PID and every namespace removed on drop,
+//! also when a test fails.
+//!
+//! Root only. Programs: ping, curl, busybox (httpd), tshark.
+
+mod ctl_support;
+
+use ctl_support::*;
+use std::time::Duration;
+
+/// The router of the untagged segment (the other machine's `eth0`).
+const ROUTER: &str = "192.0.2.1";
+const SUBNET: &str = "192.0.2.0/24";
+
+/// A daemon, the other machine wired to it and its HTTP server.
+/// Fields drop in order: server, other machine, daemon, files.
+struct World {
+    _servers: Vec<Bg>,
+    other: Outside,
+    d: Daemon,
+    files: TempDir,
+}
+
+impl World {
+    fn new(extra: &[&str]) -> World {
+        require_root("tests/macvlan.rs");
+        let d = Daemon::start_with(extra, |_| {});
+        let other = Outside::connect(d.netns(), &[], &format!("{ROUTER}/24"));
+        let files = TempDir::new();
+        std::fs::write(files.0.join("page"), "from-the-other-machine\n").unwrap();
+        big_file(&files.0.join("big"));
+        let www = files.0.display().to_string();
+        let servers = vec![other
+            .ns
+            .spawn(&["busybox", "httpd", "-f", "-p", "80", "-h", &www])];
+        World {
+            _servers: servers,
+            other,
+            d,
+            files,
+        }
+    }
+
+    /// Adds VLAN `vid` on the other machine's `eth0` with `addr`.
+    fn vlan(&self, vid: u16, addr: &str) {
+        self.other.ns.sh_ok(&format!(
+            "ip link add link eth0 name eth0.{vid} type vlan id {vid} && ip addr add {addr} dev eth0.{vid} && ip link set eth0.{vid} up"
+        ));
+    }
+
+    /// `tapnet run -d --name NAME --network NET -- busybox httpd` serving
+    /// the test's files on :8080.
+    fn server(&self, name: &str, net: &str) {
+        let www = self.files.0.display().to_string();
+        self.d.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            net,
+            "--",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            &www,
+        ]);
+    }
+}
+
+/// 4 MiB of a known pattern: a TCP stream of many segments (super-frames
+/// across the parent).
+fn big_file(p: &std::path::Path) {
+    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\n";
+    let data: Vec<u8> = line.iter().copied().cycle().take(4 << 20).collect();
+    std::fs::write(p, data).unwrap();
+}
+
+fn sha(p: &std::path::Path) -> String {
+    let o = std::process::Command::new("sha256sum")
+        .arg(p)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Pings `to` from container `c` until one answer comes (a fresh
+/// container may race its own start).
+fn ping_ok(d: &Daemon, c: &str, to: &str) {
+    retry(
+        &format!("ping {to} from {c}"),
+        Duration::from_secs(15),
+        || {
+            let o = d.exec_sh(c, &format!("ping -c 1 -W 1 {to}"));
+            (o.code == 0)
+                .then_some(())
+                .ok_or(format!("{}{}", o.stdout, o.stderr))
+        },
+    );
+}
+
+/// The container's MAC on `net`.
+fn mac_of(d: &Daemon, c: &str, net: &str) -> String {
+    d.inspect_container(c)["NetworkSettings"]["Networks"][net]["MacAddress"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Two containers on one macvlan network: each reaches the other machine
+/// (ping, TCP both ways, 4 MiB each way: offloads through the parent) with
+/// its own MAC, and the other container directly; the segment's router is
+/// their default gateway.
+#[test]
+fn macvlan_containers_on_the_segment() {
+    let w = World::new(&[]);
+    let d = &w.d;
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        ROUTER,
+        "--ip-range",
+        "192.0.2.128/25",
+        "--aux-address",
+        "r2=192.0.2.129",
+        "-o",
+        "parent=tnout0",
+        "m",
+    ]);
+    let n = d.inspect_network("m");
+    assert_eq!(n["Driver"], "macvlan");
+    assert_eq!(n["Options"]["parent"], "tnout0");
+    w.server("c1", "m");
+    d.sleeper("c2", &["m"], &[]);
+    let (ip1, ip2) = (d.ip_of("c1", "m"), d.ip_of("c2", "m"));
+    for ip in [&ip1, &ip2] {
+        assert!(ip.starts_with("192.0.2.1"), "{ip} outside the ip-range");
+        assert_ne!(ip, "192.0.2.129", "aux address allocated");
+    }
+    // Containers -> the other machine, and each other.
+    ping_ok(d, "c1", ROUTER);
+    ping_ok(d, "c2", &ip1);
+    // The other machine -> containers: each with its own MAC on the wire.
+    retry(
+        "the other machine pings c2",
+        Duration::from_secs(10),
+        || {
+            let o = w.other.ns.sh(&format!("ping -c 1 -W 1 {ip2}"));
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
+    let neigh = w
+        .other
+        .ns
+        .sh_ok(&format!("ip neigh show {ip1}; ip neigh show {ip2}"));
+    assert!(neigh.contains(&mac_of(d, "c1", "m")), "{neigh}");
+    assert!(neigh.contains(&mac_of(d, "c2", "m")), "{neigh}");
+    // The default route is the segment's router.
+    let routes = d.exec_sh("c2", "ip route").stdout;
+    assert!(
+        routes.contains(&format!("default via {ROUTER}")),
+        "{routes}"
+    );
+    // TCP: a container fetches from the other machine, the other machine
+    // from a container, 4 MiB each.
+    let body = d
+        .exec_sh(
+            "c2",
+            &format!("curl -sS --max-time 10 http://{ROUTER}/page"),
+        )
+        .stdout;
+    assert_eq!(body, "from-the-other-machine\n");
+    let got = w.files.0.join("got-from-other");
+    let o = d.exec_sh(
+        "c2",
+        &format!(
+            "curl -sS --max-time 30 -o {} http://{ROUTER}/big",
+            got.display()
+        ),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(sha(&got), sha(&w.files.0.join("big")));
+    let got = w.files.0.join("got-from-c1");
+    w.other.ns.sh_ok(&format!(
+        "curl -sS --max-time 30 -o {} http://{ip1}:8080/big",
+        got.display()
+    ));
+    assert_eq!(sha(&got), sha(&w.files.0.join("big")));
+    // Between the two containers too.
+    let body = d
+        .exec_sh(
+            "c2",
+            &format!("curl -sS --max-time 10 http://{ip1}:8080/page"),
+        )
+        .stdout;
+    assert_eq!(body, "from-the-other-machine\n");
+    // No gateway service: tapnet does not answer for the router's
+    // address (the other machine does), and the daemon's host has no way
+    // in (no address on the parent).
+    assert!(d.exec_sh("c1", "cat /etc/hosts").stdout.contains(&ip1));
+}
+
+/// `-o parent=tnout0.10` and `.20`: tapnet tags the frames itself (tshark
+/// sees VLAN 10 on the wire), TCP works through the tags, and the two
+/// networks of one parent do not see each other's frames.
+#[test]
+fn macvlan_vlans_are_tagged_and_isolated() {
+    let w = World::new(&[]);
+    let d = &w.d;
+    w.vlan(10, "10.10.0.1/24");
+    w.vlan(20, "10.20.0.1/24");
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.10.0.0/24",
+        "--gateway",
+        "10.10.0.1",
+        "-o",
+        "parent=tnout0.10",
+        "v10",
+    ]);
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.20.0.0/24",
+        "--gateway",
+        "10.20.0.1",
+        "-o",
+        "parent=tnout0.20",
+        "v20",
+    ]);
+    // No kernel VLAN device on the daemon's side.
+    let links = d.netns().sh_ok("ip -o link show");
+    assert!(!links.contains("tnout0.10"), "{links}");
+    w.server("a", "v10");
+    d.sleeper("b", &["v20"], &[]);
+    let (ipa, ipb) = (d.ip_of("a", "v10"), d.ip_of("b", "v20"));
+    ping_ok(d, "a", "10.10.0.1");
+    ping_ok(d, "b", "10.20.0.1");
+    // The tag on the wire: tshark on the other machine's untagged eth0.
+    let mut cap = w.other.ns.spawn(&[
+        "tshark",
+        "-i",
+        "eth0",
+        "-n",
+        "-l",
+        "-c",
+        "2",
+        "-f",
+        "vlan and icmp",
+        "-T",
+        "fields",
+        "-e",
+        "vlan.id",
+        "-e",
+        "ip.src",
+        "-e",
+        "eth.src",
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    cap.assert_running();
+    let o = d.exec_sh("a", "ping -c 3 -i 0.3 10.10.0.1");
+    assert_eq!(o.code, 0, "{}", o.stdout);
+    let seen = retry("tshark's lines", Duration::from_secs(10), || {
+        let l = cap.log();
+        (l.matches(&ipa).count() >= 1).then_some(l.clone()).ok_or(l)
+    });
+    let mac_a = mac_of(d, "a", "v10");
+    assert!(
+        seen.lines()
+            .any(|l| l.starts_with("10\t") && l.contains(&ipa) && l.contains(&mac_a)),
+        "{seen}"
+    );
+    drop(cap);
+    // TCP through the tags, both ways (super-frames with a tag pushed).
+    let got = w.files.0.join("got-v10");
+    let o = d.exec_sh(
+        "a",
+        &format!(
+            "curl -sS --max-time 30 -o {} http://10.10.0.1/big",
+            got.display()
+        ),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(sha(&got), sha(&w.files.0.join("big")));
+    let got = w.files.0.join("got-a");
+    w.other.ns.sh_ok(&format!(
+        "curl -sS --max-time 30 -o {} http://{ipa}:8080/big",
+        got.display()
+    ));
+    assert_eq!(sha(&got), sha(&w.files.0.join("big")));
+    // Isolation: a and b each treat the other's subnet as on-link, so
+    // they ARP for each other directly; frames of VLAN 10 never reach
+    // VLAN 20 (the other machine does not route), so nothing answers.
+    assert_eq!(d.exec_sh("a", "ip route add 10.20.0.0/24 dev eth0").code, 0);
+    assert_eq!(d.exec_sh("b", "ip route add 10.10.0.0/24 dev eth0").code, 0);
+    let o = d.exec_sh("a", &format!("ping -c 2 -W 1 {ipb}"));
+    assert_ne!(o.code, 0, "a reached b across VLANs: {}", o.stdout);
+    let o = d.exec_sh("b", &format!("ping -c 2 -W 1 {ipa}"));
+    assert_ne!(o.code, 0, "b reached a across VLANs: {}", o.stdout);
+    // Both still reach their own VLAN.
+    ping_ok(d, "a", "10.10.0.1");
+    ping_ok(d, "b", "10.20.0.1");
+    // A third network on an untagged parent does not see VLAN 10 either.
+    let neigh = w.other.ns.sh_ok("ip neigh show dev eth0");
+    assert!(!neigh.contains(&ipa), "{neigh}");
+}
+
+/// Bad `network create -d macvlan` options: one line each, nothing made.
+#[test]
+fn macvlan_bad_options_are_refused() {
+    let w = World::new(&[]);
+    let d = &w.d;
+    let before = d.network_names();
+    let base = |extra: &[&'static str]| -> Vec<&'static str> {
+        let mut a = vec![
+            "network",
+            "create",
+            "-d",
+            "macvlan",
+            "--subnet",
+            "192.0.2.0/24",
+            "--gateway",
+            ROUTER,
+        ];
+        a.extend_from_slice(extra);
+        a.push("bad");
+        a
+    };
+    for (extra, needle) in [
+        (&["-o", "parent=nope0"][..], "nope0 was not found"),
+        (&["-o", "parent=nope0.10"][..], "nope0 was not found"),
+        (
+            &["-o", "parent=lo"][..],
+            "loopback interface is not a valid macvlan parent",
+        ),
+        (
+            &["-o", "parent=tnout0.5000"][..],
+            "between 1-4094, received: 5000",
+        ),
+        (&["-o", "parent=tnout0.1.2"][..], "name.vlan_id"),
+        (
+            &["-o", "parent=tnout0", "-o", "macvlan_mode=vepa"][..],
+            "only 'bridge'",
+        ),
+        (
+            &["-o", "parent=tnout0", "-o", "macvlan_mode=zz"][..],
+            "'zz' is not valid",
+        ),
+        (
+            &["-o", "parent=tnout0", "-o", "foo=bar"][..],
+            "unknown option foo",
+        ),
+        (&["-o", "parent=tnout0", "--internal"][..], "has no parent"),
+    ] {
+        let line = d.fails(&base(extra));
+        assert!(line.contains(needle), "{extra:?}: {line}");
+    }
+    assert_eq!(d.network_names(), before);
+    // One network per parent (and VLAN).
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.30.0.0/24",
+        "-o",
+        "parent=tnout0.30",
+        "first",
+    ]);
+    let line = d.fails(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.31.0.0/24",
+        "-o",
+        "parent=tnout0.30",
+        "second",
+    ]);
+    assert!(
+        line.contains("\"first\" is already using parent interface tnout0.30"),
+        "{line}"
+    );
+    // Not a switched network for the host's ports: no publishing.
+    d.ok(&["network", "rm", "first"]);
+    assert_eq!(d.network_names(), before);
+    // The parent's sockets are closed with the network: a new one opens.
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.30.0.0/24",
+        "-o",
+        "parent=tnout0.30",
+        "again",
+    ]);
+    d.ok(&["network", "rm", "again"]);
+}
