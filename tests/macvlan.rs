@@ -4,10 +4,10 @@
 //! veth pair wires it to an "other machine" namespace: `tnout0`, the
 //! daemon's end, has no address and is the networks' parent; `eth0` in the
 //! other machine holds the segment's router address (TEST-NET-1,
-//! 192.0.2.1/24) and, for the VLAN tests, VLAN devices `eth0.10` and
-//! `eth0.20` (the daemon's side has none: tapnet tags by itself). The
-//! other machine pings the containers, serves files to them and fetches
-//! files from them; tshark on `eth0` checks the 802.1Q tags on the wire.
+//! 192.0.2.1/24). The other machine pings the containers, serves files to
+//! them and fetches files from them. For VLANs (this kernel has no 802.1Q
+//! module) the other machine is a second tapnet host on the same veth
+//! pair, and tshark on its end checks the 802.1Q tags on the wire.
 //! Every process is killed by PID and every namespace removed on drop,
 //! also when a test fails.
 //!
@@ -49,13 +49,6 @@ impl World {
             d,
             files,
         }
-    }
-
-    /// Adds VLAN `vid` on the other machine's `eth0` with `addr`.
-    fn vlan(&self, vid: u16, addr: &str) {
-        self.other.ns.sh_ok(&format!(
-            "ip link add link eth0 name eth0.{vid} type vlan id {vid} && ip addr add {addr} dev eth0.{vid} && ip link set eth0.{vid} up"
-        ));
     }
 
     /// `tapnet run -d --name NAME --network NET -- busybox httpd` serving
@@ -216,64 +209,108 @@ fn macvlan_containers_on_the_segment() {
         )
         .stdout;
     assert_eq!(body, "from-the-other-machine\n");
-    // No gateway service: tapnet does not answer for the router's
-    // address (the other machine does), and the daemon's host has no way
-    // in (no address on the parent).
+    // Containers still get /etc/hosts.
     assert!(d.exec_sh("c1", "cat /etc/hosts").stdout.contains(&ip1));
 }
 
-/// `-o parent=tnout0.10` and `.20`: tapnet tags the frames itself (tshark
-/// sees VLAN 10 on the wire), TCP works through the tags, and the two
-/// networks of one parent do not see each other's frames.
+/// Two tapnet hosts on one segment: `tnout0` in the first daemon's
+/// namespace and `peer0` in the second's are the two ends of a veth pair
+/// (this kernel has no 802.1Q module: the other machine is a tapnet host
+/// too, and neither side has a kernel VLAN device).
+struct TwoHosts {
+    h1: Daemon,
+    h2: Daemon,
+    files: TempDir,
+}
+
+impl TwoHosts {
+    fn new() -> TwoHosts {
+        require_root("tests/macvlan.rs");
+        let h1 = Daemon::start();
+        let h2 = Daemon::start();
+        h1.netns().sh_ok(&format!(
+            "ip link add tnout0 type veth peer name peer0 netns {} && ip link set tnout0 up",
+            h2.netns().name
+        ));
+        h2.netns().sh_ok("ip link set peer0 up");
+        let files = TempDir::new();
+        std::fs::write(files.0.join("page"), "page\n").unwrap();
+        big_file(&files.0.join("big"));
+        TwoHosts { h1, h2, files }
+    }
+
+    fn server(&self, d: &Daemon, name: &str, net: &str) {
+        let www = self.files.0.display().to_string();
+        d.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            net,
+            "--",
+            "busybox",
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            &www,
+        ]);
+    }
+}
+
+/// `-o parent=IFACE.10` and `.20` on both hosts: tapnet tags the frames
+/// itself (tshark on the wire sees VLAN 10 for one network's containers
+/// and 20 for the other's), containers of one VLAN reach each other
+/// across the hosts (ping, 4 MiB of TCP each way: super-frames with a
+/// pushed tag), and the two VLANs of one parent do not see each other's
+/// frames.
 #[test]
 fn macvlan_vlans_are_tagged_and_isolated() {
-    let w = World::new(&[]);
-    let d = &w.d;
-    w.vlan(10, "10.10.0.1/24");
-    w.vlan(20, "10.20.0.1/24");
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.10.0.0/24",
-        "--gateway",
-        "10.10.0.1",
-        "-o",
-        "parent=tnout0.10",
-        "v10",
-    ]);
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "macvlan",
-        "--subnet",
-        "10.20.0.0/24",
-        "--gateway",
-        "10.20.0.1",
-        "-o",
-        "parent=tnout0.20",
-        "v20",
-    ]);
-    // No kernel VLAN device on the daemon's side.
-    let links = d.netns().sh_ok("ip -o link show");
-    assert!(!links.contains("tnout0.10"), "{links}");
-    w.server("a", "v10");
-    d.sleeper("b", &["v20"], &[]);
-    let (ipa, ipb) = (d.ip_of("a", "v10"), d.ip_of("b", "v20"));
-    ping_ok(d, "a", "10.10.0.1");
-    ping_ok(d, "b", "10.20.0.1");
-    // The tag on the wire: tshark on the other machine's untagged eth0.
-    let mut cap = w.other.ns.spawn(&[
+    let t = TwoHosts::new();
+    let (h1, h2) = (&t.h1, &t.h2);
+    for (d, parent, range) in [(h1, "tnout0", None), (h2, "peer0", Some("128/25"))] {
+        for vid in ["10", "20"] {
+            let subnet = format!("10.{vid}.0.0/24");
+            let mut args = vec![
+                "network".to_string(),
+                "create".into(),
+                "-d".into(),
+                "macvlan".into(),
+                "--subnet".into(),
+                subnet,
+                "-o".into(),
+                format!("parent={parent}.{vid}"),
+            ];
+            if let Some(r) = range {
+                args.extend(["--ip-range".into(), format!("10.{vid}.0.{r}")]);
+            }
+            args.push(format!("v{vid}"));
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            d.ok(&a);
+        }
+    }
+    // No kernel VLAN device on either side.
+    let links = h1.netns().sh_ok("ip -o link show") + &h2.netns().sh_ok("ip -o link show");
+    assert!(
+        !links.contains("tnout0.10") && !links.contains("peer0.10"),
+        "{links}"
+    );
+    // a, b on the first host (VLAN 10, 20); x, y on the second.
+    t.server(h1, "ca", "v10");
+    h1.sleeper("cb", &["v20"], &[]);
+    t.server(h2, "cx", "v10");
+    h2.sleeper("cy", &["v20"], &[]);
+    let (ipa, ipb) = (h1.ip_of("ca", "v10"), h1.ip_of("cb", "v20"));
+    let (ipx, ipy) = (h2.ip_of("cx", "v10"), h2.ip_of("cy", "v20"));
+    // The tags on the wire, seen from the second host's end.
+    let mut cap = h2.netns().spawn(&[
         "tshark",
         "-i",
-        "eth0",
+        "peer0",
         "-n",
         "-l",
-        "-c",
-        "2",
         "-f",
         "vlan and icmp",
         "-T",
@@ -287,51 +324,58 @@ fn macvlan_vlans_are_tagged_and_isolated() {
     ]);
     std::thread::sleep(Duration::from_secs(2));
     cap.assert_running();
-    let o = d.exec_sh("a", "ping -c 3 -i 0.3 10.10.0.1");
-    assert_eq!(o.code, 0, "{}", o.stdout);
+    ping_ok(h1, "ca", &ipx);
+    ping_ok(h1, "cb", &ipy);
+    ping_ok(h2, "cx", &ipa);
+    let (mac_a, mac_b) = (mac_of(h1, "ca", "v10"), mac_of(h1, "cb", "v20"));
     let seen = retry("tshark's lines", Duration::from_secs(10), || {
         let l = cap.log();
-        (l.matches(&ipa).count() >= 1).then_some(l.clone()).ok_or(l)
+        (l.contains(&mac_a) && l.contains(&mac_b))
+            .then_some(l.clone())
+            .ok_or(l)
     });
-    let mac_a = mac_of(d, "a", "v10");
-    assert!(
+    let tagged = |vid: &str, ip: &str, mac: &str| {
         seen.lines()
-            .any(|l| l.starts_with("10\t") && l.contains(&ipa) && l.contains(&mac_a)),
-        "{seen}"
-    );
+            .any(|l| l.starts_with(&format!("{vid}\t{ip}\t{mac}")))
+    };
+    assert!(tagged("10", &ipa, &mac_a), "{seen}");
+    assert!(tagged("20", &ipb, &mac_b), "{seen}");
+    assert!(tagged("10", &ipx, &mac_of(h2, "cx", "v10")), "{seen}");
+    for l in seen.lines().filter(|l| l.contains(&mac_a)) {
+        assert!(l.starts_with("10\t"), "a's frame outside VLAN 10: {seen}");
+    }
     drop(cap);
-    // TCP through the tags, both ways (super-frames with a tag pushed).
-    let got = w.files.0.join("got-v10");
-    let o = d.exec_sh(
-        "a",
-        &format!(
-            "curl -sS --max-time 30 -o {} http://10.10.0.1/big",
-            got.display()
-        ),
+    // TCP across the hosts through the tags, both ways.
+    let big = sha(&t.files.0.join("big"));
+    for (d, c, ip, out) in [(h2, "cx", &ipa, "got-x"), (h1, "ca", &ipx, "got-a")] {
+        let got = t.files.0.join(out);
+        let o = d.exec_sh(
+            c,
+            &format!(
+                "curl -sS --max-time 30 -o {} http://{ip}:8080/big",
+                got.display()
+            ),
+        );
+        assert_eq!(o.code, 0, "{c}: {}", o.stderr);
+        assert_eq!(sha(&got), big, "{c}");
+    }
+    // Isolation: a (VLAN 10) and y (VLAN 20) treat each other's subnet as
+    // on-link and ARP for each other directly; nothing crosses VLANs.
+    assert_eq!(
+        h1.exec_sh("ca", "ip route add 10.20.0.0/24 dev eth0").code,
+        0
     );
-    assert_eq!(o.code, 0, "{}", o.stderr);
-    assert_eq!(sha(&got), sha(&w.files.0.join("big")));
-    let got = w.files.0.join("got-a");
-    w.other.ns.sh_ok(&format!(
-        "curl -sS --max-time 30 -o {} http://{ipa}:8080/big",
-        got.display()
-    ));
-    assert_eq!(sha(&got), sha(&w.files.0.join("big")));
-    // Isolation: a and b each treat the other's subnet as on-link, so
-    // they ARP for each other directly; frames of VLAN 10 never reach
-    // VLAN 20 (the other machine does not route), so nothing answers.
-    assert_eq!(d.exec_sh("a", "ip route add 10.20.0.0/24 dev eth0").code, 0);
-    assert_eq!(d.exec_sh("b", "ip route add 10.10.0.0/24 dev eth0").code, 0);
-    let o = d.exec_sh("a", &format!("ping -c 2 -W 1 {ipb}"));
-    assert_ne!(o.code, 0, "a reached b across VLANs: {}", o.stdout);
-    let o = d.exec_sh("b", &format!("ping -c 2 -W 1 {ipa}"));
-    assert_ne!(o.code, 0, "b reached a across VLANs: {}", o.stdout);
-    // Both still reach their own VLAN.
-    ping_ok(d, "a", "10.10.0.1");
-    ping_ok(d, "b", "10.20.0.1");
-    // A third network on an untagged parent does not see VLAN 10 either.
-    let neigh = w.other.ns.sh_ok("ip neigh show dev eth0");
-    assert!(!neigh.contains(&ipa), "{neigh}");
+    assert_eq!(
+        h2.exec_sh("cy", "ip route add 10.10.0.0/24 dev eth0").code,
+        0
+    );
+    let o = h1.exec_sh("ca", &format!("ping -c 2 -W 1 {ipy}"));
+    assert_ne!(o.code, 0, "a reached y across VLANs: {}", o.stdout);
+    let o = h2.exec_sh("cy", &format!("ping -c 2 -W 1 {ipa}"));
+    assert_ne!(o.code, 0, "y reached a across VLANs: {}", o.stdout);
+    // ... while each VLAN still works.
+    ping_ok(h1, "ca", &ipx);
+    ping_ok(h2, "cy", &ipb);
 }
 
 /// Bad `network create -d macvlan` options: one line each, nothing made.
@@ -412,7 +456,6 @@ fn macvlan_bad_options_are_refused() {
         line.contains("\"first\" is already using parent interface tnout0.30"),
         "{line}"
     );
-    // Not a switched network for the host's ports: no publishing.
     d.ok(&["network", "rm", "first"]);
     assert_eq!(d.network_names(), before);
     // The parent's sockets are closed with the network: a new one opens.
