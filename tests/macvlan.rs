@@ -472,3 +472,67 @@ fn macvlan_bad_options_are_refused() {
     ]);
     d.ok(&["network", "rm", "again"]);
 }
+
+/// Without CAP_NET_RAW over the parent's namespace (a root daemon whose
+/// bounding set lacks it): one clear line, nothing made.
+#[test]
+fn macvlan_without_cap_net_raw_is_one_clear_line() {
+    require_root("tests/macvlan.rs");
+    let ns = Netns::new();
+    ns.sh_ok("ip link add tnout0 type veth peer name tnpeer0 && ip link set tnout0 up");
+    let dir = TempDir::new();
+    let sock = dir.0.join("tapnet.sock");
+    let host = format!("unix://{}", sock.display());
+    let root = dir.0.join("root").display().to_string();
+    let mut daemon = ns.spawn(&[
+        "setpriv",
+        "--bounding-set",
+        "-net_raw",
+        BIN,
+        "daemon",
+        "--workers",
+        "1",
+        "--root",
+        &root,
+        "-H",
+        &host,
+        "--docker-plugin",
+        "none",
+    ]);
+    retry("the daemon's socket", Duration::from_secs(20), || {
+        daemon.assert_running();
+        std::os::unix::net::UnixStream::connect(&sock)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    let cli = |args: &[&str]| {
+        Out::from(
+            std::process::Command::new(BIN)
+                .args(["-H", &host])
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let o = cli(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        SUBNET,
+        "-o",
+        "parent=tnout0",
+        "m",
+    ]);
+    assert_ne!(o.code, 0);
+    assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    assert!(o.stderr.contains("needs CAP_NET_RAW"), "{}", o.stderr);
+    let ls = cli(&["network", "ls", "-q"]);
+    assert_eq!(ls.stdout.lines().count(), 3, "{}", ls.stdout);
+    // Without a parent nothing needs the capability.
+    let o = cli(&[
+        "network", "create", "-d", "macvlan", "--subnet", SUBNET, "local",
+    ]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+}
