@@ -536,3 +536,113 @@ fn macvlan_without_cap_net_raw_is_one_clear_line() {
     ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
 }
+
+/// ipvlan (l2) on the same kind of segment: every container carries the
+/// parent's MAC (the other machine's neighbour table shows it for each
+/// container address), the switch tells them apart by address: ping and
+/// TCP both ways with the other machine, and between the containers.
+#[test]
+fn ipvlan_l2_containers_share_the_parents_mac() {
+    let w = World::new(&[]);
+    let d = &w.d;
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        ROUTER,
+        "-o",
+        "parent=tnout0",
+        "-o",
+        "ipvlan_mode=l2",
+        "iv",
+    ]);
+    let parent_mac = d
+        .netns()
+        .sh_ok("cat /sys/class/net/tnout0/address")
+        .trim()
+        .to_string();
+    w.server("c1", "iv");
+    d.sleeper("c2", &["iv"], &[]);
+    let (ip1, ip2) = (d.ip_of("c1", "iv"), d.ip_of("c2", "iv"));
+    assert_eq!(mac_of(d, "c1", "iv"), parent_mac);
+    assert_eq!(mac_of(d, "c2", "iv"), parent_mac);
+    ping_ok(d, "c1", ROUTER);
+    ping_ok(d, "c2", &ip1);
+    retry(
+        "the other machine pings c2",
+        Duration::from_secs(10),
+        || {
+            let o = w.other.ns.sh(&format!("ping -c 1 -W 1 {ip2}"));
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
+    let neigh = w
+        .other
+        .ns
+        .sh_ok(&format!("ip neigh show {ip1}; ip neigh show {ip2}"));
+    assert_eq!(neigh.matches(&parent_mac).count(), 2, "{neigh}");
+    let big = sha(&w.files.0.join("big"));
+    let got = w.files.0.join("got-from-other");
+    let o = d.exec_sh(
+        "c2",
+        &format!(
+            "curl -sS --max-time 30 -o {} http://{ROUTER}/big",
+            got.display()
+        ),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(sha(&got), big);
+    let got = w.files.0.join("got-from-c1");
+    w.other.ns.sh_ok(&format!(
+        "curl -sS --max-time 30 -o {} http://{ip1}:8080/big",
+        got.display()
+    ));
+    assert_eq!(sha(&got), big);
+    let body = d
+        .exec_sh(
+            "c2",
+            &format!("curl -sS --max-time 10 http://{ip1}:8080/page"),
+        )
+        .stdout;
+    assert_eq!(body, "from-the-other-machine\n");
+    // l3 and the other flags are refused in one line, nothing made.
+    for (o, needle) in [
+        ("ipvlan_mode=l3", "only 'l2'"),
+        ("ipvlan_mode=zz", "'zz' is not valid"),
+        ("ipvlan_flag=private", "only 'bridge'"),
+    ] {
+        let line = d.fails(&[
+            "network",
+            "create",
+            "-d",
+            "ipvlan",
+            "--subnet",
+            "10.40.0.0/24",
+            "-o",
+            o,
+            "bad",
+        ]);
+        assert!(line.contains(needle), "{o}: {line}");
+    }
+    // One network per parent, whatever the driver.
+    let line = d.fails(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.41.0.0/24",
+        "-o",
+        "parent=tnout0",
+        "bad",
+    ]);
+    assert!(
+        line.contains("\"iv\" is already using parent interface tnout0"),
+        "{line}"
+    );
+    assert!(!d.network_names().contains(&"bad".to_string()));
+}

@@ -55,6 +55,14 @@ pub enum SegmentError {
     UnsupportedMacvlanMode(String),
     /// an --internal {0} network has no parent interface: drop -o parent
     InternalWithParent(DriverKind),
+    /// requested ipvlan mode '{0}' is not valid, 'l2' mode is the ipvlan driver default
+    BadIpvlanMode(String),
+    /// ipvlan mode '{0}' is not supported by tapnet: only 'l2' is
+    UnsupportedIpvlanMode(String),
+    /// requested ipvlan flag '{0}' is not valid, 'bridge' is the ipvlan driver default
+    BadIpvlanFlag(String),
+    /// ipvlan flag '{0}' is not supported by tapnet: only 'bridge' is
+    UnsupportedIpvlanFlag(String),
 }
 
 /// A network's parent (`None`: internal or no `-o parent`).
@@ -67,6 +75,21 @@ pub fn parent(n: &Network) -> Option<ParentSpec> {
         return None;
     }
     parse_parent(p, |name| crate::sys::packet::ifindex(name).is_ok()).ok()
+}
+
+/// [`parent`], or an error when the network names one that is gone (since
+/// the network was made: a restarted daemon).
+pub(super) fn parent_checked(n: &Network) -> Result<Option<ParentSpec>, DataplaneError> {
+    let p = parent(n);
+    match n.options.get(OPT_PARENT) {
+        Some(name) if p.is_none() && !n.internal && !name.is_empty() => {
+            Err(DataplaneError::Parent {
+                parent: name.clone(),
+                err: crate::sys::packet::PacketError::NoInterface(name.clone()),
+            })
+        }
+        _ => Ok(p),
+    }
 }
 
 /// `IFACE` or `IFACE.VLAN`: an interface of that exact name is taken
@@ -120,7 +143,8 @@ pub(super) fn validate_segment(
         }
         parse_parent(p, |name| crate::sys::packet::ifindex(name).is_ok())?;
         if let Some(other) = st.networks.values().find(|o| {
-            matches!(o.driver, DriverKind::Macvlan) && o.options.get(OPT_PARENT) == Some(p)
+            matches!(o.driver, DriverKind::Macvlan | DriverKind::Ipvlan)
+                && o.options.get(OPT_PARENT) == Some(p)
         }) {
             return Err(SegmentError::ParentInUse {
                 network: other.name.clone(),
@@ -201,14 +225,7 @@ impl NetworkDriver for Macvlan {
     }
 
     fn create(&self, dp: &Dataplane, id: NetId, n: &Network) -> Result<(), DataplaneError> {
-        let parent = parent(n);
-        if parent.is_none() && !n.internal && n.options.contains_key(OPT_PARENT) {
-            // The parent went away since the network was made.
-            return Err(DataplaneError::Parent {
-                parent: n.options[OPT_PARENT].clone(),
-                err: crate::sys::packet::PacketError::NoInterface(n.options[OPT_PARENT].clone()),
-            });
-        }
+        let parent = parent_checked(n)?;
         dp.add_segment_network(id, spec(n)?, SegmentMode::Macvlan, parent.as_ref())
     }
 

@@ -27,6 +27,7 @@ use crate::state::State;
 mod bridge;
 pub mod docker;
 mod host;
+pub mod ipvlan;
 pub mod macvlan;
 mod null;
 pub mod overlay;
@@ -50,17 +51,20 @@ pub enum DriverKind {
     Overlay,
     /// Containers with their own MACs on a parent interface's segment.
     Macvlan,
+    /// Containers sharing a parent interface's MAC on its segment.
+    Ipvlan,
 }
 
 impl DriverKind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [DriverKind; 6] = [
+    pub const ALL: [DriverKind; 7] = [
         DriverKind::Bridge,
         DriverKind::Host,
         DriverKind::Null,
         DriverKind::Docker,
         DriverKind::Overlay,
         DriverKind::Macvlan,
+        DriverKind::Ipvlan,
     ];
 
     /// Docker's name of the driver.
@@ -72,6 +76,7 @@ impl DriverKind {
             DriverKind::Docker => "docker",
             DriverKind::Overlay => "overlay",
             DriverKind::Macvlan => "macvlan",
+            DriverKind::Ipvlan => "ipvlan",
         }
     }
 
@@ -82,9 +87,6 @@ impl DriverKind {
         }
         if let Some(k) = DriverKind::ALL.into_iter().find(|k| k.name() == name) {
             return Ok(k);
-        }
-        if ["ipvlan"].contains(&name) {
-            return Err(DriverError::NotYet(name.to_string()));
         }
         Err(DriverError::Unknown(name.to_string()))
     }
@@ -145,7 +147,7 @@ pub struct Services {
 /// Errors of a driver's validation of `network create`.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum DriverError {
-    /// network driver "{0}" not found (tapnet has bridge, overlay, macvlan, host and null)
+    /// network driver "{0}" not found (tapnet has bridge, overlay, macvlan, ipvlan, host and null)
     Unknown(String),
     /// networks of driver "docker" are made by dockerd: docker network create -d tapnet
     DockerOnly,
@@ -219,6 +221,12 @@ pub trait NetworkDriver: Sync {
         Ok(())
     }
 
+    /// The MAC every endpoint of `n` must have (ipvlan: the parent's),
+    /// if the kind fixes one.
+    fn endpoint_mac(&self, _n: &Network) -> Option<crate::model::Mac> {
+        None
+    }
+
     /// Removes the network's dataplane state.
     fn delete(&self, _dp: &Dataplane, _id: NetId) -> Result<(), DataplaneError> {
         Ok(())
@@ -252,6 +260,7 @@ pub fn driver(kind: DriverKind) -> &'static dyn NetworkDriver {
         DriverKind::Docker => &docker::Docker,
         DriverKind::Overlay => &overlay::Overlay,
         DriverKind::Macvlan => &macvlan::Macvlan,
+        DriverKind::Ipvlan => &ipvlan::Ipvlan,
     }
 }
 
@@ -275,10 +284,6 @@ mod tests {
             );
         }
         assert_eq!(DriverKind::parse("").unwrap(), DriverKind::Bridge);
-        assert!(matches!(
-            DriverKind::parse("ipvlan"),
-            Err(DriverError::NotYet(_))
-        ));
         let e = DriverKind::parse("zz").unwrap_err();
         assert!(matches!(e, DriverError::Unknown(_)));
         assert!(e.to_string().contains("\"zz\" not found"));

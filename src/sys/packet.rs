@@ -109,6 +109,42 @@ pub fn ifindex(name: &str) -> Result<u32, PacketError> {
     Ok(i)
 }
 
+/// The MAC address of interface `name` (SIOCGIFHWADDR) in the calling
+/// thread's network namespace.
+pub fn hwaddr(name: &str) -> Result<[u8; 6], PacketError> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+        return Err(PacketError::NoInterface(name.to_string()));
+    }
+    // SAFETY: plain socket(2) call; the result is checked below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(PacketError::Socket {
+            name: name.to_string(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `raw` is a fresh socket this function owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name (checked
+    // length, zeroed rest); SIOCGIFHWADDR writes only into it.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if r < 0 {
+        return Err(PacketError::NoInterface(name.to_string()));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the union's `ifru_hwaddr` member.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
+}
+
 /// Opens `queues` sockets on interface `name` (in the calling thread's
 /// network namespace) that receive only frames of VLAN `vlan` (untagged
 /// frames when `None`), with the tag already removed.

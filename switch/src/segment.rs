@@ -16,12 +16,19 @@
 //!   (the parent is promiscuous) are dropped as `parent_not_for_us`, and
 //!   frames claiming an endpoint's MAC as source as `mac_taken`.
 //!
+//! ipvlan (`l2`): endpoints share the parent's MAC, so the switch maps by
+//! address instead: unicast from the parent must be addressed to the
+//! parent's MAC and goes to the endpoint holding the IPv4 destination (or
+//! the ARP target); unicast from an endpoint goes to the endpoint holding
+//! its destination address, else out the parent.
+//!
 //! A parent port may carry one 802.1Q VLAN ([`Uplink::vlan`]): the edge
 //! pushes the tag on egress and only accepts frames of that VLAN (tag
 //! removed) on ingress, so two networks on different VLANs of one parent
 //! never see each other's frames.
 
 use crate::topology::{ConfigError, NetworkId, PortConfig, PortId, Switch};
+use crate::wire::EthernetAddress;
 
 /// How a segment network maps frames to endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +36,11 @@ pub enum SegmentMode {
     /// macvlan `bridge` mode: each endpoint has its own MAC on the
     /// segment; endpoints reach each other locally.
     Macvlan,
+    /// ipvlan `l2` mode: every endpoint has the parent's MAC; frames are
+    /// mapped to endpoints by IPv4 address (ARP by its target address);
+    /// ARP requests from the segment reach every endpoint, so the one
+    /// with the address answers, with the parent's MAC.
+    IpvlanL2,
 }
 
 /// A network's segment state in the snapshot.
@@ -64,12 +76,14 @@ impl Switch {
     }
 
     /// Adds the parent port of segment network `net` (an unchecked port:
-    /// any source MAC and address), tagged with `vlan` on the wire.
+    /// any source MAC and address), tagged with `vlan` on the wire. `mac`
+    /// is the parent's own MAC (ipvlan: the endpoints').
     pub fn add_parent_port(
         &self,
         net: NetworkId,
         name: &str,
         vlan: Option<u16>,
+        mac: Option<EthernetAddress>,
     ) -> Result<PortId, ConfigError> {
         if let Some(v) = vlan {
             if !(1..=4094).contains(&v) {
@@ -87,7 +101,9 @@ impl Switch {
                     "the network already has a parent port".into(),
                 ));
             }
-            let id = self.add_port_in(t, PortConfig::unchecked(name, net))?;
+            let mut config = PortConfig::unchecked(name, net);
+            config.mac = mac;
+            let id = self.add_port_in(t, config)?;
             if let Some(p) = t.port_mut(id) {
                 p.uplink = Some(Uplink { vlan });
             }
@@ -116,11 +132,11 @@ mod tests {
                 Ipv4Addr::new(192, 0, 2, 1),
             ))
             .unwrap();
-        assert!(sw.add_parent_port(net, "p", None).is_err());
+        assert!(sw.add_parent_port(net, "p", None, None).is_err());
         sw.set_segment(net, SegmentMode::Macvlan).unwrap();
-        assert!(sw.add_parent_port(net, "p", Some(4095)).is_err());
-        let p = sw.add_parent_port(net, "p", Some(10)).unwrap();
-        assert!(sw.add_parent_port(net, "p2", None).is_err());
+        assert!(sw.add_parent_port(net, "p", Some(4095), None).is_err());
+        let p = sw.add_parent_port(net, "p", Some(10), None).unwrap();
+        assert!(sw.add_parent_port(net, "p2", None, None).is_err());
         let t = sw.topology();
         assert_eq!(t.network(net).unwrap().segment.unwrap().parent, Some(p));
         assert_eq!(t.port(p).unwrap().uplink, Some(Uplink { vlan: Some(10) }));

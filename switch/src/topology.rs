@@ -277,6 +277,9 @@ pub struct Topology {
     pub(crate) remote_ips: FastMap<(NetworkId, Ipv4Addr), EthernetAddress>,
     /// ESP keys by SPI (receive).
     pub(crate) spis: FastMap<u32, crate::tunnel::SaEntry>,
+    /// Endpoints of ipvlan networks by network and address (they share
+    /// the parent's MAC).
+    pub(crate) segment_ips: FastMap<(NetworkId, Ipv4Addr), PortId>,
 }
 
 impl Topology {
@@ -324,6 +327,11 @@ impl Topology {
     #[inline]
     pub fn remote(&self, net: NetworkId, mac: EthernetAddress) -> Option<&Remote> {
         self.remotes.get(&crate::fdb::key(net.0, mac))
+    }
+    /// The endpoint with address `ip` on ipvlan network `net`.
+    #[inline]
+    pub fn segment_port(&self, net: NetworkId, ip: Ipv4Addr) -> Option<&Port> {
+        self.port(*self.segment_ips.get(&(net, ip))?)
     }
     /// The MAC of another host's endpoint with address `ip` on `net`.
     #[inline]
@@ -525,7 +533,16 @@ impl Switch {
                 .and_then(Option::as_mut)
                 .ok_or(ConfigError::NoSuchNetwork)?;
             // (On error nothing is stored: `update` drops the copy.)
-            if let (Some(mac), Some(_)) = (config.mac, config.ip) {
+            let by_ip = net
+                .segment
+                .is_some_and(|s| s.mode == crate::segment::SegmentMode::IpvlanL2);
+            if let (true, Some(ip)) = (by_ip, config.ip) {
+                if t.segment_ips.insert((config.network, ip), id).is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "address {ip} is already assigned to another port of this network"
+                    )));
+                }
+            } else if let (Some(mac), Some(_)) = (config.mac, config.ip) {
                 let key = crate::fdb::key(config.network.0, mac);
                 if t.assigned.contains_key(&key) {
                     return Err(ConfigError::Invalid(format!(
@@ -579,6 +596,11 @@ impl Switch {
                 n.ports.retain(|&q| q != id);
                 if let Some(s) = n.segment.as_mut().filter(|s| s.parent == Some(id)) {
                     s.parent = None;
+                }
+            }
+            if let Some(ip) = p.config.ip {
+                if t.segment_ips.get(&(p.network(), ip)) == Some(&id) {
+                    t.segment_ips.remove(&(p.network(), ip));
                 }
             }
             if let Some(mac) = p.config.mac {

@@ -12,7 +12,7 @@ use crate::dataplane::{DataplaneError, NetId, NetworkSpec, ParentSpec, SegmentMo
 use crate::sys::packet;
 use std::io;
 use std::os::fd::OwnedFd;
-use tapnet_switch::wire::{vnet, VnetHdr};
+use tapnet_switch::wire::{vnet, EthernetAddress, VnetHdr};
 use tapnet_switch::DropReason;
 
 impl Dataplane {
@@ -58,9 +58,10 @@ impl Dataplane {
             .map_err(|e| undo(e.into()))?;
         if let (Some(p), Some(opened)) = (parent, opened) {
             let name = format!("parent:{}", parent_name(p));
+            let mac = packet::hwaddr(&p.ifname).ok().map(EthernetAddress);
             let port = self
                 .switch()
-                .add_parent_port(nid, &name, p.vlan)
+                .add_parent_port(nid, &name, p.vlan, mac)
                 .map_err(|e| undo(e.into()))?;
             self.hand_queues(port.0, opened.queues);
         }

@@ -7,7 +7,18 @@ use crate::counters::DropReason;
 use crate::pipeline::BatchCx;
 use crate::segment::{Segment, SegmentMode};
 use crate::topology::{Network, Port, Topology};
-use crate::wire::{EthernetFrame, VnetHdr};
+use crate::wire::{ArpPacket, EtherType, EthernetFrame, Ipv4Packet, VnetHdr};
+use core::net::Ipv4Addr;
+
+/// The IPv4 address a frame is for: an IPv4 packet's destination, an ARP
+/// packet's target (both checked by the ingress stage already).
+fn l3_destination(ethertype: EtherType, payload: &[u8]) -> Option<Ipv4Addr> {
+    match ethertype {
+        EtherType::Ipv4 => Some(Ipv4Packet::new_checked(payload).ok()?.dst_addr()),
+        EtherType::Arp => Some(ArpPacket::new_checked(payload).ok()?.target_ip()),
+        _ => None,
+    }
+}
 
 impl<H: GatewayHook> Worker<H> {
     /// Forwards a frame that passed the ingress checks on segment network
@@ -47,6 +58,32 @@ impl<H: GatewayHook> Worker<H> {
                     }
                     None if from_parent => Err(DropReason::ParentNotForUs),
                     None => match seg.parent.and_then(|p| topo.port(p)) {
+                        Some(out) => {
+                            self.send(topo, out, meta, frame, tx);
+                            Ok(())
+                        }
+                        None => Err(DropReason::NoDestination),
+                    },
+                }
+            }
+            SegmentMode::IpvlanL2 => {
+                if dst.is_multicast() {
+                    return self.segment_flood(topo, port, net, meta, frame, tx);
+                }
+                let parent = seg.parent.and_then(|p| topo.port(p));
+                if from_parent && Some(dst) != port.config.mac {
+                    return Err(DropReason::ParentNotForUs);
+                }
+                let to = l3_destination(eth.ethertype(), eth.payload())
+                    .and_then(|ip| topo.segment_port(net.id, ip));
+                match to {
+                    Some(out) if out.id == port.id => Err(DropReason::Hairpin),
+                    Some(out) => {
+                        self.send(topo, out, meta, frame, tx);
+                        Ok(())
+                    }
+                    None if from_parent => Err(DropReason::ParentNotForUs),
+                    None => match parent {
                         Some(out) => {
                             self.send(topo, out, meta, frame, tx);
                             Ok(())
