@@ -213,6 +213,55 @@ fn macvlan_containers_on_the_segment() {
     assert!(d.exec_sh("c1", "cat /etc/hosts").stdout.contains(&ip1));
 }
 
+/// With two workers the parent's sockets form a fanout group (one per
+/// worker): flows from the segment spread over the workers and every
+/// frame still reaches its container once (4 MiB of TCP each way, pings).
+#[test]
+fn macvlan_with_two_workers() {
+    let w = World::new(&["--workers", "2"]);
+    let d = &w.d;
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        ROUTER,
+        "-o",
+        "parent=tnout0",
+        "m",
+    ]);
+    w.server("c1", "m");
+    d.sleeper("c2", &["m"], &[]);
+    let ip1 = d.ip_of("c1", "m");
+    ping_ok(d, "c2", ROUTER);
+    ping_ok(d, "c2", &ip1);
+    let big = sha(&w.files.0.join("big"));
+    for i in 0..3 {
+        let got = w.files.0.join(format!("got-{i}"));
+        w.other.ns.sh_ok(&format!(
+            "curl -sS --max-time 30 -o {} http://{ip1}:8080/big",
+            got.display()
+        ));
+        assert_eq!(sha(&got), big);
+        let got = w.files.0.join(format!("got-c2-{i}"));
+        let o = d.exec_sh(
+            "c2",
+            &format!(
+                "curl -sS --max-time 30 -o {} http://{ROUTER}/big",
+                got.display()
+            ),
+        );
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        assert_eq!(sha(&got), big);
+    }
+    let o = w.other.ns.sh(&format!("ping -c 5 -i 0.2 {ip1}"));
+    assert!(o.stdout.contains(" 0% packet loss"), "{}", o.stdout);
+    assert!(!o.stdout.contains("DUP"), "{}", o.stdout);
+}
+
 /// Two tapnet hosts on one segment: `tnout0` in the first daemon's
 /// namespace and `peer0` in the second's are the two ends of a veth pair
 /// (this kernel has no 802.1Q module: the other machine is a tapnet host
