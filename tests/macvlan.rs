@@ -695,3 +695,67 @@ fn ipvlan_l2_containers_share_the_parents_mac() {
     );
     assert!(!d.network_names().contains(&"bad".to_string()));
 }
+
+/// A macvlan network and its containers survive a `kill -9` of the daemon:
+/// the restarted daemon opens the parent again and the other machine
+/// reaches the same container (same address, same MAC).
+#[test]
+fn macvlan_survives_a_daemon_restart() {
+    let mut w = World::new(&[]);
+    w.d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        ROUTER,
+        "-o",
+        "parent=tnout0.7",
+        "m",
+    ]);
+    w.d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.50.0.0/24",
+        "-o",
+        "parent=tnout0",
+        "plain",
+    ]);
+    w.d.sleeper("c1", &["m"], &[]);
+    let (ip1, mac1) = (w.d.ip_of("c1", "m"), mac_of(&w.d, "c1", "m"));
+    // Traffic is checked on the untagged network (the other machine has
+    // no VLAN device); the tagged one is restored beside it.
+    w.d.sleeper("c2", &["plain"], &[]);
+    w.other.ns.sh_ok("ip addr add 10.50.0.1/24 dev eth0");
+    let ip2 = w.d.ip_of("c2", "plain");
+    retry(
+        "the other machine pings c2",
+        Duration::from_secs(10),
+        || {
+            let o = w.other.ns.sh(&format!("ping -c 1 -W 1 {ip2}"));
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
+    w.d.kill9();
+    w.d.spawn();
+    assert_eq!(w.d.ip_of("c1", "m"), ip1);
+    assert_eq!(mac_of(&w.d, "c1", "m"), mac1);
+    w.other.ns.sh_ok("ip neigh flush dev eth0");
+    retry(
+        "the other machine pings c2 again",
+        Duration::from_secs(15),
+        || {
+            let o = w.other.ns.sh(&format!("ping -c 1 -W 1 {ip2}"));
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
+    ping_ok(&w.d, "c2", "10.50.0.1");
+    // Both networks are still there, and removable (parents closed).
+    w.d.ok(&["rm", "-f", "c1", "c2"]);
+    w.d.ok(&["network", "rm", "m", "plain"]);
+}
