@@ -211,6 +211,28 @@ fn macvlan_containers_on_the_segment() {
     assert_eq!(body, "from-the-other-machine\n");
     // Containers still get /etc/hosts.
     assert!(d.exec_sh("c1", "cat /etc/hosts").stdout.contains(&ip1));
+    // The parent is a port of the network in `tapnet stats`, its
+    // counters moved both ways; a frame of the segment for no container
+    // is counted as parent_not_for_us.
+    w.other.ns.sh_ok(
+        "ip neigh replace 192.0.2.77 lladdr 02:00:00:00:00:77 dev eth0 && ping -c 2 -W 1 192.0.2.77 || true",
+    );
+    let parent = retry("the parent's drop", Duration::from_secs(10), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&d.ok(&["stats", "--network", "m", "--format", "json"])).unwrap();
+        let p = v["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"] == "parent:tnout0")
+            .cloned()
+            .ok_or(v.to_string())?;
+        (p["drops"]["parent_not_for_us"].as_u64() >= Some(2))
+            .then_some(p.clone())
+            .ok_or(p.to_string())
+    });
+    assert!(parent["rx_packets"].as_u64().unwrap() > 100, "{parent}");
+    assert!(parent["tx_packets"].as_u64().unwrap() > 100, "{parent}");
 }
 
 /// With two workers the parent's sockets form a fanout group (one per
