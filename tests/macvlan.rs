@@ -14,6 +14,7 @@
 //! Root only. Programs: ping, curl, busybox (httpd), tshark.
 
 mod ctl_support;
+mod rootless_support;
 
 use ctl_support::*;
 use std::time::Duration;
@@ -780,4 +781,26 @@ fn macvlan_survives_a_daemon_restart() {
     // Both networks are still there, and removable (parents closed).
     w.d.ok(&["rm", "-f", "c1", "c2"]);
     w.d.ok(&["network", "rm", "m", "plain"]);
+}
+
+/// Rootless: as an ordinary user, a daemon in a namespace the user does
+/// not own refuses a parent in one line (no CAP_NET_RAW there); in the
+/// user's own user and network namespace a macvlan network on a veth made
+/// there works (ping, TCP). See `tests/rootless_macvlan.sh`.
+#[test]
+fn macvlan_rootless_in_the_users_own_namespace() {
+    let run = rootless_support::run_as_user_with("macvlan", "tests/rootless_macvlan.sh", |ns| {
+        let st = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "set up the rootless namespace {ns}");
+    });
+    assert!(
+        run.status.success() && run.text.contains("ROOTLESS MACVLAN OK"),
+        "rootless script: {}\n{}\n--- trace\n{}",
+        run.status,
+        run.text,
+        std::fs::read_to_string(run.work.join("trace")).unwrap_or_default(),
+    );
 }
