@@ -530,6 +530,45 @@ fn macvlan_bad_options_are_refused() {
     );
     d.ok(&["network", "rm", "first"]);
     assert_eq!(d.network_names(), before);
+    // The MTU: the parent's by default (Docker's), never above it.
+    d.netns().sh_ok("ip link set tnout0 mtu 1400");
+    let line = d.fails(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.32.0.0/24",
+        "-o",
+        "parent=tnout0",
+        "-o",
+        "com.docker.network.driver.mtu=9000",
+        "big",
+    ]);
+    assert!(
+        line.contains("MTU 9000 is larger than parent tnout0's (1400)"),
+        "{line}"
+    );
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--subnet",
+        "10.32.0.0/24",
+        "-o",
+        "parent=tnout0",
+        "mtu",
+    ]);
+    assert_eq!(
+        d.inspect_network("mtu")["Options"]["com.docker.network.driver.mtu"],
+        "1400"
+    );
+    d.sleeper("small", &["mtu"], &[]);
+    let link = d.exec_sh("small", "ip link show eth0").stdout;
+    assert!(link.contains("mtu 1400"), "{link}");
+    d.ok(&["rm", "-f", "small"]);
+    d.ok(&["network", "rm", "mtu"]);
     // The parent's sockets are closed with the network: a new one opens.
     d.ok(&[
         "network",

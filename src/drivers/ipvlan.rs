@@ -46,7 +46,7 @@ impl NetworkDriver for Ipvlan {
         let options: Map = req.options.clone().unwrap_or_default();
         for (k, v) in &options {
             match k.as_str() {
-                OPT_PARENT => {}
+                OPT_PARENT | OPT_MTU => {}
                 OPT_IPVLAN_MODE => match v.as_str() {
                     "" | "l2" => {}
                     "l3" | "l3s" => {
@@ -64,7 +64,7 @@ impl NetworkDriver for Ipvlan {
                 _ => {
                     return Err(DriverError::UnknownOption {
                         key: k.clone(),
-                        known: [OPT_PARENT, OPT_IPVLAN_MODE, OPT_IPVLAN_FLAG].join(", "),
+                        known: [OPT_PARENT, OPT_IPVLAN_MODE, OPT_IPVLAN_FLAG, OPT_MTU].join(", "),
                     })
                 }
             }

@@ -17,8 +17,9 @@
 //! an AF_PACKET socket on the parent (`crate::sys::packet`), so only the
 //! `bridge` mode exists (`private`, `vepa` and `passthru` are refused).
 //!
-//! Options: `parent` and `macvlan_mode`; one network per parent and VLAN
-//! (Docker's rule); others are refused.
+//! Options: `parent`, `macvlan_mode` and `com.docker.network.driver.mtu`
+//! (default: the parent's MTU, as Docker's; never above it); one network
+//! per parent and VLAN (Docker's rule); others are refused.
 
 use super::{bridge, Attachment, DriverError, DriverKind, NetworkDriver, Services};
 use crate::daemon::types::{Map, NetworkCreate};
@@ -55,6 +56,12 @@ pub enum SegmentError {
     UnsupportedMacvlanMode(String),
     /// an --internal {0} network has no parent interface: drop -o parent
     InternalWithParent(DriverKind),
+    /// the MTU {mtu} is larger than parent {parent}'s ({parent_mtu})
+    MtuAboveParent {
+        mtu: u32,
+        parent: String,
+        parent_mtu: u32,
+    },
     /// requested ipvlan mode '{0}' is not valid, 'l2' mode is the ipvlan driver default
     BadIpvlanMode(String),
     /// ipvlan mode '{0}' is not supported by tapnet: only 'l2' is
@@ -134,6 +141,8 @@ pub(super) fn validate_segment(
     mut n: Network,
 ) -> Result<Network, DriverError> {
     let (pool, ipam_options) = bridge::pool_of(st, req, ipam::default_subnets())?;
+    let mut options = options.clone();
+    let mut parent_mtu = None;
     if let Some(p) = options.get(OPT_PARENT).filter(|p| !p.is_empty()) {
         if req.internal {
             return Err(SegmentError::InternalWithParent(kind).into());
@@ -141,7 +150,10 @@ pub(super) fn validate_segment(
         if p == "lo" {
             return Err(SegmentError::Loopback(kind).into());
         }
-        parse_parent(p, |name| crate::sys::packet::ifindex(name).is_ok())?;
+        let spec = parse_parent(p, |name| crate::sys::packet::ifindex(name).is_ok())?;
+        parent_mtu = crate::sys::packet::mtu(&spec.ifname)
+            .ok()
+            .map(|m| (spec.ifname, m));
         if let Some(other) = st.networks.values().find(|o| {
             matches!(o.driver, DriverKind::Macvlan | DriverKind::Ipvlan)
                 && o.options.get(OPT_PARENT) == Some(p)
@@ -153,9 +165,36 @@ pub(super) fn validate_segment(
             .into());
         }
     }
+    // Docker's: the parent's MTU unless a smaller one is asked for.
+    match (options.get(OPT_MTU), parent_mtu) {
+        (Some(v), pm) => {
+            let mtu = match v.parse::<u32>() {
+                Ok(m) if (68..=65535).contains(&m) => m,
+                _ => {
+                    return Err(DriverError::BadOption {
+                        key: OPT_MTU.into(),
+                        value: v.clone(),
+                        why: "expected an MTU between 68 and 65535",
+                    })
+                }
+            };
+            if let Some((parent, parent_mtu)) = pm.filter(|(_, p)| mtu > *p) {
+                return Err(SegmentError::MtuAboveParent {
+                    mtu,
+                    parent,
+                    parent_mtu,
+                }
+                .into());
+            }
+        }
+        (None, Some((_, m))) if (68..=65535).contains(&m) => {
+            options.insert(OPT_MTU.into(), m.to_string());
+        }
+        (None, _) => {}
+    }
     n.pools = vec![pool];
     n.ipam_options = ipam_options;
-    n.options = options.clone();
+    n.options = options;
     n.attachable = req.attachable.unwrap_or(false);
     Ok(n)
 }
@@ -196,7 +235,7 @@ impl NetworkDriver for Macvlan {
         let options: Map = req.options.clone().unwrap_or_default();
         for (k, v) in &options {
             match k.as_str() {
-                OPT_PARENT => {}
+                OPT_PARENT | OPT_MTU => {}
                 OPT_MACVLAN_MODE => match v.as_str() {
                     "" | "bridge" => {}
                     "private" | "vepa" | "passthru" => {
@@ -207,7 +246,7 @@ impl NetworkDriver for Macvlan {
                 _ => {
                     return Err(DriverError::UnknownOption {
                         key: k.clone(),
-                        known: [OPT_PARENT, OPT_MACVLAN_MODE].join(", "),
+                        known: [OPT_PARENT, OPT_MACVLAN_MODE, OPT_MTU].join(", "),
                     })
                 }
             }

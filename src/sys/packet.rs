@@ -109,9 +109,42 @@ pub fn ifindex(name: &str) -> Result<u32, PacketError> {
     Ok(i)
 }
 
+/// The MTU of interface `name` (SIOCGIFMTU) in the calling thread's
+/// network namespace.
+pub fn mtu(name: &str) -> Result<u32, PacketError> {
+    let (fd, mut req) = ifreq(name)?;
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; SIOCGIFMTU
+    // writes only into it.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU, &mut req) };
+    if r < 0 {
+        return Err(PacketError::NoInterface(name.to_string()));
+    }
+    // SAFETY: SIOCGIFMTU filled the union's `ifru_mtu` member.
+    let m = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(m.max(0) as u32)
+}
+
 /// The MAC address of interface `name` (SIOCGIFHWADDR) in the calling
 /// thread's network namespace.
 pub fn hwaddr(name: &str) -> Result<[u8; 6], PacketError> {
+    let (fd, mut req) = ifreq(name)?;
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name (checked
+    // length, zeroed rest); SIOCGIFHWADDR writes only into it.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
+    if r < 0 {
+        return Err(PacketError::NoInterface(name.to_string()));
+    }
+    // SAFETY: SIOCGIFHWADDR filled the union's `ifru_hwaddr` member.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
+}
+
+/// A datagram socket for interface ioctls and an `ifreq` naming `name`.
+fn ifreq(name: &str) -> Result<(OwnedFd, libc::ifreq), PacketError> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
         return Err(PacketError::NoInterface(name.to_string()));
     }
@@ -130,19 +163,7 @@ pub fn hwaddr(name: &str) -> Result<[u8; 6], PacketError> {
     for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *d = s as libc::c_char;
     }
-    // SAFETY: `req` is a valid ifreq with a NUL-terminated name (checked
-    // length, zeroed rest); SIOCGIFHWADDR writes only into it.
-    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) };
-    if r < 0 {
-        return Err(PacketError::NoInterface(name.to_string()));
-    }
-    // SAFETY: SIOCGIFHWADDR filled the union's `ifru_hwaddr` member.
-    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
-    let mut mac = [0u8; 6];
-    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
-        *d = *s as u8;
-    }
-    Ok(mac)
+    Ok((fd, req))
 }
 
 /// Opens `queues` sockets on interface `name` (in the calling thread's
