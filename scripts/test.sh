@@ -35,7 +35,7 @@ PACKAGES=(
   protobuf-compiler # protoc, which the etcd-client crate's build needs: the build itself
   libprotobuf-dev # protobuf's well-known .proto files, for the same build
   libpcap-dev     # libpcap, whose compiler turns capture filters into BPF: the build itself, capture
-  tshark          # reads the pcapng tapnet capture writes (interfaces, comments, flags): capture
+  tshark          # reads the pcapng tapnet capture writes (interfaces, comments, flags): capture; 802.1Q tags on the wire: macvlan
   rootlesskit     # rootless Docker (dockerd-rootless.sh) using tapnet's driver: docker (rootless)
   uidmap          # newuidmap/newgidmap, which RootlessKit needs: docker (rootless)
   slirp4netns     # RootlessKit's network (rootless Docker's own, unused by tapnet's networks): docker (rootless)

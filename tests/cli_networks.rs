@@ -314,8 +314,16 @@ fn bad_inputs_give_one_line_and_change_nothing() {
             "overlay networks need a cluster store",
         ),
         (
-            &["network", "create", "-d", "macvlan", "x"],
-            "driver macvlan is not supported yet",
+            &[
+                "network",
+                "create",
+                "-d",
+                "ipvlan",
+                "-o",
+                "ipvlan_mode=l3",
+                "x",
+            ],
+            "ipvlan mode 'l3' is not supported by tapnet",
         ),
         (&["network", "create", "a/b"], "a/b"),
         (&["network", "inspect", "nope"], "nope"),

@@ -174,6 +174,17 @@ fn dual_stack_networks_follow_dockers_ipam_rules() {
             ],
             "at least 1280",
         ),
+        (
+            vec![
+                "-d",
+                "macvlan",
+                "--ipv6",
+                "--subnet",
+                "2001:db8:79::/64",
+                "mv6",
+            ],
+            "IPv6 is not supported on macvlan networks yet",
+        ),
     ] {
         let mut a = vec!["network", "create"];
         a.extend(args.iter().copied());
@@ -302,7 +313,12 @@ fn containers_talk_ipv6_through_the_switch() {
     let f = files.0.join("six.pcapng");
     let mut cap = Command::new(BIN)
         .args(["-H", &d.host(), "capture", "--container", "s1", "-c", "2"])
-        .args(["-w", f.to_str().unwrap(), "icmp6"])
+        // Echo request and reply only (NDP is ICMPv6 too).
+        .args([
+            "-w",
+            f.to_str().unwrap(),
+            "icmp6 and (ip6[40] == 128 or ip6[40] == 129)",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -72,6 +72,7 @@ fn network(id: u16, name: &str, third: u8, dual: bool, mtu: u32) -> Network {
         ports: Vec::new(),
         max_frame: mtu as usize + 14,
         tx_sa: None,
+        segment: None,
     }
 }
 
@@ -98,6 +99,7 @@ fn fabric_mtu(forward: bool, mtu: u32) -> Fab {
         counters: Arc::new(PortCounters::new(1)),
         learned: Arc::new(AtomicU32::new(0)),
         max_macs: 1,
+        uplink: None,
     };
     Fab {
         hook,

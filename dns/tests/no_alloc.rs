@@ -129,6 +129,7 @@ fn local_answers_over_ipv6_do_not_allocate() {
         ports: Vec::new(),
         max_frame: 1514,
         tx_sa: None,
+        segment: None,
     };
     let port = Port {
         id: PortId(0),
@@ -136,6 +137,7 @@ fn local_answers_over_ipv6_do_not_allocate() {
         counters: Arc::new(PortCounters::new(1)),
         learned: Arc::new(AtomicU32::new(0)),
         max_macs: 1,
+        uplink: None,
     };
     // `svc AAAA` from me6:4000 to gw6:53, UDP checksum filled.
     let q = [

@@ -87,7 +87,8 @@ fn driver_status(e: &DriverError) -> StatusCode {
         | DriverError::OneSubnet
         | DriverError::Ingress
         | DriverError::Ipam(_)
-        | DriverError::Overlap { .. } => StatusCode::BAD_REQUEST,
+        | DriverError::Overlap { .. }
+        | DriverError::Segment(_) => StatusCode::BAD_REQUEST,
     }
 }
 

@@ -237,6 +237,8 @@ pub fn allocate_as(
             }
         },
     };
+    // A kind may fix the MAC (ipvlan: the parent's, shared by all).
+    let mac = drivers::of(&n).endpoint_mac(&n).unwrap_or(mac);
     let ep = Endpoint {
         id,
         network_id: n.id.clone(),

@@ -811,6 +811,8 @@ impl Dataplane {
     }
 }
 
+mod segment;
+
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?;
@@ -837,6 +839,9 @@ impl Transmit for TapTx<'_> {
             return Err(DropReason::TxError);
         };
         let mut hdr = [0u8; vnet::HEADER_LEN];
+        if let Some(vid) = port.uplink.and_then(|u| u.vlan) {
+            return segment::transmit_tagged(fd, vid, meta, frame);
+        }
         meta.emit(&mut hdr);
         let iov = [io::IoSlice::new(&hdr), io::IoSlice::new(frame)];
         match nix::sys::uio::writev(fd, &iov) {

@@ -53,6 +53,11 @@ pub enum DataplaneError {
         addr: SocketAddr,
         err: std::io::Error,
     },
+    /// parent {parent}: {err}
+    Parent {
+        parent: String,
+        err: crate::sys::packet::PacketError,
+    },
 }
 
 /// Operations a test may make fail ([`DataplaneConfig::faults`]).
@@ -405,6 +410,17 @@ pub struct FlowRow {
     pub idle_secs: f64,
     pub expires_secs: f64,
 }
+
+/// The parent interface of a macvlan/ipvlan network: its name in the
+/// daemon's network namespace and the 802.1Q VLAN the network's frames
+/// carry on it (`-o parent=eth0.10`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentSpec {
+    pub ifname: String,
+    pub vlan: Option<u16>,
+}
+
+pub use tapnet_switch::segment::SegmentMode;
 
 pub use imp::{Dataplane, WorkerStats};
 

@@ -27,6 +27,8 @@ use crate::state::State;
 mod bridge;
 pub mod docker;
 mod host;
+pub mod ipvlan;
+pub mod macvlan;
 mod null;
 pub mod overlay;
 
@@ -47,16 +49,22 @@ pub enum DriverKind {
     Docker,
     /// One network across the hosts of a cluster, tunnelled in VXLAN.
     Overlay,
+    /// Containers with their own MACs on a parent interface's segment.
+    Macvlan,
+    /// Containers sharing a parent interface's MAC on its segment.
+    Ipvlan,
 }
 
 impl DriverKind {
     /// Every kind, in the order error messages list them.
-    pub const ALL: [DriverKind; 5] = [
+    pub const ALL: [DriverKind; 7] = [
         DriverKind::Bridge,
         DriverKind::Host,
         DriverKind::Null,
         DriverKind::Docker,
         DriverKind::Overlay,
+        DriverKind::Macvlan,
+        DriverKind::Ipvlan,
     ];
 
     /// Docker's name of the driver.
@@ -67,6 +75,8 @@ impl DriverKind {
             DriverKind::Null => "null",
             DriverKind::Docker => "docker",
             DriverKind::Overlay => "overlay",
+            DriverKind::Macvlan => "macvlan",
+            DriverKind::Ipvlan => "ipvlan",
         }
     }
 
@@ -77,9 +87,6 @@ impl DriverKind {
         }
         if let Some(k) = DriverKind::ALL.into_iter().find(|k| k.name() == name) {
             return Ok(k);
-        }
-        if ["macvlan", "ipvlan"].contains(&name) {
-            return Err(DriverError::NotYet(name.to_string()));
         }
         Err(DriverError::Unknown(name.to_string()))
     }
@@ -140,7 +147,7 @@ pub struct Services {
 /// Errors of a driver's validation of `network create`.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
 pub enum DriverError {
-    /// network driver "{0}" not found (tapnet has bridge, overlay, host and null)
+    /// network driver "{0}" not found (tapnet has bridge, overlay, macvlan, ipvlan, host and null)
     Unknown(String),
     /// networks of driver "docker" are made by dockerd: docker network create -d tapnet
     DockerOnly,
@@ -186,6 +193,8 @@ pub enum DriverError {
     Ingress,
     /// {0}
     Ipam(#[from] IpamError),
+    /// {0}
+    Segment(#[from] macvlan::SegmentError),
     /// subnet {subnet} overlaps with network "{other}" ({theirs})
     Overlap {
         subnet: ipnet::Ipv4Net,
@@ -226,6 +235,12 @@ pub trait NetworkDriver: Sync {
         Ok(())
     }
 
+    /// The MAC every endpoint of `n` must have (ipvlan: the parent's),
+    /// if the kind fixes one.
+    fn endpoint_mac(&self, _n: &Network) -> Option<crate::model::Mac> {
+        None
+    }
+
     /// Removes the network's dataplane state.
     fn delete(&self, _dp: &Dataplane, _id: NetId) -> Result<(), DataplaneError> {
         Ok(())
@@ -258,6 +273,8 @@ pub fn driver(kind: DriverKind) -> &'static dyn NetworkDriver {
         DriverKind::Null => &null::Null,
         DriverKind::Docker => &docker::Docker,
         DriverKind::Overlay => &overlay::Overlay,
+        DriverKind::Macvlan => &macvlan::Macvlan,
+        DriverKind::Ipvlan => &ipvlan::Ipvlan,
     }
 }
 
@@ -281,10 +298,6 @@ mod tests {
             );
         }
         assert_eq!(DriverKind::parse("").unwrap(), DriverKind::Bridge);
-        assert!(matches!(
-            DriverKind::parse("macvlan"),
-            Err(DriverError::NotYet(_))
-        ));
         let e = DriverKind::parse("zz").unwrap_err();
         assert!(matches!(e, DriverError::Unknown(_)));
         assert!(e.to_string().contains("\"zz\" not found"));

@@ -10,11 +10,13 @@
 //!   routes) for the current network namespace.
 //! - [`process`]: hooks run in a forked child before `exec`.
 //! - [`udp`]: batched `recvmmsg`/`sendmmsg` for the VXLAN tunnel.
+//! - [`packet`]: AF_PACKET sockets on a macvlan/ipvlan network's parent.
 
 pub mod fdpass;
 pub mod icmp6;
 pub mod netlink;
 pub mod ns;
+pub mod packet;
 pub mod process;
 pub mod tap;
 pub mod udp;

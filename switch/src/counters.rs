@@ -101,6 +101,10 @@ drop_reasons! {
     TunnelSpoofed => "tunnel_spoofed",
     /// An offload the tunnel cannot segment in software (TCPv6 TSO, UFO).
     GsoUnsupported => "gso_unsupported",
+    /// From a macvlan/ipvlan network's parent, addressed to no endpoint of
+    /// the network (the parent is promiscuous: the segment's other
+    /// traffic).
+    ParentNotForUs => "parent_not_for_us",
 }
 
 /// Number of drop reasons.

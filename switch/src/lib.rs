@@ -10,6 +10,7 @@
 //!   [`CaptureHook`]s.
 //! - [`tunnel`], [`esp`], [`gso`]: overlay networks between hosts (VXLAN
 //!   tunnel ports, proxy ARP, ESP with AES-GCM, software segmentation).
+//! - [`segment`]: networks on a parent interface (macvlan, ipvlan).
 //! - [`mem`]: in-memory ports for tests, replay and benchmarks.
 //! - [`pcapng`]: pcapng writer and reader (with virtio-net metadata in
 //!   packet comments).
@@ -29,6 +30,7 @@ pub mod gso;
 pub mod mem;
 pub mod pcapng;
 pub mod pipeline;
+pub mod segment;
 pub mod topology;
 pub mod tunnel;
 pub mod wire;

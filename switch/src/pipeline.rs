@@ -42,6 +42,8 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 use core::sync::atomic::Ordering;
 use std::sync::Arc;
 
+mod segment;
+
 /// Where frames go out: implemented by the I/O edge (TAP queues) and by
 /// in-memory ports.
 pub trait Transmit {
@@ -309,6 +311,11 @@ impl<H: GatewayHook> Worker<H> {
         let from_tunnel = port.is_tunnel();
         if from_tunnel {
             crate::tunnel::check_remote(topo, port, src, ethertype, eth.payload())?;
+        }
+
+        // A network on a parent interface: no learning, no gateway.
+        if let Some(seg) = net.segment {
+            return self.forward_segment(cx, port, net, seg, meta, frame, tx);
         }
 
         self.learn(cx, port, net, src)?;

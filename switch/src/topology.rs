@@ -215,6 +215,9 @@ pub struct Network {
     pub max_frame: usize,
     /// The ESP key this host sends with (encrypted overlays).
     pub tx_sa: Option<Arc<Sa>>,
+    /// A network on a parent interface (macvlan/ipvlan): see
+    /// [`crate::segment`].
+    pub segment: Option<crate::segment::Segment>,
 }
 
 /// A port in the snapshot. `counters` and `learned` are shared by all
@@ -227,6 +230,8 @@ pub struct Port {
     /// MACs this port has in the FDB (exact after each aging pass).
     pub learned: Arc<AtomicU32>,
     pub max_macs: u32,
+    /// A segment network's parent port (see [`crate::segment`]).
+    pub uplink: Option<crate::segment::Uplink>,
 }
 
 impl Port {
@@ -272,6 +277,9 @@ pub struct Topology {
     pub(crate) remote_ips: FastMap<(NetworkId, Ipv4Addr), EthernetAddress>,
     /// ESP keys by SPI (receive).
     pub(crate) spis: FastMap<u32, crate::tunnel::SaEntry>,
+    /// Endpoints of ipvlan networks by network and address (they share
+    /// the parent's MAC).
+    pub(crate) segment_ips: FastMap<(NetworkId, Ipv4Addr), PortId>,
 }
 
 impl Topology {
@@ -319,6 +327,11 @@ impl Topology {
     #[inline]
     pub fn remote(&self, net: NetworkId, mac: EthernetAddress) -> Option<&Remote> {
         self.remotes.get(&crate::fdb::key(net.0, mac))
+    }
+    /// The endpoint with address `ip` on ipvlan network `net`.
+    #[inline]
+    pub fn segment_port(&self, net: NetworkId, ip: Ipv4Addr) -> Option<&Port> {
+        self.port(*self.segment_ips.get(&(net, ip))?)
     }
     /// The MAC of another host's endpoint with address `ip` on `net`.
     #[inline]
@@ -439,6 +452,7 @@ impl Switch {
                 config,
                 ports: Vec::new(),
                 tx_sa: None,
+                segment: None,
             });
             Ok(id)
         })
@@ -519,7 +533,16 @@ impl Switch {
                 .and_then(Option::as_mut)
                 .ok_or(ConfigError::NoSuchNetwork)?;
             // (On error nothing is stored: `update` drops the copy.)
-            if let (Some(mac), Some(_)) = (config.mac, config.ip) {
+            let by_ip = net
+                .segment
+                .is_some_and(|s| s.mode == crate::segment::SegmentMode::IpvlanL2);
+            if let (true, Some(ip)) = (by_ip, config.ip) {
+                if t.segment_ips.insert((config.network, ip), id).is_some() {
+                    return Err(ConfigError::Invalid(format!(
+                        "address {ip} is already assigned to another port of this network"
+                    )));
+                }
+            } else if let (Some(mac), Some(_)) = (config.mac, config.ip) {
                 let key = crate::fdb::key(config.network.0, mac);
                 if t.assigned.contains_key(&key) {
                     return Err(ConfigError::Invalid(format!(
@@ -550,6 +573,7 @@ impl Switch {
                 counters: Arc::new(PortCounters::new(workers)),
                 learned: Arc::new(AtomicU32::new(0)),
                 max_macs,
+                uplink: None,
             }));
             Ok(id)
         }
@@ -570,6 +594,14 @@ impl Switch {
                 .ok_or(ConfigError::NoSuchPort)?;
             if let Some(n) = t.networks[usize::from(p.network().0)].as_mut() {
                 n.ports.retain(|&q| q != id);
+                if let Some(s) = n.segment.as_mut().filter(|s| s.parent == Some(id)) {
+                    s.parent = None;
+                }
+            }
+            if let Some(ip) = p.config.ip {
+                if t.segment_ips.get(&(p.network(), ip)) == Some(&id) {
+                    t.segment_ips.remove(&(p.network(), ip));
+                }
             }
             if let Some(mac) = p.config.mac {
                 let key = crate::fdb::key(p.network().0, mac);

@@ -173,7 +173,12 @@ impl Daemon {
                 c
             }
         };
-        cmd.args(["daemon", "--workers", "1", "--root"])
+        cmd.arg("daemon");
+        // One worker unless the test asks for more.
+        if !self.extra.iter().any(|a| a == "--workers") {
+            cmd.args(["--workers", "1"]);
+        }
+        cmd.arg("--root")
             .arg(&self.root)
             .arg("-H")
             .arg(format!("unix://{}", self.socket.display()));

@@ -1,0 +1,148 @@
+//! Networks on a parent interface (Docker's macvlan and ipvlan): the
+//! network's endpoints sit directly on a physical segment, reached through
+//! one *parent port* (an AF_PACKET socket on the parent interface at the
+//! I/O edge), and the segment's own router is their gateway.
+//!
+//! What differs from a bridge network, in the pipeline
+//! (`pipeline::segment`):
+//! - no gateway services: no ARP/ping answers for the gateway, no DNS, no
+//!   NAT; ARP for the gateway goes out the parent like any other frame;
+//! - no MAC learning: endpoints' MACs are assigned (spoof-checked ports),
+//!   everything else lives behind the parent;
+//! - from an endpoint: to another endpoint's MAC locally, anything else
+//!   (unicast) out the parent, broadcast and multicast to both;
+//! - from the parent: to the endpoint with the frame's destination MAC,
+//!   broadcast and multicast to every endpoint; frames for other MACs
+//!   (the parent is promiscuous) are dropped as `parent_not_for_us`, and
+//!   frames claiming an endpoint's MAC as source as `mac_taken`.
+//!
+//! ipvlan (`l2`): endpoints share the parent's MAC, so the switch maps by
+//! address instead: unicast from the parent must be addressed to the
+//! parent's MAC and goes to the endpoint holding the IPv4 destination (or
+//! the ARP target); unicast from an endpoint goes to the endpoint holding
+//! its destination address, else out the parent.
+//!
+//! A parent port may carry one 802.1Q VLAN ([`Uplink::vlan`]): the edge
+//! pushes the tag on egress and only accepts frames of that VLAN (tag
+//! removed) on ingress, so two networks on different VLANs of one parent
+//! never see each other's frames.
+
+use crate::topology::{ConfigError, NetworkId, PortConfig, PortId, Switch};
+use crate::wire::EthernetAddress;
+
+/// How a segment network maps frames to endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SegmentMode {
+    /// macvlan `bridge` mode: each endpoint has its own MAC on the
+    /// segment; endpoints reach each other locally.
+    Macvlan,
+    /// ipvlan `l2` mode: every endpoint has the parent's MAC; frames are
+    /// mapped to endpoints by IPv4 address (ARP by its target address);
+    /// ARP requests from the segment reach every endpoint, so the one
+    /// with the address answers, with the parent's MAC.
+    IpvlanL2,
+}
+
+/// A network's segment state in the snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub mode: SegmentMode,
+    /// The parent port, once added (`None`: an `--internal` network, or
+    /// not yet).
+    pub parent: Option<PortId>,
+}
+
+/// A parent port's settings, for the I/O edge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uplink {
+    /// The 802.1Q VLAN id (1-4094) the port's frames carry on the wire;
+    /// `None`: untagged.
+    pub vlan: Option<u16>,
+}
+
+impl Switch {
+    /// Makes network `net` a segment network (see the module doc). Its
+    /// ports added so far keep working; a segment network cannot become a
+    /// bridge again (remove and re-add it).
+    pub fn set_segment(&self, net: NetworkId, mode: SegmentMode) -> Result<(), ConfigError> {
+        self.update(|t| {
+            let n = t.networks_mut(net).ok_or(ConfigError::NoSuchNetwork)?;
+            match &mut n.segment {
+                Some(s) => s.mode = mode,
+                None => n.segment = Some(Segment { mode, parent: None }),
+            }
+            Ok(())
+        })
+    }
+
+    /// Adds the parent port of segment network `net` (an unchecked port:
+    /// any source MAC and address), tagged with `vlan` on the wire. `mac`
+    /// is the parent's own MAC (ipvlan: the endpoints').
+    pub fn add_parent_port(
+        &self,
+        net: NetworkId,
+        name: &str,
+        vlan: Option<u16>,
+        mac: Option<EthernetAddress>,
+    ) -> Result<PortId, ConfigError> {
+        if let Some(v) = vlan {
+            if !(1..=4094).contains(&v) {
+                return Err(ConfigError::Invalid(format!("VLAN id {v} outside 1..4094")));
+            }
+        }
+        self.update(|t| {
+            let seg = t
+                .network(net)
+                .ok_or(ConfigError::NoSuchNetwork)?
+                .segment
+                .ok_or_else(|| ConfigError::Invalid("not a segment network".into()))?;
+            if seg.parent.is_some() {
+                return Err(ConfigError::Invalid(
+                    "the network already has a parent port".into(),
+                ));
+            }
+            let mut config = PortConfig::unchecked(name, net);
+            config.mac = mac;
+            let id = self.add_port_in(t, config)?;
+            if let Some(p) = t.port_mut(id) {
+                p.uplink = Some(Uplink { vlan });
+            }
+            if let Some(s) = t.networks_mut(net).and_then(|n| n.segment.as_mut()) {
+                s.parent = Some(id);
+            }
+            Ok(id)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::{NetworkConfig, SwitchConfig};
+    use core::net::Ipv4Addr;
+
+    #[test]
+    fn parent_port() {
+        let sw = Switch::new(SwitchConfig::default());
+        let net = sw
+            .add_network(NetworkConfig::new(
+                "m",
+                Ipv4Addr::new(192, 0, 2, 0),
+                24,
+                Ipv4Addr::new(192, 0, 2, 1),
+            ))
+            .unwrap();
+        assert!(sw.add_parent_port(net, "p", None, None).is_err());
+        sw.set_segment(net, SegmentMode::Macvlan).unwrap();
+        assert!(sw.add_parent_port(net, "p", Some(4095), None).is_err());
+        let p = sw.add_parent_port(net, "p", Some(10), None).unwrap();
+        assert!(sw.add_parent_port(net, "p2", None, None).is_err());
+        let t = sw.topology();
+        assert_eq!(t.network(net).unwrap().segment.unwrap().parent, Some(p));
+        assert_eq!(t.port(p).unwrap().uplink, Some(Uplink { vlan: Some(10) }));
+        sw.remove_port(p).unwrap();
+        let t = sw.topology();
+        assert_eq!(t.network(net).unwrap().segment.unwrap().parent, None);
+        sw.remove_network(net).unwrap();
+    }
+}

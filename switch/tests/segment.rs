@@ -1,0 +1,162 @@
+//! Networks on a parent interface (macvlan, ipvlan l2) driven through
+//! in-memory ports: where each frame goes, and the counter of each drop.
+
+use std::net::Ipv4Addr;
+use tapnet_switch::build::{self, mac};
+use tapnet_switch::mem::{MemSwitch, Sent};
+use tapnet_switch::segment::SegmentMode;
+use tapnet_switch::wire::{EthernetAddress, VnetHdr};
+use tapnet_switch::*;
+
+fn ip(d: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, d)
+}
+
+/// The router on the segment, behind the parent.
+const ROUTER: u8 = 1;
+
+struct Seg {
+    m: MemSwitch,
+    parent: PortId,
+    a: PortId,
+    b: PortId,
+    /// The parent's MAC (ipvlan: the endpoints' too).
+    pmac: EthernetAddress,
+}
+
+/// Endpoints a (.10) and b (.11) and a parent port.
+fn segment(mode: SegmentMode) -> Seg {
+    let m = MemSwitch::new(SwitchConfig::default());
+    let net = m
+        .switch
+        .add_network(NetworkConfig::new("seg", ip(0), 24, ip(ROUTER)))
+        .unwrap();
+    m.switch.set_segment(net, mode).unwrap();
+    let pmac = mac(100);
+    let parent = m
+        .switch
+        .add_parent_port(net, "parent:eth0", None, Some(pmac))
+        .unwrap();
+    let emac = |i: u8| match mode {
+        SegmentMode::Macvlan => mac(u32::from(i)),
+        SegmentMode::IpvlanL2 => pmac,
+    };
+    let p = |n: &str, i: u8| {
+        m.switch
+            .add_port(PortConfig::endpoint(n, net, emac(i), ip(i)))
+            .unwrap()
+    };
+    let (a, b) = (p("a", 10), p("b", 11));
+    Seg {
+        m,
+        parent,
+        a,
+        b,
+        pmac,
+    }
+}
+
+fn udp(src_mac: EthernetAddress, dst_mac: EthernetAddress, from: u8, to: u8) -> Vec<u8> {
+    build::udp(dst_mac, src_mac, (ip(from), 1000), (ip(to), 2000), b"hi")
+}
+
+fn ports(sent: &[Sent]) -> Vec<PortId> {
+    sent.iter().map(|s| s.port).collect()
+}
+
+fn drops(s: &Seg, p: PortId, r: DropReason) -> u64 {
+    s.m.switch.port_stats(p).unwrap().drop_count(r)
+}
+
+fn inject(s: &mut Seg, port: PortId, frame: &[u8]) -> Vec<PortId> {
+    ports(&s.m.inject(0, port, VnetHdr::default(), frame))
+}
+
+#[test]
+fn macvlan_rules() {
+    let mut s = segment(SegmentMode::Macvlan);
+    let (a, b, parent) = (s.a, s.b, s.parent);
+    let router = mac(1);
+    // Endpoint to endpoint: locally, never out the parent.
+    assert_eq!(inject(&mut s, a, &udp(mac(10), mac(11), 10, 11)), vec![b]);
+    // Endpoint to any other MAC (the router): out the parent only.
+    let f = udp(mac(10), router, 10, 99);
+    assert_eq!(inject(&mut s, a, &f), vec![parent]);
+    // ARP for the gateway is not answered by tapnet: it is broadcast to
+    // the parent and the other endpoint.
+    let arp = build::arp_request(mac(10), ip(10), ip(ROUTER));
+    let mut out = inject(&mut s, a, &arp);
+    out.sort();
+    assert_eq!(out, vec![parent, b]);
+    // From the parent: to the endpoint with that MAC, broadcast to all.
+    assert_eq!(
+        inject(&mut s, parent, &udp(router, mac(11), 1, 11)),
+        vec![b]
+    );
+    let arp = build::arp_request(router, ip(1), ip(10));
+    assert_eq!(inject(&mut s, parent, &arp), vec![a, b]);
+    // Other MACs of the segment: dropped, counted.
+    assert!(inject(&mut s, parent, &udp(router, mac(77), 1, 77)).is_empty());
+    assert_eq!(drops(&s, parent, DropReason::ParentNotForUs), 1);
+    // The segment claiming an endpoint's MAC: dropped, counted.
+    assert!(inject(&mut s, parent, &udp(mac(10), mac(11), 10, 11)).is_empty());
+    assert_eq!(drops(&s, parent, DropReason::MacTaken), 1);
+    // Endpoints stay spoof-checked.
+    assert!(inject(&mut s, a, &udp(mac(10), mac(11), 12, 11)).is_empty());
+    assert_eq!(drops(&s, a, DropReason::SpoofedIp), 1);
+    // Nothing was learned from the parent's traffic.
+    assert_eq!(s.m.switch.fdb_lookup(NetworkId(0), router, 0), None);
+}
+
+#[test]
+fn ipvlan_l2_rules() {
+    let mut s = segment(SegmentMode::IpvlanL2);
+    let (a, b, parent, pmac) = (s.a, s.b, s.parent, s.pmac);
+    let router = mac(1);
+    // Endpoints share the parent's MAC: told apart by address.
+    assert_eq!(inject(&mut s, a, &udp(pmac, pmac, 10, 11)), vec![b]);
+    assert_eq!(inject(&mut s, parent, &udp(router, pmac, 1, 10)), vec![a]);
+    assert_eq!(inject(&mut s, parent, &udp(router, pmac, 1, 11)), vec![b]);
+    // ARP from the segment for an endpoint reaches the endpoints (the one
+    // with the address answers with the parent's MAC); the answer goes
+    // back out the parent.
+    let arp = build::arp_request(router, ip(1), ip(11));
+    assert_eq!(inject(&mut s, parent, &arp), vec![a, b]);
+    let f = udp(pmac, router, 11, 1);
+    assert_eq!(inject(&mut s, b, &f), vec![parent]);
+    // To the parent's MAC but no endpoint's address (the host itself),
+    // or to another MAC: dropped, counted.
+    assert!(inject(&mut s, parent, &udp(router, pmac, 1, 50)).is_empty());
+    assert!(inject(&mut s, parent, &udp(router, mac(77), 1, 10)).is_empty());
+    assert_eq!(drops(&s, parent, DropReason::ParentNotForUs), 2);
+    // An endpoint may not use another's address.
+    assert!(inject(&mut s, a, &udp(pmac, router, 11, 1)).is_empty());
+    assert_eq!(drops(&s, a, DropReason::SpoofedIp), 1);
+}
+
+#[test]
+fn internal_segment_has_no_way_out() {
+    let m = MemSwitch::new(SwitchConfig::default());
+    let net = m
+        .switch
+        .add_network(NetworkConfig::new("seg", ip(0), 24, ip(ROUTER)))
+        .unwrap();
+    m.switch.set_segment(net, SegmentMode::Macvlan).unwrap();
+    let a = m
+        .switch
+        .add_port(PortConfig::endpoint("a", net, mac(10), ip(10)))
+        .unwrap();
+    let mut s = Seg {
+        m,
+        parent: a,
+        a,
+        b: a,
+        pmac: mac(100),
+    };
+    assert!(inject(&mut s, a, &udp(mac(10), mac(1), 10, 1)).is_empty());
+    assert_eq!(drops(&s, a, DropReason::NoDestination), 1);
+    // No gateway answers either.
+    let arp = build::arp_request(mac(10), ip(10), ip(ROUTER));
+    assert!(inject(&mut s, a, &arp).is_empty());
+    assert_eq!(drops(&s, a, DropReason::NoDestination), 2);
+}
