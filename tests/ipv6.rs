@@ -177,13 +177,17 @@ fn dual_stack_networks_follow_dockers_ipam_rules() {
         (
             vec![
                 "-d",
-                "macvlan",
+                "ipvlan",
                 "--ipv6",
                 "--subnet",
                 "2001:db8:79::/64",
-                "mv6",
+                "iv6",
             ],
-            "IPv6 is not supported on macvlan networks yet",
+            "IPv6 is not supported on ipvlan networks yet",
+        ),
+        (
+            vec!["-d", "macvlan", "--ipv6", "mv6"],
+            "needs the segment's IPv6 --subnet",
         ),
     ] {
         let mut a = vec!["network", "create"];

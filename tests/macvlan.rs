@@ -843,3 +843,61 @@ fn macvlan_rootless_in_the_users_own_namespace() {
         std::fs::read_to_string(run.work.join("trace")).unwrap_or_default(),
     );
 }
+
+/// A dual-stack macvlan network: containers get their IPv6 address of the
+/// segment's prefix and a default route via the segment's IPv6 router;
+/// Neighbor Discovery with the other machine passes through the parent.
+#[test]
+fn macvlan_dual_stack() {
+    let w = World::new(&[]);
+    w.other
+        .ns
+        .sh_ok("ip addr add 2001:db8:c0::1/64 dev eth0 nodad");
+    w.d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--ipv6",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        ROUTER,
+        "--subnet",
+        "2001:db8:c0::/64",
+        "--gateway",
+        "2001:db8:c0::1",
+        "-o",
+        "parent=tnout0",
+        "mv6",
+    ]);
+    w.d.sleeper("m6", &["mv6"], &["--ip6", "2001:db8:c0::20"]);
+    w.d.sleeper("m7", &["mv6"], &[]);
+    let routes = w.d.exec_sh("m6", "ip -6 route").stdout;
+    assert!(
+        routes.contains("default via 2001:db8:c0::1 dev eth0"),
+        "{routes}"
+    );
+    let ping6 = |c: &str, to: &str| {
+        retry(
+            &format!("ping -6 {to} from {c}"),
+            Duration::from_secs(15),
+            || {
+                let o = w.d.exec_sh(c, &format!("ping -6 -c 1 -W 1 {to}"));
+                (o.code == 0)
+                    .then_some(())
+                    .ok_or(format!("{}{}", o.stdout, o.stderr))
+            },
+        )
+    };
+    ping6("m6", "2001:db8:c0::1");
+    let m7 = w.d.inspect_container("m7")["NetworkSettings"]["Networks"]["mv6"]["GlobalIPv6Address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ping6("m6", &m7);
+    // The other machine reaches the container, and knows its own MAC.
+    w.other.ns.sh_ok("ping -6 -c 1 -W 2 2001:db8:c0::20");
+    let neigh = w.other.ns.sh_ok("ip -6 neigh show 2001:db8:c0::20");
+    assert!(neigh.contains(&mac_of(&w.d, "m6", "mv6")), "{neigh}");
+}

@@ -80,6 +80,7 @@ fn driver_status(e: &DriverError) -> StatusCode {
         | DriverError::IpamDriver(_)
         | DriverError::Ipv6(_)
         | DriverError::Ipv6NotEnabled(_)
+        | DriverError::Ipv6SubnetNeeded(_)
         | DriverError::OneSubnet6
         | DriverError::Ipv6Mtu(_)
         | DriverError::Ipam6(_)

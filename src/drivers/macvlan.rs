@@ -140,9 +140,17 @@ pub(super) fn validate_segment(
     options: &Map,
     mut n: Network,
 ) -> Result<Network, DriverError> {
-    if n.enable_ipv6 || bridge::ipv6_configs(req).next().is_some() {
+    // ipvlan maps its containers by IPv4 address only; macvlan switches by
+    // MAC, so IPv6 (and the segment's own Neighbor Discovery and router)
+    // works as IPv4 does, with the segment's subnet given.
+    let v6_asked = n.enable_ipv6 || bridge::ipv6_configs(req).next().is_some();
+    if v6_asked && kind == DriverKind::Ipvlan {
         return Err(DriverError::Ipv6(kind.name()));
     }
+    if n.enable_ipv6 && bridge::ipv6_configs(req).next().is_none() {
+        return Err(DriverError::Ipv6SubnetNeeded(kind.name()));
+    }
+    let pool6 = bridge::pool6_of(st, req, n.enable_ipv6, &n.id)?;
     let (pool, ipam_options) = bridge::pool_of(st, req, ipam::default_subnets())?;
     let mut options = options.clone();
     let mut parent_mtu = None;
@@ -196,6 +204,7 @@ pub(super) fn validate_segment(
         (None, _) => {}
     }
     n.pools = vec![pool];
+    n.pools6 = pool6.into_iter().collect();
     n.ipam_options = ipam_options;
     n.options = options;
     n.attachable = req.attachable.unwrap_or(false);

@@ -173,6 +173,8 @@ pub enum DriverError {
     IpamDriver(String),
     /// IPv6 is not supported on {0} networks yet
     Ipv6(&'static str),
+    /// --ipv6 on a {0} network needs the segment's IPv6 --subnet (its router's prefix)
+    Ipv6SubnetNeeded(&'static str),
     /// IPv6 subnet {0} given, but IPv6 is not enabled on the network: add --ipv6
     Ipv6NotEnabled(String),
     /// only one IPv4 subnet per network is supported
