@@ -367,6 +367,15 @@ fn parse_v6(n: &NetworkSection) -> anyhow::Result<Option<Ipv6Config>> {
 
 /// Replays `input` (pcapng) through a switch built from `topo`.
 pub fn replay(topo: &Topology, input: &[u8]) -> anyhow::Result<Vec<u8>> {
+    Ok(replay_in(topo, input)?.0)
+}
+
+/// [`replay`], also handing back the switch (for its counters) and the
+/// port ids by name.
+fn replay_in(
+    topo: &Topology,
+    input: &[u8],
+) -> anyhow::Result<(Vec<u8>, MemSwitch, HashMap<String, PortId>)> {
     let mut sw = MemSwitch::new(topo.switch.clone());
     let mut net_ids = Vec::new();
     for n in &topo.networks {
@@ -435,7 +444,11 @@ pub fn replay(topo: &Topology, input: &[u8]) -> anyhow::Result<Vec<u8>> {
             writer.write_frame(iface, pkt.timestamp_ns, &sent.meta, &sent.frame)?;
         }
     }
-    Ok(writer.into_inner()?)
+    let ids = by_name
+        .into_iter()
+        .map(|(n, id)| (n.to_string(), id))
+        .collect();
+    Ok((writer.into_inner()?, sw, ids))
 }
 
 #[cfg(test)]
@@ -666,6 +679,32 @@ ip = "10.0.0.3"
             .collect();
         assert_eq!(names, ["a", "up"]);
         assert!(out.packets.is_empty());
+    }
+
+    /// The pcapng fixtures cannot record why a frame was dropped: the
+    /// IPv6 ones are checked here for their drop reasons.
+    #[test]
+    fn ipv6_fixtures_drop_for_the_stated_reasons() {
+        use tapnet_switch::DropReason::{IccDisabled, SpoofedIp, SpoofedNd};
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcap-fixtures");
+        let cases = [
+            ("ipv6-spoofing", "a", vec![(SpoofedIp, 4), (SpoofedNd, 3)]),
+            ("ipv6-icc-off", "a", vec![(IccDisabled, 2)]),
+            ("ipv6-icc-off", "b", vec![(IccDisabled, 2)]),
+        ];
+        for (dir, port, want) in cases {
+            let topo = std::fs::read_to_string(root.join(dir).join("topology.toml")).unwrap();
+            let input = std::fs::read(root.join(dir).join("in.pcapng")).unwrap();
+            let (_, sw, ids) = replay_in(&parse_topology(&topo).unwrap(), &input).unwrap();
+            let stats = sw.switch.port_stats(ids[port]).unwrap();
+            for (reason, n) in want {
+                assert_eq!(
+                    stats.drop_count(reason),
+                    n,
+                    "{dir}, port {port}: {reason:?}"
+                );
+            }
+        }
     }
 
     #[test]
