@@ -11,14 +11,15 @@
 //! `expected.pcapng` and a one-line `README`.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use tapnet_switch::build;
-use tapnet_switch::gateway_mac;
 use tapnet_switch::pcapng::Writer;
 use tapnet_switch::wire::arp::ArpOp;
+use tapnet_switch::wire::ipv6::{icmpv6, multicast_mac, solicited_node};
 use tapnet_switch::wire::vnet::{F_NEEDS_CSUM, GSO_TCPV4};
 use tapnet_switch::wire::{ipv4, EtherType, EthernetAddress, VnetHdr};
+use tapnet_switch::{gateway_link_local, gateway_mac};
 
 // ------------------------------------------------------------ the model
 
@@ -28,6 +29,8 @@ struct Net {
     gateway: Ipv4Addr,
     icc: bool,
     mtu: u32,
+    /// `subnet6` and, if written out, `gateway6` (else the subnet's ::1).
+    v6: Option<(&'static str, Option<Ipv6Addr>)>,
 }
 
 struct Port {
@@ -35,6 +38,8 @@ struct Port {
     network: &'static str,
     /// `Some` for a spoof-checked endpoint, `None` for an unchecked port.
     addr: Option<(EthernetAddress, Ipv4Addr)>,
+    /// The endpoint's IPv6 address (`addr` must be `Some`).
+    ip6: Option<Ipv6Addr>,
     max_macs: Option<u32>,
 }
 
@@ -81,6 +86,7 @@ fn net(name: &'static str, subnet: &'static str, gateway: [u8; 4]) -> Net {
         gateway: gateway.into(),
         icc: true,
         mtu: 1500,
+        v6: None,
     }
 }
 
@@ -89,6 +95,7 @@ fn endpoint(name: &'static str, network: &'static str, ep: Ep) -> Port {
         name,
         network,
         addr: Some((ep.mac, ep.ip)),
+        ip6: None,
         max_macs: None,
     }
 }
@@ -98,6 +105,7 @@ fn unchecked(name: &'static str, network: &'static str) -> Port {
         name,
         network,
         addr: None,
+        ip6: None,
         max_macs: None,
     }
 }
@@ -686,6 +694,242 @@ fn mac_limit() -> Case {
     }
 }
 
+// ------------------------------------------------------------------ IPv6
+
+// "front" is dual-stack in these cases: 2001:db8:1::/64, gateway ::1 (and
+// the link-local fe80::42:aff:fe01:1 of its MAC 02:42:0a:01:00:01);
+// endpoints a, b, c get ::a, ::b, ::c beside their IPv4 addresses.
+const SUBNET6: &str = "2001:db8:1::/64";
+
+fn ip6(d: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, d)
+}
+
+/// The gateway's global IPv6 address.
+fn gw6() -> Ipv6Addr {
+    ip6(1)
+}
+
+/// The gateway's link-local address.
+fn gw_ll() -> Ipv6Addr {
+    gateway_link_local(gw_front().mac)
+}
+
+/// An endpoint's global IPv6 address (its IPv4 address's last byte: a = ::a).
+fn v6(e: Ep) -> Ipv6Addr {
+    ip6(u16::from(e.ip.octets()[3]))
+}
+
+/// An endpoint's link-local address (EUI-64 of its MAC).
+fn ll(e: Ep) -> Ipv6Addr {
+    gateway_link_local(e.mac)
+}
+
+fn front6(icc: bool, gateway6: Option<Ipv6Addr>) -> Net {
+    let mut n = front();
+    n.icc = icc;
+    n.v6 = Some((SUBNET6, gateway6));
+    n
+}
+
+fn endpoint6(name: &'static str, e: Ep) -> Port {
+    let mut p = endpoint(name, "front", e);
+    p.ip6 = Some(v6(e));
+    p
+}
+
+/// A UDP datagram over IPv6 `src` → `dst` between `from`'s and `to`'s MACs.
+fn udp6(from: Ep, src: Ipv6Addr, to: Ep, dst: Ipv6Addr, data: &[u8]) -> Vec<u8> {
+    build::udp6(to.mac, from.mac, (src, 5000), (dst, 6000), data)
+}
+
+/// A Neighbor Solicitation from `from` (source `src`) for `target`.
+fn ns(from: Ep, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    build::neighbor_solicit(from.mac, src, target)
+}
+
+/// The same solicitation with a source link-layer address option that is
+/// not the sender's.
+fn ns_lladdr(from: Ep, src: Ipv6Addr, target: Ipv6Addr, lladdr: EthernetAddress) -> Vec<u8> {
+    let mut m = vec![icmpv6::NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    m.extend_from_slice(&[icmpv6::OPT_SOURCE_LLADDR, 1]);
+    m.extend_from_slice(&lladdr.0);
+    let group = solicited_node(target);
+    build::ipv6(
+        EthernetAddress(multicast_mac(group)),
+        from.mac,
+        src,
+        group,
+        58,
+        255,
+        &m,
+        Some(2),
+    )
+}
+
+/// A Neighbor Advertisement (RFC 4861 4.4) written out field by field:
+/// `target` is at `lladdr`, from `src_mac`/`src` to `dst_mac`/`dst`.
+#[allow(clippy::too_many_arguments)]
+fn na(
+    dst_mac: EthernetAddress,
+    src_mac: EthernetAddress,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    flags: u8,
+    target: Ipv6Addr,
+    lladdr: EthernetAddress,
+) -> Vec<u8> {
+    let mut m = vec![icmpv6::NEIGHBOR_ADVERT, 0, 0, 0, flags, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    m.extend_from_slice(&[icmpv6::OPT_TARGET_LLADDR, 1]);
+    m.extend_from_slice(&lladdr.0);
+    build::ipv6(dst_mac, src_mac, src, dst, 58, 255, &m, Some(2))
+}
+
+/// The gateway's answer to `to`'s solicitation (from `src`) for its address
+/// `target`: router, solicited and override to the solicitor; for duplicate
+/// address detection (`src` = `::`), router and override to all nodes.
+fn gw_na(to: Ep, src: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let r_o = icmpv6::NA_ROUTER | icmpv6::NA_OVERRIDE;
+    let gw = gw_front().mac;
+    if src.is_unspecified() {
+        let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let mac = EthernetAddress(multicast_mac(all));
+        na(mac, gw, target, all, r_o, target, gw)
+    } else {
+        let flags = r_o | icmpv6::NA_SOLICITED;
+        na(to.mac, gw, target, src, flags, target, gw)
+    }
+}
+
+/// An endpoint's own solicited advertisement to `to`.
+fn own_na(from: Ep, to: Ep) -> Vec<u8> {
+    na(
+        to.mac,
+        from.mac,
+        v6(from),
+        v6(to),
+        icmpv6::NA_SOLICITED | icmpv6::NA_OVERRIDE,
+        v6(from),
+        from.mac,
+    )
+}
+
+fn ping6(from: Ep, src: Ipv6Addr, dst_mac: EthernetAddress, dst: Ipv6Addr, seq: u16) -> Vec<u8> {
+    build::icmpv6_echo(false, dst_mac, from.mac, src, dst, 0x1234, seq, PING_DATA)
+}
+
+fn pong6(src: Ipv6Addr, to: Ep, dst: Ipv6Addr, seq: u16) -> Vec<u8> {
+    let gw = gw_front().mac;
+    build::icmpv6_echo(true, to.mac, gw, src, dst, 0x1234, seq, PING_DATA)
+}
+
+fn ipv6_ndp_gateway() -> Case {
+    let gw = gw_front().mac;
+    let un = Ipv6Addr::UNSPECIFIED;
+    Case {
+        dir: "ipv6-ndp-gateway",
+        readme: "Dual-stack network: the switch answers NS for the gateway's global and link-local addresses (NA flags R|S|O to the solicitor; DAD of the gateway's address answered R|O to ff02::1) and echo to both; an endpoint's DAD and NS for another endpoint are flooded; IPv6 unicast between endpoints goes only to the learned port.",
+        switch: None,
+        nets: vec![front6(true, Some(gw6()))],
+        ports: vec![endpoint6("a", a()), endpoint6("b", b()), endpoint6("c", c())],
+        input: vec![
+            on("a", at(0), ns(a(), v6(a()), gw6())),
+            on("a", at(1), ns(a(), ll(a()), gw_ll())),
+            on("b", at(2), ns(b(), un, gw6())),
+            on("b", at(3), ns(b(), un, v6(b()))),
+            on("a", at(4), ping6(a(), v6(a()), gw, gw6(), 1)),
+            on("a", at(5), ping6(a(), ll(a()), gw, gw_ll(), 2)),
+            on("a", at(6), ns(a(), v6(a()), v6(b()))),
+            on("b", at(7), own_na(b(), a())),
+            on("a", at(8), udp6(a(), v6(a()), b(), v6(b()), b"to b over IPv6")),
+            on("b", at(9), udp6(b(), ll(b()), a(), ll(a()), b"to a, link-local")),
+        ],
+        expected: vec![
+            on("a", at(0), gw_na(a(), v6(a()), gw6())),
+            on("a", at(1), gw_na(a(), ll(a()), gw_ll())),
+            on("b", at(2), gw_na(b(), un, gw6())),
+            on("a", at(3), ns(b(), un, v6(b()))),
+            on("c", at(3), ns(b(), un, v6(b()))),
+            on("a", at(4), pong6(gw6(), a(), v6(a()), 1)),
+            on("a", at(5), pong6(gw_ll(), a(), ll(a()), 2)),
+            on("b", at(6), ns(a(), v6(a()), v6(b()))),
+            on("c", at(6), ns(a(), v6(a()), v6(b()))),
+            on("a", at(7), own_na(b(), a())),
+            on("b", at(8), udp6(a(), v6(a()), b(), v6(b()), b"to b over IPv6")),
+            on("a", at(9), udp6(b(), ll(b()), a(), ll(a()), b"to a, link-local")),
+        ],
+    }
+}
+
+fn ipv6_spoofing() -> Case {
+    let foreign: Ipv6Addr = "2001:db8:2::10".parse().unwrap();
+    let other_mac = EthernetAddress([0x02, 0, 0, 0, 0, 0xee]);
+    Case {
+        dir: "ipv6-spoofing",
+        readme: "a sends IPv6 from a foreign global address, b's address, b's link-local, and :: on UDP (drop reason spoofed_ip), an NA for b's address, an NA and an NS with a link-layer address not its own (spoofed_nd): all dropped; its own address and link-local, and its DAD from ::, pass (flooded: b never spoke).",
+        switch: None,
+        nets: vec![front6(true, Some(gw6()))],
+        ports: vec![endpoint6("a", a()), endpoint6("b", b()), endpoint6("c", c())],
+        input: vec![
+            on("a", at(0), udp6(a(), foreign, b(), v6(b()), b"foreign source")),
+            on("a", at(1), udp6(a(), v6(b()), c(), v6(c()), b"b's source")),
+            on("a", at(2), udp6(a(), ll(b()), c(), ll(c()), b"b's link-local")),
+            on("a", at(3), udp6(a(), Ipv6Addr::UNSPECIFIED, b(), v6(b()), b"::")),
+            on(
+                "a",
+                at(4),
+                na(c().mac, a().mac, v6(a()), v6(c()), icmpv6::NA_OVERRIDE, v6(b()), a().mac),
+            ),
+            on(
+                "a",
+                at(5),
+                na(c().mac, a().mac, v6(a()), v6(c()), icmpv6::NA_OVERRIDE, v6(a()), other_mac),
+            ),
+            on("a", at(6), ns_lladdr(a(), v6(a()), v6(b()), other_mac)),
+            on("a", at(7), ns(a(), Ipv6Addr::UNSPECIFIED, v6(a()))),
+            on("a", at(8), udp6(a(), v6(a()), b(), v6(b()), b"real source")),
+            on("a", at(9), udp6(a(), ll(a()), b(), ll(b()), b"real link-local")),
+        ],
+        expected: vec![
+            on("b", at(7), ns(a(), Ipv6Addr::UNSPECIFIED, v6(a()))),
+            on("c", at(7), ns(a(), Ipv6Addr::UNSPECIFIED, v6(a()))),
+            on("b", at(8), udp6(a(), v6(a()), b(), v6(b()), b"real source")),
+            on("c", at(8), udp6(a(), v6(a()), b(), v6(b()), b"real source")),
+            on("b", at(9), udp6(a(), ll(a()), b(), ll(b()), b"real link-local")),
+            on("c", at(9), udp6(a(), ll(a()), b(), ll(b()), b"real link-local")),
+        ],
+    }
+}
+
+fn ipv6_icc_off() -> Case {
+    let gw = gw_front().mac;
+    Case {
+        dir: "ipv6-icc-off",
+        readme: "Dual-stack network with icc = false (gateway6 left to its default ::1): NS, UDP and echo between a and b over IPv6 are dropped (icc_disabled); NS and echo to the gateway's global and link-local addresses are still answered.",
+        switch: None,
+        nets: vec![front6(false, None)],
+        ports: vec![endpoint6("a", a()), endpoint6("b", b())],
+        input: vec![
+            on("a", at(0), ns(a(), v6(a()), v6(b()))),
+            on("a", at(1), udp6(a(), v6(a()), b(), v6(b()), b"icc is off")),
+            on("b", at(2), udp6(b(), ll(b()), a(), ll(a()), b"icc is off")),
+            on("b", at(3), ping6(b(), v6(b()), a().mac, v6(a()), 1)),
+            on("a", at(4), ns(a(), v6(a()), gw6())),
+            on("b", at(5), ns(b(), ll(b()), gw_ll())),
+            on("a", at(6), ping6(a(), v6(a()), gw, gw6(), 1)),
+            on("b", at(7), ping6(b(), ll(b()), gw, gw_ll(), 2)),
+        ],
+        expected: vec![
+            on("a", at(4), gw_na(a(), v6(a()), gw6())),
+            on("b", at(5), gw_na(b(), ll(b()), gw_ll())),
+            on("a", at(6), pong6(gw6(), a(), v6(a()), 1)),
+            on("b", at(7), pong6(gw_ll(), b(), ll(b()), 2)),
+        ],
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         gateway_arp_ping(),
@@ -703,6 +947,9 @@ pub fn cases() -> Vec<Case> {
         gso_superframe(),
         aging(),
         mac_limit(),
+        ipv6_ndp_gateway(),
+        ipv6_spoofing(),
+        ipv6_icc_off(),
     ]
 }
 
@@ -723,6 +970,14 @@ impl Case {
                 "[[network]]\nname = \"{}\"\nsubnet = \"{}\"\ngateway = \"{}\"\nicc = {}\nmtu = {}\n",
                 n.name, n.subnet, n.gateway, n.icc, n.mtu
             );
+            if let Some((subnet6, gateway6)) = n.v6 {
+                s.pop(); // the blank line
+                let _ = writeln!(s, "subnet6 = \"{subnet6}\"");
+                if let Some(g) = gateway6 {
+                    let _ = writeln!(s, "gateway6 = \"{g}\"");
+                }
+                s.push('\n');
+            }
         }
         for p in &self.ports {
             let _ = writeln!(
@@ -732,6 +987,9 @@ impl Case {
             );
             if let Some((mac, ip)) = p.addr {
                 let _ = writeln!(s, "mac = \"{mac}\"\nip = \"{ip}\"");
+            }
+            if let Some(a) = p.ip6 {
+                let _ = writeln!(s, "ip6 = \"{a}\"");
             }
             if let Some(m) = p.max_macs {
                 let _ = writeln!(s, "max_macs = {m}");
