@@ -10,6 +10,8 @@
 //! Then what only tapnet's side has: restarts of tapnet and dockerd,
 //! compose, bad options, tapnet's own view.
 //!
+//! Dual-stack `-d tapnet --ipv6` networks (issue 20): `dual_stack_network`.
+//!
 //! Rootless Docker (dockerd-rootless.sh, RootlessKit) with a rootless
 //! tapnet runs as the test user in `tests/rootless_docker.sh`.
 //!
@@ -512,6 +514,7 @@ fn compose_and_bad_options() {
         assert!(o.code != 0 && o.stderr.contains(needle), "{opt}: {o:?}");
         assert_eq!(o.stderr.trim().lines().count(), 1, "{o:?}");
     }
+    // An IPv6 subnet tapnet refuses (link-local), whoever refuses first.
     let o = h.docker(&[
         "network",
         "create",
@@ -519,7 +522,9 @@ fn compose_and_bad_options() {
         "tapnet",
         "--ipv6",
         "--subnet",
-        "fd00::/64",
+        "10.79.0.0/24",
+        "--subnet",
+        "fe80::/64",
         "bad",
     ]);
     assert!(o.code != 0, "{o:?}");
@@ -593,6 +598,129 @@ networks:
     let down = h.compose(&dir.0, &["-p", "seed", "down"]);
     assert_eq!(down.code, 0, "{down:?}");
     assert_eq!(h.d.ok(&["network", "ls", "-q"]), nets_before);
+    let links = h.d.netns().sh_ok("ip -o link show");
+    assert!(!links.contains(": tn"), "TAPs left: {links}");
+}
+
+/// Dual-stack (issue 20): `docker network create -d tapnet --ipv6` with an
+/// IPv4 and an IPv6 subnet. Docker's IPAM gives the containers their IPv6
+/// addresses (`docker inspect`), tapnet switches them (Neighbor Discovery
+/// and echo of the gateway answered by the switch, anti-spoofing on the
+/// IPv6 source), Docker's DNS answers AAAA, the IPv6 default route leads to
+/// tapnet's gateway, and a published port reaches the container's IPv6
+/// address from an IPv6 client.
+#[test]
+fn dual_stack_network() {
+    let h = DockerHost::start(NO_RESOLVER);
+    let (sub4, sub6, gw6) = ("10.76.0.0/24", "2001:db8:76::/64", "2001:db8:76::1");
+    h.ok(&[
+        "network", "create", "-d", "tapnet", "--ipv6", "--subnet", sub4, "--subnet", sub6, "v6",
+    ]);
+    let id = h.ok(&["network", "inspect", "-f", "{{.Id}}", "v6"]);
+    let mine = h.d.ok(&[
+        "network",
+        "inspect",
+        &format!("docker-{}", &id.trim()[..12]),
+    ]);
+    assert!(
+        mine.contains(sub6) && mine.contains(gw6),
+        "tapnet's view: {mine}"
+    );
+
+    h.sleeper("a6", "v6", &[]);
+    h.sleeper("b6", "v6", &[]);
+    let f = |what: &str| format!("{{{{(index .NetworkSettings.Networks \"v6\").{what}}}}}");
+    let addr6 = |c: &str| {
+        h.ok(&["inspect", "-f", &f("GlobalIPv6Address"), c])
+            .trim()
+            .to_string()
+    };
+    let (a6, b6) = (addr6("a6"), addr6("b6"));
+    for a in [&a6, &b6] {
+        assert!(a.starts_with("2001:db8:76::"), "GlobalIPv6Address {a:?}");
+    }
+    assert_ne!(a6, b6);
+    let gw = h.ok(&["inspect", "-f", &f("IPv6Gateway"), "a6"]);
+    assert_eq!(gw.trim(), gw6);
+    let ctx = || {
+        format!(
+            "--- dockerd:\n{}\n--- tapnet:\n{}",
+            h.dockerd_log(),
+            h.d.log()
+        )
+    };
+    let show = h.sh("a6", "ip -6 addr show eth0; ip -6 route");
+    assert!(
+        show.stdout.contains(&format!("{a6}/64"))
+            && show.stdout.contains(&format!("default via {gw6}")),
+        "a6's IPv6 address and route: {show:?}"
+    );
+
+    // By address, the gateway, and by name (Docker's DNS: AAAA).
+    assert!(
+        h.works("a6", &format!("ping -c1 -W3 {b6}")),
+        "a6 pings b6 over IPv6\n{}",
+        ctx()
+    );
+    assert!(h.works("b6", &format!("ping -c1 -W3 {a6}")), "b6 pings a6");
+    assert!(
+        h.works("a6", &format!("ping -c1 -W3 {gw6}")),
+        "the gateway's IPv6 address answers\n{}",
+        ctx()
+    );
+    let ns = h.sh("a6", "nslookup -type=AAAA b6");
+    assert!(
+        ns.stdout.contains(&b6),
+        "AAAA of b6 from Docker's DNS: {ns:?}"
+    );
+    assert!(
+        h.works("a6", "ping -6 -c1 -W3 b6"),
+        "a6 pings b6 by name over IPv6"
+    );
+    // The switch knows the containers' IPv6 addresses (anti-spoofing).
+    let eps = h.d.ok(&[
+        "network",
+        "inspect",
+        &format!("docker-{}", &id.trim()[..12]),
+    ]);
+    assert!(eps.contains(&a6) && eps.contains(&b6), "{eps}");
+
+    // A published port: an IPv6 client (here tapnet's and dockerd's
+    // namespace, on ::1) reaches the container's IPv6 address, from the
+    // gateway's IPv6 address (a loopback client).
+    h.ok(&[
+        "run", "-d", "--name", "web6", "--network", "v6", "-p", "8086:80", "bb", "sh", "-c",
+        "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 80 -h /www",
+    ]);
+    let page = retry(
+        "the published port over IPv6",
+        Duration::from_secs(15),
+        || {
+            let o =
+                h.d.netns()
+                    .sh("curl -sSg --max-time 3 'http://[::1]:8086/cgi-bin/peer'");
+            (o.code == 0)
+                .then_some(o.stdout.clone())
+                .ok_or(format!("{o:?}"))
+        },
+    );
+    assert!(page.contains(gw6), "{page:?}\n{}", ctx());
+    let page4 = retry(
+        "the published port over IPv4",
+        Duration::from_secs(15),
+        || {
+            let o =
+                h.d.netns()
+                    .sh("curl -sS --max-time 3 'http://127.0.0.1:8086/cgi-bin/peer'");
+            (o.code == 0)
+                .then_some(o.stdout.clone())
+                .ok_or(format!("{o:?}"))
+        },
+    );
+    assert!(page4.contains("peer="), "{page4:?}");
+
+    h.ok(&["rm", "-f", "a6", "b6", "web6"]);
+    h.ok(&["network", "rm", "v6"]);
     let links = h.d.netns().sh_ok("ip -o link show");
     assert!(!links.contains(": tn"), "TAPs left: {links}");
 }
