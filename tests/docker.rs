@@ -677,6 +677,51 @@ fn dual_stack_network() {
         h.works("a6", "ping -6 -c1 -W3 b6"),
         "a6 pings b6 by name over IPv6"
     );
+    // Anti-spoofing: an IPv6 address a container gives itself (not
+    // Docker's) does not get through the switch; its own still does.
+    h.sleeper("s6", "v6", &["--cap-add", "NET_ADMIN"]);
+    let s6 = addr6("s6");
+    h.ok(&[
+        "exec",
+        "s6",
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:76::99/64",
+        "dev",
+        "eth0",
+    ]);
+    wait_until(
+        "the extra address past DAD",
+        Duration::from_secs(10),
+        || {
+            let o = h.sh("s6", "ip -6 addr show eth0");
+            o.stdout.contains("2001:db8:76::99/64") && !o.stdout.contains("tentative")
+        },
+    );
+    assert!(
+        h.works("s6", &format!("ping -c1 -W3 -I {s6} {b6}")),
+        "s6's own IPv6 source"
+    );
+    let spoofed = || -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&h.d.ok(&["stats", "--format", "json"])).unwrap();
+        v["ports"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["drops"]["spoofed_ip"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let before = spoofed();
+    assert!(
+        !h.works("s6", &format!("ping -c1 -W3 -I 2001:db8:76::99 {b6}")),
+        "a spoofed IPv6 source reaches b6"
+    );
+    assert!(spoofed() > before, "no spoofed_ip drop counted");
     // The switch knows the containers' IPv6 addresses (anti-spoofing).
     let eps = h.d.ok(&[
         "network",
@@ -719,7 +764,7 @@ fn dual_stack_network() {
     );
     assert!(page4.contains("peer="), "{page4:?}");
 
-    h.ok(&["rm", "-f", "a6", "b6", "web6"]);
+    h.ok(&["rm", "-f", "a6", "b6", "s6", "web6"]);
     h.ok(&["network", "rm", "v6"]);
     let links = h.d.netns().sh_ok("ip -o link show");
     assert!(!links.contains(": tn"), "TAPs left: {links}");
