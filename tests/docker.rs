@@ -611,7 +611,7 @@ networks:
 /// address from an IPv6 client.
 #[test]
 fn dual_stack_network() {
-    let h = DockerHost::start(NO_RESOLVER);
+    let mut h = DockerHost::start(NO_RESOLVER);
     let (sub4, sub6, gw6) = ("10.76.0.0/24", "2001:db8:76::/64", "2001:db8:76::1");
     h.ok(&[
         "network", "create", "-d", "tapnet", "--ipv6", "--subnet", sub4, "--subnet", sub6, "v6",
@@ -763,6 +763,32 @@ fn dual_stack_network() {
         },
     );
     assert!(page4.contains("peer="), "{page4:?}");
+
+    // tapnet killed and started again: the IPv6 side comes back (the
+    // endpoints' IPv6 addresses, the port published on [::]).
+    h.d.kill9();
+    h.d.spawn();
+    retry(
+        "IPv6 traffic after tapnet's restart",
+        Duration::from_secs(10),
+        || {
+            let o = h.sh("a6", &format!("ping -c1 -W2 {b6}"));
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
+    let again = retry(
+        "the published port over IPv6 after tapnet's restart",
+        Duration::from_secs(15),
+        || {
+            let o =
+                h.d.netns()
+                    .sh("curl -sSg --max-time 3 'http://[::1]:8086/cgi-bin/peer'");
+            (o.code == 0)
+                .then_some(o.stdout.clone())
+                .ok_or(format!("{o:?}"))
+        },
+    );
+    assert!(again.contains(gw6), "{again:?}");
 
     h.ok(&["rm", "-f", "a6", "b6", "s6", "web6"]);
     h.ok(&["network", "rm", "v6"]);
