@@ -10,7 +10,10 @@
 //! Then what only tapnet's side has: restarts of tapnet and dockerd,
 //! compose, bad options, tapnet's own view.
 //!
-//! Dual-stack `-d tapnet --ipv6` networks (issue 20): `dual_stack_network`.
+//! Dual-stack `-d tapnet --ipv6` networks (issue 20): `dual_stack_network`
+//! (IPv6 by address, name and to the gateway, anti-spoofing, outbound
+//! masquerade to an IPv6 "outside", published ports from IPv6 clients, a
+//! tapnet restart).
 //!
 //! Rootless Docker (dockerd-rootless.sh, RootlessKit) with a rootless
 //! tapnet runs as the test user in `tests/rootless_docker.sh`.
@@ -764,6 +767,33 @@ fn dual_stack_network() {
     );
     assert!(page4.contains("peer="), "{page4:?}");
 
+    // Outbound IPv6, masqueraded: an "outside" namespace behind tapnet's
+    // (and dockerd's) namespace sees the host's IPv6 address.
+    let out6 = Outside::connect(
+        h.d.netns(),
+        &["2001:db8:ff::1/64 nodad"],
+        "2001:db8:ff::2/64 nodad",
+    );
+    let _server6 = out6.ns.spawn(&[
+        "socat",
+        "TCP6-LISTEN:80,fork,reuseaddr",
+        "SYSTEM:echo from $SOCAT_PEERADDR",
+    ]);
+    let from = retry("outbound TCP over IPv6", Duration::from_secs(10), || {
+        let o = h.sh("a6", "timeout 5 nc 2001:db8:ff::2 80 </dev/null");
+        (o.code == 0 && o.stdout.contains("from"))
+            .then_some(o.stdout.clone())
+            .ok_or(format!("{o:?}"))
+    });
+    assert!(
+        from.contains("[2001:0db8:00ff:0000:0000:0000:0000:0001]"),
+        "outbound IPv6 masqueraded to the host's address: {from:?}"
+    );
+    assert!(
+        h.works("a6", "ping -c1 -W3 2001:db8:ff::2"),
+        "ICMPv6 echo to the outside"
+    );
+
     // tapnet killed and started again: the IPv6 side comes back (the
     // endpoints' IPv6 addresses, the port published on [::]).
     h.d.kill9();
@@ -793,7 +823,12 @@ fn dual_stack_network() {
     h.ok(&["rm", "-f", "a6", "b6", "s6", "web6"]);
     h.ok(&["network", "rm", "v6"]);
     let links = h.d.netns().sh_ok("ip -o link show");
-    assert!(!links.contains(": tn"), "TAPs left: {links}");
+    assert!(
+        !links
+            .lines()
+            .any(|l| l.contains(": tn") && !l.contains(": tnout0")),
+        "TAPs left: {links}"
+    );
 }
 
 /// Rootless Docker: an ordinary user's dockerd under RootlessKit and the
