@@ -680,6 +680,13 @@ fn dual_stack_network() {
         h.works("a6", "ping -6 -c1 -W3 b6"),
         "a6 pings b6 by name over IPv6"
     );
+    // A static --ip6 (Docker's IPAM gives it, tapnet takes it).
+    h.sleeper("c6", "v6", &["--ip6", "2001:db8:76::50"]);
+    assert_eq!(addr6("c6"), "2001:db8:76::50");
+    assert!(
+        h.works("a6", "ping -c1 -W3 2001:db8:76::50"),
+        "the static --ip6 answers"
+    );
     // Anti-spoofing: an IPv6 address a container gives itself (not
     // Docker's) does not get through the switch; its own still does.
     h.sleeper("s6", "v6", &["--cap-add", "NET_ADMIN"]);
@@ -820,7 +827,7 @@ fn dual_stack_network() {
     );
     assert!(again.contains(gw6), "{again:?}");
 
-    h.ok(&["rm", "-f", "a6", "b6", "s6", "web6"]);
+    h.ok(&["rm", "-f", "a6", "b6", "c6", "s6", "web6"]);
     h.ok(&["network", "rm", "v6"]);
     let links = h.d.netns().sh_ok("ip -o link show");
     assert!(
