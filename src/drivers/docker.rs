@@ -200,6 +200,13 @@ impl Docker {
         }
         bridge::check_overlap(st, subnet)?;
         let pool6 = pool6_from_docker(st, enable_ipv6, ipv6)?;
+        let mtu = generic
+            .get(OPT_MTU)
+            .and_then(|m| m.parse::<u32>().ok())
+            .unwrap_or(DEFAULT_MTU);
+        if pool6.is_some() && mtu < 1280 {
+            return Err(DriverError::Ipv6Mtu(mtu));
+        }
         Ok(Network {
             id: network_id.to_string(),
             name: format!("docker-{}", &network_id[..12]),
@@ -358,6 +365,13 @@ mod tests {
             (&none, "2001:db8:2::/64", "2001:db8:2::1/64"),
             // Overlaps the first network's IPv6 subnet.
             (&v6, "2001:db8:1::/48", "2001:db8:1::1/48"),
+            // An MTU below IPv6's minimum.
+            (
+                &serde_json::json!({"com.docker.network.enable_ipv6": true,
+                    "com.docker.network.generic": {"com.docker.network.driver.mtu": "1200"}}),
+                "2001:db8:5::/64",
+                "2001:db8:5::1/64",
+            ),
             // Link-local, gateway outside, malformed.
             (&v6, "fe80::/64", "fe80::1/64"),
             (&v6, "2001:db8:3::/64", "2001:db8:4::1/64"),
