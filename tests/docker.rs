@@ -10,6 +10,11 @@
 //! Then what only tapnet's side has: restarts of tapnet and dockerd,
 //! compose, bad options, tapnet's own view.
 //!
+//! Dual-stack `-d tapnet --ipv6` networks (issue 20): `dual_stack_network`
+//! (IPv6 by address, name and to the gateway, anti-spoofing, outbound
+//! masquerade to an IPv6 "outside", published ports from IPv6 clients, a
+//! tapnet restart).
+//!
 //! Rootless Docker (dockerd-rootless.sh, RootlessKit) with a rootless
 //! tapnet runs as the test user in `tests/rootless_docker.sh`.
 //!
@@ -512,6 +517,7 @@ fn compose_and_bad_options() {
         assert!(o.code != 0 && o.stderr.contains(needle), "{opt}: {o:?}");
         assert_eq!(o.stderr.trim().lines().count(), 1, "{o:?}");
     }
+    // An IPv6 subnet tapnet refuses (link-local), whoever refuses first.
     let o = h.docker(&[
         "network",
         "create",
@@ -519,7 +525,9 @@ fn compose_and_bad_options() {
         "tapnet",
         "--ipv6",
         "--subnet",
-        "fd00::/64",
+        "10.79.0.0/24",
+        "--subnet",
+        "fe80::/64",
         "bad",
     ]);
     assert!(o.code != 0, "{o:?}");
@@ -595,6 +603,239 @@ networks:
     assert_eq!(h.d.ok(&["network", "ls", "-q"]), nets_before);
     let links = h.d.netns().sh_ok("ip -o link show");
     assert!(!links.contains(": tn"), "TAPs left: {links}");
+}
+
+/// Dual-stack (issue 20): `docker network create -d tapnet --ipv6` with an
+/// IPv4 and an IPv6 subnet. Docker's IPAM gives the containers their IPv6
+/// addresses (`docker inspect`), tapnet switches them (Neighbor Discovery
+/// and echo of the gateway answered by the switch, anti-spoofing on the
+/// IPv6 source), Docker's DNS answers AAAA, the IPv6 default route leads to
+/// tapnet's gateway, and a published port reaches the container's IPv6
+/// address from an IPv6 client.
+#[test]
+fn dual_stack_network() {
+    let mut h = DockerHost::start(NO_RESOLVER);
+    let (sub4, sub6, gw6) = ("10.76.0.0/24", "2001:db8:76::/64", "2001:db8:76::1");
+    h.ok(&[
+        "network", "create", "-d", "tapnet", "--ipv6", "--subnet", sub4, "--subnet", sub6, "v6",
+    ]);
+    let id = h.ok(&["network", "inspect", "-f", "{{.Id}}", "v6"]);
+    let mine = h.d.ok(&[
+        "network",
+        "inspect",
+        &format!("docker-{}", &id.trim()[..12]),
+    ]);
+    assert!(
+        mine.contains(sub6) && mine.contains(gw6),
+        "tapnet's view: {mine}"
+    );
+
+    h.sleeper("a6", "v6", &[]);
+    h.sleeper("b6", "v6", &[]);
+    let f = |what: &str| format!("{{{{(index .NetworkSettings.Networks \"v6\").{what}}}}}");
+    let addr6 = |c: &str| {
+        h.ok(&["inspect", "-f", &f("GlobalIPv6Address"), c])
+            .trim()
+            .to_string()
+    };
+    let (a6, b6) = (addr6("a6"), addr6("b6"));
+    for a in [&a6, &b6] {
+        assert!(a.starts_with("2001:db8:76::"), "GlobalIPv6Address {a:?}");
+    }
+    assert_ne!(a6, b6);
+    let gw = h.ok(&["inspect", "-f", &f("IPv6Gateway"), "a6"]);
+    assert_eq!(gw.trim(), gw6);
+    let ctx = || {
+        format!(
+            "--- dockerd:\n{}\n--- tapnet:\n{}",
+            h.dockerd_log(),
+            h.d.log()
+        )
+    };
+    let show = h.sh("a6", "ip -6 addr show eth0; ip -6 route");
+    assert!(
+        show.stdout.contains(&format!("{a6}/64"))
+            && show.stdout.contains(&format!("default via {gw6}")),
+        "a6's IPv6 address and route: {show:?}"
+    );
+
+    // By address, the gateway, and by name (Docker's DNS: AAAA).
+    assert!(
+        h.works("a6", &format!("ping -c1 -W3 {b6}")),
+        "a6 pings b6 over IPv6\n{}",
+        ctx()
+    );
+    assert!(h.works("b6", &format!("ping -c1 -W3 {a6}")), "b6 pings a6");
+    assert!(
+        h.works("a6", &format!("ping -c1 -W3 {gw6}")),
+        "the gateway's IPv6 address answers\n{}",
+        ctx()
+    );
+    let ns = h.sh("a6", "nslookup -type=AAAA b6");
+    assert!(
+        ns.stdout.contains(&b6),
+        "AAAA of b6 from Docker's DNS: {ns:?}"
+    );
+    assert!(
+        h.works("a6", "ping -6 -c1 -W3 b6"),
+        "a6 pings b6 by name over IPv6"
+    );
+    // A static --ip6 (Docker's IPAM gives it, tapnet takes it).
+    h.sleeper("c6", "v6", &["--ip6", "2001:db8:76::50"]);
+    assert_eq!(addr6("c6"), "2001:db8:76::50");
+    assert!(
+        h.works("a6", "ping -c1 -W3 2001:db8:76::50"),
+        "the static --ip6 answers"
+    );
+    // Anti-spoofing: an IPv6 address a container gives itself (not
+    // Docker's) does not get through the switch; its own still does.
+    h.sleeper("s6", "v6", &["--cap-add", "NET_ADMIN"]);
+    let s6 = addr6("s6");
+    h.ok(&[
+        "exec",
+        "s6",
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:76::99/64",
+        "dev",
+        "eth0",
+    ]);
+    wait_until(
+        "the extra address past DAD",
+        Duration::from_secs(10),
+        || {
+            let o = h.sh("s6", "ip -6 addr show eth0");
+            o.stdout.contains("2001:db8:76::99/64") && !o.stdout.contains("tentative")
+        },
+    );
+    assert!(
+        h.works("s6", &format!("ping -c1 -W3 -I {s6} {b6}")),
+        "s6's own IPv6 source"
+    );
+    let spoofed = || -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&h.d.ok(&["stats", "--format", "json"])).unwrap();
+        v["ports"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p["drops"]["spoofed_ip"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let before = spoofed();
+    assert!(
+        !h.works("s6", &format!("ping -c1 -W3 -I 2001:db8:76::99 {b6}")),
+        "a spoofed IPv6 source reaches b6"
+    );
+    assert!(spoofed() > before, "no spoofed_ip drop counted");
+    // The switch knows the containers' IPv6 addresses (anti-spoofing).
+    let eps = h.d.ok(&[
+        "network",
+        "inspect",
+        &format!("docker-{}", &id.trim()[..12]),
+    ]);
+    assert!(eps.contains(&a6) && eps.contains(&b6), "{eps}");
+
+    // A published port: an IPv6 client (here tapnet's and dockerd's
+    // namespace, on ::1) reaches the container's IPv6 address, from the
+    // gateway's IPv6 address (a loopback client).
+    h.ok(&[
+        "run", "-d", "--name", "web6", "--network", "v6", "-p", "8086:80", "bb", "sh", "-c",
+        "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho peer=$REMOTE_ADDR\\n' > /www/cgi-bin/peer && chmod +x /www/cgi-bin/peer && exec httpd -f -p 80 -h /www",
+    ]);
+    let page = retry(
+        "the published port over IPv6",
+        Duration::from_secs(15),
+        || {
+            let o =
+                h.d.netns()
+                    .sh("curl -sSg --max-time 3 'http://[::1]:8086/cgi-bin/peer'");
+            (o.code == 0)
+                .then_some(o.stdout.clone())
+                .ok_or(format!("{o:?}"))
+        },
+    );
+    assert!(page.contains(gw6), "{page:?}\n{}", ctx());
+    let page4 = retry(
+        "the published port over IPv4",
+        Duration::from_secs(15),
+        || {
+            let o =
+                h.d.netns()
+                    .sh("curl -sS --max-time 3 'http://127.0.0.1:8086/cgi-bin/peer'");
+            (o.code == 0)
+                .then_some(o.stdout.clone())
+                .ok_or(format!("{o:?}"))
+        },
+    );
+    assert!(page4.contains("peer="), "{page4:?}");
+
+    // Outbound IPv6, masqueraded: an "outside" namespace behind tapnet's
+    // (and dockerd's) namespace sees the host's IPv6 address.
+    let out6 = Outside::connect(
+        h.d.netns(),
+        &["2001:db8:ff::1/64 nodad"],
+        "2001:db8:ff::2/64 nodad",
+    );
+    let _server6 = out6.ns.spawn(&[
+        "socat",
+        "TCP6-LISTEN:80,fork,reuseaddr",
+        "SYSTEM:echo from $SOCAT_PEERADDR",
+    ]);
+    let from = retry("outbound TCP over IPv6", Duration::from_secs(10), || {
+        let o = h.sh("a6", "timeout 5 nc 2001:db8:ff::2 80 </dev/null");
+        (o.code == 0 && o.stdout.contains("from"))
+            .then_some(o.stdout.clone())
+            .ok_or(format!("{o:?}"))
+    });
+    assert!(
+        from.contains("[2001:0db8:00ff:0000:0000:0000:0000:0001]"),
+        "outbound IPv6 masqueraded to the host's address: {from:?}"
+    );
+    assert!(
+        h.works("a6", "ping -c1 -W3 2001:db8:ff::2"),
+        "ICMPv6 echo to the outside"
+    );
+
+    // tapnet killed and started again: the IPv6 side comes back (the
+    // endpoints' IPv6 addresses, the port published on [::]).
+    h.d.kill9();
+    h.d.spawn();
+    retry(
+        "IPv6 traffic after tapnet's restart",
+        Duration::from_secs(10),
+        || {
+            let o = h.sh("a6", &format!("ping -c1 -W2 {b6}"));
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
+    let again = retry(
+        "the published port over IPv6 after tapnet's restart",
+        Duration::from_secs(15),
+        || {
+            let o =
+                h.d.netns()
+                    .sh("curl -sSg --max-time 3 'http://[::1]:8086/cgi-bin/peer'");
+            (o.code == 0)
+                .then_some(o.stdout.clone())
+                .ok_or(format!("{o:?}"))
+        },
+    );
+    assert!(again.contains(gw6), "{again:?}");
+
+    h.ok(&["rm", "-f", "a6", "b6", "c6", "s6", "web6"]);
+    h.ok(&["network", "rm", "v6"]);
+    let links = h.d.netns().sh_ok("ip -o link show");
+    assert!(
+        !links
+            .lines()
+            .any(|l| l.contains(": tn") && !l.contains(": tnout0")),
+        "TAPs left: {links}"
+    );
 }
 
 /// Rootless Docker: an ordinary user's dockerd under RootlessKit and the

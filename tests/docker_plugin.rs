@@ -100,9 +100,9 @@ fn the_protocol_as_docker_speaks_it() {
             "mtu",
         ),
         (
-            json!({"com.docker.network.enable_ipv6": true}),
+            json!({"com.docker.network.generic": {"com.docker.network.enable_ipv6": "maybe"}}),
             "10.40.0.0/24",
-            "IPv6",
+            "enable_ipv6",
         ),
         (json!({}), "127.0.0.0/24", "loopback"),
     ] {
@@ -207,6 +207,71 @@ fn the_protocol_as_docker_speaks_it() {
         ),
         (200, json!({}))
     );
+
+    // Dual-stack: IPv6Data is the network's IPv6 pool; AddressIPv6 is the
+    // endpoint's, never echoed back (libnetwork refuses a driver that
+    // answers an address it gave); Join answers GatewayIPv6 (bare).
+    let id6 = net_id('6');
+    let v6net = json!({
+        "NetworkID": id6,
+        "Options": {"com.docker.network.enable_ipv6": true},
+        "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": "10.41.0.0/24", "Gateway": "10.41.0.1/24", "AuxAddresses": {}}],
+        "IPv6Data": [{"AddressSpace": "LocalDefault", "Pool": "2001:db8:41::/64", "Gateway": "2001:db8:41::1/64", "AuxAddresses": {}}],
+    });
+    assert_eq!(
+        call("/NetworkDriver.CreateNetwork", &v6net.to_string()),
+        (200, json!({}))
+    );
+    let v = d.inspect_network(&format!("docker-{}", &id6[..12]));
+    assert_eq!(v["EnableIPv6"], true, "{v}");
+    assert_eq!(v["IPAM"]["Config"][1]["Subnet"], "2001:db8:41::/64", "{v}");
+    assert_eq!(v["IPAM"]["Config"][1]["Gateway"], "2001:db8:41::1", "{v}");
+    let ep6 = net_id('7');
+    let (st, v) = call(
+        "/NetworkDriver.CreateEndpoint",
+        &json!({"NetworkID": id6, "EndpointID": ep6, "Interface": {"Address": "10.41.0.5/24", "AddressIPv6": "2001:db8:41::5/64", "MacAddress": ""}, "Options": {}}).to_string(),
+    );
+    assert_eq!(st, 200, "{v}\n{}", d.log());
+    assert_eq!(
+        v,
+        json!({"Interface": {"MacAddress": "02:42:0a:29:00:05"}}),
+        "only the MAC is filled in"
+    );
+    let (st, v) = call(
+        "/NetworkDriver.Join",
+        &json!({"NetworkID": id6, "EndpointID": ep6, "SandboxKey": "/var/run/docker/netns/abd", "Options": {}}).to_string(),
+    );
+    assert_eq!(st, 200);
+    assert_eq!(v["Gateway"], "10.41.0.1", "{v}");
+    assert_eq!(v["GatewayIPv6"], "2001:db8:41::1", "{v}");
+    let v = d.inspect_network(&format!("docker-{}", &id6[..12]));
+    assert!(v.to_string().contains("2001:db8:41::5"), "{v}");
+    // An IPv6 address on an IPv4-only network, a malformed one: refused.
+    let id4 = net_id('8');
+    let v4net = json!({"NetworkID": id4, "Options": {}, "IPv4Data": [{"Pool": "10.42.0.0/24", "Gateway": "10.42.0.1/24"}], "IPv6Data": []});
+    assert_eq!(
+        call("/NetworkDriver.CreateNetwork", &v4net.to_string()),
+        (200, json!({}))
+    );
+    for (net, a6) in [(&id4, "2001:db8:42::5/64"), (&id6, "zz::1::2/64")] {
+        let (st, v) = call(
+            "/NetworkDriver.CreateEndpoint",
+            &json!({"NetworkID": net, "EndpointID": net_id('9'), "Interface": {"Address": "10.42.0.6/24", "AddressIPv6": a6}}).to_string(),
+        );
+        assert_eq!(st, 500, "{a6}: {v}");
+        assert!(v["Err"].as_str().unwrap().contains("IPv6"), "{v}");
+    }
+    for (m, body) in [
+        (
+            "/NetworkDriver.DeleteEndpoint",
+            json!({"NetworkID": id6, "EndpointID": ep6}),
+        ),
+        ("/NetworkDriver.DeleteNetwork", json!({"NetworkID": id6})),
+        ("/NetworkDriver.DeleteNetwork", json!({"NetworkID": id4})),
+    ] {
+        assert_eq!(call(m, &body.to_string()), (200, json!({})), "{m}");
+    }
+    assert_eq!(d.ok(&["network", "ls", "-q"]), before);
 
     // The socket goes with the daemon.
     d.stop();

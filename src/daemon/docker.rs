@@ -4,12 +4,13 @@
 //!
 //! - CreateNetwork: a `docker` network (`crate::drivers::docker`) with
 //!   Docker's pool and gateway; DeleteNetwork removes it.
-//! - CreateEndpoint: an endpoint owned by Docker with Docker's address
-//!   (and MAC, or one of tapnet's), its TAP made in dockerd's network
+//! - CreateEndpoint: an endpoint owned by Docker with Docker's addresses
+//!   (IPv4, and IPv6 on a dual-stack network) and MAC, or one of tapnet's, its TAP made in dockerd's network
 //!   namespace under a unique name (`tn` + 13 hex digits of the endpoint
 //!   id), MTU set, no address, persistent, plugged into the switch at once.
 //!   Docker moves it into the container and configures it.
-//! - Join: the TAP's name and the gateway (none on internal networks).
+//! - Join: the TAP's name and the gateways, IPv4 and IPv6 (none on
+//!   internal networks).
 //! - ProgramExternalConnectivity: the container's published ports, bound
 //!   in dockerd's network namespace (rootless Docker: in the daemon's, see
 //!   [`ports_bound_here`]) and relayed by the NAT gateway;
@@ -24,7 +25,7 @@
 //! through dockerd's mount namespace) by MAC, or in dockerd's namespace by
 //! name.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::core::Core;
 use super::endpoints::{self, net_target};
@@ -131,6 +132,27 @@ impl PortMap {
     }
 }
 
+/// What CreateEndpoint fills in of the interface: only what Docker left
+/// empty (libnetwork refuses a driver that changes a given value).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DockerIface {
+    /// The MAC tapnet chose.
+    pub mac: Option<Mac>,
+    /// The IPv6 address tapnet's IPAM chose on a dual-stack network
+    /// (Docker's IPAM gives one whenever the network has an IPv6 pool, so
+    /// in practice never).
+    pub ipv6: Option<ipnet::Ipv6Net>,
+}
+
+/// What Join answers: the TAP's name in dockerd's namespace and the
+/// default gateways Docker sets in the container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerJoin {
+    pub src_name: String,
+    pub gateway: Option<Ipv4Addr>,
+    pub gateway6: Option<Ipv6Addr>,
+}
+
 /// The TAP name of an endpoint in dockerd's namespace: unique (from the
 /// endpoint id), 15 characters.
 pub fn src_name(endpoint_id: &str) -> String {
@@ -202,21 +224,32 @@ impl Core {
         Ok(self.remove_networks(next, std::slice::from_ref(&n))?)
     }
 
-    /// `NetworkDriver.CreateEndpoint`: returns the MAC tapnet chose when
-    /// Docker gave none.
+    /// `NetworkDriver.CreateEndpoint` with Docker's `Address`,
+    /// `AddressIPv6` and `MacAddress` (CIDR strings; empty when Docker
+    /// gave none): returns what tapnet chose where Docker gave nothing.
     pub fn docker_create_endpoint(
         &mut self,
         network_id: &str,
         endpoint_id: &str,
         address: &str,
+        address6: &str,
         mac: &str,
         peer: Peer,
-    ) -> Result<Option<Mac>, DockerError> {
+    ) -> Result<DockerIface, DockerError> {
         let ip: Ipv4Addr = address
             .split('/')
             .next()
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| DockerError::Address(address.to_string()))?;
+        let ip6: Option<Ipv6Addr> = match address6 {
+            "" => None,
+            a => Some(
+                a.split('/')
+                    .next()
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| DockerError::Address6(a.to_string()))?,
+            ),
+        };
         // Docker's IPAM is the authority: an endpoint of ours that still
         // holds the address is one Docker dropped without telling its
         // driver (e.g. containers lost in a dockerd restart): remove it.
@@ -225,12 +258,16 @@ impl Core {
             .state()
             .network_endpoints(network_id)
             .filter(|e| matches!(&e.owner, Owner::External { runtime, .. } if runtime == RUNTIME))
-            .filter(|e| e.ipv4.map(|a| a.addr()) == Some(ip) && e.id != endpoint_id)
+            .filter(|e| {
+                let v4 = e.ipv4.map(|a| a.addr()) == Some(ip);
+                let v6 = ip6.is_some() && e.ipv6.map(|a| a.addr()) == ip6;
+                (v4 || v6) && e.id != endpoint_id
+            })
             .map(|e| e.id.clone())
             .collect();
         for id in stale {
             tracing::warn!(
-                "docker: endpoint {} held {ip}, which Docker gives to endpoint {} now: removing the stale one",
+                "docker: endpoint {} held {ip} (or {ip6:?}), which Docker gives to endpoint {} now: removing the stale one",
                 &id[..12],
                 &endpoint_id[..12.min(endpoint_id.len())]
             );
@@ -238,6 +275,9 @@ impl Core {
         }
         let mut next = self.store.prepare();
         let n = self.docker_network(&next, network_id)?;
+        if ip6.is_some() && n.pools6.is_empty() {
+            return Err(DockerError::NoPool6(n.name.clone()));
+        }
         if next.endpoints.contains_key(endpoint_id) {
             return Err(DockerError::Endpoint(EndpointError::GivenTwice(
                 endpoint_id.to_string(),
@@ -262,7 +302,7 @@ impl Core {
         let req = NetRequest {
             network_id: n.id.clone(),
             ipv4: Some(ip),
-            ipv6: None,
+            ipv6: ip6,
             mac: given_mac.or(derived_free.then_some(derived)),
             aliases: vec![],
             links: vec![],
@@ -293,17 +333,21 @@ impl Core {
             self.unplug_and_delete(&snapshot, &target, &ids);
             return Err(e.into());
         }
-        Ok(given_mac.is_none().then_some(ep.mac))
+        Ok(DockerIface {
+            mac: given_mac.is_none().then_some(ep.mac),
+            ipv6: if ip6.is_none() { ep.ipv6 } else { None },
+        })
     }
 
     /// `NetworkDriver.Join`: the TAP's name in dockerd's namespace and the
-    /// gateway (none on an internal network).
+    /// gateways (none on an internal network; the IPv6 one when the
+    /// endpoint has an IPv6 address).
     pub fn docker_join(
         &mut self,
         network_id: &str,
         endpoint_id: &str,
         sandbox_key: &str,
-    ) -> Result<(String, Option<Ipv4Addr>), DockerError> {
+    ) -> Result<DockerJoin, DockerError> {
         let mut next = self.store.prepare();
         let n = self.docker_network(&next, network_id)?;
         let d = next
@@ -312,13 +356,19 @@ impl Core {
             .ok_or_else(|| DockerError::NoEndpoint(endpoint_id.to_string()))?;
         d.sandbox_key = (!sandbox_key.is_empty()).then(|| sandbox_key.to_string());
         let name = d.src_name.clone();
+        let has6 = next
+            .endpoints
+            .get(endpoint_id)
+            .is_some_and(|e| e.ipv6.is_some());
         self.store.commit(next)?;
-        let gateway = drivers::of(&n)
-            .services(&n)
-            .default_route
-            .then(|| n.pools.first().map(|p| p.gateway))
-            .flatten();
-        Ok((name, gateway))
+        let route = drivers::of(&n).services(&n).default_route;
+        Ok(DockerJoin {
+            src_name: name,
+            gateway: route.then(|| n.pools.first().map(|p| p.gateway)).flatten(),
+            gateway6: (route && has6)
+                .then(|| n.pools6.first().map(|p| p.gateway))
+                .flatten(),
+        })
     }
 
     /// `NetworkDriver.DeleteEndpoint` (also for endpoints of a network
@@ -379,7 +429,11 @@ impl Core {
             .and_then(|v| v.parse::<IpAddr>().ok())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let pid = peer.pid();
-        let bound = self.bind_in(pid, bindings, default_ip)?;
+        // As Docker's bridge (and tapnet's own containers): a port with no
+        // host address is published on `[::]` too for a dual-stack
+        // endpoint, the same port, reaching its IPv6 address.
+        let also6 = ep.ipv6.is_some() && default_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let bound = self.bind_in(pid, bindings, default_ip, also6, endpoint_id)?;
         let published = self.publish_bound(&n, &ep, endpoint_id, bound)?;
         let r = self.store.transact(|next| {
             if let Some(d) = next.docker.get_mut(endpoint_id) {
@@ -394,20 +448,34 @@ impl Core {
     }
 
     /// Binds `bindings` where dockerd's published ports belong (see
-    /// [`ports_bound_here`]).
+    /// [`ports_bound_here`]); with `also6`, a binding without a host
+    /// address is bound on `[::]` too (same port; left out, logged, when
+    /// that fails).
     fn bind_in(
         &self,
         pid: i32,
         bindings: Vec<PortBinding>,
         default_ip: IpAddr,
+        also6: bool,
+        endpoint_id: &str,
     ) -> Result<Vec<Bound>, DockerError> {
+        let who = format!(
+            "docker endpoint {}",
+            &endpoint_id[..12.min(endpoint_id.len())]
+        );
         let bind_all = move || -> Result<Vec<Bound>, PortError> {
             let mut out = vec![];
             for b in &bindings {
-                out.extend(super::ports::bind_binding(
-                    b,
-                    b.host_ip.unwrap_or(default_ip),
-                )?);
+                let v4 = super::ports::bind_binding(b, b.host_ip.unwrap_or(default_ip))?;
+                let v6: Vec<Bound> = if also6 && b.host_ip.is_none() {
+                    v4.iter()
+                        .filter_map(|v| super::ports::also_on_ipv6_any(&who, &v.port))
+                        .collect()
+                } else {
+                    vec![]
+                };
+                out.extend(v4);
+                out.extend(v6);
             }
             Ok(out)
         };
@@ -433,16 +501,20 @@ impl Core {
         let (Some(net), Some(ip)) = (self.dp_net_id(&n.id), ep.ipv4.map(|a| a.addr())) else {
             return Ok(vec![]);
         };
+        let ip6 = ep.ipv6.map(|a| a.addr());
         let mut out = vec![];
         for b in bound {
             let what = join_host_port(b.port.host_ip, b.port.host_port);
-            let r = self.dp.publish(Published {
-                owner: owner.to_string(),
-                network: net,
-                container_ip: ip,
-                container_port: b.port.container_port,
-                socket: b.socket,
-            });
+            let r = self.dp.publish_dual_stack(
+                Published {
+                    owner: owner.to_string(),
+                    network: net,
+                    container_ip: ip,
+                    container_port: b.port.container_port,
+                    socket: b.socket,
+                },
+                ip6,
+            );
             if let Err(e) = r {
                 self.dp.unpublish(owner);
                 return Err(PortError::Publish {
@@ -522,7 +594,7 @@ impl Core {
                 .collect();
             let mut bound = vec![];
             for (b, ip) in bindings {
-                match self.bind_in(d.dockerd_pid, vec![b], ip) {
+                match self.bind_in(d.dockerd_pid, vec![b], ip, false, &d.endpoint_id) {
                     Ok(v) => bound.extend(v),
                     Err(e) => tracing::warn!("docker: endpoint {}: {e}", &d.endpoint_id[..12]),
                 }

@@ -261,6 +261,10 @@ pub enum DockerError {
     Port(#[from] PortError),
     /// Docker sent no usable IPv4 address for the endpoint ({0:?}); tapnet networks need Docker's IPv4 IPAM
     Address(String),
+    /// Docker sent an invalid IPv6 address for the endpoint ({0:?})
+    Address6(String),
+    /// Docker sent an IPv6 address for an endpoint on network {0}, which has no IPv6 pool
+    NoPool6(String),
     /// Docker sent an invalid MAC address {0:?}
     Mac(String),
     /// invalid published port from Docker: {0}

@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::docker::{Peer, PortMap};
+use super::docker::{DockerIface, Peer, PortMap};
 use super::error::DockerError;
 use super::{call, Shared};
 use crate::drivers::docker::IpamData;
@@ -189,29 +189,28 @@ async fn create_endpoint(
 ) -> Answer {
     let r: CreateEndpointRequest = body(&b)?;
     let iface = r.interface.unwrap_or_default();
-    if !iface.address_ipv6.is_empty() {
-        return Err(PluginError(
-            "tapnet: IPv6 endpoints are not supported yet".into(),
-        ));
-    }
-    let mac = call(&c, move |c| {
+    let filled = call(&c, move |c| {
         c.docker_create_endpoint(
             &r.network_id,
             &r.endpoint_id,
             &iface.address,
+            &iface.address_ipv6,
             &iface.mac_address,
             peer,
         )
     })
     .await?;
-    // Only what Docker left empty may be filled in.
-    Ok(Json(match mac {
-        Some(m) => json!({"Interface": Interface {
-            mac_address: m.to_string(),
-            ..Default::default()
-        }}),
-        None => json!({}),
-    }))
+    // Only what Docker left empty may be filled in: libnetwork refuses a
+    // driver that answers an address or MAC it gave ("endpoint interface
+    // ... present"), so Docker's own addresses are never echoed.
+    if filled == DockerIface::default() {
+        return Ok(Json(json!({})));
+    }
+    Ok(Json(json!({"Interface": Interface {
+        mac_address: filled.mac.map(|m| m.to_string()).unwrap_or_default(),
+        address_ipv6: filled.ipv6.map(|a| a.to_string()).unwrap_or_default(),
+        ..Default::default()
+    }})))
 }
 
 async fn oper_info() -> Json<Value> {
@@ -230,13 +229,17 @@ async fn delete_endpoint(
 
 async fn join(State(c): State<Shared>, b: Bytes) -> Answer {
     let r: EndpointRequest = body(&b)?;
-    let (src, gateway) = call(&c, move |c| {
+    let j = call(&c, move |c| {
         c.docker_join(&r.network_id, &r.endpoint_id, &r.sandbox_key)
     })
     .await?;
-    let mut v = json!({"InterfaceName": {"SrcName": src, "DstPrefix": "eth"}});
-    if let Some(g) = gateway {
+    let mut v = json!({"InterfaceName": {"SrcName": j.src_name, "DstPrefix": "eth"}});
+    // Bare addresses (libnetwork's `net.ParseIP`).
+    if let Some(g) = j.gateway {
         v["Gateway"] = json!(g.to_string());
+    }
+    if let Some(g) = j.gateway6 {
+        v["GatewayIPv6"] = json!(g.to_string());
     }
     Ok(Json(v))
 }

@@ -140,8 +140,9 @@ pub(super) fn check_port_count(ports: &[PortBinding]) -> Result<(), PortError> {
 
 /// Binds the host sockets of one `-p` binding on `ip`.
 /// `port` (bound on `0.0.0.0`) bound again on `[::]`, IPv6 only; `None`
-/// (logged) when that port is taken there or the host has no IPv6.
-fn also_on_ipv6_any(c: &Container, port: &PublishedPort) -> Option<Bound> {
+/// (logged, naming `who`) when that port is taken there or the host has no
+/// IPv6.
+pub(super) fn also_on_ipv6_any(who: &str, port: &PublishedPort) -> Option<Bound> {
     let any6 = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
     match bind_socket(any6, port.host_port, port.proto) {
         Ok(socket) => Some(Bound {
@@ -153,8 +154,8 @@ fn also_on_ipv6_any(c: &Container, port: &PublishedPort) -> Option<Bound> {
         }),
         Err(e) => {
             tracing::warn!(
-                "container {}: {}/{} published on IPv4 only: [::]:{}: {e}",
-                c.name,
+                "{}: {}/{} published on IPv4 only: [::]:{}: {e}",
+                who,
                 port.container_port,
                 port.proto,
                 port.host_port
@@ -256,8 +257,9 @@ impl Core {
                 && b.host_ip.is_none()
                 && default_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
             let v6: Vec<Bound> = if both {
+                let who = format!("container {}", c.name);
                 v4.iter()
-                    .filter_map(|v| also_on_ipv6_any(c, &v.port))
+                    .filter_map(|v| also_on_ipv6_any(&who, &v.port))
                     .collect()
             } else {
                 vec![]

@@ -5,15 +5,24 @@
 //! anti-spoofing uses them) and answers names itself (its 127.0.0.11), so
 //! there is no embedded DNS here. Their endpoints belong to Docker.
 //!
+//! Dual-stack (`docker network create --ipv6 --subnet … --subnet V6`, or
+//! compose's `enable_ipv6`): Docker's `IPv6Data` pool becomes the network's
+//! [`Pool6`] (its gateway the one Docker's IPAM reserved), checked as
+//! tapnet's own `network create --ipv6` checks it (canonical, not a
+//! special range, no overlap); the switch then answers Neighbor Discovery
+//! and echo for that gateway, checks endpoints' IPv6 sources and the NAT
+//! masquerades IPv6, as on tapnet's bridge networks.
+//!
 //! Options (`-o`, Docker's "generic" map): Docker's bridge options
 //! `com.docker.network.bridge.enable_icc`,
 //! `com.docker.network.bridge.enable_ip_masquerade`,
 //! `com.docker.network.bridge.host_binding_ipv4` and
-//! `com.docker.network.driver.mtu`; anything else is refused at create
-//! time.
+//! `com.docker.network.driver.mtu`, and `com.docker.network.enable_ipv6`
+//! (as compose sends it; the same as `--ipv6`); anything else is refused
+//! at create time.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::OwnedFd;
 
 use ipnet::Ipv4Net;
@@ -42,16 +51,76 @@ pub struct IpamData {
     pub aux_addresses: BTreeMap<String, String>,
 }
 
-/// The address of a CIDR string (`172.18.0.1/16`), or a bare address.
-fn cidr_addr(s: &str) -> Option<Ipv4Addr> {
+/// The address of a CIDR string (`172.18.0.1/16`, `2001:db8::1/64`), or
+/// a bare address.
+fn cidr_addr<A: std::str::FromStr>(s: &str) -> Option<A> {
     s.split('/').next()?.parse().ok()
+}
+
+/// The network's IPv6 pool from Docker's `IPv6Data` (none without
+/// `enable_ipv6`; at most one pool), checked by tapnet's IPv6 IPAM rules
+/// and against every network's IPv6 subnets.
+fn pool6_from_docker(
+    st: &State,
+    enable: bool,
+    ipv6: &[IpamData],
+) -> Result<Option<Pool6>, DriverError> {
+    let d = match ipv6 {
+        [] => return Ok(None),
+        [d] => d,
+        _ => return Err(DriverError::OneSubnet6),
+    };
+    if !enable {
+        return Err(DriverError::Ipv6NotEnabled(d.pool.clone()));
+    }
+    let gateway = match d.gateway.as_str() {
+        "" => None,
+        g => Some(
+            cidr_addr::<Ipv6Addr>(g)
+                .ok_or_else(|| {
+                    DriverError::DockerRequest(format!("a malformed IPv6 gateway {g:?}"))
+                })?
+                .to_string(),
+        ),
+    };
+    let mut aux = BTreeMap::new();
+    for (name, a) in &d.aux_addresses {
+        let addr = cidr_addr::<Ipv6Addr>(a).ok_or_else(|| {
+            DriverError::DockerRequest(format!("a malformed auxiliary address {a:?}"))
+        })?;
+        aux.insert(name.clone(), addr.to_string());
+    }
+    let pool = ipam::make_pool6(
+        &ipam::PoolRequest {
+            subnet: Some(d.pool.clone()),
+            ip_range: None,
+            gateway,
+            aux,
+        },
+        &[],
+        "",
+    )?;
+    for n in st.networks.values() {
+        if let Some(p) = n
+            .pools6
+            .iter()
+            .find(|p| ipam::overlaps6(&p.subnet, &pool.subnet))
+        {
+            return Err(DriverError::Overlap6 {
+                subnet: pool.subnet,
+                other: n.name.clone(),
+                theirs: p.subnet,
+            });
+        }
+    }
+    Ok(Some(pool))
 }
 
 impl Docker {
     /// The network record for Docker's `CreateNetwork`: its id, its
     /// options (`Options`, arbitrary JSON) and its IPAM data, checked
-    /// against the state (one IPv4 pool, no overlap with another network,
-    /// known options only).
+    /// against the state (one IPv4 pool and at most one IPv6 pool, no
+    /// overlap with another network, known options only).
     pub fn from_docker(
         st: &State,
         network_id: &str,
@@ -65,9 +134,7 @@ impl Docker {
             )));
         }
         let flag = |k: &str| options.get(k).and_then(|v| v.as_bool()).unwrap_or(false);
-        if flag("com.docker.network.enable_ipv6") || !ipv6.is_empty() {
-            return Err(DriverError::Ipv6("tapnet's Docker-driver"));
-        }
+        let mut enable_ipv6 = flag(OPT_ENABLE_IPV6);
         let mut generic = Map::new();
         if let Some(g) = options.get("com.docker.network.generic") {
             let obj = g.as_object().ok_or_else(|| {
@@ -78,6 +145,15 @@ impl Docker {
                     serde_json::Value::String(s) => s.clone(),
                     other => other.to_string(),
                 };
+                // Compose's spelling of `--ipv6` (`-o`, a string).
+                if k == OPT_ENABLE_IPV6 {
+                    enable_ipv6 |= parse_bool(&v).ok_or_else(|| DriverError::BadOption {
+                        key: k.clone(),
+                        value: v.clone(),
+                        why: "expected true or false",
+                    })?;
+                    continue;
+                }
                 if !OPTIONS.contains(&k.as_str()) {
                     return Err(DriverError::UnknownOption {
                         key: k.clone(),
@@ -107,7 +183,7 @@ impl Docker {
                 kind,
             }));
         }
-        let gateway = cidr_addr(&d.gateway)
+        let gateway = cidr_addr::<Ipv4Addr>(&d.gateway)
             .filter(|g| subnet.contains(g))
             .ok_or_else(|| {
                 DriverError::DockerRequest(format!(
@@ -123,6 +199,14 @@ impl Docker {
             aux.insert(name.clone(), addr);
         }
         bridge::check_overlap(st, subnet)?;
+        let pool6 = pool6_from_docker(st, enable_ipv6, ipv6)?;
+        let mtu = generic
+            .get(OPT_MTU)
+            .and_then(|m| m.parse::<u32>().ok())
+            .unwrap_or(DEFAULT_MTU);
+        if pool6.is_some() && mtu < 1280 {
+            return Err(DriverError::Ipv6Mtu(mtu));
+        }
         Ok(Network {
             id: network_id.to_string(),
             name: format!("docker-{}", &network_id[..12]),
@@ -131,14 +215,14 @@ impl Docker {
             internal: flag("com.docker.network.internal"),
             attachable: false,
             ingress: false,
-            enable_ipv6: false,
+            enable_ipv6: pool6.is_some(),
             pools: vec![Pool {
                 subnet,
                 gateway,
                 ip_range: None,
                 aux,
             }],
-            pools6: vec![],
+            pools6: pool6.into_iter().collect(),
             ipam_options: BTreeMap::new(),
             options: generic,
             labels: [("com.docker.network.id".to_string(), network_id.to_string())].into(),
@@ -216,6 +300,18 @@ mod tests {
             "com.docker.network.internal": true,
             "com.docker.network.enable_ipv6": false,
         });
+        let v6opt = serde_json::json!({
+            "com.docker.network.generic": {"com.docker.network.enable_ipv6": "true"},
+        });
+        let n = Docker::from_docker(
+            &st,
+            &id(),
+            &v6opt,
+            &data("172.19.0.0/16", "172.19.0.1/16"),
+            &data("fd00:1::/64", "fd00:1::1/64"),
+        )
+        .unwrap();
+        assert!(n.enable_ipv6 && n.pools6.len() == 1);
         let n = Docker::from_docker(
             &st,
             &id(),
@@ -231,7 +327,7 @@ mod tests {
         for bad in [
             serde_json::json!({"com.docker.network.generic": {"zzz": "1"}}),
             serde_json::json!({"com.docker.network.generic": {"com.docker.network.driver.mtu": "abc"}}),
-            serde_json::json!({"com.docker.network.enable_ipv6": true}),
+            serde_json::json!({"com.docker.network.generic": {"com.docker.network.enable_ipv6": "maybe"}}),
         ] {
             assert!(
                 Docker::from_docker(
@@ -247,6 +343,52 @@ mod tests {
         }
         let none = serde_json::json!({});
         assert!(Docker::from_docker(&st, &id(), &none, &[], &[]).is_err());
+        // Dual-stack: Docker's IPv6 pool and gateway (CIDR strings).
+        let v6 = serde_json::json!({"com.docker.network.enable_ipv6": true});
+        let v4 = data("10.0.0.0/24", "10.0.0.1/24");
+        let n = Docker::from_docker(
+            &st,
+            &id(),
+            &v6,
+            &v4,
+            &data("2001:db8:1::/64", "2001:db8:1::1/64"),
+        )
+        .unwrap();
+        assert!(n.enable_ipv6);
+        assert_eq!(n.pools6.len(), 1);
+        assert_eq!(n.pools6[0].subnet.to_string(), "2001:db8:1::/64");
+        assert_eq!(n.pools6[0].gateway.to_string(), "2001:db8:1::1");
+        let mut st2 = State::default();
+        st2.networks.insert(n.id.clone(), n);
+        for (opts, pool, gw) in [
+            // IPv6 data without enable_ipv6.
+            (&none, "2001:db8:2::/64", "2001:db8:2::1/64"),
+            // Overlaps the first network's IPv6 subnet.
+            (&v6, "2001:db8:1::/48", "2001:db8:1::1/48"),
+            // An MTU below IPv6's minimum.
+            (
+                &serde_json::json!({"com.docker.network.enable_ipv6": true,
+                    "com.docker.network.generic": {"com.docker.network.driver.mtu": "1200"}}),
+                "2001:db8:5::/64",
+                "2001:db8:5::1/64",
+            ),
+            // Link-local, gateway outside, malformed.
+            (&v6, "fe80::/64", "fe80::1/64"),
+            (&v6, "2001:db8:3::/64", "2001:db8:4::1/64"),
+            (&v6, "2001:db8:3::/64", "zz/64"),
+        ] {
+            assert!(
+                Docker::from_docker(
+                    &st2,
+                    &"cd".repeat(32),
+                    opts,
+                    &data("10.1.0.0/24", "10.1.0.1/24"),
+                    &data(pool, gw)
+                )
+                .is_err(),
+                "{pool} {gw}"
+            );
+        }
         assert!(
             Docker::from_docker(&st, "x", &none, &data("10.0.0.0/24", "10.0.0.1/24"), &[]).is_err()
         );
