@@ -548,15 +548,19 @@ services:
   client:
     image: bb
     command: sleep 600
-    networks: [front]
+    networks:
+      front:
+        ipv6_address: 2001:3984:3989::10
 networks:
   front:
     driver: tapnet
+    enable_ipv6: true
     driver_opts:
       com.docker.network.driver.mtu: "1400"
     ipam:
       config:
         - subnet: 10.74.0.0/24
+        - subnet: 2001:3984:3989::/64
 "#,
     )
     .unwrap();
@@ -594,6 +598,20 @@ networks:
         ],
     );
     assert_eq!(mtu.stdout.trim(), "1400", "{mtu:?}");
+    // The seeds' dual-stack compose file: `enable_ipv6` and an
+    // `ipv6_address`; the services reach each other over IPv6 by name.
+    let addrs = h.compose(
+        &dir.0,
+        &["-p", "seed", "exec", "-T", "client", "ip", "-6", "addr"],
+    );
+    assert!(addrs.stdout.contains("2001:3984:3989::10/64"), "{addrs:?}");
+    let ping = h.compose(
+        &dir.0,
+        &[
+            "-p", "seed", "exec", "-T", "client", "ping", "-6", "-c", "1", "-W", "3", "web",
+        ],
+    );
+    assert_eq!(ping.code, 0, "{ping:?}\n{}", h.d.log());
     assert!(h
         .d
         .ok(&["network", "ls", "--format", "json"])
