@@ -275,6 +275,8 @@ fn containers_talk_ipv6_through_the_switch() {
     assert_eq!(dig(&["AAAA", "s2"]), a2);
     assert_eq!(dig(&["AAAA", "s2.six"]), a2);
     assert_eq!(dig(&["@2001:db8:80::1", "AAAA", "s2"]), a2);
+    // The gateway's link-local address (from its MAC 02:42:0a:50:00:01).
+    assert_eq!(dig(&["@fe80::42:aff:fe50:1%eth0", "AAAA", "s2"]), a2);
     assert_eq!(
         dig(&["@2001:db8:80::1", "+tcp", "A", "s2"]),
         d.ip_of("s2", "six")

@@ -5,7 +5,8 @@
 //!
 //! Contract:
 //! - Takes IPv4/UDP and IPv4/TCP frames to the network's gateway IP, and
-//!   IPv6/UDP and IPv6/TCP frames to its IPv6 gateway address (dual-stack
+//!   IPv6/UDP and IPv6/TCP frames to its IPv6 gateway address or its
+//!   link-local address (dual-stack
 //!   networks, [`tapnet_switch::Ipv6Config::gateway`]), port 53, on
 //!   networks where the registry enables DNS; everything else (other
 //!   ports, IPv4 fragments, IPv6 packets with any extension header — a
@@ -343,9 +344,11 @@ fn to_gateway<'a>(net: &Network, frame: &'a [u8]) -> Option<(IpAddr, IpAddr, u8,
             let v6 = net.config.v6.as_ref()?;
             let ip = Ipv6Header::parse(payload)?;
             // Any extension header (the next header is not UDP or TCP)
-            // goes to the inner hook.
-            if ip.dst != v6.gateway
-                || (ip.next_header != ip::proto::UDP && ip.next_header != ip::proto::TCP)
+            // goes to the inner hook. The gateway's link-local address
+            // answers too (the switch answers NDP for both).
+            let to_gateway = ip.dst == v6.gateway
+                || ip.dst == tapnet_switch::gateway_link_local(net.gateway_mac);
+            if !to_gateway || (ip.next_header != ip::proto::UDP && ip.next_header != ip::proto::TCP)
             {
                 return None;
             }

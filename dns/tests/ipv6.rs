@@ -761,3 +761,25 @@ fn forwarded_tcp_query_over_ipv6_is_acked_then_answered_over_tcp() {
     assert_eq!(&s.data[2..], &answer[..]);
     assert_eq!(f.stats().tcp_forwarded, 1);
 }
+
+#[test]
+fn queries_to_the_gateways_link_local_address_are_answered_from_it() {
+    let mut f = populated(true);
+    let ll = tapnet_switch::gateway_link_local(f.front.gateway_mac);
+    let src = v6(CLIENT6);
+    let q = query(0x77, "web", AAAA, None);
+    let fr = frame6(
+        f.front.gateway_mac,
+        src,
+        ll,
+        17,
+        &[],
+        &udp6(src, ll, 53, &q),
+    );
+    let v = f.handle(VnetHdr::default(), &fr);
+    let HookVerdict::Reply(n) = v else {
+        panic!("a reply, got {v:?}")
+    };
+    let m = check_udp6(&f.scratch[..n], f.front.gateway_mac, ll, src);
+    assert_eq!(aaaa(&m), vec![v6("2001:db8:1::3")]);
+}
