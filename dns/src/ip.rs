@@ -10,10 +10,12 @@
 //! families, or the length does not fit the header's length field.
 
 use core::net::{IpAddr, Ipv6Addr};
-use tapnet_switch::wire::{checksum_finish, checksum_sum, ipv4, pseudo_header_sum, EtherType};
+use tapnet_switch::wire::{
+    checksum_finish, checksum_sum, ipv4, ipv6, pseudo_header_sum, EtherType,
+};
 
 /// The fixed IPv6 header.
-pub const IPV6_HEADER_LEN: usize = 40;
+pub const IPV6_HEADER_LEN: usize = ipv6::HEADER_LEN;
 /// Hop limit of the IPv6 packets we send (the kernel's default).
 pub const HOP_LIMIT: u8 = 64;
 /// TTL of the IPv4 packets we send.
@@ -81,12 +83,7 @@ pub fn ethertype(a: IpAddr) -> EtherType {
 pub fn pseudo_sum(src: IpAddr, dst: IpAddr, protocol: u8, len: usize) -> Option<u32> {
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => Some(pseudo_header_sum(s, d, protocol, len)),
-        (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let acc = checksum_sum(0, &s.octets());
-            let acc = checksum_sum(acc, &d.octets());
-            let l = len as u32;
-            Some(acc + (l >> 16) + (l & 0xffff) + u32::from(protocol))
-        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => Some(ipv6::pseudo_header_sum(s, d, protocol, len)),
         _ => None,
     }
 }
@@ -138,12 +135,7 @@ pub fn emit_header(
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let len = u16::try_from(l4_len).ok()?;
             let h = out.get_mut(..IPV6_HEADER_LEN)?;
-            h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
-            h[4..6].copy_from_slice(&len.to_be_bytes());
-            h[6] = protocol;
-            h[7] = HOP_LIMIT;
-            h[8..24].copy_from_slice(&s.octets());
-            h[24..40].copy_from_slice(&d.octets());
+            ipv6::emit_header(h, s, d, protocol, usize::from(len), HOP_LIMIT);
             Some(IPV6_HEADER_LEN)
         }
         _ => None,

@@ -16,21 +16,11 @@
 
 use core::net::Ipv6Addr;
 use core::ops::Range;
-pub use tapnet_switch::wire::ipv6::{is_link_local, pseudo_header_sum};
+pub use tapnet_switch::wire::ipv6::{is_link_local, next_header, pseudo_header_sum, HEADER_LEN};
 use tapnet_switch::wire::{checksum_finish, checksum_sum};
 
-/// Length of the fixed header.
-pub const HEADER_LEN: usize = 40;
 /// The minimum link MTU (RFC 8200 5): an ICMPv6 error never exceeds it.
 pub const MIN_MTU: usize = 1280;
-
-/// Next-header values the NAT looks at.
-pub mod next_header {
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
-    pub const FRAGMENT: u8 = 44;
-    pub const ICMPV6: u8 = 58;
-}
 
 /// ICMPv6 message types and codes (RFC 4443, RFC 4861).
 pub mod icmp6 {
@@ -111,12 +101,14 @@ pub fn emit_header(
     hop_limit: u8,
 ) -> Option<()> {
     let h = buf.get_mut(..HEADER_LEN)?;
-    h[..4].copy_from_slice(&[0x60, 0, 0, 0]);
-    h[4..6].copy_from_slice(&(payload_len.min(0xffff) as u16).to_be_bytes());
-    h[6] = next_header;
-    h[7] = hop_limit;
-    h[8..24].copy_from_slice(&src.octets());
-    h[24..40].copy_from_slice(&dst.octets());
+    tapnet_switch::wire::ipv6::emit_header(
+        h,
+        src,
+        dst,
+        next_header,
+        payload_len.min(0xffff),
+        hop_limit,
+    );
     Some(())
 }
 
@@ -162,10 +154,7 @@ pub fn set_partial_checksum(
 /// Whether the checksum of `msg` (the whole upper-layer message) from
 /// `src` to `dst` verifies.
 pub fn verify_checksum(msg: &[u8], src: Ipv6Addr, dst: Ipv6Addr, next_header: u8) -> bool {
-    checksum_finish(checksum_sum(
-        pseudo_header_sum(src, dst, next_header, msg.len()),
-        msg,
-    )) == 0
+    tapnet_switch::wire::ipv6::upper_checksum(src, dst, next_header, msg) == 0
 }
 
 #[cfg(test)]
