@@ -432,8 +432,7 @@ impl Core {
         // As Docker's bridge (and tapnet's own containers): a port with no
         // host address is published on `[::]` too for a dual-stack
         // endpoint, the same port, reaching its IPv6 address.
-        let also6 = ep.ipv6.is_some() && default_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-        let bound = self.bind_in(pid, bindings, default_ip, also6, endpoint_id)?;
+        let bound = self.bind_in(pid, bindings, default_ip, ep.ipv6.is_some(), endpoint_id)?;
         let published = self.publish_bound(&n, &ep, endpoint_id, bound)?;
         let r = self.store.transact(|next| {
             if let Some(d) = next.docker.get_mut(endpoint_id) {
@@ -448,15 +447,14 @@ impl Core {
     }
 
     /// Binds `bindings` where dockerd's published ports belong (see
-    /// [`ports_bound_here`]); with `also6`, a binding without a host
-    /// address is bound on `[::]` too (same port; left out, logged, when
-    /// that fails).
+    /// [`ports_bound_here`]); for a `dual_stack` endpoint, also on `[::]`
+    /// (see [`super::ports::bind_bindings`]).
     fn bind_in(
         &self,
         pid: i32,
         bindings: Vec<PortBinding>,
         default_ip: IpAddr,
-        also6: bool,
+        dual_stack: bool,
         endpoint_id: &str,
     ) -> Result<Vec<Bound>, DockerError> {
         let who = format!(
@@ -464,20 +462,7 @@ impl Core {
             &endpoint_id[..12.min(endpoint_id.len())]
         );
         let bind_all = move || -> Result<Vec<Bound>, PortError> {
-            let mut out = vec![];
-            for b in &bindings {
-                let v4 = super::ports::bind_binding(b, b.host_ip.unwrap_or(default_ip))?;
-                let v6: Vec<Bound> = if also6 && b.host_ip.is_none() {
-                    v4.iter()
-                        .filter_map(|v| super::ports::also_on_ipv6_any(&who, &v.port))
-                        .collect()
-                } else {
-                    vec![]
-                };
-                out.extend(v4);
-                out.extend(v6);
-            }
-            Ok(out)
+            super::ports::bind_bindings(&bindings, default_ip, dual_stack, &who)
         };
         let r = if ports_bound_here(pid) {
             bind_all()

@@ -159,13 +159,11 @@ pub fn allocate_as(
     let last = st.last_allocated(&n.id);
     let ip = ipam::allocate_after(pool, &used, req.ipv4, last).map_err(|e| match e {
         ipam::IpamError::AddrInUse(addr) => {
-            let owner = st
-                .address_owner(&n.id, addr)
-                .and_then(|ep| st.endpoints.get(ep))
-                .and_then(|ep| ep.owner.container())
-                .and_then(|c| st.containers.get(c))
-                .map(|c| format!(" by container {}", c.name))
-                .unwrap_or_default();
+            let owner = held_by(
+                st,
+                st.address_owner(&n.id, addr)
+                    .and_then(|ep| st.endpoints.get(ep)),
+            );
             EndpointError::AddrInUse {
                 addr,
                 network: n.name.clone(),
@@ -188,13 +186,11 @@ pub fn allocate_as(
                 ipam::Ipam6Error::AddrInUse(addr) => EndpointError::Addr6InUse {
                     addr,
                     network: n.name.clone(),
-                    owner: st
-                        .network_endpoints(&n.id)
-                        .find(|e| e.ipv6.map(|a| a.addr()) == Some(addr))
-                        .and_then(|ep| ep.owner.container())
-                        .and_then(|c| st.containers.get(c))
-                        .map(|c| format!(" by container {}", c.name))
-                        .unwrap_or_default(),
+                    owner: held_by(
+                        st,
+                        st.network_endpoints(&n.id)
+                            .find(|e| e.ipv6.map(|a| a.addr()) == Some(addr)),
+                    ),
                 },
                 source => EndpointError::Ipam6 {
                     network: n.name.clone(),
@@ -261,6 +257,15 @@ pub fn allocate_as(
     }
     st.endpoints.insert(ep.id.clone(), ep.clone());
     Ok(ep)
+}
+
+/// ` by container NAME` when `ep` belongs to a tapnet container (for an
+/// address-in-use error), else nothing.
+fn held_by(st: &State, ep: Option<&Endpoint>) -> String {
+    ep.and_then(|ep| ep.owner.container())
+        .and_then(|c| st.containers.get(c))
+        .map(|c| format!(" by container {}", c.name))
+        .unwrap_or_default()
 }
 
 /// Removes an endpoint and frees its address, in the state copy `st`.

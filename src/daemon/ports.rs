@@ -165,6 +165,35 @@ pub(super) fn also_on_ipv6_any(who: &str, port: &PublishedPort) -> Option<Bound>
     }
 }
 
+/// Binds every binding of `bindings` on its host address, else
+/// `default_ip`. As Docker: for a `dual_stack` endpoint, a binding without
+/// a host address, when the default is `0.0.0.0`, is bound on `[::]` too
+/// (the same port, for IPv6 clients, who then reach the endpoint's IPv6
+/// address). `who` names the owner in the log. On an error, what was bound
+/// so far is closed (dropped).
+pub(super) fn bind_bindings(
+    bindings: &[PortBinding],
+    default_ip: IpAddr,
+    dual_stack: bool,
+    who: &str,
+) -> Result<Vec<Bound>, PortError> {
+    let any4 = default_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let mut out = vec![];
+    for b in bindings {
+        let v4 = bind_binding(b, b.host_ip.unwrap_or(default_ip))?;
+        let v6: Vec<Bound> = if dual_stack && any4 && b.host_ip.is_none() {
+            v4.iter()
+                .filter_map(|v| also_on_ipv6_any(who, &v.port))
+                .collect()
+        } else {
+            vec![]
+        };
+        out.extend(v4);
+        out.extend(v6);
+    }
+    Ok(out)
+}
+
 pub(super) fn bind_binding(b: &PortBinding, ip: IpAddr) -> Result<Vec<Bound>, PortError> {
     let mut out = vec![];
     for (cp, hp) in b.expand() {
@@ -247,27 +276,8 @@ impl Core {
             .get(OPT_HOST_BINDING)
             .and_then(|v| v.parse::<IpAddr>().ok())
             .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-        let mut out = vec![];
-        for b in &c.ports {
-            let v4 = bind_binding(b, b.host_ip.unwrap_or(default_ip))?;
-            // As Docker: a port without a host address on a dual-stack
-            // network is published on `[::]` too, the same port, for IPv6
-            // clients (which then reach the container's IPv6 address).
-            let both = ip6.is_some()
-                && b.host_ip.is_none()
-                && default_ip == IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-            let v6: Vec<Bound> = if both {
-                let who = format!("container {}", c.name);
-                v4.iter()
-                    .filter_map(|v| also_on_ipv6_any(&who, &v.port))
-                    .collect()
-            } else {
-                vec![]
-            };
-            out.extend(v4);
-            out.extend(v6);
-        }
-        Ok(out)
+        let who = format!("container {}", c.name);
+        bind_bindings(&c.ports, default_ip, ip6.is_some(), &who)
     }
 
     /// After a daemon restart: binds the ports `c` had again (the same host
