@@ -29,7 +29,7 @@
 //! A port with `ip6` may send IPv6 from it and from its MAC's EUI-64
 //! link-local address; a checked port without `ip6` only from the
 //! link-local one. The gateway's IPv6 addresses are `gateway6` and the
-//! link-local of the gateway MAC ([`tapnet_switch::gateway_link_local`]).
+//! link-local of the gateway MAC ([`tapnet_switch::link_local_of`]).
 //!
 //! Semantics:
 //! - Each input packet enters the switch on the port named like its pcapng

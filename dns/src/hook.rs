@@ -346,8 +346,8 @@ fn to_gateway<'a>(net: &Network, frame: &'a [u8]) -> Option<(IpAddr, IpAddr, u8,
             // Any extension header (the next header is not UDP or TCP)
             // goes to the inner hook. The gateway's link-local address
             // answers too (the switch answers NDP for both).
-            let to_gateway = ip.dst == v6.gateway
-                || ip.dst == tapnet_switch::gateway_link_local(net.gateway_mac);
+            let to_gateway =
+                ip.dst == v6.gateway || ip.dst == tapnet_switch::link_local_of(net.gateway_mac);
             if !to_gateway || (ip.next_header != ip::proto::UDP && ip.next_header != ip::proto::TCP)
             {
                 return None;

@@ -765,7 +765,7 @@ fn forwarded_tcp_query_over_ipv6_is_acked_then_answered_over_tcp() {
 #[test]
 fn queries_to_the_gateways_link_local_address_are_answered_from_it() {
     let mut f = populated(true);
-    let ll = tapnet_switch::gateway_link_local(f.front.gateway_mac);
+    let ll = tapnet_switch::link_local_of(f.front.gateway_mac);
     let src = v6(CLIENT6);
     let q = query(0x77, "web", AAAA, None);
     let fr = frame6(

@@ -19,7 +19,7 @@ use tapnet_switch::wire::arp::ArpOp;
 use tapnet_switch::wire::ipv6::{icmpv6, multicast_mac, solicited_node};
 use tapnet_switch::wire::vnet::{F_NEEDS_CSUM, GSO_TCPV4};
 use tapnet_switch::wire::{ipv4, EtherType, EthernetAddress, VnetHdr};
-use tapnet_switch::{gateway_link_local, gateway_mac};
+use tapnet_switch::{gateway_mac, link_local_of};
 
 // ------------------------------------------------------------ the model
 
@@ -712,7 +712,7 @@ fn gw6() -> Ipv6Addr {
 
 /// The gateway's link-local address.
 fn gw_ll() -> Ipv6Addr {
-    gateway_link_local(gw_front().mac)
+    link_local_of(gw_front().mac)
 }
 
 /// An endpoint's global IPv6 address (its IPv4 address's last byte: a = ::a).
@@ -722,7 +722,7 @@ fn v6(e: Ep) -> Ipv6Addr {
 
 /// An endpoint's link-local address (EUI-64 of its MAC).
 fn ll(e: Ep) -> Ipv6Addr {
-    gateway_link_local(e.mac)
+    link_local_of(e.mac)
 }
 
 fn front6(icc: bool, gateway6: Option<Ipv6Addr>) -> Net {

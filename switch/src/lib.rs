@@ -41,6 +41,6 @@ pub use pipeline::{
     BatchCx, GatewayHook, HookCx, HookVerdict, NoHook, Processed, Transmit, Worker,
 };
 pub use topology::{
-    gateway_link_local, gateway_mac, ConfigError, Ipv6Config, Network, NetworkConfig, NetworkId,
+    gateway_mac, link_local_of, ConfigError, Ipv6Config, Network, NetworkConfig, NetworkId,
     OverlayConfig, Port, PortConfig, PortId, Switch, SwitchConfig, Topology, TunnelConfig,
 };

@@ -30,7 +30,7 @@
 use crate::capture::CaptureHook;
 use crate::counters::DropReason;
 use crate::fdb::{self, Fdb, Learned};
-use crate::topology::{gateway_link_local, Network, Port, PortId, Switch, Topology};
+use crate::topology::{link_local_of, Network, Port, PortId, Switch, Topology};
 use crate::wire::{
     arp::{ArpOp, ArpRepr},
     ethernet, icmp, ipv4,
@@ -777,7 +777,7 @@ fn icmpv6_checksum_ok(meta: &VnetHdr, ip: &Ipv6Packet<&[u8]>) -> bool {
 fn is_gateway6(net: &Network, a: Ipv6Addr) -> bool {
     net.config
         .v6
-        .is_some_and(|v6| a == v6.gateway || a == gateway_link_local(net.gateway_mac))
+        .is_some_and(|v6| a == v6.gateway || a == link_local_of(net.gateway_mac))
 }
 
 /// Ingress checks past Ethernet: L3 sanity and anti-spoofing.
@@ -830,7 +830,7 @@ fn classify(
 fn check_ipv6_source(port: &Port, ip: &Ipv6Packet<&[u8]>) -> Result<(), DropReason> {
     let src = ip.src_addr();
     let mac = port.config.mac.unwrap_or_default();
-    let link_local = gateway_link_local(mac);
+    let link_local = link_local_of(mac);
     let own = |a: Ipv6Addr| Some(a) == port.config.ip6 || a == link_local;
     if src.is_unspecified() {
         let nh = ip.next_header();

@@ -72,7 +72,7 @@ pub struct NetworkConfig {
 
 /// A network's IPv6 side. The gateway answers Neighbor Solicitations and
 /// echo requests for `gateway` and for its link-local address
-/// ([`gateway_link_local`]).
+/// ([`link_local_of`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv6Config {
     pub subnet: Ipv6Addr,
@@ -122,10 +122,10 @@ pub fn gateway_mac(gateway: Ipv4Addr) -> EthernetAddress {
     EthernetAddress([0x02, 0x42, o[0], o[1], o[2], o[3]])
 }
 
-/// The gateway's IPv6 link-local address: `fe80::/64` with the modified
-/// EUI-64 interface id of its MAC (RFC 4291 appendix A), what a kernel
-/// interface with that MAC would have.
-pub fn gateway_link_local(mac: EthernetAddress) -> Ipv6Addr {
+/// The IPv6 link-local address of a MAC: `fe80::/64` with the modified
+/// EUI-64 interface id (RFC 4291 appendix A), what a kernel interface with
+/// that MAC has. The gateway's, and each checked port's own.
+pub fn link_local_of(mac: EthernetAddress) -> Ipv6Addr {
     let m = mac.0;
     Ipv6Addr::from([
         0xfe,

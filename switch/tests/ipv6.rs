@@ -17,7 +17,7 @@ fn ip6(d: u16) -> Ipv6Addr {
 }
 
 fn ll(n: u32) -> Ipv6Addr {
-    gateway_link_local(mac(n))
+    link_local_of(mac(n))
 }
 
 struct Fab {
@@ -84,7 +84,7 @@ fn ipv6_between_endpoints_is_switched() {
 #[test]
 fn the_gateway_answers_neighbor_solicitations() {
     let mut f = fabric(true);
-    for target in [ip6(1), gateway_link_local(gw())] {
+    for target in [ip6(1), link_local_of(gw())] {
         let ns = build::neighbor_solicit(mac(10), ip6(10), target);
         let out = f.inject(f.a, &ns);
         assert_eq!(ports(&out), vec![f.a], "answered, not flooded");
@@ -214,7 +214,7 @@ fn a_network_without_ipv6_has_no_ipv6_gateway() {
         .add_port(PortConfig::endpoint("a", net, mac(10), ip(10)))
         .unwrap();
     let mut m = m;
-    let ns = build::neighbor_solicit(mac(10), ll(10), gateway_link_local(gw()));
+    let ns = build::neighbor_solicit(mac(10), ll(10), link_local_of(gw()));
     let out = m.inject(0, a, VnetHdr::default(), &ns);
     assert!(out.is_empty(), "nothing answers (and nobody else is there)");
 }
