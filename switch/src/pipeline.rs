@@ -832,17 +832,26 @@ fn check_ipv6_source(port: &Port, ip: &Ipv6Packet<&[u8]>) -> Result<(), DropReas
     let mac = port.config.mac.unwrap_or_default();
     let link_local = link_local_of(mac);
     let own = |a: Ipv6Addr| Some(a) == port.config.ip6 || a == link_local;
+    // Extension headers are walked: an NA behind a destination-options
+    // header is still an NA to the kernels that receive it.
+    let upper =
+        ipv6::upper_layer(ip.next_header(), ip.payload()).map_err(|_| DropReason::Malformed)?;
+    let icmp = upper.protocol == ipv6::next_header::ICMPV6;
     if src.is_unspecified() {
-        let nh = ip.next_header();
-        if nh != ipv6::next_header::ICMPV6 && nh != ipv6::next_header::HOP_BY_HOP {
+        // `::` only for DAD's NS and MLD reports (behind hop-by-hop).
+        if !icmp || upper.fragment.is_some() {
             return Err(DropReason::SpoofedIp);
         }
     } else if !own(src) {
         return Err(DropReason::SpoofedIp);
     }
-    if ip.next_header() == ipv6::next_header::ICMPV6 {
-        match ipv6::parse_nd(ip.payload()) {
+    if icmp && upper.fragment.is_none_or(|f| f == 0) {
+        match ipv6::parse_nd(&ip.payload()[upper.offset..]) {
             Err(_) => return Err(DropReason::Malformed),
+            // RFC 6980: Neighbor Discovery is never fragmented; receivers
+            // drop it, and so does the switch (its checks would see only
+            // part of the options).
+            Ok(Some(_)) if upper.fragment.is_some() => return Err(DropReason::Malformed),
             Ok(Some(nd)) => {
                 let advert = nd.msg_type == icmpv6::NEIGHBOR_ADVERT;
                 if nd.lladdr.is_some_and(|m| m != mac.0) || (advert && !own(nd.target)) {

@@ -183,6 +183,73 @@ fn ipv6_spoofing_is_dropped() {
     assert_eq!(ports(&f.inject(f.a, &na)), vec![f.c]);
 }
 
+/// `frame` (Ethernet + IPv6) with extension header `ext` (its first byte,
+/// the next-header field, filled in here) put in front of the payload.
+fn with_extension(frame: &[u8], kind: u8, ext: &[u8]) -> Vec<u8> {
+    let (eth, ip) = (14, 14 + ipv6::HEADER_LEN);
+    let mut f = frame[..ip].to_vec();
+    let mut e = ext.to_vec();
+    e[0] = f[eth + 6];
+    f[eth + 6] = kind;
+    let len = u16::from_be_bytes([f[eth + 4], f[eth + 5]]) + e.len() as u16;
+    f[eth + 4..eth + 6].copy_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&e);
+    f.extend_from_slice(&frame[ip..]);
+    f
+}
+
+#[test]
+fn extension_headers_do_not_hide_neighbor_discovery() {
+    use ipv6::next_header::{DEST_OPTS, FRAGMENT, HOP_BY_HOP, ROUTING};
+    let mut f = fabric(true);
+    // Destination options with a PadN: 8 bytes.
+    let opts = [0, 0, 1, 4, 0, 0, 0, 0];
+    // Advertising b's address behind one, two or three extension headers.
+    let na = build::neighbor_advert(mac(12), mac(10), ip6(10), ip6(12), ip6(11), mac(10));
+    let one = with_extension(&na, DEST_OPTS, &opts);
+    let two = with_extension(&one, HOP_BY_HOP, &opts);
+    let three = with_extension(&two, ROUTING, &[0, 0, 0, 0, 0, 0, 0, 0]);
+    for (i, d) in [&one, &two, &three].into_iter().enumerate() {
+        assert!(f.inject(f.a, d).is_empty(), "{} headers", i + 1);
+    }
+    assert_eq!(drops(&f, f.a, DropReason::SpoofedNd), 3);
+    // Its own advertisement behind one passes (flooded: c is not learned).
+    let own = build::neighbor_advert(mac(12), mac(10), ip6(10), ip6(12), ip6(10), mac(10));
+    assert!(!f
+        .inject(f.a, &with_extension(&own, DEST_OPTS, &opts))
+        .is_empty());
+    // A fragmented NS (the first fragment of two), even its own: RFC 6980.
+    let ns = build::neighbor_solicit(mac(10), ip6(10), ip6(11));
+    let first = with_extension(&ns, FRAGMENT, &[0, 0, 0, 1, 0, 0, 0, 7]);
+    assert!(f.inject(f.a, &first).is_empty());
+    assert_eq!(drops(&f, f.a, DropReason::Malformed), 1);
+    // A chain running past the packet, and one too long to be a packet.
+    let mut cut = with_extension(&ns, DEST_OPTS, &opts);
+    cut[14 + ipv6::HEADER_LEN + 1] = 200;
+    assert!(f.inject(f.a, &cut).is_empty());
+    let mut long = ns.clone();
+    for _ in 0..=ipv6::MAX_EXTENSION_HEADERS {
+        long = with_extension(&long, DEST_OPTS, &opts);
+    }
+    assert!(f.inject(f.a, &long).is_empty());
+    assert_eq!(drops(&f, f.a, DropReason::Malformed), 3);
+    // `::` with UDP behind hop-by-hop is still not DAD.
+    let udp = build::udp6(
+        mac(11),
+        mac(10),
+        (Ipv6Addr::UNSPECIFIED, 1),
+        (ip6(11), 2),
+        b"x",
+    );
+    assert!(f
+        .inject(f.a, &with_extension(&udp, HOP_BY_HOP, &opts))
+        .is_empty());
+    assert_eq!(drops(&f, f.a, DropReason::SpoofedIp), 1);
+    // UDP between endpoints behind destination options is switched.
+    let d = build::udp6(mac(11), mac(10), (ip6(10), 1), (ip6(11), 2), b"x");
+    assert!(ports(&f.inject(f.a, &with_extension(&d, DEST_OPTS, &opts))).contains(&f.b));
+}
+
 #[test]
 fn icc_off_blocks_ipv6_between_endpoints_but_not_the_gateway() {
     let mut f = fabric(false);

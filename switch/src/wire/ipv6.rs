@@ -2,9 +2,11 @@
 //! ICMPv6 messages the switch itself answers: Neighbor Discovery
 //! (RFC 4861) and echo (RFC 4443).
 //!
-//! Extension headers are not walked: [`Ipv6Packet::next_header`] is the
-//! fixed header's field, and callers that look into the payload only do
-//! so when it names the protocol they expect.
+//! [`Ipv6Packet::next_header`] is the fixed header's field; [`upper_layer`]
+//! walks the extension headers to the upper-layer protocol where a check
+//! must not be sidestepped by putting one in front of it (the switch's
+//! Neighbor Discovery checks). The gateway's own answers (NS, echo) only
+//! take packets without extension headers.
 
 use super::{checksum_sum, WireError};
 use core::net::Ipv6Addr;
@@ -17,8 +19,83 @@ pub mod next_header {
     pub const HOP_BY_HOP: u8 = 0;
     pub const TCP: u8 = 6;
     pub const UDP: u8 = 17;
+    pub const ROUTING: u8 = 43;
     pub const FRAGMENT: u8 = 44;
+    pub const ESP: u8 = 50;
+    pub const AUTH: u8 = 51;
     pub const ICMPV6: u8 = 58;
+    pub const NO_NEXT: u8 = 59;
+    pub const DEST_OPTS: u8 = 60;
+}
+
+/// Most extension headers [`upper_layer`] walks before it gives up
+/// (RFC 8200 4.1 names at most one of each kind, two for destination
+/// options; more is an evasion attempt, not a packet).
+pub const MAX_EXTENSION_HEADERS: usize = 8;
+
+/// Where the upper-layer protocol of a packet starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Upper {
+    /// The upper-layer protocol (`NO_NEXT` or `ESP` when it is opaque).
+    pub protocol: u8,
+    /// Its offset in the payload ([`Ipv6Packet::payload`]).
+    pub offset: usize,
+    /// A fragment header came first: `Some(0)` for the first fragment
+    /// (the upper-layer header is there), else its non-zero offset (the
+    /// upper-layer bytes are some other fragment's continuation).
+    pub fragment: Option<u16>,
+}
+
+/// Walks the extension headers (hop-by-hop, routing, fragment,
+/// destination options, authentication) after the fixed header whose
+/// next-header field is `next`, over `payload`. `Err` for a header that
+/// runs past the payload or a chain longer than [`MAX_EXTENSION_HEADERS`].
+pub fn upper_layer(next: u8, payload: &[u8]) -> Result<Upper, WireError> {
+    let (mut protocol, mut offset, mut fragment) = (next, 0usize, None);
+    for _ in 0..=MAX_EXTENSION_HEADERS {
+        let len = match protocol {
+            next_header::HOP_BY_HOP | next_header::ROUTING | next_header::DEST_OPTS => {
+                let b = payload
+                    .get(offset..offset + 2)
+                    .ok_or(WireError::Truncated)?;
+                (usize::from(b[1]) + 1) * 8
+            }
+            next_header::FRAGMENT => {
+                let b = payload
+                    .get(offset..offset + 8)
+                    .ok_or(WireError::Truncated)?;
+                fragment = Some(u16::from_be_bytes([b[2], b[3]]) >> 3);
+                8
+            }
+            next_header::AUTH => {
+                let b = payload
+                    .get(offset..offset + 2)
+                    .ok_or(WireError::Truncated)?;
+                (usize::from(b[1]) + 2) * 4
+            }
+            _ => {
+                return Ok(Upper {
+                    protocol,
+                    offset,
+                    fragment,
+                })
+            }
+        };
+        if offset + len > payload.len() {
+            return Err(WireError::Truncated);
+        }
+        protocol = payload[offset];
+        offset += len;
+        if fragment.is_some_and(|f| f != 0) {
+            // What follows a later fragment's header is not a header.
+            return Ok(Upper {
+                protocol,
+                offset,
+                fragment,
+            });
+        }
+    }
+    Err(WireError::Malformed)
 }
 
 /// ICMPv6 message types used here.
@@ -256,6 +333,44 @@ mod tests {
         emit_header(&mut p, src, dst, next_header::ICMPV6, msg.len(), 255);
         p.extend_from_slice(&msg);
         p
+    }
+
+    #[test]
+    fn extension_headers_are_walked_to_the_upper_layer() {
+        use next_header::*;
+        // No extension header.
+        let u = upper_layer(ICMPV6, &[135, 0, 0, 0]).unwrap();
+        assert_eq!((u.protocol, u.offset, u.fragment), (ICMPV6, 0, None));
+        // Hop-by-hop (8) then destination options (16) then UDP.
+        let mut p = vec![DEST_OPTS, 0, 1, 4, 0, 0, 0, 0];
+        p.extend_from_slice(&[UDP, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        p.extend_from_slice(&[0; 8]);
+        let u = upper_layer(HOP_BY_HOP, &p).unwrap();
+        assert_eq!((u.protocol, u.offset, u.fragment), (UDP, 24, None));
+        // Authentication: (len + 2) * 4 bytes.
+        let a = [TCP, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(upper_layer(AUTH, &a).unwrap().offset, 12);
+        // A first fragment, then a later one (offset 3 * 8).
+        let f = [ICMPV6, 0, 0, 1, 0, 0, 0, 1, 135];
+        assert_eq!(upper_layer(FRAGMENT, &f).unwrap().fragment, Some(0));
+        let f = [ICMPV6, 0, 0, 0x19, 0, 0, 0, 1, 0xaa];
+        let u = upper_layer(FRAGMENT, &f).unwrap();
+        assert_eq!((u.protocol, u.offset, u.fragment), (ICMPV6, 8, Some(3)));
+        // Running past the payload; ESP and no-next are opaque.
+        assert!(upper_layer(HOP_BY_HOP, &[UDP, 1, 0, 0]).is_err());
+        assert!(upper_layer(FRAGMENT, &[UDP, 0]).is_err());
+        assert_eq!(upper_layer(ESP, &[1, 2]).unwrap().protocol, ESP);
+        assert_eq!(upper_layer(NO_NEXT, &[]).unwrap().protocol, NO_NEXT);
+        // A chain of MAX_EXTENSION_HEADERS + 1 is refused.
+        let mut c = Vec::new();
+        for _ in 0..=MAX_EXTENSION_HEADERS {
+            c.extend_from_slice(&[DEST_OPTS, 0, 1, 4, 0, 0, 0, 0]);
+        }
+        assert!(upper_layer(DEST_OPTS, &c).is_err());
+        c.truncate(8 * MAX_EXTENSION_HEADERS);
+        let n = c.len();
+        c[n - 8] = UDP;
+        assert_eq!(upper_layer(DEST_OPTS, &c).unwrap().protocol, UDP);
     }
 
     #[test]
