@@ -581,14 +581,24 @@ fn a_kernel_vxlan_device_joins_an_overlay() {
     // frames on as NEEDS_CSUM.
     const SIZE: usize = 200 * 1024;
     h1.ok(&["exec", "k1", "--", "sh", "-c", &format!("mkdir -p /tmp/kv && head -c {SIZE} /dev/urandom > /tmp/kv/big && (timeout 120 busybox httpd -f -p 8080 -h /tmp/kv </dev/null >/dev/null 2>&1 &)")]);
+    // A transfer gets 30 s (a stall shows as a short count) and the
+    // failure carries both sides' counters: the flake seen once (k1 got
+    // 107646 of 204800 bytes in 10 s) left nothing to go on.
+    let evidence = |o: &Out| {
+        format!(
+            "{o:?}\n--- tapnet stats\n{}\n--- kernel side\n{}",
+            h1.tapnet(&["stats"]).stdout,
+            kn.sh("ip -s link show vx0; ip -s link show eth0; nstat -az TcpRetransSegs TcpExtTCPTimeouts UdpInErrors UdpInCsumErrors TcpInCsumErrors").stdout
+        )
+    };
     retry(
         "the kernel's side fetching from k1",
-        Duration::from_secs(10),
+        Duration::from_secs(45),
         || {
-            let o = kn.sh(&format!("curl -s -m 10 http://{k1}:8080/big | wc -c"));
+            let o = kn.sh(&format!("curl -s -m 30 http://{k1}:8080/big | wc -c"));
             (o.stdout.trim() == SIZE.to_string())
                 .then_some(())
-                .ok_or(format!("{o:?}"))
+                .ok_or_else(|| evidence(&o))
         },
     );
     let dir = TempDir::new();
@@ -605,12 +615,12 @@ fn a_kernel_vxlan_device_joins_an_overlay() {
     ]);
     retry(
         "k1 fetching from the kernel's side",
-        Duration::from_secs(10),
+        Duration::from_secs(45),
         || {
-            let o = h1.exec_sh("k1", "curl -s -m 10 http://10.126.0.200:8080/big | wc -c");
+            let o = h1.exec_sh("k1", "curl -s -m 30 http://10.126.0.200:8080/big | wc -c");
             (o.stdout.trim() == SIZE.to_string())
                 .then_some(())
-                .ok_or(format!("{o:?}\n{}", httpd.log()))
+                .ok_or_else(|| format!("{}\n--- httpd\n{}", evidence(&o), httpd.log()))
         },
     );
 }
