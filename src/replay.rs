@@ -688,7 +688,7 @@ ip = "10.0.0.3"
         use tapnet_switch::DropReason::{IccDisabled, SpoofedIp, SpoofedNd};
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("pcap-fixtures");
         let cases = [
-            ("ipv6-spoofing", "a", vec![(SpoofedIp, 4), (SpoofedNd, 3)]),
+            ("ipv6-spoofing", "a", vec![(SpoofedIp, 4), (SpoofedNd, 4)]),
             ("ipv6-icc-off", "a", vec![(IccDisabled, 2)]),
             ("ipv6-icc-off", "b", vec![(IccDisabled, 2)]),
         ];

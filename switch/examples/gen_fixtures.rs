@@ -771,6 +771,21 @@ fn ns_lladdr(from: Ep, src: Ipv6Addr, target: Ipv6Addr, lladdr: EthernetAddress)
 /// A Neighbor Advertisement (RFC 4861 4.4) written out field by field:
 /// `target` is at `lladdr`, from `src_mac`/`src` to `dst_mac`/`dst`.
 #[allow(clippy::too_many_arguments)]
+/// `frame` (Ethernet, IPv6) with an 8-byte destination-options header
+/// (one PadN) in front of its payload.
+fn behind_dest_opts(frame: Vec<u8>) -> Vec<u8> {
+    const DEST_OPTS: u8 = 60;
+    let (eth, ip) = (14, 14 + 40);
+    let mut f = frame[..ip].to_vec();
+    let ext = [f[eth + 6], 0, 1, 4, 0, 0, 0, 0];
+    f[eth + 6] = DEST_OPTS;
+    let len = u16::from_be_bytes([f[eth + 4], f[eth + 5]]) + ext.len() as u16;
+    f[eth + 4..eth + 6].copy_from_slice(&len.to_be_bytes());
+    f.extend_from_slice(&ext);
+    f.extend_from_slice(&frame[ip..]);
+    f
+}
+
 fn na(
     dst_mac: EthernetAddress,
     src_mac: EthernetAddress,
@@ -868,7 +883,7 @@ fn ipv6_spoofing() -> Case {
     let other_mac = EthernetAddress([0x02, 0, 0, 0, 0, 0xee]);
     Case {
         dir: "ipv6-spoofing",
-        readme: "a sends IPv6 from a foreign global address, b's address, b's link-local, and :: on UDP (drop reason spoofed_ip), an NA for b's address, an NA and an NS with a link-layer address not its own (spoofed_nd): all dropped; its own address and link-local, and its DAD from ::, pass (flooded: b never spoke).",
+        readme: "a sends IPv6 from a foreign global address, b's address, b's link-local, and :: on UDP (drop reason spoofed_ip), an NA for b's address, an NA and an NS with a link-layer address not its own, and last an NA for b's address behind a destination-options header (spoofed_nd): all dropped; its own address and link-local, and its DAD from ::, pass (flooded: b never spoke).",
         switch: None,
         nets: vec![front6(true, Some(gw6()))],
         ports: vec![endpoint6("a", a()), endpoint6("b", b()), endpoint6("c", c())],
@@ -891,6 +906,19 @@ fn ipv6_spoofing() -> Case {
             on("a", at(7), ns(a(), Ipv6Addr::UNSPECIFIED, v6(a()))),
             on("a", at(8), udp6(a(), v6(a()), b(), v6(b()), b"real source")),
             on("a", at(9), udp6(a(), ll(a()), b(), ll(b()), b"real link-local")),
+            on(
+                "a",
+                at(10),
+                behind_dest_opts(na(
+                    c().mac,
+                    a().mac,
+                    v6(a()),
+                    v6(c()),
+                    icmpv6::NA_OVERRIDE,
+                    v6(b()),
+                    a().mac,
+                )),
+            ),
         ],
         expected: vec![
             on("b", at(7), ns(a(), Ipv6Addr::UNSPECIFIED, v6(a()))),
