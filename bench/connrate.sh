@@ -8,12 +8,14 @@
 #   published  a client on the host to 127.0.0.1:PORT, an echo server in the
 #              container: tapnet `-p` vs the kernel path (DNAT in OUTPUT,
 #              MASQUERADE on the veth: Docker without its userland proxy).
+#   pasta      both paths through Debian's pasta (passt), run as nobody, as in
+#              bench/nat.sh.
 # "The host" is a private network namespace made here (the daemon, the
 # iptables rules and the servers live in namespaces made here).
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/connrate.sh [--secs N]
-#   tools: apt-get install python3 iptables iproute2 util-linux
+#   tools: apt-get install python3 iptables iproute2 util-linux passt
 # stdout: one JSON object per line ({"peer","path","metric":"conn_per_s",
-# "value"}), then the ratios tapnet/kernel; stderr: progress.
+# "value"}), then the ratios tapnet/kernel and tapnet/pasta; stderr: progress.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 SECS=5
@@ -86,12 +88,37 @@ waitfor eval 'ip netns exec $KNS ss -Hltn "sport = :7002" | grep -q .'
 rate kernel outbound ip netns exec "$KNS" python3 "$W/client.py" 10.194.0.1 7001 "$SECS"
 rate kernel published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17003 "$SECS"
 
+# pasta (Debian's passt), run as nobody in "the host", as bench/nat.sh runs
+# it: outbound to the gateway address it maps to the host's loopback (a
+# default route via a veth to an empty namespace gives it a gateway to
+# copy), published with `pasta -t` to an echo server in its namespace.
+pasta_rows() {
+  local pp dead=cr$$p AS=(setpriv --reuid=65534 --regid=65534 --clear-groups)
+  command -v pasta >/dev/null || { log "pasta not installed (apt-get install passt)"
+    emit pasta outbound ""; emit pasta published ""; return; }
+  NETNS+=" $dead"
+  ip netns add "$dead" && ip -n "$HOSTNS" link add crp0 type veth peer name crp1 netns "$dead" &&
+  ip -n "$HOSTNS" addr add 10.193.0.1/24 dev crp0 && ip -n "$HOSTNS" link set crp0 up &&
+  ip -n "$dead" addr add 10.193.0.2/24 dev crp1 && ip -n "$dead" link set crp1 up &&
+  ip -n "$HOSTNS" route add default via 10.193.0.2 ||
+    { log "pasta: veth setup failed"; emit pasta outbound ""; emit pasta published ""; return; }
+  rate pasta outbound "${H[@]}" "${AS[@]}" pasta --config-net -- python3 "$W/client.py" 10.193.0.2 7001 "$SECS"
+  "${H[@]}" "${AS[@]}" pasta --config-net -t 17004:7004 -- python3 "$W/echo.py" 0.0.0.0 7004 >"$W/echo-pasta.log" 2>&1 &
+  pp=$!; track $pp
+  waitfor eval '"${H[@]}" ss -Hltn "sport = :17004" | grep -q .'
+  sleep 1  # the echo server inside starts after pasta's listener
+  rate pasta published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17004 "$SECS"
+  kill "$pp" 2>/dev/null; wait "$pp" 2>/dev/null
+  ip -n "$HOSTNS" route del default 2>/dev/null
+}
+pasta_rows
+
 # Where the packets went: the daemon's counters (per port, per worker with
 # its busy and polling shares, drops by reason), after the measurements.
 if [ -n "$DAEMON" ]; then log "tapnet stats:"; timeout 10 "$T" stats >&2 || true; fi
 val() { awk -v p="$1" -v q="$2" '$1 == p && $2 == q {print $3}' "$RES"; }
-for path in outbound published; do
-  a=$(val tapnet $path) b=$(val kernel $path)
+for peer in kernel pasta; do for path in outbound published; do
+  a=$(val tapnet $path) b=$(val $peer $path)
   r=$(awk -v a="${a:-null}" -v b="${b:-null}" 'BEGIN {if (a != "null" && b != "null" && b + 0 > 0) printf "%.3f", a / b; else printf "null"}')
-  echo "{\"ratio\":\"tapnet/kernel\",\"path\":\"$path\",\"conn_per_s\":$r}"
-done
+  echo "{\"ratio\":\"tapnet/$peer\",\"path\":\"$path\",\"conn_per_s\":$r}"
+done; done

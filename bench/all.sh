@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The side-by-side harness behind every figure of issue 19, in ONE run: each
+# round runs every group below once, so every peer of a group is measured in
+# the same round as tapnet and ratios are taken within a round (the machine
+# is shared and noisy); the report gives the median ratio over the rounds
+# against each goal, and can rewrite README.md's generated figures.
+#   switch       ../shared/bench/peers.sh: kernel bridge, Open vSwitch userspace
+#                with TSO, vde_switch, tapnet (TCP, 64 B UDP, ping RTT)
+#   nat          bench/nat.sh, then bench/nat.sh --reverse: kernel veth+iptables,
+#                pasta, slirp4netns (1500, 65520), socat, tapnet
+#   connrate     bench/connrate.sh: kernel, pasta, tapnet
+#   scale        bench/scale.sh: one pair, two pairs, a crowded network
+#   memory       bench/memory.sh: 10,000 idle flows, idle ports
+#   pipeline     cargo bench -p tapnet-switch --bench pipeline (in-memory Mpps)
+#   usage: sudo bench/all.sh [--rounds N] [--secs N] [--only GROUP[,GROUP...]]
+#                            [--out DIR] [--readme]
+#   --readme rewrites the block between the bench markers in README.md from
+#   this run's report (bench/report.py); without it the report goes to stdout.
+#   tools: apt-get install iperf3 iputils-ping iproute2 openvswitch-switch vde2
+#          slirp4netns passt socat iptables python3 util-linux
+# Output: DIR/results.jsonl (one JSON object per measurement, each tagged with
+# its group and round), DIR/GROUP-ROUND.log (each script's stderr: progress
+# and tapnet stats), DIR/report.md. A group that fails is logged and the
+# others still run; its rows are then missing and the report says so.
+# Each script cleans up after itself (namespaces, processes by pid, files).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
+GROUPS_ALL="switch nat connrate scale memory pipeline"
+usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
+  groups: $GROUPS_ALL" >&2; }
+while [ $# -gt 0 ]; do case $1 in
+  --rounds) ROUNDS=${2:?--rounds needs a value}; shift 2;;
+  --secs) SECS=${2:?--secs needs a value}; shift 2;;
+  --only) ONLY=${2:?--only needs a value}; shift 2;;
+  --out) OUT=${2:?--out needs a value}; shift 2;;
+  --readme) README=1; shift;;
+  -h|--help) usage; exit 0;;
+  *) echo "all.sh: unknown argument: $1" >&2; usage; exit 2;;
+esac; done
+log() { echo "all.sh: $*" >&2; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ && $SECS =~ ^[1-9][0-9]*$ ]] || { log "--rounds and --secs take positive integers"; exit 2; }
+GROUPS_RUN=${ONLY//,/ }; GROUPS_RUN=${GROUPS_RUN:-$GROUPS_ALL}
+for g in $GROUPS_RUN; do
+  [[ " $GROUPS_ALL " == *" $g "* ]] || { log "unknown group: $g (groups: $GROUPS_ALL)"; exit 2; }
+done
+[ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
+command -v python3 >/dev/null || { log "missing python3"; exit 2; }
+PEERS=../shared/bench/peers.sh
+[ -x "$PEERS" ] || [ -f "$PEERS" ] || { log "no $PEERS"; exit 2; }
+cargo build --release --quiet || { log "cargo build --release failed"; exit 1; }
+export TAPNET=${TAPNET:-$PWD/target/release/tapnet}
+OUT=${OUT:-$(mktemp -d /tmp/tapnet-bench.XXXXXX)}
+mkdir -p "$OUT" || exit 2
+RESULTS=$OUT/results.jsonl; : >"$RESULTS"
+log "results in $OUT; $ROUNDS round(s) of: $GROUPS_RUN; ${SECS}s per test"
+
+# Runs one group's script, tagging each JSON line of its stdout.
+tagged() {  # GROUP ROUND CMD...
+  local g=$1 r=$2; shift 2
+  log "round $r: $g: $*"
+  "$@" 2>"$OUT/$g-$r.log" | python3 -c '
+import json, sys
+g, r = sys.argv[1], int(sys.argv[2])
+for line in sys.stdin:
+    line = line.strip()
+    if not line.startswith("{"):
+        continue
+    try:
+        o = json.loads(line)
+    except ValueError:
+        continue
+    o["group"], o["round"] = g, r
+    print(json.dumps(o), flush=True)' "$g" "$r" >>"$RESULTS"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 0 ] || log "round $r: $g exited with $rc (see $OUT/$g-$r.log)"
+}
+
+# criterion's "thrpt: [low mid high Melem/s]" lines as JSON.
+pipeline() {
+  cargo bench -p tapnet-switch --bench pipeline 2>&1 | python3 -c '
+import json, re, sys
+name = None
+for line in sys.stdin:
+    sys.stderr.write(line)
+    m = re.match(r"^pipeline_64B/(\S+)", line)
+    if m:
+        name = m.group(1)
+    m = re.search(r"thrpt:\s*\[\S+ \S+ (\S+) (\S+)", line)
+    if m and name:
+        v, unit = float(m.group(1)), m.group(2)
+        scale = {"elem/s": 1e-6, "Kelem/s": 1e-3, "Melem/s": 1.0, "Gelem/s": 1e3}.get(unit)
+        if scale is not None:
+            print(json.dumps({"case": name, "metric": "mpps", "value": round(v * scale, 2)}))
+        name = None'
+}
+
+for r in $(seq "$ROUNDS"); do
+  for g in $GROUPS_RUN; do case $g in
+    switch) tagged switch "$r" bash "$PEERS" --only kernel-bridge,ovs-netdev-tso,vde,tapnet \
+              --secs "$SECS" --ratio-to kernel-bridge;;
+    nat) tagged nat "$r" bench/nat.sh --secs "$SECS"
+         tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
+    connrate) tagged connrate "$r" bench/connrate.sh --secs "$SECS";;
+    scale) tagged scale "$r" bench/scale.sh --secs "$SECS";;
+    memory) tagged memory "$r" bench/memory.sh;;
+    pipeline) tagged pipeline "$r" pipeline;;
+  esac; done
+done
+
+python3 bench/report.py "$RESULTS" >"$OUT/report.md" || { log "report failed"; exit 1; }
+if [ -n "$README" ]; then
+  python3 bench/report.py "$RESULTS" --readme README.md || exit 1
+  log "README.md's figures rewritten from $RESULTS"
+else
+  cat "$OUT/report.md"
+fi
+log "done: $OUT"
