@@ -764,7 +764,8 @@ fn ipvlan_l2_containers_share_the_parents_mac() {
 
 /// A macvlan network and its containers survive a `kill -9` of the daemon:
 /// the restarted daemon opens the parent again and the other machine
-/// reaches the same container (same address, same MAC).
+/// reaches the same container (same address, same MAC); the embedded DNS
+/// answers its names again.
 #[test]
 fn macvlan_survives_a_daemon_restart() {
     let mut w = World::new(&[]);
@@ -797,6 +798,7 @@ fn macvlan_survives_a_daemon_restart() {
     // Traffic is checked on the untagged network (the other machine has
     // no VLAN device); the tagged one is restored beside it.
     w.d.sleeper("c2", &["plain"], &[]);
+    w.d.sleeper("c3", &["plain"], &[]);
     w.other.ns.sh_ok("ip addr add 10.50.0.1/24 dev eth0");
     let ip2 = w.d.ip_of("c2", "plain");
     retry(
@@ -821,8 +823,10 @@ fn macvlan_survives_a_daemon_restart() {
         },
     );
     ping_ok(&w.d, "c2", "10.50.0.1");
+    // The embedded DNS knows the names again.
+    dig_is(&w.d, "c3", "c2", &ip2);
     // Both networks are still there, and removable (parents closed).
-    w.d.ok(&["rm", "-f", "c1", "c2"]);
+    w.d.ok(&["rm", "-f", "c1", "c2", "c3"]);
     w.d.ok(&["network", "rm", "m", "plain"]);
 }
 
