@@ -854,7 +854,8 @@ fn macvlan_rootless_in_the_users_own_namespace() {
 
 /// A dual-stack macvlan network: containers get their IPv6 address of the
 /// segment's prefix and a default route via the segment's IPv6 router;
-/// Neighbor Discovery with the other machine passes through the parent.
+/// Neighbor Discovery with the other machine passes through the parent;
+/// the embedded DNS answers AAAA.
 #[test]
 fn macvlan_dual_stack() {
     let w = World::new(&[]);
@@ -904,6 +905,10 @@ fn macvlan_dual_stack() {
         .unwrap()
         .to_string();
     ping6("m6", &m7);
+    // The embedded DNS (over IPv4, at 169.254.0.53) answers AAAA, and
+    // ping -6 by name works.
+    dig_is(&w.d, "m6", "AAAA m7", &m7);
+    ping6("m7", "m6");
     // The other machine reaches the container, and knows its own MAC.
     w.other.ns.sh_ok("ping -6 -c 1 -W 2 2001:db8:c0::20");
     let neigh = w.other.ns.sh_ok("ip -6 neigh show 2001:db8:c0::20");
