@@ -1037,6 +1037,18 @@ fn segment_networks_have_the_embedded_dns() {
     let refused = d.exec_sh("i2", "dig +tries=1 +time=3 upstream.test").stdout;
     assert!(refused.contains("status: REFUSED"), "{refused}");
     ping_ok(d, "i2", "i1");
+    // On two segment networks: a route to the DNS on each interface (by
+    // metric); when the first goes, the other carries the queries.
+    d.sleeper("both", &["mi"], &[]);
+    d.ok(&["network", "connect", "m", "both"]);
+    let routes = d
+        .exec_sh("both", &format!("ip route show {DNS_ADDR}"))
+        .stdout;
+    assert_eq!(routes.lines().count(), 2, "{routes}");
+    dig_is(d, "both", "i1", &d.ip_of("i1", "mi"));
+    d.ok(&["network", "disconnect", "mi", "both"]);
+    dig_is(d, "both", "upstream.test", "198.51.100.7");
+    d.ok(&["rm", "-f", "both"]);
     // ipvlan l2 on the same parent, once the macvlan network is gone.
     d.ok(&["network", "rm", "m"]);
     create("ipvlan", "iv");
