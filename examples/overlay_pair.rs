@@ -96,6 +96,7 @@ fn main() -> anyhow::Result<()> {
                 default_gateway: None,
                 addr6: None,
                 default_gateway6: None,
+                dns_route: None,
             }],
             dp.workers(),
         )?;

@@ -101,6 +101,7 @@ fn plug(
             default_gateway: Some(gw),
             addr6: None,
             default_gateway6: None,
+            dns_route: None,
         }],
         dp.workers(),
     )

@@ -11,7 +11,11 @@
 //! Every process is killed by PID and every namespace removed on drop,
 //! also when a test fails.
 //!
-//! Root only. Programs: ping, curl, busybox (httpd), tshark.
+//! The embedded DNS on macvlan and ipvlan networks (answered by the
+//! switch at 169.254.0.53) is checked with dig, forwarding against a
+//! dnsmasq this test starts in the daemon's namespace.
+//!
+//! Root only. Programs: ping, curl, busybox (httpd), tshark, dig, dnsmasq.
 
 mod ctl_support;
 mod rootless_support;
@@ -760,7 +764,8 @@ fn ipvlan_l2_containers_share_the_parents_mac() {
 
 /// A macvlan network and its containers survive a `kill -9` of the daemon:
 /// the restarted daemon opens the parent again and the other machine
-/// reaches the same container (same address, same MAC).
+/// reaches the same container (same address, same MAC); the embedded DNS
+/// answers its names again.
 #[test]
 fn macvlan_survives_a_daemon_restart() {
     let mut w = World::new(&[]);
@@ -793,6 +798,7 @@ fn macvlan_survives_a_daemon_restart() {
     // Traffic is checked on the untagged network (the other machine has
     // no VLAN device); the tagged one is restored beside it.
     w.d.sleeper("c2", &["plain"], &[]);
+    w.d.sleeper("c3", &["plain"], &[]);
     w.other.ns.sh_ok("ip addr add 10.50.0.1/24 dev eth0");
     let ip2 = w.d.ip_of("c2", "plain");
     retry(
@@ -817,8 +823,10 @@ fn macvlan_survives_a_daemon_restart() {
         },
     );
     ping_ok(&w.d, "c2", "10.50.0.1");
+    // The embedded DNS knows the names again.
+    dig_is(&w.d, "c3", "c2", &ip2);
     // Both networks are still there, and removable (parents closed).
-    w.d.ok(&["rm", "-f", "c1", "c2"]);
+    w.d.ok(&["rm", "-f", "c1", "c2", "c3"]);
     w.d.ok(&["network", "rm", "m", "plain"]);
 }
 
@@ -846,7 +854,8 @@ fn macvlan_rootless_in_the_users_own_namespace() {
 
 /// A dual-stack macvlan network: containers get their IPv6 address of the
 /// segment's prefix and a default route via the segment's IPv6 router;
-/// Neighbor Discovery with the other machine passes through the parent.
+/// Neighbor Discovery with the other machine passes through the parent;
+/// the embedded DNS answers AAAA.
 #[test]
 fn macvlan_dual_stack() {
     let w = World::new(&[]);
@@ -896,8 +905,152 @@ fn macvlan_dual_stack() {
         .unwrap()
         .to_string();
     ping6("m6", &m7);
+    // The embedded DNS (over IPv4, at 169.254.0.53) answers AAAA, and
+    // ping -6 by name works.
+    dig_is(&w.d, "m6", "AAAA m7", &m7);
+    ping6("m7", "m6");
     // The other machine reaches the container, and knows its own MAC.
     w.other.ns.sh_ok("ping -6 -c 1 -W 2 2001:db8:c0::20");
     let neigh = w.other.ns.sh_ok("ip -6 neigh show 2001:db8:c0::20");
     assert!(neigh.contains(&mac_of(&w.d, "m6", "mv6")), "{neigh}");
+}
+
+/// The embedded DNS's service address on macvlan/ipvlan networks
+/// (`tapnet_switch::segment::DNS_ADDR`).
+const DNS_ADDR: &str = "169.254.0.53";
+
+/// The test's own upstream resolver: dnsmasq on 127.0.0.1:5353 of the
+/// daemon's namespace (its `--dns-upstream`), answering `upstream.test`
+/// with 198.51.100.7 (TEST-NET-2: data only, never contacted).
+fn upstream_resolver(d: &Daemon) -> Bg {
+    d.netns().lo_up();
+    d.netns().spawn(&[
+        "dnsmasq",
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        "--no-resolv",
+        "--no-hosts",
+        "--bind-interfaces",
+        "--user=root",
+        "--pid-file=",
+        "--listen-address=127.0.0.1",
+        "--port=5353",
+        "--address=/upstream.test/198.51.100.7",
+    ])
+}
+
+/// `dig +short` from container `c`, retried until it answers `want` (a
+/// fresh container may race its own start).
+fn dig_is(d: &Daemon, c: &str, args: &str, want: &str) {
+    retry(
+        &format!("dig {args} from {c}"),
+        Duration::from_secs(15),
+        || {
+            let o = d.exec_sh(c, &format!("dig +short +tries=1 +time=3 {args}"));
+            (o.stdout.trim() == want)
+                .then_some(())
+                .ok_or(format!("{}{}", o.stdout, o.stderr))
+        },
+    );
+}
+
+/// Two containers on segment network `net` find each other through the
+/// embedded DNS at DNS_ADDR: by name, alias, NAME.NETWORK, over UDP and
+/// TCP, and ping by name; other names are forwarded to the test's
+/// resolver; resolv.conf names only DNS_ADDR, with ndots:0, and the
+/// container routes DNS_ADDR on its interface.
+fn segment_dns(d: &Daemon, net: &str) {
+    d.sleeper("c1", &[net], &["--network-alias", "web"]);
+    d.sleeper("c2", &[net], &[]);
+    let ip1 = d.ip_of("c1", net);
+    let resolv = d.exec_sh("c2", "cat /etc/resolv.conf").stdout;
+    assert!(
+        resolv.contains(&format!("nameserver {DNS_ADDR}\n")),
+        "{resolv}"
+    );
+    assert_eq!(resolv.matches("nameserver").count(), 1, "{resolv}");
+    assert!(resolv.contains("options ndots:0"), "{resolv}");
+    let routes = d.exec_sh("c2", "ip route").stdout;
+    assert!(
+        routes
+            .lines()
+            .any(|l| l.starts_with(&format!("{DNS_ADDR} dev eth0")) && l.contains("scope link")),
+        "{routes}"
+    );
+    dig_is(d, "c2", "c1", &ip1);
+    dig_is(d, "c2", "web", &ip1);
+    dig_is(d, "c2", &format!("c1.{net}"), &ip1);
+    dig_is(d, "c2", "+tcp web", &ip1);
+    dig_is(d, "c1", "c2", &d.ip_of("c2", net));
+    let full = d.exec_sh("c2", "dig +tries=1 +time=3 c1").stdout;
+    assert!(full.contains(&format!("SERVER: {DNS_ADDR}#53")), "{full}");
+    ping_ok(d, "c2", "c1");
+    ping_ok(d, "c1", "web");
+    // Not local: forwarded to the daemon's upstream (the test's dnsmasq),
+    // over UDP and TCP.
+    dig_is(d, "c2", "upstream.test", "198.51.100.7");
+    dig_is(d, "c2", "+tcp upstream.test", "198.51.100.7");
+    d.ok(&["rm", "-f", "c1", "c2"]);
+}
+
+/// The embedded DNS on macvlan and ipvlan (l2) networks, as Docker gives
+/// it on user-defined networks: names of the network's containers, their
+/// aliases, forwarding of other names; on an `--internal` network (no
+/// parent) local names only (other names REFUSED). Queries are answered
+/// by the switch at 169.254.0.53; the segment never sees them.
+#[test]
+fn segment_networks_have_the_embedded_dns() {
+    let w = World::new(&["--dns-upstream", "127.0.0.1:5353"]);
+    let d = &w.d;
+    let _resolver = upstream_resolver(d);
+    let create = |driver: &str, name: &str| {
+        d.ok(&[
+            "network",
+            "create",
+            "-d",
+            driver,
+            "--subnet",
+            SUBNET,
+            "--gateway",
+            ROUTER,
+            "-o",
+            "parent=tnout0",
+            name,
+        ]);
+    };
+    create("macvlan", "m");
+    segment_dns(d, "m");
+    // An internal macvlan network (no parent): local names, no forwarding.
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "macvlan",
+        "--internal",
+        "--subnet",
+        "10.66.0.0/24",
+        "mi",
+    ]);
+    d.sleeper("i1", &["mi"], &[]);
+    d.sleeper("i2", &["mi"], &[]);
+    dig_is(d, "i2", "i1", &d.ip_of("i1", "mi"));
+    let refused = d.exec_sh("i2", "dig +tries=1 +time=3 upstream.test").stdout;
+    assert!(refused.contains("status: REFUSED"), "{refused}");
+    ping_ok(d, "i2", "i1");
+    // On two segment networks: a route to the DNS on each interface (by
+    // metric); when the first goes, the other carries the queries.
+    d.sleeper("both", &["mi"], &[]);
+    d.ok(&["network", "connect", "m", "both"]);
+    let routes = d
+        .exec_sh("both", &format!("ip route show {DNS_ADDR}"))
+        .stdout;
+    assert_eq!(routes.lines().count(), 2, "{routes}");
+    dig_is(d, "both", "i1", &d.ip_of("i1", "mi"));
+    d.ok(&["network", "disconnect", "mi", "both"]);
+    dig_is(d, "both", "upstream.test", "198.51.100.7");
+    d.ok(&["rm", "-f", "both"]);
+    // ipvlan l2 on the same parent, once the macvlan network is gone.
+    d.ok(&["network", "rm", "m"]);
+    create("ipvlan", "iv");
+    segment_dns(d, "iv");
 }

@@ -188,6 +188,7 @@ fn container(
             default_gateway: None,
             addr6: None,
             default_gateway6: None,
+            dns_route: None,
         }],
         dp.workers(),
     )

@@ -4,7 +4,9 @@
 //! forwarder.
 //!
 //! Contract:
-//! - Takes IPv4/UDP and IPv4/TCP frames to the network's gateway IP, and
+//! - Takes IPv4/UDP and IPv4/TCP frames to the network's gateway IP (on a
+//!   macvlan/ipvlan network: the DNS service address,
+//!   [`tapnet_switch::segment::DNS_ADDR`]; see [`Network::dns_service`]), and
 //!   IPv6/UDP and IPv6/TCP frames to its IPv6 gateway address or its
 //!   link-local address (dual-stack
 //!   networks, [`tapnet_switch::Ipv6Config::gateway`]), port 53, on
@@ -30,7 +32,8 @@
 //!   forwarder ([`ForwardRequest::tcp`]); FIN → ACK; pure ACK and RST →
 //!   consumed; a data segment with a bad cookie → RST. Segments not at
 //!   offset 0 and incomplete messages are dropped and counted.
-//! - Answers are built in `scratch` (Ethernet from the gateway MAC to the
+//! - Answers are built in `scratch` (Ethernet from the gateway MAC (the
+//!   DNS service MAC on a segment network) to the
 //!   querier's MAC, IPv4 or IPv6 from the gateway address the query was
 //!   sent to, UDP from port 53, full checksums) and capped to the network
 //!   MTU: `Reply(len)`.
@@ -330,7 +333,7 @@ fn to_gateway<'a>(net: &Network, frame: &'a [u8]) -> Option<(IpAddr, IpAddr, u8,
         EtherType::Ipv4 => {
             let ip = Ipv4Packet::new_checked(payload).ok()?;
             let proto = ip.protocol();
-            if ip.dst_addr() != net.config.gateway
+            if ip.dst_addr() != net.dns_service().0
                 || (proto != ipv4::protocol::UDP && proto != ipv4::protocol::TCP)
                 || ip.is_fragment()
             {
@@ -516,7 +519,7 @@ impl<H: GatewayHook, R: RngCore> GatewayHook for DnsHook<H, R> {
                     querier_mac: dg.querier_mac,
                     querier_ip: dg.querier.0,
                     querier_port: dg.querier.1,
-                    gateway_mac: net.gateway_mac,
+                    gateway_mac: net.dns_service().1,
                     gateway_ip: dg.gateway,
                     udp_limit: udp_limit(&self.responder, dg.dns, room),
                     received_ns: cx.now_ns,
@@ -565,7 +568,7 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
         let seg = &t.seg;
         let ends = Ends {
             dst_mac: t.querier_mac,
-            src_mac: net.gateway_mac,
+            src_mac: net.dns_service().1,
             src: (t.gateway, DNS_PORT),
             dst: (t.querier_ip, seg.src_port),
         };
@@ -699,7 +702,7 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
                     querier_mac: t.querier_mac,
                     querier_ip: t.querier_ip,
                     querier_port: seg.src_port,
-                    gateway_mac: net.gateway_mac,
+                    gateway_mac: net.dns_service().1,
                     gateway_ip: t.gateway,
                     udp_limit: wire::UDP_LIMIT as u16,
                     received_ns: cx.now_ns,
@@ -730,7 +733,7 @@ impl<H: GatewayHook, R: RngCore> DnsHook<H, R> {
         let net = cx.network;
         let ends = Ends {
             dst_mac: dg.querier_mac,
-            src_mac: net.gateway_mac,
+            src_mac: net.dns_service().1,
             src: (dg.gateway, DNS_PORT),
             dst: dg.querier,
         };

@@ -606,3 +606,85 @@ fn udp_checksum_checked_unless_offloaded() {
     assert!(f.send(&c, meta, &fr).is_empty());
     assert_eq!(f.stats().bad_udp, 2);
 }
+
+/// On a macvlan/ipvlan network (the segment's router is the gateway) the
+/// DNS answers at the service address `segment::DNS_ADDR`, from
+/// `segment::DNS_MAC`: names and aliases of the network's endpoints,
+/// forwarding with that address and MAC as the answer's source, and
+/// nothing at the router's address.
+#[test]
+fn segment_networks_answer_at_the_dns_service_address() {
+    use tapnet_switch::segment::{SegmentMode, DNS_ADDR, DNS_MAC};
+    assert_eq!(gateway_mac(DNS_ADDR), DNS_MAC);
+    for mode in [SegmentMode::Macvlan, SegmentMode::IpvlanL2] {
+        let mut f = fabric();
+        let router = Ipv4Addr::new(192, 0, 2, 1);
+        let id =
+            f.m.switch
+                .add_network(NetworkConfig::new(
+                    "seg",
+                    Ipv4Addr::new(192, 0, 2, 0),
+                    24,
+                    router,
+                ))
+                .unwrap();
+        f.m.switch.set_segment(id, mode).unwrap();
+        let mut spec = NetworkSpec::new(id, "seg");
+        spec.internal = false;
+        f.reg.set_network(spec).unwrap();
+        let pmac = mac(100);
+        let attach = |f: &mut Fab, d: u8, name: &str, alias: &str| {
+            let ip = Ipv4Addr::new(192, 0, 2, d);
+            let m = match mode {
+                SegmentMode::Macvlan => mac(200 + u32::from(d)),
+                SegmentMode::IpvlanL2 => pmac,
+            };
+            let port =
+                f.m.switch
+                    .add_port(PortConfig::endpoint(name, id, m, ip))
+                    .unwrap();
+            let mut e = EndpointSpec::new(id, name, name, ip);
+            e.aliases = vec![alias.into()];
+            f.reg.add_endpoint(e).unwrap();
+            Ctr {
+                port,
+                ip,
+                mac: m,
+                net: id,
+                gw: DNS_ADDR,
+            }
+        };
+        let a = attach(&mut f, 10, "alpha", "first");
+        let b = attach(&mut f, 11, "beta", "second");
+        for name in ["beta", "second", "beta.seg"] {
+            let m = f.ask(&a, name, A);
+            assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{name}");
+            assert_eq!(addrs(&m), vec![b.ip], "{mode:?} {name}");
+        }
+        assert_eq!(addrs(&f.ask(&b, "first", A)), vec![a.ip]);
+        // Not local: forwarded, answered from the service address.
+        let q = query(0x2222, "example.com", A, None);
+        assert!(f.ask_raw(&a, &q).is_empty());
+        let req = f.rx.try_recv().unwrap();
+        assert_eq!(req.network, a.net);
+        assert_eq!(req.gateway_ip, DNS_ADDR);
+        assert_eq!(req.gateway_mac, DNS_MAC);
+        let mut upstream = Message::from_vec(&q).unwrap();
+        upstream.metadata.message_type = hickory_proto::op::MessageType::Response;
+        let bytes = upstream.to_vec().unwrap();
+        let mut out = vec![0; 2048];
+        let (n, meta) = req.reply_frame(&bytes, &mut out).unwrap();
+        let s = Sent {
+            port: req.port,
+            meta,
+            frame: out[..n].to_vec(),
+        };
+        assert_eq!(payload(&a, &s), &bytes[..]);
+        // The router's address is not the DNS here: nothing answers (the
+        // frame goes out towards the segment: there is no parent port).
+        let fr = build::udp(mac(1), a.mac, (a.ip, 40000), (router, 53), &q);
+        let sent = f.send(&a, VnetHdr::default(), &fr);
+        assert!(sent.iter().all(|s| s.port != a.port), "{mode:?}");
+        assert_eq!(f.rx.len(), 0);
+    }
+}

@@ -280,7 +280,8 @@ pub fn release(st: &mut State, ep_id: &str) {
 /// The TAP configurations of `eps`: the first endpoint on a network whose
 /// gateway holds a default route gets it, unless the namespace has one;
 /// likewise the first with an IPv6 address gets the IPv6 default route.
-/// An external runtime's TAP gets neither address nor route: the runtime
+/// Every endpoint whose network's embedded DNS answers off its subnet
+/// gets a host route to that address. An external runtime's TAP gets neither address nor route: the runtime
 /// configures it where it moves it.
 fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapConfig> {
     let mut has_default6 = has_default;
@@ -295,6 +296,7 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
                     default_gateway: None,
                     addr6: None,
                     default_gateway6: None,
+                    dns_route: None,
                 };
             }
             let route = st
@@ -313,6 +315,13 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
             } else {
                 None
             };
+            // The embedded DNS's address, when it is not on the subnet
+            // (macvlan/ipvlan: a link-local service address).
+            let dns_route = st
+                .networks
+                .get(&e.network_id)
+                .and_then(|n| drivers::of(n).dns_address(n, e.gateway))
+                .filter(|a| e.ipv4.is_some_and(|net| !net.contains(a)));
             TapConfig {
                 name: e.ifname.clone(),
                 mac: e.mac.0,
@@ -321,6 +330,7 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
                 default_gateway,
                 addr6: e.ipv6,
                 default_gateway6,
+                dns_route,
             }
         })
         .collect()

@@ -423,6 +423,19 @@ impl Dataplane {
     /// dual-stack) the switch answers for its IPv6 gateway and the NAT
     /// relays its IPv6 flows through the host's IPv6 sockets.
     pub fn add_network(&self, id: NetId, spec: NetworkSpec) -> Result<(), DataplaneError> {
+        self.add_network_as(id, spec, false)
+    }
+
+    /// [`Dataplane::add_network`]; for a network on a parent (`segment`,
+    /// see `add_segment_network`) the NAT never acts (its gateway is the
+    /// segment's router) and `host.tapnet.internal` is not registered:
+    /// `spec.internal` and `spec.dns` are the embedded DNS's only.
+    pub(super) fn add_network_as(
+        &self,
+        id: NetId,
+        spec: NetworkSpec,
+        segment: bool,
+    ) -> Result<(), DataplaneError> {
         let v6 = spec.v6.map(|(subnet, gateway)| Ipv6Config {
             subnet: subnet.network(),
             prefix_len: subnet.prefix_len(),
@@ -455,8 +468,8 @@ impl Dataplane {
                         gateway: spec.gateway,
                         prefix: spec.subnet.prefix_len(),
                         mtu: spec.mtu,
-                        masquerade: spec.masquerade,
-                        internal: spec.internal,
+                        masquerade: spec.masquerade && !segment,
+                        internal: spec.internal || segment,
                         v6,
                     },
                 ));
@@ -469,7 +482,9 @@ impl Dataplane {
                 if let Err(e) = self.inner.dns.set_network(dns) {
                     tracing::error!(network = %spec.name, "dns: add network: {e}");
                 }
-                self.host_names(nid, &spec);
+                if !segment {
+                    self.host_names(nid, &spec);
+                }
                 Ok(())
             }
             Err(e) => Err(e.into()),

@@ -8,8 +8,9 @@
 //! one with the address answers with the parent's MAC, so the segment
 //! sees one MAC for every container. tapnet's switch maps frames to
 //! containers by address (`tapnet_switch::segment`). No gateway service,
-//! NAT, published ports or embedded DNS, as for macvlan; the host does not
-//! reach its containers through the parent.
+//! NAT or published ports, as for macvlan; the embedded DNS answers at
+//! `macvlan::DNS_ADDR` as on macvlan; the host does not reach its
+//! containers through the parent.
 //!
 //! Not supported: `ipvlan_mode=l3`/`l3s` (routing through the host's
 //! tables) and the `private`/`vepa` flags: refused with one line.
@@ -75,9 +76,18 @@ impl NetworkDriver for Ipvlan {
     fn services(&self, n: &Network) -> Services {
         Services {
             default_route: !n.internal,
-            embedded_dns: false,
+            // At macvlan::DNS_ADDR, as on macvlan.
+            embedded_dns: true,
             publish: false,
         }
+    }
+
+    fn dns_address(
+        &self,
+        _: &Network,
+        _: Option<std::net::Ipv4Addr>,
+    ) -> Option<std::net::Ipv4Addr> {
+        Some(macvlan::DNS_ADDR)
     }
 
     fn endpoint_mac(&self, n: &Network) -> Option<Mac> {

@@ -6,8 +6,19 @@
 //! As Docker's macvlan driver (bridge mode): containers on one network
 //! reach each other directly and every other MAC through the parent; the
 //! gateway (`--gateway`) is the segment's router, not tapnet's: no ARP or
-//! ping answers for it, no NAT, no published ports, no embedded DNS
-//! (containers still get /etc/hosts; their resolv.conf is the host's).
+//! ping answers for it, no NAT, no published ports.
+//!
+//! The embedded DNS works as on a user-defined bridge (names, aliases,
+//! `NAME.NETWORK`, forwarding of other names to the daemon's upstreams,
+//! none with `--internal`), answered by the switch at the link-local
+//! service address [`DNS_ADDR`] (169.254.0.53) instead of the gateway:
+//! each container has a host route to it on its interface and
+//! `nameserver 169.254.0.53` (Docker's rule: the first user-defined
+//! network's DNS). Queries never reach the segment. IPv4 only: over it,
+//! AAAA answers too. Unlike Docker, whose resolver (127.0.0.11) lives in
+//! the container's own namespace, the address is on the wire of the
+//! container's interface; a host of the segment that holds 169.254.0.53
+//! is not reachable from the containers.
 //! The host itself does not reach its containers through the parent
 //! (neither does Docker's: a macvlan parent never delivers to its own
 //! children). Without a parent (or with `--internal`) the containers of a
@@ -29,6 +40,7 @@ use crate::dataplane::{
 use crate::ipam;
 use crate::model::*;
 use crate::state::State;
+pub use tapnet_switch::segment::DNS_ADDR;
 
 pub struct Macvlan;
 
@@ -222,9 +234,12 @@ pub(super) fn spec(n: &Network) -> Result<NetworkSpec, DataplaneError> {
         gateway: pool.gateway,
         icc: true,
         mtu: n.mtu(),
-        internal: true,
+        // The NAT never acts on a segment network
+        // (`Dataplane::add_segment_network`): `internal` is for the DNS,
+        // which forwards what is not local unless `--internal`.
+        internal: n.internal,
         masquerade: false,
-        dns: false,
+        dns: true,
         overlay: None,
         v6: None,
     })
@@ -271,9 +286,18 @@ impl NetworkDriver for Macvlan {
         Services {
             // Through the segment's router.
             default_route: !n.internal,
-            embedded_dns: false,
+            // At DNS_ADDR (Docker: on every user-defined network).
+            embedded_dns: true,
             publish: false,
         }
+    }
+
+    fn dns_address(
+        &self,
+        _: &Network,
+        _: Option<std::net::Ipv4Addr>,
+    ) -> Option<std::net::Ipv4Addr> {
+        Some(DNS_ADDR)
     }
 
     fn create(&self, dp: &Dataplane, id: NetId, n: &Network) -> Result<(), DataplaneError> {

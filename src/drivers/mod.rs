@@ -14,6 +14,7 @@
 //! daemon.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::os::fd::OwnedFd;
 
 use serde::{Deserialize, Serialize};
@@ -138,7 +139,8 @@ pub struct Services {
     /// The gateway holds a container's default route (not on `--internal`
     /// networks).
     pub default_route: bool,
-    /// Names answered at the gateway (Docker: user-defined networks only).
+    /// Names answered by the switch (Docker: user-defined networks only),
+    /// at the address [`NetworkDriver::dns_address`] says.
     pub embedded_dns: bool,
     /// Published ports lead to containers on it (not `--internal`).
     pub publish: bool,
@@ -231,6 +233,16 @@ pub trait NetworkDriver: Sync {
 
     /// What the gateway of `n` provides.
     fn services(&self, n: &Network) -> Services;
+
+    /// Where a container's resolver asks the embedded DNS of `n` (its
+    /// `nameserver` line), for an endpoint whose gateway is `gateway`:
+    /// `None` when the network has none. By default the gateway, where the
+    /// switch answers; macvlan and ipvlan, whose gateway is the segment's
+    /// router, answer at [`tapnet_switch::segment::DNS_ADDR`] (the sandbox
+    /// routes it on the interface: [`crate::sandbox::TapConfig::dns_route`]).
+    fn dns_address(&self, n: &Network, gateway: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+        gateway.filter(|_| self.services(n).embedded_dns)
+    }
 
     /// Makes (or updates) the network's dataplane state under `id`.
     fn create(&self, _dp: &Dataplane, _id: NetId, _n: &Network) -> Result<(), DataplaneError> {

@@ -64,6 +64,8 @@ struct WireTap {
     addr6: Option<(std::net::Ipv6Addr, u8)>,
     #[serde(default)]
     gateway6: Option<std::net::Ipv6Addr>,
+    #[serde(default)]
+    dns_route: Option<Ipv4Addr>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -126,6 +128,7 @@ pub(super) fn create(
             gateway: t.default_gateway,
             addr6: t.addr6.map(|a| (a.addr(), a.prefix_len())),
             gateway6: t.default_gateway6,
+            dns_route: t.dns_route,
         })
         .collect();
     run(Request {
@@ -509,6 +512,9 @@ fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::N
         nl.add_addr_v6(index, addr6, prefix6)?;
     }
     nl.set_link(index, None, None, Some(true))?;
+    if let Some(dns) = t.dns_route {
+        nl.add_link_route(index, dns, index)?;
+    }
     if let Some(gw) = t.gateway {
         nl.add_default_route(index, gw.into())?;
     }

@@ -85,6 +85,13 @@ pub struct TapConfig {
     pub addr6: Option<ipnet::Ipv6Net>,
     /// When set, an IPv6 default route via this gateway is added.
     pub default_gateway6: Option<std::net::Ipv6Addr>,
+    /// When set (with `addr`), a link-scope host route to this address on
+    /// the interface, with its interface index as metric: the embedded
+    /// DNS's service address on a macvlan/ipvlan network
+    /// (`tapnet_switch::segment::DNS_ADDR`), outside the subnet. Several
+    /// interfaces may each have one (the first made wins, the next takes
+    /// over when it goes).
+    pub dns_route: Option<Ipv4Addr>,
 }
 
 /// How the sandbox's network namespace is obtained.

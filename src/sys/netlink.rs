@@ -37,12 +37,15 @@ const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
 /// `ifa_flags`: no duplicate address detection.
 const IFA_F_NODAD: u8 = 0x02;
+const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const RTA_GATEWAY: u16 = 5;
+const RTA_PRIORITY: u16 = 6;
 
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
 const RT_SCOPE_HOST: u8 = 254;
 const RTN_UNICAST: u8 = 1;
 
@@ -215,6 +218,40 @@ impl Netlink {
             NLM_F_CREATE | NLM_F_EXCL,
             &body,
             "add default route",
+        )
+    }
+
+    /// Adds a link-scope host route to `dst` out of link `index` with
+    /// priority `metric` (`ip route add DST/32 dev LINK scope link metric
+    /// METRIC`): an on-link address outside the link's subnet, such as the
+    /// embedded DNS's service address on macvlan/ipvlan networks. Routes to
+    /// one address out of several links coexist when their metrics differ;
+    /// the lowest wins, and the next takes over when its link goes.
+    pub fn add_link_route(
+        &mut self,
+        index: u32,
+        dst: Ipv4Addr,
+        metric: u32,
+    ) -> Result<(), NetlinkError> {
+        let mut body = vec![
+            libc::AF_INET as u8,
+            32, // dst_len
+            0,  // src_len
+            0,  // tos
+            RT_TABLE_MAIN,
+            RTPROT_BOOT,
+            RT_SCOPE_LINK,
+            RTN_UNICAST,
+        ];
+        body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        attr(&mut body, RTA_DST, &dst.octets());
+        attr(&mut body, RTA_OIF, &index.to_ne_bytes());
+        attr(&mut body, RTA_PRIORITY, &metric.to_ne_bytes());
+        self.request(
+            RTM_NEWROUTE,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &body,
+            "add link route",
         )
     }
 

@@ -503,7 +503,15 @@ impl<H: GatewayHook> Worker<H> {
         } else {
             return false;
         };
-        let req = ArpRepr::parse(&p);
+        self.write_arp_reply(&p, hw);
+        true
+    }
+
+    /// Writes the reply to ARP request `p` (its target address is at `hw`)
+    /// to `scratch[..60]`.
+    fn write_arp_reply(&mut self, p: &ArpPacket<&[u8]>, hw: EthernetAddress) {
+        let target = p.target_ip();
+        let req = ArpRepr::parse(p);
         let s = &mut self.scratch[..60];
         s.fill(0);
         let mut eth = EthernetFrame::new_unchecked(&mut s[..]);
@@ -518,7 +526,6 @@ impl<H: GatewayHook> Worker<H> {
             target_ip: req.sender_ip,
         }
         .emit(eth.payload_mut());
-        true
     }
 
     /// Sends `scratch[..len]` back to the ingress port.

@@ -5,8 +5,9 @@
 //!
 //! What differs from a bridge network, in the pipeline
 //! (`pipeline::segment`):
-//! - no gateway services: no ARP/ping answers for the gateway, no DNS, no
-//!   NAT; ARP for the gateway goes out the parent like any other frame;
+//! - no gateway services: no ARP/ping answers for the gateway, no NAT;
+//!   ARP for the gateway goes out the parent like any other frame; the
+//!   embedded DNS answers at its own address (below);
 //! - no MAC learning: endpoints' MACs are assigned (spoof-checked ports),
 //!   everything else lives behind the parent;
 //! - from an endpoint: to another endpoint's MAC locally, anything else
@@ -22,13 +23,56 @@
 //! the ARP target); unicast from an endpoint goes to the endpoint holding
 //! its destination address, else out the parent.
 //!
+//! The embedded DNS: the segment's router is the gateway, so the switch
+//! cannot answer at the gateway address as on a bridge. It answers at a
+//! fixed link-local *service address* instead, [`DNS_ADDR`] (MAC
+//! [`DNS_MAC`]), that containers reach through a link-scope host route on
+//! their interface: ARP requests from an endpoint for it are answered,
+//! IPv4 UDP and TCP from an endpoint to its port 53 go to the
+//! [`crate::GatewayHook`] (the DNS responder) as queries to a bridge's
+//! gateway do, anything else from an endpoint to it is dropped
+//! (`gateway_unsupported`). None of these frames ever leaves on the
+//! parent; frames from the parent for the address are the segment's
+//! (dropped as `parent_not_for_us`, or flooded to the endpoints for ARP,
+//! where no one holds it). IPv4 only: AAAA answers come over it too.
+//!
 //! A parent port may carry one 802.1Q VLAN ([`Uplink::vlan`]): the edge
 //! pushes the tag on egress and only accepts frames of that VLAN (tag
 //! removed) on ingress, so two networks on different VLANs of one parent
 //! never see each other's frames.
 
-use crate::topology::{ConfigError, NetworkId, PortConfig, PortId, Switch};
+use crate::topology::{ConfigError, Network, NetworkId, PortConfig, PortId, Switch};
 use crate::wire::EthernetAddress;
+use core::net::Ipv4Addr;
+
+/// The embedded DNS's service address on segment networks (see the module
+/// doc): `169.254.0.53`. Link-local (RFC 3927), so never routed off the
+/// segment, and in the first /24 of 169.254/16, which RFC 3927 2.1
+/// reserves: no host on the segment may take it by link-local
+/// autoconfiguration, and it is neither a cloud metadata (169.254.169.254)
+/// nor a known node-local cache address (169.254.20.10). `.53` for DNS.
+/// One constant for the switch, the responder and the daemon (the
+/// containers' `nameserver` line and host route).
+pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 53);
+
+/// The MAC the switch answers ARP for [`DNS_ADDR`] with and sends the
+/// DNS answers from on segment networks: `02:42:a9:fe:00:35`, the
+/// [`crate::topology::gateway_mac`] of the address (locally administered,
+/// unicast). Seen only by the network's endpoints, never on the segment.
+pub const DNS_MAC: EthernetAddress = EthernetAddress([0x02, 0x42, 169, 254, 0, 53]);
+
+impl Network {
+    /// Where the embedded DNS answers on this network, (IPv4 address,
+    /// MAC): the gateway on a bridge or overlay, [`DNS_ADDR`] and
+    /// [`DNS_MAC`] on a segment network (see the module doc).
+    #[inline]
+    pub fn dns_service(&self) -> (Ipv4Addr, EthernetAddress) {
+        match self.segment {
+            Some(_) => (DNS_ADDR, DNS_MAC),
+            None => (self.config.gateway, self.gateway_mac),
+        }
+    }
+}
 
 /// How a segment network maps frames to endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +162,24 @@ impl Switch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{NetworkConfig, SwitchConfig};
-    use core::net::Ipv4Addr;
+    use crate::topology::{gateway_mac, NetworkConfig, SwitchConfig};
+
+    #[test]
+    fn dns_service_address() {
+        assert_eq!(DNS_MAC, gateway_mac(DNS_ADDR));
+        assert!(DNS_ADDR.is_link_local());
+        assert!(!DNS_MAC.is_multicast() && DNS_MAC.0[0] & 0x02 != 0);
+        let sw = Switch::new(SwitchConfig::default());
+        let gw = Ipv4Addr::new(192, 0, 2, 1);
+        let net = sw
+            .add_network(NetworkConfig::new("m", Ipv4Addr::new(192, 0, 2, 0), 24, gw))
+            .unwrap();
+        let bridge = sw.topology().network(net).unwrap().dns_service();
+        assert_eq!(bridge, (gw, gateway_mac(gw)));
+        sw.set_segment(net, SegmentMode::IpvlanL2).unwrap();
+        let seg = sw.topology().network(net).unwrap().dns_service();
+        assert_eq!(seg, (DNS_ADDR, DNS_MAC));
+    }
 
     #[test]
     fn parent_port() {

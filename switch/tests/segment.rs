@@ -160,3 +160,143 @@ fn internal_segment_has_no_way_out() {
     assert!(inject(&mut s, a, &arp).is_empty());
     assert_eq!(drops(&s, a, DropReason::NoDestination), 2);
 }
+
+/// Stands for the DNS responder: records what reached it; answers UDP
+/// with a 60-byte frame (to see where replies go), consumes the rest.
+#[derive(Default)]
+struct DnsStandIn {
+    seen: Vec<Vec<u8>>,
+}
+
+impl GatewayHook for DnsStandIn {
+    fn handle(
+        &mut self,
+        cx: &HookCx<'_>,
+        _: &VnetHdr,
+        frame: &[u8],
+        scratch: &mut [u8],
+    ) -> HookVerdict {
+        assert!(cx.network.segment.is_some());
+        self.seen.push(frame.to_vec());
+        if frame[23] == 17 {
+            scratch[..60].fill(0xab);
+            return HookVerdict::Reply(60);
+        }
+        HookVerdict::Consumed
+    }
+}
+
+/// A TCP SYN (no checksum: the stand-in does not look) to `dst`.
+fn tcp_syn(
+    src_mac: EthernetAddress,
+    dst_mac: EthernetAddress,
+    from: u8,
+    dst: (Ipv4Addr, u16),
+) -> Vec<u8> {
+    let mut t = vec![0u8; 20];
+    t[..2].copy_from_slice(&4000u16.to_be_bytes());
+    t[2..4].copy_from_slice(&dst.1.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    build::ipv4(dst_mac, src_mac, ip(from), dst.0, 6, &t)
+}
+
+/// The embedded DNS's service address on segment networks, in both modes:
+/// ARP for it answered with its MAC to the asker only, DNS (UDP and TCP
+/// port 53) to the hook, replies back to the querier, anything else to it
+/// dropped (counted); nothing for it ever leaves on the parent, and the
+/// segment cannot reach it.
+#[test]
+fn segment_dns_service_address() {
+    use tapnet_switch::segment::{DNS_ADDR, DNS_MAC};
+    use tapnet_switch::wire::{arp::ArpOp, ArpPacket, EthernetFrame};
+    for mode in [SegmentMode::Macvlan, SegmentMode::IpvlanL2] {
+        let mut m = MemSwitch::with_hook(SwitchConfig::default(), DnsStandIn::default());
+        let net = m
+            .switch
+            .add_network(NetworkConfig::new("seg", ip(0), 24, ip(ROUTER)))
+            .unwrap();
+        m.switch.set_segment(net, mode).unwrap();
+        let pmac = mac(100);
+        let parent = m
+            .switch
+            .add_parent_port(net, "parent:eth0", None, Some(pmac))
+            .unwrap();
+        let amac = match mode {
+            SegmentMode::Macvlan => mac(10),
+            SegmentMode::IpvlanL2 => pmac,
+        };
+        let bmac = match mode {
+            SegmentMode::Macvlan => mac(11),
+            SegmentMode::IpvlanL2 => pmac,
+        };
+        let a = m
+            .switch
+            .add_port(PortConfig::endpoint("a", net, amac, ip(10)))
+            .unwrap();
+        let b = m
+            .switch
+            .add_port(PortConfig::endpoint("b", net, bmac, ip(11)))
+            .unwrap();
+        let drops = |m: &MemSwitch<DnsStandIn>, p: PortId, r: DropReason| {
+            m.switch.port_stats(p).unwrap().drop_count(r)
+        };
+        let send = |m: &mut MemSwitch<DnsStandIn>, p: PortId, f: &[u8]| {
+            m.inject(0, p, VnetHdr::default(), f)
+        };
+
+        // ARP for the address: answered to the asker alone, with DNS_MAC.
+        let out = send(&mut m, a, &build::arp_request(amac, ip(10), DNS_ADDR));
+        assert_eq!(ports(&out), vec![a], "{mode:?}");
+        let eth = EthernetFrame::new_checked(&out[0].frame[..]).unwrap();
+        assert_eq!((eth.dst_addr(), eth.src_addr()), (amac, DNS_MAC));
+        let arp = ArpPacket::new_checked(eth.payload()).unwrap();
+        assert_eq!(arp.operation(), ArpOp::Reply);
+        assert_eq!((arp.sender_hw(), arp.sender_ip()), (DNS_MAC, DNS_ADDR));
+        assert_eq!((arp.target_hw(), arp.target_ip()), (amac, ip(10)));
+
+        // UDP to port 53: to the hook, its reply back to the querier only.
+        let q = build::udp(DNS_MAC, amac, (ip(10), 5000), (DNS_ADDR, 53), b"query");
+        let out = send(&mut m, a, &q);
+        assert_eq!(ports(&out), vec![a], "{mode:?}");
+        assert_eq!(out[0].frame, vec![0xab; 60]);
+        // ipvlan: frames are mapped by address, whatever the MAC.
+        let q2 = build::udp(pmac, amac, (ip(10), 5001), (DNS_ADDR, 53), b"query");
+        assert_eq!(ports(&send(&mut m, a, &q2)), vec![a]);
+        // TCP to port 53: to the hook too (consumed here).
+        assert!(send(&mut m, a, &tcp_syn(amac, DNS_MAC, 10, (DNS_ADDR, 53))).is_empty());
+        assert_eq!(m.worker.hook_mut().seen.len(), 3, "{mode:?}");
+        assert_eq!(m.worker.hook_mut().seen[0], q);
+
+        // Anything else to the address: dropped, counted, never out.
+        let other = [
+            build::udp(DNS_MAC, amac, (ip(10), 5000), (DNS_ADDR, 80), b"x"),
+            tcp_syn(amac, DNS_MAC, 10, (DNS_ADDR, 22)),
+            build::icmp_echo(false, DNS_MAC, amac, ip(10), DNS_ADDR, 1, 1, b"ping"),
+        ];
+        for f in &other {
+            assert!(send(&mut m, a, f).is_empty(), "{mode:?}");
+        }
+        assert_eq!(drops(&m, a, DropReason::GatewayUnsupported), 3);
+        assert_eq!(m.worker.hook_mut().seen.len(), 3);
+
+        // From the segment: the address is not ours to give (ARP reaches
+        // the endpoints, where no one holds it; queries are dropped).
+        let arp = build::arp_request(mac(1), ip(ROUTER), DNS_ADDR);
+        let mut out = ports(&send(&mut m, parent, &arp));
+        out.sort();
+        assert_eq!(out, vec![a, b], "{mode:?}");
+        let q = build::udp(pmac, mac(1), (ip(ROUTER), 5000), (DNS_ADDR, 53), b"q");
+        assert!(send(&mut m, parent, &q).is_empty());
+        let q = build::udp(DNS_MAC, mac(1), (ip(ROUTER), 5000), (DNS_ADDR, 53), b"q");
+        assert!(send(&mut m, parent, &q).is_empty());
+        assert_eq!(drops(&m, parent, DropReason::ParentNotForUs), 2);
+        assert_eq!(m.worker.hook_mut().seen.len(), 3);
+        // The parent sent nothing for the address in all of this.
+        assert_eq!(
+            m.switch.port_stats(parent).unwrap().tx_packets,
+            0,
+            "{mode:?}"
+        );
+    }
+}

@@ -29,25 +29,23 @@ fn host_resolv_nameservers() -> (Vec<String>, Vec<String>) {
     (ns, other)
 }
 
-/// The gateway address of the embedded DNS a container uses, if any.
+/// The address of the embedded DNS a container uses, if any.
 ///
 /// Docker's rule: a container on at least one user-defined network uses
-/// the embedded DNS (here: the gateway address of the first such network)
-/// as its only nameserver; it switches when the container joins its first
-/// user-defined network and back when it leaves the last one. The default
-/// bridge has no embedded DNS.
+/// the embedded DNS (here: its address on the first such network, the
+/// gateway on a bridge, `macvlan::DNS_ADDR` on macvlan/ipvlan:
+/// [`drivers::NetworkDriver::dns_address`]) as its only nameserver; it
+/// switches when the container joins its first user-defined network and
+/// back when it leaves the last one. The default bridge has no embedded
+/// DNS.
 fn embedded_dns(st: &State, c: &Container) -> Option<std::net::Ipv4Addr> {
     if c.net_mode != NetMode::Bridge {
         return None;
     }
-    endpoints_of(st, c)
-        .into_iter()
-        .filter(|e| {
-            st.networks
-                .get(&e.network_id)
-                .is_some_and(|n| drivers::of(n).services(n).embedded_dns)
-        })
-        .find_map(|e| e.gateway)
+    endpoints_of(st, c).into_iter().find_map(|e| {
+        let n = st.networks.get(&e.network_id)?;
+        drivers::of(n).dns_address(n, e.gateway)
+    })
 }
 
 /// Writes (in place: the files are bind-mounted into the sandbox) the

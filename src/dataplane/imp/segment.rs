@@ -17,7 +17,9 @@ use tapnet_switch::DropReason;
 
 impl Dataplane {
     /// Adds (or updates) a network on a parent interface: a switched
-    /// network without gateway services whose other ports are behind
+    /// network without gateway services (but the embedded DNS, at
+    /// `tapnet_switch::segment::DNS_ADDR`, per `spec.dns`; the NAT never
+    /// acts on it) whose other ports are behind
     /// `parent` (none: an `--internal` network, its endpoints reach only
     /// each other). The parent's sockets are opened first: when that fails
     /// nothing was changed.
@@ -43,7 +45,7 @@ impl Dataplane {
             ),
             _ => None,
         };
-        self.add_network(id, spec)?;
+        self.add_network_as(id, spec, true)?;
         let undo = |e: DataplaneError| {
             if existing.is_none() {
                 let _ = self.remove_network(id);

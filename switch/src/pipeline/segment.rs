@@ -5,9 +5,10 @@
 use super::{GatewayHook, Transmit, Worker};
 use crate::counters::DropReason;
 use crate::pipeline::BatchCx;
-use crate::segment::{Segment, SegmentMode};
+use crate::segment::{Segment, SegmentMode, DNS_ADDR};
 use crate::topology::{Network, Port, Topology};
-use crate::wire::{ArpPacket, EtherType, EthernetFrame, Ipv4Packet, VnetHdr};
+use crate::wire::arp::ArpOp;
+use crate::wire::{ethernet, ipv4, ArpPacket, EtherType, EthernetFrame, Ipv4Packet, VnetHdr};
 use core::net::Ipv4Addr;
 
 /// The IPv4 address a frame is for: an IPv4 packet's destination, an ARP
@@ -41,6 +42,11 @@ impl<H: GatewayHook> Worker<H> {
         let eth = EthernetFrame::new_unchecked(frame);
         let (src, dst) = (eth.src_addr(), eth.dst_addr());
         let from_parent = seg.parent == Some(port.id);
+        if !from_parent {
+            if let Some(r) = self.segment_dns(cx, port, net, eth.ethertype(), meta, frame, tx) {
+                return r;
+            }
+        }
         match seg.mode {
             SegmentMode::Macvlan => {
                 if from_parent && topo.assigned_port(net.id, src).is_some() {
@@ -92,6 +98,57 @@ impl<H: GatewayHook> Worker<H> {
                     },
                 }
             }
+        }
+    }
+
+    /// The embedded DNS's service address ([`DNS_ADDR`]) for a frame from
+    /// an endpoint of a segment network: an ARP request for it is answered
+    /// with [`crate::segment::DNS_MAC`]; IPv4 UDP or TCP to its port 53
+    /// goes to the hook, as a query to a bridge's gateway does; anything
+    /// else to it (other ARP, other protocols and ports, fragments) is
+    /// dropped as `gateway_unsupported`. `None`: not for the address,
+    /// forwarded as usual. Nothing for the address leaves on the parent.
+    #[allow(clippy::too_many_arguments)]
+    fn segment_dns<T: Transmit>(
+        &mut self,
+        cx: &BatchCx,
+        port: &Port,
+        net: &Network,
+        ethertype: EtherType,
+        meta: &VnetHdr,
+        frame: &[u8],
+        tx: &mut T,
+    ) -> Option<Result<(), DropReason>> {
+        let payload = &frame[ethernet::HEADER_LEN..];
+        let (_, dns_mac) = net.dns_service();
+        match ethertype {
+            EtherType::Arp => {
+                let arp = ArpPacket::new_checked(payload).ok()?;
+                if arp.target_ip() != DNS_ADDR {
+                    return None;
+                }
+                if arp.operation() != ArpOp::Request {
+                    return Some(Err(DropReason::GatewayUnsupported));
+                }
+                self.write_arp_reply(&arp, dns_mac);
+                Some(self.reply(cx, port, 60, &VnetHdr::default(), tx))
+            }
+            EtherType::Ipv4 => {
+                let ip = Ipv4Packet::new_checked(payload).ok()?;
+                if ip.dst_addr() != DNS_ADDR {
+                    return None;
+                }
+                let proto = ip.protocol();
+                let l4 = ip.payload();
+                let to_dns = !ip.is_fragment()
+                    && (proto == ipv4::protocol::UDP || proto == ipv4::protocol::TCP)
+                    && l4.get(2..4) == Some(&53u16.to_be_bytes()[..]);
+                if !to_dns {
+                    return Some(Err(DropReason::GatewayUnsupported));
+                }
+                Some(self.pass_to_hook(cx, port, net, meta, frame, true, tx))
+            }
+            _ => None,
         }
     }
 
