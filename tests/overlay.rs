@@ -668,7 +668,7 @@ fn a_dual_stack_overlay_spans_two_hosts() {
     let u = Underlay::new();
     let _etcd = Etcd::start(&u);
     let h1 = host(&u, 1, &[]);
-    let h2 = host(&u, 2, &[]);
+    let mut h2 = host(&u, 2, &[]);
 
     // Bad input: one line, nothing made.
     let e = h1.fails(&[
@@ -793,6 +793,7 @@ fn a_dual_stack_overlay_spans_two_hosts() {
         }
     });
     let mut ips: Vec<String> = runs.iter().map(|(h, n)| ip6_of(h, n, "ov6")).collect();
+    let x0 = ips[0].clone();
     ips.extend([a.clone(), b.clone()]);
     assert!(
         ips.iter().all(|i| i.starts_with("2001:db8:130::")),
@@ -815,4 +816,35 @@ fn a_dual_stack_overlay_spans_two_hosts() {
         "60",
     ]);
     assert!(e.contains("in use") && e.trim().lines().count() == 1, "{e}");
+    // A removed container's IPv6 address is free again, on any host.
+    h1.ok(&["rm", "-f", "x60"]);
+    h2.sleeper("z6", &["ov6"], &["--ip6", &x0]);
+    assert_eq!(ip6_of(&h2, "z6", "ov6"), x0);
+
+    // Host 2's daemon dies: its names leave host 1's DNS with its lease;
+    // restarted, it registers its containers again, IPv6 included.
+    assert!(works(&h1, "a6", "getent ahostsv6 b6"));
+    h2.kill9();
+    eventually(&h1, "b6 leaving host 1's DNS", 20, || {
+        !works(&h1, "a6", "getent ahostsv6 b6")
+    });
+    h2.spawn();
+    eventually(&h1, "b6 back over IPv6", 20, || {
+        works(&h1, "a6", "ping -6 -c1 -W1 b6")
+    });
+    let o = h1.exec_sh("a6", "getent ahostsv6 b6");
+    assert!(o.stdout.contains(&b), "{o:?}");
+    // Its address is held again in the cluster.
+    let e = h1.fails(&[
+        "run",
+        "-d",
+        "--network",
+        "ov6",
+        "--ip6",
+        &b,
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(e.contains("in use"), "{e}");
 }
