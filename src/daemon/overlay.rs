@@ -11,11 +11,11 @@
 //! - [`Core::cluster_sync`] reconciles this host with a snapshot of the
 //!   cluster: overlay networks added or removed locally, the other hosts'
 //!   endpoints pinned in the switch (static FDB entry, proxy ARP and proxy
-//!   ND towards their VTEP) and named in the embedded DNS (A and AAAA), the VTEPs that have each
-//!   network set as its peers (broadcast and unknown unicast go to them),
-//!   this host's own endpoints registered again when the cluster lost them
-//!   (a lease that expired while etcd was away), the ESP keys of encrypted
-//!   networks made, rotated and applied. The watch calls it after every
+//!   ND towards their VTEP) and named in the embedded DNS (A and AAAA),
+//!   the VTEPs that have each network set as its peers (broadcast and
+//!   unknown unicast go to them), this host's own endpoints registered
+//!   again when the cluster lost them (a lease that expired while etcd was
+//!   away), the ESP keys of encrypted networks made, rotated and applied. The watch calls it after every
 //!   change; the keep-alive after a new lease.
 //! - A container on no network with a gateway gets an interface on the
 //!   host's `docker_gwbridge` network (made on demand: ICC off, masquerade
