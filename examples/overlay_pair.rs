@@ -126,6 +126,7 @@ fn main() -> anyhow::Result<()> {
             RemoteEndpoint {
                 mac: macs[o],
                 ipv4: ips[o],
+                ipv6: None,
                 vtep: vteps[o],
             },
         )?;

@@ -10,7 +10,7 @@
 //! | `networks/ID` | the [`Network`] record (driver `overlay`) | none |
 //! | `netnames/NAME` | the network id (names are unique) | none |
 //! | `vnis/VNI` | the network id (VNIs are unique) | none |
-//! | `ipam/ID/IP` | the endpoint id holding the address | the holder's host's |
+//! | `ipam/ID/IP` | the endpoint id holding the address (IPv4 or IPv6) | the holder's host's |
 //! | `endpoints/ID/EP` | [`EndpointRecord`] | the host's |
 //! | `keys/ID` | [`KeyRing`] (ESP keys of an encrypted network) | none |
 //!
@@ -25,8 +25,8 @@
 //! daemon's tokio runtime and waits for it, at most [`OP_TIMEOUT`], so an
 //! unreachable etcd turns a change into one clear error rather than a hang.
 
-use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +44,18 @@ pub const LEASE_TTL: i64 = 10;
 pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first VNI handed out (Docker's overlay starts at 4096 too).
 pub const FIRST_VNI: u32 = 4096;
+/// Addresses one allocation tries to claim before it gives up (the others
+/// were taken by hosts allocating at the same moment).
+pub const MAX_CLAIM_TRIES: usize = 64;
+
+/// What [`Cluster::claim`] got.
+enum Claim<A> {
+    Got(A),
+    /// Every candidate tried was taken; the last one.
+    Taken(A),
+    /// There was no candidate.
+    None,
+}
 
 /// Errors of the cluster store; the message is one line for the user.
 #[derive(Debug, thiserror::Error, displaydoc::Display)]
@@ -74,6 +86,10 @@ pub enum ClusterError {
     AddrInUse(Ipv4Addr),
     /// no free address left in the network's pool
     Exhausted,
+    /// IPv6 address {0} is already in use in the cluster
+    Addr6InUse(Ipv6Addr),
+    /// no free address left in the network's IPv6 pool
+    Exhausted6,
     /// corrupt record {key} in the cluster store: {err}
     Corrupt { key: String, err: String },
 }
@@ -157,6 +173,10 @@ pub struct EndpointRecord {
     pub vtep: SocketAddr,
     pub mac: crate::model::Mac,
     pub ipv4: Ipv4Addr,
+    /// Its IPv6 address on a dual-stack overlay (absent in records of
+    /// releases before dual-stack overlays).
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Addr>,
     pub container_id: String,
     pub name: String,
     pub hostname: String,
@@ -548,33 +568,82 @@ impl Cluster {
         owner: &str,
     ) -> Result<Ipv4Addr, ClusterError> {
         let pool = n.pools.first().ok_or(ClusterError::Exhausted)?;
-        let lease = self.lease();
-        let prefix = key(&["ipam", &n.id, ""]);
-        let p2 = prefix.clone();
-        let used: std::collections::BTreeSet<Ipv4Addr> = self
-            .run(|mut c| async move {
-                c.get(p2, Some(GetOptions::new().with_prefix().with_keys_only()))
-                    .await
-            })?
-            .kvs()
-            .iter()
-            .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
-            .collect();
         let candidates: Box<dyn Iterator<Item = Ipv4Addr>> = match requested {
             Some(a) => Box::new(std::iter::once(a)),
             None => {
+                let used: BTreeSet<Ipv4Addr> = self.used(&n.id)?;
                 let range = pool.ip_range.unwrap_or(pool.subnet);
                 Box::new(
                     (u32::from(range.network())..=u32::from(range.broadcast()))
                         .map(Ipv4Addr::from)
-                        .filter(|a| !crate::ipam::is_reserved(pool, *a) && !used.contains(a)),
+                        .filter(move |a| !crate::ipam::is_reserved(pool, *a) && !used.contains(a)),
                 )
             }
         };
-        for (i, a) in candidates.enumerate() {
-            if i > 64 {
-                break;
-            }
+        match self.claim(&n.id, candidates, owner)? {
+            Claim::Got(a) => Ok(a),
+            Claim::Taken(a) if requested.is_some() => Err(ClusterError::AddrInUse(a)),
+            _ => Err(ClusterError::Exhausted),
+        }
+    }
+
+    /// Allocates an IPv6 address of `n`'s IPv6 pool for endpoint `owner`,
+    /// as [`Cluster::allocate`] does an IPv4 one: under the same prefix
+    /// (`ipam/NET/ADDR`, the address in its text form), so the same lease,
+    /// watch and network removal cover it; candidates from
+    /// [`crate::ipam::cluster_candidates6`].
+    pub fn allocate6(
+        &self,
+        n: &Network,
+        requested: Option<Ipv6Addr>,
+        owner: &str,
+    ) -> Result<Ipv6Addr, ClusterError> {
+        let pool = n.pools6.first().ok_or(ClusterError::Exhausted6)?;
+        let used: BTreeSet<Ipv6Addr> = match requested {
+            Some(_) => BTreeSet::new(),
+            None => self.used(&n.id)?,
+        };
+        let candidates = crate::ipam::cluster_candidates6(pool, &used, requested);
+        match self.claim(&n.id, candidates, owner)? {
+            Claim::Got(a) => Ok(a),
+            Claim::Taken(a) if requested.is_some() => Err(ClusterError::Addr6InUse(a)),
+            _ => Err(ClusterError::Exhausted6),
+        }
+    }
+
+    /// The addresses of one family held in network `network_id`.
+    fn used<A: std::str::FromStr + Ord>(
+        &self,
+        network_id: &str,
+    ) -> Result<BTreeSet<A>, ClusterError> {
+        let prefix = key(&["ipam", network_id, ""]);
+        Ok(self
+            .run(|mut c| async move {
+                c.get(
+                    prefix,
+                    Some(GetOptions::new().with_prefix().with_keys_only()),
+                )
+                .await
+            })?
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok()?.rsplit('/').next()?.parse().ok())
+            .collect())
+    }
+
+    /// Claims the first of `candidates` (at most [`MAX_CLAIM_TRIES`]) that
+    /// no host holds, each with a create-if-absent transaction under this
+    /// host's lease.
+    fn claim<A: std::fmt::Display + Copy>(
+        &self,
+        network_id: &str,
+        candidates: impl Iterator<Item = A>,
+        owner: &str,
+    ) -> Result<Claim<A>, ClusterError> {
+        let lease = self.lease();
+        let prefix = key(&["ipam", network_id, ""]);
+        let mut last = Claim::None;
+        for a in candidates.take(MAX_CLAIM_TRIES) {
             let k = format!("{prefix}{a}");
             let owner = owner.to_string();
             let r = self.run(|mut c| async move {
@@ -590,34 +659,40 @@ impl Cluster {
                 .await
             })?;
             if r.succeeded() {
-                return Ok(a);
+                return Ok(Claim::Got(a));
             }
-            if requested.is_some() {
-                return Err(ClusterError::AddrInUse(a));
-            }
+            last = Claim::Taken(a);
         }
-        Err(ClusterError::Exhausted)
+        Ok(last)
     }
 
-    /// Frees an address.
-    pub fn release(&self, network_id: &str, a: Ipv4Addr) -> Result<(), ClusterError> {
-        let k = key(&["ipam", network_id, &a.to_string()]);
+    /// Frees an address (either family).
+    pub fn release(&self, network_id: &str, a: impl Into<IpAddr>) -> Result<(), ClusterError> {
+        let k = key(&["ipam", network_id, &a.into().to_string()]);
         self.run(|mut c| async move { c.delete(k, None).await })
             .map(drop)
     }
 
     /// Registers (or refreshes) an endpoint under this host's lease, and
-    /// its address too (after a restart the lease may be new).
+    /// its addresses too (after a restart the lease may be new).
     pub fn put_endpoint(&self, e: &EndpointRecord) -> Result<(), ClusterError> {
         let lease = self.lease();
         let k = key(&["endpoints", &e.network_id, &e.endpoint_id]);
-        let ka = key(&["ipam", &e.network_id, &e.ipv4.to_string()]);
+        let addrs: Vec<String> = std::iter::once(e.ipv4.to_string())
+            .chain(e.ipv6.map(|a| a.to_string()))
+            .map(|a| key(&["ipam", &e.network_id, &a]))
+            .collect();
         let json = serde_json::to_vec(e).expect("json");
         let id = e.endpoint_id.clone();
         self.run(|mut c| async move {
             let opts = || Some(PutOptions::new().with_lease(lease));
-            c.txn(Txn::new().and_then([TxnOp::put(k, json, opts()), TxnOp::put(ka, id, opts())]))
-                .await
+            let mut ops = vec![TxnOp::put(k, json, opts())];
+            ops.extend(
+                addrs
+                    .into_iter()
+                    .map(|ka| TxnOp::put(ka, id.clone(), opts())),
+            );
+            c.txn(Txn::new().and_then(ops)).await
         })
         .map(drop)
     }
@@ -788,5 +863,26 @@ mod tests {
         assert!(c.set_opt("kv.zzz=1").is_err());
         assert!(c.set_opt("novalue").is_err());
         assert_eq!(prefix_end("/a/b/"), b"/a/b0".to_vec());
+    }
+
+    #[test]
+    fn records_without_ipv6_are_still_read() {
+        // An endpoint record and a network record as a release before
+        // dual-stack overlays wrote them.
+        let old = r#"{"network_id":"n","endpoint_id":"e","host":"h","vtep":"192.0.2.1:4789",
+            "mac":"02:42:0a:00:00:02","ipv4":"10.0.0.2","container_id":"c","name":"a",
+            "hostname":"a","aliases":[]}"#;
+        let e: EndpointRecord = serde_json::from_str(old).unwrap();
+        assert_eq!((e.ipv4, e.ipv6), (Ipv4Addr::new(10, 0, 0, 2), None));
+        let mut e2 = e.clone();
+        e2.ipv6 = Some("2001:db8::2".parse().unwrap());
+        let back: EndpointRecord =
+            serde_json::from_slice(&serde_json::to_vec(&e2).unwrap()).unwrap();
+        assert_eq!(back, e2);
+        let net = r#"{"id":"n","name":"ov","driver":"overlay","created":"","internal":false,
+            "attachable":true,"ingress":false,"enable_ipv6":false,"pools":[],
+            "ipam_options":{},"options":{},"labels":{},"predefined":false}"#;
+        let n: Network = serde_json::from_str(net).unwrap();
+        assert!(n.pools6.is_empty());
     }
 }

@@ -524,6 +524,29 @@ pub fn allocate6(
         .ok_or(Ipam6Error::Exhausted(range))
 }
 
+/// The addresses an overlay's cluster-wide allocation tries to claim, in
+/// order (`crate::cluster::Cluster::allocate6`): `requested` alone if
+/// given (checked against the pool afterwards, by [`allocate6`] on the
+/// host), else the free addresses of the ip-range (or subnet) from the
+/// lowest, leaving out the reserved ones and `used`, the addresses every
+/// host of the cluster holds. Lazy: a claim looks at a few of a /64.
+pub fn cluster_candidates6<'a>(
+    pool: &'a Pool6,
+    used: &'a BTreeSet<Ipv6Addr>,
+    requested: Option<Ipv6Addr>,
+) -> Box<dyn Iterator<Item = Ipv6Addr> + 'a> {
+    if let Some(a) = requested {
+        return Box::new(std::iter::once(a));
+    }
+    let range = pool.ip_range.unwrap_or(pool.subnet);
+    let (lo, hi) = (u128::from(range.network()), u128::from(range.broadcast()));
+    Box::new(
+        (lo..=hi)
+            .map(Ipv6Addr::from)
+            .filter(move |a| !is_reserved6(pool, *a) && !used.contains(a)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,6 +800,94 @@ mod tests {
             allocate6(&small, &used, None),
             Err(Ipam6Error::Exhausted(_))
         ));
+    }
+
+    fn a6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn cluster_ipv6_candidates_skip_reserved_and_held_addresses() {
+        let mut r = req6("2001:db8:5::/64");
+        r.aux.insert("router".into(), "2001:db8:5::2".into());
+        let p = make_pool6(&r, &[], "x").unwrap();
+        // ::0 (subnet-router anycast), ::1 (gateway), ::2 (auxiliary) and
+        // ::3 (held by a host of the cluster) are never offered.
+        let used: BTreeSet<Ipv6Addr> = [a6("2001:db8:5::3")].into();
+        let c: Vec<Ipv6Addr> = cluster_candidates6(&p, &used, None).take(3).collect();
+        assert_eq!(
+            c,
+            [
+                a6("2001:db8:5::4"),
+                a6("2001:db8:5::5"),
+                a6("2001:db8:5::6")
+            ]
+        );
+        // A requested address is the only candidate (the host's allocate6
+        // then checks it against the pool).
+        let c: Vec<Ipv6Addr> = cluster_candidates6(&p, &used, Some(a6("2001:db8:5::3"))).collect();
+        assert_eq!(c, [a6("2001:db8:5::3")]);
+        // The ip-range bounds the dynamic ones, to its end.
+        let mut r = req6("2001:db8:5::/64");
+        r.ip_range = Some("2001:db8:5::100/126".into());
+        let p = make_pool6(&r, &[], "x").unwrap();
+        let used: BTreeSet<Ipv6Addr> = [a6("2001:db8:5::101")].into();
+        let c: Vec<Ipv6Addr> = cluster_candidates6(&p, &used, None).collect();
+        assert_eq!(
+            c,
+            [
+                a6("2001:db8:5::100"),
+                a6("2001:db8:5::102"),
+                a6("2001:db8:5::103")
+            ]
+        );
+    }
+
+    /// The cluster's allocation, with a map for etcd: each host lists what
+    /// is held (a view that may be stale by the time it claims), then
+    /// claims candidates create-if-absent, as `Cluster::allocate6` does
+    /// with etcd transactions.
+    #[test]
+    fn cluster_ipv6_allocation_never_hands_out_an_address_twice() {
+        let p = make_pool6(&req6("2001:db8:6::/120"), &[], "x").unwrap();
+        let mut store: BTreeMap<Ipv6Addr, &str> = BTreeMap::new();
+        let claim = |store: &mut BTreeMap<Ipv6Addr, &str>,
+                     view: &BTreeSet<Ipv6Addr>,
+                     host: &'static str|
+         -> Option<Ipv6Addr> {
+            let got = cluster_candidates6(&p, view, None)
+                .take(crate::cluster::MAX_CLAIM_TRIES)
+                .find(|a| !store.contains_key(a))?;
+            store.insert(got, host);
+            Some(got)
+        };
+        let mut got = Vec::new();
+        for _ in 0..50 {
+            // Both hosts list the store, then both claim: the second
+            // host's view misses the first's claim.
+            let view: BTreeSet<Ipv6Addr> = store.keys().copied().collect();
+            got.push(claim(&mut store, &view, "h1").unwrap());
+            got.push(claim(&mut store, &view, "h2").unwrap());
+        }
+        let distinct: BTreeSet<Ipv6Addr> = got.iter().copied().collect();
+        assert_eq!(distinct.len(), got.len(), "{got:?}");
+        assert!(got
+            .iter()
+            .all(|a| p.subnet.contains(a) && !is_reserved6(&p, *a)));
+        assert_eq!(store.values().filter(|h| **h == "h2").count(), 50);
+        // A released address is the lowest free one again.
+        store.remove(&a6("2001:db8:6::7"));
+        let view: BTreeSet<Ipv6Addr> = store.keys().copied().collect();
+        assert_eq!(claim(&mut store, &view, "h2"), Some(a6("2001:db8:6::7")));
+        // A /120 holds 254 endpoints (256 less ::0 and the gateway ::1):
+        // then nothing.
+        loop {
+            let view: BTreeSet<Ipv6Addr> = store.keys().copied().collect();
+            if claim(&mut store, &view, "h1").is_none() {
+                break;
+            }
+        }
+        assert_eq!(store.len(), 254);
     }
 
     #[test]

@@ -648,3 +648,213 @@ fn rootless_daemons_share_an_overlay_over_loopback() {
         log("etcd.log"),
     );
 }
+
+/// The container's IPv6 address on `net` (`inspect`).
+fn ip6_of(d: &Daemon, c: &str, net: &str) -> String {
+    d.inspect_container(c)["NetworkSettings"]["Networks"][net]["GlobalIPv6Address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Drops of `reason` counted on port `port` (`tapnet stats`).
+fn port_drops(d: &Daemon, port: &str, reason: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port)
+        .and_then(|p| p["drops"][reason].as_u64())
+        .unwrap_or(0)
+}
+
+/// A dual-stack overlay (issue 20): the IPv6 pool in the cluster's record,
+/// IPv6 addresses unique across hosts, ping6 by address and by name
+/// (AAAA from the other host's records), the IPv6 gateway on every host,
+/// TCP over IPv6 through the tunnel, anti-spoofing, and bad input refused.
+#[test]
+fn a_dual_stack_overlay_spans_two_hosts() {
+    let u = Underlay::new();
+    let _etcd = Etcd::start(&u);
+    let h1 = host(&u, 1, &[]);
+    let mut h2 = host(&u, 2, &[]);
+
+    // Bad input: one line, nothing made.
+    let e = h1.fails(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--ipv6",
+        "--subnet",
+        "10.130.0.0/24",
+        "--subnet",
+        "2001:db8:130::/64",
+        "-o",
+        "com.docker.network.driver.mtu=1200",
+        "small",
+    ]);
+    assert!(e.contains("1280") && e.trim().lines().count() == 1, "{e}");
+    h1.ok(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--ipv6",
+        "--subnet",
+        "10.130.0.0/24",
+        "--subnet",
+        "2001:db8:130::/64",
+        "ov6",
+    ]);
+    eventually(&h2, "ov6 on host 2", 10, || {
+        h2.network_names().contains(&"ov6".to_string())
+    });
+    assert!(!h2.network_names().contains(&"small".to_string()));
+    // The other host has the IPv6 pool from the cluster's record, and
+    // refuses an overlapping one.
+    let v = h2.inspect_network("ov6");
+    assert_eq!(v["EnableIPv6"], true, "{v}");
+    let subnets: Vec<&str> = v["IPAM"]["Config"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["Subnet"].as_str())
+        .collect();
+    assert_eq!(subnets, ["10.130.0.0/24", "2001:db8:130::/64"], "{v}");
+    let e = h2.fails(&[
+        "network",
+        "create",
+        "-d",
+        "overlay",
+        "--ipv6",
+        "--subnet",
+        "10.131.0.0/24",
+        "--subnet",
+        "2001:db8:130:0:8000::/65",
+        "clash",
+    ]);
+    assert!(
+        e.contains("overlaps") && e.contains("ov6") && e.trim().lines().count() == 1,
+        "{e}"
+    );
+
+    h1.sleeper("a6", &["ov6"], &[]);
+    h2.sleeper("b6", &["ov6"], &[]);
+    let (a, b) = (ip6_of(&h1, "a6", "ov6"), ip6_of(&h2, "b6", "ov6"));
+    assert!(a.starts_with("2001:db8:130::") && b.starts_with("2001:db8:130::"));
+    assert_ne!(a, b);
+    // `network inspect` shows the local endpoint's IPv6 address.
+    let v = h2.inspect_network("ov6");
+    let eps: Vec<String> = v["Containers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter_map(|c| c["IPv6Address"].as_str().map(String::from))
+        .collect();
+    assert_eq!(eps, [format!("{b}/64")], "{v}");
+
+    // ping6 across hosts by address, by name (AAAA) both ways, and the
+    // IPv6 gateway answered by each host's switch.
+    eventually(&h1, "a6 pinging b6 over IPv6", 15, || {
+        works(&h1, "a6", &format!("ping -6 -c1 -W1 {b}"))
+    });
+    let o = h2.exec_sh("b6", "getent ahostsv6 a6");
+    assert!(o.stdout.contains(&a), "AAAA of a6 on host 2: {o:?}");
+    assert!(works(&h2, "b6", "ping -6 -c2 -W2 a6"), "{}", h2.log());
+    assert!(works(&h1, "a6", "ping -6 -c1 -W2 b6"), "{}", h1.log());
+    for (h, c) in [(&h1, "a6"), (&h2, "b6")] {
+        assert!(works(h, c, "ping -6 -c1 -W2 2001:db8:130::1"), "{c}");
+    }
+
+    // TCP over IPv6 across hosts: a few MiB (TSO6 super-frames segmented
+    // before the tunnel), compared by hash.
+    let sum = h2.ok(&["exec", "b6", "--", "sh", "-c", "mkdir -p /tmp/w6 && head -c 4194304 /dev/urandom > /tmp/w6/big && sha256sum </tmp/w6/big && (timeout 120 busybox httpd -f -p '[::]:8080' -h /tmp/w6 </dev/null >/dev/null 2>&1 &)"]);
+    retry(
+        "HTTP over IPv6 across hosts",
+        Duration::from_secs(10),
+        || {
+            let o = h1.exec_sh("a6", "curl -6 -s -m 20 http://b6:8080/big | sha256sum");
+            (o.stdout.trim() == sum.trim())
+                .then_some(())
+                .ok_or(format!("{o:?}, want {sum}"))
+        },
+    );
+
+    // A forged IPv6 source does not cross: dropped and counted at the
+    // sender's port.
+    let before = port_drops(&h2, "b6/eth0", "spoofed_ip");
+    let o = h2.exec_sh(
+        "b6",
+        &format!("ip addr add 2001:db8:130::666/64 dev eth0 nodad && ping -6 -c1 -W1 -I 2001:db8:130::666 {a}"),
+    );
+    assert_ne!(o.code, 0, "a spoofed IPv6 source got across: {o:?}");
+    assert!(port_drops(&h2, "b6/eth0", "spoofed_ip") > before);
+
+    // IPv6 addresses are never handed out twice, even at the same moment.
+    let runs: Vec<_> = [(&h1, "x6"), (&h2, "y6")]
+        .into_iter()
+        .flat_map(|(h, p)| (0..4).map(move |i| (h, format!("{p}{i}"))))
+        .collect();
+    std::thread::scope(|s| {
+        for (h, name) in &runs {
+            s.spawn(move || h.sleeper(name, &["ov6"], &[]));
+        }
+    });
+    let mut ips: Vec<String> = runs.iter().map(|(h, n)| ip6_of(h, n, "ov6")).collect();
+    let x0 = ips[0].clone();
+    ips.extend([a.clone(), b.clone()]);
+    assert!(
+        ips.iter().all(|i| i.starts_with("2001:db8:130::")),
+        "{ips:?}"
+    );
+    let all = ips.len();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), all, "{ips:?}");
+    // `--ip6` of an address another host holds is refused, one line.
+    let e = h1.fails(&[
+        "run",
+        "-d",
+        "--network",
+        "ov6",
+        "--ip6",
+        &b,
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(e.contains("in use") && e.trim().lines().count() == 1, "{e}");
+    // A removed container's IPv6 address is free again, on any host.
+    h1.ok(&["rm", "-f", "x60"]);
+    h2.sleeper("z6", &["ov6"], &["--ip6", &x0]);
+    assert_eq!(ip6_of(&h2, "z6", "ov6"), x0);
+
+    // Host 2's daemon dies: its names leave host 1's DNS with its lease;
+    // restarted, it registers its containers again, IPv6 included.
+    assert!(works(&h1, "a6", "getent ahostsv6 b6"));
+    h2.kill9();
+    eventually(&h1, "b6 leaving host 1's DNS", 20, || {
+        !works(&h1, "a6", "getent ahostsv6 b6")
+    });
+    h2.spawn();
+    eventually(&h1, "b6 back over IPv6", 20, || {
+        works(&h1, "a6", "ping -6 -c1 -W1 b6")
+    });
+    let o = h1.exec_sh("a6", "getent ahostsv6 b6");
+    assert!(o.stdout.contains(&b), "{o:?}");
+    // Its address is held again in the cluster.
+    let e = h1.fails(&[
+        "run",
+        "-d",
+        "--network",
+        "ov6",
+        "--ip6",
+        &b,
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(e.contains("in use"), "{e}");
+}

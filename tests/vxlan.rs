@@ -220,6 +220,7 @@ fn remote(dp: &Dataplane, net: u32, c: &Ctr, vtep: SocketAddr) {
         RemoteEndpoint {
             mac: c.mac,
             ipv4: c.ip,
+            ipv6: None,
             vtep,
         },
     )

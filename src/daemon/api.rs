@@ -113,9 +113,11 @@ fn cluster_status(e: &crate::cluster::ClusterError) -> StatusCode {
     use crate::cluster::ClusterError as C;
     match e {
         C::NotConfigured | C::BadUrl(_) | C::BadOpt(..) => StatusCode::BAD_REQUEST,
-        C::NameInUse(_) | C::VniInUse(_) | C::AddrInUse(_) => StatusCode::CONFLICT,
+        C::NameInUse(_) | C::VniInUse(_) | C::AddrInUse(_) | C::Addr6InUse(_) => {
+            StatusCode::CONFLICT
+        }
         C::InUse { .. } => StatusCode::FORBIDDEN,
-        C::Exhausted | C::NoVni => StatusCode::BAD_REQUEST,
+        C::Exhausted | C::Exhausted6 | C::NoVni => StatusCode::BAD_REQUEST,
         C::Unreachable { .. } | C::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
         C::Read { .. } | C::Etcd(_) | C::Corrupt { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -4,17 +4,18 @@
 //! - Networks of global scope are created and removed in the cluster
 //!   first (one transaction there: name, VNI, record), then locally; every
 //!   other host learns them by its watch and adds them too.
-//! - An endpoint on an overlay gets its address from the cluster
-//!   (allocation transactions) and is registered there under this host's
-//!   lease once plugged; unplugged, it is removed.
+//! - An endpoint on an overlay gets its address (and, on a dual-stack
+//!   overlay, its IPv6 address) from the cluster (allocation
+//!   transactions) and is registered there under this host's lease once
+//!   plugged; unplugged, it is removed.
 //! - [`Core::cluster_sync`] reconciles this host with a snapshot of the
 //!   cluster: overlay networks added or removed locally, the other hosts'
-//!   endpoints pinned in the switch (static FDB entry and proxy ARP towards
-//!   their VTEP) and named in the embedded DNS, the VTEPs that have each
-//!   network set as its peers (broadcast and unknown unicast go to them),
-//!   this host's own endpoints registered again when the cluster lost them
-//!   (a lease that expired while etcd was away), the ESP keys of encrypted
-//!   networks made, rotated and applied. The watch calls it after every
+//!   endpoints pinned in the switch (static FDB entry, proxy ARP and proxy
+//!   ND towards their VTEP) and named in the embedded DNS (A and AAAA),
+//!   the VTEPs that have each network set as its peers (broadcast and
+//!   unknown unicast go to them), this host's own endpoints registered
+//!   again when the cluster lost them (a lease that expired while etcd was
+//!   away), the ESP keys of encrypted networks made, rotated and applied. The watch calls it after every
 //!   change; the keep-alive after a new lease.
 //! - A container on no network with a gateway gets an interface on the
 //!   host's `docker_gwbridge` network (made on demand: ICC off, masquerade
@@ -22,7 +23,7 @@
 //!   Docker does.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::core::Core;
 use super::endpoints;
@@ -65,6 +66,7 @@ fn remote_endpoint(e: &EndpointRecord) -> RemoteEndpoint {
     RemoteEndpoint {
         mac: e.mac.0,
         ipv4: e.ipv4,
+        ipv6: e.ipv6,
         vtep: e.vtep,
     }
 }
@@ -142,8 +144,27 @@ impl Core {
             },
             e => EndpointError::Cluster(e),
         })?;
+        // A dual-stack overlay: the IPv6 address from the cluster too.
+        let ip6 = match n.pools6.first() {
+            None => None,
+            Some(_) => match c.allocate6(&n, req.ipv6, &id) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let _ = c.release(&n.id, ip);
+                    return Err(match e {
+                        ClusterError::Addr6InUse(addr) => EndpointError::Addr6InUse {
+                            addr,
+                            network: n.name.clone(),
+                            owner: " (in the cluster)".into(),
+                        },
+                        e => EndpointError::Cluster(e),
+                    });
+                }
+            },
+        };
         let mut r = req.clone();
         r.ipv4 = Some(ip);
+        r.ipv6 = ip6;
         match endpoints::allocate_as(st, id, owner, &r, ifname) {
             Ok(mut ep) => {
                 ep.static_ip = req.ipv4.is_some();
@@ -152,6 +173,9 @@ impl Core {
             }
             Err(e) => {
                 let _ = c.release(&n.id, ip);
+                if let Some(a) = ip6 {
+                    let _ = c.release(&n.id, a);
+                }
                 Err(e)
             }
         }
@@ -174,9 +198,10 @@ impl Core {
             if let Err(err) = c.delete_endpoint(&e.network_id, id) {
                 tracing::warn!("cluster: endpoint {}: {err}", &id[..12]);
             }
-            if let Some(a) = e.ipv4 {
-                if let Err(err) = c.release(&e.network_id, a.addr()) {
-                    tracing::warn!("cluster: release {}: {err}", a.addr());
+            let v4 = e.ipv4.map(|a| IpAddr::from(a.addr()));
+            for a in v4.into_iter().chain(e.ipv6.map(|a| IpAddr::from(a.addr()))) {
+                if let Err(err) = c.release(&e.network_id, a) {
+                    tracing::warn!("cluster: release {a}: {err}");
                 }
             }
         }
@@ -509,7 +534,7 @@ impl Core {
             hostname: Some(e.hostname.clone()),
             aliases: e.aliases.clone(),
             ipv4: Some(e.ipv4),
-            ipv6: None,
+            ipv6: e.ipv6,
             links: vec![],
             upstreams: vec![],
         };
@@ -535,8 +560,10 @@ impl Core {
         };
         if let Some(net) = self.dp_net_id(network_id) {
             let _ = self.dp.remove_remote_endpoint(net, e.mac.0);
-            self.dp
-                .dns_remove_endpoint(net, &e.container_id, &[e.ipv4.into()]);
+            let addrs: Vec<IpAddr> = std::iter::once(e.ipv4.into())
+                .chain(e.ipv6.map(Into::into))
+                .collect();
+            self.dp.dns_remove_endpoint(net, &e.container_id, &addrs);
         }
     }
 
@@ -630,6 +657,7 @@ fn record_of(c: &Cluster, e: &Endpoint, names: Option<&endpoints::DnsNames>) -> 
         vtep: c.vtep,
         mac: e.mac,
         ipv4: e.ipv4.map(|a| a.addr()).unwrap_or(Ipv4Addr::UNSPECIFIED),
+        ipv6: e.ipv6.map(|a| a.addr()),
         container_id: names.map(|n| n.container_id.clone()).unwrap_or_default(),
         name: names.map(|n| n.name.clone()).unwrap_or_default(),
         hostname: names.map(|n| n.hostname.clone()).unwrap_or_default(),

@@ -660,9 +660,10 @@ impl Dataplane {
     }
 
     /// Pins another host's endpoint on overlay network `net` behind its
-    /// VTEP (unicast to it goes there; ARP for its address is answered
-    /// here; frames with its MAC must come from that VTEP with its
-    /// address). Replaces an earlier record of the same MAC.
+    /// VTEP (unicast to it goes there; ARP and Neighbor Solicitations for
+    /// its addresses are answered here; frames with its MAC must come
+    /// from that VTEP with its addresses). Replaces an earlier record of
+    /// the same MAC.
     pub fn add_remote_endpoint(&self, net: NetId, e: RemoteEndpoint) -> Result<(), DataplaneError> {
         let nid = self.overlay_net(net)?;
         let SocketAddr::V4(vtep) = e.vtep else {
@@ -671,7 +672,7 @@ impl Dataplane {
         Ok(self
             .inner
             .switch
-            .add_remote(nid, EthernetAddress(e.mac), e.ipv4, vtep)?)
+            .add_remote(nid, EthernetAddress(e.mac), e.ipv4, e.ipv6, vtep)?)
     }
 
     /// Forgets another host's endpoint (no error if unknown).

@@ -128,11 +128,14 @@ pub struct OverlaySpec {
 }
 
 /// Another host's endpoint on an overlay network: pinned behind its VTEP,
-/// answered by proxy ARP, its MAC and address checked on arrival.
+/// answered by proxy ARP (and proxy ND for `ipv6`), its MAC and addresses
+/// checked on arrival.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RemoteEndpoint {
     pub mac: [u8; 6],
     pub ipv4: Ipv4Addr,
+    /// Its IPv6 address on a dual-stack overlay.
+    pub ipv6: Option<std::net::Ipv6Addr>,
     pub vtep: SocketAddr,
 }
 

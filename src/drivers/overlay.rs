@@ -13,6 +13,18 @@
 //! `docker_gwbridge` network (made on demand, ICC off) holding its default
 //! route and its published ports.
 //!
+//! Dual-stack like Docker's (`--ipv6 --subnet V4 --subnet V6`): the IPv6
+//! pool is part of the network record in the cluster store, endpoints'
+//! IPv6 addresses are allocated cluster-wide as the IPv4 ones are, every
+//! host's switch answers the IPv6 gateway (Neighbor Discovery, echo) and
+//! proxies Neighbor Discovery for the other hosts' endpoints, the DNS
+//! answers AAAA for every host's names, and inner IPv6 (NDP multicast
+//! included) crosses the VXLAN tunnel. The MTU must stay at least 1280
+//! (IPv6's minimum). The way out stays IPv4: `docker_gwbridge` is IPv4
+//! only, so an overlay container gets no IPv6 default route and reaches
+//! no IPv6 address outside its networks (as in Docker, whose
+//! `docker_gwbridge` has no IPv6 unless made by hand).
+//!
 //! Options: `encrypted` (`-o encrypted`), `com.docker.network.driver.mtu`,
 //! `com.docker.network.driver.overlay.vxlanid_list` (the VNI),
 //! `com.docker.network.bridge.enable_icc` (beyond Docker's overlay: ICC
@@ -75,10 +87,8 @@ impl NetworkDriver for Overlay {
         req: &NetworkCreate,
         mut n: Network,
     ) -> Result<Network, DriverError> {
-        if n.enable_ipv6 || bridge::ipv6_configs(req).next().is_some() {
-            return Err(DriverError::Ipv6("overlay"));
-        }
         let (pool, ipam_options) = bridge::pool_of(st, req, ipam::overlay_default_subnets())?;
+        let pool6 = bridge::pool6_of(st, req, n.enable_ipv6, &n.id)?;
         let mut options: Map = req.options.clone().unwrap_or_default();
         for (k, v) in &options {
             if !OPTIONS.contains(&k.as_str()) {
@@ -121,7 +131,11 @@ impl NetworkDriver for Overlay {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         bridge::validate_options(&bridge_like)?;
+        if pool6.is_some() && n.mtu_of(&options) < 1280 {
+            return Err(DriverError::Ipv6Mtu(n.mtu_of(&options)));
+        }
         n.pools = vec![pool];
+        n.pools6 = pool6.into_iter().collect();
         n.ipam_options = ipam_options;
         n.options = options;
         // Every tapnet container is standalone: attachable unless asked

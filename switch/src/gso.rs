@@ -4,16 +4,21 @@
 //! VXLAN tunnel).
 //!
 //! [`for_each_segment`] handles plain frames (passed through untouched),
-//! `NEEDS_CSUM` frames (checksum completed), TCPv4 TSO and UDP (USO, with
-//! `GSO_UDP_L4`) super-frames over IPv4. Each segment gets its own IPv4
-//! total length, identification (+1 per segment, as Linux) and header
-//! checksum, TCP sequence number and flags (FIN/PSH on the last segment
-//! only, CWR on the first only), and a full L4 checksum. Other kinds
-//! (TCPv6 TSO, UFO) are refused with [`DropReason::GsoUnsupported`].
+//! `NEEDS_CSUM` frames (checksum completed), TCP TSO (`GSO_TCPV4` over
+//! IPv4, `GSO_TCPV6` over IPv6 without extension headers) and UDP (USO,
+//! `GSO_UDP_L4`) super-frames. Each segment gets its own IPv4 total
+//! length, identification (+1 per segment, as Linux) and header checksum,
+//! or IPv6 payload length, its TCP sequence number and flags (FIN/PSH on
+//! the last segment only, CWR on the first only), and a full L4 checksum.
+//! Other kinds (UFO, a TSO type that does not match the IP version, IPv6
+//! extension headers) are refused with [`DropReason::GsoUnsupported`].
 //! Never panics on untrusted bytes; no allocation (the caller's buffer).
 
 use crate::counters::DropReason;
-use crate::wire::{self, ethernet, ipv4, vnet, EtherType, EthernetFrame, Ipv4Packet, VnetHdr};
+use crate::wire::{
+    self, ethernet, ipv4, ipv6, vnet, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, VnetHdr,
+};
+use core::net::Ipv6Addr;
 
 /// Calls `out` with each plain frame `meta`/`frame` stands for. `buf`
 /// holds one segment at a time (headers and `gso_size` bytes, or the whole
@@ -38,24 +43,52 @@ pub fn for_each_segment(
     }
     let gso = meta.gso_type & !vnet::GSO_ECN;
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
-    if eth.ethertype() != EtherType::Ipv4 {
-        return Err(DropReason::GsoUnsupported);
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
-    let ihl = ip.header_len();
+    // The network layer: header length, upper protocol, and the
+    // pseudo-header's sum for an L4 length (the addresses' part).
+    let (ihl, proto, v4) = match eth.ethertype() {
+        EtherType::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+            (
+                ip.header_len(),
+                ip.protocol(),
+                Some((ip.src_addr(), ip.dst_addr())),
+            )
+        }
+        // No extension headers: Linux's TSO6/USO give the L4 header
+        // right after the fixed one.
+        EtherType::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+            (ipv6::HEADER_LEN, ip.next_header(), None)
+        }
+        _ => return Err(DropReason::GsoUnsupported),
+    };
+    let (src6, dst6) = match v4 {
+        Some(_) => (Ipv6Addr::UNSPECIFIED, Ipv6Addr::UNSPECIFIED),
+        None => {
+            let ip = Ipv6Packet::new_unchecked(eth.payload());
+            (ip.src_addr(), ip.dst_addr())
+        }
+    };
+    let pseudo = |len: usize| match v4 {
+        Some((src, dst)) => wire::pseudo_header_sum(src, dst, proto, len),
+        None => ipv6::pseudo_header_sum(src6, dst6, proto, len),
+    };
     let l4 = ethernet::HEADER_LEN + ihl;
-    let (proto, l4_hdr) = match gso {
-        vnet::GSO_TCPV4 if ip.protocol() == ipv4::protocol::TCP => {
+    let tcp_gso = if v4.is_some() {
+        vnet::GSO_TCPV4
+    } else {
+        vnet::GSO_TCPV6
+    };
+    let l4_hdr = match gso {
+        g if g == tcp_gso && proto == ipv4::protocol::TCP => {
             let t = frame.get(l4 + 12).ok_or(DropReason::Malformed)?;
             let thl = usize::from(t >> 4) * 4;
             if thl < wire::tcp::HEADER_LEN {
                 return Err(DropReason::Malformed);
             }
-            (ipv4::protocol::TCP, thl)
+            thl
         }
-        vnet::GSO_UDP_L4 if ip.protocol() == ipv4::protocol::UDP => {
-            (ipv4::protocol::UDP, wire::udp::HEADER_LEN)
-        }
+        vnet::GSO_UDP_L4 if proto == ipv4::protocol::UDP => wire::udp::HEADER_LEN,
         _ => return Err(DropReason::GsoUnsupported),
     };
     let hdr = l4 + l4_hdr;
@@ -69,7 +102,6 @@ pub fn for_each_segment(
     if buf.len() < hdr + mss {
         return Err(DropReason::Oversize);
     }
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
     let id0 = u16::from_be_bytes([
         frame[ethernet::HEADER_LEN + 4],
         frame[ethernet::HEADER_LEN + 5],
@@ -84,13 +116,18 @@ pub fn for_each_segment(
         let s = &mut buf[..len];
         s[..hdr].copy_from_slice(&frame[..hdr]);
         s[hdr..].copy_from_slice(chunk);
-        // IPv4: total length, identification, checksum.
         let ipb = &mut s[ethernet::HEADER_LEN..];
-        ipb[2..4].copy_from_slice(&((len - ethernet::HEADER_LEN) as u16).to_be_bytes());
-        ipb[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        ipb[10..12].fill(0);
-        let c = wire::checksum(&ipb[..ihl]);
-        ipb[10..12].copy_from_slice(&c.to_be_bytes());
+        if v4.is_some() {
+            // IPv4: total length, identification, checksum.
+            ipb[2..4].copy_from_slice(&((len - ethernet::HEADER_LEN) as u16).to_be_bytes());
+            ipb[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            ipb[10..12].fill(0);
+            let c = wire::checksum(&ipb[..ihl]);
+            ipb[10..12].copy_from_slice(&c.to_be_bytes());
+        } else {
+            // IPv6: payload length only.
+            ipb[4..6].copy_from_slice(&((len - l4) as u16).to_be_bytes());
+        }
         let l4b = &mut s[l4..];
         let l4len = l4b.len();
         if proto == ipv4::protocol::TCP {
@@ -105,18 +142,12 @@ pub fn for_each_segment(
             }
             l4b[13] = f;
             l4b[16..18].fill(0);
-            let c = wire::checksum_finish(wire::checksum_sum(
-                wire::pseudo_header_sum(src, dst, proto, l4len),
-                l4b,
-            ));
+            let c = wire::checksum_finish(wire::checksum_sum(pseudo(l4len), l4b));
             l4b[16..18].copy_from_slice(&c.to_be_bytes());
         } else {
             l4b[4..6].copy_from_slice(&(l4len as u16).to_be_bytes());
             l4b[6..8].fill(0);
-            let c = match wire::checksum_finish(wire::checksum_sum(
-                wire::pseudo_header_sum(src, dst, proto, l4len),
-                l4b,
-            )) {
+            let c = match wire::checksum_finish(wire::checksum_sum(pseudo(l4len), l4b)) {
                 0 => 0xffff,
                 c => c,
             };
@@ -143,6 +174,12 @@ fn complete_checksum(meta: &VnetHdr, b: &mut [u8]) -> Result<(), DropReason> {
     {
         Some(EtherType::Ipv4) => Ipv4Packet::new_checked(&b[ethernet::HEADER_LEN..])
             .map(|ip| (ethernet::HEADER_LEN + usize::from(ip.total_len())).min(b.len()))
+            .unwrap_or(b.len()),
+        Some(EtherType::Ipv6) => Ipv6Packet::new_checked(&b[ethernet::HEADER_LEN..])
+            .map(|ip| {
+                (ethernet::HEADER_LEN + ipv6::HEADER_LEN + usize::from(ip.payload_len()))
+                    .min(b.len())
+            })
             .unwrap_or(b.len()),
         _ => b.len(),
     }
@@ -217,6 +254,64 @@ mod tests {
         }
         assert_eq!(data.len(), 4000);
         assert!(data.iter().enumerate().all(|(i, &b)| b == i as u8));
+    }
+
+    #[test]
+    fn tso6_is_cut_into_valid_segments() {
+        let (a, b): (Ipv6Addr, Ipv6Addr) = (
+            "2001:db8::2".parse().unwrap(),
+            "2001:db8::3".parse().unwrap(),
+        );
+        let n = 3000;
+        let mut tcp = vec![0u8; 20 + n];
+        tcp[4..8].copy_from_slice(&7u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = wire::tcp::flags::ACK | wire::tcp::flags::PSH;
+        for (i, x) in tcp[20..].iter_mut().enumerate() {
+            *x = (i % 251) as u8;
+        }
+        // The partial checksum a TAP gives: the pseudo-header's sum.
+        let ps = wire::checksum_finish(ipv6::pseudo_header_sum(a, b, 6, tcp.len()));
+        tcp[16..18].copy_from_slice(&(!ps).to_be_bytes());
+        let f = build::ipv6(build::mac(2), build::mac(1), a, b, 6, 64, &tcp, None);
+        let meta = VnetHdr {
+            flags: vnet::F_NEEDS_CSUM,
+            gso_type: vnet::GSO_TCPV6,
+            hdr_len: 74,
+            gso_size: 1200,
+            csum_start: 54,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        let mut buf = vec![0u8; 2048];
+        let mut data = Vec::new();
+        let mut k = 0;
+        for_each_segment(&meta, &f, &mut buf, |s| {
+            let ip = Ipv6Packet::new_checked(&s[14..]).unwrap();
+            assert_eq!(usize::from(ip.payload_len()), s.len() - 54);
+            assert_eq!(
+                ipv6::upper_checksum(a, b, 6, ip.payload()),
+                0,
+                "segment {k}"
+            );
+            let t = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert_eq!(t.seq_number(), 7 + 1200 * k);
+            assert_eq!(t.has(wire::tcp::flags::PSH), k == 2);
+            data.extend_from_slice(t.payload());
+            k += 1;
+        })
+        .unwrap();
+        assert_eq!(k, 3);
+        assert_eq!(data, tcp[20..]);
+        // A TSO type that does not match the IP version is refused.
+        let v4 = VnetHdr {
+            gso_type: vnet::GSO_TCPV4,
+            ..meta
+        };
+        assert_eq!(
+            for_each_segment(&v4, &f, &mut buf, |_| {}),
+            Err(DropReason::GsoUnsupported)
+        );
     }
 
     #[test]

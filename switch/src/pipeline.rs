@@ -335,7 +335,8 @@ impl<H: GatewayHook> Worker<H> {
                 return self.reply(cx, port, 60, &VnetHdr::default(), tx);
             }
             if ethertype == EtherType::Ipv6 {
-                if let Some(len) = self.answer_ns(net, meta, frame)? {
+                let proxy = (!from_tunnel).then_some(topo);
+                if let Some(len) = self.answer_ns(proxy, net, meta, frame)? {
                     return self.reply(cx, port, len, &VnetHdr::default(), tx);
                 }
             }
@@ -573,7 +574,7 @@ impl<H: GatewayHook> Worker<H> {
                 self.pass_to_hook(cx, port, net, meta, frame, to_gateway, tx)
             }
             EtherType::Ipv6 => {
-                if let Some(len) = self.answer_ns(net, meta, frame)? {
+                if let Some(len) = self.answer_ns(None, net, meta, frame)? {
                     return self.reply(cx, port, len, &VnetHdr::default(), tx);
                 }
                 if let Some(len) = self.echo6_reply(net, meta, frame)? {
@@ -628,11 +629,13 @@ impl<H: GatewayHook> Worker<H> {
     }
 
     /// If `frame` (IPv6, checked by [`classify`]) is a Neighbor
-    /// Solicitation for one of the gateway's IPv6 addresses, builds the
-    /// advertisement in scratch. `Ok(None)`: not one (it goes on as any
-    /// frame would).
+    /// Solicitation for one of the gateway's IPv6 addresses (or, with
+    /// `proxy`, for another host's endpoint on an overlay: proxy ND, the
+    /// twin of proxy ARP), builds the advertisement in scratch.
+    /// `Ok(None)`: not one (it goes on as any frame would).
     fn answer_ns(
         &mut self,
+        proxy: Option<&Topology>,
         net: &Network,
         meta: &VnetHdr,
         frame: &[u8],
@@ -649,9 +652,17 @@ impl<H: GatewayHook> Worker<H> {
             Ok(Some(nd)) => nd,
             _ => return Err(DropReason::Malformed),
         };
-        if !is_gateway6(net, nd.target) {
-            return Ok(None);
-        }
+        let (mac, router) = if is_gateway6(net, nd.target) {
+            (net.gateway_mac, icmpv6::NA_ROUTER)
+        } else {
+            match proxy
+                .filter(|_| net.config.overlay.is_some())
+                .and_then(|t| t.remote_mac6(net.id, nd.target))
+            {
+                Some(m) => (m, 0),
+                None => return Ok(None),
+            }
+        };
         // RFC 4861 7.1.1: hop limit 255, code 0, a valid checksum.
         if ip.hop_limit() != 255 || msg[1] != 0 || !icmpv6_checksum_ok(meta, &ip) {
             return Err(DropReason::Malformed);
@@ -664,20 +675,14 @@ impl<H: GatewayHook> Worker<H> {
         } else {
             (ip.src_addr(), requester, icmpv6::NA_SOLICITED)
         };
-        let flags = flags | icmpv6::NA_ROUTER | icmpv6::NA_OVERRIDE;
+        let flags = flags | router | icmpv6::NA_OVERRIDE;
         let len = ethernet::HEADER_LEN + ipv6::NA_PACKET_LEN;
         let s = &mut self.scratch[..len];
         let mut out = EthernetFrame::new_unchecked(&mut s[..]);
         out.set_dst_addr(dst_mac);
-        out.set_src_addr(net.gateway_mac);
+        out.set_src_addr(mac);
         out.set_ethertype(EtherType::Ipv6);
-        ipv6::emit_na(
-            &mut s[ethernet::HEADER_LEN..],
-            nd.target,
-            dst,
-            net.gateway_mac.0,
-            flags,
-        );
+        ipv6::emit_na(&mut s[ethernet::HEADER_LEN..], nd.target, dst, mac.0, flags);
         Ok(Some(len))
     }
 
@@ -818,7 +823,7 @@ fn classify(
         EtherType::Ipv6 => {
             let ip = Ipv6Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
             if checked {
-                check_ipv6_source(port, &ip)?;
+                check_ipv6_source(port.config.mac.unwrap_or_default(), port.config.ip6, &ip)?;
             }
             Ok(L3::Ip)
         }
@@ -828,17 +833,21 @@ fn classify(
     }
 }
 
-/// Anti-spoofing of a checked port's IPv6: the source is the port's
-/// assigned address or the link-local address of its MAC, or `::` for
-/// what may come from it (Neighbor Discovery's duplicate address
-/// detection, MLD reports behind a hop-by-hop header); a Neighbor
-/// Solicitation or Advertisement names only the port's MAC and
-/// advertises only the port's addresses.
-fn check_ipv6_source(port: &Port, ip: &Ipv6Packet<&[u8]>) -> Result<(), DropReason> {
+/// Anti-spoofing of IPv6 from an endpoint with `mac` and assigned address
+/// `ip6` (a checked port, or another host's endpoint on an overlay): the
+/// source is the assigned address or the link-local address of the MAC,
+/// or `::` for what may come from it (Neighbor Discovery's duplicate
+/// address detection, MLD reports behind a hop-by-hop header); a
+/// Neighbor Solicitation or Advertisement names only that MAC and
+/// advertises only those addresses.
+pub(crate) fn check_ipv6_source(
+    mac: EthernetAddress,
+    ip6: Option<Ipv6Addr>,
+    ip: &Ipv6Packet<&[u8]>,
+) -> Result<(), DropReason> {
     let src = ip.src_addr();
-    let mac = port.config.mac.unwrap_or_default();
     let link_local = link_local_of(mac);
-    let own = |a: Ipv6Addr| Some(a) == port.config.ip6 || a == link_local;
+    let own = |a: Ipv6Addr| Some(a) == ip6 || a == link_local;
     // Extension headers are walked: an NA behind a destination-options
     // header is still an NA to the kernels that receive it.
     let upper =

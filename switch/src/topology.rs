@@ -275,6 +275,9 @@ pub struct Topology {
     pub(crate) remotes: FastMap<u64, Remote>,
     /// Other hosts' endpoints' MACs by network and address (proxy ARP).
     pub(crate) remote_ips: FastMap<(NetworkId, Ipv4Addr), EthernetAddress>,
+    /// Other hosts' endpoints' MACs by network and IPv6 address (proxy
+    /// Neighbor Discovery).
+    pub(crate) remote_ips6: FastMap<(NetworkId, Ipv6Addr), EthernetAddress>,
     /// ESP keys by SPI (receive).
     pub(crate) spis: FastMap<u32, crate::tunnel::SaEntry>,
     /// Endpoints of ipvlan networks by network and address (they share
@@ -337,6 +340,22 @@ impl Topology {
     #[inline]
     pub fn remote_mac(&self, net: NetworkId, ip: Ipv4Addr) -> Option<EthernetAddress> {
         self.remote_ips.get(&(net, ip)).copied()
+    }
+    /// The MAC of another host's endpoint with IPv6 address `ip` on `net`.
+    #[inline]
+    pub fn remote_mac6(&self, net: NetworkId, ip: Ipv6Addr) -> Option<EthernetAddress> {
+        self.remote_ips6.get(&(net, ip)).copied()
+    }
+    /// Forgets the address maps' entries of remote endpoint `r`.
+    pub(crate) fn unmap_remote(&mut self, net: NetworkId, r: &crate::tunnel::Remote) {
+        if self.remote_ips.get(&(net, r.ip)) == Some(&r.mac) {
+            self.remote_ips.remove(&(net, r.ip));
+        }
+        if let Some(ip6) = r.ip6 {
+            if self.remote_ips6.get(&(net, ip6)) == Some(&r.mac) {
+                self.remote_ips6.remove(&(net, ip6));
+            }
+        }
     }
 }
 
@@ -620,7 +639,7 @@ impl Switch {
                     .collect();
                 for k in gone {
                     if let Some(r) = t.remotes.remove(&k) {
-                        t.remote_ips.remove(&(net, r.ip));
+                        t.unmap_remote(net, &r);
                     }
                 }
             }

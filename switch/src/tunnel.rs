@@ -13,8 +13,11 @@
 //! - other hosts' endpoints ([`Switch::add_remote`]) are pinned: unicast to
 //!   their MAC goes to their VTEP's port (before the FDB), broadcast ARP
 //!   for their address is answered locally (proxy ARP, as Docker's
-//!   overlay), and a frame from a tunnel with their MAC must come from
-//!   their VTEP with their address ([`DropReason::TunnelSpoofed`]);
+//!   overlay), and so is a Neighbor Solicitation for their IPv6 address
+//!   (proxy ND: Docker's overlay floods it instead), and a frame from a
+//!   tunnel with their MAC must come from their VTEP with their address
+//!   ([`DropReason::TunnelSpoofed`]): for IPv6 their assigned address or
+//!   their MAC's link-local one, a Neighbor Advertisement only for those;
 //! - a VTEP that is no peer (a Linux `vxlan` device, say) gets a tunnel
 //!   port of its own when it first sends ([`Worker::process_vxlan`]), at
 //!   most [`MAX_LEARNED_VTEPS`] per network; replies go to its address and
@@ -40,7 +43,7 @@ use crate::topology::{
 };
 use crate::wire::{self, ipv4, udp, vxlan, EthernetAddress, Ipv4Packet, VnetHdr, VxlanPacket};
 use core::hash::Hasher;
-use core::net::{Ipv4Addr, SocketAddrV4};
+use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use core::ops::Range;
 use std::sync::Arc;
 
@@ -61,6 +64,8 @@ pub use crate::fxhash::{FastMap, FxHasher};
 pub struct Remote {
     pub mac: EthernetAddress,
     pub ip: Ipv4Addr,
+    /// Its IPv6 address on a dual-stack overlay.
+    pub ip6: Option<Ipv6Addr>,
     /// The tunnel port of its VTEP.
     pub port: PortId,
 }
@@ -107,6 +112,7 @@ pub(crate) fn clear_overlay(t: &mut Topology, id: NetworkId) {
     t.remotes
         .retain(|k, _| (k >> 48) & 0x7fff != u64::from(id.0));
     t.remote_ips.retain(|(n, _), _| *n != id);
+    t.remote_ips6.retain(|(n, _), _| *n != id);
     t.spis.retain(|_, e| e.net != id);
     if let Some(n) = t.networks_mut(id) {
         n.tx_sa = None;
@@ -182,13 +188,15 @@ impl Switch {
         })
     }
 
-    /// Pins another host's endpoint (`mac`, `ip`) behind VTEP `vtep` on
-    /// network `net` (replacing an earlier record of the MAC).
+    /// Pins another host's endpoint (`mac`, `ip`, and `ip6` on a
+    /// dual-stack overlay) behind VTEP `vtep` on network `net` (replacing
+    /// an earlier record of the MAC).
     pub fn add_remote(
         &self,
         net: NetworkId,
         mac: EthernetAddress,
         ip: Ipv4Addr,
+        ip6: Option<Ipv6Addr>,
         vtep: SocketAddrV4,
     ) -> Result<(), ConfigError> {
         if mac.is_multicast() || mac.is_zero() {
@@ -203,10 +211,13 @@ impl Switch {
             let port = self.ensure_tunnel(t, net, vtep, false)?;
             let key = crate::fdb::key(net.0, mac);
             if let Some(old) = t.remotes.remove(&key) {
-                t.remote_ips.remove(&(net, old.ip));
+                t.unmap_remote(net, &old);
             }
-            t.remotes.insert(key, Remote { mac, ip, port });
+            t.remotes.insert(key, Remote { mac, ip, ip6, port });
             t.remote_ips.insert((net, ip), mac);
+            if let Some(a) = ip6 {
+                t.remote_ips6.insert((net, a), mac);
+            }
             Ok(())
         })
     }
@@ -216,9 +227,7 @@ impl Switch {
         self.update(|t| {
             t.network(net).ok_or(ConfigError::NoSuchNetwork)?;
             if let Some(old) = t.remotes.remove(&crate::fdb::key(net.0, mac)) {
-                if t.remote_ips.get(&(net, old.ip)) == Some(&mac) {
-                    t.remote_ips.remove(&(net, old.ip));
-                }
+                t.unmap_remote(net, &old);
             }
             Ok(())
         })
@@ -631,7 +640,9 @@ pub fn inner_meta(frame: &[u8]) -> VnetHdr {
 }
 
 /// Checks a frame from tunnel port `port` against the remote endpoints:
-/// a registered MAC must come from its VTEP with its address.
+/// a registered MAC must come from its VTEP with its address (IPv6: as a
+/// local endpoint's, see `pipeline::check_ipv6_source`; a remote without
+/// an IPv6 address may still use its link-local one).
 #[inline]
 pub(crate) fn check_remote(
     topo: &Topology,
@@ -647,6 +658,17 @@ pub(crate) fn check_remote(
         return Err(DropReason::TunnelSpoofed);
     }
     let sip = match ethertype {
+        wire::EtherType::Ipv6 => {
+            return match wire::Ipv6Packet::new_checked(payload) {
+                Ok(p) => {
+                    crate::pipeline::check_ipv6_source(r.mac, r.ip6, &p).map_err(|e| match e {
+                        DropReason::Malformed => e,
+                        _ => DropReason::TunnelSpoofed,
+                    })
+                }
+                Err(_) => Ok(()),
+            };
+        }
         wire::EtherType::Ipv4 => Ipv4Packet::new_checked(payload).ok().map(|p| p.src_addr()),
         wire::EtherType::Arp => wire::ArpPacket::new_checked(payload)
             .ok()
@@ -704,10 +726,10 @@ mod tests {
         a.ms.switch.set_peers(a.net, &[VTEP_B]).unwrap();
         b.ms.switch.set_peers(b.net, &[VTEP_A]).unwrap();
         a.ms.switch
-            .add_remote(a.net, build::mac(2), IP_B, VTEP_B)
+            .add_remote(a.net, build::mac(2), IP_B, None, VTEP_B)
             .unwrap();
         b.ms.switch
-            .add_remote(b.net, build::mac(1), IP_A, VTEP_A)
+            .add_remote(b.net, build::mac(1), IP_A, None, VTEP_A)
             .unwrap();
         if encrypted {
             let keys = [(0x1000, [5u8; esp::KEY_LEN])];
@@ -953,6 +975,140 @@ mod tests {
             .sum();
         assert_eq!(spoofed, 2);
         assert_eq!(rx_vxlan(&mut b, VTEP_A, &d).len(), 1);
+    }
+
+    const IP6_A: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 2);
+    const IP6_B: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 3);
+
+    /// A host with a dual-stack overlay (VNI 42, 2001:db8:9::/64) and one
+    /// endpoint (`mac`, `ip`, `ip6`).
+    fn host6(mac: u32, ip: Ipv4Addr, ip6: Ipv6Addr) -> Host {
+        let ms = MemSwitch::new(SwitchConfig::default());
+        let mut c = NetworkConfig::new("ov", Ipv4Addr::new(10, 0, 9, 0), 24, GW);
+        c.overlay = Some(OverlayConfig {
+            vni: 42,
+            encrypted: false,
+        });
+        c.mtu = 1450;
+        c.v6 = Some(crate::topology::Ipv6Config {
+            subnet: Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 0),
+            prefix_len: 64,
+            gateway: Ipv6Addr::new(0x2001, 0xdb8, 9, 0, 0, 0, 0, 1),
+        });
+        let net = ms.switch.add_network(c).unwrap();
+        let mut pc = PortConfig::endpoint("ep", net, build::mac(mac), ip);
+        pc.ip6 = Some(ip6);
+        let port = ms.switch.add_port(pc).unwrap();
+        Host { ms, net, port }
+    }
+
+    fn pair6() -> (Host, Host) {
+        let a = host6(1, IP_A, IP6_A);
+        let b = host6(2, IP_B, IP6_B);
+        a.ms.switch.set_peers(a.net, &[VTEP_B]).unwrap();
+        b.ms.switch.set_peers(b.net, &[VTEP_A]).unwrap();
+        a.ms.switch
+            .add_remote(a.net, build::mac(2), IP_B, Some(IP6_B), VTEP_B)
+            .unwrap();
+        b.ms.switch
+            .add_remote(b.net, build::mac(1), IP_A, Some(IP6_A), VTEP_A)
+            .unwrap();
+        (a, b)
+    }
+
+    fn ping6(from: u32, to: u32, src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
+        build::icmpv6_echo(
+            false,
+            build::mac(to),
+            build::mac(from),
+            src,
+            dst,
+            1,
+            1,
+            b"x",
+        )
+    }
+
+    fn tunnel_drops(h: &Host, r: DropReason) -> u64 {
+        let topo = h.ms.switch.topology();
+        topo.ports()
+            .filter(|p| p.is_tunnel())
+            .map(|p| p.counters.sum().drop_count(r))
+            .sum()
+    }
+
+    #[test]
+    fn ipv6_crosses_the_tunnel_with_proxy_nd_and_anti_spoofing() {
+        let (mut a, mut b) = pair6();
+        // Proxy ND: A's solicitation for B's address is answered by A's
+        // switch with B's MAC (not a router's advertisement).
+        let ns = build::neighbor_solicit(build::mac(1), IP6_A, IP6_B);
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &ns);
+        assert_eq!(sent.len(), 1, "answered, not flooded");
+        assert_eq!(sent[0].port, a.port);
+        let e = EthernetFrame::new_checked(&sent[0].frame[..]).unwrap();
+        assert_eq!(e.src_addr(), build::mac(2));
+        let ip = wire::Ipv6Packet::new_checked(e.payload()).unwrap();
+        let nd = wire::ipv6::parse_nd(ip.payload()).unwrap().unwrap();
+        assert_eq!(nd.msg_type, wire::ipv6::icmpv6::NEIGHBOR_ADVERT);
+        assert_eq!((nd.target, nd.lladdr), (IP6_B, Some(build::mac(2).0)));
+        assert_eq!(ip.payload()[4] & wire::ipv6::icmpv6::NA_ROUTER, 0);
+        assert_eq!(
+            wire::ipv6::upper_checksum(IP6_B, IP6_A, 58, ip.payload()),
+            0
+        );
+        // An address nobody registered: the solicitation (multicast) is
+        // carried to the peers.
+        let other: Ipv6Addr = "2001:db8:9::77".parse().unwrap();
+        let ns = build::neighbor_solicit(build::mac(1), IP6_A, other);
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &ns);
+        assert_eq!(sent.len(), 1);
+        assert_ne!(sent[0].port, a.port);
+        let wire = encap_all(&a, &sent);
+        assert_eq!(wire[0].0, VTEP_B);
+        assert_eq!(
+            rx_vxlan(&mut b, VTEP_A, &wire[0].1).len(),
+            1,
+            "flooded on B"
+        );
+
+        // Unicast IPv6 across, both ways.
+        let f = ping6(1, 2, IP6_A, IP6_B);
+        let sent = a.ms.inject(0, a.port, VnetHdr::default(), &f);
+        let wire = encap_all(&a, &sent);
+        assert_eq!(wire.len(), 1);
+        let got = rx_vxlan(&mut b, VTEP_A, &wire[0].1);
+        assert_eq!(got.len(), 1);
+        assert_eq!((got[0].port, &got[0].frame), (b.port, &f));
+        // From A's VTEP with A's MAC, its link-local address passes...
+        let mut d = vec![0u8; 8];
+        vxlan::emit_header(&mut d, 42);
+        let ll = crate::topology::link_local_of(build::mac(1));
+        let mut d1 = d.clone();
+        d1.extend(ping6(1, 2, ll, IP6_B));
+        assert_eq!(rx_vxlan(&mut b, VTEP_A, &d1).len(), 1);
+        // ... a forged source does not, nor an advertisement for B's
+        // address, nor A's MAC from another VTEP.
+        let mut d2 = d.clone();
+        d2.extend(ping6(1, 2, "2001:db8:9::66".parse().unwrap(), IP6_B));
+        assert!(rx_vxlan(&mut b, VTEP_A, &d2).is_empty());
+        let mut d3 = d.clone();
+        d3.extend(build::neighbor_advert(
+            build::mac(2),
+            build::mac(1),
+            IP6_A,
+            IP6_B,
+            IP6_B,
+            build::mac(1),
+        ));
+        assert!(rx_vxlan(&mut b, VTEP_A, &d3).is_empty());
+        let mut d4 = d.clone();
+        d4.extend(ping6(1, 2, IP6_A, IP6_B));
+        assert!(rx_vxlan(&mut b, VTEP_C, &d4).is_empty());
+        assert_eq!(tunnel_drops(&b, DropReason::TunnelSpoofed), 3);
+        // Forgotten, A's addresses are no longer proxied.
+        a.ms.switch.remove_remote(a.net, build::mac(2)).unwrap();
+        assert!(a.ms.switch.topology().remote_mac6(a.net, IP6_B).is_none());
     }
 
     #[test]
