@@ -96,6 +96,9 @@ fn main() -> anyhow::Result<()> {
                 default_gateway: None,
                 addr6: None,
                 default_gateway6: None,
+                noarp: false,
+                default_dev: false,
+                default_dev6: false,
             }],
             dp.workers(),
         )?;

@@ -101,6 +101,9 @@ fn plug(
             default_gateway: Some(gw),
             addr6: None,
             default_gateway6: None,
+            noarp: false,
+            default_dev: false,
+            default_dev6: false,
         }],
         dp.workers(),
     )

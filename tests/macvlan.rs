@@ -720,9 +720,8 @@ fn ipvlan_l2_containers_share_the_parents_mac() {
         )
         .stdout;
     assert_eq!(body, "from-the-other-machine\n");
-    // l3 and the other flags are refused in one line, nothing made.
+    // Bad modes and the other flags are refused in one line, nothing made.
     for (o, needle) in [
-        ("ipvlan_mode=l3", "only 'l2'"),
         ("ipvlan_mode=zz", "'zz' is not valid"),
         ("ipvlan_flag=private", "only 'bridge'"),
     ] {
@@ -755,6 +754,138 @@ fn ipvlan_l2_containers_share_the_parents_mac() {
         line.contains("\"iv\" is already using parent interface tnout0"),
         "{line}"
     );
+    assert!(!d.network_names().contains(&"bad".to_string()));
+}
+
+/// ipvlan `l3`: the containers share the parent's MAC, do no ARP and have
+/// a device default route (no gateway); they reach each other directly
+/// and everything else through the daemon's namespace, which routes their
+/// packets out of the parent with their own source address. The other
+/// machine reaches them with a route to their subnet via the daemon
+/// namespace's address on the parent: ping, and TCP both ways (4 MiB:
+/// TSO super-frames segmented before the routed send). A destination
+/// with no route fails cleanly; bad options are refused in one line.
+#[test]
+fn ipvlan_l3_routes_through_the_daemons_namespace() {
+    const HOST: &str = "192.0.2.2";
+    const L3NET: &str = "10.77.0.0/24";
+    let w = World::new(&[]);
+    let d = &w.d;
+    d.netns()
+        .sh_ok(&format!("ip addr add {HOST}/24 dev tnout0"));
+    w.other
+        .ns
+        .sh_ok(&format!("ip route add {L3NET} via {HOST}"));
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "--subnet",
+        L3NET,
+        "-o",
+        "parent=tnout0",
+        "-o",
+        "ipvlan_mode=l3",
+        "l3",
+    ]);
+    let n = d.inspect_network("l3");
+    assert_eq!(n["Options"]["ipvlan_mode"], "l3", "{n}");
+    assert_eq!(n["Options"]["parent"], "tnout0", "{n}");
+    let parent_mac = d
+        .netns()
+        .sh_ok("cat /sys/class/net/tnout0/address")
+        .trim()
+        .to_string();
+    w.server("c1", "l3");
+    d.sleeper("c2", &["l3"], &[]);
+    let (ip1, ip2) = (d.ip_of("c1", "l3"), d.ip_of("c2", "l3"));
+    assert_eq!(mac_of(d, "c2", "l3"), parent_mac);
+    // Docker's l3 endpoint: no gateway, a device default route, NOARP.
+    let ep = &d.inspect_container("c2")["NetworkSettings"]["Networks"]["l3"];
+    assert_eq!(ep["Gateway"], "", "{ep}");
+    let routes = d.exec_sh("c2", "ip route").stdout;
+    assert!(routes.contains("default dev eth0"), "{routes}");
+    assert!(!routes.contains("via"), "{routes}");
+    let link = d.exec_sh("c2", "ip link show eth0").stdout;
+    assert!(link.contains("NOARP"), "{link}");
+    // Out through the daemon's namespace, and between the containers.
+    ping_ok(d, "c2", ROUTER);
+    ping_ok(d, "c2", &ip1);
+    retry(
+        "the other machine pings c2",
+        Duration::from_secs(10),
+        || {
+            let o = w.other.ns.sh(&format!("ping -c 1 -W 1 {ip2}"));
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
+    // The containers' own addresses are seen on the segment (no NAT),
+    // from the host's MAC: the other machine never learns them.
+    let neigh = w.other.ns.sh_ok("ip neigh show");
+    assert!(!neigh.contains(&ip2), "{neigh}");
+    let big = sha(&w.files.0.join("big"));
+    let got = w.files.0.join("got-from-other");
+    let o = d.exec_sh(
+        "c2",
+        &format!(
+            "curl -sS --max-time 30 -o {} http://{ROUTER}/big",
+            got.display()
+        ),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(sha(&got), big);
+    let got = w.files.0.join("got-from-c1");
+    w.other.ns.sh_ok(&format!(
+        "curl -sS --max-time 30 -o {} http://{ip1}:8080/big",
+        got.display()
+    ));
+    assert_eq!(sha(&got), big);
+    let body = d
+        .exec_sh(
+            "c2",
+            &format!("curl -sS --max-time 10 http://{ip1}:8080/page"),
+        )
+        .stdout;
+    assert_eq!(body, "from-the-other-machine\n");
+    // The router port carried the containers' way out.
+    let v: serde_json::Value =
+        serde_json::from_str(&d.ok(&["stats", "--network", "l3", "--format", "json"])).unwrap();
+    let router = v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == "router:tnout0")
+        .cloned()
+        .unwrap_or_else(|| panic!("no router port: {v}"));
+    assert!(router["tx_packets"].as_u64().unwrap() > 100, "{router}");
+    // No route there: the ping fails cleanly, the network keeps working.
+    let o = d.exec_sh("c2", "ping -c 2 -W 1 203.0.113.9");
+    assert_ne!(o.code, 0, "{}", o.stdout);
+    ping_ok(d, "c2", ROUTER);
+    // Bad options: one line each, nothing made.
+    for (opts, needle) in [
+        (&["ipvlan_mode=l4"][..], "'l4' is not valid"),
+        (
+            &["ipvlan_mode=l3", "parent=tnout0.7"][..],
+            "no interface tnout0.7",
+        ),
+    ] {
+        let mut args = vec![
+            "network",
+            "create",
+            "-d",
+            "ipvlan",
+            "--subnet",
+            "10.78.0.0/24",
+        ];
+        for o in opts {
+            args.extend(["-o", o]);
+        }
+        args.push("bad");
+        let line = d.fails(&args);
+        assert!(line.contains(needle), "{opts:?}: {line}");
+    }
     assert!(!d.network_names().contains(&"bad".to_string()));
 }
 

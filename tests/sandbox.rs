@@ -282,6 +282,9 @@ fn flow() {
             default_gateway: Some(GW0),
             addr6: None,
             default_gateway6: None,
+            noarp: false,
+            default_dev: false,
+            default_dev6: false,
         },
         TapConfig {
             name: "eth1".into(),
@@ -291,6 +294,9 @@ fn flow() {
             default_gateway: None,
             addr6: None,
             default_gateway6: None,
+            noarp: false,
+            default_dev: false,
+            default_dev6: false,
         },
     ];
     let fds = sandbox::create_taps(&target, &taps, 2).expect("create_taps");
@@ -653,6 +659,9 @@ fn root_enters_rootless_namespaces() {
         default_gateway: Some(GW0),
         addr6: None,
         default_gateway6: None,
+        noarp: false,
+        default_dev: false,
+        default_dev6: false,
     };
     let fds = sandbox::create_taps(&target, &[tap], 1).expect("create_taps into a rootless netns");
     assert_eq!(fds.len(), 1);

@@ -188,6 +188,9 @@ fn container(
             default_gateway: None,
             addr6: None,
             default_gateway6: None,
+            noarp: false,
+            default_dev: false,
+            default_dev6: false,
         }],
         dp.workers(),
     )

@@ -64,8 +64,8 @@ pub enum SegmentError {
     },
     /// requested ipvlan mode '{0}' is not valid, 'l2' mode is the ipvlan driver default
     BadIpvlanMode(String),
-    /// ipvlan mode '{0}' is not supported by tapnet: only 'l2' is
-    UnsupportedIpvlanMode(String),
+    /// ipvlan mode l3 routes through the daemon's namespace, which has no interface {0}: make that kernel VLAN device, or use -o ipvlan_mode=l2 (tapnet tags VLANs itself in l2 mode only)
+    L3Vlan(String),
     /// requested ipvlan flag '{0}' is not valid, 'bridge' is the ipvlan driver default
     BadIpvlanFlag(String),
     /// ipvlan flag '{0}' is not supported by tapnet: only 'bridge' is
@@ -273,6 +273,7 @@ impl NetworkDriver for Macvlan {
             default_route: !n.internal,
             embedded_dns: false,
             publish: false,
+            routed: false,
         }
     }
 

@@ -64,6 +64,12 @@ struct WireTap {
     addr6: Option<(std::net::Ipv6Addr, u8)>,
     #[serde(default)]
     gateway6: Option<std::net::Ipv6Addr>,
+    #[serde(default)]
+    noarp: bool,
+    #[serde(default)]
+    default_dev: bool,
+    #[serde(default)]
+    default_dev6: bool,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -126,6 +132,9 @@ pub(super) fn create(
             gateway: t.default_gateway,
             addr6: t.addr6.map(|a| (a.addr(), a.prefix_len())),
             gateway6: t.default_gateway6,
+            noarp: t.noarp,
+            default_dev: t.default_dev,
+            default_dev6: t.default_dev6,
         })
         .collect();
     run(Request {
@@ -501,6 +510,9 @@ pub const TAP_TXQLEN: u32 = 2048;
 fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::NetlinkError> {
     nl.set_link(index, Some(t.mac), Some(t.mtu), None)?;
     nl.set_txqlen(index, TAP_TXQLEN)?;
+    if t.noarp {
+        nl.set_noarp(index)?;
+    }
     let Some((addr, prefix)) = t.addr else {
         return Ok(());
     };
@@ -514,6 +526,12 @@ fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::N
     }
     if let (Some(gw6), Some(_)) = (t.gateway6, t.addr6) {
         nl.add_default_route(index, gw6.into())?;
+    }
+    if t.default_dev {
+        nl.add_default_dev_route(index, false)?;
+    }
+    if t.default_dev6 && t.addr6.is_some() {
+        nl.add_default_dev_route(index, true)?;
     }
     Ok(())
 }

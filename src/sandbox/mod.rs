@@ -85,6 +85,14 @@ pub struct TapConfig {
     pub addr6: Option<ipnet::Ipv6Net>,
     /// When set, an IPv6 default route via this gateway is added.
     pub default_gateway6: Option<std::net::Ipv6Addr>,
+    /// The link does no ARP (`IFF_NOARP`: ipvlan l3, where every frame is
+    /// addressed to the link's own MAC and the switch routes by address).
+    pub noarp: bool,
+    /// A default route out of the link without a gateway (`default dev
+    /// eth0`: ipvlan l3), instead of `default_gateway`.
+    pub default_dev: bool,
+    /// Likewise for IPv6 (with `addr6`).
+    pub default_dev6: bool,
 }
 
 /// How the sandbox's network namespace is obtained.

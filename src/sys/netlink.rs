@@ -43,6 +43,7 @@ const RTA_GATEWAY: u16 = 5;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_UNIVERSE: u8 = 0;
+const RT_SCOPE_LINK: u8 = 253;
 const RT_SCOPE_HOST: u8 = 254;
 const RTN_UNICAST: u8 = 1;
 
@@ -131,6 +132,14 @@ impl Netlink {
         self.request(RTM_NEWLINK, 0, &body, "set link")
     }
 
+    /// Turns ARP (and IPv6 neighbour discovery) off on link `index`
+    /// (`IFF_NOARP`): the link addresses every frame to its own MAC.
+    pub fn set_noarp(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let noarp = libc::IFF_NOARP as u32;
+        let body = ifinfomsg(index, noarp, noarp);
+        self.request(RTM_NEWLINK, 0, &body, "set link noarp")
+    }
+
     /// Sets the transmit queue length of link `index` (for a TAP: the ring
     /// of frames waiting for the reader, per queue).
     pub fn set_txqlen(&mut self, index: u32, len: u32) -> Result<(), NetlinkError> {
@@ -215,6 +224,34 @@ impl Netlink {
             NLM_F_CREATE | NLM_F_EXCL,
             &body,
             "add default route",
+        )
+    }
+
+    /// Adds a default route out of link `index` without a gateway
+    /// (`default dev IFACE`), IPv6 when `v6`.
+    pub fn add_default_dev_route(&mut self, index: u32, v6: bool) -> Result<(), NetlinkError> {
+        let (family, scope) = if v6 {
+            (libc::AF_INET6, RT_SCOPE_UNIVERSE)
+        } else {
+            (libc::AF_INET, RT_SCOPE_LINK)
+        };
+        let mut body = vec![
+            family as u8,
+            0, // dst_len: default route
+            0, // src_len
+            0, // tos
+            RT_TABLE_MAIN,
+            RTPROT_BOOT,
+            scope,
+            RTN_UNICAST,
+        ];
+        body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        attr(&mut body, RTA_OIF, &index.to_ne_bytes());
+        self.request(
+            RTM_NEWROUTE,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &body,
+            "add default device route",
         )
     }
 

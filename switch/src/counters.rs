@@ -105,6 +105,13 @@ drop_reasons! {
     /// the network (the parent is promiscuous: the segment's other
     /// traffic).
     ParentNotForUs => "parent_not_for_us",
+    /// From an endpoint of an ipvlan `l3` network: not unicast IP (ARP,
+    /// another EtherType, broadcast, multicast), which l3 does not carry.
+    L3NotRouted => "l3_not_routed",
+    /// The daemon's namespace could not route a packet of an ipvlan `l3`
+    /// network out of its parent (unreachable, parent down; set by the
+    /// I/O edge).
+    RouteFailed => "route_failed",
 }
 
 /// Number of drop reasons.

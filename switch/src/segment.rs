@@ -22,6 +22,18 @@
 //! the ARP target); unicast from an endpoint goes to the endpoint holding
 //! its destination address, else out the parent.
 //!
+//! ipvlan `l3`: endpoints share the parent's MAC and do no ARP (their
+//! links are NOARP, their default route a device route), so every frame an
+//! endpoint sends is addressed to its own MAC; the switch routes by IPv4
+//! destination: to the endpoint holding it, else to the network's *router
+//! port*, whose I/O edge hands the packet to the daemon namespace's IP
+//! routing out of the parent (a raw IP socket bound to it: the kernel picks
+//! the next hop and resolves its MAC). Only unicast IPv4 is routed: ARP,
+//! other EtherTypes, broadcast and multicast from endpoints are dropped as
+//! `l3_not_routed`. From the parent only frames for the parent's MAC whose
+//! IPv4 destination is an endpoint's pass (the rest is the host's own
+//! traffic, which the kernel has as well: `parent_not_for_us`).
+//!
 //! A parent port may carry one 802.1Q VLAN ([`Uplink::vlan`]): the edge
 //! pushes the tag on egress and only accepts frames of that VLAN (tag
 //! removed) on ingress, so two networks on different VLANs of one parent
@@ -41,6 +53,18 @@ pub enum SegmentMode {
     /// ARP requests from the segment reach every endpoint, so the one
     /// with the address answers, with the parent's MAC.
     IpvlanL2,
+    /// ipvlan `l3` (and `l3s`) mode: every endpoint has the parent's MAC
+    /// and does no ARP; unicast IPv4 is routed by destination address to
+    /// an endpoint or to the network's router port; nothing else passes.
+    IpvlanL3,
+}
+
+impl SegmentMode {
+    /// Whether endpoints share one MAC and are told apart by address.
+    #[inline]
+    pub fn by_address(self) -> bool {
+        matches!(self, SegmentMode::IpvlanL2 | SegmentMode::IpvlanL3)
+    }
 }
 
 /// A network's segment state in the snapshot.
@@ -50,6 +74,9 @@ pub struct Segment {
     /// The parent port, once added (`None`: an `--internal` network, or
     /// not yet).
     pub parent: Option<PortId>,
+    /// `IpvlanL3` only: the port whose egress is routed by the daemon's
+    /// namespace out of the parent (`None`: no way out).
+    pub router: Option<PortId>,
 }
 
 /// A parent port's settings, for the I/O edge.
@@ -58,6 +85,10 @@ pub struct Uplink {
     /// The 802.1Q VLAN id (1-4094) the port's frames carry on the wire;
     /// `None`: untagged.
     pub vlan: Option<u16>,
+    /// A router port (`IpvlanL3`): frames sent to it are IPv4 packets to
+    /// route, not frames for the wire (the edge strips the Ethernet header
+    /// and completes offloads); it receives nothing.
+    pub routed: bool,
 }
 
 impl Switch {
@@ -69,7 +100,13 @@ impl Switch {
             let n = t.networks_mut(net).ok_or(ConfigError::NoSuchNetwork)?;
             match &mut n.segment {
                 Some(s) => s.mode = mode,
-                None => n.segment = Some(Segment { mode, parent: None }),
+                None => {
+                    n.segment = Some(Segment {
+                        mode,
+                        parent: None,
+                        router: None,
+                    })
+                }
             }
             Ok(())
         })
@@ -105,10 +142,42 @@ impl Switch {
             config.mac = mac;
             let id = self.add_port_in(t, config)?;
             if let Some(p) = t.port_mut(id) {
-                p.uplink = Some(Uplink { vlan });
+                p.uplink = Some(Uplink {
+                    vlan,
+                    routed: false,
+                });
             }
             if let Some(s) = t.networks_mut(net).and_then(|n| n.segment.as_mut()) {
                 s.parent = Some(id);
+            }
+            Ok(id)
+        })
+    }
+
+    /// Adds the router port of `IpvlanL3` network `net`: what no endpoint
+    /// of the network holds goes there (see the module doc).
+    pub fn add_router_port(&self, net: NetworkId, name: &str) -> Result<PortId, ConfigError> {
+        self.update(|t| {
+            let seg = t
+                .network(net)
+                .ok_or(ConfigError::NoSuchNetwork)?
+                .segment
+                .filter(|s| s.mode == SegmentMode::IpvlanL3)
+                .ok_or_else(|| ConfigError::Invalid("not an ipvlan l3 network".into()))?;
+            if seg.router.is_some() {
+                return Err(ConfigError::Invalid(
+                    "the network already has a router port".into(),
+                ));
+            }
+            let id = self.add_port_in(t, PortConfig::unchecked(name, net))?;
+            if let Some(p) = t.port_mut(id) {
+                p.uplink = Some(Uplink {
+                    vlan: None,
+                    routed: true,
+                });
+            }
+            if let Some(s) = t.networks_mut(net).and_then(|n| n.segment.as_mut()) {
+                s.router = Some(id);
             }
             Ok(id)
         })
@@ -139,7 +208,14 @@ mod tests {
         assert!(sw.add_parent_port(net, "p2", None, None).is_err());
         let t = sw.topology();
         assert_eq!(t.network(net).unwrap().segment.unwrap().parent, Some(p));
-        assert_eq!(t.port(p).unwrap().uplink, Some(Uplink { vlan: Some(10) }));
+        assert_eq!(
+            t.port(p).unwrap().uplink,
+            Some(Uplink {
+                vlan: Some(10),
+                routed: false
+            })
+        );
+        assert!(sw.add_router_port(net, "r").is_err());
         sw.remove_port(p).unwrap();
         let t = sw.topology();
         assert_eq!(t.network(net).unwrap().segment.unwrap().parent, None);

@@ -533,9 +533,7 @@ impl Switch {
                 .and_then(Option::as_mut)
                 .ok_or(ConfigError::NoSuchNetwork)?;
             // (On error nothing is stored: `update` drops the copy.)
-            let by_ip = net
-                .segment
-                .is_some_and(|s| s.mode == crate::segment::SegmentMode::IpvlanL2);
+            let by_ip = net.segment.is_some_and(|s| s.mode.by_address());
             if let (true, Some(ip)) = (by_ip, config.ip) {
                 if t.segment_ips.insert((config.network, ip), id).is_some() {
                     return Err(ConfigError::Invalid(format!(
@@ -594,8 +592,13 @@ impl Switch {
                 .ok_or(ConfigError::NoSuchPort)?;
             if let Some(n) = t.networks[usize::from(p.network().0)].as_mut() {
                 n.ports.retain(|&q| q != id);
-                if let Some(s) = n.segment.as_mut().filter(|s| s.parent == Some(id)) {
-                    s.parent = None;
+                if let Some(s) = n.segment.as_mut() {
+                    if s.parent == Some(id) {
+                        s.parent = None;
+                    }
+                    if s.router == Some(id) {
+                        s.router = None;
+                    }
                 }
             }
             if let Some(ip) = p.config.ip {

@@ -39,7 +39,7 @@ fn segment(mode: SegmentMode) -> Seg {
         .unwrap();
     let emac = |i: u8| match mode {
         SegmentMode::Macvlan => mac(u32::from(i)),
-        SegmentMode::IpvlanL2 => pmac,
+        SegmentMode::IpvlanL2 | SegmentMode::IpvlanL3 => pmac,
     };
     let p = |n: &str, i: u8| {
         m.switch
@@ -132,6 +132,71 @@ fn ipvlan_l2_rules() {
     // An endpoint may not use another's address.
     assert!(inject(&mut s, a, &udp(pmac, router, 11, 1)).is_empty());
     assert_eq!(drops(&s, a, DropReason::SpoofedIp), 1);
+}
+
+#[test]
+fn ipvlan_l3_rules() {
+    let mut s = segment(SegmentMode::IpvlanL3);
+    let (a, b, parent, pmac) = (s.a, s.b, s.parent, s.pmac);
+    let net = NetworkId(0);
+    // Without a router port, what no endpoint holds has no way out.
+    assert!(inject(&mut s, a, &udp(pmac, pmac, 10, 1)).is_empty());
+    assert_eq!(drops(&s, a, DropReason::NoDestination), 1);
+    let router = s.m.switch.add_router_port(net, "router:eth0").unwrap();
+    assert!(s.m.switch.add_router_port(net, "router:again").is_err());
+    // Endpoints send every packet to their own MAC (NOARP): routed by
+    // destination address, to the other endpoint (even outside the
+    // subnet's view of the sender) or to the router port.
+    assert_eq!(inject(&mut s, a, &udp(pmac, pmac, 10, 11)), vec![b]);
+    assert_eq!(inject(&mut s, a, &udp(pmac, pmac, 10, 1)), vec![router]);
+    let far = build::udp(
+        pmac,
+        pmac,
+        (ip(10), 1000),
+        (Ipv4Addr::new(198, 51, 100, 7), 53),
+        b"q",
+    );
+    assert_eq!(inject(&mut s, a, &far), vec![router]);
+    // Never out the parent, never flooded: ARP, broadcast and multicast
+    // are not routed.
+    let arp = build::arp_request(pmac, ip(10), ip(11));
+    assert!(inject(&mut s, a, &arp).is_empty());
+    let bcast = build::udp(
+        EthernetAddress::BROADCAST,
+        pmac,
+        (ip(10), 68),
+        (Ipv4Addr::BROADCAST, 67),
+        b"d",
+    );
+    assert!(inject(&mut s, a, &bcast).is_empty());
+    let mcast = build::udp(
+        pmac,
+        pmac,
+        (ip(10), 5353),
+        (Ipv4Addr::new(224, 0, 0, 251), 5353),
+        b"m",
+    );
+    assert!(inject(&mut s, a, &mcast).is_empty());
+    assert_eq!(drops(&s, a, DropReason::L3NotRouted), 3);
+    // From the parent: for the parent's MAC and an endpoint's address
+    // only; the host's own traffic and the segment's broadcasts are not
+    // for the network.
+    let other = mac(1);
+    assert_eq!(inject(&mut s, parent, &udp(other, pmac, 1, 11)), vec![b]);
+    assert!(inject(&mut s, parent, &udp(other, pmac, 1, 50)).is_empty());
+    assert!(inject(&mut s, parent, &udp(other, mac(77), 1, 10)).is_empty());
+    let arp = build::arp_request(other, ip(1), ip(10));
+    assert!(inject(&mut s, parent, &arp).is_empty());
+    assert_eq!(drops(&s, parent, DropReason::ParentNotForUs), 3);
+    // Spoof checks hold: an endpoint may not send from another's address.
+    assert!(inject(&mut s, a, &udp(pmac, pmac, 11, 1)).is_empty());
+    assert_eq!(drops(&s, a, DropReason::SpoofedIp), 1);
+    // The router port's removal leaves the network without a way out.
+    s.m.switch.remove_port(router).unwrap();
+    assert!(inject(&mut s, a, &udp(pmac, pmac, 10, 1)).is_empty());
+    assert_eq!(drops(&s, a, DropReason::NoDestination), 2);
+    let seg = s.m.switch.topology().network(net).unwrap().segment.unwrap();
+    assert_eq!((seg.parent, seg.router), (Some(parent), None));
 }
 
 #[test]

@@ -3,16 +3,25 @@
 //! (`crate::sys::packet`), one per worker, handed to the workers like TAP
 //! queues; the switch forwards by `tapnet_switch::segment`'s rules.
 //!
+//! ipvlan `l3`: the network also has a router port whose queues are raw
+//! IPv4 sockets bound to the parent (`crate::sys::rawip`);
+//! [`transmit_routed`] completes a frame's offloads (checksum, TCP/UDP
+//! segmentation) and sends its IPv4 packet there, for the daemon's
+//! namespace to route.
+//!
 //! VLANs: the sockets' kernel filter accepts only the network's VLAN (the
 //! kernel has already removed the tag); [`transmit_tagged`] pushes the
 //! tag again on egress, without copying the frame (one `writev`).
 
 use super::{Cmd, Dataplane};
 use crate::dataplane::{DataplaneError, NetId, NetworkSpec, ParentSpec, SegmentMode};
-use crate::sys::packet;
+use crate::sys::{packet, rawip};
 use std::io;
 use std::os::fd::OwnedFd;
-use tapnet_switch::wire::{vnet, EthernetAddress, VnetHdr};
+use tapnet_switch::gso;
+use tapnet_switch::wire::{
+    ethernet, vnet, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, VnetHdr,
+};
 use tapnet_switch::DropReason;
 
 impl Dataplane {
@@ -20,7 +29,8 @@ impl Dataplane {
     /// network without gateway services whose other ports are behind
     /// `parent` (none: an `--internal` network, its endpoints reach only
     /// each other). The parent's sockets are opened first: when that fails
-    /// nothing was changed.
+    /// nothing was changed. `IpvlanL3` networks with a parent also get
+    /// their router port (raw IP sockets bound to the parent).
     pub fn add_segment_network(
         &self,
         id: NetId,
@@ -41,6 +51,20 @@ impl Dataplane {
                     }
                 })?,
             ),
+            _ => None,
+        };
+        let has_router = existing
+            .and_then(|nid| self.switch().topology().network(nid)?.segment?.router)
+            .is_some();
+        let routed = match parent {
+            Some(p) if mode == SegmentMode::IpvlanL3 && !has_router => {
+                Some(rawip::open(&p.ifname, self.workers()).map_err(|err| {
+                    DataplaneError::Parent {
+                        parent: parent_name(p),
+                        err,
+                    }
+                })?)
+            }
             _ => None,
         };
         self.add_network(id, spec)?;
@@ -65,6 +89,14 @@ impl Dataplane {
                 .map_err(|e| undo(e.into()))?;
             self.hand_queues(port.0, opened.queues);
         }
+        if let (Some(p), Some(queues)) = (parent, routed) {
+            let name = format!("router:{}", parent_name(p));
+            let port = self
+                .switch()
+                .add_router_port(nid, &name)
+                .map_err(|e| undo(e.into()))?;
+            self.hand_queues(port.0, queues);
+        }
         Ok(())
     }
 
@@ -72,12 +104,12 @@ impl Dataplane {
     /// endpoints must have been removed), closing the parent's sockets.
     pub fn remove_segment_network(&self, id: NetId) -> Result<(), DataplaneError> {
         if let Some(nid) = self.switch_network(id) {
-            let parent = self
+            let seg = self
                 .switch()
                 .topology()
                 .network(nid)
-                .and_then(|n| n.segment?.parent);
-            if let Some(p) = parent {
+                .and_then(|n| n.segment);
+            for p in seg.iter().flat_map(|s| [s.parent, s.router]).flatten() {
                 self.remove_port(p.0)?;
             }
         }
@@ -134,5 +166,63 @@ pub(super) fn transmit_tagged(
         Ok(_) => Ok(()),
         Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::ENOBUFS) => Err(DropReason::TxFull),
         Err(_) => Err(DropReason::TxError),
+    }
+}
+
+/// One worker's state for routed sends: a segment at a time.
+pub(super) struct RouteTx {
+    seg: Box<[u8]>,
+}
+
+impl RouteTx {
+    pub(super) fn new() -> RouteTx {
+        RouteTx {
+            seg: vec![0u8; super::RX_BUF_LEN].into_boxed_slice(),
+        }
+    }
+}
+
+/// Sends the IPv4 packet(s) of `frame` on a router port's raw socket:
+/// offloads completed in software first (a partial checksum, a TCP or UDP
+/// super-frame from a TAP), the Ethernet header dropped. The first failure
+/// is returned (the rest of a super-frame is not sent).
+pub(super) fn transmit_routed(
+    fd: &OwnedFd,
+    rt: &mut RouteTx,
+    meta: &VnetHdr,
+    frame: &[u8],
+) -> Result<(), DropReason> {
+    let mut res = Ok(());
+    gso::for_each_segment(meta, frame, &mut rt.seg, |f| {
+        if res.is_ok() {
+            res = send_routed(fd, f);
+        }
+    })?;
+    res
+}
+
+/// One plain IPv4 frame out of the raw socket.
+fn send_routed(fd: &OwnedFd, frame: &[u8]) -> Result<(), DropReason> {
+    let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
+    if eth.ethertype() != EtherType::Ipv4 {
+        return Err(DropReason::L3NotRouted);
+    }
+    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+    // The packet without any link-layer padding after it.
+    let len = usize::from(ip.total_len()).min(frame.len() - ethernet::HEADER_LEN);
+    let packet = &frame[ethernet::HEADER_LEN..ethernet::HEADER_LEN + len];
+    match rawip::send_v4(fd, packet, ip.dst_addr()) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => DropReason::TxFull,
+            Some(libc::EMSGSIZE) => DropReason::Oversize,
+            Some(libc::ENETUNREACH)
+            | Some(libc::EHOSTUNREACH)
+            | Some(libc::ENETDOWN)
+            | Some(libc::EINVAL)
+            | Some(libc::EPERM)
+            | Some(libc::EACCES) => DropReason::RouteFailed,
+            _ => DropReason::TxError,
+        }),
     }
 }

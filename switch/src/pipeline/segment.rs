@@ -92,6 +92,42 @@ impl<H: GatewayHook> Worker<H> {
                     },
                 }
             }
+            SegmentMode::IpvlanL3 => {
+                // The parent and the router port are the outside.
+                let outside = from_parent || seg.router == Some(port.id);
+                if outside && Some(dst) != port.config.mac {
+                    return Err(DropReason::ParentNotForUs);
+                }
+                let routable = match eth.ethertype() {
+                    EtherType::Ipv4 => Ipv4Packet::new_checked(eth.payload())
+                        .ok()
+                        .map(|ip| ip.dst_addr())
+                        .filter(|a| !a.is_multicast() && !a.is_broadcast() && !a.is_unspecified()),
+                    _ => None,
+                };
+                let Some(to) = routable else {
+                    return Err(if outside {
+                        DropReason::ParentNotForUs
+                    } else {
+                        DropReason::L3NotRouted
+                    });
+                };
+                match topo.segment_port(net.id, to) {
+                    Some(out) if out.id == port.id => Err(DropReason::Hairpin),
+                    Some(out) => {
+                        self.send(topo, out, meta, frame, tx);
+                        Ok(())
+                    }
+                    None if outside => Err(DropReason::ParentNotForUs),
+                    None => match seg.router.and_then(|p| topo.port(p)) {
+                        Some(out) => {
+                            self.send(topo, out, meta, frame, tx);
+                            Ok(())
+                        }
+                        None => Err(DropReason::NoDestination),
+                    },
+                }
+            }
         }
     }
 
