@@ -99,6 +99,7 @@ fn main() -> anyhow::Result<()> {
                 noarp: false,
                 default_dev: false,
                 default_dev6: false,
+                link_local6: None,
             }],
             dp.workers(),
         )?;
@@ -109,6 +110,7 @@ fn main() -> anyhow::Result<()> {
                 mac: Some(macs[i]),
                 ip: Some(ips[i]),
                 ip6: None,
+                link_local6: None,
             },
             fds.remove(0),
         )?;

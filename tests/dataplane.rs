@@ -104,6 +104,7 @@ fn plug(
             noarp: false,
             default_dev: false,
             default_dev6: false,
+            link_local6: None,
         }],
         dp.workers(),
     )
@@ -115,6 +116,7 @@ fn plug(
             mac: Some(mac(m)),
             ip: Some(ip),
             ip6: None,
+            link_local6: None,
         },
         fds.remove(0),
     )

@@ -1032,3 +1032,171 @@ fn macvlan_dual_stack() {
     let neigh = w.other.ns.sh_ok("ip -6 neigh show 2001:db8:c0::20");
     assert!(neigh.contains(&mac_of(&w.d, "m6", "mv6")), "{neigh}");
 }
+
+/// Pings `to` over IPv6 from container `c` until one answer comes.
+fn ping6_ok(d: &Daemon, c: &str, to: &str) {
+    retry(
+        &format!("ping -6 {to} from {c}"),
+        Duration::from_secs(15),
+        || {
+            let o = d.exec_sh(c, &format!("ping -6 -c 1 -W 1 {to}"));
+            (o.code == 0)
+                .then_some(())
+                .ok_or(format!("{}{}", o.stdout, o.stderr))
+        },
+    )
+}
+
+/// The container's IPv6 address on `net`.
+fn ip6_of(d: &Daemon, c: &str, net: &str) -> String {
+    d.inspect_container(c)["NetworkSettings"]["Networks"][net]["GlobalIPv6Address"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// A dual-stack ipvlan (l2) network: every container shares the parent's
+/// MAC, so each has its own link-local address (fe80::IPV4, no EUI-64
+/// one); the other machine resolves each container's IPv6 address to the
+/// parent's MAC and pings it; containers reach the segment's IPv6 router
+/// and each other.
+#[test]
+fn ipvlan_l2_dual_stack() {
+    let w = World::new(&[]);
+    let d = &w.d;
+    w.other
+        .ns
+        .sh_ok("ip addr add 2001:db8:c0::1/64 dev eth0 nodad");
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "--ipv6",
+        "--subnet",
+        SUBNET,
+        "--gateway",
+        ROUTER,
+        "--subnet",
+        "2001:db8:c0::/64",
+        "--gateway",
+        "2001:db8:c0::1",
+        "-o",
+        "parent=tnout0",
+        "iv6",
+    ]);
+    let parent_mac = d
+        .netns()
+        .sh_ok("cat /sys/class/net/tnout0/address")
+        .trim()
+        .to_string();
+    d.sleeper("i6", &["iv6"], &["--ip6", "2001:db8:c0::20"]);
+    d.sleeper("i7", &["iv6"], &[]);
+    let ip6 = d.ip_of("i6", "iv6");
+    let ll = {
+        let o: Vec<u8> = ip6.split('.').map(|x| x.parse().unwrap()).collect();
+        format!(
+            "fe80::{:x}:{:x}",
+            u16::from_be_bytes([o[0], o[1]]),
+            u16::from_be_bytes([o[2], o[3]])
+        )
+    };
+    let addrs = d.exec_sh("i6", "ip -6 addr show dev eth0").stdout;
+    assert!(addrs.contains(&format!("{ll}/64")), "{ll}: {addrs}");
+    assert_eq!(addrs.matches("fe80::").count(), 1, "{addrs}");
+    let routes = d.exec_sh("i6", "ip -6 route").stdout;
+    assert!(
+        routes.contains("default via 2001:db8:c0::1 dev eth0"),
+        "{routes}"
+    );
+    ping6_ok(d, "i6", "2001:db8:c0::1");
+    let i7 = ip6_of(d, "i7", "iv6");
+    ping6_ok(d, "i6", &i7);
+    ping6_ok(d, "i7", &format!("{ll}%eth0"));
+    w.other.ns.sh_ok("ping -6 -c 1 -W 2 2001:db8:c0::20");
+    w.other.ns.sh_ok(&format!("ping -6 -c 1 -W 2 {i7}"));
+    let neigh = w.other.ns.sh_ok(&format!(
+        "ip -6 neigh show 2001:db8:c0::20; ip -6 neigh show {i7}"
+    ));
+    assert_eq!(neigh.matches(&parent_mac).count(), 2, "{neigh}");
+}
+
+/// A dual-stack ipvlan l3 network: IPv6 routed as IPv4 is, through the
+/// daemon's namespace (its IPv6 router port), with a device default
+/// route; the other machine reaches the containers with a route to their
+/// prefix via the host; TCP over IPv6 both ways (4 MiB: TCPv6
+/// super-frames segmented before the routed send).
+#[test]
+fn ipvlan_l3_dual_stack() {
+    const HOST6: &str = "2001:db8:c0::2";
+    let w = World::new(&[]);
+    let d = &w.d;
+    d.netns().sh_ok(&format!(
+        "ip addr add 192.0.2.2/24 dev tnout0 && ip addr add {HOST6}/64 dev tnout0 nodad"
+    ));
+    w.other.ns.sh_ok(&format!(
+        "ip addr add 2001:db8:c0::1/64 dev eth0 nodad && ip route add 10.77.0.0/24 via 192.0.2.2 && ip -6 route add 2001:db8:77::/64 via {HOST6}"
+    ));
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "ipvlan",
+        "--ipv6",
+        "--subnet",
+        "10.77.0.0/24",
+        "--subnet",
+        "2001:db8:77::/64",
+        "-o",
+        "parent=tnout0",
+        "-o",
+        "ipvlan_mode=l3",
+        "l3v6",
+    ]);
+    w.server("s6", "l3v6");
+    d.sleeper("t6", &["l3v6"], &[]);
+    let (s6, t6) = (ip6_of(d, "s6", "l3v6"), ip6_of(d, "t6", "l3v6"));
+    let routes = d.exec_sh("t6", "ip -6 route").stdout;
+    assert!(routes.contains("default dev eth0"), "{routes}");
+    let ep = &d.inspect_container("t6")["NetworkSettings"]["Networks"]["l3v6"];
+    assert_eq!(ep["IPv6Gateway"], "", "{ep}");
+    ping6_ok(d, "t6", "2001:db8:c0::1");
+    ping6_ok(d, "t6", &s6);
+    retry(
+        "the other machine pings t6",
+        Duration::from_secs(10),
+        || {
+            let o = w.other.ns.sh(&format!("ping -6 -c 1 -W 1 {t6}"));
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
+    // IPv4 still routed beside it.
+    ping_ok(d, "t6", ROUTER);
+    let big = sha(&w.files.0.join("big"));
+    let got = w.files.0.join("got6-from-other");
+    let o = d.exec_sh(
+        "t6",
+        &format!(
+            "curl -sS --max-time 30 -o {} 'http://[2001:db8:c0::1]/big'",
+            got.display()
+        ),
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(sha(&got), big);
+    let got = w.files.0.join("got6-from-s6");
+    w.other.ns.sh_ok(&format!(
+        "curl -sS --max-time 30 -o {} 'http://[{s6}]:8080/big'",
+        got.display()
+    ));
+    assert_eq!(sha(&got), big);
+    let v: serde_json::Value =
+        serde_json::from_str(&d.ok(&["stats", "--network", "l3v6", "--format", "json"])).unwrap();
+    let router6 = v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == "router6:tnout0")
+        .cloned()
+        .unwrap_or_else(|| panic!("no IPv6 router port: {v}"));
+    assert!(router6["tx_packets"].as_u64().unwrap() > 100, "{router6}");
+}

@@ -285,6 +285,7 @@ fn flow() {
             noarp: false,
             default_dev: false,
             default_dev6: false,
+            link_local6: None,
         },
         TapConfig {
             name: "eth1".into(),
@@ -297,6 +298,7 @@ fn flow() {
             noarp: false,
             default_dev: false,
             default_dev6: false,
+            link_local6: None,
         },
     ];
     let fds = sandbox::create_taps(&target, &taps, 2).expect("create_taps");
@@ -662,6 +664,7 @@ fn root_enters_rootless_namespaces() {
         noarp: false,
         default_dev: false,
         default_dev6: false,
+        link_local6: None,
     };
     let fds = sandbox::create_taps(&target, &[tap], 1).expect("create_taps into a rootless netns");
     assert_eq!(fds.len(), 1);

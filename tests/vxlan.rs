@@ -191,6 +191,7 @@ fn container(
             noarp: false,
             default_dev: false,
             default_dev6: false,
+            link_local6: None,
         }],
         dp.workers(),
     )
@@ -203,6 +204,7 @@ fn container(
                 mac: Some(mac(m)),
                 ip: Some(ip),
                 ip6: None,
+                link_local6: None,
             },
             fds.remove(0),
         )

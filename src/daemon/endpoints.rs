@@ -300,6 +300,7 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
                     noarp: false,
                     default_dev: false,
                     default_dev6: false,
+                    link_local6: None,
                 };
             }
             let services = st
@@ -323,9 +324,18 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
                 noarp: routed,
                 default_dev: holds && routed,
                 default_dev6: holds6 && routed,
+                link_local6: link_local6(st, e),
             }
         })
         .collect()
+}
+
+/// The explicit IPv6 link-local address of an endpoint on a network whose
+/// endpoints share one MAC (ipvlan): the EUI-64 ones would all be the same.
+fn link_local6(st: &State, e: &Endpoint) -> Option<std::net::Ipv6Addr> {
+    let n = st.networks.get(&e.network_id)?;
+    drivers::of(n).endpoint_mac(n)?;
+    Some(tapnet_switch::segment::ipvlan_link_local(e.ipv4?.addr()))
 }
 
 /// The persisted form of a namespace target.
@@ -414,6 +424,7 @@ impl Core {
                 mac: Some(e.mac.0),
                 ip: e.ipv4.map(|a| a.addr()),
                 ip6: e.ipv6.map(|a| a.addr()),
+                link_local6: link_local6(st, e),
             };
             let r = drivers::of(n)
                 .join(&self.dp, spec, queues)

@@ -520,6 +520,7 @@ impl Dataplane {
             mac: spec.mac.map(EthernetAddress),
             ip: spec.ip,
             ip6,
+            link_local6: spec.link_local6,
             max_macs: None,
             tunnel: None,
         };

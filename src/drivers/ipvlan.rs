@@ -1,5 +1,5 @@
 //! `ipvlan`: containers on a parent's segment that all share the parent's
-//! MAC, told apart by their IPv4 addresses
+//! MAC, told apart by their addresses
 //! (`-o parent=eth0[.VLAN] [-o ipvlan_mode=l2|l3|l3s] [-o ipvlan_flag=bridge]`).
 //!
 //! `l2` (the default):
@@ -30,6 +30,15 @@
 //! Caveat (as for `l2`): with IP forwarding on in the daemon's namespace,
 //! the kernel also forwards the copies of inbound packets it sees on the
 //! parent; a `blackhole` route for the subnet there stops that.
+//!
+//! IPv6 (`--ipv6` with the segment's IPv6 subnet, both modes): the
+//! EUI-64 link-locals of a shared MAC would collide, so each endpoint's
+//! interface has `addr_gen_mode none` and its own link-local
+//! (`tapnet_switch::segment::ipvlan_link_local`, derived from its IPv4
+//! address), which the switch's anti-spoofing takes instead of the EUI-64
+//! one; `l2` maps IPv6 by address (solicited-node Neighbor Solicitations
+//! reach every endpoint, as ARP requests do); `l3` routes IPv6 as IPv4,
+//! through a second, IPv6, router port.
 //!
 //! Not supported: the `private`/`vepa` flags, refused with one line.
 

@@ -140,13 +140,9 @@ pub(super) fn validate_segment(
     options: &Map,
     mut n: Network,
 ) -> Result<Network, DriverError> {
-    // ipvlan maps its containers by IPv4 address only; macvlan switches by
-    // MAC, so IPv6 (and the segment's own Neighbor Discovery and router)
-    // works as IPv4 does, with the segment's subnet given.
-    let v6_asked = n.enable_ipv6 || bridge::ipv6_configs(req).next().is_some();
-    if v6_asked && kind == DriverKind::Ipvlan {
-        return Err(DriverError::Ipv6(kind.name()));
-    }
+    // IPv6 (and the segment's own Neighbor Discovery and router) works as
+    // IPv4 does, with the segment's subnet given: macvlan switches by MAC,
+    // ipvlan maps by address (each endpoint with its own link-local).
     if n.enable_ipv6 && bridge::ipv6_configs(req).next().is_none() {
         return Err(DriverError::Ipv6SubnetNeeded(kind.name()));
     }

@@ -70,6 +70,8 @@ struct WireTap {
     default_dev: bool,
     #[serde(default)]
     default_dev6: bool,
+    #[serde(default)]
+    link_local6: Option<std::net::Ipv6Addr>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -135,6 +137,7 @@ pub(super) fn create(
             noarp: t.noarp,
             default_dev: t.default_dev,
             default_dev6: t.default_dev6,
+            link_local6: t.link_local6,
         })
         .collect();
     run(Request {
@@ -513,12 +516,18 @@ fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::N
     if t.noarp {
         nl.set_noarp(index)?;
     }
+    if t.link_local6.is_some() {
+        nl.set_addr_gen_mode_none(index)?;
+    }
     let Some((addr, prefix)) = t.addr else {
         return Ok(());
     };
     nl.add_addr_v4(index, addr, prefix)?;
     if let Some((addr6, prefix6)) = t.addr6 {
         nl.add_addr_v6(index, addr6, prefix6)?;
+    }
+    if let Some(ll) = t.link_local6 {
+        nl.add_addr_v6(index, ll, 64)?;
     }
     nl.set_link(index, None, None, Some(true))?;
     if let Some(gw) = t.gateway {

@@ -93,6 +93,9 @@ pub struct TapConfig {
     pub default_dev: bool,
     /// Likewise for IPv6 (with `addr6`).
     pub default_dev6: bool,
+    /// The link's own IPv6 link-local address instead of the kernel's
+    /// EUI-64 one (`addr_gen_mode none`: ipvlan endpoints share a MAC).
+    pub link_local6: Option<std::net::Ipv6Addr>,
 }
 
 /// How the sandbox's network namespace is obtained.

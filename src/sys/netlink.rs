@@ -32,6 +32,9 @@ const NLM_F_CREATE: u16 = 0x400;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_MTU: u16 = 4;
 const IFLA_TXQLEN: u16 = 13;
+const IFLA_AF_SPEC: u16 = 26;
+const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
@@ -138,6 +141,23 @@ impl Netlink {
         let noarp = libc::IFF_NOARP as u32;
         let body = ifinfomsg(index, noarp, noarp);
         self.request(RTM_NEWLINK, 0, &body, "set link noarp")
+    }
+
+    /// Makes the kernel generate no IPv6 link-local address for link
+    /// `index` (`IFLA_INET6_ADDR_GEN_MODE` none; before the link goes up):
+    /// the caller adds its own.
+    pub fn set_addr_gen_mode_none(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut inet6 = Vec::new();
+        attr(
+            &mut inet6,
+            IFLA_INET6_ADDR_GEN_MODE,
+            &[IN6_ADDR_GEN_MODE_NONE],
+        );
+        let mut spec = Vec::new();
+        attr(&mut spec, libc::AF_INET6 as u16, &inet6);
+        let mut body = ifinfomsg(index, 0, 0);
+        attr(&mut body, IFLA_AF_SPEC, &spec);
+        self.request(RTM_NEWLINK, 0, &body, "set addr_gen_mode none")
     }
 
     /// Sets the transmit queue length of link `index` (for a TAP: the ring

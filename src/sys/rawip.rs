@@ -4,7 +4,8 @@
 //! network namespace routes them out of the parent, as the kernel's own
 //! ipvlan l3 routes a slave's packets through the master's tables.
 //!
-//! `socket(AF_INET, SOCK_RAW, IPPROTO_RAW)` (`IP_HDRINCL` implied): the
+//! `socket(AF_INET, SOCK_RAW, IPPROTO_RAW)` (`IP_HDRINCL` implied; IPv6:
+//! `AF_INET6`, the header included likewise): the
 //! packet is sent with the container's own header (source address, TTL,
 //! identification, DF); the kernel only fills in the header checksum. It
 //! looks the route up restricted to the parent (`SO_BINDTODEVICE`) and
@@ -19,7 +20,7 @@
 use super::packet::PacketError;
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsFd, OwnedFd};
 
 /// `IPPROTO_RAW`: send-only, the caller writes the IP header.
@@ -28,19 +29,20 @@ const IPPROTO_RAW: i32 = 255;
 /// Send buffer asked for (the kernel caps it at `wmem_max`).
 const SOCKET_BUFFER: usize = 4 << 20;
 
-/// Opens `queues` non-blocking raw IPv4 sockets bound to interface `name`
-/// (in the calling thread's network namespace), one per worker.
-pub fn open(name: &str, queues: usize) -> Result<Vec<OwnedFd>, PacketError> {
+/// Opens `queues` non-blocking raw IPv4 (IPv6 with `v6`) sockets bound to
+/// interface `name` (in the calling thread's network namespace), one per
+/// worker.
+pub fn open(name: &str, queues: usize, v6: bool) -> Result<Vec<OwnedFd>, PacketError> {
     if queues == 0 {
         return Err(PacketError::NoQueues);
     }
     super::packet::ifindex(name)?;
-    (0..queues).map(|_| open_one(name)).collect()
+    (0..queues).map(|_| open_one(name, v6)).collect()
 }
 
-fn open_one(name: &str) -> Result<OwnedFd, PacketError> {
+fn open_one(name: &str, v6: bool) -> Result<OwnedFd, PacketError> {
     let s = Socket::new(
-        Domain::IPV4,
+        if v6 { Domain::IPV6 } else { Domain::IPV4 },
         Type::RAW.cloexec(),
         Some(Protocol::from(IPPROTO_RAW)),
     )
@@ -73,6 +75,13 @@ pub fn send_v4(fd: &impl AsFd, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
     SockRef::from(fd).send_to(packet, &to).map(|_| ())
 }
 
+/// Sends one IPv6 packet (header and payload) towards `dst`.
+#[inline]
+pub fn send_v6(fd: &impl AsFd, packet: &[u8], dst: Ipv6Addr) -> io::Result<()> {
+    let to = SockAddr::from(SocketAddrV6::new(dst, 0, 0, 0));
+    SockRef::from(fd).send_to(packet, &to).map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,9 +89,9 @@ mod tests {
     #[test]
     fn missing_interface() {
         assert!(matches!(
-            open("tapnet-no-such-if0", 1),
+            open("tapnet-no-such-if0", 1, false),
             Err(PacketError::NoInterface(_))
         ));
-        assert!(matches!(open("lo", 0), Err(PacketError::NoQueues)));
+        assert!(matches!(open("lo", 0, true), Err(PacketError::NoQueues)));
     }
 }

@@ -99,7 +99,8 @@ drop_reasons! {
     /// A remote endpoint's MAC or address arrived from another VTEP than
     /// the one the cluster registered for it.
     TunnelSpoofed => "tunnel_spoofed",
-    /// An offload the tunnel cannot segment in software (TCPv6 TSO, UFO).
+    /// An offload the tunnel or a routed send cannot segment in software
+    /// (UFO, IPv6 extension headers).
     GsoUnsupported => "gso_unsupported",
     /// From a macvlan/ipvlan network's parent, addressed to no endpoint of
     /// the network (the parent is promiscuous: the segment's other

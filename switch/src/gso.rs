@@ -4,16 +4,20 @@
 //! VXLAN tunnel).
 //!
 //! [`for_each_segment`] handles plain frames (passed through untouched),
-//! `NEEDS_CSUM` frames (checksum completed), TCPv4 TSO and UDP (USO, with
-//! `GSO_UDP_L4`) super-frames over IPv4. Each segment gets its own IPv4
-//! total length, identification (+1 per segment, as Linux) and header
-//! checksum, TCP sequence number and flags (FIN/PSH on the last segment
-//! only, CWR on the first only), and a full L4 checksum. Other kinds
-//! (TCPv6 TSO, UFO) are refused with [`DropReason::GsoUnsupported`].
+//! `NEEDS_CSUM` frames (checksum completed), TCP TSO (v4 and v6) and UDP
+//! (USO, with `GSO_UDP_L4`) super-frames over IPv4 and over IPv6 without
+//! extension headers. Each segment gets its own IPv4 total length,
+//! identification (+1 per segment, as Linux) and header checksum (IPv6:
+//! payload length), TCP sequence number and flags (FIN/PSH on the last
+//! segment only, CWR on the first only), and a full L4 checksum. Other
+//! kinds (UFO, IPv6 extension headers) are refused with
+//! [`DropReason::GsoUnsupported`].
 //! Never panics on untrusted bytes; no allocation (the caller's buffer).
 
 use crate::counters::DropReason;
-use crate::wire::{self, ethernet, ipv4, vnet, EtherType, EthernetFrame, Ipv4Packet, VnetHdr};
+use crate::wire::{
+    self, ethernet, ipv4, ipv6, vnet, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, VnetHdr,
+};
 
 /// Calls `out` with each plain frame `meta`/`frame` stands for. `buf`
 /// holds one segment at a time (headers and `gso_size` bytes, or the whole
@@ -38,14 +42,28 @@ pub fn for_each_segment(
     }
     let gso = meta.gso_type & !vnet::GSO_ECN;
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
-    if eth.ethertype() != EtherType::Ipv4 {
-        return Err(DropReason::GsoUnsupported);
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
-    let ihl = ip.header_len();
+    // The L3 header: its length, the L4 protocol and the pseudo-header's
+    // address sum (IPv6: only without extension headers).
+    let (v6, ihl, proto_in, addr_sum) = match eth.ethertype() {
+        EtherType::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+            let (s, d) = (ip.src_addr(), ip.dst_addr());
+            let acc = wire::checksum_sum(wire::checksum_sum(0, &s.octets()), &d.octets());
+            (false, ip.header_len(), ip.protocol(), acc)
+        }
+        EtherType::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+            let (s, d) = (ip.src_addr(), ip.dst_addr());
+            let acc = wire::checksum_sum(wire::checksum_sum(0, &s.octets()), &d.octets());
+            (true, ipv6::HEADER_LEN, ip.next_header(), acc)
+        }
+        _ => return Err(DropReason::GsoUnsupported),
+    };
     let l4 = ethernet::HEADER_LEN + ihl;
     let (proto, l4_hdr) = match gso {
-        vnet::GSO_TCPV4 if ip.protocol() == ipv4::protocol::TCP => {
+        vnet::GSO_TCPV4 | vnet::GSO_TCPV6
+            if proto_in == ipv4::protocol::TCP && v6 == (gso == vnet::GSO_TCPV6) =>
+        {
             let t = frame.get(l4 + 12).ok_or(DropReason::Malformed)?;
             let thl = usize::from(t >> 4) * 4;
             if thl < wire::tcp::HEADER_LEN {
@@ -53,7 +71,7 @@ pub fn for_each_segment(
             }
             (ipv4::protocol::TCP, thl)
         }
-        vnet::GSO_UDP_L4 if ip.protocol() == ipv4::protocol::UDP => {
+        vnet::GSO_UDP_L4 if proto_in == ipv4::protocol::UDP => {
             (ipv4::protocol::UDP, wire::udp::HEADER_LEN)
         }
         _ => return Err(DropReason::GsoUnsupported),
@@ -69,7 +87,6 @@ pub fn for_each_segment(
     if buf.len() < hdr + mss {
         return Err(DropReason::Oversize);
     }
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
     let id0 = u16::from_be_bytes([
         frame[ethernet::HEADER_LEN + 4],
         frame[ethernet::HEADER_LEN + 5],
@@ -84,15 +101,22 @@ pub fn for_each_segment(
         let s = &mut buf[..len];
         s[..hdr].copy_from_slice(&frame[..hdr]);
         s[hdr..].copy_from_slice(chunk);
-        // IPv4: total length, identification, checksum.
         let ipb = &mut s[ethernet::HEADER_LEN..];
-        ipb[2..4].copy_from_slice(&((len - ethernet::HEADER_LEN) as u16).to_be_bytes());
-        ipb[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-        ipb[10..12].fill(0);
-        let c = wire::checksum(&ipb[..ihl]);
-        ipb[10..12].copy_from_slice(&c.to_be_bytes());
+        if v6 {
+            // IPv6: the payload length only.
+            let pl = (len - l4) as u16;
+            ipb[4..6].copy_from_slice(&pl.to_be_bytes());
+        } else {
+            // IPv4: total length, identification, checksum.
+            ipb[2..4].copy_from_slice(&((len - ethernet::HEADER_LEN) as u16).to_be_bytes());
+            ipb[4..6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
+            ipb[10..12].fill(0);
+            let c = wire::checksum(&ipb[..ihl]);
+            ipb[10..12].copy_from_slice(&c.to_be_bytes());
+        }
         let l4b = &mut s[l4..];
         let l4len = l4b.len();
+        let pseudo = addr_sum + u32::from(proto) + (l4len as u32 & 0xffff) + ((l4len as u32) >> 16);
         if proto == ipv4::protocol::TCP {
             let seq = seq0.wrapping_add((i * mss) as u32);
             l4b[4..8].copy_from_slice(&seq.to_be_bytes());
@@ -105,18 +129,12 @@ pub fn for_each_segment(
             }
             l4b[13] = f;
             l4b[16..18].fill(0);
-            let c = wire::checksum_finish(wire::checksum_sum(
-                wire::pseudo_header_sum(src, dst, proto, l4len),
-                l4b,
-            ));
+            let c = wire::checksum_finish(wire::checksum_sum(pseudo, l4b));
             l4b[16..18].copy_from_slice(&c.to_be_bytes());
         } else {
             l4b[4..6].copy_from_slice(&(l4len as u16).to_be_bytes());
             l4b[6..8].fill(0);
-            let c = match wire::checksum_finish(wire::checksum_sum(
-                wire::pseudo_header_sum(src, dst, proto, l4len),
-                l4b,
-            )) {
+            let c = match wire::checksum_finish(wire::checksum_sum(pseudo, l4b)) {
                 0 => 0xffff,
                 c => c,
             };
@@ -143,6 +161,12 @@ fn complete_checksum(meta: &VnetHdr, b: &mut [u8]) -> Result<(), DropReason> {
     {
         Some(EtherType::Ipv4) => Ipv4Packet::new_checked(&b[ethernet::HEADER_LEN..])
             .map(|ip| (ethernet::HEADER_LEN + usize::from(ip.total_len())).min(b.len()))
+            .unwrap_or(b.len()),
+        Some(EtherType::Ipv6) => Ipv6Packet::new_checked(&b[ethernet::HEADER_LEN..])
+            .map(|ip| {
+                (ethernet::HEADER_LEN + ipv6::HEADER_LEN + usize::from(ip.payload_len()))
+                    .min(b.len())
+            })
             .unwrap_or(b.len()),
         _ => b.len(),
     }
@@ -278,6 +302,47 @@ mod tests {
         assert_eq!(
             for_each_segment(&meta, &f[..40], &mut buf, |_| {}),
             Err(DropReason::Malformed)
+        );
+    }
+
+    #[test]
+    fn tso6_is_cut_into_valid_segments() {
+        let a6: core::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let b6: core::net::Ipv6Addr = "2001:db8::3".parse().unwrap();
+        let n = 2500;
+        let mut f = vec![0u8; 14 + 40 + 20 + n];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        ipv6::emit_header(&mut f[14..], a6, b6, 6, 20 + n, 64);
+        let tcp = &mut f[54..];
+        tcp[4..8].copy_from_slice(&7u32.to_be_bytes());
+        tcp[12] = 5 << 4;
+        tcp[13] = wire::tcp::flags::ACK | wire::tcp::flags::PSH;
+        for (i, b) in tcp[20..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let meta = VnetHdr {
+            flags: vnet::F_NEEDS_CSUM,
+            gso_type: vnet::GSO_TCPV6,
+            hdr_len: 74,
+            gso_size: 1000,
+            csum_start: 54,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        let mut buf = vec![0u8; 2048];
+        let mut got = vec![];
+        for_each_segment(&meta, &f, &mut buf, |s| {
+            let ip = Ipv6Packet::new_checked(&s[14..]).unwrap();
+            let t = ip.payload();
+            assert_eq!(usize::from(ip.payload_len()), t.len());
+            assert_eq!(ipv6::upper_checksum(a6, b6, 6, t), 0);
+            let seq = u32::from_be_bytes(t[4..8].try_into().unwrap());
+            got.push((seq, t.len() - 20, t[13] & wire::tcp::flags::PSH != 0));
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![(7, 1000, false), (1007, 1000, false), (2007, 500, true)]
         );
     }
 }

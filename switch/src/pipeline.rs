@@ -822,7 +822,8 @@ fn classify(
 }
 
 /// Anti-spoofing of a checked port's IPv6: the source is the port's
-/// assigned address or the link-local address of its MAC, or `::` for
+/// assigned address or its link-local address (its explicit one, else the
+/// EUI-64 one of its MAC), or `::` for
 /// what may come from it (Neighbor Discovery's duplicate address
 /// detection, MLD reports behind a hop-by-hop header); a Neighbor
 /// Solicitation or Advertisement names only the port's MAC and
@@ -830,7 +831,10 @@ fn classify(
 fn check_ipv6_source(port: &Port, ip: &Ipv6Packet<&[u8]>) -> Result<(), DropReason> {
     let src = ip.src_addr();
     let mac = port.config.mac.unwrap_or_default();
-    let link_local = link_local_of(mac);
+    let link_local = port
+        .config
+        .link_local6
+        .unwrap_or_else(|| link_local_of(mac));
     let own = |a: Ipv6Addr| Some(a) == port.config.ip6 || a == link_local;
     if src.is_unspecified() {
         let nh = ip.next_header();

@@ -22,16 +22,24 @@
 //! the ARP target); unicast from an endpoint goes to the endpoint holding
 //! its destination address, else out the parent.
 //!
+//! IPv6 on ipvlan: each endpoint has an explicit link-local address
+//! ([`ipvlan_link_local`]; the EUI-64 ones would all be the parent's);
+//! endpoints are found by their IPv6 addresses (assigned and link-local)
+//! as by IPv4: unicast by destination, Neighbor Solicitations to a
+//! solicited-node group reach every endpoint (as ARP requests do) and
+//! unicast ones go by destination.
+//!
 //! ipvlan `l3`: endpoints share the parent's MAC and do no ARP (their
 //! links are NOARP, their default route a device route), so every frame an
 //! endpoint sends is addressed to its own MAC; the switch routes by IPv4
 //! destination: to the endpoint holding it, else to the network's *router
-//! port*, whose I/O edge hands the packet to the daemon namespace's IP
+//! port* of that family (IPv6 link-local destinations only to endpoints),
+//! whose I/O edge hands the packet to the daemon namespace's IP
 //! routing out of the parent (a raw IP socket bound to it: the kernel picks
-//! the next hop and resolves its MAC). Only unicast IPv4 is routed: ARP,
+//! the next hop and resolves its MAC). Only unicast IP is routed: ARP,
 //! other EtherTypes, broadcast and multicast from endpoints are dropped as
 //! `l3_not_routed`. From the parent only frames for the parent's MAC whose
-//! IPv4 destination is an endpoint's pass (the rest is the host's own
+//! IP destination is an endpoint's pass (the rest is the host's own
 //! traffic, which the kernel has as well: `parent_not_for_us`).
 //!
 //! A parent port may carry one 802.1Q VLAN ([`Uplink::vlan`]): the edge
@@ -49,14 +57,28 @@ pub enum SegmentMode {
     /// segment; endpoints reach each other locally.
     Macvlan,
     /// ipvlan `l2` mode: every endpoint has the parent's MAC; frames are
-    /// mapped to endpoints by IPv4 address (ARP by its target address);
+    /// mapped to endpoints by address (IPv4, IPv6; ARP by its target);
     /// ARP requests from the segment reach every endpoint, so the one
     /// with the address answers, with the parent's MAC.
     IpvlanL2,
     /// ipvlan `l3` (and `l3s`) mode: every endpoint has the parent's MAC
-    /// and does no ARP; unicast IPv4 is routed by destination address to
-    /// an endpoint or to the network's router port; nothing else passes.
+    /// and does no ARP; unicast IP is routed by destination address to
+    /// an endpoint or to the network's router port of its family; nothing
+    /// else passes.
     IpvlanL3,
+}
+
+/// The link-local address of an ipvlan endpoint with IPv4 address `ip`:
+/// `fe80::IPV4` (e.g. `fe80::c000:20a` for 192.0.2.10). Every endpoint
+/// has the parent's MAC, so the EUI-64 link-locals would all be the
+/// parent's; the IPv4 address is unique on the network, and the form
+/// never collides with an EUI-64 address (bytes 11-12 are never
+/// `ff:fe`).
+pub fn ipvlan_link_local(ip: core::net::Ipv4Addr) -> core::net::Ipv6Addr {
+    let o = ip.octets();
+    core::net::Ipv6Addr::from([
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, o[0], o[1], o[2], o[3],
+    ])
 }
 
 impl SegmentMode {
@@ -75,8 +97,10 @@ pub struct Segment {
     /// not yet).
     pub parent: Option<PortId>,
     /// `IpvlanL3` only: the port whose egress is routed by the daemon's
-    /// namespace out of the parent (`None`: no way out).
+    /// namespace out of the parent (`None`: no way out), for IPv4.
     pub router: Option<PortId>,
+    /// The same for IPv6.
+    pub router6: Option<PortId>,
 }
 
 /// A parent port's settings, for the I/O edge.
@@ -105,6 +129,7 @@ impl Switch {
                         mode,
                         parent: None,
                         router: None,
+                        router6: None,
                     })
                 }
             }
@@ -154,9 +179,15 @@ impl Switch {
         })
     }
 
-    /// Adds the router port of `IpvlanL3` network `net`: what no endpoint
-    /// of the network holds goes there (see the module doc).
-    pub fn add_router_port(&self, net: NetworkId, name: &str) -> Result<PortId, ConfigError> {
+    /// Adds the IPv4 (IPv6 with `v6`) router port of `IpvlanL3` network
+    /// `net`: what no endpoint of the network holds goes there (see the
+    /// module doc).
+    pub fn add_router_port(
+        &self,
+        net: NetworkId,
+        name: &str,
+        v6: bool,
+    ) -> Result<PortId, ConfigError> {
         self.update(|t| {
             let seg = t
                 .network(net)
@@ -164,7 +195,7 @@ impl Switch {
                 .segment
                 .filter(|s| s.mode == SegmentMode::IpvlanL3)
                 .ok_or_else(|| ConfigError::Invalid("not an ipvlan l3 network".into()))?;
-            if seg.router.is_some() {
+            if if v6 { seg.router6 } else { seg.router }.is_some() {
                 return Err(ConfigError::Invalid(
                     "the network already has a router port".into(),
                 ));
@@ -177,7 +208,11 @@ impl Switch {
                 });
             }
             if let Some(s) = t.networks_mut(net).and_then(|n| n.segment.as_mut()) {
-                s.router = Some(id);
+                if v6 {
+                    s.router6 = Some(id);
+                } else {
+                    s.router = Some(id);
+                }
             }
             Ok(id)
         })
@@ -215,7 +250,7 @@ mod tests {
                 routed: false
             })
         );
-        assert!(sw.add_router_port(net, "r").is_err());
+        assert!(sw.add_router_port(net, "r", false).is_err());
         sw.remove_port(p).unwrap();
         let t = sw.topology();
         assert_eq!(t.network(net).unwrap().segment.unwrap().parent, None);

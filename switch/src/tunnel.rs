@@ -149,6 +149,7 @@ impl Switch {
                 mac: None,
                 ip: None,
                 ip6: None,
+                link_local6: None,
                 max_macs: Some(TUNNEL_MAX_MACS),
                 tunnel: Some(want),
             },

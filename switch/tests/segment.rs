@@ -142,8 +142,15 @@ fn ipvlan_l3_rules() {
     // Without a router port, what no endpoint holds has no way out.
     assert!(inject(&mut s, a, &udp(pmac, pmac, 10, 1)).is_empty());
     assert_eq!(drops(&s, a, DropReason::NoDestination), 1);
-    let router = s.m.switch.add_router_port(net, "router:eth0").unwrap();
-    assert!(s.m.switch.add_router_port(net, "router:again").is_err());
+    let router =
+        s.m.switch
+            .add_router_port(net, "router:eth0", false)
+            .unwrap();
+    assert!(s
+        .m
+        .switch
+        .add_router_port(net, "router:again", false)
+        .is_err());
     // Endpoints send every packet to their own MAC (NOARP): routed by
     // destination address, to the other endpoint (even outside the
     // subnet's view of the sender) or to the router port.
@@ -197,6 +204,69 @@ fn ipvlan_l3_rules() {
     assert_eq!(drops(&s, a, DropReason::NoDestination), 2);
     let seg = s.m.switch.topology().network(net).unwrap().segment.unwrap();
     assert_eq!((seg.parent, seg.router), (Some(parent), None));
+}
+
+/// IPv6 on ipvlan: endpoints are found by their assigned and explicit
+/// link-local addresses; they may send from those only; l3 routes other
+/// IPv6 destinations to the IPv6 router port.
+#[test]
+fn ipvlan_ipv6_by_address() {
+    use std::net::Ipv6Addr;
+    use tapnet_switch::segment::ipvlan_link_local;
+    let g6 = |d: u16| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, d);
+    for mode in [SegmentMode::IpvlanL2, SegmentMode::IpvlanL3] {
+        let m = MemSwitch::new(SwitchConfig::default());
+        let net = m
+            .switch
+            .add_network(NetworkConfig::new("seg", ip(0), 24, ip(ROUTER)))
+            .unwrap();
+        m.switch.set_segment(net, mode).unwrap();
+        let pmac = mac(100);
+        let parent = m
+            .switch
+            .add_parent_port(net, "parent:eth0", None, Some(pmac))
+            .unwrap();
+        let p = |n: &str, i: u8| {
+            let mut c = PortConfig::endpoint(n, net, pmac, ip(i));
+            c.ip6 = Some(g6(u16::from(i)));
+            c.link_local6 = Some(ipvlan_link_local(ip(i)));
+            m.switch.add_port(c).unwrap()
+        };
+        let (a, b) = (p("a", 10), p("b", 11));
+        assert_eq!(
+            ipvlan_link_local(ip(10)),
+            "fe80::c000:20a".parse::<Ipv6Addr>().unwrap()
+        );
+        let router6 = (mode == SegmentMode::IpvlanL3)
+            .then(|| m.switch.add_router_port(net, "router6:eth0", true).unwrap());
+        let mut s = Seg {
+            m,
+            parent,
+            a,
+            b,
+            pmac,
+        };
+        let u6 =
+            |src: Ipv6Addr, dst: Ipv6Addr, dmac| build::udp6(dmac, pmac, (src, 1), (dst, 2), b"x");
+        // Endpoint to endpoint, by global and by link-local address.
+        assert_eq!(inject(&mut s, a, &u6(g6(10), g6(11), pmac)), vec![b]);
+        let (ll_a, ll_b) = (ipvlan_link_local(ip(10)), ipvlan_link_local(ip(11)));
+        assert_eq!(inject(&mut s, a, &u6(ll_a, ll_b, pmac)), vec![b]);
+        // The shared MAC's EUI-64 link-local is no endpoint's source.
+        let eui = tapnet_switch::topology::link_local_of(pmac);
+        assert!(inject(&mut s, a, &u6(eui, ll_b, pmac)).is_empty());
+        assert_eq!(drops(&s, a, DropReason::SpoofedIp), 1);
+        // From the parent, by destination.
+        let other = mac(1);
+        let f = build::udp6(pmac, other, (g6(1), 1), (g6(11), 2), b"x");
+        assert_eq!(inject(&mut s, parent, &f), vec![b]);
+        // Beyond the network: out the parent (l2), the IPv6 router (l3).
+        let out = inject(&mut s, a, &u6(g6(10), g6(99), pmac));
+        match router6 {
+            Some(r) => assert_eq!(out, vec![r]),
+            None => assert_eq!(out, vec![parent]),
+        }
+    }
 }
 
 #[test]

@@ -3,10 +3,10 @@
 //! (`crate::sys::packet`), one per worker, handed to the workers like TAP
 //! queues; the switch forwards by `tapnet_switch::segment`'s rules.
 //!
-//! ipvlan `l3`: the network also has a router port whose queues are raw
-//! IPv4 sockets bound to the parent (`crate::sys::rawip`);
+//! ipvlan `l3`: the network also has two router ports whose queues are
+//! raw IPv4 and IPv6 sockets bound to the parent (`crate::sys::rawip`);
 //! [`transmit_routed`] completes a frame's offloads (checksum, TCP/UDP
-//! segmentation) and sends its IPv4 packet there, for the daemon's
+//! segmentation) and sends its IP packet there, for the daemon's
 //! namespace to route.
 //!
 //! VLANs: the sockets' kernel filter accepts only the network's VLAN (the
@@ -20,7 +20,8 @@ use std::io;
 use std::os::fd::OwnedFd;
 use tapnet_switch::gso;
 use tapnet_switch::wire::{
-    ethernet, vnet, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, VnetHdr,
+    ethernet, ipv6, vnet, EtherType, EthernetAddress, EthernetFrame, Ipv4Packet, Ipv6Packet,
+    VnetHdr,
 };
 use tapnet_switch::DropReason;
 
@@ -58,12 +59,15 @@ impl Dataplane {
             .is_some();
         let routed = match parent {
             Some(p) if mode == SegmentMode::IpvlanL3 && !has_router => {
-                Some(rawip::open(&p.ifname, self.workers()).map_err(|err| {
-                    DataplaneError::Parent {
-                        parent: parent_name(p),
-                        err,
-                    }
-                })?)
+                let open = |v6| {
+                    rawip::open(&p.ifname, self.workers(), v6).map_err(|err| {
+                        DataplaneError::Parent {
+                            parent: parent_name(p),
+                            err,
+                        }
+                    })
+                };
+                Some((open(false)?, open(true)?))
             }
             _ => None,
         };
@@ -89,13 +93,15 @@ impl Dataplane {
                 .map_err(|e| undo(e.into()))?;
             self.hand_queues(port.0, opened.queues);
         }
-        if let (Some(p), Some(queues)) = (parent, routed) {
-            let name = format!("router:{}", parent_name(p));
-            let port = self
-                .switch()
-                .add_router_port(nid, &name)
-                .map_err(|e| undo(e.into()))?;
-            self.hand_queues(port.0, queues);
+        if let (Some(p), Some((queues, queues6))) = (parent, routed) {
+            for (v6, kind, queues) in [(false, "router", queues), (true, "router6", queues6)] {
+                let name = format!("{kind}:{}", parent_name(p));
+                let port = self
+                    .switch()
+                    .add_router_port(nid, &name, v6)
+                    .map_err(|e| undo(e.into()))?;
+                self.hand_queues(port.0, queues);
+            }
         }
         Ok(())
     }
@@ -109,7 +115,11 @@ impl Dataplane {
                 .topology()
                 .network(nid)
                 .and_then(|n| n.segment);
-            for p in seg.iter().flat_map(|s| [s.parent, s.router]).flatten() {
+            for p in seg
+                .iter()
+                .flat_map(|s| [s.parent, s.router, s.router6])
+                .flatten()
+            {
                 self.remove_port(p.0)?;
             }
         }
@@ -201,17 +211,26 @@ pub(super) fn transmit_routed(
     res
 }
 
-/// One plain IPv4 frame out of the raw socket.
+/// One plain IPv4 or IPv6 frame out of the raw socket (of its family:
+/// the switch picks the router port by family).
 fn send_routed(fd: &OwnedFd, frame: &[u8]) -> Result<(), DropReason> {
     let eth = EthernetFrame::new_checked(frame).map_err(|_| DropReason::Malformed)?;
-    if eth.ethertype() != EtherType::Ipv4 {
-        return Err(DropReason::L3NotRouted);
-    }
-    let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+    let hl = ethernet::HEADER_LEN;
     // The packet without any link-layer padding after it.
-    let len = usize::from(ip.total_len()).min(frame.len() - ethernet::HEADER_LEN);
-    let packet = &frame[ethernet::HEADER_LEN..ethernet::HEADER_LEN + len];
-    match rawip::send_v4(fd, packet, ip.dst_addr()) {
+    let r = match eth.ethertype() {
+        EtherType::Ipv4 => {
+            let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+            let len = usize::from(ip.total_len()).min(frame.len() - hl);
+            rawip::send_v4(fd, &frame[hl..hl + len], ip.dst_addr())
+        }
+        EtherType::Ipv6 => {
+            let ip = Ipv6Packet::new_checked(eth.payload()).map_err(|_| DropReason::Malformed)?;
+            let len = (ipv6::HEADER_LEN + usize::from(ip.payload_len())).min(frame.len() - hl);
+            rawip::send_v6(fd, &frame[hl..hl + len], ip.dst_addr())
+        }
+        _ => return Err(DropReason::L3NotRouted),
+    };
+    match r {
         Ok(()) => Ok(()),
         Err(e) => Err(match e.raw_os_error() {
             Some(libc::EAGAIN) | Some(libc::ENOBUFS) => DropReason::TxFull,
