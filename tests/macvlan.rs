@@ -769,7 +769,7 @@ fn ipvlan_l2_containers_share_the_parents_mac() {
 fn ipvlan_l3_routes_through_the_daemons_namespace() {
     const HOST: &str = "192.0.2.2";
     const L3NET: &str = "10.77.0.0/24";
-    let w = World::new(&[]);
+    let mut w = World::new(&[]);
     let d = &w.d;
     d.netns()
         .sh_ok(&format!("ip addr add {HOST}/24 dev tnout0"));
@@ -887,6 +887,18 @@ fn ipvlan_l3_routes_through_the_daemons_namespace() {
         assert!(line.contains(needle), "{opts:?}: {line}");
     }
     assert!(!d.network_names().contains(&"bad".to_string()));
+    // A restarted daemon opens the router port again.
+    w.d.kill9();
+    w.d.spawn();
+    ping_ok(&w.d, "c2", ROUTER);
+    retry(
+        "the other machine pings c2 after the restart",
+        Duration::from_secs(10),
+        || {
+            let o = w.other.ns.sh(&format!("ping -c 1 -W 1 {ip2}"));
+            (o.code == 0).then_some(()).ok_or(o.stdout)
+        },
+    );
 }
 
 /// A macvlan network and its containers survive a `kill -9` of the daemon:
