@@ -97,6 +97,10 @@ fn main() -> anyhow::Result<()> {
                 addr6: None,
                 default_gateway6: None,
                 dns_route: None,
+                noarp: false,
+                default_dev: false,
+                default_dev6: false,
+                link_local6: None,
             }],
             dp.workers(),
         )?;
@@ -107,6 +111,7 @@ fn main() -> anyhow::Result<()> {
                 mac: Some(macs[i]),
                 ip: Some(ips[i]),
                 ip6: None,
+                link_local6: None,
             },
             fds.remove(0),
         )?;

@@ -311,6 +311,7 @@ pub fn parse_topology(text: &str) -> anyhow::Result<Topology> {
                 mac,
                 ip,
                 ip6,
+                link_local6: None,
                 max_macs: p.max_macs,
                 tunnel: None,
             },

@@ -102,6 +102,10 @@ fn plug(
             addr6: None,
             default_gateway6: None,
             dns_route: None,
+            noarp: false,
+            default_dev: false,
+            default_dev6: false,
+            link_local6: None,
         }],
         dp.workers(),
     )
@@ -113,6 +117,7 @@ fn plug(
             mac: Some(mac(m)),
             ip: Some(ip),
             ip6: None,
+            link_local6: None,
         },
         fds.remove(0),
     )

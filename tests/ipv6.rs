@@ -175,15 +175,8 @@ fn dual_stack_networks_follow_dockers_ipam_rules() {
             "at least 1280",
         ),
         (
-            vec![
-                "-d",
-                "ipvlan",
-                "--ipv6",
-                "--subnet",
-                "2001:db8:79::/64",
-                "iv6",
-            ],
-            "IPv6 is not supported on ipvlan networks yet",
+            vec!["-d", "ipvlan", "--ipv6", "iv6"],
+            "needs the segment's IPv6 --subnet",
         ),
         (
             vec!["-d", "macvlan", "--ipv6", "mv6"],

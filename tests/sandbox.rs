@@ -283,6 +283,10 @@ fn flow() {
             addr6: None,
             default_gateway6: None,
             dns_route: None,
+            noarp: false,
+            default_dev: false,
+            default_dev6: false,
+            link_local6: None,
         },
         TapConfig {
             name: "eth1".into(),
@@ -293,6 +297,10 @@ fn flow() {
             addr6: None,
             default_gateway6: None,
             dns_route: None,
+            noarp: false,
+            default_dev: false,
+            default_dev6: false,
+            link_local6: None,
         },
     ];
     let fds = sandbox::create_taps(&target, &taps, 2).expect("create_taps");
@@ -656,6 +664,10 @@ fn root_enters_rootless_namespaces() {
         addr6: None,
         default_gateway6: None,
         dns_route: None,
+        noarp: false,
+        default_dev: false,
+        default_dev6: false,
+        link_local6: None,
     };
     let fds = sandbox::create_taps(&target, &[tap], 1).expect("create_taps into a rootless netns");
     assert_eq!(fds.len(), 1);

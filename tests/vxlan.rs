@@ -189,6 +189,10 @@ fn container(
             addr6: None,
             default_gateway6: None,
             dns_route: None,
+            noarp: false,
+            default_dev: false,
+            default_dev6: false,
+            link_local6: None,
         }],
         dp.workers(),
     )
@@ -201,6 +205,7 @@ fn container(
                 mac: Some(mac(m)),
                 ip: Some(ip),
                 ip6: None,
+                link_local6: None,
             },
             fds.remove(0),
         )

@@ -616,7 +616,11 @@ fn udp_checksum_checked_unless_offloaded() {
 fn segment_networks_answer_at_the_dns_service_address() {
     use tapnet_switch::segment::{SegmentMode, DNS_ADDR, DNS_MAC};
     assert_eq!(gateway_mac(DNS_ADDR), DNS_MAC);
-    for mode in [SegmentMode::Macvlan, SegmentMode::IpvlanL2] {
+    for mode in [
+        SegmentMode::Macvlan,
+        SegmentMode::IpvlanL2,
+        SegmentMode::IpvlanL3,
+    ] {
         let mut f = fabric();
         let router = Ipv4Addr::new(192, 0, 2, 1);
         let id =
@@ -637,7 +641,7 @@ fn segment_networks_answer_at_the_dns_service_address() {
             let ip = Ipv4Addr::new(192, 0, 2, d);
             let m = match mode {
                 SegmentMode::Macvlan => mac(200 + u32::from(d)),
-                SegmentMode::IpvlanL2 => pmac,
+                SegmentMode::IpvlanL2 | SegmentMode::IpvlanL3 => pmac,
             };
             let port =
                 f.m.switch

@@ -235,6 +235,8 @@ pub fn allocate_as(
     };
     // A kind may fix the MAC (ipvlan: the parent's, shared by all).
     let mac = drivers::of(&n).endpoint_mac(&n).unwrap_or(mac);
+    // Routed without a gateway (ipvlan l3): none, as Docker shows it.
+    let routed = drivers::of(&n).services(&n).routed;
     let ep = Endpoint {
         id,
         network_id: n.id.clone(),
@@ -242,9 +244,9 @@ pub fn allocate_as(
         ifname,
         mac,
         ipv4: Some(ipnet::Ipv4Net::new(ip, pool.subnet.prefix_len()).expect("prefix of a pool")),
-        gateway: Some(pool.gateway),
+        gateway: (!routed).then_some(pool.gateway),
         ipv6: ipv6.map(|(a, _)| a),
-        gateway6: ipv6.map(|(_, g)| g),
+        gateway6: ipv6.filter(|_| !routed).map(|(_, g)| g),
         aliases: req.aliases.clone(),
         links: req.links.clone(),
         mtu: n.mtu(),
@@ -297,24 +299,22 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
                     addr6: None,
                     default_gateway6: None,
                     dns_route: None,
+                    noarp: false,
+                    default_dev: false,
+                    default_dev6: false,
+                    link_local6: None,
                 };
             }
-            let route = st
+            let services = st
                 .networks
                 .get(&e.network_id)
-                .is_some_and(|n| drivers::of(n).services(n).default_route);
-            let default_gateway = if !has_default && route {
-                has_default = true;
-                e.gateway
-            } else {
-                None
-            };
-            let default_gateway6 = if !has_default6 && route && e.ipv6.is_some() {
-                has_default6 = true;
-                e.gateway6
-            } else {
-                None
-            };
+                .map(|n| drivers::of(n).services(n))
+                .unwrap_or_default();
+            let (route, routed) = (services.default_route, services.routed);
+            let holds = !has_default && route;
+            has_default |= holds;
+            let holds6 = !has_default6 && route && e.ipv6.is_some();
+            has_default6 |= holds6;
             // The embedded DNS's address, when it is not on the subnet
             // (macvlan/ipvlan: a link-local service address).
             let dns_route = st
@@ -327,13 +327,25 @@ fn tap_configs(st: &State, eps: &[&Endpoint], mut has_default: bool) -> Vec<TapC
                 mac: e.mac.0,
                 mtu: e.mtu,
                 addr: Some(e.ipv4.unwrap_or_default()),
-                default_gateway,
+                default_gateway: e.gateway.filter(|_| holds && !routed),
                 addr6: e.ipv6,
-                default_gateway6,
+                default_gateway6: e.gateway6.filter(|_| holds6 && !routed),
+                noarp: routed,
+                default_dev: holds && routed,
+                default_dev6: holds6 && routed,
+                link_local6: link_local6(st, e),
                 dns_route,
             }
         })
         .collect()
+}
+
+/// The explicit IPv6 link-local address of an endpoint on a network whose
+/// endpoints share one MAC (ipvlan): the EUI-64 ones would all be the same.
+fn link_local6(st: &State, e: &Endpoint) -> Option<std::net::Ipv6Addr> {
+    let n = st.networks.get(&e.network_id)?;
+    drivers::of(n).endpoint_mac(n)?;
+    Some(tapnet_switch::segment::ipvlan_link_local(e.ipv4?.addr()))
 }
 
 /// The persisted form of a namespace target.
@@ -422,6 +434,7 @@ impl Core {
                 mac: Some(e.mac.0),
                 ip: e.ipv4.map(|a| a.addr()),
                 ip6: e.ipv6.map(|a| a.addr()),
+                link_local6: link_local6(st, e),
             };
             let r = drivers::of(n)
                 .join(&self.dp, spec, queues)

@@ -535,6 +535,7 @@ impl Dataplane {
             mac: spec.mac.map(EthernetAddress),
             ip: spec.ip,
             ip6,
+            link_local6: spec.link_local6,
             max_macs: None,
             tunnel: None,
         };
@@ -843,6 +844,7 @@ struct TapTx<'a> {
     queues: &'a [Option<OwnedFd>],
     topo: &'a Topology,
     tun: &'a mut TunnelTx,
+    route: &'a mut segment::RouteTx,
 }
 
 impl Transmit for TapTx<'_> {
@@ -855,8 +857,16 @@ impl Transmit for TapTx<'_> {
             return Err(DropReason::TxError);
         };
         let mut hdr = [0u8; vnet::HEADER_LEN];
-        if let Some(vid) = port.uplink.and_then(|u| u.vlan) {
-            return segment::transmit_tagged(fd, vid, meta, frame);
+        match port.uplink {
+            Some(u) if u.routed => {
+                return segment::transmit_routed(fd, self.route, meta, frame);
+            }
+            Some(u) => {
+                if let Some(vid) = u.vlan {
+                    return segment::transmit_tagged(fd, vid, meta, frame);
+                }
+            }
+            None => {}
         }
         meta.emit(&mut hdr);
         let iov = [io::IoSlice::new(&hdr), io::IoSlice::new(frame)];
@@ -891,6 +901,7 @@ fn worker_loop(
     let mut ready: Vec<u32> = Vec::new();
     let mut buf: Box<[u8]> = vec![0u8; RX_BUF_LEN].into_boxed_slice();
     let mut tun = TunnelTx::new(vtep, w.switch().clone(), w.id());
+    let mut route = segment::RouteTx::new();
     let mut tun_rx = reader.map(TunnelRx::new);
     // The tunnel's sockets with data possibly left unread: (UDP, ESP).
     let mut tun_ready = (tun_rx.is_some(), tun_rx.is_some());
@@ -979,13 +990,14 @@ fn worker_loop(
             }
         }
         if injected {
-            transmit_injected(&w, &queues, &injects, epoch, &mut tun);
+            transmit_injected(&w, &queues, &injects, epoch, &mut tun, &mut route);
             tun.flush();
         }
         let mut i = 0;
         while i < ready.len() {
             let port = ready[i];
-            let drained = service_queue(&mut w, &queues, port, &mut buf, epoch, &mut tun);
+            let drained =
+                service_queue(&mut w, &queues, port, &mut buf, epoch, &mut tun, &mut route);
             tun.flush();
             if drained {
                 ready.swap_remove(i);
@@ -995,8 +1007,9 @@ fn worker_loop(
         }
         if let Some(trx) = tun_rx.as_mut() {
             if tun_ready.0 || tun_ready.1 {
-                tun_ready =
-                    service_tunnel(&mut w, &queues, trx, tun_ready, &mut buf, epoch, &mut tun);
+                tun_ready = service_tunnel(
+                    &mut w, &queues, trx, tun_ready, &mut buf, epoch, &mut tun, &mut route,
+                );
                 tun.flush();
             }
         }
@@ -1030,6 +1043,7 @@ fn service_tunnel(
     spare: &mut Box<[u8]>,
     epoch: Instant,
     tun: &mut TunnelTx,
+    route: &mut segment::RouteTx,
 ) -> (bool, bool) {
     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
     let vtep = rx.vtep.clone();
@@ -1039,6 +1053,7 @@ fn service_tunnel(
         queues,
         topo: cx.topology(),
         tun,
+        route,
     };
     // A frame the NAT claims is handed over in a copy (rare: tunnelled
     // traffic to the gateway).
@@ -1119,12 +1134,14 @@ fn transmit_injected(
     injects: &[InjectRx],
     epoch: Instant,
     tun: &mut TunnelTx,
+    route: &mut segment::RouteTx,
 ) {
     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
     let mut tx = TapTx {
         queues,
         topo: cx.topology(),
         tun,
+        route,
     };
     for q in injects {
         while let Some(f) = q.next() {
@@ -1144,6 +1161,7 @@ fn service_queue(
     buf: &mut Box<[u8]>,
     epoch: Instant,
     tun: &mut TunnelTx,
+    route: &mut segment::RouteTx,
 ) -> bool {
     let Some(Some(fd)) = queues.get(port as usize) else {
         return true;
@@ -1154,6 +1172,7 @@ fn service_queue(
         queues,
         topo: cx.topology(),
         tun,
+        route,
     };
     for _ in 0..READ_BUDGET {
         let n = match nix::unistd::read(fd, &mut buf[..]) {

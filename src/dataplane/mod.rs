@@ -361,6 +361,9 @@ pub struct PortSpec {
     pub ip: Option<Ipv4Addr>,
     /// Assigned IPv6 address (dual-stack networks).
     pub ip6: Option<std::net::Ipv6Addr>,
+    /// The link-local address the port sends from when it is not its
+    /// MAC's EUI-64 one (ipvlan: `tapnet_switch::segment::ipvlan_link_local`).
+    pub link_local6: Option<std::net::Ipv6Addr>,
 }
 
 /// A bound host socket of a published port.

@@ -77,6 +77,7 @@ impl NetworkDriver for Bridge {
             // Docker: no embedded DNS on the default bridge.
             embedded_dns: !n.is_default_bridge(),
             publish: !n.internal,
+            routed: false,
         }
     }
 

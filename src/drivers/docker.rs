@@ -250,6 +250,7 @@ impl NetworkDriver for Docker {
             // Docker's own resolver (127.0.0.11) answers its containers.
             embedded_dns: false,
             publish: !n.internal,
+            routed: false,
         }
     }
 

@@ -76,8 +76,8 @@ pub enum SegmentError {
     },
     /// requested ipvlan mode '{0}' is not valid, 'l2' mode is the ipvlan driver default
     BadIpvlanMode(String),
-    /// ipvlan mode '{0}' is not supported by tapnet: only 'l2' is
-    UnsupportedIpvlanMode(String),
+    /// ipvlan mode l3 routes through the daemon's namespace, which has no interface {0}: make that kernel VLAN device, or use -o ipvlan_mode=l2 (tapnet tags VLANs itself in l2 mode only)
+    L3Vlan(String),
     /// requested ipvlan flag '{0}' is not valid, 'bridge' is the ipvlan driver default
     BadIpvlanFlag(String),
     /// ipvlan flag '{0}' is not supported by tapnet: only 'bridge' is
@@ -152,13 +152,9 @@ pub(super) fn validate_segment(
     options: &Map,
     mut n: Network,
 ) -> Result<Network, DriverError> {
-    // ipvlan maps its containers by IPv4 address only; macvlan switches by
-    // MAC, so IPv6 (and the segment's own Neighbor Discovery and router)
-    // works as IPv4 does, with the segment's subnet given.
-    let v6_asked = n.enable_ipv6 || bridge::ipv6_configs(req).next().is_some();
-    if v6_asked && kind == DriverKind::Ipvlan {
-        return Err(DriverError::Ipv6(kind.name()));
-    }
+    // IPv6 (and the segment's own Neighbor Discovery and router) works as
+    // IPv4 does, with the segment's subnet given: macvlan switches by MAC,
+    // ipvlan maps by address (each endpoint with its own link-local).
     if n.enable_ipv6 && bridge::ipv6_configs(req).next().is_none() {
         return Err(DriverError::Ipv6SubnetNeeded(kind.name()));
     }
@@ -289,6 +285,7 @@ impl NetworkDriver for Macvlan {
             // At DNS_ADDR (Docker: on every user-defined network).
             embedded_dns: true,
             publish: false,
+            routed: false,
         }
     }
 

@@ -144,6 +144,10 @@ pub struct Services {
     pub embedded_dns: bool,
     /// Published ports lead to containers on it (not `--internal`).
     pub publish: bool,
+    /// Routed at layer 3 without a gateway (ipvlan `l3`): the endpoint's
+    /// link does no ARP (NOARP), has no gateway address, and its default
+    /// route, when it holds one, is a device route.
+    pub routed: bool,
 }
 
 /// Errors of a driver's validation of `network create`.

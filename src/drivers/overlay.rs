@@ -152,6 +152,7 @@ impl NetworkDriver for Overlay {
             default_route: false,
             embedded_dns: true,
             publish: false,
+            routed: false,
         }
     }
 

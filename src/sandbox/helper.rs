@@ -66,6 +66,13 @@ struct WireTap {
     gateway6: Option<std::net::Ipv6Addr>,
     #[serde(default)]
     dns_route: Option<Ipv4Addr>,
+    noarp: bool,
+    #[serde(default)]
+    default_dev: bool,
+    #[serde(default)]
+    default_dev6: bool,
+    #[serde(default)]
+    link_local6: Option<std::net::Ipv6Addr>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -129,6 +136,10 @@ pub(super) fn create(
             addr6: t.addr6.map(|a| (a.addr(), a.prefix_len())),
             gateway6: t.default_gateway6,
             dns_route: t.dns_route,
+            noarp: t.noarp,
+            default_dev: t.default_dev,
+            default_dev6: t.default_dev6,
+            link_local6: t.link_local6,
         })
         .collect();
     run(Request {
@@ -504,12 +515,21 @@ pub const TAP_TXQLEN: u32 = 2048;
 fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::NetlinkError> {
     nl.set_link(index, Some(t.mac), Some(t.mtu), None)?;
     nl.set_txqlen(index, TAP_TXQLEN)?;
+    if t.noarp {
+        nl.set_noarp(index)?;
+    }
+    if t.link_local6.is_some() {
+        nl.set_addr_gen_mode_none(index)?;
+    }
     let Some((addr, prefix)) = t.addr else {
         return Ok(());
     };
     nl.add_addr_v4(index, addr, prefix)?;
     if let Some((addr6, prefix6)) = t.addr6 {
         nl.add_addr_v6(index, addr6, prefix6)?;
+    }
+    if let Some(ll) = t.link_local6 {
+        nl.add_addr_v6(index, ll, 64)?;
     }
     nl.set_link(index, None, None, Some(true))?;
     if let Some(dns) = t.dns_route {
@@ -520,6 +540,12 @@ fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::N
     }
     if let (Some(gw6), Some(_)) = (t.gateway6, t.addr6) {
         nl.add_default_route(index, gw6.into())?;
+    }
+    if t.default_dev {
+        nl.add_default_dev_route(index, false)?;
+    }
+    if t.default_dev6 && t.addr6.is_some() {
+        nl.add_default_dev_route(index, true)?;
     }
     Ok(())
 }

@@ -92,6 +92,17 @@ pub struct TapConfig {
     /// interfaces may each have one (the first made wins, the next takes
     /// over when it goes).
     pub dns_route: Option<Ipv4Addr>,
+    /// The link does no ARP (`IFF_NOARP`: ipvlan l3, where every frame is
+    /// addressed to the link's own MAC and the switch routes by address).
+    pub noarp: bool,
+    /// A default route out of the link without a gateway (`default dev
+    /// eth0`: ipvlan l3), instead of `default_gateway`.
+    pub default_dev: bool,
+    /// Likewise for IPv6 (with `addr6`).
+    pub default_dev6: bool,
+    /// The link's own IPv6 link-local address instead of the kernel's
+    /// EUI-64 one (`addr_gen_mode none`: ipvlan endpoints share a MAC).
+    pub link_local6: Option<std::net::Ipv6Addr>,
 }
 
 /// How the sandbox's network namespace is obtained.

@@ -11,6 +11,8 @@
 //! - [`process`]: hooks run in a forked child before `exec`.
 //! - [`udp`]: batched `recvmmsg`/`sendmmsg` for the VXLAN tunnel.
 //! - [`packet`]: AF_PACKET sockets on a macvlan/ipvlan network's parent.
+//! - [`rawip`]: raw IP sockets bound to an ipvlan l3 network's parent (its
+//!   router port).
 
 pub mod fdpass;
 pub mod icmp6;
@@ -18,6 +20,7 @@ pub mod netlink;
 pub mod ns;
 pub mod packet;
 pub mod process;
+pub mod rawip;
 pub mod tap;
 pub mod udp;
 

@@ -32,6 +32,9 @@ const NLM_F_CREATE: u16 = 0x400;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_MTU: u16 = 4;
 const IFLA_TXQLEN: u16 = 13;
+const IFLA_AF_SPEC: u16 = 26;
+const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
 const IFA_BROADCAST: u16 = 4;
@@ -132,6 +135,31 @@ impl Netlink {
             attr(&mut body, IFLA_MTU, &mtu.to_ne_bytes());
         }
         self.request(RTM_NEWLINK, 0, &body, "set link")
+    }
+
+    /// Turns ARP (and IPv6 neighbour discovery) off on link `index`
+    /// (`IFF_NOARP`): the link addresses every frame to its own MAC.
+    pub fn set_noarp(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let noarp = libc::IFF_NOARP as u32;
+        let body = ifinfomsg(index, noarp, noarp);
+        self.request(RTM_NEWLINK, 0, &body, "set link noarp")
+    }
+
+    /// Makes the kernel generate no IPv6 link-local address for link
+    /// `index` (`IFLA_INET6_ADDR_GEN_MODE` none; before the link goes up):
+    /// the caller adds its own.
+    pub fn set_addr_gen_mode_none(&mut self, index: u32) -> Result<(), NetlinkError> {
+        let mut inet6 = Vec::new();
+        attr(
+            &mut inet6,
+            IFLA_INET6_ADDR_GEN_MODE,
+            &[IN6_ADDR_GEN_MODE_NONE],
+        );
+        let mut spec = Vec::new();
+        attr(&mut spec, libc::AF_INET6 as u16, &inet6);
+        let mut body = ifinfomsg(index, 0, 0);
+        attr(&mut body, IFLA_AF_SPEC, &spec);
+        self.request(RTM_NEWLINK, 0, &body, "set addr_gen_mode none")
     }
 
     /// Sets the transmit queue length of link `index` (for a TAP: the ring
@@ -252,6 +280,34 @@ impl Netlink {
             NLM_F_CREATE | NLM_F_EXCL,
             &body,
             "add link route",
+        )
+    }
+
+    /// Adds a default route out of link `index` without a gateway
+    /// (`default dev IFACE`), IPv6 when `v6`.
+    pub fn add_default_dev_route(&mut self, index: u32, v6: bool) -> Result<(), NetlinkError> {
+        let (family, scope) = if v6 {
+            (libc::AF_INET6, RT_SCOPE_UNIVERSE)
+        } else {
+            (libc::AF_INET, RT_SCOPE_LINK)
+        };
+        let mut body = vec![
+            family as u8,
+            0, // dst_len: default route
+            0, // src_len
+            0, // tos
+            RT_TABLE_MAIN,
+            RTPROT_BOOT,
+            scope,
+            RTN_UNICAST,
+        ];
+        body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        attr(&mut body, RTA_OIF, &index.to_ne_bytes());
+        self.request(
+            RTM_NEWROUTE,
+            NLM_F_CREATE | NLM_F_EXCL,
+            &body,
+            "add default device route",
         )
     }
 

@@ -99,12 +99,20 @@ drop_reasons! {
     /// A remote endpoint's MAC or address arrived from another VTEP than
     /// the one the cluster registered for it.
     TunnelSpoofed => "tunnel_spoofed",
-    /// An offload the tunnel cannot segment in software (TCPv6 TSO, UFO).
+    /// An offload the tunnel or a routed send cannot segment in software
+    /// (UFO, IPv6 extension headers).
     GsoUnsupported => "gso_unsupported",
     /// From a macvlan/ipvlan network's parent, addressed to no endpoint of
     /// the network (the parent is promiscuous: the segment's other
     /// traffic).
     ParentNotForUs => "parent_not_for_us",
+    /// From an endpoint of an ipvlan `l3` network: not unicast IP (ARP,
+    /// another EtherType, broadcast, multicast), which l3 does not carry.
+    L3NotRouted => "l3_not_routed",
+    /// The daemon's namespace could not route a packet of an ipvlan `l3`
+    /// network out of its parent (unreachable, parent down; set by the
+    /// I/O edge).
+    RouteFailed => "route_failed",
 }
 
 /// Number of drop reasons.

@@ -823,7 +823,12 @@ fn classify(
         EtherType::Ipv6 => {
             let ip = Ipv6Packet::new_checked(payload).map_err(|_| DropReason::Malformed)?;
             if checked {
-                check_ipv6_source(port.config.mac.unwrap_or_default(), port.config.ip6, &ip)?;
+                let mac = port.config.mac.unwrap_or_default();
+                let ll = port
+                    .config
+                    .link_local6
+                    .unwrap_or_else(|| link_local_of(mac));
+                check_ipv6_source(mac, port.config.ip6, ll, &ip)?;
             }
             Ok(L3::Ip)
         }
@@ -833,20 +838,21 @@ fn classify(
     }
 }
 
-/// Anti-spoofing of IPv6 from an endpoint with `mac` and assigned address
-/// `ip6` (a checked port, or another host's endpoint on an overlay): the
-/// source is the assigned address or the link-local address of the MAC,
-/// or `::` for what may come from it (Neighbor Discovery's duplicate
-/// address detection, MLD reports behind a hop-by-hop header); a
-/// Neighbor Solicitation or Advertisement names only that MAC and
-/// advertises only those addresses.
+/// Anti-spoofing of IPv6 from an endpoint with `mac`, assigned address
+/// `ip6` and link-local address `link_local` (a checked port: its explicit
+/// one, else the EUI-64 one of its MAC; or another host's endpoint on an
+/// overlay): the source is one of those addresses, or `::` for what may
+/// come from it (Neighbor Discovery's duplicate address detection, MLD
+/// reports behind a hop-by-hop header); a Neighbor Solicitation or
+/// Advertisement names only that MAC and advertises only those
+/// addresses. Extension headers are walked to find them.
 pub(crate) fn check_ipv6_source(
     mac: EthernetAddress,
     ip6: Option<Ipv6Addr>,
+    link_local: Ipv6Addr,
     ip: &Ipv6Packet<&[u8]>,
 ) -> Result<(), DropReason> {
     let src = ip.src_addr();
-    let link_local = link_local_of(mac);
     let own = |a: Ipv6Addr| Some(a) == ip6 || a == link_local;
     // Extension headers are walked: an NA behind a destination-options
     // header is still an NA to the kernels that receive it.

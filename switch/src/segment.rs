@@ -35,6 +35,25 @@
 //! parent; frames from the parent for the address are the segment's
 //! (dropped as `parent_not_for_us`, or flooded to the endpoints for ARP,
 //! where no one holds it). IPv4 only: AAAA answers come over it too.
+//! IPv6 on ipvlan: each endpoint has an explicit link-local address
+//! ([`ipvlan_link_local`]; the EUI-64 ones would all be the parent's);
+//! endpoints are found by their IPv6 addresses (assigned and link-local)
+//! as by IPv4: unicast by destination, Neighbor Solicitations to a
+//! solicited-node group reach every endpoint (as ARP requests do) and
+//! unicast ones go by destination.
+//!
+//! ipvlan `l3`: endpoints share the parent's MAC and do no ARP (their
+//! links are NOARP, their default route a device route), so every frame an
+//! endpoint sends is addressed to its own MAC; the switch routes by IPv4
+//! destination: to the endpoint holding it, else to the network's *router
+//! port* of that family (IPv6 link-local destinations only to endpoints),
+//! whose I/O edge hands the packet to the daemon namespace's IP
+//! routing out of the parent (a raw IP socket bound to it: the kernel picks
+//! the next hop and resolves its MAC). Only unicast IP is routed: ARP,
+//! other EtherTypes, broadcast and multicast from endpoints are dropped as
+//! `l3_not_routed`. From the parent only frames for the parent's MAC whose
+//! IP destination is an endpoint's pass (the rest is the host's own
+//! traffic, which the kernel has as well: `parent_not_for_us`).
 //!
 //! A parent port may carry one 802.1Q VLAN ([`Uplink::vlan`]): the edge
 //! pushes the tag on egress and only accepts frames of that VLAN (tag
@@ -81,10 +100,36 @@ pub enum SegmentMode {
     /// segment; endpoints reach each other locally.
     Macvlan,
     /// ipvlan `l2` mode: every endpoint has the parent's MAC; frames are
-    /// mapped to endpoints by IPv4 address (ARP by its target address);
+    /// mapped to endpoints by address (IPv4, IPv6; ARP by its target);
     /// ARP requests from the segment reach every endpoint, so the one
     /// with the address answers, with the parent's MAC.
     IpvlanL2,
+    /// ipvlan `l3` (and `l3s`) mode: every endpoint has the parent's MAC
+    /// and does no ARP; unicast IP is routed by destination address to
+    /// an endpoint or to the network's router port of its family; nothing
+    /// else passes.
+    IpvlanL3,
+}
+
+/// The link-local address of an ipvlan endpoint with IPv4 address `ip`:
+/// `fe80::IPV4` (e.g. `fe80::c000:20a` for 192.0.2.10). Every endpoint
+/// has the parent's MAC, so the EUI-64 link-locals would all be the
+/// parent's; the IPv4 address is unique on the network, and the form
+/// never collides with an EUI-64 address (bytes 11-12 are never
+/// `ff:fe`).
+pub fn ipvlan_link_local(ip: core::net::Ipv4Addr) -> core::net::Ipv6Addr {
+    let o = ip.octets();
+    core::net::Ipv6Addr::from([
+        0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, o[0], o[1], o[2], o[3],
+    ])
+}
+
+impl SegmentMode {
+    /// Whether endpoints share one MAC and are told apart by address.
+    #[inline]
+    pub fn by_address(self) -> bool {
+        matches!(self, SegmentMode::IpvlanL2 | SegmentMode::IpvlanL3)
+    }
 }
 
 /// A network's segment state in the snapshot.
@@ -94,6 +139,11 @@ pub struct Segment {
     /// The parent port, once added (`None`: an `--internal` network, or
     /// not yet).
     pub parent: Option<PortId>,
+    /// `IpvlanL3` only: the port whose egress is routed by the daemon's
+    /// namespace out of the parent (`None`: no way out), for IPv4.
+    pub router: Option<PortId>,
+    /// The same for IPv6.
+    pub router6: Option<PortId>,
 }
 
 /// A parent port's settings, for the I/O edge.
@@ -102,6 +152,10 @@ pub struct Uplink {
     /// The 802.1Q VLAN id (1-4094) the port's frames carry on the wire;
     /// `None`: untagged.
     pub vlan: Option<u16>,
+    /// A router port (`IpvlanL3`): frames sent to it are IPv4 packets to
+    /// route, not frames for the wire (the edge strips the Ethernet header
+    /// and completes offloads); it receives nothing.
+    pub routed: bool,
 }
 
 impl Switch {
@@ -113,7 +167,14 @@ impl Switch {
             let n = t.networks_mut(net).ok_or(ConfigError::NoSuchNetwork)?;
             match &mut n.segment {
                 Some(s) => s.mode = mode,
-                None => n.segment = Some(Segment { mode, parent: None }),
+                None => {
+                    n.segment = Some(Segment {
+                        mode,
+                        parent: None,
+                        router: None,
+                        router6: None,
+                    })
+                }
             }
             Ok(())
         })
@@ -149,10 +210,52 @@ impl Switch {
             config.mac = mac;
             let id = self.add_port_in(t, config)?;
             if let Some(p) = t.port_mut(id) {
-                p.uplink = Some(Uplink { vlan });
+                p.uplink = Some(Uplink {
+                    vlan,
+                    routed: false,
+                });
             }
             if let Some(s) = t.networks_mut(net).and_then(|n| n.segment.as_mut()) {
                 s.parent = Some(id);
+            }
+            Ok(id)
+        })
+    }
+
+    /// Adds the IPv4 (IPv6 with `v6`) router port of `IpvlanL3` network
+    /// `net`: what no endpoint of the network holds goes there (see the
+    /// module doc).
+    pub fn add_router_port(
+        &self,
+        net: NetworkId,
+        name: &str,
+        v6: bool,
+    ) -> Result<PortId, ConfigError> {
+        self.update(|t| {
+            let seg = t
+                .network(net)
+                .ok_or(ConfigError::NoSuchNetwork)?
+                .segment
+                .filter(|s| s.mode == SegmentMode::IpvlanL3)
+                .ok_or_else(|| ConfigError::Invalid("not an ipvlan l3 network".into()))?;
+            if if v6 { seg.router6 } else { seg.router }.is_some() {
+                return Err(ConfigError::Invalid(
+                    "the network already has a router port".into(),
+                ));
+            }
+            let id = self.add_port_in(t, PortConfig::unchecked(name, net))?;
+            if let Some(p) = t.port_mut(id) {
+                p.uplink = Some(Uplink {
+                    vlan: None,
+                    routed: true,
+                });
+            }
+            if let Some(s) = t.networks_mut(net).and_then(|n| n.segment.as_mut()) {
+                if v6 {
+                    s.router6 = Some(id);
+                } else {
+                    s.router = Some(id);
+                }
             }
             Ok(id)
         })
@@ -199,7 +302,14 @@ mod tests {
         assert!(sw.add_parent_port(net, "p2", None, None).is_err());
         let t = sw.topology();
         assert_eq!(t.network(net).unwrap().segment.unwrap().parent, Some(p));
-        assert_eq!(t.port(p).unwrap().uplink, Some(Uplink { vlan: Some(10) }));
+        assert_eq!(
+            t.port(p).unwrap().uplink,
+            Some(Uplink {
+                vlan: Some(10),
+                routed: false
+            })
+        );
+        assert!(sw.add_router_port(net, "r", false).is_err());
         sw.remove_port(p).unwrap();
         let t = sw.topology();
         assert_eq!(t.network(net).unwrap().segment.unwrap().parent, None);

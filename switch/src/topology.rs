@@ -160,6 +160,10 @@ pub struct PortConfig {
     /// send IPv6 only from link-local addresses and, for Neighbor
     /// Discovery and MLD, from `::`.
     pub ip6: Option<Ipv6Addr>,
+    /// The link-local address a checked port sends from, when it is not
+    /// the EUI-64 one of its MAC (ipvlan endpoints share the parent's MAC,
+    /// so each has an explicit one: [`crate::segment::ipvlan_link_local`]).
+    pub link_local6: Option<Ipv6Addr>,
     /// Overrides [`SwitchConfig::max_macs_per_port`].
     pub max_macs: Option<u32>,
     /// A tunnel port: frames leave VXLAN-encapsulated towards this VTEP.
@@ -185,6 +189,7 @@ impl PortConfig {
             mac: Some(mac),
             ip: Some(ip),
             ip6: None,
+            link_local6: None,
             max_macs: None,
             tunnel: None,
         }
@@ -197,6 +202,7 @@ impl PortConfig {
             mac: None,
             ip: None,
             ip6: None,
+            link_local6: None,
             max_macs: None,
             tunnel: None,
         }
@@ -283,6 +289,8 @@ pub struct Topology {
     /// Endpoints of ipvlan networks by network and address (they share
     /// the parent's MAC).
     pub(crate) segment_ips: FastMap<(NetworkId, Ipv4Addr), PortId>,
+    /// The same by IPv6 address (assigned and link-local).
+    pub(crate) segment_ips6: FastMap<(NetworkId, Ipv6Addr), PortId>,
 }
 
 impl Topology {
@@ -335,6 +343,11 @@ impl Topology {
     #[inline]
     pub fn segment_port(&self, net: NetworkId, ip: Ipv4Addr) -> Option<&Port> {
         self.port(*self.segment_ips.get(&(net, ip))?)
+    }
+    /// The endpoint with IPv6 address `ip` on ipvlan network `net`.
+    #[inline]
+    pub fn segment_port6(&self, net: NetworkId, ip: Ipv6Addr) -> Option<&Port> {
+        self.port(*self.segment_ips6.get(&(net, ip))?)
     }
     /// The MAC of another host's endpoint with address `ip` on `net`.
     #[inline]
@@ -552,14 +565,19 @@ impl Switch {
                 .and_then(Option::as_mut)
                 .ok_or(ConfigError::NoSuchNetwork)?;
             // (On error nothing is stored: `update` drops the copy.)
-            let by_ip = net
-                .segment
-                .is_some_and(|s| s.mode == crate::segment::SegmentMode::IpvlanL2);
+            let by_ip = net.segment.is_some_and(|s| s.mode.by_address());
             if let (true, Some(ip)) = (by_ip, config.ip) {
                 if t.segment_ips.insert((config.network, ip), id).is_some() {
                     return Err(ConfigError::Invalid(format!(
                         "address {ip} is already assigned to another port of this network"
                     )));
+                }
+                for ip6 in [config.ip6, config.link_local6].into_iter().flatten() {
+                    if t.segment_ips6.insert((config.network, ip6), id).is_some() {
+                        return Err(ConfigError::Invalid(format!(
+                            "address {ip6} is already assigned to another port of this network"
+                        )));
+                    }
                 }
             } else if let (Some(mac), Some(_)) = (config.mac, config.ip) {
                 let key = crate::fdb::key(config.network.0, mac);
@@ -613,13 +631,26 @@ impl Switch {
                 .ok_or(ConfigError::NoSuchPort)?;
             if let Some(n) = t.networks[usize::from(p.network().0)].as_mut() {
                 n.ports.retain(|&q| q != id);
-                if let Some(s) = n.segment.as_mut().filter(|s| s.parent == Some(id)) {
-                    s.parent = None;
+                if let Some(s) = n.segment.as_mut() {
+                    if s.parent == Some(id) {
+                        s.parent = None;
+                    }
+                    if s.router == Some(id) {
+                        s.router = None;
+                    }
+                    if s.router6 == Some(id) {
+                        s.router6 = None;
+                    }
                 }
             }
             if let Some(ip) = p.config.ip {
                 if t.segment_ips.get(&(p.network(), ip)) == Some(&id) {
                     t.segment_ips.remove(&(p.network(), ip));
+                }
+            }
+            for ip6 in [p.config.ip6, p.config.link_local6].into_iter().flatten() {
+                if t.segment_ips6.get(&(p.network(), ip6)) == Some(&id) {
+                    t.segment_ips6.remove(&(p.network(), ip6));
                 }
             }
             if let Some(mac) = p.config.mac {

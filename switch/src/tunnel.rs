@@ -155,6 +155,7 @@ impl Switch {
                 mac: None,
                 ip: None,
                 ip6: None,
+                link_local6: None,
                 max_macs: Some(TUNNEL_MAX_MACS),
                 tunnel: Some(want),
             },
@@ -660,12 +661,16 @@ pub(crate) fn check_remote(
     let sip = match ethertype {
         wire::EtherType::Ipv6 => {
             return match wire::Ipv6Packet::new_checked(payload) {
-                Ok(p) => {
-                    crate::pipeline::check_ipv6_source(r.mac, r.ip6, &p).map_err(|e| match e {
-                        DropReason::Malformed => e,
-                        _ => DropReason::TunnelSpoofed,
-                    })
-                }
+                Ok(p) => crate::pipeline::check_ipv6_source(
+                    r.mac,
+                    r.ip6,
+                    crate::link_local_of(r.mac),
+                    &p,
+                )
+                .map_err(|e| match e {
+                    DropReason::Malformed => e,
+                    _ => DropReason::TunnelSpoofed,
+                }),
                 Err(_) => Ok(()),
             };
         }

@@ -39,7 +39,7 @@ fn segment(mode: SegmentMode) -> Seg {
         .unwrap();
     let emac = |i: u8| match mode {
         SegmentMode::Macvlan => mac(u32::from(i)),
-        SegmentMode::IpvlanL2 => pmac,
+        SegmentMode::IpvlanL2 | SegmentMode::IpvlanL3 => pmac,
     };
     let p = |n: &str, i: u8| {
         m.switch
@@ -135,6 +135,141 @@ fn ipvlan_l2_rules() {
 }
 
 #[test]
+fn ipvlan_l3_rules() {
+    let mut s = segment(SegmentMode::IpvlanL3);
+    let (a, b, parent, pmac) = (s.a, s.b, s.parent, s.pmac);
+    let net = NetworkId(0);
+    // Without a router port, what no endpoint holds has no way out.
+    assert!(inject(&mut s, a, &udp(pmac, pmac, 10, 1)).is_empty());
+    assert_eq!(drops(&s, a, DropReason::NoDestination), 1);
+    let router =
+        s.m.switch
+            .add_router_port(net, "router:eth0", false)
+            .unwrap();
+    assert!(s
+        .m
+        .switch
+        .add_router_port(net, "router:again", false)
+        .is_err());
+    // Endpoints send every packet to their own MAC (NOARP): routed by
+    // destination address, to the other endpoint (even outside the
+    // subnet's view of the sender) or to the router port.
+    assert_eq!(inject(&mut s, a, &udp(pmac, pmac, 10, 11)), vec![b]);
+    assert_eq!(inject(&mut s, a, &udp(pmac, pmac, 10, 1)), vec![router]);
+    let far = build::udp(
+        pmac,
+        pmac,
+        (ip(10), 1000),
+        (Ipv4Addr::new(198, 51, 100, 7), 53),
+        b"q",
+    );
+    assert_eq!(inject(&mut s, a, &far), vec![router]);
+    // Never out the parent, never flooded: ARP, broadcast and multicast
+    // are not routed.
+    let arp = build::arp_request(pmac, ip(10), ip(11));
+    assert!(inject(&mut s, a, &arp).is_empty());
+    let bcast = build::udp(
+        EthernetAddress::BROADCAST,
+        pmac,
+        (ip(10), 68),
+        (Ipv4Addr::BROADCAST, 67),
+        b"d",
+    );
+    assert!(inject(&mut s, a, &bcast).is_empty());
+    let mcast = build::udp(
+        pmac,
+        pmac,
+        (ip(10), 5353),
+        (Ipv4Addr::new(224, 0, 0, 251), 5353),
+        b"m",
+    );
+    assert!(inject(&mut s, a, &mcast).is_empty());
+    assert_eq!(drops(&s, a, DropReason::L3NotRouted), 3);
+    // From the parent: for the parent's MAC and an endpoint's address
+    // only; the host's own traffic and the segment's broadcasts are not
+    // for the network.
+    let other = mac(1);
+    assert_eq!(inject(&mut s, parent, &udp(other, pmac, 1, 11)), vec![b]);
+    assert!(inject(&mut s, parent, &udp(other, pmac, 1, 50)).is_empty());
+    assert!(inject(&mut s, parent, &udp(other, mac(77), 1, 10)).is_empty());
+    let arp = build::arp_request(other, ip(1), ip(10));
+    assert!(inject(&mut s, parent, &arp).is_empty());
+    assert_eq!(drops(&s, parent, DropReason::ParentNotForUs), 3);
+    // Spoof checks hold: an endpoint may not send from another's address.
+    assert!(inject(&mut s, a, &udp(pmac, pmac, 11, 1)).is_empty());
+    assert_eq!(drops(&s, a, DropReason::SpoofedIp), 1);
+    // The router port's removal leaves the network without a way out.
+    s.m.switch.remove_port(router).unwrap();
+    assert!(inject(&mut s, a, &udp(pmac, pmac, 10, 1)).is_empty());
+    assert_eq!(drops(&s, a, DropReason::NoDestination), 2);
+    let seg = s.m.switch.topology().network(net).unwrap().segment.unwrap();
+    assert_eq!((seg.parent, seg.router), (Some(parent), None));
+}
+
+/// IPv6 on ipvlan: endpoints are found by their assigned and explicit
+/// link-local addresses; they may send from those only; l3 routes other
+/// IPv6 destinations to the IPv6 router port.
+#[test]
+fn ipvlan_ipv6_by_address() {
+    use std::net::Ipv6Addr;
+    use tapnet_switch::segment::ipvlan_link_local;
+    let g6 = |d: u16| Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, d);
+    for mode in [SegmentMode::IpvlanL2, SegmentMode::IpvlanL3] {
+        let m = MemSwitch::new(SwitchConfig::default());
+        let net = m
+            .switch
+            .add_network(NetworkConfig::new("seg", ip(0), 24, ip(ROUTER)))
+            .unwrap();
+        m.switch.set_segment(net, mode).unwrap();
+        let pmac = mac(100);
+        let parent = m
+            .switch
+            .add_parent_port(net, "parent:eth0", None, Some(pmac))
+            .unwrap();
+        let p = |n: &str, i: u8| {
+            let mut c = PortConfig::endpoint(n, net, pmac, ip(i));
+            c.ip6 = Some(g6(u16::from(i)));
+            c.link_local6 = Some(ipvlan_link_local(ip(i)));
+            m.switch.add_port(c).unwrap()
+        };
+        let (a, b) = (p("a", 10), p("b", 11));
+        assert_eq!(
+            ipvlan_link_local(ip(10)),
+            "fe80::c000:20a".parse::<Ipv6Addr>().unwrap()
+        );
+        let router6 = (mode == SegmentMode::IpvlanL3)
+            .then(|| m.switch.add_router_port(net, "router6:eth0", true).unwrap());
+        let mut s = Seg {
+            m,
+            parent,
+            a,
+            b,
+            pmac,
+        };
+        let u6 =
+            |src: Ipv6Addr, dst: Ipv6Addr, dmac| build::udp6(dmac, pmac, (src, 1), (dst, 2), b"x");
+        // Endpoint to endpoint, by global and by link-local address.
+        assert_eq!(inject(&mut s, a, &u6(g6(10), g6(11), pmac)), vec![b]);
+        let (ll_a, ll_b) = (ipvlan_link_local(ip(10)), ipvlan_link_local(ip(11)));
+        assert_eq!(inject(&mut s, a, &u6(ll_a, ll_b, pmac)), vec![b]);
+        // The shared MAC's EUI-64 link-local is no endpoint's source.
+        let eui = tapnet_switch::topology::link_local_of(pmac);
+        assert!(inject(&mut s, a, &u6(eui, ll_b, pmac)).is_empty());
+        assert_eq!(drops(&s, a, DropReason::SpoofedIp), 1);
+        // From the parent, by destination.
+        let other = mac(1);
+        let f = build::udp6(pmac, other, (g6(1), 1), (g6(11), 2), b"x");
+        assert_eq!(inject(&mut s, parent, &f), vec![b]);
+        // Beyond the network: out the parent (l2), the IPv6 router (l3).
+        let out = inject(&mut s, a, &u6(g6(10), g6(99), pmac));
+        match router6 {
+            Some(r) => assert_eq!(out, vec![r]),
+            None => assert_eq!(out, vec![parent]),
+        }
+    }
+}
+
+#[test]
 fn internal_segment_has_no_way_out() {
     let m = MemSwitch::new(SwitchConfig::default());
     let net = m
@@ -210,7 +345,11 @@ fn tcp_syn(
 fn segment_dns_service_address() {
     use tapnet_switch::segment::{DNS_ADDR, DNS_MAC};
     use tapnet_switch::wire::{arp::ArpOp, ArpPacket, EthernetFrame};
-    for mode in [SegmentMode::Macvlan, SegmentMode::IpvlanL2] {
+    for mode in [
+        SegmentMode::Macvlan,
+        SegmentMode::IpvlanL2,
+        SegmentMode::IpvlanL3,
+    ] {
         let mut m = MemSwitch::with_hook(SwitchConfig::default(), DnsStandIn::default());
         let net = m
             .switch
@@ -224,11 +363,11 @@ fn segment_dns_service_address() {
             .unwrap();
         let amac = match mode {
             SegmentMode::Macvlan => mac(10),
-            SegmentMode::IpvlanL2 => pmac,
+            SegmentMode::IpvlanL2 | SegmentMode::IpvlanL3 => pmac,
         };
         let bmac = match mode {
             SegmentMode::Macvlan => mac(11),
-            SegmentMode::IpvlanL2 => pmac,
+            SegmentMode::IpvlanL2 | SegmentMode::IpvlanL3 => pmac,
         };
         let a = m
             .switch
@@ -282,15 +421,21 @@ fn segment_dns_service_address() {
 
         // From the segment: the address is not ours to give (ARP reaches
         // the endpoints, where no one holds it; queries are dropped).
+        // (ipvlan l3 carries no ARP at all.)
+        let l3 = mode == SegmentMode::IpvlanL3;
         let arp = build::arp_request(mac(1), ip(ROUTER), DNS_ADDR);
         let mut out = ports(&send(&mut m, parent, &arp));
         out.sort();
-        assert_eq!(out, vec![a, b], "{mode:?}");
+        assert_eq!(out, if l3 { vec![] } else { vec![a, b] }, "{mode:?}");
         let q = build::udp(pmac, mac(1), (ip(ROUTER), 5000), (DNS_ADDR, 53), b"q");
         assert!(send(&mut m, parent, &q).is_empty());
         let q = build::udp(DNS_MAC, mac(1), (ip(ROUTER), 5000), (DNS_ADDR, 53), b"q");
         assert!(send(&mut m, parent, &q).is_empty());
-        assert_eq!(drops(&m, parent, DropReason::ParentNotForUs), 2);
+        assert_eq!(
+            drops(&m, parent, DropReason::ParentNotForUs),
+            if l3 { 3 } else { 2 },
+            "{mode:?}"
+        );
         assert_eq!(m.worker.hook_mut().seen.len(), 3);
         // The parent sent nothing for the address in all of this.
         assert_eq!(

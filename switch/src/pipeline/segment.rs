@@ -6,18 +6,64 @@ use super::{GatewayHook, Transmit, Worker};
 use crate::counters::DropReason;
 use crate::pipeline::BatchCx;
 use crate::segment::{Segment, SegmentMode, DNS_ADDR};
-use crate::topology::{Network, Port, Topology};
+use crate::topology::{Network, NetworkId, Port, PortId, Topology};
 use crate::wire::arp::ArpOp;
-use crate::wire::{ethernet, ipv4, ArpPacket, EtherType, EthernetFrame, Ipv4Packet, VnetHdr};
-use core::net::Ipv4Addr;
+use crate::wire::{
+    ethernet, ipv4, ipv6, ArpPacket, EtherType, EthernetFrame, Ipv4Packet, Ipv6Packet, VnetHdr,
+};
 
-/// The IPv4 address a frame is for: an IPv4 packet's destination, an ARP
-/// packet's target (both checked by the ingress stage already).
-fn l3_destination(ethertype: EtherType, payload: &[u8]) -> Option<Ipv4Addr> {
+/// The endpoint of ipvlan network `net` a frame is for: the one holding
+/// an IPv4 packet's destination, an ARP packet's target or an IPv6
+/// packet's destination (all checked by the ingress stage already).
+fn by_address<'t>(
+    topo: &'t Topology,
+    net: NetworkId,
+    ethertype: EtherType,
+    payload: &[u8],
+) -> Option<&'t Port> {
     match ethertype {
-        EtherType::Ipv4 => Some(Ipv4Packet::new_checked(payload).ok()?.dst_addr()),
-        EtherType::Arp => Some(ArpPacket::new_checked(payload).ok()?.target_ip()),
+        EtherType::Ipv4 => {
+            topo.segment_port(net, Ipv4Packet::new_checked(payload).ok()?.dst_addr())
+        }
+        EtherType::Arp => topo.segment_port(net, ArpPacket::new_checked(payload).ok()?.target_ip()),
+        EtherType::Ipv6 => {
+            topo.segment_port6(net, Ipv6Packet::new_checked(payload).ok()?.dst_addr())
+        }
         _ => None,
+    }
+}
+
+/// Where ipvlan `l3` routes a unicast IP packet: the endpoint holding its
+/// destination, else the router port of its family (`Err(())`: not
+/// routable: not IP, broadcast, multicast, unspecified; an IPv6
+/// link-local destination no endpoint holds).
+fn l3_route(
+    topo: &Topology,
+    net: NetworkId,
+    seg: Segment,
+    ethertype: EtherType,
+    payload: &[u8],
+) -> Result<(Option<PortId>, Option<PortId>), ()> {
+    match ethertype {
+        EtherType::Ipv4 => {
+            let a = Ipv4Packet::new_checked(payload).map_err(|_| ())?.dst_addr();
+            if a.is_multicast() || a.is_broadcast() || a.is_unspecified() {
+                return Err(());
+            }
+            Ok((topo.segment_port(net, a).map(|p| p.id), seg.router))
+        }
+        EtherType::Ipv6 => {
+            let a = Ipv6Packet::new_checked(payload).map_err(|_| ())?.dst_addr();
+            if a.is_multicast() || a.is_unspecified() {
+                return Err(());
+            }
+            let to = topo.segment_port6(net, a).map(|p| p.id);
+            if to.is_none() && ipv6::is_link_local(a) {
+                return Err(());
+            }
+            Ok((to, seg.router6))
+        }
+        _ => Err(()),
     }
 }
 
@@ -80,8 +126,7 @@ impl<H: GatewayHook> Worker<H> {
                 if from_parent && Some(dst) != port.config.mac {
                     return Err(DropReason::ParentNotForUs);
                 }
-                let to = l3_destination(eth.ethertype(), eth.payload())
-                    .and_then(|ip| topo.segment_port(net.id, ip));
+                let to = by_address(topo, net.id, eth.ethertype(), eth.payload());
                 match to {
                     Some(out) if out.id == port.id => Err(DropReason::Hairpin),
                     Some(out) => {
@@ -90,6 +135,37 @@ impl<H: GatewayHook> Worker<H> {
                     }
                     None if from_parent => Err(DropReason::ParentNotForUs),
                     None => match parent {
+                        Some(out) => {
+                            self.send(topo, out, meta, frame, tx);
+                            Ok(())
+                        }
+                        None => Err(DropReason::NoDestination),
+                    },
+                }
+            }
+            SegmentMode::IpvlanL3 => {
+                // The parent and the router port are the outside.
+                let outside =
+                    from_parent || seg.router == Some(port.id) || seg.router6 == Some(port.id);
+                if outside && Some(dst) != port.config.mac {
+                    return Err(DropReason::ParentNotForUs);
+                }
+                let Ok((to, router)) = l3_route(topo, net.id, seg, eth.ethertype(), eth.payload())
+                else {
+                    return Err(if outside {
+                        DropReason::ParentNotForUs
+                    } else {
+                        DropReason::L3NotRouted
+                    });
+                };
+                match to.and_then(|p| topo.port(p)) {
+                    Some(out) if out.id == port.id => Err(DropReason::Hairpin),
+                    Some(out) => {
+                        self.send(topo, out, meta, frame, tx);
+                        Ok(())
+                    }
+                    None if outside => Err(DropReason::ParentNotForUs),
+                    None => match router.and_then(|p| topo.port(p)) {
                         Some(out) => {
                             self.send(topo, out, meta, frame, tx);
                             Ok(())
