@@ -228,17 +228,7 @@ impl Netlink {
             IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec()),
             IpAddr::V6(a) => (libc::AF_INET6, a.octets().to_vec()),
         };
-        let mut body = vec![
-            family as u8,
-            0, // dst_len: default route
-            0, // src_len
-            0, // tos
-            RT_TABLE_MAIN,
-            RTPROT_BOOT,
-            RT_SCOPE_UNIVERSE,
-            RTN_UNICAST,
-        ];
-        body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        let mut body = rtmsg(family, 0, RT_SCOPE_UNIVERSE);
         attr(&mut body, RTA_GATEWAY, &gw);
         attr(&mut body, RTA_OIF, &index.to_ne_bytes());
         self.request(
@@ -261,17 +251,7 @@ impl Netlink {
         dst: Ipv4Addr,
         metric: u32,
     ) -> Result<(), NetlinkError> {
-        let mut body = vec![
-            libc::AF_INET as u8,
-            32, // dst_len
-            0,  // src_len
-            0,  // tos
-            RT_TABLE_MAIN,
-            RTPROT_BOOT,
-            RT_SCOPE_LINK,
-            RTN_UNICAST,
-        ];
-        body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        let mut body = rtmsg(libc::AF_INET, 32, RT_SCOPE_LINK);
         attr(&mut body, RTA_DST, &dst.octets());
         attr(&mut body, RTA_OIF, &index.to_ne_bytes());
         attr(&mut body, RTA_PRIORITY, &metric.to_ne_bytes());
@@ -291,17 +271,7 @@ impl Netlink {
         } else {
             (libc::AF_INET, RT_SCOPE_LINK)
         };
-        let mut body = vec![
-            family as u8,
-            0, // dst_len: default route
-            0, // src_len
-            0, // tos
-            RT_TABLE_MAIN,
-            RTPROT_BOOT,
-            scope,
-            RTN_UNICAST,
-        ];
-        body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+        let mut body = rtmsg(family, 0, scope);
         attr(&mut body, RTA_OIF, &index.to_ne_bytes());
         self.request(
             RTM_NEWROUTE,
@@ -398,6 +368,24 @@ fn ifinfomsg(index: u32, flags: u32, change: u32) -> Vec<u8> {
 }
 
 /// Appends one `struct rtattr` (padded to 4 bytes).
+/// A route message's header (`struct rtmsg`: main table, boot protocol,
+/// unicast, no flags) for `family`, a destination of `dst_len` bits and
+/// `scope`; the attributes follow.
+fn rtmsg(family: i32, dst_len: u8, scope: u8) -> Vec<u8> {
+    let mut body = vec![
+        family as u8,
+        dst_len,
+        0, // src_len
+        0, // tos
+        RT_TABLE_MAIN,
+        RTPROT_BOOT,
+        scope,
+        RTN_UNICAST,
+    ];
+    body.extend_from_slice(&0u32.to_ne_bytes()); // rtm_flags
+    body
+}
+
 fn attr(body: &mut Vec<u8>, ty: u16, data: &[u8]) {
     let len = 4 + data.len();
     body.extend_from_slice(&(len as u16).to_ne_bytes());
