@@ -25,24 +25,6 @@ fn net_of(d: &Daemon, c: &str, net: &str) -> Value {
     d.inspect_container(c)["NetworkSettings"]["Networks"][net].clone()
 }
 
-fn ip6_of(d: &Daemon, c: &str, net: &str) -> String {
-    net_of(d, c, net)["GlobalIPv6Address"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-fn stats_drops(d: &Daemon, port: &str, reason: &str) -> u64 {
-    let v: Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
-    v["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["port"] == port)
-        .and_then(|p| p["drops"][reason].as_u64())
-        .unwrap_or(0)
-}
-
 #[test]
 fn dual_stack_networks_follow_dockers_ipam_rules() {
     let d = Daemon::start();
@@ -77,7 +59,7 @@ fn dual_stack_networks_follow_dockers_ipam_rules() {
     // --ip6 may be anywhere in the subnet.
     d.sleeper("d1", &["dual"], &[]);
     d.sleeper("d2", &["dual"], &["--ip6", "2001:db8:70::7"]);
-    assert_eq!(ip6_of(&d, "d1", "dual"), "2001:db8:70::100");
+    assert_eq!(d.ip6_of("d1", "dual"), "2001:db8:70::100");
     let s = net_of(&d, "d2", "dual");
     assert_eq!(s["GlobalIPv6Address"], "2001:db8:70::7", "{s}");
     assert_eq!(s["GlobalIPv6PrefixLen"], 64, "{s}");
@@ -102,7 +84,7 @@ fn dual_stack_networks_follow_dockers_ipam_rules() {
         "second",
     ]);
     d.ok(&["network", "connect", "--ip6", "fd00:71::42", "second", "d1"]);
-    assert_eq!(ip6_of(&d, "d1", "second"), "fd00:71::42");
+    assert_eq!(d.ip6_of("d1", "second"), "fd00:71::42");
     // Without an IPv6 subnet: a unique-local /64, and compose's option
     // works as --ipv6 does.
     d.ok(&[
@@ -239,8 +221,8 @@ fn containers_talk_ipv6_through_the_switch() {
     ]);
     d.sleeper("s1", &["six"], &["--hostname", "one"]);
     d.sleeper("s2", &["six"], &[]);
-    let a1 = ip6_of(&d, "s1", "six");
-    let a2 = ip6_of(&d, "s2", "six");
+    let a1 = d.ip6_of("s1", "six");
+    let a2 = d.ip6_of("s2", "six");
     let o = d.exec_sh(
         "s1",
         "ip -6 addr show dev eth0; ip -6 route; cat /etc/hosts",
@@ -356,12 +338,12 @@ fn containers_talk_ipv6_through_the_switch() {
         &format!("ip addr add 2001:db8:80::666/64 dev eth0 nodad && ping -6 -c 1 -W 1 -I 2001:db8:80::666 {a2}"),
     );
     assert_ne!(o.code, 0, "a spoofed source got through");
-    assert!(stats_drops(&d, "s1/eth0", "spoofed_ip") >= 1);
+    assert!(d.port_drops("s1/eth0", "spoofed_ip") >= 1);
 
     // State survives a kill -9: same addresses, traffic again.
     d.kill9();
     d.spawn();
-    assert_eq!(ip6_of(&d, "s2", "six"), a2);
+    assert_eq!(d.ip6_of("s2", "six"), a2);
     assert!(ping6(&d, "s2", &a1), "no IPv6 after restart\n{}", d.log());
 }
 
@@ -389,10 +371,10 @@ fn icc_off_and_isolation_apply_to_ipv6() {
     d.sleeper("q1", &["quiet6"], &[]);
     d.sleeper("q2", &["quiet6"], &[]);
     d.sleeper("o1", &["other6"], &[]);
-    let q2 = ip6_of(&d, "q2", "quiet6");
-    let o1 = ip6_of(&d, "o1", "other6");
+    let q2 = d.ip6_of("q2", "quiet6");
+    let o1 = d.ip6_of("o1", "other6");
     assert!(!ping6(&d, "q1", &q2), "ICC off let IPv6 through");
-    assert!(stats_drops(&d, "q1/eth0", "icc_disabled") >= 1);
+    assert!(d.port_drops("q1/eth0", "icc_disabled") >= 1);
     assert!(
         ping6(&d, "q1", "2001:db8:81::1"),
         "the gateway is still reachable"

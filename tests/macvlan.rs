@@ -1033,23 +1033,9 @@ fn macvlan_dual_stack() {
         routes.contains("default via 2001:db8:c0::1 dev eth0"),
         "{routes}"
     );
-    let ping6 = |c: &str, to: &str| {
-        retry(
-            &format!("ping -6 {to} from {c}"),
-            Duration::from_secs(15),
-            || {
-                let o = w.d.exec_sh(c, &format!("ping -6 -c 1 -W 1 {to}"));
-                (o.code == 0)
-                    .then_some(())
-                    .ok_or(format!("{}{}", o.stdout, o.stderr))
-            },
-        )
-    };
+    let ping6 = |c: &str, to: &str| ping6_ok(&w.d, c, to);
     ping6("m6", "2001:db8:c0::1");
-    let m7 = w.d.inspect_container("m7")["NetworkSettings"]["Networks"]["mv6"]["GlobalIPv6Address"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let m7 = w.d.ip6_of("m7", "mv6");
     ping6("m6", &m7);
     // The embedded DNS (over IPv4, at 169.254.0.53) answers AAAA, and
     // ping -6 by name works.
@@ -1215,14 +1201,6 @@ fn ping6_ok(d: &Daemon, c: &str, to: &str) {
     )
 }
 
-/// The container's IPv6 address on `net`.
-fn ip6_of(d: &Daemon, c: &str, net: &str) -> String {
-    d.inspect_container(c)["NetworkSettings"]["Networks"][net]["GlobalIPv6Address"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
 /// A dual-stack ipvlan (l2) network: every container shares the parent's
 /// MAC, so each has its own link-local address (fe80::IPV4, no EUI-64
 /// one); the other machine resolves each container's IPv6 address to the
@@ -1278,7 +1256,7 @@ fn ipvlan_l2_dual_stack() {
         "{routes}"
     );
     ping6_ok(d, "i6", "2001:db8:c0::1");
-    let i7 = ip6_of(d, "i7", "iv6");
+    let i7 = d.ip6_of("i7", "iv6");
     ping6_ok(d, "i6", &i7);
     ping6_ok(d, "i7", &format!("{ll}%eth0"));
     w.other.ns.sh_ok("ping -6 -c 1 -W 2 2001:db8:c0::20");
@@ -1323,7 +1301,7 @@ fn ipvlan_l3_dual_stack() {
     ]);
     w.server("s6", "l3v6");
     d.sleeper("t6", &["l3v6"], &[]);
-    let (s6, t6) = (ip6_of(d, "s6", "l3v6"), ip6_of(d, "t6", "l3v6"));
+    let (s6, t6) = (d.ip6_of("s6", "l3v6"), d.ip6_of("t6", "l3v6"));
     let routes = d.exec_sh("t6", "ip -6 route").stdout;
     assert!(routes.contains("default dev eth0"), "{routes}");
     let ep = &d.inspect_container("t6")["NetworkSettings"]["Networks"]["l3v6"];

@@ -649,26 +649,6 @@ fn rootless_daemons_share_an_overlay_over_loopback() {
     );
 }
 
-/// The container's IPv6 address on `net` (`inspect`).
-fn ip6_of(d: &Daemon, c: &str, net: &str) -> String {
-    d.inspect_container(c)["NetworkSettings"]["Networks"][net]["GlobalIPv6Address"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
-/// Drops of `reason` counted on port `port` (`tapnet stats`).
-fn port_drops(d: &Daemon, port: &str, reason: &str) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
-    v["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["port"] == port)
-        .and_then(|p| p["drops"][reason].as_u64())
-        .unwrap_or(0)
-}
-
 /// A dual-stack overlay (issue 20): the IPv6 pool in the cluster's record,
 /// IPv6 addresses unique across hosts, ping6 by address and by name
 /// (AAAA from the other host's records), the IPv6 gateway on every host,
@@ -742,7 +722,7 @@ fn a_dual_stack_overlay_spans_two_hosts() {
 
     h1.sleeper("a6", &["ov6"], &[]);
     h2.sleeper("b6", &["ov6"], &[]);
-    let (a, b) = (ip6_of(&h1, "a6", "ov6"), ip6_of(&h2, "b6", "ov6"));
+    let (a, b) = (h1.ip6_of("a6", "ov6"), h2.ip6_of("b6", "ov6"));
     assert!(a.starts_with("2001:db8:130::") && b.starts_with("2001:db8:130::"));
     assert_ne!(a, b);
     // `network inspect` shows the local endpoint's IPv6 address.
@@ -784,13 +764,13 @@ fn a_dual_stack_overlay_spans_two_hosts() {
 
     // A forged IPv6 source does not cross: dropped and counted at the
     // sender's port.
-    let before = port_drops(&h2, "b6/eth0", "spoofed_ip");
+    let before = h2.port_drops("b6/eth0", "spoofed_ip");
     let o = h2.exec_sh(
         "b6",
         &format!("ip addr add 2001:db8:130::666/64 dev eth0 nodad && ping -6 -c1 -W1 -I 2001:db8:130::666 {a}"),
     );
     assert_ne!(o.code, 0, "a spoofed IPv6 source got across: {o:?}");
-    assert!(port_drops(&h2, "b6/eth0", "spoofed_ip") > before);
+    assert!(h2.port_drops("b6/eth0", "spoofed_ip") > before);
 
     // IPv6 addresses are never handed out twice, even at the same moment.
     let runs: Vec<_> = [(&h1, "x6"), (&h2, "y6")]
@@ -802,7 +782,7 @@ fn a_dual_stack_overlay_spans_two_hosts() {
             s.spawn(move || h.sleeper(name, &["ov6"], &[]));
         }
     });
-    let mut ips: Vec<String> = runs.iter().map(|(h, n)| ip6_of(h, n, "ov6")).collect();
+    let mut ips: Vec<String> = runs.iter().map(|(h, n)| h.ip6_of(n, "ov6")).collect();
     let x0 = ips[0].clone();
     ips.extend([a.clone(), b.clone()]);
     assert!(
@@ -829,7 +809,7 @@ fn a_dual_stack_overlay_spans_two_hosts() {
     // A removed container's IPv6 address is free again, on any host.
     h1.ok(&["rm", "-f", "x60"]);
     h2.sleeper("z6", &["ov6"], &["--ip6", &x0]);
-    assert_eq!(ip6_of(&h2, "z6", "ov6"), x0);
+    assert_eq!(h2.ip6_of("z6", "ov6"), x0);
 
     // Host 2's daemon dies: its names leave host 1's DNS with its lease;
     // restarted, it registers its containers again, IPv6 included.

@@ -373,6 +373,29 @@ impl Daemon {
             .to_string()
     }
 
+    /// Container `c`'s IPv6 address on `net` (`inspect`'s
+    /// `GlobalIPv6Address`).
+    pub fn ip6_of(&self, c: &str, net: &str) -> String {
+        self.inspect_container(c)["NetworkSettings"]["Networks"][net]["GlobalIPv6Address"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Drops of `reason` counted on port `port` (`tapnet stats`; 0 when
+    /// none, or no such port).
+    pub fn port_drops(&self, port: &str, reason: &str) -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["stats", "--format", "json"])).unwrap();
+        v["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["port"] == port)
+            .and_then(|p| p["drops"][reason].as_u64())
+            .unwrap_or(0)
+    }
+
     /// `tapnet run -d --name NAME --network N... EXTRA... -- sleep 300`.
     pub fn sleeper(&self, name: &str, nets: &[&str], extra: &[&str]) {
         let mut args = vec!["run", "-d", "--name", name];
