@@ -88,7 +88,7 @@
 
 use crate::drops::{DropCounts, NatDrop};
 use crate::ip6::{self, icmp6, Ipv6Packet};
-use crate::leg::{self, Leg, LegConfig, LegTx, TcpSocketState, HEADROOM};
+use crate::leg::{self, Leg, LegConfig, LegPool, LegTx, TcpSocketState, HEADROOM};
 use crate::{
     ConnTrack, CreateError, Direction, FlowHandle, FlowKey, FlowView, Protocol, Side, SocketEvent,
     TcpFlags,
@@ -453,6 +453,9 @@ enum UdpVia {
 /// A TCP flow whose host side is up.
 struct TcpFlow {
     leg: Leg,
+    /// Bytes relayed so far, both directions (whether the leg's rings
+    /// stay small enough for [`LegPool`] to keep it).
+    relayed: u64,
     /// The host socket reached end of stream; the leg was closed.
     host_eof: bool,
     /// The container closed its side; the host socket was shut down.
@@ -656,6 +659,8 @@ pub struct Gateway {
     /// Echo identifier on the raw socket → flow.
     raw_ids: HashMap<u16, FlowHandle>,
     drops: DropCounts,
+    /// New TCP flows' legs, with finished ones kept for reuse.
+    legs: LegPool,
 }
 
 impl Gateway {
@@ -681,6 +686,7 @@ impl Gateway {
             starved_sockets: Vec::new(),
             raw_ids: HashMap::new(),
             drops: DropCounts::default(),
+            legs: LegPool::new(config.leg),
             config,
         }
     }
@@ -1482,6 +1488,7 @@ impl Gateway {
                         }) = self.flows[h.index() as usize].take()
                         {
                             t.leg.socket().abort();
+                            self.legs.put(t.leg, t.relayed);
                         }
                         let _ = self.ct.handle_tcp_socket(h, now, SocketEvent::Reset);
                     }
@@ -1595,7 +1602,7 @@ impl Gateway {
             return;
         };
         let _ = self.ct.handle_tcp_socket(h, now, SocketEvent::Connected);
-        let mut leg = Leg::accept(gw, prefix, remote, &self.config.leg, now);
+        let mut leg = self.legs.accept(gw, prefix, remote, now);
         {
             let Gateway {
                 ct,
@@ -1614,6 +1621,7 @@ impl Gateway {
             remote,
             io: Io::Tcp(Box::new(TcpFlow {
                 leg,
+                relayed: 0,
                 host_eof: false,
                 container_eof: false,
                 write_blocked: false,
@@ -1656,6 +1664,7 @@ impl Gateway {
             dirty,
             ops,
             starved_flows,
+            legs,
             ..
         } = self;
         let Some(flow) = flow_mut_in(flows, h) else {
@@ -1735,6 +1744,7 @@ impl Gateway {
             host_event = Some(SocketEvent::Reset);
         }
         t.leg.poll(now, &mut out);
+        t.relayed = t.relayed.saturating_add((moved + read_moved) as u64);
         let starved = out.starved;
         if let Some(e) = host_event {
             let _ = ct.handle_tcp_socket(h, now, e);
@@ -1744,7 +1754,9 @@ impl Gateway {
             || (state == TcpSocketState::Listen && failed);
         if finished {
             let reset = !t.host_eof || !t.container_eof;
-            flows[h.index() as usize] = None;
+            if let Some(Flow { io: Io::Tcp(t), .. }) = flows[h.index() as usize].take() {
+                legs.put(t.leg, t.relayed);
+            }
             // Aborted: reset the host side too.
             ops.push_back(SocketOp::Close { flow: h, reset });
             return;
@@ -2064,7 +2076,7 @@ impl Gateway {
             let _ = self.ct.remove(old);
         }
         let h = self.create(key, Direction::Inbound, now)?;
-        let Some(mut leg) = Leg::connect(gw, prefix, src, container, &self.config.leg, now) else {
+        let Some(mut leg) = self.legs.connect(gw, prefix, src, container, now) else {
             self.drops.count(NatDrop::LegConnect);
             let _ = self.ct.remove(h);
             return None;
@@ -2095,6 +2107,7 @@ impl Gateway {
             remote: src,
             io: Io::Tcp(Box::new(TcpFlow {
                 leg,
+                relayed: 0,
                 host_eof: false,
                 container_eof: false,
                 write_blocked: false,
@@ -2121,10 +2134,13 @@ impl Gateway {
             // The container's side did not finish (it went away, or the
             // flow expired): the remote must see a reset, not a clean end
             // of a possibly truncated stream.
-            Io::Tcp(t) => self.ops.push_back(SocketOp::Close {
-                flow: h,
-                reset: !t.container_eof,
-            }),
+            Io::Tcp(t) => {
+                self.ops.push_back(SocketOp::Close {
+                    flow: h,
+                    reset: !t.container_eof,
+                });
+                self.legs.put(t.leg, t.relayed);
+            }
             Io::Udp(UdpVia::Own) | Io::Icmp { raw: false } => self.ops.push_back(SocketOp::Close {
                 flow: h,
                 reset: false,

@@ -196,24 +196,17 @@ fn now_instant(now_ns: u64) -> Instant {
 }
 
 impl Leg {
-    fn new(gateway: IpAddr, prefix: u8, cfg: &LegConfig, now_ns: u64) -> Leg {
+    /// A leg with no address yet (see [`Leg::address`]); `seed` seeds its
+    /// interface's random numbers (initial sequence numbers, IP ids).
+    fn fresh(cfg: &LegConfig, seed: u64, now_ns: u64) -> Leg {
         // Building an interface sends nothing.
         let mut dev = Dev {
             rx: None,
             out: &mut NoTx,
         };
         let mut ic = IfaceConfig::new(HardwareAddress::Ip);
-        ic.random_seed = cfg.random_seed;
+        ic.random_seed = seed;
         let mut iface = Interface::new(ic, &mut dev, now_instant(now_ns));
-        iface.update_ip_addrs(|a| {
-            let _ = a.push(IpCidr::new(IpAddress::from(gateway), prefix));
-        });
-        // A default route through its own address: AnyIP accepts packets
-        // to any address routed through the interface.
-        let _ = match gateway {
-            IpAddr::V4(g) => iface.routes_mut().add_default_ipv4_route(g).map(|_| ()),
-            IpAddr::V6(g) => iface.routes_mut().add_default_ipv6_route(g).map(|_| ()),
-        };
         iface.set_any_ip(true);
         let mut sock = tcp::Socket::new(
             tcp::SocketBuffer::new(vec![0u8; cfg.rx_buffer]),
@@ -232,10 +225,62 @@ impl Leg {
         }
     }
 
+    /// Gives the interface `gateway`/`prefix` as its only address, with a
+    /// default route through it (AnyIP then accepts packets to any
+    /// address routed through the interface), replacing what a previous
+    /// flow of a recycled leg set.
+    fn address(&mut self, gateway: IpAddr, prefix: u8) {
+        self.iface.update_ip_addrs(|a| {
+            a.clear();
+            let _ = a.push(IpCidr::new(IpAddress::from(gateway), prefix));
+        });
+        let routes = self.iface.routes_mut();
+        routes.update(|r| r.clear());
+        let _ = match gateway {
+            IpAddr::V4(g) => routes.add_default_ipv4_route(g).map(|_| ()),
+            IpAddr::V6(g) => routes.add_default_ipv6_route(g).map(|_| ()),
+        };
+    }
+
+    /// Listens for the container's SYN to `remote`. Cannot fail: the
+    /// socket is closed (new or recycled) and callers never relay port 0
+    /// (then the leg stays closed and answers RST).
+    fn listen_for(mut self, remote: SocketAddr) -> Leg {
+        let ep = IpListenEndpoint {
+            addr: Some(IpAddress::from(remote.ip())),
+            port: remote.port(),
+        };
+        let _ = self.socket().listen(ep);
+        self
+    }
+
+    /// Connects to `container` from `client`; false if it cannot
+    /// (families differ, port 0).
+    fn connect_to(&mut self, client: SocketAddr, container: SocketAddr) -> bool {
+        if client.is_ipv4() != container.is_ipv4() {
+            return false;
+        }
+        let remote = IpEndpoint::new(IpAddress::from(container.ip()), container.port());
+        let local = IpListenEndpoint {
+            addr: Some(IpAddress::from(client.ip())),
+            port: client.port(),
+        };
+        let Leg {
+            iface,
+            sockets,
+            handle,
+        } = self;
+        sockets
+            .get_mut::<tcp::Socket>(*handle)
+            .connect(iface.context(), remote, local)
+            .is_ok()
+    }
+
     /// A leg for a connection the container opens to `remote`: it accepts
     /// the container's SYN (feed it with [`Leg::ingress`]). `gateway`
     /// (the network's gateway address of `remote`'s family) and `prefix`
-    /// name the interface's own address.
+    /// name the interface's own address. (The gateway takes its legs from
+    /// a [`LegPool`].)
     pub fn accept(
         gateway: impl Into<IpAddr>,
         prefix: u8,
@@ -243,16 +288,9 @@ impl Leg {
         cfg: &LegConfig,
         now_ns: u64,
     ) -> Leg {
-        let remote = remote.into();
-        let mut leg = Leg::new(gateway.into(), prefix, cfg, now_ns);
-        let ep = IpListenEndpoint {
-            addr: Some(IpAddress::from(remote.ip())),
-            port: remote.port(),
-        };
-        // Cannot fail: the socket is new and the port non-zero (callers
-        // never relay port 0; then the leg stays closed and answers RST).
-        let _ = leg.socket().listen(ep);
-        leg
+        let mut leg = Leg::fresh(cfg, cfg.random_seed, now_ns);
+        leg.address(gateway.into(), prefix);
+        leg.listen_for(remote.into())
     }
 
     /// A leg that connects to the container at `container` from `client`
@@ -267,25 +305,12 @@ impl Leg {
         now_ns: u64,
     ) -> Option<Leg> {
         let (gateway, client, container) = (gateway.into(), client.into(), container.into());
-        if gateway.is_ipv4() != client.is_ipv4() || client.is_ipv4() != container.is_ipv4() {
+        if gateway.is_ipv4() != client.is_ipv4() {
             return None;
         }
-        let mut leg = Leg::new(gateway, prefix, cfg, now_ns);
-        let remote = IpEndpoint::new(IpAddress::from(container.ip()), container.port());
-        let local = IpListenEndpoint {
-            addr: Some(IpAddress::from(client.ip())),
-            port: client.port(),
-        };
-        let Leg {
-            iface,
-            sockets,
-            handle,
-        } = &mut leg;
-        sockets
-            .get_mut::<tcp::Socket>(*handle)
-            .connect(iface.context(), remote, local)
-            .ok()?;
-        Some(leg)
+        let mut leg = Leg::fresh(cfg, cfg.random_seed, now_ns);
+        leg.address(gateway, prefix);
+        leg.connect_to(client, container).then_some(leg)
     }
 
     /// The TCP socket (read what the container sent, queue what goes to
@@ -324,6 +349,139 @@ impl Leg {
         let at = self.iface.poll_at(now_instant(now_ns), &self.sockets)?;
         Some((at.total_micros().max(0) as u64).saturating_mul(1000))
     }
+}
+
+/// Most finished legs a [`LegPool`] keeps.
+pub const POOL_LEGS: usize = 64;
+
+/// Most bytes a flow may have relayed (both directions together) for its
+/// leg to be kept by a [`LegPool`]: a ring is written from its start
+/// again after each reset, so a kept leg holds at most this much of
+/// resident ring memory (64 kept legs: 4 MiB at most).
+pub const RECYCLE_BYTES: u64 = 64 * 1024;
+
+/// Legs for new flows, with finished ones kept for reuse.
+///
+/// A new leg allocates its two rings (1 and 2 MiB, which glibc serves
+/// with `mmap`; see the daemon's `large_allocations_from_the_kernel`), and
+/// freeing them is two `munmap`s, each a TLB shootdown: an interrupt to
+/// every other CPU running one of the daemon's threads, which in a VM
+/// costs tens of microseconds. For short connections that was the NAT
+/// thread's largest cost (a fifth of its samples in `perf`) and on the
+/// path of every handshake. A kept leg is reset by smoltcp itself when it
+/// listens or connects again (state, sequence numbers, timers, both
+/// rings emptied); only legs of flows that moved at most
+/// [`RECYCLE_BYTES`] are kept, so the pool holds little resident memory.
+///
+/// Every new leg gets its own random seed, derived from the configured
+/// one and a count: legs built from one seed would all draw the same
+/// initial sequence numbers.
+pub struct LegPool {
+    cfg: LegConfig,
+    idle: Vec<Leg>,
+    made: u64,
+    reused: u64,
+}
+
+impl LegPool {
+    pub fn new(cfg: LegConfig) -> LegPool {
+        LegPool {
+            cfg,
+            idle: Vec::new(),
+            made: 0,
+            reused: 0,
+        }
+    }
+
+    /// The configuration new legs are built with.
+    pub fn config(&self) -> &LegConfig {
+        &self.cfg
+    }
+
+    /// Legs built, and legs reused, since the pool was made.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.made, self.reused)
+    }
+
+    /// Finished legs kept now.
+    pub fn idle(&self) -> usize {
+        self.idle.len()
+    }
+
+    fn take(&mut self, gateway: IpAddr, prefix: u8, now_ns: u64) -> Leg {
+        let mut leg = match self.idle.pop() {
+            Some(leg) => {
+                self.reused += 1;
+                leg
+            }
+            None => {
+                self.made += 1;
+                let seed = splitmix64(self.cfg.random_seed ^ self.made);
+                Leg::fresh(&self.cfg, seed, now_ns)
+            }
+        };
+        leg.address(gateway, prefix);
+        leg
+    }
+
+    /// [`Leg::accept`] with a kept leg if there is one.
+    pub fn accept(
+        &mut self,
+        gateway: impl Into<IpAddr>,
+        prefix: u8,
+        remote: impl Into<SocketAddr>,
+        now_ns: u64,
+    ) -> Leg {
+        self.take(gateway.into(), prefix, now_ns)
+            .listen_for(remote.into())
+    }
+
+    /// [`Leg::connect`] with a kept leg if there is one.
+    pub fn connect(
+        &mut self,
+        gateway: impl Into<IpAddr>,
+        prefix: u8,
+        client: impl Into<SocketAddr>,
+        container: impl Into<SocketAddr>,
+        now_ns: u64,
+    ) -> Option<Leg> {
+        let (gateway, client, container) = (gateway.into(), client.into(), container.into());
+        if gateway.is_ipv4() != client.is_ipv4() {
+            return None;
+        }
+        let mut leg = self.take(gateway, prefix, now_ns);
+        if leg.connect_to(client, container) {
+            Some(leg)
+        } else {
+            self.idle.push(leg);
+            None
+        }
+    }
+
+    /// Takes back the leg of a flow that ended after relaying `relayed`
+    /// bytes: kept if that is at most [`RECYCLE_BYTES`] and the pool has
+    /// room, else freed. A leg still open is aborted first (nothing more
+    /// is sent for the old flow: the caller already did what its end
+    /// needed).
+    pub fn put(&mut self, mut leg: Leg, relayed: u64) {
+        // What is still in the rings was written to them too.
+        let held = (leg.socket().recv_queue() + leg.socket().send_queue()) as u64;
+        if relayed.saturating_add(held) > RECYCLE_BYTES || self.idle.len() >= POOL_LEGS {
+            return;
+        }
+        if leg.socket().is_open() {
+            leg.socket().abort();
+        }
+        self.idle.push(leg);
+    }
+}
+
+/// SplitMix64's output function: distinct inputs give unrelated seeds.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// Where a TCP segment lies in an IP packet (either family).
@@ -579,6 +737,96 @@ mod tests {
         let n = b.socket().recv_slice(&mut got).unwrap();
         assert_eq!(&got[..n], b"hello");
         assert!(!b.socket().may_recv());
+    }
+
+    /// Moves packets between two legs for `rounds` millisecond steps.
+    fn shuttle(a: &mut Leg, b: &mut Leg, now: &mut u64, rounds: u32) {
+        let (mut to_a, mut to_b) = (VecTx::default(), VecTx::default());
+        for _ in 0..rounds {
+            *now += 1_000_000;
+            a.poll(*now, &mut to_b);
+            for mut p in std::mem::take(&mut to_b.sent) {
+                raise_syn_mss(&mut p);
+                b.ingress(*now, &p, &mut to_a);
+            }
+            b.poll(*now, &mut to_a);
+            for p in std::mem::take(&mut to_a.sent) {
+                a.ingress(*now, &p, &mut to_b);
+            }
+        }
+    }
+
+    /// A finished leg comes back from the pool for the next flow, with its
+    /// new addresses (another network's gateway), no trace of the old
+    /// connection, and data flowing; fresh legs draw different initial
+    /// sequence numbers; a leg that moved more than RECYCLE_BYTES is freed.
+    #[test]
+    fn a_pool_reuses_finished_legs() {
+        let cfg = LegConfig {
+            rx_buffer: 4096,
+            tx_buffer: 4096,
+            random_seed: 7,
+        };
+        let mut pool = LegPool::new(cfg);
+        let mut now = 0u64;
+        let flow =
+            |pool: &mut LegPool, gw: Ipv4Addr, client: SocketAddrV4, server, now: &mut u64| {
+                let mut a = pool.connect(gw, 16, client, server, *now).unwrap();
+                let mut b = pool.accept(gw, 16, server, *now);
+                shuttle(&mut a, &mut b, now, 5);
+                assert_eq!(b.socket().state(), tcp::State::Established);
+                assert_eq!(
+                    b.socket().remote_endpoint().unwrap(),
+                    IpEndpoint::new(IpAddress::Ipv4(*client.ip()), client.port())
+                );
+                assert_eq!(
+                    b.socket().recv_queue(),
+                    0,
+                    "nothing left of an earlier flow"
+                );
+                a.socket().send_slice(b"hello").unwrap();
+                a.socket().close();
+                shuttle(&mut a, &mut b, now, 5);
+                let mut got = [0u8; 16];
+                let n = b.socket().recv_slice(&mut got).unwrap();
+                assert_eq!(&got[..n], b"hello");
+                b.socket().close();
+                shuttle(&mut a, &mut b, now, 5);
+                assert!(!a.socket().is_open() && !b.socket().is_open());
+                (a, b)
+            };
+        let server = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 80);
+        let client = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 40000);
+        let (a, b) = flow(&mut pool, GW, client, server, &mut now);
+        assert_eq!(pool.counts(), (2, 0));
+        pool.put(a, 5);
+        pool.put(b, 5);
+        assert_eq!(pool.idle(), 2);
+        let server = SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 2), 443);
+        let client = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 10), 40001);
+        let (a, b) = flow(
+            &mut pool,
+            Ipv4Addr::new(10, 1, 0, 1),
+            client,
+            server,
+            &mut now,
+        );
+        assert_eq!(pool.counts(), (2, 2), "both legs reused");
+        pool.put(a, RECYCLE_BYTES + 1);
+        pool.put(b, 0);
+        assert_eq!(pool.idle(), 1, "the busy leg is freed");
+
+        // Two new legs from one configured seed: different ISNs.
+        let mut pool = LegPool::new(cfg);
+        let isn = |pool: &mut LegPool, port| {
+            let c = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), port);
+            let mut leg = pool.connect(GW, 16, c, server, 0).unwrap();
+            let mut out = VecTx::default();
+            leg.poll(1_000_000, &mut out);
+            let p = Ipv4Packet::new_checked(&out.sent[0][..]).unwrap();
+            TcpPacket::new_checked(p.payload()).unwrap().seq_number()
+        };
+        assert_ne!(isn(&mut pool, 1000), isn(&mut pool, 1001));
     }
 
     #[test]
