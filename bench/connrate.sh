@@ -108,7 +108,7 @@ pasta_rows() {
   waitfor eval '"${H[@]}" ss -Hltn "sport = :17004" | grep -q .'
   sleep 1  # the echo server inside starts after pasta's listener
   rate pasta published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17004 "$SECS"
-  kill "$pp" 2>/dev/null; wait "$pp" 2>/dev/null
+  end_tree "$pp"  # the server inside too: it outlives pasta
   ip -n "$HOSTNS" route del default 2>/dev/null
 }
 pasta_rows

@@ -10,6 +10,8 @@
 #   track PID                 a process of ours: ended at cleanup (only if still
 #                             the same process: pid and start time)
 #   waitfor CMD...            retries CMD for up to 10 s
+#   end_tree PID              kills PID and every process under it (cleanup does
+#                             that too for tracked processes' descendants)
 #   start_daemon NS [FLAG...] a private netns NS (lo up) with the daemon in it
 #                             ($DAEMON, log $W/daemon.log), answering its CLI
 #   kernel_nat HOSTNS NS IF NET OUT_PORT PUB_PORT IN_PORT
@@ -29,6 +31,12 @@ starttime() { local s; s=$(cat "/proc/$1/stat" 2>/dev/null) || return 1; s=${s##
 PIDS=""                                  # "pid:starttime" of everything started here
 track() { local s; s=$(starttime "$1") && PIDS+=" $1:$s"; }
 alive() { local e; for e in $PIDS; do [ "$(starttime "${e%%:*}")" = "${e#*:}" ] && echo "${e%%:*}"; done; }
+# The processes PID started, and theirs (a pasta's command: the init of its
+# own PID namespace, which ignores TERM from outside).
+descendants() { local c; for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do echo "$c"; descendants "$c"; done; }
+# end_tree PID: ends PID and its descendants (KILL; they are ours: tracked,
+# or children of a tracked process), then reaps PID.
+end_tree() { local d; d=$(descendants "$1"); kill -KILL "$1" $d 2>/dev/null; wait "$1" 2>/dev/null; }
 waitfor() { local i; for i in $(seq 100); do "$@" && return 0; sleep 0.1; done; return 1; }
 NETNS=""                                 # namespaces to delete at cleanup
 DAEMON=""
@@ -47,13 +55,14 @@ bench_setup() {
 }
 
 bench_cleanup() {
-  local p i c n; set +e
+  local p i c n kids; set +e
   if [ -n "$DAEMON" ]; then              # containers first: they outlive the daemon
     for c in $(timeout 60 "$T" ps -aq 2>/dev/null); do timeout 20 "$T" rm -f "$c" >/dev/null 2>&1; done
   fi
+  kids=$(for p in $(alive); do descendants "$p"; done)
   for p in $(alive); do kill -TERM "$p" 2>/dev/null; done
   for i in $(seq 50); do [ -z "$(alive)" ] && break; sleep 0.1; done
-  for p in $(alive); do kill -KILL "$p" 2>/dev/null; done
+  for p in $(alive) $kids; do kill -KILL "$p" 2>/dev/null; done
   wait 2>/dev/null                       # reap them: no zombies left behind
   for n in $NETNS; do ip netns del "$n" 2>/dev/null; done
   if [ -z "${KEEP_W:-}" ]; then rm -rf "$W"; else log "files kept in $W"; fi

@@ -193,7 +193,7 @@ pasta_row() {
   waitfor eval '"${H[@]}" ss -Hltn "sport = :$port" | grep -q .'
   sleep 0.5
   gbps pasta published "${H[@]}" iperf3 -c 127.0.0.1 -p $port
-  kill "$pp" 2>/dev/null; wait "$pp" 2>/dev/null
+  end_tree "$pp"  # the server inside too: it outlives pasta
   ip -n "$HOSTNS" route del default 2>/dev/null
   ip netns del "$dead"
 }
