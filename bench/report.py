@@ -99,6 +99,23 @@ def goals():
     return g
 
 
+def context():
+    """Peers against each other (not goals): what the machine allows."""
+    c = []
+
+    def case(k, m):
+        return {"group": "scale", "case": k, "metric": m}
+
+    c.append(("kernel bridge: two pairs / one pair, TCP (the CPUs' limit for the "
+              "scaling goal)", case("kernel_two_pairs", "tcp_gbps"),
+              case("kernel_one_pair", "tcp_gbps")))
+    for path in ("outbound", "published"):
+        k = {"group": "connrate", "peer": "kernel", "path": path, "metric": "conn_per_s"}
+        c.append((f"connections/s {path}, kernel / pasta (what 2x pasta asks, against "
+                  "the kernel)", k, dict(k, peer="pasta")))
+    return c
+
+
 def fmt(v):
     if v is None:
         return "–"
@@ -134,6 +151,20 @@ def report(rows):
                    f"**{fmt(med)}** | {'yes' if ok else 'no'} |")
     out.append("")
     out.append(f"{met} goal(s) met, {missed} not met.")
+    ctx = []
+    for label, num, den in context():
+        per = ratio_per_round(rows, rounds, num, den)
+        have = [v for v in per if v is not None]
+        if have:
+            ctx.append(f"| {label} | {' / '.join(fmt(v) for v in per)} | "
+                       f"**{fmt(statistics.median(have))}** |")
+    if ctx:
+        out.append("")
+        out.append("Context, peers against each other in the same rounds (not goals):")
+        out.append("")
+        out.append("| ratio | per round | median |")
+        out.append("|---|---|---|")
+        out.extend(ctx)
     out.append("")
     out.append("<details><summary>Every measurement (median over the rounds)</summary>")
     out.append("")

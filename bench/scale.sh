@@ -3,6 +3,10 @@
 #   one_pair     one iperf3 TCP stream between two containers of a network
 #   two_pairs    two such streams at once on two pairs (aggregate): with two
 #                workers, goal >= 1.7x one pair
+#   kernel_one_pair, kernel_two_pairs
+#                the same two measurements through a kernel bridge (veths,
+#                namespaces made here): what this machine's CPUs allow two
+#                pairs at all, beside tapnet's ratio
 #   crowded      one pair again after IDLE more containers joined its network
 #                and NETS more networks (one container each) exist: goal
 #                within 10% of one_pair, for TCP and for 64-byte UDP
@@ -58,6 +62,33 @@ s=sum(json.load(open(f))['end']['sum_received']['bits_per_second'] for f in sys.
 print('%.2f' % (s / 1e9))" "$W/p1.json" "$W/p2.json" 2>/dev/null)
 emit two_pairs tcp_gbps "$v"
 
+# The kernel bridge's pairs, in namespaces made here (no traffic leaves them).
+kbr=sc$$k; KN=(); NETNS+=" $kbr"
+ip netns add "$kbr" && ip -n "$kbr" link add br0 type bridge && ip -n "$kbr" link set br0 up || {
+  log "kernel bridge setup failed"; exit 1; }
+for n in c1 s1 c2 s2; do
+  ns=sc$$$n; NETNS+=" $ns"; KN+=("$ns")
+  ip netns add "$ns" && ip -n "$ns" link set lo up &&
+  ip -n "$kbr" link add "v$n" type veth peer name eth0 netns "$ns" &&
+  ip -n "$kbr" link set "v$n" master br0 up && ip -n "$ns" link set eth0 up || { log "veth $n failed"; exit 1; }
+done
+for i in 1 2; do
+  ip -n "sc$$c$i" addr add "10.190.0.2$i/24" dev eth0 && ip -n "sc$$s$i" addr add "10.190.0.1$i/24" dev eth0 || exit 1
+  ip netns exec "sc$$s$i" iperf3 -s -B "10.190.0.1$i" >/dev/null 2>&1 & track $!
+done
+waitfor eval 'ip netns exec sc$$s2 ss -Hltn "sport = :5201" | grep -q .'
+kiperf() { timeout $((SECS + 30)) ip netns exec "sc$$c$1" iperf3 -c "10.190.0.1$1" -t "$SECS" -J >"$2" 2>&1; }
+kiperf 1 "$W/k1.json" && emit kernel_one_pair tcp_gbps \
+  "$(field "$W/k1.json" "'%.2f' % (e['sum_received']['bits_per_second'] / 1e9)")"
+kiperf 1 "$W/kp1.json" & a=$!
+kiperf 2 "$W/kp2.json" & b=$!
+wait $a; wait $b
+v=$(python3 -c "
+import json,sys
+s=sum(json.load(open(f))['end']['sum_received']['bits_per_second'] for f in sys.argv[1:])
+print('%.2f' % (s / 1e9))" "$W/kp1.json" "$W/kp2.json" 2>/dev/null)
+emit kernel_two_pairs tcp_gbps "$v"
+
 log "adding $IDLE idle containers to the pair's network and $NETS networks with one each"
 for i in $(seq "$IDLE"); do
   "$T" run -d --name "idle$i" --network scnet -- sleep 100000 >/dev/null || { log "run idle$i failed"; exit 1; }
@@ -80,5 +111,6 @@ ratio() {  # NAME CASE_A CASE_B METRIC
     'BEGIN {if (a != "null" && b != "null" && b + 0 > 0) printf "%.3f", a / b; else printf "null"}')}"
 }
 ratio two_pairs/one_pair two_pairs one_pair tcp_gbps
+ratio kernel_two_pairs/kernel_one_pair kernel_two_pairs kernel_one_pair tcp_gbps
 ratio crowded/one_pair crowded one_pair tcp_gbps
 ratio crowded/one_pair crowded one_pair udp64_pps
