@@ -47,6 +47,11 @@ iperf() { local n=$1 out=$2; shift 2
   timeout $((SECS + 30)) "$T" exec "cli$n" -- iperf3 -c "10.192.0.1$n" -t "$SECS" -J "$@" >"$out" 2>&1; }
 field() {  # FILE EXPR over the iperf3 JSON's "end"
   python3 -c "import json,sys; e=json.load(open(sys.argv[1]))['end']; print($2)" "$1" 2>/dev/null; }
+gbps_sum() {  # iperf3 JSON FILES -> their received Gbit/s, summed
+  python3 -c "
+import json,sys
+s=sum(json.load(open(f))['end']['sum_received']['bits_per_second'] for f in sys.argv[1:])
+print('%.2f' % (s / 1e9))" "$@" 2>/dev/null; }
 tcp() { iperf "$1" "$W/tcp$1.json" && field "$W/tcp$1.json" "'%.2f' % (e['sum_received']['bits_per_second'] / 1e9)"; }
 udp() { iperf "$1" "$W/udp$1.json" -u -b 0 -l 18 &&
         field "$W/udp$1.json" "'%.0f' % ((e['sum']['packets'] - e['sum']['lost_packets']) / e['sum']['seconds'])"; }
@@ -56,18 +61,14 @@ emit one_pair udp64_pps "$(udp 1)"
 iperf 1 "$W/p1.json" & a=$!
 iperf 2 "$W/p2.json" & b=$!
 wait $a; wait $b
-v=$(python3 -c "
-import json,sys
-s=sum(json.load(open(f))['end']['sum_received']['bits_per_second'] for f in sys.argv[1:])
-print('%.2f' % (s / 1e9))" "$W/p1.json" "$W/p2.json" 2>/dev/null)
-emit two_pairs tcp_gbps "$v"
+emit two_pairs tcp_gbps "$(gbps_sum "$W/p1.json" "$W/p2.json")"
 
 # The kernel bridge's pairs, in namespaces made here (no traffic leaves them).
-kbr=sc$$k; KN=(); NETNS+=" $kbr"
+kbr=sc$$k; NETNS+=" $kbr"
 ip netns add "$kbr" && ip -n "$kbr" link add br0 type bridge && ip -n "$kbr" link set br0 up || {
   log "kernel bridge setup failed"; exit 1; }
 for n in c1 s1 c2 s2; do
-  ns=sc$$$n; NETNS+=" $ns"; KN+=("$ns")
+  ns=sc$$$n; NETNS+=" $ns"
   ip netns add "$ns" && ip -n "$ns" link set lo up &&
   ip -n "$kbr" link add "v$n" type veth peer name eth0 netns "$ns" &&
   ip -n "$kbr" link set "v$n" master br0 up && ip -n "$ns" link set eth0 up || { log "veth $n failed"; exit 1; }
@@ -83,11 +84,7 @@ kiperf 1 "$W/k1.json" && emit kernel_one_pair tcp_gbps \
 kiperf 1 "$W/kp1.json" & a=$!
 kiperf 2 "$W/kp2.json" & b=$!
 wait $a; wait $b
-v=$(python3 -c "
-import json,sys
-s=sum(json.load(open(f))['end']['sum_received']['bits_per_second'] for f in sys.argv[1:])
-print('%.2f' % (s / 1e9))" "$W/kp1.json" "$W/kp2.json" 2>/dev/null)
-emit kernel_two_pairs tcp_gbps "$v"
+emit kernel_two_pairs tcp_gbps "$(gbps_sum "$W/kp1.json" "$W/kp2.json")"
 
 log "adding $IDLE idle containers to the pair's network and $NETS networks with one each"
 for i in $(seq "$IDLE"); do
