@@ -210,6 +210,12 @@ impl Fdb {
     /// Like [`Fdb::learn`], but a new entry for `port` (a new or expired
     /// MAC, or a move) is made only if `may_add()` says so; otherwise
     /// returns [`Learned::Refused`] and changes nothing. One probe.
+    /// `may_add` is called at most once (a second need, after losing a
+    /// race for a slot, is refused).
+    ///
+    /// `may_add` is borrowed where it is, not moved into an `Option`: that
+    /// copy of the caller's just-written closure (16-byte loads over 8-byte
+    /// stores, no store forwarding) stalled every frame.
     #[inline]
     pub fn learn_if(
         &self,
@@ -217,10 +223,10 @@ impl Fdb {
         port: u32,
         now: u32,
         aging: u32,
-        may_add: impl FnOnce() -> bool,
+        mut may_add: impl FnMut() -> bool,
     ) -> Learned {
-        let mut may_add = Some(may_add);
-        let mut allowed = move || may_add.take().is_some_and(|f| f());
+        let mut asked = false;
+        let mut allowed = || !core::mem::replace(&mut asked, true) && may_add();
         let start = match self.probe(key) {
             Probe::Found(s) => return refresh(s, port, now, aging, &mut allowed),
             Probe::Vacant(i) => i,
