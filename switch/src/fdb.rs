@@ -1,7 +1,11 @@
 //! The forwarding database: MAC → port, per network, shared by all
 //! workers without locks.
 //!
-//! Layout: an open-addressing table of `(key, value)` pairs of `AtomicU64`.
+//! Layout: an open-addressing table of `(key, value)` pairs of `AtomicU64`,
+//! grouped in buckets of [`BUCKET`] pairs that fill one 64-byte cache line
+//! (the table is cache-line aligned). A key hashes to a bucket and is
+//! probed linearly from that bucket's first slot: a lookup of a key that
+//! sits in its home bucket (nearly all, below half full) reads one line.
 //! `key = 1<<63 | network<<48 | mac` (0 = empty slot), `value = 1<<63 |
 //! port<<32 | last_seen_seconds` (0 = slot claimed, value not yet
 //! published: read as absent). Port ids are below 2^31. Linear probing over
@@ -27,12 +31,19 @@ use core::sync::atomic::{AtomicU64, Ordering};
 /// Slots probed from a key's home slot before giving up.
 pub const MAX_PROBE: usize = 32;
 
+/// Slots per bucket (one cache line).
+pub const BUCKET: usize = 4;
+
 const EMPTY: u64 = 0;
 
 struct Slot {
     key: AtomicU64,
     val: AtomicU64,
 }
+
+/// [`BUCKET`] slots in one cache line.
+#[repr(C, align(64))]
+struct Bucket([Slot; BUCKET]);
 
 /// Result of [`Fdb::learn`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,8 +62,10 @@ pub enum Learned {
 
 /// Lock-free MAC table. See the module documentation for the contract.
 pub struct Fdb {
-    slots: Box<[Slot]>,
+    buckets: Box<[Bucket]>,
+    /// Slot index mask (capacity - 1).
     mask: usize,
+    /// 64 - log2(number of buckets).
     shift: u32,
 }
 
@@ -81,51 +94,109 @@ fn expired(seen: u32, now: u32, aging: u32) -> bool {
     now.wrapping_sub(seen) > aging
 }
 
+/// Where [`Fdb::probe`] ended.
+enum Probe<'a> {
+    /// The slot holding the key.
+    Found(&'a Slot),
+    /// Not there; the first empty slot is this many slots from home.
+    Vacant(usize),
+    /// Not there, no empty slot within [`MAX_PROBE`].
+    Full,
+}
+
+/// The learning of `port` at `now` into `s`, which holds the key already.
+#[inline]
+fn refresh(
+    s: &Slot,
+    port: u32,
+    now: u32,
+    aging: u32,
+    allowed: &mut impl FnMut() -> bool,
+) -> Learned {
+    let Some((p, seen)) = unpack(s.val.load(Ordering::Acquire)) else {
+        // Another worker is publishing this very MAC right now.
+        return Learned::Known;
+    };
+    if p == port && seen == now {
+        return Learned::Known;
+    }
+    let stale = expired(seen, now, aging);
+    if (p != port || stale) && !allowed() {
+        return Learned::Refused;
+    }
+    s.val.store(pack(port, now), Ordering::Release);
+    if stale {
+        Learned::New
+    } else if p != port {
+        Learned::Moved { from: p }
+    } else {
+        Learned::Known
+    }
+}
+
 impl Fdb {
     /// A table of `capacity` slots (rounded up to a power of two, at least
     /// 64). Keep it at least twice the number of MACs expected.
     pub fn new(capacity: usize) -> Fdb {
         let cap = capacity.max(64).next_power_of_two();
+        let buckets = cap / BUCKET;
         Fdb {
-            slots: (0..cap)
-                .map(|_| Slot {
-                    key: AtomicU64::new(EMPTY),
-                    val: AtomicU64::new(0),
+            buckets: (0..buckets)
+                .map(|_| {
+                    Bucket(core::array::from_fn(|_| Slot {
+                        key: AtomicU64::new(EMPTY),
+                        val: AtomicU64::new(0),
+                    }))
                 })
                 .collect(),
             mask: cap - 1,
-            shift: 64 - cap.trailing_zeros(),
+            shift: 64 - buckets.trailing_zeros(),
         }
     }
 
     pub fn capacity(&self) -> usize {
-        self.slots.len()
+        self.buckets.len() * BUCKET
     }
 
+    /// The first slot of `key`'s home bucket.
     #[inline]
     fn home(&self, key: u64) -> usize {
         // Fibonacci hashing: the high bits of key * 2^64/phi.
-        (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize
+        ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize) * BUCKET
     }
 
+    /// Slot `i` (taken modulo the capacity).
     #[inline]
-    fn find(&self, key: u64) -> Option<&Slot> {
+    fn slot(&self, i: usize) -> &Slot {
+        let i = i & self.mask;
+        &self.buckets[i / BUCKET].0[i % BUCKET]
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Slot> {
+        self.buckets.iter().flat_map(|b| b.0.iter())
+    }
+
+    /// Looks `key` up from the first slot of its home bucket on.
+    #[inline]
+    fn probe(&self, key: u64) -> Probe<'_> {
         let h = self.home(key);
         for i in 0..MAX_PROBE {
-            let s = &self.slots[(h + i) & self.mask];
+            let s = self.slot(h + i);
             match s.key.load(Ordering::Acquire) {
-                k if k == key => return Some(s),
-                EMPTY => return None,
+                k if k == key => return Probe::Found(s),
+                EMPTY => return Probe::Vacant(i),
                 _ => {}
             }
         }
-        None
+        Probe::Full
     }
 
     /// The port of a live entry.
     #[inline]
     pub fn lookup(&self, key: u64, now: u32, aging: u32) -> Option<u32> {
-        let s = self.find(key)?;
+        let Probe::Found(s) = self.probe(key) else {
+            return None;
+        };
         let (port, seen) = unpack(s.val.load(Ordering::Acquire))?;
         (!expired(seen, now, aging)).then_some(port)
     }
@@ -139,6 +210,12 @@ impl Fdb {
     /// Like [`Fdb::learn`], but a new entry for `port` (a new or expired
     /// MAC, or a move) is made only if `may_add()` says so; otherwise
     /// returns [`Learned::Refused`] and changes nothing. One probe.
+    /// `may_add` is called at most once (a second need, after losing a
+    /// race for a slot, is refused).
+    ///
+    /// `may_add` is borrowed where it is, not moved into an `Option`: that
+    /// copy of the caller's just-written closure (16-byte loads over 8-byte
+    /// stores, no store forwarding) stalled every frame.
     #[inline]
     pub fn learn_if(
         &self,
@@ -146,13 +223,20 @@ impl Fdb {
         port: u32,
         now: u32,
         aging: u32,
-        may_add: impl FnOnce() -> bool,
+        mut may_add: impl FnMut() -> bool,
     ) -> Learned {
-        let mut may_add = Some(may_add);
-        let mut allowed = move || may_add.take().is_some_and(|f| f());
+        let mut asked = false;
+        let mut allowed = || !core::mem::replace(&mut asked, true) && may_add();
+        let start = match self.probe(key) {
+            Probe::Found(s) => return refresh(s, port, now, aging, &mut allowed),
+            Probe::Vacant(i) => i,
+            Probe::Full => return Learned::Full,
+        };
+        // From the first empty slot on, one by one: another worker may claim
+        // it first (with this very key, or another).
         let h = self.home(key);
-        for i in 0..MAX_PROBE {
-            let s = &self.slots[(h + i) & self.mask];
+        for i in start..MAX_PROBE {
+            let s = self.slot(h + i);
             let mut k = s.key.load(Ordering::Acquire);
             if k == EMPTY {
                 if !allowed() {
@@ -172,25 +256,7 @@ impl Fdb {
                 }
             }
             if k == key {
-                let Some((p, seen)) = unpack(s.val.load(Ordering::Acquire)) else {
-                    // Another worker is publishing this very MAC right now.
-                    return Learned::Known;
-                };
-                if p == port && seen == now {
-                    return Learned::Known;
-                }
-                let stale = expired(seen, now, aging);
-                if (p != port || stale) && !allowed() {
-                    return Learned::Refused;
-                }
-                s.val.store(pack(port, now), Ordering::Release);
-                return if stale {
-                    Learned::New
-                } else if p != port {
-                    Learned::Moved { from: p }
-                } else {
-                    Learned::Known
-                };
+                return refresh(s, port, now, aging, &mut allowed);
             }
         }
         Learned::Full
@@ -198,7 +264,7 @@ impl Fdb {
 
     /// Live entries as `(key, port, seen)`.
     pub fn entries(&self, now: u32, aging: u32) -> impl Iterator<Item = (u64, u32, u32)> + '_ {
-        self.slots.iter().filter_map(move |s| {
+        self.slots().filter_map(move |s| {
             let k = s.key.load(Ordering::Acquire);
             if k == EMPTY {
                 return None;
@@ -210,8 +276,7 @@ impl Fdb {
 
     /// Number of occupied slots, live or expired.
     pub fn occupied(&self) -> usize {
-        self.slots
-            .iter()
+        self.slots()
             .filter(|s| s.key.load(Ordering::Relaxed) != EMPTY)
             .count()
     }
@@ -306,6 +371,23 @@ mod tests {
         }
         assert_eq!(f.occupied(), 64);
         assert_eq!(full, 1000 - 64);
+    }
+
+    #[test]
+    fn every_learned_key_is_found_when_nearly_full() {
+        // Many keys share buckets and spill into the next ones.
+        let f = Fdb::new(256);
+        let learned: Vec<u64> = (0..1000)
+            .map(|n| key(0, mac(n)))
+            .filter(|&k| f.learn(k, 1, 0, 300) == Learned::New)
+            .collect();
+        assert!(learned.len() > 200, "{}", learned.len());
+        for &k in &learned {
+            assert_eq!(f.lookup(k, 0, 300), Some(1));
+            assert_eq!(f.learn(k, 1, 0, 300), Learned::Known);
+        }
+        assert_eq!(f.occupied(), learned.len());
+        assert_eq!(f.lookup(key(0, mac(5000)), 0, 300), None);
     }
 
     #[test]

@@ -282,6 +282,7 @@ impl<H: GatewayHook> Worker<H> {
         }
     }
 
+    #[inline(always)]
     fn forward<T: Transmit>(
         &mut self,
         cx: &BatchCx,
@@ -347,15 +348,18 @@ impl<H: GatewayHook> Worker<H> {
             Some(_) => topo.remote(net.id, dst).and_then(|r| topo.port(r.port)),
             None => None,
         };
-        match remote.or_else(|| {
-            cx.fdb
+        let out = match remote {
+            Some(out) => Some(out),
+            None => cx
+                .fdb
                 .lookup(
                     fdb::key(net.id.0, dst),
                     cx.now_secs,
                     self.sw.config.aging_secs,
                 )
-                .and_then(|p| topo.port(PortId(p)))
-        }) {
+                .and_then(|p| topo.port(PortId(p))),
+        };
+        match out {
             Some(out) if out.id == port.id => Err(DropReason::Hairpin),
             // Split horizon: what came from the overlay stays off it.
             Some(out) if from_tunnel && out.is_tunnel() => Err(DropReason::Hairpin),
@@ -373,7 +377,7 @@ impl<H: GatewayHook> Worker<H> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn learn(
         &self,
         cx: &BatchCx,
@@ -420,7 +424,7 @@ impl<H: GatewayHook> Worker<H> {
     }
 
     /// Transmits on one port and counts it there.
-    #[inline]
+    #[inline(always)]
     fn send<T: Transmit>(
         &self,
         topo: &Topology,
@@ -447,6 +451,7 @@ impl<H: GatewayHook> Worker<H> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn flood<T: Transmit>(
         &self,
         cx: &BatchCx,
@@ -544,6 +549,7 @@ impl<H: GatewayHook> Worker<H> {
     }
 
     #[allow(clippy::too_many_arguments)]
+    #[inline(never)]
     fn handle_gateway<T: Transmit>(
         &mut self,
         cx: &BatchCx,

@@ -241,10 +241,12 @@ pub struct Port {
 }
 
 impl Port {
+    #[inline]
     pub fn network(&self) -> NetworkId {
         self.config.network
     }
     /// Both MAC and IPv4 assigned: spoof-checked.
+    #[inline]
     pub fn is_checked(&self) -> bool {
         self.config.mac.is_some() && self.config.ip.is_some()
     }
@@ -309,6 +311,7 @@ impl Topology {
         self.ports.iter().flatten()
     }
     /// The spoof-checked port that owns `mac` on network `net`, if any.
+    #[inline]
     pub fn assigned_port(&self, net: NetworkId, mac: EthernetAddress) -> Option<PortId> {
         self.assigned.get(&crate::fdb::key(net.0, mac)).copied()
     }

@@ -22,26 +22,32 @@ impl EthernetAddress {
     pub const BROADCAST: EthernetAddress = EthernetAddress([0xff; 6]);
 
     /// Multicast (group) bit set; includes broadcast.
+    #[inline]
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 != 0
     }
+    #[inline]
     pub fn is_broadcast(&self) -> bool {
         *self == Self::BROADCAST
     }
+    #[inline]
     pub fn is_zero(&self) -> bool {
         self.0 == [0; 6]
     }
     /// The 48 bits as an integer (for hashing and table keys).
+    #[inline]
     pub fn to_u64(self) -> u64 {
         let b = self.0;
         u64::from_be_bytes([0, 0, b[0], b[1], b[2], b[3], b[4], b[5]])
     }
+    #[inline]
     pub fn from_u64(v: u64) -> Self {
         let b = v.to_be_bytes();
         EthernetAddress([b[2], b[3], b[4], b[5], b[6], b[7]])
     }
     /// Reads a MAC from a 6-byte slice (panics if shorter: callers pass
     /// checked views).
+    #[inline]
     pub fn from_bytes(b: &[u8]) -> Self {
         let mut a = [0; 6];
         a.copy_from_slice(&b[..6]);
@@ -98,6 +104,7 @@ pub enum EtherType {
 }
 
 impl From<u16> for EtherType {
+    #[inline]
     fn from(v: u16) -> Self {
         match v {
             0x0800 => EtherType::Ipv4,
