@@ -226,6 +226,11 @@ struct DaemonArgs {
           default_value_t = crate::daemon::DEFAULT_BUSY_POLL_US,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     busy_poll_us: u32,
+    /// How many workers may busy-poll at the same time; the others sleep
+    /// as soon as they are idle (0: half the CPUs, at least one).
+    #[arg(long = "busy-poll-workers", value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    busy_poll_workers: u32,
 }
 
 fn client(host: &Option<String>) -> anyhow::Result<Client> {
@@ -402,6 +407,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         cluster,
         metrics_addr,
         busy_poll_us: a.busy_poll_us,
+        busy_poll_workers: a.busy_poll_workers,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -81,6 +81,10 @@ pub struct Config {
     /// `--busy-poll-us`: how long an idle worker polls before it sleeps.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u32,
+    /// `--busy-poll-workers`: how many workers may poll at once (0: half
+    /// the CPUs, at least one).
+    #[serde(default)]
+    pub busy_poll_workers: u32,
 }
 
 /// `--busy-poll-us`'s default: long enough that a TCP stream's worker stays
@@ -364,6 +368,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .as_ref()
             .map(|c| crate::dataplane::VtepConfig::new(c.vtep)),
         busy_poll: std::time::Duration::from_micros(cfg.busy_poll_us.into()),
+        busy_poll_workers: cfg.busy_poll_workers as usize,
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)

@@ -243,6 +243,11 @@ pub struct DataplaneConfig {
     /// in that window is read without a wake-up, at the price of CPU spent
     /// polling (`tapnet stats` shows it as each worker's spin share).
     pub busy_poll: std::time::Duration,
+    /// How many workers may busy-poll at once (`tapnet daemon
+    /// --busy-poll-workers`); 0: half the CPUs, at least one. The others
+    /// sleep as soon as they are idle, leaving CPUs to the containers and
+    /// the NAT thread.
+    pub busy_poll_workers: usize,
 }
 
 /// `tapnet daemon --conntrack-*`: limits and idle timeouts of the NAT's
@@ -346,6 +351,7 @@ impl Default for DataplaneConfig {
             faults: Vec::new(),
             vtep: None,
             busy_poll: std::time::Duration::ZERO,
+            busy_poll_workers: 0,
         }
     }
 }
