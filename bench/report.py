@@ -106,8 +106,8 @@ def context():
     def case(k, m):
         return {"group": "scale", "case": k, "metric": m}
 
-    c.append(("kernel bridge: two pairs / one pair, TCP (the CPUs' limit for the "
-              "scaling goal)", case("kernel_two_pairs", "tcp_gbps"),
+    c.append(("kernel bridge: two pairs / one pair, TCP (the scaling goal's "
+              "measurement through the kernel)", case("kernel_two_pairs", "tcp_gbps"),
               case("kernel_one_pair", "tcp_gbps")))
     for path in ("outbound", "published"):
         k = {"group": "connrate", "peer": "kernel", "path": path, "metric": "conn_per_s"}

@@ -227,7 +227,8 @@ struct DaemonArgs {
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     busy_poll_us: u32,
     /// How many workers may busy-poll at the same time; the others sleep
-    /// as soon as they are idle (0: half the CPUs, at least one).
+    /// as soon as they are idle (0: no limit; 1 on a 2-CPU machine leaves
+    /// a CPU to the NAT thread: see README, Performance).
     #[arg(long = "busy-poll-workers", value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     busy_poll_workers: u32,

@@ -81,8 +81,8 @@ pub struct Config {
     /// `--busy-poll-us`: how long an idle worker polls before it sleeps.
     #[serde(default = "default_busy_poll_us")]
     pub busy_poll_us: u32,
-    /// `--busy-poll-workers`: how many workers may poll at once (0: half
-    /// the CPUs, at least one).
+    /// `--busy-poll-workers`: how many workers may poll at once (0: no
+    /// limit).
     #[serde(default)]
     pub busy_poll_workers: u32,
 }

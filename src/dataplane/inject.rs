@@ -160,6 +160,9 @@ impl InjectRx {
 /// each: NAT outbound 0.46 / 0.48 -> 0.64 / 0.66 of the kernel path,
 /// published 0.93 / 0.90 -> 1.04 / 1.12, connections/s 0.32-0.40 ->
 /// 0.52-0.60 of the kernel's; the switch's TCP and 64 B rates unchanged.
+/// But the host -> container direction through the NAT and two busy pairs
+/// lost (a worker with traffic sleeps between frames when the other holds
+/// the token), so by default there is no limit.
 #[derive(Debug)]
 pub(super) struct SpinGate {
     limit: usize,
@@ -167,15 +170,10 @@ pub(super) struct SpinGate {
 }
 
 impl SpinGate {
-    /// `limit` 0: half the CPUs, at least one.
+    /// `limit` 0: no limit.
     pub(super) fn new(limit: usize) -> SpinGate {
-        let limit = if limit == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get() / 2)
-        } else {
-            limit
-        };
         SpinGate {
-            limit: limit.max(1),
+            limit: if limit == 0 { usize::MAX } else { limit },
             polling: Default::default(),
         }
     }
@@ -260,7 +258,7 @@ mod tests {
         assert!(!g.enter(), "a third worker sleeps");
         g.leave();
         assert!(g.enter());
-        let auto = SpinGate::new(0);
-        assert!(auto.limit >= 1);
+        let open = SpinGate::new(0);
+        assert!((0..64).all(|_| open.enter()), "0: no limit");
     }
 }

@@ -244,9 +244,8 @@ pub struct DataplaneConfig {
     /// polling (`tapnet stats` shows it as each worker's spin share).
     pub busy_poll: std::time::Duration,
     /// How many workers may busy-poll at once (`tapnet daemon
-    /// --busy-poll-workers`); 0: half the CPUs, at least one. The others
-    /// sleep as soon as they are idle, leaving CPUs to the containers and
-    /// the NAT thread.
+    /// --busy-poll-workers`); 0: no limit. The others sleep as soon as
+    /// they are idle, leaving CPUs to the containers and the NAT thread.
     pub busy_poll_workers: usize,
 }
 
