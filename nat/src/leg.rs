@@ -254,10 +254,10 @@ impl Leg {
         self
     }
 
-    /// Connects to `container` from `client`; false if it cannot
-    /// (families differ, port 0).
-    fn connect_to(&mut self, client: SocketAddr, container: SocketAddr) -> bool {
-        if client.is_ipv4() != container.is_ipv4() {
+    /// Connects to `container` from `client` through the interface's
+    /// `gateway`; false if it cannot (families differ, port 0).
+    fn connect_to(&mut self, gateway: IpAddr, client: SocketAddr, container: SocketAddr) -> bool {
+        if gateway.is_ipv4() != client.is_ipv4() || client.is_ipv4() != container.is_ipv4() {
             return false;
         }
         let remote = IpEndpoint::new(IpAddress::from(container.ip()), container.port());
@@ -304,13 +304,11 @@ impl Leg {
         cfg: &LegConfig,
         now_ns: u64,
     ) -> Option<Leg> {
-        let (gateway, client, container) = (gateway.into(), client.into(), container.into());
-        if gateway.is_ipv4() != client.is_ipv4() {
-            return None;
-        }
+        let gateway = gateway.into();
         let mut leg = Leg::fresh(cfg, cfg.random_seed, now_ns);
         leg.address(gateway, prefix);
-        leg.connect_to(client, container).then_some(leg)
+        leg.connect_to(gateway, client.into(), container.into())
+            .then_some(leg)
     }
 
     /// The TCP socket (read what the container sent, queue what goes to
@@ -393,11 +391,6 @@ impl LegPool {
         }
     }
 
-    /// The configuration new legs are built with.
-    pub fn config(&self) -> &LegConfig {
-        &self.cfg
-    }
-
     /// Legs built, and legs reused, since the pool was made.
     pub fn counts(&self) -> (u64, u64) {
         (self.made, self.reused)
@@ -445,12 +438,9 @@ impl LegPool {
         container: impl Into<SocketAddr>,
         now_ns: u64,
     ) -> Option<Leg> {
-        let (gateway, client, container) = (gateway.into(), client.into(), container.into());
-        if gateway.is_ipv4() != client.is_ipv4() {
-            return None;
-        }
+        let gateway = gateway.into();
         let mut leg = self.take(gateway, prefix, now_ns);
-        if leg.connect_to(client, container) {
+        if leg.connect_to(gateway, client.into(), container.into()) {
             Some(leg)
         } else {
             self.idle.push(leg);
