@@ -1,4 +1,4 @@
-use super::inject::{self, InjectRx, InjectTx, Injected, SpinGate, WorkerWake};
+use super::inject::{self, InjectRx, InjectTx, Injected, SpinGate, SpinToken, WorkerWake};
 use super::vtep::{TunnelRx, TunnelTx, Vtep};
 use super::*;
 use anyhow::{bail, Context};
@@ -61,8 +61,8 @@ struct WorkerOwn {
     /// How long the worker keeps polling without sleeping after its last
     /// work (`--busy-poll-us`; zero: it sleeps at once).
     busy_poll: Duration,
-    /// Shared by the workers: how many poll at once.
-    spin_gate: Arc<SpinGate>,
+    /// Shared by the workers: how many poll at once (None: no limit).
+    spin_gate: Option<Arc<SpinGate>>,
 }
 
 /// What a worker publishes about itself, once per loop (not per frame).
@@ -175,7 +175,7 @@ impl Dataplane {
             .map(|w| inject::queue(DNS_INJECT_QUEUE, w.clone()))
             .unzip();
         let capture = super::capture::Hub::new(switch.clone());
-        let spin_gate = Arc::new(SpinGate::new(config.busy_poll_workers));
+        let spin_gate = SpinGate::new(config.busy_poll_workers).map(Arc::new);
         let nat = super::nat::start(
             capture.clone(),
             config.host_loopback,
@@ -916,20 +916,13 @@ fn worker_loop(
     let mut last_work = Instant::now();
     // The end of the previous turn: spin time runs from there.
     let mut turn_end = last_work;
-    // Whether this worker holds one of the polling tokens.
-    let mut holds_token = false;
+    let mut token = SpinToken::new(spin_gate);
     loop {
         let mut timeout = Some(Duration::ZERO);
         let idle = ready.is_empty() && !tun_ready.0 && !tun_ready.1;
         // (`turn_end` is as good as now: no clock read per turn for it.)
         let in_window = idle && turn_end.duration_since(last_work) < busy_poll;
-        let spinning = in_window && (holds_token || spin_gate.enter());
-        if spinning != holds_token {
-            if holds_token {
-                spin_gate.leave();
-            }
-            holds_token = spinning;
-        }
+        let spinning = token.allow(in_window);
         if idle && !spinning {
             // Producers wake a sleeping worker only: say so, then look at
             // the injection queues once more. (While spinning the worker
@@ -1000,12 +993,7 @@ fn worker_loop(
                     }
                     ready.retain(|&q| q != port);
                 }
-                Cmd::Stop => {
-                    if holds_token {
-                        spin_gate.leave();
-                    }
-                    return;
-                }
+                Cmd::Stop => return,
             }
         }
         if injected {

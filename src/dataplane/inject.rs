@@ -170,16 +170,17 @@ pub(super) struct SpinGate {
 }
 
 impl SpinGate {
-    /// `limit` 0: no limit.
-    pub(super) fn new(limit: usize) -> SpinGate {
-        SpinGate {
-            limit: if limit == 0 { usize::MAX } else { limit },
+    /// A gate of `limit` tokens; `limit` 0: no gate (no limit, and no
+    /// shared counter for the workers to touch).
+    pub(super) fn new(limit: usize) -> Option<SpinGate> {
+        (limit > 0).then(|| SpinGate {
+            limit,
             polling: Default::default(),
-        }
+        })
     }
 
     /// Takes a token if one is free.
-    pub(super) fn enter(&self) -> bool {
+    fn enter(&self) -> bool {
         self.polling
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < self.limit).then_some(n + 1)
@@ -188,8 +189,43 @@ impl SpinGate {
     }
 
     /// Gives a token back.
-    pub(super) fn leave(&self) {
+    fn leave(&self) {
         self.polling.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One worker's side of the [`SpinGate`]: whether it holds a token. The
+/// token goes back when the worker stops polling, and when the worker
+/// ends (drop), whichever way it ends.
+pub(super) struct SpinToken {
+    gate: Option<Arc<SpinGate>>,
+    held: bool,
+}
+
+impl SpinToken {
+    pub(super) fn new(gate: Option<Arc<SpinGate>>) -> SpinToken {
+        SpinToken { gate, held: false }
+    }
+
+    /// Whether the worker, which would poll now (`want`), may: without a
+    /// gate, always; else while it holds a token, taking one when it
+    /// starts and giving it back when it stops.
+    pub(super) fn allow(&mut self, want: bool) -> bool {
+        let Some(g) = &self.gate else {
+            return want;
+        };
+        let allow = want && (self.held || g.enter());
+        if self.held && !allow {
+            g.leave();
+        }
+        self.held = allow;
+        allow
+    }
+}
+
+impl Drop for SpinToken {
+    fn drop(&mut self) {
+        self.allow(false);
     }
 }
 
@@ -253,12 +289,16 @@ mod tests {
     /// At most `limit` tokens are out at once; a returned one is free again.
     #[test]
     fn the_spin_gate_lets_limit_workers_poll() {
-        let g = SpinGate::new(2);
-        assert!(g.enter() && g.enter());
-        assert!(!g.enter(), "a third worker sleeps");
-        g.leave();
-        assert!(g.enter());
-        let open = SpinGate::new(0);
-        assert!((0..64).all(|_| open.enter()), "0: no limit");
+        let g = Arc::new(SpinGate::new(2).unwrap());
+        let mut t: Vec<SpinToken> = (0..3).map(|_| SpinToken::new(Some(g.clone()))).collect();
+        assert!(t[0].allow(true) && t[1].allow(true));
+        assert!(t[0].allow(true), "a holder keeps its token");
+        assert!(!t[2].allow(true), "a third worker sleeps");
+        assert!(!t[0].allow(false));
+        assert!(t[2].allow(true), "a returned token is free again");
+        drop(t.remove(1));
+        assert!(t[0].allow(true), "a worker that ends gives its token back");
+        assert!(SpinGate::new(0).is_none(), "0: no limit");
+        assert!(SpinToken::new(None).allow(true));
     }
 }
