@@ -957,11 +957,52 @@ asyncio.run(asyncio.wait_for(main(), 240))
 "#;
 
 /// Load, bounded: 2000 TCP connections open at once from one container to
-/// a server outside, every one answering. No timing assertions.
+/// a server outside, every one answering. No timing assertions. Two
+/// workers: the NAT runs in worker 0, and the connections whose frames the
+/// TAP's queues give to worker 1 are handed over to it.
 #[test]
 fn two_thousand_concurrent_outbound_connections() {
-    const N: u32 = 2000;
-    let mut w = World::new(&[]);
+    let w = World::new(&["--workers", "2"]);
+    concurrent_connections(w, 2000);
+}
+
+/// The other layout (`--nat-thread`): the NAT in a thread of its own,
+/// two workers handing it frames. Outbound TCP, UDP and ICMP, a published
+/// port, and 300 connections at once.
+#[test]
+fn the_nat_thread_layout_relays_too() {
+    let w = World::new(&["--workers", "2", "--nat-thread"]);
+    w.d.ok(&["network", "create", "--subnet", "10.88.0.0/24", "thr"]);
+    w.d.sleeper("t1", &["thr"], &[]);
+    let page = curl_ok(&w.d, "t1", &format!("http://{OUTSIDE}/file"));
+    assert_eq!(page.trim(), PAGE, "{}", w.context());
+    let echo = w.exec_ok("t1", &udp_ask(OUTSIDE, 7, "tapnet-thread-echo"));
+    assert_eq!(echo.trim(), "tapnet-thread-echo", "{}", w.context());
+    w.exec_ok("t1", &format!("ping -c 2 -W 3 {OUTSIDE}"));
+    w.d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "tweb",
+        "--network",
+        "thr",
+        "-p",
+        "8181:80",
+        "--",
+        "sh",
+        "-c",
+        "exec socat TCP-LISTEN:80,fork,reuseaddr 'SYSTEM:echo $SOCAT_PEERADDR'",
+    ]);
+    let got = answer("TCP 8181 from outside", || {
+        w.outside.ns.sh(&tcp_read(HOST, 8181))
+    });
+    assert_eq!(got, OUTSIDE, "{}", w.context());
+    concurrent_connections(w, 300);
+}
+
+/// `n` TCP connections open at once from a new container to a python echo
+/// server outside; every one must answer.
+fn concurrent_connections(mut w: World, n: u32) {
     std::fs::write(w.files.0.join("echo.py"), ECHO_SERVER).unwrap();
     std::fs::write(w.files.0.join("load.py"), LOAD_CLIENT).unwrap();
     let server = w.files.0.join("echo.py").display().to_string();
@@ -981,9 +1022,9 @@ fn two_thousand_concurrent_outbound_connections() {
     w.d.sleeper("loader", &["load"], &[]);
     // Warm up: the path works for one connection first.
     curl_ok(&w.d, "loader", &format!("http://{OUTSIDE}/file"));
-    let out = w.exec_ok("loader", &format!("{PYTHON} {client} {OUTSIDE} 7100 {N}"));
+    let out = w.exec_ok("loader", &format!("{PYTHON} {client} {OUTSIDE} 7100 {n}"));
     assert!(
-        out.contains(&format!("answered {N} of {N};")),
+        out.contains(&format!("answered {n} of {n};")),
         "{out}\n{}",
         w.context()
     );

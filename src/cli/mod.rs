@@ -227,11 +227,14 @@ struct DaemonArgs {
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     busy_poll_us: u32,
     /// How many workers may busy-poll at the same time; the others sleep
-    /// as soon as they are idle (0: no limit; 1 on a 2-CPU machine leaves
-    /// a CPU to the NAT thread: see README, Performance).
+    /// as soon as they are idle (0: no limit; see README, Performance).
     #[arg(long = "busy-poll-workers", value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     busy_poll_workers: u32,
+    /// Run the NAT in a thread of its own instead of in worker 0's loop
+    /// (the layout before; see README, Performance).
+    #[arg(long = "nat-thread")]
+    nat_thread: bool,
 }
 
 fn client(host: &Option<String>) -> anyhow::Result<Client> {
@@ -409,6 +412,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         metrics_addr,
         busy_poll_us: a.busy_poll_us,
         busy_poll_workers: a.busy_poll_workers,
+        nat_thread: a.nat_thread,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -85,6 +85,9 @@ pub struct Config {
     /// limit).
     #[serde(default)]
     pub busy_poll_workers: u32,
+    /// `--nat-thread`: the NAT in a thread of its own, not in worker 0.
+    #[serde(default)]
+    pub nat_thread: bool,
 }
 
 /// `--busy-poll-us`'s default: long enough that a TCP stream's worker stays
@@ -369,6 +372,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .map(|c| crate::dataplane::VtepConfig::new(c.vtep)),
         busy_poll: std::time::Duration::from_micros(cfg.busy_poll_us.into()),
         busy_poll_workers: cfg.busy_poll_workers as usize,
+        nat_thread: cfg.nat_thread,
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)

@@ -23,6 +23,7 @@ use tapnet_switch::{
 /// The services behind each network's gateway, per worker: the embedded
 /// DNS, then the NAT gateway.
 type Hook = DnsHook<super::nat::NatHook, FastRng>;
+use super::nat::Nat;
 /// Forwarded DNS queries waiting for the forwarder.
 const DNS_FORWARD_QUEUE: usize = 4096;
 /// Forwarded answers waiting in one worker's injection queue (the
@@ -38,6 +39,9 @@ const WAKER: Token = Token(usize::MAX);
 const VTEP_UDP: Token = Token(usize::MAX - 1);
 /// The VTEP's raw ESP socket (worker 0).
 const VTEP_ESP: Token = Token(usize::MAX - 2);
+/// The NAT's own epoll instance, nested in worker 0's (unless
+/// `--nat-thread`).
+const NAT_POLL: Token = Token(usize::MAX - 3);
 
 enum Cmd {
     AddQueue { port: u32, fd: OwnedFd },
@@ -63,6 +67,9 @@ struct WorkerOwn {
     busy_poll: Duration,
     /// Shared by the workers: how many poll at once (None: no limit).
     spin_gate: Option<Arc<SpinGate>>,
+    /// The NAT, for the worker that drives it (worker 0, unless
+    /// `--nat-thread`).
+    nat: Option<super::nat::Nat>,
 }
 
 /// What a worker publishes about itself, once per loop (not per frame).
@@ -176,15 +183,25 @@ impl Dataplane {
             .unzip();
         let capture = super::capture::Hub::new(switch.clone());
         let spin_gate = SpinGate::new(config.busy_poll_workers).map(Arc::new);
-        let nat = super::nat::start(
+        // In worker 0 (the default), the NAT sends every frame through
+        // worker 0: a TAP queue's flow steering then brings the flow's
+        // next frames from the container to worker 0 as well, where the
+        // NAT reads them without a hand-off.
+        let nat_inject = if config.nat_thread {
+            nat_tx
+        } else {
+            nat_tx.into_iter().take(1).collect()
+        };
+        let (nat, mut nat_edge) = super::nat::start(
             capture.clone(),
             config.host_loopback,
             &config.conntrack,
             seed.rotate_left(32),
             epoch,
-            nat_tx,
+            nat_inject,
+            config.nat_thread,
         )
-        .context("start NAT thread")?;
+        .context("start the NAT")?;
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         let mut shared = Vec::new();
@@ -224,6 +241,12 @@ impl Dataplane {
                 }
                 _ => None,
             };
+            let nat = if id == 0 { nat_edge.take() } else { None };
+            if let Some(n) = &nat {
+                poll.registry()
+                    .register(&mut SourceFd(&n.fd()), NAT_POLL, Interest::READABLE)
+                    .context("register the NAT's epoll")?;
+            }
             let sh = Arc::new(WorkerShared::default());
             shared.push(sh.clone());
             let own = WorkerOwn {
@@ -232,6 +255,7 @@ impl Dataplane {
                 shared: sh,
                 busy_poll: config.busy_poll,
                 spin_gate: spin_gate.clone(),
+                nat,
             };
             let t = std::thread::Builder::new()
                 .name(format!("tapnet-worker-{id}"))
@@ -897,6 +921,7 @@ fn worker_loop(
         shared,
         busy_poll,
         spin_gate,
+        mut nat,
     }: WorkerOwn,
 ) {
     let mut events = Events::with_capacity(256);
@@ -917,9 +942,12 @@ fn worker_loop(
     // The end of the previous turn: spin time runs from there.
     let mut turn_end = last_work;
     let mut token = SpinToken::new(spin_gate);
+    let mut nat_events = Events::with_capacity(256);
+    // The NAT's epoll may hold more events than its last turn took.
+    let mut nat_more = false;
     loop {
         let mut timeout = Some(Duration::ZERO);
-        let idle = ready.is_empty() && !tun_ready.0 && !tun_ready.1;
+        let idle = ready.is_empty() && !tun_ready.0 && !tun_ready.1 && !nat_more;
         // (`turn_end` is as good as now: no clock read per turn for it.)
         let in_window = idle && turn_end.duration_since(last_work) < busy_poll;
         let spinning = token.allow(in_window);
@@ -928,8 +956,17 @@ fn worker_loop(
             // the injection queues once more. (While spinning the worker
             // looks at them on every turn.)
             wake.going_to_sleep();
-            if injects.iter().all(InjectRx::is_empty) {
-                timeout = Some(Duration::from_secs(1));
+            if let Some(n) = &nat {
+                // As `going_to_sleep`, for the NAT's producers (the
+                // workers' hooks wake the NAT's waker, nested in this
+                // epoll).
+                n.sleeping().store(true, Ordering::Relaxed);
+                std::sync::atomic::fence(Ordering::SeqCst);
+            }
+            if injects.iter().all(InjectRx::is_empty) && !nat.as_ref().is_some_and(Nat::has_input) {
+                let max = Duration::from_secs(1);
+                let nat_timer = nat.as_ref().and_then(Nat::deadline);
+                timeout = Some(nat_timer.map_or(max, |t| t.min(max)));
             }
         }
         if let Err(e) = poll.poll(&mut events, timeout) {
@@ -939,9 +976,13 @@ fn worker_loop(
             }
         }
         wake.awake();
+        if let Some(n) = &nat {
+            n.sleeping().store(false, Ordering::Relaxed);
+        }
         let woke = Instant::now();
         let injected = !injects.iter().all(InjectRx::is_empty);
-        let worked = !idle || !events.is_empty() || injected;
+        let nat_work = nat.as_ref().is_some_and(|n| n.has_input() || n.due());
+        let worked = !idle || !events.is_empty() || injected || nat_work;
         if spinning && !worked {
             // Nothing yet: the turn is spin time, not work.
             let spin = &shared.spin_ns;
@@ -959,6 +1000,10 @@ fn worker_loop(
                 }
                 VTEP_ESP => {
                     tun_ready.1 = true;
+                    continue;
+                }
+                NAT_POLL => {
+                    nat_more = true;
                     continue;
                 }
                 _ => {}
@@ -1020,6 +1065,25 @@ fn worker_loop(
                 tun.flush();
             }
         }
+        if let Some(n) = nat.as_mut() {
+            let mut running = drive_nat(n, nat_more || nat_work, &mut nat_events, &mut nat_more);
+            // The NAT's frames leave in this turn, and while it waits for
+            // their buffers it goes on as soon as they are back.
+            for _ in 0..NAT_ROUNDS {
+                if !running || injects.iter().all(InjectRx::is_empty) {
+                    break;
+                }
+                transmit_injected(&w, &queues, &injects, epoch, &mut tun, &mut route);
+                tun.flush();
+                if !n.waiting_for_buffers() {
+                    break;
+                }
+                running = n.work();
+            }
+            if !running {
+                nat = None;
+            }
+        }
         // Once per loop, not per frame: busy time and the DNS counters.
         let busy = &shared.busy_ns;
         turn_end = Instant::now();
@@ -1035,6 +1099,31 @@ fn worker_loop(
                 dns_seen = dns;
             }
         }
+    }
+}
+
+/// Times a worker sends the NAT's frames and lets it go on in one turn
+/// while the NAT waits for their buffers.
+const NAT_ROUNDS: usize = 4;
+
+/// One turn of the NAT in its worker: commands, frames, timers, then the
+/// host sockets' readiness (without waiting). `nat_more` says whether its
+/// epoll may hold more; false once the NAT was told to stop (or its epoll
+/// failed).
+fn drive_nat(n: &mut Nat, wanted: bool, events: &mut Events, nat_more: &mut bool) -> bool {
+    if !wanted && !n.has_input() {
+        return true;
+    }
+    *nat_more = false;
+    if !n.work() {
+        return false;
+    }
+    match n.poll_sockets(events, Some(Duration::ZERO)) {
+        Some(more) => {
+            *nat_more = more;
+            true
+        }
+        None => false,
     }
 }
 

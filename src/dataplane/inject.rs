@@ -156,7 +156,8 @@ impl InjectRx {
 /// once. On a small machine every polling worker is a CPU taken from the
 /// containers and the NAT thread (two workers polling on two CPUs left a
 /// NAT thread and its peers waiting 140 µs on average for a CPU, by
-/// `perf sched latency`). With one token on 2 CPUs, two alternating runs
+/// `perf sched latency`). Measured with the NAT in a thread of its own
+/// (now `--nat-thread`): with one token on 2 CPUs, two alternating runs
 /// each: NAT outbound 0.46 / 0.48 -> 0.64 / 0.66 of the kernel path,
 /// published 0.93 / 0.90 -> 1.04 / 1.12, connections/s 0.32-0.40 ->
 /// 0.52-0.60 of the kernel's; the switch's TCP and 64 B rates unchanged.

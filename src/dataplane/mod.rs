@@ -247,6 +247,9 @@ pub struct DataplaneConfig {
     /// --busy-poll-workers`); 0: no limit. The others sleep as soon as
     /// they are idle, leaving CPUs to the containers and the NAT thread.
     pub busy_poll_workers: usize,
+    /// The NAT runs in a thread of its own (`tapnet daemon --nat-thread`),
+    /// not in worker 0's loop.
+    pub nat_thread: bool,
 }
 
 /// `tapnet daemon --conntrack-*`: limits and idle timeouts of the NAT's
@@ -351,6 +354,7 @@ impl Default for DataplaneConfig {
             vtep: None,
             busy_poll: std::time::Duration::ZERO,
             busy_poll_workers: 0,
+            nat_thread: false,
         }
     }
 }

@@ -1,26 +1,38 @@
-//! The NAT's I/O edge: one thread that owns the host sockets and drives
-//! the sans-IO gateway ([`tapnet_nat::Gateway`]: policy, connection table,
-//! TCP legs, UDP/ICMP relays, published ports, frame building). No
-//! netfilter, no privileges: it is the daemon's own sockets that talk to
-//! the world.
+//! The NAT's I/O edge: the host sockets, driving the sans-IO gateway
+//! ([`tapnet_nat::Gateway`]: policy, connection table, TCP legs, UDP/ICMP
+//! relays, published ports, frame building). No netfilter, no privileges:
+//! it is the daemon's own sockets that talk to the world.
 //!
-//! # Threads and hand-offs
+//! # Where it runs
+//! By default in worker 0's loop: the NAT's epoll instance is nested in
+//! the worker's, and the worker serves it after its ports in every turn
+//! ([`Nat::work`], [`Nat::poll_sockets`]). Every frame the NAT builds
+//! leaves through worker 0, so a multi-queue TAP's flow steering (the
+//! kernel sends a flow's frames to the queue its replies were last written
+//! on) brings the flow's next frames from the container to worker 0 too:
+//! a connection's steps then run in one thread, with no hand-off and no
+//! wake-up (connections per second through the NAT: about 0.5 -> 0.75 of
+//! the kernel path on 2 CPUs, README, Performance). Only a flow's first
+//! frames, and those of a flow idle past the kernel's steering entry
+//! (3 s), may arrive at another worker and be handed over.
+//! `tapnet daemon --nat-thread` runs it in a thread of its own instead
+//! (the earlier layout, kept for comparison), sending each flow's frames
+//! back through the worker that read its latest frame.
+//!
+//! # Hand-offs
 //! Workers run [`NatHook`] behind the DNS hook: a frame the gateway's
 //! [`tapnet_nat::classify`] gives to the NAT is claimed whole
 //! ([`HookVerdict::Claimed`]); the worker then trades its receive buffer,
 //! holding the frame, for an empty one from the pool
 //! ([`GatewayHook::claim_buffer`]) and the full one is queued to the NAT
-//! thread (no copy; a bounded queue: when it or the pool is empty the
-//! frame is dropped and counted as `queue_full`, and the sender's TCP
-//! retransmits). The NAT thread feeds frames and socket readiness to the
-//! gateway, performs the socket operations it asks for, and hands the
-//! frames it builds for containers to a worker through that worker's
-//! injection queue ([`super::inject`]): the worker that read the flow's
-//! latest frame from the container (the gateway's "lane"; by port for a
-//! flow the container has not sent on yet), so a flow's frames stay in
-//! order and no other worker wakes up. They leave through the switch's
-//! egress stage like every other frame (per-port tx counters, capture
-//! hooks), and their buffers come back for reuse.
+//! (no copy; a bounded queue: when it or the pool is empty the frame is
+//! dropped and counted as `queue_full`, and the sender's TCP retransmits).
+//! The NAT feeds frames and socket readiness to the gateway, performs the
+//! socket operations it asks for, and hands the frames it builds for
+//! containers to a worker through that worker's injection queue
+//! ([`super::inject`]). They leave through the switch's egress stage like
+//! every other frame (per-port tx counters, capture hooks), and their
+//! buffers come back for reuse.
 //!
 //! # IPv6
 //! IPv6 flows leave through the host's IPv6 sockets (TCP, UDP, and
@@ -231,7 +243,10 @@ impl NatHandle {
     }
 }
 
-/// Starts the NAT thread; `inject[w]` is worker `w`'s injection queue.
+/// Makes the NAT; `inject[w]` is worker `w`'s injection queue. With
+/// `own_thread` it runs in a thread of its own; otherwise the NAT is
+/// returned for a worker to drive ([`Nat::work`], [`Nat::poll_sockets`]),
+/// and `inject` should hold that worker's queue alone.
 pub(super) fn start(
     capture: Arc<super::capture::Hub>,
     host_loopback: bool,
@@ -239,7 +254,8 @@ pub(super) fn start(
     seed: u64,
     epoch: Instant,
     inject: Vec<InjectTx>,
-) -> anyhow::Result<NatHandle> {
+    own_thread: bool,
+) -> anyhow::Result<(NatHandle, Option<Nat>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (frames_tx, frames_rx) = crossbeam_channel::bounded(QUEUE);
@@ -299,14 +315,18 @@ pub(super) fn start(
         epoch,
         capture,
     };
-    std::thread::Builder::new()
-        .name("tapnet-nat".into())
-        .spawn(move || nat.run())?;
-    Ok(NatHandle {
+    let handle = NatHandle {
         cmds: cmds_tx,
         waker,
         queue,
-    })
+    };
+    if !own_thread {
+        return Ok((handle, Some(nat)));
+    }
+    std::thread::Builder::new()
+        .name("tapnet-nat".into())
+        .spawn(move || nat.run())?;
+    Ok((handle, None))
 }
 
 /// How echo requests can leave: unprivileged ping sockets (the group in
@@ -385,7 +405,9 @@ struct Pub {
     sock: PubSock,
 }
 
-struct Nat {
+/// The NAT's edge: its host sockets and the gateway, driven by its own
+/// thread or by a worker.
+pub(super) struct Nat {
     poll: Poll,
     cmds: Receiver<NatCmd>,
     frames: Receiver<InFrame>,
@@ -415,60 +437,117 @@ impl Nat {
         self.epoch.elapsed().as_nanos() as u64
     }
 
+    /// The NAT thread's loop (`--nat-thread`).
     fn run(&mut self) {
         let mut events = Events::with_capacity(256);
         loop {
-            while let Ok(c) = self.cmds.try_recv() {
-                if !self.command(c) {
-                    return;
-                }
+            if !self.work() {
+                return;
             }
-            let mut budget = FRAME_BUDGET;
-            while budget > 0 {
-                let Ok(f) = self.frames.try_recv() else {
-                    break;
-                };
-                budget -= 1;
-                self.frame(f);
-            }
-            self.gw.handle_timeout(self.now());
-            self.output();
-            let now = self.now();
-            let mut timeout = self
-                .gw
-                .poll_timeout()
-                .map(|t| Duration::from_nanos(t.saturating_sub(now)));
-            if self.gw.waiting_for_buffers() {
-                // Buffers come back from the workers without a wake-up.
-                timeout = Some(timeout.map_or(Duration::from_millis(1), |t| {
-                    t.min(Duration::from_millis(1))
-                }));
-            }
+            let mut timeout = self.deadline();
             self.sleeping.store(true, Ordering::Release);
-            if !self.frames.is_empty() || !self.cmds.is_empty() {
+            if self.has_input() {
                 timeout = Some(Duration::ZERO);
             }
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!("nat: epoll: {e}");
-                    return;
-                }
-            }
+            let r = self.poll_sockets(&mut events, timeout);
             self.sleeping.store(false, Ordering::Release);
-            let now = self.now();
-            for ev in events.iter() {
-                match ev.token() {
-                    WAKER => {}
-                    RAW_ICMP => self.read_datagrams(now, SocketId::RawIcmp),
-                    RAW_ICMP6 => self.read_datagrams(now, SocketId::RawIcmp6),
-                    Token(t) if t >= PUB_BASE => self.published_ready(now, (t - PUB_BASE) as u64),
-                    Token(t) => {
-                        self.flow_ready(now, FlowHandle::from_u64(t as u64), ev.is_writable())
-                    }
-                }
+            if r.is_none() {
+                return;
             }
-            self.output();
         }
+    }
+
+    /// Its epoll instance (to nest in a worker's).
+    pub(super) fn fd(&self) -> std::os::fd::RawFd {
+        self.poll.as_raw_fd()
+    }
+
+    /// A timer is due, or buffers are awaited.
+    pub(super) fn due(&self) -> bool {
+        self.gw.waiting_for_buffers() || self.gw.poll_timeout().is_some_and(|t| t <= self.now())
+    }
+
+    /// The gateway has frames to build but no free buffer.
+    pub(super) fn waiting_for_buffers(&self) -> bool {
+        self.gw.waiting_for_buffers()
+    }
+
+    /// Commands and frames are waiting.
+    pub(super) fn has_input(&self) -> bool {
+        !self.frames.is_empty() || !self.cmds.is_empty()
+    }
+
+    /// How long the NAT may sleep: until the gateway's next timer, or 1 ms
+    /// while it waits for buffers (they come back without a wake-up).
+    pub(super) fn deadline(&self) -> Option<Duration> {
+        let now = self.now();
+        let mut timeout = self
+            .gw
+            .poll_timeout()
+            .map(|t| Duration::from_nanos(t.saturating_sub(now)));
+        if self.gw.waiting_for_buffers() {
+            timeout = Some(timeout.map_or(Duration::from_millis(1), |t| {
+                t.min(Duration::from_millis(1))
+            }));
+        }
+        timeout
+    }
+
+    /// The flag producers read before they wake the NAT (its waker, or in
+    /// a worker, the worker's epoll through the NAT's).
+    pub(super) fn sleeping(&self) -> &AtomicBool {
+        &self.sleeping
+    }
+
+    /// The commands, up to [`FRAME_BUDGET`] queued frames and the timers,
+    /// then the output. False once told to stop.
+    pub(super) fn work(&mut self) -> bool {
+        while let Ok(c) = self.cmds.try_recv() {
+            if !self.command(c) {
+                return false;
+            }
+        }
+        let mut budget = FRAME_BUDGET;
+        while budget > 0 {
+            let Ok(f) = self.frames.try_recv() else {
+                break;
+            };
+            budget -= 1;
+            self.frame(f);
+        }
+        self.gw.handle_timeout(self.now());
+        self.output();
+        true
+    }
+
+    /// Waits up to `timeout` for the host sockets' readiness and serves
+    /// it. Some(true) when the events filled `events` (more may be
+    /// ready: poll again); None on an epoll error.
+    pub(super) fn poll_sockets(
+        &mut self,
+        events: &mut Events,
+        timeout: Option<Duration>,
+    ) -> Option<bool> {
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!("nat: epoll: {e}");
+                return None;
+            }
+        }
+        let now = self.now();
+        let mut n = 0;
+        for ev in events.iter() {
+            n += 1;
+            match ev.token() {
+                WAKER => {}
+                RAW_ICMP => self.read_datagrams(now, SocketId::RawIcmp),
+                RAW_ICMP6 => self.read_datagrams(now, SocketId::RawIcmp6),
+                Token(t) if t >= PUB_BASE => self.published_ready(now, (t - PUB_BASE) as u64),
+                Token(t) => self.flow_ready(now, FlowHandle::from_u64(t as u64), ev.is_writable()),
+            }
+        }
+        self.output();
+        Some(n >= events.capacity())
     }
 
     /// Socket ops, then frames to the workers, then buffers back.
