@@ -245,6 +245,17 @@ fn containers_talk_through_the_switch() {
         &a,
         "n=$(curl -sS -m 10 http://10.97.0.3:8080/blob | wc -c); [ \"$n\" = 4194304 ]",
     );
+    // Eight at once: flows on both workers' queues, each written on its
+    // home worker's queue (flow placement), whichever worker sends it.
+    let many = sh(
+        &a,
+        &format!(
+            "for i in 1 2 3 4 5 6 7 8; do \
+               (curl -sS -m 20 http://10.97.0.3:8080/blob | wc -c > {w}/n$i) & \
+             done; wait; \
+             for i in 1 2 3 4 5 6 7 8; do [ \"$(cat {w}/n$i)\" = 4194304 ] || exit 1; done"
+        ),
+    );
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(httpd),
         nix::sys::signal::Signal::SIGKILL,
@@ -254,6 +265,13 @@ fn containers_talk_through_the_switch() {
         ok,
         0,
         "TCP exchange: a {:?} b {:?}",
+        dp.port_stats(pa),
+        dp.port_stats(pb)
+    );
+    assert_eq!(
+        many,
+        0,
+        "eight TCP exchanges at once: a {:?} b {:?}",
         dp.port_stats(pa),
         dp.port_stats(pb)
     );

@@ -219,9 +219,10 @@ struct DaemonArgs {
     /// http://IP:PORT/metrics (no listener by default).
     #[arg(long = "metrics-addr", value_name = "IP:PORT")]
     metrics_addr: Option<String>,
-    /// After its last frame, a worker keeps polling for this many
+    /// After its last frame, a worker keeps polling for up to this many
     /// microseconds before it sleeps (fewer wake-ups, lower latency, CPU
-    /// spent polling; 0: sleep at once; at most 1000000).
+    /// spent polling; each worker adapts its window below this to the gaps
+    /// between its frames; 0: sleep at once; at most 1000000).
     #[arg(long = "busy-poll-us", value_name = "MICROSECONDS",
           default_value_t = crate::daemon::DEFAULT_BUSY_POLL_US,
           value_parser = clap::value_parser!(u32).range(0..=1_000_000))]

@@ -1,4 +1,7 @@
-use super::inject::{self, InjectRx, InjectTx, Injected, SpinGate, SpinToken, WorkerWake};
+use super::inject::{
+    self, InjectRx, InjectTx, Injected, SpinGate, SpinToken, SpinWindow, WorkerWake,
+};
+use super::place::{Placement, Rebalancer};
 use super::vtep::{TunnelRx, TunnelTx, Vtep};
 use super::*;
 use anyhow::{bail, Context};
@@ -44,7 +47,12 @@ const VTEP_ESP: Token = Token(usize::MAX - 2);
 const NAT_POLL: Token = Token(usize::MAX - 3);
 
 enum Cmd {
-    AddQueue { port: u32, fd: OwnedFd },
+    /// A port's queues, one per worker: the worker reads its own and
+    /// writes on any (flow placement).
+    AddQueue {
+        port: u32,
+        fds: Arc<[OwnedFd]>,
+    },
     RemovePort(u32),
     Stop,
 }
@@ -70,6 +78,8 @@ struct WorkerOwn {
     /// The NAT, for the worker that drives it (worker 0, unless
     /// `--nat-thread`).
     nat: Option<super::nat::Nat>,
+    /// Flow placement, shared by the workers.
+    place: Arc<Placement>,
 }
 
 /// What a worker publishes about itself, once per loop (not per frame).
@@ -183,6 +193,7 @@ impl Dataplane {
             .unzip();
         let capture = super::capture::Hub::new(switch.clone());
         let spin_gate = SpinGate::new(config.busy_poll_workers).map(Arc::new);
+        let place = Arc::new(Placement::new(workers));
         // In worker 0 (the default), the NAT sends every frame through
         // worker 0: a TAP queue's flow steering then brings the flow's
         // next frames from the container to worker 0 as well, where the
@@ -256,6 +267,7 @@ impl Dataplane {
                 busy_poll: config.busy_poll,
                 spin_gate: spin_gate.clone(),
                 nat,
+                place: place.clone(),
             };
             let t = std::thread::Builder::new()
                 .name(format!("tapnet-worker-{id}"))
@@ -577,10 +589,7 @@ impl Dataplane {
                 port: id.0,
             });
         }
-        for (w, fd) in self.inner.workers.iter().zip(queues) {
-            let _ = w.tx.send(Cmd::AddQueue { port: id.0, fd });
-            w.wake.wake();
-        }
+        self.hand_queues(id.0, queues);
         Ok(id.0)
     }
 
@@ -866,10 +875,48 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes frames to the worker's own queue of each destination port, and
-/// tunnel ports' frames to the worker's tunnel batch.
+/// A port's queues as a worker holds them.
+struct PortQueues {
+    /// One per worker, in worker order.
+    all: Arc<[OwnedFd]>,
+    /// This worker.
+    me: usize,
+}
+
+impl PortQueues {
+    /// The worker's own queue (the one it reads).
+    fn own(&self) -> &OwnedFd {
+        &self.all[self.me.min(self.all.len() - 1)]
+    }
+
+    /// Worker `w`'s queue.
+    fn of(&self, w: usize) -> &OwnedFd {
+        self.all.get(w).unwrap_or_else(|| self.own())
+    }
+}
+
+/// A worker's side of flow placement ([`super::place`]).
+struct Placer {
+    shared: Arc<Placement>,
+    local: Rebalancer,
+    me: usize,
+}
+
+impl Placer {
+    #[inline]
+    fn home(&mut self, frame: &[u8]) -> usize {
+        self.shared.home(self.me, frame, &mut self.local)
+    }
+}
+
+/// Writes frames to the home worker's queue of each destination port (see
+/// [`super::place`]; injected frames: the worker's own), and tunnel ports'
+/// frames to the worker's tunnel batch.
 struct TapTx<'a> {
-    queues: &'a [Option<OwnedFd>],
+    queues: &'a [Option<PortQueues>],
+    /// Flow placement (None: the worker's own queue, as for injected
+    /// frames).
+    place: Option<&'a mut Placer>,
     topo: &'a Topology,
     tun: &'a mut TunnelTx,
     route: &'a mut segment::RouteTx,
@@ -881,8 +928,12 @@ impl Transmit for TapTx<'_> {
         if port.is_tunnel() {
             return self.tun.transmit(self.topo, port, meta, frame);
         }
-        let Some(Some(fd)) = self.queues.get(port.id.0 as usize) else {
+        let Some(Some(q)) = self.queues.get(port.id.0 as usize) else {
             return Err(DropReason::TxError);
+        };
+        let fd = match &mut self.place {
+            Some(p) if port.uplink.is_none() => q.of(p.home(frame)),
+            _ => q.own(),
         };
         let mut hdr = [0u8; vnet::HEADER_LEN];
         match port.uplink {
@@ -922,11 +973,12 @@ fn worker_loop(
         busy_poll,
         spin_gate,
         mut nat,
+        place,
     }: WorkerOwn,
 ) {
     let mut events = Events::with_capacity(256);
     let mut dns_seen = tapnet_dns::DnsStats::default();
-    let mut queues: Vec<Option<OwnedFd>> = Vec::new();
+    let mut queues: Vec<Option<PortQueues>> = Vec::new();
     // Ports with data possibly left unread (edge-triggered epoll).
     let mut ready: Vec<u32> = Vec::new();
     let mut buf: Box<[u8]> = vec![0u8; RX_BUF_LEN].into_boxed_slice();
@@ -942,14 +994,23 @@ fn worker_loop(
     // The end of the previous turn: spin time runs from there.
     let mut turn_end = last_work;
     let mut token = SpinToken::new(spin_gate);
+    let mut window = SpinWindow::new(busy_poll);
     let mut nat_events = Events::with_capacity(256);
+    let mut placer = Placer {
+        shared: place,
+        local: Rebalancer::default(),
+        me: w.id(),
+    };
+    // Busy time in the current placement interval, and its start.
+    let mut place_busy = Duration::ZERO;
+    let mut place_since = Instant::now();
     // The NAT's epoll may hold more events than its last turn took.
     let mut nat_more = false;
     loop {
         let mut timeout = Some(Duration::ZERO);
         let idle = ready.is_empty() && !tun_ready.0 && !tun_ready.1 && !nat_more;
         // (`turn_end` is as good as now: no clock read per turn for it.)
-        let in_window = idle && turn_end.duration_since(last_work) < busy_poll;
+        let in_window = idle && turn_end.duration_since(last_work) < window.get();
         let spinning = token.allow(in_window);
         if idle && !spinning {
             // Producers wake a sleeping worker only: say so, then look at
@@ -983,6 +1044,9 @@ fn worker_loop(
         let injected = !injects.iter().all(InjectRx::is_empty);
         let nat_work = nat.as_ref().is_some_and(|n| n.has_input() || n.due());
         let worked = !idle || !events.is_empty() || injected || nat_work;
+        if idle && worked {
+            window.observe(woke.duration_since(last_work));
+        }
         if spinning && !worked {
             // Nothing yet: the turn is spin time, not work.
             let spin = &shared.spin_ns;
@@ -1015,8 +1079,12 @@ fn worker_loop(
         }
         while let Ok(cmd) = rx.try_recv() {
             match cmd {
-                Cmd::AddQueue { port, fd } => {
-                    let raw = fd.as_raw_fd();
+                Cmd::AddQueue { port, fds } => {
+                    let q = PortQueues {
+                        all: fds,
+                        me: w.id(),
+                    };
+                    let raw = q.own().as_raw_fd();
                     let i = port as usize;
                     if queues.len() <= i {
                         queues.resize_with(i + 1, || None);
@@ -1028,13 +1096,15 @@ fn worker_loop(
                         tracing::error!("worker {}: register port {port}: {e}", w.id());
                         continue;
                     }
-                    queues[i] = Some(fd);
+                    queues[i] = Some(q);
                     // Frames may already be waiting: an edge was possibly missed.
                     ready.push(port);
                 }
                 Cmd::RemovePort(port) => {
-                    if let Some(fd) = queues.get_mut(port as usize).and_then(Option::take) {
-                        let _ = poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+                    if let Some(q) = queues.get_mut(port as usize).and_then(Option::take) {
+                        let _ = poll
+                            .registry()
+                            .deregister(&mut SourceFd(&q.own().as_raw_fd()));
                     }
                     ready.retain(|&q| q != port);
                 }
@@ -1048,8 +1118,16 @@ fn worker_loop(
         let mut i = 0;
         while i < ready.len() {
             let port = ready[i];
-            let drained =
-                service_queue(&mut w, &queues, port, &mut buf, epoch, &mut tun, &mut route);
+            let drained = service_queue(
+                &mut w,
+                &queues,
+                &mut placer,
+                port,
+                &mut buf,
+                epoch,
+                &mut tun,
+                &mut route,
+            );
             tun.flush();
             if drained {
                 ready.swap_remove(i);
@@ -1087,8 +1165,25 @@ fn worker_loop(
         // Once per loop, not per frame: busy time and the DNS counters.
         let busy = &shared.busy_ns;
         turn_end = Instant::now();
-        let add = turn_end.duration_since(woke).as_nanos() as u64;
+        let took = turn_end.duration_since(woke);
+        let add = took.as_nanos() as u64;
         busy.store(busy.load(Ordering::Relaxed) + add, Ordering::Relaxed);
+        place_busy += took;
+        let span = turn_end.duration_since(place_since);
+        if span >= PLACE_INTERVAL {
+            let permille = (place_busy.as_nanos() * 1000 / span.as_nanos().max(1)) as u32;
+            if let Some(slot) = placer
+                .shared
+                .rebalance(placer.me, permille, &mut placer.local)
+            {
+                tracing::debug!(
+                    "worker {}: flow slot {slot} moves to another worker",
+                    w.id()
+                );
+            }
+            place_busy = Duration::ZERO;
+            place_since = turn_end;
+        }
         if worked {
             last_work = turn_end;
         }
@@ -1101,6 +1196,10 @@ fn worker_loop(
         }
     }
 }
+
+/// How often a worker publishes its load and may give a flow away
+/// ([`super::place`]).
+const PLACE_INTERVAL: Duration = Duration::from_millis(20);
 
 /// Times a worker sends the NAT's frames and lets it go on in one turn
 /// while the NAT waits for their buffers.
@@ -1133,7 +1232,7 @@ fn drive_nat(n: &mut Nat, wanted: bool, events: &mut Events, nat_more: &mut bool
 #[allow(clippy::too_many_arguments)]
 fn service_tunnel(
     w: &mut Worker<Hook>,
-    queues: &[Option<OwnedFd>],
+    queues: &[Option<PortQueues>],
     rx: &mut TunnelRx,
     (mut udp_ready, mut esp_ready): (bool, bool),
     spare: &mut Box<[u8]>,
@@ -1147,6 +1246,7 @@ fn service_tunnel(
     let id = w.id();
     let mut tx = TapTx {
         queues,
+        place: None,
         topo: cx.topology(),
         tun,
         route,
@@ -1226,7 +1326,7 @@ fn service_tunnel(
 /// worker through the switch's egress stage, and gives their buffers back.
 fn transmit_injected(
     w: &Worker<Hook>,
-    queues: &[Option<OwnedFd>],
+    queues: &[Option<PortQueues>],
     injects: &[InjectRx],
     epoch: Instant,
     tun: &mut TunnelTx,
@@ -1235,6 +1335,7 @@ fn transmit_injected(
     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
     let mut tx = TapTx {
         queues,
+        place: None,
         topo: cx.topology(),
         tun,
         route,
@@ -1250,22 +1351,26 @@ fn transmit_injected(
 /// Reads up to [`READ_BUDGET`] frames from this worker's queue of `port`
 /// and runs each through the pipeline. Returns true when the queue is
 /// drained (or unusable).
+#[allow(clippy::too_many_arguments)]
 fn service_queue(
     w: &mut Worker<Hook>,
-    queues: &[Option<OwnedFd>],
+    queues: &[Option<PortQueues>],
+    place: &mut Placer,
     port: u32,
     buf: &mut Box<[u8]>,
     epoch: Instant,
     tun: &mut TunnelTx,
     route: &mut segment::RouteTx,
 ) -> bool {
-    let Some(Some(fd)) = queues.get(port as usize) else {
+    let Some(Some(q)) = queues.get(port as usize) else {
         return true;
     };
+    let fd = q.own();
     let raw = fd.as_raw_fd();
     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
     let mut tx = TapTx {
         queues,
+        place: Some(place),
         topo: cx.topology(),
         tun,
         route,

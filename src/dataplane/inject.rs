@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::Waker;
 use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tapnet_switch::wire::VnetHdr;
 use tapnet_switch::PortId;
 
@@ -230,6 +231,54 @@ impl Drop for SpinToken {
     }
 }
 
+/// The smallest window a worker's polling grows back to from nothing.
+const SPIN_GROW_FROM: Duration = Duration::from_micros(10);
+/// Below this a shrinking window is nothing.
+const SPIN_FLOOR: Duration = Duration::from_micros(2);
+
+/// One worker's adaptive busy-poll window, after KVM's halt polling:
+/// between 0 and the `--busy-poll-us` maximum, set by the gaps between
+/// its work. A gap within the window: polling caught the work (no
+/// change). A gap beyond the maximum: polling was CPU spent for nothing,
+/// so the window shrinks by a quarter. A gap between the two: a longer
+/// window would have caught it, so it doubles (from
+/// [`SPIN_GROW_FROM`]). A worker whose frames come in bursts keeps
+/// polling; one that sees a frame now and then (the worker without the
+/// NAT while the NAT's flows steer to worker 0, a second worker during
+/// one stream) stops, and leaves its CPU to the containers.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SpinWindow {
+    max: Duration,
+    now: Duration,
+}
+
+impl SpinWindow {
+    pub(super) fn new(max: Duration) -> SpinWindow {
+        SpinWindow { max, now: max }
+    }
+
+    /// How long the worker polls after its last work.
+    pub(super) fn get(&self) -> Duration {
+        self.now
+    }
+
+    /// Work came `gap` after the worker's previous work, the worker idle
+    /// (polling or asleep) in between.
+    pub(super) fn observe(&mut self, gap: Duration) {
+        if gap <= self.now {
+            return;
+        }
+        if gap > self.max {
+            self.now -= self.now / 4;
+            if self.now < SPIN_FLOOR {
+                self.now = Duration::ZERO;
+            }
+        } else {
+            self.now = (self.now * 2).max(SPIN_GROW_FROM).min(self.max);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -301,5 +350,40 @@ mod tests {
         assert!(t[0].allow(true), "a worker that ends gives its token back");
         assert!(SpinGate::new(0).is_none(), "0: no limit");
         assert!(SpinToken::new(None).allow(true));
+    }
+
+    #[test]
+    fn the_spin_window_follows_the_gaps_between_work() {
+        let us = Duration::from_micros;
+        let mut w = SpinWindow::new(us(200));
+        // Work within the window: no change.
+        w.observe(us(50));
+        assert_eq!(w.get(), us(200));
+        // Gaps past the maximum: it shrinks to nothing.
+        for _ in 0..40 {
+            w.observe(us(5000));
+        }
+        assert_eq!(w.get(), Duration::ZERO);
+        // Gaps a longer window would have caught: it grows back, up to the
+        // maximum.
+        w.observe(us(30));
+        assert_eq!(w.get(), us(10));
+        w.observe(us(30));
+        assert_eq!(w.get(), us(20));
+        for _ in 0..10 {
+            w.observe(us(199));
+        }
+        assert_eq!(w.get(), us(200));
+        // A ping's pattern (a reply 40 us after the request, the next
+        // request 5 ms later) keeps a window that catches the reply.
+        for _ in 0..100 {
+            w.observe(us(40));
+            w.observe(us(5000));
+        }
+        assert!(w.get() >= us(30), "{:?}", w.get());
+        // No polling configured: never any.
+        let mut off = SpinWindow::new(Duration::ZERO);
+        off.observe(us(1));
+        assert_eq!(off.get(), Duration::ZERO);
     }
 }

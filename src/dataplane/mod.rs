@@ -238,10 +238,12 @@ pub struct DataplaneConfig {
     pub faults: Vec<Fault>,
     /// The VXLAN tunnel endpoint (overlay networks); None: no overlays.
     pub vtep: Option<VtepConfig>,
-    /// After its last work, a worker keeps polling for this long before it
-    /// sleeps in epoll (`tapnet daemon --busy-poll-us`): a frame arriving
-    /// in that window is read without a wake-up, at the price of CPU spent
-    /// polling (`tapnet stats` shows it as each worker's spin share).
+    /// After its last work, a worker keeps polling for up to this long
+    /// before it sleeps in epoll (`tapnet daemon --busy-poll-us`): a frame
+    /// arriving in that window is read without a wake-up, at the price of
+    /// CPU spent polling (`tapnet stats` shows it as each worker's spin
+    /// share). Each worker's window adapts below this maximum to the gaps
+    /// between its work (`SpinWindow`).
     pub busy_poll: std::time::Duration,
     /// How many workers may busy-poll at once (`tapnet daemon
     /// --busy-poll-workers`); 0: no limit. The others sleep as soon as
@@ -444,4 +446,5 @@ pub mod dns;
 mod imp;
 mod inject;
 mod nat;
+mod place;
 mod vtep;

@@ -128,10 +128,15 @@ impl Dataplane {
         self.remove_network(id)
     }
 
-    /// Gives each worker its queue of `port` (sockets already non-blocking).
-    fn hand_queues(&self, port: u32, queues: Vec<OwnedFd>) {
-        for (w, fd) in self.inner.workers.iter().zip(queues) {
-            let _ = w.tx.send(Cmd::AddQueue { port, fd });
+    /// Gives the workers `port`'s queues, one each (sockets already
+    /// non-blocking): each reads its own and may write on any.
+    pub(super) fn hand_queues(&self, port: u32, queues: Vec<OwnedFd>) {
+        let fds: std::sync::Arc<[OwnedFd]> = queues.into();
+        for w in &self.inner.workers {
+            let _ = w.tx.send(Cmd::AddQueue {
+                port,
+                fds: fds.clone(),
+            });
             w.wake.wake();
         }
     }
