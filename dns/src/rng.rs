@@ -12,10 +12,7 @@ impl FastRng {
     /// A generator from `seed` (0 is replaced by a fixed non-zero value).
     pub fn new(seed: u64) -> Self {
         // SplitMix64 finaliser so that nearby seeds diverge at once.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
+        let z = tapnet_switch::fxhash::splitmix64(seed);
         FastRng(if z == 0 { 0x2545_f491_4f6c_dd1d } else { z })
     }
 }

@@ -409,7 +409,7 @@ impl LegPool {
             }
             None => {
                 self.made += 1;
-                let seed = splitmix64(self.cfg.random_seed ^ self.made);
+                let seed = tapnet_switch::fxhash::splitmix64(self.cfg.random_seed ^ self.made);
                 Leg::fresh(&self.cfg, seed, now_ns)
             }
         };
@@ -464,14 +464,6 @@ impl LegPool {
         }
         self.idle.push(leg);
     }
-}
-
-/// SplitMix64's output function: distinct inputs give unrelated seeds.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 /// Where a TCP segment lies in an IP packet (either family).

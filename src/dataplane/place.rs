@@ -24,6 +24,7 @@
 //! per frame, a store when a flow is new or moves.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use tapnet_switch::fxhash::splitmix64;
 
 /// Slots of the flow table (a power of two).
 const SLOTS: usize = 4096;
@@ -245,17 +246,9 @@ pub(super) fn flow_hash(frame: &[u8]) -> Option<u64> {
         (y.0 >> 64) as u64,
         u64::from(x.1) << 16 | u64::from(y.1),
     ] {
-        h = mix(h ^ v);
+        h = splitmix64(h ^ v);
     }
     Some(h)
-}
-
-/// splitmix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]
