@@ -1,7 +1,6 @@
-use super::inject::{
-    self, InjectRx, InjectTx, Injected, SpinGate, SpinToken, SpinWindow, WorkerWake,
-};
+use super::inject::{self, InjectRx, InjectTx, Injected, WorkerWake};
 use super::place::{Placement, Rebalancer};
+use super::spin::{SpinGate, SpinToken, SpinWindow};
 use super::vtep::{TunnelRx, TunnelTx, Vtep};
 use super::*;
 use anyhow::{bail, Context};

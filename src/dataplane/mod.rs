@@ -447,4 +447,5 @@ mod imp;
 mod inject;
 mod nat;
 mod place;
+mod spin;
 mod vtep;
