@@ -1,4 +1,5 @@
 use super::inject::{self, InjectRx, InjectTx, Injected, WorkerWake};
+use super::nat::Nat;
 use super::place::{Placement, Rebalancer};
 use super::spin::{SpinGate, SpinToken, SpinWindow};
 use super::vtep::{TunnelRx, TunnelTx, Vtep};
@@ -25,7 +26,6 @@ use tapnet_switch::{
 /// The services behind each network's gateway, per worker: the embedded
 /// DNS, then the NAT gateway.
 type Hook = DnsHook<super::nat::NatHook, FastRng>;
-use super::nat::Nat;
 /// Forwarded DNS queries waiting for the forwarder.
 const DNS_FORWARD_QUEUE: usize = 4096;
 /// Forwarded answers waiting in one worker's injection queue (the
@@ -76,7 +76,7 @@ struct WorkerOwn {
     spin_gate: Option<Arc<SpinGate>>,
     /// The NAT, for the worker that drives it (worker 0, unless
     /// `--nat-thread`).
-    nat: Option<super::nat::Nat>,
+    nat: Option<Nat>,
     /// Flow placement, shared by the workers.
     place: Arc<Placement>,
 }

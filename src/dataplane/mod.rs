@@ -247,7 +247,7 @@ pub struct DataplaneConfig {
     pub busy_poll: std::time::Duration,
     /// How many workers may busy-poll at once (`tapnet daemon
     /// --busy-poll-workers`); 0: no limit. The others sleep as soon as
-    /// they are idle, leaving CPUs to the containers and the NAT thread.
+    /// they are idle, leaving CPUs to the containers and the NAT.
     pub busy_poll_workers: usize,
     /// The NAT runs in a thread of its own (`tapnet daemon --nat-thread`),
     /// not in worker 0's loop.

@@ -84,8 +84,8 @@ impl Placement {
             return me;
         };
         let slot = (h as usize) & (SLOTS - 1);
-        let tag = h >> 12;
-        let want = (tag << 8) & !0xff;
+        // The hash's bits above the slot index, as the entry holds them.
+        let want = (h >> 12) << 8;
         let e = self.slots[slot].load(Ordering::Relaxed);
         let home = if e & !0xff == want && e & 0xff != 0 {
             ((e & 0xff) - 1) as usize
@@ -142,7 +142,8 @@ impl Placement {
 
 /// One worker's samples of the flows it carries since its last look.
 pub(super) struct Rebalancer {
-    count: u32,
+    /// xorshift32 state: which frames are sampled.
+    rng: u32,
     n: usize,
     samples: [(u32, u64); SAMPLES],
 }
@@ -150,7 +151,7 @@ pub(super) struct Rebalancer {
 impl Default for Rebalancer {
     fn default() -> Self {
         Rebalancer {
-            count: 0x9E37_79B9,
+            rng: 0x9E37_79B9,
             n: 0,
             samples: [(u32::MAX, 0); SAMPLES],
         }
@@ -162,11 +163,11 @@ impl Rebalancer {
     fn sample(&mut self, slot: u32, tag: u64) {
         // xorshift32: one in SAMPLE_EVERY at random, so that flows taking
         // turns are not sampled in step.
-        let mut x = self.count;
+        let mut x = self.rng;
         x ^= x << 13;
         x ^= x >> 17;
         x ^= x << 5;
-        self.count = x;
+        self.rng = x;
         if x.is_multiple_of(SAMPLE_EVERY) {
             self.samples[self.n % SAMPLES] = (slot, tag);
             self.n += 1;
