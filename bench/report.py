@@ -50,6 +50,11 @@ def value_per_round(rows, rounds, want):
     return [value(rows, rnd, **want) for rnd in rounds]
 
 
+def case(c, m):
+    """A measurement of bench/scale.sh: case `c`, metric `m`."""
+    return {"group": "scale", "case": c, "metric": m}
+
+
 def goals():
     """(label, kind, numerator, denominator-or-None, comparator, target)."""
     g = []
@@ -66,10 +71,6 @@ def goals():
               peer("kernel-bridge", "udp64_pps"), ">=", 1.0))
     g.append(("switch ping RTT, tapnet / kernel bridge", dict(sw, metric="rtt_avg_us"),
               peer("kernel-bridge", "rtt_avg_us"), "<=", 1.5))
-
-    def case(c, m):
-        return {"group": "scale", "case": c, "metric": m}
-
     g.append(("scaling: two pairs / one pair, TCP", case("two_pairs", "tcp_gbps"),
               case("one_pair", "tcp_gbps"), ">=", 1.7))
     g.append(("scaling: crowded network / empty, TCP", case("crowded", "tcp_gbps"),
@@ -107,10 +108,6 @@ def goals():
 def context():
     """Peers against each other (not goals): what the machine allows."""
     c = []
-
-    def case(k, m):
-        return {"group": "scale", "case": k, "metric": m}
-
     c.append(("kernel bridge: two pairs / one pair, TCP (the scaling goal's "
               "measurement through the kernel)", case("kernel_two_pairs", "tcp_gbps"),
               case("kernel_one_pair", "tcp_gbps")))

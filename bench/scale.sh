@@ -52,7 +52,7 @@ gbps_sum() {  # iperf3 JSON FILES -> their received Gbit/s, summed
 import json,sys
 s=sum(json.load(open(f))['end']['sum_received']['bits_per_second'] for f in sys.argv[1:])
 print('%.2f' % (s / 1e9))" "$@" 2>/dev/null; }
-tcp() { iperf "$1" "$W/tcp$1.json" && field "$W/tcp$1.json" "'%.2f' % (e['sum_received']['bits_per_second'] / 1e9)"; }
+tcp() { iperf "$1" "$W/tcp$1.json" && gbps_sum "$W/tcp$1.json"; }
 udp() { iperf "$1" "$W/udp$1.json" -u -b 0 -l 18 &&
         field "$W/udp$1.json" "'%.0f' % ((e['sum']['packets'] - e['sum']['lost_packets']) / e['sum']['seconds'])"; }
 
@@ -79,8 +79,7 @@ for i in 1 2; do
 done
 waitfor eval 'ip netns exec sc$$s2 ss -Hltn "sport = :5201" | grep -q .'
 kiperf() { timeout $((SECS + 30)) ip netns exec "sc$$c$1" iperf3 -c "10.190.0.1$1" -t "$SECS" -J >"$2" 2>&1; }
-kiperf 1 "$W/k1.json" && emit kernel_one_pair tcp_gbps \
-  "$(field "$W/k1.json" "'%.2f' % (e['sum_received']['bits_per_second'] / 1e9)")"
+kiperf 1 "$W/k1.json" && emit kernel_one_pair tcp_gbps "$(gbps_sum "$W/k1.json")"
 kiperf 1 "$W/kp1.json" & a=$!
 kiperf 2 "$W/kp2.json" & b=$!
 wait $a; wait $b
