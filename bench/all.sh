@@ -9,7 +9,8 @@
 #   nat          bench/nat.sh, then bench/nat.sh --reverse: kernel veth+iptables,
 #                pasta, slirp4netns (1500, 65520), socat, tapnet
 #   connrate     bench/connrate.sh: kernel, pasta, tapnet
-#   scale        bench/scale.sh: one pair, two pairs, a crowded network
+#   scale        bench/scale.sh: one pair, two pairs, a crowded network (and
+#                the empty one again after it)
 #   memory       bench/memory.sh: 10,000 idle flows, idle ports
 #   pipeline     cargo bench -p tapnet-switch --bench pipeline (in-memory Mpps)
 #   usage: sudo bench/all.sh [--rounds N] [--secs N] [--only GROUP[,GROUP...]]

@@ -31,7 +31,14 @@ def load(path):
 
 
 def value(rows, rnd, **want):
-    """The one measurement of a round matching `want` (None if missing)."""
+    """The one measurement of a round matching `want` (None if missing).
+    A `want` with "or" names a measurement to use when the round has none
+    matching the rest (an older harness's)."""
+    if "or" in want:
+        want = dict(want)
+        alt = want.pop("or")
+        v = value(rows, rnd, **want)
+        return v if v is not None else value(rows, rnd, **alt)
     for r in rows:
         if r.get("round") == rnd and all(r.get(k) == v for k, v in want.items()):
             return float(r["value"])
@@ -73,10 +80,11 @@ def goals():
               peer("kernel-bridge", "rtt_avg_us"), "<=", 1.5))
     g.append(("scaling: two pairs / one pair, TCP", case("two_pairs", "tcp_gbps"),
               case("one_pair", "tcp_gbps"), ">=", 1.7))
-    g.append(("scaling: crowded network / empty, TCP", case("crowded", "tcp_gbps"),
-              case("one_pair", "tcp_gbps"), ">=", 0.9))
-    g.append(("scaling: crowded network / empty, 64 B UDP", case("crowded", "udp64_pps"),
-              case("one_pair", "udp64_pps"), ">=", 0.9))
+    # The empty network: scale.sh's mean of the pair before and after the
+    # crowd; results from before it measured "after" have only the first.
+    for m, what in (("tcp_gbps", "TCP"), ("udp64_pps", "64 B UDP")):
+        g.append((f"scaling: crowded network / empty, {what}", case("crowded", m),
+                  dict(case("empty", m), **{"or": case("one_pair", m)}), ">=", 0.9))
     # nat.sh's client sends; with --reverse (group nat-reverse) the server
     # does. The container is the client on the outbound path and the server
     # on the published one.

@@ -9,7 +9,13 @@
 #                pairs at all, beside tapnet's ratio
 #   crowded      one pair again after IDLE more containers joined its network
 #                and NETS more networks (one container each) exist: goal
-#                within 10% of one_pair, for TCP and for 64-byte UDP
+#                within 10% of the empty network, for TCP and for 64-byte UDP
+#   one_pair_after
+#                the pair once more after the crowd is removed again
+#   empty        the mean of one_pair and one_pair_after: the crowded case's
+#                baseline, measured before and after it (A-B-A), so that a
+#                drift over the run (the first measurement of a fresh daemon
+#                was often the fastest) does not count as the crowd's cost
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/scale.sh [--secs N] [--idle N] [--nets N]
@@ -98,6 +104,23 @@ sleep 2
 emit crowded tcp_gbps "$(tcp 1)"
 emit crowded udp64_pps "$(udp 1)"
 
+log "removing the crowd"
+idle=() other=() nets=()
+for i in $(seq "$IDLE"); do idle+=("idle$i"); done
+for i in $(seq "$NETS"); do other+=("other$i"); nets+=("scn$i"); done
+{ [ "$IDLE" -eq 0 ] || "$T" rm -f "${idle[@]}" >/dev/null; } &&
+{ [ "$NETS" -eq 0 ] || { "$T" rm -f "${other[@]}" >/dev/null && "$T" network rm "${nets[@]}" >/dev/null; }; } ||
+  { log "removing the crowd failed"; exit 1; }
+sleep 2
+emit one_pair_after tcp_gbps "$(tcp 1)"
+emit one_pair_after udp64_pps "$(udp 1)"
+for m in tcp_gbps udp64_pps; do
+  a=$(awk -v m=$m '$1 == "one_pair" && $2 == m {print $3}' "$RES")
+  b=$(awk -v m=$m '$1 == "one_pair_after" && $2 == m {print $3}' "$RES")
+  emit empty $m "$(awk -v a="${a:-null}" -v b="${b:-null}" -v m=$m 'BEGIN {
+    if (a != "null" && b != "null") printf (m == "tcp_gbps" ? "%.2f" : "%.0f"), (a + b) / 2 }')"
+done
+
 log "tapnet stats (workers):"; timeout 20 "$T" stats | sed -n '/^WORKER/,/^$/p' >&2
 
 val() { awk -v c="$1" -v m="$2" '$1 == c && $2 == m {print $3}' "$RES"; }
@@ -108,5 +131,5 @@ ratio() {  # NAME CASE_A CASE_B METRIC
 }
 ratio two_pairs/one_pair two_pairs one_pair tcp_gbps
 ratio kernel_two_pairs/kernel_one_pair kernel_two_pairs kernel_one_pair tcp_gbps
-ratio crowded/one_pair crowded one_pair tcp_gbps
-ratio crowded/one_pair crowded one_pair udp64_pps
+ratio crowded/empty crowded empty tcp_gbps
+ratio crowded/empty crowded empty udp64_pps
