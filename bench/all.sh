@@ -6,6 +6,11 @@
 # against each goal, and can rewrite README.md's generated figures.
 #   switch       ../shared/bench/peers.sh: kernel bridge, Open vSwitch userspace
 #                with TSO, vde_switch, tapnet (TCP, 64 B UDP, ping RTT)
+#   switch-polling
+#                peers.sh --only tapnet, the daemon with one worker that never
+#                sleeps (--workers 1 --busy-poll-us 1000000: a CPU spent on
+#                polling): how much of tapnet's ping RTT is the worker's
+#                wake-up (context for the RTT goal, not a goal)
 #   nat          bench/nat.sh, then bench/nat.sh --reverse: kernel veth+iptables,
 #                pasta, slirp4netns (1500, 65520), socat, tapnet
 #   connrate     bench/connrate.sh: kernel, pasta, tapnet
@@ -13,6 +18,8 @@
 #                the empty one again after it)
 #   memory       bench/memory.sh: 10,000 idle flows, idle ports
 #   pipeline     cargo bench -p tapnet-switch --bench pipeline (in-memory Mpps)
+#   wakeup       bench/wakeup.sh: what a wake-up costs across CPUs and on one
+#                (context for the RTT and connection-rate goals)
 #   usage: sudo bench/all.sh [--rounds N] [--secs N] [--only GROUP[,GROUP...]]
 #                            [--out DIR] [--readme]
 #   --readme rewrites the block between the bench markers in README.md from
@@ -27,7 +34,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch nat connrate scale memory pipeline"
+GROUPS_ALL="switch switch-polling nat connrate scale memory pipeline wakeup"
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
   groups: $GROUPS_ALL" >&2; }
 while [ $# -gt 0 ]; do case $1 in
@@ -100,12 +107,16 @@ for r in $(seq "$ROUNDS"); do
   for g in $GROUPS_RUN; do case $g in
     switch) tagged switch "$r" bash "$PEERS" --only kernel-bridge,ovs-netdev-tso,vde,tapnet \
               --secs "$SECS" --ratio-to kernel-bridge;;
+    switch-polling) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 1 --busy-poll-us 1000000" \
+              TAPNET=$PWD/bench/tapnet-args.sh tagged switch-polling "$r" bash "$PEERS" --only tapnet \
+              --secs "$SECS";;
     nat) tagged nat "$r" bench/nat.sh --secs "$SECS"
          tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
     connrate) tagged connrate "$r" bench/connrate.sh --secs "$SECS";;
     scale) tagged scale "$r" bench/scale.sh --secs "$SECS";;
     memory) tagged memory "$r" bench/memory.sh;;
     pipeline) tagged pipeline "$r" pipeline;;
+    wakeup) tagged wakeup "$r" bench/wakeup.sh;;
   esac; done
 done
 

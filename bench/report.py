@@ -114,7 +114,8 @@ def goals():
 
 
 def context():
-    """Peers against each other (not goals): what the machine allows."""
+    """Not goals: peers against each other, and what the machine allows.
+    (label, numerator, denominator-or-None)."""
     c = []
     c.append(("kernel bridge: two pairs / one pair, TCP (the scaling goal's "
               "measurement through the kernel)", case("kernel_two_pairs", "tcp_gbps"),
@@ -123,6 +124,14 @@ def context():
         k = {"group": "connrate", "peer": "kernel", "path": path, "metric": "conn_per_s"}
         c.append((f"connections/s {path}, kernel / pasta (what 2x pasta asks, against "
                   "the kernel)", k, dict(k, peer="pasta")))
+    polling = {"group": "switch-polling", "peer": "tapnet", "metric": "rtt_avg_us"}
+    c.append(("switch ping RTT, tapnet with one worker that never sleeps (`--workers 1 "
+              "--busy-poll-us 1000000`: a CPU spent polling) / kernel bridge", polling,
+              {"group": "switch", "peer": "kernel-bridge", "metric": "rtt_avg_us"}))
+    w = {"group": "wakeup", "metric": "pipe_rtt_us"}
+    c.append(("a wake-up round trip across two CPUs, µs (bench/wakeup.sh)",
+              dict(w, case="cross_cpu"), None))
+    c.append(("a wake-up round trip on one CPU, µs", dict(w, case="one_cpu"), None))
     return c
 
 
@@ -163,16 +172,18 @@ def report(rows):
     out.append(f"{met} goal(s) met, {missed} not met.")
     ctx = []
     for label, num, den in context():
-        per = ratio_per_round(rows, rounds, num, den)
+        per = (ratio_per_round(rows, rounds, num, den) if den is not None
+               else value_per_round(rows, rounds, num))
         have = [v for v in per if v is not None]
         if have:
             ctx.append(f"| {label} | {' / '.join(fmt(v) for v in per)} | "
                        f"**{fmt(statistics.median(have))}** |")
     if ctx:
         out.append("")
-        out.append("Context, peers against each other in the same rounds (not goals):")
+        out.append("Context, not goals: peers against each other in the same rounds, and "
+                   "what the machine allows:")
         out.append("")
-        out.append("| ratio | per round | median |")
+        out.append("| context | per round | median |")
         out.append("|---|---|---|")
         out.extend(ctx)
     out.append("")
