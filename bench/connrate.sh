@@ -61,13 +61,22 @@ emit() {  # PEER PATH VALUE|""
   echo "{\"peer\":\"$1\",\"path\":\"$2\",\"metric\":\"conn_per_s\",\"value\":${3:-null}}"
   echo "$1 $2 ${3:-null}" >>"$RES"; log "$1 ($2): ${3:-no data} connections/s"
 }
-rate() {  # PEER PATH CMD...: the client's rate (failures logged)
-  local peer=$1 path=$2 out; shift 2
-  out=$(timeout $((SECS + 30)) "$@" 2>"$W/client.err") || { log "$peer ($path): client failed: $(tail -1 "$W/client.err")"; emit "$peer" "$path" ""; return; }
-  [ "${out#* }" = 0 ] || log "$peer ($path): ${out#* } failed connections"
-  emit "$peer" "$path" "${out% *}"
+# The rows are measured in one-second slices, every row in turn, SECS
+# rounds of them: a drift of the shared machine over the run then weighs on
+# every peer alike (measured one after the other, the kernel's rate moved
+# by 1.2k-2.4k connections/s between runs minutes apart).
+ROWS=() SLICES=$W/slices; : >"$SLICES"
+row() {  # PEER PATH CMD-PREFIX... (the client's arguments follow: HOST PORT)
+  local peer=$1 path=$2; shift 2
+  ROWS+=("$peer $path"); printf '%s\0' "$@" >"$W/cmd-$peer-$path"
 }
-
+slice() {  # PEER PATH: one slice of the row's client
+  local peer=$1 path=$2 out cmd=()
+  mapfile -d '' cmd <"$W/cmd-$peer-$path"
+  out=$(timeout 30 "${cmd[@]}" 1 2>"$W/client.err") || { log "$peer ($path): client failed: $(tail -1 "$W/client.err")"; echo "$peer $path fail" >>"$SLICES"; return; }
+  [ "${out#* }" = 0 ] || log "$peer ($path): ${out#* } failed connections"
+  echo "$peer $path ${out% *}" >>"$SLICES"
+}
 # tapnet, its daemon in "the host"
 start_daemon "$HOSTNS"
 H=(ip netns exec "$HOSTNS")
@@ -77,42 +86,46 @@ waitfor eval '"${H[@]}" ss -Hltn "sport = :7001" | grep -q .' || { log "echo ser
 "$T" run -d --name crsrv --network crnet -p 17002:7002 -- python3 "$W/echo.py" 0.0.0.0 7002 >/dev/null
 "$T" run -d --name crcli --network crnet -- sleep 100000 >/dev/null
 waitfor eval '"${H[@]}" ss -Hltn "sport = :17002" | grep -q .'
-sleep 1
-rate tapnet outbound "$T" exec crcli -- python3 "$W/client.py" 10.195.0.1 7001 "$SECS"
-rate tapnet published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17002 "$SECS"
-
+row tapnet outbound "$T" exec crcli -- python3 "$W/client.py" 10.195.0.1 7001
+row tapnet published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17002
 # the kernel path
 kernel_nat "$HOSTNS" "$KNS" crk0 10.194.0 7001 17003 7002 || { log "kernel path setup failed"; exit 1; }
 ip netns exec "$KNS" python3 "$W/echo.py" 10.194.0.2 7002 >"$W/echo-kernel.log" 2>&1 & track $!
 waitfor eval 'ip netns exec $KNS ss -Hltn "sport = :7002" | grep -q .'
-rate kernel outbound ip netns exec "$KNS" python3 "$W/client.py" 10.194.0.1 7001 "$SECS"
-rate kernel published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17003 "$SECS"
-
+row kernel outbound ip netns exec "$KNS" python3 "$W/client.py" 10.194.0.1 7001
+row kernel published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17003
 # pasta (Debian's passt), run as nobody in "the host", as bench/nat.sh runs
 # it: outbound to the gateway address it maps to the host's loopback (a
 # default route via a veth to an empty namespace gives it a gateway to
-# copy), published with `pasta -t` to an echo server in its namespace.
+# copy; the other rows reach only 127.0.0.1 and their own namespaces),
+# published with `pasta -t` to an echo server in its namespace. The
+# outbound client starts a pasta of its own in every slice (the client
+# times only its own loop).
 pasta_rows() {
   local pp dead=cr$$p AS=(setpriv --reuid=65534 --regid=65534 --clear-groups)
-  command -v pasta >/dev/null || { log "pasta not installed (apt-get install passt)"
-    emit pasta outbound ""; emit pasta published ""; return; }
+  command -v pasta >/dev/null || { log "pasta not installed (apt-get install passt)"; return 1; }
   NETNS+=" $dead"
   ip netns add "$dead" && ip -n "$HOSTNS" link add crp0 type veth peer name crp1 netns "$dead" &&
   ip -n "$HOSTNS" addr add 10.193.0.1/24 dev crp0 && ip -n "$HOSTNS" link set crp0 up &&
   ip -n "$dead" addr add 10.193.0.2/24 dev crp1 && ip -n "$dead" link set crp1 up &&
-  ip -n "$HOSTNS" route add default via 10.193.0.2 ||
-    { log "pasta: veth setup failed"; emit pasta outbound ""; emit pasta published ""; return; }
-  rate pasta outbound "${H[@]}" "${AS[@]}" pasta --config-net -- python3 "$W/client.py" 10.193.0.2 7001 "$SECS"
+  ip -n "$HOSTNS" route add default via 10.193.0.2 || { log "pasta: veth setup failed"; return 1; }
+  row pasta outbound "${H[@]}" "${AS[@]}" pasta --config-net -- python3 "$W/client.py" 10.193.0.2 7001
   "${H[@]}" "${AS[@]}" pasta --config-net -t 17004:7004 -- python3 "$W/echo.py" 0.0.0.0 7004 >"$W/echo-pasta.log" 2>&1 &
   pp=$!; track $pp
   waitfor eval '"${H[@]}" ss -Hltn "sport = :17004" | grep -q .'
-  sleep 1  # the echo server inside starts after pasta's listener
-  rate pasta published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17004 "$SECS"
-  end_tree "$pp"  # the server inside too: it outlives pasta
-  ip -n "$HOSTNS" route del default 2>/dev/null
+  row pasta published "${H[@]}" python3 "$W/client.py" 127.0.0.1 17004
 }
-pasta_rows
-
+pasta_rows || { emit pasta outbound ""; emit pasta published ""; }
+sleep 1  # the echo servers inside start after their listeners
+log "${#ROWS[@]} rows, $SECS slices of one second each"
+for _ in $(seq "$SECS"); do
+  for r in "${ROWS[@]}"; do slice $r; done
+done
+for r in "${ROWS[@]}"; do  # a row's rate: the mean of its slices (none failed)
+  set -- $r
+  emit "$1" "$2" "$(awk -v p="$1" -v q="$2" '$1 == p && $2 == q {n++; if ($3 == "fail") bad = 1; s += $3}
+    END {if (n && !bad) printf "%.0f", s / n}' "$SLICES")"
+done
 # Where the packets went: the daemon's counters (per port, per worker with
 # its busy and polling shares, drops by reason), after the measurements.
 if [ -n "$DAEMON" ]; then log "tapnet stats:"; timeout 10 "$T" stats >&2 || true; fi
