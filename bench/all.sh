@@ -20,6 +20,9 @@
 #   pipeline     cargo bench -p tapnet-switch --bench pipeline (in-memory Mpps)
 #   wakeup       bench/wakeup.sh: what a wake-up costs across CPUs and on one
 #                (context for the RTT and connection-rate goals)
+#   flood        bench/flood.sh: a 64-byte flood's cost per packet to the
+#                forwarder and its share of a CPU, tapnet and Open vSwitch's
+#                userspace datapath (context for the 64 B goal)
 #   usage: sudo bench/all.sh [--rounds N] [--secs N] [--only GROUP[,GROUP...]]
 #                            [--out DIR] [--readme]
 #   --readme rewrites the block between the bench markers in README.md from
@@ -34,7 +37,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch switch-polling nat connrate scale memory pipeline wakeup"
+GROUPS_ALL="switch switch-polling nat connrate scale memory pipeline wakeup flood"
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
   groups: $GROUPS_ALL" >&2; }
 while [ $# -gt 0 ]; do case $1 in
@@ -117,6 +120,7 @@ for r in $(seq "$ROUNDS"); do
     memory) tagged memory "$r" bench/memory.sh;;
     pipeline) tagged pipeline "$r" pipeline;;
     wakeup) tagged wakeup "$r" bench/wakeup.sh;;
+    flood) tagged flood "$r" bench/flood.sh --secs "$SECS";;
   esac; done
 done
 

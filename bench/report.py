@@ -132,6 +132,12 @@ def context():
     c.append(("a wake-up round trip across two CPUs, µs (bench/wakeup.sh)",
               dict(w, case="cross_cpu"), None))
     c.append(("a wake-up round trip on one CPU, µs", dict(w, case="one_cpu"), None))
+    f = {"group": "flood", "peer": "tapnet"}
+    for m, what in (("cpu_us_per_pkt", "the forwarder's CPU time per packet received"),
+                    ("cpu_share", "the forwarder's share of a CPU"),
+                    ("rx_pps", "packets received")):
+        c.append((f"64 B flood (bench/flood.sh), {what}, tapnet / OVS userspace",
+                  dict(f, metric=m), dict(f, peer="ovs", metric=m)))
     return c
 
 
