@@ -57,6 +57,13 @@ def value_per_round(rows, rounds, want):
     return [value(rows, rnd, **want) for rnd in rounds]
 
 
+def per_round(rows, rounds, num, den):
+    """num / den within each round, or num's value where den is None."""
+    if den is None:
+        return value_per_round(rows, rounds, num)
+    return ratio_per_round(rows, rounds, num, den)
+
+
 def case(c, m):
     """A measurement of bench/scale.sh: case `c`, metric `m`."""
     return {"group": "scale", "case": c, "metric": m}
@@ -163,8 +170,7 @@ def report(rows):
     out.append("|---|---|---|---|---|")
     met = missed = 0
     for label, num, den, op, target in goals():
-        per = (ratio_per_round(rows, rounds, num, den) if den is not None
-               else value_per_round(rows, rounds, num))
+        per = per_round(rows, rounds, num, den)
         have = [v for v in per if v is not None]
         if not have:
             continue
@@ -178,8 +184,7 @@ def report(rows):
     out.append(f"{met} goal(s) met, {missed} not met.")
     ctx = []
     for label, num, den in context():
-        per = (ratio_per_round(rows, rounds, num, den) if den is not None
-               else value_per_round(rows, rounds, num))
+        per = per_round(rows, rounds, num, den)
         have = [v for v in per if v is not None]
         if have:
             ctx.append(f"| {label} | {' / '.join(fmt(v) for v in per)} | "
