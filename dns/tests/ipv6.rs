@@ -96,7 +96,7 @@ fn fabric_mtu(forward: bool, mtu: u32) -> Fab {
     let port = Port {
         id: PortId(7),
         config: PortConfig::endpoint("p", front.id, mac(1), Ipv4Addr::new(10, 1, 0, 2)),
-        counters: Arc::new(PortCounters::new(1)),
+        counters: PortCounters::new(1),
         learned: Arc::new(AtomicU32::new(0)),
         max_macs: 1,
         uplink: None,

@@ -134,7 +134,7 @@ fn local_answers_over_ipv6_do_not_allocate() {
     let port = Port {
         id: PortId(0),
         config: PortConfig::endpoint("me", id, mac(1), Ipv4Addr::new(10, 6, 0, 2)),
-        counters: Arc::new(PortCounters::new(1)),
+        counters: PortCounters::new(1),
         learned: Arc::new(AtomicU32::new(0)),
         max_macs: 1,
         uplink: None,

@@ -1,10 +1,12 @@
 //! Counters. Every drop in the pipeline has a [`DropReason`] and a counter;
 //! ports count rx/tx packets and bytes. Counters are per worker (each
-//! worker writes only its own cache-padded slot, relaxed, uncontended) and
-//! summed when read.
+//! worker writes only its own lines, relaxed, uncontended) and summed when
+//! read. The ports' rx/tx counters are packed densely per switch
+//! ([`CounterArena`]).
 
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use crossbeam_utils::CachePadded;
+use std::sync::{Arc, Mutex};
 
 macro_rules! drop_reasons {
     ($($(#[doc = $doc:literal])* $name:ident => $s:literal,)*) => {
@@ -118,25 +120,157 @@ drop_reasons! {
 /// Number of drop reasons.
 pub const N_DROP_REASONS: usize = DropReason::ALL.len();
 
-/// One worker's counters of one port.
-pub struct PortStatsSlot {
-    pub rx_packets: AtomicU64,
-    pub rx_bytes: AtomicU64,
-    pub tx_packets: AtomicU64,
-    pub tx_bytes: AtomicU64,
-    /// Drops of frames that entered on this port, by reason.
-    pub drops: [AtomicU64; N_DROP_REASONS],
+/// The counters the pipeline writes per frame: rx on the ingress port, tx
+/// on the egress port. One worker's, of one port.
+#[derive(Default)]
+struct Hot {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
 }
 
-impl Default for PortStatsSlot {
-    fn default() -> Self {
-        PortStatsSlot {
-            rx_packets: AtomicU64::new(0),
-            rx_bytes: AtomicU64::new(0),
-            tx_packets: AtomicU64::new(0),
-            tx_bytes: AtomicU64::new(0),
-            drops: core::array::from_fn(|_| AtomicU64::new(0)),
+impl Hot {
+    fn clear(&self) {
+        for c in [
+            &self.rx_packets,
+            &self.rx_bytes,
+            &self.tx_packets,
+            &self.tx_bytes,
+        ] {
+            c.store(0, Relaxed);
         }
+    }
+}
+
+/// Ports whose hot counters share a [`Block`].
+const BLOCK_PORTS: usize = 64;
+
+/// One worker's hot counters of a block's ports: 2 KiB, contiguous, two
+/// ports per line, starting on a line of its own.
+#[repr(C, align(64))]
+struct Row([Hot; BLOCK_PORTS]);
+
+/// The hot counters of up to [`BLOCK_PORTS`] ports, a [`Row`] per worker:
+/// rows never share a line, so workers never write the same line; a
+/// worker's counters of 64 ports fill 32 consecutive lines (not one
+/// scattered allocation per port, whose lines crowd the L1 and the TLB
+/// once a network has hundreds of ports).
+struct Block {
+    rows: Box<[Row]>,
+}
+
+impl Block {
+    fn new(workers: usize) -> Arc<Block> {
+        Arc::new(Block {
+            rows: (0..workers.max(1))
+                .map(|_| Row(core::array::from_fn(|_| Hot::default())))
+                .collect(),
+        })
+    }
+}
+
+/// Where a switch's ports get their hot counters: blocks of
+/// [`BLOCK_PORTS`] ports, handed out densely; a port's place is free again
+/// once the last clone of its [`PortCounters`] is gone (no snapshot, no
+/// reader holds it), and is zeroed when it is handed out again.
+pub struct CounterArena {
+    workers: usize,
+    state: Mutex<ArenaState>,
+}
+
+#[derive(Default)]
+struct ArenaState {
+    blocks: Vec<Arc<Block>>,
+    /// Places to reuse, (block, index).
+    free: Vec<(u32, u32)>,
+    /// Places handed out of the last block.
+    used_in_last: usize,
+}
+
+impl CounterArena {
+    pub fn new(workers: usize) -> Arc<CounterArena> {
+        Arc::new(CounterArena {
+            workers: workers.max(1),
+            state: Mutex::default(),
+        })
+    }
+
+    /// Counters for a new port.
+    pub fn alloc(self: &Arc<Self>) -> PortCounters {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (b, i) = match st.free.pop() {
+            Some(place) => place,
+            None => {
+                if st.blocks.is_empty() || st.used_in_last == BLOCK_PORTS {
+                    st.blocks.push(Block::new(self.workers));
+                    st.used_in_last = 0;
+                }
+                st.used_in_last += 1;
+                ((st.blocks.len() - 1) as u32, (st.used_in_last - 1) as u32)
+            }
+        };
+        let block = st.blocks[b as usize].clone();
+        drop(st);
+        for row in block.rows.iter() {
+            row.0[i as usize].clear();
+        }
+        PortCounters {
+            block,
+            index: i as usize,
+            cold: Arc::new(Cold {
+                drops: WorkerCounters::new(self.workers),
+                lease: Some((Arc::downgrade(self), b, i)),
+            }),
+        }
+    }
+
+    /// Ports holding counters now (for tests).
+    pub fn in_use(&self) -> usize {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (st.blocks.len().saturating_sub(1)) * BLOCK_PORTS + st.used_in_last - st.free.len()
+    }
+}
+
+/// A port's counters that a frame does not touch unless it is dropped.
+struct Cold {
+    drops: WorkerCounters,
+    /// The arena place to give back when the port's last clone goes.
+    lease: Option<(std::sync::Weak<CounterArena>, u32, u32)>,
+}
+
+impl Drop for Cold {
+    fn drop(&mut self) {
+        if let Some((arena, b, i)) = self.lease.take() {
+            if let Some(arena) = arena.upgrade() {
+                let mut st = arena.state.lock().unwrap_or_else(|e| e.into_inner());
+                st.free.push((b, i));
+            }
+        }
+    }
+}
+
+/// One worker's counters of one port, as [`PortCounters::slot`] gives them.
+pub struct Slot<'a> {
+    hot: &'a Hot,
+    cold: &'a Cold,
+    worker: usize,
+}
+
+impl Slot<'_> {
+    #[inline]
+    pub fn count_rx(&self, bytes: usize) {
+        bump(&self.hot.rx_packets, 1);
+        bump(&self.hot.rx_bytes, bytes as u64);
+    }
+    #[inline]
+    pub fn count_tx(&self, bytes: usize) {
+        bump(&self.hot.tx_packets, 1);
+        bump(&self.hot.tx_bytes, bytes as u64);
+    }
+    #[inline]
+    pub fn count_drop(&self, r: DropReason) {
+        self.cold.drops.count_drop(self.worker, r);
     }
 }
 
@@ -171,69 +305,58 @@ impl PortStats {
     }
 }
 
-/// Counters of one port, one slot per worker. Shared (`Arc`) across
-/// topology snapshots so they survive control-plane updates.
+/// Counters of one port, one slot per worker. A clone shares them: every
+/// topology snapshot's copy of a port counts into the same ones, so they
+/// survive control-plane updates.
+///
+/// The per-frame counters (rx/tx) sit in a [`Block`] shared with up to 63
+/// other ports of the same switch ([`CounterArena`]): the block's header
+/// line is shared by its ports, so reaching a port's counters costs one
+/// line of its own, dense among its neighbours'. The drop counters are
+/// apart (`cold`), touched only by a drop.
+#[derive(Clone)]
 pub struct PortCounters {
-    slots: Box<[LinePadded<PortStatsSlot>]>,
-}
-
-/// A worker's slot on its own cache lines, aligned to one line (64 bytes)
-/// rather than [`CachePadded`]'s two: a slot is 6 lines, its hot counters
-/// (rx/tx) in the first, so slots of different workers never share or
-/// neighbour a hot line; and the hot lines of many ports spread over every
-/// L1 set instead of the half that 128-byte alignment leaves them.
-#[derive(Default)]
-#[repr(C, align(64))]
-struct LinePadded<T>(T);
-
-impl<T> core::ops::Deref for LinePadded<T> {
-    type Target = T;
-    #[inline]
-    fn deref(&self) -> &T {
-        &self.0
-    }
+    block: Arc<Block>,
+    /// The port's place in each of the block's rows (below [`BLOCK_PORTS`]).
+    index: usize,
+    cold: Arc<Cold>,
 }
 
 impl PortCounters {
+    /// Counters of their own, outside any arena (tests, a switch's
+    /// tunnel counters).
     pub fn new(workers: usize) -> Self {
         PortCounters {
-            slots: (0..workers.max(1)).map(|_| Default::default()).collect(),
+            block: Block::new(workers),
+            index: 0,
+            cold: Arc::new(Cold {
+                drops: WorkerCounters::new(workers),
+                lease: None,
+            }),
         }
     }
     /// The slot of `worker` (workers beyond the count share the last slot).
-    #[inline]
-    pub fn slot(&self, worker: usize) -> &PortStatsSlot {
-        &self.slots[worker.min(self.slots.len() - 1)]
+    #[inline(always)]
+    pub fn slot(&self, worker: usize) -> Slot<'_> {
+        let rows = &self.block.rows;
+        let worker = worker.min(rows.len() - 1);
+        Slot {
+            hot: &rows[worker].0[self.index],
+            cold: &self.cold,
+            worker,
+        }
     }
     pub fn sum(&self) -> PortStats {
         let mut s = PortStats::default();
-        for w in self.slots.iter() {
-            s.rx_packets += w.rx_packets.load(Relaxed);
-            s.rx_bytes += w.rx_bytes.load(Relaxed);
-            s.tx_packets += w.tx_packets.load(Relaxed);
-            s.tx_bytes += w.tx_bytes.load(Relaxed);
-            for (d, a) in s.drops.iter_mut().zip(w.drops.iter()) {
-                *d += a.load(Relaxed);
-            }
+        for row in self.block.rows.iter() {
+            let h = &row.0[self.index];
+            s.rx_packets += h.rx_packets.load(Relaxed);
+            s.rx_bytes += h.rx_bytes.load(Relaxed);
+            s.tx_packets += h.tx_packets.load(Relaxed);
+            s.tx_bytes += h.tx_bytes.load(Relaxed);
         }
+        s.drops = self.cold.drops.sum();
         s
-    }
-}
-
-impl PortStatsSlot {
-    #[inline]
-    pub fn count_rx(&self, bytes: usize) {
-        bump(&self.rx_packets, 1);
-        bump(&self.rx_bytes, bytes as u64);
-    }
-    #[inline]
-    pub fn count_tx(&self, bytes: usize) {
-        bump(&self.tx_packets, 1);
-        bump(&self.tx_bytes, bytes as u64);
-    }
-    #[inline]
-    pub fn count_drop(&self, r: DropReason) {
-        bump(&self.drops[r as usize], 1);
     }
 }
 
@@ -281,6 +404,57 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), N_DROP_REASONS);
+    }
+
+    #[test]
+    fn arena_places_are_dense_apart_and_reused_zeroed() {
+        let arena = CounterArena::new(2);
+        let ports: Vec<PortCounters> = (0..BLOCK_PORTS + 1).map(|_| arena.alloc()).collect();
+        assert_eq!(arena.in_use(), BLOCK_PORTS + 1);
+        // Neighbours in a block are 32 bytes apart in each worker's row.
+        let a = ports[0].slot(0).hot as *const Hot as usize;
+        let b = ports[1].slot(0).hot as *const Hot as usize;
+        assert_eq!(b - a, core::mem::size_of::<Hot>());
+        // Workers' rows are different lines; the 65th port opens a block.
+        let w1 = ports[0].slot(1).hot as *const Hot as usize;
+        assert!(w1.abs_diff(a) >= 64 * 32);
+        assert!(!Arc::ptr_eq(&ports[0].block, &ports[BLOCK_PORTS].block));
+
+        ports[0].slot(0).count_rx(60);
+        ports[1].slot(1).count_tx(40);
+        ports[1].slot(0).count_drop(DropReason::Hairpin);
+        let (s0, s1) = (ports[0].sum(), ports[1].sum());
+        assert_eq!((s0.rx_packets, s0.rx_bytes, s0.tx_packets), (1, 60, 0));
+        assert_eq!((s1.rx_packets, s1.tx_packets, s1.tx_bytes), (0, 1, 40));
+        assert_eq!(
+            (s0.total_drops(), s1.drop_count(DropReason::Hairpin)),
+            (0, 1)
+        );
+
+        // A clone (another snapshot's port) counts into the same place and
+        // keeps it; the place is free only when the last clone goes.
+        let mut ports = ports;
+        let first = ports.remove(0);
+        let kept = first.clone();
+        drop(first);
+        assert_eq!(arena.in_use(), BLOCK_PORTS + 1);
+        kept.slot(1).count_rx(10);
+        assert_eq!(kept.sum().rx_packets, 2);
+        drop(kept);
+        assert_eq!(arena.in_use(), BLOCK_PORTS);
+        let again = arena.alloc();
+        assert_eq!(
+            again.slot(0).hot as *const Hot as usize,
+            a,
+            "the place is reused"
+        );
+        assert_eq!(again.sum(), PortStats::default(), "and starts from zero");
+
+        // Counters outlive their arena.
+        drop(arena);
+        again.slot(0).count_rx(1);
+        drop(ports);
+        drop(again);
     }
 
     #[test]

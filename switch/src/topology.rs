@@ -7,7 +7,7 @@
 //! ids are never reused, so a stale FDB entry can never name a new port.
 
 use crate::capture::CaptureHook;
-use crate::counters::{PortCounters, PortStats, WorkerCounters, N_DROP_REASONS};
+use crate::counters::{CounterArena, PortCounters, PortStats, WorkerCounters, N_DROP_REASONS};
 use crate::esp::Sa;
 use crate::fdb::Fdb;
 use crate::tunnel::{FastMap, Remote};
@@ -232,7 +232,7 @@ pub struct Network {
 pub struct Port {
     pub id: PortId,
     pub config: PortConfig,
-    pub counters: Arc<PortCounters>,
+    pub counters: PortCounters,
     /// MACs this port has in the FDB (exact after each aging pass).
     pub learned: Arc<AtomicU32>,
     pub max_macs: u32,
@@ -416,6 +416,8 @@ pub struct Switch {
     /// The tunnel's own counters: datagrams in and out, drops before a
     /// frame reaches a tunnel port (bad header, unknown VNI, ESP).
     pub(crate) tunnel: PortCounters,
+    /// Where the ports' counters live.
+    counters: Arc<CounterArena>,
     ctl: Mutex<()>,
 }
 
@@ -426,6 +428,7 @@ impl Switch {
             fdb: ArcSwap::from_pointee(Fdb::new(config.fdb_capacity)),
             worker_drops: WorkerCounters::new(config.workers),
             tunnel: PortCounters::new(config.workers),
+            counters: CounterArena::new(config.workers),
             config,
             ctl: Mutex::new(()),
         })
@@ -554,7 +557,6 @@ impl Switch {
         config: PortConfig,
     ) -> Result<PortId, ConfigError> {
         let max_macs = config.max_macs.unwrap_or(self.config.max_macs_per_port);
-        let workers = self.config.workers;
         {
             if t.port_by_name(&config.name).is_some() {
                 return Err(ConfigError::DuplicateName(config.name.clone()));
@@ -610,7 +612,7 @@ impl Switch {
             t.ports.push(Some(Port {
                 id,
                 config,
-                counters: Arc::new(PortCounters::new(workers)),
+                counters: self.counters.alloc(),
                 learned: Arc::new(AtomicU32::new(0)),
                 max_macs,
                 uplink: None,

@@ -224,7 +224,7 @@ fn hook6() -> Hook6 {
         port: Port {
             id: PortId(0),
             config: pc,
-            counters: Arc::new(PortCounters::new(1)),
+            counters: PortCounters::new(1),
             learned: Arc::new(AtomicU32::new(0)),
             max_macs: 1,
         },
