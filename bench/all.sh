@@ -21,8 +21,9 @@
 #   wakeup       bench/wakeup.sh: what a wake-up costs across CPUs and on one
 #                (context for the RTT and connection-rate goals)
 #   flood        bench/flood.sh: a 64-byte flood's cost per packet to the
-#                forwarder and its share of a CPU, tapnet and Open vSwitch's
-#                userspace datapath (context for the 64 B goal)
+#                forwarder and its share of a CPU, then one TCP stream's cost
+#                per byte, tapnet and Open vSwitch's userspace datapath
+#                (context for the 64 B and the TCP goals)
 #   usage: sudo bench/all.sh [--rounds N] [--secs N] [--only GROUP[,GROUP...]]
 #                            [--out DIR] [--readme]
 #   --readme rewrites the block between the bench markers in README.md from

@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# A 64-byte UDP flood's cost to the forwarder, in ONE run: the same flood
-# (`iperf3 -u -b 0 -l 18`) from one namespace to another through
+# What forwarding costs the forwarder, in ONE run: a 64-byte UDP flood
+# (`iperf3 -u -b 0 -l 18`), then one TCP stream (`iperf3`), from one
+# namespace to another through
 #   ovs          Open vSwitch's userspace datapath (netdev, TSO on) with two
 #                TAP ports, as ../shared/bench/peers.sh sets it up
 #   tapnet       tapnet's switch, two containers of one network
-# and, for each, the forwarder's CPU time over the flood (ovs-vswitchd, or
-# the tapnet daemon: utime + stime from /proc/PID/stat) divided by the
-# packets received: what a packet costs, apart from how much CPU the
-# forwarder got (its share of a CPU over the flood, also reported). The
-# sender and the receiver run as in peers.sh: for Open vSwitch both from
-# this script's session, for tapnet the receiver is a container's process.
-# Everything runs in namespaces made here; nothing leaves them.
+# and, for each, the forwarder's CPU time over the load (ovs-vswitchd, or
+# the tapnet daemon: utime + stime from /proc/PID/stat) divided by what
+# was received (packets of the flood, gigabytes of the stream): what a
+# packet or a byte costs, apart from how much CPU the forwarder got (its
+# share of a CPU over the load, also reported). tapnet's figure includes
+# its workers' busy-polling (`tapnet stats`: SPIN). The sender and the
+# receiver run as in peers.sh: for Open vSwitch both from this script's
+# session, for tapnet the receiver is a container's process. Everything
+# runs in namespaces made here; nothing leaves them.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/flood.sh [--secs N]
 #   tools: apt-get install iperf3 openvswitch-switch python3 iproute2
 # stdout: one JSON object per line ({"peer","metric","value"}: rx_pps,
-# tx_pps, cpu_share, cpu_us_per_pkt), then the ratios tapnet/ovs; stderr:
-# progress.
+# tx_pps, cpu_share, cpu_us_per_pkt for the flood; tcp_gbps,
+# tcp_cpu_share, tcp_cpu_ms_per_gb for the stream), then the ratios
+# tapnet/ovs; stderr: progress.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 SECS=5
@@ -33,32 +37,46 @@ P=fl$$
 
 emit() { echo "{\"peer\":\"$1\",\"metric\":\"$2\",\"value\":${3:-null}}"; echo "$1 $2 ${3:-null}" >>"$RES"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; }
-# PEER PID CMD...: runs the iperf3 client CMD (the flood's flags are
-# appended), emits the rates and the cost to the forwarder PID
+UDP_METRICS="rx_pps tx_pps cpu_share cpu_us_per_pkt"
+TCP_METRICS="tcp_gbps tcp_cpu_share tcp_cpu_ms_per_gb"
+
+# PEER PID udp|tcp CMD...: runs the iperf3 client CMD (the flood's flags,
+# or the stream's, are appended), emits the rates and the cost to the
+# forwarder PID
 flood() {
-  local peer=$1 pid=$2 c0 c1 hz; shift 2
+  local peer=$1 pid=$2 mode=$3 c0 c1 hz flags; shift 3
   hz=$(getconf CLK_TCK)
+  flags=(-t "$SECS" -J); [ "$mode" = udp ] && flags+=(-u -b 0 -l 18)
   c0=$(cpu_ticks "$pid")
-  timeout $((SECS + 30)) "$@" -u -b 0 -l 18 -t "$SECS" -J >"$W/$peer.json" 2>&1 ||
-    { log "$peer: iperf3 failed: $(tail -1 "$W/$peer.json")"; }
+  timeout $((SECS + 30)) "$@" "${flags[@]}" >"$W/$peer.$mode.json" 2>&1 ||
+    { log "$peer: iperf3 ($mode) failed: $(tail -1 "$W/$peer.$mode.json")"; }
   c1=$(cpu_ticks "$pid")
-  python3 - "$W/$peer.json" "${c0:-x}" "${c1:-x}" "$hz" <<'PY' | while read -r m v; do emit "$peer" "$m" "$v"; done
+  python3 - "$W/$peer.$mode.json" "${c0:-x}" "${c1:-x}" "$hz" "$mode" <<'PY' | while read -r m v; do emit "$peer" "$m" "$v"; done
 import json, sys
-path, c0, c1, hz = sys.argv[1:]
+path, c0, c1, hz, mode = sys.argv[1:]
+names = {"udp": ("rx_pps", "tx_pps", "cpu_share", "cpu_us_per_pkt"),
+         "tcp": ("tcp_gbps", "tcp_cpu_share", "tcp_cpu_ms_per_gb")}[mode]
 try:
     e = json.load(open(path))["end"]
-    rx = e["sum_received"]["bytes"] / 18
-    tx = e["sum_sent"]["bytes"] / 18
+    rx_bytes = e["sum_received"]["bytes"]
+    tx_bytes = e["sum_sent"]["bytes"]
     secs = e["sum_received"]["seconds"]
     cpu = (int(c1) - int(c0)) / int(hz)
+    share = cpu / secs
 except (OSError, ValueError, KeyError, ZeroDivisionError):
-    for m in ("rx_pps", "tx_pps", "cpu_share", "cpu_us_per_pkt"):
+    for m in names:
         print(m, "null")
     sys.exit(0)
-print("rx_pps", "%.0f" % (rx / secs))
-print("tx_pps", "%.0f" % (tx / secs))
-print("cpu_share", "%.2f" % (cpu / secs))
-print("cpu_us_per_pkt", "%.2f" % (cpu / rx * 1e6) if rx else "null")
+if mode == "udp":
+    rx, tx = rx_bytes / 18, tx_bytes / 18
+    print("rx_pps", "%.0f" % (rx / secs))
+    print("tx_pps", "%.0f" % (tx / secs))
+    print("cpu_share", "%.2f" % share)
+    print("cpu_us_per_pkt", "%.2f" % (cpu / rx * 1e6) if rx else "null")
+else:
+    print("tcp_gbps", "%.2f" % (rx_bytes * 8 / secs / 1e9))
+    print("tcp_cpu_share", "%.2f" % share)
+    print("tcp_cpu_ms_per_gb", "%.0f" % (cpu / rx_bytes * 1e12) if rx_bytes else "null")
 PY
 }
 
@@ -92,11 +110,13 @@ ovs() {
   ip netns exec "${P}b" iperf3 -s -B 10.188.0.3 >/dev/null 2>&1 & track $!
   waitfor eval 'ip netns exec ${P}b ss -Hltn "sport = :5201" | grep -q .' || return 1
   ip netns exec "${P}a" ping -c 1 -w 10 -q 10.188.0.3 >/dev/null || { log "ovs: no ping through"; return 1; }
-  flood ovs "$(cat "$O/vswitchd.pid")" ip netns exec "${P}a" iperf3 -c 10.188.0.3
+  for mode in udp tcp; do
+    flood ovs "$(cat "$O/vswitchd.pid")" $mode ip netns exec "${P}a" iperf3 -c 10.188.0.3
+  done
   # Stopped before tapnet's flood (tracked: cleanup would end them too).
   kill "$(cat "$O/vswitchd.pid")" "$(cat "$O/ovsdb.pid")" 2>/dev/null
 }
-ovs || { log "ovs: setup failed (see above)"; for m in rx_pps tx_pps cpu_share cpu_us_per_pkt; do emit ovs $m ""; done; }
+ovs || { log "ovs: setup failed (see above)"; for m in $UDP_METRICS $TCP_METRICS; do emit ovs $m ""; done; }
 
 # ---- tapnet ------------------------------------------------------------------------------
 start_daemon "${P}d"
@@ -104,10 +124,12 @@ start_daemon "${P}d"
 "$T" run -d --name flsrv --network flnet --ip 10.187.0.3 -- iperf3 -s >/dev/null &&
 "$T" run -d --name flcli --network flnet --ip 10.187.0.2 -- sleep 100000 >/dev/null || { log "tapnet: setup failed"; exit 1; }
 waitfor "$T" exec flcli -- ping -c 1 -w 1 -q 10.187.0.3 >/dev/null || { log "tapnet: no ping through"; exit 1; }
-flood tapnet "$DAEMON" "$T" exec flcli -- iperf3 -c 10.187.0.3
+for mode in udp tcp; do
+  flood tapnet "$DAEMON" $mode "$T" exec flcli -- iperf3 -c 10.187.0.3
+done
 
 val() { awk -v p="$1" -v m="$2" '$1 == p && $2 == m {print $3}' "$RES"; }
-for m in rx_pps cpu_share cpu_us_per_pkt; do
+for m in rx_pps cpu_share cpu_us_per_pkt $TCP_METRICS; do
   a=$(val tapnet $m) b=$(val ovs $m)
   echo "{\"ratio\":\"tapnet/ovs\",\"metric\":\"$m\",\"value\":$(awk -v a="${a:-null}" -v b="${b:-null}" \
     'BEGIN {if (a != "null" && b != "null" && b + 0 > 0) printf "%.3f", a / b; else printf "null"}')}"

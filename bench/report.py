@@ -145,6 +145,12 @@ def context():
                     ("rx_pps", "packets received")):
         c.append((f"64 B flood (bench/flood.sh), {what}, tapnet / OVS userspace",
                   dict(f, metric=m), dict(f, peer="ovs", metric=m)))
+    for m, what in (("tcp_cpu_ms_per_gb", "the forwarder's CPU time per byte received "
+                     "(tapnet's with its busy-polling)"),
+                    ("tcp_cpu_share", "the forwarder's share of a CPU"),
+                    ("tcp_gbps", "Gbit/s received")):
+        c.append((f"one TCP stream (bench/flood.sh), {what}, tapnet / OVS userspace",
+                  dict(f, metric=m), dict(f, peer="ovs", metric=m)))
     return c
 
 
