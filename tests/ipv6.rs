@@ -347,6 +347,56 @@ fn containers_talk_ipv6_through_the_switch() {
     assert!(ping6(&d, "s2", &a1), "no IPv6 after restart\n{}", d.log());
 }
 
+/// An endpoint of a network without IPv6 has IPv6 off on its interface,
+/// as Docker does: no link-local address, so none of the frames a fresh
+/// IPv6 interface sends by itself (Duplicate Address Detection, Router
+/// Solicitations, MLD reports), which the switch would flood to every
+/// port of the network. The same container's interface on a dual-stack
+/// network keeps IPv6, also after a restart of the daemon.
+#[test]
+fn endpoints_of_ipv4_only_networks_have_no_ipv6() {
+    let mut d = Daemon::start();
+    d.ok(&["network", "create", "--subnet", "10.81.0.0/24", "four"]);
+    d.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "10.82.0.0/24",
+        "--subnet",
+        "2001:db8:82::/64",
+        "both",
+    ]);
+    d.sleeper("f1", &["four"], &[]);
+    d.sleeper("f2", &["four"], &[]);
+    let v6_of = |d: &Daemon, dev: &str| {
+        d.exec_sh(
+            "f1",
+            &format!("cat /proc/sys/net/ipv6/conf/{dev}/disable_ipv6; ip -6 addr show dev {dev}"),
+        )
+        .stdout
+    };
+    assert_eq!(
+        v6_of(&d, "eth0").trim(),
+        "1",
+        "IPv6 on an IPv4-only network"
+    );
+    let f2 = d.ip_of("f2", "four");
+    d.ok(&["exec", "f1", "--", "ping", "-c", "1", "-W", "2", &f2]);
+
+    d.ok(&["network", "connect", "both", "f1"]);
+    let eth1 = v6_of(&d, "eth1");
+    assert!(eth1.starts_with("0\n"), "{eth1}");
+    assert!(eth1.contains(&d.ip6_of("f1", "both")), "{eth1}");
+    assert!(ping6(&d, "f1", "2001:db8:82::1"), "{}", d.log());
+    assert_eq!(v6_of(&d, "eth0").trim(), "1");
+
+    d.kill9();
+    d.spawn();
+    assert!(ping6(&d, "f1", "2001:db8:82::1"), "{}", d.log());
+    assert_eq!(v6_of(&d, "eth0").trim(), "1");
+}
+
 #[test]
 fn icc_off_and_isolation_apply_to_ipv6() {
     let d = Daemon::start();

@@ -39,6 +39,9 @@ sock=${TAPNET_HOST#unix://}
 [ "$("$T" exec r3 -- hostname)" = hub ] || fail "hostname"
 mtu=$("$T" exec r1 -- cat /sys/class/net/eth0/mtu) || fail "no eth0 in the sandbox's /sys"
 [ "$mtu" = 1500 ] || fail "/sys/class/net/eth0/mtu is $mtu"
+# IPv4-only networks: IPv6 off on the interface, as Docker does (also rootless)
+v6=$("$T" exec r1 -- cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6) || fail "no IPv6 sysctl for eth0"
+[ "$v6" = 1 ] || fail "IPv6 is on on an IPv4-only network's interface ($v6)"
 ping1 r3 10.61.0.10 || fail "r3 -> r1"
 ping1 r3 10.62.0.10 || fail "r3 -> r2"
 ping1 r1 10.62.0.10 && fail "r1 must not reach r2"
