@@ -476,9 +476,6 @@ fn create_here(
             }
         };
         made.push((index, dev.queues));
-        if t.addr.is_some() && t.addr6.is_none() && t.link_local6.is_none() {
-            disable_ipv6(&t.name);
-        }
         if let Err(e) = configure(&mut nl, index, t) {
             undo(&mut made, &mut nl);
             return Err(format!("configure tap {} in {target}: {e}", t.name));
@@ -536,6 +533,8 @@ fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::N
     }
     if t.link_local6.is_some() {
         nl.set_addr_gen_mode_none(index)?;
+    } else if t.addr.is_some() && t.addr6.is_none() {
+        disable_ipv6(&t.name);
     }
     let Some((addr, prefix)) = t.addr else {
         return Ok(());

@@ -184,8 +184,9 @@ struct ArenaState {
     blocks: Vec<Arc<Block>>,
     /// Places to reuse, (block, index).
     free: Vec<(u32, u32)>,
-    /// Places handed out of the last block.
-    used_in_last: usize,
+    /// Places ever handed out fresh: the next fresh one is
+    /// `(handed / BLOCK_PORTS, handed % BLOCK_PORTS)`.
+    handed: usize,
 }
 
 impl CounterArena {
@@ -199,17 +200,14 @@ impl CounterArena {
     /// Counters for a new port.
     pub fn alloc(self: &Arc<Self>) -> PortCounters {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let (b, i) = match st.free.pop() {
-            Some(place) => place,
-            None => {
-                if st.blocks.is_empty() || st.used_in_last == BLOCK_PORTS {
-                    st.blocks.push(Block::new(self.workers));
-                    st.used_in_last = 0;
-                }
-                st.used_in_last += 1;
-                ((st.blocks.len() - 1) as u32, (st.used_in_last - 1) as u32)
+        let (b, i) = st.free.pop().unwrap_or_else(|| {
+            let n = st.handed;
+            st.handed += 1;
+            if n == st.blocks.len() * BLOCK_PORTS {
+                st.blocks.push(Block::new(self.workers));
             }
-        };
+            ((n / BLOCK_PORTS) as u32, (n % BLOCK_PORTS) as u32)
+        });
         let block = st.blocks[b as usize].clone();
         drop(st);
         for row in block.rows.iter() {
@@ -218,17 +216,15 @@ impl CounterArena {
         PortCounters {
             block,
             index: i as usize,
-            cold: Arc::new(Cold {
-                drops: WorkerCounters::new(self.workers),
-                lease: Some((Arc::downgrade(self), b, i)),
-            }),
+            cold: Cold::new(self.workers, Some((Arc::downgrade(self), b, i))),
         }
     }
 
-    /// Ports holding counters now (for tests).
-    pub fn in_use(&self) -> usize {
+    /// Ports holding counters now.
+    #[cfg(test)]
+    fn in_use(&self) -> usize {
         let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        (st.blocks.len().saturating_sub(1)) * BLOCK_PORTS + st.used_in_last - st.free.len()
+        st.handed - st.free.len()
     }
 }
 
@@ -237,6 +233,15 @@ struct Cold {
     drops: WorkerCounters,
     /// The arena place to give back when the port's last clone goes.
     lease: Option<(std::sync::Weak<CounterArena>, u32, u32)>,
+}
+
+impl Cold {
+    fn new(workers: usize, lease: Option<(std::sync::Weak<CounterArena>, u32, u32)>) -> Arc<Cold> {
+        Arc::new(Cold {
+            drops: WorkerCounters::new(workers),
+            lease,
+        })
+    }
 }
 
 impl Drop for Cold {
@@ -329,10 +334,7 @@ impl PortCounters {
         PortCounters {
             block: Block::new(workers),
             index: 0,
-            cold: Arc::new(Cold {
-                drops: WorkerCounters::new(workers),
-                lease: None,
-            }),
+            cold: Cold::new(workers, None),
         }
     }
     /// The slot of `worker` (workers beyond the count share the last slot).
