@@ -94,6 +94,14 @@ fn expired(seen: u32, now: u32, aging: u32) -> bool {
     now.wrapping_sub(seen) > aging
 }
 
+/// A key and the first slot of its home bucket, from [`Fdb::prefetch`].
+/// Valid only for the table that computed it (tables differ in size).
+#[derive(Clone, Copy, Debug)]
+pub struct Home {
+    key: u64,
+    slot: usize,
+}
+
 /// Where [`Fdb::probe`] ended.
 enum Probe<'a> {
     /// The slot holding the key.
@@ -179,7 +187,12 @@ impl Fdb {
     /// Looks `key` up from the first slot of its home bucket on.
     #[inline]
     fn probe(&self, key: u64) -> Probe<'_> {
-        let h = self.home(key);
+        self.probe_from(key, self.home(key))
+    }
+
+    /// [`Fdb::probe`] from `h`, the first slot of `key`'s home bucket.
+    #[inline(always)]
+    fn probe_from(&self, key: u64, h: usize) -> Probe<'_> {
         for i in 0..MAX_PROBE {
             let s = self.slot(h + i);
             match s.key.load(Ordering::Acquire) {
@@ -191,10 +204,34 @@ impl Fdb {
         Probe::Full
     }
 
+    /// Starts loading `key`'s home bucket into the cache and returns where
+    /// it is, for [`Fdb::lookup_at`]: a lookup issued early, so that a miss
+    /// on a large table overlaps the work done before the lookup proper.
+    #[inline(always)]
+    pub fn prefetch(&self, key: u64) -> Home {
+        let h = self.home(key);
+        crate::prefetch::prefetch(&self.buckets[h / BUCKET]);
+        Home { key, slot: h }
+    }
+
     /// The port of a live entry.
     #[inline]
     pub fn lookup(&self, key: u64, now: u32, aging: u32) -> Option<u32> {
-        let Probe::Found(s) = self.probe(key) else {
+        self.lookup_at(
+            Home {
+                key,
+                slot: self.home(key),
+            },
+            now,
+            aging,
+        )
+    }
+
+    /// [`Fdb::lookup`] of the key [`Fdb::prefetch`] returned `at` for (in
+    /// this table).
+    #[inline]
+    pub fn lookup_at(&self, at: Home, now: u32, aging: u32) -> Option<u32> {
+        let Probe::Found(s) = self.probe_from(at.key, at.slot) else {
             return None;
         };
         let (port, seen) = unpack(s.val.load(Ordering::Acquire))?;
@@ -384,10 +421,14 @@ mod tests {
         assert!(learned.len() > 200, "{}", learned.len());
         for &k in &learned {
             assert_eq!(f.lookup(k, 0, 300), Some(1));
+            // The prefetched lookup probes from the same home, spills too.
+            assert_eq!(f.lookup_at(f.prefetch(k), 0, 300), Some(1));
             assert_eq!(f.learn(k, 1, 0, 300), Learned::Known);
         }
         assert_eq!(f.occupied(), learned.len());
         assert_eq!(f.lookup(key(0, mac(5000)), 0, 300), None);
+        let absent = f.prefetch(key(0, mac(5000)));
+        assert_eq!(f.lookup_at(absent, 0, 300), None);
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //!   packet comments).
 //!
 //! No fds, threads, clocks or randomness here: the caller passes `now`.
-#![forbid(unsafe_code)]
+//! No unsafe code either, but for one cache prefetch hint (`prefetch`).
+#![deny(unsafe_code)]
 
 pub mod bpf;
 pub mod build;
@@ -30,6 +31,7 @@ pub mod gso;
 pub mod mem;
 pub mod pcapng;
 pub mod pipeline;
+mod prefetch;
 pub mod segment;
 pub mod topology;
 pub mod tunnel;

@@ -298,6 +298,11 @@ impl<H: GatewayHook> Worker<H> {
             return Err(DropReason::VlanTagged);
         }
         let src = eth.src_addr();
+        let dst = eth.dst_addr();
+        // The destination's FDB bucket is requested now: with many MACs it
+        // is rarely in the cache, and its miss then overlaps the checks and
+        // the learning below instead of stalling the lookup.
+        let dst_home = cx.fdb.prefetch(fdb::key(port.network().0, dst));
         if src.is_multicast() || src.is_zero() {
             return Err(DropReason::InvalidSrcMac);
         }
@@ -325,7 +330,6 @@ impl<H: GatewayHook> Worker<H> {
             return Err(DropReason::Oversize);
         }
 
-        let dst = eth.dst_addr();
         if dst == net.gateway_mac {
             return self.handle_gateway(cx, port, net, ethertype, meta, frame, tx);
         }
@@ -352,11 +356,7 @@ impl<H: GatewayHook> Worker<H> {
             Some(out) => Some(out),
             None => cx
                 .fdb
-                .lookup(
-                    fdb::key(net.id.0, dst),
-                    cx.now_secs,
-                    self.sw.config.aging_secs,
-                )
+                .lookup_at(dst_home, cx.now_secs, self.sw.config.aging_secs)
                 .and_then(|p| topo.port(PortId(p))),
         };
         match out {
