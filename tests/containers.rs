@@ -157,6 +157,19 @@ fn detached_containers_talk_and_stop() {
     assert_eq!(ip2, "10.41.0.3");
     assert!(ping(&d, "s1", &ip2), "s1 cannot ping s2\n{}", d.log());
     assert!(ping(&d, "s2", "10.41.0.2"));
+    // No qdisc on the interface, as on a veth (the kernel's default gives
+    // each of a multi-queue TAP's 256 transmit queues one: 12 MiB), and
+    // the TAP's own ring as deep as the switch asks.
+    let tc = d.ok(&["exec", "s1", "--", "tc", "qdisc", "show", "dev", "eth0"]);
+    assert!(tc.starts_with("qdisc noqueue "), "{tc}");
+    let qlen = d.ok(&[
+        "exec",
+        "s1",
+        "--",
+        "cat",
+        "/sys/class/net/eth0/tx_queue_len",
+    ]);
+    assert_eq!(qlen.trim(), "2048");
 
     wait_until("the log of s2", Duration::from_secs(5), || {
         d.ok(&["logs", "s2"]).contains("hello-from-s2")

@@ -42,6 +42,9 @@ mtu=$("$T" exec r1 -- cat /sys/class/net/eth0/mtu) || fail "no eth0 in the sandb
 # IPv4-only networks: IPv6 off on the interface, as Docker does (also rootless)
 v6=$("$T" exec r1 -- cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6) || fail "no IPv6 sysctl for eth0"
 [ "$v6" = 1 ] || fail "IPv6 is on on an IPv4-only network's interface ($v6)"
+# No qdisc on the TAP (the default would be one per each of its 256 queues)
+qd=$("$T" exec r1 -- tc qdisc show dev eth0) || fail "tc qdisc show failed"
+case $qd in "qdisc noqueue "*) ;; *) fail "eth0's qdisc: $qd";; esac
 ping1 r3 10.61.0.10 || fail "r3 -> r1"
 ping1 r3 10.62.0.10 || fail "r3 -> r2"
 ping1 r1 10.62.0.10 && fail "r1 must not reach r2"

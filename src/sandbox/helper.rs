@@ -517,6 +517,19 @@ fn disable_ipv6(name: &str) {
     let _ = std::fs::write(format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6"), "1");
 }
 
+/// Gives the TAP no queueing discipline (`noqueue`, what a veth has), before
+/// it goes up. A multi-queue TAP has 256 transmit queues whatever the number
+/// attached, and the kernel's default gives each its own qdisc: with
+/// `pfifo_fast`, three rings of [`TAP_TXQLEN`] pointers per queue, 12 MiB of
+/// unreclaimable kernel memory per interface (measured: 12.9 MiB of
+/// `SUnreclaim` per container, 0.4 MiB with `noqueue`). The qdisc never
+/// holds a frame anyway: the TAP driver drops at a full ring instead of
+/// stopping its queue. Best effort: where the kernel refuses (no
+/// `CAP_NET_ADMIN` over the namespace), the interface keeps the default.
+fn no_qdisc(nl: &mut Netlink, index: u32) {
+    let _ = nl.set_noqueue(index);
+}
+
 /// Each TAP queue's ring of frames waiting for the switch (`txqueuelen`;
 /// the kernel's default for a TAP is 500). A deeper ring rides out the
 /// moments a worker is not scheduled, for 16 KiB of pointers per queue;
@@ -528,6 +541,7 @@ pub const TAP_TXQLEN: u32 = 2048;
 fn configure(nl: &mut Netlink, index: u32, t: &WireTap) -> Result<(), netlink::NetlinkError> {
     nl.set_link(index, Some(t.mac), Some(t.mtu), None)?;
     nl.set_txqlen(index, TAP_TXQLEN)?;
+    no_qdisc(nl, index);
     if t.noarp {
         nl.set_noarp(index)?;
     }

@@ -23,9 +23,11 @@ const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
+const RTM_NEWQDISC: u16 = 36;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
+const NLM_F_REPLACE: u16 = 0x100;
 const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 
@@ -34,6 +36,8 @@ const IFLA_MTU: u16 = 4;
 const IFLA_TXQLEN: u16 = 13;
 const IFLA_AF_SPEC: u16 = 26;
 const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
+const TCA_KIND: u16 = 1;
+const TC_H_ROOT: u32 = 0xFFFF_FFFF;
 const IN6_ADDR_GEN_MODE_NONE: u8 = 1;
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -168,6 +172,27 @@ impl Netlink {
         let mut body = ifinfomsg(index, 0, 0);
         attr(&mut body, IFLA_TXQLEN, &len.to_ne_bytes());
         self.request(RTM_NEWLINK, 0, &body, "set txqueuelen")
+    }
+
+    /// Makes `noqueue` the root queueing discipline of link `index` (before
+    /// it goes up, so that the kernel attaches no default one): its frames
+    /// go straight to the driver, as on a veth.
+    pub fn set_noqueue(&mut self, index: u32) -> Result<(), NetlinkError> {
+        // struct tcmsg: family, padding, ifindex, handle, parent, info.
+        let mut body = Vec::with_capacity(32);
+        body.push(libc::AF_UNSPEC as u8);
+        body.extend_from_slice(&[0; 3]);
+        body.extend_from_slice(&(index as i32).to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes());
+        body.extend_from_slice(&TC_H_ROOT.to_ne_bytes());
+        body.extend_from_slice(&0u32.to_ne_bytes());
+        attr(&mut body, TCA_KIND, b"noqueue\0");
+        self.request(
+            RTM_NEWQDISC,
+            NLM_F_CREATE | NLM_F_REPLACE,
+            &body,
+            "set qdisc noqueue",
+        )
     }
 
     /// Adds `addr/prefix` (with its broadcast address) to link `index`.
@@ -442,6 +467,7 @@ mod tests {
             let idx = nl.index(&tap.name).expect("tap index");
             nl.set_link(idx, Some([0x02, 0, 0, 0, 0, 0x42]), Some(1400), None)
                 .expect("mac+mtu");
+            nl.set_noqueue(idx).expect("qdisc noqueue");
             nl.add_addr_v4(idx, Ipv4Addr::new(10, 9, 0, 2), 24)
                 .expect("addr");
             let again = nl
@@ -449,6 +475,14 @@ mod tests {
                 .unwrap_err();
             assert_eq!(again.raw_os_error(), Some(libc::EEXIST), "{again}");
             nl.set_link(idx, None, None, Some(true)).expect("up");
+            // Still noqueue once up (no default qdiscs attached over it);
+            // `tc` runs in this thread's namespace.
+            let tc = std::process::Command::new("tc")
+                .args(["qdisc", "show", "dev", &tap.name])
+                .output()
+                .expect("run tc (iproute2)");
+            let shown = String::from_utf8_lossy(&tc.stdout);
+            assert!(shown.starts_with("qdisc noqueue "), "{shown}");
             nl.add_addr_v6(idx, "2001:db8:9::2".parse().unwrap(), 64)
                 .expect("IPv6 addr");
             nl.add_default_route(idx, Ipv4Addr::new(10, 9, 0, 1).into())
