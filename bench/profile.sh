@@ -5,9 +5,11 @@
 #   udp    iperf3 64-byte UDP flood, unlimited rate
 #   tcp    one iperf3 TCP stream
 #   ping   1000 pings at 5 ms
+#   nat    one iperf3 TCP stream from a container through the NAT to a
+#          server on the host's loopback (the gateway's address reaches it)
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping [--secs N] [-- DAEMON-FLAGS...]
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat [--secs N] [-- DAEMON-FLAGS...]
 #   tools: apt-get install linux-perf iperf3 iputils-ping iproute2
 # stdout: the report; perf.data stays in the printed directory (removed with
 # --clean). Processes are killed by the pids recorded here.
@@ -19,21 +21,26 @@ while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --clean) CLEAN=1; shift;;
   --) shift; break;;
-  *) echo "usage: $0 udp|tcp|ping [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
+  *) echo "usage: $0 udp|tcp|ping|nat [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
 esac; done
 BENCH=profile; . bench/lib.sh
-case $MODE in udp|tcp|ping) ;; *) log "mode udp, tcp or ping"; exit 2;; esac
+case $MODE in udp|tcp|ping|nat) ;; *) log "mode udp, tcp, ping or nat"; exit 2;; esac
 [[ $SECS =~ ^[1-9][0-9]*$ && $SECS -ge 4 ]] || { log "--secs: at least 4"; exit 2; }
 [ -n "$CLEAN" ] || KEEP_W=1              # perf.data stays for perf report
 bench_setup perf iperf3
 start_daemon pf$$ "$@"
-"$T" network create --subnet 10.190.0.0/24 pfnet >/dev/null || { log "network create failed"; exit 1; }
+"$T" network create --subnet 10.190.0.0/24 --gateway 10.190.0.1 pfnet >/dev/null || { log "network create failed"; exit 1; }
+if [ "$MODE" = nat ]; then
+  ip netns exec "pf$$" iperf3 -s -B 127.0.0.1 -p 5301 >"$W/iperf3-host.log" 2>&1 & track $!
+  waitfor eval 'ip netns exec pf$$ ss -Hltn "sport = :5301" | grep -q .' || { log "iperf3 server did not start"; exit 1; }
+fi
 "$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -- iperf3 -s >/dev/null &&
 "$T" run -d --name pfcli --network pfnet --ip 10.190.0.2 -- sleep 100000 >/dev/null || { log "run failed"; exit 1; }
 sleep 1
 case $MODE in
   udp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -u -b 0 -l 18 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   tcp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  nat) "$T" exec pfcli -- iperf3 -c 10.190.0.1 -p 5301 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   ping) "$T" exec pfcli -- ping -c $((SECS * 200)) -i 0.005 -q 10.190.0.3 >"$W/load.out" 2>&1 & ;;
 esac
 LOAD=$!
@@ -43,4 +50,6 @@ wait $LOAD
 echo "== load ($MODE)"; tail -4 "$W/load.out"
 echo "== top symbols, with children"
 perf report -i "$W/perf.data" --children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
+echo "== top symbols, self"
+perf report -i "$W/perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -25
 echo "== tapnet stats"; "$T" stats
