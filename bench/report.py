@@ -127,6 +127,10 @@ def context():
     c.append(("kernel bridge: two pairs / one pair, TCP (the scaling goal's "
               "measurement through the kernel)", case("kernel_two_pairs", "tcp_gbps"),
               case("kernel_one_pair", "tcp_gbps")))
+    for m, what in (("tcp_gbps", "TCP"), ("udp64_pps", "64 B UDP")):
+        c.append((f"kernel bridge: crowded network / empty, {what} (the crowding goal's "
+                  "measurement through the kernel: what the crowd's namespaces cost the host)",
+                  case("kernel_crowded", m), case("kernel_empty", m)))
     for path in ("outbound", "published"):
         k = {"group": "connrate", "peer": "kernel", "path": path, "metric": "conn_per_s"}
         c.append((f"connections/s {path}, kernel / pasta (what 2x pasta asks, against "

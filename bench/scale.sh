@@ -16,6 +16,13 @@
 #                baseline, measured before and after it (A-B-A), so that a
 #                drift over the run (the first measurement of a fresh daemon
 #                was often the fastest) does not count as the crowd's cost
+#   kernel_crowded, kernel_one_pair_after, kernel_empty
+#                the same crowd on the kernel bridge (IDLE more namespaces on
+#                the pair's bridge, NETS more bridges with one each; IPv6 off
+#                on their interfaces, as on tapnet's IPv4-only networks), the
+#                pair before, among and after it: what the crowd's namespaces
+#                and interfaces cost this host when the switch is the
+#                kernel's (context for the crowded goal, not a goal)
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/scale.sh [--secs N] [--idle N] [--nets N]
@@ -84,8 +91,13 @@ for i in 1 2; do
   ip netns exec "sc$$s$i" iperf3 -s -B "10.190.0.1$i" >/dev/null 2>&1 & track $!
 done
 waitfor eval 'ip netns exec sc$$s2 ss -Hltn "sport = :5201" | grep -q .'
-kiperf() { timeout $((SECS + 30)) ip netns exec "sc$$c$1" iperf3 -c "10.190.0.1$1" -t "$SECS" -J >"$2" 2>&1; }
-kiperf 1 "$W/k1.json" && emit kernel_one_pair tcp_gbps "$(gbps_sum "$W/k1.json")"
+kiperf() { local n=$1 out=$2; shift 2
+  timeout $((SECS + 30)) ip netns exec "sc$$c$n" iperf3 -c "10.190.0.1$n" -t "$SECS" -J "$@" >"$out" 2>&1; }
+ktcp() { kiperf "$1" "$W/kt$1.json" && gbps_sum "$W/kt$1.json"; }
+kudp() { kiperf "$1" "$W/ku$1.json" -u -b 0 -l 18 &&
+         field "$W/ku$1.json" "'%.0f' % ((e['sum']['packets'] - e['sum']['lost_packets']) / e['sum']['seconds'])"; }
+emit kernel_one_pair tcp_gbps "$(ktcp 1)"
+emit kernel_one_pair udp64_pps "$(kudp 1)"
 kiperf 1 "$W/kp1.json" & a=$!
 kiperf 2 "$W/kp2.json" & b=$!
 wait $a; wait $b
@@ -116,12 +128,44 @@ for i in $(seq "$NETS"); do other+=("other$i"); nets+=("scn$i"); done
 sleep 2
 emit one_pair_after tcp_gbps "$(tcp 1)"
 emit one_pair_after udp64_pps "$(udp 1)"
-for m in tcp_gbps udp64_pps; do
-  a=$(awk -v m=$m '$1 == "one_pair" && $2 == m {print $3}' "$RES")
-  b=$(awk -v m=$m '$1 == "one_pair_after" && $2 == m {print $3}' "$RES")
-  emit empty $m "$(awk -v a="${a:-null}" -v b="${b:-null}" -v m=$m 'BEGIN {
-    if (a != "null" && b != "null") printf (m == "tcp_gbps" ? "%.2f" : "%.0f"), (a + b) / 2 }')"
+mean() {  # EMPTY-CASE BEFORE-CASE AFTER-CASE: their mean, per metric
+  local m a b
+  for m in tcp_gbps udp64_pps; do
+    a=$(awk -v c="$2" -v m=$m '$1 == c && $2 == m {print $3}' "$RES")
+    b=$(awk -v c="$3" -v m=$m '$1 == c && $2 == m {print $3}' "$RES")
+    emit "$1" $m "$(awk -v a="${a:-null}" -v b="${b:-null}" -v m=$m 'BEGIN {
+      if (a != "null" && b != "null") printf (m == "tcp_gbps" ? "%.2f" : "%.0f"), (a + b) / 2 }')"
+  done
+}
+mean empty one_pair one_pair_after
+
+# The same crowd on the kernel bridge: namespaces with a veth each, no
+# process and no address in them (tapnet's crowd is a sleeping process per
+# namespace; neither sends anything).
+log "adding the crowd to the kernel bridge"
+crowd=()
+noipv6() { ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1; }
+noipv6 "$kbr" || { log "kernel crowd: sysctl failed"; exit 1; }
+kcrowd() {  # NS BRIDGE
+  ip netns add "$1" && NETNS+=" $1" && crowd+=("$1") && noipv6 "$1" &&
+  ip -n "$kbr" link add "v$1" type veth peer name eth0 netns "$1" &&
+  ip -n "$kbr" link set "v$1" master "$2" up && ip -n "$1" link set eth0 up
+}
+for i in $(seq "$IDLE"); do kcrowd "sc$$i$i" br0 || { log "kernel crowd $i failed"; exit 1; }; done
+for i in $(seq "$NETS"); do
+  ip -n "$kbr" link add "br$i" type bridge && ip -n "$kbr" link set "br$i" up &&
+  kcrowd "sc$$o$i" "br$i" || { log "kernel crowd network $i failed"; exit 1; }
 done
+sleep 2
+emit kernel_crowded tcp_gbps "$(ktcp 1)"
+emit kernel_crowded udp64_pps "$(kudp 1)"
+log "removing the kernel bridge's crowd"
+for n in "${crowd[@]}"; do ip netns del "$n" || { log "ip netns del $n failed"; exit 1; }; done
+for i in $(seq "$NETS"); do ip -n "$kbr" link del "br$i"; done
+sleep 2
+emit kernel_one_pair_after tcp_gbps "$(ktcp 1)"
+emit kernel_one_pair_after udp64_pps "$(kudp 1)"
+mean kernel_empty kernel_one_pair kernel_one_pair_after
 
 log "tapnet stats (workers):"; timeout 20 "$T" stats | sed -n '/^WORKER/,/^$/p' >&2
 
@@ -135,3 +179,5 @@ ratio two_pairs/one_pair two_pairs one_pair tcp_gbps
 ratio kernel_two_pairs/kernel_one_pair kernel_two_pairs kernel_one_pair tcp_gbps
 ratio crowded/empty crowded empty tcp_gbps
 ratio crowded/empty crowded empty udp64_pps
+ratio kernel_crowded/kernel_empty kernel_crowded kernel_empty tcp_gbps
+ratio kernel_crowded/kernel_empty kernel_crowded kernel_empty udp64_pps
