@@ -455,6 +455,20 @@ fn restarts_lose_nothing() {
     h.sleeper("r1", "keep", &[]);
     h.sleeper("r2", "keep", &[]);
     assert!(h.works("r1", "ping -c1 -W2 r2"));
+    // dockerd moved the TAP into the container (a move resets qdiscs):
+    // tapnet gives it none there, as on its own containers.
+    let pid = h.ok(&["inspect", "-f", "{{.State.Pid}}", "r1"]);
+    retry("no qdisc on r1's eth0", Duration::from_secs(5), || {
+        let tc = std::process::Command::new("nsenter")
+            .args(["-t", pid.trim(), "-n", "tc", "qdisc", "show", "dev", "eth0"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let shown = String::from_utf8_lossy(&tc.stdout).into_owned();
+        shown
+            .starts_with("qdisc noqueue ")
+            .then_some(())
+            .ok_or(shown)
+    });
     let before = h.d.ok(&["network", "ls"]);
     // tapnet killed: Docker never replays CreateNetwork; traffic resumes
     // once it is back, and Docker's next calls find everything.

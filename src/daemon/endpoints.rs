@@ -18,6 +18,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::Ipv6Net;
 use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
 
 use super::core::{find_network, Core};
 use super::error::EndpointError;
@@ -364,6 +365,65 @@ pub fn net_target(r: &NetnsRef) -> NetTarget {
     }
 }
 
+/// How long [`noqueue_once_moved`] waits for the runtime's move (Docker
+/// moves the TAP right after `Join`, which follows `CreateEndpoint`).
+const MOVE_WAIT: Duration = Duration::from_secs(30);
+
+/// Gives the TAP of `queue` no qdisc once another process (the runtime)
+/// has moved it into another network namespace: a move resets a device's
+/// qdiscs, and the kernel's default costs 12 MiB per multi-queue TAP (see
+/// `sandbox::helper`'s `no_qdisc`). On a thread of its own, which joins the
+/// namespace the TAP went to; polls every 20 ms for up to [`MOVE_WAIT`].
+/// Best effort: it gives up silently when the TAP goes away, is never
+/// moved, or its new namespace is out of reach (`TUNGETDEVNETNS` needs
+/// `CAP_NET_ADMIN` there). The runtime may rename the TAP and bring it up
+/// meanwhile: the name is read again on every try, and `noqueue` replaces
+/// whatever the kernel attached at link up.
+fn noqueue_once_moved(queue: OwnedFd) {
+    use crate::sys::{netlink, ns, tap};
+    let watch = move || {
+        let Ok(home) = tap::dev_netns(&queue) else {
+            return;
+        };
+        let start = Instant::now();
+        let tick = || std::thread::sleep(Duration::from_millis(20));
+        let there = loop {
+            if start.elapsed() > MOVE_WAIT {
+                return;
+            }
+            let Ok(now) = tap::dev_netns(&queue) else {
+                return;
+            };
+            if !ns::same(&now, &home).unwrap_or(true) {
+                break now;
+            }
+            tick();
+        };
+        if ns::setns(&there, nix::sched::CloneFlags::CLONE_NEWNET, "net").is_err() {
+            return;
+        }
+        let Ok(mut nl) = netlink::Netlink::open() else {
+            return;
+        };
+        while start.elapsed() <= MOVE_WAIT {
+            let Ok(name) = tap::dev_name(&queue) else {
+                return;
+            };
+            let done = netlink::link_index(&name).map(|i| nl.set_noqueue(i));
+            if let Some(Ok(())) = done {
+                return;
+            }
+            tick();
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("tapnet-qdisc".into())
+        .spawn(watch)
+    {
+        tracing::debug!("no thread to watch a TAP's move: {e}");
+    }
+}
+
 impl Core {
     /// Makes TAPs for the endpoints `ids` (in the state copy `next`) inside
     /// `target` and plugs them; records `target` in them. On an error
@@ -394,10 +454,21 @@ impl Core {
                 reason: format!("{e:#}"),
             }
         })?;
+        // A runtime that moves its TAPs (Docker) resets their qdiscs by the
+        // move: watch for it through a copy of one queue of each.
+        let moving: Vec<OwnedFd> = eps
+            .iter()
+            .zip(&fds)
+            .filter(|(e, _)| matches!(e.owner, Owner::External { .. }))
+            .filter_map(|(_, q)| q.first()?.try_clone().ok())
+            .collect();
         if let Err(e) = self.add_ports(next, &refs, fds, names) {
             let names: Vec<String> = eps.iter().map(|e| e.ifname.clone()).collect();
             let _ = sandbox::delete_taps(target, &names);
             return Err(e);
+        }
+        for q in moving {
+            noqueue_once_moved(q);
         }
         for id in ids {
             if let Some(e) = next.endpoints.get_mut(id) {

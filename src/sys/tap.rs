@@ -14,7 +14,7 @@
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// Length of the virtio-net header in front of every frame on a queue:
@@ -181,6 +181,43 @@ pub fn set_persist(fd: &impl AsRawFd, name: &str, persist: bool) -> Result<(), T
         });
     }
     Ok(())
+}
+
+/// The network namespace the TAP of `queue` is in now (`TUNGETDEVNETNS`,
+/// Linux 5.2): it follows the interface when another process moves it.
+/// Needs `CAP_NET_ADMIN` over that namespace.
+pub fn dev_netns(queue: &impl AsRawFd) -> io::Result<OwnedFd> {
+    // SAFETY: TUNGETDEVNETNS takes no argument; on success it returns a
+    // new fd. `queue` is an open fd (a non-TAP fd gets an error).
+    let ret = unsafe { libc::ioctl(queue.as_raw_fd(), libc::TUNGETDEVNETNS) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just made `ret`, an fd nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
+/// The current name of the TAP of `queue` (`TUNGETIFF`): it follows
+/// renames, in whichever namespace the interface is.
+pub fn dev_name(queue: &impl AsRawFd) -> io::Result<String> {
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    // SAFETY: TUNGETIFF writes a `struct ifreq` through the pointer, which
+    // points to a live, properly sized `ifreq`.
+    let ret = unsafe {
+        libc::ioctl(
+            queue.as_raw_fd(),
+            libc::TUNGETIFF,
+            &mut ifr as *mut libc::ifreq,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel wrote a NUL-terminated name (at most IFNAMSIZ-1
+    // bytes) into the zeroed `ifr_name`.
+    let cname = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) };
+    Ok(cname.to_string_lossy().into_owned())
 }
 
 fn open_tun() -> Result<File, TapError> {
@@ -353,6 +390,19 @@ mod tests {
                 err.io_error().and_then(|e| e.raw_os_error()),
                 Some(libc::EBUSY)
             );
+        });
+    }
+
+    #[test]
+    fn a_queue_names_its_interface_and_namespace() {
+        in_private_netns(|| {
+            let tap = open_queues("tap%d", 1, OpenMode::Create, false).expect("open");
+            assert_eq!(dev_name(&tap.queues[0]).expect("TUNGETIFF"), tap.name);
+            let ns = dev_netns(&tap.queues[0]).expect("TUNGETDEVNETNS");
+            let here = crate::sys::ns::open_self("net").expect("own netns");
+            assert!(crate::sys::ns::same(&ns, &here).expect("compare"));
+            let not_a_tap = File::open("/dev/null").expect("/dev/null");
+            assert!(dev_name(&not_a_tap).is_err());
         });
     }
 
