@@ -155,6 +155,9 @@ def context():
                     ("tcp_gbps", "Gbit/s received")):
         c.append((f"one TCP stream (bench/flood.sh), {what}, tapnet / OVS userspace",
                   dict(f, metric=m), dict(f, peer="ovs", metric=m)))
+    c.append(("an idle container's unreclaimable kernel memory, KiB (bench/memory.sh: "
+              "SUnreclaim growth per container; its TAP, queues, namespaces, process)",
+              {"group": "memory", "metric": "idle_port_kernel"}, None))
     return c
 
 
