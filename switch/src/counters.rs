@@ -155,19 +155,16 @@ struct Row([Hot; BLOCK_PORTS]);
 /// rows never share a line, so workers never write the same line; a
 /// worker's counters of 64 ports fill 32 consecutive lines (not one
 /// scattered allocation per port, whose lines crowd the L1 and the TLB
-/// once a network has hundreds of ports).
-struct Block {
-    rows: Box<[Row]>,
-}
+/// once a network has hundreds of ports). Held as an `Arc<[Row]>`: the
+/// rows follow the reference counts in one allocation (on a line of their
+/// own, `Row` being line-aligned) and their number rides in the fat
+/// pointer, so a frame reaches its row from the port with no load between.
+type Block = [Row];
 
-impl Block {
-    fn new(workers: usize) -> Arc<Block> {
-        Arc::new(Block {
-            rows: (0..workers.max(1))
-                .map(|_| Row(core::array::from_fn(|_| Hot::default())))
-                .collect(),
-        })
-    }
+fn new_block(workers: usize) -> Arc<Block> {
+    (0..workers.max(1))
+        .map(|_| Row(core::array::from_fn(|_| Hot::default())))
+        .collect()
 }
 
 /// Where a switch's ports get their hot counters: blocks of
@@ -204,13 +201,13 @@ impl CounterArena {
             let n = st.handed;
             st.handed += 1;
             if n == st.blocks.len() * BLOCK_PORTS {
-                st.blocks.push(Block::new(self.workers));
+                st.blocks.push(new_block(self.workers));
             }
             ((n / BLOCK_PORTS) as u32, (n % BLOCK_PORTS) as u32)
         });
         let block = st.blocks[b as usize].clone();
         drop(st);
-        for row in block.rows.iter() {
+        for row in block.iter() {
             row.0[i as usize].clear();
         }
         PortCounters {
@@ -315,10 +312,9 @@ impl PortStats {
 /// survive control-plane updates.
 ///
 /// The per-frame counters (rx/tx) sit in a [`Block`] shared with up to 63
-/// other ports of the same switch ([`CounterArena`]): the block's header
-/// line is shared by its ports, so reaching a port's counters costs one
-/// line of its own, dense among its neighbours'. The drop counters are
-/// apart (`cold`), touched only by a drop.
+/// other ports of the same switch ([`CounterArena`]): reaching a port's
+/// counters from the port costs one line, dense among its neighbours'.
+/// The drop counters are apart (`cold`), touched only by a drop.
 #[derive(Clone)]
 pub struct PortCounters {
     block: Arc<Block>,
@@ -332,7 +328,7 @@ impl PortCounters {
     /// tunnel counters).
     pub fn new(workers: usize) -> Self {
         PortCounters {
-            block: Block::new(workers),
+            block: new_block(workers),
             index: 0,
             cold: Cold::new(workers, None),
         }
@@ -340,7 +336,7 @@ impl PortCounters {
     /// The slot of `worker` (workers beyond the count share the last slot).
     #[inline(always)]
     pub fn slot(&self, worker: usize) -> Slot<'_> {
-        let rows = &self.block.rows;
+        let rows: &[Row] = &self.block;
         let worker = worker.min(rows.len() - 1);
         Slot {
             hot: &rows[worker].0[self.index],
@@ -350,7 +346,7 @@ impl PortCounters {
     }
     pub fn sum(&self) -> PortStats {
         let mut s = PortStats::default();
-        for row in self.block.rows.iter() {
+        for row in self.block.iter() {
             let h = &row.0[self.index];
             s.rx_packets += h.rx_packets.load(Relaxed);
             s.rx_bytes += h.rx_bytes.load(Relaxed);
@@ -417,6 +413,8 @@ mod tests {
         let a = ports[0].slot(0).hot as *const Hot as usize;
         let b = ports[1].slot(0).hot as *const Hot as usize;
         assert_eq!(b - a, core::mem::size_of::<Hot>());
+        // The rows start on a line of their own (not the Arc's counts').
+        assert_eq!(a % 64, 0);
         // Workers' rows are different lines; the 65th port opens a block.
         let w1 = ports[0].slot(1).hot as *const Hot as usize;
         assert!(w1.abs_diff(a) >= 64 * 32);
