@@ -378,7 +378,8 @@ const MOVE_WAIT: Duration = Duration::from_secs(30);
 /// moved, or its new namespace is out of reach (`TUNGETDEVNETNS` needs
 /// `CAP_NET_ADMIN` there). The runtime may rename the TAP and bring it up
 /// meanwhile: the name is read again on every try, and `noqueue` replaces
-/// whatever the kernel attached at link up.
+/// whatever the kernel attached at link up. A refusal (other than the
+/// interface gone by that name) ends it: it is not retried for 30 s.
 fn noqueue_once_moved(queue: OwnedFd) {
     use crate::sys::{netlink, ns, tap};
     let watch = move || {
@@ -409,9 +410,12 @@ fn noqueue_once_moved(queue: OwnedFd) {
             let Ok(name) = tap::dev_name(&queue) else {
                 return;
             };
-            let done = netlink::link_index(&name).map(|i| nl.set_noqueue(i));
-            if let Some(Ok(())) = done {
-                return;
+            // Not found, or gone by the request: renamed meanwhile, again.
+            if let Some(i) = netlink::link_index(&name) {
+                match nl.set_noqueue(i) {
+                    Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {}
+                    _ => return,
+                }
             }
             tick();
         }

@@ -521,8 +521,8 @@ fn disable_ipv6(name: &str) {
 /// it goes up. A multi-queue TAP has 256 transmit queues whatever the number
 /// attached, and the kernel's default gives each its own qdisc: with
 /// `pfifo_fast`, three rings of [`TAP_TXQLEN`] pointers per queue, 12 MiB of
-/// unreclaimable kernel memory per interface (measured: 12.9 MiB of
-/// `SUnreclaim` per container, 0.4 MiB with `noqueue`). The qdisc never
+/// unreclaimable kernel memory per interface (measured: `SUnreclaim` grew
+/// 12.9 MiB per container, 0.4 MiB in all with `noqueue`). The qdisc never
 /// holds a frame anyway: the TAP driver drops at a full ring instead of
 /// stopping its queue. Best effort: where the kernel refuses (no
 /// `CAP_NET_ADMIN` over the namespace), the interface keeps the default.
