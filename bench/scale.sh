@@ -18,7 +18,8 @@
 #                was often the fastest) does not count as the crowd's cost
 #   kernel_crowded, kernel_one_pair_after, kernel_empty
 #                the same crowd on the kernel bridge (IDLE more namespaces on
-#                the pair's bridge, NETS more bridges with one each; IPv6 off
+#                the pair's bridge, NETS more bridges with one each, a
+#                sleeping process in a session of its own in each; IPv6 off
 #                on their interfaces, as on tapnet's IPv4-only networks), the
 #                pair before, among and after it: what the crowd's namespaces
 #                and interfaces cost this host when the switch is the
@@ -139,17 +140,21 @@ mean() {  # EMPTY-CASE BEFORE-CASE AFTER-CASE: their mean, per metric
 }
 mean empty one_pair one_pair_after
 
-# The same crowd on the kernel bridge: namespaces with a veth each, no
-# process and no address in them (tapnet's crowd is a sleeping process per
-# namespace; neither sends anything).
+# The same crowd on the kernel bridge: namespaces with a veth each and a
+# sleeping process in a session of its own, as tapnet's containers (and
+# Docker's) are: the scheduler gives each session its own group. No
+# address; neither crowd sends anything.
 log "adding the crowd to the kernel bridge"
-crowd=()
+crowd=() sleepers=()
 noipv6() { ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1; }
 noipv6 "$kbr" || { log "kernel crowd: sysctl failed"; exit 1; }
 kcrowd() {  # NS BRIDGE
   ip netns add "$1" && NETNS+=" $1" && crowd+=("$1") && noipv6 "$1" &&
   ip -n "$kbr" link add "v$1" type veth peer name eth0 netns "$1" &&
-  ip -n "$kbr" link set "v$1" master "$2" up && ip -n "$1" link set eth0 up
+  ip -n "$kbr" link set "v$1" master "$2" up && ip -n "$1" link set eth0 up || return 1
+  # (ip netns exec and setsid exec in place: $! is the sleep.)
+  ip netns exec "$1" setsid sleep 100000 </dev/null >/dev/null 2>&1 &
+  track $! && sleepers+=($!)
 }
 for i in $(seq "$IDLE"); do kcrowd "sc$$i$i" br0 || { log "kernel crowd $i failed"; exit 1; }; done
 for i in $(seq "$NETS"); do
@@ -160,6 +165,7 @@ sleep 2
 emit kernel_crowded tcp_gbps "$(ktcp 1)"
 emit kernel_crowded udp64_pps "$(kudp 1)"
 log "removing the kernel bridge's crowd"
+kill "${sleepers[@]}" 2>/dev/null; wait "${sleepers[@]}" 2>/dev/null
 for n in "${crowd[@]}"; do ip netns del "$n" || { log "ip netns del $n failed"; exit 1; }; done
 for i in $(seq "$NETS"); do ip -n "$kbr" link del "br$i"; done
 sleep 2
