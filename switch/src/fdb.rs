@@ -94,8 +94,9 @@ fn expired(seen: u32, now: u32, aging: u32) -> bool {
     now.wrapping_sub(seen) > aging
 }
 
-/// A key and the first slot of its home bucket, from [`Fdb::prefetch`].
-/// Valid only for the table that computed it (tables differ in size).
+/// A key and the first slot of its home bucket (from [`Fdb::prefetch`] for
+/// callers). Valid only for the table that computed it (tables differ in
+/// size).
 #[derive(Clone, Copy, Debug)]
 pub struct Home {
     key: u64,
@@ -166,11 +167,15 @@ impl Fdb {
         self.buckets.len() * BUCKET
     }
 
-    /// The first slot of `key`'s home bucket.
+    /// `key` with the first slot of its home bucket.
     #[inline]
-    fn home(&self, key: u64) -> usize {
+    fn home(&self, key: u64) -> Home {
         // Fibonacci hashing: the high bits of key * 2^64/phi.
-        ((key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize) * BUCKET
+        let bucket = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift) as usize;
+        Home {
+            key,
+            slot: bucket * BUCKET,
+        }
     }
 
     /// Slot `i` (taken modulo the capacity).
@@ -184,19 +189,13 @@ impl Fdb {
         self.buckets.iter().flat_map(|b| b.0.iter())
     }
 
-    /// Looks `key` up from the first slot of its home bucket on.
-    #[inline]
-    fn probe(&self, key: u64) -> Probe<'_> {
-        self.probe_from(key, self.home(key))
-    }
-
-    /// [`Fdb::probe`] from `h`, the first slot of `key`'s home bucket.
+    /// Looks the key of `at` up from the first slot of its home bucket on.
     #[inline(always)]
-    fn probe_from(&self, key: u64, h: usize) -> Probe<'_> {
+    fn probe(&self, at: Home) -> Probe<'_> {
         for i in 0..MAX_PROBE {
-            let s = self.slot(h + i);
+            let s = self.slot(at.slot + i);
             match s.key.load(Ordering::Acquire) {
-                k if k == key => return Probe::Found(s),
+                k if k == at.key => return Probe::Found(s),
                 EMPTY => return Probe::Vacant(i),
                 _ => {}
             }
@@ -209,29 +208,22 @@ impl Fdb {
     /// on a large table overlaps the work done before the lookup proper.
     #[inline(always)]
     pub fn prefetch(&self, key: u64) -> Home {
-        let h = self.home(key);
-        crate::prefetch::prefetch(&self.buckets[h / BUCKET]);
-        Home { key, slot: h }
+        let at = self.home(key);
+        crate::prefetch::prefetch(&self.buckets[at.slot / BUCKET]);
+        at
     }
 
     /// The port of a live entry.
     #[inline]
     pub fn lookup(&self, key: u64, now: u32, aging: u32) -> Option<u32> {
-        self.lookup_at(
-            Home {
-                key,
-                slot: self.home(key),
-            },
-            now,
-            aging,
-        )
+        self.lookup_at(self.home(key), now, aging)
     }
 
     /// [`Fdb::lookup`] of the key [`Fdb::prefetch`] returned `at` for (in
     /// this table).
     #[inline]
     pub fn lookup_at(&self, at: Home, now: u32, aging: u32) -> Option<u32> {
-        let Probe::Found(s) = self.probe_from(at.key, at.slot) else {
+        let Probe::Found(s) = self.probe(at) else {
             return None;
         };
         let (port, seen) = unpack(s.val.load(Ordering::Acquire))?;
@@ -264,16 +256,16 @@ impl Fdb {
     ) -> Learned {
         let mut asked = false;
         let mut allowed = || !core::mem::replace(&mut asked, true) && may_add();
-        let start = match self.probe(key) {
+        let at = self.home(key);
+        let start = match self.probe(at) {
             Probe::Found(s) => return refresh(s, port, now, aging, &mut allowed),
             Probe::Vacant(i) => i,
             Probe::Full => return Learned::Full,
         };
         // From the first empty slot on, one by one: another worker may claim
         // it first (with this very key, or another).
-        let h = self.home(key);
         for i in start..MAX_PROBE {
-            let s = self.slot(h + i);
+            let s = self.slot(at.slot + i);
             let mut k = s.key.load(Ordering::Acquire);
             if k == EMPTY {
                 if !allowed() {
