@@ -24,6 +24,22 @@ pub mod rawip;
 pub mod tap;
 pub mod udp;
 
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+/// Runs `request`, an ioctl that takes no argument and answers with a new
+/// file descriptor (`NS_GET_USERNS` on a namespace, `TUNGETDEVNETNS` on a
+/// TAP queue), on `fd`; the caller owns what it returns.
+fn ioctl_new_fd(fd: &impl AsFd, request: libc::Ioctl) -> std::io::Result<OwnedFd> {
+    // SAFETY: such an ioctl reads and writes no memory of ours; `fd` is a
+    // valid fd borrowed for the call (of the wrong kind, it fails).
+    let ret = unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), request) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+}
+
 /// Restores the default SIGPIPE action (terminate), as Unix command-line
 /// tools have it, so `tapnet inspect x | head -1` ends quietly instead of
 /// failing on a broken pipe. Only for short-lived CLI commands: the daemon

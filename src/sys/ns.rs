@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -135,14 +135,7 @@ pub fn open_self(kind: &str) -> Result<OwnedFd, NsError> {
 /// Fails with EPERM when that user namespace is outside the caller's
 /// (an ancestor of it).
 pub fn owning_userns(ns: &impl AsFd) -> Result<OwnedFd, NsError> {
-    // SAFETY: NS_GET_USERNS takes no argument and returns a new fd (or -1);
-    // `ns` is a valid namespace fd borrowed for the call.
-    let ret = unsafe { libc::ioctl(ns.as_fd().as_raw_fd(), libc::NS_GET_USERNS) };
-    if ret < 0 {
-        return Err(NsError::GetUserns(io::Error::last_os_error()));
-    }
-    // SAFETY: the ioctl returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+    super::ioctl_new_fd(ns, libc::NS_GET_USERNS).map_err(NsError::GetUserns)
 }
 
 /// Whether two namespace fds refer to the same namespace (same st_dev and

@@ -14,7 +14,7 @@
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 /// Length of the virtio-net header in front of every frame on a queue:
@@ -186,15 +186,8 @@ pub fn set_persist(fd: &impl AsRawFd, name: &str, persist: bool) -> Result<(), T
 /// The network namespace the TAP of `queue` is in now (`TUNGETDEVNETNS`,
 /// Linux 5.2): it follows the interface when another process moves it.
 /// Needs `CAP_NET_ADMIN` over that namespace.
-pub fn dev_netns(queue: &impl AsRawFd) -> io::Result<OwnedFd> {
-    // SAFETY: TUNGETDEVNETNS takes no argument; on success it returns a
-    // new fd. `queue` is an open fd (a non-TAP fd gets an error).
-    let ret = unsafe { libc::ioctl(queue.as_raw_fd(), libc::TUNGETDEVNETNS) };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just made `ret`, an fd nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(ret) })
+pub fn dev_netns(queue: &impl AsFd) -> io::Result<OwnedFd> {
+    super::ioctl_new_fd(queue, libc::TUNGETDEVNETNS)
 }
 
 /// The current name of the TAP of `queue` (`TUNGETIFF`): it follows
@@ -214,10 +207,7 @@ pub fn dev_name(queue: &impl AsRawFd) -> io::Result<String> {
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: the kernel wrote a NUL-terminated name (at most IFNAMSIZ-1
-    // bytes) into the zeroed `ifr_name`.
-    let cname = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) };
-    Ok(cname.to_string_lossy().into_owned())
+    Ok(name_of(&ifr))
 }
 
 fn open_tun() -> Result<File, TapError> {
@@ -258,11 +248,17 @@ fn set_iff(file: &File, name: &str, flags: libc::c_int) -> Result<String, TapErr
             source: io::Error::last_os_error(),
         });
     }
-    // SAFETY: the kernel wrote a NUL-terminated name into `ifr_name`
-    // (IFNAMSIZ bytes, the last one always NUL as we zeroed it and names are
-    // at most IFNAMSIZ-1 long).
+    Ok(name_of(&ifr))
+}
+
+/// The interface name the kernel wrote into `ifr`, an `ifreq` that was
+/// zeroed before the ioctl.
+fn name_of(ifr: &libc::ifreq) -> String {
+    // SAFETY: `ifr_name` holds a NUL-terminated name: IFNAMSIZ bytes, the
+    // last one always NUL as the caller zeroed it and names are at most
+    // IFNAMSIZ-1 long.
     let cname = unsafe { CStr::from_ptr(ifr.ifr_name.as_ptr()) };
-    Ok(cname.to_string_lossy().into_owned())
+    cname.to_string_lossy().into_owned()
 }
 
 fn set_vnet_hdr_size(file: &File, name: &str) -> Result<(), TapError> {
