@@ -67,8 +67,10 @@ import json,sys
 s=sum(json.load(open(f))['end']['sum_received']['bits_per_second'] for f in sys.argv[1:])
 print('%.2f' % (s / 1e9))" "$@" 2>/dev/null; }
 tcp() { iperf "$1" "$W/tcp$1.json" && gbps_sum "$W/tcp$1.json"; }
-udp() { iperf "$1" "$W/udp$1.json" -u -b 0 -l 18 &&
-        field "$W/udp$1.json" "'%.0f' % ((e['sum']['packets'] - e['sum']['lost_packets']) / e['sum']['seconds'])"; }
+pps() {  # iperf3 UDP JSON FILE -> datagrams received per second
+  field "$1" "'%.0f' % ((e['sum']['packets'] - e['sum']['lost_packets']) / e['sum']['seconds'])"; }
+udp() { iperf "$1" "$W/udp$1.json" -u -b 0 -l 18 && pps "$W/udp$1.json"; }
+val() { awk -v c="$1" -v m="$2" '$1 == c && $2 == m {print $3}' "$RES"; }  # CASE METRIC
 
 emit one_pair tcp_gbps "$(tcp 1)"
 emit one_pair udp64_pps "$(udp 1)"
@@ -95,8 +97,7 @@ waitfor eval 'ip netns exec sc$$s2 ss -Hltn "sport = :5201" | grep -q .'
 kiperf() { local n=$1 out=$2; shift 2
   timeout $((SECS + 30)) ip netns exec "sc$$c$n" iperf3 -c "10.190.0.1$n" -t "$SECS" -J "$@" >"$out" 2>&1; }
 ktcp() { kiperf "$1" "$W/kt$1.json" && gbps_sum "$W/kt$1.json"; }
-kudp() { kiperf "$1" "$W/ku$1.json" -u -b 0 -l 18 &&
-         field "$W/ku$1.json" "'%.0f' % ((e['sum']['packets'] - e['sum']['lost_packets']) / e['sum']['seconds'])"; }
+kudp() { kiperf "$1" "$W/ku$1.json" -u -b 0 -l 18 && pps "$W/ku$1.json"; }
 emit kernel_one_pair tcp_gbps "$(ktcp 1)"
 emit kernel_one_pair udp64_pps "$(kudp 1)"
 kiperf 1 "$W/kp1.json" & a=$!
@@ -132,8 +133,7 @@ emit one_pair_after udp64_pps "$(udp 1)"
 mean() {  # EMPTY-CASE BEFORE-CASE AFTER-CASE: their mean, per metric
   local m a b
   for m in tcp_gbps udp64_pps; do
-    a=$(awk -v c="$2" -v m=$m '$1 == c && $2 == m {print $3}' "$RES")
-    b=$(awk -v c="$3" -v m=$m '$1 == c && $2 == m {print $3}' "$RES")
+    a=$(val "$2" $m) b=$(val "$3" $m)
     emit "$1" $m "$(awk -v a="${a:-null}" -v b="${b:-null}" -v m=$m 'BEGIN {
       if (a != "null" && b != "null") printf (m == "tcp_gbps" ? "%.2f" : "%.0f"), (a + b) / 2 }')"
   done
@@ -175,7 +175,6 @@ mean kernel_empty kernel_one_pair kernel_one_pair_after
 
 log "tapnet stats (workers):"; timeout 20 "$T" stats | sed -n '/^WORKER/,/^$/p' >&2
 
-val() { awk -v c="$1" -v m="$2" '$1 == c && $2 == m {print $3}' "$RES"; }
 ratio() {  # NAME CASE_A CASE_B METRIC
   local a b; a=$(val "$2" "$4") b=$(val "$3" "$4")
   echo "{\"ratio\":\"$1\",\"metric\":\"$4\",\"value\":$(awk -v a="${a:-null}" -v b="${b:-null}" \
