@@ -44,18 +44,16 @@ TCP_METRICS="tcp_gbps tcp_cpu_share tcp_cpu_ms_per_gb"
 # or the stream's, are appended), emits the rates and the cost to the
 # forwarder PID
 flood() {
-  local peer=$1 pid=$2 mode=$3 c0 c1 hz flags; shift 3
+  local peer=$1 pid=$2 mode=$3 c0 c1 hz flags names=$TCP_METRICS; shift 3
   hz=$(getconf CLK_TCK)
-  flags=(-t "$SECS" -J); [ "$mode" = udp ] && flags+=(-u -b 0 -l 18)
+  flags=(-t "$SECS" -J); [ "$mode" = udp ] && flags+=(-u -b 0 -l 18) && names=$UDP_METRICS
   c0=$(cpu_ticks "$pid")
   timeout $((SECS + 30)) "$@" "${flags[@]}" >"$W/$peer.$mode.json" 2>&1 ||
     { log "$peer: iperf3 ($mode) failed: $(tail -1 "$W/$peer.$mode.json")"; }
   c1=$(cpu_ticks "$pid")
-  python3 - "$W/$peer.$mode.json" "${c0:-x}" "${c1:-x}" "$hz" "$mode" <<'PY' | while read -r m v; do emit "$peer" "$m" "$v"; done
+  python3 - "$W/$peer.$mode.json" "${c0:-x}" "${c1:-x}" "$hz" "$mode" "$names" <<'PY' | while read -r m v; do emit "$peer" "$m" "$v"; done
 import json, sys
-path, c0, c1, hz, mode = sys.argv[1:]
-names = {"udp": ("rx_pps", "tx_pps", "cpu_share", "cpu_us_per_pkt"),
-         "tcp": ("tcp_gbps", "tcp_cpu_share", "tcp_cpu_ms_per_gb")}[mode]
+path, c0, c1, hz, mode, names = sys.argv[1:]
 try:
     e = json.load(open(path))["end"]
     rx_bytes = e["sum_received"]["bytes"]
@@ -64,7 +62,7 @@ try:
     cpu = (int(c1) - int(c0)) / int(hz)
     share = cpu / secs
 except (OSError, ValueError, KeyError, ZeroDivisionError):
-    for m in names:
+    for m in names.split():
         print(m, "null")
     sys.exit(0)
 if mode == "udp":
