@@ -225,15 +225,19 @@ impl CounterArena {
     }
 }
 
+/// A place in an arena: (the arena, block, index), given back when the
+/// port's last clone goes.
+type Lease = (std::sync::Weak<CounterArena>, u32, u32);
+
 /// A port's counters that a frame does not touch unless it is dropped.
 struct Cold {
     drops: WorkerCounters,
     /// The arena place to give back when the port's last clone goes.
-    lease: Option<(std::sync::Weak<CounterArena>, u32, u32)>,
+    lease: Option<Lease>,
 }
 
 impl Cold {
-    fn new(workers: usize, lease: Option<(std::sync::Weak<CounterArena>, u32, u32)>) -> Arc<Cold> {
+    fn new(workers: usize, lease: Option<Lease>) -> Arc<Cold> {
         Arc::new(Cold {
             drops: WorkerCounters::new(workers),
             lease,
