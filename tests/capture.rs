@@ -341,6 +341,66 @@ fn captures_name_interfaces_count_directions_filter_and_stream() {
     );
 }
 
+/// The port of `port`'s row in `tapnet stats --format json`.
+fn port_row(d: &Daemon, port: &str) -> serde_json::Value {
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    v["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port"] == port)
+        .unwrap_or_else(|| panic!("no {port} in {v}"))
+        .clone()
+}
+
+#[test]
+fn ring_drops_show_frames_the_switch_did_not_read() {
+    let d = world(&[]);
+    let b_ip = d.ip_of("cb", "front");
+    // The neighbour is known before the switch stops reading.
+    ping(&d, "ca", &b_ip, 1);
+    assert_eq!(port_row(&d, "ca/eth0")["ring_drops"], 0);
+    let pid = d.inspect_container("ca")["State"]["Pid"].as_i64().unwrap();
+    let in_ca = |script: &str| {
+        let o = Command::new("nsenter")
+            .args(["-t", &pid.to_string(), "-n", "sh", "-c", script])
+            .output()
+            .expect("run nsenter");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // The daemon stops reading (it is stopped): 3000 datagrams of one
+    // flow go to one queue, whose ring holds 2048; the kernel drops the
+    // rest there, before any switch counter could see them.
+    let daemon = nix::unistd::Pid::from_raw(d.pid());
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    // UDP ignores the drop's ENOBUFS (no IP_RECVERR), so the sender goes
+    // on; ping would stop at the first.
+    in_ca(&format!(
+        "exec bash -c 'exec 3>/dev/udp/{b_ip}/9; for i in $(seq 3000); do echo x >&3; done'"
+    ));
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let row = port_row(&d, "ca/eth0");
+    let ring = row["ring_drops"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{row}"));
+    assert!(ring >= 3000 - 2048, "{row}");
+    // The same count the container's kernel shows for its interface.
+    let link: serde_json::Value =
+        serde_json::from_str(&in_ca("ip -s -j link show dev eth0")).expect("ip -j");
+    assert_eq!(link[0]["stats64"]["tx"]["dropped"].as_u64(), Some(ring));
+    assert_eq!(port_row(&d, "cb/eth0")["ring_drops"], 0);
+    // The network's total, the table and the metrics carry it too.
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    assert_eq!(v["networks"][0]["ring_drops"].as_u64(), Some(ring), "{v}");
+    let table = d.ok(&["stats"]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("ca/eth0"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(table.contains("RING DROPS"), "{table}");
+    assert!(line.ends_with(&format!(" {ring}")), "{table}");
+}
+
 #[test]
 fn drops_carry_their_reasons() {
     let d = world(&[]);
@@ -490,6 +550,14 @@ fn nat_frames_and_dns_answers_are_captured_and_metrics_parse() {
         })
         .unwrap_or_else(|| panic!("{}", o.stdout));
     assert!(rx.2 >= 4.0, "{}", o.stdout);
+    // A TAP's ring drops (none here), read in the container's namespace.
+    assert!(
+        m.iter().any(|(n, l, v)| n == "tapnet_port_ring_drops_total"
+            && l.get("container").map(String::as_str) == Some("ca")
+            && *v == 0.0),
+        "{}",
+        o.stdout
+    );
     assert!(
         m.iter()
             .any(|(n, l, _)| n == "tapnet_worker_busy_seconds_total" && l.contains_key("worker")),

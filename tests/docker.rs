@@ -764,6 +764,15 @@ fn dual_stack_network() {
         "a spoofed IPv6 source reaches b6"
     );
     assert!(spoofed() > before, "no spoofed_ip drop counted");
+    // Ring drops are read where dockerd moved each TAP (every port here
+    // is a Docker container's).
+    let v: serde_json::Value =
+        serde_json::from_str(&h.d.ok(&["stats", "--format", "json"])).unwrap();
+    let ports = v["ports"].as_array().unwrap();
+    assert!(
+        !ports.is_empty() && ports.iter().all(|p| p["ring_drops"].is_u64()),
+        "{v}"
+    );
     // The switch knows the containers' IPv6 addresses (anti-spoofing).
     let eps = h.d.ok(&[
         "network",

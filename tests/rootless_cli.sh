@@ -63,6 +63,9 @@ wait "$CAP" || fail "capture: $(cat "$WORK/capture.err")"
 n=$(tshark -r "$WORK/r1.pcapng" -Y icmp -T fields -e frame.interface_name | grep -c '^r1/eth0$') || true
 [ "$n" = 2 ] || fail "rootless capture holds $n ICMP frames on r1/eth0, want 2"
 grep -q r1/eth0 <<<"$("$T" stats --container r1)" || fail "stats"
+# The TAP's ring drops are read in the container's namespace, rootless too.
+grep -Eq '"ring_drops": [0-9]+' <<<"$("$T" stats --container r1 --format json)" \
+  || fail "no ring drops for r1/eth0: $("$T" stats --container r1 --format json)"
 grep -q '"IPAddress": "10.61.0.10"' <<<"$("$T" inspect r1)" || fail "inspect"
 # A reader that stops early ends the CLI quietly (SIGPIPE), no panic message.
 # (pipefail off here: the CLI ending by SIGPIPE is the expected outcome.)

@@ -331,6 +331,16 @@ fn mac(b: &[u8]) -> String {
         .join(":")
 }
 
+/// The columns of a port's and a network's row after its first two.
+const COUNTER_COLUMNS: [&str; 6] = [
+    "RX PKTS",
+    "RX BYTES",
+    "TX PKTS",
+    "TX BYTES",
+    "DROPS",
+    "RING DROPS",
+];
+
 pub fn stats(c: &Client, a: StatsArgs) -> anyhow::Result<ExitCode> {
     let mut q = vec![];
     if let Some(v) = &a.container {
@@ -375,6 +385,10 @@ pub fn stats(c: &Client, a: StatsArgs) -> anyhow::Result<ExitCode> {
                             r.push(n(&p[f]));
                         }
                         r.push(drops(&p["drops"]));
+                        r.push(match p["ring_drops"].as_u64() {
+                            Some(x) => x.to_string(),
+                            None => "-".into(),
+                        });
                         r
                     })
                     .collect()
@@ -382,16 +396,12 @@ pub fn stats(c: &Client, a: StatsArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     };
     super::print_table(
-        &[
-            "PORT", "NETWORK", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS",
-        ],
+        &[&["PORT", "NETWORK"][..], &COUNTER_COLUMNS].concat(),
         &rows("ports", "port"),
     );
     println!();
     super::print_table(
-        &[
-            "NETWORK", "PORTS", "RX PKTS", "RX BYTES", "TX PKTS", "TX BYTES", "DROPS",
-        ],
+        &[&["NETWORK", "PORTS"][..], &COUNTER_COLUMNS].concat(),
         &rows("networks", "network"),
     );
     println!();

@@ -68,6 +68,12 @@ pub struct PortRow {
     pub tx_bytes: u64,
     /// Drops by reason (only reasons that counted).
     pub drops: BTreeMap<String, u64>,
+    /// Frames the container sent that the kernel dropped at the TAP's full
+    /// ring before the switch read them: the interface's `tx_dropped` in
+    /// the container. They never reached the switch, so they are in no
+    /// other counter here. None for a port that is no TAP, or whose
+    /// namespace the daemon cannot enter.
+    pub ring_drops: Option<u64>,
 }
 
 /// One network's totals.
@@ -80,6 +86,8 @@ pub struct NetworkRow {
     pub tx_packets: u64,
     pub tx_bytes: u64,
     pub drops: BTreeMap<String, u64>,
+    /// The sum of its ports' known [`PortRow::ring_drops`].
+    pub ring_drops: u64,
 }
 
 /// The embedded DNS's answers.
@@ -229,6 +237,7 @@ impl Core {
             None => None,
         };
         let topo = self.dp.switch().topology();
+        let ring = self.dp.ring_drops();
         let mut ports = vec![];
         let mut nets: BTreeMap<String, (NetworkRow, Vec<u64>)> = BTreeMap::new();
         for p in topo.ports() {
@@ -265,6 +274,8 @@ impl Core {
             row.rx_bytes += s.rx_bytes;
             row.tx_packets += s.tx_packets;
             row.tx_bytes += s.tx_bytes;
+            let ring_drops = ring.get(&p.id.0).copied();
+            row.ring_drops += ring_drops.unwrap_or(0);
             for (a, b) in d.iter_mut().zip(s.drops.iter()) {
                 *a += b;
             }
@@ -278,6 +289,7 @@ impl Core {
                 tx_packets: s.tx_packets,
                 tx_bytes: s.tx_bytes,
                 drops: drops_map(&s.drops),
+                ring_drops,
             });
         }
         ports.sort_by(|a, b| a.port.cmp(&b.port));
@@ -372,6 +384,11 @@ pub fn encode_metrics(s: &Stats) -> String {
         "tapnet_port_drops",
         "Frames of a port dropped, by reason",
     );
+    let ring: C = add(
+        &mut reg,
+        "tapnet_port_ring_drops",
+        "Frames a container sent that the kernel dropped at its TAP's full ring before the switch read them",
+    );
     let sw_drops: C = add(
         &mut reg,
         "tapnet_switch_drops",
@@ -419,6 +436,9 @@ pub fn encode_metrics(s: &Stats) -> String {
         rx_b.get_or_create(&l(&base)).inc_by(p.rx_bytes);
         tx_p.get_or_create(&l(&base)).inc_by(p.tx_packets);
         tx_b.get_or_create(&l(&base)).inc_by(p.tx_bytes);
+        if let Some(n) = p.ring_drops {
+            ring.get_or_create(&l(&base)).inc_by(n);
+        }
         for (r, n) in &p.drops {
             let mut v = l(&base);
             v.push(("reason".into(), r.clone()));

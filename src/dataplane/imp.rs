@@ -115,6 +115,10 @@ struct Inner {
     forward_stats: Arc<super::dns::ForwardStats>,
     workers: Vec<WorkerHandle>,
     nets: Mutex<HashMap<NetId, NetworkId>>,
+    /// The queues of every port added with [`Dataplane::add_port`] (the
+    /// workers hold the same `Arc`), for reading their kernel counters.
+    /// Removed with the port, so that the workers' drop closes them.
+    queues: Mutex<HashMap<u32, Arc<[OwnedFd]>>>,
     vtep: Option<Arc<Vtep>>,
     dns: Arc<Registry>,
     upstreams: Arc<super::dns::Upstreams>,
@@ -311,6 +315,7 @@ impl Dataplane {
             forward_stats,
             workers: handles,
             nets: Mutex::new(HashMap::new()),
+            queues: Mutex::new(HashMap::new()),
             vtep,
             dns,
             upstreams,
@@ -588,8 +593,29 @@ impl Dataplane {
                 port: id.0,
             });
         }
+        let queues: Arc<[OwnedFd]> = queues.into();
+        self.inner.queues.lock().insert(id.0, queues.clone());
         self.hand_queues(id.0, queues);
         Ok(id.0)
+    }
+
+    /// The frames each TAP port's container sent that the kernel dropped
+    /// at the TAP's full rings before a worker read them (see
+    /// [`crate::sys::tap::ring_drops`]); ports of other kinds, and TAPs
+    /// whose counters are out of reach, are absent.
+    pub fn ring_drops(&self) -> HashMap<PortId, u64> {
+        let ports: Vec<(u32, Arc<[OwnedFd]>)> = self
+            .inner
+            .queues
+            .lock()
+            .iter()
+            .map(|(p, q)| (*p, q.clone()))
+            .collect();
+        let first: Vec<&OwnedFd> = ports.iter().filter_map(|(_, q)| q.first()).collect();
+        let ids = ports.iter().filter(|(_, q)| !q.is_empty()).map(|(p, _)| *p);
+        ids.zip(crate::sys::tap::ring_drops(&first))
+            .filter_map(|(p, n)| Some((p, n?)))
+            .collect()
     }
 
     /// Removes a port and closes its queues (a port already gone is not
@@ -600,6 +626,7 @@ impl Dataplane {
             Err(tapnet_switch::ConfigError::NoSuchPort) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
+        self.inner.queues.lock().remove(&id);
         self.inner.nat.send(super::nat::NatCmd::RemoveEndpoint(id));
         for w in &self.inner.workers {
             let _ = w.tx.send(Cmd::RemovePort(id));

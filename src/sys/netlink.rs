@@ -1,6 +1,6 @@
 //! A small synchronous rtnetlink client for the calling thread's network
 //! namespace: set a link's MAC, MTU and state, add an IPv4 address, add a
-//! default route, delete a link.
+//! default route, delete a link, read a link's drop counter.
 //!
 //! Hand-rolled on purpose: the helpers that use it are short-lived
 //! single-threaded processes doing five requests, so an async stack
@@ -21,6 +21,7 @@ const NLMSG_DONE: u16 = 3;
 
 const RTM_NEWLINK: u16 = 16;
 const RTM_DELLINK: u16 = 17;
+const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_NEWQDISC: u16 = 36;
@@ -32,8 +33,15 @@ const NLM_F_EXCL: u16 = 0x200;
 const NLM_F_CREATE: u16 = 0x400;
 
 const IFLA_ADDRESS: u16 = 1;
+const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_TXQLEN: u16 = 13;
+const IFLA_STATS64: u16 = 23;
+/// Byte offset of `tx_dropped` in `struct rtnl_link_stats64` (the eighth
+/// `__u64`, after rx/tx packets, bytes, errors and `rx_dropped`).
+const STATS64_TX_DROPPED: usize = 7 * 8;
+/// `struct ifinfomsg`'s length: the attributes of a link message follow.
+const IFINFOMSG_LEN: usize = 16;
 const IFLA_AF_SPEC: u16 = 26;
 const IFLA_INET6_ADDR_GEN_MODE: u16 = 8;
 const TCA_KIND: u16 = 1;
@@ -312,6 +320,38 @@ impl Netlink {
         self.request(RTM_DELLINK, 0, &body, "delete link")
     }
 
+    /// The `tx_dropped` counter of link `name` (`IFLA_STATS64`): for a
+    /// TAP, the frames its namespace sent that the kernel dropped because
+    /// the queue's ring was full (the reader had not taken them).
+    pub fn tx_dropped(&mut self, name: &str) -> Result<u64, NetlinkError> {
+        let err = |source: io::Error| NetlinkError::Request {
+            what: format!("read the counters of {name}"),
+            source,
+        };
+        let mut body = ifinfomsg(0, 0, 0);
+        let mut z = name.as_bytes().to_vec();
+        z.push(0);
+        attr(&mut body, IFLA_IFNAME, &z);
+        let reply = self.exchange(RTM_GETLINK, 0, &body).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ENODEV) {
+                NetlinkError::NoSuchLink(name.to_string())
+            } else {
+                err(e)
+            }
+        })?;
+        let stats = reply
+            .get(IFINFOMSG_LEN..)
+            .and_then(|attrs| find_attr(attrs, IFLA_STATS64))
+            .and_then(|s| s.get(STATS64_TX_DROPPED..STATS64_TX_DROPPED + 8))
+            .ok_or_else(|| {
+                err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "link reply without IFLA_STATS64",
+                ))
+            })?;
+        Ok(u64::from_ne_bytes(stats.try_into().expect("8 bytes")))
+    }
+
     /// Sends one request and waits for its ACK.
     fn request(
         &mut self,
@@ -324,58 +364,146 @@ impl Netlink {
             what: what.to_string(),
             source,
         };
+        let seq = self.send(ty, flags | NLM_F_ACK, body).map_err(err)?;
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let n = self.recv(&mut buf).map_err(err)?;
+            if let Some(result) = find_ack(&buf[..n], seq) {
+                return result.map_err(err);
+            }
+        }
+    }
+
+    /// Sends one `get` request (no ACK asked) and returns the payload of
+    /// its answer, or the kernel's error.
+    fn exchange(&mut self, ty: u16, flags: u16, body: &[u8]) -> io::Result<Vec<u8>> {
+        let seq = self.send(ty, flags, body)?;
+        // One link's message with every address family's counters is a
+        // few KiB; the kernel truncates nothing below its own page-sized
+        // skb when the buffer is this large.
+        let mut buf = vec![0u8; 32768];
+        loop {
+            let n = self.recv(&mut buf)?;
+            if let Some(result) = find_reply(&buf[..n], seq) {
+                return result.map(<[u8]>::to_vec);
+            }
+        }
+    }
+
+    /// Writes one message of type `ty` (`NLM_F_REQUEST` added to `flags`)
+    /// and returns its sequence number.
+    fn send(&mut self, ty: u16, flags: u16, body: &[u8]) -> io::Result<u32> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let len = NLMSG_HDRLEN + body.len();
         let mut msg = Vec::with_capacity(len);
         msg.extend_from_slice(&(len as u32).to_ne_bytes());
         msg.extend_from_slice(&ty.to_ne_bytes());
-        msg.extend_from_slice(&(flags | NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+        msg.extend_from_slice(&(flags | NLM_F_REQUEST).to_ne_bytes());
         msg.extend_from_slice(&seq.to_ne_bytes());
         msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
         msg.extend_from_slice(body);
-        self.sock.write_all(&msg).map_err(err)?;
-        let mut buf = vec![0u8; 16384];
-        loop {
-            let n = self.sock.read(&mut buf).map_err(err)?;
-            if n == 0 {
-                return Err(err(io::Error::from(io::ErrorKind::UnexpectedEof)));
-            }
-            if let Some(result) = find_ack(&buf[..n], seq) {
-                return result.map_err(err);
-            }
+        self.sock.write_all(&msg)?;
+        Ok(seq)
+    }
+
+    /// Reads one datagram of replies into `buf`; its length.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.sock.read(buf)? {
+            0 => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            n => Ok(n),
         }
     }
 }
 
-/// Looks for the ACK/error of request `seq` among the messages in `buf`.
-fn find_ack(mut buf: &[u8], seq: u32) -> Option<io::Result<()>> {
-    while buf.len() >= NLMSG_HDRLEN {
+/// The messages in `buf`, as (type, sequence number, payload); stops at
+/// the first malformed one, which it yields as an error.
+fn messages(mut buf: &[u8]) -> impl Iterator<Item = io::Result<(u16, u32, &[u8])>> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLMSG_HDRLEN {
+            return None;
+        }
         let len = u32::from_ne_bytes(buf[0..4].try_into().ok()?) as usize;
         let ty = u16::from_ne_bytes(buf[4..6].try_into().ok()?);
-        let msg_seq = u32::from_ne_bytes(buf[8..12].try_into().ok()?);
+        let seq = u32::from_ne_bytes(buf[8..12].try_into().ok()?);
         if len < NLMSG_HDRLEN || len > buf.len() {
+            buf = &[];
             return Some(Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "malformed netlink reply",
             )));
         }
-        if msg_seq == seq {
-            match ty {
-                NLMSG_ERROR if len >= NLMSG_HDRLEN + 4 => {
-                    let code = i32::from_ne_bytes(buf[16..20].try_into().ok()?);
-                    return Some(if code == 0 {
-                        Ok(())
-                    } else {
-                        Err(io::Error::from_raw_os_error(-code))
-                    });
-                }
-                NLMSG_DONE => return Some(Ok(())),
-                _ => {}
-            }
+        let payload = &buf[NLMSG_HDRLEN..len];
+        buf = buf.get((len + 3) & !3..).unwrap_or(&[]);
+        Some(Ok((ty, seq, payload)))
+    })
+}
+
+/// The errno an `NLMSG_ERROR` payload carries (zero: an ACK).
+fn error_code(payload: &[u8]) -> Option<i32> {
+    Some(i32::from_ne_bytes(payload.get(0..4)?.try_into().ok()?))
+}
+
+/// The messages of request `seq` in `buf`, as (type, payload), and a
+/// malformed message as an error.
+fn answers(buf: &[u8], seq: u32) -> impl Iterator<Item = io::Result<(u16, &[u8])>> {
+    messages(buf).filter_map(move |m| match m {
+        Ok((ty, s, payload)) if s == seq => Some(Ok((ty, payload))),
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    })
+}
+
+/// The kernel's error in an `NLMSG_ERROR` payload (`Ok` for an ACK).
+fn errno_of(payload: &[u8]) -> io::Result<()> {
+    match error_code(payload) {
+        Some(0) => Ok(()),
+        Some(code) => Err(io::Error::from_raw_os_error(-code)),
+        None => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "short netlink error message",
+        )),
+    }
+}
+
+/// Looks for the ACK/error of request `seq` among the messages in `buf`.
+fn find_ack(buf: &[u8], seq: u32) -> Option<io::Result<()>> {
+    answers(buf, seq).find_map(|m| match m {
+        Ok((NLMSG_ERROR, payload)) => Some(errno_of(payload)),
+        Ok((NLMSG_DONE, _)) => Some(Ok(())),
+        Ok(_) => None,
+        Err(e) => Some(Err(e)),
+    })
+}
+
+/// Looks for the answer to `get` request `seq` in `buf`: its payload, or
+/// the kernel's error.
+fn find_reply(buf: &[u8], seq: u32) -> Option<io::Result<&[u8]>> {
+    answers(buf, seq).next().map(|m| {
+        let (ty, payload) = m?;
+        match ty {
+            NLMSG_ERROR => Err(errno_of(payload).err().unwrap_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "an ACK where an answer was due")
+            })),
+            NLMSG_DONE => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            _ => Ok(payload),
         }
-        let aligned = (len + 3) & !3;
-        buf = buf.get(aligned..).unwrap_or(&[]);
+    })
+}
+
+/// The payload of the first attribute of type `ty` among `attrs` (the
+/// nested flag and byte-order bits of the type ignored).
+fn find_attr(mut attrs: &[u8], ty: u16) -> Option<&[u8]> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let t = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if t == ty {
+            return Some(&attrs[4..len]);
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or(&[]);
     }
     None
 }
@@ -431,6 +559,39 @@ mod tests {
         assert_eq!(&body[0..2], &10u16.to_ne_bytes());
         assert_eq!(&body[4..10], &[1, 2, 3, 4, 5, 6]);
         assert_eq!(&body[10..], &[0, 0]);
+    }
+
+    #[test]
+    fn reply_and_attribute_parsing() {
+        // An RTM_NEWLINK answer: ifinfomsg, IFLA_IFNAME, IFLA_STATS64.
+        let mut body = ifinfomsg(3, 0, 0);
+        attr(&mut body, IFLA_IFNAME, b"tap0\0");
+        let mut stats = [0u8; 24 * 8];
+        stats[STATS64_TX_DROPPED..STATS64_TX_DROPPED + 8].copy_from_slice(&42u64.to_ne_bytes());
+        attr(&mut body, IFLA_STATS64, &stats);
+        let mut msg = Vec::new();
+        msg.extend_from_slice(&((NLMSG_HDRLEN + body.len()) as u32).to_ne_bytes());
+        msg.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
+        msg.extend_from_slice(&0u16.to_ne_bytes());
+        msg.extend_from_slice(&9u32.to_ne_bytes());
+        msg.extend_from_slice(&0u32.to_ne_bytes());
+        msg.extend_from_slice(&body);
+        assert!(find_reply(&msg, 8).is_none());
+        let payload = find_reply(&msg, 9).expect("reply").expect("no error");
+        let attrs = &payload[IFINFOMSG_LEN..];
+        assert_eq!(find_attr(attrs, IFLA_IFNAME), Some(&b"tap0\0"[..]));
+        let s = find_attr(attrs, IFLA_STATS64).expect("stats");
+        assert_eq!(
+            &s[STATS64_TX_DROPPED..STATS64_TX_DROPPED + 8],
+            &42u64.to_ne_bytes()
+        );
+        assert_eq!(find_attr(attrs, IFLA_MTU), None);
+        // An attribute claiming more than there is ends the search.
+        assert_eq!(find_attr(&[200, 0, 3, 0, 1, 2], IFLA_IFNAME), None);
+        // A message claiming more than there is: an error, not a hang.
+        let mut bad = msg.clone();
+        bad[0..4].copy_from_slice(&4096u32.to_ne_bytes());
+        assert!(find_reply(&bad, 9).expect("answer").is_err());
     }
 
     #[test]
@@ -500,6 +661,9 @@ mod tests {
             assert_eq!(link_index(&name), None, "tap still there");
             let err = nl.del_link(idx).unwrap_err();
             assert_eq!(err.raw_os_error(), Some(libc::ENODEV), "{err}");
+            assert_eq!(nl.tx_dropped("lo").expect("lo's counters"), 0);
+            let err = nl.tx_dropped(&name).unwrap_err();
+            assert!(matches!(err, NetlinkError::NoSuchLink(_)), "{err}");
         })
         .join()
         .expect("test thread panicked");

@@ -210,6 +210,48 @@ pub fn dev_name(queue: &impl AsRawFd) -> io::Result<String> {
     Ok(name_of(&ifr))
 }
 
+/// The frames each TAP of `queues` (one queue fd per TAP) dropped at its
+/// rings because they were full: frames its namespace sent that the reader
+/// had not taken in time (the interface's `tx_dropped`, as `ip -s link`
+/// shows it there). `None` for an fd that is no TAP queue, or whose
+/// namespace or counters are out of reach.
+///
+/// The interfaces live in other network namespaces (the containers'),
+/// which a netlink socket reaches only by being opened there: one thread
+/// of its own joins each TAP's namespace in turn (`TUNGETDEVNETNS`, so it
+/// follows a TAP another process moved) and ends with the call, so no
+/// other thread's namespace changes.
+pub fn ring_drops(queues: &[&OwnedFd]) -> Vec<Option<u64>> {
+    use super::{netlink::Netlink, ns};
+    let walk = || {
+        // The namespace joined last, and a socket opened there.
+        let mut at: Option<(OwnedFd, Netlink)> = None;
+        let mut one = |q: &OwnedFd| -> Option<u64> {
+            let there = dev_netns(q).ok()?;
+            let moved = match &at {
+                Some((ns, _)) => !ns::same(ns, &there).unwrap_or(false),
+                None => true,
+            };
+            if moved {
+                ns::setns(&there, nix::sched::CloneFlags::CLONE_NEWNET, "net").ok()?;
+                // A socket belongs to the namespace it was opened in.
+                at = Some((there, Netlink::open().ok()?));
+            }
+            let name = dev_name(q).ok()?;
+            at.as_mut()?.1.tx_dropped(&name).ok()
+        };
+        queues.iter().map(|q| one(q)).collect::<Vec<_>>()
+    };
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("tapnet-ringstat".into())
+            .spawn_scoped(s, walk)
+            .ok()
+            .and_then(|t| t.join().ok())
+    })
+    .unwrap_or_else(|| vec![None; queues.len()])
+}
+
 fn open_tun() -> Result<File, TapError> {
     OpenOptions::new()
         .read(true)
@@ -420,5 +462,62 @@ mod tests {
                 "{name} still there"
             );
         });
+    }
+
+    /// A TAP in a namespace of its own whose ring (`ring` frames deep) is
+    /// offered `sent` UDP datagrams that nobody reads: its queue, and the
+    /// `tx_dropped` that `ip -s link` shows for it there.
+    fn flooded_tap(ring: u32, sent: usize) -> (OwnedFd, u64) {
+        in_private_netns(move || {
+            // No IPv6 frames of the kernel's own join the count later (the
+            // sysctl is this thread's namespace's).
+            std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
+                .expect("disable IPv6");
+            let mut tap = open_queues("tap%d", 1, OpenMode::Create, false).expect("open");
+            let mut nl = super::super::netlink::Netlink::open().expect("netlink");
+            let i = nl.index(&tap.name).expect("index");
+            nl.set_noqueue(i).expect("noqueue");
+            nl.set_txqlen(i, ring).expect("txqueuelen");
+            nl.add_addr_v4(i, std::net::Ipv4Addr::new(10, 9, 0, 2), 24)
+                .expect("address");
+            nl.set_link(i, None, None, Some(true)).expect("up");
+            let sh = |cmd: &str| {
+                let o = std::process::Command::new("sh")
+                    .args(["-c", cmd])
+                    .output()
+                    .expect("run sh");
+                assert!(o.status.success(), "{cmd}: {o:?}");
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            };
+            // A neighbour that needs no answer, so every datagram goes out.
+            sh(&format!(
+                "ip neigh add 10.9.0.3 lladdr 02:00:00:00:00:03 dev {} nud permanent",
+                tap.name
+            ));
+            let udp = std::net::UdpSocket::bind("10.9.0.2:0").expect("bind");
+            for _ in 0..sent {
+                udp.send_to(&[0; 18], "10.9.0.3:9").expect("send");
+            }
+            let json = sh(&format!("ip -s -j link show dev {}", tap.name));
+            let v: serde_json::Value = serde_json::from_str(&json).expect("ip -j");
+            let dropped = v[0]["stats64"]["tx"]["dropped"].as_u64().expect("dropped");
+            (tap.queues.remove(0), dropped)
+        })
+    }
+
+    #[test]
+    fn ring_drops_are_read_in_each_taps_namespace() {
+        let (a, a_dropped) = flooded_tap(64, 500);
+        let (b, b_dropped) = flooded_tap(256, 300);
+        // What the ring could not hold.
+        assert_eq!(a_dropped, 500 - 64);
+        assert_eq!(b_dropped, 300 - 256);
+        let not_a_tap = OwnedFd::from(File::open("/dev/null").expect("/dev/null"));
+        // From this thread's namespace, which holds neither.
+        let got = ring_drops(&[&a, &not_a_tap, &b, &a]);
+        assert_eq!(
+            got,
+            [Some(a_dropped), None, Some(b_dropped), Some(a_dropped)]
+        );
     }
 }

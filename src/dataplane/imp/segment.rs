@@ -93,7 +93,7 @@ impl Dataplane {
                 .switch()
                 .add_parent_port(nid, &name, p.vlan, mac)
                 .map_err(|e| undo(e.into()))?;
-            self.hand_queues(port.0, opened.queues);
+            self.hand_queues(port.0, opened.queues.into());
         }
         if let (Some(p), Some((queues, queues6))) = (parent, routed) {
             for (v6, kind, queues) in [(false, "router", queues), (true, "router6", queues6)] {
@@ -102,7 +102,7 @@ impl Dataplane {
                     .switch()
                     .add_router_port(nid, &name, v6)
                     .map_err(|e| undo(e.into()))?;
-                self.hand_queues(port.0, queues);
+                self.hand_queues(port.0, queues.into());
             }
         }
         Ok(())
@@ -130,8 +130,7 @@ impl Dataplane {
 
     /// Gives the workers `port`'s queues, one each (sockets already
     /// non-blocking): each reads its own and may write on any.
-    pub(super) fn hand_queues(&self, port: u32, queues: Vec<OwnedFd>) {
-        let fds: std::sync::Arc<[OwnedFd]> = queues.into();
+    pub(super) fn hand_queues(&self, port: u32, fds: std::sync::Arc<[OwnedFd]>) {
         for w in &self.inner.workers {
             let _ = w.tx.send(Cmd::AddQueue {
                 port,
