@@ -17,7 +17,9 @@
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/flood.sh [--secs N]
 #   tools: apt-get install iperf3 openvswitch-switch python3 iproute2
 # stdout: one JSON object per line ({"peer","metric","value"}: rx_pps,
-# tx_pps, cpu_share, cpu_us_per_pkt for the flood; tcp_gbps,
+# tx_pps, cpu_share, cpu_us_per_pkt, ring_drop_pps (the sender's frames
+# its TAP dropped at the full ring: what the forwarder did not read in
+# time) for the flood; tcp_gbps,
 # tcp_cpu_share, tcp_cpu_ms_per_gb for the stream), then the ratios
 # tapnet/ovs; stderr: progress.
 set -u -o pipefail
@@ -37,23 +39,31 @@ P=fl$$
 
 emit() { echo "{\"peer\":\"$1\",\"metric\":\"$2\",\"value\":${3:-null}}"; echo "$1 $2 ${3:-null}" >>"$RES"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; }
-UDP_METRICS="rx_pps tx_pps cpu_share cpu_us_per_pkt"
+UDP_METRICS="rx_pps tx_pps cpu_share cpu_us_per_pkt ring_drop_pps"
 TCP_METRICS="tcp_gbps tcp_cpu_share tcp_cpu_ms_per_gb"
 
-# PEER PID udp|tcp CMD...: runs the iperf3 client CMD (the flood's flags,
-# or the stream's, are appended), emits the rates and the cost to the
-# forwarder PID
+# The sender's interface's tx_dropped (`ip -s -j link show` from the
+# sender's namespace; the command is "$@"): for a TAP, the frames the
+# forwarder left in the ring until it was full (the kernel drops the rest)
+tx_dropped() {
+  "$@" 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["stats64"]["tx"]["dropped"])' 2>/dev/null || echo x
+}
+
+# PEER PID DROPS udp|tcp CMD...: runs the iperf3 client CMD (the flood's
+# flags, or the stream's, are appended), emits the rates and the cost to
+# the forwarder PID; DROPS is a command that prints the sender's
+# interface's JSON (`ip -s -j link show`), for the flood's ring drops
 flood() {
-  local peer=$1 pid=$2 mode=$3 c0 c1 hz flags names=$TCP_METRICS; shift 3
+  local peer=$1 pid=$2 drops=$3 mode=$4 c0 c1 d0 d1 hz flags names=$TCP_METRICS; shift 4
   hz=$(getconf CLK_TCK)
   flags=(-t "$SECS" -J); [ "$mode" = udp ] && flags+=(-u -b 0 -l 18) && names=$UDP_METRICS
-  c0=$(cpu_ticks "$pid")
+  c0=$(cpu_ticks "$pid"); d0=$(eval "tx_dropped $drops")
   timeout $((SECS + 30)) "$@" "${flags[@]}" >"$W/$peer.$mode.json" 2>&1 ||
     { log "$peer: iperf3 ($mode) failed: $(tail -1 "$W/$peer.$mode.json")"; }
-  c1=$(cpu_ticks "$pid")
-  python3 - "$W/$peer.$mode.json" "${c0:-x}" "${c1:-x}" "$hz" "$mode" "$names" <<'PY' | while read -r m v; do emit "$peer" "$m" "$v"; done
+  c1=$(cpu_ticks "$pid"); d1=$(eval "tx_dropped $drops")
+  python3 - "$W/$peer.$mode.json" "${c0:-x}" "${c1:-x}" "$hz" "$mode" "$names" "$d0" "$d1" <<'PY' | while read -r m v; do emit "$peer" "$m" "$v"; done
 import json, sys
-path, c0, c1, hz, mode, names = sys.argv[1:]
+path, c0, c1, hz, mode, names, d0, d1 = sys.argv[1:]
 try:
     e = json.load(open(path))["end"]
     rx_bytes = e["sum_received"]["bytes"]
@@ -71,6 +81,10 @@ if mode == "udp":
     print("tx_pps", "%.0f" % (tx / secs))
     print("cpu_share", "%.2f" % share)
     print("cpu_us_per_pkt", "%.2f" % (cpu / rx * 1e6) if rx else "null")
+    try:
+        print("ring_drop_pps", "%.0f" % ((int(d1) - int(d0)) / secs))
+    except ValueError:
+        print("ring_drop_pps", "null")
 else:
     print("tcp_gbps", "%.2f" % (rx_bytes * 8 / secs / 1e9))
     print("tcp_cpu_share", "%.2f" % share)
@@ -109,7 +123,8 @@ ovs() {
   waitfor eval 'ip netns exec ${P}b ss -Hltn "sport = :5201" | grep -q .' || return 1
   ip netns exec "${P}a" ping -c 1 -w 10 -q 10.188.0.3 >/dev/null || { log "ovs: no ping through"; return 1; }
   for mode in udp tcp; do
-    flood ovs "$(cat "$O/vswitchd.pid")" $mode ip netns exec "${P}a" iperf3 -c 10.188.0.3
+    flood ovs "$(cat "$O/vswitchd.pid")" 'ip -n "${P}a" -s -j link show "${P}ta"' $mode \
+      ip netns exec "${P}a" iperf3 -c 10.188.0.3
   done
   # Stopped before tapnet's flood (tracked: cleanup would end them too).
   kill "$(cat "$O/vswitchd.pid")" "$(cat "$O/ovsdb.pid")" 2>/dev/null
@@ -123,8 +138,10 @@ start_daemon "${P}d"
 "$T" run -d --name flcli --network flnet --ip 10.187.0.2 -- sleep 100000 >/dev/null || { log "tapnet: setup failed"; exit 1; }
 waitfor "$T" exec flcli -- ping -c 1 -w 1 -q 10.187.0.3 >/dev/null || { log "tapnet: no ping through"; exit 1; }
 for mode in udp tcp; do
-  flood tapnet "$DAEMON" $mode "$T" exec flcli -- iperf3 -c 10.187.0.3
+  flood tapnet "$DAEMON" '"$T" exec flcli -- ip -s -j link show eth0' $mode \
+    "$T" exec flcli -- iperf3 -c 10.187.0.3
 done
+log "tapnet stats:"; timeout 10 "$T" stats >&2 || true
 
 val() { awk -v p="$1" -v m="$2" '$1 == p && $2 == m {print $3}' "$RES"; }
 for m in rx_pps cpu_share cpu_us_per_pkt $TCP_METRICS; do

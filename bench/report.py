@@ -149,6 +149,11 @@ def context():
                     ("rx_pps", "packets received")):
         c.append((f"64 B flood (bench/flood.sh), {what}, tapnet / OVS userspace",
                   dict(f, metric=m), dict(f, peer="ovs", metric=m)))
+    for peer, name in (("tapnet", "tapnet"), ("ovs", "OVS userspace")):
+        c.append((f"64 B flood (bench/flood.sh), share of the sender's frames its TAP dropped "
+                  f"at the full ring (the forwarder had not read them; `tapnet stats`: RING "
+                  f"DROPS), {name}", dict(f, peer=peer, metric="ring_drop_pps"),
+                  dict(f, peer=peer, metric="tx_pps")))
     for m, what in (("tcp_cpu_ms_per_gb", "the forwarder's CPU time per byte received "
                      "(tapnet's with its busy-polling)"),
                     ("tcp_cpu_share", "the forwarder's share of a CPU"),
