@@ -389,6 +389,14 @@ fn ring_drops_show_frames_the_switch_did_not_read() {
         serde_json::from_str(&in_ca("ip -s -j link show dev eth0")).expect("ip -j");
     assert_eq!(link[0]["stats64"]["tx"]["dropped"].as_u64(), Some(ring));
     assert_eq!(port_row(&d, "cb/eth0")["ring_drops"], 0);
+    let only_a: serde_json::Value =
+        serde_json::from_str(&d.ok(&["stats", "--container", "ca", "--format", "json"])).unwrap();
+    assert_eq!(only_a["ports"].as_array().unwrap().len(), 1, "{only_a}");
+    assert_eq!(
+        only_a["ports"][0]["ring_drops"].as_u64(),
+        Some(ring),
+        "{only_a}"
+    );
     // The network's total, the table and the metrics carry it too.
     let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
     assert_eq!(v["networks"][0]["ring_drops"].as_u64(), Some(ring), "{v}");

@@ -237,24 +237,27 @@ impl Core {
             None => None,
         };
         let topo = self.dp.switch().topology();
-        let ring = self.dp.ring_drops();
+        let split = |name: &str| -> (String, String) {
+            name.rsplit_once('/')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .unwrap_or_else(|| (name.to_string(), String::new()))
+        };
+        let chosen: Vec<_> = topo
+            .ports()
+            .filter(|p| {
+                prefixes
+                    .as_ref()
+                    .is_none_or(|pre| pre.contains(&split(&p.config.name).0))
+                    && only_net.is_none_or(|n| n == p.network())
+            })
+            .collect();
+        // Only the chosen ports' namespaces are entered.
+        let ids: Vec<_> = chosen.iter().map(|p| p.id.0).collect();
+        let ring = self.dp.ring_drops(&ids);
         let mut ports = vec![];
         let mut nets: BTreeMap<String, (NetworkRow, Vec<u64>)> = BTreeMap::new();
-        for p in topo.ports() {
-            let (cname, iface) = p
-                .config
-                .name
-                .rsplit_once('/')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .unwrap_or_else(|| (p.config.name.clone(), String::new()));
-            if let Some(pre) = &prefixes {
-                if !pre.contains(&cname) {
-                    continue;
-                }
-            }
-            if only_net.is_some_and(|n| n != p.network()) {
-                continue;
-            }
+        for p in chosen {
+            let (cname, iface) = split(&p.config.name);
             let net = topo
                 .network(p.network())
                 .map(|n| n.config.name.clone())

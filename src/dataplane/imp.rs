@@ -599,22 +599,24 @@ impl Dataplane {
         Ok(id.0)
     }
 
-    /// The frames each TAP port's container sent that the kernel dropped
-    /// at the TAP's full rings before a worker read them (see
-    /// [`crate::sys::tap::ring_drops`]); ports of other kinds, and TAPs
-    /// whose counters are out of reach, are absent.
-    pub fn ring_drops(&self) -> HashMap<PortId, u64> {
-        let ports: Vec<(u32, Arc<[OwnedFd]>)> = self
-            .inner
-            .queues
-            .lock()
+    /// The frames the containers of TAP ports `ports` sent that the
+    /// kernel dropped at the TAPs' full rings before a worker read them
+    /// (see [`crate::sys::tap::ring_drops`]); ports of other kinds, and
+    /// TAPs whose counters are out of reach, are absent.
+    pub fn ring_drops(&self, ports: &[PortId]) -> HashMap<PortId, u64> {
+        let queues: Vec<(PortId, Arc<[OwnedFd]>)> = {
+            let all = self.inner.queues.lock();
+            ports
+                .iter()
+                .filter_map(|p| Some((*p, all.get(p)?.clone())))
+                .filter(|(_, q)| !q.is_empty())
+                .collect()
+        };
+        let first: Vec<&OwnedFd> = queues.iter().map(|(_, q)| &q[0]).collect();
+        queues
             .iter()
-            .map(|(p, q)| (*p, q.clone()))
-            .collect();
-        let first: Vec<&OwnedFd> = ports.iter().filter_map(|(_, q)| q.first()).collect();
-        let ids = ports.iter().filter(|(_, q)| !q.is_empty()).map(|(p, _)| *p);
-        ids.zip(crate::sys::tap::ring_drops(&first))
-            .filter_map(|(p, n)| Some((p, n?)))
+            .zip(crate::sys::tap::ring_drops(&first))
+            .filter_map(|((p, _), n)| Some((*p, n?)))
             .collect()
     }
 
