@@ -353,6 +353,129 @@ fn port_row(d: &Daemon, port: &str) -> serde_json::Value {
         .clone()
 }
 
+/// The PID of container `c`'s process.
+fn pid_of(d: &Daemon, c: &str) -> String {
+    d.inspect_container(c)["State"]["Pid"]
+        .as_i64()
+        .unwrap()
+        .to_string()
+}
+
+/// Runs `script` with `sh` in the network namespace of process `pid` (a
+/// container's, not through the daemon, which a test may have stopped);
+/// its stdout.
+fn in_netns_of(pid: &str, script: &str) -> String {
+    let o = Command::new("nsenter")
+        .args(["-t", pid, "-n", "sh", "-c", script])
+        .output()
+        .expect("run nsenter");
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The daemon stopped (SIGSTOP, by its PID) while this lives: resumed on
+/// drop, also when the test panics (the daemon's own drop needs it
+/// running).
+struct Paused(i32);
+
+impl Paused {
+    fn new(d: &Daemon) -> Paused {
+        Paused::signal(d.pid(), nix::sys::signal::Signal::SIGSTOP);
+        Paused(d.pid())
+    }
+
+    fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        Paused::signal(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// `Udp: InDatagrams` and `RcvbufErrors` in the network namespace of
+/// process `pid`.
+fn udp_counters(pid: &str) -> (u64, u64) {
+    let snmp = in_netns_of(pid, "cat /proc/net/snmp");
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next().unwrap(), udp.next().unwrap());
+    let get = |k: &str| {
+        let i = names.split_whitespace().position(|n| n == k).unwrap();
+        values.split_whitespace().nth(i).unwrap().parse().unwrap()
+    };
+    (get("InDatagrams"), get("RcvbufErrors"))
+}
+
+/// 1000 numbered datagrams wait in the sender's TAP ring while the daemon
+/// is stopped, then cross at once: with batched writes (the default) and
+/// with one write per frame, every datagram either arrives, in order, or
+/// is counted by the receiver's kernel as a full socket buffer's.
+#[test]
+fn a_burst_crosses_in_order_batched_or_not() {
+    for extra in [&[][..], &["--tx-batch", "0"][..]] {
+        let d = world(extra);
+        let b_ip = d.ip_of("cb", "front");
+        ping(&d, "ca", &b_ip, 1);
+        let files = TempDir::new();
+        let got = files.0.join("got");
+        let (a, b) = (pid_of(&d, "ca"), pid_of(&d, "cb"));
+        let mut rx = Command::new("nsenter")
+            .args(["-t", &b, "-n", "socat", "-u", "UDP-RECV:9"])
+            .arg(format!("OPEN:{},creat,append", got.display()))
+            .spawn()
+            .expect("start socat");
+        wait_until("the receiver", Duration::from_secs(10), || {
+            in_netns_of(&b, "ss -Hlun 'sport = :9'").contains(":9")
+        });
+        let (in0, err0) = udp_counters(&b);
+        let paused = Paused::new(&d);
+        in_netns_of(
+            &a,
+            &format!(
+                "exec bash -c 'exec 3>/dev/udp/{b_ip}/9; for i in $(seq 1000); do echo $i >&3; done'"
+            ),
+        );
+        drop(paused);
+        let settled = || {
+            let (i, e) = udp_counters(&b);
+            i - in0 + e - err0
+        };
+        wait_until(
+            "1000 datagrams accounted for",
+            Duration::from_secs(10),
+            || settled() >= 1000,
+        );
+        let (in1, err1) = udp_counters(&b);
+        // socat has read what arrived once the file holds that many lines.
+        let arrived = in1 - in0;
+        let lines = || -> Vec<u64> {
+            std::fs::read_to_string(&got)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| l.parse().unwrap())
+                .collect()
+        };
+        wait_until("socat's file", Duration::from_secs(10), || {
+            lines().len() as u64 >= arrived
+        });
+        let _ = rx.kill();
+        let _ = rx.wait();
+        let seq = lines();
+        eprintln!(
+            "BURST {extra:?}: arrived {arrived} rcvbuf errors {}",
+            err1 - err0
+        );
+        assert_eq!(arrived + (err1 - err0), 1000, "{extra:?}");
+        assert!(arrived >= 100, "{extra:?}: {arrived} arrived");
+        assert!(
+            seq.windows(2).all(|w| w[0] < w[1]),
+            "{extra:?}: out of order: {seq:?}"
+        );
+        assert_eq!(port_row(&d, "ca/eth0")["ring_drops"], 0, "{extra:?}");
+    }
+}
+
 #[test]
 fn ring_drops_show_frames_the_switch_did_not_read() {
     let d = world(&[]);
@@ -360,25 +483,18 @@ fn ring_drops_show_frames_the_switch_did_not_read() {
     // The neighbour is known before the switch stops reading.
     ping(&d, "ca", &b_ip, 1);
     assert_eq!(port_row(&d, "ca/eth0")["ring_drops"], 0);
-    let pid = d.inspect_container("ca")["State"]["Pid"].as_i64().unwrap();
-    let in_ca = |script: &str| {
-        let o = Command::new("nsenter")
-            .args(["-t", &pid.to_string(), "-n", "sh", "-c", script])
-            .output()
-            .expect("run nsenter");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let a = pid_of(&d, "ca");
+    let in_ca = |script: &str| in_netns_of(&a, script);
     // The daemon stops reading (it is stopped): 3000 datagrams of one
     // flow go to one queue, whose ring holds 2048; the kernel drops the
     // rest there, before any switch counter could see them.
-    let daemon = nix::unistd::Pid::from_raw(d.pid());
-    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let paused = Paused::new(&d);
     // UDP ignores the drop's ENOBUFS (no IP_RECVERR), so the sender goes
     // on; ping would stop at the first.
     in_ca(&format!(
         "exec bash -c 'exec 3>/dev/udp/{b_ip}/9; for i in $(seq 3000); do echo x >&3; done'"
     ));
-    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).unwrap();
+    drop(paused);
     let row = port_row(&d, "ca/eth0");
     let ring = row["ring_drops"]
         .as_u64()

@@ -87,6 +87,7 @@ fn usage_errors_are_one_line() {
             &["daemon", "--busy-poll-us", "2000000"][..],
             "--busy-poll-us",
         ),
+        (&["daemon", "--tx-batch", "5000"][..], "--tx-batch"),
         (&["nosuch"][..], "unrecognized subcommand 'nosuch'"),
     ] {
         let o = tapnet(args);

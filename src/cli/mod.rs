@@ -236,6 +236,14 @@ struct DaemonArgs {
     /// (the layout before; see README, Performance).
     #[arg(long = "nat-thread")]
     nat_thread: bool,
+    /// Frames of up to 2 KiB (not TCP's) each worker writes to the
+    /// containers' TAPs in one system call (Linux AIO), so that a woken
+    /// receiver finds a batch of them (0 or 1: one write per frame; see
+    /// README, Performance).
+    #[arg(long = "tx-batch", value_name = "N",
+          default_value_t = crate::dataplane::DEFAULT_TX_BATCH as u32,
+          value_parser = clap::value_parser!(u32).range(0..=1024))]
+    tx_batch: u32,
 }
 
 fn client(host: &Option<String>) -> anyhow::Result<Client> {
@@ -414,6 +422,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         busy_poll_us: a.busy_poll_us,
         busy_poll_workers: a.busy_poll_workers,
         nat_thread: a.nat_thread,
+        tx_batch: a.tx_batch,
     })?;
     Ok(ExitCode::SUCCESS)
 }

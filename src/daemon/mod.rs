@@ -88,6 +88,13 @@ pub struct Config {
     /// `--nat-thread`: the NAT in a thread of its own, not in worker 0.
     #[serde(default)]
     pub nat_thread: bool,
+    /// `--tx-batch`: frames a worker writes to TAPs in one system call.
+    #[serde(default = "default_tx_batch")]
+    pub tx_batch: u32,
+}
+
+fn default_tx_batch() -> u32 {
+    crate::dataplane::DEFAULT_TX_BATCH as u32
 }
 
 /// `--busy-poll-us`'s default: long enough that a TCP stream's worker stays
@@ -373,6 +380,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         busy_poll: std::time::Duration::from_micros(cfg.busy_poll_us.into()),
         busy_poll_workers: cfg.busy_poll_workers as usize,
         nat_thread: cfg.nat_thread,
+        tx_batch: cfg.tx_batch as usize,
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)

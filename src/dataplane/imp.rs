@@ -79,6 +79,8 @@ struct WorkerOwn {
     nat: Option<Nat>,
     /// Flow placement, shared by the workers.
     place: Arc<Placement>,
+    /// Frames written to TAPs in one system call ([`DataplaneConfig::tx_batch`]).
+    tx_batch: usize,
 }
 
 /// What a worker publishes about itself, once per loop (not per frame).
@@ -268,6 +270,7 @@ impl Dataplane {
                 reader,
                 shared: sh,
                 busy_poll: config.busy_poll,
+                tx_batch: config.tx_batch,
                 spin_gate: spin_gate.clone(),
                 nat,
                 place: place.clone(),
@@ -937,24 +940,64 @@ impl Placer {
     }
 }
 
+/// Frames the switch sends to TAP queues larger than this are written at
+/// once, not copied into the batch (a TSO super-frame's copy would cost
+/// more than the system call it saves). 2 KiB holds a 1500-byte MTU's
+/// frame and its virtio-net header.
+const TX_BATCH_SLOT: usize = 2048;
+
+/// What a worker sends with: its tunnel batch, its routed-parent sender,
+/// and its batch of TAP writes (None: one `writev` per frame).
+struct Egress {
+    tun: TunnelTx,
+    route: segment::RouteTx,
+    taps: Option<crate::sys::aio::WriteBatch>,
+    worker: usize,
+}
+
 /// Writes frames to the home worker's queue of each destination port (see
 /// [`super::place`]; injected frames: the worker's own), and tunnel ports'
-/// frames to the worker's tunnel batch.
+/// frames to the worker's tunnel batch. Small frames to TAPs, other than
+/// TCP's, wait in the worker's batch until [`TapTx::flush`], which every
+/// user of a `TapTx` calls before it ends (the batch holds raw descriptors
+/// of `queues`); a frame written at once flushes the batch first, so a
+/// queue's frames keep their order.
 struct TapTx<'a> {
     queues: &'a [Option<PortQueues>],
     /// Flow placement (None: the worker's own queue, as for injected
     /// frames).
     place: Option<&'a mut Placer>,
     topo: &'a Topology,
-    tun: &'a mut TunnelTx,
-    route: &'a mut segment::RouteTx,
+    out: &'a mut Egress,
+}
+
+impl TapTx<'_> {
+    /// Sends what waits: the TAP writes (in one system call; a write that
+    /// fails counts as a drop of its port, whose tx counters already had
+    /// it) and the tunnel's batch.
+    fn flush(&mut self) {
+        let (topo, worker) = (self.topo, self.out.worker);
+        if let Some(b) = self.out.taps.as_mut().filter(|b| !b.is_empty()) {
+            b.submit(|port, r| {
+                let Err(e) = r else { return };
+                let reason = match e.raw_os_error() {
+                    Some(libc::EAGAIN) | Some(libc::ENOBUFS) => DropReason::TxFull,
+                    _ => DropReason::TxError,
+                };
+                if let Some(p) = topo.port(tapnet_switch::PortId(port)) {
+                    p.counters.slot(worker).count_drop(reason);
+                }
+            });
+        }
+        self.out.tun.flush();
+    }
 }
 
 impl Transmit for TapTx<'_> {
     #[inline]
     fn transmit(&mut self, port: &Port, meta: &VnetHdr, frame: &[u8]) -> Result<(), DropReason> {
         if port.is_tunnel() {
-            return self.tun.transmit(self.topo, port, meta, frame);
+            return self.out.tun.transmit(self.topo, port, meta, frame);
         }
         let Some(Some(q)) = self.queues.get(port.id.0 as usize) else {
             return Err(DropReason::TxError);
@@ -966,7 +1009,7 @@ impl Transmit for TapTx<'_> {
         let mut hdr = [0u8; vnet::HEADER_LEN];
         match port.uplink {
             Some(u) if u.routed => {
-                return segment::transmit_routed(fd, self.route, meta, frame);
+                return segment::transmit_routed(fd, &mut self.out.route, meta, frame);
             }
             Some(u) => {
                 if let Some(vid) = u.vlan {
@@ -976,6 +1019,21 @@ impl Transmit for TapTx<'_> {
             None => {}
         }
         meta.emit(&mut hdr);
+        if let Some(b) = self.out.taps.as_mut().filter(|_| !is_tcp(frame)) {
+            if b.push(fd.as_raw_fd(), port.id.0, &[&hdr, frame]) {
+                return Ok(());
+            }
+        }
+        if self.out.taps.as_ref().is_some_and(|b| !b.is_empty()) {
+            // Full, or a frame too large for a slot: what waits goes
+            // first (a queue's frames stay in order).
+            self.flush();
+            if let Some(b) = self.out.taps.as_mut() {
+                if b.push(fd.as_raw_fd(), port.id.0, &[&hdr, frame]) {
+                    return Ok(());
+                }
+            }
+        }
         let iov = [io::IoSlice::new(&hdr), io::IoSlice::new(frame)];
         match nix::sys::uio::writev(fd, &iov) {
             Ok(_) => Ok(()),
@@ -984,6 +1042,17 @@ impl Transmit for TapTx<'_> {
             }
             Err(_) => Err(DropReason::TxError),
         }
+    }
+}
+
+/// Whether `frame` carries TCP over IPv4 or IPv6 (without extension
+/// headers). A TCP stream's small frames (ACKs, the tail of each write)
+/// clock its sender: they leave at once, not in a batch.
+fn is_tcp(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.get(14 + 9) == Some(&6),
+        Some([0x86, 0xdd]) => frame.get(14 + 6) == Some(&6),
+        _ => false,
     }
 }
 
@@ -1002,6 +1071,7 @@ fn worker_loop(
         spin_gate,
         mut nat,
         place,
+        tx_batch,
     }: WorkerOwn,
 ) {
     let mut events = Events::with_capacity(256);
@@ -1010,8 +1080,25 @@ fn worker_loop(
     // Ports with data possibly left unread (edge-triggered epoll).
     let mut ready: Vec<u32> = Vec::new();
     let mut buf: Box<[u8]> = vec![0u8; RX_BUF_LEN].into_boxed_slice();
-    let mut tun = TunnelTx::new(vtep, w.switch().clone(), w.id());
-    let mut route = segment::RouteTx::new();
+    let mut out = Egress {
+        tun: TunnelTx::new(vtep, w.switch().clone(), w.id()),
+        route: segment::RouteTx::new(),
+        taps: if tx_batch > 1 {
+            match crate::sys::aio::WriteBatch::new(tx_batch, TX_BATCH_SLOT) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(
+                        "worker {}: no batched TAP writes (AIO: {e}); one system call per frame",
+                        w.id()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        },
+        worker: w.id(),
+    };
     let mut tun_rx = reader.map(TunnelRx::new);
     // The tunnel's sockets with data possibly left unread: (UDP, ESP).
     let mut tun_ready = (tun_rx.is_some(), tun_rx.is_some());
@@ -1140,8 +1227,7 @@ fn worker_loop(
             }
         }
         if injected {
-            transmit_injected(&w, &queues, &injects, epoch, &mut tun, &mut route);
-            tun.flush();
+            transmit_injected(&w, &queues, &injects, epoch, &mut out);
         }
         let mut i = 0;
         while i < ready.len() {
@@ -1153,10 +1239,8 @@ fn worker_loop(
                 port,
                 &mut buf,
                 epoch,
-                &mut tun,
-                &mut route,
+                &mut out,
             );
-            tun.flush();
             if drained {
                 ready.swap_remove(i);
             } else {
@@ -1165,10 +1249,8 @@ fn worker_loop(
         }
         if let Some(trx) = tun_rx.as_mut() {
             if tun_ready.0 || tun_ready.1 {
-                tun_ready = service_tunnel(
-                    &mut w, &queues, trx, tun_ready, &mut buf, epoch, &mut tun, &mut route,
-                );
-                tun.flush();
+                tun_ready =
+                    service_tunnel(&mut w, &queues, trx, tun_ready, &mut buf, epoch, &mut out);
             }
         }
         if let Some(n) = nat.as_mut() {
@@ -1179,8 +1261,7 @@ fn worker_loop(
                 if !running || injects.iter().all(InjectRx::is_empty) {
                     break;
                 }
-                transmit_injected(&w, &queues, &injects, epoch, &mut tun, &mut route);
-                tun.flush();
+                transmit_injected(&w, &queues, &injects, epoch, &mut out);
                 if !n.waiting_for_buffers() {
                     break;
                 }
@@ -1265,8 +1346,7 @@ fn service_tunnel(
     (mut udp_ready, mut esp_ready): (bool, bool),
     spare: &mut Box<[u8]>,
     epoch: Instant,
-    tun: &mut TunnelTx,
-    route: &mut segment::RouteTx,
+    out: &mut Egress,
 ) -> (bool, bool) {
     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
     let vtep = rx.vtep.clone();
@@ -1276,8 +1356,7 @@ fn service_tunnel(
         queues,
         place: None,
         topo: cx.topology(),
-        tun,
-        route,
+        out,
     };
     // A frame the NAT claims is handed over in a copy (rare: tunnelled
     // traffic to the gateway).
@@ -1347,6 +1426,7 @@ fn service_tunnel(
             }
         }
     }
+    tx.flush();
     (udp_ready, esp_ready)
 }
 
@@ -1357,16 +1437,14 @@ fn transmit_injected(
     queues: &[Option<PortQueues>],
     injects: &[InjectRx],
     epoch: Instant,
-    tun: &mut TunnelTx,
-    route: &mut segment::RouteTx,
+    out: &mut Egress,
 ) {
     let cx = w.begin(epoch.elapsed().as_nanos() as u64);
     let mut tx = TapTx {
         queues,
         place: None,
         topo: cx.topology(),
-        tun,
-        route,
+        out,
     };
     for q in injects {
         while let Some(f) = q.next() {
@@ -1374,6 +1452,7 @@ fn transmit_injected(
             q.give_back(f.buf);
         }
     }
+    tx.flush();
 }
 
 /// Reads up to [`READ_BUDGET`] frames from this worker's queue of `port`
@@ -1387,8 +1466,7 @@ fn service_queue(
     port: u32,
     buf: &mut Box<[u8]>,
     epoch: Instant,
-    tun: &mut TunnelTx,
-    route: &mut segment::RouteTx,
+    out: &mut Egress,
 ) -> bool {
     let Some(Some(q)) = queues.get(port as usize) else {
         return true;
@@ -1400,20 +1478,23 @@ fn service_queue(
         queues,
         place: Some(place),
         topo: cx.topology(),
-        tun,
-        route,
+        out,
     };
+    let mut drained = false;
     for _ in 0..READ_BUDGET {
         let n = match nix::unistd::read(fd, &mut buf[..]) {
-            Ok(0) => return true,
+            Ok(0) | Err(nix::errno::Errno::EAGAIN) => {
+                drained = true;
+                break;
+            }
             Ok(n) => n,
-            Err(nix::errno::Errno::EAGAIN) => return true,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
                 // The device went away (its namespace died): stop reading;
                 // the control plane removes the port.
                 tracing::debug!("worker {}: read port {port} (fd {raw}): {e}", w.id());
-                return true;
+                drained = true;
+                break;
             }
         };
         let (meta, frame) = match VnetHdr::parse(&buf[..n]) {
@@ -1427,5 +1508,28 @@ fn service_queue(
             w.hand_over(buf, vnet::HEADER_LEN);
         }
     }
-    false
+    tx.flush();
+    drained
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_tcp;
+
+    #[test]
+    fn tcp_is_told_from_the_rest() {
+        let frame = |ethertype: [u8; 2], at: usize, proto: u8| {
+            let mut f = vec![0u8; 14 + 40];
+            f[12..14].copy_from_slice(&ethertype);
+            f[14 + at] = proto;
+            f
+        };
+        assert!(is_tcp(&frame([0x08, 0x00], 9, 6)));
+        assert!(is_tcp(&frame([0x86, 0xdd], 6, 6)));
+        assert!(!is_tcp(&frame([0x08, 0x00], 9, 17)));
+        assert!(!is_tcp(&frame([0x86, 0xdd], 6, 58)));
+        assert!(!is_tcp(&frame([0x08, 0x06], 9, 6)));
+        assert!(!is_tcp(&[0x08, 0x00]));
+        assert!(!is_tcp(&frame([0x08, 0x00], 9, 6)[..20]));
+    }
 }

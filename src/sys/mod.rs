@@ -1,7 +1,10 @@
 //! Device and namespace plumbing: the only module of the root package with
-//! `unsafe` code (ioctls on `/dev/net/tun`, `setns`/`unshare`, SCM_RIGHTS, `recvmmsg`/`sendmmsg`).
+//! `unsafe` code (ioctls on `/dev/net/tun`, `setns`/`unshare`, SCM_RIGHTS, `recvmmsg`/`sendmmsg`,
+//! AIO).
 //! Every unsafe block carries a `// SAFETY:` comment.
 //!
+//! - [`aio`]: many small writes in one `io_submit` (a worker's frames to
+//!   TAPs).
 //! - [`tap`]: multi-queue TAP devices with a virtio-net header and offloads.
 //! - [`ns`]: namespaces (unshare, setns, uid/gid maps, `NS_GET_USERNS`).
 //! - [`fdpass`]: file descriptors over Unix sockets (SCM_RIGHTS).
@@ -14,6 +17,7 @@
 //! - [`rawip`]: raw IP sockets bound to an ipvlan l3 network's parent (its
 //!   router port).
 
+pub mod aio;
 pub mod fdpass;
 pub mod icmp6;
 pub mod netlink;
