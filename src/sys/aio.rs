@@ -91,11 +91,6 @@ pub struct WriteBatch {
     n: usize,
 }
 
-// SAFETY: the raw pointers point into the batch's own boxes (and the AIO
-// context belongs to the process, not to a thread); moving the batch to
-// another thread moves their owner with them.
-unsafe impl Send for WriteBatch {}
-
 impl WriteBatch {
     /// A batch of `cap` (>= 1) writes of up to `slot` bytes each. Fails
     /// where AIO is unavailable: a kernel without it, a seccomp filter
@@ -209,6 +204,14 @@ impl WriteBatch {
                     self.ptrs[next..].as_mut_ptr(),
                 )
             };
+            if ret == 0 {
+                // Nothing taken and no error (not for a non-empty list):
+                // report the rest rather than try forever.
+                for &tag in &self.tags[next..self.n] {
+                    done(tag, Err(io::Error::from_raw_os_error(libc::EAGAIN)));
+                }
+                break;
+            }
             let submitted = if ret < 0 {
                 let e = io::Error::last_os_error();
                 if e.raw_os_error() == Some(libc::EINTR) {
