@@ -1019,19 +1019,21 @@ impl Transmit for TapTx<'_> {
             None => {}
         }
         meta.emit(&mut hdr);
-        if let Some(b) = self.out.taps.as_mut().filter(|_| !is_tcp(frame)) {
-            if b.push(fd.as_raw_fd(), port.id.0, &[&hdr, frame]) {
-                return Ok(());
-            }
+        let batchable = !is_tcp(frame);
+        let push = |out: &mut Egress| {
+            out.taps
+                .as_mut()
+                .is_some_and(|b| batchable && b.push(fd.as_raw_fd(), port.id.0, &[&hdr, frame]))
+        };
+        if push(self.out) {
+            return Ok(());
         }
         if self.out.taps.as_ref().is_some_and(|b| !b.is_empty()) {
-            // Full, or a frame too large for a slot: what waits goes
-            // first (a queue's frames stay in order).
+            // Full, a frame too large for a slot, or TCP's: what waits
+            // goes first (a queue's frames stay in order).
             self.flush();
-            if let Some(b) = self.out.taps.as_mut() {
-                if b.push(fd.as_raw_fd(), port.id.0, &[&hdr, frame]) {
-                    return Ok(());
-                }
+            if push(self.out) {
+                return Ok(());
             }
         }
         let iov = [io::IoSlice::new(&hdr), io::IoSlice::new(frame)];
