@@ -11,6 +11,7 @@ mod ctl_support;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use ctl_support::*;
 use serde_json::{json, Value};
@@ -61,7 +62,11 @@ fn the_protocol_as_docker_speaks_it() {
     let sock: PathBuf = dir.0.join("plugins/tapnet.sock");
     let arg = format!("unix://{}", sock.display());
     let mut d = Daemon::start_with(&["--docker-plugin", &arg], |_| {});
-    assert!(sock.exists());
+    // The plugin's socket is bound beside the API's, not necessarily
+    // before the API's accepts (a full-suite run saw it missing).
+    wait_until("the plugin socket", Duration::from_secs(10), || {
+        sock.exists()
+    });
     let ns = d.netns().name.clone();
     let call = |path: &str, body: &str| call(&ns, &sock, path, body);
 

@@ -424,6 +424,10 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        // The plugin's socket first: once the API's accepts, dockerd can
+        // find the driver too (and a plugin socket that fails leaves no
+        // API socket behind).
+        let plugin = listen_plugin(&cfg.docker_plugin)?;
         let listener = tokio::net::UnixListener::bind(&socket)
             .with_context(|| format!("cannot listen on {}", socket.display()))?;
         let mode = if rootless { 0o600 } else { 0o660 };
@@ -431,7 +435,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot set the mode of {}", socket.display()))?;
         tracing::info!("listening on unix://{}", socket.display());
 
-        let plugin = match listen_plugin(&cfg.docker_plugin)? {
+        let plugin = match plugin {
             Some((l, path)) => {
                 tracing::info!(
                     "docker network driver \"tapnet\" on unix://{}",
