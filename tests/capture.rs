@@ -841,6 +841,32 @@ fn a_capture_replays_through_tapnet_replay() {
     );
     wait_started(&rec, &cap);
     ping(&d, "ca", &b_ip, 3);
+    // The capture's copy of a frame reaches the file through the daemon's
+    // writer and the CLI, which may trail ping's exit: stop it once the
+    // file holds the six echo frames leaving ports (a partial last block
+    // reads as "not yet"), so that the stop does not race the last of
+    // them.
+    wait_until(
+        "the six echo frames in the file",
+        Duration::from_secs(10),
+        || {
+            std::fs::read(&rec)
+                .ok()
+                .and_then(|b| tapnet_switch::pcapng::read(&b).ok())
+                .is_some_and(|c| {
+                    c.packets
+                        .iter()
+                        .filter(|p| {
+                            p.data.len() > 23
+                                && p.data[12..14] == [8, 0]
+                                && p.data[23] == 1
+                                && p.flags & 3 == tapnet_switch::pcapng::EPB_OUTBOUND
+                        })
+                        .count()
+                        >= 6
+                })
+        },
+    );
     let (ok, err) = cap.interrupt();
     assert!(ok, "{err}");
 
