@@ -242,22 +242,19 @@ impl Core {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .unwrap_or_else(|| (name.to_string(), String::new()))
         };
+        // Each chosen port with its container's and interface's names.
         let chosen: Vec<_> = topo
             .ports()
-            .filter(|p| {
-                prefixes
-                    .as_ref()
-                    .is_none_or(|pre| pre.contains(&split(&p.config.name).0))
-                    && only_net.is_none_or(|n| n == p.network())
-            })
+            .filter(|p| only_net.is_none_or(|n| n == p.network()))
+            .map(|p| (p, split(&p.config.name)))
+            .filter(|(_, (cname, _))| prefixes.as_ref().is_none_or(|pre| pre.contains(cname)))
             .collect();
         // Only the chosen ports' namespaces are entered.
-        let ids: Vec<_> = chosen.iter().map(|p| p.id.0).collect();
+        let ids: Vec<_> = chosen.iter().map(|(p, _)| p.id.0).collect();
         let ring = self.dp.ring_drops(&ids);
         let mut ports = vec![];
         let mut nets: BTreeMap<String, (NetworkRow, Vec<u64>)> = BTreeMap::new();
-        for p in chosen {
-            let (cname, iface) = split(&p.config.name);
+        for (p, (cname, iface)) in chosen {
             let net = topo
                 .network(p.network())
                 .map(|n| n.config.name.clone())

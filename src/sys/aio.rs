@@ -64,13 +64,15 @@ struct AioRing {
 
 const AIO_RING_MAGIC: u32 = 0xa10a_10a1;
 
-/// A completion's outcome: bytes written, or the error.
-fn event_result(ev: &IoEvent) -> io::Result<usize> {
-    if ev.res < 0 {
+/// Reports a completion to `done`: its tag, and the bytes written or the
+/// error.
+fn report(ev: &IoEvent, done: &mut impl FnMut(u32, io::Result<usize>)) {
+    let r = if ev.res < 0 {
         Err(io::Error::from_raw_os_error(-ev.res as i32))
     } else {
         Ok(ev.res as usize)
-    }
+    };
+    done(ev.data as u32, r);
 }
 
 /// Up to `cap` writes of at most `slot` bytes each, copied in, written by
@@ -86,8 +88,6 @@ pub struct WriteBatch {
     iocbs: Box<[Iocb]>,
     ptrs: Box<[*mut Iocb]>,
     events: Box<[IoEvent]>,
-    /// The caller's tag of each queued write.
-    tags: Box<[u32]>,
     n: usize,
 }
 
@@ -111,7 +111,6 @@ impl WriteBatch {
             iocbs: vec![Iocb::default(); cap].into_boxed_slice(),
             ptrs: vec![std::ptr::null_mut(); cap].into_boxed_slice(),
             events: vec![IoEvent::default(); cap].into_boxed_slice(),
-            tags: vec![0; cap].into_boxed_slice(),
             n: 0,
         })
     }
@@ -146,14 +145,15 @@ impl WriteBatch {
             at += p.len();
         }
         self.iocbs[i] = Iocb {
-            aio_data: i as u64,
+            // The caller's tag: the kernel hands it back with the
+            // completion.
+            aio_data: u64::from(tag),
             aio_lio_opcode: IOCB_CMD_PWRITE,
             aio_fildes: fd as u32,
             aio_buf: dst.as_ptr() as u64,
             aio_nbytes: len as u64,
             ..Iocb::default()
         };
-        self.tags[i] = tag;
         self.n += 1;
         true
     }
@@ -180,7 +180,7 @@ impl WriteBatch {
             } else {
                 Ok(ret as usize)
             };
-            done(self.tags[0], r);
+            done(cb.aio_data as u32, r);
             self.n = 0;
             return;
         }
@@ -207,8 +207,11 @@ impl WriteBatch {
             if ret == 0 {
                 // Nothing taken and no error (not for a non-empty list):
                 // report the rest rather than try forever.
-                for &tag in &self.tags[next..self.n] {
-                    done(tag, Err(io::Error::from_raw_os_error(libc::EAGAIN)));
+                for cb in &self.iocbs[next..self.n] {
+                    done(
+                        cb.aio_data as u32,
+                        Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+                    );
                 }
                 break;
             }
@@ -219,7 +222,7 @@ impl WriteBatch {
                 }
                 // The first iocb was refused (a bad descriptor, say):
                 // report it and go on with the rest.
-                done(self.tags[next], Err(e));
+                done(self.iocbs[next].aio_data as u32, Err(e));
                 next += 1;
                 0
             } else {
@@ -267,8 +270,7 @@ impl WriteBatch {
                     .add(at as usize)
                     .read_volatile()
             };
-            let tag = self.tags.get(ev.data as usize).copied().unwrap_or(0);
-            done(tag, event_result(&ev));
+            report(&ev, done);
             at = (at + 1) % nr;
             got += 1;
         }
@@ -304,8 +306,7 @@ impl WriteBatch {
                 break;
             }
             for ev in &self.events[..got as usize] {
-                let tag = self.tags.get(ev.data as usize).copied().unwrap_or(0);
-                done(tag, event_result(ev));
+                report(ev, done);
             }
             left -= got as usize;
         }
