@@ -707,6 +707,96 @@ fn nat_frames_and_dns_answers_are_captured_and_metrics_parse() {
     assert!(e.contains("invalid --metrics-addr"), "{e}");
 }
 
+/// `--worker-cpus`: each worker thread is pinned where asked, `tapnet
+/// stats` says where, and a CPU the daemon may not use is refused before
+/// it starts.
+#[test]
+fn workers_run_on_the_cpus_asked_for() {
+    require_root("tests/capture.rs");
+    let allowed = tapnet::dataplane::allowed_cpus().unwrap();
+    let last = *allowed.last().unwrap();
+    // The CPUs each worker thread of the daemon may run on, by worker.
+    let threads = |d: &Daemon| -> Vec<(String, String)> {
+        let mut t: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{}/task", d.pid()))
+            .unwrap()
+            .filter_map(|e| {
+                let dir = e.ok()?.path();
+                let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+                let comm = comm.trim().strip_prefix("tapnet-worker-")?.to_string();
+                let status = std::fs::read_to_string(dir.join("status")).ok()?;
+                let cpus = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
+                    .trim()
+                    .to_string();
+                Some((comm, cpus))
+            })
+            .collect();
+        t.sort();
+        t
+    };
+    let stats = |d: &Daemon| -> serde_json::Value {
+        serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap()
+    };
+    let free = tapnet::dataplane::cpu_list(&allowed);
+    let last_s = last.to_string();
+    for (extra, want) in [
+        (
+            vec!["--workers", "3", "--worker-cpus", &last_s],
+            vec![Some(last); 3],
+        ),
+        (
+            vec!["--workers", "3"],
+            (0..3).map(|i| Some(allowed[i % allowed.len()])).collect(),
+        ),
+        (
+            vec!["--workers", "2", "--worker-cpus", "none"],
+            vec![None; 2],
+        ),
+    ] {
+        let d = Daemon::start_with(&extra, |_| {});
+        let v = stats(&d);
+        let got: Vec<Option<u64>> = v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["cpu"].as_u64())
+            .collect();
+        let want_u64: Vec<Option<u64>> = want.iter().map(|c| c.map(|c| c as u64)).collect();
+        assert_eq!(got, want_u64, "{extra:?}: {v}");
+        let t = threads(&d);
+        assert_eq!(t.len(), want.len(), "{extra:?}: {t:?}");
+        for ((id, cpus), w) in t.iter().zip(&want) {
+            let w = w.map_or(free.clone(), |c| c.to_string());
+            assert_eq!(cpus, &w, "{extra:?}: worker {id}");
+        }
+        let table = d.ok(&["stats"]);
+        let row = table
+            .lines()
+            .skip_while(|l| !l.starts_with("WORKER"))
+            .nth(1)
+            .unwrap_or_default()
+            .to_string();
+        let cell = row.split_whitespace().last().unwrap_or_default();
+        let w = want[0].map_or("-".to_string(), |c| c.to_string());
+        assert_eq!(cell, w, "{extra:?}: {table}");
+    }
+
+    // A CPU outside the daemon's affinity: one line, non-zero exit,
+    // before the daemon makes anything.
+    let o = Command::new(BIN)
+        .args(["daemon", "--worker-cpus", "1023"])
+        .output()
+        .unwrap();
+    assert_ne!(o.status.code(), Some(0));
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(
+        e.contains("invalid --worker-cpus: CPU 1023 is not one this process may run on"),
+        "{e}"
+    );
+}
+
 /// A small Prometheus text parser: (name, labels, value) per sample;
 /// panics on a line it cannot read.
 fn parse_prometheus(text: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {

@@ -66,6 +66,9 @@ grep -q r1/eth0 <<<"$("$T" stats --container r1)" || fail "stats"
 # The TAP's ring drops are read in the container's namespace, rootless too.
 grep -Eq '"ring_drops": [0-9]+' <<<"$("$T" stats --container r1 --format json)" \
   || fail "no ring drops for r1/eth0: $("$T" stats --container r1 --format json)"
+# Workers pin themselves to CPUs (--worker-cpus auto) without privileges.
+grep -Eq '"cpu": [0-9]+' <<<"$("$T" stats --format json)" \
+  || fail "no worker pinned: $("$T" stats --format json)"
 grep -q '"IPAddress": "10.61.0.10"' <<<"$("$T" inspect r1)" || fail "inspect"
 # A reader that stops early ends the CLI quietly (SIGPIPE), no panic message.
 # (pipefail off here: the CLI ending by SIGPIPE is the expected outcome.)

@@ -88,6 +88,7 @@ fn usage_errors_are_one_line() {
             "--busy-poll-us",
         ),
         (&["daemon", "--tx-batch", "5000"][..], "--tx-batch"),
+        (&["daemon", "--worker-cpus", "3-1"][..], "--worker-cpus"),
         (&["nosuch"][..], "unrecognized subcommand 'nosuch'"),
     ] {
         let o = tapnet(args);

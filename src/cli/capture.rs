@@ -415,12 +415,13 @@ pub fn stats(c: &Client, a: StatsArgs) -> anyhow::Result<ExitCode> {
                         format!("{:.1}%", w["busy_share"].as_f64().unwrap_or(0.0) * 100.0),
                         format!("{:.3}", w["busy_seconds"].as_f64().unwrap_or(0.0)),
                         format!("{:.1}%", w["spin_share"].as_f64().unwrap_or(0.0) * 100.0),
+                        w["cpu"].as_u64().map_or("-".into(), |c| c.to_string()),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    super::print_table(&["WORKER", "BUSY", "BUSY SECONDS", "SPIN"], &workers);
+    super::print_table(&["WORKER", "BUSY", "BUSY SECONDS", "SPIN", "CPU"], &workers);
     println!();
     let d = &v["dns"];
     println!(

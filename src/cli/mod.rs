@@ -244,6 +244,12 @@ struct DaemonArgs {
           default_value_t = crate::dataplane::DEFAULT_TX_BATCH as u32,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     tx_batch: u32,
+    /// Where the workers run: auto (worker i on the i-th CPU the daemon
+    /// may use), none (wherever the scheduler puts them), or CPU numbers
+    /// such as 0-3,6 taken in turn (see README, Performance).
+    #[arg(long = "worker-cpus", value_name = "auto|none|LIST", default_value = "auto",
+          value_parser = crate::dataplane::WorkerCpus::parse)]
+    worker_cpus: crate::dataplane::WorkerCpus,
 }
 
 fn client(host: &Option<String>) -> anyhow::Result<Client> {
@@ -322,6 +328,14 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         Some(n) => n,
         None => crate::daemon::default_workers(),
     };
+    // Checked here, before the daemon touches anything; resolved again
+    // when the dataplane starts.
+    crate::dataplane::WorkerCpus::resolve(
+        &a.worker_cpus,
+        &crate::dataplane::allowed_cpus()
+            .map_err(|e| anyhow::anyhow!("cannot read the CPU affinity: {e}"))?,
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut dns_upstream = vec![];
     for d in &a.dns_upstream {
         let addr = if let Ok(ip) = d.parse::<std::net::IpAddr>() {
@@ -423,6 +437,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         busy_poll_workers: a.busy_poll_workers,
         nat_thread: a.nat_thread,
         tx_batch: a.tx_batch,
+        worker_cpus: a.worker_cpus,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -91,6 +91,9 @@ pub struct Config {
     /// `--tx-batch`: frames a worker writes to TAPs in one system call.
     #[serde(default = "default_tx_batch")]
     pub tx_batch: u32,
+    /// `--worker-cpus`: where the workers run.
+    #[serde(default)]
+    pub worker_cpus: crate::dataplane::WorkerCpus,
 }
 
 fn default_tx_batch() -> u32 {
@@ -381,6 +384,12 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         busy_poll_workers: cfg.busy_poll_workers as usize,
         nat_thread: cfg.nat_thread,
         tx_batch: cfg.tx_batch as usize,
+        worker_cpus: {
+            let allowed = crate::dataplane::allowed_cpus().context("read the CPU affinity")?;
+            cfg.worker_cpus
+                .resolve(&allowed)
+                .map_err(anyhow::Error::msg)?
+        },
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)

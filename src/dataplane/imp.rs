@@ -84,7 +84,6 @@ struct WorkerOwn {
 }
 
 /// What a worker publishes about itself, once per loop (not per frame).
-#[derive(Default)]
 struct WorkerShared {
     /// Nanoseconds spent between waking up and going back to epoll, in
     /// loops that found work.
@@ -94,6 +93,20 @@ struct WorkerShared {
     spin_ns: std::sync::atomic::AtomicU64,
     /// The embedded DNS's counters of this worker's hook.
     dns: parking_lot::Mutex<tapnet_dns::DnsStats>,
+    /// The CPU the worker is pinned to (`--worker-cpus`); `usize::MAX`:
+    /// none (not asked, or the kernel refused).
+    cpu: std::sync::atomic::AtomicUsize,
+}
+
+impl Default for WorkerShared {
+    fn default() -> Self {
+        WorkerShared {
+            busy_ns: Default::default(),
+            spin_ns: Default::default(),
+            dns: Default::default(),
+            cpu: std::sync::atomic::AtomicUsize::new(usize::MAX),
+        }
+    }
 }
 
 /// One worker's load, for `tapnet stats` and `/metrics`.
@@ -108,6 +121,9 @@ pub struct WorkerStats {
     pub spin_seconds: f64,
     /// Share of the time spent busy-polling without finding work (0..1).
     pub spin_share: f64,
+    /// The CPU the worker is pinned to (`tapnet daemon --worker-cpus`);
+    /// None: wherever the scheduler puts it.
+    pub cpu: Option<usize>,
 }
 
 struct Inner {
@@ -275,9 +291,18 @@ impl Dataplane {
                 nat,
                 place: place.clone(),
             };
+            let cpu = config
+                .worker_cpus
+                .get(id % config.worker_cpus.len().max(1))
+                .copied();
             let t = std::thread::Builder::new()
                 .name(format!("tapnet-worker-{id}"))
-                .spawn(move || worker_loop(w, poll, rx, injects, wk, epoch, own))
+                .spawn(move || {
+                    if let Some(c) = cpu {
+                        pin(&own.shared, id, c);
+                    }
+                    worker_loop(w, poll, rx, injects, wk, epoch, own)
+                })
                 .context("spawn worker thread")?;
             handles.push(WorkerHandle { tx, wake });
             threads.push(t);
@@ -867,6 +892,7 @@ impl Dataplane {
                     busy_share: (busy / up).min(1.0),
                     spin_seconds: spin,
                     spin_share: (spin / up).min(1.0),
+                    cpu: Some(s.cpu.load(Ordering::Relaxed)).filter(|c| *c != usize::MAX),
                 }
             })
             .collect()
@@ -897,6 +923,20 @@ impl Dataplane {
 }
 
 mod segment;
+
+/// Pins the calling thread (worker `id`) to `cpu` and records it; a
+/// refusal (the CPU went offline, a cpuset changed) leaves the worker
+/// free, with a warning.
+fn pin(shared: &WorkerShared, id: usize, cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    let r = set
+        .set(cpu)
+        .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
+    match r {
+        Ok(()) => shared.cpu.store(cpu, Ordering::Relaxed),
+        Err(e) => tracing::warn!("worker {id}: not pinned to CPU {cpu}: {e}"),
+    }
+}
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};

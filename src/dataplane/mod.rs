@@ -259,6 +259,117 @@ pub struct DataplaneConfig {
     /// write) clock their sender and leave at once. Without AIO a worker
     /// falls back to one `writev` per frame.
     pub tx_batch: usize,
+    /// The CPU each worker runs on: worker `i` on `worker_cpus[i % len]`
+    /// (`tapnet daemon --worker-cpus`, resolved by [`WorkerCpus::resolve`]);
+    /// empty: wherever the scheduler puts it.
+    pub worker_cpus: Vec<usize>,
+}
+
+/// `tapnet daemon --worker-cpus`: where the workers run.
+///
+/// A worker that stays on one CPU lets the scheduler settle the
+/// containers around it: the process a worker wakes (a frame's receiver,
+/// a ping) is woken on the worker's CPU or next to it, where a free
+/// worker and the processes it serves kept chasing each other's idle
+/// CPUs, each wake-up across CPUs costing a VM's halt and IPI (README,
+/// Performance: "Workers on CPUs of their own").
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerCpus {
+    /// Wherever the scheduler puts them.
+    None,
+    /// Worker `i` on the `i`-th CPU (modulo their number) of those the
+    /// daemon may run on (its affinity mask, e.g. a cgroup's cpuset).
+    #[default]
+    Auto,
+    /// Worker `i` on the `i`-th of these CPUs (modulo their number).
+    List(Vec<usize>),
+}
+
+impl WorkerCpus {
+    /// Parses `none`, `auto` or a list such as `0-3,6`; the error is one
+    /// line naming the value.
+    pub fn parse(spec: &str) -> Result<WorkerCpus, String> {
+        let bad = |why: &str| format!("invalid --worker-cpus {spec:?}: {why}");
+        match spec {
+            "none" => return Ok(WorkerCpus::None),
+            "auto" => return Ok(WorkerCpus::Auto),
+            _ => {}
+        }
+        let num = |t: &str| {
+            t.parse::<usize>()
+                .ok()
+                .filter(|n| *n < MAX_CPUS)
+                .ok_or_else(|| bad("expected auto, none or CPU numbers such as 0-3,6"))
+        };
+        let mut cpus = Vec::new();
+        for part in spec.split(',') {
+            let (a, b) = match part.split_once('-') {
+                Some((a, b)) => (num(a)?, num(b)?),
+                None => (num(part)?, num(part)?),
+            };
+            if a > b {
+                return Err(bad(&format!("range {part} runs backwards")));
+            }
+            for c in a..=b {
+                if cpus.contains(&c) {
+                    return Err(bad(&format!("CPU {c} is named twice")));
+                }
+                cpus.push(c);
+            }
+        }
+        Ok(WorkerCpus::List(cpus))
+    }
+
+    /// The CPUs the workers take in turn, given those this process may
+    /// run on (`allowed`, ascending); empty for [`WorkerCpus::None`]. A
+    /// listed CPU outside `allowed` is an error naming it.
+    pub fn resolve(&self, allowed: &[usize]) -> Result<Vec<usize>, String> {
+        match self {
+            WorkerCpus::None => Ok(Vec::new()),
+            WorkerCpus::Auto => Ok(allowed.to_vec()),
+            WorkerCpus::List(l) => {
+                if let Some(c) = l.iter().find(|c| !allowed.contains(c)) {
+                    return Err(format!(
+                        "invalid --worker-cpus: CPU {c} is not one this process may run on ({})",
+                        cpu_list(allowed)
+                    ));
+                }
+                Ok(l.clone())
+            }
+        }
+    }
+}
+
+/// CPU numbers from 0 to this (exclusive) are accepted (the kernel's
+/// `cpu_set_t`).
+const MAX_CPUS: usize = 1024;
+
+/// `0-3,6` for `[0, 1, 2, 3, 6]` (ascending input).
+pub fn cpu_list(cpus: &[usize]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < cpus.len() {
+        let mut j = i;
+        while j + 1 < cpus.len() && cpus[j + 1] == cpus[j] + 1 {
+            j += 1;
+        }
+        out.push(if j > i {
+            format!("{}-{}", cpus[i], cpus[j])
+        } else {
+            cpus[i].to_string()
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// The CPUs this process may run on, ascending (its affinity mask).
+pub fn allowed_cpus() -> std::io::Result<Vec<usize>> {
+    let set = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))?;
+    Ok((0..nix::sched::CpuSet::count())
+        .filter(|c| set.is_set(*c).unwrap_or(false))
+        .collect())
 }
 
 /// `tapnet daemon --conntrack-*`: limits and idle timeouts of the NAT's
@@ -371,6 +482,7 @@ impl Default for DataplaneConfig {
             busy_poll_workers: 0,
             nat_thread: false,
             tx_batch: DEFAULT_TX_BATCH,
+            worker_cpus: Vec::new(),
         }
     }
 }
@@ -463,3 +575,50 @@ mod nat;
 mod place;
 mod spin;
 mod vtep;
+
+#[cfg(test)]
+mod tests {
+    use super::{cpu_list, WorkerCpus};
+
+    #[test]
+    fn worker_cpus_parse_lists_and_words() {
+        assert_eq!(WorkerCpus::parse("auto"), Ok(WorkerCpus::Auto));
+        assert_eq!(WorkerCpus::parse("none"), Ok(WorkerCpus::None));
+        assert_eq!(
+            WorkerCpus::parse("0-2,6"),
+            Ok(WorkerCpus::List(vec![0, 1, 2, 6]))
+        );
+        assert_eq!(WorkerCpus::parse("3,1"), Ok(WorkerCpus::List(vec![3, 1])));
+        for bad in ["", "x", "1,", "3-1", "1,1", "0-1,1", "-1", "1024", "auto,1"] {
+            let e = WorkerCpus::parse(bad).unwrap_err();
+            assert!(e.starts_with("invalid --worker-cpus"), "{bad}: {e}");
+            assert!(!e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn worker_cpus_resolve_against_the_allowed_set() {
+        let allowed = [0, 1, 2, 3, 8];
+        assert_eq!(WorkerCpus::Auto.resolve(&allowed), Ok(allowed.to_vec()));
+        assert_eq!(WorkerCpus::None.resolve(&allowed), Ok(vec![]));
+        assert_eq!(
+            WorkerCpus::List(vec![8, 2]).resolve(&allowed),
+            Ok(vec![8, 2])
+        );
+        let e = WorkerCpus::List(vec![1, 5]).resolve(&allowed).unwrap_err();
+        assert_eq!(
+            e,
+            "invalid --worker-cpus: CPU 5 is not one this process may run on (0-3,8)"
+        );
+        assert_eq!(cpu_list(&[]), "");
+        assert_eq!(cpu_list(&[4]), "4");
+        assert_eq!(cpu_list(&[0, 1, 3, 4, 5, 7]), "0-1,3-5,7");
+    }
+
+    #[test]
+    fn this_process_may_run_somewhere() {
+        let cpus = super::allowed_cpus().unwrap();
+        assert!(!cpus.is_empty());
+        assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+    }
+}
