@@ -628,11 +628,31 @@ async fn tapnet_capture_stop(
 async fn tapnet_stats(State(c): State<Shared>, Query(q): Q) -> Result<Response, ApiError> {
     let container = q.get("container").cloned();
     let network = q.get("network").cloned();
-    let v = call(&c, move |c| {
+    let v = stats(&c, container, network).await?;
+    Ok(Json(v).into_response())
+}
+
+/// The counters of `tapnet stats` and `/metrics`: read under the core's
+/// lock, then the ports' ring drops without it.
+async fn stats(
+    c: &Shared,
+    container: Option<String>,
+    network: Option<String>,
+) -> Result<super::observe::Stats, ApiError> {
+    let (mut s, dp) = call(c, move |c| {
         c.stats(container.as_deref(), network.as_deref())
+            .map(|s| (s, c.dp.clone()))
     })
     .await?;
-    Ok(Json(v).into_response())
+    match tokio::task::spawn_blocking(move || {
+        s.read_ring_drops(&dp);
+        s
+    })
+    .await
+    {
+        Ok(s) => Ok(s),
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// The Prometheus endpoint (`tapnet daemon --metrics-addr`): `GET
@@ -644,7 +664,7 @@ pub fn metrics_router(core: Shared) -> Router {
 }
 
 async fn metrics(State(c): State<Shared>) -> Result<Response, ApiError> {
-    let s = call(&c, |c| c.stats(None, None)).await?;
+    let s = stats(&c, None, None).await?;
     let text = super::observe::encode_metrics(&s);
     Ok((
         [(
