@@ -780,6 +780,17 @@ fn workers_run_on_the_cpus_asked_for() {
         let cell = row.split_whitespace().last().unwrap_or_default();
         let w = want[0].map_or("-".to_string(), |c| c.to_string());
         assert_eq!(cell, w, "{extra:?}: {table}");
+        // The containers' processes are not pinned with the workers.
+        d.ok(&["network", "create", "--subnet", "10.62.0.0/24", "pinned"]);
+        d.sleeper("free", &["pinned"], &[]);
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", pid_of(&d, "free"))).unwrap();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap()
+            .trim();
+        assert_eq!(cpus, free, "{extra:?}: the container's process");
     }
 
     // A CPU outside the daemon's affinity: one line, non-zero exit,
