@@ -268,11 +268,12 @@ pub struct DataplaneConfig {
 /// `tapnet daemon --worker-cpus`: where the workers run.
 ///
 /// A worker that stays on one CPU lets the scheduler settle the
-/// containers around it: the process a worker wakes (a frame's receiver,
-/// a ping) is woken on the worker's CPU or next to it, where a free
-/// worker and the processes it serves kept chasing each other's idle
-/// CPUs, each wake-up across CPUs costing a VM's halt and IPI (README,
-/// Performance: "Workers on CPUs of their own").
+/// containers around it: a process the worker wakes (a frame's receiver)
+/// is often woken on the worker's CPU, where a free worker and the
+/// processes it serves kept chasing each other's idle CPUs, each wake-up
+/// across CPUs costing a VM's halt and IPI. Not always: a process woken
+/// while its last CPU is idle stays there (README, Performance: "Workers
+/// on CPUs of their own").
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WorkerCpus {
