@@ -697,14 +697,18 @@ fn nat_frames_and_dns_answers_are_captured_and_metrics_parse() {
     );
 
     // A bad address: one line, non-zero exit.
-    let o = Command::new(BIN)
-        .args(["daemon", "--metrics-addr", "not-an-address"])
-        .output()
-        .unwrap();
-    assert_ne!(o.status.code(), Some(0));
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let e = daemon_refuses(&["--metrics-addr", "not-an-address"]);
     assert!(e.contains("invalid --metrics-addr"), "{e}");
+}
+
+/// `tapnet daemon ARGS` exits non-zero with one line on stderr, which it
+/// returns.
+fn daemon_refuses(args: &[&str]) -> String {
+    let o = Command::new(BIN).arg("daemon").args(args).output().unwrap();
+    assert_ne!(o.status.code(), Some(0), "{args:?}");
+    let e = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    e
 }
 
 /// `--worker-cpus`: each worker thread is pinned where asked, `tapnet
@@ -795,13 +799,7 @@ fn workers_run_on_the_cpus_asked_for() {
 
     // A CPU outside the daemon's affinity: one line, non-zero exit,
     // before the daemon makes anything.
-    let o = Command::new(BIN)
-        .args(["daemon", "--worker-cpus", "1023"])
-        .output()
-        .unwrap();
-    assert_ne!(o.status.code(), Some(0));
-    let e = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    let e = daemon_refuses(&["--worker-cpus", "1023"]);
     assert!(
         e.contains("invalid --worker-cpus: CPU 1023 is not one this process may run on"),
         "{e}"

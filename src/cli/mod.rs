@@ -328,14 +328,6 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         Some(n) => n,
         None => crate::daemon::default_workers(),
     };
-    // Checked here, before the daemon touches anything; resolved again
-    // when the dataplane starts.
-    crate::dataplane::WorkerCpus::resolve(
-        &a.worker_cpus,
-        &crate::dataplane::allowed_cpus()
-            .map_err(|e| anyhow::anyhow!("cannot read the CPU affinity: {e}"))?,
-    )
-    .map_err(anyhow::Error::msg)?;
     let mut dns_upstream = vec![];
     for d in &a.dns_upstream {
         let addr = if let Ok(ip) = d.parse::<std::net::IpAddr>() {

@@ -322,6 +322,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
 
+    // Before the daemon makes anything: a CPU it may not use is refused.
+    let worker_cpus = cfg
+        .worker_cpus
+        .resolve(&crate::dataplane::allowed_cpus().context("cannot read the CPU affinity")?)
+        .map_err(anyhow::Error::msg)?;
     let rootless = !nix::unistd::geteuid().is_root();
     raise_nofile_limit();
     {
@@ -384,12 +389,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         busy_poll_workers: cfg.busy_poll_workers as usize,
         nat_thread: cfg.nat_thread,
         tx_batch: cfg.tx_batch as usize,
-        worker_cpus: {
-            let allowed = crate::dataplane::allowed_cpus().context("read the CPU affinity")?;
-            cfg.worker_cpus
-                .resolve(&allowed)
-                .map_err(anyhow::Error::msg)?
-        },
+        worker_cpus,
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)

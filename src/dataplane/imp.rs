@@ -84,6 +84,7 @@ struct WorkerOwn {
 }
 
 /// What a worker publishes about itself, once per loop (not per frame).
+#[derive(Default)]
 struct WorkerShared {
     /// Nanoseconds spent between waking up and going back to epoll, in
     /// loops that found work.
@@ -93,20 +94,9 @@ struct WorkerShared {
     spin_ns: std::sync::atomic::AtomicU64,
     /// The embedded DNS's counters of this worker's hook.
     dns: parking_lot::Mutex<tapnet_dns::DnsStats>,
-    /// The CPU the worker is pinned to (`--worker-cpus`); `usize::MAX`:
-    /// none (not asked, or the kernel refused).
-    cpu: std::sync::atomic::AtomicUsize,
-}
-
-impl Default for WorkerShared {
-    fn default() -> Self {
-        WorkerShared {
-            busy_ns: Default::default(),
-            spin_ns: Default::default(),
-            dns: Default::default(),
-            cpu: std::sync::atomic::AtomicUsize::new(usize::MAX),
-        }
-    }
+    /// The CPU the worker is pinned to (`--worker-cpus`); unset: none
+    /// (not asked, or the kernel refused).
+    cpu: std::sync::OnceLock<usize>,
 }
 
 /// One worker's load, for `tapnet stats` and `/metrics`.
@@ -892,7 +882,7 @@ impl Dataplane {
                     busy_share: (busy / up).min(1.0),
                     spin_seconds: spin,
                     spin_share: (spin / up).min(1.0),
-                    cpu: Some(s.cpu.load(Ordering::Relaxed)).filter(|c| *c != usize::MAX),
+                    cpu: s.cpu.get().copied(),
                 }
             })
             .collect()
@@ -933,7 +923,9 @@ fn pin(shared: &WorkerShared, id: usize, cpu: usize) {
         .set(cpu)
         .and_then(|()| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set));
     match r {
-        Ok(()) => shared.cpu.store(cpu, Ordering::Relaxed),
+        Ok(()) => {
+            let _ = shared.cpu.set(cpu);
+        }
         Err(e) => tracing::warn!("worker {id}: not pinned to CPU {cpu}: {e}"),
     }
 }

@@ -115,11 +115,6 @@ impl WriteBatch {
         })
     }
 
-    /// The largest write a slot takes.
-    pub fn slot_len(&self) -> usize {
-        self.slot
-    }
-
     pub fn is_empty(&self) -> bool {
         self.n == 0
     }
