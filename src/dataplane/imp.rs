@@ -1193,9 +1193,8 @@ fn worker_loop(
         let injected = !injects.iter().all(InjectRx::is_empty);
         let nat_work = nat.as_ref().is_some_and(|n| n.has_input() || n.due());
         let worked = !idle || !events.is_empty() || injected || nat_work;
-        if idle && worked {
-            window.observe(woke.duration_since(last_work));
-        }
+        // The gap this turn's work ends (if it is work: see `own`).
+        let gap = (idle && worked).then(|| woke.duration_since(last_work));
         if spinning && !worked {
             // Nothing yet: the turn is spin time, not work.
             let spin = &shared.spin_ns;
@@ -1263,10 +1262,13 @@ fn worker_loop(
         if injected {
             transmit_injected(&w, &queues, &injects, epoch, &mut out);
         }
+        // Whether this turn did work of its own, not only hand frames to a
+        // NAT another thread runs (see `last_work` below).
+        let mut own = injected || tun_ready.0 || tun_ready.1 || nat.is_some();
         let mut i = 0;
         while i < ready.len() {
             let port = ready[i];
-            let drained = service_queue(
+            let (drained, kept) = service_queue(
                 &mut w,
                 &queues,
                 &mut placer,
@@ -1275,6 +1277,7 @@ fn worker_loop(
                 epoch,
                 &mut out,
             );
+            own |= kept;
             if drained {
                 ready.swap_remove(i);
             } else {
@@ -1327,7 +1330,17 @@ fn worker_loop(
             place_busy = Duration::ZERO;
             place_since = turn_end;
         }
-        if worked {
+        // A turn that only handed frames to the NAT in another worker (a
+        // container's SYNs the kernel's hash gave to this queue) is not
+        // work that more will follow (it neither ends a gap of the polling
+        // window nor starts one): the flow's next frames go to the
+        // NAT's worker. Polling after it would only take a CPU from the
+        // containers (connections/s through the NAT on 2 CPUs: README,
+        // Performance).
+        if worked && own {
+            if let Some(gap) = gap {
+                window.observe(gap);
+            }
             last_work = turn_end;
         }
         let dns = w.hook_mut().stats();
@@ -1490,8 +1503,9 @@ fn transmit_injected(
 }
 
 /// Reads up to [`READ_BUDGET`] frames from this worker's queue of `port`
-/// and runs each through the pipeline. Returns true when the queue is
-/// drained (or unusable).
+/// and runs each through the pipeline. Returns whether the queue is
+/// drained (or unusable), and whether any frame was not handed to the NAT
+/// (claimed by its hook).
 #[allow(clippy::too_many_arguments)]
 fn service_queue(
     w: &mut Worker<Hook>,
@@ -1501,9 +1515,9 @@ fn service_queue(
     buf: &mut Box<[u8]>,
     epoch: Instant,
     out: &mut Egress,
-) -> bool {
+) -> (bool, bool) {
     let Some(Some(q)) = queues.get(port as usize) else {
-        return true;
+        return (true, false);
     };
     let fd = q.own();
     let raw = fd.as_raw_fd();
@@ -1515,6 +1529,7 @@ fn service_queue(
         out,
     };
     let mut drained = false;
+    let mut kept = false;
     for _ in 0..READ_BUDGET {
         let n = match nix::unistd::read(fd, &mut buf[..]) {
             Ok(0) | Err(nix::errno::Errno::EAGAIN) => {
@@ -1540,10 +1555,12 @@ fn service_queue(
             // The NAT took the frame: hand over this buffer, read the next
             // frame into the empty one it gives back (no copy).
             w.hand_over(buf, vnet::HEADER_LEN);
+        } else {
+            kept = true;
         }
     }
     tx.flush();
-    drained
+    (drained, kept)
 }
 
 #[cfg(test)]

@@ -100,7 +100,9 @@ const SPIN_FLOOR: Duration = Duration::from_micros(2);
 /// [`SPIN_GROW_FROM`]). A worker whose frames come in bursts keeps
 /// polling; one that sees a frame now and then (the worker without the
 /// NAT while the NAT's flows steer to worker 0, a second worker during
-/// one stream) stops, and leaves its CPU to the containers.
+/// one stream) stops, and leaves its CPU to the containers. A turn that
+/// only handed frames to the NAT in another worker is not work: it
+/// neither ends a gap nor starts one (the worker loop).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct SpinWindow {
     max: Duration,
