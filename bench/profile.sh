@@ -7,9 +7,11 @@
 #   ping   1000 pings at 5 ms
 #   nat    one iperf3 TCP stream from a container through the NAT to a
 #          server on the host's loopback (the gateway's address reaches it)
+#   natr   the same connection, the data flowing the other way (iperf3 -R:
+#          the host's server sends, the container receives)
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat [--secs N] [-- DAEMON-FLAGS...]
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr [--secs N] [-- DAEMON-FLAGS...]
 #   tools: apt-get install linux-perf iperf3 iputils-ping iproute2
 # stdout: the report; perf.data stays in the printed directory (removed with
 # --clean). Processes are killed by the pids recorded here.
@@ -21,16 +23,16 @@ while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --clean) CLEAN=1; shift;;
   --) shift; break;;
-  *) echo "usage: $0 udp|tcp|ping|nat [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
+  *) echo "usage: $0 udp|tcp|ping|nat|natr [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
 esac; done
 BENCH=profile; . bench/lib.sh
-case $MODE in udp|tcp|ping|nat) ;; *) log "mode udp, tcp, ping or nat"; exit 2;; esac
+case $MODE in udp|tcp|ping|nat|natr) ;; *) log "mode udp, tcp, ping, nat or natr"; exit 2;; esac
 [[ $SECS =~ ^[1-9][0-9]*$ && $SECS -ge 4 ]] || { log "--secs: at least 4"; exit 2; }
 [ -n "$CLEAN" ] || KEEP_W=1              # perf.data stays for perf report
 bench_setup perf iperf3
 start_daemon pf$$ "$@"
 "$T" network create --subnet 10.190.0.0/24 --gateway 10.190.0.1 pfnet >/dev/null || { log "network create failed"; exit 1; }
-if [ "$MODE" = nat ]; then
+if [ "$MODE" = nat ] || [ "$MODE" = natr ]; then
   ip netns exec "pf$$" iperf3 -s -B 127.0.0.1 -p 5301 >"$W/iperf3-host.log" 2>&1 & track $!
   waitfor eval 'ip netns exec pf$$ ss -Hltn "sport = :5301" | grep -q .' || { log "iperf3 server did not start"; exit 1; }
 fi
@@ -41,6 +43,7 @@ case $MODE in
   udp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -u -b 0 -l 18 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   tcp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   nat) "$T" exec pfcli -- iperf3 -c 10.190.0.1 -p 5301 -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  natr) "$T" exec pfcli -- iperf3 -c 10.190.0.1 -p 5301 -R -t "$SECS" >"$W/load.out" 2>&1 & ;;
   ping) "$T" exec pfcli -- ping -c $((SECS * 200)) -i 0.005 -q 10.190.0.3 >"$W/load.out" 2>&1 & ;;
 esac
 LOAD=$!
