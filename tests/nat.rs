@@ -962,8 +962,29 @@ asyncio.run(asyncio.wait_for(main(), 240))
 /// TAP's queues give to worker 1 are handed over to it.
 #[test]
 fn two_thousand_concurrent_outbound_connections() {
-    let w = World::new(&["--workers", "2"]);
-    concurrent_connections(w, 2000);
+    let mut w = World::new(&["--workers", "2"]);
+    concurrent_connections(&mut w, 2000);
+    let d = &w.d;
+    // `tapnet stats` counts, per worker, the frames it gave the NAT: the
+    // SYNs the kernel's hash put on worker 1's queues are handed over,
+    // and a flow's later frames follow its replies to worker 0.
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    let handed: Vec<u64> = v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["nat_frames"].as_u64().unwrap())
+        .collect();
+    assert_eq!(handed.len(), 2, "{v}");
+    // SYN, ACK, data and FIN at least, from each of 2000 connections.
+    assert!(handed[0] + handed[1] >= 2000 * 4, "{handed:?}");
+    assert!(handed[1] > 0, "no SYN on worker 1's queues? {handed:?}");
+    assert!(
+        handed[0] > handed[1] * 2,
+        "flows did not follow the NAT: {handed:?}"
+    );
+    let table = d.ok(&["stats"]);
+    assert!(table.contains("NAT FRAMES"), "{table}");
 }
 
 /// The other layout (`--nat-thread`): the NAT in a thread of its own,
@@ -971,7 +992,7 @@ fn two_thousand_concurrent_outbound_connections() {
 /// port, and 300 connections at once.
 #[test]
 fn the_nat_thread_layout_relays_too() {
-    let w = World::new(&["--workers", "2", "--nat-thread"]);
+    let mut w = World::new(&["--workers", "2", "--nat-thread"]);
     w.d.ok(&["network", "create", "--subnet", "10.88.0.0/24", "thr"]);
     w.d.sleeper("t1", &["thr"], &[]);
     let page = curl_ok(&w.d, "t1", &format!("http://{OUTSIDE}/file"));
@@ -997,12 +1018,12 @@ fn the_nat_thread_layout_relays_too() {
         w.outside.ns.sh(&tcp_read(HOST, 8181))
     });
     assert_eq!(got, OUTSIDE, "{}", w.context());
-    concurrent_connections(w, 300);
+    concurrent_connections(&mut w, 300);
 }
 
 /// `n` TCP connections open at once from a new container to a python echo
 /// server outside; every one must answer.
-fn concurrent_connections(mut w: World, n: u32) {
+fn concurrent_connections(w: &mut World, n: u32) {
     std::fs::write(w.files.0.join("echo.py"), ECHO_SERVER).unwrap();
     std::fs::write(w.files.0.join("load.py"), LOAD_CLIENT).unwrap();
     let server = w.files.0.join("echo.py").display().to_string();

@@ -416,12 +416,23 @@ pub fn stats(c: &Client, a: StatsArgs) -> anyhow::Result<ExitCode> {
                         format!("{:.3}", w["busy_seconds"].as_f64().unwrap_or(0.0)),
                         format!("{:.1}%", w["spin_share"].as_f64().unwrap_or(0.0) * 100.0),
                         w["cpu"].as_u64().map_or("-".into(), |c| c.to_string()),
+                        n(&w["nat_frames"]),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    super::print_table(&["WORKER", "BUSY", "BUSY SECONDS", "SPIN", "CPU"], &workers);
+    super::print_table(
+        &[
+            "WORKER",
+            "BUSY",
+            "BUSY SECONDS",
+            "SPIN",
+            "CPU",
+            "NAT FRAMES",
+        ],
+        &workers,
+    );
     println!();
     let d = &v["dns"];
     println!(

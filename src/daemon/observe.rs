@@ -441,6 +441,11 @@ pub fn encode_metrics(s: &Stats) -> String {
         "tapnet_worker_spin_seconds",
         "Time a worker spent busy-polling without finding work (--busy-poll-us)",
     );
+    let nat_frames: C = add(
+        &mut reg,
+        "tapnet_worker_nat_frames",
+        "Frames of containers a worker read and gave the NAT (from a worker that does not run the NAT: hand-offs across threads)",
+    );
     let flows: Gauge = add(&mut reg, "tapnet_nat_flows", "Flows in the NAT's table");
     let l = |kv: &[(&str, &str)]| -> L {
         kv.iter()
@@ -474,6 +479,7 @@ pub fn encode_metrics(s: &Stats) -> String {
         busy.get_or_create(&v).inc_by(w.busy_seconds);
         share.get_or_create(&v).set(w.busy_share);
         spin.get_or_create(&v).inc_by(w.spin_seconds);
+        nat_frames.get_or_create(&v).inc_by(w.nat_frames);
     }
     let d = &s.dns;
     for (k, n) in [

@@ -97,6 +97,9 @@ struct WorkerShared {
     /// The CPU the worker is pinned to (`--worker-cpus`); unset: none
     /// (not asked, or the kernel refused).
     cpu: std::sync::OnceLock<usize>,
+    /// Frames this worker's hook gave the NAT (written by the worker
+    /// alone; see [`WorkerStats::nat_frames`]).
+    nat_frames: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// One worker's load, for `tapnet stats` and `/metrics`.
@@ -114,6 +117,12 @@ pub struct WorkerStats {
     /// The CPU the worker is pinned to (`tapnet daemon --worker-cpus`);
     /// None: wherever the scheduler puts it.
     pub cpu: Option<usize>,
+    /// Frames of containers this worker read and gave the NAT. The NAT
+    /// runs in worker 0 (or in a thread of its own with `--nat-thread`):
+    /// another worker's count is frames handed across threads, each a
+    /// possible wake-up of the NAT's (mostly a flow's first frame, which
+    /// the kernel's hash gave to this worker's queue).
+    pub nat_frames: u64,
 }
 
 struct Inner {
@@ -232,6 +241,7 @@ impl Dataplane {
             polls.into_iter().zip(wakes).zip(rxs).enumerate()
         {
             let (tx, rx) = crossbeam_channel::unbounded();
+            let sh = Arc::new(WorkerShared::default());
             let hook = DnsHook::with_inner(
                 dns.clone(),
                 Responder::new(responder),
@@ -240,7 +250,7 @@ impl Dataplane {
                         .wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 ),
                 Some(ftx.clone()),
-                super::nat::NatHook::new(nat.queue(), id),
+                super::nat::NatHook::new(nat.queue(), id, sh.nat_frames.clone()),
             );
             let w = Worker::with_hook(switch.clone(), id, hook);
             let injects = vec![nat_rx, dns_rx];
@@ -269,7 +279,6 @@ impl Dataplane {
                     .register(&mut SourceFd(&n.fd()), NAT_POLL, Interest::READABLE)
                     .context("register the NAT's epoll")?;
             }
-            let sh = Arc::new(WorkerShared::default());
             shared.push(sh.clone());
             let own = WorkerOwn {
                 vtep: vtep.clone(),
@@ -883,6 +892,7 @@ impl Dataplane {
                     spin_seconds: spin,
                     spin_share: (spin / up).min(1.0),
                     cpu: s.cpu.get().copied(),
+                    nat_frames: s.nat_frames.load(Ordering::Relaxed),
                 }
             })
             .collect()

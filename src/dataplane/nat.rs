@@ -49,7 +49,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tapnet_nat::gateway::{BUFFER_LEN, FRAME_OFFSET};
@@ -113,14 +113,18 @@ pub(super) struct NatHook {
     /// The empty buffer reserved for the claimed frame, and what the NAT
     /// thread needs to know about it.
     claim: Option<Claimed>,
+    /// Frames handed to the NAT (this worker's `nat_frames` in `tapnet
+    /// stats`; written here only).
+    handed: Arc<AtomicU64>,
 }
 
 impl NatHook {
-    pub(super) fn new(q: NatQueue, worker: usize) -> NatHook {
+    pub(super) fn new(q: NatQueue, worker: usize, handed: Arc<AtomicU64>) -> NatHook {
         NatHook {
             q,
             worker: worker.min(usize::from(u8::MAX)) as u8,
             claim: None,
+            handed,
         }
     }
 }
@@ -169,6 +173,9 @@ impl GatewayHook for NatHook {
         };
         match self.q.frames.try_send(item) {
             Ok(()) => {
+                // One writer: a load and a store, no locked add.
+                let n = self.handed.load(Ordering::Relaxed);
+                self.handed.store(n + 1, Ordering::Relaxed);
                 if self.q.sleeping.swap(false, Ordering::AcqRel) {
                     let _ = self.q.waker.wake();
                 }
