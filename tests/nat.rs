@@ -1021,13 +1021,61 @@ fn the_nat_thread_layout_relays_too() {
     concurrent_connections(&mut w, 300);
 }
 
-/// `n` TCP connections open at once from a new container to a python echo
-/// server outside; every one must answer.
-fn concurrent_connections(w: &mut World, n: u32) {
+/// One connection after another from a container, each closed with a
+/// reset (`SO_LINGER` 0, as load balancers and health checkers do), 4000
+/// of them with a limit of 64 flows per container: closed flows linger
+/// 10 s in the NAT's table, and a new connection takes the place of the
+/// container's oldest closed one (before, the 65th was refused: this
+/// happened at the default limit, 8192, to any container opening more
+/// than about 820 connections a second). The container's kernel also
+/// hands a freed port out again at once, while the table still holds the
+/// reset flow of that tuple. Every connection must answer, and the run
+/// must really reuse ports. (The gateway's own tests cover a reset and a
+/// new SYN arriving in one batch.)
+#[test]
+fn reset_connections_may_reuse_their_ports_at_once() {
+    let mut w = World::new(&["--conntrack-max-per-container", "64"]);
+    start_echo_server(&mut w);
+    std::fs::write(w.files.0.join("reuse.py"), RESET_CLIENT).unwrap();
+    let client = w.files.0.join("reuse.py").display().to_string();
+    w.d.ok(&["network", "create", "--subnet", "10.86.0.0/24", "reuse"]);
+    w.d.sleeper("reuser", &["reuse"], &[]);
+    let out = w.exec_ok("reuser", &format!("{PYTHON} {client} {OUTSIDE} 7100 4000"));
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert!(
+        out.starts_with("answered 4000 of 4000;"),
+        "{out}\n{}",
+        w.context()
+    );
+    let reused: u32 = words.last().and_then(|r| r.parse().ok()).unwrap_or(0);
+    assert!(reused > 0, "no port was reused: {out}");
+}
+
+/// `n` connections in turn, each closed with a reset: "answered N of M;
+/// ports reused R".
+const RESET_CLIENT: &str = r#"
+import socket, struct, sys
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+ok, seen, reused, errs = 0, set(), 0, {}
+for i in range(n):
+    try:
+        s = socket.create_connection((host, port), timeout=5)
+        p = s.getsockname()[1]
+        reused += p in seen
+        seen.add(p)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.sendall(b"line %d\n" % i)
+        ok += s.makefile("rb").readline() == b"line %d\n" % i
+        s.close()
+    except OSError as e:
+        errs[repr(e)] = errs.get(repr(e), 0) + 1
+print("answered %d of %d; %s; ports reused %d" % (ok, n, errs, reused))
+"#;
+
+/// The python echo server outside, on port 7100, answering.
+fn start_echo_server(w: &mut World) {
     std::fs::write(w.files.0.join("echo.py"), ECHO_SERVER).unwrap();
-    std::fs::write(w.files.0.join("load.py"), LOAD_CLIENT).unwrap();
     let server = w.files.0.join("echo.py").display().to_string();
-    let client = w.files.0.join("load.py").display().to_string();
     let echo = w.outside.ns.spawn(&[PYTHON, &server, "7100"]);
     w.servers.push(echo);
     retry("the python echo server", Duration::from_secs(15), || {
@@ -1039,6 +1087,14 @@ fn concurrent_connections(w: &mut World, n: u32) {
             .then_some(())
             .ok_or(format!("{}{}", o.stdout, o.stderr))
     });
+}
+
+/// `n` TCP connections open at once from a new container to a python echo
+/// server outside; every one must answer.
+fn concurrent_connections(w: &mut World, n: u32) {
+    start_echo_server(w);
+    std::fs::write(w.files.0.join("load.py"), LOAD_CLIENT).unwrap();
+    let client = w.files.0.join("load.py").display().to_string();
     w.d.ok(&["network", "create", "--subnet", "10.87.0.0/24", "load"]);
     w.d.sleeper("loader", &["load"], &[]);
     // Warm up: the path works for one connection first.

@@ -427,8 +427,10 @@ impl Timeouts {
 pub const MAX_CAPACITY: u32 = 1 << 24;
 
 /// Memory reserved per flow of capacity, all structures included (slab
-/// slot, two index entries, a heap entry and position, a free-list entry).
-pub const BYTES_PER_FLOW: usize = core::mem::size_of::<Slot>() + 2 * 8 + 12 + 4 + 4;
+/// slot, two index entries, a heap entry and position, a free-list entry,
+/// closed-list links).
+pub const BYTES_PER_FLOW: usize =
+    core::mem::size_of::<Slot>() + 2 * 8 + 12 + 4 + 4 + core::mem::size_of::<ClosedLinks>();
 
 /// Containers the per-container count map is sized for at construction;
 /// more grow it (an allocation when a container's first flow is created).
@@ -555,6 +557,9 @@ pub struct Counters {
     pub refused_exists: u64,
     pub refused_table_full: u64,
     pub refused_container_limit: u64,
+    /// Closed TCP flows removed to make room for a new flow of their
+    /// container (see [`ConnTrack::create_owned`]).
+    pub evicted_closed: u64,
     /// Flows expired, by their state at expiry ([`FlowState::index`]).
     pub expired: [u64; FlowState::COUNT],
     /// Flows removed by the caller.
@@ -603,6 +608,43 @@ struct Flow {
     to_container: Traffic,
 }
 
+/// A slot's links in its owner's list of closed TCP flows, oldest first
+/// ([`NIL`]: none; meaningful only while the slot's flow is `Closed`).
+/// Beside the slab, so that a flow stays within two cache lines.
+#[derive(Clone, Copy)]
+struct ClosedLinks {
+    prev: u32,
+    next: u32,
+}
+
+const UNLINKED: ClosedLinks = ClosedLinks {
+    prev: NIL,
+    next: NIL,
+};
+
+/// No slot (the end of a closed-flow list).
+const NIL: u32 = u32::MAX;
+
+/// A container's share of the table: its flow count and its closed TCP
+/// flows, oldest first (an intrusive list through the slots: no
+/// allocation).
+#[derive(Clone, Copy, Debug)]
+struct Owner {
+    flows: u32,
+    closed_head: u32,
+    closed_tail: u32,
+}
+
+impl Default for Owner {
+    fn default() -> Owner {
+        Owner {
+            flows: 0,
+            closed_head: NIL,
+            closed_tail: NIL,
+        }
+    }
+}
+
 struct Slot {
     generation: u32,
     flow: Option<Flow>,
@@ -615,12 +657,17 @@ pub struct ConnTrack {
     config: Config,
     timeout_ns: [u64; FlowState::COUNT],
     slots: Vec<Slot>,
+    /// By slot, as `slots`.
+    closed: Vec<ClosedLinks>,
     free: Vec<u32>,
     index: Index,
     timers: Timers,
-    per_container: HashMap<ContainerKey, u32, BuildHasherDefault<DefaultHasher>>,
+    per_container: HashMap<ContainerKey, Owner, BuildHasherDefault<DefaultHasher>>,
     gauges: Gauges,
     counters: Counters,
+    /// The flow the last [`ConnTrack::create_owned`] removed, for the
+    /// edge to drop (see [`ConnTrack::take_evicted`]).
+    evicted: Option<FlowHandle>,
 }
 
 #[inline]
@@ -671,6 +718,7 @@ impl ConnTrack {
             config,
             timeout_ns: config.timeouts.table_ns(),
             slots: Vec::with_capacity(cap),
+            closed: Vec::with_capacity(cap),
             free: Vec::with_capacity(cap),
             index: Index::new(cap),
             timers: Timers::new(cap),
@@ -680,6 +728,7 @@ impl ConnTrack {
             ),
             gauges: Gauges::default(),
             counters: Counters::default(),
+            evicted: None,
         }
     }
 
@@ -702,7 +751,9 @@ impl ConnTrack {
     /// Live flows of one container (by the owner address its flows were
     /// created with, see [`ConnTrack::create_owned`]).
     pub fn container_flows(&self, network: NetworkId, ip: IpAddr) -> u32 {
-        self.per_container.get(&(network, ip)).copied().unwrap_or(0)
+        self.per_container
+            .get(&(network, ip))
+            .map_or(0, |o| o.flows)
     }
 
     /// The flow with container-side key `key`.
@@ -738,6 +789,16 @@ impl ConnTrack {
     /// [`ConnTrack::create`] for a flow that counts against the limit of
     /// `owner` on the key's network: a dual-stack container's IPv6 flows
     /// name its IPv4 address, so that both families share one limit.
+    ///
+    /// When the table is full or the owner is at its limit, the owner's
+    /// oldest closed TCP flow (the first to reach `Closed`) makes room:
+    /// it is removed ([`Counters::evicted_closed`]; the edge gets its
+    /// handle from [`ConnTrack::take_evicted`]). A closed flow only
+    /// lingers for late segments, which are refused alike without it, so
+    /// a container that opens connections faster than its closed ones
+    /// expire (one request per connection: 8192 in 10 s is 820 a second)
+    /// is not refused for flows that are over. Otherwise the refusal
+    /// names the limit.
     pub fn create_owned(
         &mut self,
         key: FlowKey,
@@ -749,15 +810,28 @@ impl ConnTrack {
             self.counters.refused_exists += 1;
             return Err(CreateError::Exists(h));
         }
-        if self.gauges.flows >= self.config.capacity {
+        let ck = (key.network, owner);
+        let (per, oldest_closed) = self
+            .per_container
+            .get(&ck)
+            .map_or((0, NIL), |o| (o.flows, o.closed_head));
+        let full = self.gauges.flows >= self.config.capacity;
+        let at_limit = per >= self.config.max_per_container;
+        if (full || at_limit) && oldest_closed != NIL {
+            let victim = FlowHandle {
+                index: oldest_closed,
+                generation: self.slots[oldest_closed as usize].generation,
+            };
+            if self.free_slot(oldest_closed).is_some() {
+                self.counters.evicted_closed += 1;
+                self.evicted = Some(victim);
+            }
+        } else if full {
             self.counters.refused_table_full += 1;
             return Err(CreateError::TableFull {
                 limit: self.config.capacity,
             });
-        }
-        let ck = (key.network, owner);
-        let per = self.per_container.get(&ck).copied().unwrap_or(0);
-        if per >= self.config.max_per_container {
+        } else if at_limit {
             self.counters.refused_container_limit += 1;
             return Err(CreateError::ContainerLimit {
                 limit: self.config.max_per_container,
@@ -772,6 +846,7 @@ impl ConnTrack {
                     generation: 0,
                     flow: None,
                 });
+                self.closed.push(UNLINKED);
                 (self.slots.len() - 1) as u32
             }
         };
@@ -789,6 +864,7 @@ impl ConnTrack {
             from_container: Traffic::default(),
             to_container: Traffic::default(),
         });
+        self.closed[slot as usize] = UNLINKED;
         let handle = FlowHandle {
             index: slot,
             generation: s.generation,
@@ -796,7 +872,7 @@ impl ConnTrack {
         self.index.insert(hash, slot);
         self.timers
             .set(slot, now.saturating_add(self.timeout_ns[state.index()]));
-        *self.per_container.entry(ck).or_insert(0) += 1;
+        self.per_container.entry(ck).or_default().flows += 1;
         self.gauges.flows += 1;
         self.gauges.by_protocol[key.protocol as usize] += 1;
         self.gauges.by_state[state.index()] += 1;
@@ -858,6 +934,12 @@ impl ConnTrack {
         let last = f.last;
         let (oi, ni) = (old.index(), new.index());
         if oi != ni {
+            const CLOSED: FlowState = FlowState::Tcp(TcpState::Closed);
+            if old == CLOSED {
+                self.unlink_closed(h.index);
+            } else if new == CLOSED {
+                self.link_closed(h.index);
+            }
             self.gauges.by_state[oi] -= 1;
             self.gauges.by_state[ni] += 1;
             match new {
@@ -1004,8 +1086,77 @@ impl ConnTrack {
         n
     }
 
+    /// The owner key of the flow in `slot`, if any.
+    fn owner_of(&self, slot: u32) -> Option<ContainerKey> {
+        let f = self.slots.get(slot as usize)?.flow.as_ref()?;
+        Some((f.key.network, f.owner))
+    }
+
+    /// Appends the flow in `slot` (now `Closed`) to its owner's list.
+    fn link_closed(&mut self, slot: u32) {
+        let Some(ck) = self.owner_of(slot) else {
+            return;
+        };
+        let Some(o) = self.per_container.get_mut(&ck) else {
+            return;
+        };
+        let tail = o.closed_tail;
+        o.closed_tail = slot;
+        if tail == NIL {
+            o.closed_head = slot;
+        } else if let Some(t) = self.closed.get_mut(tail as usize) {
+            t.next = slot;
+        }
+        if let Some(l) = self.closed.get_mut(slot as usize) {
+            *l = ClosedLinks {
+                prev: tail,
+                next: NIL,
+            };
+        }
+    }
+
+    /// Takes the flow in `slot` (leaving `Closed`, or removed) out of its
+    /// owner's list.
+    fn unlink_closed(&mut self, slot: u32) {
+        let Some(ck) = self.owner_of(slot) else {
+            return;
+        };
+        let Some(l) = self.closed.get_mut(slot as usize) else {
+            return;
+        };
+        let ClosedLinks { prev, next } = std::mem::replace(l, UNLINKED);
+        let o = self.per_container.get_mut(&ck);
+        match self.closed.get_mut(prev as usize) {
+            Some(p) => p.next = next,
+            None => {
+                if let Some(o) = o {
+                    o.closed_head = next;
+                }
+            }
+        }
+        let o = self.per_container.get_mut(&ck);
+        match self.closed.get_mut(next as usize) {
+            Some(n) => n.prev = prev,
+            None => {
+                if let Some(o) = o {
+                    o.closed_tail = prev;
+                }
+            }
+        }
+    }
+
+    /// The flow [`ConnTrack::create_owned`] last removed to make room (a
+    /// closed TCP flow of the same container), once: the edge drops what
+    /// it still holds of it.
+    pub fn take_evicted(&mut self) -> Option<FlowHandle> {
+        self.evicted.take()
+    }
+
     fn free_slot(&mut self, slot: u32) -> Option<FlowView> {
         let v = self.view(slot)?;
+        if v.state == FlowState::Tcp(TcpState::Closed) {
+            self.unlink_closed(slot);
+        }
         let s = self.slots.get_mut(slot as usize)?;
         let f = s.flow.take()?;
         s.generation = s.generation.wrapping_add(1);
@@ -1013,9 +1164,9 @@ impl ConnTrack {
         self.index.remove(f.hash, slot);
         self.timers.remove(slot);
         let ck = (f.key.network, f.owner);
-        if let Some(n) = self.per_container.get_mut(&ck) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(o) = self.per_container.get_mut(&ck) {
+            o.flows -= 1;
+            if o.flows == 0 {
                 self.per_container.remove(&ck);
             }
         }

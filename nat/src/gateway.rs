@@ -929,7 +929,14 @@ impl Gateway {
             v4 => v4,
         };
         match self.ct.create_owned(key, dir, now, owner) {
-            Ok(h) => Some(h),
+            Ok(h) => {
+                // A closed flow of the container made room: whatever the
+                // gateway still holds of it (a leg not yet retired) goes.
+                if let Some(old) = self.ct.take_evicted() {
+                    self.drop_io(old);
+                }
+                Some(h)
+            }
             Err(CreateError::TableFull { .. }) => {
                 self.drops.count(NatDrop::TableFull);
                 None
@@ -1217,8 +1224,13 @@ impl Gateway {
         }
         let bare_syn = flags.contains(TcpFlags::SYN) && !flags.contains(TcpFlags::ACK);
         let h = match self.ct.lookup(&key) {
-            Some(h) if bare_syn && self.flow(h).is_none() => {
-                // A new connection reusing a finished flow's tuple.
+            Some(h) if bare_syn && !self.takes_syn(h) => {
+                // A new connection reusing the tuple of a flow that is
+                // over: its leg is gone, or reset or closed but not yet
+                // retired (the reset came in the same batch of frames: a
+                // client closing with SO_LINGER 0 whose kernel hands the
+                // port out again at once). The old flow ends here.
+                self.drop_io(h);
                 let _ = self.ct.remove(h);
                 None
             }
@@ -2149,6 +2161,23 @@ impl Gateway {
                 self.raw_ids.remove(&(h.index() as u16));
             }
             Io::Udp(UdpVia::Published { .. }) => {}
+        }
+    }
+}
+
+impl Gateway {
+    /// Whether a container's bare SYN belongs to TCP flow `h`: its host
+    /// connect is pending (a retransmitted SYN), or its leg may still take
+    /// one (listening, or answering it). A leg that was reset or closed,
+    /// or none, does not: the SYN opens a new connection.
+    fn takes_syn(&mut self, h: FlowHandle) -> bool {
+        match flow_mut_in(&mut self.flows, h).map(|f| &mut f.io) {
+            Some(Io::Connecting { .. }) => true,
+            Some(Io::Tcp(t)) => !matches!(
+                t.leg.socket().state(),
+                TcpSocketState::Closed | TcpSocketState::TimeWait
+            ),
+            _ => false,
         }
     }
 }

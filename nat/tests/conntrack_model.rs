@@ -117,6 +117,8 @@ struct MFlow {
     last: u64,
     from_container: Traffic,
     to_container: Traffic,
+    /// When it reached TCP `Closed` (an order), while it is there.
+    closed_seq: Option<u64>,
 }
 
 struct Model {
@@ -126,6 +128,9 @@ struct Model {
     timeouts: Timeouts,
     expired: [u64; FlowState::COUNT],
     stale: u64,
+    /// The next `closed_seq`.
+    seq: u64,
+    evicted: u64,
 }
 
 impl Model {
@@ -138,6 +143,16 @@ impl Model {
             .iter()
             .find(|(_, f)| f.key == *k)
             .map(|(h, _)| *h)
+    }
+    /// The container's flow that reached TCP `Closed` first, of those
+    /// still there.
+    fn oldest_closed(&self, n: NetworkId, ip: IpAddr) -> Option<FlowHandle> {
+        self.flows
+            .iter()
+            .filter(|(_, f)| f.key.network == n && f.key.container_ip == ip)
+            .filter_map(|(h, f)| Some((f.closed_seq?, *h)))
+            .min()
+            .map(|(_, h)| h)
     }
     fn per_container(&self, n: NetworkId, ip: IpAddr) -> usize {
         self.flows
@@ -182,7 +197,15 @@ impl Model {
             t.bytes += u64::from(bytes);
         }
         f.last = f.last.max(now);
+        let old = f.state;
         f.state = next(f.state, f.direction);
+        const CLOSED: FlowState = FlowState::Tcp(TcpState::Closed);
+        if old != CLOSED && f.state == CLOSED {
+            f.closed_seq = Some(self.seq);
+            self.seq += 1;
+        } else if old == CLOSED && f.state != CLOSED {
+            f.closed_seq = None;
+        }
         Ok(f.state)
     }
 }
@@ -238,6 +261,7 @@ fn check(t: &ConnTrack, m: &Model, keys: &[FlowKey], issued: &[FlowHandle]) {
     }
     assert_eq!(t.counters().expired, m.expired);
     assert_eq!(t.counters().stale_handle, m.stale);
+    assert_eq!(t.counters().evicted_closed, m.evicted);
 }
 
 fn run(ops: Vec<Op>, short: bool) {
@@ -271,6 +295,8 @@ fn run(ops: Vec<Op>, short: bool) {
         timeouts,
         expired: [0; FlowState::COUNT],
         stale: 0,
+        seq: 0,
+        evicted: 0,
     };
     let keys = keys();
     let mut issued: Vec<FlowHandle> = vec![];
@@ -292,16 +318,28 @@ fn run(ops: Vec<Op>, short: bool) {
                 } else {
                     Direction::Outbound
                 };
-                let want = if let Some(h) = m.lookup(&k) {
+                let exists = m.lookup(&k);
+                let full = m.flows.len() >= m.cap;
+                let at_limit = m.per_container(k.network, k.container_ip) >= m.per;
+                let victim = (exists.is_none() && (full || at_limit))
+                    .then(|| m.oldest_closed(k.network, k.container_ip))
+                    .flatten();
+                let want = if let Some(h) = exists {
                     Err(CreateError::Exists(h))
-                } else if m.flows.len() >= m.cap {
+                } else if let Some(v) = victim {
+                    // The container's oldest closed flow makes room.
+                    m.flows.remove(&v);
+                    m.evicted += 1;
+                    Ok(())
+                } else if full {
                     Err(CreateError::TableFull { limit: 10 })
-                } else if m.per_container(k.network, k.container_ip) >= m.per {
+                } else if at_limit {
                     Err(CreateError::ContainerLimit { limit: 4 })
                 } else {
                     Ok(())
                 };
                 let got = t.create(k, dir, now);
+                assert_eq!(t.take_evicted(), victim);
                 match (want, got) {
                     (Ok(()), Ok(h)) => {
                         assert!(!m.flows.contains_key(&h));
@@ -316,6 +354,7 @@ fn run(ops: Vec<Op>, short: bool) {
                                 last: now,
                                 from_container: Traffic::default(),
                                 to_container: Traffic::default(),
+                                closed_seq: None,
                             },
                         );
                         issued.push(h);

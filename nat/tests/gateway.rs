@@ -684,6 +684,41 @@ fn tcp_reset_both_ways() {
     assert_eq!(h.closed, vec![(f, true)]);
 }
 
+/// A container that resets its connection and at once opens a new one
+/// from the same port (a client closing with `SO_LINGER` 0, whose kernel
+/// hands the freed port out again): the new SYN opens a new flow, even
+/// while the old one is still in the table (its reset arrived in the
+/// same batch of frames, before the relay that retires it).
+#[test]
+fn a_syn_reusing_a_reset_connections_port_opens_a_new_flow() {
+    let mut h = Harness::new();
+    let (mut c, f) = connected(&mut h);
+    c.leg.socket().abort();
+    c.leg.poll(h.now, &mut c.tx);
+    let rst = std::mem::take(&mut c.tx.pending);
+    assert_eq!(rst.len(), 1);
+    h.ip_in(&rst[0]);
+    h.ip_in(&syn(40000, remote(80)));
+    assert_eq!(
+        h.dialed,
+        vec![remote(80).into(); 2],
+        "a second host connect"
+    );
+    assert!(h.closed.contains(&(f, true)), "{:?}", h.closed);
+    // The legs answer when polled: the gateway's next turn.
+    h.gw.handle_timeout(h.now);
+    h.pump();
+    let out = h.take_out();
+    let flags: Vec<u8> = out.iter().filter_map(tcp_flags_of).collect();
+    assert!(
+        flags.contains(&(tcp::flags::SYN | tcp::flags::ACK)),
+        "{flags:?}"
+    );
+    assert!(flags.iter().all(|f| f & tcp::flags::RST == 0), "{flags:?}");
+    assert_eq!(h.drops(NatDrop::TcpNoFlow), 0);
+    assert_eq!(h.gw.conntrack().gauges().flows, 1);
+}
+
 fn syn(sport: u16, dst: SocketAddrV4) -> Vec<u8> {
     let mut t = vec![0u8; 24];
     let mut p = TcpPacket::new_unchecked(&mut t[..]);
@@ -1050,6 +1085,38 @@ fn tcp_expiry_resets_the_host_side() {
     assert!(h.gw.conntrack().get(f).is_none());
     assert_eq!(h.closed, vec![(f, true)]);
     assert_eq!(h.gw.conntrack().counters().expired[1], 1);
+}
+
+/// A container at its limit whose flows include closed ones (reset, not
+/// yet expired): a new connection takes the place of the oldest closed
+/// one, whose leg is dropped (the reset and the new SYN in one batch:
+/// the relay that retires a leg has not run); with none closed, it is
+/// refused.
+#[test]
+fn a_closed_flow_makes_room_at_the_limit() {
+    let mut cfg = GatewayConfig::default();
+    cfg.table.max_per_container = 1;
+    let mut h = Harness::with(cfg, info());
+    let (mut c, f) = connected(&mut h);
+    c.leg.socket().abort();
+    c.leg.poll(h.now, &mut c.tx);
+    for p in std::mem::take(&mut c.tx.pending) {
+        h.ip_in(&p);
+    }
+    assert_eq!(
+        h.gw.conntrack().get(f).unwrap().state.as_str(),
+        "tcp_closed"
+    );
+    h.ip_in(&syn(41000, remote(80)));
+    assert_eq!(h.drops(NatDrop::ContainerLimit), 0);
+    assert_eq!(h.gw.conntrack().counters().evicted_closed, 1);
+    assert!(h.gw.conntrack().get(f).is_none());
+    assert!(h.closed.contains(&(f, true)), "{:?}", h.closed);
+    assert_eq!(h.dialed.len(), 2);
+    // The new flow is live, not closed: the next one is refused.
+    h.ip_in(&syn(41001, remote(80)));
+    assert_eq!(h.drops(NatDrop::ContainerLimit), 1);
+    assert_eq!(h.gw.conntrack().counters().evicted_closed, 1);
 }
 
 #[test]

@@ -956,6 +956,7 @@ impl Nat {
             "created_inbound": c.created_inbound,
             "refused_table_full": c.refused_table_full,
             "refused_container_limit": c.refused_container_limit,
+            "evicted_closed": c.evicted_closed,
             "expired": expired,
             "removed": c.removed,
             "tcp_established": c.tcp_established,
