@@ -58,10 +58,15 @@
 //! # Limits and memory
 //! Capacity ([`Config::capacity`], the global limit) and the per-container
 //! limit are checked by `create`, which returns a [`CreateError`] naming
-//! the limit hit. A flow counts against its container address, or the
+//! the limit hit, unless the container has closed TCP flows: then its
+//! oldest one (by when it reached `Closed`; each container's closed flows
+//! form a list, linked beside the slab) is removed to make room, and the
+//! caller learns which from [`ConnTrack::take_evicted`]. A flow counts
+//! against its container address, or the
 //! owner given to [`ConnTrack::create_owned`] (a dual-stack container's
 //! IPv6 flows name its IPv4 address: one limit for both families). Keys
-//! hold either family; an IPv4 key hashes its address in one word. All per-flow memory (slab, index, timers, free list) is
+//! hold either family; an IPv4 key hashes its address in one word. All
+//! per-flow memory (slab, closed-list links, index, timers, free list) is
 //! allocated at construction; lookups, events, expiry and removal never
 //! allocate. The only allocation after construction is the per-container
 //! count map growing past 1024 containers with flows at once (a std
@@ -625,9 +630,9 @@ const UNLINKED: ClosedLinks = ClosedLinks {
 /// No slot (the end of a closed-flow list).
 const NIL: u32 = u32::MAX;
 
-/// A container's share of the table: its flow count and its closed TCP
-/// flows, oldest first (an intrusive list through the slots: no
-/// allocation).
+/// A container's share of the table: its flow count and the ends of
+/// its list of closed TCP flows, oldest first (linked through
+/// `ConnTrack::closed`: no allocation).
 #[derive(Clone, Copy, Debug)]
 struct Owner {
     flows: u32,

@@ -120,8 +120,10 @@ pub struct WorkerStats {
     /// Frames of containers this worker read and gave the NAT. The NAT
     /// runs in worker 0 (or in a thread of its own with `--nat-thread`):
     /// another worker's count is frames handed across threads, each a
-    /// possible wake-up of the NAT's (mostly a flow's first frame, which
-    /// the kernel's hash gave to this worker's queue).
+    /// possible wake-up of the NAT's: a flow's first frame, which the
+    /// kernel's hash gave to this worker's queue, and every frame of the
+    /// flows the TAP's steering table has no room for (README,
+    /// Performance: "A hand-off is not work").
     pub nat_frames: u64,
 }
 
