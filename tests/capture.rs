@@ -689,6 +689,12 @@ fn nat_frames_and_dns_answers_are_captured_and_metrics_parse() {
         o.stdout
     );
     assert!(
+        m.iter()
+            .any(|(n, l, _)| n == "tapnet_worker_nat_frames_total" && l.contains_key("worker")),
+        "{}",
+        o.stdout
+    );
+    assert!(
         m.iter().any(|(n, l, v)| n == "tapnet_dns_queries_total"
             && l.get("result").map(String::as_str) == Some("local")
             && *v >= 1.0),
