@@ -869,7 +869,6 @@ impl ConnTrack {
             from_container: Traffic::default(),
             to_container: Traffic::default(),
         });
-        self.closed[slot as usize] = UNLINKED;
         let handle = FlowHandle {
             index: slot,
             generation: s.generation,
@@ -1105,13 +1104,12 @@ impl ConnTrack {
         let Some(o) = self.per_container.get_mut(&ck) else {
             return;
         };
-        let tail = o.closed_tail;
-        o.closed_tail = slot;
-        if tail == NIL {
-            o.closed_head = slot;
-        } else if let Some(t) = self.closed.get_mut(tail as usize) {
-            t.next = slot;
-        }
+        let tail = std::mem::replace(&mut o.closed_tail, slot);
+        // The old tail's link, or the head of an empty list.
+        *match self.closed.get_mut(tail as usize) {
+            Some(t) => &mut t.next,
+            None => &mut o.closed_head,
+        } = slot;
         if let Some(l) = self.closed.get_mut(slot as usize) {
             *l = ClosedLinks {
                 prev: tail,
@@ -1130,24 +1128,18 @@ impl ConnTrack {
             return;
         };
         let ClosedLinks { prev, next } = std::mem::replace(l, UNLINKED);
-        let o = self.per_container.get_mut(&ck);
-        match self.closed.get_mut(prev as usize) {
-            Some(p) => p.next = next,
-            None => {
-                if let Some(o) = o {
-                    o.closed_head = next;
-                }
-            }
-        }
-        let o = self.per_container.get_mut(&ck);
-        match self.closed.get_mut(next as usize) {
-            Some(n) => n.prev = prev,
-            None => {
-                if let Some(o) = o {
-                    o.closed_tail = prev;
-                }
-            }
-        }
+        let Some(o) = self.per_container.get_mut(&ck) else {
+            return;
+        };
+        // Each neighbour's link, or the list's end where there is none.
+        *match self.closed.get_mut(prev as usize) {
+            Some(p) => &mut p.next,
+            None => &mut o.closed_head,
+        } = next;
+        *match self.closed.get_mut(next as usize) {
+            Some(n) => &mut n.prev,
+            None => &mut o.closed_tail,
+        } = prev;
     }
 
     /// The flow [`ConnTrack::create_owned`] last removed to make room (a

@@ -918,6 +918,21 @@ impl Gateway {
         None
     }
 
+    /// Whether a container's bare SYN belongs to TCP flow `h`: its host
+    /// connect is pending (a retransmitted SYN), or its leg may still take
+    /// one (listening, or answering it). A leg that was reset or closed,
+    /// or none, does not: the SYN opens a new connection.
+    fn takes_syn(&mut self, h: FlowHandle) -> bool {
+        match self.flow_mut(h).map(|f| &mut f.io) {
+            Some(Io::Connecting { .. }) => true,
+            Some(Io::Tcp(t)) => !matches!(
+                t.leg.socket().state(),
+                TcpSocketState::Closed | TcpSocketState::TimeWait
+            ),
+            _ => false,
+        }
+    }
+
     /// Creates a flow in the table, counting a refusal. A flow of a known
     /// container's IPv6 address counts against its IPv4 address's limit.
     fn create(&mut self, key: FlowKey, dir: Direction, now: u64) -> Option<FlowHandle> {
@@ -2161,23 +2176,6 @@ impl Gateway {
                 self.raw_ids.remove(&(h.index() as u16));
             }
             Io::Udp(UdpVia::Published { .. }) => {}
-        }
-    }
-}
-
-impl Gateway {
-    /// Whether a container's bare SYN belongs to TCP flow `h`: its host
-    /// connect is pending (a retransmitted SYN), or its leg may still take
-    /// one (listening, or answering it). A leg that was reset or closed,
-    /// or none, does not: the SYN opens a new connection.
-    fn takes_syn(&mut self, h: FlowHandle) -> bool {
-        match flow_mut_in(&mut self.flows, h).map(|f| &mut f.io) {
-            Some(Io::Connecting { .. }) => true,
-            Some(Io::Tcp(t)) => !matches!(
-                t.leg.socket().state(),
-                TcpSocketState::Closed | TcpSocketState::TimeWait
-            ),
-            _ => false,
         }
     }
 }
