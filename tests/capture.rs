@@ -733,12 +733,7 @@ fn workers_run_on_the_cpus_asked_for() {
                 let dir = e.ok()?.path();
                 let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
                 let comm = comm.trim().strip_prefix("tapnet-worker-")?.to_string();
-                let status = std::fs::read_to_string(dir.join("status")).ok()?;
-                let cpus = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?
-                    .trim()
-                    .to_string();
+                let cpus = cpus_allowed(&dir.join("status"))?;
                 Some((comm, cpus))
             })
             .collect();
@@ -798,13 +793,8 @@ fn workers_run_on_the_cpus_asked_for() {
         // The containers' processes are not pinned with the workers.
         d.ok(&["network", "create", "--subnet", "10.62.0.0/24", "pinned"]);
         d.sleeper("free", &["pinned"], &[]);
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", pid_of(&d, "free"))).unwrap();
-        let cpus = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap()
-            .trim();
+        let status = format!("/proc/{}/status", pid_of(&d, "free"));
+        let cpus = cpus_allowed(std::path::Path::new(&status)).unwrap();
         assert_eq!(cpus, free, "{extra:?}: the container's process");
     }
 
@@ -815,6 +805,15 @@ fn workers_run_on_the_cpus_asked_for() {
         e.contains("invalid --worker-cpus: CPU 1023 is not one this process may run on"),
         "{e}"
     );
+}
+
+/// `Cpus_allowed_list` of a task's `/proc/.../status` file.
+fn cpus_allowed(status: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(status).ok()?;
+    let l = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    Some(l.trim().to_string())
 }
 
 /// A small Prometheus text parser: (name, labels, value) per sample;

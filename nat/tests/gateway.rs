@@ -692,12 +692,7 @@ fn tcp_reset_both_ways() {
 #[test]
 fn a_syn_reusing_a_reset_connections_port_opens_a_new_flow() {
     let mut h = Harness::new();
-    let (mut c, f) = connected(&mut h);
-    c.leg.socket().abort();
-    c.leg.poll(h.now, &mut c.tx);
-    let rst = std::mem::take(&mut c.tx.pending);
-    assert_eq!(rst.len(), 1);
-    h.ip_in(&rst[0]);
+    let f = reset_in_one_batch(&mut h);
     h.ip_in(&syn(40000, remote(80)));
     assert_eq!(
         h.dialed,
@@ -717,6 +712,19 @@ fn a_syn_reusing_a_reset_connections_port_opens_a_new_flow() {
     assert!(flags.iter().all(|f| f & tcp::flags::RST == 0), "{flags:?}");
     assert_eq!(h.drops(NatDrop::TcpNoFlow), 0);
     assert_eq!(h.gw.conntrack().gauges().flows, 1);
+}
+
+/// An established connection (port 40000 to REMOTE:80) that the
+/// container resets: its RST reaches the gateway, and no relay has run
+/// since (the leg is closed, the flow not yet retired). Returns the flow.
+fn reset_in_one_batch(h: &mut Harness) -> FlowHandle {
+    let (mut c, f) = connected(h);
+    c.leg.socket().abort();
+    c.leg.poll(h.now, &mut c.tx);
+    let rst = std::mem::take(&mut c.tx.pending);
+    assert_eq!(rst.len(), 1);
+    h.ip_in(&rst[0]);
+    f
 }
 
 fn syn(sport: u16, dst: SocketAddrV4) -> Vec<u8> {
@@ -1097,12 +1105,7 @@ fn a_closed_flow_makes_room_at_the_limit() {
     let mut cfg = GatewayConfig::default();
     cfg.table.max_per_container = 1;
     let mut h = Harness::with(cfg, info());
-    let (mut c, f) = connected(&mut h);
-    c.leg.socket().abort();
-    c.leg.poll(h.now, &mut c.tx);
-    for p in std::mem::take(&mut c.tx.pending) {
-        h.ip_in(&p);
-    }
+    let f = reset_in_one_batch(&mut h);
     assert_eq!(
         h.gw.conntrack().get(f).unwrap().state.as_str(),
         "tcp_closed"
