@@ -646,7 +646,7 @@ impl Nat {
     fn put_sock(&mut self, h: FlowHandle, s: Sock) {
         if let Some(slot) = self.socks.get_mut(h.index() as usize) {
             if let Some((_, old)) = slot.replace((h, s)) {
-                close(&self.poll, old, true);
+                close(old, true);
             }
         }
     }
@@ -663,6 +663,12 @@ impl Nat {
                             Interest::READABLE | Interest::WRITABLE,
                         );
                         match r {
+                            // A connect to this host (the loopback above
+                            // all) is done when connect() returns: answer
+                            // the container now, not after a turn of epoll.
+                            // One getpeername; a connect still under way
+                            // waits for its event as before.
+                            Ok(()) if s.peer_addr().is_ok() => self.connected(now, flow, s),
                             Ok(()) => self.put_sock(flow, Sock::Connecting(s)),
                             Err(_) => self.gw.handle_socket_event(
                                 now,
@@ -708,7 +714,7 @@ impl Nat {
                 }
                 SocketOp::Close { flow, reset } => {
                     if let Some(s) = self.take_sock(flow) {
-                        close(&self.poll, s, reset);
+                        close(s, reset);
                     }
                 }
             }
@@ -763,15 +769,10 @@ impl Nat {
         let Some(Sock::Connecting(s)) = self.take_sock(h) else {
             return;
         };
-        let id = SocketId::Flow(h);
         match err {
-            None => {
-                let _ = s.set_nodelay(true);
-                self.put_sock(h, Sock::Tcp(s));
-                self.gw.handle_socket_event(now, id, HostEvent::Connected);
-            }
+            None => self.connected(now, h, s),
             Some(e) => {
-                close(&self.poll, Sock::Connecting(s), false);
+                close(Sock::Connecting(s), false);
                 let why = match e.raw_os_error() {
                     Some(libc::ENETUNREACH) => ConnectError::NetUnreachable,
                     Some(libc::EHOSTUNREACH) => ConnectError::HostUnreachable,
@@ -779,9 +780,17 @@ impl Nat {
                     _ => ConnectError::Refused,
                 };
                 self.gw
-                    .handle_socket_event(now, id, HostEvent::ConnectFailed(why));
+                    .handle_socket_event(now, SocketId::Flow(h), HostEvent::ConnectFailed(why));
             }
         }
+    }
+
+    /// `h`'s host connection `s` is established.
+    fn connected(&mut self, now: u64, h: FlowHandle, s: TcpStream) {
+        let _ = s.set_nodelay(true);
+        self.put_sock(h, Sock::Tcp(s));
+        self.gw
+            .handle_socket_event(now, SocketId::Flow(h), HostEvent::Connected);
     }
 
     /// Reads datagrams from `id` into the gateway's buffers until the
@@ -1094,24 +1103,16 @@ fn inject(queues: &[InjectTx], t: tapnet_nat::Transmit) -> Result<(), tapnet_nat
     })
 }
 
-/// Deregisters and closes a flow's socket; `reset`: a TCP stream is
-/// closed with RST (linger 0).
-fn close(poll: &Poll, s: Sock, reset: bool) {
-    let reg = poll.registry();
-    match s {
-        Sock::Connecting(mut t) => {
-            let _ = reg.deregister(&mut t);
-        }
-        Sock::Tcp(mut t) => {
-            if reset {
-                let _ = socket2::SockRef::from(&t).set_linger(Some(Duration::ZERO));
-            }
-            let _ = reg.deregister(&mut t);
-        }
-        Sock::Dgram(mut u) => {
-            let _ = reg.deregister(&mut u);
-        }
+/// Closes a flow's socket; `reset`: a TCP stream is closed with RST
+/// (linger 0). Closing the descriptor takes it out of the epoll set (no
+/// socket is ever duplicated), so there is no `epoll_ctl` per flow; an
+/// event of it already fetched finds its slot empty or a newer flow's
+/// handle, and is ignored ([`Nat::sock`] matches the whole handle).
+fn close(s: Sock, reset: bool) {
+    if let (Sock::Tcp(t), true) = (&s, reset) {
+        let _ = socket2::SockRef::from(t).set_linger(Some(Duration::ZERO));
     }
+    drop(s);
 }
 
 fn connect_nonblocking(dest: SocketAddr) -> io::Result<TcpStream> {
