@@ -31,32 +31,7 @@ bench_setup python3 iptables nsenter
 HOSTNS=cr$$d KNS=cr$$k
 RES=$W/results; : >"$RES"
 
-cat >"$W/echo.py" <<'PY'
-import asyncio, sys
-async def serve(r, w):
-    d = await r.read(1)
-    w.write(d); await w.drain(); w.close()
-async def main():
-    s = await asyncio.start_server(serve, sys.argv[1], int(sys.argv[2]), backlog=4096, reuse_address=True)
-    await s.serve_forever()
-asyncio.run(main())
-PY
-cat >"$W/client.py" <<'PY'
-import socket, sys, time
-host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-n, fails, end = 0, 0, time.monotonic() + secs
-while time.monotonic() < end:
-    try:
-        s = socket.create_connection((host, port), timeout=5)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")  # RST: no TIME_WAIT pile-up
-        s.sendall(b"x")
-        if s.recv(1) == b"x":
-            n += 1
-        s.close()
-    except OSError:
-        fails += 1
-print("%.0f %d" % (n / secs, fails))
-PY
+cp bench/echo.py "$W/echo.py" && cp bench/connclient.py "$W/client.py" || exit 1
 emit() {  # PEER PATH VALUE|""
   echo "{\"peer\":\"$1\",\"path\":\"$2\",\"metric\":\"conn_per_s\",\"value\":${3:-null}}"
   echo "$1 $2 ${3:-null}" >>"$RES"; log "$1 ($2): ${3:-no data} connections/s"

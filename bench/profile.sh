@@ -9,10 +9,15 @@
 #          server on the host's loopback (the gateway's address reaches it)
 #   natr   the same connection, the data flowing the other way (iperf3 -R:
 #          the host's server sends, the container receives)
+#   conn   new connections through the NAT, one after another: a container's
+#          client connects to an echo server on the host's loopback, sends a
+#          byte, reads it back and resets (bench/connrate.sh's outbound row);
+#          with --secs 8 or more, also `perf trace -s`'s syscall counts of
+#          the daemon over 2 s
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr [--secs N] [-- DAEMON-FLAGS...]
-#   tools: apt-get install linux-perf iperf3 iputils-ping iproute2
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|conn [--secs N] [-- DAEMON-FLAGS...]
+#   tools: apt-get install linux-perf iperf3 iputils-ping iproute2 python3
 # stdout: the report; perf.data stays in the printed directory (removed with
 # --clean). Processes are killed by the pids recorded here.
 set -u -o pipefail
@@ -23,18 +28,21 @@ while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --clean) CLEAN=1; shift;;
   --) shift; break;;
-  *) echo "usage: $0 udp|tcp|ping|nat|natr [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
+  *) echo "usage: $0 udp|tcp|ping|nat|natr|conn [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
 esac; done
 BENCH=profile; . bench/lib.sh
-case $MODE in udp|tcp|ping|nat|natr) ;; *) log "mode udp, tcp, ping, nat or natr"; exit 2;; esac
+case $MODE in udp|tcp|ping|nat|natr|conn) ;; *) log "mode udp, tcp, ping, nat, natr or conn"; exit 2;; esac
 [[ $SECS =~ ^[1-9][0-9]*$ && $SECS -ge 4 ]] || { log "--secs: at least 4"; exit 2; }
 [ -n "$CLEAN" ] || KEEP_W=1              # perf.data stays for perf report
-bench_setup perf iperf3
+bench_setup perf iperf3 python3
 start_daemon pf$$ "$@"
 "$T" network create --subnet 10.190.0.0/24 --gateway 10.190.0.1 pfnet >/dev/null || { log "network create failed"; exit 1; }
 if [ "$MODE" = nat ] || [ "$MODE" = natr ]; then
   ip netns exec "pf$$" iperf3 -s -B 127.0.0.1 -p 5301 >"$W/iperf3-host.log" 2>&1 & track $!
   waitfor eval 'ip netns exec pf$$ ss -Hltn "sport = :5301" | grep -q .' || { log "iperf3 server did not start"; exit 1; }
+elif [ "$MODE" = conn ]; then
+  ip netns exec "pf$$" python3 bench/echo.py 127.0.0.1 5301 >"$W/echo-host.log" 2>&1 & track $!
+  waitfor eval 'ip netns exec pf$$ ss -Hltn "sport = :5301" | grep -q .' || { log "echo server did not start"; exit 1; }
 fi
 "$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -- iperf3 -s >/dev/null &&
 "$T" run -d --name pfcli --network pfnet --ip 10.190.0.2 -- sleep 100000 >/dev/null || { log "run failed"; exit 1; }
@@ -44,15 +52,22 @@ case $MODE in
   tcp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   nat) "$T" exec pfcli -- iperf3 -c 10.190.0.1 -p 5301 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   natr) "$T" exec pfcli -- iperf3 -c 10.190.0.1 -p 5301 -R -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  conn) "$T" exec pfcli -- python3 "$PWD/bench/connclient.py" 10.190.0.1 5301 "$SECS" >"$W/load.out" 2>&1 & ;;
   ping) "$T" exec pfcli -- ping -c $((SECS * 200)) -i 0.005 -q 10.190.0.3 >"$W/load.out" 2>&1 & ;;
 esac
 LOAD=$!
 sleep 2
-perf record -F 2000 -g -p "$DAEMON" -o "$W/perf.data" -- sleep $((SECS - 3)) >/dev/null 2>&1
+REC=$((SECS - 3))
+[ "$MODE" != conn ] || [ "$SECS" -lt 8 ] || REC=$((SECS - 5))  # 2 s left for perf trace
+perf record -F 2000 -g -p "$DAEMON" -o "$W/perf.data" -- sleep "$REC" >/dev/null 2>&1
+if [ "$REC" -lt $((SECS - 3)) ]; then  # the daemon's syscalls in 2 s
+  timeout -s INT 2 perf trace -s -p "$DAEMON" >"$W/trace.out" 2>&1
+fi
 wait $LOAD
 echo "== load ($MODE)"; tail -4 "$W/load.out"
 echo "== top symbols, with children"
 perf report -i "$W/perf.data" --children --sort sym --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -40
 echo "== top symbols, self"
 perf report -i "$W/perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -25
+if [ -s "$W/trace.out" ]; then echo "== syscalls in 2 s (perf trace -s)"; grep -E '^ +[a-z_0-9]+ +[0-9]' "$W/trace.out" | sort -k2 -n -r | awk '{c[$1] += $2} END {for (k in c) print c[k], k}' | sort -n -r | head -15; fi
 echo "== tapnet stats"; "$T" stats
