@@ -38,14 +38,15 @@ HOSTNS=ct$$d KNS=ct$$k
 H=(ip netns exec "$HOSTNS")
 cp bench/echo.py "$W/echo.py" && cp bench/connclient.py "$W/client.py" || exit 1
 # One peer: the client runs SECS seconds; one second of it, from its
-# middle, is captured on each interface given (NAME:NETNS-CMD...).
+# middle, is captured on each interface given as NAME|IFACE|PREFIX (the
+# words of a command that enters the interface's namespace).
 measure() {  # PEER CLIENT-CMD... :: CAPTURE-SPEC...
   local peer=$1 load cmd=() caps=() c pids=""; shift
   while [ "$1" != :: ]; do cmd+=("$1"); shift; done; shift
   caps=("$@")
   "${cmd[@]}" >"$W/$peer.rate" 2>"$W/$peer.err" & load=$!; track $load
   sleep $(((SECS - 1) / 2)).5
-  for c in "${caps[@]}"; do  # name|iface|netns-exec words
+  for c in "${caps[@]}"; do
     IFS='|' read -r name ifc pre <<<"$c"
     # shellcheck disable=SC2086 # the prefix is words on purpose
     $pre timeout 1 dumpcap -q -i "$ifc" -f "tcp port 5301" -w "$W/$peer-$name.pcap" >/dev/null 2>&1 &
