@@ -170,7 +170,8 @@ struct DaemonArgs {
     /// State directory.
     #[arg(long)]
     root: Option<PathBuf>,
-    /// Worker threads of the switch (default: the CPUs, at most 8).
+    /// Worker threads of the switch (default: the CPUs, at most 8; one on
+    /// a machine of two CPUs or fewer, whose other CPU the containers need).
     #[arg(long)]
     workers: Option<usize>,
     /// Upstream DNS server for the embedded DNS.

@@ -165,12 +165,29 @@ pub fn default_root() -> PathBuf {
     PathBuf::from(home).join(".local/share/tapnet")
 }
 
-/// Default number of workers: the CPUs, at most 8.
+/// Default number of workers: the CPUs the daemon may use, at most 8;
+/// with two CPUs or fewer, one. On two CPUs a second worker takes the CPU
+/// the containers' own threads need: one worker measured better on every
+/// figure of issue 19 but two busy pairs at once (connections/s through
+/// the NAT 0.83 -> 1.04 of the kernel path, the crowded network's 64 B
+/// rate 0.81 -> 1.01, ping 24x -> 2.5x the bridge's; two pairs 1.34 ->
+/// 0.95 of one pair; README, Performance, "One worker on two CPUs").
+/// `--workers N` overrides it.
 pub fn default_workers() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8)
+    workers_for(
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    )
+}
+
+/// [`default_workers`] for `cpus` usable CPUs.
+fn workers_for(cpus: usize) -> usize {
+    if cpus <= 2 {
+        1
+    } else {
+        cpus.min(8)
+    }
 }
 
 /// How long a client may take to send a request's headers, and how long
@@ -641,4 +658,13 @@ async fn serve(
 
 fn default_dns_ttl() -> u32 {
     600
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_worker_on_two_cpus_else_the_cpus_up_to_eight() {
+        let got: Vec<usize> = [1, 2, 3, 4, 8, 64].map(super::workers_for).to_vec();
+        assert_eq!(got, [1, 1, 3, 4, 8, 8]);
+    }
 }
