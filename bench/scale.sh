@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# How tapnet's switch scales, in ONE run (one daemon, its default workers):
+# How tapnet's switch scales, in ONE run (one daemon, its default workers:
+# one on a machine of two CPUs, so two_pairs share it there; for two, run
+# with TAPNET_DAEMON_ARGS='--workers 2' TAPNET=bench/tapnet-args.sh):
 #   one_pair     one iperf3 TCP stream between two containers of a network
 #   two_pairs    two such streams at once on two pairs (aggregate): with two
 #                workers, goal >= 1.7x one pair
