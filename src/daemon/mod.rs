@@ -167,12 +167,13 @@ pub fn default_root() -> PathBuf {
 
 /// Default number of workers: the CPUs the daemon may use, at most 8;
 /// with two CPUs or fewer, one. On two CPUs a second worker takes the CPU
-/// the containers' own threads need: one worker measured better on every
-/// figure of issue 19 but two busy pairs at once (connections/s through
-/// the NAT 0.83 -> 1.04 of the kernel path, the crowded network's 64 B
-/// rate 0.81 -> 1.01, ping 24x -> 2.5x the bridge's; two pairs 1.34 ->
-/// 0.95 of one pair; README, Performance, "One worker on two CPUs").
-/// `--workers N` overrides it.
+/// the containers' own threads need. Full runs of `bench/all.sh`, two
+/// workers against one (2026-12-05): 9 -> 12 of issue 19's goals; ping
+/// 24x -> 3.25x the bridge's, the crowded network's 64 B rate 0.81 ->
+/// 0.92, connections/s published 0.93 -> 0.98 of the kernel path (outbound
+/// 0.83 -> 0.84, 1.04 in a partial run); two busy pairs 1.34 -> 0.97 of
+/// one pair, as they share the worker (README, Performance, "One worker
+/// on two CPUs"). `--workers N` overrides it.
 pub fn default_workers() -> usize {
     workers_for(
         std::thread::available_parallelism()
