@@ -11,9 +11,9 @@
 #          the host's server sends, the container receives)
 #   conn   new connections through the NAT, one after another: a container's
 #          client connects to an echo server on the host's loopback, sends a
-#          byte, reads it back and resets (bench/connrate.sh's outbound row);
-#          with --secs 8 or more, also `perf trace -s`'s syscall counts of
-#          the daemon over 2 s
+#          byte, reads it back and resets (bench/connrate.sh's outbound row)
+# With --secs 8 or more (any mode), also `perf trace -s`'s syscall counts of
+# the daemon over 2 s.
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|conn [--secs N] [-- DAEMON-FLAGS...]
@@ -58,7 +58,7 @@ esac
 LOAD=$!
 sleep 2
 REC=$((SECS - 3))
-[ "$MODE" != conn ] || [ "$SECS" -lt 8 ] || REC=$((SECS - 5))  # 2 s left for perf trace
+[ "$SECS" -lt 8 ] || REC=$((SECS - 5))  # 2 s left for perf trace
 perf record -F 2000 -g -p "$DAEMON" -o "$W/perf.data" -- sleep "$REC" >/dev/null 2>&1
 if [ "$REC" -lt $((SECS - 3)) ]; then  # the daemon's syscalls in 2 s
   timeout -s INT 2 perf trace -s -p "$DAEMON" >"$W/trace.out" 2>&1

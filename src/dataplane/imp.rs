@@ -225,7 +225,7 @@ impl Dataplane {
         } else {
             nat_tx.into_iter().take(1).collect()
         };
-        let (nat, mut nat_edge) = super::nat::start(
+        let (nat, mut nat_edge, nat_pools) = super::nat::start(
             capture.clone(),
             config.host_loopback,
             &config.conntrack,
@@ -233,13 +233,14 @@ impl Dataplane {
             epoch,
             nat_inject,
             config.nat_thread,
+            workers,
         )
         .context("start the NAT")?;
         let mut handles = Vec::new();
         let mut threads = Vec::new();
         let mut shared = Vec::new();
-        let rxs = nat_rx.into_iter().zip(dns_rx);
-        for (id, ((poll, wake), (nat_rx, dns_rx))) in
+        let rxs = nat_rx.into_iter().zip(dns_rx).zip(nat_pools);
+        for (id, ((poll, wake), ((nat_rx, dns_rx), nat_pool))) in
             polls.into_iter().zip(wakes).zip(rxs).enumerate()
         {
             let (tx, rx) = crossbeam_channel::unbounded();
@@ -252,7 +253,7 @@ impl Dataplane {
                         .wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 ),
                 Some(ftx.clone()),
-                super::nat::NatHook::new(nat.queue(), id, sh.nat_frames.clone()),
+                super::nat::NatHook::new(nat.queue(), nat_pool, id, sh.nat_frames.clone()),
             );
             let w = Worker::with_hook(switch.clone(), id, hook);
             let injects = vec![nat_rx, dns_rx];

@@ -27,6 +27,11 @@
 //! ([`GatewayHook::claim_buffer`]) and the full one is queued to the NAT
 //! (no copy; a bounded queue: when it or the pool is empty the frame is
 //! dropped and counted as `queue_full`, and the sender's TCP retransmits).
+//! The NAT gives each buffer back to the worker that handed it over, and
+//! a worker reuses the buffer given back last ([`HookPool`]): the next
+//! read from the TAP lands in memory still in the CPU's cache (a pool
+//! taken in turn, oldest first, wrote every read to memory last touched a
+//! thousand frames earlier, and left all of the pool resident).
 //! The NAT feeds frames and socket readiness to the gateway, performs the
 //! socket operations it asks for, and hands the frames it builds for
 //! containers to a worker through that worker's injection queue
@@ -89,12 +94,68 @@ struct InFrame {
     worker: u8,
 }
 
+/// Buffers one worker's hook may keep for itself (past this they go back
+/// to the shared reserve, for the other workers).
+const HOOK_KEEPS: usize = 128;
+
+/// The empty buffers a worker's hook trades for the frames it claims.
+/// Invariant: a buffer is in exactly one place: this worker's stack, its
+/// return channel, the shared reserve, a queued frame, or a claim.
+/// Reuse is last-in first-out: at every take the buffers the NAT gave back
+/// since go on top of the stack, so a worker's reads cycle through as few
+/// buffers as are in flight, and the one reused was touched last.
+pub(super) struct HookPool {
+    /// Most recently given back on top; at most [`HOOK_KEEPS`].
+    stack: Vec<Box<[u8]>>,
+    /// What the NAT gave back to this worker.
+    returned: Receiver<Box<[u8]>>,
+    /// The shared reserve (every worker takes from it when its own are
+    /// all in flight).
+    reserve: Receiver<Box<[u8]>>,
+    reserve_tx: Sender<Box<[u8]>>,
+}
+
+impl HookPool {
+    fn take(&mut self) -> Option<Box<[u8]>> {
+        while let Ok(b) = self.returned.try_recv() {
+            self.put(b);
+        }
+        self.stack.pop().or_else(|| self.reserve.try_recv().ok())
+    }
+
+    fn put(&mut self, b: Box<[u8]>) {
+        if self.stack.len() < HOOK_KEEPS {
+            self.stack.push(b);
+        } else {
+            let _ = self.reserve_tx.try_send(b);
+        }
+    }
+}
+
+/// Where the NAT gives frame buffers back: to the worker that handed each
+/// over, else (that worker gone, or its channel full) to the reserve.
+struct GiveBack {
+    to_worker: Vec<Sender<Box<[u8]>>>,
+    reserve: Sender<Box<[u8]>>,
+}
+
+impl GiveBack {
+    fn give(&self, worker: u8, b: Box<[u8]>) {
+        let b = match self.to_worker.get(usize::from(worker)) {
+            Some(tx) => match tx.try_send(b) {
+                Ok(()) => return,
+                Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => b,
+            },
+            None => b,
+        };
+        let _ = self.reserve.try_send(b);
+    }
+}
+
 /// The half of the hand-off a worker holds.
 #[derive(Clone)]
 pub(super) struct NatQueue {
     frames: Sender<InFrame>,
-    free: Receiver<Box<[u8]>>,
-    free_tx: Sender<Box<[u8]>>,
     waker: Arc<Waker>,
     sleeping: Arc<AtomicBool>,
     drops: Arc<SharedDrops>,
@@ -108,6 +169,7 @@ type Claimed = (Box<[u8]>, VnetHdr, NetworkId, PortId, usize);
 /// without copying them (see the module documentation).
 pub(super) struct NatHook {
     q: NatQueue,
+    pool: HookPool,
     /// This hook's worker (the lane of its frames).
     worker: u8,
     /// The empty buffer reserved for the claimed frame, and what the NAT
@@ -119,9 +181,15 @@ pub(super) struct NatHook {
 }
 
 impl NatHook {
-    pub(super) fn new(q: NatQueue, worker: usize, handed: Arc<AtomicU64>) -> NatHook {
+    pub(super) fn new(
+        q: NatQueue,
+        pool: HookPool,
+        worker: usize,
+        handed: Arc<AtomicU64>,
+    ) -> NatHook {
         NatHook {
             q,
+            pool,
             worker: worker.min(usize::from(u8::MAX)) as u8,
             claim: None,
             handed,
@@ -144,13 +212,13 @@ impl GatewayHook for NatHook {
                 HookVerdict::Drop(switch)
             }
             Claim::Nat => {
-                let Ok(empty) = self.q.free.try_recv() else {
+                let Some(empty) = self.pool.take() else {
                     self.q.drops.count(NatDrop::QueueFull);
                     return HookVerdict::Drop(tapnet_switch::DropReason::TxFull);
                 };
                 if let Some((old, ..)) = self.claim.take() {
                     // Not collected (a caller without hand_over): recycle.
-                    let _ = self.q.free_tx.try_send(old);
+                    self.pool.put(old);
                 }
                 self.claim = Some((empty, *meta, cx.network.id, cx.port.id, frame.len()));
                 HookVerdict::Claimed
@@ -181,7 +249,7 @@ impl GatewayHook for NatHook {
                 }
             }
             Err(TrySendError::Full(f) | TrySendError::Disconnected(f)) => {
-                let _ = self.q.free_tx.try_send(f.buf);
+                self.pool.put(f.buf);
                 self.q.drops.count(NatDrop::QueueFull);
             }
         }
@@ -253,7 +321,9 @@ impl NatHandle {
 /// Makes the NAT; `inject[w]` is worker `w`'s injection queue. With
 /// `own_thread` it runs in a thread of its own; otherwise the NAT is
 /// returned for a worker to drive ([`Nat::work`], [`Nat::poll_sockets`]),
-/// and `inject` should hold that worker's queue alone.
+/// and `inject` should hold that worker's queue alone. Also returns the
+/// buffer pools of the `workers` workers' hooks, by worker.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn start(
     capture: Arc<super::capture::Hub>,
     host_loopback: bool,
@@ -262,7 +332,8 @@ pub(super) fn start(
     epoch: Instant,
     inject: Vec<InjectTx>,
     own_thread: bool,
-) -> anyhow::Result<(NatHandle, Option<Nat>)> {
+    workers: usize,
+) -> anyhow::Result<(NatHandle, Option<Nat>, Vec<HookPool>)> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (frames_tx, frames_rx) = crossbeam_channel::bounded(QUEUE);
@@ -270,13 +341,23 @@ pub(super) fn start(
     for _ in 0..QUEUE {
         let _ = free_tx.send(vec![0u8; FRAME_BUF].into_boxed_slice());
     }
+    let (to_worker, returned): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| crossbeam_channel::bounded(QUEUE))
+        .unzip();
+    let pools: Vec<HookPool> = returned
+        .into_iter()
+        .map(|returned| HookPool {
+            stack: Vec::with_capacity(HOOK_KEEPS),
+            returned,
+            reserve: free_rx.clone(),
+            reserve_tx: free_tx.clone(),
+        })
+        .collect();
     let (cmds_tx, cmds_rx) = crossbeam_channel::unbounded();
     let sleeping = Arc::new(AtomicBool::new(false));
     let drops = Arc::new(SharedDrops::default());
     let queue = NatQueue {
         frames: frames_tx,
-        free: free_rx,
-        free_tx: free_tx.clone(),
         waker: waker.clone(),
         sleeping: sleeping.clone(),
         drops: drops.clone(),
@@ -309,7 +390,10 @@ pub(super) fn start(
         poll,
         cmds: cmds_rx,
         frames: frames_rx,
-        free: free_tx,
+        free: GiveBack {
+            to_worker,
+            reserve: free_tx,
+        },
         sleeping,
         drops,
         gw,
@@ -328,12 +412,12 @@ pub(super) fn start(
         queue,
     };
     if !own_thread {
-        return Ok((handle, Some(nat)));
+        return Ok((handle, Some(nat), pools));
     }
     std::thread::Builder::new()
         .name("tapnet-nat".into())
         .spawn(move || nat.run())?;
-    Ok((handle, None))
+    Ok((handle, None, pools))
 }
 
 /// How echo requests can leave: unprivileged ping sockets (the group in
@@ -418,7 +502,7 @@ pub(super) struct Nat {
     poll: Poll,
     cmds: Receiver<NatCmd>,
     frames: Receiver<InFrame>,
-    free: Sender<Box<[u8]>>,
+    free: GiveBack,
     sleeping: Arc<AtomicBool>,
     /// Drops counted by the workers' hooks.
     drops: Arc<SharedDrops>,
@@ -599,7 +683,7 @@ impl Nat {
                 }
             }
         }
-        let _ = self.free.try_send(f.buf);
+        self.free.give(f.worker, f.buf);
     }
 
     /// Sends a container's datagram (or echo request) on a host socket.
@@ -1195,6 +1279,43 @@ pub(super) fn row(v: &FlowView, host: Option<SocketAddr>, net: NetId, now_ns: u6
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A hook reuses the buffer the NAT gave back last, and a hook's stack
+    /// past [`HOOK_KEEPS`] spills to the shared reserve.
+    #[test]
+    fn a_hook_reuses_the_buffer_given_back_last() {
+        let (reserve_tx, reserve) = crossbeam_channel::bounded(4 * HOOK_KEEPS);
+        for _ in 0..4 {
+            reserve_tx.send(vec![0u8; 8].into_boxed_slice()).unwrap();
+        }
+        let (back_tx, returned) = crossbeam_channel::bounded(4 * HOOK_KEEPS);
+        let give = GiveBack {
+            to_worker: vec![back_tx],
+            reserve: reserve_tx.clone(),
+        };
+        let mut pool = HookPool {
+            stack: Vec::new(),
+            returned,
+            reserve,
+            reserve_tx,
+        };
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        give.give(0, a);
+        give.give(0, b);
+        // Last given back, first taken. (The pointers only name buffers.)
+        let (b, a) = (pool.take().unwrap(), pool.take().unwrap());
+        assert_eq!((b.as_ptr(), a.as_ptr()), (pb, pa));
+        // A worker unknown to the NAT: its buffer goes to the reserve.
+        give.give(7, vec![0u8; 8].into_boxed_slice());
+        assert_eq!(pool.reserve.len(), 3);
+        for _ in 0..HOOK_KEEPS + 5 {
+            pool.put(vec![0u8; 8].into_boxed_slice());
+        }
+        assert_eq!(pool.stack.len(), HOOK_KEEPS);
+        assert_eq!(pool.reserve.len(), 8);
+    }
 
     /// Waits (up to 5 s) for `f` to give something.
     fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
