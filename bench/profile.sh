@@ -18,7 +18,8 @@
 # it); the containers talk only to each other.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|conn [--secs N] [-- DAEMON-FLAGS...]
 #   tools: apt-get install linux-perf iperf3 iputils-ping iproute2 python3
-# stdout: the report; perf.data stays in the printed directory (removed with
+# stdout: the report (with the daemon's resident memory after the load);
+# perf.data stays in the printed directory (removed with
 # --clean). Processes are killed by the pids recorded here.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
@@ -70,4 +71,5 @@ perf report -i "$W/perf.data" --children --sort sym --stdio 2>/dev/null | grep -
 echo "== top symbols, self"
 perf report -i "$W/perf.data" --no-children --sort sym --stdio 2>/dev/null | grep -E "^ +[0-9]" | head -25
 if [ -s "$W/trace.out" ]; then echo "== syscalls in 2 s (perf trace -s)"; grep -E '^ +[a-z_0-9]+ +[0-9]' "$W/trace.out" | sort -k2 -n -r | awk '{c[$1] += $2} END {for (k in c) print c[k], k}' | sort -n -r | head -15; fi
+echo "== daemon memory"; grep -E '^(VmRSS|VmHWM)' "/proc/$DAEMON/status"
 echo "== tapnet stats"; "$T" stats

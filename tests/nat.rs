@@ -23,7 +23,7 @@ mod ctl_support;
 mod rootless_support;
 
 use ctl_support::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The host's (daemon namespace's) end of the veth pair.
 const HOST: &str = "198.51.100.1";
@@ -968,15 +968,26 @@ fn two_thousand_concurrent_outbound_connections() {
     // `tapnet stats` counts, per worker, the frames it gave the NAT: the
     // SYNs the kernel's hash put on worker 1's queues are handed over,
     // and a flow's later frames follow its replies to worker 0.
-    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
-    let handed: Vec<u64> = v["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["nat_frames"].as_u64().unwrap())
-        .collect();
-    assert_eq!(handed.len(), 2, "{v}");
-    // SYN, ACK, data and FIN at least, from each of 2000 connections.
+    // SYN, ACK, data and FIN at least, from each of 2000 connections; the
+    // client's FINs may still be on their way when it has exited (its
+    // closes do not wait for them), so the count is read until it is
+    // there, for up to 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let handed = loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+        let handed: Vec<u64> = v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["nat_frames"].as_u64().unwrap())
+            .collect();
+        assert_eq!(handed.len(), 2, "{v}");
+        if handed[0] + handed[1] >= 2000 * 4 || Instant::now() >= deadline {
+            break handed;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(handed[0] + handed[1] >= 2000 * 4, "{handed:?}");
     assert!(handed[1] > 0, "no SYN on worker 1's queues? {handed:?}");
     assert!(

@@ -32,7 +32,9 @@
 //!
 //! # Buffers and backpressure
 //! Frames towards containers are built in place in one of a fixed number
-//! of buffers ([`Config::tx_buffers`], allocated at construction): host
+//! of buffers ([`Config::tx_buffers`], allocated when first needed, then
+//! reused last-in first-out, so an idle gateway holds none and a busy
+//! one cycles through as few as are out at once): host
 //! reads go straight into the buffer that becomes the frame, and a leg
 //! writes its segment where its headers go in front. When every buffer is
 //! out (the workers' transmit queues are backed up), TCP legs keep their
@@ -490,8 +492,13 @@ struct Flow {
 }
 
 /// The frame buffers and the queue of frames towards containers.
+/// Invariant: `pool`, `current`, the queue, the buffers out with the edge
+/// and `unmade` add up to the configured number of buffers.
 struct TxQueue {
+    /// Free buffers, the one given back last on top.
     pool: Vec<Box<[u8]>>,
+    /// Buffers not allocated yet.
+    unmade: usize,
     queue: VecDeque<Transmit>,
     /// The buffer lent for the next frame (a host read, a leg packet).
     current: Option<Box<[u8]>>,
@@ -504,9 +511,8 @@ struct TxQueue {
 impl TxQueue {
     fn new(n: usize) -> TxQueue {
         TxQueue {
-            pool: (0..n)
-                .map(|_| vec![0u8; BUFFER_LEN].into_boxed_slice())
-                .collect(),
+            pool: Vec::with_capacity(n),
+            unmade: n,
             queue: VecDeque::with_capacity(n),
             current: None,
             scratch: vec![0u8; BUFFER_LEN].into_boxed_slice(),
@@ -515,13 +521,17 @@ impl TxQueue {
     }
 
     fn has_buffer(&self) -> bool {
-        self.current.is_some() || !self.pool.is_empty()
+        self.current.is_some() || !self.pool.is_empty() || self.unmade > 0
     }
 
     /// The lent buffer, taken from the pool if needed.
     fn current(&mut self) -> Option<&mut Box<[u8]>> {
         if self.current.is_none() {
             self.current = self.pool.pop();
+            if self.current.is_none() && self.unmade > 0 {
+                self.unmade -= 1;
+                self.current = Some(vec![0u8; BUFFER_LEN].into_boxed_slice());
+            }
         }
         self.current.as_mut()
     }
@@ -820,7 +830,7 @@ impl Gateway {
 
     /// Free frame buffers (the rest are queued or out with the edge).
     pub fn free_buffers(&self) -> usize {
-        self.tx.pool.len() + usize::from(self.tx.current.is_some())
+        self.tx.pool.len() + usize::from(self.tx.current.is_some()) + self.tx.unmade
     }
 
     /// Gives back a buffer of a [`Transmit`] (sent or not). Legs and

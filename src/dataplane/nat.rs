@@ -54,7 +54,7 @@ use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tapnet_nat::gateway::{BUFFER_LEN, FRAME_OFFSET};
@@ -99,8 +99,10 @@ struct InFrame {
 const HOOK_KEEPS: usize = 128;
 
 /// The empty buffers a worker's hook trades for the frames it claims.
-/// Invariant: a buffer is in exactly one place: this worker's stack, its
-/// return channel, the shared reserve, a queued frame, or a claim.
+/// Invariant: a buffer is in exactly one place: a worker's stack, its
+/// return channel, the shared reserve, a queued frame, or a claim; with
+/// those not yet allocated (`unmade`) they number [`QUEUE`]. A buffer is
+/// allocated only when none is free, so an idle daemon holds none.
 /// Reuse is last-in first-out: at every take the buffers the NAT gave back
 /// since go on top of the stack, so a worker's reads cycle through as few
 /// buffers as are in flight, and the one reused was touched last.
@@ -113,6 +115,8 @@ pub(super) struct HookPool {
     /// all in flight).
     reserve: Receiver<Box<[u8]>>,
     reserve_tx: Sender<Box<[u8]>>,
+    /// Buffers not allocated yet, shared by the workers.
+    unmade: Arc<AtomicUsize>,
 }
 
 impl HookPool {
@@ -120,7 +124,15 @@ impl HookPool {
         while let Ok(b) = self.returned.try_recv() {
             self.put(b);
         }
-        self.stack.pop().or_else(|| self.reserve.try_recv().ok())
+        self.stack
+            .pop()
+            .or_else(|| self.reserve.try_recv().ok())
+            .or_else(|| {
+                self.unmade
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .ok()
+                    .map(|_| vec![0u8; FRAME_BUF].into_boxed_slice())
+            })
     }
 
     fn put(&mut self, b: Box<[u8]>) {
@@ -338,9 +350,7 @@ pub(super) fn start(
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (frames_tx, frames_rx) = crossbeam_channel::bounded(QUEUE);
     let (free_tx, free_rx) = crossbeam_channel::bounded(QUEUE);
-    for _ in 0..QUEUE {
-        let _ = free_tx.send(vec![0u8; FRAME_BUF].into_boxed_slice());
-    }
+    let unmade = Arc::new(AtomicUsize::new(QUEUE));
     let (to_worker, returned): (Vec<_>, Vec<_>) = (0..workers)
         .map(|_| crossbeam_channel::bounded(QUEUE))
         .unzip();
@@ -351,6 +361,7 @@ pub(super) fn start(
             returned,
             reserve: free_rx.clone(),
             reserve_tx: free_tx.clone(),
+            unmade: unmade.clone(),
         })
         .collect();
     let (cmds_tx, cmds_rx) = crossbeam_channel::unbounded();
@@ -1280,14 +1291,12 @@ mod tests {
     use super::*;
     use std::io::Write;
 
-    /// A hook reuses the buffer the NAT gave back last, and a hook's stack
-    /// past [`HOOK_KEEPS`] spills to the shared reserve.
+    /// A hook's buffers are made when first needed, the one the NAT gave
+    /// back last is reused first, and a hook's stack past [`HOOK_KEEPS`]
+    /// spills to the shared reserve.
     #[test]
     fn a_hook_reuses_the_buffer_given_back_last() {
         let (reserve_tx, reserve) = crossbeam_channel::bounded(4 * HOOK_KEEPS);
-        for _ in 0..4 {
-            reserve_tx.send(vec![0u8; 8].into_boxed_slice()).unwrap();
-        }
         let (back_tx, returned) = crossbeam_channel::bounded(4 * HOOK_KEEPS);
         let give = GiveBack {
             to_worker: vec![back_tx],
@@ -1298,9 +1307,12 @@ mod tests {
             returned,
             reserve,
             reserve_tx,
+            unmade: Arc::new(AtomicUsize::new(2)),
         };
+        // Made when first needed, up to the pool's size.
         let a = pool.take().unwrap();
         let b = pool.take().unwrap();
+        assert!(pool.take().is_none());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         give.give(0, a);
         give.give(0, b);
@@ -1309,12 +1321,12 @@ mod tests {
         assert_eq!((b.as_ptr(), a.as_ptr()), (pb, pa));
         // A worker unknown to the NAT: its buffer goes to the reserve.
         give.give(7, vec![0u8; 8].into_boxed_slice());
-        assert_eq!(pool.reserve.len(), 3);
+        assert_eq!(pool.reserve.len(), 1);
         for _ in 0..HOOK_KEEPS + 5 {
             pool.put(vec![0u8; 8].into_boxed_slice());
         }
         assert_eq!(pool.stack.len(), HOOK_KEEPS);
-        assert_eq!(pool.reserve.len(), 8);
+        assert_eq!(pool.reserve.len(), 6);
     }
 
     /// Waits (up to 5 s) for `f` to give something.
