@@ -644,7 +644,9 @@ impl LegTx for LegOut<'_> {
 pub struct Gateway {
     config: Config,
     ct: ConnTrack,
-    /// By flow slot index (the table's capacity).
+    /// By flow slot index: as long as the highest slot the table has
+    /// handed out, within the table's capacity (reserved at construction;
+    /// see [`slot`]).
     flows: Vec<Option<Flow>>,
     nets: HashMap<NetworkId, NetInfo>,
     endpoints: Endpoints,
@@ -680,7 +682,7 @@ impl Gateway {
         let capacity = ct.config().capacity as usize;
         Gateway {
             ct,
-            flows: (0..capacity).map(|_| None).collect(),
+            flows: Vec::with_capacity(capacity),
             nets: HashMap::new(),
             endpoints: Endpoints::default(),
             ports: HashMap::new(),
@@ -1341,7 +1343,7 @@ impl Gateway {
             return;
         };
         let _ = self.ct.handle_tcp(h, now, flags, Side::Container, payload);
-        self.flows[h.index() as usize] = Some(Flow {
+        *slot(&mut self.flows, h) = Some(Flow {
             handle: h,
             network: key.network,
             container: SocketAddr::new(cip, key.container_port),
@@ -1380,7 +1382,7 @@ impl Gateway {
                 let Some(h) = self.create(key, Direction::Outbound, now) else {
                     return FrameAction::None;
                 };
-                self.flows[h.index() as usize] = Some(Flow {
+                *slot(&mut self.flows, h) = Some(Flow {
                     handle: h,
                     network: key.network,
                     container: SocketAddr::new(cip, key.container_port),
@@ -1459,7 +1461,7 @@ impl Gateway {
                 } else {
                     self.ops.push_back(SocketOp::OpenPing { flow: h, to: rip });
                 }
-                self.flows[h.index() as usize] = Some(Flow {
+                *slot(&mut self.flows, h) = Some(Flow {
                     handle: h,
                     network: key.network,
                     container: SocketAddr::new(cip, key.container_port),
@@ -1522,7 +1524,7 @@ impl Gateway {
                         // An accepted stream that could not be registered.
                         if let Some(Flow {
                             io: Io::Tcp(mut t), ..
-                        }) = self.flows[h.index() as usize].take()
+                        }) = slot(&mut self.flows, h).take()
                         {
                             t.leg.socket().abort();
                             self.legs.put(t.leg, t.relayed);
@@ -1530,7 +1532,7 @@ impl Gateway {
                         let _ = self.ct.handle_tcp_socket(h, now, SocketEvent::Reset);
                     }
                     Some(_) => {
-                        self.flows[h.index() as usize] = None;
+                        *slot(&mut self.flows, h) = None;
                         self.raw_ids.remove(&(h.index() as u16));
                         let _ = self.ct.remove(h);
                     }
@@ -1591,7 +1593,7 @@ impl Gateway {
             container,
             lane,
             ..
-        }) = self.flows[h.index() as usize].take()
+        }) = slot(&mut self.flows, h).take()
         else {
             return;
         };
@@ -1634,7 +1636,7 @@ impl Gateway {
         let Some(Flow {
             io: Io::Connecting { syn },
             ..
-        }) = self.flows[h.index() as usize].take()
+        }) = slot(&mut self.flows, h).take()
         else {
             return;
         };
@@ -1651,7 +1653,7 @@ impl Gateway {
             let mut out = leg_out(tx, drops, ct, endpoints, &info, network, container, h, now);
             leg.ingress(now, &syn, &mut out);
         }
-        self.flows[h.index() as usize] = Some(Flow {
+        *slot(&mut self.flows, h) = Some(Flow {
             handle: h,
             network,
             container,
@@ -1791,7 +1793,7 @@ impl Gateway {
             || (state == TcpSocketState::Listen && failed);
         if finished {
             let reset = !t.host_eof || !t.container_eof;
-            if let Some(Flow { io: Io::Tcp(t), .. }) = flows[h.index() as usize].take() {
+            if let Some(Flow { io: Io::Tcp(t), .. }) = slot(flows, h).take() {
                 legs.put(t.leg, t.relayed);
             }
             // Aborted: reset the host side too.
@@ -1984,7 +1986,7 @@ impl Gateway {
                 let Some(h) = self.create(key, Direction::Inbound, now) else {
                     return;
                 };
-                self.flows[h.index() as usize] = Some(Flow {
+                *slot(&mut self.flows, h) = Some(Flow {
                     handle: h,
                     network,
                     container,
@@ -2137,7 +2139,7 @@ impl Gateway {
         if let Some(at) = leg.poll_at_ns(now) {
             self.timers.push(Reverse((at.max(now), h.to_u64())));
         }
-        self.flows[h.index() as usize] = Some(Flow {
+        *slot(&mut self.flows, h) = Some(Flow {
             handle: h,
             network,
             container,
@@ -2188,6 +2190,18 @@ impl Gateway {
             Io::Udp(UdpVia::Published { .. }) => {}
         }
     }
+}
+
+/// The slot of flow `h`, made (empty) if the table has not reached it
+/// before. Slots are made as the connection table hands out higher
+/// indexes, within the capacity reserved at construction (no
+/// reallocation; the memory is touched only as the table grows).
+fn slot(flows: &mut Vec<Option<Flow>>, h: FlowHandle) -> &mut Option<Flow> {
+    let i = h.index() as usize;
+    if flows.len() <= i {
+        flows.resize_with(i + 1, || None);
+    }
+    &mut flows[i]
 }
 
 fn flow_mut_in(flows: &mut [Option<Flow>], h: FlowHandle) -> Option<&mut Flow> {

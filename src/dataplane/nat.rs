@@ -408,7 +408,7 @@ pub(super) fn start(
         sleeping,
         drops,
         gw,
-        socks: (0..slots).map(|_| None).collect(),
+        socks: Vec::with_capacity(slots),
         published: HashMap::new(),
         next_pub: 0,
         raw_icmp,
@@ -518,7 +518,9 @@ pub(super) struct Nat {
     /// Drops counted by the workers' hooks.
     drops: Arc<SharedDrops>,
     gw: Gateway,
-    /// By flow slot index: the socket and the flow it belongs to.
+    /// By flow slot index: the socket and the flow it belongs to (as long
+    /// as the highest slot used so far, within the connection table's
+    /// capacity, reserved at construction).
     socks: Vec<Option<(FlowHandle, Sock)>>,
     published: HashMap<u64, Pub>,
     next_pub: u64,
@@ -739,10 +741,14 @@ impl Nat {
     }
 
     fn put_sock(&mut self, h: FlowHandle, s: Sock) {
-        if let Some(slot) = self.socks.get_mut(h.index() as usize) {
-            if let Some((_, old)) = slot.replace((h, s)) {
-                close(old, true);
-            }
+        let i = h.index() as usize;
+        if self.socks.len() <= i {
+            // Within the capacity reserved at construction (the
+            // connection table's): no reallocation.
+            self.socks.resize_with(i + 1, || None);
+        }
+        if let Some((_, old)) = self.socks[i].replace((h, s)) {
+            close(old, true);
         }
     }
 
