@@ -23,7 +23,7 @@ mod ctl_support;
 mod rootless_support;
 
 use ctl_support::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The host's (daemon namespace's) end of the veth pair.
 const HOST: &str = "198.51.100.1";
@@ -972,8 +972,7 @@ fn two_thousand_concurrent_outbound_connections() {
     // client's FINs may still be on their way when it has exited (its
     // closes do not wait for them), so the count is read until it is
     // there, for up to 10 s.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let handed = loop {
+    let handed_now = || -> Vec<u64> {
         let v: serde_json::Value =
             serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
         let handed: Vec<u64> = v["workers"]
@@ -983,11 +982,16 @@ fn two_thousand_concurrent_outbound_connections() {
             .map(|w| w["nat_frames"].as_u64().unwrap())
             .collect();
         assert_eq!(handed.len(), 2, "{v}");
-        if handed[0] + handed[1] >= 2000 * 4 || Instant::now() >= deadline {
-            break handed;
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        // Shown only if the test fails.
+        eprintln!("NAT frames by worker: {handed:?}");
+        handed
     };
+    wait_until(
+        "4 NAT frames a connection in tapnet stats",
+        Duration::from_secs(10),
+        || handed_now().iter().sum::<u64>() >= 2000 * 4,
+    );
+    let handed = handed_now();
     assert!(handed[0] + handed[1] >= 2000 * 4, "{handed:?}");
     assert!(handed[1] > 0, "no SYN on worker 1's queues? {handed:?}");
     assert!(
