@@ -478,6 +478,18 @@ impl FlowHandle {
     pub fn index(self) -> u32 {
         self.index
     }
+    /// This flow's entry in `table`, a table the edge keeps by slot
+    /// index, made (empty) if the table is not that long yet. Such tables
+    /// reserve the capacity at construction and grow as the connection
+    /// table hands out slots: no reallocation, and memory is touched only
+    /// for slots in use.
+    pub fn slot_in<T>(self, table: &mut Vec<Option<T>>) -> &mut Option<T> {
+        let i = self.index as usize;
+        if table.len() <= i {
+            table.resize_with(i + 1, || None);
+        }
+        &mut table[i]
+    }
     pub fn to_u64(self) -> u64 {
         (u64::from(self.generation) << 32) | u64::from(self.index)
     }

@@ -646,7 +646,7 @@ pub struct Gateway {
     ct: ConnTrack,
     /// By flow slot index: as long as the highest slot the table has
     /// handed out, within the table's capacity (reserved at construction;
-    /// see [`slot`]).
+    /// see [`FlowHandle::slot_in`]).
     flows: Vec<Option<Flow>>,
     nets: HashMap<NetworkId, NetInfo>,
     endpoints: Endpoints,
@@ -1343,7 +1343,7 @@ impl Gateway {
             return;
         };
         let _ = self.ct.handle_tcp(h, now, flags, Side::Container, payload);
-        *slot(&mut self.flows, h) = Some(Flow {
+        *h.slot_in(&mut self.flows) = Some(Flow {
             handle: h,
             network: key.network,
             container: SocketAddr::new(cip, key.container_port),
@@ -1382,7 +1382,7 @@ impl Gateway {
                 let Some(h) = self.create(key, Direction::Outbound, now) else {
                     return FrameAction::None;
                 };
-                *slot(&mut self.flows, h) = Some(Flow {
+                *h.slot_in(&mut self.flows) = Some(Flow {
                     handle: h,
                     network: key.network,
                     container: SocketAddr::new(cip, key.container_port),
@@ -1461,7 +1461,7 @@ impl Gateway {
                 } else {
                     self.ops.push_back(SocketOp::OpenPing { flow: h, to: rip });
                 }
-                *slot(&mut self.flows, h) = Some(Flow {
+                *h.slot_in(&mut self.flows) = Some(Flow {
                     handle: h,
                     network: key.network,
                     container: SocketAddr::new(cip, key.container_port),
@@ -1524,7 +1524,7 @@ impl Gateway {
                         // An accepted stream that could not be registered.
                         if let Some(Flow {
                             io: Io::Tcp(mut t), ..
-                        }) = slot(&mut self.flows, h).take()
+                        }) = h.slot_in(&mut self.flows).take()
                         {
                             t.leg.socket().abort();
                             self.legs.put(t.leg, t.relayed);
@@ -1532,7 +1532,7 @@ impl Gateway {
                         let _ = self.ct.handle_tcp_socket(h, now, SocketEvent::Reset);
                     }
                     Some(_) => {
-                        *slot(&mut self.flows, h) = None;
+                        *h.slot_in(&mut self.flows) = None;
                         self.raw_ids.remove(&(h.index() as u16));
                         let _ = self.ct.remove(h);
                     }
@@ -1593,7 +1593,7 @@ impl Gateway {
             container,
             lane,
             ..
-        }) = slot(&mut self.flows, h).take()
+        }) = h.slot_in(&mut self.flows).take()
         else {
             return;
         };
@@ -1636,7 +1636,7 @@ impl Gateway {
         let Some(Flow {
             io: Io::Connecting { syn },
             ..
-        }) = slot(&mut self.flows, h).take()
+        }) = h.slot_in(&mut self.flows).take()
         else {
             return;
         };
@@ -1653,7 +1653,7 @@ impl Gateway {
             let mut out = leg_out(tx, drops, ct, endpoints, &info, network, container, h, now);
             leg.ingress(now, &syn, &mut out);
         }
-        *slot(&mut self.flows, h) = Some(Flow {
+        *h.slot_in(&mut self.flows) = Some(Flow {
             handle: h,
             network,
             container,
@@ -1793,7 +1793,7 @@ impl Gateway {
             || (state == TcpSocketState::Listen && failed);
         if finished {
             let reset = !t.host_eof || !t.container_eof;
-            if let Some(Flow { io: Io::Tcp(t), .. }) = slot(flows, h).take() {
+            if let Some(Flow { io: Io::Tcp(t), .. }) = h.slot_in(flows).take() {
                 legs.put(t.leg, t.relayed);
             }
             // Aborted: reset the host side too.
@@ -1986,7 +1986,7 @@ impl Gateway {
                 let Some(h) = self.create(key, Direction::Inbound, now) else {
                     return;
                 };
-                *slot(&mut self.flows, h) = Some(Flow {
+                *h.slot_in(&mut self.flows) = Some(Flow {
                     handle: h,
                     network,
                     container,
@@ -2139,7 +2139,7 @@ impl Gateway {
         if let Some(at) = leg.poll_at_ns(now) {
             self.timers.push(Reverse((at.max(now), h.to_u64())));
         }
-        *slot(&mut self.flows, h) = Some(Flow {
+        *h.slot_in(&mut self.flows) = Some(Flow {
             handle: h,
             network,
             container,
@@ -2190,18 +2190,6 @@ impl Gateway {
             Io::Udp(UdpVia::Published { .. }) => {}
         }
     }
-}
-
-/// The slot of flow `h`, made (empty) if the table has not reached it
-/// before. Slots are made as the connection table hands out higher
-/// indexes, within the capacity reserved at construction (no
-/// reallocation; the memory is touched only as the table grows).
-fn slot(flows: &mut Vec<Option<Flow>>, h: FlowHandle) -> &mut Option<Flow> {
-    let i = h.index() as usize;
-    if flows.len() <= i {
-        flows.resize_with(i + 1, || None);
-    }
-    &mut flows[i]
 }
 
 fn flow_mut_in(flows: &mut [Option<Flow>], h: FlowHandle) -> Option<&mut Flow> {

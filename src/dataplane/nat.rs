@@ -518,9 +518,9 @@ pub(super) struct Nat {
     /// Drops counted by the workers' hooks.
     drops: Arc<SharedDrops>,
     gw: Gateway,
-    /// By flow slot index: the socket and the flow it belongs to (as long
-    /// as the highest slot used so far, within the connection table's
-    /// capacity, reserved at construction).
+    /// By flow slot index: the socket and the flow it belongs to (grown
+    /// by [`FlowHandle::slot_in`] within the connection table's capacity,
+    /// reserved at construction).
     socks: Vec<Option<(FlowHandle, Sock)>>,
     published: HashMap<u64, Pub>,
     next_pub: u64,
@@ -741,13 +741,7 @@ impl Nat {
     }
 
     fn put_sock(&mut self, h: FlowHandle, s: Sock) {
-        let i = h.index() as usize;
-        if self.socks.len() <= i {
-            // Within the capacity reserved at construction (the
-            // connection table's): no reallocation.
-            self.socks.resize_with(i + 1, || None);
-        }
-        if let Some((_, old)) = self.socks[i].replace((h, s)) {
+        if let Some((_, old)) = h.slot_in(&mut self.socks).replace((h, s)) {
             close(old, true);
         }
     }
