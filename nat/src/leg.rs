@@ -905,6 +905,166 @@ mod tests {
         assert!(Leg::connect(gw, 64, client, v4, &cfg, 0).is_none());
     }
 
+    /// An IPv4 TCP segment from the container 10.0.0.2:5000 to
+    /// 192.0.2.80:80 with `opts` (padded to 32 bits) and `payload`.
+    fn container_segment(seq: u32, ack: u32, flags: u8, opts: &[u8], payload: &[u8]) -> Vec<u8> {
+        let doff = 20 + opts.len().div_ceil(4) * 4;
+        let len = 20 + doff + payload.len();
+        let mut p = vec![0u8; len];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = 6;
+        p[12..16].copy_from_slice(&[10, 0, 0, 2]);
+        p[16..20].copy_from_slice(&[192, 0, 2, 80]);
+        let t = &mut p[20..];
+        t[0..2].copy_from_slice(&5000u16.to_be_bytes());
+        t[2..4].copy_from_slice(&80u16.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&ack.to_be_bytes());
+        t[12] = ((doff / 4) as u8) << 4;
+        t[13] = flags;
+        t[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+        t[20..20 + opts.len()].copy_from_slice(opts);
+        t[doff..].copy_from_slice(payload);
+        p
+    }
+
+    /// (seq, ack, window field, window scale option) of a leg's segment.
+    fn leg_segment(p: &[u8]) -> (u32, u32, u32, Option<u8>) {
+        let t = &p[20..];
+        let word = |i: usize| u32::from_be_bytes([t[i], t[i + 1], t[i + 2], t[i + 3]]);
+        let doff = usize::from(t[12] >> 4) * 4;
+        let mut ws = None;
+        let mut i = 20;
+        while i < doff {
+            match t[i] {
+                0 => break,
+                1 => i += 1,
+                kind => {
+                    if kind == 3 {
+                        ws = Some(t[i + 2]);
+                    }
+                    i += usize::from(t[i + 1]).max(2);
+                }
+            }
+        }
+        (
+            word(4),
+            word(8),
+            u32::from(u16::from_be_bytes([t[14], t[15]])),
+            ws,
+        )
+    }
+
+    /// A container that fills the receive window to the right edge it was
+    /// last offered, while the leg's next ACK offers an edge a few bytes
+    /// short of it (the window field is the free space shifted right by
+    /// the window scale, so the edge moves back by up to 2^scale - 1 bytes
+    /// as the data waiting to be read grows). Linux senders fill windows
+    /// to the byte when the relay's host side is slower than the
+    /// container, and smoltcp 0.12 then panicked ("attempt to subtract
+    /// sequence numbers with underflow", `last_scaled_window`) when asked
+    /// when to poll next before its ACK went out (a flow waiting for a
+    /// free buffer), or at its next poll with delayed ACKs, killing the
+    /// worker with every flow on it. The leg must survive it, drop the
+    /// bytes beyond the edge, and take them when the container sends them
+    /// again.
+    #[test]
+    fn a_container_filling_a_window_the_leg_then_shrank_by_rounding() {
+        let cfg = LegConfig {
+            rx_buffer: 1 << 17,
+            tx_buffer: 4096,
+            random_seed: 3,
+        };
+        let remote = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 80), 80);
+        let mut leg = Leg::accept(GW, 24, remote, &cfg, 0);
+        let mut out = VecTx::default();
+        let mut now = 1_000_000u64;
+        // SYN with MSS 65495 and window scale 7.
+        let c0 = 1000u32;
+        let syn = container_segment(c0, 0, 0x02, &[2, 4, 0xff, 0xd7, 1, 3, 3, 7], &[]);
+        leg.ingress(now, &syn, &mut out);
+        leg.poll(now, &mut out);
+        let synack = out.sent.pop().expect("a SYN-ACK");
+        let (s0, ack, _, ws) = leg_segment(&synack);
+        assert_eq!(ack, c0 + 1);
+        let ws = ws.expect("the leg scales its window");
+        let mut nxt = c0 + 1;
+        leg.ingress(
+            now,
+            &container_segment(nxt, s0 + 1, 0x10, &[], &[]),
+            &mut out,
+        );
+        // One byte at a time until an ACK offers a right edge short of
+        // one offered before (within 2^ws + 1 bytes).
+        let data: Vec<u8> = (0..cfg.rx_buffer).map(|i| (i % 251) as u8).collect();
+        let mut offered = 0u32;
+        let mut edge = 0u32;
+        for _ in 0..(1u32 << ws) + 2 {
+            let off = (nxt - c0 - 1) as usize;
+            let seg = container_segment(nxt, s0 + 1, 0x18, &[], &data[off..off + 1]);
+            now += 1000;
+            leg.ingress(now, &seg, &mut out);
+            nxt += 1;
+            leg.poll(now, &mut out);
+            let (_, ack, win, _) = leg_segment(&out.sent.pop().expect("an ACK"));
+            assert_eq!(ack, nxt);
+            edge = ack + (win << ws);
+            if edge < offered {
+                break;
+            }
+            offered = offered.max(edge);
+        }
+        assert!(edge < offered, "the offered edge never moved back");
+        // The container fills the window it was offered before, in
+        // segments of at most 60000 bytes.
+        let sent_to = offered;
+        while nxt != sent_to {
+            let n = (sent_to - nxt).min(60_000);
+            let off = (nxt - c0 - 1) as usize;
+            let seg = container_segment(nxt, s0 + 1, 0x18, &[], &data[off..off + n as usize]);
+            now += 1000;
+            leg.ingress(now, &seg, &mut out);
+            nxt += n;
+        }
+        // When to poll next is asked before the ACK goes out, as the
+        // gateway does for a flow whose ACK waits for a free buffer.
+        let _ = leg.poll_at_ns(now);
+        leg.poll(now, &mut out);
+        leg.poll(now + 1000, &mut out);
+        assert!(leg.socket().is_active());
+        // The bytes beyond the edge were not taken: the container sends
+        // them again once the relay has read, and the stream is whole.
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        for _ in 0..64 {
+            while let Ok(n @ 1..) = leg.socket().recv_slice(&mut buf) {
+                got.extend_from_slice(&buf[..n]);
+            }
+            now += 1000;
+            leg.poll(now, &mut out);
+            let acked = out.sent.last().map(|p| leg_segment(p).1);
+            out.sent.clear();
+            let from = acked.unwrap_or(c0 + 1 + got.len() as u32);
+            if from == sent_to {
+                break;
+            }
+            let n = (sent_to - from).min(60_000);
+            let off = (from - c0 - 1) as usize;
+            let seg = container_segment(from, s0 + 1, 0x18, &[], &data[off..off + n as usize]);
+            leg.ingress(now, &seg, &mut out);
+        }
+        while let Ok(n @ 1..) = leg.socket().recv_slice(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got.len(), (sent_to - c0 - 1) as usize);
+        assert!(
+            got == data[..got.len()],
+            "the stream arrived whole and in order"
+        );
+    }
+
     #[test]
     fn rst_answers_an_ipv6_syn() {
         let src: Ipv6Addr = "2001:db8:1::2".parse().unwrap();
