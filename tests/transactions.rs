@@ -7,6 +7,7 @@
 mod ctl_support;
 
 use ctl_support::*;
+use std::time::Duration;
 
 /// Restarts `d` with the dataplane refusing `ops` (empty: none).
 fn restart_with_faults(d: &mut Daemon, ops: &str) {
@@ -89,5 +90,59 @@ fn unknown_fault_names_are_refused() {
         d.log().contains("unknown operation \"nope\""),
         "{}",
         d.log()
+    );
+}
+
+/// A panic in a dataplane thread stops the daemon, with one error line
+/// and exit status 70, instead of leaving it up with ports nobody reads
+/// (a worker that died took its ports' traffic with it, silently); the
+/// next daemon on the same root takes up the state and the running
+/// containers, and they talk again.
+#[test]
+fn a_panicking_worker_stops_the_daemon_and_a_restart_loses_nothing() {
+    let mut d = Daemon::start();
+    d.ok(&["network", "create", "--subnet", "10.95.0.0/24", "n1"]);
+    d.sleeper("c1", &["n1"], &[]);
+    d.sleeper("c2", &["n1"], &[]);
+    let ip2 = d.ip_of("c2", "n1");
+    let ping = format!("ping -c 1 -W 2 {ip2}");
+    assert_eq!(d.exec_sh("c1", &ping).code, 0, "c1 cannot ping c2");
+    let before = (
+        d.inspect_network("n1"),
+        d.inspect_container("c1"),
+        d.inspect_container("c2"),
+    );
+
+    // The worker panics at the first frame it reads.
+    restart_with_faults(&mut d, "worker_panic");
+    let _ = d.exec_sh("c1", &ping);
+    let st = d
+        .wait_exit(Duration::from_secs(15))
+        .unwrap_or_else(|| panic!("the daemon runs on without its worker: {}", d.log()));
+    assert_eq!(st.code(), Some(70), "{st}: {}", d.log());
+    let log = d.log();
+    assert!(
+        log.contains("thread tapnet-worker-0 panicked: the daemon stops (exit status 70)"),
+        "{log}"
+    );
+
+    restart_with_faults(&mut d, "");
+    let after = (
+        d.inspect_network("n1"),
+        d.inspect_container("c1"),
+        d.inspect_container("c2"),
+    );
+    assert_eq!(after, before);
+    retry(
+        "c1 pings c2 after the restart",
+        Duration::from_secs(10),
+        || {
+            let o = d.exec_sh("c1", &ping);
+            if o.code == 0 {
+                Ok(())
+            } else {
+                Err(format!("{o:?}"))
+            }
+        },
     );
 }

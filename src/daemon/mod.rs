@@ -326,16 +326,50 @@ fn dataplane_faults() -> anyhow::Result<Vec<crate::dataplane::Fault>> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("TAPNET_DATAPLANE_FAULTS: {e}"))?;
     if !faults.is_empty() {
-        tracing::warn!("TAPNET_DATAPLANE_FAULTS: the dataplane refuses {v} (a test setting)");
+        tracing::warn!("TAPNET_DATAPLANE_FAULTS: injected faults {v} (a test setting)");
     }
     Ok(faults)
+}
+
+/// Exit status of a daemon stopped by a panic in one of its threads
+/// (`EX_SOFTWARE`).
+pub const PANIC_EXIT: i32 = 70;
+
+/// Makes a panic in any of the daemon's own threads (named `tapnet-...`:
+/// the dataplane's workers, the NAT, the DNS forwarder, captures) stop
+/// the daemon, after the panic's message, with one error line and exit
+/// status [`PANIC_EXIT`].
+///
+/// Left alone, the thread would end and the rest go on without it: the
+/// ports a dead worker reads go dark, with nothing said anywhere. A
+/// stopped daemon is restarted by its supervisor (`Restart=on-failure` in
+/// `contrib/systemd`), and the next daemon on the same `--root` takes up
+/// the persisted state and the running containers, as after `kill -9`.
+/// A panic in a request handler (the runtime's threads) fails that
+/// request only.
+fn stop_on_thread_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or_default();
+        if name.starts_with("tapnet-") {
+            tracing::error!(
+                "thread {name} panicked: the daemon stops (exit status {PANIC_EXIT}); \
+                 start it again: the state and the containers stay"
+            );
+            std::process::exit(PANIC_EXIT);
+        }
+    }));
 }
 
 /// Runs the daemon until SIGINT/SIGTERM. On either signal it stops
 /// accepting requests, finishes the ones in flight, removes its socket,
 /// stops the dataplane's threads and returns `Ok` (exit status 0).
 /// Containers are separate processes with persistent TAPs: they keep
-/// running, and the next daemon on the same `--root` picks them up.
+/// running, and the next daemon on the same `--root` picks them up. A
+/// panic in one of the daemon's threads stops it with exit status
+/// [`PANIC_EXIT`] ([`stop_on_thread_panics`]).
 pub fn run(cfg: Config) -> anyhow::Result<()> {
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
@@ -346,6 +380,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .resolve(&crate::dataplane::allowed_cpus().context("cannot read the CPU affinity")?)
         .map_err(anyhow::Error::msg)?;
     let rootless = !nix::unistd::geteuid().is_root();
+    stop_on_thread_panics();
     raise_nofile_limit();
     {
         use std::os::unix::fs::DirBuilderExt;

@@ -81,6 +81,9 @@ struct WorkerOwn {
     place: Arc<Placement>,
     /// Frames written to TAPs in one system call ([`DataplaneConfig::tx_batch`]).
     tx_batch: usize,
+    /// Turns reading frames from ports after which the worker panics
+    /// (the `worker_panic` fault of a test); None in use.
+    panic_after: Option<u64>,
 }
 
 /// What a worker publishes about itself, once per loop (not per frame).
@@ -292,6 +295,11 @@ impl Dataplane {
                 spin_gate: spin_gate.clone(),
                 nat,
                 place: place.clone(),
+                panic_after: config
+                    .faults
+                    .iter()
+                    .find(|f| f.op == "worker_panic")
+                    .map(|f| f.after),
             };
             let cpu = config
                 .worker_cpus
@@ -1119,6 +1127,7 @@ fn worker_loop(
         mut nat,
         place,
         tx_batch,
+        mut panic_after,
     }: WorkerOwn,
 ) {
     let mut events = Events::with_capacity(256);
@@ -1278,6 +1287,13 @@ fn worker_loop(
         // Whether this turn did work of its own, not only hand frames to a
         // NAT another thread runs (see `last_work` below).
         let mut own = injected || tun_ready.0 || tun_ready.1 || nat.is_some();
+        if !ready.is_empty() {
+            match panic_after {
+                Some(0) => panic!("worker {}: the worker_panic fault (a test setting)", w.id()),
+                Some(n) => panic_after = Some(n - 1),
+                None => {}
+            }
+        }
         let mut i = 0;
         while i < ready.len() {
             let port = ready[i];

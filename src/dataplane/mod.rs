@@ -60,11 +60,15 @@ pub enum DataplaneError {
     },
 }
 
-/// Operations a test may make fail ([`DataplaneConfig::faults`]).
-pub const FAULT_POINTS: [&str; 2] = ["add_network", "add_port"];
+/// Operations a test may make fail ([`DataplaneConfig::faults`]):
+/// `add_network` and `add_port` refuse calls; `worker_panic` makes a
+/// worker panic in its first turn that reads frames from ports after
+/// `after` such turns (the daemon's answer to a panicking thread is
+/// tested with it).
+pub const FAULT_POINTS: [&str; 3] = ["add_network", "add_port", "worker_panic"];
 
 /// A fault injected for tests: operation `op` refuses every call after
-/// the first `after` ones.
+/// the first `after` ones (see [`FAULT_POINTS`] for `worker_panic`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
     pub op: &'static str,

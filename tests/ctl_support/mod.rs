@@ -240,6 +240,24 @@ impl Daemon {
         c.wait().ok()
     }
 
+    /// Waits up to `timeout` for the daemon to exit by itself and reaps
+    /// it; its exit status, `None` if it still runs (then it is left
+    /// running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let end = Instant::now() + timeout;
+        loop {
+            let st = self.child.as_mut()?.try_wait().ok().flatten();
+            if st.is_some() {
+                self.child = None;
+                return st;
+            }
+            if Instant::now() >= end {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn host(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
