@@ -1202,9 +1202,11 @@ fn worker_loop(
             }
         }
         if let Err(e) = poll.poll(&mut events, timeout) {
+            // Not a way to stop: a worker that ended here would leave its
+            // ports unread; the panic stops the daemon (see
+            // `daemon::stop_on_thread_panics`).
             if e.kind() != io::ErrorKind::Interrupted {
-                tracing::error!("worker {}: epoll: {e}", w.id());
-                return;
+                panic!("worker {}: epoll failed: {e}", w.id());
             }
         }
         wake.awake();
@@ -1392,8 +1394,7 @@ const NAT_ROUNDS: usize = 4;
 
 /// One turn of the NAT in its worker: commands, frames, timers, then the
 /// host sockets' readiness (without waiting). `nat_more` says whether its
-/// epoll may hold more; false once the NAT was told to stop (or its epoll
-/// failed).
+/// epoll may hold more; false once the NAT was told to stop.
 fn drive_nat(n: &mut Nat, wanted: bool, events: &mut Events, nat_more: &mut bool) -> bool {
     if !wanted && !n.has_input() {
         return true;
@@ -1402,13 +1403,8 @@ fn drive_nat(n: &mut Nat, wanted: bool, events: &mut Events, nat_more: &mut bool
     if !n.work() {
         return false;
     }
-    match n.poll_sockets(events, Some(Duration::ZERO)) {
-        Some(more) => {
-            *nat_more = more;
-            true
-        }
-        None => false,
-    }
+    *nat_more = n.poll_sockets(events, Some(Duration::ZERO));
+    true
 }
 
 /// Reads up to [`super::vtep::RX_ROUNDS`] batches from each ready tunnel

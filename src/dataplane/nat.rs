@@ -553,11 +553,8 @@ impl Nat {
             if self.has_input() {
                 timeout = Some(Duration::ZERO);
             }
-            let r = self.poll_sockets(&mut events, timeout);
+            self.poll_sockets(&mut events, timeout);
             self.sleeping.store(false, Ordering::Release);
-            if r.is_none() {
-                return;
-            }
         }
     }
 
@@ -625,17 +622,13 @@ impl Nat {
     }
 
     /// Waits up to `timeout` for the host sockets' readiness and serves
-    /// it. Some(true) when the events filled `events` (more may be
-    /// ready: poll again); None on an epoll error.
-    pub(super) fn poll_sockets(
-        &mut self,
-        events: &mut Events,
-        timeout: Option<Duration>,
-    ) -> Option<bool> {
+    /// it. True when the events filled `events` (more may be ready: poll
+    /// again). An epoll error panics (it stops the daemon).
+    pub(super) fn poll_sockets(&mut self, events: &mut Events, timeout: Option<Duration>) -> bool {
         if let Err(e) = self.poll.poll(events, timeout) {
+            // As a worker's: the NAT does not end quietly on it.
             if e.kind() != io::ErrorKind::Interrupted {
-                tracing::error!("nat: epoll: {e}");
-                return None;
+                panic!("nat: epoll failed: {e}");
             }
         }
         let now = self.now();
@@ -651,7 +644,7 @@ impl Nat {
             }
         }
         self.output();
-        Some(n >= events.capacity())
+        n >= events.capacity()
     }
 
     /// Socket ops, then frames to the workers, then buffers back.
