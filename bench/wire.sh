@@ -68,8 +68,7 @@ measure() {  # MODE ROUND
   topology "$1"
   ip netns exec $A ping -c 3 -w 5 -q 10.198.0.3 >/dev/null || log "$1: no ping"
   ip netns exec $B iperf3 -s -B 10.198.0.3 >"$W/iperf3-srv.log" 2>&1 & srv=$!; track $srv
-  waitfor ip netns exec $B ss -Hltn "sport = :5201" | grep -q . 2>/dev/null
-  sleep 0.3
+  waitfor eval 'ip netns exec $B ss -Hltn "sport = :5201" | grep -q .' || log "$1: no iperf3 server"
   t=$(ip netns exec $A iperf3 -c 10.198.0.3 -t "$SECS" -J 2>/dev/null | python3 -c \
     'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))' 2>/dev/null)
   u=$(ip netns exec $A iperf3 -c 10.198.0.3 -t "$SECS" -u -b 0 -l 18 -J 2>/dev/null | python3 -c \
