@@ -149,10 +149,9 @@ pub fn run_forwarder(
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("dns forwarder: cannot start its runtime: {e}");
-            return;
-        }
+        // As any of the daemon's threads, it does not end quietly: the
+        // panic stops the daemon (`daemon::stop_on_thread_panics`).
+        Err(e) => panic!("dns forwarder: cannot start its runtime: {e}"),
     };
     let (tx, mut arx) = tokio::sync::mpsc::channel::<ForwardRequest>(MAX_IN_FLIGHT);
     // Bridge the workers' blocking queue into the async world.
@@ -166,8 +165,7 @@ pub fn run_forwarder(
             }
         });
     if let Err(e) = bridge {
-        tracing::error!("dns forwarder: cannot start: {e}");
-        return;
+        panic!("dns forwarder: cannot start its bridge thread: {e}");
     }
     rt.block_on(async move {
         let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
