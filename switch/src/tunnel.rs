@@ -522,7 +522,8 @@ impl<H: GatewayHook> Worker<H> {
             return match self.sw.learn_tunnel(net, from) {
                 Ok(id) => {
                     let cx = self.begin(cx.now_ns);
-                    self.process(&cx, id, &inner_meta(inner), inner, tx)
+                    let meta = superframe_meta(inner_meta(inner), inner, max_frame(&cx, net));
+                    self.process(&cx, id, &meta, inner, tx)
                 }
                 Err(r) => {
                     self.sw.tunnel.slot(self.id).count_drop(r);
@@ -549,7 +550,8 @@ impl<H: GatewayHook> Worker<H> {
                 Offer::NotCandidate => self.flush_tunnel(cx, tx),
             }
         }
-        self.process(cx, id, &inner_meta(inner), inner, tx)
+        let meta = superframe_meta(inner_meta(inner), inner, max_frame(cx, net));
+        self.process(cx, id, &meta, inner, tx)
     }
 
     /// Runs what receive coalescing holds ([`crate::gro`]) through the
@@ -637,6 +639,52 @@ pub fn inner_meta(frame: &[u8]) -> VnetHdr {
         csum_start: start as u16,
         csum_offset: off as u16,
         ..VnetHdr::default()
+    }
+}
+
+/// The largest frame network `net` carries (0 when it is gone: then
+/// nothing is taken for a super-frame).
+#[inline]
+fn max_frame(cx: &BatchCx, net: NetworkId) -> usize {
+    cx.topo.network(net).map_or(0, |n| n.max_frame)
+}
+
+/// The metadata of a tunnelled frame longer than its network's frames:
+/// an IPv4 TCP packet with a partial checksum ([`inner_meta`] found
+/// `NEEDS_CSUM` at TCP's checksum) is a whole TSO super-frame, which
+/// goes on as `GSO_TCPV4` cut into segments that fit the network; any
+/// other `meta` is returned as it is (and the pipeline drops the frame
+/// as oversize).
+///
+/// A Linux `vxlan` device encapsulates a TSO super-frame as one
+/// UDP-tunnel GSO packet, which the kernel segments only where it meets a
+/// device without that offload. A veth has it, and a UDP socket takes
+/// such a packet whole: a kernel VTEP in another namespace of the same
+/// machine hands tapnet's tunnel socket up to 64 KiB of inner frame,
+/// whose checksum it left partial. Dropped as oversize, the same segments
+/// came again and again: a TCP transfer from such a VTEP stalled
+/// (`tests/overlay.rs`'s kernel vxlan device, now and then).
+#[inline]
+fn superframe_meta(meta: VnetHdr, frame: &[u8], max_frame: usize) -> VnetHdr {
+    if frame.len() <= max_frame
+        || meta.flags & wire::vnet::F_NEEDS_CSUM == 0
+        || usize::from(meta.csum_offset) != wire::tcp::CHECKSUM_OFFSET
+    {
+        return meta;
+    }
+    let start = usize::from(meta.csum_start);
+    let Some(&doff) = frame.get(start + 12) else {
+        return meta;
+    };
+    let hdr_len = start + usize::from(doff >> 4) * 4;
+    match max_frame.checked_sub(hdr_len) {
+        Some(mss @ 1..) => VnetHdr {
+            gso_type: wire::vnet::GSO_TCPV4,
+            gso_size: mss as u16,
+            hdr_len: hdr_len as u16,
+            ..meta
+        },
+        _ => meta,
     }
 }
 
@@ -887,9 +935,15 @@ mod tests {
     /// its checksum complete or, as a Linux `vxlan` device leaves it
     /// when the datagram does not leave the machine, partial.
     fn kernel_tcp(partial: bool) -> Vec<u8> {
+        kernel_tcp_sized(partial, 100)
+    }
+
+    /// A TCP segment from a kernel's container at 10.0.9.99 with
+    /// `payload` bytes of 7, its checksum partial or complete.
+    fn kernel_tcp_sized(partial: bool, payload: usize) -> Vec<u8> {
         use crate::wire::TcpPacket;
         let kip = Ipv4Addr::new(10, 0, 9, 99);
-        let mut tcp = vec![0u8; 20 + 100];
+        let mut tcp = vec![0u8; 20 + payload];
         tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
         tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
         tcp[12] = 5 << 4;
@@ -897,7 +951,7 @@ mod tests {
         tcp[20..].fill(7);
         let mut t = TcpPacket::new_unchecked(&mut tcp[..]);
         if partial {
-            t.set_partial_checksum(kip, IP_B, 120);
+            t.set_partial_checksum(kip, IP_B, 20 + payload);
         } else {
             t.fill_checksum(kip, IP_B);
         }
@@ -949,6 +1003,57 @@ mod tests {
         assert_eq!(inner_meta(&u), VnetHdr::default());
         assert_eq!(inner_meta(&ping(1, 2, IP_A, IP_B)), VnetHdr::default());
         assert_eq!(inner_meta(&kernel_tcp(true)[..40]), VnetHdr::default());
+    }
+
+    /// A kernel VTEP in another namespace of the same machine hands over
+    /// a whole TSO super-frame in one datagram (UDP-tunnel GSO through a
+    /// veth), its checksum partial: it reaches the endpoint as
+    /// `GSO_TCPV4` cut to the network's frames, and its segments carry
+    /// the payload with complete checksums. The same frame with a
+    /// complete checksum is no super-frame of the kernel's: dropped as
+    /// oversize.
+    #[test]
+    fn a_kernel_vteps_super_frame_goes_on_as_gso() {
+        use crate::wire::TcpPacket;
+        let (_a, mut b) = pair(false, true);
+        let max = b.ms.switch.topology().network(b.net).unwrap().max_frame;
+        let k = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 9), 40000);
+        let kip = Ipv4Addr::new(10, 0, 9, 99);
+        let datagram = |partial| {
+            let mut d = vec![0u8; 8];
+            vxlan::emit_header(&mut d, 42);
+            d.extend_from_slice(&kernel_tcp_sized(partial, 4000));
+            d
+        };
+        let got = rx_vxlan(&mut b, k, &datagram(true));
+        assert_eq!(got.len(), 1);
+        let m = got[0].meta;
+        assert_eq!(
+            (m.gso_type, m.flags, m.csum_start, m.csum_offset, m.hdr_len),
+            (wire::vnet::GSO_TCPV4, wire::vnet::F_NEEDS_CSUM, 34, 16, 54)
+        );
+        assert_eq!(usize::from(m.gso_size), max - 54);
+        let mut buf = vec![0u8; 4096];
+        let mut payload = 0;
+        crate::gso::for_each_segment(&m, &got[0].frame, &mut buf, |seg| {
+            assert!(seg.len() <= max, "{} > {max}", seg.len());
+            let ip = Ipv4Packet::new_checked(&seg[14..]).unwrap();
+            let t = TcpPacket::new_checked(ip.payload()).unwrap();
+            assert!(t.verify_checksum(kip, IP_B));
+            assert!(t.payload().iter().all(|&x| x == 7));
+            payload += t.payload().len();
+        })
+        .unwrap();
+        assert_eq!(payload, 4000);
+        assert!(rx_vxlan(&mut b, k, &datagram(false)).is_empty());
+        let oversize: u64 =
+            b.ms.switch
+                .topology()
+                .ports()
+                .filter(|p| p.is_tunnel())
+                .map(|p| p.counters.sum().drop_count(DropReason::Oversize))
+                .sum();
+        assert_eq!(oversize, 1);
     }
 
     #[test]
