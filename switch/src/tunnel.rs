@@ -41,7 +41,9 @@ use crate::pipeline::{BatchCx, GatewayHook, Processed, Transmit, Worker};
 use crate::topology::{
     ConfigError, NetworkId, Port, PortConfig, PortId, Switch, Topology, TunnelConfig,
 };
-use crate::wire::{self, ipv4, udp, vxlan, EthernetAddress, Ipv4Packet, VnetHdr, VxlanPacket};
+use crate::wire::{
+    self, ipv4, ipv6, udp, vxlan, EthernetAddress, Ipv4Packet, Ipv6Packet, VnetHdr, VxlanPacket,
+};
 use core::hash::Hasher;
 use core::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4};
 use core::ops::Range;
@@ -572,7 +574,7 @@ impl<H: GatewayHook> Worker<H> {
 
 /// The metadata of a frame that came out of the tunnel: [`VnetHdr`]'s
 /// default (a plain frame with complete checksums), or `NEEDS_CSUM` for
-/// an IPv4 TCP or UDP packet whose checksum field holds just the
+/// an IPv4 or IPv6 TCP or UDP packet whose checksum field holds just the
 /// pseudo-header sum (a partial checksum).
 ///
 /// A Linux `vxlan` device offloads the inner checksum (`CHECKSUM_PARTIAL`)
@@ -594,44 +596,45 @@ impl<H: GatewayHook> Worker<H> {
 #[inline]
 pub fn inner_meta(frame: &[u8]) -> VnetHdr {
     const ETH: usize = wire::ethernet::HEADER_LEN;
-    if frame.get(12..14) != Some(&[0x08, 0x00]) {
-        return VnetHdr::default();
-    }
-    let Ok(ip) = Ipv4Packet::new_checked(&frame[ETH..]) else {
-        return VnetHdr::default();
-    };
-    if ip.is_fragment() {
-        return VnetHdr::default();
-    }
-    let (proto, off, min) = match ip.protocol() {
-        ipv4::protocol::TCP => (
-            ipv4::protocol::TCP,
-            wire::tcp::CHECKSUM_OFFSET,
-            wire::tcp::HEADER_LEN,
-        ),
-        ipv4::protocol::UDP => (
-            ipv4::protocol::UDP,
-            wire::udp::CHECKSUM_OFFSET,
-            wire::udp::HEADER_LEN,
-        ),
+    // (L4 protocol, where it starts, its length, its pseudo-header sum)
+    let (proto, start, l4len, pseudo) = match frame.get(12..14) {
+        Some([0x08, 0x00]) => {
+            let Ok(ip) = Ipv4Packet::new_checked(&frame[ETH..]) else {
+                return VnetHdr::default();
+            };
+            if ip.is_fragment() {
+                return VnetHdr::default();
+            }
+            let hl = ip.header_len();
+            let Some(l4len) = usize::from(ip.total_len()).checked_sub(hl) else {
+                return VnetHdr::default();
+            };
+            let (p, s, d) = (ip.protocol(), ip.src_addr(), ip.dst_addr());
+            (p, ETH + hl, l4len, wire::pseudo_header_sum(s, d, p, l4len))
+        }
+        // IPv6 with TCP or UDP right after its fixed header (no
+        // extension headers: a kernel's own TCP and UDP have none).
+        Some([0x86, 0xdd]) => {
+            let Ok(ip) = Ipv6Packet::new_checked(&frame[ETH..]) else {
+                return VnetHdr::default();
+            };
+            let (p, l4len) = (ip.next_header(), usize::from(ip.payload_len()));
+            let (s, d) = (ip.src_addr(), ip.dst_addr());
+            let sum = ipv6::pseudo_header_sum(s, d, p, l4len);
+            (p, ETH + ipv6::HEADER_LEN, l4len, sum)
+        }
         _ => return VnetHdr::default(),
     };
-    let hl = ip.header_len();
-    let Some(l4len) = usize::from(ip.total_len()).checked_sub(hl) else {
-        return VnetHdr::default();
+    let (off, min) = match proto {
+        ipv4::protocol::TCP => (wire::tcp::CHECKSUM_OFFSET, wire::tcp::HEADER_LEN),
+        ipv4::protocol::UDP => (wire::udp::CHECKSUM_OFFSET, wire::udp::HEADER_LEN),
+        _ => return VnetHdr::default(),
     };
-    let start = ETH + hl;
     if l4len < min || frame.len() < start + l4len {
         return VnetHdr::default();
     }
     let field = u16::from_be_bytes([frame[start + off], frame[start + off + 1]]);
-    let partial = !wire::checksum_finish(wire::pseudo_header_sum(
-        ip.src_addr(),
-        ip.dst_addr(),
-        proto,
-        l4len,
-    ));
-    if field != partial {
+    if field != !wire::checksum_finish(pseudo) {
         return VnetHdr::default();
     }
     VnetHdr {
@@ -650,9 +653,10 @@ fn max_frame(cx: &BatchCx, net: NetworkId) -> usize {
 }
 
 /// The metadata of a tunnelled frame longer than its network's frames:
-/// an IPv4 TCP packet with a partial checksum ([`inner_meta`] found
+/// a TCP packet with a partial checksum ([`inner_meta`] found
 /// `NEEDS_CSUM` at TCP's checksum) is a whole TSO super-frame, which
-/// goes on as `GSO_TCPV4` cut into segments that fit the network; any
+/// goes on as `GSO_TCPV4` or `GSO_TCPV6` cut into segments that fit the
+/// network; any
 /// other `meta` is returned as it is (and the pipeline drops the frame
 /// as oversize).
 ///
@@ -679,7 +683,11 @@ fn superframe_meta(meta: VnetHdr, frame: &[u8], max_frame: usize) -> VnetHdr {
     let hdr_len = start + usize::from(doff >> 4) * 4;
     match max_frame.checked_sub(hdr_len) {
         Some(mss @ 1..) => VnetHdr {
-            gso_type: wire::vnet::GSO_TCPV4,
+            gso_type: if frame.get(12..14) == Some(&[0x86, 0xdd]) {
+                wire::vnet::GSO_TCPV6
+            } else {
+                wire::vnet::GSO_TCPV4
+            },
             gso_size: mss as u16,
             hdr_len: hdr_len as u16,
             ..meta
@@ -1054,6 +1062,54 @@ mod tests {
                 .map(|p| p.counters.sum().drop_count(DropReason::Oversize))
                 .sum();
         assert_eq!(oversize, 1);
+    }
+
+    /// IPv6 from a kernel VTEP as IPv4: a partial checksum is taken as
+    /// `NEEDS_CSUM`, a complete one leaves the frame plain, and a
+    /// super-frame goes on as `GSO_TCPV6` whose segments fit and verify.
+    #[test]
+    fn ipv6_partial_checksums_and_super_frames_from_a_kernel_vtep() {
+        use wire::vnet::{F_NEEDS_CSUM, GSO_TCPV6};
+        let (src, dst) = (IP6_A, IP6_B);
+        let frame = |payload: usize, partial: bool| {
+            let mut tcp = vec![0u8; 20 + payload];
+            tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+            tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
+            tcp[12] = 5 << 4;
+            tcp[13] = wire::tcp::flags::ACK | wire::tcp::flags::PSH;
+            tcp[20..].fill(7);
+            let c = if partial {
+                !wire::checksum_finish(ipv6::pseudo_header_sum(src, dst, 6, tcp.len()))
+            } else {
+                ipv6::upper_checksum(src, dst, 6, &tcp)
+            };
+            tcp[16..18].copy_from_slice(&c.to_be_bytes());
+            build::ipv6(build::mac(2), build::mac(0x99), src, dst, 6, 64, &tcp, None)
+        };
+        let m = inner_meta(&frame(100, true));
+        assert_eq!(
+            (m.flags, m.csum_start, m.csum_offset, m.is_gso()),
+            (F_NEEDS_CSUM, 54, 16, false)
+        );
+        assert_eq!(inner_meta(&frame(100, false)), VnetHdr::default());
+        let big = frame(4000, true);
+        let m = superframe_meta(inner_meta(&big), &big, 1514);
+        assert_eq!((m.gso_type, m.hdr_len, m.gso_size), (GSO_TCPV6, 74, 1440));
+        let mut buf = vec![0u8; 4096];
+        let mut payload = 0;
+        crate::gso::for_each_segment(&m, &big, &mut buf, |seg| {
+            assert!(seg.len() <= 1514);
+            assert_eq!(ipv6::upper_checksum(src, dst, 6, &seg[54..]), 0);
+            payload += seg.len() - 74;
+        })
+        .unwrap();
+        assert_eq!(payload, 4000);
+        // A plain frame of that size is not taken for one.
+        let plain = frame(4000, false);
+        assert_eq!(
+            superframe_meta(inner_meta(&plain), &plain, 1514),
+            VnetHdr::default()
+        );
     }
 
     #[test]
