@@ -957,6 +957,34 @@ mod tests {
         )
     }
 
+    /// A leg accepting the container's connection at 192.0.2.80:80, with
+    /// its handshake done: the container's SYN at sequence `c0` (MSS
+    /// 65495, window scale 7), the leg's SYN-ACK, the container's ACK.
+    /// Returns the leg, its output, its initial sequence number and its
+    /// window scale.
+    fn handshaken(rx_buffer: usize, seed: u64, c0: u32, now: u64) -> (Leg, VecTx, u32, u8) {
+        let cfg = LegConfig {
+            rx_buffer,
+            tx_buffer: 4096,
+            random_seed: seed,
+        };
+        let remote = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 80), 80);
+        let mut leg = Leg::accept(GW, 24, remote, &cfg, 0);
+        let mut out = VecTx::default();
+        let syn = container_segment(c0, 0, 0x02, &[2, 4, 0xff, 0xd7, 1, 3, 3, 7], &[]);
+        leg.ingress(now, &syn, &mut out);
+        leg.poll(now, &mut out);
+        let (s0, ack, _, ws) = leg_segment(&out.sent.pop().expect("a SYN-ACK"));
+        assert_eq!(ack, c0 + 1);
+        let ws = ws.expect("the leg scales its window");
+        leg.ingress(
+            now,
+            &container_segment(c0 + 1, s0 + 1, 0x10, &[], &[]),
+            &mut out,
+        );
+        (leg, out, s0, ws)
+    }
+
     /// A container that fills the receive window to the right edge it was
     /// last offered, while the leg's next ACK offers an edge a few bytes
     /// short of it (the window field is the free space shifted right by
@@ -972,33 +1000,14 @@ mod tests {
     /// again.
     #[test]
     fn a_container_filling_a_window_the_leg_then_shrank_by_rounding() {
-        let cfg = LegConfig {
-            rx_buffer: 1 << 17,
-            tx_buffer: 4096,
-            random_seed: 3,
-        };
-        let remote = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 80), 80);
-        let mut leg = Leg::accept(GW, 24, remote, &cfg, 0);
-        let mut out = VecTx::default();
+        let rx_buffer = 1 << 17;
         let mut now = 1_000_000u64;
-        // SYN with MSS 65495 and window scale 7.
         let c0 = 1000u32;
-        let syn = container_segment(c0, 0, 0x02, &[2, 4, 0xff, 0xd7, 1, 3, 3, 7], &[]);
-        leg.ingress(now, &syn, &mut out);
-        leg.poll(now, &mut out);
-        let synack = out.sent.pop().expect("a SYN-ACK");
-        let (s0, ack, _, ws) = leg_segment(&synack);
-        assert_eq!(ack, c0 + 1);
-        let ws = ws.expect("the leg scales its window");
+        let (mut leg, mut out, s0, ws) = handshaken(rx_buffer, 3, c0, now);
         let mut nxt = c0 + 1;
-        leg.ingress(
-            now,
-            &container_segment(nxt, s0 + 1, 0x10, &[], &[]),
-            &mut out,
-        );
         // One byte at a time until an ACK offers a right edge short of
         // one offered before (within 2^ws + 1 bytes).
-        let data: Vec<u8> = (0..cfg.rx_buffer).map(|i| (i % 251) as u8).collect();
+        let data: Vec<u8> = (0..rx_buffer).map(|i| (i % 251) as u8).collect();
         let mut offered = 0u32;
         let mut edge = 0u32;
         for _ in 0..(1u32 << ws) + 2 {
@@ -1144,22 +1153,10 @@ mod tests {
                 rx_shift in 16u32..19,
                 steps in prop::collection::vec(step(), 1..160),
             ) {
-                let cfg = LegConfig {
-                    rx_buffer: (1 << rx_shift) + 4096,
-                    tx_buffer: 4096,
-                    random_seed: 5,
-                };
-                let remote = SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 80), 80);
-                let mut leg = Leg::accept(GW, 24, remote, &cfg, 0);
-                let mut out = VecTx::default();
                 let mut now = 1_000_000u64;
                 let c0 = 7000u32;
-                let syn = container_segment(c0, 0, 0x02, &[2, 4, 0xff, 0xd7, 1, 3, 3, 7], &[]);
-                leg.ingress(now, &syn, &mut out);
-                leg.poll(now, &mut out);
-                let (s0, _, _, ws) = leg_segment(&out.sent.pop().expect("a SYN-ACK"));
-                let ws = u32::from(ws.expect("the leg scales its window"));
-                leg.ingress(now, &container_segment(c0 + 1, s0 + 1, 0x10, &[], &[]), &mut out);
+                let (mut leg, mut out, s0, ws) = handshaken((1 << rx_shift) + 4096, 5, c0, now);
+                let ws = u32::from(ws);
                 leg.poll(now, &mut out);
                 // The stream: byte i is (i % 251).
                 let byte = |seq: u32| ((seq - c0 - 1) % 251) as u8;

@@ -946,17 +946,24 @@ mod tests {
         kernel_tcp_sized(partial, 100)
     }
 
-    /// A TCP segment from a kernel's container at 10.0.9.99 with
-    /// `payload` bytes of 7, its checksum partial or complete.
-    fn kernel_tcp_sized(partial: bool, payload: usize) -> Vec<u8> {
-        use crate::wire::TcpPacket;
-        let kip = Ipv4Addr::new(10, 0, 9, 99);
+    /// A TCP segment 40000 -> 8080 (ACK, PSH) with `payload` bytes of 7
+    /// and its checksum field zero.
+    fn tcp_segment(payload: usize) -> Vec<u8> {
         let mut tcp = vec![0u8; 20 + payload];
         tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
         tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
         tcp[12] = 5 << 4;
         tcp[13] = wire::tcp::flags::ACK | wire::tcp::flags::PSH;
         tcp[20..].fill(7);
+        tcp
+    }
+
+    /// A TCP segment from a kernel's container at 10.0.9.99 with
+    /// `payload` bytes of 7, its checksum partial or complete.
+    fn kernel_tcp_sized(partial: bool, payload: usize) -> Vec<u8> {
+        use crate::wire::TcpPacket;
+        let kip = Ipv4Addr::new(10, 0, 9, 99);
+        let mut tcp = tcp_segment(payload);
         let mut t = TcpPacket::new_unchecked(&mut tcp[..]);
         if partial {
             t.set_partial_checksum(kip, IP_B, 20 + payload);
@@ -1054,14 +1061,7 @@ mod tests {
         .unwrap();
         assert_eq!(payload, 4000);
         assert!(rx_vxlan(&mut b, k, &datagram(false)).is_empty());
-        let oversize: u64 =
-            b.ms.switch
-                .topology()
-                .ports()
-                .filter(|p| p.is_tunnel())
-                .map(|p| p.counters.sum().drop_count(DropReason::Oversize))
-                .sum();
-        assert_eq!(oversize, 1);
+        assert_eq!(tunnel_drops(&b, DropReason::Oversize), 1);
     }
 
     /// IPv6 from a kernel VTEP as IPv4: a partial checksum is taken as
@@ -1072,12 +1072,7 @@ mod tests {
         use wire::vnet::{F_NEEDS_CSUM, GSO_TCPV6};
         let (src, dst) = (IP6_A, IP6_B);
         let frame = |payload: usize, partial: bool| {
-            let mut tcp = vec![0u8; 20 + payload];
-            tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
-            tcp[2..4].copy_from_slice(&8080u16.to_be_bytes());
-            tcp[12] = 5 << 4;
-            tcp[13] = wire::tcp::flags::ACK | wire::tcp::flags::PSH;
-            tcp[20..].fill(7);
+            let mut tcp = tcp_segment(payload);
             let c = if partial {
                 !wire::checksum_finish(ipv6::pseudo_header_sum(src, dst, 6, tcp.len()))
             } else {
@@ -1133,13 +1128,7 @@ mod tests {
         let mut d2 = d[..8].to_vec();
         d2.extend(ping(1, 2, Ipv4Addr::new(10, 0, 9, 50), IP_B));
         assert!(rx_vxlan(&mut b, VTEP_A, &d2).is_empty());
-        let topo = b.ms.switch.topology();
-        let spoofed: u64 = topo
-            .ports()
-            .filter(|p| p.is_tunnel())
-            .map(|p| p.counters.sum().drop_count(DropReason::TunnelSpoofed))
-            .sum();
-        assert_eq!(spoofed, 2);
+        assert_eq!(tunnel_drops(&b, DropReason::TunnelSpoofed), 2);
         assert_eq!(rx_vxlan(&mut b, VTEP_A, &d).len(), 1);
     }
 
