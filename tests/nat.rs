@@ -1066,6 +1066,100 @@ fn reset_connections_may_reuse_their_ports_at_once() {
     assert!(reused > 0, "no port was reused: {out}");
 }
 
+/// A container uploads to a host that is not reading yet, closes its
+/// side once the gateway has acknowledged everything (its FIN too), and
+/// exits (`run --rm`): the data sits in the NAT's leg when the container
+/// leaves, and must still reach the host in full, ending with FIN rather
+/// than a reset.
+#[test]
+fn an_upload_acknowledged_before_the_container_left_arrives_whole() {
+    let mut w = World::new(&[]);
+    let reader = w.files.0.join("slow_reader.py").display().to_string();
+    let uploader = w.files.0.join("upload.py").display().to_string();
+    let result = w.files.0.join("read.txt");
+    std::fs::write(&reader, SLOW_READER).unwrap();
+    std::fs::write(&uploader, UPLOADER).unwrap();
+    let r = result.display().to_string();
+    let slow = w.outside.ns.spawn(&[PYTHON, &reader, "7200", "3", &r]);
+    w.servers.push(slow);
+    wait_until("the slow reader listens", Duration::from_secs(10), || {
+        w.outside.ns.sh("ss -ltn | grep -q ':7200 '").code == 0
+    });
+    w.d.ok(&["network", "create", "--subnet", "10.90.0.0/24", "up"]);
+    let n = 768 * 1024;
+    let up = w.d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "up",
+        "--",
+        PYTHON,
+        &uploader,
+        OUTSIDE,
+        "7200",
+        &n.to_string(),
+    ]);
+    assert_eq!(
+        up.trim(),
+        format!("sent {n}; unacknowledged 0"),
+        "{}",
+        w.context()
+    );
+    wait_until("the slow reader's result", Duration::from_secs(30), || {
+        std::fs::read_to_string(&result).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let got = std::fs::read_to_string(&result).unwrap();
+    assert_eq!(
+        got.trim(),
+        format!("read {n} ok; end of stream"),
+        "{}",
+        w.context()
+    );
+}
+
+/// `slow_reader.py PORT DELAY FILE`: accepts one connection with a tiny
+/// receive buffer, waits DELAY seconds, reads to the end and writes to
+/// FILE "read N ok|corrupt; end of stream" or the error it got.
+const SLOW_READER: &str = r#"
+import socket, sys, time
+port, delay, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+l.bind(("0.0.0.0", port))
+l.listen(1)
+c, _ = l.accept()
+time.sleep(delay)
+n, ok, end = 0, True, "end of stream"
+try:
+    while True:
+        b = c.recv(65536)
+        if not b:
+            break
+        ok = ok and all(b[i] == (n + i) % 251 for i in range(len(b)))
+        n += len(b)
+except OSError as e:
+    end = repr(e)
+open(out, "w").write("read %d %s; %s\n" % (n, "ok" if ok else "corrupt", end))
+"#;
+
+/// `upload.py HOST PORT N`: sends N bytes (i mod 251), shuts its side
+/// down, waits until the peer has acknowledged all of it and the FIN
+/// (`SIOCOUTQ` 0, 10 s at most) and prints "sent N; unacknowledged U".
+const UPLOADER: &str = r#"
+import fcntl, socket, struct, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.create_connection((host, port), timeout=10)
+s.sendall(bytes(i % 251 for i in range(n)))
+s.shutdown(socket.SHUT_WR)
+def outq():
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), 0x5411, b"\0" * 4))[0]
+deadline = time.time() + 10
+while outq() and time.time() < deadline:
+    time.sleep(0.01)
+print("sent %d; unacknowledged %d" % (n, outq()))
+"#;
+
 /// `n` connections in turn, each closed with a reset: "answered N of M;
 /// ports reused R".
 const RESET_CLIENT: &str = r#"

@@ -464,6 +464,11 @@ struct TcpFlow {
     container_eof: bool,
     /// The host socket's last write would block: wait for writable.
     write_blocked: bool,
+    /// The container left after closing its side, with data the leg had
+    /// acknowledged still to go to the host: the flow lives on until that
+    /// is written (see [`Gateway::remove_endpoint`]). Nothing goes to the
+    /// container any more; what the host sends is read and discarded.
+    draining: bool,
 }
 
 enum Io {
@@ -761,22 +766,57 @@ impl Gateway {
     /// The interface on `port` left: its flows (of both families) are
     /// removed and their sockets closed (reset where a stream was cut
     /// short).
+    ///
+    /// Except a TCP stream the container had closed (its FIN reached the
+    /// leg) while the leg still holds data it acknowledged: the container
+    /// saw that data delivered, so the flow stays, draining, until the
+    /// data is written to the host; then the host socket is shut down and
+    /// closed as after a clean close ([`Gateway::relay_tcp`]). A host
+    /// that stops reading is bounded by the flow's idle timeout, which
+    /// ends it with a reset. (Behind Docker's kernel NAT such data is
+    /// already on its way; a userspace relay must not lose it.)
     pub fn remove_endpoint(&mut self, port: PortId) {
         let Some((network, ip, ip6)) = self.ports.remove(&port) else {
             return;
         };
         self.endpoints.v4.remove(&(network, ip));
-        let mut gone = Vec::new();
-        self.ct
-            .remove_container(network, IpAddr::V4(ip), |v| gone.push(v.handle));
         if let Some(a) = ip6 {
             self.endpoints.v6.remove(&(network, a));
-            self.ct
-                .remove_container(network, IpAddr::V6(a), |v| gone.push(v.handle));
         }
+        let gone: Vec<FlowHandle> = [Some(IpAddr::V4(ip)), ip6.map(IpAddr::V6)]
+            .into_iter()
+            .flatten()
+            .flat_map(|a| self.ct.iter_container(network, a).map(|v| v.handle))
+            .collect();
         for h in gone {
+            if self.start_draining(h) {
+                continue;
+            }
+            let _ = self.ct.remove(h);
             self.drop_io(h);
         }
+    }
+
+    /// Whether flow `h`, whose container left, is a closed TCP stream
+    /// with data or its end still to relay; if so it is marked draining
+    /// and relayed once more.
+    fn start_draining(&mut self, h: FlowHandle) -> bool {
+        let Some(Flow { io: Io::Tcp(t), .. }) = self.flow_mut(h) else {
+            return false;
+        };
+        let fin_in = matches!(
+            t.leg.socket().state(),
+            TcpSocketState::CloseWait
+                | TcpSocketState::LastAck
+                | TcpSocketState::Closing
+                | TcpSocketState::TimeWait
+        );
+        if t.container_eof || !fin_in {
+            return false;
+        }
+        t.draining = true;
+        self.dirty.push(h);
+        true
     }
 
     /// A published port: the edge's socket `id` (TCP listener or UDP)
@@ -1664,6 +1704,7 @@ impl Gateway {
                 host_eof: false,
                 container_eof: false,
                 write_blocked: false,
+                draining: false,
             })),
             lane: self.tx.lane,
         });
@@ -1751,7 +1792,28 @@ impl Gateway {
         }
         // Host → container.
         let mut read_moved = 0usize;
-        while !failed && !t.host_eof && read_moved < RELAY_BUDGET && t.leg.socket().can_send() {
+        if t.draining {
+            // The container is gone: the host's data has nowhere to go.
+            // Read it all the same, so that the socket closes with FIN
+            // (a close with unread data resets, and would throw away
+            // what is still queued for the host).
+            let mut sink = [0u8; 16 * 1024];
+            while !failed && !t.host_eof && read_moved < RELAY_BUDGET {
+                match host.read(&mut sink) {
+                    Ok(0) => t.host_eof = true,
+                    Ok(n) => read_moved += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => failed = true,
+                }
+            }
+        }
+        while !t.draining
+            && !failed
+            && !t.host_eof
+            && read_moved < RELAY_BUDGET
+            && t.leg.socket().can_send()
+        {
             let r = t.leg.socket().send(|buf| match host.read(buf) {
                 Ok(n) => (n, Ok(n)),
                 Err(e) => (0, Err(e)),
@@ -1787,6 +1849,20 @@ impl Gateway {
         let starved = out.starved;
         if let Some(e) = host_event {
             let _ = ct.handle_tcp_socket(h, now, e);
+        }
+        if t.draining && (t.container_eof || failed) {
+            // Everything the container sent is with the host (or the
+            // host failed): the flow ends here, its entry too, since its
+            // container is gone.
+            if let Some(Flow { io: Io::Tcp(t), .. }) = h.slot_in(flows).take() {
+                legs.put(t.leg, t.relayed);
+            }
+            let _ = ct.remove(h);
+            ops.push_back(SocketOp::Close {
+                flow: h,
+                reset: failed,
+            });
+            return;
         }
         let state = t.leg.socket().state();
         let finished = matches!(state, TcpSocketState::Closed | TcpSocketState::TimeWait)
@@ -2150,6 +2226,7 @@ impl Gateway {
                 host_eof: false,
                 container_eof: false,
                 write_blocked: false,
+                draining: false,
             })),
             lane: self.tx.lane,
         });

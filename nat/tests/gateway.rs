@@ -1428,6 +1428,54 @@ fn a_departed_container_closes_its_flows() {
     assert_eq!(h.drops(NatDrop::NoEndpoint), 1);
 }
 
+/// A container that closes its side and leaves at once, while the host
+/// reads slowly: what the leg acknowledged still reaches the host, then
+/// FIN, no reset. The host's late data is read and dropped (a socket
+/// closed with unread data would reset). A host that never reads is cut
+/// off with a reset when the flow's idle timeout ends.
+#[test]
+fn a_departed_containers_acknowledged_data_still_reaches_the_host() {
+    let data: Vec<u8> = (0..40_000).map(|i| (i % 251) as u8).collect();
+    let departed = |h: &mut Harness| {
+        let (mut c, f) = connected(h);
+        h.stream(f).room = 1000;
+        let mut sent = 0;
+        for _ in 0..50 {
+            sent += c.leg.socket().send_slice(&data[sent..]).unwrap_or(0);
+            step(h, &mut c);
+        }
+        c.leg.socket().close();
+        steps(h, &mut c, 5);
+        assert_eq!(sent, data.len());
+        assert_eq!(c.leg.socket().send_queue(), 0, "the leg took it all");
+        assert_eq!(c.leg.socket().state(), TcpSocketState::FinWait2);
+        assert_eq!(h.stream(f).sent.len(), 1000);
+        h.stream(f).incoming.extend(b"an answer nobody reads");
+        h.gw.remove_endpoint(C_PORT);
+        h.advance(1);
+        assert!(h.closed.is_empty(), "{:?}", h.closed);
+        assert_eq!(h.gw.conntrack().len(), 1);
+        f
+    };
+
+    let mut h = Harness::new();
+    let f = departed(&mut h);
+    h.stream(f).room = usize::MAX;
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Writable);
+    h.advance(1);
+    assert!(h.stream(f).sent == data, "{} bytes", h.stream(f).sent.len());
+    assert!(h.stream(f).shut_wr);
+    assert!(h.stream(f).incoming.is_empty());
+    assert_eq!(h.closed, vec![(f, false)], "a clean close, no reset");
+    assert!(h.gw.conntrack().is_empty());
+
+    let mut h = Harness::new();
+    let f = departed(&mut h);
+    h.advance(121_000_000_000);
+    assert_eq!(h.closed, vec![(f, true)]);
+    assert!(h.gw.conntrack().is_empty());
+}
+
 #[test]
 fn flows_name_their_sockets() {
     let mut h = Harness::new();
