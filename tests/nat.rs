@@ -1066,6 +1066,50 @@ fn reset_connections_may_reuse_their_ports_at_once() {
     assert!(reused > 0, "no port was reused: {out}");
 }
 
+/// A container's `UDP_SEGMENT` send (UDP GSO, as QUIC stacks use it)
+/// leaves its TAP as one super-frame; the NAT sends its datagrams one by
+/// one, and the outside echo answers each.
+#[test]
+fn a_udp_segment_send_reaches_the_outside_as_its_datagrams() {
+    let w = World::new(&[]);
+    let script = w.files.0.join("gso.py").display().to_string();
+    std::fs::write(&script, UDP_GSO_CLIENT).unwrap();
+    w.d.ok(&["network", "create", "--subnet", "10.91.0.0/24", "gso"]);
+    w.d.sleeper("quic", &["gso"], &[]);
+    let out = w.exec_ok("quic", &format!("{PYTHON} {script} {OUTSIDE} 7"));
+    assert_eq!(
+        out.trim(),
+        "echoed 500 1000 1000 as sent",
+        "{}",
+        w.context()
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&w.d.ok(&["conntrack", "stats", "--format", "json"])).unwrap();
+    assert_eq!(stats["drop_reasons"]["udp_gso"], 0, "{stats}");
+}
+
+/// `gso.py HOST PORT`: one 2500-byte send with `UDP_SEGMENT` 1000 (three
+/// datagrams) to a UDP echo; prints the sizes echoed and whether each
+/// answer is one of the datagrams sent.
+const UDP_GSO_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_UDP, 103, 1000)  # UDP_SEGMENT
+s.settimeout(5)
+s.connect((sys.argv[1], int(sys.argv[2])))
+data = bytes(i % 251 for i in range(2500))
+s.send(data)
+chunks = [data[i:i + 1000] for i in range(0, 2500, 1000)]
+got = []
+try:
+    while len(got) < 3:
+        got.append(s.recv(65536))
+except socket.timeout:
+    pass
+same = sorted(got) == sorted(chunks)
+print("echoed", " ".join(str(n) for n in sorted(len(g) for g in got)), "as sent" if same else "changed")
+"#;
+
 /// A container uploads to a host that is not reading yet, closes its
 /// side once the gateway has acknowledged everything (its FIN too), and
 /// exits (`run --rm`): the data sits in the NAT's leg when the container

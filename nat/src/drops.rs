@@ -35,8 +35,9 @@ nat_drops! {
     Malformed => "malformed",
     /// An IP fragment to the outside: fragments are not reassembled.
     IpFragment => "ip_fragment",
-    /// A UDP super-frame (USO, `UDP_SEGMENT`) to the outside: not
-    /// segmented here.
+    /// A UDP super-frame to the outside that is not USO (legacy UFO, one
+    /// datagram to fragment) or has no segment size. (USO super-frames,
+    /// a container's `UDP_SEGMENT` sends, are split and sent.)
     UdpGso => "udp_gso",
     /// ICMP to the outside other than an echo request.
     IcmpNotEcho => "icmp_not_echo",

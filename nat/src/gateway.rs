@@ -278,10 +278,16 @@ pub enum FrameAction {
     /// Send `frame[payload]` on `via`, to `to` when given (an unconnected
     /// socket); a failure is counted with [`Gateway::count_drop`]
     /// ([`NatDrop::HostSend`]). A socket whose open failed is skipped.
+    ///
+    /// `segment`: the payload is a UDP super-frame's (USO, a container's
+    /// `UDP_SEGMENT` send): datagrams of that many bytes each, the last
+    /// one possibly shorter, to send one by one, as the container's
+    /// kernel would have without the offload. Never 0.
     Send {
         via: SocketId,
         payload: Range<usize>,
         to: Option<SocketAddr>,
+        segment: Option<usize>,
     },
 }
 
@@ -1238,10 +1244,16 @@ impl Gateway {
                 FrameAction::None
             }
             L4::Udp => {
-                if meta.gso_type != vnet::GSO_NONE {
-                    self.drops.count(NatDrop::UdpGso);
-                    return FrameAction::None;
-                }
+                // A USO super-frame is split into its datagrams; legacy
+                // UFO (one datagram, IP fragments) is not taken.
+                let segment = match (meta.gso_type & !vnet::GSO_ECN, meta.gso_size) {
+                    (vnet::GSO_NONE, _) => None,
+                    (vnet::GSO_UDP_L4, n) if n > 0 => Some(usize::from(n)),
+                    _ => {
+                        self.drops.count(NatDrop::UdpGso);
+                        return FrameAction::None;
+                    }
+                };
                 let Ok(u) = UdpPacket::new_checked(l4) else {
                     self.drops.count(NatDrop::Malformed);
                     return FrameAction::None;
@@ -1254,7 +1266,7 @@ impl Gateway {
                 );
                 let data = at + ihl + udp::HEADER_LEN;
                 let payload = data..data + u.payload().len();
-                self.udp_from_container(now, &net, key, &frame[ip_range], payload)
+                self.udp_from_container(now, &net, key, &frame[ip_range], payload, segment)
             }
             L4::Icmp => {
                 let Ok(m) = IcmpPacket::new_checked(l4) else {
@@ -1404,6 +1416,7 @@ impl Gateway {
         key: FlowKey,
         packet: &[u8],
         payload: Range<usize>,
+        segment: Option<usize>,
     ) -> FrameAction {
         let (cip, rip) = (key.container_ip, key.remote_ip);
         let h = match self.live_flow(&key) {
@@ -1437,7 +1450,16 @@ impl Gateway {
                 h
             }
         };
-        let _ = self.ct.handle_udp(h, now, Side::Container, payload.len());
+        // Each datagram of a super-frame counts as one.
+        let mut left = payload.len();
+        loop {
+            let n = segment.map_or(left, |s| s.min(left));
+            let _ = self.ct.handle_udp(h, now, Side::Container, n);
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
         let lane = self.tx.lane;
         if let Some(f) = self.flow_mut(h) {
             f.lane = lane;
@@ -1457,6 +1479,7 @@ impl Gateway {
             via: via.0,
             payload,
             to: via.1,
+            segment,
         }
     }
 
@@ -1535,12 +1558,14 @@ impl Gateway {
                     via,
                     payload: msg,
                     to: Some(SocketAddr::new(rip, 0)),
+                    segment: None,
                 }
             }
             Some(Io::Icmp { raw: false }) => FrameAction::Send {
                 via: SocketId::Flow(h),
                 payload: msg,
                 to: None,
+                segment: None,
             },
             _ => FrameAction::None,
         }

@@ -230,16 +230,29 @@ impl Harness {
             .gw
             .handle_frame(self.now, NET, self.lane, &meta, &mut frame);
         self.pump();
-        if let FrameAction::Send { via, payload, to } = a {
-            let data = frame[payload].to_vec();
-            match via {
-                SocketId::Flow(h) => {
-                    // Nothing when the open failed.
-                    if let Some(Fake::Dgram(_, sent)) = self.socks.get_mut(&h) {
-                        sent.push(data);
+        if let FrameAction::Send {
+            via,
+            payload,
+            to,
+            segment,
+        } = a
+        {
+            let data = &frame[payload];
+            let datagrams: Vec<&[u8]> = match segment {
+                Some(n) => data.chunks(n).collect(),
+                None => vec![data],
+            };
+            for d in datagrams {
+                let d = d.to_vec();
+                match via {
+                    SocketId::Flow(h) => {
+                        // Nothing when the open failed.
+                        if let Some(Fake::Dgram(_, sent)) = self.socks.get_mut(&h) {
+                            sent.push(d);
+                        }
                     }
+                    _ => self.sent_unconnected.push((via, d, to)),
                 }
-                _ => self.sent_unconnected.push((via, data, to)),
             }
         }
     }
@@ -840,6 +853,63 @@ fn udp_frame(sport: u16, dst: SocketAddrV4, data: &[u8]) -> Vec<u8> {
     )
 }
 
+/// A container's `UDP_SEGMENT` send comes as one USO super-frame: the
+/// edge is told to send its datagrams one by one, each counted, outbound
+/// and through a published port.
+#[test]
+fn a_udp_super_frame_goes_out_as_its_datagrams() {
+    let mut h = Harness::new();
+    let data: Vec<u8> = (0..2500).map(|i| i as u8).collect();
+    let chunks = vec![
+        data[..1000].to_vec(),
+        data[1000..2000].to_vec(),
+        data[2000..].to_vec(),
+    ];
+    let meta = VnetHdr {
+        flags: vnet::F_NEEDS_CSUM,
+        gso_type: vnet::GSO_UDP_L4,
+        gso_size: 1000,
+        ..Default::default()
+    };
+    let mut frame = udp_frame(5000, remote(443), &data);
+    let a = h.gw.handle_frame(h.now, NET, 0, &meta, &mut frame);
+    assert!(
+        matches!(a, FrameAction::Send { segment: Some(1000), ref payload, .. } if payload.len() == 2500),
+        "{a:?}"
+    );
+    h.pump();
+    h.frame(meta, udp_frame(5000, remote(443), &data));
+    let f = h.only_flow();
+    match &h.socks[&f] {
+        Fake::Dgram(_, sent) => assert_eq!(sent, &chunks),
+        s => panic!("{s:?}"),
+    }
+    let v = h.gw.conntrack().get(f).unwrap();
+    assert_eq!(
+        (v.from_container.packets, v.from_container.bytes),
+        (6, 5000)
+    );
+
+    h.gw.publish(4, NET, SocketAddrV4::new(C_IP, 5353), None);
+    let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 6000));
+    assert!(h.host_datagram(SocketId::Published(4), b"hi", Some(client)));
+    let answer = build::udp(
+        gateway_mac(GW),
+        c_mac(),
+        (C_IP, 5353),
+        (CLIENT, 6000),
+        &data,
+    );
+    h.frame(meta, answer);
+    let sent: Vec<_> = h.sent_unconnected.drain(..).collect();
+    let want: Vec<_> = chunks
+        .iter()
+        .map(|c| (SocketId::Published(4), c.clone(), Some(client)))
+        .collect();
+    assert_eq!(sent, want);
+    assert_eq!(h.drops(NatDrop::UdpGso), 0);
+}
+
 #[test]
 fn udp_flow_both_ways_and_port_unreachable() {
     let mut h = Harness::new();
@@ -1237,14 +1307,17 @@ fn policy_refusals_are_answered_and_counted() {
 #[test]
 fn unsupported_frames_are_counted() {
     let mut h = Harness::new();
-    // A UDP super-frame.
-    let meta = VnetHdr {
-        gso_type: vnet::GSO_UDP_L4,
-        gso_size: 1000,
-        ..Default::default()
-    };
-    h.frame(meta, udp_frame(5000, remote(53), &[0; 3000]));
-    assert_eq!(h.drops(NatDrop::UdpGso), 1);
+    // A UDP super-frame that is not USO (legacy UFO), and USO without a
+    // segment size.
+    for (gso_type, gso_size) in [(vnet::GSO_UDP, 1000), (vnet::GSO_UDP_L4, 0)] {
+        let meta = VnetHdr {
+            gso_type,
+            gso_size,
+            ..Default::default()
+        };
+        h.frame(meta, udp_frame(5000, remote(53), &[0; 3000]));
+    }
+    assert_eq!(h.drops(NatDrop::UdpGso), 2);
     // ICMP other than echo.
     let mut ts = build::icmp_echo(false, gateway_mac(GW), c_mac(), C_IP, REMOTE, 1, 1, b"");
     ts[34] = 13;

@@ -676,9 +676,23 @@ impl Nat {
                 .gw
                 .handle_frame(now, f.network, f.worker, &f.meta, frame);
             self.ops();
-            if let FrameAction::Send { via, payload, to } = action {
+            if let FrameAction::Send {
+                via,
+                payload,
+                to,
+                segment,
+            } = action
+            {
                 if let Some(data) = frame.get(payload) {
-                    self.send(via, data, to);
+                    match segment {
+                        None => self.send(via, data, to),
+                        // A USO super-frame: its datagrams one by one.
+                        Some(n) => {
+                            for d in data.chunks(n) {
+                                self.send(via, d, to);
+                            }
+                        }
+                    }
                 }
             }
             // After the send: a host socket refusing it (host_send) is a
