@@ -516,6 +516,10 @@ fn ipv6_nat_outbound_and_published_ports() {
     );
     assert_eq!(echo.stdout.trim(), "hello6", "{}\n{}", echo.stderr, ctx());
     assert!(ping6(&d, "web", "2001:db8:ff::2"), "ICMPv6 echo\n{}", ctx());
+    // An echo larger than the MTU leaves in IPv6 fragments, which the
+    // NAT reassembles.
+    let big = d.exec_sh("web", "ping -6 -c 1 -W 3 -s 3000 2001:db8:ff::2");
+    assert_eq!(big.code, 0, "{}{}\n{}", big.stdout, big.stderr, ctx());
 
     // Published on [::] too, as Docker does on a dual-stack network.
     let ports = d.ok(&["port", "web"]);

@@ -92,6 +92,25 @@ impl World {
         s
     }
 
+    /// Writes `script` to the file `name` among the world's files, and
+    /// starts container `c` on a new network of its own (`subnet`): the
+    /// script's path.
+    fn script_container(&self, name: &str, script: &str, subnet: &str, c: &str) -> String {
+        let path = self.files.0.join(name).display().to_string();
+        std::fs::write(&path, script).unwrap();
+        let net = format!("{c}-net");
+        self.d.ok(&["network", "create", "--subnet", subnet, &net]);
+        self.d.sleeper(c, &[&net], &[]);
+        path
+    }
+
+    /// What the NAT dropped for `reason` (`conntrack stats`).
+    fn nat_drops(&self, reason: &str) -> u64 {
+        let stats: serde_json::Value =
+            serde_json::from_str(&self.d.ok(&["conntrack", "stats", "--format", "json"])).unwrap();
+        stats["drop_reasons"][reason].as_u64().unwrap()
+    }
+
     /// `SCRIPT` in `sh -c` inside container `c`, asserting success.
     fn exec_ok(&self, c: &str, script: &str) -> String {
         let o = self.d.exec_sh(c, script);
@@ -1072,10 +1091,7 @@ fn reset_connections_may_reuse_their_ports_at_once() {
 #[test]
 fn a_udp_segment_send_reaches_the_outside_as_its_datagrams() {
     let w = World::new(&[]);
-    let script = w.files.0.join("gso.py").display().to_string();
-    std::fs::write(&script, UDP_GSO_CLIENT).unwrap();
-    w.d.ok(&["network", "create", "--subnet", "10.91.0.0/24", "gso"]);
-    w.d.sleeper("quic", &["gso"], &[]);
+    let script = w.script_container("gso.py", UDP_GSO_CLIENT, "10.91.0.0/24", "quic");
     let out = w.exec_ok("quic", &format!("{PYTHON} {script} {OUTSIDE} 7"));
     assert_eq!(
         out.trim(),
@@ -1083,10 +1099,35 @@ fn a_udp_segment_send_reaches_the_outside_as_its_datagrams() {
         "{}",
         w.context()
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&w.d.ok(&["conntrack", "stats", "--format", "json"])).unwrap();
-    assert_eq!(stats["drop_reasons"]["udp_gso"], 0, "{stats}");
+    assert_eq!(w.nat_drops("udp_gso"), 0, "{}", w.context());
 }
+
+/// A datagram larger than the network's MTU leaves the container as IP
+/// fragments; the NAT reassembles it and sends it whole (the host's
+/// kernel fragments it again on its own route), and the answer comes
+/// back: a 4000-byte UDP echo and `ping -s 3000`, both without drops.
+#[test]
+fn datagrams_larger_than_the_mtu_go_out_in_fragments() {
+    let w = World::new(&[]);
+    let script = w.script_container("big.py", BIG_DATAGRAM_CLIENT, "10.92.0.0/24", "big");
+    let out = w.exec_ok("big", &format!("{PYTHON} {script} {OUTSIDE} 7 4000"));
+    assert_eq!(out.trim(), "echoed 4000 as sent", "{}", w.context());
+    w.exec_ok("big", &format!("ping -c 2 -W 3 -s 3000 {OUTSIDE}"));
+    assert_eq!(w.nat_drops("ip_fragment"), 0, "{}", w.context());
+}
+
+/// `big.py HOST PORT N`: one N-byte datagram to a UDP echo; prints
+/// "echoed M as sent" (or "changed").
+const BIG_DATAGRAM_CLIENT: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+s.connect((sys.argv[1], int(sys.argv[2])))
+data = bytes(i % 251 for i in range(int(sys.argv[3])))
+s.send(data)
+got = s.recv(65536)
+print("echoed", len(got), "as sent" if got == data else "changed")
+"#;
 
 /// `gso.py HOST PORT`: one 2500-byte send with `UDP_SEGMENT` 1000 (three
 /// datagrams) to a UDP echo; prints the sizes echoed and whether each

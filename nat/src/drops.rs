@@ -33,7 +33,10 @@ nat_drops! {
     QueueFull => "queue_full",
     /// Too short for its IP protocol's header (TCP, UDP, ICMP).
     Malformed => "malformed",
-    /// An IP fragment to the outside: fragments are not reassembled.
+    /// An IP fragment to the outside that was not reassembled: it
+    /// overlapped another, was malformed, made its datagram longer than
+    /// an IP packet or more than 128 fragments, or its datagram was not
+    /// whole within 30 s or was evicted for a newer one (`frag.rs`).
     IpFragment => "ip_fragment",
     /// A UDP super-frame to the outside that is not USO (legacy UFO, one
     /// datagram to fragment) or has no segment size. (USO super-frames,
@@ -123,6 +126,10 @@ impl DropCounts {
     #[inline]
     pub fn count(&mut self, r: NatDrop) {
         self.0[r as usize] += 1;
+    }
+    /// Counts `n` drops of `r`.
+    pub fn count_n(&mut self, r: NatDrop, n: u64) {
+        self.0[r as usize] += n;
     }
     pub fn get(&self, r: NatDrop) -> u64 {
         self.0[r as usize]

@@ -71,9 +71,14 @@
 //! for IPv6 as for IPv4: TCP through legs, UDP and ICMPv6 echo relayed
 //! over the host's IPv6 sockets (masquerade, as Docker does with
 //! `ip6tables`), ICMPv6 errors where IPv4 sends ICMP ones. Packets with
-//! extension headers are not relayed (a fragment header counts as
-//! [`NatDrop::IpFragment`], others as [`NatDrop::Protocol`]). IPv6 flows
-//! live in the same connection table: its keys hold either family.
+//! extension headers other than a fragment header right after the fixed
+//! one are not relayed ([`NatDrop::Protocol`]). IPv6 flows live in the
+//! same connection table: its keys hold either family.
+//!
+//! # Fragments
+//! IP fragments from containers (either family) are reassembled
+//! ([`crate::frag`]), and the whole datagram goes on as if it had come
+//! unfragmented: [`FrameAction::SendWhole`] for a datagram to send.
 //!
 //! # Policy
 //! `--internal` networks and networks with masquerading off get nothing
@@ -89,6 +94,7 @@
 //! None, for any bytes and any sequence of calls.
 
 use crate::drops::{DropCounts, NatDrop};
+use crate::frag::{Offer, Reassembly};
 use crate::ip6::{self, icmp6, Ipv6Packet};
 use crate::leg::{self, Leg, LegConfig, LegPool, LegTx, TcpSocketState, HEADROOM};
 use crate::{
@@ -289,6 +295,15 @@ pub enum FrameAction {
         to: Option<SocketAddr>,
         segment: Option<usize>,
     },
+    /// As `Send`, for a datagram the container sent as IP fragments,
+    /// reassembled: the payload is `buf[payload]` of the buffer
+    /// [`Gateway::take_whole`] hands out; give it back with
+    /// [`Gateway::recycle_whole`].
+    SendWhole {
+        via: SocketId,
+        payload: Range<usize>,
+        to: Option<SocketAddr>,
+    },
 }
 
 /// A frame towards a container: `buf[FRAME_OFFSET..][..len]`, to send on
@@ -327,7 +342,7 @@ pub enum Claim {
 
 /// Whether a frame addressed to the gateway MAC of `net` is for the NAT:
 /// IPv4 TCP, UDP or ICMP to an address outside the network (or TCP/UDP
-/// to the gateway address itself: the host's loopback), not a fragment;
+/// to the gateway address itself: the host's loopback), fragments too;
 /// on a network with an IPv6 side, the same for IPv6 (TCP, UDP, ICMPv6
 /// other than Neighbor Discovery, to a unicast address outside the IPv6
 /// subnet, or TCP/UDP to the gateway's IPv6 address). Other Ethernet
@@ -362,9 +377,7 @@ pub fn classify(net: &Network, frame: &[u8]) -> Claim {
         _ if dst == cfg.gateway => return Claim::Pass,
         _ => return Claim::Drop(NatDrop::Protocol, DropReason::NoRoute),
     }
-    if ip.is_fragment() {
-        return Claim::Drop(NatDrop::IpFragment, DropReason::GatewayUnsupported);
-    }
+    // Fragments too: the gateway reassembles them.
     Claim::Nat
 }
 
@@ -395,10 +408,19 @@ fn classify6(net: &Network, payload: &[u8]) -> Claim {
                 return Claim::Pass;
             }
         }
-        _ if to_gateway => return Claim::Pass,
+        // A fragment (reassembled by the gateway) of TCP, UDP or ICMPv6,
+        // which Neighbor Discovery never is; to the gateway address, as
+        // unfragmented, only TCP and UDP.
         ip6::next_header::FRAGMENT => {
-            return Claim::Drop(NatDrop::IpFragment, DropReason::GatewayUnsupported)
+            let inner = payload.get(ip6::HEADER_LEN).copied().unwrap_or(0);
+            match inner {
+                ip6::next_header::TCP | ip6::next_header::UDP => {}
+                ip6::next_header::ICMPV6 if !to_gateway => {}
+                _ if to_gateway => return Claim::Pass,
+                _ => return Claim::Drop(NatDrop::Protocol, DropReason::NoRoute),
+            }
         }
+        _ if to_gateway => return Claim::Pass,
         _ => return Claim::Drop(NatDrop::Protocol, DropReason::NoRoute),
     }
     Claim::Nat
@@ -684,6 +706,11 @@ pub struct Gateway {
     drops: DropCounts,
     /// New TCP flows' legs, with finished ones kept for reuse.
     legs: LegPool,
+    /// Containers' fragmented datagrams being put together.
+    frags: Reassembly,
+    /// The datagram of the latest [`FrameAction::SendWhole`], until the
+    /// edge takes it.
+    whole: Option<Box<[u8]>>,
 }
 
 impl Gateway {
@@ -710,6 +737,8 @@ impl Gateway {
             raw_ids: HashMap::new(),
             drops: DropCounts::default(),
             legs: LegPool::new(config.leg),
+            frags: Reassembly::new(),
+            whole: None,
             config,
         }
     }
@@ -932,6 +961,9 @@ impl Gateway {
         if let Some(Reverse((t, _))) = self.timers.peek() {
             at = Some(at.map_or(*t, |a| a.min(*t)));
         }
+        if let Some(t) = self.frags.deadline() {
+            at = Some(at.map_or(t, |a| a.min(t)));
+        }
         at
     }
 
@@ -950,6 +982,9 @@ impl Gateway {
         while let Some(v) = self.ct.poll_expired(now) {
             self.drop_io(v.handle);
         }
+        self.frags.expire(now);
+        let lost = self.frags.take_lost();
+        self.drops.count_n(NatDrop::IpFragment, lost);
     }
 
     // ---- helpers ----------------------------------------------------------
@@ -1200,6 +1235,64 @@ impl Gateway {
         frame: &mut [u8],
     ) -> FrameAction {
         self.tx.lane = Some(lane);
+        let fragment = frame
+            .get(ethernet::HEADER_LEN..)
+            .is_some_and(Reassembly::is_fragment);
+        if !fragment || !self.nets.contains_key(&network) {
+            return self.dispatch(now, network, meta, frame);
+        }
+        let offer = self.frags.offer(now, network, frame);
+        // Datagrams that expired or were evicted for this one.
+        let lost = self.frags.take_lost();
+        self.drops.count_n(NatDrop::IpFragment, lost);
+        match offer {
+            Offer::Pending => FrameAction::None,
+            Offer::Dropped(n) => {
+                self.drops.count_n(NatDrop::IpFragment, n);
+                FrameAction::None
+            }
+            Offer::Whole { mut buf, frame: r } => {
+                let whole = &mut buf[r.clone()];
+                match self.dispatch(now, network, &VnetHdr::default(), whole) {
+                    FrameAction::Send {
+                        via, payload, to, ..
+                    } => {
+                        self.whole = Some(buf);
+                        FrameAction::SendWhole {
+                            via,
+                            payload: payload.start + r.start..payload.end + r.start,
+                            to,
+                        }
+                    }
+                    other => {
+                        self.frags.recycle(buf);
+                        other
+                    }
+                }
+            }
+        }
+    }
+
+    /// The datagram of the latest [`FrameAction::SendWhole`]; give it
+    /// back with [`Gateway::recycle_whole`] once sent.
+    pub fn take_whole(&mut self) -> Option<Box<[u8]>> {
+        self.whole.take()
+    }
+
+    /// Gives back what [`Gateway::take_whole`] lent.
+    pub fn recycle_whole(&mut self, buf: Box<[u8]>) {
+        self.frags.recycle(buf);
+    }
+
+    /// [`Gateway::handle_frame`] for an unfragmented packet (or one
+    /// whole again).
+    fn dispatch(
+        &mut self,
+        now: u64,
+        network: NetworkId,
+        meta: &VnetHdr,
+        frame: &mut [u8],
+    ) -> FrameAction {
         let Some(net) = self.nets.get(&network).copied() else {
             self.drops.count(NatDrop::NoNetwork);
             return FrameAction::None;

@@ -9,6 +9,7 @@
 //! - [`leg`]: the container side of a relayed TCP connection, a smoltcp
 //!   socket per flow.
 //! - [`drops`]: one counter per reason the NAT drops something.
+//! - [`frag`]: reassembly of the IP fragments containers send out.
 //! - [`ip6`]: the IPv6 and ICMPv6 headers the NAT reads and writes.
 //!
 //! No sockets, threads, clocks or OS randomness here: the daemon's NAT
@@ -18,6 +19,7 @@
 
 pub mod conntrack;
 pub mod drops;
+pub mod frag;
 pub mod gateway;
 pub mod ip6;
 pub mod leg;

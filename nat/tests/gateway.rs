@@ -230,29 +230,35 @@ impl Harness {
             .gw
             .handle_frame(self.now, NET, self.lane, &meta, &mut frame);
         self.pump();
-        if let FrameAction::Send {
-            via,
-            payload,
-            to,
-            segment,
-        } = a
-        {
-            let data = &frame[payload];
-            let datagrams: Vec<&[u8]> = match segment {
-                Some(n) => data.chunks(n).collect(),
-                None => vec![data],
-            };
-            for d in datagrams {
-                let d = d.to_vec();
-                match via {
-                    SocketId::Flow(h) => {
-                        // Nothing when the open failed.
-                        if let Some(Fake::Dgram(_, sent)) = self.socks.get_mut(&h) {
-                            sent.push(d);
-                        }
+        let whole = self.gw.take_whole();
+        let (via, data, to, segment) = match a {
+            FrameAction::None => return,
+            FrameAction::Send {
+                via,
+                payload,
+                to,
+                segment,
+            } => (via, &frame[payload], to, segment),
+            FrameAction::SendWhole { via, payload, to } => {
+                (via, &whole.as_ref().unwrap()[payload], to, None)
+            }
+        };
+        let datagrams: Vec<Vec<u8>> = match segment {
+            Some(n) => data.chunks(n).map(<[u8]>::to_vec).collect(),
+            None => vec![data.to_vec()],
+        };
+        if let Some(b) = whole {
+            self.gw.recycle_whole(b);
+        }
+        for d in datagrams {
+            match via {
+                SocketId::Flow(h) => {
+                    // Nothing when the open failed.
+                    if let Some(Fake::Dgram(_, sent)) = self.socks.get_mut(&h) {
+                        sent.push(d);
                     }
-                    _ => self.sent_unconnected.push((via, d, to)),
                 }
+                _ => self.sent_unconnected.push((via, d, to)),
             }
         }
     }
@@ -910,6 +916,102 @@ fn a_udp_super_frame_goes_out_as_its_datagrams() {
     assert_eq!(h.drops(NatDrop::UdpGso), 0);
 }
 
+/// `packet` (IPv4 or IPv6, without options or extension headers) cut
+/// into IP fragments of `chunk` payload bytes (a multiple of 8).
+fn fragments(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+    let v6 = packet[0] >> 4 == 6;
+    let h = if v6 { 40 } else { 20 };
+    let payload = &packet[h..];
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < payload.len() {
+        let n = chunk.min(payload.len() - off);
+        let more = off + n < payload.len();
+        let mut p = packet[..h].to_vec();
+        if v6 {
+            let next = p[6];
+            p[6] = 44;
+            p[4..6].copy_from_slice(&((8 + n) as u16).to_be_bytes());
+            let fo = ((off / 8) as u16) << 3 | u16::from(more);
+            p.extend_from_slice(&[next, 0]);
+            p.extend_from_slice(&fo.to_be_bytes());
+            p.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        } else {
+            p[2..4].copy_from_slice(&((20 + n) as u16).to_be_bytes());
+            p[4..6].copy_from_slice(&0x4321u16.to_be_bytes());
+            let fo = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+            p[6..8].copy_from_slice(&fo.to_be_bytes());
+        }
+        p.extend_from_slice(&payload[off..off + n]);
+        out.push(p);
+        off += n;
+    }
+    out
+}
+
+/// What the only flow's datagram socket sent.
+fn sent_on_only_flow(h: &Harness) -> Vec<Vec<u8>> {
+    match &h.socks[&h.only_flow()] {
+        Fake::Dgram(_, sent) => sent.clone(),
+        s => panic!("{s:?}"),
+    }
+}
+
+/// A datagram larger than the network's MTU, which the container's
+/// kernel sent as IP fragments, goes out whole (UDP of either family,
+/// ICMP echo), counted as one datagram (the workers hand fragments to
+/// the NAT: `the_worker_side_classification`). A datagram that never
+/// becomes whole is counted when it expires.
+#[test]
+fn fragmented_datagrams_go_out_whole() {
+    let data: Vec<u8> = (0..4000).map(|i| (i % 251) as u8).collect();
+    let full = udp_frame(5000, remote(53), &data);
+    let frags = fragments(&full[14..], 1480);
+    assert_eq!(frags.len(), 3);
+    let mut h = Harness::new();
+    for f in frags.iter().rev() {
+        h.ip_in(f);
+    }
+    assert_eq!(sent_on_only_flow(&h), vec![data.clone()]);
+    let v = h.gw.conntrack().get(h.only_flow()).unwrap();
+    assert_eq!(
+        (v.from_container.packets, v.from_container.bytes),
+        (1, 4000)
+    );
+    assert_eq!(h.drops(NatDrop::IpFragment), 0);
+
+    let mut h = Harness::new();
+    for f in fragments(&udp6(5000, remote6(53), &data), 1232) {
+        h.ip_in(&f);
+    }
+    assert_eq!(sent_on_only_flow(&h), vec![data.clone()]);
+
+    // `ping -s 3000`: the whole echo request to the ping socket.
+    let mut h = Harness::new();
+    let echo = build::icmp_echo(
+        false,
+        gateway_mac(GW),
+        c_mac(),
+        C_IP,
+        REMOTE,
+        77,
+        1,
+        &data[..3000],
+    );
+    for f in fragments(&echo[14..], 1480) {
+        h.ip_in(&f);
+    }
+    let sent = sent_on_only_flow(&h);
+    assert_eq!((sent.len(), &sent[0][8..]), (1, &data[..3000]));
+
+    // Half a datagram: nothing goes out; counted when it expires.
+    let mut h = Harness::new();
+    h.ip_in(&frags[0]);
+    assert!(h.socks.is_empty() && h.sent_unconnected.is_empty());
+    h.advance(31 * S);
+    assert_eq!(h.drops(NatDrop::IpFragment), 1);
+}
+
 #[test]
 fn udp_flow_both_ways_and_port_unreachable() {
     let mut h = Harness::new();
@@ -1369,14 +1471,8 @@ fn the_worker_side_classification() {
     let local = udp_frame(1, SocketAddrV4::new(Ipv4Addr::new(10, 1, 0, 9), 53), b"q");
     assert_eq!(tapnet_nat::classify(net, &local), Claim::Pass);
     let mut frag = out.clone();
-    frag[20] = 0x20; // more fragments
-    assert_eq!(
-        tapnet_nat::classify(net, &frag),
-        Claim::Drop(
-            NatDrop::IpFragment,
-            tapnet_switch::DropReason::GatewayUnsupported
-        )
-    );
+    frag[20] = 0x20; // more fragments: the gateway reassembles them
+    assert_eq!(tapnet_nat::classify(net, &frag), Claim::Nat);
     let gre = build::ipv4(gateway_mac(GW), c_mac(), C_IP, REMOTE, 47, &[0; 8]);
     assert_eq!(
         tapnet_nat::classify(net, &gre),
@@ -2034,7 +2130,9 @@ fn ipv6_policy_refusals_are_answered_and_counted() {
 #[test]
 fn ipv6_unsupported_frames_are_counted() {
     let mut h = Harness::new();
-    // A fragment header, another extension header, a short header.
+    // A fragment without data (fragments are otherwise reassembled:
+    // `fragmented_datagrams_go_out_whole`), another extension header, a
+    // short header.
     h.ip_in(&packet6(REMOTE6, 44, &[17, 0, 0, 1, 0, 0, 0, 1]));
     assert_eq!(h.drops(NatDrop::IpFragment), 1);
     h.ip_in(&packet6(REMOTE6, 60, &[17, 0, 0, 0, 0, 0, 0, 0]));
@@ -2192,12 +2290,15 @@ fn ipv6_classification_and_departure() {
     assert_eq!(classify(&udp6(1, ll, b"q")), Claim::Pass);
     let mc = SocketAddrV6::new("ff02::fb".parse().unwrap(), 5353, 0, 0);
     assert_eq!(classify(&udp6(1, mc, b"q")), Claim::Pass);
+    // Fragments of TCP, UDP or ICMPv6 are the NAT's; of anything else
+    // (here a hop-by-hop header), not.
+    assert_eq!(
+        classify(&packet6(REMOTE6, 44, &[17, 0, 0, 1, 0, 0, 0, 1])),
+        Claim::Nat
+    );
     assert_eq!(
         classify(&packet6(REMOTE6, 44, &[0; 8])),
-        Claim::Drop(
-            NatDrop::IpFragment,
-            tapnet_switch::DropReason::GatewayUnsupported
-        )
+        Claim::Drop(NatDrop::Protocol, tapnet_switch::DropReason::NoRoute)
     );
     assert_eq!(
         classify(&packet6(REMOTE6, 47, &[0; 8])),

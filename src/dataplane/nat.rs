@@ -676,22 +676,33 @@ impl Nat {
                 .gw
                 .handle_frame(now, f.network, f.worker, &f.meta, frame);
             self.ops();
-            if let FrameAction::Send {
-                via,
-                payload,
-                to,
-                segment,
-            } = action
-            {
-                if let Some(data) = frame.get(payload) {
-                    match segment {
-                        None => self.send(via, data, to),
-                        // A USO super-frame: its datagrams one by one.
-                        Some(n) => {
-                            for d in data.chunks(n) {
-                                self.send(via, d, to);
+            match action {
+                FrameAction::None => {}
+                FrameAction::Send {
+                    via,
+                    payload,
+                    to,
+                    segment,
+                } => {
+                    if let Some(data) = frame.get(payload) {
+                        match segment {
+                            None => self.send(via, data, to),
+                            // A USO super-frame: its datagrams one by one.
+                            Some(n) => {
+                                for d in data.chunks(n) {
+                                    self.send(via, d, to);
+                                }
                             }
                         }
+                    }
+                }
+                // A datagram the container sent fragmented, whole again.
+                FrameAction::SendWhole { via, payload, to } => {
+                    if let Some(buf) = self.gw.take_whole() {
+                        if let Some(data) = buf.get(payload) {
+                            self.send(via, data, to);
+                        }
+                        self.gw.recycle_whole(buf);
                     }
                 }
             }
