@@ -1116,6 +1116,58 @@ fn datagrams_larger_than_the_mtu_go_out_in_fragments() {
     assert_eq!(w.nat_drops("ip_fragment"), 0, "{}", w.context());
 }
 
+/// A datagram to where the host has no route, or to a neighbour that
+/// does not answer ARP, gets ICMP net or host unreachable back from the
+/// gateway, as a router (Docker's host kernel) sends it: a container's
+/// connected UDP socket that asks for errors (`IP_RECVERR`, as resolvers
+/// and traceroute do; Linux passes these two to other sockets only as
+/// ICMP) fails with ENETUNREACH, then EHOSTUNREACH, instead of waiting
+/// out its timeout; `ping` reports "Destination Host Unreachable".
+#[test]
+fn unreachable_destinations_fail_a_containers_udp_at_once() {
+    let w = World::new(&[]);
+    let script = w.script_container("unreach.py", UNREACHABLE_CLIENT, "10.93.0.0/24", "lost");
+    // 203.0.113.9 (TEST-NET-3): no route in the daemon's namespace;
+    // 198.51.100.99: on the outside link, but nobody has it.
+    let out = w.exec_ok(
+        "lost",
+        &format!("{PYTHON} {script} 203.0.113.9 198.51.100.99"),
+    );
+    assert_eq!(out.trim(), "ENETUNREACH EHOSTUNREACH", "{}", w.context());
+    // ping says so too, from the gateway.
+    let ping = w.d.exec_sh("lost", "ping -c 1 -W 10 198.51.100.99");
+    assert!(
+        ping.code != 0 && ping.stdout.contains("Unreachable"),
+        "{}{} (unreachable drops: {})\n{}",
+        ping.stdout,
+        ping.stderr,
+        w.nat_drops("unreachable"),
+        w.context()
+    );
+    assert_eq!(w.nat_drops("unreachable"), 3, "{}", w.context());
+}
+
+/// `unreach.py A B`: one datagram to A, then one to B, each on a
+/// connected UDP socket with `IP_RECVERR`; prints what each recv ended
+/// with (an errno name, "timeout" after 10 s, or "answer").
+const UNREACHABLE_CLIENT: &str = r#"
+import errno, socket, sys
+def ask(host):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+    s.settimeout(10)
+    s.connect((host, 9))
+    s.send(b"anyone?")
+    try:
+        s.recv(100)
+        return "answer"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return errno.errorcode.get(e.errno, str(e.errno))
+print(ask(sys.argv[1]), ask(sys.argv[2]))
+"#;
+
 /// `big.py HOST PORT N`: one N-byte datagram to a UDP echo; prints
 /// "echoed M as sent" (or "changed").
 const BIG_DATAGRAM_CLIENT: &str = r#"

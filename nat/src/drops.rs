@@ -107,6 +107,11 @@ nat_drops! {
     /// outside as IPv6 (IPv4-mapped, loopback, unspecified, link-local,
     /// multicast; ICMPv6 "administratively prohibited").
     V6Unroutable => "v6_unroutable",
+    /// A container's datagram (UDP, ICMP echo) the host could not send on
+    /// or got an error back for: no route to its network or no neighbour
+    /// answering for it (ENETUNREACH, EHOSTUNREACH); answered with ICMP
+    /// net or host unreachable from the gateway.
+    Unreachable => "unreachable",
 }
 
 /// Number of drop reasons.

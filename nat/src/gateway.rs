@@ -260,6 +260,15 @@ pub enum HostEvent {
     Writable,
     /// A connected UDP socket received a port unreachable (ECONNREFUSED).
     PortUnreachable,
+    /// A flow's connected UDP or ping socket failed to send or receive
+    /// with ENETUNREACH or EHOSTUNREACH (a router's ICMP error, or no
+    /// route or no neighbour here): the container gets the same ICMP
+    /// from its gateway, as a router would send it.
+    Unreachable(ConnectError),
+    /// As [`HostEvent::Unreachable`], from the `connect` of the flow's
+    /// new socket, which is gone: the flow ends too (the container's
+    /// next datagram tries again).
+    OpenUnreachable(ConnectError),
 }
 
 /// Why a TCP connect failed.
@@ -1705,37 +1714,93 @@ impl Gateway {
                     self.dirty.push(h);
                 }
             }
-            HostEvent::PortUnreachable => self.port_unreachable(now, h),
+            HostEvent::PortUnreachable => self.datagram_unreachable(now, h, Unreach::Port),
+            HostEvent::Unreachable(e) => {
+                self.drops.count(NatDrop::Unreachable);
+                self.datagram_unreachable(now, h, unreach_of(e));
+            }
+            HostEvent::OpenUnreachable(e) => {
+                self.drops.count(NatDrop::Unreachable);
+                self.datagram_unreachable(now, h, unreach_of(e));
+                if let Some(Io::Udp(UdpVia::Own) | Io::Icmp { raw: false }) =
+                    self.flow(h).map(|f| &f.io)
+                {
+                    *h.slot_in(&mut self.flows) = None;
+                    let _ = self.ct.remove(h);
+                }
+            }
         }
     }
 
-    /// The remote answered ICMP port unreachable: tell the container the
-    /// same, quoting its datagram's headers, so its socket fails with
-    /// "connection refused".
-    fn port_unreachable(&mut self, now: u64, h: FlowHandle) {
+    /// ICMP destination unreachable to the container about its datagram
+    /// flow `h` (UDP through its own socket, or ICMP echo through a ping
+    /// socket), quoting a header of the flow: `why` Port from the remote
+    /// (its host refused the port: the container's socket fails with
+    /// "connection refused"), Net or Host from the gateway, as a router
+    /// says it.
+    fn datagram_unreachable(&mut self, now: u64, h: FlowHandle, why: Unreach) {
         let Some(f) = self.flow(h) else { return };
+        let echo = match f.io {
+            Io::Udp(UdpVia::Own) => false,
+            Io::Icmp { .. } => true,
+            _ => return,
+        };
         let (net, container, remote) = (f.network, f.container, f.remote);
         self.tx.lane = f.lane;
+        let from = match why {
+            Unreach::Port => remote.ip(),
+            _ => {
+                let gw = self
+                    .nets
+                    .get(&net)
+                    .and_then(|n| n.gateway_for(container.ip()));
+                let Some((gw, _)) = gw else { return };
+                gw
+            }
+        };
         let mut quote = [0u8; ip6::HEADER_LEN + udp::HEADER_LEN];
         let l4 = match (container.ip(), remote.ip()) {
             (IpAddr::V4(c), IpAddr::V4(r)) => {
-                ipv4::emit_header(&mut quote, c, r, ipv4::protocol::UDP, 8, 64);
+                let p = if echo {
+                    ipv4::protocol::ICMP
+                } else {
+                    ipv4::protocol::UDP
+                };
+                ipv4::emit_header(&mut quote, c, r, p, 8, 64);
                 ipv4::MIN_HEADER_LEN
             }
             (IpAddr::V6(c), IpAddr::V6(r)) => {
-                let _ = ip6::emit_header(&mut quote, c, r, ip6::next_header::UDP, 8, 64);
+                let p = if echo {
+                    ip6::next_header::ICMPV6
+                } else {
+                    ip6::next_header::UDP
+                };
+                let _ = ip6::emit_header(&mut quote, c, r, p, 8, 64);
                 ip6::HEADER_LEN
             }
             _ => return,
         };
-        let mut u = UdpPacket::new_unchecked(&mut quote[l4..]);
-        UdpRepr {
-            src_port: container.port(),
-            dst_port: remote.port(),
+        if echo {
+            // An echo request with the container's identifier (the
+            // flow's container port); its sequence number is not kept.
+            quote[l4] = if container.is_ipv4() {
+                icmp::ECHO_REQUEST
+            } else {
+                icmp6::ECHO_REQUEST
+            };
+            quote[l4 + 4..l4 + 6].copy_from_slice(&container.port().to_be_bytes());
+        } else {
+            let mut u = UdpPacket::new_unchecked(&mut quote[l4..]);
+            UdpRepr {
+                src_port: container.port(),
+                dst_port: remote.port(),
+            }
+            .emit(&mut u, 0);
         }
-        .emit(&mut u, 0);
-        let _ = self.ct.handle_udp(h, now, Side::Remote, 0);
-        self.send_unreachable(net, remote.ip(), &quote[..l4 + 8], Unreach::Port);
+        if why == Unreach::Port {
+            let _ = self.ct.handle_udp(h, now, Side::Remote, 0);
+        }
+        self.send_unreachable(net, from, &quote[..l4 + 8], why);
     }
 
     fn connect_failed(&mut self, now: u64, h: FlowHandle, e: Option<ConnectError>) {
@@ -2097,6 +2162,18 @@ impl Gateway {
         else {
             return;
         };
+        // An unreachable about one of the echo requests sent here (a
+        // router's, or the host's own when a neighbour does not answer).
+        if let Some((id, why)) = unreachable_echo(p) {
+            match self.raw_ids.get(&id).copied() {
+                Some(h) => {
+                    self.drops.count(NatDrop::Unreachable);
+                    self.datagram_unreachable(now, h, why);
+                }
+                None => self.drops.count(NatDrop::IcmpIgnored),
+            }
+            return;
+        }
         let parsed = Ipv4Packet::new_checked(p).ok().and_then(|ip| {
             let m = IcmpPacket::new_checked(ip.payload()).ok()?;
             (m.msg_type() == icmp::ECHO_REPLY).then_some((
@@ -2551,6 +2628,41 @@ enum Unreach {
     Host,
     Port,
     Prohibited,
+}
+
+/// If `packet` (IPv4, read from the raw ICMP socket) is an ICMP
+/// destination unreachable quoting an echo request: that request's
+/// identifier and the kind of unreachable.
+fn unreachable_echo(packet: &[u8]) -> Option<(u16, Unreach)> {
+    let ip = Ipv4Packet::new_checked(packet).ok()?;
+    let m = ip.payload();
+    if *m.first()? != icmp::DEST_UNREACHABLE {
+        return None;
+    }
+    let why = match *m.get(1)? {
+        icmp::unreachable::NET | 6 => Unreach::Net,
+        icmp::unreachable::PORT => Unreach::Port,
+        9 | 10 | icmp::unreachable::PROHIBITED => Unreach::Prohibited,
+        _ => Unreach::Host,
+    };
+    let quoted = Ipv4Packet::new_checked(m.get(icmp::ECHO_HEADER_LEN..)?).ok()?;
+    if quoted.protocol() != ipv4::protocol::ICMP {
+        return None;
+    }
+    let echo = quoted.payload();
+    if *echo.first()? != icmp::ECHO_REQUEST {
+        return None;
+    }
+    Some((u16::from_be_bytes([*echo.get(4)?, *echo.get(5)?]), why))
+}
+
+/// The ICMP unreachable a host socket's error stands for.
+fn unreach_of(e: ConnectError) -> Unreach {
+    match e {
+        ConnectError::NetUnreachable => Unreach::Net,
+        ConnectError::HostUnreachable | ConnectError::TimedOut => Unreach::Host,
+        ConnectError::Refused => Unreach::Port,
+    }
 }
 
 impl Unreach {

@@ -163,6 +163,8 @@ struct Harness {
     sent_unconnected: Vec<(SocketId, Vec<u8>, Option<SocketAddr>)>,
     dial: Dial,
     open_fails: bool,
+    /// Datagram sockets' connects fail with this (no route, no neighbour).
+    open_unreachable: Option<ConnectError>,
     /// Frames to the container not yet taken by the test.
     out: Vec<Out>,
     /// Stop giving buffers back (the workers are stuck).
@@ -200,6 +202,7 @@ impl Harness {
             sent_unconnected: Vec::new(),
             dial: Dial::Accept,
             open_fails: false,
+            open_unreachable: None,
             out: Vec::new(),
             hold_buffers: false,
             held: Vec::new(),
@@ -379,6 +382,10 @@ impl Harness {
         if self.open_fails {
             self.gw
                 .handle_socket_event(self.now, SocketId::Flow(flow), HostEvent::OpenFailed);
+        } else if let Some(e) = self.open_unreachable {
+            let ev = HostEvent::OpenUnreachable(e);
+            self.gw
+                .handle_socket_event(self.now, SocketId::Flow(flow), ev);
         } else {
             self.socks.insert(flow, Fake::Dgram(to, Vec::new()));
         }
@@ -1067,6 +1074,107 @@ fn udp_flow_both_ways_and_port_unreachable() {
     assert!(h.gw.conntrack().get(f).is_none());
     assert_eq!(h.closed, vec![(f, false)]);
     assert_eq!(h.gw.conntrack().counters().expired[6], 1);
+}
+
+/// `o` is an ICMP destination unreachable with `code` from the gateway
+/// to the container: the packet it quotes.
+fn from_gateway_unreachable(o: &Out, code: u8) -> Vec<u8> {
+    assert_eq!(icmp_of(o), Some((icmp::DEST_UNREACHABLE, code)));
+    let ip = o.ip();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GW, C_IP));
+    ip.payload()[8..].to_vec()
+}
+
+/// Raises `e` on flow `f`'s socket: the gateway's one frame, checked by
+/// [`from_gateway_unreachable`] for `code`.
+fn host_unreachable(h: &mut Harness, f: FlowHandle, e: ConnectError, code: u8) -> Vec<u8> {
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Unreachable(e));
+    h.pump();
+    let out = h.take_out();
+    assert_eq!(out.len(), 1);
+    from_gateway_unreachable(&out[0], code)
+}
+
+/// The host socket's "no route" or "no neighbour" (its connect, send or
+/// receive failing with ENETUNREACH or EHOSTUNREACH) reaches the
+/// container as ICMP net or host unreachable from its gateway, as a
+/// router would send it, quoting the flow's header: UDP of either
+/// family and ICMP echo. At the connect the flow ends; later it stays.
+#[test]
+fn unreachable_destinations_answer_datagrams_with_icmp() {
+    let mut h = Harness::new();
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(53), b"query"));
+    let f = h.only_flow();
+    let net = ConnectError::NetUnreachable;
+    let quote = host_unreachable(&mut h, f, net, icmp::unreachable::NET);
+    let quoted = Ipv4Packet::new_checked(&quote[..]).unwrap();
+    assert_eq!((quoted.src_addr(), quoted.dst_addr()), (C_IP, REMOTE));
+    let u = UdpPacket::new_checked(&quoted.payload()[..8]).unwrap();
+    assert_eq!((u.src_port(), u.dst_port()), (5000, 53));
+    assert!(h.gw.conntrack().get(f).is_some(), "the flow stays");
+    assert_eq!(h.drops(NatDrop::Unreachable), 1);
+
+    // At the connect: host unreachable over IPv6, and the flow ends.
+    let mut h = Harness::new();
+    h.open_unreachable = Some(ConnectError::HostUnreachable);
+    h.ip_in(&udp6(5000, remote6(53), b"query6"));
+    let out = h.take_out();
+    assert_eq!(
+        icmp6_of(&out[0]),
+        Some((icmp6::DEST_UNREACHABLE, icmp6::unreachable::ADDRESS))
+    );
+    let ip = out[0].ip6();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GW6, C_IP6));
+    assert!(h.socks.is_empty() && h.gw.conntrack().is_empty());
+    assert_eq!(h.drops(NatDrop::Unreachable), 1);
+    assert_eq!(h.drops(NatDrop::SocketOpen), 0);
+
+    // An echo through a ping socket: the quote is an echo request with
+    // the container's identifier.
+    let mut h = Harness::new();
+    let echo = build::icmp_echo(false, gateway_mac(GW), c_mac(), C_IP, REMOTE, 77, 1, b"p");
+    h.frame(VnetHdr::default(), echo);
+    let f = h.only_flow();
+    let host = ConnectError::HostUnreachable;
+    let quote = host_unreachable(&mut h, f, host, icmp::unreachable::HOST);
+    let quoted = Ipv4Packet::new_checked(&quote[..]).unwrap();
+    assert_eq!(quoted.protocol(), 1);
+    let m = icmp::IcmpPacket::new_checked(quoted.payload()).unwrap();
+    assert_eq!((m.msg_type(), m.echo_ident()), (icmp::ECHO_REQUEST, 77));
+
+    // Through the raw socket (a root daemon without ping sockets): the
+    // unreachable the host reads there, quoting the request as sent
+    // (with the raw socket's identifier), goes to the flow's container.
+    let mut h = Harness::with(
+        GatewayConfig {
+            icmp: IcmpMode::Raw,
+            ..Default::default()
+        },
+        info(),
+    );
+    let echo = build::icmp_echo(false, gateway_mac(GW), c_mac(), C_IP, REMOTE, 5, 1, b"p");
+    h.frame(VnetHdr::default(), echo);
+    let (_, sent, _) = h.sent_unconnected.pop().unwrap();
+    let host = Ipv4Addr::new(10, 9, 9, 9);
+    let mut request = vec![0u8; 20 + sent.len()];
+    ipv4::emit_header(&mut request, host, REMOTE, 1, sent.len(), 64);
+    request[20..].copy_from_slice(&sent);
+    let mut error = vec![0u8; 20 + 8 + 28];
+    ipv4::emit_header(&mut error, host, host, 1, 8 + 28, 64);
+    error[20] = icmp::DEST_UNREACHABLE;
+    error[21] = icmp::unreachable::HOST;
+    error[28..].copy_from_slice(&request[..28]);
+    assert!(h.host_datagram(SocketId::RawIcmp, &error, None));
+    let out = h.take_out();
+    let quote = from_gateway_unreachable(&out[0], icmp::unreachable::HOST);
+    let quoted = Ipv4Packet::new_checked(&quote[..]).unwrap();
+    let m = icmp::IcmpPacket::new_checked(quoted.payload()).unwrap();
+    assert_eq!(m.echo_ident(), 5, "the container's own identifier");
+    assert_eq!(h.drops(NatDrop::Unreachable), 1);
+    // One about a request that is not ours: ignored, counted.
+    error[28 + 24] ^= 0xff;
+    assert!(h.host_datagram(SocketId::RawIcmp, &error, None));
+    assert_eq!(h.drops(NatDrop::IcmpIgnored), 1);
 }
 
 #[test]

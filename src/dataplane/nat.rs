@@ -738,8 +738,15 @@ impl Nat {
                 _ => Err(io::ErrorKind::NotFound.into()),
             },
         };
-        if r.is_err() {
-            self.gw.count_drop(NatDrop::HostSend);
+        let Err(e) = r else { return };
+        match (unreachable(&e), via) {
+            // No route or no neighbour: ICMP back, as a router says it.
+            (Some(why), SocketId::Flow(_)) => {
+                let now = self.now();
+                self.gw
+                    .handle_socket_event(now, via, HostEvent::Unreachable(why));
+            }
+            _ => self.gw.count_drop(NatDrop::HostSend),
         }
     }
 
@@ -842,12 +849,15 @@ impl Nat {
                 .register(&mut s, token_of(flow), Interest::READABLE)?;
             Ok(s)
         });
-        match ok {
-            Ok(s) => self.put_sock(flow, Sock::Dgram(s)),
-            Err(_) => self
-                .gw
-                .handle_socket_event(now, SocketId::Flow(flow), HostEvent::OpenFailed),
-        }
+        let ev = match ok {
+            Ok(s) => return self.put_sock(flow, Sock::Dgram(s)),
+            // The connect found no route: ICMP back.
+            Err(e) => match unreachable(&e) {
+                Some(why) => HostEvent::OpenUnreachable(why),
+                None => HostEvent::OpenFailed,
+            },
+        };
+        self.gw.handle_socket_event(now, SocketId::Flow(flow), ev);
     }
 
     /// Readiness of a flow's socket.
@@ -887,10 +897,8 @@ impl Nat {
             Some(e) => {
                 close(Sock::Connecting(s), false);
                 let why = match e.raw_os_error() {
-                    Some(libc::ENETUNREACH) => ConnectError::NetUnreachable,
-                    Some(libc::EHOSTUNREACH) => ConnectError::HostUnreachable,
                     Some(libc::ETIMEDOUT) => ConnectError::TimedOut,
-                    _ => ConnectError::Refused,
+                    _ => unreachable(&e).unwrap_or(ConnectError::Refused),
                 };
                 self.gw
                     .handle_socket_event(now, SocketId::Flow(h), HostEvent::ConnectFailed(why));
@@ -929,7 +937,13 @@ impl Nat {
                     let Some(buf) = gw.recv_buffer(id) else {
                         return;
                     };
-                    s.recv(buf).map(|n| (n, None))
+                    let r = s.recv(buf).map(|n| (n, None));
+                    if r.as_ref()
+                        .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
+                    {
+                        drain_error_queue(s);
+                    }
+                    r
                 }
                 SocketId::Published(p) => {
                     let Some(Pub {
@@ -967,10 +981,15 @@ impl Nat {
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     gw.handle_socket_event(now, id, HostEvent::PortUnreachable)
                 }
-                Err(_) => {
-                    gw.count_drop(NatDrop::HostRecv);
-                    return;
-                }
+                Err(e) => match (unreachable(&e), id) {
+                    (Some(why), SocketId::Flow(_)) => {
+                        gw.handle_socket_event(now, id, HostEvent::Unreachable(why))
+                    }
+                    _ => {
+                        gw.count_drop(NatDrop::HostRecv);
+                        return;
+                    }
+                },
             }
         }
     }
@@ -1091,7 +1110,7 @@ impl Nat {
                 "tx_error": sum(&[NatDrop::NoBuffer, NatDrop::InjectFull]),
                 "unsupported": sum(&[NatDrop::UdpGso, NatDrop::IcmpNotEcho, NatDrop::Malformed, NatDrop::NoPingSocket, NatDrop::NoIpv6]),
                 "limit": sum(&[NatDrop::TableFull, NatDrop::ContainerLimit]),
-                "host_socket_error": sum(&[NatDrop::SocketOpen, NatDrop::HostSend, NatDrop::HostRecv]),
+                "host_socket_error": sum(&[NatDrop::SocketOpen, NatDrop::HostSend, NatDrop::HostRecv, NatDrop::Unreachable]),
             },
             "drop_reasons": reasons,
         })
@@ -1243,15 +1262,41 @@ fn connect_nonblocking(dest: SocketAddr) -> io::Result<TcpStream> {
 }
 
 /// A non-blocking UDP socket of `dest`'s family connected to it.
+/// The unreachability a socket error reports (ENETUNREACH,
+/// EHOSTUNREACH), if it is one.
+fn unreachable(e: &io::Error) -> Option<ConnectError> {
+    match e.raw_os_error() {
+        Some(libc::ENETUNREACH) => Some(ConnectError::NetUnreachable),
+        Some(libc::EHOSTUNREACH) => Some(ConnectError::HostUnreachable),
+        _ => None,
+    }
+}
+
 fn udp_connected(dest: SocketAddr) -> io::Result<UdpSocket> {
     let any = match dest {
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
     let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+    recv_errors(&s, dest.is_ipv6())?;
     s.connect(dest)?;
     s.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(s))
+}
+
+/// Empties a datagram socket's error queue: with `IP_RECVERR` the kernel
+/// keeps a copy of each ICMP error there, besides the errno a receive
+/// returns (which is what the NAT passes on). At most 64 entries a call.
+fn drain_error_queue(s: &impl AsRawFd) {
+    use nix::sys::socket::{recvmsg, MsgFlags, SockaddrStorage};
+    let mut buf = [0u8; 64];
+    for _ in 0..64 {
+        let mut iov = [io::IoSliceMut::new(&mut buf)];
+        let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
+        if recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, None, flags).is_err() {
+            return;
+        }
+    }
 }
 
 /// An unprivileged ICMP (ICMPv6 for an IPv6 `dst`) echo socket connected
@@ -1267,8 +1312,23 @@ fn ping_socket(dst: IpAddr) -> io::Result<UdpSocket> {
         socket2::Type::DGRAM.nonblocking().cloexec(),
         Some(protocol),
     )?;
+    recv_errors(&s, dst.is_ipv6())?;
     s.connect(&SocketAddr::new(dst, 0).into())?;
     Ok(UdpSocket::from_std(std::net::UdpSocket::from(s)))
+}
+
+/// Asks for the errors Linux otherwise keeps from a datagram socket: an
+/// ICMP net or host unreachable (a router's, or a neighbour that does
+/// not answer) reaches a socket without `IP_RECVERR` (`IPV6_RECVERR`)
+/// only if fatal. Its copies in the error queue: [`drain_error_queue`].
+fn recv_errors(s: &impl std::os::fd::AsFd, ipv6: bool) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    if ipv6 {
+        setsockopt(s, sockopt::Ipv6RecvErr, &true)?;
+    } else {
+        setsockopt(s, sockopt::Ipv4RecvErr, &true)?;
+    }
+    Ok(())
 }
 
 /// Keeps the buffer length of the gateway and of the workers' frames in
