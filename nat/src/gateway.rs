@@ -2165,14 +2165,7 @@ impl Gateway {
         // An unreachable about one of the echo requests sent here (a
         // router's, or the host's own when a neighbour does not answer).
         if let Some((id, why)) = unreachable_echo(p) {
-            match self.raw_ids.get(&id).copied() {
-                Some(h) => {
-                    self.drops.count(NatDrop::Unreachable);
-                    self.datagram_unreachable(now, h, why);
-                }
-                None => self.drops.count(NatDrop::IcmpIgnored),
-            }
-            return;
+            return self.raw_unreachable(now, id, why);
         }
         let parsed = Ipv4Packet::new_checked(p).ok().and_then(|ip| {
             let m = IcmpPacket::new_checked(ip.payload()).ok()?;
@@ -2204,6 +2197,14 @@ impl Gateway {
     /// An ICMPv6 message of `n` bytes read from the raw ICMPv6 socket
     /// (at [`ICMP6_DATA_AT`], no IP header), sent by `from`.
     fn raw6_datagram(&mut self, now: u64, n: usize, from: Option<SocketAddr>) {
+        let unreachable = self
+            .tx
+            .current
+            .as_ref()
+            .and_then(|b| unreachable_echo6(b.get(ICMP6_DATA_AT..ICMP6_DATA_AT + n)?));
+        if let Some((id, why)) = unreachable {
+            return self.raw_unreachable(now, id, why);
+        }
         let parsed = self.tx.current.as_ref().and_then(|b| {
             let m = IcmpPacket::new_checked(b.get(ICMP6_DATA_AT..ICMP6_DATA_AT + n)?).ok()?;
             (m.msg_type() == icmp6::ECHO_REPLY).then_some(m.echo_ident())
@@ -2221,6 +2222,18 @@ impl Gateway {
         self.tx.lane = flow.lane;
         let _ = self.ct.handle_icmp(h, now, Side::Remote, n);
         self.icmp_to_container(net, from.ip(), container, n);
+    }
+
+    /// An unreachable read on a raw ICMP socket about echo request `id`
+    /// sent there: to that flow's container ([`Gateway::datagram_unreachable`]).
+    fn raw_unreachable(&mut self, now: u64, id: u16, why: Unreach) {
+        match self.raw_ids.get(&id).copied() {
+            Some(h) => {
+                self.drops.count(NatDrop::Unreachable);
+                self.datagram_unreachable(now, h, why);
+            }
+            None => self.drops.count(NatDrop::IcmpIgnored),
+        }
     }
 
     fn published_datagram(&mut self, now: u64, p: u64, client: SocketAddr, n: usize) {
@@ -2651,6 +2664,31 @@ fn unreachable_echo(packet: &[u8]) -> Option<(u16, Unreach)> {
     }
     let echo = quoted.payload();
     if *echo.first()? != icmp::ECHO_REQUEST {
+        return None;
+    }
+    Some((u16::from_be_bytes([*echo.get(4)?, *echo.get(5)?]), why))
+}
+
+/// If `m` (an ICMPv6 message read from the raw ICMPv6 socket) is a
+/// destination unreachable quoting an echo request: that request's
+/// identifier and the kind of unreachable.
+fn unreachable_echo6(m: &[u8]) -> Option<(u16, Unreach)> {
+    if *m.first()? != icmp6::DEST_UNREACHABLE {
+        return None;
+    }
+    let why = match *m.get(1)? {
+        icmp6::unreachable::NO_ROUTE => Unreach::Net,
+        icmp6::unreachable::PORT => Unreach::Port,
+        // Prohibited, beyond the source's scope, policy, reject route.
+        icmp6::unreachable::PROHIBITED | 2 | 5 | 6 => Unreach::Prohibited,
+        _ => Unreach::Host,
+    };
+    let quoted = Ipv6Packet::new_checked(m.get(icmp::ECHO_HEADER_LEN..)?)?;
+    if quoted.next_header() != ip6::next_header::ICMPV6 {
+        return None;
+    }
+    let echo = m.get(icmp::ECHO_HEADER_LEN + ip6::HEADER_LEN..)?;
+    if *echo.first()? != icmp6::ECHO_REQUEST {
         return None;
     }
     Some((u16::from_be_bytes([*echo.get(4)?, *echo.get(5)?]), why))

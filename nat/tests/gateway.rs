@@ -1076,9 +1076,15 @@ fn udp_flow_both_ways_and_port_unreachable() {
     assert_eq!(h.gw.conntrack().counters().expired[6], 1);
 }
 
-/// `o` is an ICMP destination unreachable with `code` from the gateway
-/// to the container: the packet it quotes.
+/// `o` is an ICMP (ICMPv6) destination unreachable with `code` from the
+/// gateway to the container: the packet it quotes.
 fn from_gateway_unreachable(o: &Out, code: u8) -> Vec<u8> {
+    if o.frame[12..14] == [0x86, 0xdd] {
+        assert_eq!(icmp6_of(o), Some((icmp6::DEST_UNREACHABLE, code)));
+        let ip = o.ip6();
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (GW6, C_IP6));
+        return o.l4_6()[8..].to_vec();
+    }
     assert_eq!(icmp_of(o), Some((icmp::DEST_UNREACHABLE, code)));
     let ip = o.ip();
     assert_eq!((ip.src_addr(), ip.dst_addr()), (GW, C_IP));
@@ -1119,12 +1125,7 @@ fn unreachable_destinations_answer_datagrams_with_icmp() {
     h.open_unreachable = Some(ConnectError::HostUnreachable);
     h.ip_in(&udp6(5000, remote6(53), b"query6"));
     let out = h.take_out();
-    assert_eq!(
-        icmp6_of(&out[0]),
-        Some((icmp6::DEST_UNREACHABLE, icmp6::unreachable::ADDRESS))
-    );
-    let ip = out[0].ip6();
-    assert_eq!((ip.src_addr(), ip.dst_addr()), (GW6, C_IP6));
+    from_gateway_unreachable(&out[0], icmp6::unreachable::ADDRESS);
     assert!(h.socks.is_empty() && h.gw.conntrack().is_empty());
     assert_eq!(h.drops(NatDrop::Unreachable), 1);
     assert_eq!(h.drops(NatDrop::SocketOpen), 0);
@@ -2125,6 +2126,34 @@ fn icmp6_echo_through_ping_sockets_and_the_raw_socket() {
     let other = Some(SocketAddr::new(IpAddr::V6(CLIENT6), 0));
     h.host_datagram(SocketId::RawIcmp6, &reply, other);
     assert_eq!(h.drops(NatDrop::IcmpIgnored), 1);
+    // An address unreachable quoting the request as sent: to the
+    // container, from its gateway, with its own identifier.
+    let host: Ipv6Addr = "2001:db8:ff::1".parse().unwrap();
+    let mut request = packet6(REMOTE6, ip6::next_header::ICMPV6, &data);
+    request[8..24].copy_from_slice(&host.octets());
+    let mut error = vec![
+        icmp6::DEST_UNREACHABLE,
+        icmp6::unreachable::ADDRESS,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    error.extend_from_slice(&request);
+    assert!(h.host_datagram(
+        SocketId::RawIcmp6,
+        &error,
+        Some(SocketAddr::new(IpAddr::V6(host), 0))
+    ));
+    let out = h.take_out();
+    let quoted = from_gateway_unreachable(&out[0], icmp6::unreachable::ADDRESS);
+    assert_eq!(
+        (quoted[40], u16::from_be_bytes([quoted[44], quoted[45]])),
+        (128, 5)
+    );
+    assert_eq!(h.drops(NatDrop::Unreachable), 1);
     // Neither ping nor raw sockets for IPv6: counted; IPv4 unaffected.
     let mut h = Harness::with(
         GatewayConfig {
