@@ -1147,6 +1147,38 @@ fn unreachable_destinations_fail_a_containers_udp_at_once() {
     assert_eq!(w.nat_drops("unreachable"), 3, "{}", w.context());
 }
 
+/// `traceroute` from a container, to a host two routers away (the
+/// outside namespace forwards to a far one): the gateway answers the
+/// first hop, the outside router the second (its time exceeded reaches
+/// the NAT's socket and comes back from that router's address), the far
+/// host the third (port unreachable, or its echo reply), as through
+/// Docker's kernel NAT; with UDP probes and with ICMP echo.
+#[test]
+fn traceroute_from_a_container_shows_the_gateway_and_the_routers() {
+    let w = World::new(&[]);
+    let far = Outside::connect(&w.outside.ns, &["203.0.113.1/24"], "203.0.113.2/24");
+    w.outside.ns.sh_ok("sysctl -qw net.ipv4.ip_forward=1");
+    far.ns.sh_ok("ip route add default via 203.0.113.1");
+    w.d.netns()
+        .sh_ok(&format!("ip route add 203.0.113.0/24 via {OUTSIDE}"));
+    w.d.ok(&["network", "create", "--subnet", "10.94.0.0/24", "trace"]);
+    w.d.sleeper("tracer", &["trace"], &[]);
+    let gw = w.d.gateway_of("trace");
+    // UDP probes, then ICMP echo (`-I`: the NAT's ping or raw socket).
+    for icmp in ["", "-I "] {
+        let cmd = format!("busybox traceroute {icmp}-n -q 1 -w 3 -m 5 203.0.113.2");
+        let out = w.exec_ok("tracer", &cmd);
+        let hops: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+            .collect();
+        let want = [gw.as_str(), OUTSIDE, "203.0.113.2"];
+        assert_eq!(hops, want, "{cmd}: {out}\n{}", w.context());
+    }
+    assert!(w.nat_drops("ttl_exceeded") >= 4, "{}", w.context());
+}
+
 /// `unreach.py A B`: one datagram to A, then one to B, each on a
 /// connected UDP socket with `IP_RECVERR`; prints what each recv ended
 /// with (an errno name, "timeout" after 10 s, or "answer").

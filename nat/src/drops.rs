@@ -112,6 +112,10 @@ nat_drops! {
     /// answering for it (ENETUNREACH, EHOSTUNREACH); answered with ICMP
     /// net or host unreachable from the gateway.
     Unreachable => "unreachable",
+    /// A container's datagram or echo request with TTL (hop limit) 1 to
+    /// the outside: answered with ICMP time exceeded from the gateway, as
+    /// a router does (a traceroute's first hop).
+    TtlExceeded => "ttl_exceeded",
 }
 
 /// Number of drop reasons.

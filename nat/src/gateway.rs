@@ -269,6 +269,11 @@ pub enum HostEvent {
     /// new socket, which is gone: the flow ends too (the container's
     /// next datagram tries again).
     OpenUnreachable(ConnectError),
+    /// A router `from` reported a flow's datagram or echo request expired
+    /// in transit (ICMP time exceeded, in the socket's error queue): the
+    /// container gets the same from that address, as a traceroute
+    /// expects.
+    TimeExceeded { from: IpAddr },
 }
 
 /// Why a TCP connect failed.
@@ -298,11 +303,17 @@ pub enum FrameAction {
     /// `UDP_SEGMENT` send): datagrams of that many bytes each, the last
     /// one possibly shorter, to send one by one, as the container's
     /// kernel would have without the offload. Never 0.
+    ///
+    /// `ttl`: the TTL (hop limit) to send with, the container's less one
+    /// as a router forwards it (a traceroute's probes; `None`: the
+    /// socket's own, for a published port's answers and the host's
+    /// loopback).
     Send {
         via: SocketId,
         payload: Range<usize>,
         to: Option<SocketAddr>,
         segment: Option<usize>,
+        ttl: Option<u8>,
     },
     /// As `Send`, for a datagram the container sent as IP fragments,
     /// reassembled: the payload is `buf[payload]` of the buffer
@@ -312,6 +323,7 @@ pub enum FrameAction {
         via: SocketId,
         payload: Range<usize>,
         to: Option<SocketAddr>,
+        ttl: Option<u8>,
     },
 }
 
@@ -1160,10 +1172,11 @@ impl Gateway {
         self.tx.push(ep, gateway_mac(info.gateway), meta, len);
     }
 
-    /// Sends an ICMP (ICMPv6) destination unreachable about `packet` (an
-    /// IP packet from a container), from `from` (the gateway, or the
-    /// remote that refused a port), back to its sender.
-    fn send_unreachable(&mut self, network: NetworkId, from: IpAddr, packet: &[u8], why: Unreach) {
+    /// Sends an ICMP (ICMPv6) error `why` (destination unreachable, time
+    /// exceeded) about `packet` (an IP packet from a container), from
+    /// `from` (the gateway, a router on the way, or the remote that
+    /// refused a port), back to its sender.
+    fn send_icmp_error(&mut self, network: NetworkId, from: IpAddr, packet: &[u8], why: IcmpErr) {
         match from {
             IpAddr::V4(from) => {
                 let Ok(p) = Ipv4Packet::new_checked(packet) else {
@@ -1178,7 +1191,7 @@ impl Gateway {
                     let m = &mut ip[ipv4::MIN_HEADER_LEN..];
                     m[icmp::ECHO_HEADER_LEN..].copy_from_slice(&packet[..quoted]);
                     let mut msg = IcmpPacket::new_unchecked(m);
-                    msg.set_msg_type(icmp::DEST_UNREACHABLE);
+                    msg.set_msg_type(why.type4());
                     msg.set_code(why.code4());
                     msg.clear_rest_of_header();
                     msg.fill_checksum();
@@ -1204,7 +1217,7 @@ impl Gateway {
                     let m = &mut ip[ip6::HEADER_LEN..];
                     m[icmp::ECHO_HEADER_LEN..].copy_from_slice(&packet[..quoted]);
                     m[..icmp::ECHO_HEADER_LEN].fill(0);
-                    m[0] = icmp6::DEST_UNREACHABLE;
+                    m[0] = why.type6();
                     m[1] = why.code6();
                     ip6::fill_checksum(m, 2, from, src, ip6::next_header::ICMPV6, false);
                     Some(len)
@@ -1264,13 +1277,18 @@ impl Gateway {
                 let whole = &mut buf[r.clone()];
                 match self.dispatch(now, network, &VnetHdr::default(), whole) {
                     FrameAction::Send {
-                        via, payload, to, ..
+                        via,
+                        payload,
+                        to,
+                        ttl,
+                        ..
                     } => {
                         self.whole = Some(buf);
                         FrameAction::SendWhole {
                             via,
                             payload: payload.start + r.start..payload.end + r.start,
                             to,
+                            ttl,
                         }
                     }
                     other => {
@@ -1280,6 +1298,25 @@ impl Gateway {
                 }
             }
         }
+    }
+
+    /// Whether `packet` (a container's UDP datagram or echo request, not
+    /// to the gateway's own address) arrived with TTL (hop limit) 1 or
+    /// less: a router does not forward it but answers ICMP time exceeded
+    /// from its address, which is the first hop a traceroute shows.
+    fn expires_here(&mut self, net: &NetInfo, network: NetworkId, packet: &[u8]) -> bool {
+        let (Some(ttl), Some((src, dst))) = (ttl_of(packet), ip_addrs(packet)) else {
+            return false;
+        };
+        let Some((gw, _)) = net.gateway_for(src) else {
+            return false;
+        };
+        if ttl > 1 || dst == gw {
+            return false;
+        }
+        self.drops.count(NatDrop::TtlExceeded);
+        self.send_icmp_error(network, gw, packet, IcmpErr::TimeExceeded);
+        true
     }
 
     /// The datagram of the latest [`FrameAction::SendWhole`]; give it
@@ -1360,6 +1397,9 @@ impl Gateway {
                     self.drops.count(NatDrop::Malformed);
                     return FrameAction::None;
                 };
+                if self.expires_here(&net, network, &frame[ip_range.clone()]) {
+                    return FrameAction::None;
+                }
                 let key = flow_key(
                     Protocol::Udp,
                     network,
@@ -1382,6 +1422,9 @@ impl Gateway {
                 };
                 if m.msg_type() != request || m.code() != 0 {
                     self.drops.count(NatDrop::IcmpNotEcho);
+                    return FrameAction::None;
+                }
+                if self.expires_here(&net, network, &frame[ip_range.clone()]) {
                     return FrameAction::None;
                 }
                 let key = FlowKey::icmp_echo(network, src, m.echo_ident(), dst);
@@ -1487,7 +1530,7 @@ impl Gateway {
             Err(why) => {
                 self.drops.count(why);
                 if let Some((gw, _)) = net.gateway_for(cip) {
-                    self.send_unreachable(key.network, gw, syn, Unreach::Prohibited);
+                    self.send_icmp_error(key.network, gw, syn, IcmpErr::Prohibited);
                 }
                 return;
             }
@@ -1529,7 +1572,7 @@ impl Gateway {
                     Err(why) => {
                         self.drops.count(why);
                         if let Some((gw, _)) = net.gateway_for(cip) {
-                            self.send_unreachable(key.network, gw, packet, Unreach::Prohibited);
+                            self.send_icmp_error(key.network, gw, packet, IcmpErr::Prohibited);
                         }
                         return FrameAction::None;
                     }
@@ -1577,11 +1620,16 @@ impl Gateway {
             }
             _ => return FrameAction::None,
         };
+        let ttl = match via.0 {
+            SocketId::Flow(_) => forwarded_ttl(net, packet),
+            _ => None,
+        };
         FrameAction::Send {
             via: via.0,
             payload,
             to: via.1,
             segment,
+            ttl,
         }
     }
 
@@ -1601,7 +1649,7 @@ impl Gateway {
                 if let Err(why) = self.target(net, rip) {
                     self.drops.count(why);
                     if let Some((gw, _)) = net.gateway_for(cip) {
-                        self.send_unreachable(key.network, gw, &frame[packet], Unreach::Prohibited);
+                        self.send_icmp_error(key.network, gw, &frame[packet], IcmpErr::Prohibited);
                     }
                     return FrameAction::None;
                 }
@@ -1661,6 +1709,7 @@ impl Gateway {
                     payload: msg,
                     to: Some(SocketAddr::new(rip, 0)),
                     segment: None,
+                    ttl: forwarded_ttl(net, &frame[packet]),
                 }
             }
             Some(Io::Icmp { raw: false }) => FrameAction::Send {
@@ -1668,6 +1717,7 @@ impl Gateway {
                 payload: msg,
                 to: None,
                 segment: None,
+                ttl: forwarded_ttl(net, &frame[packet]),
             },
             _ => FrameAction::None,
         }
@@ -1714,14 +1764,18 @@ impl Gateway {
                     self.dirty.push(h);
                 }
             }
-            HostEvent::PortUnreachable => self.datagram_unreachable(now, h, Unreach::Port),
+            HostEvent::PortUnreachable => self.datagram_error(now, h, IcmpErr::Port, None),
+            HostEvent::TimeExceeded { from } => {
+                self.drops.count(NatDrop::TtlExceeded);
+                self.datagram_error(now, h, IcmpErr::TimeExceeded, Some(from));
+            }
             HostEvent::Unreachable(e) => {
                 self.drops.count(NatDrop::Unreachable);
-                self.datagram_unreachable(now, h, unreach_of(e));
+                self.datagram_error(now, h, unreach_of(e), None);
             }
             HostEvent::OpenUnreachable(e) => {
                 self.drops.count(NatDrop::Unreachable);
-                self.datagram_unreachable(now, h, unreach_of(e));
+                self.datagram_error(now, h, unreach_of(e), None);
                 if let Some(Io::Udp(UdpVia::Own) | Io::Icmp { raw: false }) =
                     self.flow(h).map(|f| &f.io)
                 {
@@ -1732,13 +1786,13 @@ impl Gateway {
         }
     }
 
-    /// ICMP destination unreachable to the container about its datagram
-    /// flow `h` (UDP through its own socket, or ICMP echo through a ping
-    /// socket), quoting a header of the flow: `why` Port from the remote
-    /// (its host refused the port: the container's socket fails with
-    /// "connection refused"), Net or Host from the gateway, as a router
-    /// says it.
-    fn datagram_unreachable(&mut self, now: u64, h: FlowHandle, why: Unreach) {
+    /// An ICMP error to the container about its datagram flow `h` (UDP
+    /// through its own socket, or ICMP echo through a ping socket),
+    /// quoting a header of the flow, from `from` when given (a router on
+    /// the way), else: Port from the remote (its host refused the port:
+    /// the container's socket fails with "connection refused"), the
+    /// others from the gateway, as a router says them.
+    fn datagram_error(&mut self, now: u64, h: FlowHandle, why: IcmpErr, from: Option<IpAddr>) {
         let Some(f) = self.flow(h) else { return };
         let echo = match f.io {
             Io::Udp(UdpVia::Own) => false,
@@ -1747,8 +1801,9 @@ impl Gateway {
         };
         let (net, container, remote) = (f.network, f.container, f.remote);
         self.tx.lane = f.lane;
-        let from = match why {
-            Unreach::Port => remote.ip(),
+        let from = match (from, why) {
+            (Some(a), _) if a.is_ipv4() == container.is_ipv4() => a,
+            (_, IcmpErr::Port) => remote.ip(),
             _ => {
                 let gw = self
                     .nets
@@ -1797,10 +1852,10 @@ impl Gateway {
             }
             .emit(&mut u, 0);
         }
-        if why == Unreach::Port {
+        if why == IcmpErr::Port {
             let _ = self.ct.handle_udp(h, now, Side::Remote, 0);
         }
-        self.send_unreachable(net, from, &quote[..l4 + 8], why);
+        self.send_icmp_error(net, from, &quote[..l4 + 8], why);
     }
 
     fn connect_failed(&mut self, now: u64, h: FlowHandle, e: Option<ConnectError>) {
@@ -1832,10 +1887,10 @@ impl Gateway {
         // route to host").
         match (e, gateway) {
             (Some(ConnectError::NetUnreachable), Some(gw)) => {
-                self.send_unreachable(network, gw, &syn, Unreach::Net)
+                self.send_icmp_error(network, gw, &syn, IcmpErr::Net)
             }
             (Some(ConnectError::HostUnreachable | ConnectError::TimedOut), Some(gw)) => {
-                self.send_unreachable(network, gw, &syn, Unreach::Host)
+                self.send_icmp_error(network, gw, &syn, IcmpErr::Host)
             }
             _ => self.send_rst(network, &syn),
         }
@@ -2162,10 +2217,11 @@ impl Gateway {
         else {
             return;
         };
-        // An unreachable about one of the echo requests sent here (a
-        // router's, or the host's own when a neighbour does not answer).
-        if let Some((id, why)) = unreachable_echo(p) {
-            return self.raw_unreachable(now, id, why);
+        // An unreachable or time exceeded about one of the echo requests
+        // sent here (a router's, or the host's own when a neighbour does
+        // not answer).
+        if let Some((id, why, from)) = echo_error(p) {
+            return self.raw_error(now, id, why, Some(from));
         }
         let parsed = Ipv4Packet::new_checked(p).ok().and_then(|ip| {
             let m = IcmpPacket::new_checked(ip.payload()).ok()?;
@@ -2201,9 +2257,9 @@ impl Gateway {
             .tx
             .current
             .as_ref()
-            .and_then(|b| unreachable_echo6(b.get(ICMP6_DATA_AT..ICMP6_DATA_AT + n)?));
+            .and_then(|b| echo_error6(b.get(ICMP6_DATA_AT..ICMP6_DATA_AT + n)?));
         if let Some((id, why)) = unreachable {
-            return self.raw_unreachable(now, id, why);
+            return self.raw_error(now, id, why, from.map(|a| a.ip()));
         }
         let parsed = self.tx.current.as_ref().and_then(|b| {
             let m = IcmpPacket::new_checked(b.get(ICMP6_DATA_AT..ICMP6_DATA_AT + n)?).ok()?;
@@ -2224,13 +2280,19 @@ impl Gateway {
         self.icmp_to_container(net, from.ip(), container, n);
     }
 
-    /// An unreachable read on a raw ICMP socket about echo request `id`
-    /// sent there: to that flow's container ([`Gateway::datagram_unreachable`]).
-    fn raw_unreachable(&mut self, now: u64, id: u16, why: Unreach) {
+    /// An ICMP error read on a raw ICMP socket about echo request `id`
+    /// sent there, from `from`: to that flow's container
+    /// ([`Gateway::datagram_error`]; unreachables from the gateway, time
+    /// exceeded from the router that sent it).
+    fn raw_error(&mut self, now: u64, id: u16, why: IcmpErr, from: Option<IpAddr>) {
         match self.raw_ids.get(&id).copied() {
+            Some(h) if why == IcmpErr::TimeExceeded => {
+                self.drops.count(NatDrop::TtlExceeded);
+                self.datagram_error(now, h, why, from);
+            }
             Some(h) => {
                 self.drops.count(NatDrop::Unreachable);
-                self.datagram_unreachable(now, h, why);
+                self.datagram_error(now, h, why, None);
             }
             None => self.drops.count(NatDrop::IcmpIgnored),
         }
@@ -2634,29 +2696,32 @@ pub fn source_for(client: SocketAddr, gateway: Ipv4Addr) -> SocketAddrV4 {
     }
 }
 
-/// Why a destination is unreachable, in either family's codes.
+/// An ICMP error the gateway sends a container: a destination
+/// unreachable (why), or time exceeded in transit; either family's
+/// types and codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Unreach {
+enum IcmpErr {
     Net,
     Host,
     Port,
     Prohibited,
+    /// Time (hop limit) exceeded in transit: a traceroute's probe.
+    TimeExceeded,
 }
 
 /// If `packet` (IPv4, read from the raw ICMP socket) is an ICMP
-/// destination unreachable quoting an echo request: that request's
-/// identifier and the kind of unreachable.
-fn unreachable_echo(packet: &[u8]) -> Option<(u16, Unreach)> {
+/// destination unreachable or time exceeded quoting an echo request:
+/// that request's identifier, the error, and who sent it.
+fn echo_error(packet: &[u8]) -> Option<(u16, IcmpErr, IpAddr)> {
     let ip = Ipv4Packet::new_checked(packet).ok()?;
     let m = ip.payload();
-    if *m.first()? != icmp::DEST_UNREACHABLE {
-        return None;
-    }
-    let why = match *m.get(1)? {
-        icmp::unreachable::NET | 6 => Unreach::Net,
-        icmp::unreachable::PORT => Unreach::Port,
-        9 | 10 | icmp::unreachable::PROHIBITED => Unreach::Prohibited,
-        _ => Unreach::Host,
+    let why = match (*m.first()?, *m.get(1)?) {
+        (icmp::TIME_EXCEEDED, 0) => IcmpErr::TimeExceeded,
+        (icmp::DEST_UNREACHABLE, icmp::unreachable::NET | 6) => IcmpErr::Net,
+        (icmp::DEST_UNREACHABLE, icmp::unreachable::PORT) => IcmpErr::Port,
+        (icmp::DEST_UNREACHABLE, 9 | 10 | icmp::unreachable::PROHIBITED) => IcmpErr::Prohibited,
+        (icmp::DEST_UNREACHABLE, _) => IcmpErr::Host,
+        _ => return None,
     };
     let quoted = Ipv4Packet::new_checked(m.get(icmp::ECHO_HEADER_LEN..)?).ok()?;
     if quoted.protocol() != ipv4::protocol::ICMP {
@@ -2666,22 +2731,24 @@ fn unreachable_echo(packet: &[u8]) -> Option<(u16, Unreach)> {
     if *echo.first()? != icmp::ECHO_REQUEST {
         return None;
     }
-    Some((u16::from_be_bytes([*echo.get(4)?, *echo.get(5)?]), why))
+    let id = u16::from_be_bytes([*echo.get(4)?, *echo.get(5)?]);
+    Some((id, why, IpAddr::V4(ip.src_addr())))
 }
 
 /// If `m` (an ICMPv6 message read from the raw ICMPv6 socket) is a
-/// destination unreachable quoting an echo request: that request's
-/// identifier and the kind of unreachable.
-fn unreachable_echo6(m: &[u8]) -> Option<(u16, Unreach)> {
-    if *m.first()? != icmp6::DEST_UNREACHABLE {
-        return None;
-    }
-    let why = match *m.get(1)? {
-        icmp6::unreachable::NO_ROUTE => Unreach::Net,
-        icmp6::unreachable::PORT => Unreach::Port,
+/// destination unreachable or time exceeded quoting an echo request:
+/// that request's identifier and the error.
+fn echo_error6(m: &[u8]) -> Option<(u16, IcmpErr)> {
+    let why = match (*m.first()?, *m.get(1)?) {
+        (icmp6::TIME_EXCEEDED, 0) => IcmpErr::TimeExceeded,
+        (icmp6::DEST_UNREACHABLE, icmp6::unreachable::NO_ROUTE) => IcmpErr::Net,
+        (icmp6::DEST_UNREACHABLE, icmp6::unreachable::PORT) => IcmpErr::Port,
         // Prohibited, beyond the source's scope, policy, reject route.
-        icmp6::unreachable::PROHIBITED | 2 | 5 | 6 => Unreach::Prohibited,
-        _ => Unreach::Host,
+        (icmp6::DEST_UNREACHABLE, icmp6::unreachable::PROHIBITED | 2 | 5 | 6) => {
+            IcmpErr::Prohibited
+        }
+        (icmp6::DEST_UNREACHABLE, _) => IcmpErr::Host,
+        _ => return None,
     };
     let quoted = Ipv6Packet::new_checked(m.get(icmp::ECHO_HEADER_LEN..)?)?;
     if quoted.next_header() != ip6::next_header::ICMPV6 {
@@ -2695,42 +2762,84 @@ fn unreachable_echo6(m: &[u8]) -> Option<(u16, Unreach)> {
 }
 
 /// The ICMP unreachable a host socket's error stands for.
-fn unreach_of(e: ConnectError) -> Unreach {
+fn unreach_of(e: ConnectError) -> IcmpErr {
     match e {
-        ConnectError::NetUnreachable => Unreach::Net,
-        ConnectError::HostUnreachable | ConnectError::TimedOut => Unreach::Host,
-        ConnectError::Refused => Unreach::Port,
+        ConnectError::NetUnreachable => IcmpErr::Net,
+        ConnectError::HostUnreachable | ConnectError::TimedOut => IcmpErr::Host,
+        ConnectError::Refused => IcmpErr::Port,
     }
 }
 
-impl Unreach {
+impl IcmpErr {
+    fn type4(self) -> u8 {
+        match self {
+            IcmpErr::TimeExceeded => icmp::TIME_EXCEEDED,
+            _ => icmp::DEST_UNREACHABLE,
+        }
+    }
+    fn type6(self) -> u8 {
+        match self {
+            IcmpErr::TimeExceeded => icmp6::TIME_EXCEEDED,
+            _ => icmp6::DEST_UNREACHABLE,
+        }
+    }
     fn code4(self) -> u8 {
         match self {
-            Unreach::Net => icmp::unreachable::NET,
-            Unreach::Host => icmp::unreachable::HOST,
-            Unreach::Port => icmp::unreachable::PORT,
-            Unreach::Prohibited => icmp::unreachable::PROHIBITED,
+            IcmpErr::TimeExceeded => 0,
+            IcmpErr::Net => icmp::unreachable::NET,
+            IcmpErr::Host => icmp::unreachable::HOST,
+            IcmpErr::Port => icmp::unreachable::PORT,
+            IcmpErr::Prohibited => icmp::unreachable::PROHIBITED,
         }
     }
     fn code6(self) -> u8 {
         match self {
-            Unreach::Net => icmp6::unreachable::NO_ROUTE,
-            Unreach::Host => icmp6::unreachable::ADDRESS,
-            Unreach::Port => icmp6::unreachable::PORT,
-            Unreach::Prohibited => icmp6::unreachable::PROHIBITED,
+            IcmpErr::TimeExceeded => 0,
+            IcmpErr::Net => icmp6::unreachable::NO_ROUTE,
+            IcmpErr::Host => icmp6::unreachable::ADDRESS,
+            IcmpErr::Port => icmp6::unreachable::PORT,
+            IcmpErr::Prohibited => icmp6::unreachable::PROHIBITED,
         }
+    }
+}
+
+/// The TTL (hop limit) of an IP packet of either family.
+fn ttl_of(packet: &[u8]) -> Option<u8> {
+    match packet.first()? >> 4 {
+        4 => packet.get(8).copied(),
+        6 => packet.get(7).copied(),
+        _ => None,
+    }
+}
+
+/// The TTL a container's `packet` leaves the host with, as a router
+/// forwards it (one less), or `None` for one to the gateway's own
+/// address (the host's loopback: delivered, not forwarded).
+fn forwarded_ttl(net: &NetInfo, packet: &[u8]) -> Option<u8> {
+    let (src, dst) = ip_addrs(packet)?;
+    let (gw, _) = net.gateway_for(src)?;
+    if dst == gw {
+        return None;
+    }
+    Some(ttl_of(packet)?.saturating_sub(1).max(1))
+}
+
+/// The source and destination addresses of an IP packet of either
+/// family.
+fn ip_addrs(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
+    match packet.first()? >> 4 {
+        4 => Ipv4Packet::new_checked(packet)
+            .ok()
+            .map(|p| (IpAddr::V4(p.src_addr()), IpAddr::V4(p.dst_addr()))),
+        6 => Ipv6Packet::new_checked(packet)
+            .map(|p| (IpAddr::V6(p.src_addr()), IpAddr::V6(p.dst_addr()))),
+        _ => None,
     }
 }
 
 /// The source address of an IP packet of either family.
 fn ip_src(packet: &[u8]) -> Option<IpAddr> {
-    match packet.first()? >> 4 {
-        4 => Ipv4Packet::new_checked(packet)
-            .ok()
-            .map(|p| IpAddr::V4(p.src_addr())),
-        6 => Ipv6Packet::new_checked(packet).map(|p| IpAddr::V6(p.src_addr())),
-        _ => None,
-    }
+    ip_addrs(packet).map(|(src, _)| src)
 }
 
 /// The source address a published port's IPv6 client gets inside the

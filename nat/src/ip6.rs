@@ -25,6 +25,8 @@ pub const MIN_MTU: usize = 1280;
 /// ICMPv6 message types and codes (RFC 4443, RFC 4861).
 pub mod icmp6 {
     pub const DEST_UNREACHABLE: u8 = 1;
+    /// Time exceeded (code 0: hop limit exceeded in transit).
+    pub const TIME_EXCEEDED: u8 = 3;
     pub const ECHO_REQUEST: u8 = 128;
     pub const ECHO_REPLY: u8 = 129;
     /// Router solicitation .. redirect: Neighbor Discovery, the switch's.

@@ -165,6 +165,8 @@ struct Harness {
     open_fails: bool,
     /// Datagram sockets' connects fail with this (no route, no neighbour).
     open_unreachable: Option<ConnectError>,
+    /// The TTL the latest datagram sent was to go with.
+    last_ttl: Option<u8>,
     /// Frames to the container not yet taken by the test.
     out: Vec<Out>,
     /// Stop giving buffers back (the workers are stuck).
@@ -203,6 +205,7 @@ impl Harness {
             dial: Dial::Accept,
             open_fails: false,
             open_unreachable: None,
+            last_ttl: None,
             out: Vec::new(),
             hold_buffers: false,
             held: Vec::new(),
@@ -241,8 +244,18 @@ impl Harness {
                 payload,
                 to,
                 segment,
-            } => (via, &frame[payload], to, segment),
-            FrameAction::SendWhole { via, payload, to } => {
+                ttl,
+            } => {
+                self.last_ttl = ttl;
+                (via, &frame[payload], to, segment)
+            }
+            FrameAction::SendWhole {
+                via,
+                payload,
+                to,
+                ttl,
+            } => {
+                self.last_ttl = ttl;
                 (via, &whole.as_ref().unwrap()[payload], to, None)
             }
         };
@@ -1176,6 +1189,100 @@ fn unreachable_destinations_answer_datagrams_with_icmp() {
     error[28 + 24] ^= 0xff;
     assert!(h.host_datagram(SocketId::RawIcmp, &error, None));
     assert_eq!(h.drops(NatDrop::IcmpIgnored), 1);
+}
+
+/// A traceroute through the gateway: a probe with TTL 1 (to anywhere
+/// but the gateway's own address) is answered with ICMP time exceeded
+/// from the gateway, as a router does; others leave with their TTL less
+/// one, and a router's time exceeded (from the socket's error queue, or
+/// read on the raw socket for pings) comes back from that router.
+#[test]
+fn traceroute_probes_expire_at_the_gateway_and_beyond() {
+    let with_ttl = |mut f: Vec<u8>, ttl: u8| {
+        f[14 + 8] = ttl;
+        f
+    };
+    let mut h = Harness::new();
+    h.frame(
+        VnetHdr::default(),
+        with_ttl(udp_frame(5000, remote(33434), b"p"), 1),
+    );
+    assert!(h.socks.is_empty(), "not forwarded");
+    let out = h.take_out();
+    assert_eq!(icmp_of(&out[0]), Some((icmp::TIME_EXCEEDED, 0)));
+    let ip = out[0].ip();
+    assert_eq!((ip.src_addr(), ip.dst_addr()), (GW, C_IP));
+    assert_eq!(h.drops(NatDrop::TtlExceeded), 1);
+    // To the gateway's own address (the host's loopback): delivered.
+    let to_gw = SocketAddrV4::new(GW, 53);
+    h.frame(
+        VnetHdr::default(),
+        with_ttl(udp_frame(5000, to_gw, b"q"), 1),
+    );
+    assert_eq!((h.socks.len(), h.last_ttl), (1, None));
+    // TTL 3 leaves with 2; the router at the second hop says it expired.
+    let mut h = Harness::new();
+    h.frame(
+        VnetHdr::default(),
+        with_ttl(udp_frame(5001, remote(33435), b"p"), 3),
+    );
+    assert_eq!(h.last_ttl, Some(2));
+    let f = h.only_flow();
+    let router = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 2));
+    h.gw.handle_socket_event(
+        h.now,
+        SocketId::Flow(f),
+        HostEvent::TimeExceeded { from: router },
+    );
+    h.pump();
+    let out = h.take_out();
+    assert_eq!(icmp_of(&out[0]), Some((icmp::TIME_EXCEEDED, 0)));
+    let ip = out[0].ip();
+    assert_eq!(IpAddr::V4(ip.src_addr()), router);
+    let quoted = Ipv4Packet::new_checked(&ip.payload()[8..]).unwrap();
+    let u = UdpPacket::new_checked(&quoted.payload()[..8]).unwrap();
+    assert_eq!((u.src_port(), u.dst_port()), (5001, 33435));
+    assert_eq!(h.drops(NatDrop::TtlExceeded), 1);
+
+    // IPv6: hop limit 1 expires at the gateway's IPv6 address.
+    let mut h = Harness::new();
+    let mut probe = udp6(5000, remote6(33434), b"p");
+    probe[7] = 1;
+    h.ip_in(&probe);
+    let out = h.take_out();
+    assert_eq!(icmp6_of(&out[0]), Some((icmp6::TIME_EXCEEDED, 0)));
+    assert_eq!(out[0].ip6().src_addr(), GW6);
+
+    // A ping through the raw socket (traceroute -I): the router's time
+    // exceeded quoting the request as sent.
+    let mut h = Harness::with(
+        GatewayConfig {
+            icmp: IcmpMode::Raw,
+            ..Default::default()
+        },
+        info(),
+    );
+    let echo = build::icmp_echo(false, gateway_mac(GW), c_mac(), C_IP, REMOTE, 9, 1, b"p");
+    h.frame(VnetHdr::default(), with_ttl(echo, 2));
+    assert_eq!(h.last_ttl, Some(1));
+    let (_, sent, _) = h.sent_unconnected.pop().unwrap();
+    let me = Ipv4Addr::new(198, 51, 100, 1);
+    let mut request = vec![0u8; 20 + sent.len()];
+    ipv4::emit_header(&mut request, me, REMOTE, 1, sent.len(), 1);
+    request[20..].copy_from_slice(&sent);
+    let r4 = Ipv4Addr::new(198, 51, 100, 2);
+    let mut error = vec![0u8; 20 + 8 + 28];
+    ipv4::emit_header(&mut error, r4, me, 1, 8 + 28, 64);
+    error[20] = icmp::TIME_EXCEEDED;
+    error[28..].copy_from_slice(&request[..28]);
+    assert!(h.host_datagram(SocketId::RawIcmp, &error, None));
+    let out = h.take_out();
+    assert_eq!(icmp_of(&out[0]), Some((icmp::TIME_EXCEEDED, 0)));
+    assert_eq!(out[0].ip().src_addr(), r4);
+    let ip = out[0].ip();
+    let quoted = Ipv4Packet::new_checked(&ip.payload()[8..]).unwrap();
+    let m = icmp::IcmpPacket::new_checked(quoted.payload()).unwrap();
+    assert_eq!(m.echo_ident(), 9);
 }
 
 #[test]

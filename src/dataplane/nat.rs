@@ -413,6 +413,7 @@ pub(super) fn start(
         next_pub: 0,
         raw_icmp,
         raw_icmp6,
+        raw_ttl: [0; 2],
         inject,
         epoch,
         capture,
@@ -493,8 +494,9 @@ enum Sock {
     /// A TCP connect in progress.
     Connecting(TcpStream),
     Tcp(TcpStream),
-    /// A connected UDP socket or a ping socket.
-    Dgram(UdpSocket),
+    /// A connected UDP socket or a ping socket, and the TTL (hop limit)
+    /// last set on it (0: its own).
+    Dgram(UdpSocket, u8),
 }
 
 enum PubSock {
@@ -526,6 +528,9 @@ pub(super) struct Nat {
     next_pub: u64,
     raw_icmp: Option<socket2::Socket>,
     raw_icmp6: Option<UdpSocket>,
+    /// The TTL (hop limit) last set on the raw ICMP and ICMPv6 sockets
+    /// (0: their own).
+    raw_ttl: [u8; 2],
     inject: Vec<InjectTx>,
     epoch: Instant,
     /// Captures of drops see the frames the gateway dropped.
@@ -683,24 +688,30 @@ impl Nat {
                     payload,
                     to,
                     segment,
+                    ttl,
                 } => {
                     if let Some(data) = frame.get(payload) {
                         match segment {
-                            None => self.send(via, data, to),
+                            None => self.send(via, data, to, ttl),
                             // A USO super-frame: its datagrams one by one.
                             Some(n) => {
                                 for d in data.chunks(n) {
-                                    self.send(via, d, to);
+                                    self.send(via, d, to, ttl);
                                 }
                             }
                         }
                     }
                 }
                 // A datagram the container sent fragmented, whole again.
-                FrameAction::SendWhole { via, payload, to } => {
+                FrameAction::SendWhole {
+                    via,
+                    payload,
+                    to,
+                    ttl,
+                } => {
                     if let Some(buf) = self.gw.take_whole() {
                         if let Some(data) = buf.get(payload) {
-                            self.send(via, data, to);
+                            self.send(via, data, to, ttl);
                         }
                         self.gw.recycle_whole(buf);
                     }
@@ -717,11 +728,17 @@ impl Nat {
         self.free.give(f.worker, f.buf);
     }
 
-    /// Sends a container's datagram (or echo request) on a host socket.
-    fn send(&mut self, via: SocketId, data: &[u8], to: Option<SocketAddr>) {
+    /// Sends a container's datagram (or echo request) on a host socket,
+    /// with TTL (hop limit) `ttl` when given (set on the socket when it
+    /// differs from the last one set there).
+    fn send(&mut self, via: SocketId, data: &[u8], to: Option<SocketAddr>, ttl: Option<u8>) {
         let r = match via {
             SocketId::Flow(h) => match self.sock(h) {
-                Some(Sock::Dgram(s)) => s.send(data),
+                Some(Sock::Dgram(s, last)) => {
+                    let ipv6 = s.local_addr().is_ok_and(|a| a.is_ipv6());
+                    set_ttl(s, last, ttl, ipv6);
+                    s.send(data)
+                }
                 // The socket's open failed (counted when reported).
                 _ => return,
             },
@@ -730,11 +747,17 @@ impl Nat {
                 _ => Err(io::ErrorKind::NotFound.into()),
             },
             SocketId::RawIcmp => match (&self.raw_icmp, to) {
-                (Some(s), Some(to)) => s.send_to(data, &to.into()),
+                (Some(s), Some(to)) => {
+                    set_ttl(s, &mut self.raw_ttl[0], ttl, false);
+                    s.send_to(data, &to.into())
+                }
                 _ => Err(io::ErrorKind::NotFound.into()),
             },
             SocketId::RawIcmp6 => match (&self.raw_icmp6, to) {
-                (Some(s), Some(to)) => s.send_to(data, to),
+                (Some(s), Some(to)) => {
+                    set_ttl(s, &mut self.raw_ttl[1], ttl, true);
+                    s.send_to(data, to)
+                }
                 _ => Err(io::ErrorKind::NotFound.into()),
             },
         };
@@ -850,7 +873,7 @@ impl Nat {
             Ok(s)
         });
         let ev = match ok {
-            Ok(s) => return self.put_sock(flow, Sock::Dgram(s)),
+            Ok(s) => return self.put_sock(flow, Sock::Dgram(s, 0)),
             // The connect found no route: ICMP back.
             Err(e) => match unreachable(&e) {
                 Some(why) => HostEvent::OpenUnreachable(why),
@@ -872,7 +895,7 @@ impl Nat {
                 };
                 self.gw.handle_socket_event(now, SocketId::Flow(h), ev);
             }
-            Some(Sock::Dgram(_)) => self.read_datagrams(now, SocketId::Flow(h)),
+            Some(Sock::Dgram(..)) => self.read_datagrams(now, SocketId::Flow(h)),
             None => {}
         }
     }
@@ -918,6 +941,8 @@ impl Nat {
     /// socket is drained (or no buffer is free: the gateway asks again).
     fn read_datagrams(&mut self, now: u64, id: SocketId) {
         loop {
+            // A time exceeded in the flow socket's error queue: who sent it.
+            let mut expired = None;
             let Nat {
                 gw,
                 socks,
@@ -928,7 +953,7 @@ impl Nat {
             } = self;
             let r: io::Result<(usize, Option<SocketAddr>)> = match id {
                 SocketId::Flow(h) => {
-                    let Some(Some((o, Sock::Dgram(s)))) = socks.get(h.index() as usize) else {
+                    let Some(Some((o, Sock::Dgram(s, _)))) = socks.get(h.index() as usize) else {
                         return;
                     };
                     if *o != h {
@@ -941,7 +966,7 @@ impl Nat {
                     if r.as_ref()
                         .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
                     {
-                        drain_error_queue(s);
+                        expired = drain_error_queue(s);
                     }
                     r
                 }
@@ -981,8 +1006,12 @@ impl Nat {
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     gw.handle_socket_event(now, id, HostEvent::PortUnreachable)
                 }
-                Err(e) => match (unreachable(&e), id) {
-                    (Some(why), SocketId::Flow(_)) => {
+                Err(e) => match (unreachable(&e), id, expired) {
+                    // A traceroute's probe: from the router that said so.
+                    (_, SocketId::Flow(_), Some(from)) => {
+                        gw.handle_socket_event(now, id, HostEvent::TimeExceeded { from })
+                    }
+                    (Some(why), SocketId::Flow(_), None) => {
                         gw.handle_socket_event(now, id, HostEvent::Unreachable(why))
                     }
                     _ => {
@@ -1037,7 +1066,7 @@ impl Nat {
                             SocketId::Flow(h) => match self.socks.get(h.index() as usize) {
                                 Some(Some((o, s))) if *o == h => match s {
                                     Sock::Connecting(t) | Sock::Tcp(t) => t.local_addr().ok(),
-                                    Sock::Dgram(u) => u.local_addr().ok(),
+                                    Sock::Dgram(u, _) => u.local_addr().ok(),
                                 },
                                 _ => None,
                             },
@@ -1286,16 +1315,60 @@ fn udp_connected(dest: SocketAddr) -> io::Result<UdpSocket> {
 
 /// Empties a datagram socket's error queue: with `IP_RECVERR` the kernel
 /// keeps a copy of each ICMP error there, besides the errno a receive
-/// returns (which is what the NAT passes on). At most 64 entries a call.
-fn drain_error_queue(s: &impl AsRawFd) {
-    use nix::sys::socket::{recvmsg, MsgFlags, SockaddrStorage};
+/// returns (which is what the NAT passes on for unreachables). At most 64
+/// entries a call. Returns the sender of the last ICMP time exceeded
+/// among them (the router a traceroute's probe expired at), if any.
+fn drain_error_queue(s: &impl AsRawFd) -> Option<IpAddr> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    const ICMP_TIME_EXCEEDED: u8 = 11;
+    const ICMP6_TIME_EXCEEDED: u8 = 3;
     let mut buf = [0u8; 64];
+    let mut space = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
+    let mut expired = None;
     for _ in 0..64 {
         let mut iov = [io::IoSliceMut::new(&mut buf)];
         let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-        if recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, None, flags).is_err() {
-            return;
+        let Ok(msg) = recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut space), flags)
+        else {
+            break;
+        };
+        let Ok(cmsgs) = msg.cmsgs() else { continue };
+        for c in cmsgs {
+            match c {
+                ControlMessageOwned::Ipv4RecvErr(e, Some(from))
+                    if e.ee_origin == libc::SO_EE_ORIGIN_ICMP
+                        && e.ee_type == ICMP_TIME_EXCEEDED =>
+                {
+                    let a = Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr));
+                    expired = Some(IpAddr::V4(a));
+                }
+                ControlMessageOwned::Ipv6RecvErr(e, Some(from))
+                    if e.ee_origin == libc::SO_EE_ORIGIN_ICMP6
+                        && e.ee_type == ICMP6_TIME_EXCEEDED =>
+                {
+                    expired = Some(IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
         }
+    }
+    expired
+}
+
+/// Sets `s`'s TTL (`IP_TTL`; `IPV6_UNICAST_HOPS` when `ipv6`) to `ttl`
+/// unless `last` says it is already; a failure leaves the socket's own.
+fn set_ttl(s: &impl std::os::fd::AsFd, last: &mut u8, ttl: Option<u8>, ipv6: bool) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let Some(t) = ttl.filter(|&t| t != *last) else {
+        return;
+    };
+    let r = if ipv6 {
+        setsockopt(s, sockopt::Ipv6Ttl, &i32::from(t))
+    } else {
+        setsockopt(s, sockopt::Ipv4Ttl, &i32::from(t))
+    };
+    if r.is_ok() {
+        *last = t;
     }
 }
 

@@ -6,6 +6,8 @@ use super::WireError;
 pub const ECHO_REPLY: u8 = 0;
 pub const DEST_UNREACHABLE: u8 = 3;
 pub const ECHO_REQUEST: u8 = 8;
+/// Time exceeded (code 0: TTL exceeded in transit).
+pub const TIME_EXCEEDED: u8 = 11;
 
 /// Destination unreachable codes (RFC 792, RFC 1812).
 pub mod unreachable {
