@@ -693,10 +693,13 @@ impl Nat {
                     if let Some(data) = frame.get(payload) {
                         match segment {
                             None => self.send(via, data, to, ttl),
-                            // A USO super-frame: its datagrams one by one.
+                            // A USO super-frame: as one UDP_SEGMENT
+                            // message, else its datagrams one by one.
                             Some(n) => {
-                                for d in data.chunks(n) {
-                                    self.send(via, d, to, ttl);
+                                if !self.send_gso(via, data, to, ttl, n) {
+                                    for d in data.chunks(n) {
+                                        self.send(via, d, to, ttl);
+                                    }
                                 }
                             }
                         }
@@ -771,6 +774,49 @@ impl Nat {
             }
             _ => self.gw.count_drop(NatDrop::HostSend),
         }
+    }
+
+    /// Sends a USO super-frame's payload (datagrams of `n` bytes, the
+    /// last one shorter) as one `UDP_SEGMENT` message on a UDP flow's or
+    /// a published socket, so that the host's kernel (or its NIC) splits
+    /// it: whether it went. `false`: not such a socket, one datagram, or
+    /// refused (a segment longer than the route's MTU allows, more
+    /// segments than the kernel takes, a full buffer): send them one by
+    /// one, which also counts what fails.
+    fn send_gso(
+        &mut self,
+        via: SocketId,
+        data: &[u8],
+        to: Option<SocketAddr>,
+        ttl: Option<u8>,
+        n: usize,
+    ) -> bool {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+        let Ok(seg) = u16::try_from(n) else {
+            return false;
+        };
+        if data.len() <= n {
+            return false;
+        }
+        let (fd, to) = match via {
+            SocketId::Flow(h) => match self.sock(h) {
+                Some(Sock::Dgram(s, last)) => {
+                    let ipv6 = s.local_addr().is_ok_and(|a| a.is_ipv6());
+                    set_ttl(s, last, ttl, ipv6);
+                    (s.as_raw_fd(), None)
+                }
+                _ => return false,
+            },
+            SocketId::Published(p) => match (self.published.get(&p).map(|p| &p.sock), to) {
+                (Some(PubSock::Udp(u)), Some(to)) => (u.as_raw_fd(), Some(to)),
+                _ => return false,
+            },
+            _ => return false,
+        };
+        let iov = [io::IoSlice::new(data)];
+        let cmsgs = [ControlMessage::UdpGsoSegments(&seg)];
+        let to = to.map(SockaddrStorage::from);
+        sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), to.as_ref()) == Ok(data.len())
     }
 
     fn sock(&mut self, h: FlowHandle) -> Option<&mut Sock> {
