@@ -791,32 +791,32 @@ impl Nat {
         ttl: Option<u8>,
         n: usize,
     ) -> bool {
-        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
         let Ok(seg) = u16::try_from(n) else {
             return false;
         };
-        if data.len() <= n {
+        // One datagram, or more than the kernel takes at once.
+        if data.len() <= n || data.len().div_ceil(n) > 64 {
             return false;
         }
-        let (fd, to) = match via {
+        use std::os::fd::AsFd;
+        let sent = match via {
             SocketId::Flow(h) => match self.sock(h) {
                 Some(Sock::Dgram(s, last)) => {
                     let ipv6 = s.local_addr().is_ok_and(|a| a.is_ipv6());
                     set_ttl(s, last, ttl, ipv6);
-                    (s.as_raw_fd(), None)
+                    crate::sys::udp::send_segmented(s.as_fd(), data, None, seg)
                 }
                 _ => return false,
             },
             SocketId::Published(p) => match (self.published.get(&p).map(|p| &p.sock), to) {
-                (Some(PubSock::Udp(u)), Some(to)) => (u.as_raw_fd(), Some(to)),
+                (Some(PubSock::Udp(u)), Some(to)) => {
+                    crate::sys::udp::send_segmented(u.as_fd(), data, Some(to), seg)
+                }
                 _ => return false,
             },
             _ => return false,
         };
-        let iov = [io::IoSlice::new(data)];
-        let cmsgs = [ControlMessage::UdpGsoSegments(&seg)];
-        let to = to.map(SockaddrStorage::from);
-        sendmsg(fd, &iov, &cmsgs, MsgFlags::empty(), to.as_ref()) == Ok(data.len())
+        sent.is_ok_and(|n| n == data.len())
     }
 
     fn sock(&mut self, h: FlowHandle) -> Option<&mut Sock> {

@@ -328,6 +328,77 @@ impl Batch {
     }
 }
 
+/// Sends `data` as one `UDP_SEGMENT` message of datagrams `segment`
+/// bytes long (the last one shorter) on UDP socket `fd`, to `to` when
+/// given (an unconnected socket), without blocking and without
+/// allocating: the bytes sent, or the kernel's refusal (a segment longer
+/// than the route's MTU allows, more than 64 segments: `EINVAL`; a full
+/// buffer: `WouldBlock`).
+pub fn send_segmented(
+    fd: BorrowedFd,
+    data: &[u8],
+    to: Option<std::net::SocketAddr>,
+    segment: u16,
+) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid value of these plain C structs.
+    let mut name: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let namelen = match to {
+        None => 0,
+        Some(std::net::SocketAddr::V4(a)) => {
+            let sin = sockaddr(a);
+            // SAFETY: sockaddr_storage is larger than and aligned for
+            // sockaddr_in.
+            unsafe { std::ptr::write((&mut name as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        Some(std::net::SocketAddr::V6(a)) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above, for sockaddr_in6.
+            unsafe { std::ptr::write((&mut name as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    let mut cmsg = GsoCmsg {
+        // SAFETY: all-zero is a valid cmsghdr; its fields are set below.
+        hdr: unsafe { std::mem::zeroed() },
+        size: segment,
+        _pad: [0; 6],
+    };
+    cmsg.hdr.cmsg_len = (std::mem::size_of::<libc::cmsghdr>() + 2) as _;
+    cmsg.hdr.cmsg_level = libc::SOL_UDP;
+    cmsg.hdr.cmsg_type = libc::UDP_SEGMENT;
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: all-zero is a valid msghdr; the fields it needs are set.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    if namelen > 0 {
+        msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = namelen as libc::socklen_t;
+    }
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = (&mut cmsg as *mut GsoCmsg).cast();
+    msg.msg_controllen = std::mem::size_of::<GsoCmsg>();
+    // SAFETY: `msg` points at `name`, `iov` (which points at `data`) and
+    // `cmsg`, all alive for the call; the kernel only reads them.
+    let r = unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_DONTWAIT) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
 /// Lets the kernel fragment what exceeds the path MTU instead of
 /// refusing it (`IP_MTU_DISCOVER` = `IP_PMTUDISC_DONT`), as Linux's vxlan
 /// does with `df unset`.
@@ -387,6 +458,37 @@ mod tests {
         assert_eq!(&d[..3], &[0, 0, 0]);
         assert!(!rx.truncated(0));
         assert_eq!(rx.recv(b.as_fd()).unwrap(), 0);
+    }
+
+    #[test]
+    fn send_segmented_sends_its_datagrams() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let data: Vec<u8> = (0..2500).map(|i| i as u8).collect();
+        let to = rx.local_addr().unwrap();
+        let fd = std::os::fd::AsFd::as_fd(&tx);
+        assert_eq!(send_segmented(fd, &data, Some(to), 1000).unwrap(), 2500);
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        for _ in 0..3 {
+            let n = rx.recv(&mut b).unwrap();
+            got.push(b[..n].to_vec());
+        }
+        assert_eq!(got, [&data[..1000], &data[1000..2000], &data[2000..]]);
+        // Connected, no address; and over IPv6.
+        tx.connect(to).unwrap();
+        assert_eq!(send_segmented(fd, &data[..2000], None, 1000).unwrap(), 2000);
+        assert_eq!(rx.recv(&mut b).unwrap(), 1000);
+        let rx6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let tx6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let to6 = rx6.local_addr().unwrap();
+        let fd6 = std::os::fd::AsFd::as_fd(&tx6);
+        assert_eq!(send_segmented(fd6, &data, Some(to6), 1200).unwrap(), 2500);
+        rx6.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        assert_eq!(rx6.recv(&mut b).unwrap(), 1200);
     }
 
     #[test]
