@@ -520,6 +520,27 @@ fn ipv6_nat_outbound_and_published_ports() {
     // NAT reassembles.
     let big = d.exec_sh("web", "ping -6 -c 1 -W 3 -s 3000 2001:db8:ff::2");
     assert_eq!(big.code, 0, "{}{}\n{}", big.stdout, big.stderr, ctx());
+    // traceroute6: the gateway's IPv6 address answers hop 1 (hop limit
+    // 1 expires there), the outside host hop 2.
+    let trace = d.exec_sh(
+        "web",
+        "busybox traceroute6 -n -q 1 -w 3 -m 4 2001:db8:ff::2",
+    );
+    let hops: Vec<&str> = trace
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|a| a.parse::<std::net::Ipv6Addr>().is_ok())
+        .collect();
+    assert_eq!(
+        hops,
+        ["2001:db8:84::1", "2001:db8:ff::2"],
+        "{}{}\n{}\n{}",
+        trace.stdout,
+        trace.stderr,
+        d.ok(&["conntrack", "stats", "--format", "json"]),
+        ctx()
+    );
 
     // Published on [::] too, as Docker does on a dual-stack network.
     let ports = d.ok(&["port", "web"]);

@@ -732,6 +732,37 @@ pub struct Gateway {
     /// The datagram of the latest [`FrameAction::SendWhole`], until the
     /// edge takes it.
     whole: Option<Box<[u8]>>,
+    /// By flow slot index, as `flows`: the start of a datagram flow's
+    /// latest datagram, which an ICMP error about it quotes.
+    heads: Vec<Option<Head>>,
+}
+
+/// How much of a datagram an ICMP error to a container quotes beyond
+/// the IP header: the UDP header and 24 bytes (what traceroutes match
+/// their probes by: busybox's IPv6 probe number and time), or the echo
+/// request's header and 24 bytes.
+const HEAD_LEN: usize = 32;
+
+/// The start of a container's datagram (its UDP header and payload, or
+/// its echo request), and its whole length.
+#[derive(Clone, Copy)]
+struct Head {
+    bytes: [u8; HEAD_LEN],
+    len: u8,
+    l4_len: u16,
+}
+
+impl Head {
+    fn of(l4: &[u8]) -> Head {
+        let n = l4.len().min(HEAD_LEN);
+        let mut bytes = [0u8; HEAD_LEN];
+        bytes[..n].copy_from_slice(&l4[..n]);
+        Head {
+            bytes,
+            len: n as u8,
+            l4_len: l4.len().min(usize::from(u16::MAX)) as u16,
+        }
+    }
 }
 
 impl Gateway {
@@ -760,6 +791,7 @@ impl Gateway {
             legs: LegPool::new(config.leg),
             frags: Reassembly::new(),
             whole: None,
+            heads: Vec::with_capacity(capacity),
             config,
         }
     }
@@ -1595,6 +1627,9 @@ impl Gateway {
                 h
             }
         };
+        if let Some(l4) = l4_of(packet) {
+            *h.slot_in(&mut self.heads) = Some(Head::of(l4));
+        }
         // Each datagram of a super-frame counts as one.
         let mut left = payload.len();
         loop {
@@ -1686,6 +1721,9 @@ impl Gateway {
             }
         };
         let _ = self.ct.handle_icmp(h, now, Side::Container, msg.len());
+        if let Some(m) = frame.get(msg.clone()) {
+            *h.slot_in(&mut self.heads) = Some(Head::of(m));
+        }
         let lane = self.tx.lane;
         if let Some(f) = self.flow_mut(h) {
             f.lane = lane;
@@ -1813,15 +1851,40 @@ impl Gateway {
                 gw
             }
         };
-        let mut quote = [0u8; ip6::HEADER_LEN + udp::HEADER_LEN];
-        let l4 = match (container.ip(), remote.ip()) {
+        // What the container sent last on the flow; else a header made
+        // from the flow's addresses.
+        let head = match self.heads.get(h.index() as usize).copied().flatten() {
+            Some(head) => head,
+            None => {
+                let mut l4 = [0u8; 8];
+                if echo {
+                    l4[0] = if container.is_ipv4() {
+                        icmp::ECHO_REQUEST
+                    } else {
+                        icmp6::ECHO_REQUEST
+                    };
+                    l4[4..6].copy_from_slice(&container.port().to_be_bytes());
+                } else {
+                    let mut u = UdpPacket::new_unchecked(&mut l4[..]);
+                    UdpRepr {
+                        src_port: container.port(),
+                        dst_port: remote.port(),
+                    }
+                    .emit(&mut u, 0);
+                }
+                Head::of(&l4)
+            }
+        };
+        let mut quote = [0u8; ip6::HEADER_LEN + HEAD_LEN];
+        let l4_len = usize::from(head.l4_len);
+        let l3 = match (container.ip(), remote.ip()) {
             (IpAddr::V4(c), IpAddr::V4(r)) => {
                 let p = if echo {
                     ipv4::protocol::ICMP
                 } else {
                     ipv4::protocol::UDP
                 };
-                ipv4::emit_header(&mut quote, c, r, p, 8, 64);
+                ipv4::emit_header(&mut quote, c, r, p, l4_len, 64);
                 ipv4::MIN_HEADER_LEN
             }
             (IpAddr::V6(c), IpAddr::V6(r)) => {
@@ -1830,32 +1893,17 @@ impl Gateway {
                 } else {
                     ip6::next_header::UDP
                 };
-                let _ = ip6::emit_header(&mut quote, c, r, p, 8, 64);
+                let _ = ip6::emit_header(&mut quote, c, r, p, l4_len, 64);
                 ip6::HEADER_LEN
             }
             _ => return,
         };
-        if echo {
-            // An echo request with the container's identifier (the
-            // flow's container port); its sequence number is not kept.
-            quote[l4] = if container.is_ipv4() {
-                icmp::ECHO_REQUEST
-            } else {
-                icmp6::ECHO_REQUEST
-            };
-            quote[l4 + 4..l4 + 6].copy_from_slice(&container.port().to_be_bytes());
-        } else {
-            let mut u = UdpPacket::new_unchecked(&mut quote[l4..]);
-            UdpRepr {
-                src_port: container.port(),
-                dst_port: remote.port(),
-            }
-            .emit(&mut u, 0);
-        }
+        let n = usize::from(head.len);
+        quote[l3..l3 + n].copy_from_slice(&head.bytes[..n]);
         if why == IcmpErr::Port {
             let _ = self.ct.handle_udp(h, now, Side::Remote, 0);
         }
-        self.send_icmp_error(net, from, &quote[..l4 + 8], why);
+        self.send_icmp_error(net, from, &quote[..l3 + n], why);
     }
 
     fn connect_failed(&mut self, now: u64, h: FlowHandle, e: Option<ConnectError>) {
@@ -2801,6 +2849,17 @@ impl IcmpErr {
             IcmpErr::Prohibited => icmp6::unreachable::PROHIBITED,
         }
     }
+}
+
+/// The transport message of an IP packet of either family (IPv6 without
+/// extension headers), as far as the buffer holds it.
+fn l4_of(packet: &[u8]) -> Option<&[u8]> {
+    let at = match packet.first()? >> 4 {
+        4 => usize::from(packet[0] & 0x0f) * 4,
+        6 => ip6::HEADER_LEN,
+        _ => return None,
+    };
+    packet.get(at..)
 }
 
 /// The TTL (hop limit) of an IP packet of either family.
