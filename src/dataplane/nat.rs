@@ -414,6 +414,7 @@ pub(super) fn start(
         raw_icmp,
         raw_icmp6,
         raw_ttl: [0; 2],
+        errq: nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6),
         inject,
         epoch,
         capture,
@@ -531,6 +532,9 @@ pub(super) struct Nat {
     /// The TTL (hop limit) last set on the raw ICMP and ICMPv6 sockets
     /// (0: their own).
     raw_ttl: [u8; 2],
+    /// Room for the control messages of a socket's error queue
+    /// ([`drain_error_queue`]), made once.
+    errq: Vec<u8>,
     inject: Vec<InjectTx>,
     epoch: Instant,
     /// Captures of drops see the frames the gateway dropped.
@@ -995,6 +999,7 @@ impl Nat {
                 published,
                 raw_icmp,
                 raw_icmp6,
+                errq,
                 ..
             } = self;
             let r: io::Result<(usize, Option<SocketAddr>)> = match id {
@@ -1012,7 +1017,7 @@ impl Nat {
                     if r.as_ref()
                         .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
                     {
-                        expired = drain_error_queue(s);
+                        expired = drain_error_queue(s, errq);
                     }
                     r
                 }
@@ -1362,19 +1367,19 @@ fn udp_connected(dest: SocketAddr) -> io::Result<UdpSocket> {
 /// Empties a datagram socket's error queue: with `IP_RECVERR` the kernel
 /// keeps a copy of each ICMP error there, besides the errno a receive
 /// returns (which is what the NAT passes on for unreachables). At most 64
-/// entries a call. Returns the sender of the last ICMP time exceeded
+/// entries a call, `space` (room for one entry's control messages) made
+/// by the caller once. Returns the sender of the last ICMP time exceeded
 /// among them (the router a traceroute's probe expired at), if any.
-fn drain_error_queue(s: &impl AsRawFd) -> Option<IpAddr> {
+fn drain_error_queue(s: &impl AsRawFd, space: &mut Vec<u8>) -> Option<IpAddr> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
     const ICMP_TIME_EXCEEDED: u8 = 11;
     const ICMP6_TIME_EXCEEDED: u8 = 3;
     let mut buf = [0u8; 64];
-    let mut space = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
     let mut expired = None;
     for _ in 0..64 {
         let mut iov = [io::IoSliceMut::new(&mut buf)];
         let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-        let Ok(msg) = recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut space), flags)
+        let Ok(msg) = recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut *space), flags)
         else {
             break;
         };
