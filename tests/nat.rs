@@ -1152,7 +1152,8 @@ fn unreachable_destinations_fail_a_containers_udp_at_once() {
 /// first hop, the outside router the second (its time exceeded reaches
 /// the NAT's socket and comes back from that router's address), the far
 /// host the third (port unreachable, or its echo reply), as through
-/// Docker's kernel NAT; with UDP probes and with ICMP echo.
+/// Docker's kernel NAT; with UDP probes and with ICMP echo. A router
+/// beyond the host that has no route answers from its own address too.
 #[test]
 fn traceroute_from_a_container_shows_the_gateway_and_the_routers() {
     let w = World::new(&[]);
@@ -1177,7 +1178,39 @@ fn traceroute_from_a_container_shows_the_gateway_and_the_routers() {
         assert_eq!(hops, want, "{cmd}: {out}\n{}", w.context());
     }
     assert!(w.nat_drops("ttl_exceeded") >= 4, "{}", w.context());
+
+    // A router beyond the host without a route (the outside one, for
+    // 192.0.2.0/24): its net unreachable comes back from its address.
+    w.d.netns()
+        .sh_ok(&format!("ip route add 192.0.2.0/24 via {OUTSIDE}"));
+    let script = w.files.0.join("offender.py").display().to_string();
+    std::fs::write(&script, OFFENDER_CLIENT).unwrap();
+    let out = w.exec_ok("tracer", &format!("{PYTHON} {script} 192.0.2.9"));
+    assert_eq!(
+        out.trim(),
+        format!("ENETUNREACH from {OUTSIDE}"),
+        "{}",
+        w.context()
+    );
 }
+
+/// `offender.py HOST`: one UDP datagram to HOST with `IP_RECVERR`; prints
+/// the error its error queue reports and the address that sent it.
+const OFFENDER_CLIENT: &str = r#"
+import errno, select, socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR
+s.connect((sys.argv[1], 9))
+s.send(b"anyone?")
+p = select.poll()
+p.register(s, select.POLLERR)
+p.poll(10000)
+_, anc, _, _ = s.recvmsg(100, 512, socket.MSG_ERRQUEUE)
+for level, kind, data in anc:
+    if level == socket.IPPROTO_IP and kind == 11:
+        ee_errno = struct.unpack("I", data[:4])[0]
+        print(errno.errorcode.get(ee_errno, ee_errno), "from", socket.inet_ntoa(data[16 + 4:16 + 8]))
+"#;
 
 /// `unreach.py A B`: one datagram to A, then one to B, each on a
 /// connected UDP socket with `IP_RECVERR`; prints what each recv ended

@@ -263,8 +263,12 @@ pub enum HostEvent {
     /// A flow's connected UDP or ping socket failed to send or receive
     /// with ENETUNREACH or EHOSTUNREACH (a router's ICMP error, or no
     /// route or no neighbour here): the container gets the same ICMP
-    /// from its gateway, as a router would send it.
-    Unreachable(ConnectError),
+    /// from the router `from` when given (a router beyond the host),
+    /// else from its gateway, as a router would send it.
+    Unreachable {
+        why: ConnectError,
+        from: Option<IpAddr>,
+    },
     /// As [`HostEvent::Unreachable`], from the `connect` of the flow's
     /// new socket, which is gone: the flow ends too (the container's
     /// next datagram tries again).
@@ -1807,9 +1811,9 @@ impl Gateway {
                 self.drops.count(NatDrop::TtlExceeded);
                 self.datagram_error(now, h, IcmpErr::TimeExceeded, Some(from));
             }
-            HostEvent::Unreachable(e) => {
+            HostEvent::Unreachable { why, from } => {
                 self.drops.count(NatDrop::Unreachable);
-                self.datagram_error(now, h, unreach_of(e), None);
+                self.datagram_error(now, h, unreach_of(why), from);
             }
             HostEvent::OpenUnreachable(e) => {
                 self.drops.count(NatDrop::Unreachable);

@@ -1107,7 +1107,8 @@ fn from_gateway_unreachable(o: &Out, code: u8) -> Vec<u8> {
 /// Raises `e` on flow `f`'s socket: the gateway's one frame, checked by
 /// [`from_gateway_unreachable`] for `code`.
 fn host_unreachable(h: &mut Harness, f: FlowHandle, e: ConnectError, code: u8) -> Vec<u8> {
-    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Unreachable(e));
+    let ev = HostEvent::Unreachable { why: e, from: None };
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), ev);
     h.pump();
     let out = h.take_out();
     assert_eq!(out.len(), 1);

@@ -774,7 +774,7 @@ impl Nat {
             (Some(why), SocketId::Flow(_)) => {
                 let now = self.now();
                 self.gw
-                    .handle_socket_event(now, via, HostEvent::Unreachable(why));
+                    .handle_socket_event(now, via, HostEvent::Unreachable { why, from: None });
             }
             _ => self.gw.count_drop(NatDrop::HostSend),
         }
@@ -991,7 +991,7 @@ impl Nat {
     /// socket is drained (or no buffer is free: the gateway asks again).
     fn read_datagrams(&mut self, now: u64, id: SocketId) {
         loop {
-            // A time exceeded in the flow socket's error queue: who sent it.
+            // What the flow socket's error queue said, if it failed.
             let mut expired = None;
             let Nat {
                 gw,
@@ -1059,11 +1059,15 @@ impl Nat {
                 }
                 Err(e) => match (unreachable(&e), id, expired) {
                     // A traceroute's probe: from the router that said so.
-                    (_, SocketId::Flow(_), Some(from)) => {
+                    (_, SocketId::Flow(_), Some(Queued::TimeExceeded(from))) => {
                         gw.handle_socket_event(now, id, HostEvent::TimeExceeded { from })
                     }
-                    (Some(why), SocketId::Flow(_), None) => {
-                        gw.handle_socket_event(now, id, HostEvent::Unreachable(why))
+                    (Some(why), SocketId::Flow(_), queued) => {
+                        let from = match queued {
+                            Some(Queued::Unreachable(a)) => a,
+                            _ => None,
+                        };
+                        gw.handle_socket_event(now, id, HostEvent::Unreachable { why, from })
                     }
                     _ => {
                         gw.count_drop(NatDrop::HostRecv);
@@ -1368,14 +1372,32 @@ fn udp_connected(dest: SocketAddr) -> io::Result<UdpSocket> {
 /// keeps a copy of each ICMP error there, besides the errno a receive
 /// returns (which is what the NAT passes on for unreachables). At most 64
 /// entries a call, `space` (room for one entry's control messages) made
-/// by the caller once. Returns the sender of the last ICMP time exceeded
-/// among them (the router a traceroute's probe expired at), if any.
-fn drain_error_queue(s: &impl AsRawFd, space: &mut Vec<u8>) -> Option<IpAddr> {
+/// by the caller once. Returns the last ICMP error among them: a time
+/// exceeded and the router that sent it (where a traceroute's probe
+/// expired), or another (an unreachable) and the router that sent it
+/// unless that is this host.
+fn drain_error_queue(s: &impl AsRawFd, space: &mut Vec<u8>) -> Option<Queued> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
     const ICMP_TIME_EXCEEDED: u8 = 11;
     const ICMP6_TIME_EXCEEDED: u8 = 3;
     let mut buf = [0u8; 64];
     let mut expired = None;
+    // The host's own address on this socket's route: an error from it
+    // (a neighbour that does not answer) is the gateway's to report.
+    let local = nix::sys::socket::getsockname::<SockaddrStorage>(s.as_raw_fd())
+        .ok()
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v| IpAddr::V4(v.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v| IpAddr::V6(v.ip())))
+        });
+    let queued = |time_exceeded: bool, from: IpAddr, local: Option<IpAddr>| {
+        if time_exceeded {
+            Queued::TimeExceeded(from)
+        } else {
+            Queued::Unreachable((Some(from) != local).then_some(from))
+        }
+    };
     for _ in 0..64 {
         let mut iov = [io::IoSliceMut::new(&mut buf)];
         let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
@@ -1387,23 +1409,30 @@ fn drain_error_queue(s: &impl AsRawFd, space: &mut Vec<u8>) -> Option<IpAddr> {
         for c in cmsgs {
             match c {
                 ControlMessageOwned::Ipv4RecvErr(e, Some(from))
-                    if e.ee_origin == libc::SO_EE_ORIGIN_ICMP
-                        && e.ee_type == ICMP_TIME_EXCEEDED =>
+                    if e.ee_origin == libc::SO_EE_ORIGIN_ICMP =>
                 {
-                    let a = Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr));
-                    expired = Some(IpAddr::V4(a));
+                    let a = IpAddr::V4(Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)));
+                    expired = Some(queued(e.ee_type == ICMP_TIME_EXCEEDED, a, local));
                 }
                 ControlMessageOwned::Ipv6RecvErr(e, Some(from))
-                    if e.ee_origin == libc::SO_EE_ORIGIN_ICMP6
-                        && e.ee_type == ICMP6_TIME_EXCEEDED =>
+                    if e.ee_origin == libc::SO_EE_ORIGIN_ICMP6 =>
                 {
-                    expired = Some(IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr)));
+                    let a = IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr));
+                    expired = Some(queued(e.ee_type == ICMP6_TIME_EXCEEDED, a, local));
                 }
                 _ => {}
             }
         }
     }
     expired
+}
+
+/// An ICMP error found in a socket's error queue ([`drain_error_queue`]).
+#[derive(Clone, Copy)]
+enum Queued {
+    TimeExceeded(IpAddr),
+    /// The router beyond this host that sent it, if one did.
+    Unreachable(Option<IpAddr>),
 }
 
 /// Sets `s`'s TTL (`IP_TTL`; `IPV6_UNICAST_HOPS` when `ipv6`) to `ttl`
