@@ -742,8 +742,7 @@ impl Nat {
         let r = match via {
             SocketId::Flow(h) => match self.sock(h) {
                 Some(Sock::Dgram(s, last)) => {
-                    let ipv6 = s.local_addr().is_ok_and(|a| a.is_ipv6());
-                    set_ttl(s, last, ttl, ipv6);
+                    set_flow_ttl(s, last, ttl);
                     s.send(data)
                 }
                 // The socket's open failed (counted when reported).
@@ -806,8 +805,7 @@ impl Nat {
         let sent = match via {
             SocketId::Flow(h) => match self.sock(h) {
                 Some(Sock::Dgram(s, last)) => {
-                    let ipv6 = s.local_addr().is_ok_and(|a| a.is_ipv6());
-                    set_ttl(s, last, ttl, ipv6);
+                    set_flow_ttl(s, last, ttl);
                     crate::sys::udp::send_segmented(s.as_fd(), data, None, seg)
                 }
                 _ => return false,
@@ -1433,6 +1431,16 @@ enum Queued {
     TimeExceeded(IpAddr),
     /// The router beyond this host that sent it, if one did.
     Unreachable(Option<IpAddr>),
+}
+
+/// [`set_ttl`] on a flow's datagram socket, whose family its address
+/// tells (asked only when the TTL changes: one system call per flow in
+/// the usual case, not per datagram).
+fn set_flow_ttl(s: &UdpSocket, last: &mut u8, ttl: Option<u8>) {
+    if ttl.is_some_and(|t| t != *last) {
+        let ipv6 = s.local_addr().is_ok_and(|a| a.is_ipv6());
+        set_ttl(s, last, ttl, ipv6);
+    }
 }
 
 /// Sets `s`'s TTL (`IP_TTL`; `IPV6_UNICAST_HOPS` when `ipv6`) to `ttl`
