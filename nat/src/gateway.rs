@@ -305,7 +305,8 @@ pub enum FrameAction {
     ///
     /// `segment`: the payload is a UDP super-frame's (USO, a container's
     /// `UDP_SEGMENT` send): datagrams of that many bytes each, the last
-    /// one possibly shorter, to send one by one, as the container's
+    /// one possibly shorter, to send as such (one `UDP_SEGMENT` message
+    /// where the socket takes it, else one by one), as the container's
     /// kernel would have without the offload. Never 0.
     ///
     /// `ttl`: the TTL (hop limit) to send with, the container's less one
@@ -1830,10 +1831,11 @@ impl Gateway {
 
     /// An ICMP error to the container about its datagram flow `h` (UDP
     /// through its own socket, or ICMP echo through a ping socket),
-    /// quoting a header of the flow, from `from` when given (a router on
-    /// the way), else: Port from the remote (its host refused the port:
-    /// the container's socket fails with "connection refused"), the
-    /// others from the gateway, as a router says them.
+    /// quoting the start of the flow's latest datagram (a header made
+    /// from the flow's addresses if none was kept), from `from` when
+    /// given (a router on the way), else: Port from the remote (its host
+    /// refused the port: the container's socket fails with "connection
+    /// refused"), the others from the gateway, as a router says them.
     fn datagram_error(&mut self, now: u64, h: FlowHandle, why: IcmpErr, from: Option<IpAddr>) {
         let Some(f) = self.flow(h) else { return };
         let echo = match f.io {
