@@ -332,6 +332,30 @@ pub enum FrameAction {
     },
 }
 
+impl FrameAction {
+    /// The action with the TTL [`Gateway::forwarding`] decided, for a
+    /// datagram the gateway forwards (not a published port's answer,
+    /// which its socket sends with its own TTL).
+    fn leaving_with(self, ttl: Option<u8>) -> FrameAction {
+        match self {
+            FrameAction::Send {
+                via,
+                payload,
+                to,
+                segment,
+                ..
+            } if !matches!(via, SocketId::Published(_)) => FrameAction::Send {
+                via,
+                payload,
+                to,
+                segment,
+                ttl,
+            },
+            other => other,
+        }
+    }
+}
+
 /// A frame towards a container: `buf[FRAME_OFFSET..][..len]`, to send on
 /// `port` with `meta`; give `buf` back with [`Gateway::recycle`]. `lane`:
 /// the lane the flow's frames from the container last came in on (see
@@ -1337,23 +1361,32 @@ impl Gateway {
         }
     }
 
-    /// Whether `packet` (a container's UDP datagram or echo request, not
-    /// to the gateway's own address) arrived with TTL (hop limit) 1 or
-    /// less: a router does not forward it but answers ICMP time exceeded
-    /// from its address, which is the first hop a traceroute shows.
-    fn expires_here(&mut self, net: &NetInfo, network: NetworkId, packet: &[u8]) -> bool {
-        let (Some(ttl), Some((src, dst))) = (ttl_of(packet), ip_addrs(packet)) else {
-            return false;
+    /// How a container's UDP datagram or echo request `packet` (header
+    /// `ip`) is forwarded, as a router does it: `Some(ttl)` to leave with,
+    /// the container's less one, or `Some(None)` for one to the gateway's
+    /// own address (the host's loopback: delivered, not forwarded, the
+    /// socket's own TTL). `None`: it arrived with TTL (hop limit) 1 and
+    /// expires here, answered with ICMP time exceeded from the gateway
+    /// (the first hop a traceroute shows).
+    fn forwarding(
+        &mut self,
+        net: &NetInfo,
+        network: NetworkId,
+        ip: &IpHdr,
+        packet: &[u8],
+    ) -> Option<Option<u8>> {
+        let Some((gw, _)) = net.gateway_for(ip.src) else {
+            return Some(None);
         };
-        let Some((gw, _)) = net.gateway_for(src) else {
-            return false;
-        };
-        if ttl > 1 || dst == gw {
-            return false;
+        if ip.dst == gw {
+            return Some(None);
+        }
+        if ip.ttl > 1 {
+            return Some(Some(ip.ttl - 1));
         }
         self.drops.count(NatDrop::TtlExceeded);
         self.send_icmp_error(network, gw, packet, IcmpErr::TimeExceeded);
-        true
+        None
     }
 
     /// The datagram of the latest [`FrameAction::SendWhole`]; give it
@@ -1434,9 +1467,9 @@ impl Gateway {
                     self.drops.count(NatDrop::Malformed);
                     return FrameAction::None;
                 };
-                if self.expires_here(&net, network, &frame[ip_range.clone()]) {
+                let Some(ttl) = self.forwarding(&net, network, &h, &frame[ip_range.clone()]) else {
                     return FrameAction::None;
-                }
+                };
                 let key = flow_key(
                     Protocol::Udp,
                     network,
@@ -1446,6 +1479,7 @@ impl Gateway {
                 let data = at + ihl + udp::HEADER_LEN;
                 let payload = data..data + u.payload().len();
                 self.udp_from_container(now, &net, key, &frame[ip_range], payload, segment)
+                    .leaving_with(ttl)
             }
             L4::Icmp => {
                 let Ok(m) = IcmpPacket::new_checked(l4) else {
@@ -1461,12 +1495,13 @@ impl Gateway {
                     self.drops.count(NatDrop::IcmpNotEcho);
                     return FrameAction::None;
                 }
-                if self.expires_here(&net, network, &frame[ip_range.clone()]) {
+                let Some(ttl) = self.forwarding(&net, network, &h, &frame[ip_range.clone()]) else {
                     return FrameAction::None;
-                }
+                };
                 let key = FlowKey::icmp_echo(network, src, m.echo_ident(), dst);
                 let msg = at + ihl..at + total;
                 self.icmp_from_container(now, &net, key, frame, ip_range, msg)
+                    .leaving_with(ttl)
             }
         }
     }
@@ -1660,16 +1695,12 @@ impl Gateway {
             }
             _ => return FrameAction::None,
         };
-        let ttl = match via.0 {
-            SocketId::Flow(_) => forwarded_ttl(net, packet),
-            _ => None,
-        };
         FrameAction::Send {
             via: via.0,
             payload,
             to: via.1,
             segment,
-            ttl,
+            ttl: None,
         }
     }
 
@@ -1752,7 +1783,7 @@ impl Gateway {
                     payload: msg,
                     to: Some(SocketAddr::new(rip, 0)),
                     segment: None,
-                    ttl: forwarded_ttl(net, &frame[packet]),
+                    ttl: None,
                 }
             }
             Some(Io::Icmp { raw: false }) => FrameAction::Send {
@@ -1760,7 +1791,7 @@ impl Gateway {
                 payload: msg,
                 to: None,
                 segment: None,
-                ttl: forwarded_ttl(net, &frame[packet]),
+                ttl: None,
             },
             _ => FrameAction::None,
         }
@@ -1831,8 +1862,7 @@ impl Gateway {
 
     /// An ICMP error to the container about its datagram flow `h` (UDP
     /// through its own socket, or ICMP echo through a ping socket),
-    /// quoting the start of the flow's latest datagram (a header made
-    /// from the flow's addresses if none was kept), from `from` when
+    /// quoting the start of the flow's latest datagram, from `from` when
     /// given (a router on the way), else: Port from the remote (its host
     /// refused the port: the container's socket fails with "connection
     /// refused"), the others from the gateway, as a router says them.
@@ -1857,29 +1887,10 @@ impl Gateway {
                 gw
             }
         };
-        // What the container sent last on the flow; else a header made
-        // from the flow's addresses.
-        let head = match self.heads.get(h.index() as usize).copied().flatten() {
-            Some(head) => head,
-            None => {
-                let mut l4 = [0u8; 8];
-                if echo {
-                    l4[0] = if container.is_ipv4() {
-                        icmp::ECHO_REQUEST
-                    } else {
-                        icmp6::ECHO_REQUEST
-                    };
-                    l4[4..6].copy_from_slice(&container.port().to_be_bytes());
-                } else {
-                    let mut u = UdpPacket::new_unchecked(&mut l4[..]);
-                    UdpRepr {
-                        src_port: container.port(),
-                        dst_port: remote.port(),
-                    }
-                    .emit(&mut u, 0);
-                }
-                Head::of(&l4)
-            }
+        // What the container sent last on the flow (kept for every
+        // datagram it sends, so before any error about one).
+        let Some(head) = self.heads.get(h.index() as usize).copied().flatten() else {
+            return;
         };
         let mut quote = [0u8; ip6::HEADER_LEN + HEAD_LEN];
         let l4_len = usize::from(head.l4_len);
@@ -2671,6 +2682,8 @@ struct IpHdr {
     ihl: usize,
     /// Packet length (as the header says, bounded by the buffer).
     total: usize,
+    /// TTL (IPv4), hop limit (IPv6).
+    ttl: u8,
 }
 
 /// Reads an IPv4 or IPv6 header (IPv6 without extension headers), or the
@@ -2691,6 +2704,7 @@ fn parse_ip(ip: &[u8]) -> Result<IpHdr, NatDrop> {
                 proto,
                 ihl: p.header_len(),
                 total: usize::from(p.total_len()).min(ip.len()),
+                ttl: p.ttl(),
             })
         }
         Some(6) => {
@@ -2708,6 +2722,7 @@ fn parse_ip(ip: &[u8]) -> Result<IpHdr, NatDrop> {
                 proto,
                 ihl: ip6::HEADER_LEN,
                 total: p.payload_range().end,
+                ttl: p.hop_limit(),
             })
         }
         _ => Err(NatDrop::Malformed),
@@ -2868,43 +2883,15 @@ fn l4_of(packet: &[u8]) -> Option<&[u8]> {
     packet.get(at..)
 }
 
-/// The TTL (hop limit) of an IP packet of either family.
-fn ttl_of(packet: &[u8]) -> Option<u8> {
-    match packet.first()? >> 4 {
-        4 => packet.get(8).copied(),
-        6 => packet.get(7).copied(),
-        _ => None,
-    }
-}
-
-/// The TTL a container's `packet` leaves the host with, as a router
-/// forwards it (one less), or `None` for one to the gateway's own
-/// address (the host's loopback: delivered, not forwarded).
-fn forwarded_ttl(net: &NetInfo, packet: &[u8]) -> Option<u8> {
-    let (src, dst) = ip_addrs(packet)?;
-    let (gw, _) = net.gateway_for(src)?;
-    if dst == gw {
-        return None;
-    }
-    Some(ttl_of(packet)?.saturating_sub(1).max(1))
-}
-
-/// The source and destination addresses of an IP packet of either
-/// family.
-fn ip_addrs(packet: &[u8]) -> Option<(IpAddr, IpAddr)> {
+/// The source address of an IP packet of either family.
+fn ip_src(packet: &[u8]) -> Option<IpAddr> {
     match packet.first()? >> 4 {
         4 => Ipv4Packet::new_checked(packet)
             .ok()
-            .map(|p| (IpAddr::V4(p.src_addr()), IpAddr::V4(p.dst_addr()))),
-        6 => Ipv6Packet::new_checked(packet)
-            .map(|p| (IpAddr::V6(p.src_addr()), IpAddr::V6(p.dst_addr()))),
+            .map(|p| IpAddr::V4(p.src_addr())),
+        6 => Ipv6Packet::new_checked(packet).map(|p| IpAddr::V6(p.src_addr())),
         _ => None,
     }
-}
-
-/// The source address of an IP packet of either family.
-fn ip_src(packet: &[u8]) -> Option<IpAddr> {
-    ip_addrs(packet).map(|(src, _)| src)
 }
 
 /// The source address a published port's IPv6 client gets inside the
