@@ -798,7 +798,7 @@ impl Nat {
             return false;
         };
         // One datagram, or more than the kernel takes at once.
-        if data.len() <= n || data.len().div_ceil(n) > 64 {
+        if data.len() <= n || data.len().div_ceil(n) > crate::sys::udp::GSO_MAX_SEGS {
             return false;
         }
         use std::os::fd::AsFd;
@@ -990,7 +990,7 @@ impl Nat {
     fn read_datagrams(&mut self, now: u64, id: SocketId) {
         loop {
             // What the flow socket's error queue said, if it failed.
-            let mut expired = None;
+            let mut queued = None;
             let Nat {
                 gw,
                 socks,
@@ -1015,7 +1015,7 @@ impl Nat {
                     if r.as_ref()
                         .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
                     {
-                        expired = drain_error_queue(s, errq);
+                        queued = drain_error_queue(s, errq);
                     }
                     r
                 }
@@ -1055,13 +1055,13 @@ impl Nat {
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
                     gw.handle_socket_event(now, id, HostEvent::PortUnreachable)
                 }
-                Err(e) => match (unreachable(&e), id, expired) {
+                Err(e) => match (unreachable(&e), id, queued) {
                     // A traceroute's probe: from the router that said so.
                     (_, SocketId::Flow(_), Some(Queued::TimeExceeded(from))) => {
                         gw.handle_socket_event(now, id, HostEvent::TimeExceeded { from })
                     }
-                    (Some(why), SocketId::Flow(_), queued) => {
-                        let from = match queued {
+                    (Some(why), SocketId::Flow(_), q) => {
+                        let from = match q {
                             Some(Queued::Unreachable(a)) => a,
                             _ => None,
                         };
@@ -1343,7 +1343,6 @@ fn connect_nonblocking(dest: SocketAddr) -> io::Result<TcpStream> {
     Ok(TcpStream::from_std(std::net::TcpStream::from(s)))
 }
 
-/// A non-blocking UDP socket of `dest`'s family connected to it.
 /// The unreachability a socket error reports (ENETUNREACH,
 /// EHOSTUNREACH), if it is one.
 fn unreachable(e: &io::Error) -> Option<ConnectError> {
@@ -1354,6 +1353,7 @@ fn unreachable(e: &io::Error) -> Option<ConnectError> {
     }
 }
 
+/// A non-blocking UDP socket of `dest`'s family connected to it.
 fn udp_connected(dest: SocketAddr) -> io::Result<UdpSocket> {
     let any = match dest {
         SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -1379,7 +1379,7 @@ fn drain_error_queue(s: &impl AsRawFd, space: &mut Vec<u8>) -> Option<Queued> {
     const ICMP_TIME_EXCEEDED: u8 = 11;
     const ICMP6_TIME_EXCEEDED: u8 = 3;
     let mut buf = [0u8; 64];
-    let mut expired = None;
+    let mut last = None;
     // The host's own address on this socket's route: an error from it
     // (a neighbour that does not answer) is the gateway's to report.
     let local = nix::sys::socket::getsockname::<SockaddrStorage>(s.as_raw_fd())
@@ -1389,7 +1389,7 @@ fn drain_error_queue(s: &impl AsRawFd, space: &mut Vec<u8>) -> Option<Queued> {
                 .map(|v| IpAddr::V4(v.ip()))
                 .or_else(|| a.as_sockaddr_in6().map(|v| IpAddr::V6(v.ip())))
         });
-    let queued = |time_exceeded: bool, from: IpAddr, local: Option<IpAddr>| {
+    let entry = |time_exceeded: bool, from: IpAddr| {
         if time_exceeded {
             Queued::TimeExceeded(from)
         } else {
@@ -1410,19 +1410,19 @@ fn drain_error_queue(s: &impl AsRawFd, space: &mut Vec<u8>) -> Option<Queued> {
                     if e.ee_origin == libc::SO_EE_ORIGIN_ICMP =>
                 {
                     let a = IpAddr::V4(Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)));
-                    expired = Some(queued(e.ee_type == ICMP_TIME_EXCEEDED, a, local));
+                    last = Some(entry(e.ee_type == ICMP_TIME_EXCEEDED, a));
                 }
                 ControlMessageOwned::Ipv6RecvErr(e, Some(from))
                     if e.ee_origin == libc::SO_EE_ORIGIN_ICMP6 =>
                 {
                     let a = IpAddr::V6(Ipv6Addr::from(from.sin6_addr.s6_addr));
-                    expired = Some(queued(e.ee_type == ICMP6_TIME_EXCEEDED, a, local));
+                    last = Some(entry(e.ee_type == ICMP6_TIME_EXCEEDED, a));
                 }
                 _ => {}
             }
         }
     }
-    expired
+    last
 }
 
 /// An ICMP error found in a socket's error queue ([`drain_error_queue`]).
