@@ -807,6 +807,138 @@ fn workers_run_on_the_cpus_asked_for() {
     );
 }
 
+/// `--tap-steering cpu`: the frames a container's process sends to
+/// another container are read by the worker pinned to the CPU it sends
+/// them on (`rx_packets_by_worker` of its port), and those for the NAT by
+/// the NAT's worker, worker 0, from either CPU (`nat_frames`: none handed
+/// over from worker 1). Without the program the kernel's flow steering
+/// keeps a ping's frames on one worker whatever the CPU (the switch writes
+/// the replies on the flow's home worker's queue). What the daemon could
+/// not do is refused before it makes anything.
+#[test]
+fn with_cpu_steering_the_worker_on_the_senders_cpu_reads_its_frames() {
+    require_root("tests/capture.rs");
+    let allowed = tapnet::dataplane::allowed_cpus().unwrap();
+    assert!(
+        allowed.len() >= 2,
+        "this test needs two CPUs to run on, has {allowed:?}"
+    );
+    let cpus = format!("{},{}", allowed[0], allowed[1]);
+    let d = world(&[
+        "--workers",
+        "2",
+        "--worker-cpus",
+        &cpus,
+        "--tap-steering",
+        "cpu",
+    ]);
+    let _outside = Outside::connect(d.netns(), &["198.51.100.1/24"], "198.51.100.2/24");
+    let cb = d.ip_of("cb", "front");
+    // Per worker: the frames read from ca's port, and those given the NAT.
+    let counts = || -> (Vec<u64>, Vec<u64>) {
+        let v: serde_json::Value =
+            serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+        let ports = v["ports"].as_array().unwrap();
+        let ca = ports.iter().find(|p| p["container"] == "ca").unwrap();
+        let per = |a: &serde_json::Value| -> Vec<u64> {
+            a.as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n.as_u64().unwrap())
+                .collect()
+        };
+        let nat = v["workers"].as_array().unwrap();
+        (
+            per(&ca["rx_packets_by_worker"]),
+            nat.iter()
+                .map(|w| w["nat_frames"].as_u64().unwrap())
+                .collect(),
+        )
+    };
+    let ping_on = |cpu: usize, to: &str| {
+        let o = d.tapnet(&[
+            "exec",
+            "ca",
+            "--",
+            "taskset",
+            "-c",
+            &cpu.to_string(),
+            "ping",
+            "-c",
+            "20",
+            "-i",
+            "0.05",
+            "-W",
+            "2",
+            to,
+        ]);
+        assert_eq!(
+            o.code, 0,
+            "ping {to} on CPU {cpu}: {}{}",
+            o.stdout, o.stderr
+        );
+    };
+    let delta =
+        |a: &[u64], b: &[u64]| -> Vec<u64> { a.iter().zip(b).map(|(a, b)| a - b).collect() };
+    for (worker, cpu) in [(1, allowed[1]), (0, allowed[0]), (1, allowed[1])] {
+        let (rx0, nat0) = counts();
+        ping_on(cpu, &cb);
+        let (rx1, nat1) = counts();
+        ping_on(cpu, "198.51.100.2");
+        let (rx2, nat2) = counts();
+        // The 20 requests each time; the other worker may see a stray
+        // frame of the container's kernel (sent wherever its timer ran).
+        let (to_cb, to_far) = (delta(&rx1, &rx0), delta(&nat2, &nat1));
+        assert!(
+            to_cb[worker] >= 20 && to_cb[1 - worker] <= 2,
+            "pinging cb on CPU {cpu}: frames read by worker {to_cb:?}, want worker {worker}"
+        );
+        assert!(
+            to_far[0] >= 20 && to_far[1] <= 2,
+            "pinging the outside on CPU {cpu}: NAT frames by worker {to_far:?}, want worker 0"
+        );
+        assert!(delta(&rx2, &rx1).iter().sum::<u64>() >= 20);
+        assert_eq!(delta(&nat1, &nat0), [0, 0], "pinging cb");
+    }
+
+    // Two workers at least, pinned: one line, non-zero exit.
+    let e = daemon_refuses(&["--tap-steering", "cpu", "--workers", "1"]);
+    assert!(
+        e.contains("--tap-steering cpu needs --workers 2 or more"),
+        "{e}"
+    );
+    let e = daemon_refuses(&[
+        "--tap-steering",
+        "cpu",
+        "--workers",
+        "2",
+        "--worker-cpus",
+        "none",
+    ]);
+    assert!(e.contains("--tap-steering cpu needs pinned workers"), "{e}");
+    let e = daemon_refuses(&["--tap-steering", "sideways"]);
+    assert!(e.contains("expected flow or cpu"), "{e}");
+    // Without CAP_BPF in the host's user namespace (root of a user
+    // namespace of its own, as a rootless daemon is): refused, and its
+    // state directory stays empty.
+    let dir = TempDir::new();
+    let root = dir.0.join("root");
+    std::fs::create_dir(&root).unwrap();
+    let o = Command::new("unshare")
+        .args(["-Urn", BIN, "daemon", "--root"])
+        .arg(&root)
+        .arg("-H")
+        .arg(format!("unix://{}", dir.0.join("sock").display()))
+        .args(["--workers", "2", "--tap-steering", "cpu"])
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(0), "{e}");
+    assert_eq!(e.trim().lines().count(), 1, "{e}");
+    assert!(e.contains("cannot load its eBPF program"), "{e}");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "{e}");
+}
+
 /// `Cpus_allowed_list` of a task's `/proc/.../status` file.
 fn cpus_allowed(status: &std::path::Path) -> Option<String> {
     let text = std::fs::read_to_string(status).ok()?;

@@ -28,6 +28,13 @@ start_daemon() {
 ping1() { "$T" exec "$1" -- ping -c 1 -W 2 "$2" >/dev/null 2>&1; }
 
 [ "$(id -u)" != 0 ] || fail "must run as an ordinary user"
+# A rootless daemon cannot load the CPU steering program (CAP_BPF): one
+# line, a non-zero exit, and nothing made.
+err=$("$T" daemon --root "$WORK/steer" --workers 2 --tap-steering cpu 2>&1 >/dev/null) \
+  && fail "--tap-steering cpu started rootless"
+[ "$(printf '%s\n' "$err" | wc -l)" = 1 ] && grep -q "cannot load its eBPF program" <<<"$err" \
+  || fail "--tap-steering cpu, rootless: $err"
+[ ! -e "$WORK/steer" ] || fail "--tap-steering cpu, rootless, made $WORK/steer"
 start_daemon
 sock=${TAPNET_HOST#unix://}
 [ "$(stat -c %a "$sock")" = 600 ] || fail "rootless socket mode is $(stat -c %a "$sock"), want 600"

@@ -251,6 +251,12 @@ struct DaemonArgs {
     #[arg(long = "worker-cpus", value_name = "auto|none|LIST", default_value = "auto",
           value_parser = crate::dataplane::WorkerCpus::parse)]
     worker_cpus: crate::dataplane::WorkerCpus,
+    /// Which worker reads a frame a container sends: flow (the kernel's
+    /// flow steering) or cpu (the worker pinned to the sender's CPU; root
+    /// only, two workers or more; see README, Performance).
+    #[arg(long = "tap-steering", value_name = "flow|cpu", default_value = "flow",
+          value_parser = crate::dataplane::TapSteering::parse)]
+    tap_steering: crate::dataplane::TapSteering,
 }
 
 fn client(host: &Option<String>) -> anyhow::Result<Client> {
@@ -431,6 +437,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         nat_thread: a.nat_thread,
         tx_batch: a.tx_batch,
         worker_cpus: a.worker_cpus,
+        tap_steering: a.tap_steering,
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -94,6 +94,9 @@ pub struct Config {
     /// `--worker-cpus`: where the workers run.
     #[serde(default)]
     pub worker_cpus: crate::dataplane::WorkerCpus,
+    /// `--tap-steering`: which worker reads a container's frame.
+    #[serde(default)]
+    pub tap_steering: crate::dataplane::TapSteering,
 }
 
 fn default_tx_batch() -> u32 {
@@ -379,6 +382,11 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         .worker_cpus
         .resolve(&crate::dataplane::allowed_cpus().context("cannot read the CPU affinity")?)
         .map_err(anyhow::Error::msg)?;
+    // So is a steering program the daemon could not use.
+    let steering = cfg
+        .tap_steering
+        .steering(cfg.workers, &worker_cpus, (!cfg.nat_thread).then_some(0))
+        .map_err(anyhow::Error::msg)?;
     let rootless = !nix::unistd::geteuid().is_root();
     stop_on_thread_panics();
     raise_nofile_limit();
@@ -443,6 +451,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         nat_thread: cfg.nat_thread,
         tx_batch: cfg.tx_batch as usize,
         worker_cpus,
+        steering: steering.map(std::sync::Arc::new),
     })
     .context("cannot start the dataplane")?;
     let mut core = core::Core::new(store, dp, cfg.root.clone(), cfg.socket.clone(), cluster)

@@ -66,6 +66,9 @@ pub struct PortRow {
     pub rx_bytes: u64,
     pub tx_packets: u64,
     pub tx_bytes: u64,
+    /// `rx_packets` by the worker that read them (which of the TAP's
+    /// queues the kernel put them on: `tapnet daemon --tap-steering`).
+    pub rx_packets_by_worker: Vec<u64>,
     /// Drops by reason (only reasons that counted).
     pub drops: BTreeMap<String, u64>,
     /// Frames the container sent that the kernel dropped at the TAP's full
@@ -308,6 +311,7 @@ impl Core {
                 rx_bytes: s.rx_bytes,
                 tx_packets: s.tx_packets,
                 tx_bytes: s.tx_bytes,
+                rx_packets_by_worker: p.counters.rx_by_worker(),
                 drops: drops_map(&s.drops),
                 ring_drops: None,
                 port_id: p.id.0,

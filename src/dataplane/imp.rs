@@ -142,6 +142,8 @@ struct Inner {
     /// Removed with the port, so that the workers' drop closes them.
     queues: Mutex<HashMap<u32, Arc<[OwnedFd]>>>,
     vtep: Option<Arc<Vtep>>,
+    /// [`DataplaneConfig::steering`].
+    steering: Option<Arc<super::Steering>>,
     dns: Arc<Registry>,
     upstreams: Arc<super::dns::Upstreams>,
     nat: super::nat::NatHandle,
@@ -355,6 +357,7 @@ impl Dataplane {
             nets: Mutex::new(HashMap::new()),
             queues: Mutex::new(HashMap::new()),
             vtep,
+            steering: config.steering.clone(),
             dns,
             upstreams,
             nat,
@@ -610,6 +613,24 @@ impl Dataplane {
         };
         for q in &queues {
             set_nonblocking(q).map_err(queue_err)?;
+        }
+        // The steering program, or none: a TAP a previous daemon left
+        // persisted may still carry one.
+        match (&self.inner.steering, queues.first()) {
+            (Some(st), Some(q)) => {
+                let gateway = self
+                    .inner
+                    .switch
+                    .topology()
+                    .network(net)
+                    .map_or([0; 6], |n| tapnet_switch::gateway_mac(n.config.gateway).0);
+                let p = st.program(gateway).map_err(queue_err)?;
+                crate::sys::bpf::set_steering(q, Some(&*p)).map_err(queue_err)?
+            }
+            (None, Some(q)) => {
+                let _ = crate::sys::bpf::set_steering(q, None::<&OwnedFd>);
+            }
+            (_, None) => {}
         }
         let cfg = PortConfig {
             name: spec.name.clone(),

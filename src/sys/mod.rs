@@ -1,11 +1,12 @@
 //! Device and namespace plumbing: the only module of the root package with
-//! `unsafe` code (ioctls on `/dev/net/tun`, `setns`/`unshare`, SCM_RIGHTS, `recvmmsg`/`sendmmsg`,
+//! `unsafe` code (ioctls on `/dev/net/tun`, `setns`/`unshare`, SCM_RIGHTS, `bpf`, `recvmmsg`/`sendmmsg`,
 //! AIO).
 //! Every unsafe block carries a `// SAFETY:` comment.
 //!
 //! - [`aio`]: many small writes in one `io_submit` (a worker's frames to
 //!   TAPs).
 //! - [`tap`]: multi-queue TAP devices with a virtio-net header and offloads.
+//! - [`bpf`]: a TAP's queue steering program (eBPF, `TUNSETSTEERINGEBPF`).
 //! - [`ns`]: namespaces (unshare, setns, uid/gid maps, `NS_GET_USERNS`).
 //! - [`fdpass`]: file descriptors over Unix sockets (SCM_RIGHTS).
 //! - [`icmp6`]: the type filter of raw ICMPv6 sockets.
@@ -18,6 +19,7 @@
 //!   router port).
 
 pub mod aio;
+pub mod bpf;
 pub mod fdpass;
 pub mod icmp6;
 pub mod netlink;

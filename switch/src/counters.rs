@@ -348,6 +348,14 @@ impl PortCounters {
             worker,
         }
     }
+    /// The frames read from the port, by the worker that read them (the
+    /// TAP queue the kernel put them on: `tapnet daemon --tap-steering`).
+    pub fn rx_by_worker(&self) -> Vec<u64> {
+        self.block
+            .iter()
+            .map(|row| row.0[self.index].rx_packets.load(Relaxed))
+            .collect()
+    }
     pub fn sum(&self) -> PortStats {
         let mut s = PortStats::default();
         for row in self.block.iter() {
