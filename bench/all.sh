@@ -11,6 +11,11 @@
 #                sleeps (--workers 1 --busy-poll-us 1000000: a CPU spent on
 #                polling): how much of tapnet's ping RTT is the worker's
 #                wake-up (context for the RTT goal, not a goal)
+#   switch-steering
+#                peers.sh --only tapnet, the daemon with two workers and
+#                --tap-steering cpu (each frame read by the worker on the
+#                sender's CPU; root only): context for the RTT, 64 B and TCP
+#                goals against the switch group's kernel bridge
 #   nat          bench/nat.sh, then bench/nat.sh --reverse: kernel veth+iptables,
 #                pasta, slirp4netns (1500, 65520), socat, tapnet
 #   connrate     bench/connrate.sh: kernel, pasta, tapnet
@@ -38,7 +43,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch switch-polling nat connrate scale memory pipeline wakeup flood"
+GROUPS_ALL="switch switch-polling switch-steering nat connrate scale memory pipeline wakeup flood"
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
   groups: $GROUPS_ALL" >&2; }
 while [ $# -gt 0 ]; do case $1 in
@@ -113,6 +118,9 @@ for r in $(seq "$ROUNDS"); do
               --secs "$SECS" --ratio-to kernel-bridge;;
     switch-polling) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 1 --busy-poll-us 1000000" \
               TAPNET=$PWD/bench/tapnet-args.sh tagged switch-polling "$r" bash "$PEERS" --only tapnet \
+              --secs "$SECS";;
+    switch-steering) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 2 --tap-steering cpu" \
+              TAPNET=$PWD/bench/tapnet-args.sh tagged switch-steering "$r" bash "$PEERS" --only tapnet \
               --secs "$SECS";;
     nat) tagged nat "$r" bench/nat.sh --secs "$SECS"
          tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;

@@ -139,6 +139,12 @@ def context():
     c.append(("switch ping RTT, tapnet with one worker that never sleeps (`--workers 1 "
               "--busy-poll-us 1000000`: a CPU spent polling) / kernel bridge", polling,
               {"group": "switch", "peer": "kernel-bridge", "metric": "rtt_avg_us"}))
+    for m, what in (("rtt_avg_us", "ping RTT"), ("udp64_pps", "64 B UDP rx"),
+                    ("tcp_gbps", "TCP")):
+        c.append((f"switch {what}, tapnet with two workers and `--tap-steering cpu` (each "
+                  "frame read by the worker on the sender's CPU; root only) / kernel bridge",
+                  {"group": "switch-steering", "peer": "tapnet", "metric": m},
+                  {"group": "switch", "peer": "kernel-bridge", "metric": m}))
     w = {"group": "wakeup", "metric": "pipe_rtt_us"}
     c.append(("a wake-up round trip across two CPUs, µs (bench/wakeup.sh)",
               dict(w, case="cross_cpu"), None))
