@@ -576,13 +576,24 @@ impl Dataplane {
         }
     }
 
+    /// The MAC address of a switch network's gateway.
+    fn gateway_mac(&self, net: NetworkId) -> Option<[u8; 6]> {
+        let topo = self.inner.switch.topology();
+        let n = topo.network(net)?;
+        Some(tapnet_switch::gateway_mac(n.config.gateway).0)
+    }
+
     /// Removes a network (its ports must have been removed).
     pub fn remove_network(&self, id: NetId) -> Result<(), DataplaneError> {
         let mut nets = self.inner.nets.lock();
         let Some(&nid) = nets.get(&id) else {
             return Ok(());
         };
+        let gateway = self.gateway_mac(nid);
         self.inner.switch.remove_network(nid)?;
+        if let (Some(st), Some(gw)) = (&self.inner.steering, gateway) {
+            st.forget(gw);
+        }
         nets.remove(&id);
         let _ = self.inner.dns.remove_network(nid);
         self.inner.nat.send(super::nat::NatCmd::RemoveNetwork(nid));
@@ -618,12 +629,7 @@ impl Dataplane {
         // persisted may still carry one.
         match (&self.inner.steering, queues.first()) {
             (Some(st), Some(q)) => {
-                let gateway = self
-                    .inner
-                    .switch
-                    .topology()
-                    .network(net)
-                    .map_or([0; 6], |n| tapnet_switch::gateway_mac(n.config.gateway).0);
+                let gateway = self.gateway_mac(net).unwrap_or_default();
                 let p = st.program(gateway).map_err(queue_err)?;
                 crate::sys::bpf::set_steering(q, Some(&*p)).map_err(queue_err)?
             }

@@ -385,6 +385,12 @@ impl Steering {
         all.insert(gateway, p.clone());
         Ok(p)
     }
+
+    /// Drops the program of a network that is gone (its TAPs, if any are
+    /// left, keep their own reference).
+    pub fn forget(&self, gateway: [u8; 6]) {
+        self.programs.lock().remove(&gateway);
+    }
 }
 
 /// `tapnet daemon --worker-cpus`: where the workers run.
@@ -744,5 +750,34 @@ mod tests {
         let cpus = super::allowed_cpus().unwrap();
         assert!(!cpus.is_empty());
         assert!(cpus.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    /// `--tap-steering`: flow needs nothing; cpu refuses what it cannot
+    /// steer, and keeps one program per gateway until its network goes.
+    #[test]
+    fn cpu_steering_keeps_a_program_per_gateway() {
+        use super::TapSteering;
+        assert!(TapSteering::Flow
+            .steering(1, &[], Some(0))
+            .unwrap()
+            .is_none());
+        let e = TapSteering::Cpu.steering(1, &[0], Some(0)).unwrap_err();
+        assert!(e.contains("--workers 2"), "{e}");
+        let e = TapSteering::Cpu.steering(2, &[], Some(0)).unwrap_err();
+        assert!(e.contains("pinned"), "{e}");
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root (CAP_BPF) to load the program"
+        );
+        let st = TapSteering::Cpu
+            .steering(2, &[0, 1], Some(0))
+            .unwrap()
+            .unwrap();
+        let (a, b) = ([2, 0x42, 10, 0, 0, 1], [2, 0x42, 10, 0, 1, 1]);
+        let pa = st.program(a).unwrap();
+        assert!(std::sync::Arc::ptr_eq(&pa, &st.program(a).unwrap()));
+        assert!(!std::sync::Arc::ptr_eq(&pa, &st.program(b).unwrap()));
+        st.forget(a);
+        assert!(!std::sync::Arc::ptr_eq(&pa, &st.program(a).unwrap()));
     }
 }

@@ -5,7 +5,9 @@
 //! (its flow table), else one by the flow's hash. The program here picks
 //! by the CPU the frame is sent on instead: the queue of the worker pinned
 //! to that CPU, so the worker is woken where the sender runs, not across
-//! CPUs ([`SteeringProgram::by_cpu`]).
+//! CPUs, except for frames to one MAC address (the network's gateway),
+//! which go to one queue (the NAT's worker) from any CPU
+//! ([`SteeringProgram::by_cpu`]).
 //!
 //! The program is a few eBPF instructions assembled here (no compiler, no
 //! object file): a socket filter (`BPF_PROG_TYPE_SOCKET_FILTER`) whose
