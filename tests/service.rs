@@ -89,7 +89,10 @@ fn usage_errors_are_one_line() {
         ),
         (&["daemon", "--tx-batch", "5000"][..], "--tx-batch"),
         (&["daemon", "--worker-cpus", "3-1"][..], "--worker-cpus"),
-        (&["daemon", "--tap-steering", "sideways"][..], "--tap-steering"),
+        (
+            &["daemon", "--tap-steering", "sideways"][..],
+            "--tap-steering",
+        ),
         (&["nosuch"][..], "unrecognized subcommand 'nosuch'"),
     ] {
         let o = tapnet(args);
