@@ -332,7 +332,53 @@ pub enum FrameAction {
     },
 }
 
+/// What a [`FrameAction`] sends, as [`FrameAction::outgoing`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing<'a> {
+    pub via: SocketId,
+    /// The payload: one datagram, or with `segment` a super-frame's.
+    pub data: &'a [u8],
+    pub to: Option<SocketAddr>,
+    pub segment: Option<usize>,
+    pub ttl: Option<u8>,
+}
+
 impl FrameAction {
+    /// What to send: `frame` is the frame given to
+    /// [`Gateway::handle_frame`], `whole` (for [`FrameAction::SendWhole`])
+    /// the buffer [`Gateway::take_whole`] handed out. `None` for
+    /// [`FrameAction::None`], and for a payload outside its buffer.
+    pub fn outgoing<'a>(&self, frame: &'a [u8], whole: Option<&'a [u8]>) -> Option<Outgoing<'a>> {
+        match self {
+            FrameAction::None => None,
+            FrameAction::Send {
+                via,
+                payload,
+                to,
+                segment,
+                ttl,
+            } => Some(Outgoing {
+                via: *via,
+                data: frame.get(payload.clone())?,
+                to: *to,
+                segment: *segment,
+                ttl: *ttl,
+            }),
+            FrameAction::SendWhole {
+                via,
+                payload,
+                to,
+                ttl,
+            } => Some(Outgoing {
+                via: *via,
+                data: whole?.get(payload.clone())?,
+                to: *to,
+                segment: None,
+                ttl: *ttl,
+            }),
+        }
+    }
+
     /// The action with the TTL [`Gateway::forwarding`] decided, for a
     /// datagram the gateway forwards (not a published port's answer,
     /// which its socket sends with its own TTL).

@@ -237,28 +237,14 @@ impl Harness {
             .handle_frame(self.now, NET, self.lane, &meta, &mut frame);
         self.pump();
         let whole = self.gw.take_whole();
-        let (via, data, to, segment) = match a {
-            FrameAction::None => return,
-            FrameAction::Send {
-                via,
-                payload,
-                to,
-                segment,
-                ttl,
-            } => {
-                self.last_ttl = ttl;
-                (via, &frame[payload], to, segment)
-            }
-            FrameAction::SendWhole {
-                via,
-                payload,
-                to,
-                ttl,
-            } => {
-                self.last_ttl = ttl;
-                (via, &whole.as_ref().unwrap()[payload], to, None)
-            }
-        };
+        if a == FrameAction::None {
+            return;
+        }
+        let o = a
+            .outgoing(&frame, whole.as_deref())
+            .unwrap_or_else(|| panic!("{a:?}: payload outside its buffer"));
+        self.last_ttl = o.ttl;
+        let (via, data, to, segment) = (o.via, o.data, o.to, o.segment);
         let datagrams: Vec<Vec<u8>> = match segment {
             Some(n) => data.chunks(n).map(<[u8]>::to_vec).collect(),
             None => vec![data.to_vec()],
@@ -1174,14 +1160,8 @@ fn unreachable_destinations_answer_datagrams_with_icmp() {
     h.frame(VnetHdr::default(), echo);
     let (_, sent, _) = h.sent_unconnected.pop().unwrap();
     let host = Ipv4Addr::new(10, 9, 9, 9);
-    let mut request = vec![0u8; 20 + sent.len()];
-    ipv4::emit_header(&mut request, host, REMOTE, 1, sent.len(), 64);
-    request[20..].copy_from_slice(&sent);
-    let mut error = vec![0u8; 20 + 8 + 28];
-    ipv4::emit_header(&mut error, host, host, 1, 8 + 28, 64);
-    error[20] = icmp::DEST_UNREACHABLE;
-    error[21] = icmp::unreachable::HOST;
-    error[28..].copy_from_slice(&request[..28]);
+    let kind = (icmp::DEST_UNREACHABLE, icmp::unreachable::HOST);
+    let mut error = raw_icmp_error(host, host, kind, &sent, 64);
     assert!(h.host_datagram(SocketId::RawIcmp, &error, None));
     let out = h.take_out();
     let quote = from_gateway_unreachable(&out[0], icmp::unreachable::HOST);
@@ -1271,14 +1251,8 @@ fn traceroute_probes_expire_at_the_gateway_and_beyond() {
     assert_eq!(h.last_ttl, Some(1));
     let (_, sent, _) = h.sent_unconnected.pop().unwrap();
     let me = Ipv4Addr::new(198, 51, 100, 1);
-    let mut request = vec![0u8; 20 + sent.len()];
-    ipv4::emit_header(&mut request, me, REMOTE, 1, sent.len(), 1);
-    request[20..].copy_from_slice(&sent);
     let r4 = Ipv4Addr::new(198, 51, 100, 2);
-    let mut error = vec![0u8; 20 + 8 + 28];
-    ipv4::emit_header(&mut error, r4, me, 1, 8 + 28, 64);
-    error[20] = icmp::TIME_EXCEEDED;
-    error[28..].copy_from_slice(&request[..28]);
+    let error = raw_icmp_error(r4, me, (icmp::TIME_EXCEEDED, 0), &sent, 1);
     assert!(h.host_datagram(SocketId::RawIcmp, &error, None));
     let out = h.take_out();
     assert_eq!(icmp_of(&out[0]), Some((icmp::TIME_EXCEEDED, 0)));
@@ -2579,4 +2553,25 @@ fn ipv6_classification_and_departure() {
     // Frames to its IPv6 address now have nowhere to go.
     h.gw.handle_socket_event(h.now, SocketId::Flow(f4), HostEvent::Readable);
     assert!(h.take_out().is_empty());
+}
+
+/// An ICMP error as the raw ICMP socket reads it: from `router` to `me`,
+/// `(type, code)`, quoting the first 28 bytes of the echo request `sent`
+/// (its ICMP message) as it left `me` for `REMOTE` with TTL `ttl`.
+fn raw_icmp_error(
+    router: Ipv4Addr,
+    me: Ipv4Addr,
+    (kind, code): (u8, u8),
+    sent: &[u8],
+    ttl: u8,
+) -> Vec<u8> {
+    let mut request = vec![0u8; 20 + sent.len()];
+    ipv4::emit_header(&mut request, me, REMOTE, 1, sent.len(), ttl);
+    request[20..].copy_from_slice(sent);
+    let mut error = vec![0u8; 20 + 8 + 28];
+    ipv4::emit_header(&mut error, router, me, 1, 8 + 28, 64);
+    error[20] = kind;
+    error[21] = code;
+    error[28..].copy_from_slice(&request[..28]);
+    error
 }

@@ -685,44 +685,28 @@ impl Nat {
                 .gw
                 .handle_frame(now, f.network, f.worker, &f.meta, frame);
             self.ops();
-            match action {
-                FrameAction::None => {}
-                FrameAction::Send {
-                    via,
-                    payload,
-                    to,
-                    segment,
-                    ttl,
-                } => {
-                    if let Some(data) = frame.get(payload) {
-                        match segment {
-                            None => self.send(via, data, to, ttl),
-                            // A USO super-frame: as one UDP_SEGMENT
-                            // message, else its datagrams one by one.
-                            Some(n) => {
-                                if !self.send_gso(via, data, to, ttl, n) {
-                                    for d in data.chunks(n) {
-                                        self.send(via, d, to, ttl);
-                                    }
-                                }
+            // A datagram the container sent fragmented is sent from the
+            // buffer the gateway reassembled it in.
+            let whole = match action {
+                FrameAction::SendWhole { .. } => self.gw.take_whole(),
+                _ => None,
+            };
+            if let Some(o) = action.outgoing(frame, whole.as_deref()) {
+                match o.segment {
+                    None => self.send(o.via, o.data, o.to, o.ttl),
+                    // A USO super-frame: as one UDP_SEGMENT message, else
+                    // its datagrams one by one.
+                    Some(n) => {
+                        if !self.send_gso(o.via, o.data, o.to, o.ttl, n) {
+                            for d in o.data.chunks(n) {
+                                self.send(o.via, d, o.to, o.ttl);
                             }
                         }
                     }
                 }
-                // A datagram the container sent fragmented, whole again.
-                FrameAction::SendWhole {
-                    via,
-                    payload,
-                    to,
-                    ttl,
-                } => {
-                    if let Some(buf) = self.gw.take_whole() {
-                        if let Some(data) = buf.get(payload) {
-                            self.send(via, data, to, ttl);
-                        }
-                        self.gw.recycle_whole(buf);
-                    }
-                }
+            }
+            if let Some(buf) = whole {
+                self.gw.recycle_whole(buf);
             }
             // After the send: a host socket refusing it (host_send) is a
             // drop of this frame too.
