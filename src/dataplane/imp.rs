@@ -303,10 +303,7 @@ impl Dataplane {
                     .find(|f| f.op == "worker_panic")
                     .map(|f| f.after),
             };
-            let cpu = config
-                .worker_cpus
-                .get(id % config.worker_cpus.len().max(1))
-                .copied();
+            let cpu = super::worker_cpu(&config.worker_cpus, id);
             let t = std::thread::Builder::new()
                 .name(format!("tapnet-worker-{id}"))
                 .spawn(move || {

@@ -274,6 +274,13 @@ pub struct DataplaneConfig {
     pub steering: Option<std::sync::Arc<Steering>>,
 }
 
+/// The CPU worker `worker` runs on, given the resolved `--worker-cpus`
+/// ([`WorkerCpus::resolve`]): `cpus[worker % len]`; `None` when empty
+/// (wherever the scheduler puts it).
+pub(crate) fn worker_cpu(cpus: &[usize], worker: usize) -> Option<usize> {
+    cpus.get(worker % cpus.len().max(1)).copied()
+}
+
 /// `tapnet daemon --tap-steering`: which worker reads a frame a container
 /// sends, i.e. which of its TAP's queues the kernel puts it on.
 ///
@@ -337,7 +344,7 @@ impl TapSteering {
             );
         }
         let st = Steering {
-            cpus: (0..workers).map(|i| cpus[i % cpus.len()]).collect(),
+            cpus: (0..workers).filter_map(|i| worker_cpu(cpus, i)).collect(),
             nat_worker,
             programs: Default::default(),
         };
