@@ -9,6 +9,9 @@
 #          server on the host's loopback (the gateway's address reaches it)
 #   natr   the same connection, the data flowing the other way (iperf3 -R:
 #          the host's server sends, the container receives)
+#   pub    one iperf3 TCP stream from a client on the host's loopback to a
+#          published port (-p 5302:5201) of the container running iperf3 -s
+#   pubr   the same connection, the container's server sending (iperf3 -R)
 #   conn   new connections through the NAT, one after another: a container's
 #          client connects to an echo server on the host's loopback, sends a
 #          byte, reads it back and resets (bench/connrate.sh's outbound row)
@@ -16,7 +19,7 @@
 # the daemon over 2 s.
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|conn [--secs N] [-- DAEMON-FLAGS...]
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|pub|pubr|conn [--secs N] [-- DAEMON-FLAGS...]
 #   tools: apt-get install linux-perf iperf3 iputils-ping iproute2 python3
 # stdout: the report (with the daemon's resident memory after the load);
 # perf.data stays in the printed directory (removed with
@@ -29,10 +32,10 @@ while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --clean) CLEAN=1; shift;;
   --) shift; break;;
-  *) echo "usage: $0 udp|tcp|ping|nat|natr|conn [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
+  *) echo "usage: $0 udp|tcp|ping|nat|natr|pub|pubr|conn [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
 esac; done
 BENCH=profile; . bench/lib.sh
-case $MODE in udp|tcp|ping|nat|natr|conn) ;; *) log "mode udp, tcp, ping, nat, natr or conn"; exit 2;; esac
+case $MODE in udp|tcp|ping|nat|natr|pub|pubr|conn) ;; *) log "mode udp, tcp, ping, nat, natr, pub, pubr or conn"; exit 2;; esac
 [[ $SECS =~ ^[1-9][0-9]*$ && $SECS -ge 4 ]] || { log "--secs: at least 4"; exit 2; }
 [ -n "$CLEAN" ] || KEEP_W=1              # perf.data stays for perf report
 bench_setup perf iperf3 python3
@@ -45,7 +48,7 @@ elif [ "$MODE" = conn ]; then
   ip netns exec "pf$$" python3 bench/echo.py 127.0.0.1 5301 >"$W/echo-host.log" 2>&1 & track $!
   waitfor eval 'ip netns exec pf$$ ss -Hltn "sport = :5301" | grep -q .' || { log "echo server did not start"; exit 1; }
 fi
-"$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -- iperf3 -s >/dev/null &&
+"$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -p 5302:5201 -- iperf3 -s >/dev/null &&
 "$T" run -d --name pfcli --network pfnet --ip 10.190.0.2 -- sleep 100000 >/dev/null || { log "run failed"; exit 1; }
 sleep 1
 case $MODE in
@@ -53,6 +56,8 @@ case $MODE in
   tcp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   nat) "$T" exec pfcli -- iperf3 -c 10.190.0.1 -p 5301 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   natr) "$T" exec pfcli -- iperf3 -c 10.190.0.1 -p 5301 -R -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  pub) ip netns exec "pf$$" iperf3 -c 127.0.0.1 -p 5302 -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  pubr) ip netns exec "pf$$" iperf3 -c 127.0.0.1 -p 5302 -R -t "$SECS" >"$W/load.out" 2>&1 & ;;
   conn) "$T" exec pfcli -- python3 "$PWD/bench/connclient.py" 10.190.0.1 5301 "$SECS" >"$W/load.out" 2>&1 & ;;
   ping) "$T" exec pfcli -- ping -c $((SECS * 200)) -i 0.005 -q 10.190.0.3 >"$W/load.out" 2>&1 & ;;
 esac
