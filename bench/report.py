@@ -166,6 +166,9 @@ def context():
                     ("tcp_gbps", "Gbit/s received")):
         c.append((f"one TCP stream (bench/flood.sh), {what}, tapnet / OVS userspace",
                   dict(f, metric=m), dict(f, peer="ovs", metric=m)))
+    c.append(("an idle flow that moved 3 MiB each way first, KiB (bench/memory.sh: RSS growth "
+              "per flow once the NAT gave its rings back, two seconds idle; kept, about 3 MiB)",
+              {"group": "memory", "metric": "busy_idle_flow"}, None))
     c.append(("an idle container's unreclaimable kernel memory, KiB (bench/memory.sh: "
               "SUnreclaim growth per container; its TAP, queues, namespaces, process)",
               {"group": "memory", "metric": "idle_port_kernel"}, None))

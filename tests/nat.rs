@@ -1319,6 +1319,135 @@ fn an_upload_acknowledged_before_the_container_left_arrives_whole() {
     );
 }
 
+/// The daemon's resident memory, KiB.
+fn rss_kib(pid: i32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    st.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in {st}"))
+}
+
+/// Flows that moved megabytes and then went idle give their rings back
+/// (issue 19: "the leg buffers grow with the data, then shrink"). A
+/// container moves 3 MiB each way on each of 100 connections in turn
+/// (through socat's echo outside: the leg's 1 MiB receive ring is written
+/// all round, its 2 MiB transmit ring as far as it fills) and keeps them
+/// open. Rings kept resident would grow the daemon by 100 MiB or more;
+/// given back after two idle seconds, they cost nothing. The echoes are
+/// checked byte for byte.
+#[test]
+fn idle_flows_give_their_rings_back() {
+    const FLOWS: u64 = 100;
+    let mut w = World::new(&[]);
+    let client = w.files.0.join("hold.py").display().to_string();
+    let echo = w.files.0.join("echo_all.py").display().to_string();
+    let marker = w.files.0.join("moved");
+    std::fs::write(&client, HOLD_CLIENT).unwrap();
+    std::fs::write(&echo, ECHO_ALL).unwrap();
+    let server = w.outside.ns.spawn(&[PYTHON, &echo, "7300"]);
+    w.servers.push(server);
+    wait_until("the echo server listens", Duration::from_secs(10), || {
+        w.outside.ns.sh("ss -ltn | grep -q ':7300 '").code == 0
+    });
+    w.d.ok(&["network", "create", "--subnet", "10.91.0.0/24", "idle"]);
+    w.d.sleeper("warm", &["idle"], &[]);
+    curl_ok(&w.d, "warm", &format!("http://{OUTSIDE}/file"));
+    let before = rss_kib(w.d.pid());
+    let m = marker.display().to_string();
+    w.d.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "holder",
+        "--network",
+        "idle",
+        "--",
+        PYTHON,
+        &client,
+        OUTSIDE,
+        "7300",
+        &FLOWS.to_string(),
+        &(3 << 20).to_string(),
+        &m,
+    ]);
+    wait_until("the client's transfers", Duration::from_secs(120), || {
+        std::fs::read_to_string(&marker).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let done = std::fs::read_to_string(&marker).unwrap();
+    assert_eq!(done.trim(), format!("moved {FLOWS} ok"), "{}", w.context());
+    let released = || -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&w.d.ok(&["conntrack", "stats", "--format", "json"])).unwrap();
+        v["rings_released"]["rings"].as_u64().unwrap()
+    };
+    // Two rings a flow, two seconds after its last byte.
+    wait_until(
+        "every flow's rings given back",
+        Duration::from_secs(15),
+        || released() >= 2 * FLOWS,
+    );
+    let after = rss_kib(w.d.pid());
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 48 * 1024,
+        "{FLOWS} idle flows grew the daemon by {grown} KiB ({before} -> {after})"
+    );
+    let open = conntrack(&w.d, &["--container", "holder"])
+        .iter()
+        .filter(|f| f["protocol"] == "tcp" && f["state"] == "established")
+        .count() as u64;
+    assert_eq!(open, FLOWS, "the flows are still open");
+}
+
+/// `echo_all.py PORT`: echoes whatever each connection sends, as it comes.
+const ECHO_ALL: &str = r#"
+import asyncio, sys
+async def handle(r, w):
+    try:
+        while (b := await r.read(1 << 16)):
+            w.write(b)
+            await w.drain()
+    except ConnectionError:
+        pass
+    w.close()
+async def main():
+    srv = await asyncio.start_server(handle, "0.0.0.0", int(sys.argv[1]), backlog=1024)
+    async with srv:
+        await srv.serve_forever()
+asyncio.run(main())
+"#;
+
+/// `hold.py HOST PORT N SIZE FILE`: N connections in turn, SIZE bytes
+/// sent on each and its echo read back and compared, all kept open; then
+/// writes "moved N ok" (or what went wrong) to FILE and sleeps.
+const HOLD_CLIENT: &str = r#"
+import socket, sys, threading, time
+host, port, n, size, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+data = bytes(i % 251 for i in range(size))
+socks, result = [], "ok"
+try:
+    for i in range(n):
+        s = socket.create_connection((host, port), timeout=30)
+        t = threading.Thread(target=s.sendall, args=(data,))
+        t.start()
+        got = bytearray()
+        while len(got) < size:
+            b = s.recv(1 << 20)
+            if not b:
+                break
+            got += b
+        t.join()
+        if got != data:
+            result = "connection %d: %d bytes back, %s" % (i, len(got), "corrupt" if got[:len(data)] != data[:len(got)] else "short")
+            break
+        socks.append(s)
+except OSError as e:
+    result = repr(e)
+open(out, "w").write("moved %d %s\n" % (len(socks), result))
+time.sleep(3600)
+"#;
+
 /// `slow_reader.py PORT DELAY FILE`: accepts one connection with a tiny
 /// receive buffer, waits DELAY seconds, reads to the end and writes to
 /// FILE "read N ok|corrupt; end of stream" or the error it got.

@@ -96,7 +96,7 @@
 use crate::drops::{DropCounts, NatDrop};
 use crate::frag::{Offer, Reassembly};
 use crate::ip6::{self, icmp6, Ipv6Packet};
-use crate::leg::{self, Leg, LegConfig, LegPool, LegTx, TcpSocketState, HEADROOM};
+use crate::leg::{self, IdleRing, Leg, LegConfig, LegPool, LegTx, TcpSocketState, HEADROOM};
 use crate::{
     ConnTrack, CreateError, Direction, FlowHandle, FlowKey, FlowView, Protocol, Side, SocketEvent,
     TcpFlags,
@@ -123,6 +123,12 @@ pub const RELAY_BUDGET: usize = 4 << 20;
 /// Rounds of [`SocketOp::Relay`] per [`Gateway::handle_timeout`] (flows
 /// that used their budget are relayed again in the next round).
 const RELAY_ROUNDS: u32 = 4;
+/// How long a TCP flow moves no data before its empty rings are given
+/// back ([`Config::release`]): long enough that a bulk transfer never
+/// pauses that long (each release costs a system call, and the pages
+/// fault in again when data flows), short enough that a connection pool
+/// of idle flows holds only their bookkeeping.
+pub const RING_IDLE_NS: u64 = 2_000_000_000;
 /// Largest UDP payload of an IPv4 datagram.
 const MAX_UDP_PAYLOAD: usize = 65507;
 /// Largest UDP payload of an IPv6 datagram (no jumbograms).
@@ -187,6 +193,12 @@ pub struct Config {
     /// How ICMPv6 echo requests leave (ping sockets of `AF_INET6`, or the
     /// shared raw ICMPv6 socket [`SocketId::RawIcmp6`]).
     pub icmp6: IcmpMode,
+    /// What becomes of a TCP flow's ring that holds no data once the flow
+    /// has been idle for [`RING_IDLE_NS`]: the daemon gives its pages back
+    /// to the kernel (they read as zeros, and cost nothing until written
+    /// again). `None`: the rings keep what they touched until the flow
+    /// ends.
+    pub release: Option<fn(IdleRing<'_>)>,
 }
 
 impl Default for Config {
@@ -198,6 +210,7 @@ impl Default for Config {
             tx_buffers: 512,
             icmp: IcmpMode::PingSocket,
             icmp6: IcmpMode::PingSocket,
+            release: None,
         }
     }
 }
@@ -593,6 +606,14 @@ struct TcpFlow {
     /// is written (see [`Gateway::remove_endpoint`]). Nothing goes to the
     /// container any more; what the host sends is read and discarded.
     draining: bool,
+    /// The rings may hold pages touched since they were last given back
+    /// (data moved; only tracked with [`Config::release`]).
+    rings_used: bool,
+    /// When the flow last moved data (or a release found a ring still
+    /// holding some): its rings go back [`RING_IDLE_NS`] later.
+    idle_since: u64,
+    /// The timer queued for that, if one is.
+    release_at: Option<u64>,
 }
 
 enum Io {
@@ -802,6 +823,8 @@ pub struct Gateway {
     drops: DropCounts,
     /// New TCP flows' legs, with finished ones kept for reuse.
     legs: LegPool,
+    /// Idle flows' rings given back ([`Config::release`]).
+    released: RingReleases,
     /// Containers' fragmented datagrams being put together.
     frags: Reassembly,
     /// The datagram of the latest [`FrameAction::SendWhole`], until the
@@ -840,6 +863,51 @@ impl Head {
     }
 }
 
+/// Rings of idle TCP flows given back ([`Config::release`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingReleases {
+    /// Rings lent to [`Config::release`].
+    pub rings: u64,
+    /// Their bytes (what was resident of them is not known here).
+    pub bytes: u64,
+}
+
+/// A relay turn's part in giving a flow's rings back: `moved` says the
+/// turn moved data. Rings that were used go to `give` once the flow has
+/// been idle for [`RING_IDLE_NS`]; `timer` queues the turn that will do
+/// it (one at a time per flow).
+fn release_idle_rings(
+    t: &mut TcpFlow,
+    now: u64,
+    moved: bool,
+    give: fn(IdleRing<'_>),
+    released: &mut RingReleases,
+    timer: &mut dyn FnMut(u64),
+) {
+    if moved {
+        t.rings_used = true;
+        t.idle_since = now;
+    }
+    if t.release_at.is_some_and(|at| at <= now) {
+        t.release_at = None;
+    }
+    if t.rings_used && now.saturating_sub(t.idle_since) >= RING_IDLE_NS {
+        let both = t.leg.idle_rings(&mut |r| {
+            released.rings += 1;
+            released.bytes += r.len() as u64;
+            give(r)
+        });
+        // A ring still holding data is tried again an idle period later.
+        t.rings_used = !both;
+        t.idle_since = now;
+    }
+    if t.rings_used && t.release_at.is_none() {
+        let at = t.idle_since.saturating_add(RING_IDLE_NS);
+        timer(at);
+        t.release_at = Some(at);
+    }
+}
+
 impl Gateway {
     /// A gateway with its table, flow slots and frame buffers allocated.
     pub fn new(config: Config) -> Gateway {
@@ -864,6 +932,7 @@ impl Gateway {
             raw_ids: HashMap::new(),
             drops: DropCounts::default(),
             legs: LegPool::new(config.leg),
+            released: RingReleases::default(),
             frags: Reassembly::new(),
             whole: None,
             heads: Vec::with_capacity(capacity),
@@ -877,6 +946,10 @@ impl Gateway {
     /// The connection table (counters, gauges, configuration).
     pub fn conntrack(&self) -> &ConnTrack {
         &self.ct
+    }
+    /// Rings of idle flows given back so far ([`Config::release`]).
+    pub fn ring_releases(&self) -> RingReleases {
+        self.released
     }
     /// The gateway's drop counters.
     pub fn drops(&self) -> &DropCounts {
@@ -2054,6 +2127,9 @@ impl Gateway {
                 container_eof: false,
                 write_blocked: false,
                 draining: false,
+                rings_used: false,
+                idle_since: 0,
+                release_at: None,
             })),
             lane: self.tx.lane,
         });
@@ -2094,6 +2170,8 @@ impl Gateway {
             ops,
             starved_flows,
             legs,
+            config,
+            released,
             ..
         } = self;
         let Some(flow) = flow_mut_in(flows, h) else {
@@ -2230,6 +2308,11 @@ impl Gateway {
         }
         if moved >= RELAY_BUDGET || read_moved >= RELAY_BUDGET {
             dirty.push(h);
+        }
+        if let Some(give) = config.release {
+            release_idle_rings(t, now, moved + read_moved > 0, give, released, &mut |at| {
+                timers.push(Reverse((at, h.to_u64())))
+            });
         }
         if let Some(at) = t.leg.poll_at_ns(now) {
             timers.push(Reverse((at.max(now), h.to_u64())));
@@ -2608,6 +2691,9 @@ impl Gateway {
                 container_eof: false,
                 write_blocked: false,
                 draining: false,
+                rings_used: false,
+                idle_since: 0,
+                release_at: None,
             })),
             lane: self.tx.lane,
         });

@@ -97,16 +97,127 @@ pub struct Leg {
     iface: Interface,
     sockets: SocketSet<'static>,
     handle: SocketHandle,
+    /// Where the socket's two rings live (see [`Leg::idle_rings`]).
+    rx_ring: Ring,
+    tx_ring: Ring,
+    seen: RxSeen,
+}
+
+/// A ring's storage: the address and length of the `Vec<u8>` handed to
+/// the socket. Invariant: smoltcp keeps that allocation, unmoved and
+/// unresized, until the socket is dropped with its leg (a socket never
+/// replaces its storage; a leg's socket set never removes its socket).
+#[derive(Clone, Copy, Debug)]
+struct Ring {
+    addr: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn of(storage: &mut Vec<u8>) -> Ring {
+        Ring {
+            // Exposed, so that the edge's pointer made from it carries the
+            // allocation's provenance.
+            addr: storage.as_mut_ptr().expose_provenance(),
+            len: storage.len(),
+        }
+    }
+}
+
+/// What a leg has seen of the container's byte stream: enough to know
+/// that no segment beyond the last acknowledgement waits in the receive
+/// ring. smoltcp writes out-of-order segments into the ring's free space
+/// (its assembler remembers where) and does not say whether it holds
+/// any.
+///
+/// Invariant: every byte smoltcp stores lies before `edge` (if some
+/// payload was ever received); `acked` is the acknowledgement number of
+/// the leg's latest segment, smoltcp's next expected byte when it sent
+/// it. So when `acked` is at or past `edge`, nothing is stored beyond
+/// the in-order data ([`RxSeen::settled`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct RxSeen {
+    edge: Option<u32>,
+    acked: Option<u32>,
+}
+
+/// `a` is after `b` in sequence space.
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+impl RxSeen {
+    /// A segment from the container: `seq`, its payload's length, SYN.
+    /// Its end is clamped to `window` bytes past the last acknowledgement
+    /// (smoltcp stores nothing further), so that a stray segment far
+    /// ahead does not hold the ring for ever.
+    fn segment(&mut self, seq: u32, payload: u32, syn: bool, window: u32) {
+        if payload == 0 {
+            return;
+        }
+        let mut end = seq.wrapping_add(payload).wrapping_add(u32::from(syn));
+        if let Some(a) = self.acked {
+            if seq_after(end, a.wrapping_add(window)) {
+                end = a.wrapping_add(window);
+            }
+        }
+        match self.edge {
+            Some(e) if !seq_after(end, e) => {}
+            _ => self.edge = Some(end),
+        }
+    }
+
+    fn sent_ack(&mut self, ack: u32) {
+        self.acked = Some(ack);
+    }
+
+    /// Nothing received lies beyond the latest acknowledgement.
+    fn settled(&self) -> bool {
+        match (self.edge, self.acked) {
+            (None, _) => true,
+            (Some(e), Some(a)) => !seq_after(e, a),
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// A span of a leg's ring that holds no data, lent for the duration of
+/// one call (see [`Leg::idle_rings`]). Only this crate makes one; it
+/// cannot be copied or kept past the call it was lent to.
+#[derive(Debug)]
+pub struct IdleRing<'a> {
+    addr: usize,
+    len: usize,
+    _leg: core::marker::PhantomData<&'a mut [u8]>,
+}
+
+impl IdleRing<'_> {
+    /// The span's first byte, with the ring allocation's provenance
+    /// exposed; the span is `len` bytes of one live allocation that
+    /// nothing else references during the call, and whose contents may
+    /// be replaced by zeros (what `madvise(MADV_DONTNEED)` does to
+    /// private anonymous memory), nothing else.
+    pub fn addr(&self) -> usize {
+        self.addr
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 struct Dev<'a> {
     rx: Option<&'a [u8]>,
     out: &'a mut dyn LegTx,
+    seen: &'a mut RxSeen,
 }
 
 struct Rx<'a>(&'a [u8]);
 struct Tx<'a> {
     out: &'a mut dyn LegTx,
+    seen: &'a mut RxSeen,
 }
 
 impl smoltcp::phy::RxToken for Rx<'_> {
@@ -118,7 +229,11 @@ impl smoltcp::phy::RxToken for Rx<'_> {
 impl smoltcp::phy::TxToken for Tx<'_> {
     fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
         let len = len.min(MTU);
-        let r = f(&mut self.out.buffer()[HEADROOM..HEADROOM + len]);
+        let buf = &mut self.out.buffer()[HEADROOM..HEADROOM + len];
+        let r = f(buf);
+        if let Some(ack) = ack_of(buf) {
+            self.seen.sent_ack(ack);
+        }
         self.out.commit(len);
         r
     }
@@ -140,6 +255,7 @@ impl Device for Dev<'_> {
             Rx(rx),
             Tx {
                 out: &mut *self.out,
+                seen: &mut *self.seen,
             },
         ))
     }
@@ -150,6 +266,7 @@ impl Device for Dev<'_> {
         }
         Some(Tx {
             out: &mut *self.out,
+            seen: &mut *self.seen,
         })
     }
 
@@ -200,18 +317,19 @@ impl Leg {
     /// interface's random numbers (initial sequence numbers, IP ids).
     fn fresh(cfg: &LegConfig, seed: u64, now_ns: u64) -> Leg {
         // Building an interface sends nothing.
+        let mut seen = RxSeen::default();
         let mut dev = Dev {
             rx: None,
             out: &mut NoTx,
+            seen: &mut seen,
         };
         let mut ic = IfaceConfig::new(HardwareAddress::Ip);
         ic.random_seed = seed;
         let mut iface = Interface::new(ic, &mut dev, now_instant(now_ns));
         iface.set_any_ip(true);
-        let mut sock = tcp::Socket::new(
-            tcp::SocketBuffer::new(vec![0u8; cfg.rx_buffer]),
-            tcp::SocketBuffer::new(vec![0u8; cfg.tx_buffer]),
-        );
+        let (mut rx, mut tx) = (vec![0u8; cfg.rx_buffer], vec![0u8; cfg.tx_buffer]);
+        let (rx_ring, tx_ring) = (Ring::of(&mut rx), Ring::of(&mut tx));
+        let mut sock = tcp::Socket::new(tcp::SocketBuffer::new(rx), tcp::SocketBuffer::new(tx));
         sock.set_nagle_enabled(false);
         sock.set_ack_delay(None);
         // Dead container or client: give up like a host stack would.
@@ -222,6 +340,9 @@ impl Leg {
             iface,
             sockets,
             handle,
+            rx_ring,
+            tx_ring,
+            seen,
         }
     }
 
@@ -230,6 +351,7 @@ impl Leg {
     /// address routed through the interface), replacing what a previous
     /// flow of a recycled leg set.
     fn address(&mut self, gateway: IpAddr, prefix: u8) {
+        self.seen = RxSeen::default();
         self.iface.update_ip_addrs(|a| {
             a.clear();
             let _ = a.push(IpCidr::new(IpAddress::from(gateway), prefix));
@@ -269,6 +391,7 @@ impl Leg {
             iface,
             sockets,
             handle,
+            ..
         } = self;
         sockets
             .get_mut::<tcp::Socket>(*handle)
@@ -322,9 +445,17 @@ impl Leg {
     /// [`Leg::poll`], so that a batch of packets gets one ACK.
     pub fn ingress(&mut self, now_ns: u64, packet: &[u8], out: &mut dyn LegTx) {
         let now = now_instant(now_ns);
+        if let Some(b) = tcp_bounds(packet) {
+            let t = TcpPacket::new_unchecked(&packet[b.l4..b.total]);
+            let payload = b.total.saturating_sub(b.l4 + b.doff) as u32;
+            let window = self.rx_ring.len.min(u32::MAX as usize) as u32;
+            self.seen
+                .segment(t.seq_number(), payload, t.has(wtcp::flags::SYN), window);
+        }
         let mut dev = Dev {
             rx: Some(packet),
             out,
+            seen: &mut self.seen,
         };
         let _ = self
             .iface
@@ -336,7 +467,11 @@ impl Leg {
     /// and poll); nothing when `out` is not [`LegTx::ready`].
     pub fn poll(&mut self, now_ns: u64, out: &mut dyn LegTx) {
         let now = now_instant(now_ns);
-        let mut dev = Dev { rx: None, out };
+        let mut dev = Dev {
+            rx: None,
+            out,
+            seen: &mut self.seen,
+        };
         let _ = self.iface.poll_egress(now, &mut dev, &mut self.sockets);
     }
 
@@ -347,6 +482,41 @@ impl Leg {
         let at = self.iface.poll_at(now_instant(now_ns), &self.sockets)?;
         Some((at.total_micros().max(0) as u64).saturating_mul(1000))
     }
+
+    /// Lends each ring that holds no data to `give` (the daemon gives its
+    /// pages back to the kernel), so that an idle flow's rings cost no
+    /// memory: they are touched as data flows (the receive ring all
+    /// round, since smoltcp writes on from where the last byte went), and
+    /// stay resident otherwise. The receive ring is lent when nothing in
+    /// order is queued and nothing out of order can be stored
+    /// ([`RxSeen`]); the transmit ring when nothing is queued or
+    /// unacknowledged. Whatever `give` does to the bytes, smoltcp never
+    /// reads them before it writes them again. True when both were lent.
+    pub fn idle_rings(&mut self, give: &mut dyn FnMut(IdleRing<'_>)) -> bool {
+        let (rx, tx) = (self.rx_ring, self.tx_ring);
+        let rx_empty = self.seen.settled() && self.socket().recv_queue() == 0;
+        let tx_empty = self.socket().send_queue() == 0;
+        for ring in [(rx_empty, rx), (tx_empty, tx)]
+            .into_iter()
+            .filter_map(|(empty, r)| empty.then_some(r))
+        {
+            give(IdleRing {
+                addr: ring.addr,
+                len: ring.len,
+                _leg: core::marker::PhantomData,
+            });
+        }
+        rx_empty && tx_empty
+    }
+}
+
+/// The acknowledgement number of a TCP packet a leg sent, if it has one
+/// and is not a RST (whose number answers the segment it refuses, not
+/// the stream's next byte).
+fn ack_of(ip: &[u8]) -> Option<u32> {
+    let b = tcp_bounds(ip)?;
+    let t = TcpPacket::new_unchecked(&ip[b.l4..b.total]);
+    (t.has(wtcp::flags::ACK) && !t.has(wtcp::flags::RST)).then(|| t.ack_number())
 }
 
 /// Most finished legs a [`LegPool`] keeps.
@@ -983,6 +1153,105 @@ mod tests {
             &mut out,
         );
         (leg, out, s0, ws)
+    }
+
+    /// Which rings `idle_rings` lends, by length.
+    fn lent(leg: &mut Leg) -> Vec<usize> {
+        let mut v = Vec::new();
+        leg.idle_rings(&mut |r| v.push(r.len()));
+        v
+    }
+
+    /// The receive ring is lent only when it holds nothing: no data in
+    /// order waiting to be read, and no segment stored out of order
+    /// (which smoltcp keeps in the ring's free space and does not
+    /// report); the transmit ring only when nothing is unacknowledged.
+    #[test]
+    fn only_rings_that_hold_nothing_are_lent() {
+        const RX: usize = 64 * 1024;
+        let now = 1_000_000u64;
+        let c0 = 5000u32;
+        let (mut leg, mut out, s0, _) = handshaken(RX, 9, c0, now);
+        assert_eq!(lent(&mut leg), [RX, 4096], "nothing received yet");
+        let ack = s0 + 1;
+        let seg = |seq: u32, data: &[u8]| container_segment(seq, ack, 0x18, &[], data);
+        let read = |leg: &mut Leg| {
+            let mut b = vec![0u8; RX];
+            let n = leg.socket().recv_slice(&mut b).unwrap();
+            b.truncate(n);
+            b
+        };
+        // In order, not read yet: the receive ring holds it.
+        let mut seq = c0 + 1;
+        leg.ingress(now, &seg(seq, &[1; 1000]), &mut out);
+        leg.poll(now, &mut out);
+        assert_eq!(lent(&mut leg), [4096]);
+        assert_eq!(read(&mut leg), [1; 1000]);
+        assert_eq!(lent(&mut leg), [RX, 4096], "read: empty");
+        seq += 1000;
+        // A segment lost (2s), the next one (3s) stored out of order.
+        leg.ingress(now, &seg(seq + 1000, &[3; 1000]), &mut out);
+        leg.poll(now, &mut out);
+        assert_eq!(leg.socket().recv_queue(), 0);
+        assert_eq!(lent(&mut leg), [4096], "out-of-order data stays");
+        leg.ingress(now, &seg(seq, &[2; 1000]), &mut out);
+        leg.poll(now, &mut out);
+        let mut got = read(&mut leg);
+        got.extend(read(&mut leg));
+        assert_eq!(got.len(), 2000);
+        assert!(got[..1000].iter().all(|&b| b == 2) && got[1000..].iter().all(|&b| b == 3));
+        assert_eq!(lent(&mut leg), [RX, 4096], "the hole filled and read");
+        seq += 2000;
+        // Received but not acknowledged yet (no poll): not lent.
+        leg.ingress(now, &seg(seq, &[4; 10]), &mut out);
+        assert_eq!(read(&mut leg), [4; 10]);
+        assert_eq!(lent(&mut leg), [4096]);
+        leg.poll(now, &mut out);
+        assert_eq!(lent(&mut leg), [RX, 4096]);
+        seq += 10;
+        // A stray segment far ahead holds the ring only until the stream
+        // passes one window beyond the acknowledgement.
+        leg.ingress(now, &seg(seq.wrapping_add(100 << 20), &[5; 100]), &mut out);
+        leg.poll(now, &mut out);
+        assert_eq!(lent(&mut leg), [4096]);
+        let chunk = vec![6u8; 16 * 1024];
+        for _ in 0..5 {
+            leg.ingress(now, &seg(seq, &chunk), &mut out);
+            leg.poll(now, &mut out);
+            assert_eq!(read(&mut leg).len(), chunk.len());
+            seq += chunk.len() as u32;
+        }
+        assert_eq!(lent(&mut leg), [RX, 4096]);
+        // Sent and unacknowledged: the transmit ring holds it.
+        leg.socket().send_slice(&[7; 100]).unwrap();
+        leg.poll(now, &mut out);
+        assert_eq!(lent(&mut leg), [RX]);
+        leg.ingress(
+            now,
+            &container_segment(seq, ack + 100, 0x10, &[], &[]),
+            &mut out,
+        );
+        assert_eq!(lent(&mut leg), [RX, 4096], "acknowledged");
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_in_what_a_leg_has_seen() {
+        let mut s = RxSeen::default();
+        assert!(s.settled());
+        s.segment(u32::MAX - 10, 100, false, 1 << 16);
+        assert!(!s.settled(), "no acknowledgement yet");
+        s.sent_ack(u32::MAX - 10);
+        assert!(!s.settled());
+        s.sent_ack(89);
+        assert!(s.settled(), "89 is past u32::MAX - 10 + 100");
+        s.segment(89, 0, false, 1 << 16);
+        assert!(s.settled(), "no payload, nothing stored");
+        s.segment(80, 5, false, 1 << 16);
+        assert!(s.settled(), "old data");
+        s.segment(89, 1, true, 1 << 16);
+        assert!(!s.settled(), "a SYN takes a number before its data");
+        s.sent_ack(91);
+        assert!(s.settled());
     }
 
     /// A container that fills the receive window to the right edge it was

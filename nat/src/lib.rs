@@ -31,5 +31,5 @@ pub use conntrack::{
 pub use drops::{DropCounts, NatDrop, SharedDrops};
 pub use gateway::{
     classify, Claim, Config as GatewayConfig, ConnectError, FrameAction, Gateway, HostEvent,
-    IcmpMode, NetInfo, Outgoing, SocketId, SocketOp, Transmit,
+    IcmpMode, NetInfo, Outgoing, RingReleases, SocketId, SocketOp, Transmit,
 };

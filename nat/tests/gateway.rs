@@ -8,9 +8,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use tapnet_nat::gateway::{RingReleases, RING_IDLE_NS};
 use tapnet_nat::gateway::{BUFFER_LEN, FRAME_OFFSET};
 use tapnet_nat::ip6::{self, icmp6, Ipv6Packet};
-use tapnet_nat::leg::{self, Leg, LegConfig, LegTx, TcpSocketState, HEADROOM};
+use tapnet_nat::leg::{self, IdleRing, Leg, LegConfig, LegTx, TcpSocketState, HEADROOM};
 use tapnet_nat::{
     ConnectError, FlowHandle, FrameAction, Gateway, GatewayConfig, HostEvent, IcmpMode, NatDrop,
     NetInfo, Protocol, SocketId, SocketOp,
@@ -2574,4 +2575,169 @@ fn raw_icmp_error(
     error[21] = code;
     error[28..].copy_from_slice(&request[..28]);
     error
+}
+
+// ---- idle flows give their rings back ------------------------------------
+
+thread_local! {
+    /// The lengths of the rings [`poison`] was lent, in order (each test
+    /// runs in a thread of its own).
+    static LENT: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A `release` that writes garbage where the daemon's (`madvise`) leaves
+/// zeros: a leg that handed on a byte of a lent ring would show it.
+fn poison(r: IdleRing<'_>) {
+    LENT.with(|l| l.borrow_mut().push(r.len()));
+    let p = std::ptr::with_exposed_provenance_mut::<u8>(r.addr());
+    // SAFETY: an IdleRing is `len` bytes of one live allocation, lent for
+    // this call, which nothing else touches meanwhile; any byte is a valid
+    // u8.
+    unsafe { std::ptr::write_bytes(p, 0xa5, r.len()) };
+}
+
+fn lent() -> Vec<usize> {
+    LENT.with(|l| l.borrow().clone())
+}
+
+fn releasing() -> Harness {
+    Harness::with(
+        GatewayConfig {
+            release: Some(poison),
+            ..Default::default()
+        },
+        info(),
+    )
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+/// Container → host: `data`, until the host has it all.
+fn up(h: &mut Harness, c: &mut Container, f: FlowHandle, data: &[u8]) {
+    let before = h.stream(f).sent.len();
+    let mut sent = 0;
+    for _ in 0..500 {
+        sent += c.leg.socket().send_slice(&data[sent..]).unwrap_or(0);
+        step(h, c);
+        if h.stream(f).sent.len() == before + data.len() {
+            break;
+        }
+    }
+    assert!(
+        h.stream(f).sent[before..] == *data,
+        "the host got what was sent"
+    );
+}
+
+/// Host → container: `data`, until the container has read it all.
+fn down(h: &mut Harness, c: &mut Container, f: FlowHandle, data: &[u8]) {
+    h.stream(f).incoming.extend(data);
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    let got = read_all(h, c, data.len(), MS);
+    assert!(got == data, "the container got what was sent");
+    steps(h, c, 2); // its last acknowledgement reaches the gateway
+}
+
+/// Steps (`pause` apart) until the container has read `n` bytes.
+fn read_all(h: &mut Harness, c: &mut Container, n: usize, pause: u64) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut b = vec![0u8; 1 << 16];
+    for _ in 0..500 {
+        h.now += pause;
+        step(h, c);
+        while let Ok(k @ 1..) = c.leg.socket().recv_slice(&mut b) {
+            got.extend_from_slice(&b[..k]);
+        }
+        if got.len() >= n {
+            break;
+        }
+    }
+    got
+}
+
+/// A flow that moved data and then none for [`RING_IDLE_NS`] lends both
+/// rings (the harness's legs have 64 KiB each) once, and again after each
+/// later burst; data keeps flowing through them intact.
+#[test]
+fn an_idle_flow_lends_its_empty_rings_and_data_flows_on() {
+    let mut h = releasing();
+    let (mut c, f) = connected(&mut h);
+    h.advance(3 * S);
+    assert!(lent().is_empty(), "no data yet: nothing was touched");
+    up(&mut h, &mut c, f, &pattern(100_000, 1));
+    down(&mut h, &mut c, f, &pattern(100_000, 2));
+    h.advance(RING_IDLE_NS / 2);
+    assert!(lent().is_empty(), "not idle long enough");
+    h.advance(RING_IDLE_NS);
+    assert_eq!(lent(), [64 * 1024, 64 * 1024]);
+    assert_eq!(
+        h.gw.ring_releases(),
+        RingReleases {
+            rings: 2,
+            bytes: 128 * 1024
+        }
+    );
+    h.advance(10 * S);
+    assert_eq!(lent().len(), 2, "nothing moved since: nothing more");
+    up(&mut h, &mut c, f, &pattern(150_000, 3));
+    down(&mut h, &mut c, f, &pattern(150_000, 4));
+    h.advance(RING_IDLE_NS + S);
+    assert_eq!(lent().len(), 4, "lent again after the second burst");
+    up(&mut h, &mut c, f, &pattern(1000, 5));
+    down(&mut h, &mut c, f, &pattern(1000, 6));
+}
+
+/// A segment smoltcp stores out of order (the one before it was lost)
+/// sits in the receive ring's free space: that ring is not lent, and the
+/// stream comes out whole once the hole is filled.
+#[test]
+fn a_segment_held_out_of_order_keeps_the_receive_ring() {
+    let mut h = releasing();
+    let (mut c, f) = connected(&mut h);
+    let p = pattern(3000, 7);
+    up(&mut h, &mut c, f, &p[..1000]);
+    c.leg.socket().send_slice(&p[1000..2000]).unwrap();
+    c.leg.poll(h.now, &mut c.tx);
+    let lost = std::mem::take(&mut c.tx.pending);
+    assert_eq!(lost.len(), 1);
+    c.leg.socket().send_slice(&p[2000..]).unwrap();
+    c.leg.poll(h.now, &mut c.tx);
+    for seg in std::mem::take(&mut c.tx.pending) {
+        h.ip_in(&seg);
+    }
+    h.take_out();
+    assert_eq!(h.stream(f).sent.len(), 1000);
+    h.advance(RING_IDLE_NS + S);
+    assert_eq!(lent(), [64 * 1024], "the transmit ring only");
+    h.take_out();
+    for _ in 0..100 {
+        h.now += 200 * MS;
+        step(&mut h, &mut c);
+        if h.stream(f).sent.len() == p.len() {
+            break;
+        }
+    }
+    assert!(h.stream(f).sent == p, "the stream came out whole");
+    h.advance(RING_IDLE_NS + S);
+    assert_eq!(lent().len(), 3, "then both");
+}
+
+/// Data the container has not acknowledged stays in the transmit ring
+/// for retransmission: that ring is not lent.
+#[test]
+fn data_the_container_has_not_acknowledged_keeps_the_transmit_ring() {
+    let mut h = releasing();
+    let (mut c, f) = connected(&mut h);
+    let p = pattern(20_000, 9);
+    h.stream(f).incoming.extend(&p);
+    h.gw.handle_socket_event(h.now, SocketId::Flow(f), HostEvent::Readable);
+    h.advance(0);
+    assert!(!h.take_out().is_empty(), "sent, and lost on the way");
+    h.advance(RING_IDLE_NS + S);
+    h.take_out();
+    assert_eq!(lent(), [64 * 1024], "the receive ring only");
+    let got = read_all(&mut h, &mut c, p.len(), 500 * MS);
+    assert!(got == p, "retransmitted whole");
 }

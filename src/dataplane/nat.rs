@@ -395,6 +395,7 @@ pub(super) fn start(
         tx_buffers: INJECT_QUEUE,
         icmp,
         icmp6,
+        release: Some(crate::sys::mem::give_back),
     });
     let slots = gw.conntrack().config().capacity as usize;
     let mut nat = Nat {
@@ -1153,6 +1154,7 @@ impl Nat {
         let sum = |rs: &[NatDrop]| rs.iter().map(|r| d.get(*r)).sum::<u64>();
         let reasons: serde_json::Map<_, _> =
             d.iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
+        let rel = self.gw.ring_releases();
         json!({
             "flows": g.flows,
             "max": cfg.capacity,
@@ -1179,6 +1181,7 @@ impl Nat {
                 "host_socket_error": sum(&[NatDrop::SocketOpen, NatDrop::HostSend, NatDrop::HostRecv, NatDrop::Unreachable]),
             },
             "drop_reasons": reasons,
+            "rings_released": {"rings": rel.rings, "bytes": rel.bytes},
         })
     }
 

@@ -1,6 +1,6 @@
 //! Device and namespace plumbing: the only module of the root package with
 //! `unsafe` code (ioctls on `/dev/net/tun`, `setns`/`unshare`, SCM_RIGHTS, `bpf`, `recvmmsg`/`sendmmsg`,
-//! AIO).
+//! AIO, `madvise`).
 //! Every unsafe block carries a `// SAFETY:` comment.
 //!
 //! - [`aio`]: many small writes in one `io_submit` (a worker's frames to
@@ -10,6 +10,7 @@
 //! - [`ns`]: namespaces (unshare, setns, uid/gid maps, `NS_GET_USERNS`).
 //! - [`fdpass`]: file descriptors over Unix sockets (SCM_RIGHTS).
 //! - [`icmp6`]: the type filter of raw ICMPv6 sockets.
+//! - [`mem`]: the pages of idle TCP flows' empty rings, given back.
 //! - [`netlink`]: a small synchronous rtnetlink client (links, addresses,
 //!   routes) for the current network namespace.
 //! - [`process`]: hooks run in a forked child before `exec`.
@@ -22,6 +23,7 @@ pub mod aio;
 pub mod bpf;
 pub mod fdpass;
 pub mod icmp6;
+pub mod mem;
 pub mod netlink;
 pub mod ns;
 pub mod packet;
