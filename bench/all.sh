@@ -20,7 +20,11 @@
 #                pasta, slirp4netns (1500, 65520), socat, tapnet
 #   connrate     bench/connrate.sh: kernel, pasta, tapnet
 #   scale        bench/scale.sh: one pair, two pairs, a crowded network (and
-#                the empty one again after it)
+#                the empty one again after it), the daemon's default workers
+#   scale-2w     bench/scale.sh --idle 0 --nets 0 with --workers 2: one pair
+#                and two pairs, the scaling goal as issue 19 states it ("2
+#                workers and 2 concurrent pairs"); on a 2-CPU machine the
+#                default is one worker
 #   memory       bench/memory.sh: 10,000 idle flows, idle ports
 #   pipeline     cargo bench -p tapnet-switch --bench pipeline (in-memory Mpps)
 #   wakeup       bench/wakeup.sh: what a wake-up costs across CPUs and on one
@@ -43,7 +47,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch switch-polling switch-steering nat connrate scale memory pipeline wakeup flood"
+GROUPS_ALL="switch switch-polling switch-steering nat connrate scale scale-2w memory pipeline wakeup flood"
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
   groups: $GROUPS_ALL" >&2; }
 while [ $# -gt 0 ]; do case $1 in
@@ -126,6 +130,8 @@ for r in $(seq "$ROUNDS"); do
          tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
     connrate) tagged connrate "$r" bench/connrate.sh --secs "$SECS";;
     scale) tagged scale "$r" bench/scale.sh --secs "$SECS";;
+    scale-2w) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 2" TAPNET=$PWD/bench/tapnet-args.sh \
+              tagged scale-2w "$r" bench/scale.sh --secs "$SECS" --idle 0 --nets 0;;
     memory) tagged memory "$r" bench/memory.sh;;
     pipeline) tagged pipeline "$r" pipeline;;
     wakeup) tagged wakeup "$r" bench/wakeup.sh;;

@@ -167,7 +167,9 @@ sleep 2
 emit kernel_crowded tcp_gbps "$(ktcp 1)"
 emit kernel_crowded udp64_pps "$(kudp 1)"
 log "removing the kernel bridge's crowd"
-kill "${sleepers[@]}" 2>/dev/null; wait "${sleepers[@]}" 2>/dev/null
+# (wait with no pid would wait for every child: with --idle 0 --nets 0
+# there are no sleepers)
+if [ ${#sleepers[@]} -gt 0 ]; then kill "${sleepers[@]}" 2>/dev/null; wait "${sleepers[@]}" 2>/dev/null; fi
 for n in "${crowd[@]}"; do ip netns del "$n" || { log "ip netns del $n failed"; exit 1; }; done
 for i in $(seq "$NETS"); do ip -n "$kbr" link del "br$i"; done
 sleep 2
