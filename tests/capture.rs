@@ -701,6 +701,12 @@ fn nat_frames_and_dns_answers_are_captured_and_metrics_parse() {
         "{}",
         o.stdout
     );
+    assert!(
+        m.iter()
+            .any(|(n, _, _)| n == "tapnet_nat_ring_released_bytes_total"),
+        "{}",
+        o.stdout
+    );
 
     // A bad address: one line, non-zero exit.
     let e = daemon_refuses(&["--metrics-addr", "not-an-address"]);

@@ -152,6 +152,8 @@ pub struct Stats {
 pub struct NatRow {
     pub flows: u64,
     pub drops: BTreeMap<String, u64>,
+    /// Bytes of idle TCP flows' rings given back to the kernel so far.
+    pub ring_bytes_released: u64,
 }
 
 fn drops_map(d: &[u64]) -> BTreeMap<String, u64> {
@@ -352,6 +354,7 @@ impl Core {
                         .collect()
                 })
                 .unwrap_or_default(),
+            ring_bytes_released: ct["rings_released"]["bytes"].as_u64().unwrap_or(0),
         };
         Ok(Stats {
             ports,
@@ -451,6 +454,11 @@ pub fn encode_metrics(s: &Stats) -> String {
         "Frames of containers a worker read and gave the NAT (from a worker that does not run the NAT: hand-offs across threads)",
     );
     let flows: Gauge = add(&mut reg, "tapnet_nat_flows", "Flows in the NAT's table");
+    let released: Counter = add(
+        &mut reg,
+        "tapnet_nat_ring_released_bytes",
+        "Bytes of idle TCP flows' rings given back to the kernel (their pages resident again only as data flows)",
+    );
     let l = |kv: &[(&str, &str)]| -> L {
         kv.iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -499,6 +507,7 @@ pub fn encode_metrics(s: &Stats) -> String {
         nat_drops.get_or_create(&l(&[("reason", r)])).inc_by(*n);
     }
     flows.set(s.nat.flows as i64);
+    released.inc_by(s.nat.ring_bytes_released);
     let mut out = String::new();
     let _ = encode(&mut out, &reg);
     out
