@@ -33,17 +33,26 @@ pub fn give_back(ring: IdleRing<'_>) {
 pub fn discard_pages(buf: &mut [u8]) -> usize {
     let page = page_size();
     let start = buf.as_mut_ptr() as usize;
-    let first = start.next_multiple_of(page) - start;
+    // The first and the end of the whole pages inside (end may come
+    // before first when `buf` lies within one page).
+    let first = start.next_multiple_of(page);
     let end = (start + buf.len()) / page * page;
-    let Some(len) = (end - start).checked_sub(first).filter(|&n| n > 0) else {
+    if end <= first {
         return 0;
-    };
-    // SAFETY: [first, first + len) lies inside `buf`, which we borrow
+    }
+    let (offset, len) = (first - start, end - first);
+    // SAFETY: [offset, offset + len) lies inside `buf`, which we borrow
     // exclusively, and is page-aligned. On private anonymous memory
     // MADV_DONTNEED drops the pages and the next access maps zeros: the
     // same as writing zeros through `buf`, a valid value for `u8`. It
     // never unmaps anything.
-    let r = unsafe { libc::madvise(buf.as_mut_ptr().add(first).cast(), len, libc::MADV_DONTNEED) };
+    let r = unsafe {
+        libc::madvise(
+            buf.as_mut_ptr().add(offset).cast(),
+            len,
+            libc::MADV_DONTNEED,
+        )
+    };
     if r == 0 {
         len
     } else {
@@ -109,9 +118,21 @@ mod tests {
 
     #[test]
     fn a_span_smaller_than_a_page_is_left_alone() {
-        let mut v = [3u8; 100];
-        assert_eq!(discard_pages(&mut v[10..90]), 0);
+        let page = page_size();
+        let mut v = vec![3u8; 3 * page];
+        let a = (v.as_ptr() as usize).next_multiple_of(page) - v.as_ptr() as usize;
+        // Within one page: at its start, in its middle, up to its end, and
+        // across a page boundary without a whole page.
+        for (from, to) in [
+            (a, a + 100),
+            (a + 10, a + 90),
+            (a + 100, a + page),
+            (a + 10, a + page + 10),
+        ] {
+            assert_eq!(discard_pages(&mut v[from..to]), 0, "{from}..{to}");
+        }
         assert!(v.iter().all(|&b| b == 3));
         assert_eq!(discard_pages(&mut []), 0);
+        assert_eq!(discard_pages(&mut v[a..a + page]), page, "exactly one page");
     }
 }
