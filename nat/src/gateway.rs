@@ -616,6 +616,23 @@ struct TcpFlow {
     release_at: Option<u64>,
 }
 
+impl TcpFlow {
+    /// A new flow's relay: nothing moved, both sides open.
+    fn new(leg: Leg) -> Box<TcpFlow> {
+        Box::new(TcpFlow {
+            leg,
+            relayed: 0,
+            host_eof: false,
+            container_eof: false,
+            write_blocked: false,
+            draining: false,
+            rings_used: false,
+            idle_since: 0,
+            release_at: None,
+        })
+    }
+}
+
 enum Io {
     /// Outbound TCP waiting for the host connect; the container's SYN.
     Connecting {
@@ -2120,17 +2137,7 @@ impl Gateway {
             network,
             container,
             remote,
-            io: Io::Tcp(Box::new(TcpFlow {
-                leg,
-                relayed: 0,
-                host_eof: false,
-                container_eof: false,
-                write_blocked: false,
-                draining: false,
-                rings_used: false,
-                idle_since: 0,
-                release_at: None,
-            })),
+            io: Io::Tcp(TcpFlow::new(leg)),
             lane: self.tx.lane,
         });
         self.dirty.push(h);
@@ -2684,17 +2691,7 @@ impl Gateway {
             network,
             container,
             remote: src,
-            io: Io::Tcp(Box::new(TcpFlow {
-                leg,
-                relayed: 0,
-                host_eof: false,
-                container_eof: false,
-                write_blocked: false,
-                draining: false,
-                rings_used: false,
-                idle_since: 0,
-                release_at: None,
-            })),
+            io: Io::Tcp(TcpFlow::new(leg)),
             lane: self.tx.lane,
         });
         Some(h)

@@ -445,9 +445,7 @@ impl Leg {
     /// [`Leg::poll`], so that a batch of packets gets one ACK.
     pub fn ingress(&mut self, now_ns: u64, packet: &[u8], out: &mut dyn LegTx) {
         let now = now_instant(now_ns);
-        if let Some(b) = tcp_bounds(packet) {
-            let t = TcpPacket::new_unchecked(&packet[b.l4..b.total]);
-            let payload = b.total.saturating_sub(b.l4 + b.doff) as u32;
+        if let Some((t, payload)) = tcp_segment(packet) {
             let window = self.rx_ring.len.min(u32::MAX as usize) as u32;
             self.seen
                 .segment(t.seq_number(), payload, t.has(wtcp::flags::SYN), window);
@@ -514,9 +512,16 @@ impl Leg {
 /// and is not a RST (whose number answers the segment it refuses, not
 /// the stream's next byte).
 fn ack_of(ip: &[u8]) -> Option<u32> {
-    let b = tcp_bounds(ip)?;
-    let t = TcpPacket::new_unchecked(&ip[b.l4..b.total]);
+    let (t, _) = tcp_segment(ip)?;
     (t.has(wtcp::flags::ACK) && !t.has(wtcp::flags::RST)).then(|| t.ack_number())
+}
+
+/// The TCP header of a packet of either family ([`tcp_bounds`]) and its
+/// payload's length.
+fn tcp_segment(ip: &[u8]) -> Option<(TcpPacket<&[u8]>, u32)> {
+    let b = tcp_bounds(ip)?;
+    let payload = b.total.saturating_sub(b.l4 + b.doff) as u32;
+    Some((TcpPacket::new_unchecked(&ip[b.l4..b.total]), payload))
 }
 
 /// Most finished legs a [`LegPool`] keeps.
