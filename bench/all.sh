@@ -18,6 +18,10 @@
 #                goals against the switch group's kernel bridge
 #   nat          bench/nat.sh, then bench/nat.sh --reverse: kernel veth+iptables,
 #                pasta, slirp4netns (1500, 65520), socat, tapnet
+#   udp          bench/udp.sh: UDP from the host's loopback to a container
+#                through the NAT, tapnet and the kernel path, the sender's
+#                writes UDP_SEGMENT runs or single datagrams, the reader
+#                with UDP_GRO or without (context rows, not goals)
 #   connrate     bench/connrate.sh: kernel, pasta, tapnet
 #   scale        bench/scale.sh: one pair, two pairs, a crowded network (and
 #                the empty one again after it), the daemon's default workers
@@ -47,7 +51,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch switch-polling switch-steering nat connrate scale scale-2w memory pipeline wakeup flood"
+GROUPS_ALL="switch switch-polling switch-steering nat udp connrate scale scale-2w memory pipeline wakeup flood"
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
   groups: $GROUPS_ALL" >&2; }
 while [ $# -gt 0 ]; do case $1 in
@@ -128,6 +132,7 @@ for r in $(seq "$ROUNDS"); do
               --secs "$SECS";;
     nat) tagged nat "$r" bench/nat.sh --secs "$SECS"
          tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
+    udp) tagged udp "$r" bench/udp.sh --secs "$SECS";;
     connrate) tagged connrate "$r" bench/connrate.sh --secs "$SECS";;
     scale) tagged scale "$r" bench/scale.sh --secs "$SECS";;
     scale-2w) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 2" TAPNET=$PWD/bench/tapnet-args.sh \

@@ -172,6 +172,14 @@ def context():
                     ("tcp_gbps", "Gbit/s received")):
         c.append((f"one TCP stream (bench/flood.sh), {what}, tapnet / OVS userspace",
                   dict(f, metric=m), dict(f, peer="ovs", metric=m)))
+    u = {"group": "udp", "path": "outbound", "metric": "udp_gbps"}
+    for snd, rcv, what in (("gso", "gro", "64 KiB `UDP_SEGMENT` writes, a `UDP_GRO` reader"),
+                           ("gso", "plain", "64 KiB `UDP_SEGMENT` writes, a plain reader"),
+                           ("plain", "plain", "one datagram a write, a plain reader")):
+        c.append((f"UDP through the NAT to a container (bench/udp.sh: 1400-byte datagrams from "
+                  f"the host's loopback, {what}), tapnet / kernel path",
+                  dict(u, peer="tapnet", sender=snd, receiver=rcv),
+                  dict(u, peer="kernel", sender=snd, receiver=rcv)))
     c.append(("an idle flow that moved 3 MiB each way first, KiB (bench/memory.sh: RSS growth "
               "per flow once the NAT gave its rings back, two seconds idle; kept, about 3 MiB)",
               {"group": "memory", "metric": "busy_idle_flow"}, None))
@@ -239,16 +247,18 @@ def report(rows):
     out.append("")
     out.append("| group | peer or case | path | metric | median | rounds |")
     out.append("|---|---|---|---|---|---|")
+    def key(r):
+        who = r.get("peer") or r.get("case") or r.get("family") or ""
+        if "sender" in r:
+            who += f" ({r['sender']} / {r.get('receiver', '')})"
+        return (r["group"], who, r.get("path", ""), r["metric"])
+
     keys = []
     for r in rows:
-        k = (r["group"], r.get("peer") or r.get("case") or r.get("family") or "", r.get("path", ""),
-             r["metric"])
-        if k not in keys:
-            keys.append(k)
+        if key(r) not in keys:
+            keys.append(key(r))
     for k in keys:
-        vs = [float(r["value"]) for r in rows
-              if (r["group"], r.get("peer") or r.get("case") or r.get("family") or "",
-                  r.get("path", ""), r["metric"]) == k]
+        vs = [float(r["value"]) for r in rows if key(r) == k]
         out.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {fmt(statistics.median(vs))} | {len(vs)} |")
     out.append("")
     out.append("</details>")

@@ -1102,6 +1102,90 @@ fn a_udp_segment_send_reaches_the_outside_as_its_datagrams() {
     assert_eq!(w.nat_drops("udp_gso"), 0, "{}", w.context());
 }
 
+/// Datagrams the outside sends in one `UDP_SEGMENT` write arrive at the
+/// NAT's socket as one run (`UDP_GRO`) and reach the container as one
+/// frame, which its kernel cuts into the datagrams: 40 of them in a
+/// handful of frames on the container's eth0 (one by one, 40 frames),
+/// each as sent, on an outbound flow and through a published port.
+#[test]
+fn datagrams_sent_at_once_reach_a_container_at_once() {
+    let mut w = World::new(&[]);
+    let server = w.files.0.join("gso_server.py").display().to_string();
+    std::fs::write(&server, UDP_GSO_SERVER).unwrap();
+    let srv = w.outside.ns.spawn(&[PYTHON, &server, "7400", HOST]);
+    w.servers.push(srv);
+    wait_until("the GSO server listens", Duration::from_secs(10), || {
+        w.outside.ns.sh("ss -Hlun 'sport = :7400' | grep -q .").code == 0
+    });
+    let path = w.files.0.join("gro.py").display().to_string();
+    std::fs::write(&path, UDP_GRO_CLIENT).unwrap();
+    w.d.ok(&["network", "create", "--subnet", "10.94.0.0/24", "gro-net"]);
+    w.d.sleeper("gro", &["gro-net"], &["-p", "9400:9400/udp"]);
+    let out = w.exec_ok("gro", &format!("{PYTHON} {path} {OUTSIDE} 7400 9400"));
+    let ctx = w.context();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}\n{ctx}");
+    for (line, path) in lines.iter().zip(["outbound", "published"]) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[..4], [path, "40", "as", "sent"], "{path}: {line}\n{ctx}");
+        let frames: u64 = f[f.len() - 1].parse().unwrap();
+        assert!(
+            frames <= 6,
+            "{path}: 40 datagrams came in {frames} frames, not as a run: {line}\n{ctx}"
+        );
+    }
+    assert_eq!(w.nat_drops("host_recv"), 0, "{ctx}");
+}
+
+/// The outside's side of `datagrams_sent_at_once_reach_a_container_at_once`:
+/// on `go` it answers its sender with 40 datagrams of 1000 bytes in one
+/// `UDP_SEGMENT` write; on `pub PORT`, it sends them to the host's PORT.
+const UDP_GSO_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+data = b"".join(bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40))
+while True:
+    m, a = s.recvfrom(100)
+    o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    o.setsockopt(socket.SOL_UDP, 103, 1000)  # UDP_SEGMENT
+    if m == b"go":
+        s.setsockopt(socket.SOL_UDP, 103, 1000)
+        s.sendto(data, a)
+        s.setsockopt(socket.SOL_UDP, 103, 0)
+    elif m.startswith(b"pub "):
+        o.sendto(data, (sys.argv[2], int(m[4:])))
+    o.close()
+"#;
+
+/// The container's side: the datagrams each way, whether they are as
+/// sent, and how many frames eth0 received meanwhile.
+const UDP_GRO_CLIENT: &str = r#"
+import socket, sys
+def frames():
+    return int(open("/sys/class/net/eth0/statistics/rx_packets").read())
+want = [bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40)]
+def take(sock):
+    got = []
+    sock.settimeout(5)
+    try:
+        while len(got) < 40:
+            got.append(sock.recv(65536))
+    except socket.timeout:
+        pass
+    return got
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], int(sys.argv[2])))
+p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+p.bind(("0.0.0.0", int(sys.argv[3])))
+for path, ask, sock in (("outbound", b"go", s), ("published", b"pub " + sys.argv[3].encode(), p)):
+    before = frames()
+    s.send(ask)
+    got = take(sock)
+    n = frames() - before
+    print(path, len(got), "as sent" if got == want else "changed", n)
+"#;
+
 /// A datagram larger than the network's MTU leaves the container as IP
 /// fragments; the NAT reassembles it and sends it whole (the host's
 /// kernel fragments it again on its own route), and the answer comes

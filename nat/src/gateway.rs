@@ -1807,15 +1807,7 @@ impl Gateway {
             *h.slot_in(&mut self.heads) = Some(Head::of(l4));
         }
         // Each datagram of a super-frame counts as one.
-        let mut left = payload.len();
-        loop {
-            let n = segment.map_or(left, |s| s.min(left));
-            let _ = self.ct.handle_udp(h, now, Side::Container, n);
-            left -= n;
-            if left == 0 {
-                break;
-            }
-        }
+        self.count_datagrams(h, now, Side::Container, payload.len(), segment);
         let lane = self.tx.lane;
         if let Some(f) = self.flow_mut(h) {
             f.lane = lane;
@@ -2364,6 +2356,24 @@ impl Gateway {
         len: usize,
         from: Option<SocketAddr>,
     ) {
+        self.handle_datagrams(now, id, len, from, None)
+    }
+
+    /// As [`Gateway::handle_datagram`], for what a UDP socket with
+    /// `UDP_GRO` read at once: with `segment`, `len` bytes of datagrams of
+    /// `segment` bytes each (the last may be shorter) from one sender. They
+    /// reach the container as one UDP super-frame (`GSO_UDP_L4`, split by
+    /// the container's kernel), each counted as a datagram. `segment` is
+    /// ignored for other sockets, and when the bytes are one datagram.
+    pub fn handle_datagrams(
+        &mut self,
+        now: u64,
+        id: SocketId,
+        len: usize,
+        from: Option<SocketAddr>,
+        segment: Option<usize>,
+    ) {
+        let segment = segment.filter(|&s| s > 0 && s < len && s <= usize::from(u16::MAX));
         match id {
             SocketId::Flow(h) => {
                 let Some(f) = self.flow(h) else { return };
@@ -2376,8 +2386,8 @@ impl Gateway {
                 self.tx.lane = lane;
                 match kind {
                     Some(false) => {
-                        let _ = self.ct.handle_udp(h, now, Side::Remote, len);
-                        self.udp_to_container(net, remote, container, len);
+                        self.count_datagrams(h, now, Side::Remote, len, segment);
+                        self.udp_to_container(net, remote, container, len, segment);
                     }
                     Some(true) => {
                         let (at, reply) = if container.is_ipv4() {
@@ -2402,7 +2412,7 @@ impl Gateway {
             }
             SocketId::Published(p) => {
                 let Some(client) = from else { return };
-                self.published_datagram(now, p, client, len);
+                self.published_datagram(now, p, client, len, segment);
             }
             SocketId::RawIcmp => self.raw_datagram(now, len),
             SocketId::RawIcmp6 => self.raw6_datagram(now, len, from),
@@ -2499,7 +2509,14 @@ impl Gateway {
         }
     }
 
-    fn published_datagram(&mut self, now: u64, p: u64, client: SocketAddr, n: usize) {
+    fn published_datagram(
+        &mut self,
+        now: u64,
+        p: u64,
+        client: SocketAddr,
+        n: usize,
+        segment: Option<usize>,
+    ) {
         let Some(&pb) = self.published.get(&p) else {
             self.drops.count(NatDrop::NoListener);
             return;
@@ -2544,25 +2561,62 @@ impl Gateway {
                 h
             }
         };
-        let _ = self.ct.handle_udp(h, now, Side::Remote, n);
-        self.udp_to_container(network, src, container, n);
+        self.count_datagrams(h, now, Side::Remote, n, segment);
+        self.udp_to_container(network, src, container, n, segment);
+    }
+
+    /// Counts `len` bytes of UDP on flow `h` from `side`: one datagram, or
+    /// with `segment` datagrams of that size (the last may be shorter).
+    fn count_datagrams(
+        &mut self,
+        h: FlowHandle,
+        now: u64,
+        side: Side,
+        len: usize,
+        segment: Option<usize>,
+    ) {
+        let mut left = len;
+        loop {
+            let n = segment.map_or(left, |s| s.min(left));
+            let _ = self.ct.handle_udp(h, now, side, n);
+            left -= n;
+            if left == 0 {
+                break;
+            }
+        }
     }
 
     /// Sends the lent buffer's `[UDP_DATA_AT..][..n]` (`UDP6_DATA_AT`
     /// for IPv6) as a UDP datagram from `from` to the container at `to`
     /// (partial checksum).
-    fn udp_to_container(&mut self, net: NetworkId, from: SocketAddr, to: SocketAddr, n: usize) {
+    fn udp_to_container(
+        &mut self,
+        net: NetworkId,
+        from: SocketAddr,
+        to: SocketAddr,
+        n: usize,
+        segment: Option<usize>,
+    ) {
         let l3 = if to.is_ipv4() {
             ipv4::MIN_HEADER_LEN
         } else {
             ip6::HEADER_LEN
         };
-        let meta = VnetHdr {
+        let headers = ethernet::HEADER_LEN + l3;
+        let mut meta = VnetHdr {
             flags: vnet::F_NEEDS_CSUM,
-            csum_start: (ethernet::HEADER_LEN + l3) as u16,
+            csum_start: headers as u16,
             csum_offset: udp::CHECKSUM_OFFSET as u16,
             ..Default::default()
         };
+        // Datagrams read at once: one super-frame, cut by the receiving
+        // kernel (each datagram gets the UDP header, its length and its
+        // checksum; the partial checksum below covers the whole).
+        if let Some(s) = segment.filter(|&s| n > s) {
+            meta.gso_type = vnet::GSO_UDP_L4;
+            meta.gso_size = s as u16;
+            meta.hdr_len = (headers + udp::HEADER_LEN) as u16;
+        }
         self.emit(net, to.ip(), meta, |buf| {
             let len = l3 + udp::HEADER_LEN + n;
             let ip = buf.get_mut(HEADROOM..HEADROOM + len)?;

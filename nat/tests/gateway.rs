@@ -402,6 +402,25 @@ impl Harness {
         true
     }
 
+    /// Datagrams of `segment` bytes (the last may be shorter) read from
+    /// the host side of `id` at once (`UDP_GRO`).
+    fn host_datagrams(
+        &mut self,
+        id: SocketId,
+        data: &[u8],
+        from: Option<SocketAddr>,
+        segment: usize,
+    ) -> bool {
+        let Some(buf) = self.gw.recv_buffer(id) else {
+            return false;
+        };
+        buf[..data.len()].copy_from_slice(data);
+        self.gw
+            .handle_datagrams(self.now, id, data.len(), from, Some(segment));
+        self.pump();
+        true
+    }
+
     /// Time passes.
     fn advance(&mut self, ns: u64) {
         self.now += ns;
@@ -921,6 +940,67 @@ fn a_udp_super_frame_goes_out_as_its_datagrams() {
         .collect();
     assert_eq!(sent, want);
     assert_eq!(h.drops(NatDrop::UdpGso), 0);
+}
+
+/// Datagrams the host side read at once (`UDP_GRO`) reach the container
+/// as one UDP super-frame the container's kernel cuts (`GSO_UDP_L4`, the
+/// segment size, the headers' length, a partial checksum over the whole),
+/// each datagram counted; outbound and through a published port, IPv4.
+/// A run that is one datagram is a plain frame.
+#[test]
+fn datagrams_read_at_once_reach_the_container_as_one_super_frame() {
+    let mut h = Harness::new();
+    let data: Vec<u8> = (0..2500u32).map(|i| (i * 13) as u8).collect();
+    let check = |out: &Out, from: (Ipv4Addr, u16), to: (Ipv4Addr, u16)| {
+        let want = VnetHdr {
+            flags: vnet::F_NEEDS_CSUM,
+            gso_type: vnet::GSO_UDP_L4,
+            gso_size: 1000,
+            hdr_len: 14 + 20 + 8,
+            csum_start: 14 + 20,
+            csum_offset: 6,
+            ..Default::default()
+        };
+        assert_eq!(out.meta, want);
+        let ip = out.ip();
+        assert_eq!(usize::from(ip.total_len()), 20 + 8 + 2500);
+        assert_eq!((ip.src_addr(), ip.dst_addr()), (from.0, to.0));
+        let u = UdpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!(usize::from(u.len()), 8 + 2500);
+        assert_eq!((u.src_port(), u.dst_port()), (from.1, to.1));
+        assert_eq!(u.payload(), &data[..]);
+        // The pseudo-header's sum over the whole length, for the kernel to
+        // adjust per datagram.
+        let mut partial = UdpPacket::new_unchecked(ip.payload().to_vec());
+        partial.set_partial_checksum(from.0, to.0);
+        assert_eq!(u.checksum(), partial.checksum());
+    };
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(443), b"go"));
+    let f = h.only_flow();
+    assert!(h.host_datagrams(SocketId::Flow(f), &data, None, 1000));
+    let out = h.take_out();
+    assert_eq!(out.len(), 1);
+    check(&out[0], (REMOTE, 443), (C_IP, 5000));
+    let v = h.gw.conntrack().get(f).unwrap();
+    assert_eq!((v.to_container.packets, v.to_container.bytes), (3, 2500));
+    // One datagram read the same way: a plain frame.
+    assert!(h.host_datagrams(SocketId::Flow(f), &data[..900], None, 1000));
+    let out = h.take_out();
+    assert_eq!((out[0].meta.gso_type, out[0].meta.gso_size), (0, 0));
+    assert_eq!(usize::from(out[0].ip().total_len()), 20 + 8 + 900);
+
+    h.gw.publish(4, NET, SocketAddrV4::new(C_IP, 5353), None);
+    let client = SocketAddr::V4(SocketAddrV4::new(CLIENT, 6000));
+    assert!(h.host_datagrams(SocketId::Published(4), &data, Some(client), 1000));
+    let out = h.take_out();
+    assert_eq!(out.len(), 1);
+    check(&out[0], (CLIENT, 6000), (C_IP, 5353));
+    let p =
+        h.gw.conntrack()
+            .iter()
+            .find(|v| v.key.container_port == 5353)
+            .unwrap();
+    assert_eq!(p.to_container.packets, 3);
 }
 
 /// `packet` (IPv4 or IPv6, without options or extension headers) cut

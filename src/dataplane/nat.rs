@@ -47,13 +47,14 @@
 
 use super::inject::{InjectTx, Injected};
 use super::{FlowRow, HostSocket, NetId, Published};
+use crate::sys::udp;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -416,6 +417,7 @@ pub(super) fn start(
         raw_icmp6,
         raw_ttl: [0; 2],
         errq: nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6),
+        gro: udp::coalesced_space(),
         inject,
         epoch,
         capture,
@@ -536,6 +538,9 @@ pub(super) struct Nat {
     /// Room for the control messages of a socket's error queue
     /// ([`drain_error_queue`]), made once.
     errq: Vec<u8>,
+    /// Room for a coalesced read's control message
+    /// ([`udp::recv_coalesced`]), made once.
+    gro: Vec<u8>,
     inject: Vec<InjectTx>,
     epoch: Instant,
     /// Captures of drops see the frames the gateway dropped.
@@ -983,9 +988,12 @@ impl Nat {
                 raw_icmp,
                 raw_icmp6,
                 errq,
+                gro,
                 ..
             } = self;
-            let r: io::Result<(usize, Option<SocketAddr>)> = match id {
+            // The flows' UDP sockets and the published ones read runs of
+            // datagrams at once (`UDP_GRO`): `segment` says so.
+            let r: io::Result<(usize, Option<SocketAddr>, Option<usize>)> = match id {
                 SocketId::Flow(h) => {
                     let Some(Some((o, Sock::Dgram(s, _)))) = socks.get(h.index() as usize) else {
                         return;
@@ -996,13 +1004,19 @@ impl Nat {
                     let Some(buf) = gw.recv_buffer(id) else {
                         return;
                     };
-                    let r = s.recv(buf).map(|n| (n, None));
+                    let r = udp::recv_coalesced(s.as_fd(), buf, gro);
                     if r.as_ref()
                         .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
                     {
                         queued = drain_error_queue(s, errq);
                     }
-                    r
+                    match r {
+                        Ok(c) if c.truncated => {
+                            gw.count_drop(NatDrop::HostRecv);
+                            continue;
+                        }
+                        r => r.map(|c| (c.len, None, c.segment)),
+                    }
                 }
                 SocketId::Published(p) => {
                     let Some(Pub {
@@ -1015,7 +1029,13 @@ impl Nat {
                     let Some(buf) = gw.recv_buffer(id) else {
                         return;
                     };
-                    u.recv_from(buf).map(|(n, a)| (n, Some(a)))
+                    match udp::recv_coalesced(u.as_fd(), buf, gro) {
+                        Ok(c) if c.truncated || c.from.is_none() => {
+                            gw.count_drop(NatDrop::HostRecv);
+                            continue;
+                        }
+                        r => r.map(|c| (c.len, c.from, c.segment)),
+                    }
                 }
                 SocketId::RawIcmp => {
                     let Some(s) = raw_icmp.as_ref() else { return };
@@ -1023,18 +1043,18 @@ impl Nat {
                         return;
                     };
                     let mut s: &socket2::Socket = s;
-                    s.read(buf).map(|n| (n, None))
+                    s.read(buf).map(|n| (n, None, None))
                 }
                 SocketId::RawIcmp6 => {
                     let Some(s) = raw_icmp6.as_ref() else { return };
                     let Some(buf) = gw.recv_buffer(id) else {
                         return;
                     };
-                    s.recv_from(buf).map(|(n, a)| (n, Some(a)))
+                    s.recv_from(buf).map(|(n, a)| (n, Some(a), None))
                 }
             };
             match r {
-                Ok((n, from)) => gw.handle_datagram(now, id, n, from),
+                Ok((n, from, segment)) => gw.handle_datagrams(now, id, n, from, segment),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
@@ -1206,6 +1226,7 @@ impl Nat {
             }
             HostSocket::Udp(u) => {
                 let _ = u.set_nonblocking(true);
+                let _ = udp::receive_coalesced(u.as_fd());
                 let mut u = UdpSocket::from_std(u);
                 if !registered(&mut u) {
                     return;
@@ -1348,6 +1369,9 @@ fn udp_connected(dest: SocketAddr) -> io::Result<UdpSocket> {
     };
     let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
     recv_errors(&s, dest.is_ipv6())?;
+    // Runs of datagrams as one read, then one frame (a kernel without
+    // UDP_GRO: one by one, as before).
+    let _ = udp::receive_coalesced(s.as_fd());
     s.connect(dest)?;
     s.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(s))

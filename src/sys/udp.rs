@@ -1,6 +1,8 @@
 //! Batched datagram I/O for the VXLAN tunnel: `recvmmsg`/`sendmmsg` on a
 //! UDP socket (VXLAN) or a raw IPv4 socket of protocol 50 (ESP), many
-//! datagrams per system call.
+//! datagrams per system call; and for the NAT's UDP sockets, runs of
+//! datagrams in one write (`UDP_SEGMENT`, [`send_segmented`]) or one read
+//! (`UDP_GRO`, [`recv_coalesced`]).
 //!
 //! A [`Batch`] owns `cap` buffers of [`SLOT`] bytes and the `mmsghdr`,
 //! `iovec` and `sockaddr_in` arrays the calls need, allocated once: no
@@ -421,10 +423,128 @@ pub fn fragment_freely(fd: BorrowedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Lets UDP socket `fd` read runs of datagrams at once (`UDP_GRO`): what
+/// the kernel coalesced on the way in (a sender's `UDP_SEGMENT` write on
+/// this host, a NIC's GRO) stays one buffer, read by [`recv_coalesced`].
+pub fn receive_coalesced(fd: BorrowedFd) -> io::Result<()> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    setsockopt(&fd, sockopt::UdpGroSegment, &true).map_err(io::Error::from)
+}
+
+/// What one [`recv_coalesced`] read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Coalesced {
+    /// Bytes in the buffer.
+    pub len: usize,
+    /// The sender (also given for a connected socket).
+    pub from: Option<std::net::SocketAddr>,
+    /// With `UDP_GRO`: the datagrams were each this long (the last may be
+    /// shorter). `None`: one datagram.
+    pub segment: Option<usize>,
+    /// The buffer was too short and the rest is lost.
+    pub truncated: bool,
+}
+
+/// The room [`recv_coalesced`] needs for its control message; make it
+/// once.
+pub fn coalesced_space() -> Vec<u8> {
+    nix::cmsg_space!(libc::c_int)
+}
+
+/// Reads one datagram, or with [`receive_coalesced`] a run of them, from
+/// datagram socket `fd` into `buf`, without blocking (`WouldBlock` when
+/// none is queued); `space` from [`coalesced_space`].
+pub fn recv_coalesced(fd: BorrowedFd, buf: &mut [u8], space: &mut [u8]) -> io::Result<Coalesced> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, SockaddrStorage};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let m = recvmsg::<SockaddrStorage>(
+        fd.as_raw_fd(),
+        &mut iov,
+        Some(space),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    let mut segment = None;
+    if let Ok(cmsgs) = m.cmsgs() {
+        for c in cmsgs {
+            if let ControlMessageOwned::UdpGroSegments(s) = c {
+                segment = usize::try_from(s).ok().filter(|&s| s > 0);
+            }
+        }
+    }
+    let from = m.address.and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|v| std::net::SocketAddr::V4(SocketAddrV4::new(v.ip(), v.port())))
+            .or_else(|| {
+                a.as_sockaddr_in6().map(|v| {
+                    std::net::SocketAddr::V6(std::net::SocketAddrV6::new(
+                        v.ip(),
+                        v.port(),
+                        v.flowinfo(),
+                        v.scope_id(),
+                    ))
+                })
+            })
+    });
+    Ok(Coalesced {
+        len: m.bytes,
+        from,
+        segment,
+        truncated: m.flags.contains(MsgFlags::MSG_TRUNC),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    /// A `UDP_SEGMENT` write on loopback reaches a `UDP_GRO` socket as
+    /// one read naming the segment size; a plain socket reads it datagram
+    /// by datagram; a short buffer says it was cut.
+    #[test]
+    fn coalesced_reads_on_loopback() {
+        let gro = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receive_coalesced(gro.as_fd()).unwrap();
+        let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let data: Vec<u8> = (0..3500u32).map(|i| (i * 7) as u8).collect();
+        let mut space = coalesced_space();
+        let mut buf = vec![0u8; 65536];
+        for rx in [&gro, &plain] {
+            let to = rx.local_addr().unwrap();
+            assert_eq!(
+                send_segmented(tx.as_fd(), &data, Some(to), 1000).unwrap(),
+                3500
+            );
+        }
+        let r = recv_coalesced(gro.as_fd(), &mut buf, &mut space).unwrap();
+        assert_eq!(
+            r,
+            Coalesced {
+                len: 3500,
+                from: Some(tx.local_addr().unwrap()),
+                segment: Some(1000),
+                truncated: false
+            }
+        );
+        assert_eq!(&buf[..3500], &data[..]);
+        let mut got = Vec::new();
+        for _ in 0..4 {
+            let r = recv_coalesced(plain.as_fd(), &mut buf, &mut space).unwrap();
+            assert_eq!((r.segment, r.truncated), (None, false));
+            got.extend_from_slice(&buf[..r.len]);
+        }
+        assert_eq!(got, data);
+        let e = recv_coalesced(plain.as_fd(), &mut buf, &mut space).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        // Cut short: the rest of the run is gone, and it says so.
+        send_segmented(tx.as_fd(), &data, Some(gro.local_addr().unwrap()), 1000).unwrap();
+        let r = recv_coalesced(gro.as_fd(), &mut buf[..2000], &mut space).unwrap();
+        assert_eq!((r.len, r.truncated), (2000, true));
+        let e = recv_coalesced(gro.as_fd(), &mut buf, &mut space).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+    }
 
     #[test]
     fn batch_round_trip_on_loopback() {
