@@ -1003,6 +1003,96 @@ fn datagrams_read_at_once_reach_the_container_as_one_super_frame() {
     assert_eq!(p.to_container.packets, 3);
 }
 
+/// Cuts the UDP part `l4` of a `GSO_UDP_L4` super-frame from `src` to
+/// `dst` into its datagrams as Linux's `__udp_gso_segment` does (each
+/// gets its length, and the partial checksum adjusted by the old and new
+/// length: `csum16_add(csum16_sub(check, len), newlen)`), completes each
+/// checksum as a receiver's offload would, and checks it against one
+/// computed from scratch: the super-frame's partial checksum must be what
+/// the kernel expects. Returns the datagrams' payloads.
+fn segment_as_linux(l4: &[u8], seg: usize, src: IpAddr, dst: IpAddr) -> Vec<Vec<u8>> {
+    use tapnet_switch::wire::{checksum_finish, checksum_sum};
+    let fold = |mut a: u32| {
+        while a > 0xffff {
+            a = (a & 0xffff) + (a >> 16);
+        }
+        a as u16
+    };
+    let add = |a: u16, b: u16| fold(u32::from(a) + u32::from(b));
+    let sub = |a: u16, b: u16| add(a, !b);
+    let check = u16::from_be_bytes([l4[6], l4[7]]);
+    let len = u16::from_be_bytes([l4[4], l4[5]]);
+    assert_eq!(usize::from(len), l4.len());
+    let addrs = |a: IpAddr| match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let mut out = Vec::new();
+    for payload in l4[8..].chunks(seg) {
+        let newlen = (8 + payload.len()) as u16;
+        let mut d = l4[..8].to_vec();
+        d[4..6].copy_from_slice(&newlen.to_be_bytes());
+        d[6..8].copy_from_slice(&add(sub(check, len), newlen).to_be_bytes());
+        d.extend_from_slice(payload);
+        // The offload's completion: the sum over the datagram, partial
+        // checksum included.
+        let done = checksum_finish(checksum_sum(0, &d));
+        // From scratch: pseudo-header (addresses, protocol, length) and
+        // the datagram with a zero checksum.
+        let mut pseudo = addrs(src);
+        pseudo.extend(addrs(dst));
+        pseudo.extend_from_slice(&[0, 17]);
+        pseudo.extend_from_slice(&newlen.to_be_bytes());
+        let mut z = d.clone();
+        z[6..8].copy_from_slice(&[0, 0]);
+        let want = checksum_finish(checksum_sum(checksum_sum(0, &pseudo), &z));
+        assert_eq!(done, want, "segment {} of {seg}", out.len());
+        out.push(payload.to_vec());
+    }
+    out
+}
+
+/// The super-frame of a run read at once carries a partial checksum that
+/// Linux's segmentation turns into each datagram's own, for IPv4 and
+/// IPv6 flows alike, and the IPv6 frame's headers are IPv6's.
+#[test]
+fn a_run_read_at_once_segments_into_valid_datagrams_both_families() {
+    let mut h = Harness::new();
+    let data: Vec<u8> = (0..4321u32).map(|i| (i * 31 + 7) as u8).collect();
+    let want: Vec<Vec<u8>> = data.chunks(1200).map(<[u8]>::to_vec).collect();
+    h.frame(VnetHdr::default(), udp_frame(5000, remote(443), b"go"));
+    let f = h.only_flow();
+    assert!(h.host_datagrams(SocketId::Flow(f), &data, None, 1200));
+    let out = h.take_out();
+    let ip = out[0].ip();
+    let got = segment_as_linux(ip.payload(), 1200, IpAddr::V4(REMOTE), IpAddr::V4(C_IP));
+    assert_eq!(got, want);
+
+    let mut h = Harness::new();
+    h.ip_in(&udp6(5000, remote6(443), b"go6"));
+    let f = h.only_flow();
+    assert!(h.host_datagrams(SocketId::Flow(f), &data, None, 1200));
+    let out = h.take_out();
+    assert_eq!(out.len(), 1);
+    let m = out[0].meta;
+    assert_eq!(
+        (
+            m.gso_type,
+            m.gso_size,
+            m.hdr_len,
+            m.csum_start,
+            m.csum_offset
+        ),
+        (vnet::GSO_UDP_L4, 1200, 14 + 40 + 8, 14 + 40, 6)
+    );
+    let ip = out[0].ip6();
+    assert_eq!(ip.payload_len(), 8 + data.len());
+    let got = segment_as_linux(out[0].l4_6(), 1200, IpAddr::V6(REMOTE6), IpAddr::V6(C_IP6));
+    assert_eq!(got, want);
+    let v = h.gw.conntrack().get(f).unwrap();
+    assert_eq!((v.to_container.packets, v.to_container.bytes), (4, 4321));
+}
+
 /// `packet` (IPv4 or IPv6, without options or extension headers) cut
 /// into IP fragments of `chunk` payload bytes (a multiple of 8).
 fn fragments(packet: &[u8], chunk: usize) -> Vec<Vec<u8>> {
