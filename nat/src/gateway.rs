@@ -12,7 +12,9 @@
 //!    container sent to the outside (then perform the socket ops it
 //!    queued, then its [`FrameAction`]); [`Gateway::handle_socket_event`]
 //!    for what a host socket reported; datagrams read into the buffer
-//!    [`Gateway::recv_buffer`] lends, then [`Gateway::handle_datagram`];
+//!    [`Gateway::recv_buffer`] lends, then [`Gateway::handle_datagram`]
+//!    (or [`Gateway::handle_datagrams`] for a run a `UDP_GRO` socket read
+//!    at once);
 //!    accepted connections with [`Gateway::handle_accept`];
 //!    [`Gateway::relay_tcp`] with the flow's socket when a
 //!    [`SocketOp::Relay`] asks for it.

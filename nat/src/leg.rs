@@ -487,7 +487,7 @@ impl Leg {
     /// round, since smoltcp writes on from where the last byte went), and
     /// stay resident otherwise. The receive ring is lent when nothing in
     /// order is queued and nothing out of order can be stored
-    /// ([`RxSeen`]); the transmit ring when nothing is queued or
+    /// (`RxSeen`); the transmit ring when nothing is queued or
     /// unacknowledged. Whatever `give` does to the bytes, smoltcp never
     /// reads them before it writes them again. True when both were lent.
     pub fn idle_rings(&mut self, give: &mut dyn FnMut(IdleRing<'_>)) -> bool {
