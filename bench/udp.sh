@@ -22,7 +22,7 @@
 # "metric":"udp_gbps","sender":"gso|plain","receiver":"gro|plain","value"}),
 # then the ratios tapnet/kernel; stderr: progress, the host's UDP counters
 # per case (what the NAT's socket or the kernel path dropped), and `tapnet
-# stats` at the end. Processes are killed by the pids recorded here.
+# stats` and the NAT's drop reasons at the end. Processes are killed by the pids recorded here.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 SECS=5
@@ -99,3 +99,8 @@ for (p, s, r), x in v.items():
                           "sender": s, "receiver": r, "value": round(x / k, 2)}))
 PY
 log "tapnet stats at the end:"; "$T" stats >&2 || true
+log "the NAT's drops at the end (tapnet conntrack stats; host_rcvbuf: what its sockets' full buffers lost):"
+"$T" conntrack stats --format json | python3 -c '
+import json, sys
+d = json.load(sys.stdin)["drop_reasons"]
+print(" ".join(f"{k} {v}" for k, v in d.items() if v) or "none")' >&2 || true

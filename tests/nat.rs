@@ -1135,6 +1135,7 @@ fn datagrams_sent_at_once_reach_a_container_at_once() {
         );
     }
     assert_eq!(w.nat_drops("host_recv"), 0, "{ctx}");
+    assert_eq!(w.nat_drops("host_rcvbuf"), 0, "{ctx}");
 }
 
 /// The outside's side of `datagrams_sent_at_once_reach_a_container_at_once`:

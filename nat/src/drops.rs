@@ -79,8 +79,13 @@ nat_drops! {
     SocketOpen => "socket_open",
     /// Sending on a host socket failed.
     HostSend => "host_send",
-    /// Receiving from a host socket failed.
+    /// Receiving from a host socket failed, or cut a datagram short.
     HostRecv => "host_recv",
+    /// Datagrams the host's kernel dropped at one of the NAT's UDP
+    /// sockets (a flow's or a published port's) because its receive
+    /// buffer was full: the NAT had not read them yet. Counted when the
+    /// socket's next datagram is read (`SO_RXQ_OVFL`).
+    HostRcvbuf => "host_rcvbuf",
     /// Accepting on a published TCP port failed.
     Accept => "accept",
     /// A published port's connection or datagram whose flow tuple is

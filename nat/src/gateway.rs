@@ -979,6 +979,12 @@ impl Gateway {
         self.drops.count(r);
     }
 
+    /// Counts `n` drops of `r` the edge learnt of at once (e.g. a host
+    /// socket's own drop count).
+    pub fn count_drops(&mut self, r: NatDrop, n: u64) {
+        self.drops.count_n(r, n);
+    }
+
     // ---- control ----------------------------------------------------------
 
     /// Adds or replaces a network.

@@ -498,9 +498,10 @@ enum Sock {
     /// A TCP connect in progress.
     Connecting(TcpStream),
     Tcp(TcpStream),
-    /// A connected UDP socket or a ping socket, and the TTL (hop limit)
-    /// last set on it (0: its own).
-    Dgram(UdpSocket, u8),
+    /// A connected UDP socket or a ping socket, the TTL (hop limit)
+    /// last set on it (0: its own), and the socket's drop count last read
+    /// ([`udp::Coalesced::drops`]).
+    Dgram(UdpSocket, u8, u32),
 }
 
 enum PubSock {
@@ -511,6 +512,8 @@ enum PubSock {
 struct Pub {
     owner: String,
     sock: PubSock,
+    /// A UDP socket's drop count last read ([`udp::Coalesced::drops`]).
+    seen: u32,
 }
 
 /// The NAT's edge: its host sockets and the gateway, driven by its own
@@ -731,7 +734,7 @@ impl Nat {
     fn send(&mut self, via: SocketId, data: &[u8], to: Option<SocketAddr>, ttl: Option<u8>) {
         let r = match via {
             SocketId::Flow(h) => match self.sock(h) {
-                Some(Sock::Dgram(s, last)) => {
+                Some(Sock::Dgram(s, last, _)) => {
                     set_flow_ttl(s, last, ttl);
                     s.send(data)
                 }
@@ -794,7 +797,7 @@ impl Nat {
         use std::os::fd::AsFd;
         let sent = match via {
             SocketId::Flow(h) => match self.sock(h) {
-                Some(Sock::Dgram(s, last)) => {
+                Some(Sock::Dgram(s, last, _)) => {
                     set_flow_ttl(s, last, ttl);
                     crate::sys::udp::send_segmented(s.as_fd(), data, None, seg)
                 }
@@ -911,7 +914,7 @@ impl Nat {
             Ok(s)
         });
         let ev = match ok {
-            Ok(s) => return self.put_sock(flow, Sock::Dgram(s, 0)),
+            Ok(s) => return self.put_sock(flow, Sock::Dgram(s, 0, 0)),
             // The connect found no route: ICMP back.
             Err(e) => match unreachable(&e) {
                 Some(why) => HostEvent::OpenUnreachable(why),
@@ -995,7 +998,9 @@ impl Nat {
             // datagrams at once (`UDP_GRO`): `segment` says so.
             let r: io::Result<(usize, Option<SocketAddr>, Option<usize>)> = match id {
                 SocketId::Flow(h) => {
-                    let Some(Some((o, Sock::Dgram(s, _)))) = socks.get(h.index() as usize) else {
+                    let Some(Some((o, Sock::Dgram(s, _, seen)))) =
+                        socks.get_mut(h.index() as usize)
+                    else {
                         return;
                     };
                     if *o != h {
@@ -1010,6 +1015,10 @@ impl Nat {
                     {
                         queued = drain_error_queue(s, errq);
                     }
+                    if let Ok(c) = &r {
+                        let n = udp::new_drops(seen, c.drops);
+                        gw.count_drops(NatDrop::HostRcvbuf, u64::from(n));
+                    }
                     match r {
                         Ok(c) if c.truncated => {
                             gw.count_drop(NatDrop::HostRecv);
@@ -1021,15 +1030,21 @@ impl Nat {
                 SocketId::Published(p) => {
                     let Some(Pub {
                         sock: PubSock::Udp(u),
+                        seen,
                         ..
-                    }) = published.get(&p)
+                    }) = published.get_mut(&p)
                     else {
                         return;
                     };
                     let Some(buf) = gw.recv_buffer(id) else {
                         return;
                     };
-                    match udp::recv_coalesced(u.as_fd(), buf, gro) {
+                    let r = udp::recv_coalesced(u.as_fd(), buf, gro);
+                    if let Ok(c) = &r {
+                        let n = udp::new_drops(seen, c.drops);
+                        gw.count_drops(NatDrop::HostRcvbuf, u64::from(n));
+                    }
+                    match r {
                         Ok(c) if c.truncated || c.from.is_none() => {
                             gw.count_drop(NatDrop::HostRecv);
                             continue;
@@ -1124,7 +1139,7 @@ impl Nat {
                             SocketId::Flow(h) => match self.socks.get(h.index() as usize) {
                                 Some(Some((o, s))) if *o == h => match s {
                                     Sock::Connecting(t) | Sock::Tcp(t) => t.local_addr().ok(),
-                                    Sock::Dgram(u, _) => u.local_addr().ok(),
+                                    Sock::Dgram(u, ..) => u.local_addr().ok(),
                                 },
                                 _ => None,
                             },
@@ -1245,6 +1260,7 @@ impl Nat {
             Pub {
                 owner: p.owner,
                 sock,
+                seen: 0,
             },
         );
         // Connections may already be waiting (a restart re-publishes).

@@ -426,9 +426,14 @@ pub fn fragment_freely(fd: BorrowedFd) -> io::Result<()> {
 /// Lets UDP socket `fd` read runs of datagrams at once (`UDP_GRO`): what
 /// the kernel coalesced on the way in (a sender's `UDP_SEGMENT` write on
 /// this host, a NIC's GRO) stays one buffer, read by [`recv_coalesced`].
+/// Also asks for the socket's drop count with each datagram
+/// (`SO_RXQ_OVFL`, [`Coalesced::drops`]); either may fail alone.
 pub fn receive_coalesced(fd: BorrowedFd) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
-    setsockopt(&fd, sockopt::UdpGroSegment, &true).map_err(io::Error::from)
+    let ovfl = setsockopt(&fd, sockopt::RxqOvfl, &1);
+    setsockopt(&fd, sockopt::UdpGroSegment, &true)
+        .and(ovfl)
+        .map_err(io::Error::from)
 }
 
 /// What one [`recv_coalesced`] read.
@@ -443,12 +448,25 @@ pub struct Coalesced {
     pub segment: Option<usize>,
     /// The buffer was too short and the rest is lost.
     pub truncated: bool,
+    /// With `SO_RXQ_OVFL`: how many datagrams the kernel had dropped at
+    /// this socket (its receive buffer full) when this one was queued, in
+    /// all since the socket was made (wrapping); `None` while none were.
+    pub drops: Option<u32>,
+}
+
+/// The drops a socket's count `now` ([`Coalesced::drops`]) adds to the
+/// count `last` seen before (which it becomes).
+pub fn new_drops(last: &mut u32, now: Option<u32>) -> u32 {
+    let Some(now) = now else { return 0 };
+    let n = now.wrapping_sub(*last);
+    *last = now;
+    n
 }
 
 /// The room [`recv_coalesced`] needs for its control message; make it
 /// once.
 pub fn coalesced_space() -> Vec<u8> {
-    nix::cmsg_space!(libc::c_int)
+    nix::cmsg_space!(libc::c_int, u32)
 }
 
 /// Reads one datagram, or with [`receive_coalesced`] a run of them, from
@@ -464,11 +482,15 @@ pub fn recv_coalesced(fd: BorrowedFd, buf: &mut [u8], space: &mut [u8]) -> io::R
         MsgFlags::MSG_DONTWAIT,
     )
     .map_err(io::Error::from)?;
-    let mut segment = None;
+    let (mut segment, mut drops) = (None, None);
     if let Ok(cmsgs) = m.cmsgs() {
         for c in cmsgs {
-            if let ControlMessageOwned::UdpGroSegments(s) = c {
-                segment = usize::try_from(s).ok().filter(|&s| s > 0);
+            match c {
+                ControlMessageOwned::UdpGroSegments(s) => {
+                    segment = usize::try_from(s).ok().filter(|&s| s > 0)
+                }
+                ControlMessageOwned::RxqOvfl(n) => drops = Some(n),
+                _ => {}
             }
         }
     }
@@ -491,6 +513,7 @@ pub fn recv_coalesced(fd: BorrowedFd, buf: &mut [u8], space: &mut [u8]) -> io::R
         from,
         segment,
         truncated: m.flags.contains(MsgFlags::MSG_TRUNC),
+        drops,
     })
 }
 
@@ -498,6 +521,43 @@ pub fn recv_coalesced(fd: BorrowedFd, buf: &mut [u8], space: &mut [u8]) -> io::R
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
+
+    /// A socket whose buffer overflowed says how many datagrams it lost
+    /// with the next one it reads, and the edge counts each loss once.
+    #[test]
+    fn a_full_socket_counts_what_it_dropped() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        receive_coalesced(rx.as_fd()).unwrap();
+        // The smallest buffer the kernel allows: a few datagrams.
+        nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::RcvBuf, &1).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        tx.connect(rx.local_addr().unwrap()).unwrap();
+        let mut space = coalesced_space();
+        let mut buf = vec![0u8; 65536];
+        tx.send(&[1; 1000]).unwrap();
+        let r = recv_coalesced(rx.as_fd(), &mut buf, &mut space).unwrap();
+        assert_eq!((r.len, r.drops), (1000, None));
+        for _ in 0..200 {
+            tx.send(&[2; 1000]).unwrap();
+        }
+        let mut last = 0;
+        let mut read = 0;
+        let mut lost = 0;
+        while let Ok(r) = recv_coalesced(rx.as_fd(), &mut buf, &mut space) {
+            read += 1;
+            lost += new_drops(&mut last, r.drops);
+        }
+        assert!(read > 0 && read < 200, "read {read}");
+        // Drops after the last datagram queued are told with a later one.
+        tx.send(&[3; 1000]).unwrap();
+        let r = recv_coalesced(rx.as_fd(), &mut buf, &mut space).unwrap();
+        lost += new_drops(&mut last, r.drops);
+        assert_eq!(read + lost, 200, "read {read}, lost {lost}");
+        let mut w = u32::MAX - 1;
+        assert_eq!(new_drops(&mut w, Some(3)), 5);
+        assert_eq!(new_drops(&mut w, None), 0);
+        assert_eq!(w, 3);
+    }
 
     /// A `UDP_SEGMENT` write on loopback reaches a `UDP_GRO` socket as
     /// one read naming the segment size; a plain socket reads it datagram
@@ -525,7 +585,8 @@ mod tests {
                 len: 3500,
                 from: Some(tx.local_addr().unwrap()),
                 segment: Some(1000),
-                truncated: false
+                truncated: false,
+                drops: None,
             }
         );
         assert_eq!(&buf[..3500], &data[..]);
