@@ -1106,7 +1106,9 @@ fn a_udp_segment_send_reaches_the_outside_as_its_datagrams() {
 /// NAT's socket as one run (`UDP_GRO`) and reach the container as one
 /// frame, which its kernel cuts into the datagrams: 40 of them in a
 /// handful of frames on the container's eth0 (one by one, 40 frames),
-/// each as sent, on an outbound flow and through a published port.
+/// each as sent, on an outbound flow and through a published port. On a
+/// kernel whose TAPs refuse UDP super-frames (before 6.2) the NAT does
+/// not ask for runs, and the datagrams still arrive, one frame each.
 #[test]
 fn datagrams_sent_at_once_reach_a_container_at_once() {
     let mut w = World::new(&[]);
@@ -1129,10 +1131,16 @@ fn datagrams_sent_at_once_reach_a_container_at_once() {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f[..4], [path, "40", "as", "sent"], "{path}: {line}\n{ctx}");
         let frames: u64 = f[f.len() - 1].parse().unwrap();
-        assert!(
-            frames <= 6,
-            "{path}: 40 datagrams came in {frames} frames, not as a run: {line}\n{ctx}"
-        );
+        if tapnet::sys::udp::taps_take_uso() {
+            assert!(
+                frames <= 6,
+                "{path}: 40 datagrams came in {frames} frames, not as a run: {line}\n{ctx}"
+            );
+        } else {
+            // A kernel before 6.2: its TAPs refuse UDP super-frames, so
+            // the NAT reads and sends the datagrams one by one.
+            assert!(frames >= 40, "{path}: {line}\n{ctx}");
+        }
     }
     assert_eq!(w.nat_drops("host_recv"), 0, "{ctx}");
     assert_eq!(w.nat_drops("host_rcvbuf"), 0, "{ctx}");

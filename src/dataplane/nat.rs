@@ -1241,7 +1241,7 @@ impl Nat {
             }
             HostSocket::Udp(u) => {
                 let _ = u.set_nonblocking(true);
-                let _ = udp::receive_coalesced(u.as_fd());
+                let _ = udp::set_receive_options(u.as_fd(), udp::taps_take_uso());
                 let mut u = UdpSocket::from_std(u);
                 if !registered(&mut u) {
                     return;
@@ -1385,9 +1385,9 @@ fn udp_connected(dest: SocketAddr) -> io::Result<UdpSocket> {
     };
     let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
     recv_errors(&s, dest.is_ipv6())?;
-    // Runs of datagrams as one read, then one frame (a kernel without
-    // UDP_GRO: one by one, as before).
-    let _ = udp::receive_coalesced(s.as_fd());
+    // Runs of datagrams as one read, then one frame (where the TAPs take
+    // it; otherwise, or without UDP_GRO, one by one), and drops counted.
+    let _ = udp::set_receive_options(s.as_fd(), udp::taps_take_uso());
     s.connect(dest)?;
     s.set_nonblocking(true)?;
     Ok(UdpSocket::from_std(s))

@@ -2,7 +2,8 @@
 //! UDP socket (VXLAN) or a raw IPv4 socket of protocol 50 (ESP), many
 //! datagrams per system call; and for the NAT's UDP sockets, runs of
 //! datagrams in one write (`UDP_SEGMENT`, [`send_segmented`]) or one read
-//! (`UDP_GRO`, [`recv_coalesced`]).
+//! (`UDP_GRO`, [`recv_coalesced`], where the kernel's TAPs take the
+//! super-frame it becomes: [`taps_take_uso`]).
 //!
 //! A [`Batch`] owns `cap` buffers of [`SLOT`] bytes and the `mmsghdr`,
 //! `iovec` and `sockaddr_in` arrays the calls need, allocated once: no
@@ -423,17 +424,42 @@ pub fn fragment_freely(fd: BorrowedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Lets UDP socket `fd` read runs of datagrams at once (`UDP_GRO`): what
-/// the kernel coalesced on the way in (a sender's `UDP_SEGMENT` write on
-/// this host, a NIC's GRO) stays one buffer, read by [`recv_coalesced`].
-/// Also asks for the socket's drop count with each datagram
-/// (`SO_RXQ_OVFL`, [`Coalesced::drops`]); either may fail alone.
-pub fn receive_coalesced(fd: BorrowedFd) -> io::Result<()> {
+/// Asks UDP socket `fd` for its drop count with each datagram
+/// (`SO_RXQ_OVFL`, [`Coalesced::drops`]) and, with `runs`, lets it read
+/// runs of datagrams at once (`UDP_GRO`): what the kernel coalesced on the
+/// way in (a sender's `UDP_SEGMENT` write on this host, a NIC's GRO) stays
+/// one buffer, read by [`recv_coalesced`]. Either may fail alone.
+pub fn set_receive_options(fd: BorrowedFd, runs: bool) -> io::Result<()> {
     use nix::sys::socket::{setsockopt, sockopt};
     let ovfl = setsockopt(&fd, sockopt::RxqOvfl, &1);
-    setsockopt(&fd, sockopt::UdpGroSegment, &true)
-        .and(ovfl)
-        .map_err(io::Error::from)
+    if runs {
+        setsockopt(&fd, sockopt::UdpGroSegment, &true)?;
+    }
+    ovfl.map_err(io::Error::from)
+}
+
+/// Whether this kernel's TAPs take UDP super-frames (`GSO_UDP_L4` in a
+/// written frame's virtio-net header: Linux 6.2, with `TUN_F_USO4`; an
+/// older one refuses the write). Read once from
+/// `/proc/sys/kernel/osrelease`; unreadable counts as no.
+pub fn taps_take_uso() -> bool {
+    static YES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *YES.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .is_ok_and(|r| release_at_least(&r, (6, 2)))
+    })
+}
+
+/// `release` (`uname -r`: "6.1.0-18-amd64", "6.18.44-fc") is `want`
+/// (major, minor) or later.
+fn release_at_least(release: &str, want: (u32, u32)) -> bool {
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
+    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
+    match (major, minor) {
+        (Some(a), Some(b)) => (a, b) >= want,
+        _ => false,
+    }
 }
 
 /// What one [`recv_coalesced`] read.
@@ -469,7 +495,7 @@ pub fn coalesced_space() -> Vec<u8> {
     nix::cmsg_space!(libc::c_int, u32)
 }
 
-/// Reads one datagram, or with [`receive_coalesced`] a run of them, from
+/// Reads one datagram, or with [`set_receive_options`] a run of them, from
 /// datagram socket `fd` into `buf`, without blocking (`WouldBlock` when
 /// none is queued); `space` from [`coalesced_space`].
 pub fn recv_coalesced(fd: BorrowedFd, buf: &mut [u8], space: &mut [u8]) -> io::Result<Coalesced> {
@@ -522,12 +548,28 @@ mod tests {
     use super::*;
     use std::os::fd::AsFd;
 
+    #[test]
+    fn kernel_releases_compare_by_major_and_minor() {
+        for (r, yes) in [
+            ("6.1.0-18-amd64", false),
+            ("6.2.0", true),
+            ("6.18.44-fc-v1272\n", true),
+            ("5.15.0-91-generic", false),
+            ("7.0", true),
+            ("6", false),
+            ("", false),
+            ("garbage", false),
+        ] {
+            assert_eq!(release_at_least(r, (6, 2)), yes, "{r:?}");
+        }
+    }
+
     /// A socket whose buffer overflowed says how many datagrams it lost
     /// with the next one it reads, and the edge counts each loss once.
     #[test]
     fn a_full_socket_counts_what_it_dropped() {
         let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        receive_coalesced(rx.as_fd()).unwrap();
+        set_receive_options(rx.as_fd(), false).unwrap();
         // The smallest buffer the kernel allows: a few datagrams.
         nix::sys::socket::setsockopt(&rx, nix::sys::socket::sockopt::RcvBuf, &1).unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -565,7 +607,7 @@ mod tests {
     #[test]
     fn coalesced_reads_on_loopback() {
         let gro = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        receive_coalesced(gro.as_fd()).unwrap();
+        set_receive_options(gro.as_fd(), true).unwrap();
         let plain = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let data: Vec<u8> = (0..3500u32).map(|i| (i * 7) as u8).collect();
