@@ -92,16 +92,46 @@ impl World {
         s
     }
 
-    /// Writes `script` to the file `name` among the world's files, and
-    /// starts container `c` on a new network of its own (`subnet`): the
-    /// script's path.
-    fn script_container(&self, name: &str, script: &str, subnet: &str, c: &str) -> String {
+    /// Writes `script` to the file `name` among the world's files: its
+    /// path.
+    fn script(&self, name: &str, script: &str) -> String {
         let path = self.files.0.join(name).display().to_string();
         std::fs::write(&path, script).unwrap();
+        path
+    }
+
+    /// Writes `script` to the file `name` among the world's files, and
+    /// starts container `c` on a new network of its own (`subnet`), with
+    /// `run`'s `extra` flags: the script's path.
+    fn script_container(
+        &self,
+        name: &str,
+        script: &str,
+        subnet: &str,
+        c: &str,
+        extra: &[&str],
+    ) -> String {
+        let path = self.script(name, script);
         let net = format!("{c}-net");
         self.d.ok(&["network", "create", "--subnet", subnet, &net]);
-        self.d.sleeper(c, &[&net], &[]);
+        self.d.sleeper(c, &[&net], extra);
         path
+    }
+
+    /// Writes `script` to the file `name` among the world's files and runs
+    /// it with `args` in the outside namespace, a server kept until the
+    /// world drops, once it listens on `port` (UDP with `udp`, else TCP).
+    fn outside_server(&mut self, name: &str, script: &str, args: &[&str], port: u16, udp: bool) {
+        let path = self.script(name, script);
+        let mut argv = vec![PYTHON, path.as_str()];
+        argv.extend(args);
+        let server = self.outside.ns.spawn(&argv);
+        self.servers.push(server);
+        let proto = if udp { 'u' } else { 't' };
+        let check = format!("ss -Hl{proto}n 'sport = :{port}' | grep -q .");
+        wait_until(&format!("{name} listens"), Duration::from_secs(10), || {
+            self.outside.ns.sh(&check).code == 0
+        });
     }
 
     /// What the NAT dropped for `reason` (`conntrack stats`).
@@ -1091,7 +1121,7 @@ fn reset_connections_may_reuse_their_ports_at_once() {
 #[test]
 fn a_udp_segment_send_reaches_the_outside_as_its_datagrams() {
     let w = World::new(&[]);
-    let script = w.script_container("gso.py", UDP_GSO_CLIENT, "10.91.0.0/24", "quic");
+    let script = w.script_container("gso.py", UDP_GSO_CLIENT, "10.91.0.0/24", "quic", &[]);
     let out = w.exec_ok("quic", &format!("{PYTHON} {script} {OUTSIDE} 7"));
     assert_eq!(
         out.trim(),
@@ -1112,17 +1142,14 @@ fn a_udp_segment_send_reaches_the_outside_as_its_datagrams() {
 #[test]
 fn datagrams_sent_at_once_reach_a_container_at_once() {
     let mut w = World::new(&[]);
-    let server = w.files.0.join("gso_server.py").display().to_string();
-    std::fs::write(&server, UDP_GSO_SERVER).unwrap();
-    let srv = w.outside.ns.spawn(&[PYTHON, &server, "7400", HOST]);
-    w.servers.push(srv);
-    wait_until("the GSO server listens", Duration::from_secs(10), || {
-        w.outside.ns.sh("ss -Hlun 'sport = :7400' | grep -q .").code == 0
-    });
-    let path = w.files.0.join("gro.py").display().to_string();
-    std::fs::write(&path, UDP_GRO_CLIENT).unwrap();
-    w.d.ok(&["network", "create", "--subnet", "10.94.0.0/24", "gro-net"]);
-    w.d.sleeper("gro", &["gro-net"], &["-p", "9400:9400/udp"]);
+    w.outside_server("gso_server.py", UDP_GSO_SERVER, &["7400", HOST], 7400, true);
+    let path = w.script_container(
+        "gro.py",
+        UDP_GRO_CLIENT,
+        "10.94.0.0/24",
+        "gro",
+        &["-p", "9400:9400/udp"],
+    );
     let out = w.exec_ok("gro", &format!("{PYTHON} {path} {OUTSIDE} 7400 9400"));
     let ctx = w.context();
     let lines: Vec<&str> = out.lines().collect();
@@ -1202,7 +1229,7 @@ for path, ask, sock in (("outbound", b"go", s), ("published", b"pub " + sys.argv
 #[test]
 fn datagrams_larger_than_the_mtu_go_out_in_fragments() {
     let w = World::new(&[]);
-    let script = w.script_container("big.py", BIG_DATAGRAM_CLIENT, "10.92.0.0/24", "big");
+    let script = w.script_container("big.py", BIG_DATAGRAM_CLIENT, "10.92.0.0/24", "big", &[]);
     let out = w.exec_ok("big", &format!("{PYTHON} {script} {OUTSIDE} 7 4000"));
     assert_eq!(out.trim(), "echoed 4000 as sent", "{}", w.context());
     w.exec_ok("big", &format!("ping -c 2 -W 3 -s 3000 {OUTSIDE}"));
@@ -1219,7 +1246,13 @@ fn datagrams_larger_than_the_mtu_go_out_in_fragments() {
 #[test]
 fn unreachable_destinations_fail_a_containers_udp_at_once() {
     let w = World::new(&[]);
-    let script = w.script_container("unreach.py", UNREACHABLE_CLIENT, "10.93.0.0/24", "lost");
+    let script = w.script_container(
+        "unreach.py",
+        UNREACHABLE_CLIENT,
+        "10.93.0.0/24",
+        "lost",
+        &[],
+    );
     // 203.0.113.9 (TEST-NET-3): no route in the daemon's namespace;
     // 198.51.100.99: on the outside link, but nobody has it.
     let out = w.exec_ok(
@@ -1369,17 +1402,16 @@ print("echoed", " ".join(str(n) for n in sorted(len(g) for g in got)), "as sent"
 #[test]
 fn an_upload_acknowledged_before_the_container_left_arrives_whole() {
     let mut w = World::new(&[]);
-    let reader = w.files.0.join("slow_reader.py").display().to_string();
-    let uploader = w.files.0.join("upload.py").display().to_string();
+    let uploader = w.script("upload.py", UPLOADER);
     let result = w.files.0.join("read.txt");
-    std::fs::write(&reader, SLOW_READER).unwrap();
-    std::fs::write(&uploader, UPLOADER).unwrap();
     let r = result.display().to_string();
-    let slow = w.outside.ns.spawn(&[PYTHON, &reader, "7200", "3", &r]);
-    w.servers.push(slow);
-    wait_until("the slow reader listens", Duration::from_secs(10), || {
-        w.outside.ns.sh("ss -ltn | grep -q ':7200 '").code == 0
-    });
+    w.outside_server(
+        "slow_reader.py",
+        SLOW_READER,
+        &["7200", "3", &r],
+        7200,
+        false,
+    );
     w.d.ok(&["network", "create", "--subnet", "10.90.0.0/24", "up"]);
     let n = 768 * 1024;
     let up = w.d.ok(&[
@@ -1433,16 +1465,9 @@ fn rss_kib(pid: i32) -> u64 {
 fn idle_flows_give_their_rings_back() {
     const FLOWS: u64 = 100;
     let mut w = World::new(&[]);
-    let client = w.files.0.join("hold.py").display().to_string();
-    let echo = w.files.0.join("echo_all.py").display().to_string();
+    let client = w.script("hold.py", HOLD_CLIENT);
     let marker = w.files.0.join("moved");
-    std::fs::write(&client, HOLD_CLIENT).unwrap();
-    std::fs::write(&echo, ECHO_ALL).unwrap();
-    let server = w.outside.ns.spawn(&[PYTHON, &echo, "7300"]);
-    w.servers.push(server);
-    wait_until("the echo server listens", Duration::from_secs(10), || {
-        w.outside.ns.sh("ss -ltn | grep -q ':7300 '").code == 0
-    });
+    w.outside_server("echo_all.py", ECHO_ALL, &["7300"], 7300, false);
     w.d.ok(&["network", "create", "--subnet", "10.91.0.0/24", "idle"]);
     w.d.sleeper("warm", &["idle"], &[]);
     curl_ok(&w.d, "warm", &format!("http://{OUTSIDE}/file"));

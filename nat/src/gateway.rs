@@ -2596,7 +2596,8 @@ impl Gateway {
 
     /// Sends the lent buffer's `[UDP_DATA_AT..][..n]` (`UDP6_DATA_AT`
     /// for IPv6) as a UDP datagram from `from` to the container at `to`
-    /// (partial checksum).
+    /// (partial checksum), or with `segment` (less than `n`, at most
+    /// `u16::MAX`) as a super-frame of datagrams that long.
     fn udp_to_container(
         &mut self,
         net: NetworkId,
@@ -2620,7 +2621,8 @@ impl Gateway {
         // Datagrams read at once: one super-frame, cut by the receiving
         // kernel (each datagram gets the UDP header, its length and its
         // checksum; the partial checksum below covers the whole).
-        if let Some(s) = segment.filter(|&s| n > s) {
+        // `handle_datagrams` passes a segment only when shorter than `n`.
+        if let Some(s) = segment {
             meta.gso_type = vnet::GSO_UDP_L4;
             meta.gso_size = s as u16;
             meta.hdr_len = (headers + udp::HEADER_LEN) as u16;

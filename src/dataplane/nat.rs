@@ -1015,17 +1015,10 @@ impl Nat {
                     {
                         queued = drain_error_queue(s, errq);
                     }
-                    if let Ok(c) = &r {
-                        let n = udp::new_drops(seen, c.drops);
-                        gw.count_drops(NatDrop::HostRcvbuf, u64::from(n));
-                    }
-                    match r {
-                        Ok(c) if c.truncated => {
-                            gw.count_drop(NatDrop::HostRecv);
-                            continue;
-                        }
-                        r => r.map(|c| (c.len, None, c.segment)),
-                    }
+                    let Some(r) = counted(gw, seen, r) else {
+                        continue;
+                    };
+                    r.map(|c| (c.len, None, c.segment))
                 }
                 SocketId::Published(p) => {
                     let Some(Pub {
@@ -1040,16 +1033,13 @@ impl Nat {
                         return;
                     };
                     let r = udp::recv_coalesced(u.as_fd(), buf, gro);
-                    if let Ok(c) = &r {
-                        let n = udp::new_drops(seen, c.drops);
-                        gw.count_drops(NatDrop::HostRcvbuf, u64::from(n));
-                    }
-                    match r {
-                        Ok(c) if c.truncated || c.from.is_none() => {
+                    match counted(gw, seen, r) {
+                        None => continue,
+                        Some(Ok(c)) if c.from.is_none() => {
                             gw.count_drop(NatDrop::HostRecv);
                             continue;
                         }
-                        r => r.map(|c| (c.len, c.from, c.segment)),
+                        Some(r) => r.map(|c| (c.len, c.from, c.segment)),
                     }
                 }
                 SocketId::RawIcmp => {
@@ -1450,6 +1440,28 @@ fn drain_error_queue(s: &impl AsRawFd, space: &mut Vec<u8>) -> Option<Queued> {
         }
     }
     last
+}
+
+/// The bookkeeping of a read from one of the NAT's UDP sockets, whose
+/// drop count was `seen` at its last read: the drops since, counted as
+/// `host_rcvbuf`; a read cut short, counted as `host_recv` and `None`
+/// (skip it); otherwise the read.
+fn counted(
+    gw: &mut Gateway,
+    seen: &mut u32,
+    r: io::Result<udp::Coalesced>,
+) -> Option<io::Result<udp::Coalesced>> {
+    if let Ok(c) = &r {
+        gw.count_drops(
+            NatDrop::HostRcvbuf,
+            u64::from(udp::new_drops(seen, c.drops)),
+        );
+        if c.truncated {
+            gw.count_drop(NatDrop::HostRecv);
+            return None;
+        }
+    }
+    Some(r)
 }
 
 /// An ICMP error found in a socket's error queue ([`drain_error_queue`]).
