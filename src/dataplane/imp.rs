@@ -1346,7 +1346,17 @@ fn worker_loop(
             }
         }
         if let Some(n) = nat.as_mut() {
-            let mut running = drive_nat(n, nat_more || nat_work, &mut nat_events, &mut nat_more);
+            let mut running = drive_nat(
+                n,
+                nat_more || nat_work,
+                &mut nat_events,
+                &mut nat_more,
+                &mut || {
+                    if !injects.iter().all(InjectRx::is_empty) {
+                        transmit_injected(&w, &queues, &injects, epoch, &mut out);
+                    }
+                },
+            );
             // The NAT's frames leave in this turn, and while it waits for
             // their buffers it goes on as soon as they are back.
             for _ in 0..NAT_ROUNDS {
@@ -1416,10 +1426,18 @@ const PLACE_INTERVAL: Duration = Duration::from_millis(20);
 /// while the NAT waits for their buffers.
 const NAT_ROUNDS: usize = 4;
 
-/// One turn of the NAT in its worker: commands, frames, timers, then the
-/// host sockets' readiness (without waiting). `nat_more` says whether its
+/// One turn of the NAT in its worker: commands, frames, timers, then
+/// `send` (the frames that work built leave now: a container waiting for
+/// its SYN-ACK does not wait for the host sockets' turn), then the host
+/// sockets' readiness (without waiting). `nat_more` says whether its
 /// epoll may hold more; false once the NAT was told to stop.
-fn drive_nat(n: &mut Nat, wanted: bool, events: &mut Events, nat_more: &mut bool) -> bool {
+fn drive_nat(
+    n: &mut Nat,
+    wanted: bool,
+    events: &mut Events,
+    nat_more: &mut bool,
+    send: &mut dyn FnMut(),
+) -> bool {
     if !wanted && !n.has_input() {
         return true;
     }
@@ -1427,6 +1445,7 @@ fn drive_nat(n: &mut Nat, wanted: bool, events: &mut Events, nat_more: &mut bool
     if !n.work() {
         return false;
     }
+    send();
     *nat_more = n.poll_sockets(events, Some(Duration::ZERO));
     true
 }

@@ -411,6 +411,7 @@ pub(super) fn start(
         drops,
         gw,
         socks: Vec::with_capacity(slots),
+        later: Vec::new(),
         published: HashMap::new(),
         next_pub: 0,
         raw_icmp,
@@ -504,6 +505,14 @@ enum Sock {
     Dgram(UdpSocket, u8, u32),
 }
 
+/// Host-socket work [`Nat::ops`] leaves for [`Nat::finish`].
+enum Later {
+    /// `shutdown(SHUT_WR)` of the flow's socket, if it still has one.
+    ShutdownWrite(FlowHandle),
+    /// A socket taken from its flow: dropped, reset first if `true`.
+    Close(Sock, bool),
+}
+
 enum PubSock {
     Tcp(TcpListener),
     Udp(UdpSocket),
@@ -531,6 +540,14 @@ pub(super) struct Nat {
     /// by [`FlowHandle::slot_in`] within the connection table's capacity,
     /// reserved at construction).
     socks: Vec<Option<(FlowHandle, Sock)>>,
+    /// Host-side ends of flows the gateway has finished with, in the order
+    /// it asked: done by [`Nat::poll_sockets`], after the frames the same
+    /// work built have left (a shutdown or a close of a loopback
+    /// connection runs the peer's side of it inline, a few µs that would
+    /// otherwise delay, say, the next connection's SYN-ACK). A closed
+    /// flow's socket leaves its slot at once, so a new flow in the slot
+    /// never meets it. Reused: no allocation once grown.
+    later: Vec<Later>,
     published: HashMap<u64, Pub>,
     next_pub: u64,
     raw_icmp: Option<socket2::Socket>,
@@ -593,7 +610,7 @@ impl Nat {
 
     /// Commands and frames are waiting.
     pub(super) fn has_input(&self) -> bool {
-        !self.frames.is_empty() || !self.cmds.is_empty()
+        !self.frames.is_empty() || !self.cmds.is_empty() || !self.later.is_empty()
     }
 
     /// How long the NAT may sleep: until the gateway's next timer, or 1 ms
@@ -623,6 +640,7 @@ impl Nat {
     pub(super) fn work(&mut self) -> bool {
         while let Ok(c) = self.cmds.try_recv() {
             if !self.command(c) {
+                self.finish();
                 return false;
             }
         }
@@ -643,6 +661,7 @@ impl Nat {
     /// it. True when the events filled `events` (more may be ready: poll
     /// again). An epoll error panics (it stops the daemon).
     pub(super) fn poll_sockets(&mut self, events: &mut Events, timeout: Option<Duration>) -> bool {
+        self.finish();
         if let Err(e) = self.poll.poll(events, timeout) {
             // As a worker's: the NAT does not end quietly on it.
             if e.kind() != io::ErrorKind::Interrupted {
@@ -835,6 +854,22 @@ impl Nat {
         }
     }
 
+    /// The shutdowns and closes [`Nat::ops`] left, in their order.
+    fn finish(&mut self) {
+        let mut later = std::mem::take(&mut self.later);
+        for l in later.drain(..) {
+            match l {
+                Later::ShutdownWrite(h) => {
+                    if let Some(Sock::Tcp(s)) = self.sock(h) {
+                        let _ = s.shutdown(Shutdown::Write);
+                    }
+                }
+                Later::Close(s, reset) => close(s, reset),
+            }
+        }
+        self.later = later;
+    }
+
     fn ops(&mut self) {
         while let Some(op) = self.gw.poll_socket_op() {
             let now = self.now();
@@ -891,14 +926,10 @@ impl Nat {
                     }
                 }
                 SocketOp::Read(id) => self.read_datagrams(now, id),
-                SocketOp::ShutdownWrite(h) => {
-                    if let Some(Sock::Tcp(s)) = self.sock(h) {
-                        let _ = s.shutdown(Shutdown::Write);
-                    }
-                }
+                SocketOp::ShutdownWrite(h) => self.later.push(Later::ShutdownWrite(h)),
                 SocketOp::Close { flow, reset } => {
                     if let Some(s) = self.take_sock(flow) {
-                        close(s, reset);
+                        self.later.push(Later::Close(s, reset));
                     }
                 }
             }
