@@ -21,7 +21,8 @@
 #   udp          bench/udp.sh: UDP from the host's loopback to a container
 #                through the NAT, tapnet and the kernel path, the sender's
 #                writes UDP_SEGMENT runs or single datagrams, the reader
-#                with UDP_GRO or without (context rows, not goals)
+#                with UDP_GRO or without (context rows, not goals); then
+#                the other way (--reverse: the container sends)
 #   connrate     bench/connrate.sh: kernel, pasta, tapnet
 #   scale        bench/scale.sh: one pair, two pairs, a crowded network (and
 #                the empty one again after it), the daemon's default workers
@@ -132,7 +133,8 @@ for r in $(seq "$ROUNDS"); do
               --secs "$SECS";;
     nat) tagged nat "$r" bench/nat.sh --secs "$SECS"
          tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
-    udp) tagged udp "$r" bench/udp.sh --secs "$SECS";;
+    udp) tagged udp "$r" bench/udp.sh --secs "$SECS"
+         tagged udp-reverse "$r" bench/udp.sh --secs "$SECS" --reverse;;
     connrate) tagged connrate "$r" bench/connrate.sh --secs "$SECS";;
     scale) tagged scale "$r" bench/scale.sh --secs "$SECS";;
     scale-2w) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 2" TAPNET=$PWD/bench/tapnet-args.sh \

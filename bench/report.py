@@ -172,14 +172,22 @@ def context():
                     ("tcp_gbps", "Gbit/s received")):
         c.append((f"one TCP stream (bench/flood.sh), {what}, tapnet / OVS userspace",
                   dict(f, metric=m), dict(f, peer="ovs", metric=m)))
-    u = {"group": "udp", "path": "outbound", "metric": "udp_gbps"}
-    for snd, rcv, what in (("gso", "gro", "64 KiB `UDP_SEGMENT` writes, a `UDP_GRO` reader"),
-                           ("gso", "plain", "64 KiB `UDP_SEGMENT` writes, a plain reader"),
-                           ("plain", "plain", "one datagram a write, a plain reader")):
-        c.append((f"UDP through the NAT to a container (bench/udp.sh: 1400-byte datagrams from "
-                  f"the host's loopback, {what}), tapnet / kernel path",
-                  dict(u, peer="tapnet", sender=snd, receiver=rcv),
-                  dict(u, peer="kernel", sender=snd, receiver=rcv)))
+    gso_gro = ("gso", "gro", "64 KiB `UDP_SEGMENT` writes, a `UDP_GRO` reader")
+    one_plain = ("plain", "plain", "one datagram a write, a plain reader")
+    for group, path, title, cases in (
+            ("udp", "outbound", "UDP through the NAT to a container (bench/udp.sh: 1400-byte "
+             "datagrams from the host's loopback",
+             (gso_gro, ("gso", "plain", "64 KiB `UDP_SEGMENT` writes, a plain reader"),
+              one_plain)),
+            ("udp-reverse", "outbound-sends", "UDP from a container through the NAT "
+             "(bench/udp.sh --reverse: 1400-byte datagrams to the host's loopback",
+             (gso_gro, ("plain", "gro", "one datagram a write, a `UDP_GRO` reader"),
+              one_plain))):
+        u = {"group": group, "path": path, "metric": "udp_gbps"}
+        for snd, rcv, what in cases:
+            c.append((f"{title}, {what}), tapnet / kernel path",
+                      dict(u, peer="tapnet", sender=snd, receiver=rcv),
+                      dict(u, peer="kernel", sender=snd, receiver=rcv)))
     c.append(("an idle flow that moved 3 MiB each way first, KiB (bench/memory.sh: RSS growth "
               "per flow once the NAT gave its rings back, two seconds idle; kept, about 3 MiB)",
               {"group": "memory", "metric": "busy_idle_flow"}, None))

@@ -1173,6 +1173,121 @@ fn datagrams_sent_at_once_reach_a_container_at_once() {
     assert_eq!(w.nat_drops("host_rcvbuf"), 0, "{ctx}");
 }
 
+/// Datagrams a container writes one by one, back to back, leave the host
+/// as one `UDP_SEGMENT` message (the NAT holds a run of them while it
+/// reads the container's frames): a reader outside with `UDP_GRO` takes
+/// them in a handful of reads (one by one: 41), each as sent, on an
+/// outbound flow and through a published port. The container's sender
+/// runs as a real-time task on the worker's CPU, so that its datagrams
+/// wait in the TAP until it is done, as they do when the worker falls
+/// behind a fast sender.
+#[test]
+fn datagrams_written_one_by_one_leave_the_host_as_a_run() {
+    let mut w = World::new(&["--workers", "1", "--worker-cpus", "0"]);
+    w.outside_server("run_server.py", UDP_RUN_SERVER, &["7401", HOST], 7401, true);
+    let path = w.script_container(
+        "run.py",
+        UDP_RUN_CLIENT,
+        "10.95.0.0/24",
+        "runs",
+        &["-p", "9401:9401/udp"],
+    );
+    let out = w.exec_ok("runs", &format!("{PYTHON} {path} {OUTSIDE} 7401 9401"));
+    let ctx = w.context();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}\n{ctx}");
+    for (line, path) in lines.iter().zip(["outbound", "published"]) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f[..2], [path, "40"], "{path}: {line}\n{ctx}");
+        assert_eq!(f[3..], ["as", "sent"], "{path}: {line}\n{ctx}");
+        let reads: u64 = f[2].parse().unwrap();
+        assert!(
+            reads <= 6,
+            "{path}: 41 datagrams took {reads} reads, not a run: {line}\n{ctx}"
+        );
+    }
+    assert_eq!(w.nat_drops("host_send"), 0, "{ctx}");
+}
+
+/// The outside's side of `datagrams_written_one_by_one_leave_the_host_as_a_run`,
+/// reading with `UDP_GRO`: on `ready?` it answers `ready`, reads the
+/// datagrams up to `end` and reports them (how many, in how many reads,
+/// whether as sent); on `pub PORT`, it sends `go` to the host's PORT from
+/// a socket of its own, and reports what comes back to that socket.
+const UDP_RUN_SERVER: &str = r#"
+import socket, sys
+UDP_GRO = 104
+want = [bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40)]
+def collect(sock):
+    sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+    sock.settimeout(5)
+    got, reads = [], 0
+    try:
+        while True:
+            m, anc, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(4))
+            reads += 1
+            seg = len(m)
+            for level, kind, data in anc:
+                if level == socket.SOL_UDP and kind == UDP_GRO:
+                    seg = int.from_bytes(data[:4], sys.byteorder)
+            parts = [m[i:i + seg] for i in range(0, len(m), seg)] or [m]
+            if parts[-1] == b"end":
+                got += parts[:-1]
+                break
+            got += parts
+    except socket.timeout:
+        pass
+    return "%d %d %s" % (len(got), reads, "as sent" if got == want else "changed")
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+while True:
+    s.settimeout(None)
+    m, a = s.recvfrom(100)
+    if m == b"ready?":
+        s.sendto(b"ready", a)
+        s.sendto(("outbound " + collect(s)).encode(), a)
+        s.setsockopt(socket.SOL_UDP, UDP_GRO, 0)
+    elif m.startswith(b"pub "):
+        o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        o.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
+        o.bind(("0.0.0.0", 0))
+        o.sendto(b"go", (sys.argv[2], int(m[4:])))
+        s.sendto(("published " + collect(o)).encode(), a)
+        o.close()
+"#;
+
+/// The container's side: 40 datagrams of 1000 bytes and `end`, one `send`
+/// each, as a real-time task on the first CPU it may use (the worker's,
+/// with `--worker-cpus 0`), each way; prints the outside's reports.
+const UDP_RUN_CLIENT: &str = r#"
+import os, socket, sys
+want = [bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40)]
+cpu = min(os.sched_getaffinity(0))
+def burst(send):
+    os.sched_setaffinity(0, {cpu})
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    try:
+        for d in want + [b"end"]:
+            send(d)
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], int(sys.argv[2])))
+s.settimeout(10)
+s.send(b"ready?")
+assert s.recv(100) == b"ready"
+burst(s.send)
+print(s.recv(200).decode())
+p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+p.bind(("0.0.0.0", int(sys.argv[3])))
+p.settimeout(10)
+s.send(b"pub " + sys.argv[3].encode())
+m, a = p.recvfrom(100)
+assert m == b"go", m
+burst(lambda d: p.sendto(d, a))
+print(s.recv(200).decode())
+"#;
+
 /// The outside's side of `datagrams_sent_at_once_reach_a_container_at_once`:
 /// on `go` it answers its sender with 40 datagrams of 1000 bytes in one
 /// `UDP_SEGMENT` write; on `pub PORT`, it sends them to the host's PORT.

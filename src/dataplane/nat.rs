@@ -412,6 +412,7 @@ pub(super) fn start(
         gw,
         socks: Vec::with_capacity(slots),
         later: Vec::new(),
+        run: UdpRun::new(),
         published: HashMap::new(),
         next_pub: 0,
         raw_icmp,
@@ -499,10 +500,63 @@ enum Sock {
     /// A TCP connect in progress.
     Connecting(TcpStream),
     Tcp(TcpStream),
-    /// A connected UDP socket or a ping socket, the TTL (hop limit)
-    /// last set on it (0: its own), and the socket's drop count last read
-    /// ([`udp::Coalesced::drops`]).
-    Dgram(UdpSocket, u8, u32),
+    /// A connected UDP socket (`udp`) or a ping socket, the TTL (hop
+    /// limit) last set on it (0: its own), and the socket's drop count
+    /// last read ([`udp::Coalesced::drops`]).
+    Dgram {
+        s: UdpSocket,
+        ttl: u8,
+        seen: u32,
+        udp: bool,
+    },
+}
+
+/// Datagrams a container sent one after another on one UDP flow (or
+/// through one published UDP port to one address) with one TTL and one
+/// size, held while the run grows so that it leaves as one `UDP_SEGMENT`
+/// message ([`Nat::send_gso`]): the host's stack takes the run in one
+/// pass where the container's sender wrote the datagrams one by one (a
+/// sender with `UDP_SEGMENT` of its own already arrives as one
+/// super-frame). Invariants: every datagram but the last is `seg` bytes
+/// (`seg` > 0), the last at most that; at most
+/// [`udp::GSO_MAX_SEGS`] datagrams and [`udp::GSO_MAX_BYTES`] bytes; empty
+/// outside [`Nat::work`]'s frames (sent before the timers and the
+/// sockets' turn: nothing waits for a later frame that may never come).
+struct UdpRun {
+    /// Where the run goes: `None` while empty.
+    via: Option<SocketId>,
+    to: Option<SocketAddr>,
+    ttl: Option<u8>,
+    seg: usize,
+    count: usize,
+    /// The datagrams back to back; capacity [`udp::GSO_MAX_BYTES`],
+    /// made once.
+    buf: Vec<u8>,
+}
+
+impl UdpRun {
+    fn new() -> UdpRun {
+        UdpRun {
+            via: None,
+            to: None,
+            ttl: None,
+            seg: 0,
+            count: 0,
+            buf: Vec::with_capacity(udp::GSO_MAX_BYTES),
+        }
+    }
+
+    /// Whether `len` bytes to `via`, `to` with `ttl` extend the run.
+    fn takes(&self, via: SocketId, len: usize, to: Option<SocketAddr>, ttl: Option<u8>) -> bool {
+        self.via == Some(via)
+            && self.to == to
+            && self.ttl == ttl
+            // The last datagram is full-sized: more may follow it.
+            && self.buf.len() == self.seg * self.count
+            && (1..=self.seg).contains(&len)
+            && self.count < udp::GSO_MAX_SEGS
+            && self.buf.len() + len <= udp::GSO_MAX_BYTES
+    }
 }
 
 /// Host-socket work [`Nat::ops`] leaves for [`Nat::finish`].
@@ -548,6 +602,8 @@ pub(super) struct Nat {
     /// flow's socket leaves its slot at once, so a new flow in the slot
     /// never meets it. Reused: no allocation once grown.
     later: Vec<Later>,
+    /// The container's datagrams on their way to one host socket.
+    run: UdpRun,
     published: HashMap<u64, Pub>,
     next_pub: u64,
     raw_icmp: Option<socket2::Socket>,
@@ -652,6 +708,7 @@ impl Nat {
             budget -= 1;
             self.frame(f);
         }
+        self.flush_run();
         self.gw.handle_timeout(self.now());
         self.output();
         true
@@ -721,10 +778,14 @@ impl Nat {
             };
             if let Some(o) = action.outgoing(frame, whole.as_deref()) {
                 match o.segment {
+                    // While drops are captured, each frame's own send
+                    // (a drop it meets is that frame's).
+                    None if before.is_none() => self.send_datagram(o.via, o.data, o.to, o.ttl),
                     None => self.send(o.via, o.data, o.to, o.ttl),
                     // A USO super-frame: as one UDP_SEGMENT message, else
                     // its datagrams one by one.
                     Some(n) => {
+                        self.flush_run();
                         if !self.send_gso(o.via, o.data, o.to, o.ttl, n) {
                             for d in o.data.chunks(n) {
                                 self.send(o.via, d, o.to, o.ttl);
@@ -747,13 +808,67 @@ impl Nat {
         self.free.give(f.worker, f.buf);
     }
 
+    /// Sends a container's datagram (or echo request) as [`Nat::send`]
+    /// does, or holds it in the [`UdpRun`] it starts or extends; a
+    /// datagram the run does not take sends the run first.
+    fn send_datagram(
+        &mut self,
+        via: SocketId,
+        data: &[u8],
+        to: Option<SocketAddr>,
+        ttl: Option<u8>,
+    ) {
+        if !self.run.takes(via, data.len(), to, ttl) {
+            self.flush_run();
+            // A run needs a UDP socket, and room for two.
+            let udp = match via {
+                SocketId::Flow(h) => matches!(self.sock(h), Some(Sock::Dgram { udp: true, .. })),
+                SocketId::Published(p) => self
+                    .published
+                    .get(&p)
+                    .is_some_and(|p| matches!(p.sock, PubSock::Udp(_))),
+                _ => false,
+            };
+            if !udp || data.is_empty() || data.len() * 2 > udp::GSO_MAX_BYTES {
+                return self.send(via, data, to, ttl);
+            }
+            let r = &mut self.run;
+            (r.via, r.to, r.ttl, r.seg, r.count) = (Some(via), to, ttl, data.len(), 0);
+        }
+        self.run.buf.extend_from_slice(data);
+        self.run.count += 1;
+    }
+
+    /// Sends the [`UdpRun`], if any: one `UDP_SEGMENT` message, else its
+    /// datagrams one by one (which counts what fails).
+    fn flush_run(&mut self) {
+        let Some(via) = self.run.via.take() else {
+            return;
+        };
+        let mut buf = std::mem::take(&mut self.run.buf);
+        let UdpRun {
+            to,
+            ttl,
+            seg,
+            count,
+            ..
+        } = self.run;
+        if count == 1 || !self.send_gso(via, &buf, to, ttl, seg) {
+            for d in buf.chunks(seg) {
+                self.send(via, d, to, ttl);
+            }
+        }
+        buf.clear();
+        self.run.buf = buf;
+    }
+
     /// Sends a container's datagram (or echo request) on a host socket,
     /// with TTL (hop limit) `ttl` when given (set on the socket when it
     /// differs from the last one set there).
     fn send(&mut self, via: SocketId, data: &[u8], to: Option<SocketAddr>, ttl: Option<u8>) {
         let r = match via {
             SocketId::Flow(h) => match self.sock(h) {
-                Some(Sock::Dgram(s, last, _)) => {
+                Some(Sock::Dgram { s, ttl: last, .. }) => {
                     set_flow_ttl(s, last, ttl);
                     s.send(data)
                 }
@@ -816,7 +931,7 @@ impl Nat {
         use std::os::fd::AsFd;
         let sent = match via {
             SocketId::Flow(h) => match self.sock(h) {
-                Some(Sock::Dgram(s, last, _)) => {
+                Some(Sock::Dgram { s, ttl: last, .. }) => {
                     set_flow_ttl(s, last, ttl);
                     crate::sys::udp::send_segmented(s.as_fd(), data, None, seg)
                 }
@@ -906,11 +1021,11 @@ impl Nat {
                 },
                 SocketOp::OpenUdp { flow, to } => {
                     let s = udp_connected(to);
-                    self.opened(now, flow, s);
+                    self.opened(now, flow, s, true);
                 }
                 SocketOp::OpenPing { flow, to } => {
                     let s = ping_socket(to);
-                    self.opened(now, flow, s);
+                    self.opened(now, flow, s, false);
                 }
                 SocketOp::Relay(h) => {
                     let Nat {
@@ -928,6 +1043,9 @@ impl Nat {
                 SocketOp::Read(id) => self.read_datagrams(now, id),
                 SocketOp::ShutdownWrite(h) => self.later.push(Later::ShutdownWrite(h)),
                 SocketOp::Close { flow, reset } => {
+                    if self.run.via == Some(SocketId::Flow(flow)) {
+                        self.flush_run();
+                    }
                     if let Some(s) = self.take_sock(flow) {
                         self.later.push(Later::Close(s, reset));
                     }
@@ -937,7 +1055,7 @@ impl Nat {
     }
 
     /// A datagram socket for `flow` was opened (or not).
-    fn opened(&mut self, now: u64, flow: FlowHandle, s: io::Result<UdpSocket>) {
+    fn opened(&mut self, now: u64, flow: FlowHandle, s: io::Result<UdpSocket>, udp: bool) {
         let ok = s.and_then(|mut s| {
             self.poll
                 .registry()
@@ -945,7 +1063,15 @@ impl Nat {
             Ok(s)
         });
         let ev = match ok {
-            Ok(s) => return self.put_sock(flow, Sock::Dgram(s, 0, 0)),
+            Ok(s) => {
+                let d = Sock::Dgram {
+                    s,
+                    ttl: 0,
+                    seen: 0,
+                    udp,
+                };
+                return self.put_sock(flow, d);
+            }
             // The connect found no route: ICMP back.
             Err(e) => match unreachable(&e) {
                 Some(why) => HostEvent::OpenUnreachable(why),
@@ -967,7 +1093,7 @@ impl Nat {
                 };
                 self.gw.handle_socket_event(now, SocketId::Flow(h), ev);
             }
-            Some(Sock::Dgram(..)) => self.read_datagrams(now, SocketId::Flow(h)),
+            Some(Sock::Dgram { .. }) => self.read_datagrams(now, SocketId::Flow(h)),
             None => {}
         }
     }
@@ -1029,7 +1155,7 @@ impl Nat {
             // datagrams at once (`UDP_GRO`): `segment` says so.
             let r: io::Result<(usize, Option<SocketAddr>, Option<usize>)> = match id {
                 SocketId::Flow(h) => {
-                    let Some(Some((o, Sock::Dgram(s, _, seen)))) =
+                    let Some(Some((o, Sock::Dgram { s, seen, .. }))) =
                         socks.get_mut(h.index() as usize)
                     else {
                         return;
@@ -1160,7 +1286,7 @@ impl Nat {
                             SocketId::Flow(h) => match self.socks.get(h.index() as usize) {
                                 Some(Some((o, s))) if *o == h => match s {
                                     Sock::Connecting(t) | Sock::Tcp(t) => t.local_addr().ok(),
-                                    Sock::Dgram(u, ..) => u.local_addr().ok(),
+                                    Sock::Dgram { s: u, .. } => u.local_addr().ok(),
                                 },
                                 _ => None,
                             },
@@ -1648,6 +1774,59 @@ mod tests {
             assert!(Instant::now() < end, "timed out");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// A run takes datagrams of its first one's size to the same place
+    /// with the same TTL, a shorter one only last, up to the kernel's
+    /// limits of one `UDP_SEGMENT` message.
+    #[test]
+    fn a_run_takes_what_one_udp_segment_message_can_carry() {
+        let via = SocketId::Flow(FlowHandle::from_u64(3));
+        let other = SocketId::Published(1);
+        let to = Some(SocketAddr::from(([192, 0, 2, 1], 53)));
+        let fill = |r: &mut UdpRun, len: usize| {
+            r.buf.extend(std::iter::repeat_n(0u8, len));
+            r.count += 1;
+        };
+        let mut r = UdpRun::new();
+        assert!(
+            !r.takes(via, 100, None, Some(63)),
+            "an empty run takes nothing"
+        );
+        (r.via, r.to, r.ttl, r.seg, r.count) = (Some(via), None, Some(63), 100, 0);
+        fill(&mut r, 100);
+        assert!(r.takes(via, 100, None, Some(63)));
+        assert!(r.takes(via, 1, None, Some(63)), "a shorter one may end it");
+        assert!(
+            !r.takes(via, 0, None, Some(63)),
+            "an empty datagram does not"
+        );
+        assert!(!r.takes(via, 101, None, Some(63)), "a longer one does not");
+        assert!(!r.takes(other, 100, None, Some(63)));
+        assert!(!r.takes(via, 100, to, Some(63)));
+        assert!(
+            !r.takes(via, 100, None, Some(62)),
+            "another TTL (a traceroute's)"
+        );
+        fill(&mut r, 40);
+        assert!(
+            !r.takes(via, 40, None, Some(63)),
+            "nothing after a shorter one"
+        );
+        // The kernel's limits: segments, then bytes.
+        (r.seg, r.count) = (100, 0);
+        r.buf.clear();
+        for _ in 0..udp::GSO_MAX_SEGS {
+            assert!(r.takes(via, 100, None, Some(63)));
+            fill(&mut r, 100);
+        }
+        assert!(!r.takes(via, 100, None, Some(63)));
+        (r.seg, r.count) = (30_000, 0);
+        r.buf.clear();
+        fill(&mut r, 30_000);
+        fill(&mut r, 30_000);
+        assert!(r.takes(via, udp::GSO_MAX_BYTES - 60_000, None, Some(63)));
+        assert!(!r.takes(via, udp::GSO_MAX_BYTES - 60_000 + 1, None, Some(63)));
     }
 
     /// The host sockets of IPv6 flows, opened on the IPv6 loopback: a

@@ -33,7 +33,7 @@ struct GsoCmsg {
 /// Datagrams one `UDP_SEGMENT` send may carry (the kernel's limit).
 pub const GSO_MAX_SEGS: usize = 64;
 /// Bytes one `UDP_SEGMENT` send may carry (a UDP payload's limit).
-const GSO_MAX_BYTES: usize = 65_000;
+pub const GSO_MAX_BYTES: usize = 65_000;
 
 pub struct Batch {
     buf: Box<[u8]>,
