@@ -173,16 +173,16 @@ def context():
         c.append((f"one TCP stream (bench/flood.sh), {what}, tapnet / OVS userspace",
                   dict(f, metric=m), dict(f, peer="ovs", metric=m)))
     gso_gro = ("gso", "gro", "64 KiB `UDP_SEGMENT` writes, a `UDP_GRO` reader")
+    one_gro = ("plain", "gro", "one datagram a write, a `UDP_GRO` reader")
     one_plain = ("plain", "plain", "one datagram a write, a plain reader")
     for group, path, title, cases in (
             ("udp", "outbound", "UDP through the NAT to a container (bench/udp.sh: 1400-byte "
              "datagrams from the host's loopback",
              (gso_gro, ("gso", "plain", "64 KiB `UDP_SEGMENT` writes, a plain reader"),
-              one_plain)),
+              one_gro, one_plain)),
             ("udp-reverse", "outbound-sends", "UDP from a container through the NAT "
              "(bench/udp.sh --reverse: 1400-byte datagrams to the host's loopback",
-             (gso_gro, ("plain", "gro", "one datagram a write, a `UDP_GRO` reader"),
-              one_plain))):
+             (gso_gro, one_gro, one_plain))):
         u = {"group": group, "path": path, "metric": "udp_gbps"}
         for snd, rcv, what in cases:
             c.append((f"{title}, {what}), tapnet / kernel path",

@@ -1141,16 +1141,46 @@ fn a_udp_segment_send_reaches_the_outside_as_its_datagrams() {
 /// not ask for runs, and the datagrams still arrive, one frame each.
 #[test]
 fn datagrams_sent_at_once_reach_a_container_at_once() {
-    let mut w = World::new(&[]);
-    w.outside_server("gso_server.py", UDP_GSO_SERVER, &["7400", HOST], 7400, true);
-    let path = w.script_container(
-        "gro.py",
-        UDP_GRO_CLIENT,
-        "10.94.0.0/24",
-        "gro",
-        &["-p", "9400:9400/udp"],
+    runs_reach_a_container(&[], UDP_GSO_SERVER, 7400, "10.94.0.0/24", "gro", 9400);
+}
+
+/// Datagrams the outside writes one by one, back to back, wait in the
+/// NAT's socket together when the NAT's worker falls behind, and the NAT
+/// reads them into one run (the loopback and veths never coalesce
+/// single datagrams; a NIC's GRO would): the same handful of frames on
+/// the container's eth0. The outside's sender runs as a real-time task
+/// on the worker's CPU (`--worker-cpus 0`), so that all of them wait.
+#[test]
+fn datagrams_sent_one_by_one_reach_a_container_as_a_run() {
+    runs_reach_a_container(
+        &["--workers", "1", "--worker-cpus", "0"],
+        UDP_SINGLES_SERVER,
+        7402,
+        "10.96.0.0/24",
+        "singles",
+        9402,
     );
-    let out = w.exec_ok("gro", &format!("{PYTHON} {path} {OUTSIDE} 7400 9400"));
+}
+
+/// The outside's `server` (on `port`) sends 40 datagrams to container `c`
+/// (a network of its own, `subnet`) on the flow its `go` opened, then
+/// through published port `published` on `pub PORT`: each way they
+/// arrive as sent, in a handful of frames on the container's eth0 where
+/// the TAPs take UDP super-frames, else one frame each.
+fn runs_reach_a_container(
+    daemon: &[&str],
+    server: &str,
+    port: u16,
+    subnet: &str,
+    c: &str,
+    published: u16,
+) {
+    let mut w = World::new(daemon);
+    let p = port.to_string();
+    w.outside_server("server.py", server, &[&p, HOST], port, true);
+    let publish = format!("{published}:{published}/udp");
+    let path = w.script_container("gro.py", UDP_GRO_CLIENT, subnet, c, &["-p", &publish]);
+    let out = w.exec_ok(c, &format!("{PYTHON} {path} {OUTSIDE} {port} {published}"));
     let ctx = w.context();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}\n{ctx}");
@@ -1172,6 +1202,33 @@ fn datagrams_sent_at_once_reach_a_container_at_once() {
     assert_eq!(w.nat_drops("host_recv"), 0, "{ctx}");
     assert_eq!(w.nat_drops("host_rcvbuf"), 0, "{ctx}");
 }
+
+/// The outside's side of `datagrams_sent_one_by_one_reach_a_container_as_a_run`:
+/// as `UDP_GSO_SERVER`, but one `sendto` a datagram, as a real-time task
+/// on the first CPU it may use (the worker's).
+const UDP_SINGLES_SERVER: &str = r#"
+import os, socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+want = [bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40)]
+cpu = min(os.sched_getaffinity(0))
+def burst(sock, to):
+    os.sched_setaffinity(0, {cpu})
+    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+    try:
+        for d in want:
+            sock.sendto(d, to)
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+while True:
+    m, a = s.recvfrom(100)
+    if m == b"go":
+        burst(s, a)
+    elif m.startswith(b"pub "):
+        o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        burst(o, (sys.argv[2], int(m[4:])))
+        o.close()
+"#;
 
 /// Datagrams a container writes one by one, back to back, leave the host
 /// as one `UDP_SEGMENT` message (the NAT holds a run of them while it

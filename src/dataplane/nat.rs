@@ -420,6 +420,7 @@ pub(super) fn start(
         raw_ttl: [0; 2],
         errq: nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6),
         gro: udp::coalesced_space(),
+        spill: vec![0u8; 64 * 1024].into_boxed_slice(),
         inject,
         epoch,
         capture,
@@ -559,6 +560,17 @@ impl UdpRun {
     }
 }
 
+/// How [`Nat::read_run`] ended.
+enum RunEnd {
+    /// The socket may hold more.
+    More,
+    /// It is drained (`EAGAIN`).
+    Drained,
+    /// A read failed (after the run was handed over), with what the
+    /// socket's error queue said.
+    Failed(io::Error, Option<Queued>),
+}
+
 /// Host-socket work [`Nat::ops`] leaves for [`Nat::finish`].
 enum Later {
     /// `shutdown(SHUT_WR)` of the flow's socket, if it still has one.
@@ -617,6 +629,9 @@ pub(super) struct Nat {
     /// Room for a coalesced read's control message
     /// ([`udp::recv_coalesced`]), made once.
     gro: Vec<u8>,
+    /// Where a datagram read after the first of a run lands
+    /// ([`Nat::read_run`]), 64 KiB, made once.
+    spill: Box<[u8]>,
     inject: Vec<InjectTx>,
     epoch: Instant,
     /// Captures of drops see the frames the gateway dropped.
@@ -1141,6 +1156,10 @@ impl Nat {
         loop {
             // What the flow socket's error queue said, if it failed.
             let mut queued = None;
+            // Whether a single datagram read may start a run (see
+            // `read_run`): a UDP flow's or a published socket, where the
+            // TAPs take the super-frame it becomes.
+            let mut runs_in = false;
             let Nat {
                 gw,
                 socks,
@@ -1155,7 +1174,7 @@ impl Nat {
             // datagrams at once (`UDP_GRO`): `segment` says so.
             let r: io::Result<(usize, Option<SocketAddr>, Option<usize>)> = match id {
                 SocketId::Flow(h) => {
-                    let Some(Some((o, Sock::Dgram { s, seen, .. }))) =
+                    let Some(Some((o, Sock::Dgram { s, seen, udp, .. }))) =
                         socks.get_mut(h.index() as usize)
                     else {
                         return;
@@ -1163,6 +1182,7 @@ impl Nat {
                     if *o != h {
                         return;
                     }
+                    runs_in = *udp && udp::taps_take_uso();
                     let Some(buf) = gw.recv_buffer(id) else {
                         return;
                     };
@@ -1190,6 +1210,7 @@ impl Nat {
                         return;
                     };
                     let r = udp::recv_coalesced(u.as_fd(), buf, gro);
+                    runs_in = udp::taps_take_uso();
                     match counted(gw, seen, r) {
                         None => continue,
                         Some(Ok(c)) if c.from.is_none() => {
@@ -1216,31 +1237,165 @@ impl Nat {
                 }
             };
             match r {
-                Ok((n, from, segment)) => gw.handle_datagrams(now, id, n, from, segment),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
-                    gw.handle_socket_event(now, id, HostEvent::PortUnreachable)
-                }
-                Err(e) => match (unreachable(&e), id, queued) {
-                    // A traceroute's probe: from the router that said so.
-                    (_, SocketId::Flow(_), Some(Queued::TimeExceeded(from))) => {
-                        gw.handle_socket_event(now, id, HostEvent::TimeExceeded { from })
-                    }
-                    (Some(why), SocketId::Flow(_), q) => {
-                        let from = match q {
-                            Some(Queued::Unreachable(a)) => a,
-                            _ => None,
-                        };
-                        gw.handle_socket_event(now, id, HostEvent::Unreachable { why, from })
-                    }
-                    _ => {
-                        gw.count_drop(NatDrop::HostRecv);
-                        return;
+                // A single datagram: those queued behind it may join it.
+                Ok((n, from, None)) if runs_in && n > 0 => match self.read_run(now, id, n, from) {
+                    RunEnd::More => {}
+                    RunEnd::Drained => return,
+                    RunEnd::Failed(e, q) => {
+                        if !self.read_failed(now, id, e, q) {
+                            return;
+                        }
                     }
                 },
+                Ok((n, from, segment)) => gw.handle_datagrams(now, id, n, from, segment),
+                Err(e) => {
+                    if !self.read_failed(now, id, e, queued) {
+                        return;
+                    }
+                }
             }
         }
+    }
+
+    /// A read of `id` failed with `e` (`queued`: what the socket's error
+    /// queue said): whether to read on.
+    fn read_failed(
+        &mut self,
+        now: u64,
+        id: SocketId,
+        e: io::Error,
+        queued: Option<Queued>,
+    ) -> bool {
+        let gw = &mut self.gw;
+        match e {
+            e if e.kind() == io::ErrorKind::WouldBlock => return false,
+            e if e.kind() == io::ErrorKind::Interrupted => {}
+            e if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                gw.handle_socket_event(now, id, HostEvent::PortUnreachable)
+            }
+            e => match (unreachable(&e), id, queued) {
+                // A traceroute's probe: from the router that said so.
+                (_, SocketId::Flow(_), Some(Queued::TimeExceeded(from))) => {
+                    gw.handle_socket_event(now, id, HostEvent::TimeExceeded { from })
+                }
+                (Some(why), SocketId::Flow(_), q) => {
+                    let from = match q {
+                        Some(Queued::Unreachable(a)) => a,
+                        _ => None,
+                    };
+                    gw.handle_socket_event(now, id, HostEvent::Unreachable { why, from })
+                }
+                _ => {
+                    gw.count_drop(NatDrop::HostRecv);
+                    return false;
+                }
+            },
+        }
+        true
+    }
+
+    /// After a single datagram of `first` bytes (from `from`) read from
+    /// UDP socket `id` into the gateway's lent buffer: reads the datagrams
+    /// queued behind it and, while they are from the same sender and of
+    /// its size (a shorter one ends the run), appends them, so that the
+    /// run reaches the container as one USO super-frame (as a run the
+    /// kernel kept whole with `UDP_GRO` does). The host's loopback and
+    /// veths never coalesce single datagrams; this does it where they
+    /// are already queued, so nothing waits for one to come. A datagram
+    /// that does not join goes on its own after the run. A next datagram
+    /// is only read while a second buffer is free for it.
+    fn read_run(
+        &mut self,
+        now: u64,
+        id: SocketId,
+        first: usize,
+        from: Option<SocketAddr>,
+    ) -> RunEnd {
+        let seg = first;
+        let (mut len, mut count) = (first, 1);
+        let mut end = RunEnd::More;
+        let mut other = None;
+        while count < udp::GSO_MAX_SEGS && self.gw.free_buffers() >= 2 {
+            let Nat {
+                gw,
+                socks,
+                published,
+                gro,
+                errq,
+                spill,
+                ..
+            } = self;
+            let (r, seen) = match id {
+                SocketId::Flow(h) => match socks.get_mut(h.index() as usize) {
+                    Some(Some((
+                        o,
+                        Sock::Dgram {
+                            s, seen, udp: true, ..
+                        },
+                    ))) if *o == h => match udp::recv_coalesced(s.as_fd(), spill, gro) {
+                        Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                            end = RunEnd::Failed(e, drain_error_queue(s, errq));
+                            break;
+                        }
+                        r => (r, seen),
+                    },
+                    _ => break,
+                },
+                SocketId::Published(p) => match published.get_mut(&p) {
+                    Some(Pub {
+                        sock: PubSock::Udp(u),
+                        seen,
+                        ..
+                    }) => (udp::recv_coalesced(u.as_fd(), spill, gro), seen),
+                    _ => break,
+                },
+                _ => break,
+            };
+            let c = match counted(gw, seen, r) {
+                None => continue,
+                Some(Ok(c)) => c,
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    end = RunEnd::Drained;
+                    break;
+                }
+                Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Some(Err(e)) => {
+                    end = RunEnd::Failed(e, None);
+                    break;
+                }
+            };
+            // (A flow's socket is connected: one sender.)
+            let same = matches!(id, SocketId::Flow(_)) || c.from == from;
+            let joins = same && c.segment.is_none() && (1..=seg).contains(&c.len);
+            let room = gw.recv_buffer(id).and_then(|b| b.get_mut(len..len + c.len));
+            match (joins, room) {
+                (true, Some(room)) => {
+                    room.copy_from_slice(&spill[..c.len]);
+                    len += c.len;
+                    count += 1;
+                    if c.len < seg {
+                        break;
+                    }
+                }
+                _ => {
+                    other = Some(c);
+                    break;
+                }
+            }
+        }
+        let gw = &mut self.gw;
+        gw.handle_datagrams(now, id, len, from, (count > 1).then_some(seg));
+        if let Some(c) = other {
+            // The buffer checked free above.
+            match gw.recv_buffer(id).and_then(|b| b.get_mut(..c.len)) {
+                Some(buf) => {
+                    buf.copy_from_slice(&self.spill[..c.len]);
+                    gw.handle_datagrams(now, id, c.len, c.from, c.segment);
+                }
+                None => gw.count_drop(NatDrop::HostRecv),
+            }
+        }
+        end
     }
 
     fn command(&mut self, c: NatCmd) -> bool {
