@@ -1234,10 +1234,11 @@ while True:
 /// as one `UDP_SEGMENT` message (the NAT holds a run of them while it
 /// reads the container's frames): a reader outside with `UDP_GRO` takes
 /// them in a handful of reads (one by one: 41), each as sent, on an
-/// outbound flow and through a published port. The container's sender
-/// runs as a real-time task on the worker's CPU, so that its datagrams
-/// wait in the TAP until it is done, as they do when the worker falls
-/// behind a fast sender.
+/// outbound flow and through a published port; two flows written in
+/// turn, a datagram each, get a run each. The container's sender runs as
+/// a real-time task on the worker's CPU, so that its datagrams wait in
+/// the TAP until it is done, as they do when the worker falls behind a
+/// fast sender.
 #[test]
 fn datagrams_written_one_by_one_leave_the_host_as_a_run() {
     let mut w = World::new(&["--workers", "1", "--worker-cpus", "0"]);
@@ -1252,7 +1253,16 @@ fn datagrams_written_one_by_one_leave_the_host_as_a_run() {
     let out = w.exec_ok("runs", &format!("{PYTHON} {path} {OUTSIDE} 7401 9401"));
     let ctx = w.context();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 2, "{out}\n{ctx}");
+    assert_eq!(lines.len(), 3, "{out}\n{ctx}");
+    // Two flows written in turn, a datagram each: a run each.
+    let two: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(two[..3], ["two", "40", "40"], "{out}\n{ctx}");
+    assert_eq!(two[4..], ["as", "sent"], "{out}\n{ctx}");
+    let reads: u64 = two[3].parse().unwrap();
+    assert!(
+        reads <= 6,
+        "two flows in turn took {reads} reads: {out}\n{ctx}"
+    );
     for (line, path) in lines.iter().zip(["outbound", "published"]) {
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f[..2], [path, "40"], "{path}: {line}\n{ctx}");
@@ -1270,31 +1280,36 @@ fn datagrams_written_one_by_one_leave_the_host_as_a_run() {
 /// reading with `UDP_GRO`: on `ready?` it answers `ready`, reads the
 /// datagrams up to `end` and reports them (how many, in how many reads,
 /// whether as sent); on `pub PORT`, it sends `go` to the host's PORT from
-/// a socket of its own, and reports what comes back to that socket.
+/// a socket of its own, and reports what comes back to that socket; on
+/// `two?`, as on `ready?` for two senders, each up to its `end`.
 const UDP_RUN_SERVER: &str = r#"
 import socket, sys
 UDP_GRO = 104
 want = [bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40)]
-def collect(sock):
+def collect(sock, senders):
+    # Up to each sender's `end`: the datagrams, by sender, and the reads.
     sock.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
     sock.settimeout(5)
-    got, reads = [], 0
+    got, ended, reads = {}, set(), 0
     try:
-        while True:
-            m, anc, _, _ = sock.recvmsg(65536, socket.CMSG_SPACE(4))
+        while len(ended) < senders:
+            m, anc, _, a = sock.recvmsg(65536, socket.CMSG_SPACE(4))
             reads += 1
             seg = len(m)
             for level, kind, data in anc:
                 if level == socket.SOL_UDP and kind == UDP_GRO:
                     seg = int.from_bytes(data[:4], sys.byteorder)
-            parts = [m[i:i + seg] for i in range(0, len(m), seg)] or [m]
-            if parts[-1] == b"end":
-                got += parts[:-1]
-                break
-            got += parts
+            for part in [m[i:i + seg] for i in range(0, len(m), seg)] or [m]:
+                if part == b"end":
+                    ended.add(a)
+                else:
+                    got.setdefault(a, []).append(part)
     except socket.timeout:
         pass
-    return "%d %d %s" % (len(got), reads, "as sent" if got == want else "changed")
+    lists = (list(got.values()) + [[]] * senders)[:senders]
+    sent = len(got) == senders and all(l == want for l in lists)
+    counts = " ".join(str(len(l)) for l in lists)
+    return "%s %d %s" % (counts, reads, "as sent" if sent else "changed")
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind(("0.0.0.0", int(sys.argv[1])))
 while True:
@@ -1302,20 +1317,25 @@ while True:
     m, a = s.recvfrom(100)
     if m == b"ready?":
         s.sendto(b"ready", a)
-        s.sendto(("outbound " + collect(s)).encode(), a)
+        s.sendto(("outbound " + collect(s, 1)).encode(), a)
+        s.setsockopt(socket.SOL_UDP, UDP_GRO, 0)
+    elif m == b"two?":
+        s.sendto(b"ready", a)
+        s.sendto(("two " + collect(s, 2)).encode(), a)
         s.setsockopt(socket.SOL_UDP, UDP_GRO, 0)
     elif m.startswith(b"pub "):
         o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         o.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
         o.bind(("0.0.0.0", 0))
         o.sendto(b"go", (sys.argv[2], int(m[4:])))
-        s.sendto(("published " + collect(o)).encode(), a)
+        s.sendto(("published " + collect(o, 1)).encode(), a)
         o.close()
 "#;
 
 /// The container's side: 40 datagrams of 1000 bytes and `end`, one `send`
 /// each, as a real-time task on the first CPU it may use (the worker's,
-/// with `--worker-cpus 0`), each way; prints the outside's reports.
+/// with `--worker-cpus 0`), each way, then on two flows in turn; prints
+/// the outside's reports.
 const UDP_RUN_CLIENT: &str = r#"
 import os, socket, sys
 want = [bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40)]
@@ -1342,6 +1362,12 @@ s.send(b"pub " + sys.argv[3].encode())
 m, a = p.recvfrom(100)
 assert m == b"go", m
 burst(lambda d: p.sendto(d, a))
+print(s.recv(200).decode())
+t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+t.connect((sys.argv[1], int(sys.argv[2])))
+s.send(b"two?")
+assert s.recv(100) == b"ready"
+burst(lambda d: (s.send(d), t.send(d)))
 print(s.recv(200).decode())
 "#;
 

@@ -412,7 +412,8 @@ pub(super) fn start(
         gw,
         socks: Vec::with_capacity(slots),
         later: Vec::new(),
-        run: UdpRun::new(),
+        runs: (0..RUNS).map(|_| UdpRun::new()).collect(),
+        evict: 0,
         published: HashMap::new(),
         next_pub: 0,
         raw_icmp,
@@ -512,6 +513,11 @@ enum Sock {
     },
 }
 
+/// Runs of a container's datagrams held at once ([`UdpRun`]): senders
+/// that interleave flows (a resolver's queries, a relay's peers) get a run
+/// each. At most this many 64 KiB buffers per NAT.
+const RUNS: usize = 4;
+
 /// Datagrams a container sent one after another on one UDP flow (or
 /// through one published UDP port to one address) with one TTL and one
 /// size, held while the run grows so that it leaves as one `UDP_SEGMENT`
@@ -530,8 +536,8 @@ struct UdpRun {
     ttl: Option<u8>,
     seg: usize,
     count: usize,
-    /// The datagrams back to back; capacity [`udp::GSO_MAX_BYTES`],
-    /// made once.
+    /// The datagrams back to back; capacity [`udp::GSO_MAX_BYTES`], made
+    /// when the slot is first used.
     buf: Vec<u8>,
 }
 
@@ -543,7 +549,7 @@ impl UdpRun {
             ttl: None,
             seg: 0,
             count: 0,
-            buf: Vec::with_capacity(udp::GSO_MAX_BYTES),
+            buf: Vec::new(),
         }
     }
 
@@ -614,8 +620,11 @@ pub(super) struct Nat {
     /// flow's socket leaves its slot at once, so a new flow in the slot
     /// never meets it. Reused: no allocation once grown.
     later: Vec<Later>,
-    /// The container's datagrams on their way to one host socket.
-    run: UdpRun,
+    /// The container's datagrams on their way to host sockets, a run per
+    /// flow (or published port and client), [`RUNS`] at once.
+    runs: Vec<UdpRun>,
+    /// The run last sent to make room for another.
+    evict: usize,
     published: HashMap<u64, Pub>,
     next_pub: u64,
     raw_icmp: Option<socket2::Socket>,
@@ -723,7 +732,7 @@ impl Nat {
             budget -= 1;
             self.frame(f);
         }
-        self.flush_run();
+        self.flush_runs(None);
         self.gw.handle_timeout(self.now());
         self.output();
         true
@@ -800,7 +809,7 @@ impl Nat {
                     // A USO super-frame: as one UDP_SEGMENT message, else
                     // its datagrams one by one.
                     Some(n) => {
-                        self.flush_run();
+                        self.flush_runs(Some(o.via));
                         if !self.send_gso(o.via, o.data, o.to, o.ttl, n) {
                             for d in o.data.chunks(n) {
                                 self.send(o.via, d, o.to, o.ttl);
@@ -824,8 +833,10 @@ impl Nat {
     }
 
     /// Sends a container's datagram (or echo request) as [`Nat::send`]
-    /// does, or holds it in the [`UdpRun`] it starts or extends; a
-    /// datagram the run does not take sends the run first.
+    /// does, or holds it in the [`UdpRun`] of its flow (or published port
+    /// and client) that it starts or extends; a datagram its run does not
+    /// take sends that run first. Runs of other flows wait: order holds
+    /// within a flow, which is all UDP has.
     fn send_datagram(
         &mut self,
         via: SocketId,
@@ -833,48 +844,77 @@ impl Nat {
         to: Option<SocketAddr>,
         ttl: Option<u8>,
     ) {
-        if !self.run.takes(via, data.len(), to, ttl) {
-            self.flush_run();
-            // A run needs a UDP socket, and room for two.
-            let udp = match via {
-                SocketId::Flow(h) => matches!(self.sock(h), Some(Sock::Dgram { udp: true, .. })),
-                SocketId::Published(p) => self
-                    .published
-                    .get(&p)
-                    .is_some_and(|p| matches!(p.sock, PubSock::Udp(_))),
-                _ => false,
-            };
-            if !udp || data.is_empty() || data.len() * 2 > udp::GSO_MAX_BYTES {
-                return self.send(via, data, to, ttl);
+        let mine = self
+            .runs
+            .iter()
+            .position(|r| r.via == Some(via) && r.to == to);
+        if let Some(i) = mine {
+            if self.runs[i].takes(via, data.len(), to, ttl) {
+                let r = &mut self.runs[i];
+                r.buf.extend_from_slice(data);
+                r.count += 1;
+                return;
             }
-            let r = &mut self.run;
-            (r.via, r.to, r.ttl, r.seg, r.count) = (Some(via), to, ttl, data.len(), 0);
+            self.flush_run(i);
         }
-        self.run.buf.extend_from_slice(data);
-        self.run.count += 1;
+        // A run needs a UDP socket, and room for two.
+        let udp = match via {
+            SocketId::Flow(h) => matches!(self.sock(h), Some(Sock::Dgram { udp: true, .. })),
+            SocketId::Published(p) => self
+                .published
+                .get(&p)
+                .is_some_and(|p| matches!(p.sock, PubSock::Udp(_))),
+            _ => false,
+        };
+        if !udp || data.is_empty() || data.len() * 2 > udp::GSO_MAX_BYTES {
+            return self.send(via, data, to, ttl);
+        }
+        // Its own slot, else a free one, else the next in turn, sent first.
+        let i = match mine.or_else(|| self.runs.iter().position(|r| r.via.is_none())) {
+            Some(i) => i,
+            None => {
+                self.evict = (self.evict + 1) % self.runs.len();
+                self.flush_run(self.evict);
+                self.evict
+            }
+        };
+        let r = &mut self.runs[i];
+        (r.via, r.to, r.ttl, r.seg, r.count) = (Some(via), to, ttl, data.len(), 1);
+        // Made when first needed, then kept.
+        r.buf.reserve_exact(udp::GSO_MAX_BYTES);
+        r.buf.extend_from_slice(data);
     }
 
-    /// Sends the [`UdpRun`], if any: one `UDP_SEGMENT` message, else its
-    /// datagrams one by one (which counts what fails).
-    fn flush_run(&mut self) {
-        let Some(via) = self.run.via.take() else {
+    /// Sends run `i`, if it holds one: one `UDP_SEGMENT` message, else
+    /// its datagrams one by one (which counts what fails).
+    fn flush_run(&mut self, i: usize) {
+        let Some(via) = self.runs[i].via.take() else {
             return;
         };
-        let mut buf = std::mem::take(&mut self.run.buf);
+        let mut buf = std::mem::take(&mut self.runs[i].buf);
         let UdpRun {
             to,
             ttl,
             seg,
             count,
             ..
-        } = self.run;
+        } = self.runs[i];
         if count == 1 || !self.send_gso(via, &buf, to, ttl, seg) {
             for d in buf.chunks(seg) {
                 self.send(via, d, to, ttl);
             }
         }
         buf.clear();
-        self.run.buf = buf;
+        self.runs[i].buf = buf;
+    }
+
+    /// Sends the runs to `via` (all of them: `None`).
+    fn flush_runs(&mut self, via: Option<SocketId>) {
+        for i in 0..self.runs.len() {
+            if via.is_none() || self.runs[i].via == via {
+                self.flush_run(i);
+            }
+        }
     }
 
     /// Sends a container's datagram (or echo request) on a host socket,
@@ -1058,9 +1098,7 @@ impl Nat {
                 SocketOp::Read(id) => self.read_datagrams(now, id),
                 SocketOp::ShutdownWrite(h) => self.later.push(Later::ShutdownWrite(h)),
                 SocketOp::Close { flow, reset } => {
-                    if self.run.via == Some(SocketId::Flow(flow)) {
-                        self.flush_run();
-                    }
+                    self.flush_runs(Some(SocketId::Flow(flow)));
                     if let Some(s) = self.take_sock(flow) {
                         self.later.push(Later::Close(s, reset));
                     }
