@@ -518,9 +518,10 @@ enum Sock {
 /// each. At most this many 64 KiB buffers per NAT.
 const RUNS: usize = 4;
 
-/// Datagrams a container sent one after another on one UDP flow (or
-/// through one published UDP port to one address) with one TTL and one
-/// size, held while the run grows so that it leaves as one `UDP_SEGMENT`
+/// Datagrams a container sent on one UDP flow (or through one published
+/// UDP port to one address), in order (other flows' may come between),
+/// with one TTL and one size, held while the run grows so that it leaves
+/// as one `UDP_SEGMENT`
 /// message ([`Nat::send_gso`]): the host's stack takes the run in one
 /// pass where the container's sender wrote the datagrams one by one (a
 /// sender with `UDP_SEGMENT` of its own already arrives as one
