@@ -15,11 +15,14 @@
 #   conn   new connections through the NAT, one after another: a container's
 #          client connects to an echo server on the host's loopback, sends a
 #          byte, reads it back and resets (bench/connrate.sh's outbound row)
+#   pconn  the same through a published port: a client on the host's
+#          loopback, the echo server in a container (-p 5303:5203;
+#          bench/connrate.sh's published row)
 # With --secs 8 or more (any mode), also `perf trace -s`'s syscall counts of
 # the daemon over 2 s.
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|pub|pubr|conn [--secs N] [-- DAEMON-FLAGS...]
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [-- DAEMON-FLAGS...]
 #   tools: apt-get install linux-perf iperf3 iputils-ping iproute2 python3
 # stdout: the report (with the daemon's resident memory after the load);
 # perf.data stays in the printed directory (removed with
@@ -32,10 +35,10 @@ while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --clean) CLEAN=1; shift;;
   --) shift; break;;
-  *) echo "usage: $0 udp|tcp|ping|nat|natr|pub|pubr|conn [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
+  *) echo "usage: $0 udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
 esac; done
 BENCH=profile; . bench/lib.sh
-case $MODE in udp|tcp|ping|nat|natr|pub|pubr|conn) ;; *) log "mode udp, tcp, ping, nat, natr, pub, pubr or conn"; exit 2;; esac
+case $MODE in udp|tcp|ping|nat|natr|pub|pubr|conn|pconn) ;; *) log "mode udp, tcp, ping, nat, natr, pub, pubr, conn or pconn"; exit 2;; esac
 [[ $SECS =~ ^[1-9][0-9]*$ && $SECS -ge 4 ]] || { log "--secs: at least 4"; exit 2; }
 [ -n "$CLEAN" ] || KEEP_W=1              # perf.data stays for perf report
 bench_setup perf iperf3 python3
@@ -48,9 +51,14 @@ elif [ "$MODE" = conn ]; then
   ip netns exec "pf$$" python3 bench/echo.py 127.0.0.1 5301 >"$W/echo-host.log" 2>&1 & track $!
   waitfor eval 'ip netns exec pf$$ ss -Hltn "sport = :5301" | grep -q .' || { log "echo server did not start"; exit 1; }
 fi
-"$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -p 5302:5201 -- iperf3 -s >/dev/null &&
+"$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -p 5302:5201 -p 5303:5203 -- iperf3 -s >/dev/null &&
 "$T" run -d --name pfcli --network pfnet --ip 10.190.0.2 -- sleep 100000 >/dev/null || { log "run failed"; exit 1; }
 sleep 1
+if [ "$MODE" = pconn ]; then
+  "$T" exec pfsrv -- python3 "$PWD/bench/echo.py" 0.0.0.0 5203 >"$W/echo-ctr.log" 2>&1 &
+  track $!
+  waitfor eval '"$T" exec pfsrv -- ss -Hltn "sport = :5203" | grep -q .' || { log "echo server did not start"; exit 1; }
+fi
 case $MODE in
   udp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -u -b 0 -l 18 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   tcp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -t "$SECS" >"$W/load.out" 2>&1 & ;;
@@ -59,6 +67,7 @@ case $MODE in
   pub) ip netns exec "pf$$" iperf3 -c 127.0.0.1 -p 5302 -t "$SECS" >"$W/load.out" 2>&1 & ;;
   pubr) ip netns exec "pf$$" iperf3 -c 127.0.0.1 -p 5302 -R -t "$SECS" >"$W/load.out" 2>&1 & ;;
   conn) "$T" exec pfcli -- python3 "$PWD/bench/connclient.py" 10.190.0.1 5301 "$SECS" >"$W/load.out" 2>&1 & ;;
+  pconn) ip netns exec "pf$$" python3 bench/connclient.py 127.0.0.1 5303 "$SECS" >"$W/load.out" 2>&1 & ;;
   ping) "$T" exec pfcli -- ping -c $((SECS * 200)) -i 0.005 -q 10.190.0.3 >"$W/load.out" 2>&1 & ;;
 esac
 LOAD=$!
