@@ -521,8 +521,7 @@ const RUNS: usize = 4;
 /// Datagrams a container sent on one UDP flow (or through one published
 /// UDP port to one address), in order (other flows' may come between),
 /// with one TTL and one size, held while the run grows so that it leaves
-/// as one `UDP_SEGMENT`
-/// message ([`Nat::send_gso`]): the host's stack takes the run in one
+/// as one `UDP_SEGMENT` message ([`Nat::send_gso`]): the host's stack takes the run in one
 /// pass where the container's sender wrote the datagrams one by one (a
 /// sender with `UDP_SEGMENT` of its own already arrives as one
 /// super-frame). Invariants: every datagram but the last is `seg` bytes
@@ -1212,46 +1211,26 @@ impl Nat {
             // The flows' UDP sockets and the published ones read runs of
             // datagrams at once (`UDP_GRO`): `segment` says so.
             let r: io::Result<(usize, Option<SocketAddr>, Option<usize>)> = match id {
-                SocketId::Flow(h) => {
-                    let Some(Some((o, Sock::Dgram { s, seen, udp, .. }))) =
-                        socks.get_mut(h.index() as usize)
-                    else {
+                SocketId::Flow(_) | SocketId::Published(_) => {
+                    let Some((s, seen, udp)) = udp_socket(socks, published, id) else {
                         return;
                     };
-                    if *o != h {
-                        return;
-                    }
-                    runs_in = *udp && udp::taps_take_uso();
+                    let flow = matches!(id, SocketId::Flow(_));
+                    runs_in = udp && udp::taps_take_uso();
                     let Some(buf) = gw.recv_buffer(id) else {
                         return;
                     };
                     let r = udp::recv_coalesced(s.as_fd(), buf, gro);
-                    if r.as_ref()
-                        .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
+                    if flow
+                        && r.as_ref()
+                            .is_err_and(|e| e.kind() != io::ErrorKind::WouldBlock)
                     {
                         queued = drain_error_queue(s, errq);
                     }
-                    let Some(r) = counted(gw, seen, r) else {
-                        continue;
-                    };
-                    r.map(|c| (c.len, None, c.segment))
-                }
-                SocketId::Published(p) => {
-                    let Some(Pub {
-                        sock: PubSock::Udp(u),
-                        seen,
-                        ..
-                    }) = published.get_mut(&p)
-                    else {
-                        return;
-                    };
-                    let Some(buf) = gw.recv_buffer(id) else {
-                        return;
-                    };
-                    let r = udp::recv_coalesced(u.as_fd(), buf, gro);
-                    runs_in = udp::taps_take_uso();
                     match counted(gw, seen, r) {
                         None => continue,
+                        // A flow's socket is connected: its remote is known.
+                        Some(Ok(c)) if flow => Ok((c.len, None, c.segment)),
                         Some(Ok(c)) if c.from.is_none() => {
                             gw.count_drop(NatDrop::HostRecv);
                             continue;
@@ -1364,32 +1343,10 @@ impl Nat {
                 spill,
                 ..
             } = self;
-            let (r, seen) = match id {
-                SocketId::Flow(h) => match socks.get_mut(h.index() as usize) {
-                    Some(Some((
-                        o,
-                        Sock::Dgram {
-                            s, seen, udp: true, ..
-                        },
-                    ))) if *o == h => match udp::recv_coalesced(s.as_fd(), spill, gro) {
-                        Err(e) if e.kind() != io::ErrorKind::WouldBlock => {
-                            end = RunEnd::Failed(e, drain_error_queue(s, errq));
-                            break;
-                        }
-                        r => (r, seen),
-                    },
-                    _ => break,
-                },
-                SocketId::Published(p) => match published.get_mut(&p) {
-                    Some(Pub {
-                        sock: PubSock::Udp(u),
-                        seen,
-                        ..
-                    }) => (udp::recv_coalesced(u.as_fd(), spill, gro), seen),
-                    _ => break,
-                },
-                _ => break,
+            let Some((s, seen, true)) = udp_socket(socks, published, id) else {
+                break;
             };
+            let r = udp::recv_coalesced(s.as_fd(), spill, gro);
             let c = match counted(gw, seen, r) {
                 None => continue,
                 Some(Ok(c)) => c,
@@ -1399,16 +1356,22 @@ impl Nat {
                 }
                 Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Some(Err(e)) => {
-                    end = RunEnd::Failed(e, None);
+                    let q = match id {
+                        SocketId::Flow(_) => drain_error_queue(s, errq),
+                        _ => None,
+                    };
+                    end = RunEnd::Failed(e, q);
                     break;
                 }
             };
             // (A flow's socket is connected: one sender.)
             let same = matches!(id, SocketId::Flow(_)) || c.from == from;
             let joins = same && c.segment.is_none() && (1..=seg).contains(&c.len);
-            let room = gw.recv_buffer(id).and_then(|b| b.get_mut(len..len + c.len));
-            match (joins, room) {
-                (true, Some(room)) => {
+            let room = joins
+                .then(|| gw.recv_buffer(id)?.get_mut(len..len + c.len))
+                .flatten();
+            match room {
+                Some(room) => {
                     room.copy_from_slice(&spill[..c.len]);
                     len += c.len;
                     count += 1;
@@ -1416,7 +1379,7 @@ impl Nat {
                         break;
                     }
                 }
-                _ => {
+                None => {
                     other = Some(c);
                     break;
                 }
@@ -1791,6 +1754,31 @@ fn drain_error_queue(s: &impl AsRawFd, space: &mut Vec<u8>) -> Option<Queued> {
         }
     }
     last
+}
+
+/// The datagram socket `id` names, a flow's (UDP or ping) or a published
+/// UDP port's, with the drop count last read from it and whether it is a
+/// UDP socket (not a ping socket).
+fn udp_socket<'a>(
+    socks: &'a mut [Option<(FlowHandle, Sock)>],
+    published: &'a mut HashMap<u64, Pub>,
+    id: SocketId,
+) -> Option<(&'a UdpSocket, &'a mut u32, bool)> {
+    match id {
+        SocketId::Flow(h) => match socks.get_mut(h.index() as usize)?.as_mut()? {
+            (o, Sock::Dgram { s, seen, udp, .. }) if *o == h => Some((&*s, seen, *udp)),
+            _ => None,
+        },
+        SocketId::Published(p) => match published.get_mut(&p)? {
+            Pub {
+                sock: PubSock::Udp(u),
+                seen,
+                ..
+            } => Some((&*u, seen, true)),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// The bookkeeping of a read from one of the NAT's UDP sockets, whose
