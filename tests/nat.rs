@@ -1154,7 +1154,7 @@ fn datagrams_sent_at_once_reach_a_container_at_once() {
 fn datagrams_sent_one_by_one_reach_a_container_as_a_run() {
     runs_reach_a_container(
         &["--workers", "1", "--worker-cpus", "0"],
-        UDP_SINGLES_SERVER,
+        &format!("{REALTIME_BURST}{UDP_SINGLES_SERVER}"),
         7402,
         "10.96.0.0/24",
         "singles",
@@ -1203,30 +1203,40 @@ fn runs_reach_a_container(
     assert_eq!(w.nat_drops("host_rcvbuf"), 0, "{ctx}");
 }
 
-/// The outside's side of `datagrams_sent_one_by_one_reach_a_container_as_a_run`:
-/// as `UDP_GSO_SERVER`, but one `sendto` a datagram, as a real-time task
-/// on the first CPU it may use (the worker's).
-const UDP_SINGLES_SERVER: &str = r#"
-import os, socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", int(sys.argv[1])))
-want = [bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40)]
+/// What the senders of the run tests share (put before their script):
+/// `burst(send, datagrams)` calls `send` on each datagram as a real-time
+/// task on the first CPU the process may use (the worker's, with
+/// `--worker-cpus 0`), so that they all wait for the worker until the
+/// last is sent.
+const REALTIME_BURST: &str = r#"
+import os
 cpu = min(os.sched_getaffinity(0))
-def burst(sock, to):
+def burst(send, datagrams):
     os.sched_setaffinity(0, {cpu})
     os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
     try:
-        for d in want:
-            sock.sendto(d, to)
+        for d in datagrams:
+            send(d)
     finally:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+"#;
+
+/// The outside's side of `datagrams_sent_one_by_one_reach_a_container_as_a_run`:
+/// as `UDP_GSO_SERVER`, but one `sendto` a datagram, in a real-time burst
+/// (after [`REALTIME_BURST`]).
+const UDP_SINGLES_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+want = [bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40)]
 while True:
     m, a = s.recvfrom(100)
     if m == b"go":
-        burst(s, a)
+        burst(lambda d: s.sendto(d, a), want)
     elif m.startswith(b"pub "):
         o = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        burst(o, (sys.argv[2], int(m[4:])))
+        to = (sys.argv[2], int(m[4:]))
+        burst(lambda d: o.sendto(d, to), want)
         o.close()
 "#;
 
@@ -1245,7 +1255,7 @@ fn datagrams_written_one_by_one_leave_the_host_as_a_run() {
     w.outside_server("run_server.py", UDP_RUN_SERVER, &["7401", HOST], 7401, true);
     let path = w.script_container(
         "run.py",
-        UDP_RUN_CLIENT,
+        &format!("{REALTIME_BURST}{UDP_RUN_CLIENT}"),
         "10.95.0.0/24",
         "runs",
         &["-p", "9401:9401/udp"],
@@ -1333,27 +1343,17 @@ while True:
 "#;
 
 /// The container's side: 40 datagrams of 1000 bytes and `end`, one `send`
-/// each, as a real-time task on the first CPU it may use (the worker's,
-/// with `--worker-cpus 0`), each way, then on two flows in turn; prints
-/// the outside's reports.
+/// each, in a real-time burst (after [`REALTIME_BURST`]), each way, then
+/// on two flows in turn; prints the outside's reports.
 const UDP_RUN_CLIENT: &str = r#"
-import os, socket, sys
+import socket, sys
 want = [bytes((k * 7 + i) % 251 for i in range(1000)) for k in range(40)]
-cpu = min(os.sched_getaffinity(0))
-def burst(send):
-    os.sched_setaffinity(0, {cpu})
-    os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
-    try:
-        for d in want + [b"end"]:
-            send(d)
-    finally:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.connect((sys.argv[1], int(sys.argv[2])))
 s.settimeout(10)
 s.send(b"ready?")
 assert s.recv(100) == b"ready"
-burst(s.send)
+burst(s.send, want + [b"end"])
 print(s.recv(200).decode())
 p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 p.bind(("0.0.0.0", int(sys.argv[3])))
@@ -1361,13 +1361,13 @@ p.settimeout(10)
 s.send(b"pub " + sys.argv[3].encode())
 m, a = p.recvfrom(100)
 assert m == b"go", m
-burst(lambda d: p.sendto(d, a))
+burst(lambda d: p.sendto(d, a), want + [b"end"])
 print(s.recv(200).decode())
 t = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 t.connect((sys.argv[1], int(sys.argv[2])))
 s.send(b"two?")
 assert s.recv(100) == b"ready"
-burst(lambda d: (s.send(d), t.send(d)))
+burst(lambda d: (s.send(d), t.send(d)), want + [b"end"])
 print(s.recv(200).decode())
 "#;
 
