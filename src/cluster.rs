@@ -18,7 +18,9 @@
 //! does not exist yet, so two hosts never get the same address, VNI or
 //! name, even at the same moment. A host's endpoints and addresses carry
 //! its lease (TTL [`LEASE_TTL`]): when its daemon dies they disappear from
-//! every other host within that time; a daemon that comes back registers
+//! every other host once etcd revokes the lease, the TTL after the last
+//! renewal (etcd 3.4 retries a revoke it missed while busy every 3 s);
+//! a daemon that comes back registers
 //! again the containers it still has. Watches spread the changes.
 //!
 //! The daemon's core is synchronous: [`Cluster`] runs each request on the

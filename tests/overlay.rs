@@ -209,14 +209,16 @@ fn leases_outages_and_restarts() {
         works(&h2, "b1", "ping -c1 -W1 a1")
     });
 
-    // Host 1's daemon dies: its endpoints leave host 2's DNS within the
-    // lease time (10 s).
+    // Host 1's daemon dies: its endpoints leave host 2's DNS once etcd
+    // revokes its lease: the lease time (10 s) after the last renewal, but
+    // etcd 3.4 hands an expired lease to its revoker only when that is idle
+    // at the moment and tries again every 3 s otherwise (its
+    // `expiredLeaseRetryInterval`); a busy etcd took 16.9 s in CI. So
+    // 10 s + up to three missed tries, with room for the polling.
     h1.kill9();
-    let t = std::time::Instant::now();
-    eventually(&h2, "a1 leaving host 2's DNS", 20, || {
+    eventually(&h2, "a1 leaving host 2's DNS", 22, || {
         !works(&h2, "b1", "getent hosts a1")
     });
-    assert!(t.elapsed() < Duration::from_secs(16), "{:?}", t.elapsed());
     // Restarted, it registers the containers it still has.
     h1.spawn();
     eventually(&h2, "a1 back", 15, || works(&h2, "b1", "ping -c1 -W1 a1"));
