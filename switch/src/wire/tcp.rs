@@ -48,6 +48,7 @@ pub mod option {
     pub const END: u8 = 0;
     pub const NOP: u8 = 1;
     pub const MSS: u8 = 2;
+    pub const WINDOW_SCALE: u8 = 3;
 }
 
 /// A view of a TCP segment (header, options, payload).
@@ -130,6 +131,12 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         let opts = self.options();
         let at = find_option(opts, option::MSS, 4)?;
         Some(u16::from_be_bytes([opts[at + 2], opts[at + 3]]))
+    }
+    /// The shift of the window scale option (RFC 7323), if there is one.
+    pub fn window_scale_option(&self) -> Option<u8> {
+        let opts = self.options();
+        let at = find_option(opts, option::WINDOW_SCALE, 3)?;
+        Some(opts[at + 2])
     }
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len()..]
@@ -371,6 +378,28 @@ mod tests {
         assert_eq!(
             TcpPacket::new_checked(&h[..]).unwrap().mss_option(),
             Some(1460)
+        );
+        assert_eq!(
+            TcpPacket::new_checked(&h[..])
+                .unwrap()
+                .window_scale_option(),
+            None
+        );
+        // Window scale 7 after the MSS (as Linux orders them: MSS, SACK
+        // permitted, timestamps, NOP, window scale).
+        h[20..32].copy_from_slice(&[2, 4, 5, 0xb4, 4, 2, 1, 3, 3, 7, 0, 0]);
+        let p = TcpPacket::new_checked(&h[..]).unwrap();
+        assert_eq!(
+            (p.mss_option(), p.window_scale_option()),
+            (Some(1460), Some(7))
+        );
+        // Cut by the end of the options.
+        h[20..32].copy_from_slice(&[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3]);
+        assert_eq!(
+            TcpPacket::new_checked(&h[..])
+                .unwrap()
+                .window_scale_option(),
+            None
         );
     }
 
