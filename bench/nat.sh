@@ -16,9 +16,16 @@
 #              MASQUERADE) in the host netns.
 # "The host" is a private network namespace made here (the tapnet daemon runs in
 # it, slirp4netns and socat too); nothing reaches the machine's real interfaces.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/nat.sh [--secs N] [--reverse]
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/nat.sh [--secs N] [--reverse] [--app-cpus LIST]
 #   (--reverse: iperf3 -R on every row: data flows from the server's side, i.e.
-#   host -> container on the outbound path, container -> client when published)
+#   host -> container on the outbound path, container -> client when published;
+#   --app-cpus: every iperf3, client and server, runs on these CPUs (taskset);
+#   the relays (tapnet's workers, pasta, slirp4netns, socat) stay free. The
+#   kernel path's NAT runs in its endpoints' system calls and softirqs, so on
+#   a 2-CPU machine `--app-cpus 1` measures each path with one CPU for the
+#   application and, for a relay, the other for itself: a host with a core
+#   to spare. Give the tapnet daemon `--worker-cpus 0` through
+#   TAPNET_DAEMON_ARGS with TAPNET=bench/tapnet-args.sh.)
 #   tools: apt-get install iperf3 slirp4netns passt socat iptables iproute2 util-linux
 # stdout: one JSON object per line ({"peer","path","metric":"tcp_gbps","value"}),
 # then the ratios tapnet/kernel, tapnet/slirp4netns-1500, tapnet/slirp4netns-65520
@@ -29,10 +36,12 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 SECS=5
 REV=""                                  # --reverse: iperf3 -R (data towards the container)
-usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--reverse]" >&2; }
+APP_CPUS=""                             # --app-cpus: where every iperf3 runs
+usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--reverse] [--app-cpus LIST]" >&2; }
 while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --reverse) REV=-R; shift;;
+  --app-cpus) APP_CPUS=${2:?--app-cpus needs a CPU list}; shift 2;;
   -h|--help) usage; exit 0;;
   *) usage; exit 2;;
 esac; done
@@ -43,6 +52,12 @@ have() { command -v "$1" >/dev/null 2>&1; }
 for t in iperf3 ip ss timeout awk nsenter unshare; do
   have $t || { log "missing $t (apt-get install iperf3 iproute2 util-linux)"; exit 2; }
 done
+IPERF=(iperf3)                          # every iperf3 below runs as "${IPERF[@]}"
+if [ -n "$APP_CPUS" ]; then
+  have taskset || { log "--app-cpus needs taskset (apt-get install util-linux)"; exit 2; }
+  taskset -c "$APP_CPUS" true 2>/dev/null || { log "--app-cpus: not a CPU list this machine has: $APP_CPUS"; exit 2; }
+  IPERF=(taskset -c "$APP_CPUS" iperf3)
+fi
 
 T=${TAPNET:-$PWD/target/release/tapnet}
 if [ -z "${TAPNET:-}" ] && [ ! -x "$T" ]; then cargo build --release --quiet || true; fi
@@ -61,7 +76,7 @@ trap 'log interrupted; exit 130' INT TERM HUP
 ip netns add "$HOSTNS" && ip -n "$HOSTNS" link set lo up || exit 1
 H=(ip netns exec "$HOSTNS")
 LPORT=5201
-"${H[@]}" iperf3 -s -B 127.0.0.1 -p $LPORT >"$W/iperf3-host.log" 2>&1 &
+"${H[@]}" "${IPERF[@]}" -s -B 127.0.0.1 -p $LPORT >"$W/iperf3-host.log" 2>&1 &
 track $!
 waitfor eval '"${H[@]}" ss -Hltn "sport = :$LPORT" | grep -q .' || { log "iperf3 server did not start"; exit 1; }
 
@@ -104,11 +119,11 @@ tapnet_rows() {
   "$T" network create --subnet 10.198.0.0/24 --gateway $gw natbench >/dev/null ||
     { nodata tapnet outbound "network create failed"; nodata tapnet published "network create failed"; return; }
   # Outbound: the gateway's address reaches the host's loopback (host.tapnet.internal).
-  gbps tapnet outbound "$T" run --rm --network natbench -- iperf3 -c $gw -p $LPORT
+  gbps tapnet outbound "$T" run --rm --network natbench -- "${IPERF[@]}" -c $gw -p $LPORT
   # Published: an iperf3 server in a container, a client on the host's 127.0.0.1.
-  if "$T" run -d --name natsrv --network natbench -p $pport:5201 -- iperf3 -s >/dev/null; then
+  if "$T" run -d --name natsrv --network natbench -p $pport:5201 -- "${IPERF[@]}" -s >/dev/null; then
     waitfor eval '"${H[@]}" ss -Hltn "sport = :$pport" | grep -q .'
-    gbps tapnet published "${H[@]}" iperf3 -c 127.0.0.1 -p $pport
+    gbps tapnet published "${H[@]}" "${IPERF[@]}" -c 127.0.0.1 -p $pport
   else nodata tapnet published "run -p failed"; fi
 }
 
@@ -124,7 +139,7 @@ slirp_row() {  # MTU
     { nodata "$peer" outbound "no namespace for slirp4netns"; return; }
   "${H[@]}" slirp4netns --configure --mtu="$1" "$sp" tap0 >"$W/$peer.log" 2>&1 & sl=$!; track $sl
   if waitfor eval 'nsenter -t $sp -n ip -4 addr show dev tap0 2>/dev/null | grep -q 10.0.2.100'; then
-    gbps "$peer" outbound nsenter -t "$sp" -n iperf3 -c 10.0.2.2 -p $LPORT
+    gbps "$peer" outbound nsenter -t "$sp" -n "${IPERF[@]}" -c 10.0.2.2 -p $LPORT
   else nodata "$peer" outbound "slirp4netns did not configure tap0: $(tail -n1 "$W/$peer.log")"; fi
   kill "$sl" "$sp" 2>/dev/null; wait "$sl" "$sp" 2>/dev/null
 }
@@ -138,12 +153,12 @@ socat_row() {
   ip -n "$HOSTNS" addr add 10.197.0.1/24 dev nbv0 && ip -n "$HOSTNS" link set nbv0 up &&
   ip -n "$SRVNS" addr add 10.197.0.2/24 dev eth0 && ip -n "$SRVNS" link set eth0 up ||
     { nodata socat published "veth setup failed"; return; }
-  ip netns exec "$SRVNS" iperf3 -s -B 10.197.0.2 -p 5201 >"$W/iperf3-srv.log" 2>&1 & sv=$!; track $sv
+  ip netns exec "$SRVNS" "${IPERF[@]}" -s -B 10.197.0.2 -p 5201 >"$W/iperf3-srv.log" 2>&1 & sv=$!; track $sv
   "${H[@]}" socat TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr TCP:10.197.0.2:5201 \
     >"$W/socat.log" 2>&1 & so=$!; track $so
   waitfor eval 'ip netns exec $SRVNS ss -Hltn "sport = :5201" | grep -q . &&
                 "${H[@]}" ss -Hltn "sport = :$port" | grep -q .'
-  gbps socat published "${H[@]}" iperf3 -c 127.0.0.1 -p $port
+  gbps socat published "${H[@]}" "${IPERF[@]}" -c 127.0.0.1 -p $port
   for c in $(ps -o pid= --ppid "$so" 2>/dev/null); do kill "$c" 2>/dev/null; done  # its forks
   kill "$so" "$sv" 2>/dev/null; wait "$so" "$sv" 2>/dev/null
 }
@@ -160,10 +175,10 @@ kernel_row() {
   kernel_nat "$HOSTNS" "$ns" nbk0 10.196.0 $LPORT $port 5201 ||
     { nodata kernel outbound "veth/iptables setup failed"; nodata kernel published "veth/iptables setup failed"
       ip netns del "$ns" 2>/dev/null; return; }
-  gbps kernel outbound ip netns exec "$ns" iperf3 -c 10.196.0.1 -p $LPORT
-  ip netns exec "$ns" iperf3 -s -B 10.196.0.2 -p 5201 >"$W/iperf3-kernel.log" 2>&1 & sv=$!; track $sv
+  gbps kernel outbound ip netns exec "$ns" "${IPERF[@]}" -c 10.196.0.1 -p $LPORT
+  ip netns exec "$ns" "${IPERF[@]}" -s -B 10.196.0.2 -p 5201 >"$W/iperf3-kernel.log" 2>&1 & sv=$!; track $sv
   waitfor eval 'ip netns exec $ns ss -Hltn "sport = :5201" | grep -q .'
-  gbps kernel published "${H[@]}" iperf3 -c 127.0.0.1 -p $port
+  gbps kernel published "${H[@]}" "${IPERF[@]}" -c 127.0.0.1 -p $port
   kill "$sv" 2>/dev/null; wait "$sv" 2>/dev/null
   ip netns del "$ns"
 }
@@ -184,15 +199,15 @@ pasta_row() {
   ip -n "$HOSTNS" route add default via 10.189.0.2 ||
     { nodata pasta outbound "veth setup failed"; nodata pasta published "veth setup failed"; return; }
   local AS=(setpriv --reuid=65534 --regid=65534 --clear-groups)
-  gbps pasta outbound "${H[@]}" "${AS[@]}" pasta --config-net -- iperf3 -c 10.189.0.2 -p $LPORT
+  gbps pasta outbound "${H[@]}" "${AS[@]}" pasta --config-net -- "${IPERF[@]}" -c 10.189.0.2 -p $LPORT
   # (Inner port 5202: pasta forwards the host's bound ports, 5201 among them,
   # into the namespace by default. One-shot server: it outlives pasta's own
   # end otherwise.)
-  "${H[@]}" "${AS[@]}" pasta --config-net -t $port:5202 -- iperf3 -s -1 -p 5202 >"$W/pasta-srv.log" 2>&1 &
+  "${H[@]}" "${AS[@]}" pasta --config-net -t $port:5202 -- "${IPERF[@]}" -s -1 -p 5202 >"$W/pasta-srv.log" 2>&1 &
   pp=$!; track $pp
   waitfor eval '"${H[@]}" ss -Hltn "sport = :$port" | grep -q .'
   sleep 0.5
-  gbps pasta published "${H[@]}" iperf3 -c 127.0.0.1 -p $port
+  gbps pasta published "${H[@]}" "${IPERF[@]}" -c 127.0.0.1 -p $port
   end_tree "$pp"  # the server inside too: it outlives pasta
   ip -n "$HOSTNS" route del default 2>/dev/null
   ip netns del "$dead"

@@ -19,10 +19,12 @@
 #          loopback, the echo server in a container (-p 5303:5203;
 #          bench/connrate.sh's published row)
 # With --secs 8 or more (any mode), also `perf trace -s`'s syscall counts of
-# the daemon over 2 s.
+# the daemon over 2 s. --app-cpus LIST runs the load's ends (clients, servers,
+# ping) on those CPUs only (taskset), as bench/nat.sh --app-cpus does: with
+# `-- --worker-cpus 0` on 2 CPUs the worker has a CPU to itself.
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [-- DAEMON-FLAGS...]
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [--clean] [--app-cpus LIST] [-- DAEMON-FLAGS...]
 #   tools: apt-get install linux-perf iperf3 iputils-ping iproute2 python3
 # stdout: the report (with the daemon's resident memory after the load);
 # perf.data stays in the printed directory (removed with
@@ -30,12 +32,15 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-}; shift || true
-SECS=8 CLEAN=""
+SECS=8 CLEAN="" APP=()
 while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --clean) CLEAN=1; shift;;
+  --app-cpus) taskset -c "${2:?--app-cpus needs a CPU list}" true 2>/dev/null ||
+      { echo "$0: --app-cpus: not a CPU list this machine has: $2" >&2; exit 2; }
+    APP=(taskset -c "$2"); shift 2;;
   --) shift; break;;
-  *) echo "usage: $0 udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [--clean] [-- DAEMON-FLAGS...]" >&2; exit 2;;
+  *) echo "usage: $0 udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [--clean] [--app-cpus LIST] [-- DAEMON-FLAGS...]" >&2; exit 2;;
 esac; done
 BENCH=profile; . bench/lib.sh
 case $MODE in udp|tcp|ping|nat|natr|pub|pubr|conn|pconn) ;; *) log "mode udp, tcp, ping, nat, natr, pub, pubr, conn or pconn"; exit 2;; esac
@@ -45,30 +50,30 @@ bench_setup perf iperf3 python3
 start_daemon pf$$ "$@"
 "$T" network create --subnet 10.190.0.0/24 --gateway 10.190.0.1 pfnet >/dev/null || { log "network create failed"; exit 1; }
 if [ "$MODE" = nat ] || [ "$MODE" = natr ]; then
-  ip netns exec "pf$$" iperf3 -s -B 127.0.0.1 -p 5301 >"$W/iperf3-host.log" 2>&1 & track $!
+  ip netns exec "pf$$" "${APP[@]}" iperf3 -s -B 127.0.0.1 -p 5301 >"$W/iperf3-host.log" 2>&1 & track $!
   waitfor eval 'ip netns exec pf$$ ss -Hltn "sport = :5301" | grep -q .' || { log "iperf3 server did not start"; exit 1; }
 elif [ "$MODE" = conn ]; then
-  ip netns exec "pf$$" python3 bench/echo.py 127.0.0.1 5301 >"$W/echo-host.log" 2>&1 & track $!
+  ip netns exec "pf$$" "${APP[@]}" python3 bench/echo.py 127.0.0.1 5301 >"$W/echo-host.log" 2>&1 & track $!
   waitfor eval 'ip netns exec pf$$ ss -Hltn "sport = :5301" | grep -q .' || { log "echo server did not start"; exit 1; }
 fi
-"$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -p 5302:5201 -p 5303:5203 -- iperf3 -s >/dev/null &&
+"$T" run -d --name pfsrv --network pfnet --ip 10.190.0.3 -p 5302:5201 -p 5303:5203 -- "${APP[@]}" iperf3 -s >/dev/null &&
 "$T" run -d --name pfcli --network pfnet --ip 10.190.0.2 -- sleep 100000 >/dev/null || { log "run failed"; exit 1; }
 sleep 1
 if [ "$MODE" = pconn ]; then
-  "$T" exec pfsrv -- python3 "$PWD/bench/echo.py" 0.0.0.0 5203 >"$W/echo-ctr.log" 2>&1 &
+  "$T" exec pfsrv -- "${APP[@]}" python3 "$PWD/bench/echo.py" 0.0.0.0 5203 >"$W/echo-ctr.log" 2>&1 &
   track $!
   waitfor eval '"$T" exec pfsrv -- ss -Hltn "sport = :5203" | grep -q .' || { log "echo server did not start"; exit 1; }
 fi
 case $MODE in
-  udp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -u -b 0 -l 18 -t "$SECS" >"$W/load.out" 2>&1 & ;;
-  tcp) "$T" exec pfcli -- iperf3 -c 10.190.0.3 -t "$SECS" >"$W/load.out" 2>&1 & ;;
-  nat) "$T" exec pfcli -- iperf3 -c 10.190.0.1 -p 5301 -t "$SECS" >"$W/load.out" 2>&1 & ;;
-  natr) "$T" exec pfcli -- iperf3 -c 10.190.0.1 -p 5301 -R -t "$SECS" >"$W/load.out" 2>&1 & ;;
-  pub) ip netns exec "pf$$" iperf3 -c 127.0.0.1 -p 5302 -t "$SECS" >"$W/load.out" 2>&1 & ;;
-  pubr) ip netns exec "pf$$" iperf3 -c 127.0.0.1 -p 5302 -R -t "$SECS" >"$W/load.out" 2>&1 & ;;
-  conn) "$T" exec pfcli -- python3 "$PWD/bench/connclient.py" 10.190.0.1 5301 "$SECS" >"$W/load.out" 2>&1 & ;;
-  pconn) ip netns exec "pf$$" python3 bench/connclient.py 127.0.0.1 5303 "$SECS" >"$W/load.out" 2>&1 & ;;
-  ping) "$T" exec pfcli -- ping -c $((SECS * 200)) -i 0.005 -q 10.190.0.3 >"$W/load.out" 2>&1 & ;;
+  udp) "$T" exec pfcli -- "${APP[@]}" iperf3 -c 10.190.0.3 -u -b 0 -l 18 -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  tcp) "$T" exec pfcli -- "${APP[@]}" iperf3 -c 10.190.0.3 -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  nat) "$T" exec pfcli -- "${APP[@]}" iperf3 -c 10.190.0.1 -p 5301 -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  natr) "$T" exec pfcli -- "${APP[@]}" iperf3 -c 10.190.0.1 -p 5301 -R -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  pub) ip netns exec "pf$$" "${APP[@]}" iperf3 -c 127.0.0.1 -p 5302 -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  pubr) ip netns exec "pf$$" "${APP[@]}" iperf3 -c 127.0.0.1 -p 5302 -R -t "$SECS" >"$W/load.out" 2>&1 & ;;
+  conn) "$T" exec pfcli -- "${APP[@]}" python3 "$PWD/bench/connclient.py" 10.190.0.1 5301 "$SECS" >"$W/load.out" 2>&1 & ;;
+  pconn) ip netns exec "pf$$" "${APP[@]}" python3 bench/connclient.py 127.0.0.1 5303 "$SECS" >"$W/load.out" 2>&1 & ;;
+  ping) "$T" exec pfcli -- "${APP[@]}" ping -c $((SECS * 200)) -i 0.005 -q 10.190.0.3 >"$W/load.out" 2>&1 & ;;
 esac
 LOAD=$!
 sleep 2
