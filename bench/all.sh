@@ -18,6 +18,11 @@
 #                goals against the switch group's kernel bridge
 #   nat          bench/nat.sh, then bench/nat.sh --reverse: kernel veth+iptables,
 #                pasta, slirp4netns (1500, 65520), socat, tapnet
+#   nat-spare    bench/nat.sh both ways with --app-cpus LAST (every iperf3 on the
+#                last CPU) and the daemon's worker on CPU 0: each NAT path with
+#                a CPU for the application and, for a relay, one for itself;
+#                the kernel path's NAT runs on the application's CPU (context
+#                rows, not goals)
 #   udp          bench/udp.sh: UDP from the host's loopback to a container
 #                through the NAT, tapnet and the kernel path, the sender's
 #                writes UDP_SEGMENT runs or single datagrams, the reader
@@ -52,7 +57,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch switch-polling switch-steering nat udp connrate scale scale-2w memory pipeline wakeup flood"
+GROUPS_ALL="switch switch-polling switch-steering nat nat-spare udp connrate scale scale-2w memory pipeline wakeup flood"
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
   groups: $GROUPS_ALL" >&2; }
 while [ $# -gt 0 ]; do case $1 in
@@ -133,6 +138,13 @@ for r in $(seq "$ROUNDS"); do
               --secs "$SECS";;
     nat) tagged nat "$r" bench/nat.sh --secs "$SECS"
          tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
+    nat-spare) app=$(( $(nproc) - 1 ))
+         if [ "$app" -ge 1 ]; then
+           TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--worker-cpus 0" TAPNET=$PWD/bench/tapnet-args.sh \
+             tagged nat-spare "$r" bench/nat.sh --secs "$SECS" --app-cpus "$app"
+           TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--worker-cpus 0" TAPNET=$PWD/bench/tapnet-args.sh \
+             tagged nat-spare-reverse "$r" bench/nat.sh --secs "$SECS" --app-cpus "$app" --reverse
+         else log "round $r: nat-spare needs 2 CPUs"; fi;;
     udp) tagged udp "$r" bench/udp.sh --secs "$SECS"
          tagged udp-reverse "$r" bench/udp.sh --secs "$SECS" --reverse;;
     connrate) tagged connrate "$r" bench/connrate.sh --secs "$SECS";;

@@ -141,6 +141,15 @@ def context():
         k = {"group": "connrate", "peer": "kernel", "path": path, "metric": "conn_per_s"}
         c.append((f"connections/s {path}, kernel / pasta (what 2x pasta asks, against "
                   "the kernel)", k, dict(k, peer="pasta")))
+    for grp in ("nat-spare", "nat-spare-reverse"):
+        for path in ("outbound", "published"):
+            sends = (grp == "nat-spare") == (path == "outbound")
+            how = "container sends" if sends else "container receives"
+            t = {"group": grp, "peer": "tapnet", "path": path, "metric": "tcp_gbps"}
+            c.append((f"NAT {path} ({how}) with a CPU to spare (bench/nat.sh --app-cpus: "
+                      "every iperf3 on the last CPU, tapnet's worker on CPU 0; the kernel "
+                      "path's NAT runs on the application's CPU), tapnet / kernel",
+                      t, dict(t, peer="kernel")))
     polling = {"group": "switch-polling", "peer": "tapnet", "metric": "rtt_avg_us"}
     c.append(("switch ping RTT, tapnet with one worker that never sleeps (`--workers 1 "
               "--busy-poll-us 1000000`: a CPU spent polling) / kernel bridge", polling,
