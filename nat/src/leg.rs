@@ -139,7 +139,7 @@ impl Ring {
 /// `narrow`: the connection scales the leg's window by a nonzero shift
 /// (the container's SYN offered scaling, and the ring is over 64 KiB), so
 /// the window field of each segment the leg sends is lowered by one unit
-/// ([`narrow_window`]).
+/// ([`sent_segment`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct RxSeen {
     edge: Option<u32>,
@@ -237,11 +237,8 @@ impl smoltcp::phy::TxToken for Tx<'_> {
         let len = len.min(MTU);
         let buf = &mut self.out.buffer()[HEADROOM..HEADROOM + len];
         let r = f(buf);
-        if let Some(ack) = ack_of(buf) {
+        if let Some(ack) = sent_segment(buf, self.seen.narrow) {
             self.seen.sent_ack(ack);
-        }
-        if self.seen.narrow {
-            narrow_window(buf);
         }
         self.out.commit(len);
         r
@@ -521,36 +518,31 @@ impl Leg {
     }
 }
 
-/// Lowers the window a leg's segment offers by one scale unit (not in a
-/// SYN, whose window is not scaled; not below zero), so that the right
-/// edge the container sees never passes the one smoltcp checks later.
+/// A segment a leg has just built: its acknowledgement number, if it has
+/// one and is not a RST (whose number answers the segment it refuses,
+/// not the stream's next byte); with `narrow`, its window is lowered by
+/// one scale unit first (not in a SYN, whose window is not scaled; not in
+/// a RST; not below zero), so that the right edge the container sees
+/// never passes the one smoltcp checks later. One parse of the header.
 ///
-/// Why: smoltcp offers its free space rounded down to the scale unit from
-/// each acknowledgement, so its right edge can move back by up to a unit
-/// less one byte from one segment to the next (RFC 9293 asks a receiver
-/// not to shrink its window); and it drops what lies past its latest
-/// edge. The container's stack, having sent up to the earlier edge, then
-/// sees a hole and goes into loss recovery. smoltcp's true edge (the
-/// stream's next unread byte plus the ring's length) never moves back,
-/// and every edge it offers lies within a unit of it, so an edge offered
-/// one unit short is inside every edge smoltcp offers later.
-fn narrow_window(ip: &mut [u8]) {
-    let Some(b) = tcp_bounds(ip) else {
-        return;
-    };
+/// Why narrow: smoltcp offers its free space rounded down to the scale
+/// unit from each acknowledgement, so its right edge can move back by up
+/// to a unit less one byte from one segment to the next (RFC 9293 asks a
+/// receiver not to shrink its window); and it drops what lies past its
+/// latest edge. The container's stack, having sent up to the earlier
+/// edge, then sees a hole and goes into loss recovery. smoltcp's true
+/// edge (the stream's next unread byte plus the ring's length) never
+/// moves back, and every edge it offers lies within a unit of it, so an
+/// edge offered one unit short is inside every edge smoltcp offers later.
+fn sent_segment(ip: &mut [u8], narrow: bool) -> Option<u32> {
+    let b = tcp_bounds(ip)?;
     let mut t = TcpPacket::new_unchecked(&mut ip[b.l4..]);
-    if !t.has(wtcp::flags::SYN) && !t.has(wtcp::flags::RST) {
+    let rst = t.has(wtcp::flags::RST);
+    if narrow && !rst && !t.has(wtcp::flags::SYN) {
         let w = t.window_len();
         t.set_window_len(w.saturating_sub(1));
     }
-}
-
-/// The acknowledgement number of a TCP packet a leg sent, if it has one
-/// and is not a RST (whose number answers the segment it refuses, not
-/// the stream's next byte).
-fn ack_of(ip: &[u8]) -> Option<u32> {
-    let (t, _) = tcp_segment(ip)?;
-    (t.has(wtcp::flags::ACK) && !t.has(wtcp::flags::RST)).then(|| t.ack_number())
+    (t.has(wtcp::flags::ACK) && !rst).then(|| t.ack_number())
 }
 
 /// The TCP header of a packet of either family ([`tcp_bounds`]) and its
@@ -1375,7 +1367,7 @@ mod tests {
     /// free buffer), or at its next poll with delayed ACKs, killing the
     /// worker with every flow on it. The leg must survive it and deliver
     /// the stream whole. (The edges seen here are the narrowed ones the
-    /// container sees, `narrow_window`, which smoltcp's later edges never
+    /// container sees, `sent_segment`, which smoltcp's later edges never
     /// fall short of: it takes every byte; before, smoltcp 0.13 dropped
     /// the bytes past its new edge until they were sent again, which the
     /// loop below would still resend.)
