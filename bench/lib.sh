@@ -38,6 +38,14 @@ descendants() { local c; for c in $(cat /proc/"$1"/task/*/children 2>/dev/null);
 # or children of a tracked process), then reaps PID.
 end_tree() { local d; d=$(descendants "$1"); kill -KILL "$1" $d 2>/dev/null; wait "$1" 2>/dev/null; }
 waitfor() { local i; for i in $(seq 100); do "$@" && return 0; sleep 0.1; done; return 1; }
+# A script's --app-cpus LIST: APP=(taskset -c LIST), the prefix that runs a
+# load's ends on those CPUs only; one line and exit 2 when LIST names CPUs
+# this machine does not have (or taskset is missing).
+app_cpus() {
+  command -v taskset >/dev/null 2>&1 || { log "--app-cpus needs taskset (apt-get install util-linux)"; exit 2; }
+  taskset -c "$1" true 2>/dev/null || { log "--app-cpus: not a CPU list this machine has: $1"; exit 2; }
+  APP=(taskset -c "$1")
+}
 NETNS=""                                 # namespaces to delete at cleanup
 DAEMON=""
 

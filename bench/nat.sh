@@ -52,12 +52,9 @@ have() { command -v "$1" >/dev/null 2>&1; }
 for t in iperf3 ip ss timeout awk nsenter unshare; do
   have $t || { log "missing $t (apt-get install iperf3 iproute2 util-linux)"; exit 2; }
 done
-IPERF=(iperf3)                          # every iperf3 below runs as "${IPERF[@]}"
-if [ -n "$APP_CPUS" ]; then
-  have taskset || { log "--app-cpus needs taskset (apt-get install util-linux)"; exit 2; }
-  taskset -c "$APP_CPUS" true 2>/dev/null || { log "--app-cpus: not a CPU list this machine has: $APP_CPUS"; exit 2; }
-  IPERF=(taskset -c "$APP_CPUS" iperf3)
-fi
+APP=()                                  # every iperf3 below runs as "${IPERF[@]}"
+[ -z "$APP_CPUS" ] || app_cpus "$APP_CPUS"
+IPERF=("${APP[@]}" iperf3)
 
 T=${TAPNET:-$PWD/target/release/tapnet}
 if [ -z "${TAPNET:-}" ] && [ ! -x "$T" ]; then cargo build --release --quiet || true; fi

@@ -32,17 +32,16 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-}; shift || true
-SECS=8 CLEAN="" APP=()
+SECS=8 CLEAN="" APP_CPUS="" APP=()
 while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --clean) CLEAN=1; shift;;
-  --app-cpus) taskset -c "${2:?--app-cpus needs a CPU list}" true 2>/dev/null ||
-      { echo "$0: --app-cpus: not a CPU list this machine has: $2" >&2; exit 2; }
-    APP=(taskset -c "$2"); shift 2;;
+  --app-cpus) APP_CPUS=${2:?--app-cpus needs a CPU list}; shift 2;;
   --) shift; break;;
   *) echo "usage: $0 udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [--clean] [--app-cpus LIST] [-- DAEMON-FLAGS...]" >&2; exit 2;;
 esac; done
 BENCH=profile; . bench/lib.sh
+[ -z "$APP_CPUS" ] || app_cpus "$APP_CPUS"
 case $MODE in udp|tcp|ping|nat|natr|pub|pubr|conn|pconn) ;; *) log "mode udp, tcp, ping, nat, natr, pub, pubr, conn or pconn"; exit 2;; esac
 [[ $SECS =~ ^[1-9][0-9]*$ && $SECS -ge 4 ]] || { log "--secs: at least 4"; exit 2; }
 [ -n "$CLEAN" ] || KEEP_W=1              # perf.data stays for perf report

@@ -69,6 +69,17 @@ def case(c, m):
     return {"group": "scale", "case": c, "metric": m}
 
 
+def nat_rows(group):
+    """bench/nat.sh's rows as (group, path, which way the container's data
+    goes): the client sends, and with --reverse (group GROUP-reverse) the
+    server does; the container is the client on the outbound path and the
+    server on the published one."""
+    for grp in (group, f"{group}-reverse"):
+        for path in ("outbound", "published"):
+            sends = (grp == group) == (path == "outbound")
+            yield grp, path, "container sends" if sends else "container receives"
+
+
 def goals():
     """(label, kind, numerator, denominator-or-None, comparator, target)."""
     g = []
@@ -95,19 +106,13 @@ def goals():
     for m, what in (("tcp_gbps", "TCP"), ("udp64_pps", "64 B UDP")):
         g.append((f"scaling: crowded network / empty, {what}", case("crowded", m),
                   dict(case("empty", m), **{"or": case("one_pair", m)}), ">=", 0.9))
-    # nat.sh's client sends; with --reverse (group nat-reverse) the server
-    # does. The container is the client on the outbound path and the server
-    # on the published one.
-    for grp in ("nat", "nat-reverse"):
-        for path in ("outbound", "published"):
-            sends = (grp == "nat") == (path == "outbound")
-            how = "container sends" if sends else "container receives"
-            t = {"group": grp, "peer": "tapnet", "path": path, "metric": "tcp_gbps"}
-            for p, target in (("kernel", 1.0), ("pasta", 2.0), ("slirp4netns-65520", 2.0)):
-                if p == "slirp4netns-65520" and path == "published":
-                    continue  # slirp4netns has no published row in nat.sh
-                g.append((f"NAT {path} ({how}), tapnet / {p}", t,
-                          dict(t, peer=p), ">=", target))
+    for grp, path, how in nat_rows("nat"):
+        t = {"group": grp, "peer": "tapnet", "path": path, "metric": "tcp_gbps"}
+        for p, target in (("kernel", 1.0), ("pasta", 2.0), ("slirp4netns-65520", 2.0)):
+            if p == "slirp4netns-65520" and path == "published":
+                continue  # slirp4netns has no published row in nat.sh
+            g.append((f"NAT {path} ({how}), tapnet / {p}", t,
+                      dict(t, peer=p), ">=", target))
     for path in ("outbound", "published"):
         t = {"group": "connrate", "peer": "tapnet", "path": path, "metric": "conn_per_s"}
         g.append((f"connections/s {path}, tapnet / kernel", t, dict(t, peer="kernel"), ">=", 1.0))
@@ -141,15 +146,12 @@ def context():
         k = {"group": "connrate", "peer": "kernel", "path": path, "metric": "conn_per_s"}
         c.append((f"connections/s {path}, kernel / pasta (what 2x pasta asks, against "
                   "the kernel)", k, dict(k, peer="pasta")))
-    for grp in ("nat-spare", "nat-spare-reverse"):
-        for path in ("outbound", "published"):
-            sends = (grp == "nat-spare") == (path == "outbound")
-            how = "container sends" if sends else "container receives"
-            t = {"group": grp, "peer": "tapnet", "path": path, "metric": "tcp_gbps"}
-            c.append((f"NAT {path} ({how}) with a CPU to spare (bench/nat.sh --app-cpus: "
-                      "every iperf3 on the last CPU, tapnet's worker on CPU 0; the kernel "
-                      "path's NAT runs on the application's CPU), tapnet / kernel",
-                      t, dict(t, peer="kernel")))
+    for grp, path, how in nat_rows("nat-spare"):
+        t = {"group": grp, "peer": "tapnet", "path": path, "metric": "tcp_gbps"}
+        c.append((f"NAT {path} ({how}) with a CPU to spare (bench/nat.sh --app-cpus: "
+                  "every iperf3 on the last CPU, tapnet's worker on CPU 0; the kernel "
+                  "path's NAT runs on the application's CPU), tapnet / kernel",
+                  t, dict(t, peer="kernel")))
     polling = {"group": "switch-polling", "peer": "tapnet", "metric": "rtt_avg_us"}
     c.append(("switch ping RTT, tapnet with one worker that never sleeps (`--workers 1 "
               "--busy-poll-us 1000000`: a CPU spent polling) / kernel bridge", polling,
