@@ -152,6 +152,11 @@ def context():
                   "every iperf3 on the last CPU, tapnet's worker on CPU 0; the kernel "
                   "path's NAT runs on the application's CPU), tapnet / kernel",
                   t, dict(t, peer="kernel")))
+    for grp, path, how in nat_rows("nat"):
+        t = {"group": grp, "peer": "tapnet", "path": path, "metric": "cpu_s_per_gb"}
+        c.append((f"NAT {path} ({how}), CPU-seconds per GB received (every busy CPU in the "
+                  "middle of the stream: endpoints, relay, softirqs; lower is cheaper), "
+                  "tapnet / kernel", t, dict(t, peer="kernel")))
     polling = {"group": "switch-polling", "peer": "tapnet", "metric": "rtt_avg_us"}
     c.append(("switch ping RTT, tapnet with one worker that never sleeps (`--workers 1 "
               "--busy-poll-us 1000000`: a CPU spent polling) / kernel bridge", polling,
