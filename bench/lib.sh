@@ -1,6 +1,6 @@
 # What the benchmarks that run tapnet's daemon share; sourced (after `cd`
-# to the repository) by memory.sh, scale.sh, profile.sh and connrate.sh,
-# and for its helpers and the kernel NAT path by nat.sh.
+# to the repository) by memory.sh, scale.sh, profile.sh, connrate.sh and
+# placement.sh, and for its helpers and the kernel NAT path by nat.sh.
 #   BENCH=NAME; . bench/lib.sh   NAME: the prefix of log lines
 #   log MSG                   "NAME.sh: MSG" on stderr
 #   bench_setup TOOL...       needs root and TOOLs; sets T (tapnet: $TAPNET, else
@@ -14,6 +14,13 @@
 #                             that too for tracked processes' descendants)
 #   start_daemon NS [FLAG...] a private netns NS (lo up) with the daemon in it
 #                             ($DAEMON, log $W/daemon.log), answering its CLI
+#   cpu_window SECS           (in the background while a SECS-long load runs)
+#                             /proc/stat's first line 1 s after the load starts
+#                             and 1 s before it ends, into $W (SECS >= 3)
+#   cpus_busy                 the CPUs the whole machine kept busy in that window
+#                             (endpoints, relays, softirqs alike), e.g. 1.47;
+#                             nothing if there was no window
+#   cpu_s_per_gb BUSY GBPS    those CPU-seconds per GB moved; nothing if unknown
 #   kernel_nat HOSTNS NS IF NET OUT_PORT PUB_PORT IN_PORT
 #                             the rootful kernel path (Docker's bridge without its
 #                             userland proxy): NS behind a veth IF (NET.1 on the
@@ -84,6 +91,19 @@ start_daemon() {
   DAEMON=$!; track $DAEMON
   waitfor "$T" network ls >/dev/null 2>&1 || { log "the daemon did not start: $(tail -1 "$W/daemon.log")"; exit 1; }
 }
+
+cpu_window() {
+  rm -f "$W/cpu.a" "$W/cpu.b"
+  [ "$1" -ge 3 ] || return 0
+  sleep 1; head -n1 /proc/stat >"$W/cpu.a"; sleep $(($1 - 2)); head -n1 /proc/stat >"$W/cpu.b"
+}
+cpus_busy() {
+  [ -s "$W/cpu.a" ] && [ -s "$W/cpu.b" ] || return 0
+  cat "$W/cpu.a" "$W/cpu.b" | awk -v n="$(nproc)" '
+    {t = 0; for (i = 2; i <= NF; i++) t += $i; tot[NR] = t; idle[NR] = $5 + $6}
+    END {dt = tot[2] - tot[1]; if (dt > 0) printf "%.2f", n * (dt - (idle[2] - idle[1])) / dt}'
+}
+cpu_s_per_gb() { [ -n "$1" ] && [ -n "$2" ] && awk -v b="$1" -v g="$2" 'BEGIN {if (g > 0) printf "%.3f", b / (g / 8)}'; }
 
 kernel_nat() {
   local hostns=$1 ns=$2 ifc=$3 net=$4 out=$5 pub=$6 in=$7

@@ -93,7 +93,7 @@ emit() {  # PEER PATH VALUE|""
 gbps() {  # PEER PATH CMD...: runs an iperf3 client (-J appended), emits receiver Gbit/s
   local peer=$1 path=$2 out=$W/out.$1.$2 v="" i sp=""; shift 2
   for i in 1 2; do   # one retry: a server that has just started may not be accepting yet
-    cpu_window &  sp=$!
+    cpu_window "$SECS" & sp=$!
     timeout --foreground $((SECS + 30)) "$@" -t "$SECS" $REV -J >"$out" 2>&1 & local p=$!; track $p; wait $p
     grep -q '"sum_received"' "$out" && ! grep -q '"error"' "$out" && break
     kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null; sp=""
@@ -108,25 +108,9 @@ gbps() {  # PEER PATH CMD...: runs an iperf3 client (-J appended), emits receive
   emit "$peer" "$path" "$v"
   cpu_cost "$peer" "$path" "$v"
 }
-# What the whole machine spent while a stream ran: /proc/stat's first line
-# 1 s after the client starts and 1 s before it ends (SECS >= 3; the window
-# misses the set-up, e.g. `tapnet run` making the container). Every busy CPU
-# counts, whoever uses it: the endpoints, the relay, the kernel's NAT,
-# softirqs; the benchmark's own shell sleeps.
-cpu_window() {
-  rm -f "$W/cpu.a" "$W/cpu.b"
-  [ "$SECS" -ge 3 ] || return 0
-  sleep 1; head -n1 /proc/stat >"$W/cpu.a"; sleep $((SECS - 2)); head -n1 /proc/stat >"$W/cpu.b"
-}
 cpu_cost() {  # PEER PATH GBPS: emits cpus_busy and cpu_s_per_gb for the row
-  local busy=""
-  if [ -n "$3" ] && [ -s "$W/cpu.a" ] && [ -s "$W/cpu.b" ]; then
-    busy=$(cat "$W/cpu.a" "$W/cpu.b" | awk -v n="$(nproc)" '
-      {t = 0; for (i = 2; i <= NF; i++) t += $i; tot[NR] = t; idle[NR] = $5 + $6}
-      END {dt = tot[2] - tot[1]; if (dt > 0) printf "%.2f", n * (dt - (idle[2] - idle[1])) / dt}')
-  fi
-  local per=""
-  [ -z "$busy" ] || per=$(awk -v b="$busy" -v g="$3" 'BEGIN {if (g > 0) printf "%.3f", b / (g / 8)}')
+  local busy per
+  busy=$([ -n "$3" ] && cpus_busy); per=$(cpu_s_per_gb "$busy" "$3")
   echo "{\"peer\":\"$1\",\"path\":\"$2\",\"metric\":\"cpus_busy\",\"value\":${busy:-null}}"
   echo "{\"peer\":\"$1\",\"path\":\"$2\",\"metric\":\"cpu_s_per_gb\",\"value\":${per:-null}}"
   [ -z "$busy" ] || log "$1 ($2): $busy CPUs busy, $per CPU-seconds per GB"
