@@ -99,8 +99,10 @@ cpu_window() {
 }
 cpus_busy() {
   [ -s "$W/cpu.a" ] && [ -s "$W/cpu.b" ] || return 0
+  # user nice system idle iowait irq softirq steal (guest time is inside
+  # user already); busy is what is neither idle, iowait nor stolen.
   cat "$W/cpu.a" "$W/cpu.b" | awk -v n="$(nproc)" '
-    {t = 0; for (i = 2; i <= NF; i++) t += $i; tot[NR] = t; idle[NR] = $5 + $6}
+    {t = 0; for (i = 2; i <= 9; i++) t += $i; tot[NR] = t; idle[NR] = $5 + $6 + $9}
     END {dt = tot[2] - tot[1]; if (dt > 0) printf "%.2f", n * (dt - (idle[2] - idle[1])) / dt}'
 }
 cpu_s_per_gb() { [ -n "$1" ] && [ -n "$2" ] && awk -v b="$1" -v g="$2" 'BEGIN {if (g > 0) printf "%.3f", b / (g / 8)}'; }
