@@ -21,6 +21,9 @@
 #                             (endpoints, relays, softirqs alike), e.g. 1.47;
 #                             nothing if there was no window
 #   cpu_s_per_gb BUSY GBPS    those CPU-seconds per GB moved; nothing if unknown
+#   iperf3_gbps FILE          the receiver's Gbit/s (2 decimals) in FILE, an
+#                             iperf3 -J output; nothing and status 1 if that run failed
+#   iperf3_failure FILE       the line of FILE that says why it failed
 #   kernel_nat HOSTNS NS IF NET OUT_PORT PUB_PORT IN_PORT
 #                             the rootful kernel path (Docker's bridge without its
 #                             userland proxy): NS behind a veth IF (NET.1 on the
@@ -106,6 +109,16 @@ cpus_busy() {
     END {dt = tot[2] - tot[1]; if (dt > 0) printf "%.2f", n * (dt - (idle[2] - idle[1])) / dt}'
 }
 cpu_s_per_gb() { [ -n "$1" ] && [ -n "$2" ] && awk -v b="$1" -v g="$2" 'BEGIN {if (g > 0) printf "%.3f", b / (g / 8)}'; }
+
+iperf3_gbps() {
+  grep -q '"sum_received"' "$1" && ! grep -q '"error"' "$1" || return 1
+  # The "sum_received" section of iperf3's pretty-printed JSON, its
+  # bits_per_second key.
+  awk 'index($0, "\"sum_received\":") {f = 1; next}
+    f && /}/ {if (v != "") printf "%.2f", v / 1e9; exit}
+    f {gsub(/[",\t ]/, ""); split($0, a, ":"); if (a[1] == "bits_per_second") v = a[2]}' "$1"
+}
+iperf3_failure() { grep -m1 '"error"' "$1" || grep -v '^[[:space:]]*$' "$1" | tail -n1; }
 
 kernel_nat() {
   local hostns=$1 ns=$2 ifc=$3 net=$4 out=$5 pub=$6 in=$7

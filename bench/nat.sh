@@ -80,11 +80,6 @@ track $!
 waitfor eval '"${H[@]}" ss -Hltn "sport = :$LPORT" | grep -q .' || { log "iperf3 server did not start"; exit 1; }
 
 # ---- measurement ----------------------------------------------------------------------
-jget() {  # SECTION KEY...: values of KEY... inside "SECTION" of iperf3's pretty-printed JSON
-  awk -v s="\"$1\":" -v keys="${*:2}" 'index($0, s) {f = 1; next}
-    f && /}/ {n = split(keys, k, " "); for (i = 1; i <= n; i++) printf "%s ", v[k[i]]; print ""; exit}
-    f {gsub(/[",\t ]/, ""); split($0, a, ":"); v[a[1]] = a[2]}'
-}
 emit() {  # PEER PATH VALUE|""
   echo "{\"peer\":\"$1\",\"path\":\"$2\",\"metric\":\"tcp_gbps\",\"value\":${3:-null}}"
   echo "$1 $2 ${3:-null}" >>"$RES"
@@ -95,16 +90,12 @@ gbps() {  # PEER PATH CMD...: runs an iperf3 client (-J appended), emits receive
   for i in 1 2; do   # one retry: a server that has just started may not be accepting yet
     cpu_window "$SECS" & sp=$!
     timeout --foreground $((SECS + 30)) "$@" -t "$SECS" $REV -J >"$out" 2>&1 & local p=$!; track $p; wait $p
-    grep -q '"sum_received"' "$out" && ! grep -q '"error"' "$out" && break
+    iperf3_gbps "$out" >/dev/null && break
     kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null; sp=""
     sleep 1
   done
   [ -z "$sp" ] || wait "$sp" 2>/dev/null
-  if grep -q '"sum_received"' "$out" && ! grep -q '"error"' "$out"; then
-    v=$(jget sum_received bits_per_second <"$out" | awk '$1 != "" {printf "%.2f", $1 / 1e9}')
-  else
-    log "$peer ($path): iperf3: $(grep -m1 '"error"' "$out" || grep -v '^[[:space:]]*$' "$out" | tail -n1)"
-  fi
+  v=$(iperf3_gbps "$out") || log "$peer ($path): iperf3: $(iperf3_failure "$out")"
   emit "$peer" "$path" "$v"
   cpu_cost "$peer" "$path" "$v"
 }

@@ -57,8 +57,9 @@ waitfor eval '"${H[@]}" ss -Hltn "sport = :$OUT" | grep -q . && "${H[@]}" ss -Hl
 # The container's server (its pid, to pin it): the iperf3 in the
 # container's network namespace. Only read here, never signalled.
 cnet=$("$T" exec plsrv -- readlink /proc/self/ns/net 2>/dev/null) CSRV=""
+[ -n "$cnet" ] || { log "cannot read the container's network namespace"; exit 1; }
 for p in $(ps -eo pid=,comm= | awk '$2 == "iperf3" {print $1}'); do
-  [ -n "$cnet" ] && [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$cnet" ] && CSRV=$p
+  [ "$(readlink "/proc/$p/ns/net" 2>/dev/null)" = "$cnet" ] && CSRV=$p
 done
 [ -n "$CSRV" ] || { log "cannot find the container's iperf3 server"; exit 1; }
 
@@ -68,11 +69,7 @@ measure() {
   cpu_window "$SECS" & sp=$!
   timeout --foreground $((SECS + 30)) "$@" -t "$SECS" -J >"$out" 2>&1 & local p=$!; track $p; wait $p
   wait "$sp" 2>/dev/null
-  if grep -q '"sum_received"' "$out" && ! grep -q '"error"' "$out"; then
-    v=$(python3 -c 'import json,sys; print("%.2f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e9))' "$out")
-  else
-    log "$peer $path $dir C=$c H=$h: iperf3 failed: $(grep -m1 '"error"' "$out" || tail -n1 "$out")"
-  fi
+  v=$(iperf3_gbps "$out") || log "$peer $path $dir C=$c H=$h: iperf3: $(iperf3_failure "$out")"
   busy=$([ -n "$v" ] && cpus_busy); per=$(cpu_s_per_gb "$busy" "$v")
   for m in "tcp_gbps:$v" "cpus_busy:$busy" "cpu_s_per_gb:$per"; do
     echo "{\"peer\":\"$peer\",\"path\":\"$path\",\"direction\":\"$dir\",\"container_cpu\":$c,\"host_cpu\":$h,\"metric\":\"${m%%:*}\",\"value\":${m#*:}}"
