@@ -30,7 +30,8 @@
 #                the other way (--reverse: the container sends)
 #   connrate     bench/connrate.sh: kernel, pasta, tapnet
 #   scale        bench/scale.sh: one pair, two pairs, a crowded network (and
-#                the empty one again after it), the daemon's default workers
+#                the empty one again after it), the daemon's default workers;
+#                the pairs' rows with the CPUs they kept busy and their cost
 #   scale-2w     bench/scale.sh --idle 0 --nets 0 with --workers 2: one pair
 #                and two pairs, the scaling goal as issue 19 states it ("2
 #                workers and 2 concurrent pairs"); on a 2-CPU machine the

@@ -138,6 +138,21 @@ def context():
     c.append(("tapnet with its default workers (one on 2 CPUs): two pairs / one pair, TCP "
               "(bench/scale.sh as the scale group runs it)",
               case("two_pairs", "tcp_gbps"), case("one_pair", "tcp_gbps")))
+    # What the switch's rows cost the machine (bench/scale.sh's costed
+    # cases; results from before it have none of these rows).
+    c.append(("switch TCP, one pair, CPU-seconds per GB received (every busy CPU: "
+              "both ends, the worker, softirqs), tapnet / kernel bridge",
+              case("one_pair", "tcp_cpu_s_per_gb"), case("kernel_one_pair", "tcp_cpu_s_per_gb")))
+    c.append(("switch TCP, one pair: the CPUs tapnet keeps busy (of this machine's 2)",
+              case("one_pair", "tcp_cpus_busy"), None))
+    c.append(("switch TCP, one pair: the CPUs the kernel bridge keeps busy",
+              case("kernel_one_pair", "tcp_cpus_busy"), None))
+    c.append(("switch 64 B UDP, CPU-microseconds per datagram received, tapnet / kernel bridge",
+              case("one_pair", "udp64_cpu_us_per_pkt"),
+              case("kernel_one_pair", "udp64_cpu_us_per_pkt")))
+    c.append(("two workers, two pairs, CPU-seconds per GB received, tapnet / kernel bridge",
+              dict(case("two_pairs", "tcp_cpu_s_per_gb"), group="scale-2w"),
+              dict(case("kernel_two_pairs", "tcp_cpu_s_per_gb"), group="scale-2w")))
     for m, what in (("tcp_gbps", "TCP"), ("udp64_pps", "64 B UDP")):
         c.append((f"kernel bridge: crowded network / empty, {what} (the crowding goal's "
                   "measurement through the kernel: what the crowd's namespaces cost the host)",

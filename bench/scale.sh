@@ -30,6 +30,11 @@
 # it); the containers talk only to each other.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/scale.sh [--secs N] [--idle N] [--nets N]
 #   tools: apt-get install iperf3 python3 iproute2 util-linux
+# What each of one_pair, two_pairs and their kernel cases cost the machine
+# (the CPUs busy in the middle of the load, bench/lib.sh's cpu_window; with
+# --secs 3 or more): tcp_cpus_busy and tcp_cpu_s_per_gb (CPU-seconds per GB
+# received), and for one pair's 64-byte UDP udp64_cpus_busy and
+# udp64_cpu_us_per_pkt (CPU-microseconds per datagram received).
 # stdout: one JSON object per line ({"case","metric","value"}), then the
 # ratios; stderr: progress and tapnet stats at the end.
 set -u -o pipefail
@@ -73,13 +78,31 @@ pps() {  # iperf3 UDP JSON FILE -> datagrams received per second
   field "$1" "'%.0f' % ((e['sum']['packets'] - e['sum']['lost_packets']) / e['sum']['seconds'])"; }
 udp() { iperf "$1" "$W/udp$1.json" -u -b 0 -l 18 && pps "$W/udp$1.json"; }
 val() { awk -v c="$1" -v m="$2" '$1 == c && $2 == m {print $3}' "$RES"; }  # CASE METRIC
+# costed CASE tcp|udp64 CMD...: CMD prints the case's rate (Gbit/s, or
+# datagrams received per second); emits it, the CPUs the machine kept busy
+# meanwhile and their cost per GB (tcp) or per datagram (udp64).
+costed() {
+  local c=$1 k=$2 v busy per sp; shift 2
+  cpu_window "$SECS" & sp=$!
+  v=$("$@"); wait "$sp" 2>/dev/null
+  busy=$([ -n "$v" ] && cpus_busy)
+  if [ "$k" = tcp ]; then emit "$c" tcp_gbps "$v"; per=$(cpu_s_per_gb "$busy" "$v")
+    emit "$c" tcp_cpus_busy "$busy"; emit "$c" tcp_cpu_s_per_gb "$per"
+  else emit "$c" udp64_pps "$v"
+    per=$([ -n "$busy" ] && awk -v b="$busy" -v p="$v" 'BEGIN {if (p > 0) printf "%.2f", b / p * 1e6}')
+    emit "$c" udp64_cpus_busy "$busy"; emit "$c" udp64_cpu_us_per_pkt "$per"
+  fi
+}
+two() {  # RUN-ONE FILE-PREFIX: two pairs at once, their summed Gbit/s
+  "$1" 1 "$W/${2}1.json" & local a=$!
+  "$1" 2 "$W/${2}2.json" & local b=$!
+  wait $a; wait $b
+  gbps_sum "$W/${2}1.json" "$W/${2}2.json"
+}
 
-emit one_pair tcp_gbps "$(tcp 1)"
-emit one_pair udp64_pps "$(udp 1)"
-iperf 1 "$W/p1.json" & a=$!
-iperf 2 "$W/p2.json" & b=$!
-wait $a; wait $b
-emit two_pairs tcp_gbps "$(gbps_sum "$W/p1.json" "$W/p2.json")"
+costed one_pair tcp tcp 1
+costed one_pair udp64 udp 1
+costed two_pairs tcp two iperf p
 
 # The kernel bridge's pairs, in namespaces made here (no traffic leaves them).
 kbr=sc$$k; NETNS+=" $kbr"
@@ -100,12 +123,9 @@ kiperf() { local n=$1 out=$2; shift 2
   timeout $((SECS + 30)) ip netns exec "sc$$c$n" iperf3 -c "10.190.0.1$n" -t "$SECS" -J "$@" >"$out" 2>&1; }
 ktcp() { kiperf "$1" "$W/kt$1.json" && gbps_sum "$W/kt$1.json"; }
 kudp() { kiperf "$1" "$W/ku$1.json" -u -b 0 -l 18 && pps "$W/ku$1.json"; }
-emit kernel_one_pair tcp_gbps "$(ktcp 1)"
-emit kernel_one_pair udp64_pps "$(kudp 1)"
-kiperf 1 "$W/kp1.json" & a=$!
-kiperf 2 "$W/kp2.json" & b=$!
-wait $a; wait $b
-emit kernel_two_pairs tcp_gbps "$(gbps_sum "$W/kp1.json" "$W/kp2.json")"
+costed kernel_one_pair tcp ktcp 1
+costed kernel_one_pair udp64 kudp 1
+costed kernel_two_pairs tcp two kiperf kp
 
 log "adding $IDLE idle containers to the pair's network and $NETS networks with one each"
 for i in $(seq "$IDLE"); do
