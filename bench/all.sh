@@ -29,6 +29,10 @@
 #                with UDP_GRO or without (context rows, not goals); then
 #                the other way (--reverse: the container sends)
 #   connrate     bench/connrate.sh: kernel, pasta, tapnet
+#   nat-crowd, connrate-crowd
+#                bench/nat.sh both ways and bench/connrate.sh with the daemon's
+#                --sleep-when-crowded (its workers sleep rather than poll while
+#                more threads are runnable than there are CPUs): context rows
 #   scale        bench/scale.sh: one pair, two pairs, a crowded network (and
 #                the empty one again after it), the daemon's default workers;
 #                the pairs' rows with the CPUs they kept busy and their cost
@@ -58,7 +62,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch switch-polling switch-steering nat nat-spare udp connrate scale scale-2w memory pipeline wakeup flood"
+GROUPS_ALL="switch switch-polling switch-steering nat nat-spare udp connrate nat-crowd connrate-crowd scale scale-2w memory pipeline wakeup flood"
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
   groups: $GROUPS_ALL" >&2; }
 while [ $# -gt 0 ]; do case $1 in
@@ -149,6 +153,12 @@ for r in $(seq "$ROUNDS"); do
     udp) tagged udp "$r" bench/udp.sh --secs "$SECS"
          tagged udp-reverse "$r" bench/udp.sh --secs "$SECS" --reverse;;
     connrate) tagged connrate "$r" bench/connrate.sh --secs "$SECS";;
+    nat-crowd) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--sleep-when-crowded" TAPNET=$PWD/bench/tapnet-args.sh \
+                 tagged nat-crowd "$r" bench/nat.sh --secs "$SECS"
+               TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--sleep-when-crowded" TAPNET=$PWD/bench/tapnet-args.sh \
+                 tagged nat-crowd-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
+    connrate-crowd) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--sleep-when-crowded" TAPNET=$PWD/bench/tapnet-args.sh \
+                 tagged connrate-crowd "$r" bench/connrate.sh --secs "$SECS";;
     scale) tagged scale "$r" bench/scale.sh --secs "$SECS";;
     scale-2w) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 2" TAPNET=$PWD/bench/tapnet-args.sh \
               tagged scale-2w "$r" bench/scale.sh --secs "$SECS" --idle 0 --nets 0;;

@@ -341,6 +341,69 @@ fn captures_name_interfaces_count_directions_filter_and_stream() {
     );
 }
 
+/// The workers' polling time so far, summed (`tapnet stats`).
+fn spin_seconds(d: &Daemon) -> f64 {
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    v["workers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|w| w["spin_seconds"].as_f64().unwrap())
+        .sum()
+}
+
+/// With `--sleep-when-crowded` a worker stops polling while more threads
+/// are runnable than the machine has CPUs; without it, it polls on. The
+/// test crowds the machine itself (two more spinning threads than CPUs)
+/// while one container floods the other with pings, for each daemon.
+#[test]
+fn a_crowded_machine_stops_polling_only_when_asked() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let flood = |d: &Daemon| -> f64 {
+        let b_ip = d.ip_of("cb", "front");
+        ping(d, "ca", &b_ip, 1);
+        let stop = Arc::new(AtomicBool::new(false));
+        // The machine's online CPUs, which the daemon compares with (not
+        // this process's share of them: every spinner counts as runnable).
+        let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+            .ok()
+            .flatten()
+            .map_or(2, |n| n.max(1) as usize);
+        let spinners: Vec<_> = (0..cpus + 2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let before = spin_seconds(d);
+        let o = d.tapnet(&[
+            "exec", "ca", "--", "ping", "-f", "-c", "3000", "-W", "1", &b_ip,
+        ]);
+        let spun = spin_seconds(d) - before;
+        stop.store(true, Ordering::Relaxed);
+        for t in spinners {
+            t.join().unwrap();
+        }
+        assert_eq!(o.code, 0, "ping -f: {}{}", o.stdout, o.stderr);
+        spun
+    };
+    let asked = flood(&world(&["--sleep-when-crowded"]));
+    let default = flood(&world(&[]));
+    eprintln!("polling during the flood: {asked} s asked, {default} s by default");
+    // A few looks pass before the share of crowded ones reaches half: a
+    // millisecond or two of polling at most.
+    assert!(asked < 0.005, "polled {asked} s on a crowded machine");
+    assert!(
+        default > 4.0 * asked && default > 0.002,
+        "polled {default} s by default, {asked} s when asked not to"
+    );
+}
+
 /// The port of `port`'s row in `tapnet stats --format json`.
 fn port_row(d: &Daemon, port: &str) -> serde_json::Value {
     let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();

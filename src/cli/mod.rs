@@ -233,6 +233,13 @@ struct DaemonArgs {
     #[arg(long = "busy-poll-workers", value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     busy_poll_workers: u32,
+    /// A worker sleeps instead of polling while, in most of its recent
+    /// looks, more threads were runnable than the machine has CPUs (its
+    /// polling would take a CPU from a container's sender or receiver):
+    /// streams through the NAT gain, connections/s lose (see README,
+    /// Performance).
+    #[arg(long = "sleep-when-crowded")]
+    sleep_when_crowded: bool,
     /// Run the NAT in a thread of its own instead of in worker 0's loop
     /// (the layout before; see README, Performance).
     #[arg(long = "nat-thread")]
@@ -434,6 +441,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         metrics_addr,
         busy_poll_us: a.busy_poll_us,
         busy_poll_workers: a.busy_poll_workers,
+        sleep_when_crowded: a.sleep_when_crowded,
         nat_thread: a.nat_thread,
         tx_batch: a.tx_batch,
         worker_cpus: a.worker_cpus,

@@ -85,6 +85,10 @@ pub struct Config {
     /// limit).
     #[serde(default)]
     pub busy_poll_workers: u32,
+    /// `--sleep-when-crowded`: workers sleep rather than poll while the
+    /// machine is mostly crowded.
+    #[serde(default)]
+    pub sleep_when_crowded: bool,
     /// `--nat-thread`: the NAT in a thread of its own, not in worker 0.
     #[serde(default)]
     pub nat_thread: bool,
@@ -448,6 +452,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
             .map(|c| crate::dataplane::VtepConfig::new(c.vtep)),
         busy_poll: std::time::Duration::from_micros(cfg.busy_poll_us.into()),
         busy_poll_workers: cfg.busy_poll_workers as usize,
+        sleep_when_crowded: cfg.sleep_when_crowded,
         nat_thread: cfg.nat_thread,
         tx_batch: cfg.tx_batch as usize,
         worker_cpus,

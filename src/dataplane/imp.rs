@@ -1,7 +1,7 @@
 use super::inject::{self, InjectRx, InjectTx, Injected, WorkerWake};
 use super::nat::Nat;
 use super::place::{Placement, Rebalancer};
-use super::spin::{SpinGate, SpinToken, SpinWindow};
+use super::spin::{Crowd, SpinGate, SpinToken, SpinWindow};
 use super::vtep::{TunnelRx, TunnelTx, Vtep};
 use super::*;
 use anyhow::{bail, Context};
@@ -74,6 +74,9 @@ struct WorkerOwn {
     busy_poll: Duration,
     /// Shared by the workers: how many poll at once (None: no limit).
     spin_gate: Option<Arc<SpinGate>>,
+    /// Whether the worker watches the machine's run queues and sleeps
+    /// rather than polls while they are crowded (`Crowd`).
+    watch_crowd: bool,
     /// The NAT, for the worker that drives it (worker 0, unless
     /// `--nat-thread`).
     nat: Option<Nat>,
@@ -295,6 +298,7 @@ impl Dataplane {
                 busy_poll: config.busy_poll,
                 tx_batch: config.tx_batch,
                 spin_gate: spin_gate.clone(),
+                watch_crowd: config.sleep_when_crowded,
                 nat,
                 place: place.clone(),
                 panic_after: config
@@ -1148,6 +1152,7 @@ fn worker_loop(
         shared,
         busy_poll,
         spin_gate,
+        watch_crowd,
         mut nat,
         place,
         tx_batch,
@@ -1190,6 +1195,7 @@ fn worker_loop(
     let mut turn_end = last_work;
     let mut token = SpinToken::new(spin_gate);
     let mut window = SpinWindow::new(busy_poll);
+    let mut crowd = Crowd::new(watch_crowd);
     let mut nat_events = Events::with_capacity(256);
     let mut placer = Placer {
         shared: place,
@@ -1205,7 +1211,10 @@ fn worker_loop(
         let mut timeout = Some(Duration::ZERO);
         let idle = ready.is_empty() && !tun_ready.0 && !tun_ready.1 && !nat_more;
         // (`turn_end` is as good as now: no clock read per turn for it.)
-        let in_window = idle && turn_end.duration_since(last_work) < window.get();
+        // With --sleep-when-crowded, not while the machine is crowded:
+        // polling would take a CPU from a thread with work (`Crowd`).
+        let in_window =
+            idle && turn_end.duration_since(last_work) < window.get() && !crowd.crowded(turn_end);
         let spinning = token.allow(in_window);
         if idle && !spinning {
             // Producers wake a sleeping worker only: say so, then look at

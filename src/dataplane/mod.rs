@@ -253,6 +253,9 @@ pub struct DataplaneConfig {
     /// --busy-poll-workers`); 0: no limit. The others sleep as soon as
     /// they are idle, leaving CPUs to the containers and the NAT.
     pub busy_poll_workers: usize,
+    /// Workers sleep rather than poll while the machine is mostly crowded
+    /// (`tapnet daemon --sleep-when-crowded`, `spin::Crowd`).
+    pub sleep_when_crowded: bool,
     /// The NAT runs in a thread of its own (`tapnet daemon --nat-thread`),
     /// not in worker 0's loop.
     pub nat_thread: bool,
@@ -616,6 +619,7 @@ impl Default for DataplaneConfig {
             vtep: None,
             busy_poll: std::time::Duration::ZERO,
             busy_poll_workers: 0,
+            sleep_when_crowded: false,
             nat_thread: false,
             tx_batch: DEFAULT_TX_BATCH,
             worker_cpus: Vec::new(),
