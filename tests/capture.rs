@@ -310,7 +310,7 @@ fn captures_name_interfaces_count_directions_filter_and_stream() {
     assert!(o.stderr.contains("No such container"), "{}", o.stderr);
 
     // Stats moved.
-    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    let v = stats(&d);
     let port = v["ports"]
         .as_array()
         .unwrap()
@@ -341,9 +341,14 @@ fn captures_name_interfaces_count_directions_filter_and_stream() {
     );
 }
 
+/// `tapnet stats --format json`, parsed.
+fn stats(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap()
+}
+
 /// The workers' polling time so far, summed (`tapnet stats`).
 fn spin_seconds(d: &Daemon) -> f64 {
-    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    let v = stats(d);
     v["workers"]
         .as_array()
         .unwrap_or_else(|| panic!("{v}"))
@@ -406,7 +411,7 @@ fn a_crowded_machine_stops_polling_only_when_asked() {
 
 /// The port of `port`'s row in `tapnet stats --format json`.
 fn port_row(d: &Daemon, port: &str) -> serde_json::Value {
-    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    let v = stats(d);
     v["ports"]
         .as_array()
         .unwrap()
@@ -577,7 +582,7 @@ fn ring_drops_show_frames_the_switch_did_not_read() {
         "{only_a}"
     );
     // The network's total, the table and the metrics carry it too.
-    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    let v = stats(&d);
     assert_eq!(v["networks"][0]["ring_drops"].as_u64(), Some(ring), "{v}");
     let table = d.ok(&["stats"]);
     let line = table
@@ -651,7 +656,7 @@ fn drops_carry_their_reasons() {
         );
     }
     // The switch counted them too.
-    let v: serde_json::Value = serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+    let v = stats(&d);
     let q1 = v["ports"]
         .as_array()
         .unwrap()
@@ -809,9 +814,6 @@ fn workers_run_on_the_cpus_asked_for() {
         t.sort();
         t
     };
-    let stats = |d: &Daemon| -> serde_json::Value {
-        serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap()
-    };
     let free = tapnet::dataplane::cpu_list(&allowed);
     let last_s = last.to_string();
     for (extra, want) in [
@@ -905,8 +907,7 @@ fn with_cpu_steering_the_worker_on_the_senders_cpu_reads_its_frames() {
     let cb = d.ip_of("cb", "front");
     // Per worker: the frames read from ca's port, and those given the NAT.
     let counts = || -> (Vec<u64>, Vec<u64>) {
-        let v: serde_json::Value =
-            serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+        let v = stats(&d);
         let ports = v["ports"].as_array().unwrap();
         let ca = ports.iter().find(|p| p["container"] == "ca").unwrap();
         let per = |a: &serde_json::Value| -> Vec<u64> {

@@ -271,26 +271,9 @@ mod tests {
 
     /// A `/proc/loadavg` stand-in holding `line`.
     fn loadavg(line: &str) -> File {
-        let mut f = unlinked_file();
+        let mut f = crate::sys::unlinked_temp_file("loadavg");
         use std::io::Write;
         f.write_all(line.as_bytes()).unwrap();
-        f
-    }
-
-    fn unlinked_file() -> File {
-        let path = std::env::temp_dir().join(format!(
-            "tapnet-loadavg-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        std::fs::remove_file(&path).unwrap();
         f
     }
 

@@ -147,7 +147,7 @@ mod tests {
     #[test]
     fn passes_fds_and_bytes() {
         let (a, b) = seqpacket_pair().expect("socketpair");
-        let mut file = tempfile();
+        let mut file = crate::sys::unlinked_temp_file("fdpass");
         file.write_all(b"hello").expect("write");
         send(&a, b"msg", &[file.as_fd(), file.as_fd()]).expect("send");
         let mut buf = [0u8; 16];
@@ -188,22 +188,5 @@ mod tests {
         send(&a, b"0123456789", &[]).expect("send");
         let mut buf = [0u8; 4];
         assert!(matches!(recv(&b, &mut buf), Err(FdPassError::Truncated)));
-    }
-
-    fn tempfile() -> std::fs::File {
-        let path = std::env::temp_dir().join(format!(
-            "tapnet-fdpass-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("create temp file");
-        let _ = std::fs::remove_file(&path);
-        file
     }
 }

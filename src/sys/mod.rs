@@ -82,3 +82,24 @@ pub fn large_allocations_from_the_kernel() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
+
+/// For unit tests that need a real file: one readable and writable that
+/// no path names (made in the temporary directory, named after `tag`, the
+/// process and the thread, then unlinked).
+#[cfg(test)]
+pub(crate) fn unlinked_temp_file(tag: &str) -> std::fs::File {
+    let path = std::env::temp_dir().join(format!(
+        "tapnet-{tag}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .expect("create temp file");
+    std::fs::remove_file(&path).expect("unlink temp file");
+    file
+}
