@@ -17,6 +17,7 @@
 # "The host" is a private network namespace made here (the tapnet daemon runs in
 # it, slirp4netns and socat too); nothing reaches the machine's real interfaces.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/nat.sh [--secs N] [--reverse] [--app-cpus LIST]
+#                                                     [--peers LIST]
 #   (--reverse: iperf3 -R on every row: data flows from the server's side, i.e.
 #   host -> container on the outbound path, container -> client when published;
 #   --app-cpus: every iperf3, client and server, runs on these CPUs (taskset);
@@ -39,16 +40,21 @@ cd "$(dirname "$0")/.."
 SECS=5
 REV=""                                  # --reverse: iperf3 -R (data towards the container)
 APP_CPUS=""                             # --app-cpus: where every iperf3 runs
-usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--reverse] [--app-cpus LIST]" >&2; }
+PEERS=""                                # --peers: only these rows (comma list; all if empty)
+usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--reverse] [--app-cpus LIST] [--peers tapnet,kernel,slirp4netns,pasta,socat]" >&2; }
 while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --reverse) REV=-R; shift;;
   --app-cpus) APP_CPUS=${2:?--app-cpus needs a CPU list}; shift 2;;
+  --peers) PEERS=${2:?--peers needs a list}; shift 2;;
   -h|--help) usage; exit 0;;
   *) usage; exit 2;;
 esac; done
 BENCH=nat; . bench/lib.sh                # log, track, waitfor, bench_cleanup, kernel_nat
 have() { command -v "$1" >/dev/null 2>&1; }
+want() { [ -z "$PEERS" ] || [[ ",$PEERS," == *",$1,"* ]]; }  # PEER: is its row asked for?
+for p in ${PEERS//,/ }; do case $p in tapnet|kernel|slirp4netns|pasta|socat) ;;
+  *) log "--peers: unknown peer $p (tapnet, kernel, slirp4netns, pasta, socat)"; exit 2;; esac; done
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || { log "--secs must be a positive integer"; exit 2; }
 [ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
 for t in iperf3 ip ss timeout awk nsenter unshare; do
@@ -215,18 +221,19 @@ pasta_row() {
 }
 
 log "outbound: iperf3 server on the host netns' 127.0.0.1:$LPORT; ${SECS}s per test"
-tapnet_rows
-kernel_row
-slirp_row 1500
-slirp_row 65520
-pasta_row
-socat_row
+want tapnet && tapnet_rows
+want kernel && kernel_row
+want slirp4netns && slirp_row 1500
+want slirp4netns && slirp_row 65520
+want pasta && pasta_row
+want socat && socat_row
 
 # ---- table and ratios -----------------------------------------------------------------
 val() { awk -v p="$1" -v q="$2" '$1 == p && $2 == q {print $3}' "$RES"; }
 { printf '%-18s %-10s %s\n' peer path tcp_gbps
   while read -r p q v; do printf '%-18s %-10s %s\n' "$p" "$q" "$v"; done <"$RES"; } >&2
-ratio() {  # PATH PEER
+ratio() {  # PATH PEER (a peer not asked for: no ratio)
+  want "${2%%-*}" || return 0
   local a b r; a=$(val tapnet "$1"); b=$(val "$2" "$1")
   r=$(awk -v a="${a:-null}" -v b="${b:-null}" \
     'BEGIN {if (a != "null" && b != "null" && b + 0 > 0) printf "%.3f", a / b; else printf "null"}')
