@@ -29,10 +29,15 @@
 #                with UDP_GRO or without (context rows, not goals); then
 #                the other way (--reverse: the container sends)
 #   connrate     bench/connrate.sh: kernel, pasta, tapnet
-#   nat-crowd, connrate-crowd
-#                bench/nat.sh both ways and bench/connrate.sh with the daemon's
-#                --sleep-when-crowded (its workers sleep rather than poll while
-#                more threads are runnable than there are CPUs): context rows
+#   nat-never, connrate-never
+#                bench/nat.sh both ways (tapnet and the kernel path only) and
+#                bench/connrate.sh with the daemon's --sleep-when-crowded never
+#                (its workers poll on when more threads are runnable than there
+#                are CPUs, even while they read a stream: the default before
+#                2026-12-06): context rows
+#   nat-crowd, connrate-crowd (only with --only)
+#                the same with --sleep-when-crowded always (its workers sleep
+#                on a crowded machine whatever they read)
 #   scale        bench/scale.sh: one pair, two pairs, a crowded network (and
 #                the empty one again after it), the daemon's default workers;
 #                the pairs' rows with the CPUs they kept busy and their cost
@@ -62,9 +67,11 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch switch-polling switch-steering nat nat-spare udp connrate nat-crowd connrate-crowd scale scale-2w memory pipeline wakeup flood"
+GROUPS_ALL="switch switch-polling switch-steering nat nat-spare udp connrate nat-never connrate-never scale scale-2w memory pipeline wakeup flood"
+GROUPS_MORE="nat-crowd connrate-crowd"  # run only when --only names them
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
-  groups: $GROUPS_ALL" >&2; }
+  groups: $GROUPS_ALL
+  with --only also: $GROUPS_MORE" >&2; }
 while [ $# -gt 0 ]; do case $1 in
   --rounds) ROUNDS=${2:?--rounds needs a value}; shift 2;;
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
@@ -78,7 +85,7 @@ log() { echo "all.sh: $*" >&2; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ && $SECS =~ ^[1-9][0-9]*$ ]] || { log "--rounds and --secs take positive integers"; exit 2; }
 GROUPS_RUN=${ONLY//,/ }; GROUPS_RUN=${GROUPS_RUN:-$GROUPS_ALL}
 for g in $GROUPS_RUN; do
-  [[ " $GROUPS_ALL " == *" $g "* ]] || { log "unknown group: $g (groups: $GROUPS_ALL)"; exit 2; }
+  [[ " $GROUPS_ALL $GROUPS_MORE " == *" $g "* ]] || { log "unknown group: $g (groups: $GROUPS_ALL $GROUPS_MORE)"; exit 2; }
 done
 [ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
 command -v python3 >/dev/null || { log "missing python3"; exit 2; }
@@ -90,6 +97,12 @@ OUT=${OUT:-$(mktemp -d /tmp/tapnet-bench.XXXXXX)}
 mkdir -p "$OUT" || exit 2
 RESULTS=$OUT/results.jsonl; : >"$RESULTS"
 log "results in $OUT; $ROUNDS round(s) of: $GROUPS_RUN; ${SECS}s per test"
+
+# Runs CMD with the daemons its scripts start given FLAGS (bench/tapnet-args.sh).
+with_daemon_args() {  # FLAGS CMD...
+  local flags=$1; shift
+  TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="$flags" TAPNET=$PWD/bench/tapnet-args.sh "$@"
+}
 
 # Runs one group's script, tagging each JSON line of its stdout.
 tagged() {  # GROUP ROUND CMD...
@@ -153,12 +166,15 @@ for r in $(seq "$ROUNDS"); do
     udp) tagged udp "$r" bench/udp.sh --secs "$SECS"
          tagged udp-reverse "$r" bench/udp.sh --secs "$SECS" --reverse;;
     connrate) tagged connrate "$r" bench/connrate.sh --secs "$SECS";;
-    nat-crowd) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--sleep-when-crowded" TAPNET=$PWD/bench/tapnet-args.sh \
-                 tagged nat-crowd "$r" bench/nat.sh --secs "$SECS"
-               TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--sleep-when-crowded" TAPNET=$PWD/bench/tapnet-args.sh \
-                 tagged nat-crowd-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
-    connrate-crowd) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--sleep-when-crowded" TAPNET=$PWD/bench/tapnet-args.sh \
-                 tagged connrate-crowd "$r" bench/connrate.sh --secs "$SECS";;
+    nat-never|nat-crowd)
+         when=never; [ "$g" = nat-crowd ] && when=always
+         with_daemon_args "--sleep-when-crowded $when" \
+           tagged "$g" "$r" bench/nat.sh --secs "$SECS" --peers tapnet,kernel
+         with_daemon_args "--sleep-when-crowded $when" \
+           tagged "$g-reverse" "$r" bench/nat.sh --secs "$SECS" --reverse --peers tapnet,kernel;;
+    connrate-never|connrate-crowd)
+         when=never; [ "$g" = connrate-crowd ] && when=always
+         with_daemon_args "--sleep-when-crowded $when" tagged "$g" "$r" bench/connrate.sh --secs "$SECS";;
     scale) tagged scale "$r" bench/scale.sh --secs "$SECS";;
     scale-2w) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 2" TAPNET=$PWD/bench/tapnet-args.sh \
               tagged scale-2w "$r" bench/scale.sh --secs "$SECS" --idle 0 --nets 0;;

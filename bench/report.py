@@ -167,14 +167,19 @@ def context():
                   "every iperf3 on the last CPU, tapnet's worker on CPU 0; the kernel "
                   "path's NAT runs on the application's CPU), tapnet / kernel",
                   t, dict(t, peer="kernel")))
-    for grp, path, how in nat_rows("nat-crowd"):
-        t = {"group": grp, "peer": "tapnet", "path": path, "metric": "tcp_gbps"}
-        c.append((f"NAT {path} ({how}), tapnet with `--sleep-when-crowded` / kernel",
-                  t, dict(t, peer="kernel")))
-    for path in ("outbound", "published"):
-        t = {"group": "connrate-crowd", "peer": "tapnet", "path": path, "metric": "conn_per_s"}
-        c.append((f"connections/s {path}, tapnet with `--sleep-when-crowded` / kernel",
-                  t, dict(t, peer="kernel")))
+    # The daemon's --sleep-when-crowded beside its default (streams since
+    # 2026-12-06; runs from before then have nat-crowd, meaning always).
+    for when, label in (("never", "`--sleep-when-crowded never` (polling on: the default "
+                         "before 2026-12-06)"), ("crowd", "`--sleep-when-crowded always`")):
+        for grp, path, how in nat_rows(f"nat-{when}"):
+            t = {"group": grp, "peer": "tapnet", "path": path, "metric": "tcp_gbps"}
+            c.append((f"NAT {path} ({how}), tapnet with {label} / kernel",
+                      t, dict(t, peer="kernel")))
+        for path in ("outbound", "published"):
+            t = {"group": f"connrate-{when}", "peer": "tapnet", "path": path,
+                 "metric": "conn_per_s"}
+            c.append((f"connections/s {path}, tapnet with {label} / kernel",
+                      t, dict(t, peer="kernel")))
     for grp, path, how in nat_rows("nat"):
         t = {"group": grp, "peer": "tapnet", "path": path, "metric": "cpu_s_per_gb"}
         c.append((f"NAT {path} ({how}), CPU-seconds per GB received (every busy CPU in the "

@@ -1642,6 +1642,88 @@ fn an_upload_acknowledged_before_the_container_left_arrives_whole() {
     );
 }
 
+/// `sink.py PORT FILE`: accepts one connection, reads to the end and
+/// writes to FILE "read N".
+const SINK: &str = r#"
+import socket, sys
+port, out = int(sys.argv[1]), sys.argv[2]
+l = socket.socket()
+l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+l.bind(("0.0.0.0", port))
+l.listen(1)
+c, _ = l.accept()
+b, n = bytearray(1 << 20), 0
+while True:
+    k = c.recv_into(b)
+    if not k:
+        break
+    n += k
+open(out, "w").write("read %d\n" % n)
+"#;
+
+/// `stream.py HOST PORT SECS`: sends 1 MiB writes for SECS seconds and
+/// prints "sent N".
+const STREAM: &str = r#"
+import socket, sys, time
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.create_connection((host, port), timeout=10)
+b, n, end = bytes(1 << 20), 0, time.time() + secs
+while time.time() < end:
+    s.sendall(b)
+    n += len(b)
+s.close()
+print("sent %d" % n)
+"#;
+
+/// A container's upload through the NAT on a crowded machine (more
+/// threads runnable than CPUs; the test crowds it itself): what the
+/// workers polled meanwhile, seconds, and the bytes that arrived.
+fn crowded_upload(extra: &[&str]) -> (f64, u64) {
+    let mut w = World::new(extra);
+    let result = w.files.0.join("sink.txt");
+    let r = result.display().to_string();
+    w.outside_server("sink.py", SINK, &["7300", &r], 7300, false);
+    let stream = w.script("stream.py", STREAM);
+    w.d.ok(&["network", "create", "--subnet", "10.91.0.0/24", "up"]);
+    w.d.sleeper("up1", &["up"], &[]);
+    let (sent, spun) = crowded(|| {
+        let before = w.d.spin_seconds();
+        let sent = w.exec_ok("up1", &format!("{PYTHON} {stream} {OUTSIDE} 7300 3"));
+        (sent, w.d.spin_seconds() - before)
+    });
+    wait_until("the sink's count", Duration::from_secs(30), || {
+        std::fs::read_to_string(&result).is_ok_and(|s| s.ends_with('\n'))
+    });
+    let got = std::fs::read_to_string(&result).unwrap();
+    let n: u64 = got.trim().strip_prefix("read ").unwrap().parse().unwrap();
+    assert_eq!(sent.trim(), format!("sent {n}"), "{}", w.context());
+    (spun, n)
+}
+
+/// On a crowded machine a worker stops busy-polling while a container
+/// streams through the NAT (the default, `--sleep-when-crowded
+/// streams`: its polling would take a CPU from the sender or the host's
+/// reader), and polls on with `never`. `tests/capture.rs` has the ping
+/// flood that keeps it polling by default.
+#[test]
+fn a_crowded_machine_stops_polling_while_a_container_streams_through_the_nat() {
+    let (default, got) = crowded_upload(&[]);
+    let (never, got_never) = crowded_upload(&["--sleep-when-crowded", "never"]);
+    eprintln!(
+        "polling during a crowded upload: {default} s by default ({got} bytes), \
+         {never} s with never ({got_never} bytes)"
+    );
+    // A stream: far above the 0.8 Gbit/s the default looks for.
+    assert!(
+        got > 300_000_000 && got_never > 300_000_000,
+        "{got} / {got_never} bytes in 3 s"
+    );
+    assert!(
+        never > 4.0 * default && never > 0.002,
+        "polled {default} s by default during a stream, {never} s with never"
+    );
+}
+
 /// The daemon's resident memory, KiB.
 fn rss_kib(pid: i32) -> u64 {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

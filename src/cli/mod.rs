@@ -233,13 +233,17 @@ struct DaemonArgs {
     #[arg(long = "busy-poll-workers", value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=1024))]
     busy_poll_workers: u32,
-    /// A worker sleeps instead of polling while, in most of its recent
-    /// looks, more threads were runnable than the machine has CPUs (its
-    /// polling would take a CPU from a container's sender or receiver):
-    /// streams through the NAT gain, connections/s lose (see README,
-    /// Performance).
-    #[arg(long = "sleep-when-crowded")]
-    sleep_when_crowded: bool,
+    /// When a worker sleeps instead of polling while, in most of its
+    /// recent looks, more threads were runnable than the machine has CPUs
+    /// (its polling would take a CPU from a container's sender or
+    /// receiver): never; streams (only while a container sends the NAT
+    /// 0.8 Gbit/s or more: its sends gain, a connection's round trips
+    /// and the switch keep polling); always (connections/s lose). The
+    /// flag alone means always (see README, Performance).
+    #[arg(long = "sleep-when-crowded", value_name = "never|streams|always", num_args = 0..=1,
+          default_value = "streams", default_missing_value = "always",
+          value_parser = crate::dataplane::CrowdSleep::parse)]
+    sleep_when_crowded: crate::dataplane::CrowdSleep,
     /// Run the NAT in a thread of its own instead of in worker 0's loop
     /// (the layout before; see README, Performance).
     #[arg(long = "nat-thread")]

@@ -85,10 +85,10 @@ pub struct Config {
     /// limit).
     #[serde(default)]
     pub busy_poll_workers: u32,
-    /// `--sleep-when-crowded`: workers sleep rather than poll while the
-    /// machine is mostly crowded.
+    /// `--sleep-when-crowded`: when workers sleep rather than poll while
+    /// the machine is mostly crowded.
     #[serde(default)]
-    pub sleep_when_crowded: bool,
+    pub sleep_when_crowded: crate::dataplane::CrowdSleep,
     /// `--nat-thread`: the NAT in a thread of its own, not in worker 0.
     #[serde(default)]
     pub nat_thread: bool,

@@ -1,7 +1,7 @@
 use super::inject::{self, InjectRx, InjectTx, Injected, WorkerWake};
 use super::nat::Nat;
 use super::place::{Placement, Rebalancer};
-use super::spin::{Crowd, SpinGate, SpinToken, SpinWindow};
+use super::spin::{Crowd, SpinGate, SpinToken, SpinWindow, Stream};
 use super::vtep::{TunnelRx, TunnelTx, Vtep};
 use super::*;
 use anyhow::{bail, Context};
@@ -74,9 +74,9 @@ struct WorkerOwn {
     busy_poll: Duration,
     /// Shared by the workers: how many poll at once (None: no limit).
     spin_gate: Option<Arc<SpinGate>>,
-    /// Whether the worker watches the machine's run queues and sleeps
-    /// rather than polls while they are crowded (`Crowd`).
-    watch_crowd: bool,
+    /// When the worker sleeps rather than polls while the machine's run
+    /// queues are crowded (`Crowd`).
+    crowd_sleep: CrowdSleep,
     /// The NAT, for the worker that drives it (worker 0, unless
     /// `--nat-thread`).
     nat: Option<Nat>,
@@ -298,7 +298,7 @@ impl Dataplane {
                 busy_poll: config.busy_poll,
                 tx_batch: config.tx_batch,
                 spin_gate: spin_gate.clone(),
-                watch_crowd: config.sleep_when_crowded,
+                crowd_sleep: config.sleep_when_crowded,
                 nat,
                 place: place.clone(),
                 panic_after: config
@@ -1152,7 +1152,7 @@ fn worker_loop(
         shared,
         busy_poll,
         spin_gate,
-        watch_crowd,
+        crowd_sleep,
         mut nat,
         place,
         tx_batch,
@@ -1195,7 +1195,9 @@ fn worker_loop(
     let mut turn_end = last_work;
     let mut token = SpinToken::new(spin_gate);
     let mut window = SpinWindow::new(busy_poll);
-    let mut crowd = Crowd::new(watch_crowd);
+    let mut crowd = Crowd::new(crowd_sleep != CrowdSleep::Never);
+    // Whether the frames this worker hands the NAT come at a stream's rate.
+    let mut stream = Stream::new(last_work);
     let mut nat_events = Events::with_capacity(256);
     let mut placer = Placer {
         shared: place,
@@ -1211,10 +1213,16 @@ fn worker_loop(
         let mut timeout = Some(Duration::ZERO);
         let idle = ready.is_empty() && !tun_ready.0 && !tun_ready.1 && !nat_more;
         // (`turn_end` is as good as now: no clock read per turn for it.)
-        // With --sleep-when-crowded, not while the machine is crowded:
-        // polling would take a CPU from a thread with work (`Crowd`).
-        let in_window =
-            idle && turn_end.duration_since(last_work) < window.get() && !crowd.crowded(turn_end);
+        // Not while the machine is crowded (by default only while a
+        // container streams through the NAT): polling would take a CPU
+        // from a thread with work (`CrowdSleep`).
+        let in_window = idle
+            && turn_end.duration_since(last_work) < window.get()
+            && !(match crowd_sleep {
+                CrowdSleep::Never => false,
+                CrowdSleep::Streams => stream.get(),
+                CrowdSleep::Always => true,
+            } && crowd.crowded(turn_end));
         let spinning = token.allow(in_window);
         if idle && !spinning {
             // Producers wake a sleeping worker only: say so, then look at
@@ -1329,6 +1337,7 @@ fn worker_loop(
                 None => {}
             }
         }
+        let mut to_nat = 0;
         let mut i = 0;
         while i < ready.len() {
             let port = ready[i];
@@ -1338,6 +1347,7 @@ fn worker_loop(
                 &mut placer,
                 port,
                 &mut buf,
+                &mut to_nat,
                 epoch,
                 &mut out,
             );
@@ -1385,6 +1395,7 @@ fn worker_loop(
         // Once per loop, not per frame: busy time and the DNS counters.
         let busy = &shared.busy_ns;
         turn_end = Instant::now();
+        stream.add(to_nat, turn_end);
         let took = turn_end.duration_since(woke);
         let add = took.as_nanos() as u64;
         busy.store(busy.load(Ordering::Relaxed) + add, Ordering::Relaxed);
@@ -1580,9 +1591,10 @@ fn transmit_injected(
 }
 
 /// Reads up to [`READ_BUDGET`] frames from this worker's queue of `port`
-/// and runs each through the pipeline. Returns whether the queue is
-/// drained (or unusable), and whether any frame was not handed to the NAT
-/// (claimed by its hook).
+/// and runs each through the pipeline, adding the bytes of those handed
+/// to the NAT (claimed by its hook) to `to_nat`. Returns whether the
+/// queue is drained (or unusable), and whether any frame was not handed
+/// to the NAT.
 #[allow(clippy::too_many_arguments)]
 fn service_queue(
     w: &mut Worker<Hook>,
@@ -1590,6 +1602,7 @@ fn service_queue(
     place: &mut Placer,
     port: u32,
     buf: &mut Box<[u8]>,
+    to_nat: &mut usize,
     epoch: Instant,
     out: &mut Egress,
 ) -> (bool, bool) {
@@ -1631,6 +1644,7 @@ fn service_queue(
         if done == Processed::Claimed {
             // The NAT took the frame: hand over this buffer, read the next
             // frame into the empty one it gives back (no copy).
+            *to_nat += n;
             w.hand_over(buf, vnet::HEADER_LEN);
         } else {
             kept = true;

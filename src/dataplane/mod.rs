@@ -253,9 +253,9 @@ pub struct DataplaneConfig {
     /// --busy-poll-workers`); 0: no limit. The others sleep as soon as
     /// they are idle, leaving CPUs to the containers and the NAT.
     pub busy_poll_workers: usize,
-    /// Workers sleep rather than poll while the machine is mostly crowded
-    /// (`tapnet daemon --sleep-when-crowded`, `spin::Crowd`).
-    pub sleep_when_crowded: bool,
+    /// When workers sleep rather than poll while the machine is mostly
+    /// crowded (`tapnet daemon --sleep-when-crowded`, `spin::Crowd`).
+    pub sleep_when_crowded: CrowdSleep,
     /// The NAT runs in a thread of its own (`tapnet daemon --nat-thread`),
     /// not in worker 0's loop.
     pub nat_thread: bool,
@@ -400,6 +400,43 @@ impl Steering {
     /// left, keep their own reference).
     pub fn forget(&self, gateway: [u8; 6]) {
         self.programs.lock().remove(&gateway);
+    }
+}
+
+/// When a worker sleeps instead of busy-polling while the machine is
+/// crowded: while, in most of its recent looks, more threads were runnable
+/// than the machine has CPUs (`spin::Crowd`), so that its polling would
+/// take a CPU from a container's sender or receiver (`tapnet daemon
+/// --sleep-when-crowded[=WHEN]`; README, Performance: "Sleeping when the
+/// machine is crowded").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrowdSleep {
+    /// It polls as `--busy-poll-us` says, crowded or not.
+    Never,
+    /// Only while the frames it hands the NAT come at a stream's rate
+    /// (`spin::Stream`: 0.8 Gbit/s or more over the last millisecond): a
+    /// container's sends through the NAT gain, and a connection's round
+    /// trips, whose frames are small, keep the wake-ups polling saves, as
+    /// does the switch.
+    #[default]
+    Streams,
+    /// Whatever it reads: streams gain, connections/s lose.
+    Always,
+}
+
+impl CrowdSleep {
+    /// Parses `never`, `streams` or `always`; the error is one line naming
+    /// the value.
+    pub fn parse(spec: &str) -> Result<CrowdSleep, String> {
+        match spec {
+            "never" => Ok(CrowdSleep::Never),
+            "streams" => Ok(CrowdSleep::Streams),
+            "always" => Ok(CrowdSleep::Always),
+            _ => Err(format!(
+                "invalid --sleep-when-crowded {spec:?}: expected never, streams or always"
+            )),
+        }
     }
 }
 
@@ -619,7 +656,7 @@ impl Default for DataplaneConfig {
             vtep: None,
             busy_poll: std::time::Duration::ZERO,
             busy_poll_workers: 0,
-            sleep_when_crowded: false,
+            sleep_when_crowded: CrowdSleep::default(),
             nat_thread: false,
             tx_batch: DEFAULT_TX_BATCH,
             worker_cpus: Vec::new(),
@@ -719,7 +756,17 @@ mod vtep;
 
 #[cfg(test)]
 mod tests {
-    use super::{cpu_list, WorkerCpus};
+    use super::{cpu_list, CrowdSleep, WorkerCpus};
+
+    #[test]
+    fn crowd_sleep_parses_its_three_words() {
+        assert_eq!(CrowdSleep::parse("never"), Ok(CrowdSleep::Never));
+        assert_eq!(CrowdSleep::parse("streams"), Ok(CrowdSleep::Streams));
+        assert_eq!(CrowdSleep::parse("always"), Ok(CrowdSleep::Always));
+        assert_eq!(CrowdSleep::default(), CrowdSleep::Streams);
+        let e = CrowdSleep::parse("Always").unwrap_err();
+        assert!(e.contains("\"Always\"") && !e.contains('\n'), "{e}");
+    }
 
     #[test]
     fn worker_cpus_parse_lists_and_words() {

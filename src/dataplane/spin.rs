@@ -152,17 +152,18 @@ const CROWDED_SHARE: u32 = 512;
 /// looks, more threads were runnable than the machine has CPUs. Then a
 /// polling worker takes a CPU from a thread with work (a container's
 /// sender or receiver, which the scheduler must share a CPU with the
-/// poller), and with `tapnet daemon --sleep-when-crowded` it sleeps
-/// instead.
+/// poller), and it sleeps instead: by default only while it reads a
+/// [`Stream`] (`CrowdSleep`, `tapnet daemon --sleep-when-crowded`).
 ///
 /// Measured on 2 CPUs (README, Performance, "Sleeping when the machine
 /// is crowded"): during one TCP stream through the NAT 20-60% of the
 /// looks found three threads runnable, during a 64-byte flood nearly
 /// all, during a connection-rate run 10-30%. A container's sends through
 /// the NAT gained a tenth to a third, connections/s lost 3-15% (the
-/// wake-ups polling saves a connection's round trips): so it is not the
-/// default. Stopping at the first crowded look cost connections/s more;
-/// a share of half stops later.
+/// wake-ups polling saves a connection's round trips): hence the default
+/// of sleeping only while the worker reads a stream. Stopping at the
+/// first crowded look cost connections/s more; a share of half stops
+/// later.
 ///
 /// The looks read `/proc/loadavg`'s running count (every CPU's run queue,
 /// the reader included) at most every [`CROWD_LOOK`]; where that file
@@ -179,7 +180,8 @@ pub(super) struct Crowd {
 
 impl Crowd {
     /// A worker's watch over the run queues (`tapnet daemon
-    /// --sleep-when-crowded`); `watch` false: never crowded.
+    /// --sleep-when-crowded` other than `never`); `watch` false: never
+    /// crowded.
     pub(super) fn new(watch: bool) -> Crowd {
         // The machine's online CPUs (the run queues loadavg counts); 1
         // when unknown.
@@ -225,6 +227,63 @@ impl Crowd {
             }
         }
         self.share >= CROWDED_SHARE
+    }
+}
+
+/// How long a [`Stream`] measurement lasts, at least.
+const STREAM_SPAN: Duration = Duration::from_millis(1);
+/// The rate from which what a worker reads is a stream, bytes a second
+/// (0.8 Gbit/s).
+const STREAM_RATE: u64 = 100_000_000;
+
+/// Whether the frames a worker hands the NAT (a container's data through
+/// it) come at a stream's rate: [`STREAM_RATE`] or more over the last
+/// measurement (a span of [`STREAM_SPAN`] or more, idle time included).
+/// The verdict holds until the next measurement ends.
+///
+/// Why those frames only (2026-12-06, alternating runs; README,
+/// Performance: "Sleeping when the machine is crowded"):
+/// - with the NAT's frames towards a container counted too (a container
+///   receiving a stream), sleeping on a crowded machine cost that
+///   container's receives (four runs of `bench/nat.sh --reverse`,
+///   outbound: medians 0.79 of the kernel path against 1.02);
+/// - with every frame read counted (the switch's too), the switch's TCP
+///   was 0.83 of the kernel bridge against 0.88 polling on (five runs of
+///   `peers.sh`; within the noise, but the NAT's sends are where the gain
+///   is).
+///
+/// A connection-rate load hands the NAT a few hundred bytes a
+/// connection: some 1-2 MB/s at 4000 connections/s, far below a stream.
+pub(super) struct Stream {
+    since: Instant,
+    bytes: u64,
+    stream: bool,
+}
+
+impl Stream {
+    pub(super) fn new(now: Instant) -> Stream {
+        Stream {
+            since: now,
+            bytes: 0,
+            stream: false,
+        }
+    }
+
+    /// A turn ending at `now` handed the NAT `bytes`.
+    pub(super) fn add(&mut self, bytes: usize, now: Instant) {
+        self.bytes += bytes as u64;
+        let span = now.saturating_duration_since(self.since);
+        if span >= STREAM_SPAN {
+            self.stream =
+                u128::from(self.bytes) * 1_000_000_000 >= u128::from(STREAM_RATE) * span.as_nanos();
+            self.bytes = 0;
+            self.since = now;
+        }
+    }
+
+    /// Whether the last measurement found a stream.
+    pub(super) fn get(&self) -> bool {
+        self.stream
     }
 }
 
@@ -312,6 +371,33 @@ mod tests {
         for i in 0..40 {
             assert!(!odd.crowded(t0 + look * i));
         }
+    }
+
+    #[test]
+    fn a_stream_is_a_rate_over_a_millisecond_or_more() {
+        let us = Duration::from_micros;
+        let t0 = Instant::now();
+        let mut b = Stream::new(t0);
+        // A stream: 64 KiB frames every 100 us (5 Gbit/s).
+        for i in 1..=20 {
+            b.add(65536, t0 + us(100) * i);
+        }
+        assert!(b.get());
+        // Connections: a few small frames a turn, 20 turns a millisecond.
+        let t1 = t0 + us(2000);
+        for i in 1..=40 {
+            b.add(300, t1 + us(50) * i);
+        }
+        assert!(!b.get());
+        // Nothing is decided before a millisecond has passed: one big turn
+        // after a long sleep is judged against the whole span.
+        let t2 = t1 + us(10_000);
+        b.add(65536, t2);
+        assert!(!b.get(), "64 KiB in 10 ms is 6.5 MB/s");
+        b.add(200_000, t2 + us(500));
+        assert!(!b.get(), "half a millisecond: still the last verdict");
+        b.add(0, t2 + us(1000));
+        assert!(b.get(), "200 KB in a millisecond");
     }
 
     #[test]

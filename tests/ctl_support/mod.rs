@@ -376,7 +376,50 @@ pub fn exists(p: &Path) -> bool {
     p.exists()
 }
 
+/// Runs `f` on a crowded machine: two more threads spinning than the
+/// machine has online CPUs (what the daemon's `--sleep-when-crowded`
+/// compares with, not this process's share of them: every spinner counts
+/// as runnable).
+pub fn crowded<T>(f: impl FnOnce() -> T) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let cpus = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
+        .ok()
+        .flatten()
+        .map_or(2, |n| n.max(1) as usize);
+    let spinners: Vec<_> = (0..cpus + 2)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let r = f();
+    stop.store(true, Ordering::Relaxed);
+    for t in spinners {
+        t.join().unwrap();
+    }
+    r
+}
+
 impl Daemon {
+    /// The workers' busy-polling time so far, seconds, summed (`tapnet
+    /// stats`' `spin_seconds`).
+    pub fn spin_seconds(&self) -> f64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ok(&["stats", "--format", "json"])).unwrap();
+        v["workers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|w| w["spin_seconds"].as_f64().unwrap())
+            .sum()
+    }
+
     /// `tapnet inspect CONTAINER`, the first (only) object.
     pub fn inspect_container(&self, c: &str) -> serde_json::Value {
         let v: serde_json::Value = serde_json::from_str(&self.ok(&["inspect", c])).unwrap();
