@@ -1,8 +1,10 @@
 //! When a worker polls instead of sleeping in epoll: the busy-poll
 //! policy of the worker loop (`dataplane::imp`). Polling catches a frame
 //! without a wake-up, at the price of a CPU; [`SpinWindow`] sets how long
-//! each worker polls after its work, and [`SpinGate`] how many may poll
-//! at once (`tapnet daemon --busy-poll-us`, `--busy-poll-workers`).
+//! each worker polls after its work, [`SpinGate`] how many may poll at
+//! once (`tapnet daemon --busy-poll-us`, `--busy-poll-workers`), and
+//! [`Crowd`] with [`Stream`] whether a worker sleeps instead because the
+//! machine is crowded (`--sleep-when-crowded`, `super::CrowdSleep`).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
