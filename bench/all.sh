@@ -148,19 +148,17 @@ for r in $(seq "$ROUNDS"); do
   for g in $GROUPS_RUN; do case $g in
     switch) tagged switch "$r" bash "$PEERS" --only kernel-bridge,ovs-netdev-tso,vde,tapnet \
               --secs "$SECS" --ratio-to kernel-bridge;;
-    switch-polling) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 1 --busy-poll-us 1000000" \
-              TAPNET=$PWD/bench/tapnet-args.sh tagged switch-polling "$r" bash "$PEERS" --only tapnet \
-              --secs "$SECS";;
-    switch-steering) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 2 --tap-steering cpu" \
-              TAPNET=$PWD/bench/tapnet-args.sh tagged switch-steering "$r" bash "$PEERS" --only tapnet \
-              --secs "$SECS";;
+    switch-polling) with_daemon_args "--workers 1 --busy-poll-us 1000000" \
+              tagged switch-polling "$r" bash "$PEERS" --only tapnet --secs "$SECS";;
+    switch-steering) with_daemon_args "--workers 2 --tap-steering cpu" \
+              tagged switch-steering "$r" bash "$PEERS" --only tapnet --secs "$SECS";;
     nat) tagged nat "$r" bench/nat.sh --secs "$SECS"
          tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
     nat-spare) app=$(( $(nproc) - 1 ))
          if [ "$app" -ge 1 ]; then
-           TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--worker-cpus 0" TAPNET=$PWD/bench/tapnet-args.sh \
+           with_daemon_args "--worker-cpus 0" \
              tagged nat-spare "$r" bench/nat.sh --secs "$SECS" --app-cpus "$app"
-           TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--worker-cpus 0" TAPNET=$PWD/bench/tapnet-args.sh \
+           with_daemon_args "--worker-cpus 0" \
              tagged nat-spare-reverse "$r" bench/nat.sh --secs "$SECS" --app-cpus "$app" --reverse
          else log "round $r: nat-spare needs 2 CPUs"; fi;;
     udp) tagged udp "$r" bench/udp.sh --secs "$SECS"
@@ -176,7 +174,7 @@ for r in $(seq "$ROUNDS"); do
          when=never; [ "$g" = connrate-crowd ] && when=always
          with_daemon_args "--sleep-when-crowded $when" tagged "$g" "$r" bench/connrate.sh --secs "$SECS";;
     scale) tagged scale "$r" bench/scale.sh --secs "$SECS";;
-    scale-2w) TAPNET_REAL=$TAPNET TAPNET_DAEMON_ARGS="--workers 2" TAPNET=$PWD/bench/tapnet-args.sh \
+    scale-2w) with_daemon_args "--workers 2" \
               tagged scale-2w "$r" bench/scale.sh --secs "$SECS" --idle 0 --nets 0;;
     memory) tagged memory "$r" bench/memory.sh;;
     pipeline) tagged pipeline "$r" pipeline;;

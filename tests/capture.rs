@@ -310,7 +310,7 @@ fn captures_name_interfaces_count_directions_filter_and_stream() {
     assert!(o.stderr.contains("No such container"), "{}", o.stderr);
 
     // Stats moved.
-    let v = stats(&d);
+    let v = d.stats();
     let port = v["ports"]
         .as_array()
         .unwrap()
@@ -339,11 +339,6 @@ fn captures_name_interfaces_count_directions_filter_and_stream() {
         table.contains("ca/eth0") && table.contains("WORKER"),
         "{table}"
     );
-}
-
-/// `tapnet stats --format json`, parsed.
-fn stats(d: &Daemon) -> serde_json::Value {
-    serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap()
 }
 
 /// The workers' polling time while `ca` floods `cb` with pings on a
@@ -388,7 +383,7 @@ fn a_crowded_machine_stops_polling_only_when_asked() {
 
 /// The port of `port`'s row in `tapnet stats --format json`.
 fn port_row(d: &Daemon, port: &str) -> serde_json::Value {
-    let v = stats(d);
+    let v = d.stats();
     v["ports"]
         .as_array()
         .unwrap()
@@ -559,7 +554,7 @@ fn ring_drops_show_frames_the_switch_did_not_read() {
         "{only_a}"
     );
     // The network's total, the table and the metrics carry it too.
-    let v = stats(&d);
+    let v = d.stats();
     assert_eq!(v["networks"][0]["ring_drops"].as_u64(), Some(ring), "{v}");
     let table = d.ok(&["stats"]);
     let line = table
@@ -633,7 +628,7 @@ fn drops_carry_their_reasons() {
         );
     }
     // The switch counted them too.
-    let v = stats(&d);
+    let v = d.stats();
     let q1 = v["ports"]
         .as_array()
         .unwrap()
@@ -808,7 +803,7 @@ fn workers_run_on_the_cpus_asked_for() {
         ),
     ] {
         let d = Daemon::start_with(&extra, |_| {});
-        let v = stats(&d);
+        let v = d.stats();
         let got: Vec<Option<u64>> = v["workers"]
             .as_array()
             .unwrap()
@@ -884,7 +879,7 @@ fn with_cpu_steering_the_worker_on_the_senders_cpu_reads_its_frames() {
     let cb = d.ip_of("cb", "front");
     // Per worker: the frames read from ca's port, and those given the NAT.
     let counts = || -> (Vec<u64>, Vec<u64>) {
-        let v = stats(&d);
+        let v = d.stats();
         let ports = v["ports"].as_array().unwrap();
         let ca = ports.iter().find(|p| p["container"] == "ca").unwrap();
         let per = |a: &serde_json::Value| -> Vec<u64> {

@@ -747,9 +747,7 @@ fn dual_stack_network() {
         "s6's own IPv6 source"
     );
     let spoofed = || -> u64 {
-        let v: serde_json::Value =
-            serde_json::from_str(&h.d.ok(&["stats", "--format", "json"])).unwrap();
-        v["ports"]
+        h.d.stats()["ports"]
             .as_array()
             .map(|a| {
                 a.iter()
@@ -766,8 +764,7 @@ fn dual_stack_network() {
     assert!(spoofed() > before, "no spoofed_ip drop counted");
     // Ring drops are read where dockerd moved each TAP (every port here
     // is a Docker container's).
-    let v: serde_json::Value =
-        serde_json::from_str(&h.d.ok(&["stats", "--format", "json"])).unwrap();
+    let v = h.d.stats();
     let ports = v["ports"].as_array().unwrap();
     assert!(
         !ports.is_empty() && ports.iter().all(|p| p["ring_drops"].is_u64()),

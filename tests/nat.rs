@@ -1022,8 +1022,7 @@ fn two_thousand_concurrent_outbound_connections() {
     // closes do not wait for them), so the count is read until it is
     // there, for up to 10 s.
     let handed_now = || -> Vec<u64> {
-        let v: serde_json::Value =
-            serde_json::from_str(&d.ok(&["stats", "--format", "json"])).unwrap();
+        let v = d.stats();
         let handed: Vec<u64> = v["workers"]
             .as_array()
             .unwrap()

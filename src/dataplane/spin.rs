@@ -154,8 +154,8 @@ const CROWDED_SHARE: u32 = 512;
 /// looks, more threads were runnable than the machine has CPUs. Then a
 /// polling worker takes a CPU from a thread with work (a container's
 /// sender or receiver, which the scheduler must share a CPU with the
-/// poller), and it sleeps instead: by default only while it reads a
-/// [`Stream`] (`CrowdSleep`, `tapnet daemon --sleep-when-crowded`).
+/// poller), and it sleeps instead: by default only while it hands the
+/// NAT a [`Stream`] (`CrowdSleep`, `tapnet daemon --sleep-when-crowded`).
 ///
 /// Measured on 2 CPUs (README, Performance, "Sleeping when the machine
 /// is crowded"): during one TCP stream through the NAT 20-60% of the
@@ -163,7 +163,7 @@ const CROWDED_SHARE: u32 = 512;
 /// all, during a connection-rate run 10-30%. A container's sends through
 /// the NAT gained a tenth to a third, connections/s lost 3-15% (the
 /// wake-ups polling saves a connection's round trips): hence the default
-/// of sleeping only while the worker reads a stream. Stopping at the
+/// of sleeping only while the worker hands the NAT a stream. Stopping at the
 /// first crowded look cost connections/s more; a share of half stops
 /// later.
 ///
@@ -234,8 +234,8 @@ impl Crowd {
 
 /// How long a [`Stream`] measurement lasts, at least.
 const STREAM_SPAN: Duration = Duration::from_millis(1);
-/// The rate from which what a worker reads is a stream, bytes a second
-/// (0.8 Gbit/s).
+/// The rate from which what a worker hands the NAT is a stream, bytes a
+/// second (0.8 Gbit/s).
 const STREAM_RATE: u64 = 100_000_000;
 
 /// Whether the frames a worker hands the NAT (a container's data through

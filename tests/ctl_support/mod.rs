@@ -407,11 +407,15 @@ pub fn crowded<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl Daemon {
+    /// `tapnet stats --format json`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["stats", "--format", "json"])).unwrap()
+    }
+
     /// The workers' busy-polling time so far, seconds, summed (`tapnet
     /// stats`' `spin_seconds`).
     pub fn spin_seconds(&self) -> f64 {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ok(&["stats", "--format", "json"])).unwrap();
+        let v = self.stats();
         v["workers"]
             .as_array()
             .unwrap_or_else(|| panic!("{v}"))
@@ -446,9 +450,7 @@ impl Daemon {
     /// Drops of `reason` counted on port `port` (`tapnet stats`; 0 when
     /// none, or no such port).
     pub fn port_drops(&self, port: &str, reason: &str) -> u64 {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.ok(&["stats", "--format", "json"])).unwrap();
-        v["ports"]
+        self.stats()["ports"]
             .as_array()
             .unwrap()
             .iter()
