@@ -16,6 +16,11 @@
 #                --tap-steering cpu (each frame read by the worker on the
 #                sender's CPU; root only): context for the RTT, 64 B and TCP
 #                goals against the switch group's kernel bridge
+#   switch-poll-streams
+#                peers.sh --only tapnet, the daemon with --poll-switch-streams
+#                (its worker polls on while it forwards a stream: the default
+#                before 2026-12-06, when one TCP stream had a slow mode):
+#                context for the TCP goals
 #   nat          bench/nat.sh, then bench/nat.sh --reverse: kernel veth+iptables,
 #                pasta, slirp4netns (1500, 65520), socat, tapnet
 #   nat-spare    bench/nat.sh both ways with --app-cpus LAST (every iperf3 on the
@@ -67,7 +72,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch switch-polling switch-steering nat nat-spare udp connrate nat-never connrate-never scale scale-2w memory pipeline wakeup flood"
+GROUPS_ALL="switch switch-polling switch-steering switch-poll-streams nat nat-spare udp connrate nat-never connrate-never scale scale-2w memory pipeline wakeup flood"
 GROUPS_MORE="nat-crowd connrate-crowd"  # run only when --only names them
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
   groups: $GROUPS_ALL
@@ -152,6 +157,8 @@ for r in $(seq "$ROUNDS"); do
               tagged switch-polling "$r" bash "$PEERS" --only tapnet --secs "$SECS";;
     switch-steering) with_daemon_args "--workers 2 --tap-steering cpu" \
               tagged switch-steering "$r" bash "$PEERS" --only tapnet --secs "$SECS";;
+    switch-poll-streams) with_daemon_args "--poll-switch-streams" \
+              tagged switch-poll-streams "$r" bash "$PEERS" --only tapnet --secs "$SECS";;
     nat) tagged nat "$r" bench/nat.sh --secs "$SECS"
          tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
     nat-spare) app=$(( $(nproc) - 1 ))

@@ -189,6 +189,10 @@ def context():
     c.append(("switch ping RTT, tapnet with one worker that never sleeps (`--workers 1 "
               "--busy-poll-us 1000000`: a CPU spent polling) / kernel bridge", polling,
               {"group": "switch", "peer": "kernel-bridge", "metric": "rtt_avg_us"}))
+    c.append(("switch TCP, tapnet with `--poll-switch-streams` (its worker polls on while it "
+              "forwards a stream: the default before 2026-12-06, with a slow mode) / kernel "
+              "bridge", {"group": "switch-poll-streams", "peer": "tapnet", "metric": "tcp_gbps"},
+              {"group": "switch", "peer": "kernel-bridge", "metric": "tcp_gbps"}))
     for m, what in (("rtt_avg_us", "ping RTT"), ("udp64_pps", "64 B UDP rx"),
                     ("tcp_gbps", "TCP")):
         c.append((f"switch {what}, tapnet with two workers and `--tap-steering cpu` (each "

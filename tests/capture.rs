@@ -381,6 +381,74 @@ fn a_crowded_machine_stops_polling_only_when_asked() {
     );
 }
 
+/// One TCP stream from ca to cb for 3 s (socat, 1 MiB writes): what the
+/// workers polled meanwhile, seconds, and the bytes cb read.
+fn stream_between_containers(d: &Daemon) -> (f64, u64) {
+    let b_ip = d.ip_of("cb", "front");
+    ping(d, "ca", &b_ip, 1);
+    let files = TempDir::new();
+    let got = files.0.join("got");
+    let (a, b) = (pid_of(d, "ca"), pid_of(d, "cb"));
+    let rx = Bg::spawn(&[
+        "nsenter",
+        "-t",
+        &b,
+        "-n",
+        "sh",
+        "-c",
+        &format!(
+            "socat -u -b 1048576 TCP-LISTEN:7400,reuseaddr STDOUT | wc -c >{}.part && mv {0}.part {0}",
+            got.display()
+        ),
+    ]);
+    wait_until("the receiver", Duration::from_secs(10), || {
+        in_netns_of(&b, "ss -Hltn 'sport = :7400'").contains(":7400")
+    });
+    let before = d.spin_seconds();
+    in_netns_of(
+        &a,
+        &format!("timeout 3 socat -u -b 1048576 /dev/zero TCP:{b_ip}:7400"),
+    );
+    let spun = d.spin_seconds() - before;
+    wait_until("the receiver's count", Duration::from_secs(10), || {
+        got.exists()
+    });
+    let n = std::fs::read_to_string(&got).unwrap();
+    let n = n
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("count {n:?}\n{}", rx.log()));
+    (spun, n)
+}
+
+/// A worker that forwards a stream between two containers sleeps when
+/// idle instead of polling (with its polling a BBR sender fell to two
+/// thirds of its rate in some runs: README, Performance, "The switch's
+/// slow TCP mode"); with `--poll-switch-streams` it polls as before. The
+/// ping flood above (small frames) keeps it polling either way.
+#[test]
+fn a_worker_sleeps_while_it_forwards_a_stream_unless_asked_to_poll() {
+    let (default, got) = stream_between_containers(&world(&[]));
+    let (asked, got_asked) = stream_between_containers(&world(&["--poll-switch-streams"]));
+    eprintln!(
+        "polling during a stream: {default} s by default ({got} bytes), \
+         {asked} s with --poll-switch-streams ({got_asked} bytes)"
+    );
+    // A stream: far above the 0.8 Gbit/s the worker looks for.
+    assert!(
+        got > 300_000_000 && got_asked > 300_000_000,
+        "{got} / {got_asked} bytes in 3 s"
+    );
+    // The first millisecond of the stream, before the worker has measured
+    // it, its end, and milliseconds slower than a stream (0.1-1.5 ms alone
+    // here, 17 ms beside another test's ping flood; polling on, 1.3-1.8 s).
+    assert!(default < 0.1, "polled {default} s during a stream");
+    assert!(
+        asked > 4.0 * default && asked > 0.1,
+        "polled {default} s by default during a stream, {asked} s when asked to poll"
+    );
+}
+
 /// The port of `port`'s row in `tapnet stats --format json`.
 fn port_row(d: &Daemon, port: &str) -> serde_json::Value {
     let v = d.stats();

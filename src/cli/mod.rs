@@ -244,6 +244,13 @@ struct DaemonArgs {
           default_value = "streams", default_missing_value = "always",
           value_parser = crate::dataplane::CrowdSleep::parse)]
     sleep_when_crowded: crate::dataplane::CrowdSleep,
+    /// Keep busy-polling while a worker forwards a stream between
+    /// containers (0.8 Gbit/s or more), as before 2026-12-06. By default
+    /// such a worker sleeps when idle: with its polling, one TCP stream
+    /// from a BBR sender fell to about two thirds of its rate in a
+    /// quarter to a third of the runs (see README, Performance).
+    #[arg(long = "poll-switch-streams")]
+    poll_switch_streams: bool,
     /// Run the NAT in a thread of its own instead of in worker 0's loop
     /// (the layout before; see README, Performance).
     #[arg(long = "nat-thread")]
@@ -446,6 +453,7 @@ fn daemon(host: Option<String>, a: DaemonArgs) -> anyhow::Result<ExitCode> {
         busy_poll_us: a.busy_poll_us,
         busy_poll_workers: a.busy_poll_workers,
         sleep_when_crowded: a.sleep_when_crowded,
+        poll_switch_streams: a.poll_switch_streams,
         nat_thread: a.nat_thread,
         tx_batch: a.tx_batch,
         worker_cpus: a.worker_cpus,

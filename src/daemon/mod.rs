@@ -89,6 +89,10 @@ pub struct Config {
     /// the machine is mostly crowded.
     #[serde(default)]
     pub sleep_when_crowded: crate::dataplane::CrowdSleep,
+    /// `--poll-switch-streams`: workers poll on while they forward a
+    /// stream between containers.
+    #[serde(default)]
+    pub poll_switch_streams: bool,
     /// `--nat-thread`: the NAT in a thread of its own, not in worker 0.
     #[serde(default)]
     pub nat_thread: bool,
@@ -453,6 +457,7 @@ pub fn run(cfg: Config) -> anyhow::Result<()> {
         busy_poll: std::time::Duration::from_micros(cfg.busy_poll_us.into()),
         busy_poll_workers: cfg.busy_poll_workers as usize,
         sleep_when_crowded: cfg.sleep_when_crowded,
+        poll_switch_streams: cfg.poll_switch_streams,
         nat_thread: cfg.nat_thread,
         tx_batch: cfg.tx_batch as usize,
         worker_cpus,

@@ -77,6 +77,9 @@ struct WorkerOwn {
     /// When the worker sleeps rather than polls while the machine's run
     /// queues are crowded (`Crowd`).
     crowd_sleep: CrowdSleep,
+    /// Poll on while the worker forwards a stream between containers
+    /// (`tapnet daemon --poll-switch-streams`).
+    poll_switch_streams: bool,
     /// The NAT, for the worker that drives it (worker 0, unless
     /// `--nat-thread`).
     nat: Option<Nat>,
@@ -299,6 +302,7 @@ impl Dataplane {
                 tx_batch: config.tx_batch,
                 spin_gate: spin_gate.clone(),
                 crowd_sleep: config.sleep_when_crowded,
+                poll_switch_streams: config.poll_switch_streams,
                 nat,
                 place: place.clone(),
                 panic_after: config
@@ -1153,6 +1157,7 @@ fn worker_loop(
         busy_poll,
         spin_gate,
         crowd_sleep,
+        poll_switch_streams,
         mut nat,
         place,
         tx_batch,
@@ -1198,6 +1203,8 @@ fn worker_loop(
     let mut crowd = Crowd::new(crowd_sleep != CrowdSleep::Never);
     // Whether the frames this worker hands the NAT come at a stream's rate.
     let mut stream = Stream::new(last_work);
+    // Whether the frames it forwards between containers do.
+    let mut forwarding = Stream::new(last_work);
     let mut nat_events = Events::with_capacity(256);
     let mut placer = Placer {
         shared: place,
@@ -1213,11 +1220,14 @@ fn worker_loop(
         let mut timeout = Some(Duration::ZERO);
         let idle = ready.is_empty() && !tun_ready.0 && !tun_ready.1 && !nat_more;
         // (`turn_end` is as good as now: no clock read per turn for it.)
-        // Not while the machine is crowded (by default only while a
-        // container streams through the NAT): polling would take a CPU
-        // from a thread with work (`CrowdSleep`).
+        // Not while the worker forwards a stream between containers: its
+        // polling made a BBR sender settle low (`Stream`). Not while the
+        // machine is crowded (by default only while a container streams
+        // through the NAT): polling would take a CPU from a thread with
+        // work (`CrowdSleep`).
         let in_window = idle
             && turn_end.duration_since(last_work) < window.get()
+            && (poll_switch_streams || !forwarding.get())
             && !(match crowd_sleep {
                 CrowdSleep::Never => false,
                 CrowdSleep::Streams => stream.get(),
@@ -1338,6 +1348,7 @@ fn worker_loop(
             }
         }
         let mut to_nat = 0;
+        let mut forwarded = 0;
         let mut i = 0;
         while i < ready.len() {
             let port = ready[i];
@@ -1348,6 +1359,7 @@ fn worker_loop(
                 port,
                 &mut buf,
                 &mut to_nat,
+                &mut forwarded,
                 epoch,
                 &mut out,
             );
@@ -1396,6 +1408,7 @@ fn worker_loop(
         let busy = &shared.busy_ns;
         turn_end = Instant::now();
         stream.add(to_nat, turn_end);
+        forwarding.add(forwarded, turn_end);
         let took = turn_end.duration_since(woke);
         let add = took.as_nanos() as u64;
         busy.store(busy.load(Ordering::Relaxed) + add, Ordering::Relaxed);
@@ -1592,7 +1605,9 @@ fn transmit_injected(
 
 /// Reads up to [`READ_BUDGET`] frames from this worker's queue of `port`
 /// and runs each through the pipeline, adding the bytes of those handed
-/// to the NAT (claimed by its hook) to `to_nat`. Returns whether the
+/// to the NAT (claimed by its hook) to `to_nat` and of the others (the
+/// switch's: to containers, a tunnel, or dropped) to `forwarded`.
+/// Returns whether the
 /// queue is drained (or unusable), and whether any frame was not handed
 /// to the NAT.
 #[allow(clippy::too_many_arguments)]
@@ -1603,6 +1618,7 @@ fn service_queue(
     port: u32,
     buf: &mut Box<[u8]>,
     to_nat: &mut usize,
+    forwarded: &mut usize,
     epoch: Instant,
     out: &mut Egress,
 ) -> (bool, bool) {
@@ -1647,6 +1663,7 @@ fn service_queue(
             *to_nat += n;
             w.hand_over(buf, vnet::HEADER_LEN);
         } else {
+            *forwarded += n;
             kept = true;
         }
     }

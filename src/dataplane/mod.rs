@@ -256,6 +256,10 @@ pub struct DataplaneConfig {
     /// When workers sleep rather than poll while the machine is mostly
     /// crowded (`tapnet daemon --sleep-when-crowded`, `spin::Crowd`).
     pub sleep_when_crowded: CrowdSleep,
+    /// Workers poll on while they forward a stream between containers
+    /// (`tapnet daemon --poll-switch-streams`); false: a worker that
+    /// forwards one sleeps when idle (`spin::Stream`).
+    pub poll_switch_streams: bool,
     /// The NAT runs in a thread of its own (`tapnet daemon --nat-thread`),
     /// not in worker 0's loop.
     pub nat_thread: bool,
@@ -657,6 +661,7 @@ impl Default for DataplaneConfig {
             busy_poll: std::time::Duration::ZERO,
             busy_poll_workers: 0,
             sleep_when_crowded: CrowdSleep::default(),
+            poll_switch_streams: false,
             nat_thread: false,
             tx_batch: DEFAULT_TX_BATCH,
             worker_cpus: Vec::new(),

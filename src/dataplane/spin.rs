@@ -234,28 +234,35 @@ impl Crowd {
 
 /// How long a [`Stream`] measurement lasts, at least.
 const STREAM_SPAN: Duration = Duration::from_millis(1);
-/// The rate from which what a worker hands the NAT is a stream, bytes a
-/// second (0.8 Gbit/s).
+/// The rate from which a worker's frames of one kind are a stream, bytes
+/// a second (0.8 Gbit/s).
 const STREAM_RATE: u64 = 100_000_000;
 
-/// Whether the frames a worker hands the NAT (a container's data through
-/// it) come at a stream's rate: [`STREAM_RATE`] or more over the last
-/// measurement (a span of [`STREAM_SPAN`] or more, idle time included).
-/// The verdict holds until the next measurement ends.
+/// Whether a worker's frames of one kind come at a stream's rate:
+/// [`STREAM_RATE`] or more over the last measurement (a span of
+/// [`STREAM_SPAN`] or more, idle time included). The verdict holds until
+/// the next measurement ends. A worker keeps two:
 ///
-/// Why those frames only (2026-12-06, alternating runs; README,
-/// Performance: "Sleeping when the machine is crowded"):
-/// - with the NAT's frames towards a container counted too (a container
-///   receiving a stream), sleeping on a crowded machine cost that
-///   container's receives (four runs of `bench/nat.sh --reverse`,
-///   outbound: medians 0.79 of the kernel path against 1.02);
-/// - with every frame read counted (the switch's too), the switch's TCP
-///   was 0.83 of the kernel bridge against 0.88 polling on (five runs of
-///   `peers.sh`; within the noise, but the NAT's sends are where the gain
-///   is).
-///
-/// A connection-rate load hands the NAT a few hundred bytes a
-/// connection: some 1-2 MB/s at 4000 connections/s, far below a stream.
+/// - **The frames it hands the NAT** (a container's data through it): a
+///   stream of them makes it sleep instead of polling on a crowded
+///   machine (`CrowdSleep::Streams`, the default). Why those frames only
+///   (2026-12-06, alternating runs; README, Performance: "Sleeping when
+///   the machine is crowded"): with the NAT's frames towards a container
+///   counted too (a container receiving a stream), sleeping on a crowded
+///   machine cost that container's receives (four runs of `bench/nat.sh
+///   --reverse`, outbound: medians 0.79 of the kernel path against 1.02).
+///   A connection-rate load hands the NAT a few hundred bytes a
+///   connection: some 1-2 MB/s at 4000 connections/s, far below a stream.
+/// - **The frames it forwards between containers** (the switch's, not
+///   the NAT's): a stream of them makes it sleep instead of polling,
+///   crowded or not (unless `tapnet daemon --poll-switch-streams`).
+///   With its polling, one TCP stream from a BBR sender (this machine's
+///   default congestion control) fell into a slow mode, 10-12 Gbit/s
+///   against 16-17, in a quarter to a third of the runs (README,
+///   Performance: "The switch's slow TCP mode"): 19 of 65 runs against 1
+///   of 45 with this rule, alternated. Why polling invites it is not
+///   pinned down. A ping flood or a 64-byte flood (some 10 MB/s) keeps
+///   the worker polling.
 pub(super) struct Stream {
     since: Instant,
     bytes: u64,
