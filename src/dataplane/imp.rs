@@ -1220,8 +1220,9 @@ fn worker_loop(
         let mut timeout = Some(Duration::ZERO);
         let idle = ready.is_empty() && !tun_ready.0 && !tun_ready.1 && !nat_more;
         // (`turn_end` is as good as now: no clock read per turn for it.)
-        // Not while the worker forwards a stream between containers: its
-        // polling made a BBR sender settle low (`Stream`). Not while the
+        // Not while the worker forwards a stream between containers: with
+        // its polling a BBR sender fell into a slow mode in a quarter to a
+        // third of the runs (`Stream`). Not while the
         // machine is crowded (by default only while a container streams
         // through the NAT): polling would take a CPU from a thread with
         // work (`CrowdSleep`).
