@@ -1222,10 +1222,9 @@ fn worker_loop(
         // (`turn_end` is as good as now: no clock read per turn for it.)
         // Not while the worker forwards a stream between containers: with
         // its polling a BBR sender fell into a slow mode in a quarter to a
-        // third of the runs (`Stream`). Not while the
-        // machine is crowded (by default only while a container streams
-        // through the NAT): polling would take a CPU from a thread with
-        // work (`CrowdSleep`).
+        // third of the runs (`Stream`). Not while the machine is crowded
+        // (by default only while a container streams through the NAT):
+        // polling would take a CPU from a thread with work (`CrowdSleep`).
         let in_window = idle
             && turn_end.duration_since(last_work) < window.get()
             && (poll_switch_streams || !forwarding.get())
