@@ -8,7 +8,8 @@
 #                with TSO, vde_switch, tapnet (TCP, 64 B UDP, ping RTT)
 #   switch-polling
 #                peers.sh --only tapnet, the daemon with one worker that never
-#                sleeps (--workers 1 --busy-poll-us 1000000: a CPU spent on
+#                sleeps (--workers 1 --busy-poll-us 1000000, and
+#                --poll-switch-streams since 2026-12-06: a CPU spent on
 #                polling): how much of tapnet's ping RTT is the worker's
 #                wake-up (context for the RTT goal, not a goal)
 #   switch-steering
@@ -153,7 +154,7 @@ for r in $(seq "$ROUNDS"); do
   for g in $GROUPS_RUN; do case $g in
     switch) tagged switch "$r" bash "$PEERS" --only kernel-bridge,ovs-netdev-tso,vde,tapnet \
               --secs "$SECS" --ratio-to kernel-bridge;;
-    switch-polling) with_daemon_args "--workers 1 --busy-poll-us 1000000" \
+    switch-polling) with_daemon_args "--workers 1 --busy-poll-us 1000000 --poll-switch-streams" \
               tagged switch-polling "$r" bash "$PEERS" --only tapnet --secs "$SECS";;
     switch-steering) with_daemon_args "--workers 2 --tap-steering cpu" \
               tagged switch-steering "$r" bash "$PEERS" --only tapnet --secs "$SECS";;
