@@ -238,8 +238,9 @@ struct DaemonArgs {
     /// (its polling would take a CPU from a container's sender or
     /// receiver): never; streams (only while a container sends the NAT
     /// 0.8 Gbit/s or more: its sends gain, a connection's round trips
-    /// and the switch keep polling); always (connections/s lose). The
-    /// flag alone means always (see README, Performance).
+    /// keep polling); always (connections/s lose). The flag alone means
+    /// always (see README, Performance; streams between containers:
+    /// --poll-switch-streams).
     #[arg(long = "sleep-when-crowded", value_name = "never|streams|always", num_args = 0..=1,
           default_value = "streams", default_missing_value = "always",
           value_parser = crate::dataplane::CrowdSleep::parse)]

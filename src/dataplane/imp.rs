@@ -1202,7 +1202,7 @@ fn worker_loop(
     let mut window = SpinWindow::new(busy_poll);
     let mut crowd = Crowd::new(crowd_sleep != CrowdSleep::Never);
     // Whether the frames this worker hands the NAT come at a stream's rate.
-    let mut stream = Stream::new(last_work);
+    let mut nat_stream = Stream::new(last_work);
     // Whether the frames it forwards between containers do.
     let mut forwarding = Stream::new(last_work);
     let mut nat_events = Events::with_capacity(256);
@@ -1230,7 +1230,7 @@ fn worker_loop(
             && (poll_switch_streams || !forwarding.get())
             && !(match crowd_sleep {
                 CrowdSleep::Never => false,
-                CrowdSleep::Streams => stream.get(),
+                CrowdSleep::Streams => nat_stream.get(),
                 CrowdSleep::Always => true,
             } && crowd.crowded(turn_end));
         let spinning = token.allow(in_window);
@@ -1407,7 +1407,7 @@ fn worker_loop(
         // Once per loop, not per frame: busy time and the DNS counters.
         let busy = &shared.busy_ns;
         turn_end = Instant::now();
-        stream.add(to_nat, turn_end);
+        nat_stream.add(to_nat, turn_end);
         forwarding.add(forwarded, turn_end);
         let took = turn_end.duration_since(woke);
         let add = took.as_nanos() as u64;
@@ -1606,10 +1606,9 @@ fn transmit_injected(
 /// Reads up to [`READ_BUDGET`] frames from this worker's queue of `port`
 /// and runs each through the pipeline, adding the bytes of those handed
 /// to the NAT (claimed by its hook) to `to_nat` and of the others (the
-/// switch's: to containers, a tunnel, or dropped) to `forwarded`.
-/// Returns whether the
-/// queue is drained (or unusable), and whether any frame was not handed
-/// to the NAT.
+/// switch's: to containers, a tunnel, or dropped) to `forwarded`. Returns
+/// whether the queue is drained (or unusable), and whether any frame was
+/// not handed to the NAT.
 #[allow(clippy::too_many_arguments)]
 fn service_queue(
     w: &mut Worker<Hook>,

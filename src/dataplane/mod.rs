@@ -421,8 +421,9 @@ pub enum CrowdSleep {
     /// Only while the frames it hands the NAT come at a stream's rate
     /// (`spin::Stream`: 0.8 Gbit/s or more over the last millisecond): a
     /// container's sends through the NAT gain, and a connection's round
-    /// trips, whose frames are small, keep the wake-ups polling saves, as
-    /// does the switch.
+    /// trips, whose frames are small, keep the wake-ups polling saves.
+    /// (The switch's own streams stop its polling crowded or not:
+    /// `DataplaneConfig::poll_switch_streams`.)
     #[default]
     Streams,
     /// Whatever it reads: streams gain, connections/s lose.

@@ -278,7 +278,7 @@ impl Stream {
         }
     }
 
-    /// A turn ending at `now` handed the NAT `bytes`.
+    /// A turn ending at `now` carried `bytes` of this kind.
     pub(super) fn add(&mut self, bytes: usize, now: Instant) {
         self.bytes += bytes as u64;
         let span = now.saturating_duration_since(self.since);
