@@ -5,7 +5,7 @@
 # tapnet), with peers.sh's three measurements (one iperf3 TCP stream,
 # a 64-byte UDP flood counted at the receiver and the sender, ping RTT).
 # It asks whether a veth port read with AF_PACKET would lift what a TAP
-# port bounds (README, Performance: "A veth port instead of a TAP").
+# port bounds (bench/NOTES.md: "A veth port instead of a TAP").
 #   usage: sudo bench/wire.sh [--rounds N] [--secs S]
 #   tools: apt-get install gcc iperf3 iputils-ping python3 iproute2
 # Output: one JSON object per measurement on stdout

@@ -423,7 +423,7 @@ fn stream_between_containers(d: &Daemon) -> (f64, u64) {
 
 /// A worker that forwards a stream between two containers sleeps when
 /// idle instead of polling (with its polling a BBR sender fell to two
-/// thirds of its rate in some runs: README, Performance, "The switch's
+/// thirds of its rate in some runs; bench/NOTES.md, "The switch's
 /// slow TCP mode"); with `--poll-switch-streams` it polls as before. The
 /// ping flood above (small frames) keeps it polling either way.
 #[test]

@@ -183,7 +183,7 @@ pub fn default_root() -> PathBuf {
 /// 24x -> 3.25x the bridge's, the crowded network's 64 B rate 0.81 ->
 /// 0.92, connections/s published 0.93 -> 0.98 of the kernel path (outbound
 /// 0.83 -> 0.84, 1.04 in a partial run); two busy pairs 1.34 -> 0.97 of
-/// one pair, as they share the worker (README, Performance, "One worker
+/// one pair, as they share the worker (bench/NOTES.md: "One worker
 /// on two CPUs"). `--workers N` overrides it.
 pub fn default_workers() -> usize {
     workers_for(

@@ -131,8 +131,8 @@ pub struct WorkerStats {
     /// another worker's count is frames handed across threads, each a
     /// possible wake-up of the NAT's: a flow's first frame, which the
     /// kernel's hash gave to this worker's queue, and every frame of the
-    /// flows the TAP's steering table has no room for (README,
-    /// Performance: "A hand-off is not work").
+    /// flows the TAP's steering table has no room for (bench/NOTES.md:
+    /// "A hand-off is not work").
     pub nat_frames: u64,
 }
 

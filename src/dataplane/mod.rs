@@ -291,7 +291,7 @@ pub(crate) fn worker_cpu(cpus: &[usize], worker: usize) -> Option<usize> {
 /// `tapnet daemon --tap-steering`: which worker reads a frame a container
 /// sends, i.e. which of its TAP's queues the kernel puts it on.
 ///
-/// Measured on 2 CPUs with two workers (README, Performance: "Steering by
+/// Measured on 2 CPUs with two workers (bench/NOTES.md: "Steering by
 /// the sender's CPU"): `cpu` keeps a ping's whole round trip on one CPU
 /// (median RTT 1.9x the kernel bridge's, 4.7x with the default) and raises
 /// the 64-byte rate by a sixth, and costs one TCP stream about an eighth,
@@ -411,7 +411,7 @@ impl Steering {
 /// crowded: while, in most of its recent looks, more threads were runnable
 /// than the machine has CPUs (`spin::Crowd`), so that its polling would
 /// take a CPU from a container's sender or receiver (`tapnet daemon
-/// --sleep-when-crowded[=WHEN]`; README, Performance: "Sleeping when the
+/// --sleep-when-crowded[=WHEN]`; bench/NOTES.md: "Sleeping when the
 /// machine is crowded").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -452,7 +452,7 @@ impl CrowdSleep {
 /// is often woken on the worker's CPU, where a free worker and the
 /// processes it serves kept chasing each other's idle CPUs, each wake-up
 /// across CPUs costing a VM's halt and IPI. Not always: a process woken
-/// while its last CPU is idle stays there (README, Performance: "Workers
+/// while its last CPU is idle stays there (bench/NOTES.md: "Workers
 /// on CPUs of their own").
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -645,8 +645,8 @@ impl Default for ConntrackConfig {
 
 /// [`DataplaneConfig::tx_batch`]'s default: a worker reads up to 64
 /// frames of a queue per turn; a batch of 32 cut the worker's involuntary
-/// context switches four- to fivefold in a 64-byte flood (README,
-/// Performance).
+/// context switches four- to fivefold in a 64-byte flood
+/// (`bench/NOTES.md`: "Batched TAP writes").
 pub const DEFAULT_TX_BATCH: usize = 32;
 
 impl Default for DataplaneConfig {

@@ -157,7 +157,7 @@ const CROWDED_SHARE: u32 = 512;
 /// poller), and it sleeps instead: by default only while it hands the
 /// NAT a [`Stream`] (`CrowdSleep`, `tapnet daemon --sleep-when-crowded`).
 ///
-/// Measured on 2 CPUs (README, Performance, "Sleeping when the machine
+/// Measured on 2 CPUs (bench/NOTES.md: "Sleeping when the machine
 /// is crowded"): during one TCP stream through the NAT 20-60% of the
 /// looks found three threads runnable, during a 64-byte flood nearly
 /// all, during a connection-rate run 10-30%. A container's sends through
@@ -246,7 +246,7 @@ const STREAM_RATE: u64 = 100_000_000;
 /// - **The frames it hands the NAT** (a container's data through it): a
 ///   stream of them makes it sleep instead of polling on a crowded
 ///   machine (`CrowdSleep::Streams`, the default). Why those frames only
-///   (2026-12-06, alternating runs; README, Performance: "Sleeping when
+///   (2026-12-06, alternating runs; bench/NOTES.md: "Sleeping when
 ///   the machine is crowded"): with the NAT's frames towards a container
 ///   counted too (a container receiving a stream), sleeping on a crowded
 ///   machine cost that container's receives (four runs of `bench/nat.sh
@@ -258,8 +258,8 @@ const STREAM_RATE: u64 = 100_000_000;
 ///   crowded or not (unless `tapnet daemon --poll-switch-streams`).
 ///   With its polling, one TCP stream from a BBR sender (this machine's
 ///   default congestion control) fell into a slow mode, 10-12 Gbit/s
-///   against 16-17, in a quarter to a third of the runs (README,
-///   Performance: "The switch's slow TCP mode"): 19 of 65 runs against 1
+///   against 16-17, in a quarter to a third of the runs (bench/NOTES.md:
+///   "The switch's slow TCP mode"): 19 of 65 runs against 1
 ///   of 45 with this rule, alternated. Why polling invites it is not
 ///   pinned down. A ping flood or a 64-byte flood (some 10 MB/s) keeps
 ///   the worker polling.
