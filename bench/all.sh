@@ -22,8 +22,18 @@
 #                (its worker polls on while it forwards a stream: the default
 #                before 2026-12-06, when one TCP stream had a slow mode):
 #                context for the TCP goals
+#   switch-cc    bench/tcpruns.sh --peers kernel-bridge,tapnet: one TCP stream,
+#                three runs alternating between the kernel bridge and tapnet,
+#                with a CUBIC sender (Debian's default), then with a BBR one
+#                (groups switch-cubic, switch-bbr): peers.sh's TCP row uses
+#                the system's congestion control, which on this VM's kernel
+#                is BBR (context for the TCP goals)
 #   nat          bench/nat.sh, then bench/nat.sh --reverse: kernel veth+iptables,
 #                pasta, slirp4netns (1500, 65520), socat, tapnet
+#   nat-cubic    bench/nat.sh both ways with --cc cubic: every connection
+#                (the iperf3 ends, every relay's host sockets) CUBIC, Debian's
+#                default, where the other NAT groups use the system's (BBR on
+#                this VM's kernel): context rows
 #   nat-spare    bench/nat.sh both ways with --app-cpus LAST (every iperf3 on the
 #                last CPU) and the daemon's worker on CPU 0: each NAT path with
 #                a CPU for the application and, for a relay, one for itself;
@@ -73,7 +83,7 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=3 SECS=5 ONLY="" OUT="" README=""
-GROUPS_ALL="switch switch-polling switch-steering switch-poll-streams nat nat-spare udp connrate nat-never connrate-never scale scale-2w memory pipeline wakeup flood"
+GROUPS_ALL="switch switch-polling switch-steering switch-poll-streams switch-cc nat nat-cubic nat-spare udp connrate nat-never connrate-never scale scale-2w memory pipeline wakeup flood"
 GROUPS_MORE="nat-crowd connrate-crowd"  # run only when --only names them
 usage() { echo "usage: sudo $0 [--rounds N] [--secs N] [--only GROUP[,GROUP...]] [--out DIR] [--readme]
   groups: $GROUPS_ALL
@@ -160,8 +170,14 @@ for r in $(seq "$ROUNDS"); do
               tagged switch-steering "$r" bash "$PEERS" --only tapnet --secs "$SECS";;
     switch-poll-streams) with_daemon_args "--poll-switch-streams" \
               tagged switch-poll-streams "$r" bash "$PEERS" --only tapnet --secs "$SECS";;
+    switch-cc) for cc in cubic bbr; do
+                 tagged "switch-$cc" "$r" bench/tcpruns.sh --runs 3 --secs "$SECS" --cc "$cc" \
+                   --peers kernel-bridge,tapnet
+               done;;
     nat) tagged nat "$r" bench/nat.sh --secs "$SECS"
          tagged nat-reverse "$r" bench/nat.sh --secs "$SECS" --reverse;;
+    nat-cubic) tagged nat-cubic "$r" bench/nat.sh --secs "$SECS" --cc cubic
+         tagged nat-cubic-reverse "$r" bench/nat.sh --secs "$SECS" --cc cubic --reverse;;
     nat-spare) app=$(( $(nproc) - 1 ))
          if [ "$app" -ge 1 ]; then
            with_daemon_args "--worker-cpus 0" \

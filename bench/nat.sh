@@ -17,7 +17,7 @@
 # "The host" is a private network namespace made here (the tapnet daemon runs in
 # it, slirp4netns and socat too); nothing reaches the machine's real interfaces.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/nat.sh [--secs N] [--reverse] [--app-cpus LIST]
-#                                                     [--peers LIST]
+#                                                     [--peers LIST] [--cc ALGO]
 #   (--reverse: iperf3 -R on every row: data flows from the server's side, i.e.
 #   host -> container on the outbound path, container -> client when published;
 #   --app-cpus: every iperf3, client and server, runs on these CPUs (taskset);
@@ -26,7 +26,12 @@
 #   a 2-CPU machine `--app-cpus 1` measures each path with one CPU for the
 #   application and, for a relay, the other for itself: a host with a core
 #   to spare. Give the tapnet daemon `--worker-cpus 0` through
-#   TAPNET_DAEMON_ARGS with TAPNET=bench/tapnet-args.sh.)
+#   TAPNET_DAEMON_ARGS with TAPNET=bench/tapnet-args.sh.
+#   --cc ALGO: every TCP connection of the run uses that congestion control:
+#   the iperf3 ends (iperf3 -C, which the server applies to its side too)
+#   and every socket opened in the private host namespace (its
+#   net.ipv4.tcp_congestion_control: the relays' host sockets, tapnet's,
+#   pasta's, slirp4netns's, socat's); without it, the system's default.)
 #   tools: apt-get install iperf3 slirp4netns passt socat iptables iproute2 util-linux
 # stdout: one JSON object per line ({"peer","path","metric":"tcp_gbps","value"};
 # per row also "cpus_busy", the CPUs the whole machine kept busy in the middle
@@ -41,12 +46,14 @@ SECS=5
 REV=""                                  # --reverse: iperf3 -R (data towards the container)
 APP_CPUS=""                             # --app-cpus: where every iperf3 runs
 PEERS=""                                # --peers: only these rows (comma list; all if empty)
-usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--reverse] [--app-cpus LIST] [--peers tapnet,kernel,slirp4netns,pasta,socat]" >&2; }
+CC=""                                   # --cc: every connection's congestion control
+usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--reverse] [--app-cpus LIST] [--peers tapnet,kernel,slirp4netns,pasta,socat] [--cc ALGO]" >&2; }
 while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --reverse) REV=-R; shift;;
   --app-cpus) APP_CPUS=${2:?--app-cpus needs a CPU list}; shift 2;;
   --peers) PEERS=${2:?--peers needs a list}; shift 2;;
+  --cc) CC=${2:?--cc needs a value}; shift 2;;
   -h|--help) usage; exit 0;;
   *) usage; exit 2;;
 esac; done
@@ -56,6 +63,9 @@ want() { [ -z "$PEERS" ] || [[ ",$PEERS," == *",$1,"* ]]; }  # PEER: is its row 
 for p in ${PEERS//,/ }; do case $p in tapnet|kernel|slirp4netns|pasta|socat) ;;
   *) log "--peers: unknown peer $p (tapnet, kernel, slirp4netns, pasta, socat)"; exit 2;; esac; done
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || { log "--secs must be a positive integer"; exit 2; }
+if [ -n "$CC" ] && ! grep -qw -- "$CC" /proc/sys/net/ipv4/tcp_available_congestion_control; then
+  log "--cc $CC: not one of $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"; exit 2
+fi
 [ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
 for t in iperf3 ip ss timeout awk nsenter unshare; do
   have $t || { log "missing $t (apt-get install iperf3 iproute2 util-linux)"; exit 2; }
@@ -80,6 +90,9 @@ trap 'log interrupted; exit 130' INT TERM HUP
 # ---- "the host": a private netns, and an iperf3 server on its loopback ----------------
 ip netns add "$HOSTNS" && ip -n "$HOSTNS" link set lo up || exit 1
 H=(ip netns exec "$HOSTNS")
+if [ -n "$CC" ]; then
+  "${H[@]}" sysctl -qw net.ipv4.tcp_congestion_control="$CC" || { log "--cc $CC: sysctl failed"; exit 1; }
+fi
 LPORT=5201
 "${H[@]}" "${IPERF[@]}" -s -B 127.0.0.1 -p $LPORT >"$W/iperf3-host.log" 2>&1 &
 track $!
@@ -95,7 +108,7 @@ gbps() {  # PEER PATH CMD...: runs an iperf3 client (-J appended), emits receive
   local peer=$1 path=$2 out=$W/out.$1.$2 v="" i sp=""; shift 2
   for i in 1 2; do   # one retry: a server that has just started may not be accepting yet
     cpu_window "$SECS" & sp=$!
-    timeout --foreground $((SECS + 30)) "$@" -t "$SECS" $REV -J >"$out" 2>&1 & local p=$!; track $p; wait $p
+    timeout --foreground $((SECS + 30)) "$@" -t "$SECS" $REV ${CC:+-C "$CC"} -J >"$out" 2>&1 & local p=$!; track $p; wait $p
     iperf3_gbps "$out" >/dev/null && break
     kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null; sp=""
     sleep 1

@@ -161,6 +161,12 @@ def context():
         k = {"group": "connrate", "peer": "kernel", "path": path, "metric": "conn_per_s"}
         c.append((f"connections/s {path}, kernel / pasta (what 2x pasta asks, against "
                   "the kernel)", k, dict(k, peer="pasta")))
+    for grp, path, how in nat_rows("nat-cubic"):
+        t = {"group": grp, "peer": "tapnet", "path": path, "metric": "tcp_gbps"}
+        for p in ("kernel", "pasta"):
+            c.append((f"NAT {path} ({how}), every connection CUBIC (bench/nat.sh --cc cubic: "
+                      f"Debian's default; the goals' rows use this VM's BBR), tapnet / {p}",
+                      t, dict(t, peer=p)))
     for grp, path, how in nat_rows("nat-spare"):
         t = {"group": grp, "peer": "tapnet", "path": path, "metric": "tcp_gbps"}
         c.append((f"NAT {path} ({how}) with a CPU to spare (bench/nat.sh --app-cpus: "
@@ -193,6 +199,12 @@ def context():
               "forwards a stream: the default before 2026-12-06, with a slow mode) / kernel "
               "bridge", {"group": "switch-poll-streams", "peer": "tapnet", "metric": "tcp_gbps"},
               {"group": "switch", "peer": "kernel-bridge", "metric": "tcp_gbps"}))
+    for cc, who in (("cubic", "a CUBIC sender (Debian's default)"),
+                    ("bbr", "a BBR sender (this VM's kernel default, which peers.sh's row uses)")):
+        t = {"group": f"switch-{cc}", "peer": "tapnet", "metric": "tcp_gbps_median"}
+        c.append((f"switch TCP, one stream from {who}, tapnet / kernel bridge "
+                  "(bench/tcpruns.sh: the medians of 3 runs alternating between the two)",
+                  t, dict(t, peer="kernel-bridge")))
     for m, what in (("rtt_avg_us", "ping RTT"), ("udp64_pps", "64 B UDP rx"),
                     ("tcp_gbps", "TCP")):
         c.append((f"switch {what}, tapnet with two workers and `--tap-steering cpu` (each "
