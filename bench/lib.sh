@@ -24,6 +24,14 @@
 #   iperf3_gbps FILE          the receiver's Gbit/s (2 decimals) in FILE, an
 #                             iperf3 -J output; nothing and status 1 if that run failed
 #   iperf3_failure FILE       the line of FILE that says why it failed
+#   cc_default ALGO           the machine's default congestion control
+#                             (net.ipv4.tcp_congestion_control of the initial
+#                             namespace, which every namespace made afterwards
+#                             starts with) set to ALGO until cleanup, which
+#                             restores it; one line and exit 2 if ALGO is not
+#                             available. iperf3 -C alone is not the same: a
+#                             socket made under BBR keeps BBR's pacing after
+#                             it switches
 #   kernel_nat HOSTNS NS IF NET OUT_PORT PUB_PORT IN_PORT
 #                             the rootful kernel path (Docker's bridge without its
 #                             userland proxy): NS behind a veth IF (NET.1 on the
@@ -32,7 +40,8 @@
 #                             127.0.0.1:OUT_PORT (route_localnet), the host's
 #                             127.0.0.1:PUB_PORT to NET.2:IN_PORT (MASQUERADE)
 # bench_cleanup: containers removed, tracked processes ended (TERM, then KILL),
-# the namespaces listed in NETNS deleted, $W removed unless KEEP_W is set.
+# the namespaces listed in NETNS deleted, the congestion control cc_default
+# changed restored, $W removed unless KEEP_W is set.
 # Processes are only ever killed by the pids recorded here.
 
 log() { echo "${BENCH:-bench}.sh: $*" >&2; }
@@ -57,6 +66,16 @@ app_cpus() {
   APP=(taskset -c "$1")
 }
 NETNS=""                                 # namespaces to delete at cleanup
+CC_SAVED=""                              # the default cc_default replaced
+cc_default() {
+  local f=/proc/sys/net/ipv4/tcp_congestion_control
+  grep -qw -- "$1" /proc/sys/net/ipv4/tcp_available_congestion_control || modprobe "tcp_$1" 2>/dev/null
+  grep -qw -- "$1" /proc/sys/net/ipv4/tcp_available_congestion_control ||
+    { log "--cc $1: not one of $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"; exit 2; }
+  [ -n "$CC_SAVED" ] || CC_SAVED=$(cat "$f")
+  echo "$1" >"$f" || { log "--cc $1: cannot set $f"; exit 2; }
+  log "the machine's default congestion control is $1 until this script ends (was $CC_SAVED)"
+}
 DAEMON=""
 
 bench_setup() {
@@ -83,6 +102,7 @@ bench_cleanup() {
   for p in $(alive) $kids; do kill -KILL "$p" 2>/dev/null; done
   wait 2>/dev/null                       # reap them: no zombies left behind
   for n in $NETNS; do ip netns del "$n" 2>/dev/null; done
+  [ -z "$CC_SAVED" ] || echo "$CC_SAVED" >/proc/sys/net/ipv4/tcp_congestion_control
   if [ -z "${KEEP_W:-}" ]; then rm -rf "$W"; else log "files kept in $W"; fi
 }
 

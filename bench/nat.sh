@@ -28,10 +28,10 @@
 #   to spare. Give the tapnet daemon `--worker-cpus 0` through
 #   TAPNET_DAEMON_ARGS with TAPNET=bench/tapnet-args.sh.
 #   --cc ALGO: every TCP connection of the run uses that congestion control:
-#   the iperf3 ends (iperf3 -C, which the server applies to its side too)
-#   and every socket opened in the private host namespace (its
-#   net.ipv4.tcp_congestion_control: the relays' host sockets, tapnet's,
-#   pasta's, slirp4netns's, socat's); without it, the system's default.)
+#   the machine's default (net.ipv4.tcp_congestion_control, which every
+#   namespace made afterwards starts with: the relays' host sockets, the
+#   containers', the kernel path's) is ALGO while the script runs, restored
+#   at its end, and iperf3 gets -C ALGO; without it, the system's default.)
 #   tools: apt-get install iperf3 slirp4netns passt socat iptables iproute2 util-linux
 # stdout: one JSON object per line ({"peer","path","metric":"tcp_gbps","value"};
 # per row also "cpus_busy", the CPUs the whole machine kept busy in the middle
@@ -63,9 +63,6 @@ want() { [ -z "$PEERS" ] || [[ ",$PEERS," == *",$1,"* ]]; }  # PEER: is its row 
 for p in ${PEERS//,/ }; do case $p in tapnet|kernel|slirp4netns|pasta|socat) ;;
   *) log "--peers: unknown peer $p (tapnet, kernel, slirp4netns, pasta, socat)"; exit 2;; esac; done
 [[ $SECS =~ ^[1-9][0-9]*$ ]] || { log "--secs must be a positive integer"; exit 2; }
-if [ -n "$CC" ] && ! grep -qw -- "$CC" /proc/sys/net/ipv4/tcp_available_congestion_control; then
-  log "--cc $CC: not one of $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"; exit 2
-fi
 [ "$(id -u)" = 0 ] || { log "run as root"; exit 2; }
 for t in iperf3 ip ss timeout awk nsenter unshare; do
   have $t || { log "missing $t (apt-get install iperf3 iproute2 util-linux)"; exit 2; }
@@ -86,13 +83,11 @@ export TAPNET_HOST=unix://$W/tapnet.sock
 NETNS="$SRVNS ${P}x $HOSTNS"
 trap bench_cleanup EXIT
 trap 'log interrupted; exit 130' INT TERM HUP
+[ -z "$CC" ] || cc_default "$CC"         # before any namespace is made
 
 # ---- "the host": a private netns, and an iperf3 server on its loopback ----------------
 ip netns add "$HOSTNS" && ip -n "$HOSTNS" link set lo up || exit 1
 H=(ip netns exec "$HOSTNS")
-if [ -n "$CC" ]; then
-  "${H[@]}" sysctl -qw net.ipv4.tcp_congestion_control="$CC" || { log "--cc $CC: sysctl failed"; exit 1; }
-fi
 LPORT=5201
 "${H[@]}" "${IPERF[@]}" -s -B 127.0.0.1 -p $LPORT >"$W/iperf3-host.log" 2>&1 &
 track $!

@@ -9,8 +9,10 @@
 # the system's; "The sender's congestion control"): one run says little.
 #   usage: sudo [TAPNET=/path/to/tapnet] bench/tcpruns.sh [--runs N] [--secs N]
 #          [--cc ALGO] [--app-cpus LIST] [--peers PEER[,PEER]]
-#   --cc ALGO    the sender's congestion control (iperf3 -C; default: the
-#                system's, net.ipv4.tcp_congestion_control)
+#   --cc ALGO    every connection's congestion control: the machine's
+#                default (net.ipv4.tcp_congestion_control) is ALGO while the
+#                script runs, restored at its end, and iperf3 gets -C ALGO;
+#                without it, the system's
 #   --app-cpus LIST  run both iperf3 ends on those CPUs only (taskset), as
 #                bench/nat.sh --app-cpus does: with TAPNET_DAEMON_ARGS=
 #                '--worker-cpus 0' on 2 CPUs the worker has CPU 0 to itself
@@ -53,10 +55,8 @@ BENCH=tcpruns; . bench/lib.sh
 for p in ${PEERS//,/ }; do
   case $p in tapnet|kernel-bridge) ;; *) log "--peers: tapnet and/or kernel-bridge, not $p"; exit 2;; esac
 done
-if [ -n "$CC" ] && ! grep -qw -- "$CC" /proc/sys/net/ipv4/tcp_available_congestion_control; then
-  log "--cc $CC: not one of $(cat /proc/sys/net/ipv4/tcp_available_congestion_control)"; exit 2
-fi
 bench_setup iperf3 python3
+[ -z "$CC" ] || cc_default "$CC"         # before any namespace is made
 
 # Each peer's way into its client's and its server's namespace.
 declare -A CLI SRV
