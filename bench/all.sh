@@ -24,16 +24,18 @@
 #                context for the TCP goals
 #   switch-cc    bench/tcpruns.sh --peers kernel-bridge,tapnet: one TCP stream,
 #                three runs alternating between the kernel bridge and tapnet,
-#                with a CUBIC sender (Debian's default), then with a BBR one
-#                (groups switch-cubic, switch-bbr): peers.sh's TCP row uses
-#                the system's congestion control, which on this VM's kernel
-#                is BBR (context for the TCP goals)
+#                with CUBIC (Debian's default), then with BBR (groups
+#                switch-cubic, switch-bbr; --cc sets the machine's default
+#                for the script's run): peers.sh's TCP row uses the system's
+#                congestion control, which on this VM's kernel is BBR
+#                (context for the TCP goals)
 #   nat          bench/nat.sh, then bench/nat.sh --reverse: kernel veth+iptables,
 #                pasta, slirp4netns (1500, 65520), socat, tapnet
 #   nat-cubic    bench/nat.sh both ways with --cc cubic: every connection
 #                (the iperf3 ends, every relay's host sockets) CUBIC, Debian's
-#                default, where the other NAT groups use the system's (BBR on
-#                this VM's kernel): context rows
+#                default, the machine's default for the script's run, where
+#                the other NAT groups use the system's (BBR on this VM's
+#                kernel): context rows
 #   nat-spare    bench/nat.sh both ways with --app-cpus LAST (every iperf3 on the
 #                last CPU) and the daemon's worker on CPU 0: each NAT path with
 #                a CPU for the application and, for a relay, one for itself;
