@@ -21,10 +21,13 @@
 # With --secs 8 or more (any mode), also `perf trace -s`'s syscall counts of
 # the daemon over 2 s. --app-cpus LIST runs the load's ends (clients, servers,
 # ping) on those CPUs only (taskset), as bench/nat.sh --app-cpus does: with
-# `-- --worker-cpus 0` on 2 CPUs the worker has a CPU to itself.
+# `-- --worker-cpus 0` on 2 CPUs the worker has a CPU to itself. --cc ALGO
+# makes every TCP connection of the load use that congestion control (the
+# machine's default for the run, restored at its end: bench/lib.sh's
+# cc_default; with a BBR default the TCP loads are paced).
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [--clean] [--app-cpus LIST] [-- DAEMON-FLAGS...]
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/profile.sh udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [--clean] [--app-cpus LIST] [--cc ALGO] [-- DAEMON-FLAGS...]
 #   tools: apt-get install linux-perf iperf3 iputils-ping iproute2 python3
 # stdout: the report (with the daemon's resident memory after the load);
 # perf.data stays in the printed directory (removed with
@@ -32,13 +35,14 @@
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-}; shift || true
-SECS=8 CLEAN="" APP_CPUS="" APP=()
+SECS=8 CLEAN="" APP_CPUS="" APP=() CC=""
 while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --clean) CLEAN=1; shift;;
   --app-cpus) APP_CPUS=${2:?--app-cpus needs a CPU list}; shift 2;;
+  --cc) CC=${2:?--cc needs a value}; shift 2;;
   --) shift; break;;
-  *) echo "usage: $0 udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [--clean] [--app-cpus LIST] [-- DAEMON-FLAGS...]" >&2; exit 2;;
+  *) echo "usage: $0 udp|tcp|ping|nat|natr|pub|pubr|conn|pconn [--secs N] [--clean] [--app-cpus LIST] [--cc ALGO] [-- DAEMON-FLAGS...]" >&2; exit 2;;
 esac; done
 BENCH=profile; . bench/lib.sh
 [ -z "$APP_CPUS" ] || app_cpus "$APP_CPUS"
@@ -46,6 +50,7 @@ case $MODE in udp|tcp|ping|nat|natr|pub|pubr|conn|pconn) ;; *) log "mode udp, tc
 [[ $SECS =~ ^[1-9][0-9]*$ && $SECS -ge 4 ]] || { log "--secs: at least 4"; exit 2; }
 [ -n "$CLEAN" ] || KEEP_W=1              # perf.data stays for perf report
 bench_setup perf iperf3 python3
+[ -z "$CC" ] || cc_default "$CC"         # before any namespace is made
 start_daemon pf$$ "$@"
 "$T" network create --subnet 10.190.0.0/24 --gateway 10.190.0.1 pfnet >/dev/null || { log "network create failed"; exit 1; }
 if [ "$MODE" = nat ] || [ "$MODE" = natr ]; then
