@@ -28,7 +28,9 @@
 #                kernel's (context for the crowded goal, not a goal)
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
-#   usage: sudo [TAPNET=/path/to/tapnet] bench/scale.sh [--secs N] [--idle N] [--nets N]
+#   usage: sudo [TAPNET=/path/to/tapnet] bench/scale.sh [--secs N] [--idle N] [--nets N] [--cc ALGO]
+#   --cc ALGO: the machine's default congestion control for the run (every
+#   stream's; bench/lib.sh's cc_default), restored at its end
 #   tools: apt-get install iperf3 python3 iproute2 util-linux
 # What each of one_pair, two_pairs and their kernel cases cost the machine
 # (the CPUs busy in the middle of the load, bench/lib.sh's cpu_window; with
@@ -39,12 +41,13 @@
 # ratios; stderr: progress and tapnet stats at the end.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
-SECS=5 IDLE=252 NETS=63
-usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--idle N] [--nets N]" >&2; }
+SECS=5 IDLE=252 NETS=63 CC=""
+usage() { echo "usage: [TAPNET=path] $0 [--secs N] [--idle N] [--nets N] [--cc ALGO]" >&2; }
 while [ $# -gt 0 ]; do case $1 in
   --secs) SECS=${2:?--secs needs a value}; shift 2;;
   --idle) IDLE=${2:?--idle needs a value}; shift 2;;
   --nets) NETS=${2:?--nets needs a value}; shift 2;;
+  --cc) CC=${2:?--cc needs a value}; shift 2;;
   -h|--help) usage; exit 0;;
   *) usage; exit 2;;
 esac; done
@@ -52,6 +55,7 @@ BENCH=scale; . bench/lib.sh
 [[ $SECS =~ ^[1-9][0-9]*$ && $IDLE =~ ^[0-9]+$ && $NETS =~ ^[0-9]+$ ]] || { usage; exit 2; }
 [ "$IDLE" -le 1000 ] && [ "$NETS" -le 200 ] || { log "--idle at most 1000, --nets at most 200"; exit 2; }
 bench_setup iperf3 python3
+[ -z "$CC" ] || cc_default "$CC"         # before any namespace is made
 RES=$W/results; : >"$RES"
 start_daemon sc$$
 "$T" network create --subnet 10.192.0.0/16 scnet >/dev/null || { log "network create failed"; exit 1; }
