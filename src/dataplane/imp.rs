@@ -1352,7 +1352,7 @@ fn worker_loop(
         let mut i = 0;
         while i < ready.len() {
             let port = ready[i];
-            let (drained, kept) = service_queue(
+            let drained = service_queue(
                 &mut w,
                 &queues,
                 &mut placer,
@@ -1363,13 +1363,14 @@ fn worker_loop(
                 epoch,
                 &mut out,
             );
-            own |= kept;
             if drained {
                 ready.swap_remove(i);
             } else {
                 i += 1;
             }
         }
+        // Frames the NAT did not take are this worker's own work.
+        own |= forwarded > 0;
         if let Some(trx) = tun_rx.as_mut() {
             if tun_ready.0 || tun_ready.1 {
                 tun_ready =
@@ -1606,9 +1607,9 @@ fn transmit_injected(
 /// Reads up to [`READ_BUDGET`] frames from this worker's queue of `port`
 /// and runs each through the pipeline, adding the bytes of those handed
 /// to the NAT (claimed by its hook) to `to_nat` and of the others (the
-/// switch's: to containers, a tunnel, or dropped) to `forwarded`. Returns
-/// whether the queue is drained (or unusable), and whether any frame was
-/// not handed to the NAT.
+/// switch's: to containers, a tunnel, or dropped) to `forwarded` (a
+/// frame is never empty, so `forwarded` grows with each). Returns whether
+/// the queue is drained (or unusable).
 #[allow(clippy::too_many_arguments)]
 fn service_queue(
     w: &mut Worker<Hook>,
@@ -1620,9 +1621,9 @@ fn service_queue(
     forwarded: &mut usize,
     epoch: Instant,
     out: &mut Egress,
-) -> (bool, bool) {
+) -> bool {
     let Some(Some(q)) = queues.get(port as usize) else {
-        return (true, false);
+        return true;
     };
     let fd = q.own();
     let raw = fd.as_raw_fd();
@@ -1634,7 +1635,6 @@ fn service_queue(
         out,
     };
     let mut drained = false;
-    let mut kept = false;
     for _ in 0..READ_BUDGET {
         let n = match nix::unistd::read(fd, &mut buf[..]) {
             Ok(0) | Err(nix::errno::Errno::EAGAIN) => {
@@ -1663,11 +1663,10 @@ fn service_queue(
             w.hand_over(buf, vnet::HEADER_LEN);
         } else {
             *forwarded += n;
-            kept = true;
         }
     }
     tx.flush();
-    (drained, kept)
+    drained
 }
 
 #[cfg(test)]
