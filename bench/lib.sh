@@ -20,6 +20,9 @@
 #   cpus_busy                 the CPUs the whole machine kept busy in that window
 #                             (endpoints, relays, softirqs alike), e.g. 1.47;
 #                             nothing if there was no window
+#   busy_shares A B           per line of two /proc/stat snapshots (files),
+#                             "NAME SHARE": the share of the time between them
+#                             that was neither idle, iowait nor stolen
 #   cpu_s_per_gb BUSY GBPS    those CPU-seconds per GB moved; nothing if unknown
 #   iperf3_gbps FILE          the receiver's Gbit/s (2 decimals) in FILE, an
 #                             iperf3 -J output; nothing and status 1 if that run failed
@@ -120,13 +123,16 @@ cpu_window() {
   [ "$1" -ge 3 ] || return 0
   sleep 1; head -n1 /proc/stat >"$W/cpu.a"; sleep $(($1 - 2)); head -n1 /proc/stat >"$W/cpu.b"
 }
-cpus_busy() {
-  [ -s "$W/cpu.a" ] && [ -s "$W/cpu.b" ] || return 0
+busy_shares() {
   # user nice system idle iowait irq softirq steal (guest time is inside
   # user already); busy is what is neither idle, iowait nor stolen.
-  cat "$W/cpu.a" "$W/cpu.b" | awk -v n="$(nproc)" '
-    {t = 0; for (i = 2; i <= 9; i++) t += $i; tot[NR] = t; idle[NR] = $5 + $6 + $9}
-    END {dt = tot[2] - tot[1]; if (dt > 0) printf "%.2f", n * (dt - (idle[2] - idle[1])) / dt}'
+  awk '{t = 0; for (i = 2; i <= 9; i++) t += $i}
+    FNR == NR {t0[$1] = t; i0[$1] = $5 + $6 + $9; next}
+    {dt = t - t0[$1]; if (dt > 0) printf "%s %.9f\n", $1, (dt - ($5 + $6 + $9 - i0[$1])) / dt}' "$1" "$2"
+}
+cpus_busy() {
+  [ -s "$W/cpu.a" ] && [ -s "$W/cpu.b" ] || return 0
+  busy_shares "$W/cpu.a" "$W/cpu.b" | awk -v n="$(nproc)" '{printf "%.2f", n * $2}'
 }
 cpu_s_per_gb() { [ -n "$1" ] && [ -n "$2" ] && awk -v b="$1" -v g="$2" 'BEGIN {if (g > 0) printf "%.3f", b / (g / 8)}'; }
 

@@ -31,7 +31,7 @@
 #   the machine's default (net.ipv4.tcp_congestion_control, which every
 #   namespace made afterwards starts with: the relays' host sockets, the
 #   containers', the kernel path's) is ALGO while the script runs, restored
-#   at its end, and iperf3 gets -C ALGO; without it, the system's default.)
+#   at its end; without it, the system's default.)
 #   tools: apt-get install iperf3 slirp4netns passt socat iptables iproute2 util-linux
 # stdout: one JSON object per line ({"peer","path","metric":"tcp_gbps","value"};
 # per row also "cpus_busy", the CPUs the whole machine kept busy in the middle
@@ -103,7 +103,7 @@ gbps() {  # PEER PATH CMD...: runs an iperf3 client (-J appended), emits receive
   local peer=$1 path=$2 out=$W/out.$1.$2 v="" i sp=""; shift 2
   for i in 1 2; do   # one retry: a server that has just started may not be accepting yet
     cpu_window "$SECS" & sp=$!
-    timeout --foreground $((SECS + 30)) "$@" -t "$SECS" $REV ${CC:+-C "$CC"} -J >"$out" 2>&1 & local p=$!; track $p; wait $p
+    timeout --foreground $((SECS + 30)) "$@" -t "$SECS" $REV -J >"$out" 2>&1 & local p=$!; track $p; wait $p
     iperf3_gbps "$out" >/dev/null && break
     kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null; sp=""
     sleep 1

@@ -11,8 +11,8 @@
 #          [--cc ALGO] [--app-cpus LIST] [--peers PEER[,PEER]]
 #   --cc ALGO    every connection's congestion control: the machine's
 #                default (net.ipv4.tcp_congestion_control) is ALGO while the
-#                script runs, restored at its end, and iperf3 gets -C ALGO;
-#                without it, the system's
+#                script runs, restored at its end (every namespace made
+#                afterwards starts with it); without it, the system's
 #   --app-cpus LIST  run both iperf3 ends on those CPUs only (taskset), as
 #                bench/nat.sh --app-cpus does: with TAPNET_DAEMON_ARGS=
 #                '--worker-cpus 0' on 2 CPUs the worker has CPU 0 to itself
@@ -29,7 +29,7 @@
 # bridge), the sender's congestion window and packets in flight then (cwnd,
 # unacked: ss -ti in the sender's namespace; a window-bound sender has
 # unacked == cwnd), and each CPU's busy share over that second (cpuN_busy:
-# /proc/stat, everything but idle and iowait). At the end, each peer's
+# bench/lib.sh's busy_shares). At the end, each peer's
 # median rate over the runs (tcp_gbps_median, no "run").
 # "The host" is a private network namespace made here (the daemon runs in
 # it); the containers talk only to each other.
@@ -90,10 +90,6 @@ for p in ${PEERS//,/ }; do
 done
 
 emit() { echo "{\"peer\":\"$1\",${2:+\"run\":$2,}\"metric\":\"$3\",\"value\":${4:-null}}"; }
-# each CPU's "name busy-share" between two /proc/stat snapshots
-cpu_busy() { awk 'FNR == NR { for (i = 2; i <= NF; i++) t0[$1] += $i; i0[$1] = $5 + $6; next }
-  { t = 0; for (i = 2; i <= NF; i++) t += $i; d = t - t0[$1]
-    if (d > 0) printf "%s %.2f\n", $1, 1 - ($5 + $6 - i0[$1]) / d }' "$1" "$2"; }
 # tapnet stats' workers, summed: "busy_seconds spin_seconds" (0 0 without tapnet)
 worker_s() { [ -n "${CLI[tapnet]:-}" ] || { echo "0 0"; return; }; "$T" stats --format json | python3 -c '
 import json, sys
@@ -114,7 +110,7 @@ declare -A RATES
 for r in $(seq "$RUNS"); do for p in ${PEERS//,/ }; do
   out=$W/run$r-$p.json
   # shellcheck disable=SC2086
-  timeout $((SECS + 30)) ${CLI[$p]} "${APP[@]}" iperf3 -c 10.194.0.11 -t "$SECS" -J ${CC:+-C "$CC"} >"$out" 2>&1 &
+  timeout $((SECS + 30)) ${CLI[$p]} "${APP[@]}" iperf3 -c 10.194.0.11 -t "$SECS" -J >"$out" 2>&1 &
   ip=$!
   sleep "$((SECS / 2 - 1)).5"
   read -r b0 s0 <<<"$(worker_s)"; t0=$(date +%s.%N); grep '^cpu[0-9]' /proc/stat >"$W/stat.a"
@@ -129,7 +125,9 @@ for r in $(seq "$RUNS"); do for p in ${PEERS//,/ }; do
   emit "$p" "$r" tcp_gbps "$g"; emit "$p" "$r" busy_share "$busy"; emit "$p" "$r" spin_share "$spin"
   emit "$p" "$r" cwnd "$cwnd"; emit "$p" "$r" unacked "$unacked"
   cpus=""
-  while read -r c v; do emit "$p" "$r" "${c}_busy" "$v"; cpus+=" $c $v"; done < <(cpu_busy "$W/stat.a" "$W/stat.b")
+  while read -r c v; do
+    v=$(printf %.2f "$v"); emit "$p" "$r" "${c}_busy" "$v"; cpus+=" $c $v"
+  done < <(busy_shares "$W/stat.a" "$W/stat.b")
   [ -z "$g" ] || RATES[$p]+=" $g"
   log "$p run $r: ${g:-failed} Gbit/s; worker busy ${busy:--}, polling ${spin:--}; sender's cwnd $cwnd, unacked $unacked; CPUs busy:$cpus"
 done; done
